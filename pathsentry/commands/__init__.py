@@ -1,0 +1,1 @@
+"""CLI subcommands that need no broker: replay and schema export."""

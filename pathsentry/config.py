@@ -1,0 +1,204 @@
+"""Configuration: ``pathsentry.toml`` plus environment overrides.
+
+Environment variables win over the file:
+
+- ``PATHSENTRY_CONFIG``: path of the TOML file (default ``./pathsentry.toml`` if present)
+- ``PATHSENTRY_KAFKA_URL``: ``kafka://host:port[,host:port]`` or ``embedded``
+- ``PATHSENTRY_CLICKHOUSE_URL``: ``clickhouse://user:pass@host:9000/db`` or ``chdb:///dir``
+- ``PATHSENTRY_TOPIC_PREFIX``: prefix for every topic name
+- ``PATHSENTRY_GEO``: comma-separated geo sources (``csv:FILE``, ``mmdb:FILE``, ``bundled``)
+
+>>> cfg = load_config(text='home_countries = ["KR"]\\n[[server]]\\nid = "kr-sel-1"\\n'
+...                        'lat = 37.57\\nlon = 126.98\\ncountry = "KR"\\n', env={})
+>>> cfg.server("kr-sel-1").country, cfg.kafka.url
+('KR', 'embedded')
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "AllowEntry",
+    "ClickHouseConfig",
+    "Config",
+    "KafkaConfig",
+    "Origin",
+    "Server",
+    "load_config",
+]
+
+
+class Server(BaseModel):
+    """A game server; also a vantage point for ``rtt_probe`` and traceroutes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    country: str = Field(min_length=2, max_length=2)
+    city: str = ""
+
+
+class Origin(BaseModel):
+    """What a genuine answer from ``host`` looks like (connection integrity)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    expect_status: int | None = None
+    expect_ws_status: int | None = 101
+    expect_server: str | None = None
+    expect_headers: list[str] = Field(default_factory=list)
+    expect_body_sha256: str | None = None
+
+
+class AllowEntry(BaseModel):
+    """A legitimate relay or datacenter range whose latency signature is expected."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cidr: str
+    reason: str
+
+    @field_validator("cidr")
+    @classmethod
+    def _valid_cidr(cls, v: str) -> str:
+        ipaddress.ip_network(v, strict=False)
+        return v
+
+
+class KafkaConfig(BaseModel):
+    url: str = "embedded"
+    topic_prefix: str = ""
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    session_timeout_s: float = 6.0
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port[,host:port]`` for aiokafka (scheme stripped)."""
+        return self.url.split("://", 1)[-1]
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+class ClickHouseConfig(BaseModel):
+    url: str = "chdb://./var/chdb"
+    batch_size: int = Field(default=5000, ge=1)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    ttl_days: int = Field(default=180, ge=1)
+
+
+class Config(BaseModel):
+    """The whole configuration; ``detectors`` holds per-detector threshold tables."""
+
+    model_config = ConfigDict(frozen=True)
+
+    home_countries: list[str] = Field(default_factory=lambda: ["KR"])
+    servers: list[Server] = Field(default_factory=list, alias="server")
+    origins: list[Origin] = Field(default_factory=list, alias="origin")
+    allow: list[AllowEntry] = Field(default_factory=list)
+    geo: list[str] = Field(default_factory=lambda: ["bundled"])
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
+    detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    data_dir: str = "./var"
+    source_path: str | None = None
+
+    @cached_property
+    def _servers(self) -> dict[str, Server]:
+        return {s.id: s for s in self.servers}
+
+    @cached_property
+    def _origins(self) -> dict[str, Origin]:
+        return {o.host.lower(): o for o in self.origins}
+
+    def server(self, server_id: str) -> Server | None:
+        return self._servers.get(server_id)
+
+    def origin(self, host: str) -> Origin | None:
+        return self._origins.get(host.lower())
+
+    def detector_settings(self, name: str) -> dict[str, Any]:
+        return dict(self.detectors.get(name, {}))
+
+    def resolve_path(self, p: str) -> str:
+        """Resolve a path relative to the config file's directory."""
+        if self.source_path is None or os.path.isabs(p):
+            return p
+        return str(Path(self.source_path).parent / p)
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    kafka = dict(data.get("kafka", {}))
+    ch = dict(data.get("clickhouse", {}))
+    if env.get("PATHSENTRY_KAFKA_URL"):
+        kafka["url"] = env["PATHSENTRY_KAFKA_URL"]
+    if "PATHSENTRY_TOPIC_PREFIX" in env:
+        kafka["topic_prefix"] = env["PATHSENTRY_TOPIC_PREFIX"]
+    for key in ("sasl_username", "sasl_password", "sasl_mechanism", "security_protocol"):
+        envkey = f"PATHSENTRY_KAFKA_{key.upper()}"
+        if env.get(envkey):
+            kafka[key] = env[envkey]
+    if env.get("PATHSENTRY_CLICKHOUSE_URL"):
+        ch["url"] = env["PATHSENTRY_CLICKHOUSE_URL"]
+    if env.get("PATHSENTRY_GEO"):
+        data["geo"] = [s.strip() for s in env["PATHSENTRY_GEO"].split(",") if s.strip()]
+    if env.get("PATHSENTRY_DATA_DIR"):
+        data["data_dir"] = env["PATHSENTRY_DATA_DIR"]
+    data["kafka"] = kafka
+    data["clickhouse"] = ch
+    return data
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    text: str | None = None,
+    env: Mapping[str, str] | None = None,
+    geo: list[str] | None = None,
+) -> Config:
+    """Load the config from ``path`` (or ``text``), then apply environment overrides.
+
+    ``geo`` (e.g. from ``--geo FILE``) is stacked in front of the configured sources.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source: str | None = None
+    if text is not None:
+        data = tomllib.loads(text)
+    else:
+        candidate = path or env.get("PATHSENTRY_CONFIG")
+        if candidate is None and Path("pathsentry.toml").exists():
+            candidate = "pathsentry.toml"
+        if candidate is not None:
+            source = str(Path(candidate).resolve())
+            with open(candidate, "rb") as fh:
+                data = tomllib.load(fh)
+    data = _apply_env(data, env)
+    data["source_path"] = source
+    cfg = Config.model_validate(data)
+    if geo:
+        extra = [g if ":" in g or g == "bundled" else _guess_geo_kind(g) for g in geo]
+        cfg = cfg.model_copy(update={"geo": extra + [g for g in cfg.geo if g not in extra]})
+    return cfg
+
+
+def _guess_geo_kind(p: str) -> str:
+    return f"mmdb:{p}" if p.endswith(".mmdb") else f"csv:{p}"

@@ -1,0 +1,64 @@
+"""Detection logic: pure Python over enriched events (no Kafka, no ClickHouse).
+
+Detectors register themselves with :func:`register`; :func:`build_detectors`
+instantiates the enabled ones in pipeline order (session stage first).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, Stage
+
+__all__ = [
+    "DETECTOR_MODULES",
+    "Detector",
+    "DetectorContext",
+    "Enriched",
+    "Findings",
+    "Stage",
+    "build_detectors",
+    "register",
+    "registered",
+]
+
+#: Detector modules in pipeline order; each registers its detector class on import.
+DETECTOR_MODULES: tuple[str, ...] = (
+    "pathsentry.detectors.route",
+    "pathsentry.detectors.latency",
+    "pathsentry.detectors.injection",
+    "pathsentry.detectors.injection_cells",
+    "pathsentry.detectors.farm",
+)
+
+_REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: make a detector available to the pipeline."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered() -> dict[str, type[Detector]]:
+    """Import every detector module and return the registry in pipeline order."""
+    for mod in DETECTOR_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name is None or not mod.startswith(e.name):
+                raise
+    return dict(_REGISTRY)
+
+
+def build_detectors(ctx: DetectorContext, only: list[str] | None = None) -> list[Detector]:
+    """Instantiate enabled detectors (``[detectors.NAME] enabled = false`` disables one)."""
+    out: list[Detector] = []
+    for name, cls in registered().items():
+        if only is not None and name not in only:
+            continue
+        if ctx.settings(name).get("enabled", True) is False:
+            continue
+        out.append(cls(ctx))
+    out.sort(key=lambda d: 0 if d.stage == "session" else 1)
+    return out

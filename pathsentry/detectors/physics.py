@@ -1,0 +1,78 @@
+"""Latency physics shared by the detectors.
+
+Light in fibre covers about 200 km per ms one way, so a round trip of ``r`` ms
+bounds the distance at ``r * 100`` km; real paths are 1.5-2.5x longer than the
+great circle.
+
+>>> round(great_circle_km(37.5665, 126.9780, 35.1796, 129.0756))  # Seoul-Busan
+325
+>>> fibre_floor_ms(325.0)
+3.25
+>>> max_distance_km(3.25)
+325.0
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "ACCESS_FLOOR_MS",
+    "KM_PER_MS_RTT",
+    "fibre_floor_ms",
+    "great_circle_km",
+    "max_distance_km",
+    "median",
+    "quantile",
+]
+
+#: Round-trip km per ms: 200 km/ms one way in fibre, halved for the round trip.
+KM_PER_MS_RTT = 100.0
+EARTH_RADIUS_KM = 6371.0088
+
+#: Lowest plausible access-network RTT contribution per access kind (ms).
+ACCESS_FLOOR_MS: dict[str, float] = {
+    "hosting": 0.1,
+    "business": 0.3,
+    "education": 0.3,
+    "residential": 0.3,
+    "mobile": 12.0,
+    "relay": 0.1,
+}
+
+
+def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Haversine distance in km."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def fibre_floor_ms(distance_km: float) -> float:
+    """Minimum RTT (ms) light in fibre needs for ``distance_km`` each way."""
+    return distance_km / KM_PER_MS_RTT
+
+
+def max_distance_km(rtt_ms: float) -> float:
+    """Farthest a responder can be given a round-trip time."""
+    return rtt_ms * KM_PER_MS_RTT
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of a non-empty list.
+
+    >>> quantile([1.0, 2.0, 3.0, 4.0], 0.5)
+    2.5
+    """
+    s = sorted(values)
+    if len(s) == 1:
+        return s[0]
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def median(values: list[float]) -> float:
+    return quantile(values, 0.5)

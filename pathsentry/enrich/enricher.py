@@ -1,0 +1,49 @@
+"""Enrichment: geo/ASN of the source address, its aggregation prefix, the server
+the event refers to, and the allow-list entry it falls in.
+
+>>> from pathsentry.config import load_config
+>>> from pathsentry.enrich.geo import GeoResolver
+>>> from pathsentry.schemas import parse_event
+>>> cfg = load_config(text='[[allow]]\\ncidr = "203.0.113.0/24"\\nreason = "game relay"\\n', env={})
+>>> e = Enricher(cfg, GeoResolver([])).enrich(parse_event({"kind": "rtt_probe", "event_id": "p",
+...     "ts": "2026-01-01T00:00:00Z", "src_ip": "203.0.113.5", "vantage_id": "x",
+...     "method": "icmp", "rtt_ms": [3.0]}))
+>>> e.prefix, e.allowed.reason
+('203.0.113.0/24', 'game relay')
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pathsentry.config import AllowEntry, Config
+from pathsentry.detectors.base import Enriched
+from pathsentry.enrich.geo import GeoResolver, prefix_of
+from pathsentry.schemas import AnyEvent, Login
+
+__all__ = ["Enricher"]
+
+
+class Enricher:
+    def __init__(self, config: Config, geo: GeoResolver) -> None:
+        self.config = config
+        self.geo = geo
+        self._allow = [
+            (ipaddress.ip_network(a.cidr, strict=False), a) for a in config.allow
+        ]
+
+    def allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AllowEntry | None:
+        for net, entry in self._allow:
+            if ip.version == net.version and ip in net:
+                return entry
+        return None
+
+    def enrich(self, event: AnyEvent) -> Enriched:
+        server_id = event.server_id if isinstance(event, Login) else getattr(event, "vantage_id", None)
+        return Enriched(
+            event=event,
+            geo=self.geo.lookup(event.src_ip),
+            prefix=prefix_of(event.src_ip),
+            server=self.config.server(server_id) if server_id else None,
+            allowed=self.allowed(event.src_ip),
+        )

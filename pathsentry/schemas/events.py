@@ -1,0 +1,243 @@
+"""Event contract v1: the four event kinds a game backend publishes.
+
+Every event is one JSON object per Kafka message. ``logins`` are keyed by
+account, ``network-telemetry`` by session id. Unknown extra fields are kept
+(``extra="allow"``) so producers can add context without breaking consumers.
+
+>>> ev = parse_event(b'{"kind": "login", "event_id": "e1", "ts": "2026-01-01T09:00:00+09:00",'
+...                  b' "src_ip": "211.234.10.7", "account": "xiaopai001", "server_id": "kr-sel-1",'
+...                  b' "app_rtt_ms": [4.1, 3.9], "tcp_rtt_ms": 3.8, "guild": "x"}')
+>>> ev.kind, ev.account, str(ev.src_ip), ev.min_app_rtt
+('login', 'xiaopai001', '211.234.10.7', 3.9)
+>>> ev.model_extra
+{'guild': 'x'}
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Any, Literal, Union
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "MAX_EVENT_BYTES",
+    "ClientInfo",
+    "Event",
+    "EventError",
+    "Hop",
+    "HttpProbe",
+    "HttpTarget",
+    "Login",
+    "ObservedTtl",
+    "RttProbe",
+    "Traceroute",
+    "event_adapter",
+    "parse_event",
+    "topic_for",
+]
+
+CONTRACT_VERSION = 1
+#: Largest accepted message; anything bigger is dead-lettered unparsed.
+MAX_EVENT_BYTES = 256 * 1024
+MAX_RTT_SAMPLES = 64
+MAX_HOPS = 64
+MAX_HEADERS = 128
+
+
+def _finite_rtt(v: float) -> float:
+    if not math.isfinite(v) or v < 0:
+        raise ValueError("RTT must be a finite, non-negative number of milliseconds")
+    if v > 60_000:
+        raise ValueError("RTT above 60 s is not a round-trip time")
+    return v
+
+
+Rtt = Annotated[float, AfterValidator(_finite_rtt)]
+RttSamples = Annotated[list[Rtt], Field(min_length=1, max_length=MAX_RTT_SAMPLES)]
+IpAddr = Union[IPv4Address, IPv6Address]
+Ident = Annotated[str, Field(min_length=1, max_length=128)]
+ShortText = Annotated[str, Field(max_length=256)]
+Ttl = Annotated[int, Field(ge=1, le=255)]
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, str_strip_whitespace=False)
+
+    event_id: Ident
+    ts: AwareDatetime
+    src_ip: IpAddr
+    session_id: Ident | None = None
+
+    @property
+    def ts_epoch(self) -> float:
+        return self.ts.timestamp()
+
+
+class ClientInfo(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    local_ip: IpAddr | None = None
+    device_id: Annotated[str, Field(max_length=128)] | None = None
+    os: Annotated[str, Field(max_length=64)] | None = None
+
+
+class Login(_Base):
+    """A login (or session start) seen by a game server."""
+
+    kind: Literal["login"]
+    account: Annotated[str, Field(min_length=1, max_length=64)]
+    server_id: Ident
+    app_rtt_ms: RttSamples
+    tcp_rtt_ms: Rtt | None = None
+    outcome: Literal["success", "failure"] = "success"
+    client: ClientInfo | None = None
+
+    @property
+    def min_app_rtt(self) -> float:
+        return min(self.app_rtt_ms)
+
+
+class RttProbe(_Base):
+    """RTT samples from one vantage server to the client."""
+
+    kind: Literal["rtt_probe"]
+    vantage_id: Ident
+    method: Literal["icmp", "tcp", "app"]
+    rtt_ms: RttSamples
+    account: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class Hop(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    ttl: Ttl
+    ip: IpAddr | None = None
+    rtt_ms: Annotated[list[Rtt], Field(max_length=MAX_RTT_SAMPLES)] = Field(default_factory=list)
+
+
+class Traceroute(_Base):
+    """A traceroute between the client and a vantage (a server id, or ``client``)."""
+
+    kind: Literal["traceroute"]
+    vantage_id: Ident
+    direction: Literal["client_to_server", "server_to_client"]
+    hops: Annotated[list[Hop], Field(min_length=1, max_length=MAX_HOPS)]
+    account: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class HttpTarget(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    scheme: Literal["http", "ws", "https", "wss"]
+
+    @property
+    def encrypted(self) -> bool:
+        return self.scheme in ("https", "wss")
+
+
+class ObservedTtl(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    syn_ack: Ttl | None = None
+    response: Ttl | None = None
+
+
+class HttpProbe(_Base):
+    """A connection-integrity report from a client, an edge or a passive sensor."""
+
+    kind: Literal["http_probe"]
+    target: HttpTarget
+    request: Literal["ws_upgrade", "get"]
+    status: Annotated[int, Field(ge=0, le=999)] | None = None
+    header_names: Annotated[
+        list[Annotated[str, Field(max_length=128)]], Field(max_length=MAX_HEADERS)
+    ] | None = None
+    server_header: ShortText | None = None
+    body_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    body_len: Annotated[int, Field(ge=0)] | None = None
+    connect_ms: Rtt | None = None
+    ttfb_ms: Rtt | None = None
+    ttl: ObservedTtl | None = None
+    retransmits: Annotated[int, Field(ge=0)] | None = None
+    seq_conflict: bool | None = None
+    reporter: Literal["client", "edge", "sensor"] = "client"
+    account: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+Event = Annotated[Union[Login, RttProbe, Traceroute, HttpProbe], Field(discriminator="kind")]
+event_adapter: TypeAdapter[Login | RttProbe | Traceroute | HttpProbe] = TypeAdapter(Event)
+
+
+class EventError(ValueError):
+    """Why a message is not a contract-v1 event (the dead-letter reason)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    more = err.error_count() - 5
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> Login | RttProbe | Traceroute | HttpProbe:
+    """Decode and validate one message; raise :class:`EventError` with a reason."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        if len(raw) > MAX_EVENT_BYTES:
+            raise EventError("oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise EventError("bad_json", str(e)[:200]) from None
+    elif isinstance(raw, str):
+        if len(raw) > MAX_EVENT_BYTES:
+            raise EventError("oversized", f"{len(raw)} chars > {MAX_EVENT_BYTES}")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise EventError("bad_json", str(e)[:200]) from None
+    else:
+        obj = raw
+    if not isinstance(obj, dict):
+        raise EventError("not_an_object", type(obj).__name__)
+    kind = obj.get("kind")
+    if kind not in ("login", "rtt_probe", "traceroute", "http_probe"):
+        raise EventError("unknown_kind", repr(kind)[:64])
+    try:
+        return event_adapter.validate_python(obj)
+    except ValidationError as e:
+        raise EventError("invalid", _describe(e)) from None
+    except RecursionError:
+        raise EventError("invalid", "nesting too deep") from None
+
+
+def topic_for(event: Login | RttProbe | Traceroute | HttpProbe) -> tuple[str, str]:
+    """Return the (logical topic, key) a producer must use for ``event``."""
+    if isinstance(event, Login):
+        return "logins", event.account
+    return "network-telemetry", event.session_id or str(event.src_ip)
+
+
+def event_time(event: Login | RttProbe | Traceroute | HttpProbe) -> datetime:
+    return event.ts
