@@ -12,7 +12,8 @@ from typing import Any
 
 from pathsentry.config import Config
 from pathsentry.detectors import Detector, DetectorContext, Enriched, Findings, build_detectors
-from pathsentry.enrich import Enricher, GeoResolver, build_resolver
+from pathsentry.enrich import GeoResolver, build_resolver
+from pathsentry.enrich.enricher import Enricher
 from pathsentry.schemas import AnyEvent
 
 __all__ = ["Engine"]

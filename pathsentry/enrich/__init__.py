@@ -1,6 +1,9 @@
-"""Enrichment of events: geo/ASN, prefixes, server registry, allow-list."""
+"""Enrichment of events: geo/ASN, prefixes, server registry, allow-list.
 
-from pathsentry.enrich.enricher import Enricher
+The :class:`~pathsentry.enrich.enricher.Enricher` lives in its own module
+(it builds :class:`pathsentry.detectors.Enriched` records).
+"""
+
 from pathsentry.enrich.geo import GeoInfo, GeoResolver, build_resolver, prefix_of
 
-__all__ = ["Enricher", "GeoInfo", "GeoResolver", "build_resolver", "prefix_of"]
+__all__ = ["GeoInfo", "GeoResolver", "build_resolver", "prefix_of"]

@@ -1,0 +1,5 @@
+import sys
+
+from pathsentry.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Infrastructure: the embedded broker (Tansu), ClickHouse (server or chDB) and its DDL."""

@@ -1,0 +1,241 @@
+"""ClickHouse behind one small interface, with two implementations:
+
+- :class:`NativeClickHouse`: a clickhouse-server over the native protocol
+  (``clickhouse-driver``), URL ``clickhouse://user:pass@host:9000/db[?secure=1]``.
+- :class:`ChdbClickHouse`: chDB, the ClickHouse engine in-process, URL
+  ``chdb:///path/to/dir`` (one process per directory).
+
+Both run the same DDL (``infra/ddl/clickhouse.sql``) and insert rows as data,
+never as SQL text: the native driver sends typed columns, chDB receives
+``FORMAT JSONEachRow`` data after the statement. Every insert carries a
+deterministic ``insert_deduplication_token`` so a retried batch is stored once.
+
+>>> rows = [flag_row(FlaggedEvent(event_id="e1", ts="2026-01-01T00:00:00Z",
+...     kind="vpn_relay", src_ip="203.0.113.1", score=0.9, reasons=["r"],
+...     evidence={"gap_ms": 80.0}, detector="latency"))]
+>>> rows[0]["asn"], rows[0]["evidence"]
+(0, '{"gap_ms":80.0}')
+>>> batch_token("flagged_events", ["e1|vpn_relay"]) == batch_token("flagged_events", ["e1|vpn_relay"])
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlparse
+
+import orjson
+
+from pathsentry.schemas import Alert, FlaggedEvent
+
+__all__ = [
+    "ALERT_COLUMNS",
+    "FLAG_COLUMNS",
+    "ChdbClickHouse",
+    "ClickHouse",
+    "NativeClickHouse",
+    "QueryResult",
+    "alert_row",
+    "batch_token",
+    "connect",
+    "ddl_statements",
+    "flag_row",
+    "is_read_only",
+]
+
+log = logging.getLogger(__name__)
+
+FLAG_COLUMNS = (
+    "event_id", "ts", "kind", "account", "session_id", "src_ip", "country", "asn",
+    "score", "reasons", "evidence", "alert_id", "detector",
+)
+ALERT_COLUMNS = (
+    "alert_id", "ts", "kind", "severity", "score", "subject", "accounts", "event_ids",
+    "evidence", "summary", "detector", "first_seen", "last_seen", "version",
+)
+
+QueryResult = tuple[list[str], list[tuple[Any, ...]]]
+
+
+def _json(obj: Any) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=str).decode()
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.astimezone(UTC)
+
+
+def flag_row(f: FlaggedEvent) -> dict[str, Any]:
+    return {
+        "event_id": f.event_id, "ts": _utc(f.ts), "kind": f.kind, "account": f.account or "",
+        "session_id": f.session_id or "", "src_ip": f.src_ip, "country": f.country or "",
+        "asn": f.asn or 0, "score": float(f.score), "reasons": list(f.reasons),
+        "evidence": _json(f.evidence), "alert_id": f.alert_id or "", "detector": f.detector,
+    }
+
+
+def alert_row(a: Alert) -> dict[str, Any]:
+    return {
+        "alert_id": a.alert_id, "ts": _utc(a.ts), "kind": a.kind, "severity": a.severity,
+        "score": float(a.score), "subject": _json(a.subject), "accounts": list(a.accounts),
+        "event_ids": list(a.event_ids), "evidence": _json(a.evidence), "summary": a.summary,
+        "detector": a.detector, "first_seen": _utc(a.first_seen), "last_seen": _utc(a.last_seen),
+        "version": a.version,
+    }
+
+
+def batch_token(table: str, keys: Sequence[str]) -> str:
+    """Deterministic dedup token for a batch: the same rows give the same token."""
+    h = hashlib.blake2b(table.encode(), digest_size=16)
+    for k in keys:
+        h.update(b"\x1f" + k.encode())
+    return h.hexdigest()
+
+
+def ddl_statements(db: str, ttl_days: int) -> list[str]:
+    text = resources.files("pathsentry.infra").joinpath("ddl/clickhouse.sql").read_text()
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    text = text.replace("{db}", db).replace("{ttl_days}", str(int(ttl_days)))
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+_READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
+
+
+def is_read_only(sql: str) -> bool:
+    """True for a single read-only statement (the query endpoint refuses the rest).
+
+    >>> is_read_only("SELECT 1"), is_read_only("DROP TABLE x"), is_read_only("SELECT 1; DROP TABLE x")
+    (True, False, False)
+    """
+    body = sql.strip().rstrip(";")
+    return bool(_READ_ONLY.match(body)) and ";" not in body
+
+
+class ClickHouse(Protocol):
+    db: str
+
+    def apply_ddl(self, ttl_days: int) -> None: ...
+
+    def insert(self, table: str, columns: Sequence[str], rows: list[dict[str, Any]], token: str) -> None: ...
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, read_only: bool = True) -> QueryResult: ...
+
+    def close(self) -> None: ...
+
+
+class NativeClickHouse:
+    """clickhouse-server through clickhouse-driver (native TCP, optionally TLS)."""
+
+    def __init__(self, url: str) -> None:
+        from clickhouse_driver import Client
+
+        u = urlparse(url)
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        self.db = (u.path or "/pathsentry").lstrip("/") or "pathsentry"
+        self._client = Client(
+            host=u.hostname or "localhost",
+            port=u.port or 9000,
+            user=unquote(u.username or "default"),
+            password=unquote(u.password or ""),
+            secure=q.get("secure", "0") in ("1", "true"),
+            verify=q.get("verify", "1") in ("1", "true"),
+            ca_certs=q.get("ca_certs"),
+            settings={"use_numpy": False},
+        )
+        self._lock = threading.Lock()
+
+    def apply_ddl(self, ttl_days: int) -> None:
+        with self._lock:
+            for stmt in ddl_statements(self.db, ttl_days):
+                self._client.execute(stmt)
+
+    def insert(self, table: str, columns: Sequence[str], rows: list[dict[str, Any]], token: str) -> None:
+        if not rows:
+            return
+        sql = f"INSERT INTO {self.db}.{table} ({', '.join(columns)}) VALUES"
+        with self._lock:
+            self._client.execute(sql, rows, settings={"insert_deduplication_token": token})
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, read_only: bool = True) -> QueryResult:
+        settings = {"readonly": 2} if read_only else {}
+        with self._lock:
+            data, types = self._client.execute(sql, params or {}, with_column_types=True, settings=settings)
+        return [name for name, _ in types], [tuple(r) for r in data]
+
+    def close(self) -> None:
+        self._client.disconnect()
+
+
+class ChdbClickHouse:
+    """chDB (in-process ClickHouse) on a persistent directory."""
+
+    def __init__(self, path: str, db: str = "pathsentry") -> None:
+        from chdb import session
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = db
+        self._s = session.Session(path)
+        self._lock = threading.Lock()
+
+    def apply_ddl(self, ttl_days: int) -> None:
+        with self._lock:
+            for stmt in ddl_statements(self.db, ttl_days):
+                self._s.query(stmt)
+
+    def insert(self, table: str, columns: Sequence[str], rows: list[dict[str, Any]], token: str) -> None:
+        if not rows:
+            return
+        payload = b"\n".join(
+            orjson.dumps({c: _chdb_value(r[c]) for c in columns}) for r in rows
+        ).decode()
+        sql = (
+            f"INSERT INTO {self.db}.{table} ({', '.join(columns)}) "
+            f"SETTINGS insert_deduplication_token='{token}', date_time_input_format='best_effort' "
+            f"FORMAT JSONEachRow\n{payload}"
+        )
+        with self._lock:
+            self._s.query(sql)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, read_only: bool = True) -> QueryResult:
+        if read_only and not is_read_only(sql):
+            raise PermissionError("only a single SELECT/WITH/SHOW/DESCRIBE/EXPLAIN statement is allowed")
+        with self._lock:
+            res = self._s.query(sql, "JSONCompact", params=params or {})
+        body = res.bytes() if hasattr(res, "bytes") else bytes(res)
+        if not body:
+            return [], []
+        doc = orjson.loads(body)
+        return [m["name"] for m in doc.get("meta", [])], [tuple(r) for r in doc.get("data", [])]
+
+    def close(self) -> None:
+        with self._lock:
+            self._s.close()
+
+
+def _chdb_value(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return v
+
+
+def connect(url: str) -> ClickHouse:
+    """Open ClickHouse from ``clickhouse://…`` or ``chdb:///dir`` (relative: ``chdb://./dir``)."""
+    if url.startswith("chdb://"):
+        rest = url[len("chdb://"):]
+        path, _, db = rest.partition("#")
+        return ChdbClickHouse(path or "./var/chdb", db or "pathsentry")
+    if url.startswith(("clickhouse://", "clickhouses://")):
+        if url.startswith("clickhouses://"):
+            url = "clickhouse://" + url[len("clickhouses://"):] + ("&" if "?" in url else "?") + "secure=1"
+        return NativeClickHouse(url)
+    raise ValueError(f"unsupported ClickHouse URL {url!r}: use clickhouse://… or chdb:///dir")

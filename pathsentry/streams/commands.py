@@ -1,0 +1,318 @@
+"""CLI subcommands of the streaming side: ``worker``, ``demo``, ``broker``,
+``topics`` and ``query``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pathsentry.commands.core import add_config_args
+from pathsentry.config import Config, load_config
+
+__all__ = ["format_table", "register"]
+
+log = logging.getLogger("pathsentry")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from pathsentry.infra.broker import create_topics
+    from pathsentry.streams.kafka import bootstrap_servers, client_kwargs
+    from pathsentry.streams.topics import Topics
+
+    cfg = load_config(args.config)
+    wanted = Topics(cfg.kafka).all()
+    if args.partitions:
+        wanted = dict.fromkeys(wanted, args.partitions)
+    created = asyncio.run(
+        create_topics(bootstrap_servers(cfg), wanted, cfg.kafka.replication_factor, client_kwargs(cfg))
+    )
+    for name, n in wanted.items():
+        print(f"{name:40s} partitions={n} {'created' if name in created else 'exists'}")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pathsentry.infra.broker import EmbeddedBroker, broker_url_file
+
+    cfg = load_config(args.config)
+    broker = EmbeddedBroker(port=args.port, log_dir=cfg.data_dir, url_file=broker_url_file(cfg.data_dir))
+    broker.start()
+    print(f"embedded broker at {broker.url} (log {broker.log_path}); Ctrl-C to stop", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def ensure_topics(cfg: Config) -> None:
+    from pathsentry.infra.broker import create_topics
+    from pathsentry.streams.kafka import bootstrap_servers, client_kwargs
+    from pathsentry.streams.topics import Topics
+
+    asyncio.run(
+        create_topics(
+            bootstrap_servers(cfg), Topics(cfg.kafka).all(), cfg.kafka.replication_factor,
+            client_kwargs(cfg),
+        )
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from pathsentry.streams.app import create_app
+
+    _setup_logging(args.loglevel)
+    cfg = load_config(args.config, geo=args.geo)
+    ensure_topics(cfg)
+    app, pipe = create_app(cfg, worker_id=args.worker_id, web_port=args.web_port)
+    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    log.info("worker %s: web/metrics/query on http://127.0.0.1:%d", args.worker_id, args.web_port)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        pipe.save_snapshot()
+        pipe.sink.close()
+    return 0
+
+
+def _http_json(url: str, timeout: float = 2.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL
+        return json.loads(resp.read())
+
+
+def format_table(columns: list[str], rows: list[list[Any]] | list[tuple[Any, ...]], width: int = 60) -> str:
+    """Plain-text table.
+
+    >>> print(format_table(["a", "b"], [[1, "x"]]))
+    a | b
+    --+--
+    1 | x
+    """
+    def cell(v: Any) -> str:
+        s = v if isinstance(v, str) else json.dumps(v, default=str)
+        return s if len(s) <= width else s[: width - 1] + "…"
+
+    body = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(columns)]
+    line = " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()
+    sep = "-+-".join("-" * w for w in widths)
+    out = [line, sep] + [
+        " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in body
+    ]
+    return "\n".join(out)
+
+
+def run_query(cfg: Config, sql: str, worker: str | None) -> tuple[list[str], list[Any]]:
+    """Run read-only SQL through a worker's query endpoint, or directly."""
+    if worker:
+        url = worker.rstrip("/") + "/query?" + urllib.parse.urlencode({"sql": sql})
+        try:
+            doc = _http_json(url, timeout=30)
+        except urllib.error.HTTPError as e:
+            raise SystemExit(f"query failed: {json.loads(e.read()).get('error')}") from None
+        return doc["columns"], doc["rows"]
+    from pathsentry.infra.clickhouse import connect
+
+    ch = connect(cfg.clickhouse.url)
+    try:
+        cols, rows = ch.query(sql)
+        return cols, [list(r) for r in rows]
+    finally:
+        ch.close()
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from pathsentry.infra.clickhouse import connect
+    from pathsentry.queries import QUERIES, render
+
+    if args.list or not (args.name or args.sql):
+        for name, (desc, _) in QUERIES.items():
+            print(f"{name:24s} {desc}")
+        return 0
+    cfg = load_config(args.config)
+    db = "pathsentry"
+    if not args.worker and not cfg.clickhouse.url.startswith("chdb://"):
+        db = connect(cfg.clickhouse.url).db
+    sql = args.sql or render(args.name, db)
+    cols, rows = run_query(cfg, sql, args.worker)
+    if args.json:
+        print(json.dumps([dict(zip(cols, r, strict=True)) for r in rows], default=str, indent=1))
+    else:
+        print(format_table(cols, rows))
+        print(f"({len(rows)} rows)")
+    return 0
+
+
+def _stats_line(st: dict[str, Any], sent: int | None) -> str:
+    parts = [f"events={st['events_in']}", f"flagged={st['flagged']}", f"alerts={st['alerts']}",
+             f"dead-letter={st['dead_letter']}", f"batch={st['last_batch_ms']}ms"]
+    if sent is not None:
+        parts.insert(0, f"backend sent≈{sent}")
+    return "  ".join(parts)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Embedded broker + chDB + a worker + a simulated game backend, with live counts."""
+    from pathsentry.infra.broker import EmbeddedBroker, broker_url_file, free_port
+
+    _setup_logging("WARNING")
+    root = Path(args.dir).resolve()
+    if root.exists() and not args.keep:
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    world = root / "world"
+    py = sys.executable
+
+    print(f"[demo] writing a simulated world to {world}", flush=True)
+    subprocess.run(
+        [py, "-m", "pathsentry", "simulate", "--seed", str(args.seed), "--accounts", str(args.accounts),
+         "--hours", "1", "--out", str(world), "--files-only"],
+        check=True,
+    )
+    broker = EmbeddedBroker(log_dir=root, url_file=broker_url_file(root))
+    broker.start()
+    print(f"[demo] broker (tansu, embedded) at {broker.url}", flush=True)
+    env = dict(os.environ)
+    env.update({
+        "PATHSENTRY_CONFIG": str(world / "pathsentry.toml"),
+        "PATHSENTRY_KAFKA_URL": broker.url,
+        "PATHSENTRY_CLICKHOUSE_URL": f"chdb://{root / 'chdb'}",
+        "PATHSENTRY_DATA_DIR": str(root),
+    })
+    web_port = args.web_port or free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    worker_log = open(root / "worker.log", "ab")  # noqa: SIM115 - closed in finally
+    backend_log = open(root / "backend.log", "ab")  # noqa: SIM115 - closed in finally
+    try:
+        procs.append(subprocess.Popen(
+            [py, "-m", "pathsentry", "worker", "--web-port", str(web_port)],
+            env=env, stdout=worker_log, stderr=subprocess.STDOUT,
+        ))
+        base = f"http://127.0.0.1:{web_port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                _http_json(base + "/stats")
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if procs[0].poll() is not None or time.monotonic() > deadline:
+                    print(f"[demo] worker failed to start; see {root / 'worker.log'}", flush=True)
+                    return 1
+                time.sleep(0.5)
+        print(f"[demo] worker up (stats/metrics/query on {base}); starting the game backend "
+              f"at {args.rate} events/s", flush=True)
+        procs.append(subprocess.Popen(
+            [py, "-m", "pathsentry", "simulate", "--seed", str(args.seed), "--accounts",
+             str(args.accounts), "--hours", str(args.hours), "--to-kafka", "--rate", str(args.rate),
+             "--live"],
+            env=env, stdout=backend_log, stderr=subprocess.STDOUT,
+        ))
+        started = time.monotonic()
+        shown: set[str] = set()
+        while args.duration <= 0 or time.monotonic() - started < args.duration:
+            time.sleep(args.interval)
+            try:
+                st = _http_json(base + "/stats")
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                print("[demo] worker not answering", flush=True)
+                if procs[0].poll() is not None:
+                    return 1
+                continue
+            print(f"[demo] {_stats_line(st, None)}", flush=True)
+            try:
+                cols, rows = run_query(
+                    load_config(env["PATHSENTRY_CONFIG"], env={}),
+                    "SELECT alert_id, kind, severity, summary FROM pathsentry.alerts FINAL "
+                    "ORDER BY last_seen DESC LIMIT 5", base,
+                )
+            except SystemExit:
+                continue
+            for r in rows:
+                if r[0] not in shown:
+                    shown.add(r[0])
+                    print(f"[demo]   ALERT {r[1]:15s} {r[2]:8s} {r[3]}", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("\n[demo] stopping", flush=True)
+        return 0
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+        worker_log.close()
+        backend_log.close()
+        print(f"[demo] stopped; logs and chDB data in {root}", flush=True)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("worker", help="run a stream worker (one consumer-group member)")
+    add_config_args(p)
+    p.add_argument("--worker-id", default=os.environ.get("PATHSENTRY_WORKER_ID", "worker-1"))
+    p.add_argument("--web-port", type=int, default=int(os.environ.get("PATHSENTRY_WEB_PORT", "6066")),
+                   help="port of /stats, /metrics and /query (each worker needs its own)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("demo", help="live demo: embedded broker, chDB, a worker and a simulated game backend")
+    p.add_argument("--dir", default="./var/demo", help="working directory (wiped unless --keep)")
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--accounts", type=int, default=2000)
+    p.add_argument("--hours", type=float, default=24.0)
+    p.add_argument("--rate", type=float, default=400.0, help="events/s sent by the game backend")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--interval", type=float, default=3.0)
+    p.add_argument("--web-port", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    p.add_argument("--config")
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="create the topics (partitions from config or --partitions)")
+    p.add_argument("--config")
+    p.add_argument("--partitions", type=int, default=None)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("query", help="run a named analyst query (or --sql) and print a table")
+    p.add_argument("name", nargs="?", help="query name (see --list)")
+    p.add_argument("--sql", help="a read-only SQL statement instead of a named query")
+    p.add_argument("--worker", help="query through a worker's endpoint, e.g. http://127.0.0.1:6066 "
+                   "(needed for chDB while a worker holds the directory)")
+    p.add_argument("--config")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_query)

@@ -1,0 +1,58 @@
+"""Topic names. Producers write ``logins`` (keyed by account) and
+``network-telemetry`` (keyed by session id); pathsentry writes ``alerts`` and
+``dead-letter`` and uses two internal repartition topics.
+
+>>> from pathsentry.config import KafkaConfig
+>>> Topics(KafkaConfig(topic_prefix="prod.")).logins
+'prod.logins'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pathsentry.config import KafkaConfig
+
+__all__ = ["Topics"]
+
+
+@dataclass(frozen=True)
+class Topics:
+    kafka: KafkaConfig
+
+    def _t(self, name: str) -> str:
+        return self.kafka.topic(name)
+
+    @property
+    def logins(self) -> str:
+        return self._t("logins")
+
+    @property
+    def telemetry(self) -> str:
+        return self._t("network-telemetry")
+
+    @property
+    def alerts(self) -> str:
+        return self._t("alerts")
+
+    @property
+    def dead_letter(self) -> str:
+        return self._t("dead-letter")
+
+    @property
+    def sessions(self) -> str:
+        """Internal: valid events repartitioned by session id."""
+        return self._t("pathsentry-sessions")
+
+    @property
+    def groups(self) -> str:
+        """Internal: enriched events repartitioned by group key (farm template, ISP…)."""
+        return self._t("pathsentry-groups")
+
+    def all(self) -> dict[str, int]:
+        """Every topic with its partition count."""
+        n = self.kafka.partitions
+        return {
+            self.logins: n, self.telemetry: n, self.alerts: n, self.dead_letter: n,
+            self.sessions: n, self.groups: n,
+        }
