@@ -123,5 +123,5 @@ class Detector(ABC):
         """A JSON-serialisable snapshot of the detector's state (for restarts)."""
         return {}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state` output."""
+    def load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore :meth:`state` output (stateless detectors keep this no-op)."""

@@ -98,6 +98,11 @@ def _with_point(info: GeoInfo) -> GeoInfo:
     )
 
 
+def _num(row: dict[str, str], key: str) -> float | None:
+    v = (row.get(key) or "").strip()
+    return float(v) if v else None
+
+
 class CsvPrefixTable:
     """Longest-prefix-match table loaded from CSV (both IP versions)."""
 
@@ -118,21 +123,19 @@ class CsvPrefixTable:
             if not row.get("cidr"):
                 continue
 
-            def num(key: str) -> float | None:
-                v = (row.get(key) or "").strip()
-                return float(v) if v else None
+            lat, lon = _num(row, "lat"), _num(row, "lon")
 
             asn_txt = (row.get("asn") or "").strip().upper().removeprefix("AS")
             info = GeoInfo(
                 country=(row.get("country") or "").strip().upper() or None,
                 asn=int(asn_txt) if asn_txt else None,
                 as_name=(row.get("as_name") or "").strip() or None,
-                lat=num("lat"),
-                lon=num("lon"),
+                lat=lat,
+                lon=lon,
                 kind=(row.get("kind") or "").strip() or None,
                 network=str(ipaddress.ip_network(row["cidr"].strip(), strict=False)),
                 source=name,
-                precision="city" if num("lat") is not None else "country",
+                precision="city" if lat is not None else "country",
             )
             rows.append((row["cidr"].strip(), info))
         return cls(rows, name=name)
@@ -221,6 +224,24 @@ class BundledSource:
         )
 
 
+_INTERNAL = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+        "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/4", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)
+
+
+def _is_internal(addr: IpLike) -> bool:
+    """Private, shared (CGNAT), loopback, link-local or multicast: never geolocated.
+
+    Documentation ranges (TEST-NET, 2001:db8::/32) are *not* internal here, so
+    simulations and examples can use them as public space.
+    """
+    return any(addr.version == n.version and addr in n for n in _INTERNAL)
+
+
 class GeoResolver:
     """Stacked sources with a bounded LRU cache and a private-range guard."""
 
@@ -231,7 +252,7 @@ class GeoResolver:
 
     def lookup(self, ip: str | IpLike) -> GeoInfo:
         addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast:
+        if _is_internal(addr):
             return GeoInfo(kind="private", source="rfc1918", precision="none")
         key = (addr.version, int(addr))
         hit = self._cache.get(key)

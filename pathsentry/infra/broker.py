@@ -136,7 +136,7 @@ class EmbeddedBroker:
             try:
                 asyncio.run(_probe_metadata(self.bootstrap))
                 return
-            except Exception:  # noqa: BLE001 - not ready yet
+            except Exception:
                 time.sleep(0.1)
         self.stop()
         raise BrokerError(f"tansu did not answer on {self.bootstrap} within {self.startup_timeout}s")

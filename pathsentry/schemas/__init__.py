@@ -20,8 +20,8 @@ from pathsentry.schemas.events import (
 from pathsentry.schemas.outputs import (
     Alert,
     AlertKind,
-    FlagKind,
     FlaggedEvent,
+    FlagKind,
     Severity,
     make_alert_id,
     severity_for,

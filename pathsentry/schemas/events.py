@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -67,7 +67,7 @@ def _finite_rtt(v: float) -> float:
 
 Rtt = Annotated[float, AfterValidator(_finite_rtt)]
 RttSamples = Annotated[list[Rtt], Field(min_length=1, max_length=MAX_RTT_SAMPLES)]
-IpAddr = Union[IPv4Address, IPv6Address]
+IpAddr = IPv4Address | IPv6Address
 Ident = Annotated[str, Field(min_length=1, max_length=128)]
 ShortText = Annotated[str, Field(max_length=256)]
 Ttl = Annotated[int, Field(ge=1, le=255)]
@@ -179,7 +179,7 @@ class HttpProbe(_Base):
     account: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
-Event = Annotated[Union[Login, RttProbe, Traceroute, HttpProbe], Field(discriminator="kind")]
+Event = Annotated[Login | RttProbe | Traceroute | HttpProbe, Field(discriminator="kind")]
 event_adapter: TypeAdapter[Login | RttProbe | Traceroute | HttpProbe] = TypeAdapter(Event)
 
 

@@ -203,12 +203,9 @@ def create_app(
                 out.extend(found)
                 routes = engine.group_routes(enriched)
                 if routes:
-                    body = {
-                        "e": parsed.model_dump(mode="json", exclude_none=True),
-                        "n": enriched.notes,
-                    }
+                    event_json = parsed.model_dump(mode="json", exclude_none=True)
                     for det, key in routes:
-                        body["d"], body["k"] = det, key
+                        body = {"e": event_json, "n": enriched.notes, "d": det, "k": key}
                         await groups.send(key=key.encode(), value=orjson.dumps(body, default=str))
                         pipe.stats.group_messages += 1
             await emit(out)
@@ -251,7 +248,7 @@ def create_app(
         loop = asyncio.get_running_loop()
         try:
             cols, rows = await loop.run_in_executor(pipe.sink._pool, ch.query, sql, None, True)
-        except Exception as e:  # noqa: BLE001 - reported to the caller
+        except Exception as e:
             return web.json({"error": str(e)[:500]}, status=400)
         return web.json({"columns": cols, "rows": [list(r) for r in rows]})
 

@@ -102,7 +102,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _http_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
@@ -246,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 continue
             print(f"[demo] {_stats_line(st, None)}", flush=True)
             try:
-                cols, rows = run_query(
+                _, rows = run_query(
                     load_config(env["PATHSENTRY_CONFIG"], env={}),
                     "SELECT alert_id, kind, severity, summary FROM pathsentry.alerts FINAL "
                     "ORDER BY last_seen DESC LIMIT 5", base,

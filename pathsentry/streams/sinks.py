@@ -37,7 +37,9 @@ class ClickHouseSink:
         self.failures = 0
         self.healthy = True
 
-    async def _run(self, table: str, columns: tuple[str, ...], rows: list[dict[str, object]], token: str) -> None:
+    async def _run(
+        self, table: str, columns: tuple[str, ...], rows: list[dict[str, object]], token: str
+    ) -> None:
         loop = asyncio.get_running_loop()
         delay = 0.2
         while True:
@@ -48,11 +50,12 @@ class ClickHouseSink:
                 self.healthy = True
                 self.rows_written += len(rows)
                 return
-            except Exception as e:  # noqa: BLE001 - any driver error means retry
+            except Exception as e:
                 self.failures += 1
                 self.healthy = False
                 log.warning(
-                    "clickhouse: insert into %s failed (%s: %s); holding %d rows and their offsets, retry in %.1fs",
+                    "clickhouse: insert into %s failed (%s: %s); "
+                    "holding %d rows and their offsets, retry in %.1fs",
                     table, type(e).__name__, str(e)[:200], len(rows), delay,
                 )
                 await asyncio.sleep(delay)

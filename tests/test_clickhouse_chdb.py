@@ -1,0 +1,65 @@
+"""ClickHouse sink on chDB (the real ClickHouse engine, in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from pathsentry.infra.clickhouse import ChdbClickHouse, connect
+from pathsentry.schemas import Alert, FlaggedEvent
+from pathsentry.streams.sinks import ClickHouseSink
+
+pytestmark = pytest.mark.integration
+
+
+def _flag(i: int, account: str = "hero") -> FlaggedEvent:
+    return FlaggedEvent(
+        event_id=f"e{i}", ts=datetime(2026, 11, 22, 12, 0, i % 60, tzinfo=UTC), kind="vpn_relay",
+        account=account, session_id=f"s{i}", src_ip="203.0.113.9", country="KR", asn=64500,
+        score=0.9, reasons=["tcp << app"], evidence={"gap_ms": 80.5, "note": "it's \"quoted\""},
+        detector="latency",
+    )
+
+
+def _alert(version: int, accounts: list[str]) -> Alert:
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    return Alert(
+        alert_id="a1", ts=now, kind="farm_group", severity="high", score=0.8,
+        subject={"group_id": "g1", "template": "xiaopai{3}"}, accounts=accounts, event_ids=[],
+        evidence={"members": len(accounts)}, summary="farm", detector="farm",
+        first_seen=now, last_seen=now, version=version,
+    )
+
+
+def test_idempotent_batches_and_alert_updates(chdb_dir: Path) -> None:
+    ch = connect(f"chdb://{chdb_dir}")
+    assert isinstance(ch, ChdbClickHouse)
+    ch.apply_ddl(30)
+    ch.apply_ddl(30)  # idempotent DDL
+    sink = ClickHouseSink(ch)
+    hostile = "x'); DROP TABLE pathsentry.alerts; --"
+    flags = [_flag(i) for i in range(10)] + [_flag(99, account=hostile)]
+
+    async def run() -> None:
+        await sink.write(flags, [_alert(1, ["a", "b"])])
+        await sink.write(flags, [_alert(1, ["a", "b"])])  # a retried batch
+        await sink.write([], [_alert(2, ["a", "b", "c"])])  # the same alert, grown
+
+    asyncio.run(run())
+    _, rows = ch.query("SELECT count() FROM pathsentry.flagged_events")
+    assert rows[0][0] == 11  # the retry was deduplicated by its token
+    _, rows = ch.query("SELECT account FROM pathsentry.flagged_events WHERE event_id = 'e99'")
+    assert rows[0][0] == hostile  # stored as data, not executed
+    _, rows = ch.query("SELECT version, length(accounts) FROM pathsentry.alerts FINAL")
+    assert rows == [(2, 3)]
+    _, rows = ch.query(
+        "SELECT JSONExtractFloat(evidence, 'gap_ms') FROM pathsentry.flagged_events WHERE event_id='e1'"
+    )
+    assert rows[0][0] == pytest.approx(80.5)
+    with pytest.raises(PermissionError):
+        ch.query("DROP TABLE pathsentry.alerts")
+    sink.close()
+    ch.close()
