@@ -110,6 +110,7 @@ def create_app(
 
     from pathsentry.infra.clickhouse import connect
 
+    Path(config.data_dir, "faust").mkdir(parents=True, exist_ok=True)
     ch = ch or connect(config.clickhouse.url)
     ch.apply_ddl(config.clickhouse.ttl_days)
     engine = engine or Engine(config)
