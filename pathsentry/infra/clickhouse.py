@@ -5,7 +5,7 @@
 - :class:`ChdbClickHouse`: chDB, the ClickHouse engine in-process, URL
   ``chdb:///path/to/dir`` (one process per directory).
 
-Both run the same DDL (``infra/ddl/clickhouse.sql``) and insert rows as data,
+Both run the same DDL (``infra/ddl/*.sql``) and insert rows as data,
 never as SQL text: the native driver sends typed columns, chDB receives
 ``FORMAT JSONEachRow`` data after the statement. Every insert carries a
 deterministic ``insert_deduplication_token`` so a retried batch is stored once.
@@ -101,10 +101,19 @@ def batch_token(table: str, keys: Sequence[str]) -> str:
 
 
 def ddl_statements(db: str, ttl_days: int) -> list[str]:
-    text = resources.files("pathsentry.infra").joinpath("ddl/clickhouse.sql").read_text()
-    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    text = text.replace("{db}", db).replace("{ttl_days}", str(int(ttl_days)))
-    return [s.strip() for s in text.split(";") if s.strip()]
+    """Every statement of ``infra/ddl/*.sql`` in file-name order, placeholders filled.
+
+    >>> stmts = ddl_statements("soc", 30)
+    >>> stmts[0], any("soc.alerts" in s for s in stmts)
+    ('CREATE DATABASE IF NOT EXISTS soc', True)
+    """
+    ddl_dir = resources.files("pathsentry.infra").joinpath("ddl")
+    out: list[str] = []
+    for f in sorted((p for p in ddl_dir.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
+        text = "\n".join(ln for ln in f.read_text().splitlines() if not ln.lstrip().startswith("--"))
+        text = text.replace("{db}", db).replace("{ttl_days}", str(int(ttl_days)))
+        out.extend(s.strip() for s in text.split(";") if s.strip())
+    return out
 
 
 _READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
