@@ -18,12 +18,17 @@ import math
 
 __all__ = [
     "ACCESS_FLOOR_MS",
+    "ACCESS_TYPICAL_MS",
     "KM_PER_MS_RTT",
+    "PATH_INFLATION",
+    "destination_point",
     "fibre_floor_ms",
     "great_circle_km",
     "max_distance_km",
     "median",
     "quantile",
+    "ramp",
+    "squash",
 ]
 
 #: Round-trip km per ms: 200 km/ms one way in fibre, halved for the round trip.
@@ -39,6 +44,19 @@ ACCESS_FLOOR_MS: dict[str, float] = {
     "mobile": 12.0,
     "relay": 0.1,
 }
+
+#: Typical (not worst-case) extra RTT of the access network per access kind (ms).
+ACCESS_TYPICAL_MS: dict[str, float] = {
+    "hosting": 0.5,
+    "business": 2.0,
+    "education": 2.0,
+    "residential": 6.0,
+    "mobile": 30.0,
+    "relay": 0.5,
+}
+
+#: Typical ratio of routed path length to the great circle (1.5-2.5x).
+PATH_INFLATION = 2.0
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -76,3 +94,43 @@ def quantile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return quantile(values, 0.5)
+
+
+def destination_point(
+    lat: float, lon: float, bearing_deg: float, dist_km: float
+) -> tuple[float, float]:
+    """The point ``dist_km`` from (lat, lon) along an initial bearing (great circle).
+
+    >>> lat, lon = destination_point(37.5665, 126.9780, 90.0, 100.0)
+    >>> round(great_circle_km(37.5665, 126.9780, lat, lon), 1)
+    100.0
+    """
+    d = dist_km / EARTH_RADIUS_KM
+    b, p1, l1 = math.radians(bearing_deg), math.radians(lat), math.radians(lon)
+    p2 = math.asin(math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(b))
+    l2 = l1 + math.atan2(math.sin(b) * math.sin(d) * math.cos(p1),
+                         math.cos(d) - math.sin(p1) * math.sin(p2))
+    return math.degrees(p2), (math.degrees(l2) + 540.0) % 360.0 - 180.0
+
+
+def ramp(x: float, lo: float, hi: float) -> float:
+    """0 below ``lo``, 1 above ``hi``, linear in between: a soft threshold.
+
+    >>> ramp(5.0, 0.0, 10.0), ramp(-1.0, 0.0, 10.0), ramp(20.0, 0.0, 10.0)
+    (0.5, 0.0, 1.0)
+    """
+    if x <= lo:
+        return 0.0
+    if x >= hi:
+        return 1.0
+    return (x - lo) / (hi - lo)
+
+
+def squash(x: float, scale: float) -> float:
+    """Map a non-negative magnitude to [0, 1) with half-saturation at ``scale``.
+
+    >>> squash(10.0, 10.0), squash(0.0, 10.0), squash(-3.0, 10.0)
+    (0.5, 0.0, 0.0)
+    """
+    x = max(0.0, x)
+    return x / (x + scale)
