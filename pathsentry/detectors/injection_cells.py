@@ -1,0 +1,532 @@
+"""Where injection happens: cells of (ASN, /24, port, hour of day).
+
+One forged answer is a probe's problem; an ISP's DPI box is a pattern. This group
+stage counts the verdicts the session stage left in ``notes["injection"]`` per cell
+``(prefix, port, hour)`` of each ASN. Hourly cells of one /24 are often too sparse to
+judge, so three coarser views help, judged by the same rule:
+
+- ``(prefix, port, all day)``: finds the *lines* (prefixes) with a forging box;
+- ``("+", port, hour)``: the lines found so far pooled, which says *when*;
+- ``("*", port, hour)``: the whole ASN, for boxes that sit in front of every line.
+
+A cell is *confidently bad* when
+
+- it holds at least ``min_probes`` plaintext probes from at least
+  ``min_suspect_clients`` distinct suspect clients,
+- the Wilson lower bound of its suspect rate reaches ``min_rate``, and
+- TLS probes on the same line and hour (the control: an on-path box cannot forge
+  them) do not show the same path anomalies: once there are ``min_tls_probes`` of
+  them, the Wilson *upper* bound of their anomaly rate must stay below the plaintext
+  lower bound.
+
+Cells are re-judged whenever their plaintext or TLS counts move.
+
+Events are partitioned by ASN (:meth:`InjectionCellDetector.group_keys`), so all the
+cells of one ISP meet on one worker and the SOC gets one ``injection_cell`` alert per
+ASN -- "AS4766, ports 80 and 8080, 09–18" -- whose id is derived from the ASN and
+which is re-emitted with ``version + 1`` when its ports, hours or prefixes change
+(and, on idle ticks, at most every ``refresh_s`` when its counts moved). Should
+every cell clear again, the last version stands. The
+evidence contrasts the bad hours with the other hours and with TLS.
+
+>>> round(wilson_lower(9, 10), 3), round(wilson_upper(0, 40), 3)
+(0.596, 0.088)
+>>> format_hours(range(9, 18)), format_hours([22, 23, 0, 1]), format_hours([3, 9, 10])
+('09–18', '22–02', '03–04, 09–11')
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pathsentry.detectors import register
+from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.injection import NOTES_KEY, settings_from
+from pathsentry.schemas import Alert, HttpProbe, make_alert_id, severity_for
+
+__all__ = [
+    "CellSettings",
+    "InjectionCellDetector",
+    "format_hours",
+    "wilson_lower",
+    "wilson_upper",
+]
+
+ALL = "*"
+#: The pooled cell of the lines already found bad (prefixes with a bad cell).
+LINES = "+"
+#: The hour of a line's all-day cell ``(prefix, port, ANY_HOUR)``.
+ANY_HOUR = -1
+CellKey = tuple[str, int, int]  # (prefix or "*", port, hour)
+TlsKey = tuple[str, int]  # (prefix or "*", hour)
+Signature = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]  # ports, hours, prefixes
+
+
+@dataclass(frozen=True, slots=True)
+class CellSettings:
+    """Thresholds and bounds (``[detectors.injection_cells]`` in ``pathsentry.toml``)."""
+
+    min_probes: int = 8
+    min_suspect_clients: int = 2
+    min_rate: float = 0.2
+    #: TLS probes on a line from which the TLS contrast applies.
+    min_tls_probes: int = 3
+    z: float = 1.96
+    #: IANA zone for "hour of day"; empty: the offset each event's ``ts`` carries.
+    timezone: str = ""
+    max_groups: int = 20_000
+    max_cells: int = 4096
+    max_clients: int = 512
+    max_examples: int = 5
+    max_alert_events: int = 20
+    max_alert_accounts: int = 50
+    max_prefixes: int = 32
+    idle_ttl_s: float = 14 * 86400.0
+    refresh_s: float = 3600.0
+
+
+def _wilson(k: int, n: int, z: float, sign: float) -> float:
+    if n <= 0:
+        return 0.0 if sign < 0 else 1.0
+    p = k / n
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return min(1.0, max(0.0, (centre + sign * spread) / (1 + z2 / n)))
+
+
+def wilson_lower(k: int, n: int, z: float = 1.96) -> float:
+    """Lower Wilson score bound of the rate ``k / n`` (0 when ``n == 0``)."""
+    return _wilson(k, n, z, -1.0)
+
+
+def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
+    """Upper Wilson score bound of the rate ``k / n`` (1 when ``n == 0``)."""
+    return _wilson(k, n, z, 1.0)
+
+
+def format_hours(hours: Iterable[int]) -> str:
+    """Hours of day as ranges, end exclusive, wrapping past midnight."""
+    hs = sorted(set(hours))
+    if not hs:
+        return ""
+    if len(hs) == 24:
+        return "00–24"
+    runs: list[list[int]] = []
+    for h in hs:
+        if runs and h == runs[-1][1] + 1:
+            runs[-1][1] = h
+        else:
+            runs.append([h, h])
+    if len(runs) > 1 and runs[0][0] == 0 and runs[-1][1] == 23:
+        runs[0][0] = runs.pop()[0]
+    return ", ".join(f"{a:02d}–{(b + 1) % 24 if a > b else b + 1:02d}" for a, b in runs)
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isinf(x) else x
+
+
+def _inf(x: float | None) -> float:
+    return math.inf if x is None else x
+
+
+@dataclass(slots=True)
+class _Cell:
+    """Counts of one cell: ``k`` of ``n`` probes suspect (for TLS: path-anomalous)."""
+
+    n: int = 0
+    k: int = 0
+    clients: set[str] = field(default_factory=set)
+    suspect_clients: set[str] = field(default_factory=set)
+    first: float = math.inf
+    last: float = 0.0
+    first_suspect: float = math.inf
+    last_suspect: float = 0.0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, client: str, bad: bool, ts: float, event_id: str, s: CellSettings) -> None:
+        self.n += 1
+        self.first, self.last = min(self.first, ts), max(self.last, ts)
+        if len(self.clients) < s.max_clients:
+            self.clients.add(client)
+        if not bad:
+            return
+        self.k += 1
+        self.first_suspect, self.last_suspect = min(self.first_suspect, ts), max(
+            self.last_suspect, ts
+        )
+        if len(self.suspect_clients) < s.max_clients:
+            self.suspect_clients.add(client)
+        if len(self.examples) < s.max_examples:
+            self.examples.append(event_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.n, "k": self.k, "clients": sorted(self.clients),
+            "suspect_clients": sorted(self.suspect_clients), "first": _finite(self.first),
+            "last": self.last, "first_suspect": _finite(self.first_suspect),
+            "last_suspect": self.last_suspect, "examples": list(self.examples),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Cell:
+        return cls(
+            n=d["n"], k=d["k"], clients=set(d["clients"]),
+            suspect_clients=set(d["suspect_clients"]), first=_inf(d["first"]), last=d["last"],
+            first_suspect=_inf(d["first_suspect"]), last_suspect=d["last_suspect"],
+            examples=list(d["examples"]),
+        )
+
+
+@dataclass(slots=True)
+class _Published:
+    """What was last emitted for a group's alert."""
+
+    version: int
+    ts: float
+    signature: Signature
+    suspects: int
+
+
+@dataclass(slots=True)
+class _Group:
+    asn: int | None
+    as_name: str | None
+    cells: OrderedDict[CellKey, _Cell] = field(default_factory=OrderedDict)
+    tls: OrderedDict[TlsKey, _Cell] = field(default_factory=OrderedDict)
+    bad: set[CellKey] = field(default_factory=set)
+    #: The lines the pooled cells were last judged over (not persisted: re-judged).
+    pooled: set[str] = field(default_factory=set)
+    accounts: list[str] = field(default_factory=list)
+    published: _Published | None = None
+    last: float = 0.0
+    tz_label: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        pub = self.published
+        return {
+            "asn": self.asn, "as_name": self.as_name, "last": self.last,
+            "tz_label": self.tz_label, "accounts": list(self.accounts),
+            "cells": [[*k, c.to_json()] for k, c in self.cells.items()],
+            "tls": [[*k, c.to_json()] for k, c in self.tls.items()],
+            "bad": sorted([list(k) for k in self.bad]),
+            "published": None if pub is None else {
+                "version": pub.version, "ts": pub.ts, "suspects": pub.suspects,
+                "signature": [list(x) for x in pub.signature],
+            },
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Group:
+        g = cls(asn=d["asn"], as_name=d["as_name"], last=d["last"], tz_label=d["tz_label"],
+                accounts=list(d["accounts"]))
+        for p, port, hour, c in d["cells"]:
+            g.cells[(p, port, hour)] = _Cell.from_json(c)
+        for p, hour, c in d["tls"]:
+            g.tls[(p, hour)] = _Cell.from_json(c)
+        g.bad = {(p, port, hour) for p, port, hour in d["bad"]}
+        pub = d["published"]
+        if pub is not None:
+            ports, hours, prefixes = pub["signature"]
+            g.published = _Published(pub["version"], pub["ts"],
+                                     (tuple(ports), tuple(hours), tuple(prefixes)),
+                                     pub["suspects"])
+        return g
+
+
+def _touch(table: OrderedDict[Any, _Cell], key: Any, cap: int) -> _Cell:
+    """The cell at ``key`` (created if new), most recently used; evict beyond ``cap``."""
+    cell = table.get(key)
+    if cell is None:
+        cell = table[key] = _Cell()
+        while len(table) > cap:
+            table.popitem(last=False)
+    else:
+        table.move_to_end(key)
+    return cell
+
+
+def _expire(table: OrderedDict[Any, _Cell], horizon: float) -> None:
+    for key in [k for k, c in table.items() if c.last < horizon]:
+        del table[key]
+
+
+def _union(a: Signature, b: Signature) -> Signature:
+    """An alert's subject only grows: ports, hours and prefixes seen bad stay listed."""
+    return (tuple(sorted({*a[0], *b[0]})), tuple(sorted({*a[1], *b[1]})),
+            tuple(sorted({*a[2], *b[2]})))
+
+
+def _merge(cells: Iterable[_Cell | None]) -> _Cell:
+    """One cell summing ``cells`` (the pooled view of several lines)."""
+    out = _Cell()
+    for c in cells:
+        if c is None:
+            continue
+        out.n, out.k = out.n + c.n, out.k + c.k
+        out.clients |= c.clients
+        out.suspect_clients |= c.suspect_clients
+        out.first, out.last = min(out.first, c.first), max(out.last, c.last)
+        out.first_suspect = min(out.first_suspect, c.first_suspect)
+        out.last_suspect = max(out.last_suspect, c.last_suspect)
+        out.examples.extend(c.examples)
+    return out
+
+
+def _sum(cells: Iterable[_Cell]) -> tuple[int, int]:
+    n = k = 0
+    for c in cells:
+        n, k = n + c.n, k + c.k
+    return n, k
+
+
+@register
+class InjectionCellDetector(Detector):
+    """Group stage: alert ``injection_cell`` when an ISP's lines are confidently forged."""
+
+    name = "injection_cells"
+    consumes = frozenset({"http_probe"})
+    stage = "group"
+
+    def __init__(self, ctx: DetectorContext) -> None:
+        super().__init__(ctx)
+        self.settings = settings_from(CellSettings, ctx.settings(self.name))
+        zone = self.settings.timezone
+        self.tz: tzinfo | None = ZoneInfo(zone) if zone else None
+        self.groups: OrderedDict[str, _Group] = OrderedDict()
+
+    # -- partitioning -------------------------------------------------------------
+
+    def group_keys(self, ev: Enriched) -> Iterable[str]:
+        if NOTES_KEY not in ev.notes:
+            return ()
+        return (f"asn:{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}",)
+
+    # -- per event ------------------------------------------------------------------
+
+    def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
+        probe = ev.event
+        verdict = ev.notes.get(NOTES_KEY)
+        if not isinstance(probe, HttpProbe) or verdict is None:
+            return None
+        key = key if key is not None else next(iter(self.group_keys(ev)))
+        s = self.settings
+        group = self._group(key, ev)
+        local = probe.ts.astimezone(self.tz) if self.tz is not None else probe.ts
+        group.tz_label = self.settings.timezone or local.strftime("UTC%z")
+        hour, ts, client = local.hour, ev.ts, str(probe.src_ip)
+        touched: list[CellKey] = []
+        if verdict["tls"]:
+            for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
+                _touch(group.tls, (p, h), s.max_cells).add(
+                    client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
+                touched.extend(k for k in group.bad if (k[0], k[2]) == (p, h))
+        else:
+            suspect = bool(verdict["suspect"])
+            if suspect and ev.account and ev.account not in group.accounts \
+                    and len(group.accounts) < s.max_alert_accounts:
+                group.accounts.append(ev.account)
+            for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
+                cell_key = (p, probe.target.port, h)
+                _touch(group.cells, cell_key, s.max_cells).add(
+                    client, suspect, ts, probe.event_id, s)
+                touched.append(cell_key)
+        self._judge(group, touched, set())
+        lines = self._lines(group)
+        if lines != group.pooled:  # new lines: re-judge every pooled cell
+            group.pooled = lines
+            pooled = {(LINES, p, h) for p_, p, h in group.cells if p_ in lines and h != ANY_HOUR}
+        elif verdict["tls"]:
+            pooled = {(LINES, k[1], hour) for k in group.bad}
+        else:
+            pooled = {(LINES, probe.target.port, hour)}
+        self._judge(group, pooled if lines else set(), lines)
+        signature = self._signature(group)
+        if not signature[1]:  # no hour is bad yet
+            return None
+        if group.published is not None:
+            signature = _union(group.published.signature, signature)
+            if group.published.signature == signature:
+                return None
+        return Findings(alerts=[self._publish(key, group, ts, signature)])
+
+    def _group(self, key: str, ev: Enriched) -> _Group:
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(asn=ev.geo.asn, as_name=ev.geo.as_name)
+            while len(self.groups) > self.settings.max_groups:
+                self.groups.popitem(last=False)
+        else:
+            self.groups.move_to_end(key)
+        group.last = max(group.last, ev.ts)
+        return group
+
+    def _judge(self, group: _Group, keys: Iterable[CellKey], lines: set[str]) -> None:
+        for cell_key in keys:
+            if self._bad(group, cell_key, lines):
+                group.bad.add(cell_key)
+            else:
+                group.bad.discard(cell_key)
+
+    @staticmethod
+    def _cell_at(group: _Group, key: CellKey, lines: set[str]) -> _Cell:
+        prefix, port, hour = key
+        if prefix == LINES:
+            return _merge(group.cells.get((p, port, hour)) for p in lines)
+        return group.cells.get(key, _Cell())
+
+    @staticmethod
+    def _contrast(group: _Group, ports: set[int], hours: set[int]) -> tuple[
+            tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(probes, suspect) in the bad hours, outside them, and TLS in them: on the
+        lines found bad if any, else ASN-wide."""
+        lines = InjectionCellDetector._lines(group) or {ALL}
+        plain = [(k, c) for k, c in group.cells.items()
+                 if k[0] in lines and k[1] in ports and k[2] != ANY_HOUR]
+        return (
+            _sum(c for k, c in plain if k[2] in hours),
+            _sum(c for k, c in plain if k[2] not in hours),
+            _sum(c for k, c in group.tls.items() if k[0] in lines and k[1] in hours),
+        )
+
+    @staticmethod
+    def _lines(group: _Group) -> set[str]:
+        return {k[0] for k in group.bad if k[0] not in (ALL, LINES)}
+
+    def _bad(self, group: _Group, key: CellKey, lines: set[str]) -> bool:
+        """Is the cell at ``key`` confidently bad (``LINES``: pooled over ``lines``)?"""
+        s = self.settings
+        prefix, _, hour = key
+        cell = self._cell_at(group, key, lines)
+        if prefix == LINES:
+            tls = _merge(group.tls.get((p, hour)) for p in lines)
+        else:
+            tls = group.tls.get((prefix, hour), _Cell())
+        if cell.n < s.min_probes or len(cell.suspect_clients) < s.min_suspect_clients:
+            return False
+        lower = wilson_lower(cell.k, cell.n, s.z)
+        if lower < s.min_rate:
+            return False
+        return tls.n < s.min_tls_probes or wilson_upper(tls.k, tls.n, s.z) < lower
+
+    # -- the alert --------------------------------------------------------------------
+
+    def _signature(self, group: _Group) -> Signature:
+        ports = tuple(sorted({k[1] for k in group.bad}))
+        hours = tuple(sorted({k[2] for k in group.bad if k[2] != ANY_HOUR}))
+        prefixes = tuple(sorted(self._lines(group))[: self.settings.max_prefixes])
+        return ports, hours, prefixes
+
+    def _prefixes(self, group: _Group, ports: set[int], hours: set[int]) -> list[str]:
+        """Without a bad line (only ASN-wide roll-ups are bad): the prefixes with
+        suspect probes on the bad ports and hours, most suspect first."""
+        per: dict[str, int] = {}
+        for (p, port, hour), c in group.cells.items():
+            if p not in (ALL, LINES) and c.k and port in ports and hour in hours:
+                per[p] = per.get(p, 0) + c.k
+        return sorted(per, key=lambda p: (-per[p], p))[: self.settings.max_prefixes]
+
+    def _publish(
+        self,
+        key: str,
+        group: _Group,
+        ts: float,
+        signature: Signature,
+    ) -> Alert:
+        s = self.settings
+        ports, hours = set(signature[0]), set(signature[1])
+        lines = self._lines(group)
+        bad_cells = [(k, self._cell_at(group, k, lines)) for k in sorted(group.bad)]
+        (n_in, k_in), (n_out, k_out), (n_tls, k_tls) = self._contrast(group, ports, hours)
+        where = "the alerted lines" if lines else "the whole AS"
+        score = max((wilson_lower(c.k, c.n, s.z) for _, c in bad_cells), default=0.0)
+        events: list[str] = []
+        for _, c in bad_cells:
+            events.extend(e for e in c.examples if e not in events)
+        first = min((c.first_suspect for _, c in bad_cells), default=ts)
+        last = max((c.last_suspect for _, c in bad_cells), default=ts)
+        hours_txt = format_hours(hours)
+        asn_txt = f"AS{group.asn}" if group.asn is not None else key
+        prefixes = list(signature[2]) or self._prefixes(group, ports, hours)
+        port_txt = ", ".join(str(p) for p in sorted(ports))
+        summary = (
+            f"{asn_txt} ({group.as_name or 'unknown AS'}): plaintext answers forged on the "
+            f"path, port {port_txt}, {hours_txt} ({group.tz_label}); on {where} "
+            f"{k_in}/{n_in} plaintext probes suspect in those hours vs {k_out}/{n_out} "
+            f"outside, TLS {k_tls}/{n_tls} anomalous; {len(prefixes)} prefix(es)"
+        )
+        version = 1 if group.published is None else group.published.version + 1
+        group.published = _Published(version, ts, signature, k_in)
+        return Alert(
+            alert_id=make_alert_id(self.name, "injection_cell", key),
+            ts=_dt(ts),
+            kind="injection_cell",
+            severity=severity_for(score),
+            score=round(score, 4),
+            subject={
+                "asn": group.asn, "as_name": group.as_name, "prefixes": prefixes,
+                "ports": sorted(ports), "hours": hours_txt, "timezone": group.tz_label,
+            },
+            accounts=list(group.accounts),
+            event_ids=events[: s.max_alert_events],
+            evidence={
+                "cells": [
+                    {"prefix": p, "port": port, "hour": None if h == ANY_HOUR else h,
+                     "probes": c.n, "suspect": c.k, "clients": len(c.clients),
+                     "suspect_clients": len(c.suspect_clients),
+                     "rate": round(c.k / c.n, 4),
+                     "rate_lower": round(wilson_lower(c.k, c.n, s.z), 4)}
+                    for (p, port, h), c in bad_cells
+                ],
+                "contrast_on": where,
+                "in_hours": {"probes": n_in, "suspect": k_in},
+                "off_hours": {"probes": n_out, "suspect": k_out},
+                "tls_same_hours": {"probes": n_tls, "path_anomalous": k_tls},
+                "confidence": f"Wilson lower bound at z={s.z}",
+            },
+            summary=summary,
+            detector=self.name,
+            first_seen=_dt(first),
+            last_seen=_dt(last),
+            version=version,
+        )
+
+    # -- time, state ------------------------------------------------------------------
+
+    def flush(self, now: float) -> Findings | None:
+        """Drop idle groups and cells; refresh alerts whose counts moved."""
+        s = self.settings
+        out = Findings()
+        horizon = now - s.idle_ttl_s
+        for key in [k for k, g in self.groups.items() if g.last < horizon]:
+            del self.groups[key]
+        for key, group in self.groups.items():
+            _expire(group.cells, horizon)
+            _expire(group.tls, horizon)
+            pub = group.published
+            if pub is None or now - pub.ts < s.refresh_s:
+                continue
+            signature = _union(pub.signature, self._signature(group))
+            (_, k_in), _, _ = self._contrast(group, set(signature[0]), set(signature[1]))
+            if k_in != pub.suspects or signature != pub.signature:
+                out.alerts.append(self._publish(key, group, now, signature))
+        return out or None
+
+    def state(self) -> dict[str, Any]:
+        return {"groups": {k: g.to_json() for k, g in self.groups.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.groups = OrderedDict(
+            (k, _Group.from_json(g)) for k, g in state.get("groups", {}).items()
+        )
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
