@@ -16,6 +16,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pathsentry.streams.commands",
     "pathsentry.sim.commands",
     "pathsentry.sensor.commands",
+    "pathsentry.bench.commands",
+    "pathsentry.report.commands",
 )
 
 

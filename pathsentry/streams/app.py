@@ -1,29 +1,42 @@
-"""The Faust app: three agents joined by two repartition topics.
+"""The stream worker: an ingest loop and two Faust agents joined by repartition topics.
 
 ::
 
-    logins ─┐                         ┌─► dead-letter (reason + topic/partition/offset)
-            ├─► ingest (validate) ────┤
- telemetry ─┘                         └─► pathsentry-sessions (key: session id)
-                                            │ sessions: enrich + session-stage detectors
-                                            ├─► ClickHouse + alerts
-                                            └─► pathsentry-groups (key: group key)
-                                                  │ groups: group-stage detectors
-                                                  └─► ClickHouse + alerts
+    logins ─┐   ingest (aiokafka, batched)     ┌─► dead-letter (reason + topic/partition/offset)
+            ├─► decode + validate (pydantic) ──┤
+ telemetry ─┘                                  └─► pathsentry-sessions (partition: session id)
+                                                     │ agent "sessions": enrich + session-stage detectors
+                                                     ├─► ClickHouse + alerts topic
+                                                     └─► pathsentry-groups (partition: group key)
+                                                           │ agent "groups": group-stage detectors
+                                                           └─► ClickHouse + alerts topic
 
-Every agent consumes in batches (``take_events``) with concurrency 1; a batch's
-outputs (forwarded records, ClickHouse rows, alerts) are flushed before its
-offsets are acknowledged, so delivery is at-least-once and the sinks are
-idempotent (deterministic ids and dedup tokens).
+The producers' topics carry one event per message, which is what makes Faust's
+per-message stream machinery the first wall (a few thousand messages/s). The
+ingest loop therefore consumes them with aiokafka in large batches, and forwards
+*envelopes* (one message per destination partition holding every event of the
+batch bound for it) to the internal topics, whose Faust agents then handle a
+few large messages instead of many small ones.
+
+Delivery is at-least-once everywhere: the ingest loop commits its offsets only
+after the batch's envelopes and dead letters are acknowledged by the broker;
+the agents consume with ``take_events`` (concurrency 1) and their outputs
+(ClickHouse rows, alerts, forwarded envelopes) are flushed before the batch is
+acknowledged. Retries can repeat outputs; the sinks are idempotent
+(deterministic alert ids, ReplacingMergeTree, dedup tokens).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+import zlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,37 +46,89 @@ from pathsentry.config import Config
 from pathsentry.detectors import Findings
 from pathsentry.engine import Engine
 from pathsentry.infra.clickhouse import ClickHouse, is_read_only
-from pathsentry.schemas import Alert, EventError, event_adapter, parse_event
+from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
 from pathsentry.streams.deadletter import dead_letter_record
-from pathsentry.streams.kafka import bootstrap_servers
+from pathsentry.streams.kafka import bootstrap_servers, client_kwargs
 from pathsentry.streams.sinks import ClickHouseSink
 from pathsentry.streams.topics import Topics
 
-__all__ = ["Pipeline", "Stats", "create_app"]
+__all__ = ["Pipeline", "Stats", "create_app", "envelope", "partition_for", "session_key"]
 
 log = logging.getLogger(__name__)
 
 
+def session_key(ev: AnyEvent) -> str:
+    """Repartition key of an event: its session, else its account, else its address."""
+    return ev.session_id or getattr(ev, "account", None) or str(ev.src_ip)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Stable partition of a key (same on every worker and every run).
+
+    >>> partition_for("sess-1", 8) == partition_for("sess-1", 8), 0 <= partition_for("x", 3) < 3
+    (True, True)
+    """
+    return zlib.crc32(key.encode()) % partitions
+
+
+def envelope(items: Iterable[bytes]) -> bytes:
+    """Join already-serialised JSON items into one JSON array message.
+
+    >>> orjson.loads(envelope([b'{"a":1}', b'{"b":2}']))
+    [{'a': 1}, {'b': 2}]
+    """
+    return b"[" + b",".join(items) + b"]"
+
+
 @dataclass
 class Stats:
+    """Counters of one worker, served on ``/stats`` and ``/metrics``."""
+
     events_in: int = 0
+    events_detected: int = 0
     dead_letter: int = 0
     flagged: int = 0
     alerts: int = 0
     group_messages: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
+    group_events: int = 0
+    first_ingest_at: float | None = None
+    first_event_at: float | None = None
+    last_event_at: float | None = None
+    last_group_at: float | None = None
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    #: (produce time ms, produce-to-flag-stored ms) of recent flags
+    latencies_ms: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=500_000))
 
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+    def mark_detected(self, n: int) -> None:
+        now = time.time()
+        if self.first_event_at is None:
+            self.first_event_at = now
+        self.last_event_at = now
+        self.events_detected += n
+
+    def latency_quantiles(self, since_ms: int = 0) -> dict[str, float | None]:
+        """p50/p99 of produce-to-flag latency over flags of events produced after ``since_ms``."""
+        s = sorted(lat for t, lat in self.latencies_ms if t >= since_ms)
+        if not s:
+            return {"p50": None, "p99": None, "n": 0}
+        return {
+            "p50": round(s[len(s) // 2], 1),
+            "p99": round(s[min(len(s) - 1, int(len(s) * 0.99))], 1),
+            "n": len(s),
+        }
+
+    def as_dict(self, since_ms: int = 0) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
         d["uptime_s"] = round(time.time() - self.started_at, 1)
+        d["produce_to_flag_ms"] = self.latency_quantiles(since_ms)
         return d
 
 
 class Pipeline:
-    """Runtime state of one worker: the engine, the sinks and the counters."""
+    """Runtime state of one worker: the engine, the sinks, the producer and the counters."""
 
     def __init__(self, config: Config, engine: Engine, ch: ClickHouse, worker_id: str) -> None:
         self.config = config
@@ -74,6 +139,8 @@ class Pipeline:
         self.topics = Topics(config.kafka)
         self.worker_id = worker_id
         self.state_path = Path(config.data_dir) / "state" / f"{worker_id}.json"
+        self.producer: Any = None
+        self._partitions: dict[str, int] = {}
 
     def load_snapshot(self) -> None:
         if self.state_path.exists():
@@ -89,9 +156,184 @@ class Pipeline:
         tmp.write_bytes(orjson.dumps(self.engine.state(), default=str))
         os.replace(tmp, self.state_path)
 
+    # -- Kafka output -------------------------------------------------------------
+
+    async def start_producer(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers(self.config),
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            max_request_size=8 << 20,
+            acks="all",
+            **client_kwargs(self.config),
+        )
+        await self.producer.start()
+
+    async def stop_producer(self) -> None:
+        if self.producer is not None:
+            await self.producer.flush()
+            await self.producer.stop()
+            self.producer = None
+
+    async def partitions(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            parts = await self.producer.partitions_for(topic)
+            n = self._partitions[topic] = max(1, len(parts))
+        return n
+
+    async def send_envelopes(self, topic: str, by_key: list[tuple[str, bytes]]) -> None:
+        """Send ``(key, item)`` pairs as one envelope per destination partition."""
+        if not by_key:
+            return
+        n = await self.partitions(topic)
+        parts: dict[int, list[bytes]] = {}
+        for key, item in by_key:
+            parts.setdefault(partition_for(key, n), []).append(item)
+        for p, items in parts.items():
+            await self.producer.send(topic, envelope(items), partition=p)
+
+    async def emit(self, findings: Findings, produced_ms: dict[str, int]) -> None:
+        """Alerts to Kafka, then flags and alerts to ClickHouse (awaited)."""
+        if not findings:
+            return
+        for a in findings.alerts:
+            await self.producer.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
+        await self.sink.write(findings.flags, findings.alerts)
+        self.stats.flagged += len(findings.flags)
+        self.stats.alerts += len(findings.alerts)
+        now_ms = time.time() * 1000
+        for f in findings.flags:
+            t = produced_ms.get(f.event_id)
+            if t:
+                self.stats.latencies_ms.append((t, now_ms - t))
+
+    async def dead_letter(self, payload: bytes | None, err: EventError, msg: Any) -> None:
+        rec = dead_letter_record(
+            payload, err.reason, err.detail,
+            topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+        )
+        await self.producer.send(self.topics.dead_letter, orjson.dumps(rec), key=msg.key)
+        self.stats.dead_letter += 1
+        reasons = self.stats.dead_letter_reasons
+        reasons[err.reason] = reasons.get(err.reason, 0) + 1
+        log.warning(
+            "dead-letter: %s (%s) from %s[%d]@%d",
+            err.reason, err.detail[:120], msg.topic, msg.partition, msg.offset,
+        )
+
+    # -- stages ---------------------------------------------------------------------
+
+    async def ingest_batch(self, records: Iterable[Any]) -> None:
+        """Validate raw producer records; forward valid ones, dead-letter the rest."""
+        out: list[tuple[str, bytes]] = []
+        for m in records:
+            try:
+                ev = parse_event(m.value if m.value is not None else b"")
+            except EventError as err:
+                await self.dead_letter(m.value, err, m)
+                continue
+            out.append((session_key(ev), b'{"t":%d,"e":%s}' % (m.timestamp, m.value)))
+        await self.send_envelopes(self.topics.sessions, out)
+        await self.producer.flush()
+        if self.stats.first_ingest_at is None:
+            self.stats.first_ingest_at = time.time()
+        self.stats.events_in += len(out)
+
+    async def session_batch(self, envelopes: Iterable[bytes]) -> None:
+        """Session stage over a batch of envelopes; forwards group-stage work."""
+        t0 = time.perf_counter()
+        engine = self.engine
+        out = Findings()
+        produced: dict[str, int] = {}
+        forward: list[tuple[str, bytes]] = []
+        n = 0
+        for env in envelopes:
+            for item in orjson.loads(env):
+                event = event_adapter.validate_python(item["e"])
+                produced[event.event_id] = item["t"]
+                enriched, found = engine.session_stage(event)
+                out.extend(found)
+                n += 1
+                routes = engine.group_routes(enriched)
+                if routes:
+                    e_json = orjson.dumps(item["e"])
+                    notes = orjson.dumps(enriched.notes, default=str)
+                    for det, key in routes:
+                        forward.append((key, b'{"t":%d,"d":%s,"k":%s,"n":%s,"e":%s}' % (
+                            item["t"], orjson.dumps(det), orjson.dumps(key), notes, e_json)))
+        await self.emit(out, produced)
+        await self.send_envelopes(self.topics.groups, forward)
+        await self.producer.flush()
+        self.stats.group_messages += len(forward)
+        self.stats.mark_detected(n)
+        self.stats.batches += 1
+        self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
+
+    async def group_batch(self, envelopes: Iterable[bytes]) -> None:
+        engine = self.engine
+        out = Findings()
+        produced: dict[str, int] = {}
+        n = 0
+        for env in envelopes:
+            for item in orjson.loads(env):
+                event = event_adapter.validate_python(item["e"])
+                produced[event.event_id] = item["t"]
+                enriched = engine.enricher.enrich(event)
+                enriched.notes = item.get("n") or {}
+                out.extend(engine.group_stage(enriched, item["d"], item["k"]))
+                n += 1
+        await self.emit(out, produced)
+        await self.producer.flush()
+        self.stats.group_events += n
+        self.stats.last_group_at = time.time()
+
 
 def _alert_value(a: Alert) -> bytes:
     return a.model_dump_json().encode()
+
+
+async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping: asyncio.Event) -> None:
+    """Consume the producers' topics in batches; commit after each batch is forwarded."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    cfg = pipe.config
+    timeout_ms = int(cfg.kafka.session_timeout_s * 1000)
+    consumer = AIOKafkaConsumer(
+        pipe.topics.logins, pipe.topics.telemetry,
+        bootstrap_servers=bootstrap_servers(cfg),
+        group_id=f"{cfg.kafka.topic_prefix}pathsentry-ingest",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_records,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=8 << 20,
+        session_timeout_ms=timeout_ms,
+        heartbeat_interval_ms=max(500, timeout_ms // 6),
+        rebalance_timeout_ms=max(10_000, timeout_ms * 2),
+        **client_kwargs(cfg),
+    )
+    await consumer.start()
+    log.info("ingest: consuming %s and %s", pipe.topics.logins, pipe.topics.telemetry)
+    try:
+        while not stopping.is_set():
+            try:
+                batch = await consumer.getmany(timeout_ms=poll_ms, max_records=max_records)
+                if not batch:
+                    continue
+                records = [m for msgs in batch.values() for m in msgs]
+                await pipe.ingest_batch(records)
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                await consumer.commit(offsets)
+            except KafkaError as e:
+                # uncommitted records are consumed again after the reconnect/rebalance
+                log.warning("ingest: %s: %s; retrying", type(e).__name__, e)
+                await asyncio.sleep(1.0)
+    finally:
+        await consumer.stop()
 
 
 def create_app(
@@ -117,7 +359,7 @@ def create_app(
     pipe = Pipeline(config, engine, ch, worker_id)
     pipe.load_snapshot()
     topics = pipe.topics
-    take_max = batch_size or config.clickhouse.batch_size
+    take_max = batch_size or max(1, config.clickhouse.batch_size // 100)
     take_within = batch_within_s or config.clickhouse.flush_interval_s
     session_timeout = config.kafka.session_timeout_s
 
@@ -136,101 +378,44 @@ def create_app(
         broker_heartbeat_interval=max(0.5, session_timeout / 6),
         broker_request_timeout=max(40.0, session_timeout * 3),
         broker_rebalance_timeout=max(10.0, session_timeout * 2),
-        broker_commit_interval=1.0,
-        producer_linger=0.005,
+        broker_commit_interval=0.5,
+        consumer_max_fetch_size=16 << 20,
+        producer_max_request_size=8 << 20,
         web_enabled=True,
         web_port=web_port,
         web_bind=web_host,
         web_host=web_host,
         datadir=str(Path(config.data_dir) / "faust"),
     )
-    raw_in = app.topic(topics.logins, topics.telemetry, value_type=bytes, key_type=bytes)
     sessions = app.topic(topics.sessions, value_type=bytes, key_type=bytes)
     groups = app.topic(topics.groups, value_type=bytes, key_type=bytes)
-    alerts_topic = app.topic(topics.alerts, value_type=bytes, key_type=bytes)
-    dlq = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes)
+    stopping = asyncio.Event()
+    ingest_done = asyncio.Event()
 
-    async def emit(findings: Findings) -> None:
-        if not findings:
-            return
-        # Kafka first: alerts keep flowing downstream even while ClickHouse retries.
-        for a in findings.alerts:
-            await alerts_topic.send(key=a.alert_id.encode(), value=_alert_value(a))
-        await pipe.sink.write(findings.flags, findings.alerts)
-        pipe.stats.flagged += len(findings.flags)
-        pipe.stats.alerts += len(findings.alerts)
-
-    async def dead_letter(payload: bytes | None, err: EventError, msg: Any) -> None:
-        rec = dead_letter_record(
-            payload, err.reason, err.detail,
-            topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-        )
-        await dlq.send(key=msg.key, value=orjson.dumps(rec))
-        pipe.stats.dead_letter += 1
-        reasons = pipe.stats.dead_letter_reasons
-        reasons[err.reason] = reasons.get(err.reason, 0) + 1
-        log.warning(
-            "dead-letter: %s (%s) from %s[%d]@%d",
-            err.reason, err.detail[:120], msg.topic, msg.partition, msg.offset,
-        )
-
-    @app.agent(raw_in, concurrency=1, name="ingest")
-    async def ingest(stream: Any) -> None:
-        async for batch in stream.take_events(take_max, within=take_within):
-            for ev in batch:
-                payload = ev.message.value
-                try:
-                    parsed = parse_event(payload if payload is not None else b"")
-                except EventError as err:
-                    await dead_letter(payload, err, ev.message)
-                    continue
-                key = parsed.session_id or getattr(parsed, "account", None) or str(parsed.src_ip)
-                await sessions.send(key=key.encode(), value=payload)
-                pipe.stats.events_in += 1
-            await app.producer.flush()
+    @app.task
+    async def ingest() -> None:
+        try:
+            await pipe.start_producer()
+            await run_ingest(pipe, max_records=config.clickhouse.batch_size, poll_ms=50, stopping=stopping)
+        finally:
+            ingest_done.set()
 
     @app.agent(sessions, concurrency=1, name="sessions")
     async def session_agent(stream: Any) -> None:
         async for batch in stream.take_events(take_max, within=take_within):
-            t0 = time.perf_counter()
-            out = Findings()
-            for ev in batch:
-                try:
-                    parsed = parse_event(ev.message.value)
-                except EventError as err:  # only if the internal topic was written by others
-                    await dead_letter(ev.message.value, err, ev.message)
-                    continue
-                enriched, found = engine.session_stage(parsed)
-                out.extend(found)
-                routes = engine.group_routes(enriched)
-                if routes:
-                    event_json = parsed.model_dump(mode="json", exclude_none=True)
-                    for det, key in routes:
-                        body = {"e": event_json, "n": enriched.notes, "d": det, "k": key}
-                        await groups.send(key=key.encode(), value=orjson.dumps(body, default=str))
-                        pipe.stats.group_messages += 1
-            await emit(out)
-            await app.producer.flush()
-            pipe.stats.batches += 1
-            pipe.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
+            await _ready(pipe)
+            await pipe.session_batch(ev.message.value for ev in batch)
 
     @app.agent(groups, concurrency=1, name="groups")
     async def group_agent(stream: Any) -> None:
         async for batch in stream.take_events(take_max, within=take_within):
-            out = Findings()
-            for ev in batch:
-                body = orjson.loads(ev.message.value)
-                parsed = event_adapter.validate_python(body["e"])
-                enriched = engine.enricher.enrich(parsed)
-                enriched.notes = body.get("n") or {}
-                out.extend(engine.group_stage(enriched, body["d"], body["k"]))
-            await emit(out)
-            await app.producer.flush()
+            await _ready(pipe)
+            await pipe.group_batch(ev.message.value for ev in batch)
 
     @app.timer(interval=2.0)
     async def tick() -> None:
-        if engine.last_ts:
-            await emit(engine.flush())
+        if engine.last_ts and pipe.producer is not None:
+            await pipe.emit(engine.flush(), {})
 
     @app.timer(interval=30.0)
     async def snapshot() -> None:
@@ -238,7 +423,8 @@ def create_app(
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
-        return web.json({"worker": worker_id, **pipe.stats.as_dict(),
+        since = int(request.query.get("since_ms", "0") or 0)
+        return web.json({"worker": worker_id, **pipe.stats.as_dict(since),
                          "clickhouse_healthy": pipe.sink.healthy})
 
     @app.page("/query")
@@ -246,24 +432,66 @@ def create_app(
         sql = request.query.get("sql", "")
         if not is_read_only(sql):
             return web.json({"error": "only one read-only statement is allowed"}, status=400)
-        loop = asyncio.get_running_loop()
         try:
-            cols, rows = await loop.run_in_executor(pipe.sink._pool, ch.query, sql, None, True)
+            cols, rows = await pipe.sink.run_blocking(ch.query, sql, None, True)
         except Exception as e:
             return web.json({"error": str(e)[:500]}, status=400)
-        return web.json({"columns": cols, "rows": [list(r) for r in rows]})
+        body = _dumps({"columns": cols, "rows": [list(r) for r in rows]})
+        return web.text(body, content_type="application/json")
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        s = pipe.stats
-        lines = [
-            f'pathsentry_events_in_total{{worker="{worker_id}"}} {s.events_in}',
-            f'pathsentry_dead_letter_total{{worker="{worker_id}"}} {s.dead_letter}',
-            f'pathsentry_flagged_total{{worker="{worker_id}"}} {s.flagged}',
-            f'pathsentry_alerts_total{{worker="{worker_id}"}} {s.alerts}',
-            f'pathsentry_batch_latency_ms{{worker="{worker_id}"}} {s.last_batch_ms}',
-            f'pathsentry_clickhouse_healthy{{worker="{worker_id}"}} {int(pipe.sink.healthy)}',
-        ]
-        return web.text("\n".join(lines) + "\n", content_type="text/plain")
+        return web.text(prometheus_text(worker_id, pipe), content_type="text/plain")
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _shutdown(app_: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        stopping.set()
+        try:
+            await asyncio.wait_for(ingest_done.wait(), timeout=15)
+        except TimeoutError:
+            log.warning("ingest loop did not stop within 15 s")
+        await pipe.stop_producer()
 
     return app, pipe
+
+
+async def _ready(pipe: Pipeline) -> None:
+    while pipe.producer is None:
+        await asyncio.sleep(0.05)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def prometheus_text(worker_id: str, pipe: Pipeline) -> str:
+    """Prometheus exposition of the worker's counters."""
+    s = pipe.stats
+    w = f'worker="{worker_id}"'
+    lines = [
+        "# TYPE pathsentry_events_in_total counter",
+        f"pathsentry_events_in_total{{{w}}} {s.events_in}",
+        "# TYPE pathsentry_events_detected_total counter",
+        f"pathsentry_events_detected_total{{{w}}} {s.events_detected}",
+        "# TYPE pathsentry_dead_letter_total counter",
+        f"pathsentry_dead_letter_total{{{w}}} {s.dead_letter}",
+        "# TYPE pathsentry_flagged_total counter",
+        f"pathsentry_flagged_total{{{w}}} {s.flagged}",
+        "# TYPE pathsentry_alerts_total counter",
+        f"pathsentry_alerts_total{{{w}}} {s.alerts}",
+        "# TYPE pathsentry_batch_latency_ms gauge",
+        f"pathsentry_batch_latency_ms{{{w}}} {s.last_batch_ms}",
+        "# TYPE pathsentry_clickhouse_healthy gauge",
+        f"pathsentry_clickhouse_healthy{{{w}}} {int(pipe.sink.healthy)}",
+        "# TYPE pathsentry_produce_to_flag_ms histogram",
+    ]
+    lat = sorted(v for _, v in s.latencies_ms)
+    for b in _BUCKETS_MS:
+        lines.append(f'pathsentry_produce_to_flag_ms_bucket{{{w},le="{b}"}} {bisect.bisect_right(lat, b)}')
+    lines.append(f'pathsentry_produce_to_flag_ms_bucket{{{w},le="+Inf"}} {len(lat)}')
+    lines.append(f"pathsentry_produce_to_flag_ms_count{{{w}}} {len(lat)}")
+    lines.append(f"pathsentry_produce_to_flag_ms_sum{{{w}}} {round(sum(lat), 1)}")
+    return "\n".join(lines) + "\n"

@@ -98,6 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         pipe.save_snapshot()
         pipe.sink.close()
+        pipe.ch.close()
     return 0
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from pathsentry.infra.clickhouse import (
     ALERT_COLUMNS,
@@ -26,6 +28,8 @@ from pathsentry.schemas import Alert, FlaggedEvent
 __all__ = ["ClickHouseSink"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ClickHouseSink:
@@ -60,6 +64,10 @@ class ClickHouseSink:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking ClickHouse call on the sink's thread (chDB sessions stay on one thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def write(self, flags: list[FlaggedEvent], alerts: list[Alert]) -> None:
         if flags:

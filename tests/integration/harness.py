@@ -207,7 +207,8 @@ def run_scenario(worker: dict[str, Any]) -> None:
         urllib.request.urlopen(refused, timeout=5)
 
     worker["proc"].terminate()
-    assert worker["proc"].wait(timeout=30) == 0
+    rc = worker["proc"].wait(timeout=30)
+    assert rc == 0, f"worker exited {rc}: " + (worker["dir"] / "worker.log").read_text()[-3000:]
     # the worker has released chDB: read it directly, in a fresh process
     out = subprocess.run(
         [sys.executable, "-m", "pathsentry", "query", "flags-per-kind", "--json"],

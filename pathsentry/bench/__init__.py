@@ -1,0 +1,1 @@
+"""Benchmarks (``pathsentry bench``): measured, printed, never asserted in tests."""

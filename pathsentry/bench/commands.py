@@ -1,0 +1,36 @@
+"""``pathsentry bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["register"]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathsentry.bench.run import format_result, run_bench
+
+    res = run_bench(
+        args.events, accounts=args.accounts, seed=args.seed, partitions=args.partitions,
+        rate=args.rate, latency_seconds=args.latency_seconds, workdir=args.workdir,
+        log=(lambda s: None) if args.json else print,
+    )
+    if args.json:
+        print(json.dumps(res.as_dict(), indent=2))
+    else:
+        print(format_result(res))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="throughput/latency of the pipeline vs raw aiokafka and naive Faust")
+    p.add_argument("--events", type=int, default=200_000, help="events preloaded for the throughput phases")
+    p.add_argument("--accounts", type=int, default=20_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--rate", type=float, default=10_000.0, help="offered events/s in the latency phase")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--workdir", help="directory for logs and chDB (default: a temp dir)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,283 @@
+"""``pathsentry bench``: throughput and latency of the pipeline against baselines
+measured in the same run, on the embedded broker.
+
+Phases (one broker, one simulated event mix):
+
+1. preload ``n`` events of a simulated world into ``logins`` / ``network-telemetry``;
+2. **raw**: aiokafka reads the same topics as fast as it can (the ceiling);
+3. **naive**: a Faust agent handling one message at a time with the same
+   decoding (``pathsentry.bench.naive``, its own process);
+4. **pipeline**: a real ``pathsentry worker`` process (all detectors, chDB sink,
+   alerts topic) consumes the preloaded events; events/s from its first ingest
+   to the last detection;
+5. **latency**: the bench then offers fresh events at a fixed rate and reads the
+   worker's produce-to-flag latency (Kafka create time to flag stored in
+   ClickHouse) for events produced during the phase, and the worker's peak RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pathsentry.infra.broker import EmbeddedBroker, create_topics, free_port
+
+__all__ = ["BenchResult", "format_result", "run_bench"]
+
+Record = tuple[str, bytes, bytes]
+
+
+@dataclass
+class BenchResult:
+    events: int
+    partitions: int
+    raw_rate: float = 0.0
+    naive_rate: float = 0.0
+    pipeline_rate: float = 0.0
+    offered_rate: float = 0.0
+    achieved_offered_rate: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_samples: int = 0
+    worker_peak_rss_mb: float = 0.0
+    flagged: int = 0
+    alerts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pipeline_vs_raw(self) -> float:
+        return self.pipeline_rate / self.raw_rate if self.raw_rate else 0.0
+
+    @property
+    def pipeline_vs_naive(self) -> float:
+        return self.pipeline_rate / self.naive_rate if self.naive_rate else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pipeline_vs_raw"] = round(self.pipeline_vs_raw, 3)
+        d["pipeline_vs_naive"] = round(self.pipeline_vs_naive, 2)
+        return d
+
+
+def _world_records(seed: int, accounts: int, prefix: str, start: datetime) -> Iterator[Record]:
+    from pathsentry.sim.model import WorldSpec
+    from pathsentry.sim.world import iter_world
+
+    for day in itertools.count():
+        spec = WorldSpec(seed=seed + day, accounts=accounts, hours=24.0, start=start + timedelta(days=day))
+        for ev in iter_world(spec):
+            if ev["kind"] == "login":
+                yield f"{prefix}logins", ev["account"].encode(), orjson.dumps(ev)
+            else:
+                key = ev.get("session_id") or ev["src_ip"]
+                yield f"{prefix}network-telemetry", key.encode(), orjson.dumps(ev)
+
+
+async def _produce(bootstrap: str, records: list[Record], rate: float | None = None) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20)
+    await prod.start()
+    t0 = time.perf_counter()
+    try:
+        for i, (topic, key, value) in enumerate(records):
+            await prod.send(topic, value, key=key)
+            if rate:
+                ahead = (i + 1) / rate - (time.perf_counter() - t0)
+                if ahead > 0.002:
+                    await asyncio.sleep(ahead)
+        await prod.flush()
+    finally:
+        await prod.stop()
+    return len(records) / (time.perf_counter() - t0)
+
+
+async def _raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    cons = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                            max_poll_records=10_000, fetch_max_bytes=64 << 20)
+    await cons.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in (cons.partitions_for_topic(t) or set())]
+        if not tps:
+            await cons._client.force_metadata_update()  # noqa: SLF001 - metadata for assign()
+            tps = [TopicPartition(t, p) for t in topics for p in (cons.partitions_for_topic(t) or set())]
+        cons.assign(tps)
+        await cons.seek_to_beginning(*tps)
+        got = 0
+        t0 = time.perf_counter()
+        while got < n:
+            batch = await cons.getmany(timeout_ms=1000, max_records=10_000)
+            got += sum(len(v) for v in batch.values())
+        return got / (time.perf_counter() - t0)
+    finally:
+        await cons.stop()
+
+
+def _http_json(url: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+        return orjson.loads(r.read())
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[bytes], what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            got = pred()
+            if got:
+                return got
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def run_bench(
+    n: int = 200_000,
+    *,
+    accounts: int = 20_000,
+    seed: int = 7,
+    partitions: int = 4,
+    rate: float = 10_000.0,
+    latency_seconds: float = 20.0,
+    workdir: str | None = None,
+    log: Any = print,
+) -> BenchResult:
+    from pathsentry.sim.model import WorldSpec
+    from pathsentry.sim.world import write_world_files
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="pathsentry-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    prefix = f"bench{int(time.time())}."
+    res = BenchResult(events=n, partitions=partitions, offered_rate=rate)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    write_world_files(WorldSpec(seed=seed, accounts=accounts, hours=24.0, start=start), root / "world")
+    stream = _world_records(seed, accounts, prefix, start)
+    preload = list(itertools.islice(stream, n))
+    live = list(itertools.islice(stream, int(rate * latency_seconds)))
+
+    with EmbeddedBroker(log_dir=root) as broker:
+        bs = broker.bootstrap
+        topics = [f"{prefix}logins", f"{prefix}network-telemetry"]
+        asyncio.run(create_topics(bs, {**dict.fromkeys(topics, partitions),
+                                       **{f"{prefix}{t}": partitions for t in (
+                                           "alerts", "dead-letter", "pathsentry-sessions",
+                                           "pathsentry-groups")}}))
+        log(f"[bench] preloading {n:,} events ({accounts:,} accounts) into {partitions} partitions")
+        asyncio.run(_produce(bs, preload))
+
+        res.raw_rate = asyncio.run(_raw_consume(bs, topics, n))
+        log(f"[bench] raw aiokafka consume: {res.raw_rate:,.0f} events/s")
+
+        naive = subprocess.run(
+            [sys.executable, "-m", "pathsentry.bench.naive", "--bootstrap", bs, "--prefix", prefix,
+             "--n", str(n), "--web-port", str(free_port())],
+            capture_output=True, timeout=1800, check=False,
+        )
+        lines = [ln for ln in naive.stdout.decode().splitlines() if ln.startswith("{")]
+        if lines:
+            res.naive_rate = orjson.loads(lines[-1])["rate"]
+            log(f"[bench] naive Faust per-event loop: {res.naive_rate:,.0f} events/s")
+        else:
+            res.notes.append("naive baseline failed: " + naive.stderr.decode()[-500:])
+
+        port = free_port()
+        env = dict(
+            os.environ,
+            PATHSENTRY_CONFIG=str(root / "world" / "pathsentry.toml"),
+            PATHSENTRY_KAFKA_URL=broker.url,
+            PATHSENTRY_CLICKHOUSE_URL=f"chdb://{root / 'chdb'}",
+            PATHSENTRY_TOPIC_PREFIX=prefix,
+            PATHSENTRY_DATA_DIR=str(root / "var"),
+        )
+        with open(root / "worker.log", "wb") as wlog:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pathsentry", "worker", "--web-port", str(port),
+                 "--loglevel", "warning"],
+                env=env, stdout=wlog, stderr=subprocess.STDOUT,
+            )
+            try:
+                base = f"http://127.0.0.1:{port}/stats"
+
+                def drained() -> dict[str, Any] | None:
+                    st = _http_json(base)
+                    done = st["events_detected"] >= n and st["group_events"] >= st["group_messages"]
+                    return st if done else None
+
+                st = _wait_for(drained, 1800, proc, "the preloaded events")
+                end = max(st["last_event_at"], st["last_group_at"] or 0)
+                res.pipeline_rate = n / (end - st["first_ingest_at"])
+                log(f"[bench] full pipeline: {res.pipeline_rate:,.0f} events/s per worker process")
+
+                since = int(time.time() * 1000)
+                log(f"[bench] offering {rate:,.0f} events/s for {latency_seconds:.0f} s")
+                res.achieved_offered_rate = asyncio.run(_produce(bs, live, rate))
+                total = n + len(live)
+                st = _wait_for(lambda: (s := _http_json(base))["events_detected"] >= total and s,
+                               600, proc, "the live events")
+                time.sleep(3.0)
+                st = _http_json(f"{base}?since_ms={since}")
+                lat = st["produce_to_flag_ms"]
+                res.latency_p50_ms, res.latency_p99_ms, res.latency_samples = lat["p50"], lat["p99"], lat["n"]
+                res.flagged, res.alerts = st["flagged"], st["alerts"]
+                res.worker_peak_rss_mb = _peak_rss_mb(proc.pid)
+                log(f"[bench] produce-to-flag p50 {lat['p50']} ms, p99 {lat['p99']} ms "
+                    f"over {lat['n']} flags; worker peak RSS {res.worker_peak_rss_mb:.0f} MiB")
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return res
+
+
+def format_result(r: BenchResult) -> str:
+    """Human-readable table of a bench run."""
+    def rate(v: float) -> str:
+        return f"{v:>12,.0f} events/s"
+
+    rows = [
+        ("events preloaded", f"{r.events:>12,}"),
+        ("partitions", f"{r.partitions:>12}"),
+        ("raw aiokafka consume", rate(r.raw_rate)),
+        ("naive Faust per-event loop", rate(r.naive_rate)),
+        ("full pipeline (1 worker process)", rate(r.pipeline_rate)),
+        ("pipeline / raw", f"{r.pipeline_vs_raw:>12.2f}x"),
+        ("pipeline / naive", f"{r.pipeline_vs_naive:>12.2f}x"),
+        ("offered load (latency phase)", rate(r.achieved_offered_rate)),
+        ("produce-to-flag p50", f"{r.latency_p50_ms!s:>12} ms"),
+        ("produce-to-flag p99", f"{r.latency_p99_ms!s:>12} ms"),
+        ("latency samples (flags)", f"{r.latency_samples:>12,}"),
+        ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
+        ("flagged / alerts", f"{r.flagged:>7,} / {r.alerts:,}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    out = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    out += [f"note: {n}" for n in r.notes]
+    return "\n".join(out)
