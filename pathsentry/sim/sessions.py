@@ -1,0 +1,303 @@
+"""Event builders: one game session (login, rtt probes, traceroute, http probes) of an
+account, and the launcher's line checks. Every builder returns ``(ts_ms, event, truth)``
+triples; the event is a contract-v1 dict, the truth its label (see
+:mod:`pathsentry.sim.truth`).
+
+The physics is honest: a relayed session's application RTT includes the leg to the
+real user, the TCP RTT ends wherever TCP really ends (at an L4 relay, at the user
+through an L3 tunnel), an ICMP echo to a relay exit is answered by the relay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from datetime import datetime
+from typing import Any
+
+from pathsentry.sim.model import KST, Account, GameServer, WorldPlan
+from pathsentry.sim.network import GAMEDC, KT, NTT, Prefix, Router
+from pathsentry.sim.physics import ACCESS, AccessProfile, Point, inflation_for, leg_ms, sample_rtts
+
+__all__ = [
+    "GENUINE_BODY_SHA256",
+    "INJECTED_BODY_SHA256",
+    "Builder",
+    "Triple",
+    "fmt_ts",
+    "kst_hour",
+]
+
+Triple = tuple[int, dict[str, Any], dict[str, Any]]
+
+GENUINE_BODY_SHA256 = hashlib.sha256(b"<!doctype html><title>game.example</title>").hexdigest()
+#: The ISP box's page: a script that fingerprints the PC and redirects after 2 s.
+INJECTED_BODY_SHA256 = hashlib.sha256(
+    b"<script>fp(canvas,gpu);setTimeout(function(){location.href=u},2000)</script>"
+).hexdigest()
+_EDGE = Point(37.5326, 127.0246)  # the CDN's Seoul edge
+_SERVER_STACK_MS = 0.05
+_TARGETS: tuple[tuple[str, str, int, str], ...] = (
+    ("ws", "ws", 80, "ws_upgrade"), ("ws", "ws", 8080, "ws_upgrade"),
+    ("wss", "ws", 443, "ws_upgrade"), ("http", "www", 80, "get"),
+    ("http", "www", 8080, "get"), ("https", "www", 443, "get"),
+)
+_WS_HEADERS = ["server", "date", "connection", "upgrade", "sec-websocket-accept", "cf-ray"]
+_WWW_HEADERS = ["server", "date", "content-type", "content-length", "cf-ray", "cf-cache-status"]
+_FORGED_HEADERS = ["content-type", "content-length", "connection"]
+
+
+def fmt_ts(ts_ms: int) -> str:
+    """RFC 3339 with the KST offset and millisecond precision.
+
+    >>> fmt_ts(1772377200000)
+    '2026-03-02T00:00:00.000+09:00'
+    """
+    return datetime.fromtimestamp(ts_ms / 1000, KST).isoformat(timespec="milliseconds")
+
+
+def kst_hour(ts_ms: int) -> int:
+    """Hour of day in Korea (KST has no daylight saving).
+
+    >>> kst_hour(1772377200000 + 13 * 3_600_000)
+    13
+    """
+    return (ts_ms // 1000 + 9 * 3600) // 3600 % 24
+
+
+def _eid(*parts: object) -> str:
+    return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=9).hexdigest()
+
+
+def _truth(event: dict[str, Any], label: str, klass: str, expect: list[str]) -> dict[str, Any]:
+    return {"type": "event", "event_id": event["event_id"], "ts": event["ts"],
+            "kind": event["kind"], "account": event.get("account"), "label": label,
+            "klass": label if label != "benign" else klass, "expect": expect}
+
+
+class Builder:
+    """Builds the events of one world's sessions (stateless apart from the plan)."""
+
+    def __init__(self, plan: WorldPlan) -> None:
+        self.plan = plan
+        self.seed = plan.spec.seed
+        self.net = plan.net
+        self.ws_host = f"ws.{plan.spec.domain}"
+        self.www_host = f"www.{plan.spec.domain}"
+        self.home_countries = frozenset({"KR"})
+
+    # -- physics -------------------------------------------------------------
+    def direct_ms(self, p: Prefix, dst: Point, dst_name: str) -> float:
+        """Propagation plus access latency from prefix ``p`` to ``dst`` (no jitter)."""
+        return leg_ms(p.point, dst, inflation_for(self.seed, p.cidr, dst_name)) + p.access_ms
+
+    def full_ms(self, acct: Account, dst: Point, dst_name: str) -> float:
+        """RTT from the real user to ``dst``, through the exit if there is one."""
+        if acct.exit is None:
+            return self.direct_ms(acct.home, dst, dst_name) + _SERVER_STACK_MS
+        ex = acct.exit.prefix
+        return (self.direct_ms(acct.home, ex.point, ex.cidr) + self.direct_ms(ex, dst, dst_name)
+                + _SERVER_STACK_MS)
+
+    def exit_ms(self, acct: Account, dst: Point, dst_name: str) -> float:
+        """RTT from ``dst`` to the exit only (what a terminating relay shows)."""
+        assert acct.exit is not None
+        return self.direct_ms(acct.exit.prefix, dst, dst_name) + _SERVER_STACK_MS
+
+    def ends_at_exit(self, acct: Account, method: str) -> bool:
+        """Does a round trip of ``method`` end at the relay rather than at the user?"""
+        if acct.exit is None:
+            return False
+        if method == "icmp":
+            return True
+        return method == "tcp" and acct.exit.mode in ("l4", "game_relay")
+
+    def rtt(self, rng: random.Random, acct: Account, dst: Point, dst_name: str, method: str,
+            n: int, extra: float = 0.0) -> list[float]:
+        if self.ends_at_exit(acct, method):
+            assert acct.exit is not None
+            return sample_rtts(rng, self.exit_ms(acct, dst, dst_name) + extra,
+                               acct.exit.prefix.access, n)
+        return sample_rtts(rng, self.full_ms(acct, dst, dst_name) + extra, acct.home.access, n)
+
+    # -- a session -----------------------------------------------------------
+    def src_ip(self, acct: Account, rng: random.Random) -> str:
+        if acct.exit is not None:
+            return acct.exit.ip
+        if acct.pool:
+            return acct.home.ip(rng.randrange(acct.pool))
+        return acct.home.ip(acct.host)
+
+    def session(self, acct: Account, t: int, n: int, rng: random.Random) -> list[Triple]:
+        server = self.plan.servers[acct.server]
+        sid = f"s-{_eid(self.seed, 'session', acct.index, n)}"
+        src = self.src_ip(acct, rng)
+        label = acct.label
+        relayed = label != "benign" and acct.exit is not None
+        base = {"src_ip": src, "session_id": sid, "account": acct.name}
+        out: list[Triple] = []
+
+        login: dict[str, Any] = {
+            "kind": "login", "event_id": _eid(self.seed, acct.index, n, "login"),
+            "ts": fmt_ts(t), **base, "server_id": server.id,
+            "app_rtt_ms": self.rtt(rng, acct, server.point, server.id, "app", rng.randint(3, 6),
+                                   extra=rng.uniform(0.2, 1.2)),
+            "tcp_rtt_ms": self.rtt(rng, acct, server.point, server.id, "tcp", 1)[0],
+            "outcome": "failure" if rng.random() < 0.02 else "success",
+            "client": {"device_id": acct.device, "os": acct.os,
+                       **({"local_ip": acct.local_ip} if acct.local_ip else {})},
+        }
+        out.append((t, login, _truth(login, label, acct.klass, ["vpn_relay"] if relayed else [])))
+
+        vantages = rng.sample(sorted(self.plan.servers), rng.randint(2, 4))
+        for k, vid in enumerate(vantages):
+            vs = self.plan.servers[vid]
+            method = rng.choices(("app", "icmp", "tcp"), (60, 25, 15))[0]
+            ts = t + rng.randint(800, 20_000)
+            probe = {"kind": "rtt_probe", "event_id": _eid(self.seed, acct.index, n, "probe", k),
+                     "ts": fmt_ts(ts), **base, "vantage_id": vid, "method": method,
+                     "rtt_ms": self.rtt(rng, acct, vs.point, vs.id, method, 3)}
+            out.append((ts, probe, _truth(probe, label, acct.klass, [])))
+
+        if rng.random() < (0.6 if acct.group else 0.3):
+            ts = t + rng.randint(5_000, 60_000)
+            out.append(self.traceroute(acct, server, ts, n, rng, base))
+
+        if acct.exit is None and rng.random() < (0.6 if acct.injected_line else 0.3):
+            for k in range(rng.randint(2, 4)):
+                ts = t + rng.randint(2_000, 120_000)
+                ev, tr = self.http_probe(acct.home, src, ts, rng, "client", acct.klass,
+                                         ("s", acct.index, n, k), base)
+                out.append((ts, ev, tr))
+        return out
+
+    # -- traceroutes -----------------------------------------------------------
+    def path(self, p: Prefix, srv: GameServer, variant: int) -> list[Router]:
+        """Routers from prefix ``p`` to server ``srv`` (a direct path, no tunnel)."""
+        a, c, net = p.asys, p.city, self.net
+        squat = self.plan.squatted.get(p.cidr)
+        hops = [net.router(a, c, 0), squat or net.router(a, c, 1, variant), net.router(a, c, 2)]
+        if a.country == "KR":
+            if srv.country != "KR":
+                hops += [net.router(a, a.gateway, 3), net.router(NTT, "tokyo", 0, variant)]
+            elif srv.city != c and srv.city in a.cities:
+                hops.append(net.router(a, srv.city, 3))
+        else:
+            hops.append(net.router(a, a.gateway, 3, variant))
+            if srv.country == "KR":
+                hops += [net.router(KT, "busan", 4), net.router(KT, srv.city, 5)]
+            else:
+                hops.append(net.router(NTT, "tokyo", 0))
+        hops.append(net.router(GAMEDC, srv.city, 0))
+        return hops
+
+    def traceroute(self, acct: Account, srv: GameServer, ts: int, n: int, rng: random.Random,
+                   base: dict[str, Any]) -> Triple:
+        tunnel = acct.exit is not None and acct.exit.mode == "l3"
+        infl = inflation_for(self.seed, acct.home.cidr, srv.id)
+        access: AccessProfile = acct.home.access
+        hops: list[dict[str, Any]] = []
+        if tunnel:
+            assert acct.exit is not None
+            ex = acct.exit.prefix
+            start_ms = self.direct_ms(acct.home, ex.point, ex.cidr) + ex.access_ms
+            origin, infl = ex.point, inflation_for(self.seed, ex.cidr, srv.id)
+            hops.append({"ttl": 1, "ip": acct.exit.ip, "rtt_ms": sample_rtts(rng, start_ms, access, 3)})
+            routers = [self.net.router(ex.asys, ex.city, 1), self.net.router(GAMEDC, srv.city, 0)]
+        else:
+            start_ms, origin = acct.home.access_ms, acct.home.point
+            if acct.home.kind in ("residential", "business", "education"):
+                gw = (acct.local_ip or "192.168.0.2").rsplit(".", 1)[0] + ".1"
+                hops.append({"ttl": 1, "ip": gw, "rtt_ms": sample_rtts(rng, 0.2, ACCESS["ftth"], 3)})
+            routers = self.path(acct.home, srv, 1 if rng.random() < 0.2 else 0)
+        squat = self.plan.squatted.get(acct.home.cidr)
+        cum_ms, proc, prev = 0.0, 0.0, origin
+        points = [(r.ip, r.point, r is not squat) for r in routers]
+        points.append((srv.ip, srv.point, False))
+        for i, (ip, point, may_drop) in enumerate(points):
+            cum_ms += leg_ms(prev, point, infl)
+            prev = point
+            proc += rng.uniform(0.02, 0.12)
+            ttl = len(hops) + 1
+            if may_drop and 0 < i < len(points) - 1 and rng.random() < 0.04:
+                hops.append({"ttl": ttl, "ip": None, "rtt_ms": []})
+                continue
+            hops.append({"ttl": ttl, "ip": ip,
+                         "rtt_ms": sample_rtts(rng, start_ms + cum_ms + proc, access, 3)})
+        klass = acct.klass
+        if squat is not None:
+            klass = "squatted_hop"
+        if len(hops) > 3 and rng.random() < 0.04:
+            hop = hops[rng.randrange(1, len(hops) - 1)]
+            if hop["rtt_ms"]:
+                hop["rtt_ms"][rng.randrange(3)] = round(hop["rtt_ms"][0] + rng.uniform(150, 1200), 3)
+                klass = "icmp_spike" if squat is None else klass
+        first_public = routers[0] if not tunnel else self.net.router(GAMEDC, srv.city, 0)
+        foreign = first_public.country not in self.home_countries
+        ev = {"kind": "traceroute", "event_id": _eid(self.seed, acct.index, n, "trace"),
+              "ts": fmt_ts(ts), **base, "vantage_id": "client", "direction": "client_to_server",
+              "server_id": srv.id, "hops": hops}
+        expect = ["route_anomaly"] if foreign and acct.label != "benign" else []
+        return ts, ev, _truth(ev, acct.label, klass, expect)
+
+    # -- http probes ---------------------------------------------------------
+    def http_probe(self, home: Prefix, src: str, ts: int, rng: random.Random, reporter: str,
+                   klass: str, key: tuple[object, ...], base: dict[str, Any]) -> tuple[
+                       dict[str, Any], dict[str, Any]]:
+        scheme, host, port, request = rng.choice(_TARGETS)
+        cell = self.plan.cell
+        encrypted = scheme in ("https", "wss")
+        on_cell = cell.covers(home.cidr)
+        in_hours = kst_hour(ts) in cell.hours
+        injected = (on_cell and not encrypted and port in cell.ports and in_hours
+                    and rng.random() < cell.rate)
+        connect = sample_rtts(rng, self.direct_ms(home, _EDGE, "cdn-edge-seoul"), home.access, 1)[0]
+        syn_ack = 64 - (6 + int(inflation_for(self.seed, home.cidr, "ttl") * 4) % 6)
+        ev: dict[str, Any] = {
+            "kind": "http_probe", "event_id": _eid(self.seed, "http", *key), "ts": fmt_ts(ts),
+            **base, "src_ip": src,
+            "target": {"host": self.ws_host if host == "ws" else self.www_host, "port": port,
+                       "scheme": scheme},
+            "request": request, "reporter": reporter,
+        }
+        sees_payload = reporter == "client" or not encrypted
+        if injected:
+            ev.update(status=200, header_names=list(_FORGED_HEADERS), server_header=None,
+                      body_sha256=INJECTED_BODY_SHA256, body_len=1187, connect_ms=connect,
+                      ttfb_ms=round(connect * rng.uniform(0.15, 0.6), 3),
+                      ttl={"syn_ack": syn_ack, "response": syn_ack + 1})
+        else:
+            ws = request == "ws_upgrade"
+            ev.update(status=101 if ws else 200,
+                      header_names=list(_WS_HEADERS if ws else _WWW_HEADERS),
+                      server_header="cloudflare",
+                      body_sha256=None if ws else GENUINE_BODY_SHA256,
+                      body_len=0 if ws else 18432, connect_ms=connect,
+                      ttfb_ms=round(connect + rng.uniform(1.5, 12.0 if ws else 40.0), 3),
+                      ttl={"syn_ack": syn_ack, "response": syn_ack})
+        if not sees_payload:
+            for f in ("status", "header_names", "server_header", "body_sha256", "body_len", "ttfb_ms"):
+                ev[f] = None
+        if reporter == "sensor":
+            ev["retransmits"] = rng.randint(2, 9) if injected and rng.random() < 0.6 else (
+                1 if rng.random() < 0.03 else 0)
+            ev["seq_conflict"] = injected and rng.random() < 0.4
+        elif rng.random() < 0.4:
+            ev["ttl"] = None
+        if injected:
+            truth = _truth(ev, "injection", klass, ["path_injection"])
+        elif encrypted:
+            truth = _truth(ev, "benign", "tls", [])
+        elif on_cell and not in_hours:
+            truth = _truth(ev, "benign", "isp_off_hours", [])
+        else:
+            truth = _truth(ev, "benign", klass, [])
+        return ev, truth
+
+    def line_check(self, prefix: Prefix, index: int, n: int, ts: int, rng: random.Random) -> Triple:
+        """One periodic connectivity check of the launcher on a subscriber line."""
+        src = prefix.ip(rng.randrange(prefix.hosts))
+        reporter = "sensor" if rng.random() < 0.3 else "client"
+        ev, tr = self.http_probe(prefix, src, ts, rng, reporter, "normal", ("line", index, n), {})
+        return ts, ev, tr
+
