@@ -1,0 +1,348 @@
+"""Account-name similarity: an exact path for serial names, a fuzzy path for variants.
+
+Gold farms register accounts in batches, so their names follow a template:
+``xiaopai001 … xiaopai020``. The **exact path** splits a name into letter runs,
+digit runs and separators; digit runs become ``{width}`` placeholders, giving the
+template, and the last digit run is the serial number. A batch shows up as a
+run of consecutive serials under one template.
+
+>>> template("xiaopai007"), serial("xiaopai007")
+('xiaopai{3}', 7)
+>>> template("Gold_Farm-12a")
+'gold_farm-{2}a'
+>>> skeleton("Xiao_Pai-07"), skeleton("xiaopai7") == skeleton("xiao.pai0007")
+('xiaopai#', True)
+>>> consecutive_runs([7, 3, 4, 5, 9, 10, 30])
+[(3, 5), (9, 10)]
+>>> regularity([1, 2, 3, 5, 40]), regularity([1987, 2001, 77, 12])
+(0.8, 0.0)
+
+The **fuzzy path** catches near variants (``xiaopai``/``xiaopia``/``x1aopai``)
+with character n-grams: :func:`name_similarity` is a Jaccard index over padded
+trigrams of the normalised name, :func:`edit_distance` a bounded Levenshtein
+distance, and :class:`NameIndex` an online MinHash/LSH index that assigns each
+name to a cluster in O(number of bands), with a bounded number of clusters.
+
+>>> round(name_similarity("xiaopai001", "xiaopai_017"), 2)
+1.0
+>>> name_similarity("minsu_kim", "dragon77") < 0.1
+True
+>>> edit_distance("xiaopai", "xiaopia"), edit_distance("abc", "xyzuvw", limit=2)
+(2, 3)
+>>> idx = NameIndex()
+>>> a, b, c = idx.assign("xiaopai001"), idx.assign("xiaopia002"), idx.assign("dragon77")
+>>> a == b, a == c
+(True, False)
+
+Everything here is pure and deterministic (no process-seeded hashing), so two
+workers compute the same templates, keys and clusters.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "NameFeatures",
+    "NameIndex",
+    "cohesion",
+    "consecutive_runs",
+    "edit_distance",
+    "features",
+    "name_similarity",
+    "ngrams",
+    "normalise",
+    "regularity",
+    "runs",
+    "serial",
+    "skeleton",
+    "template",
+]
+
+_RUN = re.compile(r"(\d+)|([^\W\d_]+)|([\W_]+)", re.UNICODE)
+
+#: Minimum number of letters for a name to count as a serial-template name:
+#: ``a1`` or ``x07`` are too short to say anything about a batch.
+MIN_TEMPLATE_LETTERS = 3
+
+
+def runs(name: str) -> list[tuple[str, str]]:
+    """Split ``name`` into ``(kind, text)`` runs, kind ``d`` (digits), ``a`` (letters), ``s``.
+
+    >>> runs("xiao_pai07")
+    [('a', 'xiao'), ('s', '_'), ('a', 'pai'), ('d', '07')]
+    """
+    out: list[tuple[str, str]] = []
+    for m in _RUN.finditer(unicodedata.normalize("NFKC", name)):
+        d, a, s = m.groups()
+        out.append(("d", d) if d else ("a", a) if a else ("s", s))
+    return out
+
+
+def template(name: str) -> str:
+    """Letters lower-cased, separators kept, each digit run replaced by ``{width}``.
+
+    >>> template("XiaoPai001"), template("dragon-1987"), template("minsu_kim")
+    ('xiaopai{3}', 'dragon-{4}', 'minsu_kim')
+    """
+    return "".join(f"{{{len(t)}}}" if k == "d" else t.lower() for k, t in runs(name))
+
+
+def skeleton(name: str) -> str | None:
+    """The repartition form of a serial name: letters only, digit runs as one ``#``.
+
+    Width and separators are dropped so that ``xiaopai7``, ``xiaopai007`` and
+    ``xiao_pai-007`` meet under one key. ``None`` when the name has no digits or
+    fewer than :data:`MIN_TEMPLATE_LETTERS` letters (not a serial name).
+
+    >>> skeleton("xiaopai_007"), skeleton("minsu_kim"), skeleton("ab12")
+    ('xiaopai#', None, None)
+    """
+    rs = runs(name)
+    letters = sum(len(t) for k, t in rs if k == "a")
+    if letters < MIN_TEMPLATE_LETTERS or not any(k == "d" for k, _ in rs):
+        return None
+    return "".join("#" if k == "d" else t.lower() for k, t in rs if k != "s")
+
+
+def serial(name: str) -> int | None:
+    """The serial number: the last digit run (``None`` without digits).
+
+    >>> serial("farm2_0042"), serial("minsu_kim")
+    (42, None)
+    """
+    digits = [t for k, t in runs(name) if k == "d"]
+    return int(digits[-1][-9:]) if digits else None
+
+
+def normalise(name: str) -> str:
+    """Lower-case letters, no separators, digit runs as one ``#`` (input of the n-grams).
+
+    >>> normalise("Xiao_Pai-0017")
+    'xiaopai#'
+    """
+    return "".join("#" if k == "d" else t.lower() for k, t in runs(name) if k != "s")
+
+
+def consecutive_runs(numbers: Iterable[int], min_len: int = 2) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive integers (``(first, last)``) of at least ``min_len``.
+
+    >>> consecutive_runs([1, 2, 2, 3, 8], min_len=3)
+    [(1, 3)]
+    """
+    nums = sorted(set(numbers))
+    out: list[tuple[int, int]] = []
+    start = prev = None
+    for n in nums:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None and prev is not None and prev - start + 1 >= min_len:
+            out.append((start, prev))
+        start = prev = n
+    if start is not None and prev is not None and prev - start + 1 >= min_len:
+        out.append((start, prev))
+    return out
+
+
+def regularity(numbers: Sequence[int], max_gap: int = 2) -> float:
+    """Share of serials with another serial at most ``max_gap`` away (0-1).
+
+    A batch of serial accounts scores near 1 even with a few gaps (banned or
+    unused accounts); birth years and lucky numbers of unrelated players score
+    near 0.
+
+    >>> regularity([10, 11, 13, 14]), regularity([5]), regularity([3, 3])
+    (1.0, 0.0, 0.0)
+    """
+    nums = sorted(set(numbers))
+    if len(nums) < 2:
+        return 0.0
+    close = 0
+    for i, n in enumerate(nums):
+        left = i > 0 and n - nums[i - 1] <= max_gap
+        right = i + 1 < len(nums) and nums[i + 1] - n <= max_gap
+        close += left or right
+    return close / len(numbers)
+
+
+def ngrams(name: str, n: int = 3) -> frozenset[str]:
+    """Padded character n-grams of the normalised name.
+
+    >>> sorted(ngrams("ab1"))
+    ['^ab', 'ab#', 'b#$']
+    """
+    s = f"^{normalise(name)}$"
+    if len(s) <= n:
+        return frozenset({s})
+    return frozenset(s[i : i + n] for i in range(len(s) - n + 1))
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def name_similarity(a: str, b: str, n: int = 3) -> float:
+    """Jaccard similarity (0-1) of the names' character n-grams."""
+    return _jaccard(ngrams(a, n), ngrams(b, n))
+
+
+def edit_distance(a: str, b: str, limit: int = 8) -> int:
+    """Levenshtein distance, cut off at ``limit + 1`` (O(len * limit) work)."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        lo = max(1, i - limit)
+        hi = min(len(b), i + limit)
+        if lo > 1:
+            cur[lo - 1] = limit + 1
+        for j in range(lo, hi + 1):
+            cost = 0 if ca == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+        if hi < len(b):
+            cur[hi + 1 :] = [limit + 1] * (len(b) - hi)
+        if min(cur) > limit:
+            return limit + 1
+        prev = cur
+    return min(prev[-1], limit + 1)
+
+
+def cohesion(names: Sequence[str], max_pairs: int = 64) -> float:
+    """Mean n-gram similarity of neighbouring names (sorted), over at most ``max_pairs`` pairs.
+
+    Bounded work whatever the group size; 1.0 for a batch of one template,
+    near 0 for unrelated names.
+
+    >>> cohesion(["xiaopai001", "xiaopai002", "xiaopai003"])
+    1.0
+    >>> cohesion(["minsu_kim", "dragon77", "blue_sky"]) < 0.1
+    True
+    """
+    uniq = sorted({normalise(x) for x in names})
+    if len(names) < 2:
+        return 0.0
+    if len(uniq) == 1:
+        return 1.0
+    step = max(1, (len(uniq) - 1) // max_pairs)
+    sims = [
+        _jaccard(ngrams(uniq[i]), ngrams(uniq[i + 1])) for i in range(0, len(uniq) - 1, step)
+    ]
+    return sum(sims) / len(sims)
+
+
+@dataclass(frozen=True, slots=True)
+class NameFeatures:
+    """What the farm detector needs to know about one account name."""
+
+    name: str
+    template: str
+    skeleton: str | None
+    serial: int | None
+
+    @property
+    def serial_like(self) -> bool:
+        return self.skeleton is not None
+
+
+def features(name: str) -> NameFeatures:
+    """All exact-path features of ``name`` in one pass.
+
+    >>> features("xiaopai_012")
+    NameFeatures(name='xiaopai_012', template='xiaopai_{3}', skeleton='xiaopai#', serial=12)
+    """
+    return NameFeatures(name, template(name), skeleton(name), serial(name))
+
+
+class NameIndex:
+    """Online clustering of names by MinHash over character n-grams, with LSH bands.
+
+    ``assign(name)`` returns the cluster id of the first earlier name that
+    collides with it in any band and whose ``n``-gram Jaccard similarity is at least
+    ``threshold``; otherwise ``name`` founds a new cluster (its id is the
+    normalised name). Work per name is O(``bands * rows``) hashes plus at most
+    ``bands`` similarity checks. At most ``max_clusters`` clusters are kept
+    (least recently used evicted), so memory is bounded.
+
+    Parameters
+    ----------
+    bands, rows
+        LSH layout: ``bands * rows`` hash functions; two names with Jaccard
+        ``s`` collide in some band with probability ``1 - (1 - s**rows)**bands``.
+    threshold
+        Minimum ``n``-gram Jaccard to join a cluster (checked against its founder);
+        with bigrams, 0.45 joins one-letter typos of 7-letter stems but keeps
+        ``minsu_kim`` and ``minsu_park`` apart.
+    max_clusters
+        Bound on remembered clusters.
+
+    >>> idx = NameIndex(max_clusters=2)
+    >>> [idx.assign(n) for n in ("aa_bb1", "cc_dd2", "ee_ff3")]
+    ['aabb#', 'ccdd#', 'eeff#']
+    >>> len(idx)
+    2
+    """
+
+    def __init__(
+        self,
+        bands: int = 8,
+        rows: int = 2,
+        threshold: float = 0.45,
+        max_clusters: int = 4096,
+        n: int = 2,
+    ) -> None:
+        self.n = n
+        self.bands = bands
+        self.rows = rows
+        self.threshold = threshold
+        self.max_clusters = max_clusters
+        self._seeds = [(i * 0x9E3779B1).to_bytes(8, "little") for i in range(bands * rows)]
+        self._buckets: dict[tuple[int, tuple[int, ...]], str] = {}
+        self._clusters: OrderedDict[str, tuple[frozenset[str], list[tuple[int, tuple[int, ...]]]]] = (
+            OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._clusters)
+
+    def _signature(self, grams: frozenset[str]) -> list[tuple[int, tuple[int, ...]]]:
+        mins = [
+            min(zlib.crc32(g.encode(), zlib.crc32(seed)) for g in grams) for seed in self._seeds
+        ]
+        r = self.rows
+        return [(b, tuple(mins[b * r : (b + 1) * r])) for b in range(self.bands)]
+
+    def assign(self, name: str) -> str:
+        """Cluster id of ``name`` (see the class docstring)."""
+        grams = ngrams(name, self.n)
+        norm = normalise(name)
+        if norm in self._clusters:
+            self._clusters.move_to_end(norm)
+            return norm
+        bands = self._signature(grams)
+        for band in bands:
+            cid = self._buckets.get(band)
+            if cid is None or cid not in self._clusters:
+                continue
+            founder, _ = self._clusters[cid]
+            if _jaccard(grams, founder) >= self.threshold:
+                self._clusters.move_to_end(cid)
+                return cid
+        self._clusters[norm] = (grams, bands)
+        for band in bands:
+            if self._buckets.get(band) not in self._clusters:
+                self._buckets[band] = norm
+        while len(self._clusters) > self.max_clusters:
+            _, (_, old_bands) = self._clusters.popitem(last=False)
+            for band in old_bands:
+                if self._buckets.get(band) not in self._clusters:
+                    self._buckets.pop(band, None)
+        return norm
