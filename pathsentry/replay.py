@@ -55,17 +55,23 @@ def _iter_file(path: Path, rejected: Counter[str]) -> Iterator[AnyEvent]:
                 rejected[e.reason] += 1
 
 
+#: Events held back to put slightly out-of-order input back in ``ts`` order.
+REORDER_WINDOW = 10_000
+
+
 def _sorted_file(path: Path, rejected: Counter[str]) -> Iterator[AnyEvent]:
-    last = float("-inf")
-    for ev in _iter_file(path, Counter()):
-        t = ev.ts.timestamp()
-        if t < last:
-            events = list(_iter_file(path, rejected))
-            events.sort(key=lambda e: e.ts.timestamp())
-            yield from events
-            return
-        last = t
-    yield from _iter_file(path, rejected)
+    """Events of one file in ``ts`` order, streamed through a bounded reorder buffer.
+
+    An event older than one already handed on (disorder wider than the buffer)
+    is handed on late, as a stream would deliver it.
+    """
+    heap: list[tuple[float, int, AnyEvent]] = []
+    for i, ev in enumerate(_iter_file(path, rejected)):
+        heapq.heappush(heap, (ev.ts.timestamp(), i, ev))
+        if len(heap) > REORDER_WINDOW:
+            yield heapq.heappop(heap)[2]
+    while heap:
+        yield heapq.heappop(heap)[2]
 
 
 def iter_events(paths: Sequence[str | Path], rejected: Counter[str] | None = None) -> Iterator[AnyEvent]:

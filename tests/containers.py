@@ -18,7 +18,7 @@ def docker_unavailable_reason() -> str | None:
         import docker
 
         docker.from_env().ping()
-    except Exception as e:  # noqa: BLE001 - any failure means no usable engine
+    except Exception as e:
         return f"no Docker engine reachable ({type(e).__name__}); testcontainers tests need one"
     return None
 

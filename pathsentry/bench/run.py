@@ -114,7 +114,7 @@ async def _raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
     try:
         tps = [TopicPartition(t, p) for t in topics for p in (cons.partitions_for_topic(t) or set())]
         if not tps:
-            await cons._client.force_metadata_update()  # noqa: SLF001 - metadata for assign()
+            await cons._client.force_metadata_update()
             tps = [TopicPartition(t, p) for t in topics for p in (cons.partitions_for_topic(t) or set())]
         cons.assign(tps)
         await cons.seek_to_beginning(*tps)
@@ -131,7 +131,7 @@ async def _raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
 def _http_json(url: str) -> Any:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=5) as r:
         return orjson.loads(r.read())
 
 

@@ -397,6 +397,8 @@ class _Assessment:
     features: dict[str, float]
     gap_ms: float | None = None
     excess_ms: float | None = None
+    #: vantage disks (lat, lon, radius km); the feasible region is only computed for flags
+    disks: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def feasible_region(
@@ -818,8 +820,8 @@ class LatencyDetector(Detector):
             "disks": rows,
             "verdict": "violated" if violated else "consistent",
             "violated": violated,
-            "feasible_region": feasible_region(disks),
         }
+        a.disks = disks
         a.features["vantage_violation"] = squash(worst, 500.0)
         s = ramp(worst, 100.0, 600.0)
         if s > 0:
@@ -858,6 +860,8 @@ class LatencyDetector(Detector):
         if first_flag:
             acc.flagged_sessions += 1
         reasons = list(assessed.reasons)
+        if assessed.disks and "vantages" in assessed.evidence:
+            assessed.evidence["vantages"]["feasible_region"] = feasible_region(assessed.disks)
         if history_note:
             reasons.append(history_note)
         evidence = {**assessed.evidence, "score": {"session": round(assessed.base, 4),

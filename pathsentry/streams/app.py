@@ -150,11 +150,18 @@ class Pipeline:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 log.warning("ignoring unreadable detector state %s: %s", self.state_path, e)
 
-    def save_snapshot(self) -> None:
+    def snapshot_bytes(self) -> bytes:
+        """Serialise the detectors' state (call on the event-loop thread: state is not locked)."""
+        return orjson.dumps(self.engine.state(), default=str)
+
+    def write_snapshot(self, data: bytes) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.engine.state(), default=str))
+        tmp.write_bytes(data)
         os.replace(tmp, self.state_path)
+
+    def save_snapshot(self) -> None:
+        self.write_snapshot(self.snapshot_bytes())
 
     # -- Kafka output -------------------------------------------------------------
 
@@ -415,11 +422,18 @@ def create_app(
     @app.timer(interval=2.0)
     async def tick() -> None:
         if engine.last_ts and pipe.producer is not None:
-            await pipe.emit(engine.flush(), {})
+            try:
+                await pipe.emit(engine.flush(), {})
+            except Exception:  # a failing tick must not take the worker down
+                log.exception("detector flush failed")
 
     @app.timer(interval=30.0)
     async def snapshot() -> None:
-        await asyncio.get_running_loop().run_in_executor(None, pipe.save_snapshot)
+        try:
+            data = pipe.snapshot_bytes()
+            await asyncio.get_running_loop().run_in_executor(None, pipe.write_snapshot, data)
+        except Exception:
+            log.exception("detector state snapshot failed")
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pathsentry.infra.broker import EmbeddedBroker, free_port
+from pathsentry.infra.broker import free_port
 
 CONFIG = """
 home_countries = ["KR"]
