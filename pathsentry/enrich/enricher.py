@@ -18,32 +18,48 @@ import ipaddress
 
 from pathsentry.config import AllowEntry, Config
 from pathsentry.detectors.base import Enriched
-from pathsentry.enrich.geo import GeoResolver, prefix_of
+from pathsentry.enrich.geo import GeoInfo, GeoResolver, prefix_of
 from pathsentry.schemas import AnyEvent, Login
 
 __all__ = ["Enricher"]
 
+IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 
 class Enricher:
+    #: Source addresses whose (geo, prefix, allow-list) answer is kept; cleared when full.
+    CACHE_SIZE = 262_144
+
     def __init__(self, config: Config, geo: GeoResolver) -> None:
         self.config = config
         self.geo = geo
         self._allow = [
             (ipaddress.ip_network(a.cidr, strict=False), a) for a in config.allow
         ]
+        self._by_ip: dict[IpAddr, tuple[GeoInfo, str, AllowEntry | None]] = {}
 
-    def allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AllowEntry | None:
+    def allowed(self, ip: IpAddr) -> AllowEntry | None:
         for net, entry in self._allow:
             if ip.version == net.version and ip in net:
                 return entry
         return None
 
+    def source(self, ip: IpAddr) -> tuple[GeoInfo, str, AllowEntry | None]:
+        """Geo, aggregation prefix and allow-list entry of a source address (cached)."""
+        hit = self._by_ip.get(ip)
+        if hit is None:
+            if len(self._by_ip) >= self.CACHE_SIZE:
+                self._by_ip.clear()
+            hit = self._by_ip[ip] = (self.geo.lookup(ip), prefix_of(ip), self.allowed(ip))
+        return hit
+
     def enrich(self, event: AnyEvent) -> Enriched:
         server_id = event.server_id if isinstance(event, Login) else getattr(event, "vantage_id", None)
+        geo, prefix, allowed = self.source(event.src_ip)
         return Enriched(
             event=event,
-            geo=self.geo.lookup(event.src_ip),
-            prefix=prefix_of(event.src_ip),
+            geo=geo,
+            prefix=prefix,
             server=self.config.server(server_id) if server_id else None,
-            allowed=self.allowed(event.src_ip),
+            allowed=allowed,
         )

@@ -15,20 +15,22 @@ account, ``network-telemetry`` by session id. Unknown extra fields are kept
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address
+from functools import lru_cache
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 
 __all__ = [
@@ -57,17 +59,32 @@ MAX_HOPS = 64
 MAX_HEADERS = 128
 
 
-def _finite_rtt(v: float) -> float:
-    if not math.isfinite(v) or v < 0:
-        raise ValueError("RTT must be a finite, non-negative number of milliseconds")
-    if v > 60_000:
-        raise ValueError("RTT above 60 s is not a round-trip time")
-    return v
-
-
-Rtt = Annotated[float, AfterValidator(_finite_rtt)]
+#: A round-trip time in ms: finite, non-negative, at most 60 s (checked in pydantic-core).
+Rtt = Annotated[float, Field(ge=0.0, le=60_000.0, allow_inf_nan=False)]
 RttSamples = Annotated[list[Rtt], Field(min_length=1, max_length=MAX_RTT_SAMPLES)]
-IpAddr = IPv4Address | IPv6Address
+@lru_cache(maxsize=262_144)
+def _ip_from_str(value: str) -> IPv4Address | IPv6Address:
+    return ip_address(value)
+
+
+def _parse_ip(value: Any) -> IPv4Address | IPv6Address:
+    """An IPv4/IPv6 address from its text (cached: the same addresses recur constantly)."""
+    if isinstance(value, (IPv4Address, IPv6Address)):
+        return value
+    if not isinstance(value, str) or len(value) > 45:
+        raise ValueError("value is not a valid IPv4 or IPv6 address")
+    try:
+        return _ip_from_str(value)
+    except ValueError:
+        raise ValueError("value is not a valid IPv4 or IPv6 address") from None
+
+
+IpAddr = Annotated[
+    IPv4Address | IPv6Address,
+    PlainValidator(_parse_ip),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "format": "ipvanyaddress"}),
+]
 Ident = Annotated[str, Field(min_length=1, max_length=128)]
 ShortText = Annotated[str, Field(max_length=256)]
 Ttl = Annotated[int, Field(ge=1, le=255)]

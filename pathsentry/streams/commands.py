@@ -190,12 +190,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     world = root / "world"
     py = sys.executable
 
-    print(f"[demo] writing a simulated world to {world}", flush=True)
-    subprocess.run(
-        [py, "-m", "pathsentry", "simulate", "--seed", str(args.seed), "--accounts", str(args.accounts),
-         "--hours", "1", "--out", str(world), "--files-only"],
-        check=True,
-    )
+    from pathsentry.sim import WorldSpec, write_world_files
+
+    print(f"[demo] simulated game world (seed {args.seed}, {args.accounts} accounts): {world}", flush=True)
+    write_world_files(WorldSpec(seed=args.seed, accounts=args.accounts, hours=args.hours), world)
     broker = EmbeddedBroker(log_dir=root, url_file=broker_url_file(root))
     broker.start()
     print(f"[demo] broker (tansu, embedded) at {broker.url}", flush=True)
@@ -230,8 +228,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"at {args.rate} events/s", flush=True)
         procs.append(subprocess.Popen(
             [py, "-m", "pathsentry", "simulate", "--seed", str(args.seed), "--accounts",
-             str(args.accounts), "--hours", str(args.hours), "--to-kafka", "--rate", str(args.rate),
-             "--live"],
+             str(args.accounts), "--hours", str(args.hours), "--now", "--to-kafka",
+             "--rate", str(args.rate)],
             env=env, stdout=backend_log, stderr=subprocess.STDOUT,
         ))
         started = time.monotonic()
