@@ -1,12 +1,15 @@
 """Named analyst queries (``pathsentry query NAME``), valid on clickhouse-server and chDB.
 
 ``{db}`` is replaced by the database name. Every query reads the latest version
-of each row (``FINAL``), so retried or updated rows count once.
+of each row (``FINAL``, directly or through the views of ``infra/ddl/002_views.sql``),
+so retried or updated rows count once.
 """
 
 from __future__ import annotations
 
-__all__ = ["QUERIES", "render"]
+from urllib.parse import urlparse
+
+__all__ = ["QUERIES", "database_name", "render"]
 
 QUERIES: dict[str, tuple[str, str]] = {
     "recent-alerts": (
@@ -15,9 +18,9 @@ QUERIES: dict[str, tuple[str, str]] = {
         "summary FROM {db}.alerts FINAL ORDER BY last_seen DESC LIMIT 20",
     ),
     "alerts-per-hour": (
-        "alerts per kind per hour",
-        "SELECT toStartOfHour(first_seen) AS hour, kind, count() AS alerts "
-        "FROM {db}.alerts FINAL GROUP BY hour, kind ORDER BY hour DESC, kind LIMIT 200",
+        "alerts per kind per hour (view alerts_per_hour)",
+        "SELECT hour, kind, alerts, high_or_critical, accounts, max_score "
+        "FROM {db}.alerts_per_hour ORDER BY hour DESC, kind LIMIT 200",
     ),
     "flags-per-kind": (
         "flagged events per kind with mean score",
@@ -25,31 +28,43 @@ QUERIES: dict[str, tuple[str, str]] = {
         "uniqExact(account) AS accounts FROM {db}.flagged_events FINAL GROUP BY kind ORDER BY kind",
     ),
     "repeat-relay-accounts": (
-        "accounts with repeated relay evidence",
-        "SELECT account, count() AS sessions, round(max(score), 2) AS max_score, "
-        "groupUniqArray(5)(src_ip) AS exits FROM {db}.flagged_events FINAL "
-        "WHERE kind = 'vpn_relay' AND account != '' GROUP BY account HAVING sessions >= 2 "
-        "ORDER BY sessions DESC LIMIT 50",
+        "accounts with repeated relay evidence (view relay_repeat_accounts)",
+        "SELECT account, sessions, vpn_relay, route_anomaly, exits, exit_prefixes, max_score, "
+        "max_excess_ms, last_seen FROM {db}.relay_repeat_accounts "
+        "ORDER BY sessions DESC, max_score DESC, account LIMIT 50",
     ),
     "top-relay-prefixes": (
-        "relay exit prefixes by flagged sessions",
-        "SELECT IPv4CIDRToRange(toIPv4OrZero(src_ip), 24).1 AS prefix, any(country) AS country, "
-        "any(asn) AS asn, count() AS flagged, uniqExact(account) AS accounts "
-        "FROM {db}.flagged_events FINAL WHERE kind IN ('vpn_relay', 'route_anomaly') "
-        "GROUP BY prefix ORDER BY flagged DESC LIMIT 20",
+        "relay exit prefixes by flagged sessions (view relay_exit_prefixes)",
+        "SELECT prefix, country, asn, flagged, vpn_relay, route_anomaly, accounts, max_score, "
+        "median_excess_ms, last_seen FROM {db}.relay_exit_prefixes "
+        "ORDER BY flagged DESC, prefix LIMIT 20",
+    ),
+    "relay-excess": (
+        "RTT excess of relayed logins: quantiles in ms (view relay_flags)",
+        "SELECT count() AS flagged, countIf(excess_ms IS NOT NULL) AS with_excess, "
+        "round(quantile(0.1)(excess_ms), 1) AS p10_ms, round(quantile(0.5)(excess_ms), 1) AS p50_ms, "
+        "round(quantile(0.9)(excess_ms), 1) AS p90_ms, round(max(excess_ms), 1) AS max_ms "
+        "FROM {db}.relay_flags WHERE kind = 'vpn_relay'",
     ),
     "farm-groups": (
-        "farm groups with their members",
-        "SELECT alert_id, round(score, 2) AS score, length(accounts) AS members, "
-        "arraySlice(arraySort(accounts), 1, 8) AS first_members, first_seen, last_seen, summary "
-        "FROM {db}.alerts FINAL WHERE kind = 'farm_group' ORDER BY members DESC LIMIT 50",
+        "farm groups with their members (view farm_groups)",
+        "SELECT group_id, template, score, members, arraySlice(accounts, 1, 8) AS first_members, "
+        "first_seen, last_seen, summary FROM {db}.farm_groups ORDER BY members DESC, group_id LIMIT 50",
+    ),
+    "farm-members": (
+        "one row per farm-group member (view farm_groups)",
+        "SELECT group_id, template, account, first_seen FROM {db}.farm_groups "
+        "ARRAY JOIN accounts AS account ORDER BY group_id, account LIMIT 1000",
     ),
     "injection-cells": (
-        "injection cells by ASN, ports and hours",
-        "SELECT JSONExtractString(subject, 'asn') AS asn, JSONExtractString(subject, 'as_name') AS as_name, "
-        "JSONExtractRaw(subject, 'ports') AS ports, JSONExtractRaw(subject, 'hours') AS hours, "
-        "round(score, 2) AS score, first_seen, last_seen FROM {db}.alerts FINAL "
-        "WHERE kind = 'injection_cell' ORDER BY score DESC LIMIT 50",
+        "injection cells by ASN, ports and hours (view injection_cells)",
+        "SELECT asn, as_name, ports, hours, timezone, length(prefixes) AS prefixes, score, "
+        "first_seen, last_seen FROM {db}.injection_cells ORDER BY score DESC, asn LIMIT 50",
+    ),
+    "injection-hours": (
+        "injection cells by ASN and hour of day (view injection_cells_hourly)",
+        "SELECT asn, as_name, hour, timezone, alerts, cells, rate_lower, suspect, probes "
+        "FROM {db}.injection_cells_hourly ORDER BY asn, hour LIMIT 500",
     ),
 }
 
@@ -63,3 +78,16 @@ def render(name: str, db: str) -> str:
     if name not in QUERIES:
         raise KeyError(f"unknown query {name!r}; known: {', '.join(sorted(QUERIES))}")
     return QUERIES[name][1].replace("{db}", db)
+
+
+def database_name(url: str) -> str:
+    """The database a ClickHouse URL points at, without connecting.
+
+    >>> database_name("clickhouse://u:p@ch:9000/soc"), database_name("chdb:///var/chdb")
+    ('soc', 'pathsentry')
+    >>> database_name("chdb://./data#soc")
+    'soc'
+    """
+    if url.startswith("chdb://"):
+        return url.partition("#")[2] or "pathsentry"
+    return urlparse(url).path.lstrip("/") or "pathsentry"
