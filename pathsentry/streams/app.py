@@ -367,7 +367,8 @@ def create_app(
     pipe.load_snapshot()
     topics = pipe.topics
     take_max = batch_size or max(1, config.clickhouse.batch_size // 100)
-    take_within = batch_within_s or config.clickhouse.flush_interval_s
+    # the agents wait at most this long for a fuller batch: it bounds the added latency per stage
+    take_within = batch_within_s or min(0.25, config.clickhouse.flush_interval_s)
     session_timeout = config.kafka.session_timeout_s
 
     app = faust.App(
