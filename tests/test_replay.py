@@ -4,9 +4,9 @@ same ids as a second run (deterministic alert ids)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from pathsentry.sim import WorldSpec, write_world
