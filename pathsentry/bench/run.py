@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -199,9 +200,10 @@ def run_bench(
              "--n", str(n), "--web-port", str(free_port())],
             capture_output=True, timeout=1800, check=False,
         )
-        lines = [ln for ln in naive.stdout.decode().splitlines() if ln.startswith("{")]
-        if lines:
-            res.naive_rate = orjson.loads(lines[-1])["rate"]
+        # the Faust worker writes terminal control codes before the result line
+        found = re.findall(rb'\{"events".*?\}', naive.stdout)
+        if found:
+            res.naive_rate = orjson.loads(found[-1])["rate"]
             log(f"[bench] naive Faust per-event loop: {res.naive_rate:,.0f} events/s")
         else:
             res.notes.append("naive baseline failed: " + naive.stderr.decode()[-500:])
