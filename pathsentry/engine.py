@@ -35,11 +35,19 @@ class Engine:
         self.detectors = detectors if detectors is not None else build_detectors(self.ctx)
         self.session_detectors = [d for d in self.detectors if d.stage == "session"]
         self.group_detectors = [d for d in self.detectors if d.stage == "group"]
-        self.last_ts = 0.0
+        # Event time seen by each stage. In the stream the group stage runs behind the
+        # session stage (a repartition apart), so each stage's detectors are flushed
+        # with their own clock: a group window must not expire before its events arrive.
+        self.session_ts = 0.0
+        self.group_ts = 0.0
+
+    @property
+    def last_ts(self) -> float:
+        return max(self.session_ts, self.group_ts)
 
     def session_stage(self, event: AnyEvent) -> tuple[Enriched, Findings]:
         ev = self.enricher.enrich(event)
-        self.last_ts = max(self.last_ts, ev.ts)
+        self.session_ts = max(self.session_ts, ev.ts)
         out = Findings()
         for det in self.session_detectors:
             if det.wants(ev.kind):
@@ -55,7 +63,7 @@ class Engine:
         return routes
 
     def group_stage(self, ev: Enriched, detector: str, key: str) -> Findings:
-        self.last_ts = max(self.last_ts, ev.ts)
+        self.group_ts = max(self.group_ts, ev.ts)
         for det in self.group_detectors:
             if det.name == detector:
                 return det.process(ev, key) or Findings()
@@ -75,9 +83,14 @@ class Engine:
         return out
 
     def flush(self) -> Findings:
+        """Let every detector close what its own stage's event time has passed."""
         out = Findings()
-        for det in self.detectors:
-            out.extend(det.flush(self.last_ts))
+        for det in self.session_detectors:
+            if self.session_ts:
+                out.extend(det.flush(self.session_ts))
+        for det in self.group_detectors:
+            if self.group_ts:
+                out.extend(det.flush(self.group_ts))
         return out
 
     def state(self) -> dict[str, Any]:

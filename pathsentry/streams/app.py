@@ -47,12 +47,16 @@ from pathsentry.detectors import Findings
 from pathsentry.engine import Engine
 from pathsentry.infra.clickhouse import ClickHouse, is_read_only
 from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
+from pathsentry.streams.align import PartitionAligner
 from pathsentry.streams.deadletter import dead_letter_record
 from pathsentry.streams.kafka import bootstrap_servers, client_kwargs
 from pathsentry.streams.sinks import ClickHouseSink
 from pathsentry.streams.topics import Topics
 
 __all__ = ["Pipeline", "Stats", "create_app", "envelope", "partition_for", "session_key"]
+
+#: Detector state is written to disk this often (and at shutdown).
+SNAPSHOT_INTERVAL_S = 120.0
 
 log = logging.getLogger(__name__)
 
@@ -257,20 +261,19 @@ class Pipeline:
         produced: dict[str, int] = {}
         forward: list[tuple[str, bytes]] = []
         n = 0
-        for env in envelopes:
-            for item in orjson.loads(env):
-                event = event_adapter.validate_python(item["e"])
-                produced[event.event_id] = item["t"]
-                enriched, found = engine.session_stage(event)
-                out.extend(found)
-                n += 1
-                routes = engine.group_routes(enriched)
-                if routes:
-                    e_json = orjson.dumps(item["e"])
-                    notes = orjson.dumps(enriched.notes, default=str)
-                    for det, key in routes:
-                        forward.append((key, b'{"t":%d,"d":%s,"k":%s,"n":%s,"e":%s}' % (
-                            item["t"], orjson.dumps(det), orjson.dumps(key), notes, e_json)))
+        for item in _items(envelopes):
+            event = event_adapter.validate_python(item["e"])
+            produced[event.event_id] = item["t"]
+            enriched, found = engine.session_stage(event)
+            out.extend(found)
+            n += 1
+            routes = engine.group_routes(enriched)
+            if routes:
+                e_json = orjson.dumps(item["e"])
+                notes = orjson.dumps(enriched.notes, default=str)
+                for det, key in routes:
+                    forward.append((key, b'{"t":%d,"d":%s,"k":%s,"n":%s,"e":%s}' % (
+                        item["t"], orjson.dumps(det), orjson.dumps(key), notes, e_json)))
         await self.emit(out, produced)
         await self.send_envelopes(self.topics.groups, forward)
         await self.producer.flush()
@@ -284,18 +287,25 @@ class Pipeline:
         out = Findings()
         produced: dict[str, int] = {}
         n = 0
-        for env in envelopes:
-            for item in orjson.loads(env):
-                event = event_adapter.validate_python(item["e"])
-                produced[event.event_id] = item["t"]
-                enriched = engine.enricher.enrich(event)
-                enriched.notes = item.get("n") or {}
-                out.extend(engine.group_stage(enriched, item["d"], item["k"]))
-                n += 1
+        for item in _items(envelopes):
+            event = event_adapter.validate_python(item["e"])
+            produced[event.event_id] = item["t"]
+            enriched = engine.enricher.enrich(event)
+            enriched.notes = item.get("n") or {}
+            out.extend(engine.group_stage(enriched, item["d"], item["k"]))
+            n += 1
         await self.emit(out, produced)
         await self.producer.flush()
         self.stats.group_events += n
         self.stats.last_group_at = time.time()
+
+
+def _items(envelopes: Iterable[bytes]) -> list[dict[str, Any]]:
+    """The items of a batch of envelopes in produce-time order (envelopes of different
+    partitions interleave; the sort is stable, so one partition's order is kept)."""
+    items = [item for env in envelopes for item in orjson.loads(env)]
+    items.sort(key=lambda i: i["t"])
+    return items
 
 
 def _alert_value(a: Alert) -> bytes:
@@ -304,13 +314,22 @@ def _alert_value(a: Alert) -> bytes:
 
 async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping: asyncio.Event) -> None:
     """Consume the producers' topics in batches; commit after each batch is forwarded."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
     from aiokafka.errors import KafkaError
 
     cfg = pipe.config
     timeout_ms = int(cfg.kafka.session_timeout_s * 1000)
+    aligner = PartitionAligner(max_wait_s=1.0)
+    max_buffered = max_records * 4
+
+    class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            aligner.drop(revoked)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            aligner.track(assigned, time.monotonic())
+
     consumer = AIOKafkaConsumer(
-        pipe.topics.logins, pipe.topics.telemetry,
         bootstrap_servers=bootstrap_servers(cfg),
         group_id=f"{cfg.kafka.topic_prefix}pathsentry-ingest",
         enable_auto_commit=False,
@@ -323,17 +342,34 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
         rebalance_timeout_ms=max(10_000, timeout_ms * 2),
         **client_kwargs(cfg),
     )
+    consumer.subscribe([pipe.topics.logins, pipe.topics.telemetry], listener=_Revoked())
     await consumer.start()
     log.info("ingest: consuming %s and %s", pipe.topics.logins, pipe.topics.telemetry)
     try:
         while not stopping.is_set():
             try:
                 batch = await consumer.getmany(timeout_ms=poll_ms, max_records=max_records)
-                if not batch:
+                now = time.monotonic()
+                for tp, msgs in batch.items():
+                    aligner.add(tp, msgs, now)
+                assigned = consumer.assignment()
+                caught_up = set()
+                for tp in aligner.empty_partitions(assigned):
+                    hw = consumer.highwater(tp)
+                    if hw is not None and await consumer.position(tp) >= hw:
+                        caught_up.add(tp)
+                records = aligner.release(assigned, caught_up, now)
+                for tp in assigned:  # bound the buffers: a partition far ahead waits
+                    if aligner.buffered(tp) > max_buffered:
+                        consumer.pause(tp)
+                    elif tp in consumer.paused():
+                        consumer.resume(tp)
+                if not records:
                     continue
-                records = [m for msgs in batch.values() for m in msgs]
                 await pipe.ingest_batch(records)
-                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                offsets: dict[Any, int] = {}
+                for m in records:
+                    offsets[TopicPartition(m.topic, m.partition)] = m.offset + 1
                 await consumer.commit(offsets)
             except KafkaError as e:
                 # uncommitted records are consumed again after the reconnect/rebalance
@@ -428,7 +464,7 @@ def create_app(
             except Exception:  # a failing tick must not take the worker down
                 log.exception("detector flush failed")
 
-    @app.timer(interval=30.0)
+    @app.timer(interval=SNAPSHOT_INTERVAL_S)
     async def snapshot() -> None:
         try:
             data = pipe.snapshot_bytes()
