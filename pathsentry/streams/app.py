@@ -195,14 +195,8 @@ class Pipeline:
             n = self._partitions[topic] = max(1, len(parts))
         return n
 
-    async def send_envelopes(self, topic: str, by_key: list[tuple[str, bytes]]) -> None:
-        """Send ``(key, item)`` pairs as one envelope per destination partition."""
-        if not by_key:
-            return
-        n = await self.partitions(topic)
-        parts: dict[int, list[bytes]] = {}
-        for key, item in by_key:
-            parts.setdefault(partition_for(key, n), []).append(item)
+    async def send_envelopes(self, topic: str, parts: dict[int, list[bytes]]) -> None:
+        """Send each destination partition's items as one envelope."""
         for p, items in parts.items():
             await self.producer.send(topic, envelope(items), partition=p)
 
@@ -239,19 +233,23 @@ class Pipeline:
 
     async def ingest_batch(self, records: Iterable[Any]) -> None:
         """Validate raw producer records; forward valid ones, dead-letter the rest."""
-        out: list[tuple[str, bytes]] = []
+        n_parts = await self.partitions(self.topics.sessions)
+        parts: dict[int, list[bytes]] = {}
+        valid = 0
         for m in records:
             try:
                 ev = parse_event(m.value if m.value is not None else b"")
             except EventError as err:
                 await self.dead_letter(m.value, err, m)
                 continue
-            out.append((session_key(ev), b'{"t":%d,"e":%s}' % (m.timestamp, m.value)))
-        await self.send_envelopes(self.topics.sessions, out)
+            item = b'{"t":%d,"e":%s}' % (m.timestamp, m.value)
+            parts.setdefault(partition_for(session_key(ev), n_parts), []).append(item)
+            valid += 1
+        await self.send_envelopes(self.topics.sessions, parts)
         await self.producer.flush()
         if self.stats.first_ingest_at is None:
             self.stats.first_ingest_at = time.time()
-        self.stats.events_in += len(out)
+        self.stats.events_in += valid
 
     async def session_batch(self, envelopes: Iterable[bytes]) -> None:
         """Session stage over a batch of envelopes; forwards group-stage work."""
@@ -259,8 +257,9 @@ class Pipeline:
         engine = self.engine
         out = Findings()
         produced: dict[str, int] = {}
-        forward: list[tuple[str, bytes]] = []
-        n = 0
+        n_parts = await self.partitions(self.topics.groups)
+        forward: dict[int, list[bytes]] = {}
+        n = forwarded = 0
         for item in _items(envelopes):
             event = event_adapter.validate_python(item["e"])
             produced[event.event_id] = item["t"]
@@ -268,16 +267,22 @@ class Pipeline:
             out.extend(found)
             n += 1
             routes = engine.group_routes(enriched)
-            if routes:
-                e_json = orjson.dumps(item["e"])
-                notes = orjson.dumps(enriched.notes, default=str)
-                for det, key in routes:
-                    forward.append((key, b'{"t":%d,"d":%s,"k":%s,"n":%s,"e":%s}' % (
-                        item["t"], orjson.dumps(det), orjson.dumps(key), notes, e_json)))
+            if not routes:
+                continue
+            # one item per destination partition, carrying every (detector, key) bound there
+            by_part: dict[int, list[tuple[str, str]]] = {}
+            for det, key in routes:
+                by_part.setdefault(partition_for(key, n_parts), []).append((det, key))
+            e_json = orjson.dumps(item["e"])
+            notes = orjson.dumps(enriched.notes, default=str)
+            for p, rs in by_part.items():
+                forward.setdefault(p, []).append(
+                    b'{"t":%d,"r":%s,"n":%s,"e":%s}' % (item["t"], orjson.dumps(rs), notes, e_json))
+                forwarded += 1
         await self.emit(out, produced)
         await self.send_envelopes(self.topics.groups, forward)
         await self.producer.flush()
-        self.stats.group_messages += len(forward)
+        self.stats.group_messages += forwarded
         self.stats.mark_detected(n)
         self.stats.batches += 1
         self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
@@ -292,7 +297,8 @@ class Pipeline:
             produced[event.event_id] = item["t"]
             enriched = engine.enricher.enrich(event)
             enriched.notes = item.get("n") or {}
-            out.extend(engine.group_stage(enriched, item["d"], item["k"]))
+            for det, key in item["r"]:
+                out.extend(engine.group_stage(enriched, det, key))
             n += 1
         await self.emit(out, produced)
         await self.producer.flush()
