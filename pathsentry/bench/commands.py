@@ -14,6 +14,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     res = run_bench(
         args.events, accounts=args.accounts, seed=args.seed, partitions=args.partitions,
         rate=args.rate, latency_seconds=args.latency_seconds, workdir=args.workdir,
+        state_accounts=args.state_accounts, state_prefixes=args.state_prefixes,
         log=(lambda s: None) if args.json else print,
     )
     if args.json:
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--rate", type=float, default=10_000.0, help="offered events/s in the latency phase")
     p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--state-accounts", type=int, default=0,
+                   help="also measure detector memory with this many distinct accounts (e.g. 1000000)")
+    p.add_argument("--state-prefixes", type=int, default=100_000)
     p.add_argument("--workdir", help="directory for logs and chDB (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_bench)

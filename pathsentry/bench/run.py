@@ -56,6 +56,10 @@ class BenchResult:
     worker_peak_rss_mb: float = 0.0
     flagged: int = 0
     alerts: int = 0
+    state_accounts: int = 0
+    state_prefixes: int = 0
+    state_peak_rss_mb: float = 0.0
+    state_events_per_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -158,9 +162,22 @@ def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[bytes], what: st
         time.sleep(0.2)
 
 
+def state_memory(accounts: int, prefixes: int) -> dict[str, Any]:
+    """Run the state-memory phase in its own process and return its JSON result."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pathsentry.bench.state", "--accounts", str(accounts),
+         "--prefixes", str(prefixes)],
+        capture_output=True, timeout=7200, check=True,
+    )
+    result: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 def run_bench(
     n: int = 200_000,
     *,
+    state_accounts: int = 0,
+    state_prefixes: int = 100_000,
     accounts: int = 20_000,
     seed: int = 7,
     partitions: int = 4,
@@ -256,6 +273,13 @@ def run_bench(
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+    if state_accounts:
+        log(f"[bench] state memory: {state_accounts:,} accounts over {state_prefixes:,} prefixes")
+        st = state_memory(state_accounts, state_prefixes)
+        res.state_accounts, res.state_prefixes = state_accounts, state_prefixes
+        res.state_peak_rss_mb = st["rss_peak_mb"]
+        res.state_events_per_s = st["events"] / st["seconds"]
+        log(f"[bench] detector process peak RSS {st['rss_peak_mb']:,.0f} MiB")
     return res
 
 
@@ -279,6 +303,12 @@ def format_result(r: BenchResult) -> str:
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
         ("flagged / alerts", f"{r.flagged:>7,} / {r.alerts:,}"),
     ]
+    if r.state_accounts:
+        rows += [
+            ("state: accounts / prefixes", f"{r.state_accounts:>7,} / {r.state_prefixes:,}"),
+            ("state: detector process peak RSS", f"{r.state_peak_rss_mb:>12,.0f} MiB"),
+            ("state: in-process engine rate", rate(r.state_events_per_s)),
+        ]
     width = max(len(k) for k, _ in rows)
     out = [f"{k.ljust(width)}  {v}" for k, v in rows]
     out += [f"note: {n}" for n in r.notes]

@@ -1,0 +1,96 @@
+"""State-memory phase of ``pathsentry bench``: the detectors' memory with many distinct
+accounts and prefixes in state. Run as a process (so its peak RSS is its own)::
+
+    python -m pathsentry.bench.state --accounts 1000000 --prefixes 100000
+
+Logins (and one rtt_probe per session) from ``accounts`` distinct accounts spread over
+``prefixes`` distinct /24s go through the full detector engine in-process; the
+script prints one JSON line with the events, the seconds and the process's RSS
+before and at peak (``VmHWM``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from pathsentry.config import load_config
+from pathsentry.engine import Engine
+from pathsentry.schemas import parse_event
+
+__all__ = ["main", "synthetic_events"]
+
+SERVERS = """
+home_countries = ["KR"]
+geo = ["bundled"]
+[[server]]
+id = "kr-sel-1"
+lat = 37.5665
+lon = 126.9780
+country = "KR"
+[[server]]
+id = "kr-pus-1"
+lat = 35.1796
+lon = 129.0756
+country = "KR"
+"""
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def synthetic_events(accounts: int, prefixes: int, start: float) -> Iterator[dict[str, Any]]:
+    """Two events per account: a login and an ICMP probe of the same session.
+
+    >>> evs = list(synthetic_events(3, 2, 1.8e9))
+    >>> [e["kind"] for e in evs], evs[0]["src_ip"], evs[2]["src_ip"]
+    (['login', 'rtt_probe', 'login', 'rtt_probe', 'login', 'rtt_probe'], '1.0.0.1', '1.0.1.1')
+    """
+    base = int(ipaddress.IPv4Address("1.0.0.0"))
+    for i in range(accounts):
+        ip = str(ipaddress.IPv4Address(base + (i % prefixes) * 256 + 1 + (i // prefixes) % 250))
+        ts = datetime.fromtimestamp(start + i * 0.01, UTC).isoformat()
+        sid = f"s{i}"
+        rtt = 3.0 + (i % 17) * 0.5
+        yield {"kind": "login", "event_id": f"l{i}", "ts": ts, "src_ip": ip, "session_id": sid,
+               "account": f"player{i:07d}", "server_id": "kr-sel-1",
+               "app_rtt_ms": [rtt, rtt + 0.4, rtt + 0.2], "tcp_rtt_ms": rtt - 0.1}
+        yield {"kind": "rtt_probe", "event_id": f"p{i}", "ts": ts, "src_ip": ip, "session_id": sid,
+               "vantage_id": "kr-pus-1", "method": "icmp", "rtt_ms": [rtt + 3.5, rtt + 3.9]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--accounts", type=int, default=1_000_000)
+    ap.add_argument("--prefixes", type=int, default=100_000)
+    args = ap.parse_args(argv)
+    engine = Engine(load_config(text=SERVERS, env={}))
+    before = _rss_kib("VmRSS")
+    t0 = time.perf_counter()
+    n = 0
+    for raw in synthetic_events(args.accounts, args.prefixes, time.time() - 86_400):
+        engine.process(parse_event(raw))
+        n += 1
+    engine.flush()
+    secs = time.perf_counter() - t0
+    sys.stdout.write(orjson.dumps({
+        "accounts": args.accounts, "prefixes": args.prefixes, "events": n, "seconds": secs,
+        "rss_before_mb": before / 1024, "rss_peak_mb": _rss_kib("VmHWM") / 1024,
+        "rss_end_mb": _rss_kib("VmRSS") / 1024,
+    }).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()
