@@ -49,7 +49,7 @@ from pathsentry.infra.clickhouse import ClickHouse, is_read_only
 from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
 from pathsentry.streams.align import PartitionAligner
 from pathsentry.streams.deadletter import dead_letter_record
-from pathsentry.streams.kafka import bootstrap_servers, client_kwargs
+from pathsentry.streams.kafka import bootstrap_servers, client_kwargs, faust_credentials
 from pathsentry.streams.sinks import ClickHouseSink
 from pathsentry.streams.topics import Topics
 
@@ -416,6 +416,7 @@ def create_app(
     app = faust.App(
         f"{config.kafka.topic_prefix}pathsentry",
         broker=f"kafka://{bootstrap_servers(config)}",
+        broker_credentials=faust_credentials(config),
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",

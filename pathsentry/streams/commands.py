@@ -89,7 +89,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, geo=args.geo)
     ensure_topics(cfg)
     app, pipe = create_app(cfg, worker_id=args.worker_id, web_port=args.web_port)
-    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    extra: dict[str, Any] = {}
+    if args.log_format == "json":
+        from pathsentry.streams.logs import logging_config
+
+        extra["logging_config"] = logging_config(args.loglevel)
+    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False, **extra)
     log.info("worker %s: web/metrics/query on http://127.0.0.1:%d", args.worker_id, args.web_port)
     try:
         worker.execute_from_commandline()
@@ -282,6 +287,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--web-port", type=int, default=int(os.environ.get("PATHSENTRY_WEB_PORT", "6066")),
                    help="port of /stats, /metrics and /query (each worker needs its own)")
     p.add_argument("--loglevel", default="info")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   default=os.environ.get("PATHSENTRY_LOG_FORMAT", "text"),
+                   help="json: one JSON object per log line (for log shippers)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("demo", help="live demo: embedded broker, chDB, a worker and a simulated game backend")

@@ -8,7 +8,7 @@ from typing import Any
 from pathsentry.config import Config
 from pathsentry.infra.broker import resolve_kafka_url
 
-__all__ = ["bootstrap_servers", "client_kwargs"]
+__all__ = ["bootstrap_servers", "client_kwargs", "faust_credentials"]
 
 
 def bootstrap_servers(cfg: Config) -> str:
@@ -28,3 +28,19 @@ def client_kwargs(cfg: Config) -> dict[str, Any]:
         out["sasl_plain_username"] = k.sasl_username
         out["sasl_plain_password"] = k.sasl_password
     return out
+
+
+def faust_credentials(cfg: Config) -> Any:
+    """The same TLS / SASL settings as Faust ``broker_credentials`` (None for PLAINTEXT)."""
+    import faust
+
+    k = cfg.kafka
+    if k.security_protocol == "PLAINTEXT":
+        return None
+    ctx = ssl.create_default_context(cafile=k.ssl_cafile) if k.security_protocol.endswith("SSL") else None
+    if k.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=k.sasl_username, password=k.sasl_password, ssl_context=ctx,
+            mechanism=k.sasl_mechanism or "PLAIN",
+        )
+    return faust.SSLCredentials(ctx)
