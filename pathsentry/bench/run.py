@@ -53,6 +53,7 @@ class BenchResult:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     latency_samples: int = 0
+    latency_p99_by_kind_ms: dict[str, float | None] = field(default_factory=dict)
     worker_peak_rss_mb: float = 0.0
     flagged: int = 0
     alerts: int = 0
@@ -263,6 +264,8 @@ def run_bench(
                 st = _http_json(f"{base}?since_ms={since}")
                 lat = st["produce_to_flag_ms"]
                 res.latency_p50_ms, res.latency_p99_ms, res.latency_samples = lat["p50"], lat["p99"], lat["n"]
+                res.latency_p99_by_kind_ms = {
+                    k: v["p99"] for k, v in st.get("produce_to_flag_ms_by_kind", {}).items()}
                 res.flagged, res.alerts = st["flagged"], st["alerts"]
                 res.worker_peak_rss_mb = _peak_rss_mb(proc.pid)
                 log(f"[bench] produce-to-flag p50 {lat['p50']} ms, p99 {lat['p99']} ms "
@@ -300,6 +303,7 @@ def format_result(r: BenchResult) -> str:
         ("produce-to-flag p50", f"{r.latency_p50_ms!s:>12} ms"),
         ("produce-to-flag p99", f"{r.latency_p99_ms!s:>12} ms"),
         ("latency samples (flags)", f"{r.latency_samples:>12,}"),
+        *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.latency_p99_by_kind_ms.items())),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
         ("flagged / alerts", f"{r.flagged:>7,} / {r.alerts:,}"),
     ]

@@ -103,8 +103,8 @@ class Stats:
     last_group_at: float | None = None
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
-    #: (produce time ms, produce-to-flag-stored ms) of recent flags
-    latencies_ms: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=500_000))
+    #: (produce time ms, produce-to-flag-stored ms, flag kind) of recent flags
+    latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=500_000))
 
     def mark_detected(self, n: int) -> None:
         now = time.time()
@@ -113,9 +113,9 @@ class Stats:
         self.last_event_at = now
         self.events_detected += n
 
-    def latency_quantiles(self, since_ms: int = 0) -> dict[str, float | None]:
+    def latency_quantiles(self, since_ms: int = 0, kind: str | None = None) -> dict[str, float | None]:
         """p50/p99 of produce-to-flag latency over flags of events produced after ``since_ms``."""
-        s = sorted(lat for t, lat in self.latencies_ms if t >= since_ms)
+        s = sorted(lat for t, lat, k in self.latencies_ms if t >= since_ms and kind in (None, k))
         if not s:
             return {"p50": None, "p99": None, "n": 0}
         return {
@@ -128,6 +128,8 @@ class Stats:
         d = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
         d["uptime_s"] = round(time.time() - self.started_at, 1)
         d["produce_to_flag_ms"] = self.latency_quantiles(since_ms)
+        kinds = sorted({k for _, _, k in self.latencies_ms})
+        d["produce_to_flag_ms_by_kind"] = {k: self.latency_quantiles(since_ms, k) for k in kinds}
         return d
 
 
@@ -213,7 +215,7 @@ class Pipeline:
         for f in findings.flags:
             t = produced_ms.get(f.event_id)
             if t:
-                self.stats.latencies_ms.append((t, now_ms - t))
+                self.stats.latencies_ms.append((t, now_ms - t, f.kind))
 
     async def dead_letter(self, payload: bytes | None, err: EventError, msg: Any) -> None:
         rec = dead_letter_record(
@@ -546,7 +548,7 @@ def prometheus_text(worker_id: str, pipe: Pipeline) -> str:
         f"pathsentry_clickhouse_healthy{{{w}}} {int(pipe.sink.healthy)}",
         "# TYPE pathsentry_produce_to_flag_ms histogram",
     ]
-    lat = sorted(v for _, v in s.latencies_ms)
+    lat = sorted(v for _, v, _ in s.latencies_ms)
     for b in _BUCKETS_MS:
         lines.append(f'pathsentry_produce_to_flag_ms_bucket{{{w},le="{b}"}} {bisect.bisect_right(lat, b)}')
     lines.append(f'pathsentry_produce_to_flag_ms_bucket{{{w},le="+Inf"}} {len(lat)}')
