@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,24 +25,9 @@ import orjson
 from pathsentry.config import load_config
 from pathsentry.engine import Engine
 from pathsentry.schemas import parse_event
+from pathsentry.sim import WorldSpec, write_world_files
 
 __all__ = ["main", "synthetic_events"]
-
-SERVERS = """
-home_countries = ["KR"]
-geo = ["bundled"]
-[[server]]
-id = "kr-sel-1"
-lat = 37.5665
-lon = 126.9780
-country = "KR"
-[[server]]
-id = "kr-pus-1"
-lat = 35.1796
-lon = 129.0756
-country = "KR"
-"""
-
 
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
@@ -51,8 +37,10 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
-def synthetic_events(accounts: int, prefixes: int, start: float) -> Iterator[dict[str, Any]]:
-    """Two events per account: a login and an ICMP probe of the same session.
+def synthetic_events(
+    accounts: int, prefixes: int, start: float, servers: tuple[str, str] = ("kr-sel-1", "kr-pus-1")
+) -> Iterator[dict[str, Any]]:
+    """Two events per account: a login on ``servers[0]`` and an ICMP probe from ``servers[1]``.
 
     >>> evs = list(synthetic_events(3, 2, 1.8e9))
     >>> [e["kind"] for e in evs], evs[0]["src_ip"], evs[2]["src_ip"]
@@ -65,10 +53,10 @@ def synthetic_events(accounts: int, prefixes: int, start: float) -> Iterator[dic
         sid = f"s{i}"
         rtt = 3.0 + (i % 17) * 0.5
         yield {"kind": "login", "event_id": f"l{i}", "ts": ts, "src_ip": ip, "session_id": sid,
-               "account": f"player{i:07d}", "server_id": "kr-sel-1",
+               "account": f"player{i:07d}", "server_id": servers[0],
                "app_rtt_ms": [rtt, rtt + 0.4, rtt + 0.2], "tcp_rtt_ms": rtt - 0.1}
         yield {"kind": "rtt_probe", "event_id": f"p{i}", "ts": ts, "src_ip": ip, "session_id": sid,
-               "vantage_id": "kr-pus-1", "method": "icmp", "rtt_ms": [rtt + 3.5, rtt + 3.9]}
+               "vantage_id": servers[1], "method": "icmp", "rtt_ms": [rtt + 3.5, rtt + 3.9]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,11 +64,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--accounts", type=int, default=1_000_000)
     ap.add_argument("--prefixes", type=int, default=100_000)
     args = ap.parse_args(argv)
-    engine = Engine(load_config(text=SERVERS, env={}))
+    # the simulated world's servers and origins; addresses resolve with the bundled geo data
+    with tempfile.TemporaryDirectory() as tmp:
+        _, toml = write_world_files(WorldSpec(), tmp)
+        cfg = load_config(toml, env={}).model_copy(update={"geo": ["bundled"]})
+    engine = Engine(cfg)
+    servers = (cfg.servers[0].id, cfg.servers[1].id)
     before = _rss_kib("VmRSS")
     t0 = time.perf_counter()
     n = 0
-    for raw in synthetic_events(args.accounts, args.prefixes, time.time() - 86_400):
+    for raw in synthetic_events(args.accounts, args.prefixes, time.time() - 86_400, servers):
         engine.process(parse_event(raw))
         n += 1
     engine.flush()
