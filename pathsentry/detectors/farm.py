@@ -213,6 +213,8 @@ class Group:
 @dataclass(slots=True)
 class Partition:
     key: str
+    #: the partition family: ``tpl``, ``route`` or ``net``
+    kind: str = field(init=False)
     members: OrderedDict[str, Member] = field(default_factory=OrderedDict)
     index: dict[str, dict[str, None]] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
@@ -223,9 +225,8 @@ class Partition:
     rate_ts: float = 0.0
     names: NameIndex = field(default_factory=lambda: NameIndex(max_clusters=256))
 
-    @property
-    def kind(self) -> str:
-        return self.key.partition(":")[0]
+    def __post_init__(self) -> None:
+        self.kind = part_kind(self.key)
 
 
 @dataclass(slots=True)
@@ -313,12 +314,13 @@ class FarmDetector(Detector):
             for k in self.group_keys(ev):
                 out.extend(self.process(ev, k))
             return out
-        self.now = max(self.now, ev.ts)
+        ts = ev.event.ts.timestamp()
+        self.now = max(self.now, ts)
         is_login = isinstance(ev.event, Login)
         part = self._partition(key, create=is_login or part_kind(key) != NET)
         if part is None:
             return None
-        m, new = self._upsert_login(part, ev) if is_login else self._upsert_trace(part, ev)
+        m, new = self._upsert_login(part, ev, ts) if is_login else self._upsert_trace(part, ev, ts)
         out = Findings()
         if m is not None:
             if new:
@@ -342,7 +344,7 @@ class FarmDetector(Detector):
             self.parts.popitem(last=False)
         return part
 
-    def _upsert_login(self, part: Partition, ev: Enriched) -> tuple[Member | None, bool]:
+    def _upsert_login(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
         event = ev.event
         if not isinstance(event, Login):
             return None, False
@@ -350,9 +352,9 @@ class FarmDetector(Detector):
         m = part.members.get(sid)
         new = m is None
         if m is None:
-            m = Member(sid, event.account, ev.ts, event.event_id, None, str(event.src_ip), ev.prefix)
+            m = Member(sid, event.account, ts, event.event_id, None, str(event.src_ip), ev.prefix)
         else:
-            m.event_id, m.ts = event.event_id, ev.ts
+            m.event_id, m.ts = event.event_id, ts
         m.country, m.asn = ev.geo.country, ev.geo.asn
         m.rtt, m.server = event.min_app_rtt, event.server_id
         m.device = event.client.device_id if event.client is not None else None
@@ -371,7 +373,7 @@ class FarmDetector(Detector):
             self._reindex(part, m)
         return m, new
 
-    def _upsert_trace(self, part: Partition, ev: Enriched) -> tuple[Member | None, bool]:
+    def _upsert_trace(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
         event = ev.event
         account = ev.account
         route = _dict_note(ev, "route")
@@ -384,7 +386,7 @@ class FarmDetector(Detector):
                 return None, False
             login_id = ev.notes.get("login_event_id")
             m = Member(
-                sid, account, ev.ts, login_id if isinstance(login_id, str) else None,
+                sid, account, ts, login_id if isinstance(login_id, str) else None,
                 event.event_id, str(event.src_ip), ev.prefix, ev.geo.country, ev.geo.asn,
             )
             self._attach_route(m, route)
@@ -654,9 +656,11 @@ class FarmDetector(Detector):
         if not added:  # known members only: flag their logins, refresh the alert on a tick
             if again:
                 self.dirty[(part.key, g.gid)] = None
-            return Findings(flags=[self._flag(g, m, None) for m in again])
+            tpl = g.template
+            return Findings(flags=[self._flag(g, m, None, tpl) for m in again])
         out = self._emit(part, g, added)
-        out.flags.extend(self._flag(g, m, out.alerts[0]) for m in again)
+        tpl = g.template
+        out.flags.extend(self._flag(g, m, out.alerts[0], tpl) for m in again)
         return out
 
     def _emit(self, part: Partition, g: Group, added: list[Member]) -> Findings:
@@ -666,7 +670,8 @@ class FarmDetector(Detector):
         feats = self._features(part, g.members.values())
         g.score = self._score(part.kind, feats)
         alert = self._alert(part, g, feats)
-        return Findings(flags=[self._flag(g, m, alert) for m in added], alerts=[alert])
+        tpl = g.template if added else None
+        return Findings(flags=[self._flag(g, m, alert, tpl) for m in added], alerts=[alert])
 
     # ------------------------------------------------------------------ outputs
 
@@ -742,8 +747,8 @@ class FarmDetector(Detector):
             "devices_shared_by_accounts": sum(1 for c in devices.values() if c > 1),
         }
 
-    def _flag(self, g: Group, m: Member, alert: Alert | None) -> FlaggedEvent:
-        tpl = g.template
+    def _flag(self, g: Group, m: Member, alert: Alert | None, tpl: str | None) -> FlaggedEvent:
+        """The ``farm_member`` flag of ``m``; ``tpl`` is ``g.template`` (once per batch)."""
         reasons = [f"farm group of {len(g.members)} accounts ({g.pattern})"]
         if tpl:
             reasons.append(f"name template {tpl}")

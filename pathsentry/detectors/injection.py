@@ -200,7 +200,7 @@ def _body(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence
 def _cdn_headers(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
     if origin is None or p.header_names is None:
         return None
-    seen = {h.lower() for h in p.header_names}
+    seen = set(map(str.lower, p.header_names))
     missing = [h for h in origin.expect_headers if h.lower() not in seen]
     server_ok = (
         origin.expect_server is None
@@ -282,7 +282,12 @@ PATH_CHECKS: tuple[Check, ...] = (_ttl_delta, _fast_answer, _seq_conflict, _retr
 
 def _run(checks: tuple[Check, ...], p: HttpProbe, origin: Origin | None,
          s: InjectionSettings) -> list[Evidence]:
-    return [e for e in (c(p, origin, s) for c in checks) if e is not None]
+    out = []
+    for check in checks:
+        e = check(p, origin, s)
+        if e is not None:
+            out.append(e)
+    return out
 
 
 def assess(probe: HttpProbe, origin: Origin | None, settings: InjectionSettings) -> Verdict:

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -203,11 +203,25 @@ class _Group:
     tls: OrderedDict[TlsKey, _Cell] = field(default_factory=OrderedDict)
     bad: set[CellKey] = field(default_factory=set)
     #: The lines the pooled cells were last judged over (not persisted: re-judged).
-    pooled: set[str] = field(default_factory=set)
+    pooled: frozenset[str] = frozenset()
     accounts: list[str] = field(default_factory=list)
     published: _Published | None = None
     last: float = 0.0
     tz_label: str = ""
+    #: ``_lines()`` of the current ``bad`` set (derived, not persisted)
+    lines: frozenset[str] | None = None
+    #: ``bad`` changed since the alert signature was last looked at (not persisted)
+    moved: bool = True
+
+    def mark_bad(self, key: CellKey, bad: bool) -> None:
+        if bad == (key in self.bad):
+            return
+        if bad:
+            self.bad.add(key)
+        else:
+            self.bad.discard(key)
+        self.lines = None
+        self.moved = True
 
     def to_json(self) -> dict[str, Any]:
         pub = self.published
@@ -280,11 +294,24 @@ def _merge(cells: Iterable[_Cell | None]) -> _Cell:
     return out
 
 
-def _sum(cells: Iterable[_Cell]) -> tuple[int, int]:
+def _sum(cells: Iterable[_Cell | None]) -> tuple[int, int]:
     n = k = 0
     for c in cells:
-        n, k = n + c.n, k + c.k
+        if c is not None:
+            n, k = n + c.n, k + c.k
     return n, k
+
+
+def _distinct_at_least(sets: Iterable[set[str]], m: int) -> bool:
+    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does)."""
+    if m <= 0:
+        return True
+    seen: set[str] = set()
+    for x in sets:
+        seen |= x
+        if len(seen) >= m:
+            return True
+    return False
 
 
 @register
@@ -301,6 +328,7 @@ class InjectionCellDetector(Detector):
         zone = self.settings.timezone
         self.tz: tzinfo | None = ZoneInfo(zone) if zone else None
         self.groups: OrderedDict[str, _Group] = OrderedDict()
+        self._tz_labels: dict[timedelta | None, str] = {}
 
     # -- partitioning -------------------------------------------------------------
 
@@ -318,10 +346,11 @@ class InjectionCellDetector(Detector):
             return None
         key = key if key is not None else next(iter(self.group_keys(ev)))
         s = self.settings
-        group = self._group(key, ev)
+        ts = probe.ts.timestamp()
+        group = self._group(key, ev, ts)
         local = probe.ts.astimezone(self.tz) if self.tz is not None else probe.ts
-        group.tz_label = self.settings.timezone or local.strftime("UTC%z")
-        hour, ts, client = local.hour, ev.ts, str(probe.src_ip)
+        group.tz_label = s.timezone or self._tz_label(local)
+        hour, client = local.hour, str(probe.src_ip)
         touched: list[CellKey] = []
         if verdict["tls"]:
             for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
@@ -348,6 +377,10 @@ class InjectionCellDetector(Detector):
         else:
             pooled = {(LINES, probe.target.port, hour)}
         self._judge(group, pooled if lines else set(), lines)
+        if not group.moved:
+            # the bad cells are those of the last look: an alert already covers them
+            return None
+        group.moved = False
         signature = self._signature(group)
         if not signature[1]:  # no hour is bad yet
             return None
@@ -357,7 +390,14 @@ class InjectionCellDetector(Detector):
                 return None
         return Findings(alerts=[self._publish(key, group, ts, signature)])
 
-    def _group(self, key: str, ev: Enriched) -> _Group:
+    def _tz_label(self, local: datetime) -> str:
+        off = local.utcoffset()
+        label = self._tz_labels.get(off)
+        if label is None:
+            label = self._tz_labels[off] = local.strftime("UTC%z")
+        return label
+
+    def _group(self, key: str, ev: Enriched, ts: float) -> _Group:
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group(asn=ev.geo.asn, as_name=ev.geo.as_name)
@@ -365,18 +405,15 @@ class InjectionCellDetector(Detector):
                 self.groups.popitem(last=False)
         else:
             self.groups.move_to_end(key)
-        group.last = max(group.last, ev.ts)
+        group.last = max(group.last, ts)
         return group
 
-    def _judge(self, group: _Group, keys: Iterable[CellKey], lines: set[str]) -> None:
+    def _judge(self, group: _Group, keys: Iterable[CellKey], lines: Set[str]) -> None:
         for cell_key in keys:
-            if self._bad(group, cell_key, lines):
-                group.bad.add(cell_key)
-            else:
-                group.bad.discard(cell_key)
+            group.mark_bad(cell_key, self._bad(group, cell_key, lines))
 
     @staticmethod
-    def _cell_at(group: _Group, key: CellKey, lines: set[str]) -> _Cell:
+    def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> _Cell:
         prefix, port, hour = key
         if prefix == LINES:
             return _merge(group.cells.get((p, port, hour)) for p in lines)
@@ -387,7 +424,7 @@ class InjectionCellDetector(Detector):
             tuple[int, int], tuple[int, int], tuple[int, int]]:
         """(probes, suspect) in the bad hours, outside them, and TLS in them: on the
         lines found bad if any, else ASN-wide."""
-        lines = InjectionCellDetector._lines(group) or {ALL}
+        lines = InjectionCellDetector._lines(group) or frozenset({ALL})
         plain = [(k, c) for k, c in group.cells.items()
                  if k[0] in lines and k[1] in ports and k[2] != ANY_HOUR]
         return (
@@ -397,24 +434,36 @@ class InjectionCellDetector(Detector):
         )
 
     @staticmethod
-    def _lines(group: _Group) -> set[str]:
-        return {k[0] for k in group.bad if k[0] not in (ALL, LINES)}
+    def _lines(group: _Group) -> frozenset[str]:
+        if group.lines is None:
+            group.lines = frozenset(k[0] for k in group.bad if k[0] not in (ALL, LINES))
+        return group.lines
 
-    def _bad(self, group: _Group, key: CellKey, lines: set[str]) -> bool:
-        """Is the cell at ``key`` confidently bad (``LINES``: pooled over ``lines``)?"""
+    def _bad(self, group: _Group, key: CellKey, lines: Set[str]) -> bool:
+        """Is the cell at ``key`` confidently bad (``LINES``: pooled over ``lines``)?
+
+        Counts are summed (never merged into a new cell) and the cheapest test
+        goes first: most cells fail on their probe count.
+        """
         s = self.settings
-        prefix, _, hour = key
-        cell = self._cell_at(group, key, lines)
+        prefix, port, hour = key
         if prefix == LINES:
-            tls = _merge(group.tls.get((p, hour)) for p in lines)
+            cells = [c for c in (group.cells.get((p, port, hour)) for p in lines) if c is not None]
         else:
-            tls = group.tls.get((prefix, hour), _Cell())
-        if cell.n < s.min_probes or len(cell.suspect_clients) < s.min_suspect_clients:
+            one = group.cells.get(key)
+            cells = [one] if one is not None else []
+        n, k = _sum(cells)
+        if n < s.min_probes or not _distinct_at_least(
+                (c.suspect_clients for c in cells), s.min_suspect_clients):
             return False
-        lower = wilson_lower(cell.k, cell.n, s.z)
+        lower = wilson_lower(k, n, s.z)
         if lower < s.min_rate:
             return False
-        return tls.n < s.min_tls_probes or wilson_upper(tls.k, tls.n, s.z) < lower
+        if prefix == LINES:
+            n_tls, k_tls = _sum(group.tls.get((p, hour)) for p in lines)
+        else:
+            n_tls, k_tls = _sum([group.tls.get((prefix, hour))])
+        return n_tls < s.min_tls_probes or wilson_upper(k_tls, n_tls, s.z) < lower
 
     # -- the alert --------------------------------------------------------------------
 

@@ -40,13 +40,23 @@ is damped, repeated suspicious sessions raise the score. Allow-listed ranges
 non-allow-listed sessions, so relays do not teach the baseline that they are
 normal.
 
+Cost per event: a login is assessed once, numerically; evidence dicts and
+human-readable reasons are only put into words for a flag. A probe updates its
+session in O(1) (the vantage violation is monotone: a probe only adds a disk or
+shrinks its own) and re-assesses the login only if some component could be
+non-zero -- a clean session's probe ends after a look at its baseline. The
+anomaly model is only asked about logins with other evidence (it sharpens
+physical evidence and never flags on its own).
+
 Memory is bounded (least-recently-used keys are evicted): ``baseline_keys_max``
 baselines of about 1 KiB each (three P² quantile sketches and a count),
-``sessions_max`` sessions (a login reference and at most ``MAX_VANTAGES``
-probes, about 1 KiB), ``accounts_max`` account histories (``history_len``
-scores, about 0.4 KiB) and ``alerts_max`` alert records (at most
-``MAX_ALERT_EVENTS`` event ids, about 2 KiB). The defaults cap the detector at
-roughly 100k x 1 + 100k x 1 + 200k x 0.4 + 50k x 2 KiB, i.e. under 400 MiB.
+``sessions_max`` sessions (a login reference, what later probes cannot change
+about its assessment, and at most ``MAX_VANTAGES`` probes, about 1.5 KiB),
+``accounts_max`` account histories (``history_len`` scores, about 0.4 KiB),
+``alerts_max`` alert records (at most ``MAX_ALERT_EVENTS`` event ids, about
+2 KiB) and ``distances_max`` memoised server-to-point distances (about 0.2 KiB).
+The defaults cap the detector at roughly 100k x 1 + 100k x 1.5 + 200k x 0.4 +
+50k x 2 + 100k x 0.2 KiB, i.e. under 500 MiB.
 The anomaly model is a fixed size. :meth:`LatencyDetector.state` is a JSON
 snapshot of all of it, so baselines survive a worker restart.
 
@@ -82,9 +92,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from river import anomaly, stats
+from river.tree.padded import PaddedBranch
 
-from pathsentry.config import AllowEntry
+from pathsentry.config import AllowEntry, Server
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.physics import (
@@ -118,6 +131,7 @@ __all__ = [
     "Baseline",
     "BoundedLRU",
     "LatencyDetector",
+    "QueuedHalfSpaceTrees",
     "feasible_region",
 ]
 
@@ -171,6 +185,7 @@ DEFAULTS: dict[str, Any] = {
     "sessions_max": 100_000,
     "accounts_max": 200_000,
     "alerts_max": 50_000,
+    "distances_max": 100_000,
     "gap_min_ms": 5.0,
     "gap_full_ms": 15.0,
     "suspicious_history": 0.55,
@@ -317,6 +332,111 @@ class AlertBook:
             self._records.put(key, _AlertRecord(**row))
 
 
+class QueuedHalfSpaceTrees:
+    """Learning for a River :class:`~river.anomaly.HalfSpaceTrees`, queued and
+    applied to all trees in one vectorised pass.
+
+    HalfSpaceTrees scores with the masses of the previous window (``r_mass``);
+    the current window's counts (``l_mass``) are only read when the window pivots,
+    by a snapshot, or to route a point that lacks a feature. So learned points can
+    wait in a queue (never longer than the window) and be walked down every tree
+    at once with numpy right before one of those moments: the model ends up with
+    exactly the masses one ``learn_one`` per point gives, for a fraction of the
+    cost.
+
+    >>> from river import anomaly
+    >>> a = anomaly.HalfSpaceTrees(n_trees=3, height=4, window_size=5, seed=1)
+    >>> b = anomaly.HalfSpaceTrees(n_trees=3, height=4, window_size=5, seed=1)
+    >>> q = QueuedHalfSpaceTrees(b)
+    >>> for i in range(12):
+    ...     x = {"u": (i * 0.37) % 1.0, "v": (i * 0.61) % 1.0}
+    ...     a.learn_one(x); q.learn(x)
+    ...     assert a.score_one(x) == q.score(x)
+    >>> q.flush()
+    >>> [[n.l_mass for n in t] for t in a._tree_nodes] == [[n.l_mass for n in t] for t in b._tree_nodes]
+    True
+    """
+
+    def __init__(self, model: anomaly.HalfSpaceTrees) -> None:
+        self.model = model
+        self.queue: list[list[float]] = []
+        self._features: tuple[str, ...] = ()
+        self._nodes: list[Any] = []
+        self._layout: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float64],
+                            npt.NDArray[np.intp], npt.NDArray[np.intp]] | None = None
+
+    def learn(self, x: dict[str, float]) -> None:
+        m = self.model
+        if not m.trees:
+            m.learn_one(x)  # type: ignore[no-untyped-call]  # builds the trees
+            return
+        if self._layout is None:
+            self._build()
+        try:
+            row = [x[f] for f in self._features]
+        except KeyError:  # routed by the current window's masses: learn it now
+            self.flush()
+            m.learn_one(x)  # type: ignore[no-untyped-call]
+            return
+        self.queue.append(row)
+        if m.counter + len(self.queue) >= m.window_size:
+            self.flush()
+
+    def score(self, x: dict[str, float]) -> float:
+        if self.queue and not all(f in x for f in self._features):
+            self.flush()
+        return float(self.model.score_one(x))  # type: ignore[no-untyped-call]
+
+    def flush(self) -> None:
+        """Apply the queued points (and pivot the window if it is full), as River would."""
+        if not self.queue:
+            return
+        assert self._layout is not None
+        roots, feature, threshold, left, right = self._layout
+        m, k = self.model, len(self.queue)
+        x = np.asarray(self.queue, dtype=np.float64)
+        n = len(self._nodes)
+        rows = np.tile(np.arange(k), len(roots))
+        at = np.repeat(roots, k)
+        counts = np.zeros(n, dtype=np.int64)
+        for _ in range(m.height):
+            counts += np.bincount(at, minlength=n)
+            go_left = x[rows, feature[at]] < threshold[at]
+            at = np.where(go_left, left[at], right[at])
+        counts += np.bincount(at, minlength=n)
+        for i in np.flatnonzero(counts).tolist():
+            self._nodes[i].l_mass += int(counts[i])
+        self.queue.clear()
+        m.counter += k
+        if m.counter >= m.window_size:
+            for nodes in m._tree_nodes:
+                for node in nodes:
+                    node.r_mass = node.l_mass
+                    node.l_mass = 0
+            m._first_window = False
+            m.counter = 0
+
+    def _build(self) -> None:
+        """Flatten the trees into arrays: node feature, threshold and children."""
+        m = self.model
+        self._nodes = [node for nodes in m._tree_nodes for node in nodes]
+        index = {id(node): i for i, node in enumerate(self._nodes)}
+        self._features = tuple(sorted({n.feature for n in self._nodes if isinstance(n, PaddedBranch)}))
+        column = {f: j for j, f in enumerate(self._features)}
+        n = len(self._nodes)
+        feature = np.zeros(n, dtype=np.intp)
+        threshold = np.full(n, np.inf)
+        left = np.arange(n, dtype=np.intp)
+        right = np.arange(n, dtype=np.intp)
+        for i, node in enumerate(self._nodes):
+            if isinstance(node, PaddedBranch):
+                feature[i] = column[node.feature]
+                threshold[i] = node.threshold
+                left[i], right[i] = (index[id(c)] for c in node.children)
+        roots = np.array([index[id(t)] for t in m.trees], dtype=np.intp)
+        self._layout = (roots, feature, threshold, left, right)
+
+
 class Baseline:
     """Running low/median/high quantiles and a count of session min-RTTs for one key.
 
@@ -330,24 +450,29 @@ class Baseline:
     """
 
     QS: ClassVar[tuple[float, float, float]] = (0.1, 0.5, 0.9)
-    __slots__ = ("_count", "_q")
+    __slots__ = ("_cached", "_n", "_q")
 
     def __init__(self) -> None:
-        self._count = stats.Count()
+        self._n = 0
         self._q = tuple(stats.Quantile(q) for q in self.QS)
+        self._cached: tuple[float, float, float] | None = None
 
     @property
     def n(self) -> int:
-        return int(self._count.get())
+        return self._n
 
     def update(self, x: float) -> None:
-        self._count.update(x)
+        self._n += 1
+        self._cached = None
         for q in self._q:
             q.update(x)
 
     def quantiles(self) -> tuple[float, float, float]:
-        lo, mid, hi = (float(q.get() or 0.0) for q in self._q)
-        return lo, mid, hi
+        """(p10, p50, p90); read from the sketches once per update."""
+        if self._cached is None:
+            lo, mid, hi = (float(q.get() or 0.0) for q in self._q)
+            self._cached = (lo, mid, hi)
+        return self._cached
 
     def snapshot(self) -> dict[str, Any]:
         # The P² sketch lives in River's Rust core; its byte state is what it pickles.
@@ -359,7 +484,7 @@ class Baseline:
     @classmethod
     def restore(cls, snap: dict[str, Any]) -> Baseline:
         b = cls()
-        b._count.n = int(snap["n"])
+        b._n = int(snap["n"])
         for q, raw in zip(b._q, snap["q"], strict=True):
             q._quantile.__setstate__(base64.b64decode(raw))
             q._is_updated = b.n > 0
@@ -375,11 +500,72 @@ class _Probe:
 
 
 @dataclass(slots=True)
+class _Physics:
+    """The physics verdict of a login: fixed for the session, computed once."""
+
+    dist: float
+    kind: str
+    floor: float
+    expected: float
+    slack_ms: float
+    tol: float
+    excess: float
+    s: float
+    feature: float
+    server_id: str
+
+
+@dataclass(slots=True)
+class _LoginFacts:
+    """What every assessment of one session's login shares, computed at the login.
+
+    Probes re-assess the login; only the probes, the baselines, the model and the
+    account history can have moved since, so the rest is kept here.
+    """
+
+    app_min: float
+    baseline_keys: tuple[tuple[str, str], ...]
+    physics: _Physics | None
+    min_spread: float
+    #: how far the claimed point may be from the truth (km), for the vantage disks
+    slack_km: float
+    #: the claimed point (lat, lon), if located
+    point: tuple[float, float] | None
+    #: the server registry (``Config.server``)
+    servers: Callable[[str], Server | None]
+    #: great-circle km from a server to a point (memoised by the detector)
+    km: Callable[[Server, float, float], float]
+    #: vantage id -> (server, great-circle km to the claimed point); filled on demand
+    vantages: dict[str, tuple[Server | None, float | None]] = field(default_factory=dict)
+    #: how far (km, 0 if nowhere) the claimed point lies outside the probes' RTT
+    #: disks. Monotone: a probe only adds a disk or shrinks its own, so each probe
+    #: updates it in O(1) (:meth:`LatencyDetector._on_probe`).
+    worst_km: float = 0.0
+
+    def vantage(self, vantage: str) -> tuple[Server | None, float | None]:
+        """The vantage server and its distance to the claimed point, once per session."""
+        known = self.vantages.get(vantage)
+        if known is None:
+            v = self.servers(vantage)
+            d = None
+            if v is not None and self.point is not None:
+                d = self.km(v, *self.point)
+            known = self.vantages[vantage] = (v, d)
+        return known
+
+    def violation(self, p: _Probe) -> float:
+        """km by which the claimed point lies outside the disk of probe ``p`` (<= 0: inside)."""
+        d = self.vantage(p.vantage)[1]
+        return -1.0 if d is None else d - p.min_ms * KM_PER_MS_RTT - self.slack_km
+
+
+@dataclass(slots=True)
 class _Session:
     login: Enriched | None = None
     probes: dict[str, _Probe] = field(default_factory=dict)
     score: float = 0.0
     flagged: bool = False
+    facts: _LoginFacts | None = None
 
 
 @dataclass(slots=True)
@@ -389,16 +575,205 @@ class _Account:
 
 
 @dataclass(slots=True)
+class _Gap:
+    net: float
+    label: str
+    gap: float
+    ratio: float
+    s: float
+
+
+@dataclass(slots=True)
+class _BaselineVerdict:
+    #: (level, key, samples, (p10, p50, p90) once out of warm-up) of the levels looked at
+    levels: list[tuple[str, str, int, tuple[float, float, float] | None]]
+    excess: float = 0.0
+    spread: float = 0.0
+    z: float = 0.0
+    #: the component's strength before its weight (0-1)
+    s: float = 0.0
+
+    @property
+    def used(self) -> str | None:
+        last = self.levels[-1] if self.levels else None
+        return last[0] if last is not None and last[3] is not None else None
+
+
+@dataclass(slots=True)
 class _Assessment:
-    base: float
-    components: dict[str, float]
-    reasons: list[str]
-    evidence: dict[str, Any]
-    features: dict[str, float]
+    """The numbers behind one verdict; evidence and reasons are only put into words
+    (:attr:`evidence`, :attr:`reasons`) when they are needed, i.e. for a flag."""
+
+    ev: Enriched
+    login: Login
+    facts: _LoginFacts
+    warmup: int
+    base: float = 0.0
+    components: dict[str, float] = field(default_factory=dict)
+    features: dict[str, float] = field(default_factory=dict)
     gap_ms: float | None = None
     excess_ms: float | None = None
-    #: vantage disks (lat, lon, radius km); the feasible region is only computed for flags
-    disks: list[tuple[float, float, float]] = field(default_factory=list)
+    gap: _Gap | None = None
+    baseline: _BaselineVerdict | None = None
+    #: the session's probes when assessed
+    probes: list[_Probe] = field(default_factory=list)
+    worst_km: float = 0.0
+    route: dict[str, Any] | None = None
+    #: the anomaly score, or why there is none
+    model: float | str = "warm-up"
+    _evidence: dict[str, Any] | None = None
+    _reasons: list[str] | None = None
+
+    @property
+    def disks(self) -> list[tuple[float, float, float]]:
+        """Vantage disks (lat, lon, radius km); the feasible region is only computed for flags."""
+        out = []
+        for p in self.probes:
+            v = self.facts.vantage(p.vantage)[0]
+            if v is not None:
+                out.append((v.lat, v.lon, p.min_ms * KM_PER_MS_RTT))
+        return out
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        if self._evidence is None:
+            self._explain()
+        assert self._evidence is not None
+        return self._evidence
+
+    @property
+    def reasons(self) -> list[str]:
+        if self._reasons is None:
+            self._explain()
+        assert self._reasons is not None
+        return self._reasons
+
+    def _explain(self) -> None:
+        ev, login, app_min = self.ev, self.login, self.facts.app_min
+        geo = ev.geo
+        reasons: list[str] = []
+        evidence: dict[str, Any] = {
+            "measured": {
+                "app_rtt_min_ms": round(app_min, 2),
+                "app_rtt_p10_ms": round(quantile(list(login.app_rtt_ms), 0.1), 2),
+                "app_rtt_samples": len(login.app_rtt_ms),
+                "tcp_rtt_ms": login.tcp_rtt_ms,
+                "server": login.server_id,
+            },
+            "claimed": {
+                "country": geo.country, "asn": geo.asn, "kind": geo.kind,
+                "lat": geo.lat, "lon": geo.lon, "precision": geo.precision,
+                "prefix": ev.prefix,
+            },
+        }
+        evidence["gap"] = self._explain_gap(reasons)
+        evidence["physics"] = self._explain_physics(reasons)
+        evidence["baseline"] = self._explain_baseline(reasons)
+        evidence["vantages"] = self._explain_vantages(reasons)
+        route = self.route
+        if route is not None:
+            path = " → ".join(route.get("country_path", []))
+            reasons.append(f"route of this session has a foreign origin: {path}")
+            evidence["route"] = {"country_path": route.get("country_path"),
+                                 "signature": route.get("signature")}
+        evidence["model"] = (
+            {"half_space_trees": round(self.model, 3)} if isinstance(self.model, float)
+            else {"verdict": self.model}
+        )
+        evidence["components"] = {k: round(v, 3) for k, v in self.components.items()}
+        self._evidence, self._reasons = evidence, reasons
+
+    def _explain_gap(self, reasons: list[str]) -> dict[str, Any]:
+        g, app_min = self.gap, self.facts.app_min
+        if g is None:
+            return {"verdict": "no tcp_rtt or network-layer probe"}
+        if g.s > 0:
+            what = "TCP terminates" if g.label == "tcp_rtt" else "the network layer answers"
+            reasons.append(
+                f"{g.label} {g.net:.1f} ms vs app_rtt {app_min:.1f} ms: {what} "
+                f"{g.gap:.0f} ms·100 km ≈ {g.gap * KM_PER_MS_RTT:.0f} km before the client"
+            )
+        return {
+            "network_rtt_ms": round(g.net, 2), "source": g.label,
+            "app_rtt_min_ms": round(app_min, 2), "gap_ms": round(g.gap, 2),
+            "gap_km": round(g.gap * KM_PER_MS_RTT), "ratio": round(g.ratio, 3),
+            "verdict": "relay" if g.s > 0.5 else "consistent",
+        }
+
+    def _explain_physics(self, reasons: list[str]) -> dict[str, Any]:
+        ph, app_min, geo = self.facts.physics, self.facts.app_min, self.ev.geo
+        if ph is None:
+            return {"verdict": "no located claim or unknown server"}
+        out: dict[str, Any] = {
+            "distance_km": round(ph.dist), "floor_ms": round(ph.floor, 2),
+            "expected_ms": round(ph.expected, 2), "measured_ms": round(app_min, 2),
+            "excess_ms": round(ph.excess, 2),
+            "excess_km": round(max(0.0, ph.excess) * KM_PER_MS_RTT),
+            "tolerance_ms": ph.tol + round(ph.slack_ms, 1), "access_kind": ph.kind,
+            "precision": geo.precision,
+            "verdict": "detour" if ph.s > 0 else (
+                "faster than light" if app_min < ph.floor - ph.slack_ms else "consistent"),
+        }
+        if geo.precision == "country":
+            out["note"] = "claimed point is the country's reference point"
+        if ph.s > 0:
+            reasons.append(
+                f"app_rtt {app_min:.1f} ms vs {ph.expected:.1f} ms expected for a {ph.kind} "
+                f"client {ph.dist:.0f} km from {ph.server_id}: {ph.excess:.0f} ms ≈ "
+                f"{ph.excess * KM_PER_MS_RTT:.0f} km of detour"
+            )
+        return out
+
+    def _explain_baseline(self, reasons: list[str]) -> dict[str, Any]:
+        b = self.baseline
+        assert b is not None
+        levels: list[dict[str, Any]] = []
+        for level, key, n, qs in b.levels:
+            row: dict[str, Any] = {"level": level, "key": key, "samples": n}
+            levels.append(row)
+            if qs is None:
+                row["verdict"] = f"warm-up: {n} < {self.warmup} samples, no verdict"
+                continue
+            lo, mid, hi = qs
+            row.update(p10_ms=round(lo, 2), p50_ms=round(mid, 2), p90_ms=round(hi, 2))
+            row.update(excess_ms=round(b.excess, 2),
+                       excess_km=round(max(0.0, b.excess) * KM_PER_MS_RTT),
+                       z=round(b.z, 2), spread_ms=round(b.spread, 2))
+            if "baseline" in self.components:
+                reasons.append(
+                    f"app_rtt {self.facts.app_min:.1f} ms vs p90 {round(hi, 2):.1f} ms of {n} "
+                    f"sessions from the same {level}: +{b.excess:.0f} ms ≈ "
+                    f"{b.excess * KM_PER_MS_RTT:.0f} km farther than its neighbours"
+                )
+        return {"levels": levels, "used": b.used}
+
+    def _explain_vantages(self, reasons: list[str]) -> dict[str, Any]:
+        if not self.probes:
+            return {"verdict": "no probes"}
+        slack = self.facts.slack_km
+        rows: list[dict[str, Any]] = []
+        for p in self.probes:
+            v, d = self.facts.vantage(p.vantage)
+            if v is None:
+                rows.append({"vantage": p.vantage, "verdict": "unknown vantage"})
+                continue
+            radius = p.min_ms * KM_PER_MS_RTT
+            row: dict[str, Any] = {"vantage": p.vantage, "method": p.method,
+                                   "rtt_ms": round(p.min_ms, 2), "radius_km": round(radius)}
+            if d is not None:
+                over = d - radius - slack
+                row.update(distance_km=round(d), inside=over <= 0)
+                if over > 0:
+                    row["violation_km"] = round(over)
+            rows.append(row)
+        violated = [r["vantage"] for r in rows if r.get("inside") is False]
+        if "vantage" in self.components:
+            reasons.append(
+                f"claimed location lies {self.worst_km:.0f} km outside the RTT disk of "
+                f"{', '.join(violated)}: the client cannot be where its address says"
+            )
+        return {"disks": rows, "verdict": "violated" if violated else "consistent",
+                "violated": violated}
 
 
 def feasible_region(
@@ -475,11 +850,16 @@ class LatencyDetector(Detector):
         self.alert_repeat = int(cfg["alert_repeat"])
         self.history_len = int(cfg["history_len"])
         self.suspicious_history = float(cfg["suspicious_history"])
+        self.gap_min_ms = float(cfg["gap_min_ms"])
+        self.gap_full_ms = float(cfg["gap_full_ms"])
         self.baselines: BoundedLRU[str, Baseline] = BoundedLRU(cfg["baseline_keys_max"])
         self.sessions: BoundedLRU[str, _Session] = BoundedLRU(cfg["sessions_max"])
         self.accounts: BoundedLRU[str, _Account] = BoundedLRU(cfg["accounts_max"])
         self.alerts = AlertBook(self.name, "vpn_relay", cfg["alerts_max"])
         self.model = self._new_model()
+        self.hst = QueuedHalfSpaceTrees(self.model)
+        self._distances: BoundedLRU[tuple[str, float, float], float] = BoundedLRU(
+            cfg["distances_max"])
 
     # -- the River anomaly model -------------------------------------------------
 
@@ -492,6 +872,7 @@ class LatencyDetector(Detector):
         )
 
     def _model_state(self) -> dict[str, Any]:
+        self.hst.flush()
         m = self.model
         return {
             "features": sorted(self._model_features) if m.trees else [],
@@ -504,6 +885,7 @@ class LatencyDetector(Detector):
         # Tree structure is a pure function of the seed and the feature names, so
         # rebuilding with the same seed and overwriting the node masses restores it.
         self.model = self._new_model()
+        self.hst = QueuedHalfSpaceTrees(self.model)
         if not snap.get("features"):
             return
         self.model.learn_one({f: 0.5 for f in snap["features"]})  # type: ignore[no-untyped-call]
@@ -533,26 +915,33 @@ class LatencyDetector(Detector):
         if old is None or lo < old.min_ms:
             if old is None and len(sess.probes) >= MAX_VANTAGES:
                 return None
-            sess.probes[probe.vantage_id] = _Probe(
+            new = sess.probes[probe.vantage_id] = _Probe(
                 probe.vantage_id, probe.method, lo, len(probe.rtt_ms) + (old.samples if old else 0)
             )
-        if sess.login is None:
-            return None
-        # A late probe can only add evidence to the session's login: re-assess it
-        # (no baseline or model learning: the login already taught them).
+            if sess.facts is not None:
+                sess.facts.worst_km = max(sess.facts.worst_km, sess.facts.violation(new))
         login_ev = sess.login
-        assert isinstance(login_ev.event, Login)
-        assessed = self._assess(login_ev, login_ev.event, sess)
-        score, history_note = self._with_history(login_ev.event.account, sess, assessed.base)
-        if login_ev.allowed is not None or score < self.flag_threshold:
+        if login_ev is None or login_ev.allowed is not None:
+            return None  # allow-listed sessions are never flagged
+        # A late probe can only add evidence to the session's login: re-assess it
+        # (no baseline or model learning: the login already taught them). The
+        # numbers are cheap; words are only put to a flag.
+        login = login_ev.event
+        assert isinstance(login, Login)
+        if self._no_evidence(login_ev, login, sess):
+            return None
+        assessed = self._assess(login_ev, login, sess)
+        score, history_note = self._with_history(login.account, sess, assessed.base)
+        if score < self.flag_threshold:
             return None
         if sess.flagged and score < sess.score + 0.05:
             return None
-        return self._emit(login_ev, login_ev.event, sess, assessed, score, history_note)
+        return self._emit(login_ev, login, sess, assessed, score, history_note)
 
     def _on_login(self, ev: Enriched, login: Login) -> Findings | None:
         sess = self.sessions.get_or_create(self._session_key(ev), _Session)
         sess.login = ev
+        sess.facts = self._facts(ev, login, sess)
         assessed = self._assess(ev, login, sess)
         score, history_note = self._with_history(login.account, sess, assessed.base)
         would_flag = score >= self.flag_threshold
@@ -568,7 +957,7 @@ class LatencyDetector(Detector):
             note["suppressed"] = f"allow-listed {ev.allowed.cidr}: {ev.allowed.reason}"
         ev.notes["relay"] = note
         if ev.allowed is None and self._teaches(assessed):
-            self._learn(ev, login, assessed)
+            self._learn(assessed)
         if not flagged:
             self._remember(login.account, sess, assessed.base if ev.allowed is None else 0.0)
             return None
@@ -583,16 +972,18 @@ class LatencyDetector(Detector):
         normal; a verdict from a fallback (ASN, country) baseline does not block
         learning, or a new prefix that is slower than its ISP would never warm up.
         """
-        comps = {k: v for k, v in a.components.items() if k != "model"}
-        if a.evidence.get("baseline", {}).get("used") != "prefix":
-            comps.pop("baseline", None)
-        return _noisy_or(comps) < 0.5
+        keep = 1.0
+        for k, v in a.components.items():
+            if k == "model" or (k == "baseline" and (a.baseline is None or a.baseline.used != "prefix")):
+                continue
+            keep *= 1.0 - max(0.0, min(1.0, v))
+        return 1.0 - keep < 0.5
 
-    def _learn(self, ev: Enriched, login: Login, assessed: _Assessment) -> None:
-        value = login.min_app_rtt
-        for _, key in self._baseline_keys(ev, login):
+    def _learn(self, a: _Assessment) -> None:
+        value = a.facts.app_min
+        for _, key in a.facts.baseline_keys:
             self.baselines.get_or_create(key, Baseline).update(value)
-        self.model.learn_one(assessed.features)  # type: ignore[no-untyped-call]
+        self.hst.learn(a.features)
 
     # -- per-account history -----------------------------------------------------
 
@@ -615,7 +1006,7 @@ class LatencyDetector(Detector):
 
     def _with_history(self, account: str, sess: _Session, base: float) -> tuple[float, str | None]:
         acc = self.accounts.peek(account)
-        if acc is None:
+        if acc is None or base <= 0.0:  # nothing to boost or damp
             return base, None
         sid = self._session_of(sess)
         prior = [v for s, v in acc.recent if s != sid]
@@ -636,52 +1027,83 @@ class LatencyDetector(Detector):
 
     # -- assessment ------------------------------------------------------------
 
-    def _baseline_keys(self, ev: Enriched, login: Login) -> list[tuple[str, str]]:
-        sid = login.server_id
+    def _facts(self, ev: Enriched, login: Login, sess: _Session) -> _LoginFacts:
+        """The parts of a login's assessment that later probes cannot change (and the
+        vantage violation so far, which they update)."""
+        geo, sid = ev.geo, login.server_id
         keys = [("prefix", f"{sid}|p|{ev.prefix}")]
-        if ev.geo.asn is not None:
-            keys.append(("asn", f"{sid}|a|{ev.geo.asn}"))
-        if ev.geo.country:
-            keys.append(("country", f"{sid}|c|{ev.geo.country}|{ev.geo.kind or '?'}"))
-        return keys
+        if geo.asn is not None:
+            keys.append(("asn", f"{sid}|a|{geo.asn}"))
+        if geo.country:
+            keys.append(("country", f"{sid}|c|{geo.country}|{geo.kind or '?'}"))
+        app_min = login.min_app_rtt
+        facts = _LoginFacts(
+            app_min=app_min,
+            baseline_keys=tuple(keys),
+            physics=self._physics(ev, app_min),
+            min_spread=MIN_SPREAD_MS.get(geo.kind or "", DEFAULT_MIN_SPREAD_MS),
+            slack_km=PRECISION_SLACK_KM.get(geo.precision, 1000.0),
+            point=(geo.lat, geo.lon) if geo.lat is not None and geo.lon is not None else None,
+            servers=self.ctx.config.server,
+            km=self._km,
+        )
+        for p in sess.probes.values():
+            facts.worst_km = max(facts.worst_km, facts.violation(p))
+        return facts
 
     def _assess(self, ev: Enriched, login: Login, sess: _Session) -> _Assessment:
-        app_min = login.min_app_rtt
-        a = _Assessment(
-            base=0.0, components={}, reasons=[], features={},
-            evidence={
-                "measured": {
-                    "app_rtt_min_ms": round(app_min, 2),
-                    "app_rtt_p10_ms": round(quantile(list(login.app_rtt_ms), 0.1), 2),
-                    "app_rtt_samples": len(login.app_rtt_ms),
-                    "tcp_rtt_ms": login.tcp_rtt_ms,
-                    "server": login.server_id,
-                },
-                "claimed": {
-                    "country": ev.geo.country, "asn": ev.geo.asn, "kind": ev.geo.kind,
-                    "lat": ev.geo.lat, "lon": ev.geo.lon, "precision": ev.geo.precision,
-                    "prefix": ev.prefix,
-                },
-            },
-        )
+        facts = (sess.facts if sess.facts is not None and sess.login is ev
+                 else self._facts(ev, login, sess))
+        a = _Assessment(ev=ev, login=login, facts=facts, warmup=self.warmup)
+        comps, feats = a.components, a.features
         self._gap(ev, login, sess, a)
-        self._physics(ev, app_min, a)
-        self._baseline(ev, login, app_min, a)
+        ph = facts.physics
+        if ph is None:
+            feats["physics_excess"] = 0.0
+        else:
+            a.excess_ms = ph.excess
+            feats["physics_excess"] = ph.feature
+            if ph.s > 0:
+                comps["physics"] = WEIGHTS["physics"] * ph.s
+        self._baseline(a)
         self._vantages(ev, sess, a)
         route = ev.notes.get("route")
         if isinstance(route, dict) and route.get("foreign_origin"):
-            a.components["route"] = WEIGHTS["route"]
-            path = " → ".join(route.get("country_path", []))
-            a.reasons.append(f"route of this session has a foreign origin: {path}")
-            a.evidence["route"] = {"country_path": route.get("country_path"),
-                                   "signature": route.get("signature")}
+            comps["route"] = WEIGHTS["route"]
+            a.route = route
         self._model_score(a)
-        a.base = _noisy_or(a.components)
-        a.evidence["components"] = {k: round(v, 3) for k, v in a.components.items()}
+        a.base = _noisy_or(comps)
         return a
 
-    def _gap(self, ev: Enriched, login: Login, sess: _Session, a: _Assessment) -> None:
-        app_min = login.min_app_rtt
+    # Each component is computed by one helper that both the full assessment and
+    # the probe fast path (:meth:`_no_evidence`) use.
+
+    def _no_evidence(self, ev: Enriched, login: Login, sess: _Session) -> bool:
+        """Exactly when an assessment would find no component at all.
+
+        Then the model is not asked and the score is 0, so most probes of clean
+        sessions end here, without building an assessment.
+        """
+        facts = sess.facts
+        if facts is None or self.flag_threshold <= 0.0:
+            return False
+        if facts.physics is not None and facts.physics.s > 0:
+            return False
+        route = ev.notes.get("route")
+        if isinstance(route, dict) and route.get("foreign_origin"):
+            return False
+        net, _ = self._network_rtt(ev, login, sess)
+        if net is not None and self._gap_score(facts.app_min, net)[0] > 0:
+            return False
+        if ramp(facts.worst_km, 100.0, 600.0) > 0:
+            return False
+        i, b = self._warm_baseline(facts)
+        return b is None or self._baseline_excess(facts, facts.baseline_keys[i][0], b.quantiles())[0] <= 0
+
+    @staticmethod
+    def _network_rtt(ev: Enriched, login: Login, sess: _Session) -> tuple[float | None, str]:
+        """The lowest network-layer RTT of the connection: kernel TCP or a probe from the
+        login server (not for mobile access, where the carrier gateway answers pings)."""
         net: float | None = login.tcp_rtt_ms
         label = "tcp_rtt"
         if ev.geo.kind != "mobile":
@@ -690,156 +1112,126 @@ class LatencyDetector(Detector):
                     net is None or p.min_ms < net
                 ):
                     net, label = p.min_ms, f"{p.method} probe"
-        a.features["gap_ratio"] = 0.0
-        a.features["gap"] = 0.0
-        if net is None:
-            a.evidence["gap"] = {"verdict": "no tcp_rtt or network-layer probe"}
-            return
+        return net, label
+
+    def _gap_score(self, app_min: float, net: float) -> tuple[float, float, float]:
+        """(score 0-1, gap ms, ratio) of the cross-layer gap."""
         gap = app_min - net
         ratio = net / app_min if app_min > 0 else 1.0
+        return ramp(gap, self.gap_min_ms, self.gap_full_ms) * ramp(1.0 - ratio, 0.5, 0.75), gap, ratio
+
+    def _gap(self, ev: Enriched, login: Login, sess: _Session, a: _Assessment) -> None:
+        net, label = self._network_rtt(ev, login, sess)
+        if net is None:
+            a.features["gap_ratio"] = 0.0
+            a.features["gap"] = 0.0
+            return
+        s, gap, ratio = self._gap_score(a.facts.app_min, net)
         a.gap_ms = gap
-        s = ramp(gap, float(self.cfg["gap_min_ms"]), float(self.cfg["gap_full_ms"])) * ramp(
-            1.0 - ratio, 0.5, 0.75
-        )
         a.features["gap_ratio"] = max(0.0, 1.0 - ratio)
         a.features["gap"] = squash(gap, 20.0)
-        a.evidence["gap"] = {
-            "network_rtt_ms": round(net, 2), "source": label, "app_rtt_min_ms": round(app_min, 2),
-            "gap_ms": round(gap, 2), "gap_km": round(gap * KM_PER_MS_RTT),
-            "ratio": round(ratio, 3), "verdict": "relay" if s > 0.5 else "consistent",
-        }
+        a.gap = _Gap(net, label, gap, ratio, s)
         if s > 0:
             a.components["gap"] = WEIGHTS["gap"] * s
-            what = "TCP terminates" if label == "tcp_rtt" else "the network layer answers"
-            a.reasons.append(
-                f"{label} {net:.1f} ms vs app_rtt {app_min:.1f} ms: {what} "
-                f"{gap:.0f} ms·100 km ≈ {gap * KM_PER_MS_RTT:.0f} km before the client"
-            )
 
-    def _physics(self, ev: Enriched, app_min: float, a: _Assessment) -> None:
-        a.features["physics_excess"] = 0.0
+    def _km(self, server: Server, lat: float, lon: float) -> float:
+        """Great-circle km from ``server`` to (lat, lon): claimed points repeat (one per
+        prefix or city), so each (server, point) pair is computed once."""
+        key = (server.id, lat, lon)
+        km = self._distances.get(key)
+        if km is None:
+            km = great_circle_km(server.lat, server.lon, lat, lon)
+            self._distances.put(key, km)
+        return km
+
+    def _physics(self, ev: Enriched, app_min: float) -> _Physics | None:
         geo, server = ev.geo, ev.server
         if server is None or geo.lat is None or geo.lon is None:
-            a.evidence["physics"] = {"verdict": "no located claim or unknown server"}
-            return
-        dist = great_circle_km(server.lat, server.lon, geo.lat, geo.lon)
+            return None
+        dist = self._km(server, geo.lat, geo.lon)
         kind = geo.kind or "unknown"
-        floor = fibre_floor_ms(dist) + ACCESS_FLOOR_MS.get(kind, 0.3)
         expected = fibre_floor_ms(dist) * PATH_INFLATION + ACCESS_TYPICAL_MS.get(kind, 6.0)
         slack_ms = PRECISION_SLACK_KM.get(geo.precision, 1000.0) * PATH_INFLATION / KM_PER_MS_RTT
         tol = KIND_TOLERANCE_MS.get(kind, DEFAULT_TOLERANCE_MS)
         excess = app_min - expected
-        a.excess_ms = excess
-        s = ramp(excess - tol - slack_ms, 0.0, max(8.0, tol))
-        a.features["physics_excess"] = squash(excess - tol, 20.0)
-        a.evidence["physics"] = {
-            "distance_km": round(dist), "floor_ms": round(floor, 2),
-            "expected_ms": round(expected, 2), "measured_ms": round(app_min, 2),
-            "excess_ms": round(excess, 2), "excess_km": round(max(0.0, excess) * KM_PER_MS_RTT),
-            "tolerance_ms": tol + round(slack_ms, 1), "access_kind": kind,
-            "precision": geo.precision,
-            "verdict": "detour" if s > 0 else ("faster than light" if app_min < floor - slack_ms
-                                               else "consistent"),
-        }
-        if geo.precision == "country":
-            a.evidence["physics"]["note"] = "claimed point is the country's reference point"
-        if s > 0:
-            a.components["physics"] = WEIGHTS["physics"] * s
-            a.reasons.append(
-                f"app_rtt {app_min:.1f} ms vs {expected:.1f} ms expected for a {kind} client "
-                f"{dist:.0f} km from {server.id}: {excess:.0f} ms ≈ "
-                f"{excess * KM_PER_MS_RTT:.0f} km of detour"
-            )
+        return _Physics(
+            dist=dist, kind=kind, floor=fibre_floor_ms(dist) + ACCESS_FLOOR_MS.get(kind, 0.3),
+            expected=expected, slack_ms=slack_ms, tol=tol, excess=excess,
+            s=ramp(excess - tol - slack_ms, 0.0, max(8.0, tol)),
+            feature=squash(excess - tol, 20.0), server_id=server.id,
+        )
 
-    def _baseline(self, ev: Enriched, login: Login, app_min: float, a: _Assessment) -> None:
-        a.features["baseline_z"] = 0.0
-        levels: list[dict[str, Any]] = []
-        chosen: dict[str, Any] | None = None
-        for level, key in self._baseline_keys(ev, login):
-            b = self.baselines.peek(key)
-            n = b.n if b is not None else 0
-            row: dict[str, Any] = {"level": level, "key": key, "samples": n}
-            levels.append(row)
-            if b is None or n < self.warmup:
-                row["verdict"] = f"warm-up: {n} < {self.warmup} samples, no verdict"
-                continue
-            lo, mid, hi = b.quantiles()
-            row.update(p10_ms=round(lo, 2), p50_ms=round(mid, 2), p90_ms=round(hi, 2))
-            chosen = row
-            break
-        a.evidence["baseline"] = {"levels": levels, "used": chosen["level"] if chosen else None}
-        if chosen is None:
-            return
-        lo, hi = chosen["p10_ms"], chosen["p90_ms"]
-        excess = app_min - hi
-        spread = max(hi - lo, MIN_SPREAD_MS.get(ev.geo.kind or "", DEFAULT_MIN_SPREAD_MS))
+    def _warm_baseline(self, facts: _LoginFacts) -> tuple[int, Baseline | None]:
+        """The most specific baseline out of warm-up: (index in ``baseline_keys``, it),
+        or (number of keys, ``None``)."""
+        peek = self.baselines.peek
+        for i, (_, key) in enumerate(facts.baseline_keys):
+            b = peek(key)
+            if b is not None and b.n >= self.warmup:
+                return i, b
+        return len(facts.baseline_keys), None
+
+    @staticmethod
+    def _baseline_excess(
+        facts: _LoginFacts, level: str, qs: tuple[float, float, float]
+    ) -> tuple[float, float, float, float]:
+        """(strength 0-1, excess ms, spread ms, z) of the login over a baseline's quantiles."""
+        # the verdict is taken on the 0.01 ms figures the evidence shows
+        lo, hi = round(qs[0], 2), round(qs[2], 2)
+        excess = facts.app_min - hi
+        spread = max(hi - lo, facts.min_spread)
         z = excess / spread
-        s = ramp(z, 2.0, 5.0) * ramp(excess, 5.0, 15.0) * LEVEL_WEIGHT[chosen["level"]]
-        chosen.update(excess_ms=round(excess, 2), excess_km=round(max(0.0, excess) * KM_PER_MS_RTT),
-                      z=round(z, 2), spread_ms=round(spread, 2))
-        a.features["baseline_z"] = squash(z, 3.0)
-        if a.excess_ms is None or excess > 0:
-            a.excess_ms = excess if a.excess_ms is None else max(a.excess_ms, excess)
-        if s > 0:
-            a.components["baseline"] = WEIGHTS["baseline"] * s
-            a.reasons.append(
-                f"app_rtt {app_min:.1f} ms vs p90 {hi:.1f} ms of {chosen['samples']} sessions "
-                f"from the same {chosen['level']}: +{excess:.0f} ms ≈ {excess * KM_PER_MS_RTT:.0f} "
-                "km farther than its neighbours"
-            )
+        return ramp(z, 2.0, 5.0) * ramp(excess, 5.0, 15.0) * LEVEL_WEIGHT[level], excess, spread, z
+
+    def _baseline_verdict(self, facts: _LoginFacts) -> _BaselineVerdict:
+        """The most specific baseline out of warm-up, and how far the login is above it."""
+        i, b = self._warm_baseline(facts)
+        v = _BaselineVerdict(levels=[])
+        for level, key in facts.baseline_keys[:i]:
+            cold = self.baselines.peek(key)
+            v.levels.append((level, key, cold.n if cold is not None else 0, None))
+        if b is not None:
+            level, key = facts.baseline_keys[i]
+            qs = b.quantiles()
+            v.levels.append((level, key, b.n, qs))
+            v.s, v.excess, v.spread, v.z = self._baseline_excess(facts, level, qs)
+        return v
+
+    def _baseline(self, a: _Assessment) -> None:
+        v = a.baseline = self._baseline_verdict(a.facts)
+        if v.used is None:
+            a.features["baseline_z"] = 0.0
+            return
+        a.features["baseline_z"] = squash(v.z, 3.0)
+        if a.excess_ms is None or v.excess > 0:
+            a.excess_ms = v.excess if a.excess_ms is None else max(a.excess_ms, v.excess)
+        if v.s > 0:
+            a.components["baseline"] = WEIGHTS["baseline"] * v.s
 
     def _vantages(self, ev: Enriched, sess: _Session, a: _Assessment) -> None:
         a.features["vantage_violation"] = 0.0
-        geo = ev.geo
-        disks: list[tuple[float, float, float]] = []
-        rows: list[dict[str, Any]] = []
-        slack = PRECISION_SLACK_KM.get(geo.precision, 1000.0)
-        worst = 0.0
-        for p in sess.probes.values():
-            v = self.ctx.config.server(p.vantage)
-            if v is None:
-                rows.append({"vantage": p.vantage, "verdict": "unknown vantage"})
-                continue
-            radius = p.min_ms * KM_PER_MS_RTT
-            disks.append((v.lat, v.lon, radius))
-            row: dict[str, Any] = {"vantage": p.vantage, "method": p.method,
-                                   "rtt_ms": round(p.min_ms, 2), "radius_km": round(radius)}
-            if geo.lat is not None and geo.lon is not None:
-                d = great_circle_km(v.lat, v.lon, geo.lat, geo.lon)
-                over = d - radius - slack
-                row.update(distance_km=round(d), inside=over <= 0)
-                if over > 0:
-                    row["violation_km"] = round(over)
-                    worst = max(worst, over)
-            rows.append(row)
-        if not rows:
-            a.evidence["vantages"] = {"verdict": "no probes"}
+        if not sess.probes:
             return
-        violated = [r["vantage"] for r in rows if r.get("inside") is False]
-        a.evidence["vantages"] = {
-            "disks": rows,
-            "verdict": "violated" if violated else "consistent",
-            "violated": violated,
-        }
-        a.disks = disks
+        a.probes = list(sess.probes.values())
+        a.worst_km = worst = a.facts.worst_km
         a.features["vantage_violation"] = squash(worst, 500.0)
         s = ramp(worst, 100.0, 600.0)
         if s > 0:
             a.components["vantage"] = WEIGHTS["vantage"] * s
-            a.reasons.append(
-                f"claimed location lies {worst:.0f} km outside the RTT disk of "
-                f"{', '.join(violated)}: the client cannot be where its address says"
-            )
 
     def _model_score(self, a: _Assessment) -> None:
         if not self.model.trees or self.model._first_window:
-            a.evidence["model"] = {"verdict": "warm-up"}
+            a.model = "warm-up"
             return
-        score = float(self.model.score_one(a.features))  # type: ignore[no-untyped-call]
-        a.evidence["model"] = {"half_space_trees": round(score, 3)}
+        if not a.components:
+            # The model sharpens physical evidence; it never flags on its own, so
+            # without other evidence it is not asked.
+            a.model = "not scored: no other evidence"
+            return
+        score = self.hst.score(a.features)
+        a.model = score
         s = ramp(score, 0.7, 0.95)
-        if s > 0 and a.components:
-            # The model sharpens physical evidence; it never flags on its own.
+        if s > 0:
             a.components["model"] = WEIGHTS["model"] * s
 
     # -- output -------------------------------------------------------------------
@@ -860,8 +1252,9 @@ class LatencyDetector(Detector):
         if first_flag:
             acc.flagged_sessions += 1
         reasons = list(assessed.reasons)
-        if assessed.disks and "vantages" in assessed.evidence:
-            assessed.evidence["vantages"]["feasible_region"] = feasible_region(assessed.disks)
+        disks = assessed.disks
+        if disks:
+            assessed.evidence["vantages"]["feasible_region"] = feasible_region(disks)
         if history_note:
             reasons.append(history_note)
         evidence = {**assessed.evidence, "score": {"session": round(assessed.base, 4),
@@ -925,6 +1318,8 @@ class LatencyDetector(Detector):
                             probes={p["vantage"]: _Probe(**p) for p in row["probes"]})
             if row["login"] is not None:
                 sess.login = self._restore_login(row["login"])
+                assert isinstance(sess.login.event, Login)
+                sess.facts = self._facts(sess.login, sess.login.event, sess)
             self.sessions.put(row["id"], sess)
         self.accounts.clear()
         for key, acc in state.get("accounts", []):

@@ -35,7 +35,10 @@ True
 (True, False)
 
 Everything here is pure and deterministic (no process-seeded hashing), so two
-workers compute the same templates, keys and clusters.
+workers compute the same templates, keys and clusters. The per-name functions are
+memoised in bounded LRU caches (:data:`NAME_CACHE_SIZE` names each): the same
+accounts log in again and again, and a farm's detector asks about each name
+several times per event.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "NameFeatures",
@@ -66,6 +70,9 @@ __all__ = [
 
 _RUN = re.compile(r"(\d+)|([^\W\d_]+)|([\W_]+)", re.UNICODE)
 
+#: Names remembered by each memoised per-name function (about 0.3 KiB per entry).
+NAME_CACHE_SIZE = 16_384
+
 #: Minimum number of letters for a name to count as a serial-template name:
 #: ``a1`` or ``x07`` are too short to say anything about a batch.
 MIN_TEMPLATE_LETTERS = 3
@@ -77,22 +84,29 @@ def runs(name: str) -> list[tuple[str, str]]:
     >>> runs("xiao_pai07")
     [('a', 'xiao'), ('s', '_'), ('a', 'pai'), ('d', '07')]
     """
+    return list(_runs(name))
+
+
+@lru_cache(maxsize=NAME_CACHE_SIZE)
+def _runs(name: str) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     for m in _RUN.finditer(unicodedata.normalize("NFKC", name)):
         d, a, s = m.groups()
         out.append(("d", d) if d else ("a", a) if a else ("s", s))
-    return out
+    return tuple(out)
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def template(name: str) -> str:
     """Letters lower-cased, separators kept, each digit run replaced by ``{width}``.
 
     >>> template("XiaoPai001"), template("dragon-1987"), template("minsu_kim")
     ('xiaopai{3}', 'dragon-{4}', 'minsu_kim')
     """
-    return "".join(f"{{{len(t)}}}" if k == "d" else t.lower() for k, t in runs(name))
+    return "".join(f"{{{len(t)}}}" if k == "d" else t.lower() for k, t in _runs(name))
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def skeleton(name: str) -> str | None:
     """The repartition form of a serial name: letters only, digit runs as one ``#``.
 
@@ -103,30 +117,32 @@ def skeleton(name: str) -> str | None:
     >>> skeleton("xiaopai_007"), skeleton("minsu_kim"), skeleton("ab12")
     ('xiaopai#', None, None)
     """
-    rs = runs(name)
+    rs = _runs(name)
     letters = sum(len(t) for k, t in rs if k == "a")
     if letters < MIN_TEMPLATE_LETTERS or not any(k == "d" for k, _ in rs):
         return None
     return "".join("#" if k == "d" else t.lower() for k, t in rs if k != "s")
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def serial(name: str) -> int | None:
     """The serial number: the last digit run (``None`` without digits).
 
     >>> serial("farm2_0042"), serial("minsu_kim")
     (42, None)
     """
-    digits = [t for k, t in runs(name) if k == "d"]
+    digits = [t for k, t in _runs(name) if k == "d"]
     return int(digits[-1][-9:]) if digits else None
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def normalise(name: str) -> str:
     """Lower-case letters, no separators, digit runs as one ``#`` (input of the n-grams).
 
     >>> normalise("Xiao_Pai-0017")
     'xiaopai#'
     """
-    return "".join("#" if k == "d" else t.lower() for k, t in runs(name) if k != "s")
+    return "".join("#" if k == "d" else t.lower() for k, t in _runs(name) if k != "s")
 
 
 def consecutive_runs(numbers: Iterable[int], min_len: int = 2) -> list[tuple[int, int]]:
@@ -171,6 +187,7 @@ def regularity(numbers: Sequence[int], max_gap: int = 2) -> float:
     return close / len(numbers)
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def ngrams(name: str, n: int = 3) -> frozenset[str]:
     """Padded character n-grams of the normalised name.
 
@@ -304,21 +321,16 @@ class NameIndex:
         self.rows = rows
         self.threshold = threshold
         self.max_clusters = max_clusters
-        self._seeds = [(i * 0x9E3779B1).to_bytes(8, "little") for i in range(bands * rows)]
         self._buckets: dict[tuple[int, tuple[int, ...]], str] = {}
-        self._clusters: OrderedDict[str, tuple[frozenset[str], list[tuple[int, tuple[int, ...]]]]] = (
-            OrderedDict()
-        )
+        self._clusters: OrderedDict[
+            str, tuple[frozenset[str], tuple[tuple[int, tuple[int, ...]], ...]]
+        ] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._clusters)
 
-    def _signature(self, grams: frozenset[str]) -> list[tuple[int, tuple[int, ...]]]:
-        mins = [
-            min(zlib.crc32(g.encode(), zlib.crc32(seed)) for g in grams) for seed in self._seeds
-        ]
-        r = self.rows
-        return [(b, tuple(mins[b * r : (b + 1) * r])) for b in range(self.bands)]
+    def _signature(self, grams: frozenset[str]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        return _lsh_bands(grams, self.bands, self.rows)
 
     def assign(self, name: str) -> str:
         """Cluster id of ``name`` (see the class docstring)."""
@@ -346,3 +358,20 @@ class NameIndex:
                 if self._buckets.get(band) not in self._clusters:
                     self._buckets.pop(band, None)
         return norm
+
+
+@lru_cache(maxsize=NAME_CACHE_SIZE)
+def _lsh_bands(grams: frozenset[str], bands: int, rows: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """MinHash signature of ``grams`` cut into ``bands`` bands of ``rows`` hashes.
+
+    Hash function ``i`` is CRC-32 seeded with the CRC-32 of ``i * 0x9E3779B1``
+    (8 bytes, little-endian): deterministic across processes.
+    """
+    encoded = [g.encode() for g in grams]
+    mins = [min(zlib.crc32(g, seed) for g in encoded) for seed in _seed_crcs(bands * rows)]
+    return tuple((b, tuple(mins[b * rows : (b + 1) * rows])) for b in range(bands))
+
+
+@lru_cache(maxsize=64)
+def _seed_crcs(count: int) -> tuple[int, ...]:
+    return tuple(zlib.crc32((i * 0x9E3779B1).to_bytes(8, "little")) for i in range(count))

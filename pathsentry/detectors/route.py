@@ -27,8 +27,10 @@ memory joins traceroutes and logins in either order: a login arriving after its
 session's traceroute gets ``notes["route"]``, a traceroute arriving after its
 session's login gets ``notes["account"]`` and ``notes["login_event_id"]``.
 Memory: ``sessions_max`` sessions of about 0.5 KiB (route notes and an account
-name), ``alerts_max`` alert records of about 2 KiB; least-recently-used entries
-are evicted.
+name), ``alerts_max`` alert records of about 2 KiB, ``hops_max`` geolocated hop
+addresses of about 0.3 KiB (routers recur in every traceroute through them, so
+each is looked up and measured against each anchor once); least-recently-used
+entries are evicted.
 
 >>> import io
 >>> from pathsentry.schemas import parse_event
@@ -70,7 +72,7 @@ from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.latency import AlertBook, BoundedLRU
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
-from pathsentry.enrich.geo import prefix_of
+from pathsentry.enrich.geo import GeoInfo, prefix_of
 from pathsentry.schemas import FlaggedEvent, Login, Traceroute
 
 __all__ = ["HopVerdict", "RouteDetector", "compress"]
@@ -82,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "min_samples": 3,
     "sessions_max": 100_000,
     "alerts_max": 50_000,
+    "hops_max": 100_000,
 }
 
 
@@ -130,6 +133,14 @@ def compress(values: list[Any]) -> list[Any]:
 
 
 @dataclass(slots=True)
+class _Hop:
+    """A hop address as geolocated, and its great-circle km to each anchor asked about."""
+
+    geo: GeoInfo
+    distance_km: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Session:
     account: str | None = None
     route: dict[str, Any] | None = None
@@ -151,6 +162,7 @@ class RouteDetector(Detector):
         self.home = {c.upper() for c in ctx.config.home_countries}
         self.sessions: BoundedLRU[str, _Session] = BoundedLRU(cfg["sessions_max"])
         self.alerts = AlertBook(self.name, "route_anomaly", cfg["alerts_max"])
+        self.hops: BoundedLRU[str, _Hop] = BoundedLRU(cfg["hops_max"])
 
     def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
         event = ev.event
@@ -270,10 +282,14 @@ class RouteDetector(Detector):
         self, ttl: int, ip: Any, samples: list[float], anchor: Server | None, dest_ms: float
     ) -> HopVerdict:
         v = HopVerdict(ttl=ttl, ip=str(ip) if ip is not None else None, samples=len(samples))
-        if ip is None:
+        if v.ip is None:
             v.status = "silent"
             return v
-        geo = self.ctx.geo.lookup(ip)
+        hop = self.hops.get(v.ip)
+        if hop is None:
+            hop = _Hop(self.ctx.geo.lookup(ip))
+            self.hops.put(v.ip, hop)
+        geo = hop.geo
         if geo.kind == "private":
             v.status = "private"
             return v
@@ -290,7 +306,10 @@ class RouteDetector(Detector):
         v.bound_km = (v.median_ms + dest_ms) * KM_PER_MS_RTT + HOP_SLACK_KM.get(
             geo.precision, 1000.0
         )
-        v.distance_km = great_circle_km(anchor.lat, anchor.lon, geo.lat, geo.lon)
+        dist = hop.distance_km.get(anchor.id)
+        if dist is None:
+            dist = hop.distance_km[anchor.id] = great_circle_km(anchor.lat, anchor.lon, geo.lat, geo.lon)
+        v.distance_km = dist
         if v.distance_km > v.bound_km:
             v.status = "gated"
         return v
