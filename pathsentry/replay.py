@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pathsentry.config import Config
-from pathsentry.engine import Engine
+from pathsentry.engine import Engine, tune_gc
 from pathsentry.schemas import Alert, AnyEvent, EventError, FlaggedEvent, parse_event
 
 __all__ = ["ReplayResult", "iter_events", "replay", "write_outputs"]
@@ -85,6 +85,7 @@ def iter_events(paths: Sequence[str | Path], rejected: Counter[str] | None = Non
 
 def replay(paths: Sequence[str | Path], config: Config, engine: Engine | None = None) -> ReplayResult:
     engine = engine or Engine(config)
+    tune_gc()
     res = ReplayResult()
     t0 = time.perf_counter()
 

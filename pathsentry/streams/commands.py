@@ -83,12 +83,14 @@ def ensure_topics(cfg: Config) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
+    from pathsentry.engine import tune_gc
     from pathsentry.streams.app import create_app
 
     _setup_logging(args.loglevel)
     cfg = load_config(args.config, geo=args.geo)
     ensure_topics(cfg)
     app, pipe = create_app(cfg, worker_id=args.worker_id, web_port=args.web_port)
+    tune_gc()
     extra: dict[str, Any] = {}
     if args.log_format == "json":
         from pathsentry.streams.logs import logging_config
