@@ -45,7 +45,7 @@ def test_telemetry_topic_and_key(make_traceroute: EventFactory, make_http_probe:
         (lambda e: e.update(src_ip="not-an-ip"), "invalid", "src_ip"),
         (lambda e: e.update(app_rtt_ms=[]), "invalid", "app_rtt_ms"),
         (lambda e: e.update(app_rtt_ms=[-1.0]), "invalid", "greater than or equal to 0"),
-        (lambda e: e.update(app_rtt_ms=[float("nan")]), "invalid", "app_rtt_ms"),
+        (lambda e: e.update(app_rtt_ms=[float("nan")]), "invalid", "NaN"),
         (lambda e: e.update(app_rtt_ms=[1.0] * 1000), "invalid", "app_rtt_ms"),
         (lambda e: e.update(account="x" * 65), "invalid", "account"),
         (lambda e: e.update(account=""), "invalid", "account"),

@@ -117,16 +117,25 @@ def ddl_statements(db: str, ttl_days: int) -> list[str]:
 
 
 _READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
+#: Ways a SELECT reaches outside the database: files, URLs, other servers, programs.
+_ESCAPES = re.compile(
+    r"\bINTO\s+OUTFILE\b|\b(file|url|s3|s3Cluster|gcs|azureBlobStorage|hdfs|remote|remoteSecure|"
+    r"cluster|clusterAllReplicas|mysql|postgresql|mongodb|redis|sqlite|jdbc|odbc|executable|"
+    r"input|iceberg|deltaLake|hudi|python)\s*\(",
+    re.IGNORECASE,
+)
 
 
 def is_read_only(sql: str) -> bool:
-    """True for a single read-only statement (the query endpoint refuses the rest).
+    """True for a single read-only statement on the database's own tables.
 
     >>> is_read_only("SELECT 1"), is_read_only("DROP TABLE x"), is_read_only("SELECT 1; DROP TABLE x")
     (True, False, False)
+    >>> is_read_only("SELECT * FROM file('/etc/passwd')"), is_read_only("SELECT 1 INTO OUTFILE 'x'")
+    (False, False)
     """
     body = sql.strip().rstrip(";")
-    return bool(_READ_ONLY.match(body)) and ";" not in body
+    return bool(_READ_ONLY.match(body)) and ";" not in body and not _ESCAPES.search(body)
 
 
 class ClickHouse(Protocol):

@@ -218,6 +218,18 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
+def _has_non_finite(obj: Any, depth: int = 0) -> bool:
+    if isinstance(obj, float):
+        return obj != obj or obj in (float("inf"), float("-inf"))
+    if depth > 64:
+        return False
+    if isinstance(obj, dict):
+        return any(_has_non_finite(v, depth + 1) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_has_non_finite(v, depth + 1) for v in obj)
+    return False
+
+
 def parse_event(raw: bytes | str | dict[str, Any]) -> Login | RttProbe | Traceroute | HttpProbe:
     """Decode and validate one message; raise :class:`EventError` with a reason."""
     if isinstance(raw, (bytes, bytearray, memoryview)):
@@ -228,13 +240,21 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Login | RttProbe | Tracero
         except orjson.JSONDecodeError as e:
             raise EventError("bad_json", str(e)[:200]) from None
     elif isinstance(raw, str):
-        if len(raw) > MAX_EVENT_BYTES:
-            raise EventError("oversized", f"{len(raw)} chars > {MAX_EVENT_BYTES}")
+        size = len(raw.encode("utf-8", "surrogatepass"))
+        if size > MAX_EVENT_BYTES:
+            raise EventError("oversized", f"{size} bytes > {MAX_EVENT_BYTES}")
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             raise EventError("bad_json", str(e)[:200]) from None
     else:
+        # a dict must be what a JSON message could carry: it is sent on as JSON
+        try:
+            orjson.dumps(raw)
+        except (TypeError, orjson.JSONEncodeError) as e:
+            raise EventError("invalid", f"not representable as JSON: {e}"[:200]) from None
+        if _has_non_finite(raw):
+            raise EventError("invalid", "NaN or infinity is not JSON")
         obj = raw
     if not isinstance(obj, dict):
         raise EventError("not_an_object", type(obj).__name__)

@@ -55,6 +55,10 @@ from pathsentry.streams.topics import Topics
 
 __all__ = ["Pipeline", "Stats", "create_app", "envelope", "partition_for", "session_key"]
 
+#: Topic metadata is refreshed at least this often, so topics that reappear (a broker
+#: restarted with an empty log, topics recreated) are picked up within seconds.
+METADATA_MAX_AGE_MS = 10_000
+
 #: Detector state is written to disk this often (and at shutdown).
 SNAPSHOT_INTERVAL_S = 120.0
 
@@ -179,6 +183,7 @@ class Pipeline:
             linger_ms=5,
             max_batch_size=1 << 20,
             max_request_size=8 << 20,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
             acks="all",
             **client_kwargs(self.config),
         )
@@ -203,11 +208,21 @@ class Pipeline:
             await self.producer.send(topic, envelope(items), partition=p)
 
     async def emit(self, findings: Findings, produced_ms: dict[str, int]) -> None:
-        """Alerts to Kafka, then flags and alerts to ClickHouse (awaited)."""
+        """Alerts to Kafka (acknowledged), then flags and alerts to ClickHouse (awaited).
+
+        Kafka first: an alert in ClickHouse has always been published, and a ClickHouse
+        outage holds back only what comes after this batch.
+        """
         if not findings:
             return
-        for a in findings.alerts:
+        sent = [
             await self.producer.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
+            for a in findings.alerts
+        ]
+        if sent:
+            await self.producer.flush()
+            for fut in sent:
+                await fut
         await self.sink.write(findings.flags, findings.alerts)
         self.stats.flagged += len(findings.flags)
         self.stats.alerts += len(findings.alerts)
@@ -346,6 +361,7 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
         fetch_max_bytes=64 << 20,
         max_partition_fetch_bytes=8 << 20,
         session_timeout_ms=timeout_ms,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
         heartbeat_interval_ms=max(500, timeout_ms // 6),
         rebalance_timeout_ms=max(10_000, timeout_ms * 2),
         **client_kwargs(cfg),
@@ -433,6 +449,8 @@ def create_app(
         broker_rebalance_timeout=max(10.0, session_timeout * 2),
         broker_commit_interval=0.5,
         consumer_max_fetch_size=16 << 20,
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        producer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         producer_max_request_size=8 << 20,
         web_enabled=True,
         web_port=web_port,

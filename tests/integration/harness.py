@@ -23,16 +23,11 @@ from typing import Any
 import pytest
 
 from pathsentry.infra.broker import free_port
+from tests.faults.support import STREAM_SETTINGS
 
 CONFIG = """
 home_countries = ["KR"]
 geo = ["csv:geo.csv"]
-[kafka]
-partitions = 2
-session_timeout_s = 6
-[clickhouse]
-batch_size = 500
-flush_interval_s = 0.3
 [[server]]
 id = "kr-sel-1"
 lat = 37.5665
@@ -43,7 +38,7 @@ id = "kr-pus-1"
 lat = 35.1796
 lon = 129.0756
 country = "KR"
-"""
+""" + STREAM_SETTINGS
 
 GEO = """cidr,country,asn,as_name,lat,lon,kind
 211.234.10.0/24,KR,3786,LG DACOM,37.50,127.03,residential

@@ -1,0 +1,156 @@
+"""Worker and broker faults on the real engines: SIGKILL of the worker at random
+points of a run, and a SIGKILL + restart of the embedded broker on the same port.
+
+What is compared, and why. Detectors are stateful (baselines, farm groups,
+injection cells), and a killed worker restarts from its last detector snapshot
+(taken every 30 s), so the verdicts of stateful detectors legitimately depend on
+where the kill fell. Two flag kinds are per-event and stable:
+
+- ``path_injection``: the verdict of one ``http_probe`` against its ``[[origin]]``;
+- ``route_anomaly``: the verdict of one traceroute (its hops, their RTTs and the
+  destination server it names), raised on the traceroute's own event id.
+
+For those, the set of ``(event_id, kind)`` in ClickHouse (after ``FINAL``) must
+equal what ``pathsentry replay`` raises on the same events: nothing lost, nothing
+invented. For every kind, no ``(event_id, kind)`` may appear twice after ``FINAL``.
+Every alert id in ClickHouse must have been published on the alerts topic.
+
+Set ``PATHSENTRY_FAULT_SEED`` to replay a given schedule of kills.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pathsentry.infra.broker import EmbeddedBroker
+from tests.faults.support import (
+    STABLE_KINDS,
+    alert_keys,
+    check_outputs,
+    ensure_topics,
+    expected_flags,
+    produce,
+    recent_world,
+    route_events,
+    sim_events,
+    wait_for,
+    worker_process,
+    write_world,
+)
+
+
+def _seed() -> int:
+    return int(os.environ.get("PATHSENTRY_FAULT_SEED", time.time_ns() % 1_000_000))
+
+
+def _chunks(items: list[Any], n: int) -> list[list[Any]]:
+    size = -(-len(items) // n)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_with_kills(tmp_path: Path, broker: EmbeddedBroker, accounts: int, kills: int) -> dict[str, Any]:
+    seed = _seed()
+    rng = random.Random(seed)
+    spec = recent_world(seed=11, accounts=accounts)
+    config = write_world(tmp_path, spec)
+    events = sim_events(spec)
+    expected = expected_flags(events, config, STABLE_KINDS)
+    assert expected, "the world raised no stable flags: nothing to check"
+    kill_log: list[dict[str, Any]] = []
+    with worker_process(config, broker.url, tmp_path / "chdb") as worker:
+        records = route_events(events, worker.topics)
+        chunks = _chunks(records, kills + 1)
+        worker.start()
+        for i, chunk in enumerate(chunks):
+            produce(worker.bootstrap, chunk)
+            if i == len(chunks) - 1:
+                break
+            # kill while this incarnation is working: once it has taken its first batch,
+            # after a random delay (a chunk takes about 1-2 s to process)
+            wait_for(lambda: worker.stats()["events_in"] > 0, 120, "the worker to start consuming",
+                     interval=0.05, on_timeout=worker.log_tail)
+            time.sleep(rng.uniform(0.0, 2.0))
+            st = worker.stats()
+            worker.kill()
+            kill_log.append({"after_s": round(st["uptime_s"], 1), "events_in": st["events_in"],
+                             "events_detected": st["events_detected"], "flagged": st["flagged"]})
+            worker.start()
+        worker.wait_drained(timeout=240)
+        figures = check_outputs(worker, expected)
+        assert worker.stop() == 0, worker.log_tail()
+    result = {"seed": seed, "events": len(events), "kills": len(kill_log), "kill_points": kill_log,
+              **figures}
+    print("kill-restart run:", orjson.dumps(result).decode())
+    return result
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(420)
+def test_worker_sigkill_at_random_points_loses_and_duplicates_nothing(
+    tmp_path: Path, embedded_broker: EmbeddedBroker
+) -> None:
+    res = run_with_kills(tmp_path, embedded_broker, accounts=2500, kills=3)
+    assert res["kills"] == 3 and res["events"] > 15_000
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_worker_sigkill_100k_events(tmp_path: Path, embedded_broker: EmbeddedBroker) -> None:
+    res = run_with_kills(tmp_path, embedded_broker, accounts=12_800, kills=6)
+    assert res["kills"] == 6 and res["events"] > 90_000
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(420)
+def test_broker_killed_and_restarted_on_same_port(tmp_path: Path) -> None:
+    """The embedded broker's log is in memory: after the restart the topics are recreated
+    and producers carry on; the worker must reconnect and process the new events."""
+    spec = recent_world(seed=5, accounts=1000)
+    config = write_world(tmp_path, spec)
+    events = sim_events(spec)
+    half = len(events) // 2
+    before, after = events[:half], events[half:]
+    broker = EmbeddedBroker(log_dir=tmp_path)
+    broker.start()
+    try:
+        with worker_process(config, broker.url, tmp_path / "chdb") as worker:
+            worker.start()
+            produce(worker.bootstrap, route_events(before, worker.topics))
+            worker.wait_drained(timeout=120)
+            assert worker.stats()["events_detected"] == len(before)
+
+            published_before = frozenset(alert_keys(worker))
+            port = broker.port
+            broker.kill()
+            time.sleep(2.0)  # the worker's clients see the broker gone and start retrying
+            assert worker.alive, "worker died with the broker:\n" + worker.log_tail()
+            broker = EmbeddedBroker(port=port, log_dir=tmp_path)
+            broker.start()
+            ensure_topics(worker.bootstrap, worker.topics)
+            produce(worker.bootstrap, route_events(after, worker.topics))
+
+            def caught_up() -> bool:
+                assert worker.alive, "worker died after the broker restart:\n" + worker.log_tail()
+                st = worker.stats()
+                return bool(st["events_in"] >= len(events) and st["events_detected"] >= len(events))
+
+            wait_for(caught_up, 180, "the worker to process the events sent after the restart",
+                     on_timeout=lambda: f"{worker.stats()}\n{worker.log_tail()}")
+            worker.wait_drained(timeout=120)
+            st = worker.stats()
+            # at-least-once: a restart may replay, never skip; the new log holds only ``after``
+            assert st["events_in"] == len(events), st
+            expected = expected_flags(events, config, STABLE_KINDS)
+            figures = check_outputs(worker, expected, published_before)
+            assert worker.stop() == 0, worker.log_tail()
+        print("broker-restart run:", orjson.dumps({"events": len(events), **figures}).decode())
+    finally:
+        broker.stop()
