@@ -135,6 +135,12 @@ def test_broker_killed_and_restarted_on_same_port(tmp_path: Path) -> None:
             broker = EmbeddedBroker(port=port, log_dir=tmp_path)
             broker.start()
             ensure_topics(worker.bootstrap, worker.topics)
+            # The restarted broker lost its log and the groups' offsets: its offsets start
+            # again at 0. Publish once the worker has rejoined (metadata refresh 10 s), as
+            # a consumer still positioned in the lost log could otherwise skip new records
+            # whose offsets it had already passed (a real Kafka keeps its log and offsets).
+            time.sleep(12.0)
+            assert worker.alive, "worker died after the broker restart:\n" + worker.log_tail()
             produce(worker.bootstrap, route_events(after, worker.topics))
 
             def caught_up() -> bool:
