@@ -13,22 +13,10 @@ from pathsentry.detectors.injection import InjectionDetector
 from pathsentry.enrich import GeoResolver
 from pathsentry.enrich.enricher import Enricher
 from pathsentry.schemas import FlaggedEvent, parse_event
+from tests.fixtures import CDN_ORIGINS
 
 BODY = "ab" * 32
-ORIGINS = f"""
-[[origin]]
-host = "ws.example.com"
-expect_ws_status = 101
-expect_server = "cloudflare"
-expect_headers = ["server", "cf-ray"]
-
-[[origin]]
-host = "www.example.com"
-expect_status = 200
-expect_server = "cloudflare"
-expect_headers = ["server", "cf-ray"]
-expect_body_sha256 = "{BODY}"
-"""
+ORIGINS = CDN_ORIGINS + f'expect_body_sha256 = "{BODY}"\n'
 
 
 def probe(**kw: Any) -> dict[str, Any]:

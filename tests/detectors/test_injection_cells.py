@@ -18,6 +18,7 @@ from pathsentry.detectors.injection_cells import InjectionCellDetector
 from pathsentry.engine import Engine
 from pathsentry.enrich.geo import CsvPrefixTable, GeoResolver
 from pathsentry.schemas import Alert, parse_event
+from tests.fixtures import CDN_ORIGINS
 
 KST = timezone(timedelta(hours=9))
 DAY0 = datetime(2026, 3, 2, tzinfo=KST)
@@ -30,19 +31,7 @@ GEO = """cidr,country,asn,as_name,lat,lon,kind
 """
 INJECTING = ("203.0.113", "198.51.100")  # KT lines with the DPI box
 CLEAN_KT, SKB = ("100.64.1",), ("192.0.2", "100.65.2")
-CONFIG = """
-[[origin]]
-host = "ws.example.com"
-expect_ws_status = 101
-expect_server = "cloudflare"
-expect_headers = ["server", "cf-ray"]
-
-[[origin]]
-host = "www.example.com"
-expect_status = 200
-expect_server = "cloudflare"
-expect_headers = ["server", "cf-ray"]
-"""
+CONFIG = CDN_ORIGINS
 TARGETS = (("ws.example.com", 80, "ws", "ws_upgrade"), ("www.example.com", 8080, "http", "get"),
            ("ws.example.com", 443, "wss", "ws_upgrade"))
 

@@ -22,6 +22,7 @@ from pathsentry.detectors.physics import great_circle_km
 from pathsentry.enrich.enricher import Enricher
 from pathsentry.enrich.geo import CsvPrefixTable, GeoResolver
 from pathsentry.schemas import parse_event
+from tests.fixtures import server_toml
 
 SEOUL = (37.5665, 126.9780)
 BUSAN = (35.1796, 129.0756)
@@ -29,28 +30,7 @@ TOKYO = (35.6762, 139.6503)
 SHANGHAI = (31.2304, 121.4737)
 GANGWON = (37.75, 128.90)
 
-CONFIG = """
-home_countries = ["KR"]
-[[server]]
-id = "kr-sel-1"
-lat = 37.5665
-lon = 126.9780
-country = "KR"
-[[server]]
-id = "kr-pus-1"
-lat = 35.1796
-lon = 129.0756
-country = "KR"
-[[server]]
-id = "jp-tyo-1"
-lat = 35.6762
-lon = 139.6503
-country = "JP"
-[[server]]
-id = "cn-sha-1"
-lat = 31.2304
-lon = 121.4737
-country = "CN"
+CONFIG = 'home_countries = ["KR"]\n' + server_toml("kr-sel-1", "kr-pus-1", "jp-tyo-1", "cn-sha-1") + """
 [[allow]]
 cidr = "203.0.113.0/24"
 reason = "cloud-gaming provider (contract 2026-04)"

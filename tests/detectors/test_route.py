@@ -22,18 +22,13 @@ from pathsentry.detectors.route import RouteDetector, compress
 from pathsentry.enrich.enricher import Enricher
 from pathsentry.enrich.geo import CsvPrefixTable, GeoResolver
 from pathsentry.schemas import parse_event
+from tests.fixtures import server_toml
 
 SEOUL = (37.5665, 126.9780)
 SHANGHAI = (31.2304, 121.4737)
 BEIJING = (39.9042, 116.4074)
 
-CONFIG = """
-home_countries = ["KR"]
-[[server]]
-id = "kr-sel-1"
-lat = 37.5665
-lon = 126.9780
-country = "KR"
+CONFIG = 'home_countries = ["KR"]\n' + server_toml("kr-sel-1") + """
 [[allow]]
 cidr = "203.0.113.0/24"
 reason = "game relay network"

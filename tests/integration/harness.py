@@ -24,21 +24,13 @@ import pytest
 
 from pathsentry.infra.broker import free_port
 from tests.faults.support import STREAM_SETTINGS
+from tests.fixtures import server_toml
 
-CONFIG = """
-home_countries = ["KR"]
-geo = ["csv:geo.csv"]
-[[server]]
-id = "kr-sel-1"
-lat = 37.5665
-lon = 126.9780
-country = "KR"
-[[server]]
-id = "kr-pus-1"
-lat = 35.1796
-lon = 129.0756
-country = "KR"
-""" + STREAM_SETTINGS
+CONFIG = (
+    'home_countries = ["KR"]\ngeo = ["csv:geo.csv"]\n'
+    + server_toml("kr-sel-1", "kr-pus-1")
+    + STREAM_SETTINGS
+)
 
 GEO = """cidr,country,asn,as_name,lat,lon,kind
 211.234.10.0/24,KR,3786,LG DACOM,37.50,127.03,residential
