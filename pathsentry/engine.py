@@ -7,7 +7,6 @@ repartition, a replay calls :meth:`Engine.process` which does both in-process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from pathsentry.config import Config
@@ -84,13 +83,6 @@ class Engine:
         ev, out = self.session_stage(event)
         for name, key in self.group_routes(ev):
             out.extend(self.group_stage(ev, name, key))
-        return out
-
-    def run(self, events: Iterable[AnyEvent]) -> Findings:
-        out = Findings()
-        for e in events:
-            out.extend(self.process(e))
-        out.extend(self.flush())
         return out
 
     def flush(self) -> Findings:

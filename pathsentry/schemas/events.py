@@ -15,7 +15,6 @@ account, ``network-telemetry`` by session id. Unknown extra fields are kept
 
 from __future__ import annotations
 
-from datetime import datetime
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated, Any, Literal
@@ -274,7 +273,3 @@ def topic_for(event: Login | RttProbe | Traceroute | HttpProbe) -> tuple[str, st
     if isinstance(event, Login):
         return "logins", event.account
     return "network-telemetry", event.session_id or str(event.src_ip)
-
-
-def event_time(event: Login | RttProbe | Traceroute | HttpProbe) -> datetime:
-    return event.ts

@@ -12,7 +12,6 @@ gaining members) is re-emitted under the same id with a higher ``version``.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -96,7 +95,3 @@ class Alert(BaseModel):
     first_seen: AwareDatetime
     last_seen: AwareDatetime
     version: int = 1
-
-
-def utc_iso(ts: datetime) -> str:
-    return ts.isoformat()

@@ -82,10 +82,6 @@ class EventProducer:
         await self._producer.send(topic, value=value, key=key)
         self.sent += 1
 
-    async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        """Send bytes as they are (tests and fault injection of malformed input)."""
-        await self._producer.send(topic, value=value, key=key)
-
     async def flush(self) -> None:
         await self._producer.flush()
 
