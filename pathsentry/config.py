@@ -103,6 +103,9 @@ class ClickHouseConfig(BaseModel):
     batch_size: int = Field(default=5000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
     ttl_days: int = Field(default=180, ge=1)
+    #: rows (flags + alerts) a worker holds while ClickHouse is slow or down; the stages keep
+    #: detecting and publishing alerts until this many wait, then pause (back-pressure)
+    buffer_rows: int = Field(default=50_000, ge=1)
 
 
 class Config(BaseModel):

@@ -63,14 +63,15 @@ class Enriched:
     server: Server | None = None
     allowed: AllowEntry | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: event time as epoch seconds (computed once: every detector reads it)
+    ts: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ts = self.event.ts.timestamp()
 
     @property
     def kind(self) -> str:
         return self.event.kind
-
-    @property
-    def ts(self) -> float:
-        return self.event.ts.timestamp()
 
     @property
     def account(self) -> str | None:

@@ -35,21 +35,24 @@ import os
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from pathsentry.config import Config
-from pathsentry.detectors import Findings
+from pathsentry.detectors import Enriched, Findings
 from pathsentry.engine import Engine
 from pathsentry.infra.clickhouse import ClickHouse, is_read_only
 from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
 from pathsentry.streams.align import PartitionAligner
 from pathsentry.streams.deadletter import dead_letter_record
+from pathsentry.streams.handoff import Handoff
 from pathsentry.streams.kafka import bootstrap_servers, client_kwargs, faust_credentials
+from pathsentry.streams.outbox import Delivery, Outbox, Pending
 from pathsentry.streams.sinks import ClickHouseSink
 from pathsentry.streams.topics import Topics
 
@@ -141,6 +144,13 @@ class Stats:
         return d
 
 
+#: A session-stage item: produce time (ms), the event's JSON (bytes, or the decoded
+#: object on the decode path), the validated event.
+SessionItem = tuple[int, bytes | dict[str, Any], AnyEvent]
+#: A group-stage item: produce time (ms), (detector, key) routes, the enriched event.
+GroupItem = tuple[int, list[tuple[str, str]], Enriched]
+
+
 class Pipeline:
     """Runtime state of one worker: the engine, the sinks, the producer and the counters."""
 
@@ -150,6 +160,14 @@ class Pipeline:
         self.ch = ch
         self.sink = ClickHouseSink(ch)
         self.stats = Stats()
+        self.outbox = Outbox(
+            self.sink,
+            max_rows=config.clickhouse.buffer_rows,
+            max_insert_rows=config.clickhouse.batch_size,
+            on_stored=self._stored,
+        )
+        self.session_handoff: Handoff[SessionItem] = Handoff()
+        self.group_handoff: Handoff[GroupItem] = Handoff()
         self.topics = Topics(config.kafka)
         self.worker_id = worker_id
         self.state_path = Path(config.data_dir) / "state" / f"{worker_id}.json"
@@ -206,35 +224,61 @@ class Pipeline:
             n = self._partitions[topic] = max(1, len(parts))
         return n
 
-    async def send_envelopes(self, topic: str, parts: dict[int, list[bytes]]) -> None:
-        """Send each destination partition's items as one envelope."""
-        for p, items in parts.items():
-            await self.producer.send(topic, envelope(items), partition=p)
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+                   partition: int | None = None) -> Delivery:
+        """Send one message; the returned delivery can be awaited and re-sent."""
 
-    async def emit(self, findings: Findings, produced_ms: dict[str, int]) -> None:
-        """Alerts to Kafka (acknowledged), then flags and alerts to ClickHouse (awaited).
+        async def resend() -> Any:
+            return await self.producer.send(topic, value, key=key, partition=partition)
 
-        Kafka first: an alert in ClickHouse has always been published, and a ClickHouse
-        outage holds back only what comes after this batch.
-        """
-        if not findings:
-            return
-        sent = [
-            await self.producer.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
+        return Delivery(await resend(), resend, f"kafka {topic}")
+
+    async def emit(
+        self,
+        findings: Findings,
+        produced_ms: dict[str, int],
+        *,
+        forwards: list[Delivery] | None = None,
+        on_durable: Callable[[], Awaitable[None]] | None = None,
+        stage: str = "",
+        events: int = 0,
+    ) -> None:
+        """Publish the alerts now; hand them, the flags and the batch's acknowledgement to
+        the outbox, which stores the rows once every delivery succeeded, then acknowledges."""
+        deliveries = [
+            await self.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
             for a in findings.alerts
         ]
-        if sent:
-            await self.producer.flush()
-            for fut in sent:
-                await fut
-        await self.sink.write(findings.flags, findings.alerts)
-        self.stats.flagged += len(findings.flags)
-        self.stats.alerts += len(findings.alerts)
-        now_ms = time.time() * 1000
-        for f in findings.flags:
-            t = produced_ms.get(f.event_id)
+        await self.outbox.put(Pending(
+            flags=findings.flags, alerts=findings.alerts, deliveries=deliveries + (forwards or []),
+            on_durable=on_durable, produced_ms=produced_ms, stage=stage, events=events,
+        ))
+
+    def gauges(self) -> dict[str, Any]:
+        """Live state next to the counters: ClickHouse health, what waits in the outbox,
+        how often a stage found its input in the local hand-off."""
+        return {
+            "clickhouse_healthy": self.sink.healthy,
+            "outbox_rows": self.outbox.rows,
+            "outbox_batches": self.outbox.batches,
+            "handoff_hits": self.session_handoff.hits + self.group_handoff.hits,
+            "handoff_misses": self.session_handoff.misses + self.group_handoff.misses,
+        }
+
+    def _stored(self, p: Pending, stored_ms: float) -> None:
+        s = self.stats
+        s.flagged += len(p.flags)
+        s.alerts += len(p.alerts)
+        for f in p.flags:
+            t = p.produced_ms.get(f.event_id)
             if t:
-                self.stats.latencies_ms.append((t, now_ms - t, f.kind))
+                s.latencies_ms.append((t, stored_ms - t, f.kind))
+        if p.stage == "session":
+            s.mark_detected(p.events)
+            s.batches += 1
+        elif p.stage == "group":
+            s.group_events += p.events
+            s.last_group_at = time.time()
 
     async def dead_letter(self, payload: bytes | None, err: EventError, msg: Any) -> None:
         rec = dead_letter_record(
@@ -255,38 +299,60 @@ class Pipeline:
     async def ingest_batch(self, records: Iterable[Any]) -> None:
         """Validate raw producer records; forward valid ones, dead-letter the rest."""
         n_parts = await self.partitions(self.topics.sessions)
-        parts: dict[int, list[bytes]] = {}
+        parts: dict[int, list[SessionItem]] = {}
         valid = 0
         for m in records:
+            raw = m.value if m.value is not None else b""
             try:
-                ev = parse_event(m.value if m.value is not None else b"")
+                ev = parse_event(raw)
             except EventError as err:
                 await self.dead_letter(m.value, err, m)
                 continue
-            item = b'{"t":%d,"e":%s}' % (m.timestamp, m.value)
-            parts.setdefault(partition_for(session_key(ev), n_parts), []).append(item)
+            parts.setdefault(partition_for(session_key(ev), n_parts), []).append((m.timestamp, raw, ev))
             valid += 1
-        await self.send_envelopes(self.topics.sessions, parts)
+        for p, items in parts.items():
+            value = envelope(b'{"t":%d,"e":%s}' % (t, raw) for t, raw, _ in items)
+            key = self.session_handoff.put(items)
+            await self.producer.send(self.topics.sessions, value, key=key, partition=p)
         await self.producer.flush()
         if self.stats.first_ingest_at is None:
             self.stats.first_ingest_at = time.time()
         self.stats.events_in += valid
 
-    async def session_batch(self, envelopes: Iterable[bytes]) -> None:
+    async def _decoded(self, messages: Iterable[Any], handoff: Handoff[Any],
+                       decode: Callable[[dict[str, Any]], Any]) -> list[Any]:
+        """The items of a batch of envelopes in produce-time order: from the hand-off when
+        this worker sent them, else decoded. An envelope that cannot be decoded is
+        dead-lettered whole (the internal topics should only carry this worker's output).
+        Envelopes of different partitions interleave; the sort is stable, so one
+        partition's order is kept."""
+        items: list[Any] = []
+        for msg in messages:
+            got = handoff.take(msg.key)
+            if got is None:
+                try:
+                    got = [decode(i) for i in orjson.loads(msg.value)]
+                except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError) as e:
+                    await self.dead_letter(msg.value, EventError("bad_envelope", str(e)[:200]), msg)
+                    continue
+            items.extend(got)
+        items.sort(key=_produce_time)
+        return items
+
+    async def session_batch(self, messages: Iterable[Any],
+                            on_durable: Callable[[], Awaitable[None]] | None = None) -> None:
         """Session stage over a batch of envelopes; forwards group-stage work."""
         t0 = time.perf_counter()
         engine = self.engine
         out = Findings()
         produced: dict[str, int] = {}
         n_parts = await self.partitions(self.topics.groups)
-        forward: dict[int, list[bytes]] = {}
-        n = forwarded = 0
-        for item in _items(envelopes):
-            event = event_adapter.validate_python(item["e"])
-            produced[event.event_id] = item["t"]
+        forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
+        items: list[SessionItem] = await self._decoded(messages, self.session_handoff, _session_item)
+        for t, raw, event in items:
+            produced[event.event_id] = t
             enriched, found = engine.session_stage(event)
             out.extend(found)
-            n += 1
             routes = engine.group_routes(enriched)
             if not routes:
                 continue
@@ -294,45 +360,49 @@ class Pipeline:
             by_part: dict[int, list[tuple[str, str]]] = {}
             for det, key in routes:
                 by_part.setdefault(partition_for(key, n_parts), []).append((det, key))
-            e_json = orjson.dumps(item["e"])
+            e_json = raw if isinstance(raw, bytes) else orjson.dumps(raw)
             notes = orjson.dumps(enriched.notes, default=str)
             for p, rs in by_part.items():
-                forward.setdefault(p, []).append(
-                    b'{"t":%d,"r":%s,"n":%s,"e":%s}' % (item["t"], orjson.dumps(rs), notes, e_json))
-                forwarded += 1
-        await self.emit(out, produced)
-        await self.send_envelopes(self.topics.groups, forward)
-        await self.producer.flush()
+                group_items, wire = forward.setdefault(p, ([], []))
+                group_items.append((t, rs, enriched))
+                wire.append(b'{"t":%d,"r":%s,"n":%s,"e":%s}' % (t, orjson.dumps(rs), notes, e_json))
+        sends = []
+        forwarded = 0
+        for p, (group_items, wire) in forward.items():
+            value = envelope(wire)
+            handoff_key = self.group_handoff.put(group_items)
+            sends.append(await self.send(self.topics.groups, value, key=handoff_key, partition=p))
+            forwarded += len(group_items)
         self.stats.group_messages += forwarded
-        self.stats.mark_detected(n)
-        self.stats.batches += 1
+        await self.emit(out, produced, forwards=sends, on_durable=on_durable,
+                        stage="session", events=len(items))
         self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
 
-    async def group_batch(self, envelopes: Iterable[bytes]) -> None:
+    async def group_batch(self, messages: Iterable[Any],
+                          on_durable: Callable[[], Awaitable[None]] | None = None) -> None:
         engine = self.engine
         out = Findings()
         produced: dict[str, int] = {}
-        n = 0
-        for item in _items(envelopes):
-            event = event_adapter.validate_python(item["e"])
-            produced[event.event_id] = item["t"]
-            enriched = engine.enricher.enrich(event)
-            enriched.notes = item.get("n") or {}
-            for det, key in item["r"]:
+        items: list[GroupItem] = await self._decoded(messages, self.group_handoff, self._group_item)
+        for t, routes, enriched in items:
+            produced[enriched.event.event_id] = t
+            for det, key in routes:
                 out.extend(engine.group_stage(enriched, det, key))
-            n += 1
-        await self.emit(out, produced)
-        await self.producer.flush()
-        self.stats.group_events += n
-        self.stats.last_group_at = time.time()
+        await self.emit(out, produced, on_durable=on_durable, stage="group", events=len(items))
+
+    def _group_item(self, item: dict[str, Any]) -> GroupItem:
+        enriched = self.engine.enricher.enrich(event_adapter.validate_python(item["e"]))
+        enriched.notes = item.get("n") or {}
+        return item["t"], [(d, k) for d, k in item["r"]], enriched
 
 
-def _items(envelopes: Iterable[bytes]) -> list[dict[str, Any]]:
-    """The items of a batch of envelopes in produce-time order (envelopes of different
-    partitions interleave; the sort is stable, so one partition's order is kept)."""
-    items = [item for env in envelopes for item in orjson.loads(env)]
-    items.sort(key=lambda i: i["t"])
-    return items
+def _session_item(item: dict[str, Any]) -> SessionItem:
+    return item["t"], item["e"], event_adapter.validate_python(item["e"])
+
+
+def _produce_time(item: tuple[Any, ...]) -> int:
+    t: int = item[0]
+    return t
 
 
 def _alert_value(a: Alert) -> bytes:
@@ -475,17 +545,21 @@ def create_app(
         finally:
             ingest_done.set()
 
+    @app.task
+    async def writer() -> None:
+        await pipe.outbox.run()
+
     @app.agent(sessions, concurrency=1, name="sessions")
     async def session_agent(stream: Any) -> None:
-        async for batch in stream.take_events(take_max, within=take_within):
+        async for batch in stream.noack_take(take_max, within=take_within):
             await _ready(pipe)
-            await pipe.session_batch(ev.message.value for ev in batch)
+            await pipe.session_batch(_messages(batch), _acker(stream, batch))
 
     @app.agent(groups, concurrency=1, name="groups")
     async def group_agent(stream: Any) -> None:
-        async for batch in stream.take_events(take_max, within=take_within):
+        async for batch in stream.noack_take(take_max, within=take_within):
             await _ready(pipe)
-            await pipe.group_batch(ev.message.value for ev in batch)
+            await pipe.group_batch(_messages(batch), _acker(stream, batch))
 
     @app.timer(interval=2.0)
     async def tick() -> None:
@@ -506,8 +580,7 @@ def create_app(
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
         since = int(request.query.get("since_ms", "0") or 0)
-        return web.json({"worker": worker_id, **pipe.stats.as_dict(since),
-                         "clickhouse_healthy": pipe.sink.healthy})
+        return web.json({"worker": worker_id, **pipe.stats.as_dict(since), **pipe.gauges()})
 
     @app.page("/query")
     async def query_page(web: Any, request: Any) -> Any:
@@ -532,9 +605,31 @@ def create_app(
             await asyncio.wait_for(ingest_done.wait(), timeout=15)
         except TimeoutError:
             log.warning("ingest loop did not stop within 15 s")
+        try:
+            await asyncio.wait_for(pipe.outbox.drain(), timeout=15)
+        except TimeoutError:
+            log.warning("outbox: %d rows not stored at shutdown; their input is re-read on restart",
+                        pipe.outbox.rows)
         await pipe.stop_producer()
 
     return app, pipe
+
+
+def _messages(events: list[Any]) -> Iterator[Any]:
+    """The Kafka messages of a batch of Faust events. The payload is released once the
+    stage has read it: the events are held until their outputs are stored, and only
+    their offsets are needed for that."""
+    for ev in events:
+        msg = ev.message
+        yield msg
+        msg.value = ev.value = None
+
+
+def _acker(stream: Any, events: list[Any]) -> Callable[[], Awaitable[None]]:
+    async def ack() -> None:
+        for ev in events:
+            await stream.ack(ev)
+    return ack
 
 
 async def _ready(pipe: Pipeline) -> None:
@@ -568,6 +663,8 @@ def prometheus_text(worker_id: str, pipe: Pipeline) -> str:
         f"pathsentry_batch_latency_ms{{{w}}} {s.last_batch_ms}",
         "# TYPE pathsentry_clickhouse_healthy gauge",
         f"pathsentry_clickhouse_healthy{{{w}}} {int(pipe.sink.healthy)}",
+        "# TYPE pathsentry_outbox_rows gauge",
+        f"pathsentry_outbox_rows{{{w}}} {pipe.outbox.rows}",
         "# TYPE pathsentry_produce_to_flag_ms histogram",
     ]
     lat = sorted(v for _, v, _ in s.latencies_ms)

@@ -29,10 +29,12 @@ import pytest
 from pathsentry.detectors import Findings
 from pathsentry.infra.broker import EmbeddedBroker
 from pathsentry.schemas import Alert, FlaggedEvent
+from pathsentry.streams.outbox import Outbox
 from pathsentry.streams.sinks import ClickHouseSink
 from tests.faults.support import (
     STABLE_KINDS,
     check_outputs,
+    consume_all,
     expected_flags,
     produce,
     recent_world,
@@ -155,20 +157,19 @@ def test_alerts_reach_kafka_before_clickhouse() -> None:
     from pathsentry.streams.app import Pipeline
 
     class Producer:
-        """aiokafka-like: ``send`` queues and returns a delivery future, ``flush`` delivers."""
+        """aiokafka-like: ``send`` queues and returns a delivery future that the broker
+        acknowledges a little later (after the linger)."""
 
         def __init__(self) -> None:
             self.pending: list[asyncio.Future[None]] = []
 
-        async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                       partition: int | None = None) -> asyncio.Future[None]:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.call_later(0.05, lambda: fut.done() or fut.set_result(None))
             self.pending.append(fut)
             return fut
-
-        async def flush(self) -> None:
-            for f in self.pending:
-                if not f.done():
-                    f.set_result(None)
 
     ch = FailingClickHouse(outage_s=0.0)
     producer = Producer()
@@ -177,8 +178,9 @@ def test_alerts_reach_kafka_before_clickhouse() -> None:
         sum(not f.done() for f in producer.pending)
     ) if table == "alerts" else None
 
-    pipe = Pipeline.__new__(Pipeline)  # only what emit() touches
+    pipe = Pipeline.__new__(Pipeline)  # only what emit() and the outbox touch
     pipe.sink = ClickHouseSink(ch)
+    pipe.outbox = Outbox(pipe.sink, on_stored=pipe._stored)
     pipe.producer = producer
     from pathsentry.config import KafkaConfig
     from pathsentry.streams.app import Stats
@@ -187,11 +189,25 @@ def test_alerts_reach_kafka_before_clickhouse() -> None:
     pipe.topics = Topics(KafkaConfig())
     pipe.stats = Stats()
     flag, alert = _finding(1)
+    acked: list[int] = []
+
+    async def run() -> None:
+        writer = asyncio.create_task(pipe.outbox.run())
+
+        async def ack() -> None:
+            acked.append(len(ch.tables.get("alerts", [])))
+
+        await pipe.emit(Findings(flags=[flag], alerts=[alert]), {}, on_durable=ack)
+        await asyncio.wait_for(pipe.outbox.drain(), timeout=10)
+        writer.cancel()
+
     try:
-        asyncio.run(pipe.emit(Findings(flags=[flag], alerts=[alert]), {}))
+        asyncio.run(run())
     finally:
         pipe.sink.close()
     assert unacked_at_insert == [0], "alert written to ClickHouse before Kafka acknowledged it"
+    assert acked == [1], "input acknowledged before its alert was stored"
+    assert pipe.stats.alerts == 1 and pipe.stats.flagged == 1
 
 
 def _chattr(flag: str, path: Path) -> bool:
@@ -216,6 +232,7 @@ def test_worker_survives_chdb_refusing_writes(tmp_path: Path, embedded_broker: E
         worker.wait_drained(timeout=120)
         flagged_before = worker.stats()["flagged"]
         assert flagged_before > 0
+        alerts_before = len(consume_all(worker.bootstrap, worker.topics.alerts, idle_s=1.0))
         if not _chattr("+i", chdb):
             pytest.skip("cannot make the chDB directory immutable here (chattr +i needs "
                         "CAP_LINUX_IMMUTABLE on ext2/3/4): the sink-level tests cover the outage")
@@ -227,6 +244,10 @@ def test_worker_survives_chdb_refusing_writes(tmp_path: Path, embedded_broker: E
             time.sleep(5.0)  # an outage of a few seconds, while events keep arriving
             assert worker.alive, worker.log_tail()
             st = worker.stats()
+            # detection goes on: alerts keep reaching Kafka while their rows wait in the outbox
+            alerts_during = len(consume_all(worker.bootstrap, worker.topics.alerts, idle_s=1.0))
+            assert alerts_during > alerts_before, (alerts_before, alerts_during)
+            assert st["outbox_rows"] > 0 and not st["clickhouse_healthy"], st
             assert "clickhouse: insert into" in worker.log_tail(20_000)
             status = Path(f"/proc/{worker.proc.pid}/status").read_text()  # type: ignore[union-attr]
             rss_mib = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS"))) / 1024
@@ -243,4 +264,6 @@ def test_worker_survives_chdb_refusing_writes(tmp_path: Path, embedded_broker: E
         print("clickhouse-outage run:", orjson.dumps({
             "events": len(events), "flagged_before_outage": flagged_before,
             "flagged_at_outage_end": st["flagged"], "rss_mib_during_outage": round(rss_mib),
+            "alerts_published_before_outage": alerts_before, "alerts_published_during_outage":
+            alerts_during - alerts_before, "rows_held_during_outage": st["outbox_rows"],
             **figures}).decode())
