@@ -54,6 +54,7 @@ class BenchResult:
     latency_p99_ms: float | None = None
     latency_samples: int = 0
     latency_p99_by_kind_ms: dict[str, float | None] = field(default_factory=dict)
+    alert_latency_p99_by_kind_ms: dict[str, float | None] = field(default_factory=dict)
     worker_peak_rss_mb: float = 0.0
     flagged: int = 0
     alerts: int = 0
@@ -266,6 +267,8 @@ def run_bench(
                 res.latency_p50_ms, res.latency_p99_ms, res.latency_samples = lat["p50"], lat["p99"], lat["n"]
                 res.latency_p99_by_kind_ms = {
                     k: v["p99"] for k, v in st.get("produce_to_flag_ms_by_kind", {}).items()}
+                res.alert_latency_p99_by_kind_ms = {
+                    k: v["p99"] for k, v in st.get("produce_to_alert_ms_by_kind", {}).items()}
                 res.flagged, res.alerts = st["flagged"], st["alerts"]
                 res.worker_peak_rss_mb = _peak_rss_mb(proc.pid)
                 log(f"[bench] produce-to-flag p50 {lat['p50']} ms, p99 {lat['p99']} ms "
@@ -304,6 +307,8 @@ def format_result(r: BenchResult) -> str:
         ("produce-to-flag p99", f"{r.latency_p99_ms!s:>12} ms"),
         ("latency samples (flags)", f"{r.latency_samples:>12,}"),
         *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.latency_p99_by_kind_ms.items())),
+        ("raising event to new alert stored", ""),
+        *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.alert_latency_p99_by_kind_ms.items())),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
         ("flagged / alerts", f"{r.flagged:>7,} / {r.alerts:,}"),
     ]

@@ -64,7 +64,7 @@ METADATA_MAX_AGE_MS = 10_000
 
 #: How long a partition with nothing buffered (and not known to be caught up) may hold
 #: the others back in the ingest loop's event-time alignment.
-ALIGN_MAX_WAIT_S = 0.25
+ALIGN_MAX_WAIT_S = 0.1
 
 #: Detector state is written to disk this often (and at shutdown).
 SNAPSHOT_INTERVAL_S = 120.0
@@ -116,6 +116,9 @@ class Stats:
     started_at: float = field(default_factory=time.time)
     #: (produce time ms, produce-to-flag-stored ms, flag kind) of recent flags
     latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=500_000))
+    #: (produce time ms, produce-to-alert-stored ms, alert kind) of new alerts, timed from the
+    #: event that raised them (for a farm group: the login that completed it)
+    alert_latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def mark_detected(self, n: int) -> None:
         now = time.time()
@@ -124,9 +127,12 @@ class Stats:
         self.last_event_at = now
         self.events_detected += n
 
-    def latency_quantiles(self, since_ms: int = 0, kind: str | None = None) -> dict[str, float | None]:
-        """p50/p99 of produce-to-flag latency over flags of events produced after ``since_ms``."""
-        s = sorted(lat for t, lat, k in self.latencies_ms if t >= since_ms and kind in (None, k))
+    def latency_quantiles(self, since_ms: int = 0, kind: str | None = None,
+                          alerts: bool = False) -> dict[str, float | None]:
+        """p50/p99 of produce-to-flag (or, with ``alerts``, produce-to-new-alert) latency over
+        events produced after ``since_ms``."""
+        samples = self.alert_latencies_ms if alerts else self.latencies_ms
+        s = sorted(lat for t, lat, k in samples if t >= since_ms and kind in (None, k))
         if not s:
             return {"p50": None, "p99": None, "n": 0}
         return {
@@ -136,11 +142,14 @@ class Stats:
         }
 
     def as_dict(self, since_ms: int = 0) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
+        d = {k: v for k, v in self.__dict__.items() if not k.endswith("latencies_ms")}
         d["uptime_s"] = round(time.time() - self.started_at, 1)
         d["produce_to_flag_ms"] = self.latency_quantiles(since_ms)
         kinds = sorted({k for _, _, k in self.latencies_ms})
         d["produce_to_flag_ms_by_kind"] = {k: self.latency_quantiles(since_ms, k) for k in kinds}
+        kinds = sorted({k for _, _, k in self.alert_latencies_ms})
+        d["produce_to_alert_ms_by_kind"] = {
+            k: self.latency_quantiles(since_ms, k, alerts=True) for k in kinds}
         return d
 
 
@@ -242,6 +251,7 @@ class Pipeline:
         on_durable: Callable[[], Awaitable[None]] | None = None,
         stage: str = "",
         events: int = 0,
+        triggers: list[tuple[str, int]] | None = None,
     ) -> None:
         """Publish the alerts now; hand them, the flags and the batch's acknowledgement to
         the outbox, which stores the rows once every delivery succeeded, then acknowledges."""
@@ -252,6 +262,7 @@ class Pipeline:
         await self.outbox.put(Pending(
             flags=findings.flags, alerts=findings.alerts, deliveries=deliveries + (forwards or []),
             on_durable=on_durable, produced_ms=produced_ms, stage=stage, events=events,
+            triggers=triggers or [],
         ))
 
     def gauges(self) -> dict[str, Any]:
@@ -273,6 +284,8 @@ class Pipeline:
             t = p.produced_ms.get(f.event_id)
             if t:
                 s.latencies_ms.append((t, stored_ms - t, f.kind))
+        for kind, t in p.triggers:
+            s.alert_latencies_ms.append((t, stored_ms - t, kind))
         if p.stage == "session":
             s.mark_detected(p.events)
             s.batches += 1
@@ -349,9 +362,12 @@ class Pipeline:
         n_parts = await self.partitions(self.topics.groups)
         forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
         items: list[SessionItem] = await self._decoded(messages, self.session_handoff, _session_item)
+        triggers: list[tuple[str, int]] = []
         for t, raw, event in items:
             produced[event.event_id] = t
             enriched, found = engine.session_stage(event)
+            if found.alerts:
+                triggers.extend((a.kind, t) for a in found.alerts if a.version == 1)
             out.extend(found)
             routes = engine.group_routes(enriched)
             if not routes:
@@ -375,7 +391,7 @@ class Pipeline:
             forwarded += len(group_items)
         self.stats.group_messages += forwarded
         await self.emit(out, produced, forwards=sends, on_durable=on_durable,
-                        stage="session", events=len(items))
+                        stage="session", events=len(items), triggers=triggers)
         self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
 
     async def group_batch(self, messages: Iterable[Any],
@@ -384,11 +400,16 @@ class Pipeline:
         out = Findings()
         produced: dict[str, int] = {}
         items: list[GroupItem] = await self._decoded(messages, self.group_handoff, self._group_item)
+        triggers: list[tuple[str, int]] = []
         for t, routes, enriched in items:
             produced[enriched.event.event_id] = t
             for det, key in routes:
-                out.extend(engine.group_stage(enriched, det, key))
-        await self.emit(out, produced, on_durable=on_durable, stage="group", events=len(items))
+                found = engine.group_stage(enriched, det, key)
+                if found.alerts:
+                    triggers.extend((a.kind, t) for a in found.alerts if a.version == 1)
+                out.extend(found)
+        await self.emit(out, produced, on_durable=on_durable, stage="group", events=len(items),
+                        triggers=triggers)
 
     def _group_item(self, item: dict[str, Any]) -> GroupItem:
         enriched = self.engine.enricher.enrich(event_adapter.validate_python(item["e"]))
@@ -502,7 +523,7 @@ def create_app(
     topics = pipe.topics
     take_max = batch_size or max(1, config.clickhouse.batch_size // 100)
     # the agents wait at most this long for a fuller batch: it bounds the added latency per stage
-    take_within = batch_within_s or min(0.25, config.clickhouse.flush_interval_s)
+    take_within = batch_within_s or min(0.05, config.clickhouse.flush_interval_s)
     session_timeout = config.kafka.session_timeout_s
 
     app = faust.App(

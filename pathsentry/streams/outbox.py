@@ -79,6 +79,8 @@ class Pending:
     #: the stage that produced it and how many input events it covers
     stage: str = ""
     events: int = 0
+    #: (alert kind, produce time ms) of the events that raised new alerts
+    triggers: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
