@@ -88,6 +88,9 @@ class KafkaConfig(BaseModel):
     sasl_username: str | None = None
     sasl_password: str | None = Field(default=None, repr=False)
     ssl_cafile: str | None = None
+    #: how long a stage holds events for a silent upstream partition (its worker is being
+    #: replaced) before it releases them out of order
+    watermark_max_hold_s: float = Field(default=30.0, gt=0)
 
     @property
     def bootstrap(self) -> str:

@@ -55,6 +55,7 @@ from pathsentry.streams.kafka import bootstrap_servers, client_kwargs, faust_cre
 from pathsentry.streams.outbox import Delivery, Outbox, Pending
 from pathsentry.streams.sinks import ClickHouseSink
 from pathsentry.streams.topics import Topics
+from pathsentry.streams.watermarks import Gate, decode_claims, encode_claims
 
 __all__ = ["Pipeline", "Stats", "create_app", "envelope", "partition_for", "session_key"]
 
@@ -177,6 +178,13 @@ class Pipeline:
         )
         self.session_handoff: Handoff[SessionItem] = Handoff()
         self.group_handoff: Handoff[GroupItem] = Handoff()
+        hold = config.kafka.watermark_max_hold_s
+        self.session_gate: Gate[tuple[SessionItem, _Held]] = Gate(max_hold_s=hold)
+        self.group_gate: Gate[tuple[GroupItem, _Held]] = Gate(max_hold_s=hold)
+        self._session_claimed = -1
+        self._session_idle_at: float | None = None
+        #: whether the stages may hold new input (not while a rebalance or a stop is under way)
+        self.accepting: Callable[[], bool] = lambda: True
         self.topics = Topics(config.kafka)
         self.worker_id = worker_id
         self.state_path = Path(config.data_dir) / "state" / f"{worker_id}.json"
@@ -234,11 +242,12 @@ class Pipeline:
         return n
 
     async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
-                   partition: int | None = None) -> Delivery:
+                   partition: int | None = None, headers: Any = None) -> Delivery:
         """Send one message; the returned delivery can be awaited and re-sent."""
 
         async def resend() -> Any:
-            return await self.producer.send(topic, value, key=key, partition=partition)
+            return await self.producer.send(topic, value, key=key, partition=partition,
+                                            headers=headers)
 
         return Delivery(await resend(), resend, f"kafka {topic}")
 
@@ -255,6 +264,8 @@ class Pipeline:
     ) -> None:
         """Publish the alerts now; hand them, the flags and the batch's acknowledgement to
         the outbox, which stores the rows once every delivery succeeded, then acknowledges."""
+        if not (findings or on_durable or events):
+            return  # nothing to store or acknowledge (claims only)
         deliveries = [
             await self.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
             for a in findings.alerts
@@ -286,7 +297,7 @@ class Pipeline:
                 s.latencies_ms.append((t, stored_ms - t, f.kind))
         for kind, t in p.triggers:
             s.alert_latencies_ms.append((t, stored_ms - t, kind))
-        if p.stage == "session":
+        if p.stage == "session" and p.events:
             s.mark_detected(p.events)
             s.batches += 1
         elif p.stage == "group":
@@ -309,8 +320,11 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------
 
-    async def ingest_batch(self, records: Iterable[Any]) -> None:
-        """Validate raw producer records; forward valid ones, dead-letter the rest."""
+    async def ingest_batch(self, records: Iterable[Any], claims: dict[str, int] | None = None,
+                           *, idle: bool = False) -> None:
+        """Validate raw producer records; forward valid ones, dead-letter the rest. Every
+        session partition gets the ingest's ``claims`` (an empty envelope where the batch
+        has no items for it), marked idle with ``idle``."""
         n_parts = await self.partitions(self.topics.sessions)
         parts: dict[int, list[SessionItem]] = {}
         valid = 0
@@ -323,47 +337,59 @@ class Pipeline:
                 continue
             parts.setdefault(partition_for(session_key(ev), n_parts), []).append((m.timestamp, raw, ev))
             valid += 1
-        for p, items in parts.items():
+        headers = encode_claims(claims, claims if idle else ()) if claims else None
+        for p in range(n_parts) if headers else parts:
+            items = parts.get(p, [])
             value = envelope(b'{"t":%d,"e":%s}' % (t, raw) for t, raw, _ in items)
-            key = self.session_handoff.put(items)
-            await self.producer.send(self.topics.sessions, value, key=key, partition=p)
+            key = self.session_handoff.put(items) if items else None
+            await self.producer.send(self.topics.sessions, value, key=key, partition=p, headers=headers)
         await self.producer.flush()
-        if self.stats.first_ingest_at is None:
+        if valid and self.stats.first_ingest_at is None:
             self.stats.first_ingest_at = time.time()
         self.stats.events_in += valid
 
-    async def _decoded(self, messages: Iterable[Any], handoff: Handoff[Any],
-                       decode: Callable[[dict[str, Any]], Any]) -> list[Any]:
-        """The items of a batch of envelopes in produce-time order: from the hand-off when
-        this worker sent them, else decoded. An envelope that cannot be decoded is
-        dead-lettered whole (the internal topics should only carry this worker's output).
-        Envelopes of different partitions interleave; the sort is stable, so one
-        partition's order is kept."""
-        items: list[Any] = []
+    async def _gate_input(self, gate: Gate[Any], messages: Iterable[Incoming], handoff: Handoff[Any],
+                          decode: Callable[[dict[str, Any]], Any], now: float) -> None:
+        """Hold the items of a batch of envelopes in ``gate`` with their senders' claims:
+        from the hand-off when this worker sent them, else decoded. An envelope that
+        cannot be decoded is dead-lettered whole (the internal topics carry only the
+        workers' own output) and acknowledged, as is an envelope with no items."""
+        if not self.accepting():
+            return  # rebalancing or stopping: left unacknowledged, re-read from the committed offset
         for msg in messages:
-            got = handoff.take(msg.key)
+            got = handoff.take(msg.key) if msg.key else None
             if got is None:
                 try:
-                    got = [decode(i) for i in orjson.loads(msg.value)]
+                    got = [decode(i) for i in orjson.loads(msg.value)] if msg.value else []
                 except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError) as e:
                     await self.dead_letter(msg.value, EventError("bad_envelope", str(e)[:200]), msg)
-                    continue
-            items.extend(got)
-        items.sort(key=_produce_time)
-        return items
+                    got = []
+            claims, idle = decode_claims(msg.headers)
+            if not got:
+                gate.add(msg.partition, (), claims, now, idle)
+                await msg.ack()
+                continue
+            held = _Held(msg.ack, len(got))
+            gate.add(msg.partition, ((item[0], (item, held)) for item in got), claims, now, idle)
 
-    async def session_batch(self, messages: Iterable[Any],
-                            on_durable: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Session stage over a batch of envelopes; forwards group-stage work."""
+    async def session_batch(self, messages: Iterable[Incoming], owned: Iterable[int]) -> None:
+        """Session stage: hold the batch behind the watermark, run what it releases,
+        forward group-stage work with this stage's own claims."""
         t0 = time.perf_counter()
+        now = time.monotonic()
+        gate = self.session_gate
+        if not gate.sources:
+            gate.expect(await self._producer_sources())
+        await self._gate_input(gate, messages, self.session_handoff, _session_item, now)
+        owned = list(owned)
+        released: list[tuple[SessionItem, _Held]] = gate.release(owned, now)
         engine = self.engine
         out = Findings()
         produced: dict[str, int] = {}
         n_parts = await self.partitions(self.topics.groups)
         forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
-        items: list[SessionItem] = await self._decoded(messages, self.session_handoff, _session_item)
         triggers: list[tuple[str, int]] = []
-        for t, raw, event in items:
+        for (t, raw, event), _ in released:
             produced[event.event_id] = t
             enriched, found = engine.session_stage(event)
             if found.alerts:
@@ -382,34 +408,77 @@ class Pipeline:
                 group_items, wire = forward.setdefault(p, ([], []))
                 group_items.append((t, rs, enriched))
                 wire.append(b'{"t":%d,"r":%s,"n":%s,"e":%s}' % (t, orjson.dumps(rs), notes, e_json))
+        headers = self._session_claims(owned, now)
         sends = []
         forwarded = 0
-        for p, (group_items, wire) in forward.items():
-            value = envelope(wire)
-            handoff_key = self.group_handoff.put(group_items)
-            sends.append(await self.send(self.topics.groups, value, key=handoff_key, partition=p))
+        for p in range(n_parts) if headers else forward:
+            group_items, wire = forward.get(p, ([], []))
+            hkey = self.group_handoff.put(group_items) if group_items else None
+            sends.append(await self.send(self.topics.groups, envelope(wire), key=hkey, partition=p,
+                                         headers=headers))
             forwarded += len(group_items)
         self.stats.group_messages += forwarded
-        await self.emit(out, produced, forwards=sends, on_durable=on_durable,
-                        stage="session", events=len(items), triggers=triggers)
-        self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
+        await self.emit(out, produced, forwards=sends, on_durable=_ack_all(h for _, h in released),
+                        stage="session", events=len(released), triggers=triggers)
+        if released:
+            self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
 
-    async def group_batch(self, messages: Iterable[Any],
-                          on_durable: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def group_batch(self, messages: Iterable[Incoming], owned: Iterable[int]) -> None:
+        """Group stage: hold the batch behind the session partitions' watermark, run what
+        it releases."""
+        now = time.monotonic()
+        gate = self.group_gate
+        if not gate.sources:
+            gate.expect(f"s:{p}" for p in range(await self.partitions(self.topics.sessions)))
+        await self._gate_input(gate, messages, self.group_handoff, self._group_item, now)
+        released: list[tuple[GroupItem, _Held]] = gate.release(list(owned), now)
         engine = self.engine
         out = Findings()
         produced: dict[str, int] = {}
-        items: list[GroupItem] = await self._decoded(messages, self.group_handoff, self._group_item)
         triggers: list[tuple[str, int]] = []
-        for t, routes, enriched in items:
+        for (t, routes, enriched), _ in released:
             produced[enriched.event.event_id] = t
             for det, key in routes:
                 found = engine.group_stage(enriched, det, key)
                 if found.alerts:
                     triggers.extend((a.kind, t) for a in found.alerts if a.version == 1)
                 out.extend(found)
-        await self.emit(out, produced, on_durable=on_durable, stage="group", events=len(items),
-                        triggers=triggers)
+        await self.emit(out, produced, on_durable=_ack_all(h for _, h in released), stage="group",
+                        events=len(released), triggers=triggers)
+
+    def _session_claims(self, owned: list[int], now: float) -> Any:
+        """Headers for the group stage: everything of the owned session partitions up to
+        the gate's ``released_to`` is forwarded; idle marks when the session stage's
+        own sources are all idle and nothing is held (repeated every few seconds)."""
+        if not owned:
+            return None
+        gate, claim_to = self.session_gate, self.session_gate.released_to
+        claims = {f"s:{p}": claim_to for p in owned}
+        if gate.idle(owned):
+            if self._session_idle_at is not None and now - self._session_idle_at < 5.0:
+                return None
+            self._session_idle_at = now
+            self._session_claimed = claim_to
+            return encode_claims(claims, claims)
+        self._session_idle_at = None
+        if claim_to <= self._session_claimed:
+            return None
+        self._session_claimed = claim_to
+        return encode_claims(claims)
+
+    async def _producer_sources(self) -> list[str]:
+        """Watermark sources of the session stage: the producers' topic partitions."""
+        return [f"{topic}:{p}" for topic in (self.topics.logins, self.topics.telemetry)
+                for p in range(await self.partitions(topic))]
+
+    def on_rebalance(self) -> None:
+        """A rebalance started: drop what the gates hold. None of it is acknowledged, and
+        Faust re-reads every kept or new partition from its committed offset."""
+        dropped = self.session_gate.drop() + self.group_gate.drop()
+        self._session_claimed = -1
+        self._session_idle_at = None
+        if dropped:
+            log.info("rebalance: %d held items will be re-read from the committed offsets", dropped)
 
     def _group_item(self, item: dict[str, Any]) -> GroupItem:
         enriched = self.engine.enricher.enrich(event_adapter.validate_python(item["e"]))
@@ -417,17 +486,121 @@ class Pipeline:
         return item["t"], [(d, k) for d, k in item["r"]], enriched
 
 
+@dataclass(slots=True)
+class Incoming:
+    """One envelope from an internal topic, and how to acknowledge it."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+    topic: str
+    partition: int
+    offset: int
+    ack: Callable[[], Awaitable[Any]]
+
+
+class _Held:
+    """Acknowledges an envelope once all of its items have been processed and stored."""
+
+    __slots__ = ("ack", "remaining")
+
+    def __init__(self, ack: Callable[[], Awaitable[Any]], remaining: int) -> None:
+        self.ack = ack
+        self.remaining = remaining
+
+    async def done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            await self.ack()
+
+
+def _ack_all(held: Iterable[_Held]) -> Callable[[], Awaitable[None]] | None:
+    items = list(held)
+    if not items:
+        return None
+
+    async def ack() -> None:
+        for h in items:
+            await h.done()
+    return ack
+
+
 def _session_item(item: dict[str, Any]) -> SessionItem:
     return item["t"], item["e"], event_adapter.validate_python(item["e"])
 
 
-def _produce_time(item: tuple[Any, ...]) -> int:
-    t: int = item[0]
-    return t
-
-
 def _alert_value(a: Alert) -> bytes:
     return a.model_dump_json().encode()
+
+
+class IngestClaims:
+    """What the ingest loop claims per producer partition: every record up to this
+    produce time has been forwarded.
+
+    A partition's claim is the newest record released from it; a partition that is
+    caught up with its log end, or whose buffered records are all newer, claims the
+    newest record released from any partition (what arrives later was produced later).
+    When nothing is released and every partition is caught up, the loop is idle: its
+    partitions are marked idle (they hold nothing back downstream), once and then every
+    ``IDLE_REPEAT_MS`` while the idleness lasts.
+
+    >>> from collections import namedtuple
+    >>> R, TP = namedtuple("R", "topic partition timestamp"), namedtuple("TP", "topic partition")
+    >>> c, l0, t0 = IngestClaims(), TP("logins", 0), TP("telemetry", 0)
+    >>> c.update([R("logins", 0, 100), R("telemetry", 0, 150)], {l0, t0}, set(), lambda tp: 0, 1e4)
+    >>> c.claims({l0, t0}) == {"logins:0": 100, "telemetry:0": 150}
+    True
+    >>> c.update([], {l0, t0}, {l0}, lambda tp: 0, 1e4)  # logins:0 caught up: newest released
+    >>> c.claims({l0, t0}) == {"logins:0": 150, "telemetry:0": 150}
+    True
+    >>> c.update([], {l0, t0}, {l0, t0}, lambda tp: 0, 2e4)  # all caught up: idle
+    {'logins:0': 150, 'telemetry:0': 150}
+    >>> c.update([], {l0, t0}, {l0, t0}, lambda tp: 0, 2.1e4) is None  # said already
+    True
+    """
+
+    #: idle marks are repeated this often while the loop stays idle
+    IDLE_REPEAT_MS = 5_000
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.top = -1
+        self._idle_sent_at: float | None = None
+
+    @staticmethod
+    def _name(tp: Any) -> str:
+        return f"{tp.topic}:{tp.partition}"
+
+    def update(self, records: list[Any], assigned: Any, caught_up: Any,
+               buffered: Callable[[Any], int], now_ms: float) -> dict[str, int] | None:
+        """Account for released ``records``; return the claims to send as idle marks when
+        the loop is idle and has not said so lately, else ``None``."""
+        for m in records:
+            name = f"{m.topic}:{m.partition}"
+            if m.timestamp > self.last.get(name, -1):
+                self.last[name] = m.timestamp
+            if m.timestamp > self.top:
+                self.top = m.timestamp
+        for tp in assigned:
+            name = self._name(tp)
+            if (tp in caught_up or buffered(tp)) and self.top > self.last.get(name, -1):
+                self.last[name] = self.top
+        idle = not records and bool(assigned) and all(tp in caught_up for tp in assigned)
+        if not idle:
+            self._idle_sent_at = None
+            return None
+        if self._idle_sent_at is not None and now_ms - self._idle_sent_at < self.IDLE_REPEAT_MS:
+            return None
+        self._idle_sent_at = now_ms
+        return self.claims(assigned) or {self._name(tp): -1 for tp in assigned}
+
+    def claims(self, assigned: Any) -> dict[str, int]:
+        return {n: t for tp in assigned if (t := self.last.get(n := self._name(tp), -1)) >= 0}
+
+    def drop(self, tps: Any) -> None:
+        for tp in tps:
+            self.last.pop(self._name(tp), None)
+        self._idle_sent_at = None
 
 
 async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping: asyncio.Event) -> None:
@@ -438,11 +611,13 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
     cfg = pipe.config
     timeout_ms = int(cfg.kafka.session_timeout_s * 1000)
     aligner = PartitionAligner(max_wait_s=ALIGN_MAX_WAIT_S)
+    claimer = IngestClaims()
     max_buffered = max_records * 4
 
     class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:
             aligner.drop(revoked)
+            claimer.drop(revoked)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
             aligner.track(assigned, time.monotonic())
@@ -478,14 +653,18 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
                     if hw is not None and await consumer.position(tp) >= hw:
                         caught_up.add(tp)
                 records = aligner.release(assigned, caught_up, now)
+                idle = claimer.update(records, assigned, caught_up, aligner.buffered,
+                                        time.time() * 1000)
                 for tp in assigned:  # bound the buffers: a partition far ahead waits
                     if aligner.buffered(tp) > max_buffered:
                         consumer.pause(tp)
                     elif tp in consumer.paused():
                         consumer.resume(tp)
                 if not records:
+                    if idle is not None:  # caught up: nothing of ours holds the stages back
+                        await pipe.ingest_batch((), idle, idle=True)
                     continue
-                await pipe.ingest_batch(records)
+                await pipe.ingest_batch(records, claimer.claims(assigned))
                 offsets: dict[Any, int] = {}
                 for m in records:
                     offsets[TopicPartition(m.topic, m.partition)] = m.offset + 1
@@ -526,7 +705,26 @@ def create_app(
     take_within = batch_within_s or min(0.05, config.clickhouse.flush_interval_s)
     session_timeout = config.kafka.session_timeout_s
 
-    app = faust.App(
+    loop_ref: list[asyncio.AbstractEventLoop] = []
+
+    class App(faust.App):
+        """Faust waits for every unacknowledged event before a rebalance or a stop
+        completes: what the watermark gates hold is dropped first (it is re-read)."""
+
+        stopping_ = False
+
+        def on_rebalance_start(self) -> None:
+            # called on Faust's consumer thread
+            super().on_rebalance_start()
+            if loop_ref:
+                loop_ref[0].call_soon_threadsafe(pipe.on_rebalance)
+
+        async def on_stop(self) -> None:
+            self.stopping_ = True
+            pipe.on_rebalance()
+            await super().on_stop()
+
+    app = App(
         f"{config.kafka.topic_prefix}pathsentry",
         broker=f"kafka://{bootstrap_servers(config)}",
         broker_credentials=faust_credentials(config),
@@ -553,6 +751,7 @@ def create_app(
         web_host=web_host,
         datadir=str(Path(config.data_dir) / "faust"),
     )
+    pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
     sessions = app.topic(topics.sessions, value_type=bytes, key_type=bytes)
     groups = app.topic(topics.groups, value_type=bytes, key_type=bytes)
     stopping = asyncio.Event()
@@ -560,6 +759,7 @@ def create_app(
 
     @app.task
     async def ingest() -> None:
+        loop_ref.append(asyncio.get_running_loop())
         try:
             await pipe.start_producer()
             await run_ingest(pipe, max_records=config.clickhouse.batch_size, poll_ms=50, stopping=stopping)
@@ -570,25 +770,43 @@ def create_app(
     async def writer() -> None:
         await pipe.outbox.run()
 
+    def owned(topic: str) -> list[int]:
+        """Partitions of ``topic`` this worker's Faust consumer owns."""
+        try:
+            return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
+        except Exception:  # consumer not started yet
+            return []
+
+    session_lock, group_lock = asyncio.Lock(), asyncio.Lock()
+
     @app.agent(sessions, concurrency=1, name="sessions")
     async def session_agent(stream: Any) -> None:
         async for batch in stream.noack_take(take_max, within=take_within):
             await _ready(pipe)
-            await pipe.session_batch(_messages(batch), _acker(stream, batch))
+            async with session_lock:
+                await pipe.session_batch(_incoming(stream, batch), owned(topics.sessions))
 
     @app.agent(groups, concurrency=1, name="groups")
     async def group_agent(stream: Any) -> None:
         async for batch in stream.noack_take(take_max, within=take_within):
             await _ready(pipe)
-            await pipe.group_batch(_messages(batch), _acker(stream, batch))
+            async with group_lock:
+                await pipe.group_batch(_incoming(stream, batch), owned(topics.groups))
 
     @app.timer(interval=2.0)
     async def tick() -> None:
-        if engine.last_ts and pipe.producer is not None:
-            try:
+        if pipe.producer is None:
+            return
+        try:
+            # items held past the watermark's patience are released even with no new input
+            async with session_lock:
+                await pipe.session_batch((), owned(topics.sessions))
+            async with group_lock:
+                await pipe.group_batch((), owned(topics.groups))
+            if engine.last_ts:
                 await pipe.emit(engine.flush(), {})
-            except Exception:  # a failing tick must not take the worker down
-                log.exception("detector flush failed")
+        except Exception:  # a failing tick must not take the worker down
+            log.exception("detector flush failed")
 
     @app.timer(interval=SNAPSHOT_INTERVAL_S)
     async def snapshot() -> None:
@@ -636,21 +854,18 @@ def create_app(
     return app, pipe
 
 
-def _messages(events: list[Any]) -> Iterator[Any]:
-    """The Kafka messages of a batch of Faust events. The payload is released once the
-    stage has read it: the events are held until their outputs are stored, and only
-    their offsets are needed for that."""
+def _incoming(stream: Any, events: list[Any]) -> Iterator[Incoming]:
+    """The envelopes of a batch of Faust events. The payload is released once the stage
+    has read it: an event is held until its outputs are stored, and only its offset is
+    needed for that."""
     for ev in events:
         msg = ev.message
-        yield msg
+
+        def ack(ev: Any = ev) -> Awaitable[Any]:
+            return stream.ack(ev)  # type: ignore[no-any-return]
+
+        yield Incoming(msg.key, msg.value, msg.headers, msg.topic, msg.partition, msg.offset, ack)
         msg.value = ev.value = None
-
-
-def _acker(stream: Any, events: list[Any]) -> Callable[[], Awaitable[None]]:
-    async def ack() -> None:
-        for ev in events:
-            await stream.ack(ev)
-    return ack
 
 
 async def _ready(pipe: Pipeline) -> None:

@@ -31,7 +31,7 @@ import pytest
 
 from pathsentry.config import Config, load_config
 from pathsentry.infra.broker import create_topics, free_port
-from pathsentry.replay import replay
+from pathsentry.replay import ReplayResult, replay
 from pathsentry.schemas import parse_event, topic_for
 from pathsentry.sim.world import World, WorldSpec, write_world_files
 from pathsentry.streams.topics import Topics
@@ -112,15 +112,34 @@ def sim_events(spec: WorldSpec, limit: int | None = None) -> list[dict[str, Any]
     return out
 
 
+def replay_events(events: Sequence[dict[str, Any]], config_path: Path) -> ReplayResult:
+    """``pathsentry replay`` of ``events`` with the configuration at ``config_path``."""
+    path = config_path.parent / "expected-events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    return replay([path], load_config(config_path, env={}))
+
+
 def expected_flags(
     events: Sequence[dict[str, Any]], config_path: Path, kinds: frozenset[str]
 ) -> set[tuple[str, str]]:
     """``(event_id, kind)`` of the flags ``pathsentry replay`` raises on ``events``, for ``kinds``."""
-    path = config_path.parent / "expected-events.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
-    cfg = load_config(config_path, env={})
-    res = replay([path], cfg)
-    return {k for k in res.flags if k[1] in kinds}
+    return {k for k in replay_events(events, config_path).flags if k[1] in kinds}
+
+
+def expected_farm_groups(events: Sequence[dict[str, Any]], config_path: Path) -> list[frozenset[str]]:
+    """Member accounts of each farm group ``pathsentry replay`` alerts on ``events``."""
+    res = replay_events(events, config_path)
+    return [frozenset(a.accounts) for a in res.alerts.values() if a.kind == "farm_group"]
+
+
+def match_groups(
+    want: Sequence[frozenset[str]], got: Sequence[frozenset[str]], coverage: float = 0.8
+) -> tuple[list[frozenset[str]], list[frozenset[str]]]:
+    """(groups of ``want`` that no group of ``got`` covers to ``coverage``, groups of ``got``
+    that share fewer than half of their members with every group of ``want``)."""
+    missed = [w for w in want if not any(len(w & g) >= coverage * len(w) for g in got)]
+    stray = [g for g in got if not any(len(w & g) * 2 >= len(g) for w in want)]
+    return missed, stray
 
 
 def route_events(events: Iterable[dict[str, Any]], topics: Topics) -> list[KafkaRecord]:

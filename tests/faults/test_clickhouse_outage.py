@@ -164,7 +164,7 @@ def test_alerts_reach_kafka_before_clickhouse() -> None:
             self.pending: list[asyncio.Future[None]] = []
 
         async def send(self, topic: str, value: bytes, key: bytes | None = None,
-                       partition: int | None = None) -> asyncio.Future[None]:
+                       partition: int | None = None, headers: Any = None) -> asyncio.Future[None]:
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[None] = loop.create_future()
             loop.call_later(0.05, lambda: fut.done() or fut.set_result(None))

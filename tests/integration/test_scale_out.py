@@ -1,8 +1,9 @@
 """Scale-out on the embedded broker: two worker processes share the partitions of one
 consumer group while a live backend publishes, one of them stops mid-run (a
-rebalance), and nothing is lost:
-every flag a replay of the same events raises for per-event detectors is stored,
-once.
+rebalance), and nothing is lost: every flag a replay of the same events raises for
+per-event detectors is stored, once, and every farm group the replay finds forms
+across the two workers (its members meet on one worker through the repartition, in
+event order thanks to the watermarks), with at least 80% of its members in one alert.
 
 chDB allows one process per directory, so each worker writes its own directory;
 both are read back after the run (on clickhouse-server they share one table)."""
@@ -21,7 +22,9 @@ import pytest
 from pathsentry.infra.broker import EmbeddedBroker
 from pathsentry.sim.world import World
 from tests.faults.support import (
+    expected_farm_groups,
     expected_flags,
+    match_groups,
     produce,
     recent_world,
     route_events,
@@ -94,3 +97,15 @@ def test_two_workers_share_partitions_and_lose_nothing_on_rebalance(
     assert want, "the reference replay must flag something"
     missing = want - (got_a | got_b)
     assert not missing, f"{len(missing)} of {len(want)} expected flags lost, e.g. {sorted(missing)[:3]}"
+
+    groups = "SELECT accounts FROM pathsentry.alerts FINAL WHERE kind = 'farm_group'"
+    got_groups = [frozenset(r["accounts"]) for r in _read_chdb(wa.env, groups) + _read_chdb(wb.env, groups)]
+    want_groups = expected_farm_groups(events, cfg_a)
+    assert want_groups, "the reference replay must find farm groups"
+    missed, stray = match_groups(want_groups, got_groups)
+    assert not missed, f"farm groups not formed across workers: {[sorted(g) for g in missed]}"
+    assert not stray, f"farm groups the replay does not find: {[sorted(g) for g in stray]}"
+    print("scale-out run:", json.dumps({
+        "events": len(events), "flags_expected": len(want), "flags_stored": len(got_a | got_b),
+        "farm_groups_expected": len(want_groups), "farm_groups_formed": len(want_groups) - len(missed),
+    }))
