@@ -91,3 +91,14 @@ def test_claims_round_trip_and_bad_headers() -> None:
     assert decode_claims({"pathsentry-wm": headers[0][1]}) == ({"s:0": 5, "s:1": 7}, {"s:1"})
     assert decode_claims([("pathsentry-wm", b"[1,2]")]) == ({}, set())
     assert decode_claims([("other", b"{}")]) == ({}, set())
+
+
+def test_release_in_chunks_claims_only_what_is_complete() -> None:
+    g: Gate[int] = Gate(max_hold_s=1e9)
+    g.expect({"a"})
+    g.add(0, [(t, t) for t in (1, 2, 2, 3, 4)], {"a": 4}, now=0.0)
+    assert g.release([0], now=0.0, limit=2) == [1, 2]
+    assert g.released_to == 1  # the other item at 2 is still held
+    assert g.release([0], now=0.0, limit=2) == [2, 3]
+    assert g.release([0], now=0.0, limit=2) == [4]
+    assert g.released_to == 4

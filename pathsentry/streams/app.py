@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import os
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from pathsentry.config import Config
@@ -66,6 +68,9 @@ METADATA_MAX_AGE_MS = 10_000
 #: How long a partition with nothing buffered (and not known to be caught up) may hold
 #: the others back in the ingest loop's event-time alignment.
 ALIGN_MAX_WAIT_S = 0.1
+
+#: Largest envelope sent to an internal topic (the producer accepts up to 8 MiB).
+MAX_ENVELOPE_BYTES = 1 << 20
 
 #: Detector state is written to disk this often (and at shutdown).
 SNAPSHOT_INTERVAL_S = 120.0
@@ -183,6 +188,8 @@ class Pipeline:
         self.group_gate: Gate[tuple[GroupItem, _Held]] = Gate(max_hold_s=hold)
         self._session_claimed = -1
         self._session_idle_at: float | None = None
+        #: events a stage runs between two outputs (a released backlog is cut into chunks)
+        self.chunk = config.clickhouse.batch_size
         #: whether the stages may hold new input (not while a rebalance or a stop is under way)
         self.accepting: Callable[[], bool] = lambda: True
         self.topics = Topics(config.kafka)
@@ -249,7 +256,12 @@ class Pipeline:
             return await self.producer.send(topic, value, key=key, partition=partition,
                                             headers=headers)
 
-        return Delivery(await resend(), resend, f"kafka {topic}")
+        try:
+            first = await resend()
+        except KafkaError as e:  # the outbox re-sends it with back-off
+            first = asyncio.get_running_loop().create_future()
+            first.set_exception(e)
+        return Delivery(first, resend, f"kafka {topic}")
 
     async def emit(
         self,
@@ -340,9 +352,8 @@ class Pipeline:
         headers = encode_claims(claims, claims if idle else ()) if claims else None
         for p in range(n_parts) if headers else parts:
             items = parts.get(p, [])
-            value = envelope(b'{"t":%d,"e":%s}' % (t, raw) for t, raw, _ in items)
-            key = self.session_handoff.put(items) if items else None
-            await self.producer.send(self.topics.sessions, value, key=key, partition=p, headers=headers)
+            wire = [b'{"t":%d,"e":%s}' % (t, raw) for t, raw, _ in items]
+            await self._forward(self.topics.sessions, p, items, wire, self.session_handoff, headers)
         await self.producer.flush()
         if valid and self.stats.first_ingest_at is None:
             self.stats.first_ingest_at = time.time()
@@ -373,16 +384,24 @@ class Pipeline:
             gate.add(msg.partition, ((item[0], (item, held)) for item in got), claims, now, idle)
 
     async def session_batch(self, messages: Iterable[Incoming], owned: Iterable[int]) -> None:
-        """Session stage: hold the batch behind the watermark, run what it releases,
-        forward group-stage work with this stage's own claims."""
-        t0 = time.perf_counter()
+        """Session stage: hold the batch behind the watermark, run what it releases (in
+        chunks of at most ``batch_size`` events), forward group-stage work with this
+        stage's own claims."""
         now = time.monotonic()
         gate = self.session_gate
         if not gate.sources:
             gate.expect(await self._producer_sources())
         await self._gate_input(gate, messages, self.session_handoff, _session_item, now)
         owned = list(owned)
-        released: list[tuple[SessionItem, _Held]] = gate.release(owned, now)
+        while True:
+            released: list[tuple[SessionItem, _Held]] = gate.release(owned, now, limit=self.chunk)
+            await self._run_sessions(released, owned, now)
+            if len(released) < self.chunk:
+                break
+
+    async def _run_sessions(self, released: list[tuple[SessionItem, _Held]], owned: list[int],
+                            now: float) -> None:
+        t0 = time.perf_counter()
         engine = self.engine
         out = Findings()
         produced: dict[str, int] = {}
@@ -409,13 +428,12 @@ class Pipeline:
                 group_items.append((t, rs, enriched))
                 wire.append(b'{"t":%d,"r":%s,"n":%s,"e":%s}' % (t, orjson.dumps(rs), notes, e_json))
         headers = self._session_claims(owned, now)
-        sends = []
+        sends: list[Delivery] = []
         forwarded = 0
         for p in range(n_parts) if headers else forward:
             group_items, wire = forward.get(p, ([], []))
-            hkey = self.group_handoff.put(group_items) if group_items else None
-            sends.append(await self.send(self.topics.groups, envelope(wire), key=hkey, partition=p,
-                                         headers=headers))
+            sends += await self._forward(self.topics.groups, p, group_items, wire, self.group_handoff,
+                                         headers)
             forwarded += len(group_items)
         self.stats.group_messages += forwarded
         await self.emit(out, produced, forwards=sends, on_durable=_ack_all(h for _, h in released),
@@ -423,15 +441,34 @@ class Pipeline:
         if released:
             self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
 
+    async def _forward(self, topic: str, partition: int, items: list[Any], wire: list[bytes],
+                       handoff: Handoff[Any], headers: Any) -> list[Delivery]:
+        """Send items to one partition as envelopes of at most ``MAX_ENVELOPE_BYTES``; the
+        claims ride on the last one (they cover what precedes them on the partition)."""
+        chunks = list(_chunked(items, wire, MAX_ENVELOPE_BYTES))
+        sent = []
+        for i, (its, w) in enumerate(chunks):
+            key = handoff.put(its) if its else None
+            sent.append(await self.send(topic, envelope(w), key=key, partition=partition,
+                                        headers=headers if i == len(chunks) - 1 else None))
+        return sent
+
     async def group_batch(self, messages: Iterable[Incoming], owned: Iterable[int]) -> None:
         """Group stage: hold the batch behind the session partitions' watermark, run what
-        it releases."""
+        it releases (in chunks of at most ``batch_size`` events)."""
         now = time.monotonic()
         gate = self.group_gate
         if not gate.sources:
             gate.expect(f"s:{p}" for p in range(await self.partitions(self.topics.sessions)))
         await self._gate_input(gate, messages, self.group_handoff, self._group_item, now)
-        released: list[tuple[GroupItem, _Held]] = gate.release(list(owned), now)
+        owned = list(owned)
+        while True:
+            released: list[tuple[GroupItem, _Held]] = gate.release(owned, now, limit=self.chunk)
+            await self._run_groups(released)
+            if len(released) < self.chunk:
+                break
+
+    async def _run_groups(self, released: list[tuple[GroupItem, _Held]]) -> None:
         engine = self.engine
         out = Findings()
         produced: dict[str, int] = {}
@@ -525,6 +562,24 @@ def _ack_all(held: Iterable[_Held]) -> Callable[[], Awaitable[None]] | None:
     return ack
 
 
+def _chunked(items: list[Any], wire: list[bytes], max_bytes: int) -> Iterator[tuple[list[Any], list[bytes]]]:
+    """Split parallel ``items``/``wire`` lists so each chunk's wire stays under ``max_bytes``
+    (a single larger item gets a chunk of its own); at least one chunk, maybe empty.
+
+    >>> [len(w) for _, w in _chunked([1, 2, 3], [b"aaaa", b"bbbb", b"cc"], 10)]
+    [2, 1]
+    >>> list(_chunked([], [], 10))
+    [([], [])]
+    """
+    start = size = 0
+    for i, w in enumerate(wire):
+        if i > start and size + len(w) > max_bytes:
+            yield items[start:i], wire[start:i]
+            start, size = i, 0
+        size += len(w) + 1
+    yield items[start:], wire[start:]
+
+
 def _session_item(item: dict[str, Any]) -> SessionItem:
     return item["t"], item["e"], event_adapter.validate_python(item["e"])
 
@@ -606,7 +661,6 @@ class IngestClaims:
 async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping: asyncio.Event) -> None:
     """Consume the producers' topics in batches; commit after each batch is forwarded."""
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-    from aiokafka.errors import KafkaError
 
     cfg = pipe.config
     timeout_ms = int(cfg.kafka.session_timeout_s * 1000)
@@ -783,14 +837,14 @@ def create_app(
     async def session_agent(stream: Any) -> None:
         async for batch in stream.noack_take(take_max, within=take_within):
             await _ready(pipe)
-            async with session_lock:
+            async with session_lock, _fail_fast("session"):
                 await pipe.session_batch(_incoming(stream, batch), owned(topics.sessions))
 
     @app.agent(groups, concurrency=1, name="groups")
     async def group_agent(stream: Any) -> None:
         async for batch in stream.noack_take(take_max, within=take_within):
             await _ready(pipe)
-            async with group_lock:
+            async with group_lock, _fail_fast("group"):
                 await pipe.group_batch(_incoming(stream, batch), owned(topics.groups))
 
     @app.timer(interval=2.0)
@@ -866,6 +920,21 @@ def _incoming(stream: Any, events: list[Any]) -> Iterator[Incoming]:
 
         yield Incoming(msg.key, msg.value, msg.headers, msg.topic, msg.partition, msg.offset, ack)
         msg.value = ev.value = None
+
+
+@contextlib.asynccontextmanager
+async def _fail_fast(stage: str) -> AsyncIterator[None]:
+    """A stage that fails on a batch stops the worker process (exit status 70) instead of
+    leaving a live process whose agent is dead: nothing of the batch was acknowledged,
+    so a restarted worker (or the group's other members) re-reads it."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.critical("%s stage failed; exiting so that its input is re-read", stage, exc_info=True)
+        logging.shutdown()
+        os._exit(70)
 
 
 async def _ready(pipe: Pipeline) -> None:

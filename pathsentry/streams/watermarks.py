@@ -161,9 +161,9 @@ class Gate(Generic[T]):
                 return False
         return True
 
-    def release(self, partitions: Iterable[Hashable], now: float) -> list[T]:
+    def release(self, partitions: Iterable[Hashable], now: float, limit: int | None = None) -> list[T]:
         """Items safe to process, in produce-time order across ``partitions`` (the input
-        partitions this worker owns)."""
+        partitions this worker owns); at most ``limit`` of them (call again for more)."""
         owned = [p for p in partitions]
         if not owned:
             return []
@@ -173,6 +173,11 @@ class Gate(Generic[T]):
         out: list[T] = []
         forced_to = -1
         while heads:
+            if limit is not None and len(out) >= limit:
+                # stopped short: only what is strictly older than the next item is complete
+                self._note_stall(bound, forced_to, now)
+                self.released_to = max(self.released_to, min(bound, heads[0][0] - 1))
+                return out
             t, _, p = heads[0]
             heap = self._held[p]
             arrived = heap[0][2]
