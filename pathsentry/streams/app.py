@@ -316,12 +316,14 @@ class Pipeline:
             s.group_events += p.events
             s.last_group_at = time.time()
 
-    async def dead_letter(self, payload: bytes | None, err: EventError, msg: Any) -> None:
+    async def dead_letter(self, payload: bytes | None, err: EventError, msg: Any) -> Awaitable[Any]:
+        """Send a refused message to the dead-letter topic; returns its delivery future."""
         rec = dead_letter_record(
             payload, err.reason, err.detail,
             topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
         )
-        await self.producer.send(self.topics.dead_letter, orjson.dumps(rec), key=msg.key)
+        fut: Awaitable[Any] = await self.producer.send(self.topics.dead_letter, orjson.dumps(rec),
+                                                        key=msg.key)
         self.stats.dead_letter += 1
         reasons = self.stats.dead_letter_reasons
         reasons[err.reason] = reasons.get(err.reason, 0) + 1
@@ -329,6 +331,7 @@ class Pipeline:
             "dead-letter: %s (%s) from %s[%d]@%d",
             err.reason, err.detail[:120], msg.topic, msg.partition, msg.offset,
         )
+        return fut
 
     # -- stages ---------------------------------------------------------------------
 
@@ -339,22 +342,27 @@ class Pipeline:
         has no items for it), marked idle with ``idle``."""
         n_parts = await self.partitions(self.topics.sessions)
         parts: dict[int, list[SessionItem]] = {}
+        dead: list[Awaitable[Any]] = []
         valid = 0
         for m in records:
             raw = m.value if m.value is not None else b""
             try:
                 ev = parse_event(raw)
             except EventError as err:
-                await self.dead_letter(m.value, err, m)
+                dead.append(await self.dead_letter(m.value, err, m))
                 continue
             parts.setdefault(partition_for(session_key(ev), n_parts), []).append((m.timestamp, raw, ev))
             valid += 1
         headers = encode_claims(claims, claims if idle else ()) if claims else None
+        sent: list[Delivery] = []
         for p in range(n_parts) if headers else parts:
             items = parts.get(p, [])
             wire = [b'{"t":%d,"e":%s}' % (t, raw) for t, raw, _ in items]
-            await self._forward(self.topics.sessions, p, items, wire, self.session_handoff, headers)
+            sent += await self._forward(self.topics.sessions, p, items, wire, self.session_handoff,
+                                        headers)
         await self.producer.flush()
+        for fut in [d.future for d in sent] + dead:  # a failed delivery raises: the caller re-reads
+            await fut
         if valid and self.stats.first_ingest_at is None:
             self.stats.first_ingest_at = time.time()
         self.stats.events_in += valid
@@ -724,9 +732,15 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
                     offsets[TopicPartition(m.topic, m.partition)] = m.offset + 1
                 await consumer.commit(offsets)
             except KafkaError as e:
-                # uncommitted records are consumed again after the reconnect/rebalance
-                log.warning("ingest: %s: %s; retrying", type(e).__name__, e)
+                # go back to the last commit: what was fetched but not forwarded is read again
+                log.warning("ingest: %s: %s; re-reading from the last commit", type(e).__name__, e)
                 await asyncio.sleep(1.0)
+                try:
+                    aligner.drop(list(consumer.assignment()))
+                    aligner.track(consumer.assignment(), time.monotonic())
+                    await consumer.seek_to_committed()
+                except KafkaError as again:
+                    log.warning("ingest: cannot seek back yet (%s); retrying", again)
     finally:
         await consumer.stop()
 
