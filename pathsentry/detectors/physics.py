@@ -19,6 +19,7 @@ import math
 __all__ = [
     "ACCESS_FLOOR_MS",
     "ACCESS_TYPICAL_MS",
+    "EARTH_RADIUS_KM",
     "KM_PER_MS_RTT",
     "PATH_INFLATION",
     "destination_point",
