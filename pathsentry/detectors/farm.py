@@ -91,8 +91,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -100,12 +101,13 @@ from typing import Any
 
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.injection import ip_text
 from pathsentry.detectors.names import (
     NameIndex,
     cohesion,
     consecutive_runs,
+    name_facts,
     regularity,
-    serial,
     skeleton,
     template,
 )
@@ -114,6 +116,7 @@ from pathsentry.schemas import Alert, FlaggedEvent, Login, Traceroute, make_aler
 __all__ = ["FarmDetector", "FarmSettings", "poisson_tail", "settings_from"]
 
 TPL, ROUTE, NET = "tpl", "route", "net"
+_TPL_, _ROUTE_, _NET_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,7 @@ class Member:
     country: str | None = None
     asn: int | None = None
     sig: str | None = None
-    country_path: list[str] = field(default_factory=list)
+    country_path: Sequence[str] = ()
     route_known: bool = False
     relay: bool = False
     relay_score: float = 0.0
@@ -172,13 +175,11 @@ class Member:
     device: str | None = None
     cluster: str = ""
     group: str | None = None
+    #: ``skeleton(account)`` and ``serial(account)``, filled in by the detector
     skel: str | None = None
     serial_no: int | None = None
-    indexed: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.skel = skeleton(self.account)
-        self.serial_no = serial(self.account)
+    #: the patterns the member is indexed under (``_patterns`` when it was indexed)
+    indexed: Sequence[str] = ()
 
     @property
     def flag_event_id(self) -> str:
@@ -187,6 +188,49 @@ class Member:
     @property
     def evidence(self) -> bool:
         return self.relay or self.sig is not None
+
+
+class _TimeIndex:
+    """Members by time (``ts`` when added), for the windows of a partition or a group.
+
+    Two parallel lists rather than ``(ts, member)`` pairs: nothing per entry for the
+    garbage collector to walk.
+    """
+
+    __slots__ = ("items", "ts")
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+        self.items: list[Member] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, ts: float, m: Member) -> None:
+        i = bisect_right(self.ts, ts)
+        self.ts.insert(i, ts)
+        self.items.insert(i, m)
+
+    def remove(self, ts: float, m: Member) -> None:
+        """Drop ``m``, added at ``ts``."""
+        times, items = self.ts, self.items
+        i = bisect_left(times, ts)
+        n = len(items)
+        while i < n and times[i] == ts:
+            if items[i] is m:
+                del times[i], items[i]
+                return
+            i += 1
+        for i, x in enumerate(items):  # out of step (cannot happen): by identity
+            if x is m:
+                del times[i], items[i]
+                return
+
+    def between(self, lo: float, hi: float) -> list[Member]:
+        """The members added with ``lo <= ts < hi``, by time."""
+        times = self.ts
+        start = bisect_left(times, lo)
+        return self.items[start:bisect_left(times, hi, start)]
 
 
 @dataclass(slots=True)
@@ -201,13 +245,53 @@ class Group:
     last_seen: float = 0.0
     version: int = 0
     score: float = 0.0
+    #: ``template`` as of ``len(members)`` (accounts are only ever added to a group)
+    _template: tuple[int, str] | None = field(default=None, init=False, repr=False,
+                                              compare=False)
+    #: each account's position in ``members`` (accounts are never removed)
+    _order: dict[str, int] = field(default_factory=dict, init=False, repr=False,
+                                   compare=False)
+    #: ``members`` by time (:meth:`near`)
+    _times: _TimeIndex = field(default_factory=lambda: _TimeIndex(), init=False, repr=False,
+                               compare=False)
+
+    def put(self, m: Member) -> None:
+        """``members[m.account] = m``, keeping ``_times`` in step."""
+        acct = m.account
+        old = self.members.get(acct)
+        if old is None:
+            self._order[acct] = len(self._order)
+        else:
+            self._times.remove(old.ts, old)
+        self._times.add(m.ts, m)
+        self.members[acct] = m
+
+    def retime(self, m: Member, old_ts: float) -> None:
+        """``m.ts`` changed from ``old_ts`` (a member's session logged in again)."""
+        if self.members.get(m.account) is m:
+            self._times.remove(old_ts, m)
+            self._times.add(m.ts, m)
+
+    def near(self, t: float, span: float) -> list[Member]:
+        """Members with ``0 <= t - ts <= span``, in ``members`` order."""
+        order = self._order
+        found = [x for x in self._times.between(t - span - 1.0, t + 1.0)
+                 if 0 <= t - x.ts <= span]
+        found.sort(key=lambda x: order[x.account])
+        return found
 
     @property
     def template(self) -> str | None:
         """The commonest name template (template partitions only)."""
         if not self.key.startswith(f"{TPL}:") or not self.members:
             return None
-        return Counter(template(a) for a in self.members).most_common(1)[0][0]
+        n = len(self.members)
+        known = self._template
+        if known is not None and known[0] == n:
+            return known[1]
+        tpl = Counter([template(a) for a in self.members]).most_common(1)[0][0]
+        self._template = (n, tpl)
+        return tpl
 
 
 @dataclass(slots=True)
@@ -216,7 +300,8 @@ class Partition:
     #: the partition family: ``tpl``, ``route`` or ``net``
     kind: str = field(init=False)
     members: OrderedDict[str, Member] = field(default_factory=OrderedDict)
-    index: dict[str, dict[str, None]] = field(default_factory=dict)
+    #: pattern -> the members indexed under it (by session id, in indexing order)
+    index: dict[str, dict[str, Member]] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
     accounts: dict[str, str] = field(default_factory=dict)
     last_ts: float = 0.0
@@ -224,6 +309,10 @@ class Partition:
     rate_count: float = 0.0
     rate_ts: float = 0.0
     names: NameIndex = field(default_factory=lambda: NameIndex(max_clusters=256))
+    #: name-less partitions (one pattern, the key): the indexed members by time, and
+    #: each one's indexing sequence number (the order of ``index[key]``)
+    times: _TimeIndex | None = None
+    stamps: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.kind = part_kind(self.key)
@@ -236,8 +325,30 @@ class Assessment:
     features: dict[str, Any]
 
 
+#: ``_utc(ts)`` and its ISO text of recent instants (alerts are re-emitted as groups grow,
+#: naming the same members' logins again); bounded, cleared when full
+_UTC: dict[float, tuple[datetime, str]] = {}
+_UTC_MAX = 1 << 14
+
+
+def _utc_iso(ts: float) -> tuple[datetime, str]:
+    hit = _UTC.get(ts)
+    if hit is None:
+        dt = datetime.fromtimestamp(ts, tz=UTC)
+        hit = (dt, dt.isoformat())
+        if len(_UTC) >= _UTC_MAX:
+            _UTC.clear()
+        _UTC[ts] = hit
+    return hit
+
+
 def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
+    return _utc_iso(ts)[0]
+
+
+def _iso(ts: float) -> str:
+    """``_utc(ts).isoformat()``"""
+    return _utc_iso(ts)[1]
 
 
 def _dict_note(ev: Enriched, name: str) -> dict[str, Any]:
@@ -245,11 +356,40 @@ def _dict_note(ev: Enriched, name: str) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+def _relay_facts(relay: Mapping[str, Any]) -> tuple[bool, float, Any, Any]:
+    """``Member.relay``, ``relay_score``, ``relay_gap_ms``, ``relay_excess_ms`` of a note."""
+    return (relay.get("flagged") is True, float(relay.get("score") or 0.0),
+            relay.get("gap_ms"), relay.get("excess_ms"))
+
+
+_NO_RELAY: tuple[bool, float, Any, Any] = (False, 0.0, None, None)
+_LN2 = math.log(2)
+
+
 def _foreign_sig(route: Mapping[str, Any]) -> str | None:
     sig = route.get("signature")
     if route.get("foreign_origin") is True and isinstance(sig, str) and sig:
         return sig
     return None
+
+
+def _median_gap(tss: list[float]) -> float:
+    """The median gap between consecutive (sorted) instants (the upper one of two)."""
+    gaps = [b - a for a, b in pairwise(tss)]
+    return sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+
+
+def _burst_p(n: int, expected: float) -> float:
+    return float(f"{poisson_tail(n, expected):.3g}")
+
+
+def _serial_regularity(ms: list[Member]) -> float:
+    serials = [x.serial_no for x in ms if x.serial_no is not None]
+    return round(regularity(serials), 3) if len(serials) >= 2 else 0.0
+
+
+def _evidence_accounts(ms: list[Member]) -> int:
+    return sum(x.evidence for x in ms)
 
 
 def _top(counter: Counter[str], k: int) -> list[list[Any]]:
@@ -266,29 +406,46 @@ class FarmDetector(Detector):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        self.settings = settings_from(ctx.settings(self.name))
+        self.settings = s = settings_from(ctx.settings(self.name))
         self.parts: OrderedDict[str, Partition] = OrderedDict()
         self.dirty: dict[tuple[str, str], None] = {}
         self.now = 0.0
+        # ``parts`` is in least-recently-used order, and a partition's ``last_ts`` is set
+        # to ``now`` when it is used, so ``last_ts`` grows along ``parts`` -- except for
+        # the partitions listed here (kept by a flush, or restored ahead of the clock).
+        # :meth:`flush` therefore finds the idle partitions without visiting the others.
+        self._bumped: dict[str, None] = {}
+        # What one event yields for every key it reaches (the stream and a replay call
+        # :meth:`process` once per key with the same event): the facts of its route note.
+        self._ev: object = None
+        self._ev_route: object = None
+        self._ev_route_facts: tuple[str | None, list[str] | None] = (None, None)
+        # settings read on every event
+        self._span = 2 * s.window_s
+        self._max_members = s.max_members
+        self._half_life = s.background_half_life_s
+        self._minimum = {TPL: s.min_size, ROUTE: s.min_size_unnamed, NET: s.min_size_unnamed}
+        self._seq = 0  # indexing order in name-less partitions (Partition.stamps)
 
     # ------------------------------------------------------------------ routing
 
     def group_keys(self, ev: Enriched) -> Iterable[str]:
         event = ev.event
         if isinstance(event, Login):
-            if event.outcome != "success":
+            fields = event.__dict__  # (pydantic keeps the fields there; plain lookups are cheaper)
+            if fields["outcome"] != "success":
                 return []
-            route = _dict_note(ev, "route")
-            relay = _dict_note(ev, "relay")
-            keys = []
-            skel = skeleton(event.account)
-            if skel:
-                keys.append(f"{TPL}:{skel}")
-            sig = _foreign_sig(route)
-            if sig:
-                keys.append(f"{ROUTE}:{sig}")
-            if relay.get("flagged") is True and ev.allowed is None:
-                keys.append(f"{NET}:{ev.prefix}")
+            notes = ev.notes
+            skel = name_facts(fields["account"])[0]  # skeleton()
+            keys = [_TPL_ + skel] if skel else []
+            route = notes.get("route")
+            if isinstance(route, dict) and route.get("foreign_origin") is True:  # _foreign_sig
+                sig = route.get("signature")
+                if isinstance(sig, str) and sig:
+                    keys.append(_ROUTE_ + sig)
+            relay = notes.get("relay")
+            if isinstance(relay, dict) and relay.get("flagged") is True and ev.allowed is None:
+                keys.append(_NET_ + ev.prefix)
             return keys
         if isinstance(event, Traceroute):
             account = ev.account
@@ -310,68 +467,147 @@ class FarmDetector(Detector):
 
     def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
         if key is None:
-            out = Findings()
+            total = Findings()
             for k in self.group_keys(ev):
-                out.extend(self.process(ev, k))
-            return out
-        ts = ev.event.ts.timestamp()
-        self.now = max(self.now, ts)
-        is_login = isinstance(ev.event, Login)
-        part = self._partition(key, create=is_login or part_kind(key) != NET)
-        if part is None:
+                total.extend(self.process(ev, k))
+            return total
+        event = ev.event
+        ts = ev.ts
+        if event is not self._ev:
+            self._ev = event
+            self._ev_route = None
+        if ts > self.now:
+            self.now = ts
+        is_login = isinstance(event, Login)
+        parts = self.parts
+        part = parts.get(key)
+        if part is not None:
+            parts.move_to_end(key)
+        elif is_login or part_kind(key) != NET:
+            part = self._new_partition(key)
+        else:
             return None
         m, new = self._upsert_login(part, ev, ts) if is_login else self._upsert_trace(part, ev, ts)
-        out = Findings()
+        out = None
         if m is not None:
-            if new:
-                self._arrival(part, m.ts)
+            if new:  # _arrival: the decayed arrival count (m.ts == ts)
+                rate_ts = part.rate_ts
+                # (conditionals for max(): the builtin costs far more than the arithmetic;
+                # ``b if b > a else a`` is exactly ``max(a, b)``)
+                dt = ts - rate_ts
+                dt = dt if dt > 0.0 else 0.0
+                part.rate_count = part.rate_count * 0.5 ** (dt / self._half_life) + 1.0
+                part.rate_ts = ts if ts > rate_ts else rate_ts
             if m.group is not None:  # evidence of a member grew: refresh on the next tick
                 self.dirty[(part.key, m.group)] = None
-            out.extend(self._consider(part, m))
-        self._evict(part)
+            elif part.groups:
+                out = self._consider(part, m)
+            else:  # without groups, _consider needs a pattern with ``minimum`` members
+                minimum = self._minimum[part.kind]
+                index = part.index
+                for p in m.indexed:
+                    if len(index[p]) >= minimum:
+                        out = self._consider(part, m)
+                        break
+        # _evict, its common case inline: the oldest member is recent, nothing to drop
+        members = part.members
+        now = self.now
+        if now > part.last_ts:
+            part.last_ts = now
+        for oldest in members.values():
+            if (oldest.ts < now - self._span or len(members) > self._max_members
+                    or part.groups):
+                self._evict(part)
+            break
+        else:
+            self._evict(part)
+        # most recently used, ``last_ts = now``: in order again
+        if part.last_ts > now:
+            self._bumped[key] = None
+        elif self._bumped:
+            self._bumped.pop(key, None)
         return out
 
-    def _partition(self, key: str, create: bool) -> Partition | None:
-        part = self.parts.get(key)
-        if part is not None:
-            self.parts.move_to_end(key)
-            return part
-        if not create:
-            return None
+    def _new_partition(self, key: str) -> Partition:
         part = Partition(key=key, first_ts=self.now, rate_ts=self.now)
         self.parts[key] = part
         while len(self.parts) > self.settings.max_keys:
-            self.parts.popitem(last=False)
+            old, _ = self.parts.popitem(last=False)
+            self._bumped.pop(old, None)
         return part
 
     def _upsert_login(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
         event = ev.event
         if not isinstance(event, Login):
             return None, False
-        sid = event.session_id or f"acct:{event.account}"
-        m = part.members.get(sid)
-        new = m is None
-        if m is None:
-            m = Member(sid, event.account, ts, event.event_id, None, str(event.src_ip), ev.prefix)
-        else:
+        fields = event.__dict__  # (pydantic keeps the fields there; plain lookups are cheaper)
+        account = fields["account"]
+        sid = fields["session_id"] or f"acct:{account}"
+        members = part.members
+        m = members.get(sid)
+        notes = ev.notes
+        relay = notes.get("relay")
+        if not (isinstance(relay, dict) and relay and ev.allowed is None):
+            relay = None
+        route = notes.get("route")
+        if not (isinstance(route, dict) and route):
+            route = None
+        client = fields["client"]
+        geo = ev.geo
+        if m is not None:
+            if m.indexed:  # (re)indexed below; out first, while ``ts`` is the indexed one
+                self._unindex(part, m)
+            old_ts = m.ts
             m.event_id, m.ts = event.event_id, ts
-        m.country, m.asn = ev.geo.country, ev.geo.asn
-        m.rtt, m.server = event.min_app_rtt, event.server_id
-        m.device = event.client.device_id if event.client is not None else None
-        relay = _dict_note(ev, "relay")
-        if relay and ev.allowed is None:
-            m.relay = relay.get("flagged") is True
-            m.relay_score = float(relay.get("score") or 0.0)
-            m.relay_gap_ms = relay.get("gap_ms")
-            m.relay_excess_ms = relay.get("excess_ms")
-        route = _dict_note(ev, "route")
-        if route:
-            self._attach_route(m, route)
-        if new:
-            self._add(part, m)
+            if m.group is not None and ts != old_ts:
+                g = part.groups.get(m.group)
+                if g is not None:
+                    g.retime(m, old_ts)
+            m.country, m.asn = geo.country, geo.asn
+            m.rtt, m.server = event.min_app_rtt, event.server_id
+            m.device = client.device_id if client is not None else None
+            if relay is not None:
+                m.relay, m.relay_score, m.relay_gap_ms, m.relay_excess_ms = _relay_facts(relay)
+            if route is not None:
+                self._attach_route(m, route)
+            self._index(part, m)
+            return m, False
+        # a new member: one constructor call, every field final (_index inline)
+        sig, path = self._route_facts(route) if route is not None else (None, None)
+        if relay is None:
+            flagged, score, gap, excess = _NO_RELAY
         else:
-            self._reindex(part, m)
-        return m, new
+            flagged, score, gap, excess = _relay_facts(relay)
+        prefix = ev.prefix
+        kind = part.kind
+        pats: tuple[str, ...]  # _patterns()
+        if kind == TPL:
+            net = _NET_ + prefix
+            pats = (net, _ROUTE_ + sig) if sig else (net,)
+        elif kind == ROUTE:
+            pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()
+        else:
+            pats = (part.key,) if flagged or sig else ()
+        skel, serial_no, norm = name_facts(account)
+        m = Member(
+            sid, account, ts, fields["event_id"], None, ip_text(fields["src_ip"]), prefix,
+            geo.country, geo.asn, sig, () if path is None else path, route is not None,
+            flagged, score, gap, excess, event.min_app_rtt, fields["server_id"],
+            client.device_id if client is not None else None,
+            part.names.assign(account, norm), None, skel, serial_no, pats,
+        )
+        members[sid] = m
+        if pats:
+            index = part.index
+            for p in pats:
+                sids = index.get(p)
+                if sids is None:
+                    index[p] = {sid: m}
+                else:
+                    sids[sid] = m
+            if kind != TPL:
+                self._stamp(part, m)
+        return m, True
 
     def _upsert_trace(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
         event = ev.event
@@ -382,14 +618,17 @@ class FarmDetector(Detector):
         sid = event.session_id or f"acct:{account}"
         m = part.members.get(sid)
         if m is None:
-            if _foreign_sig(route) is None:
+            sig, path = self._route_facts(route)
+            if sig is None:
                 return None, False
             login_id = ev.notes.get("login_event_id")
+            geo = ev.geo
+            skel, serial_no, _ = name_facts(account)
             m = Member(
                 sid, account, ts, login_id if isinstance(login_id, str) else None,
-                event.event_id, str(event.src_ip), ev.prefix, ev.geo.country, ev.geo.asn,
+                event.event_id, ip_text(event.src_ip), ev.prefix, geo.country, geo.asn,
+                sig, () if path is None else path, True, skel=skel, serial_no=serial_no,
             )
-            self._attach_route(m, route)
             self._add(part, m)
             return m, True
         had = (m.sig, m.route_known)
@@ -400,52 +639,80 @@ class FarmDetector(Detector):
         self._reindex(part, m)
         return m, False
 
-    @staticmethod
-    def _attach_route(m: Member, route: Mapping[str, Any]) -> None:
+    def _route_facts(self, route: Mapping[str, Any]) -> tuple[str | None, list[str] | None]:
+        """The foreign-origin signature and country path (at most 16) of a route note."""
+        if route is self._ev_route:  # the same note, met again under another key
+            return self._ev_route_facts
+        raw = route.get("country_path")
+        # one list per note, shared by the members made from it: never mutated in place
+        facts = (_foreign_sig(route), [str(c) for c in raw][:16] if isinstance(raw, list) else None)
+        self._ev_route, self._ev_route_facts = route, facts
+        return facts
+
+    def _attach_route(self, m: Member, route: Mapping[str, Any]) -> None:
+        sig, path = self._route_facts(route)
         m.route_known = True
-        m.sig = _foreign_sig(route)
-        path = route.get("country_path")
-        if isinstance(path, list):
-            m.country_path = [str(c) for c in path][:16]
+        m.sig = sig
+        if path is not None:
+            m.country_path = path
 
     # ----------------------------------------------------------------- indexing
 
-    def _patterns(self, part: Partition, m: Member) -> list[str]:
+    def _patterns(self, part: Partition, m: Member) -> tuple[str, ...]:
         kind = part.kind
         if kind == TPL:
-            pats = [f"net:{m.prefix}"]
-            if m.sig:
-                pats.append(f"route:{m.sig}")
-            return pats
+            sig = m.sig
+            if sig:
+                return (_NET_ + m.prefix, _ROUTE_ + sig)
+            return (_NET_ + m.prefix,)
         if kind == ROUTE:
-            return [part.key] if m.sig and part.key == f"route:{m.sig}" else []
-        return [part.key] if m.relay or m.sig else []
+            return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()
+        return (part.key,) if m.relay or m.sig else ()
 
     def _add(self, part: Partition, m: Member) -> None:
-        m.cluster = part.names.assign(m.account)
+        m.cluster = part.names.assign(m.account, name_facts(m.account)[2])
         part.members[m.sid] = m
-        self._reindex(part, m)
+        self._index(part, m)
 
     def _unindex(self, part: Partition, m: Member) -> None:
+        index = part.index
+        sid = m.sid
         for p in m.indexed:
-            sids = part.index.get(p)
+            sids = index.get(p)
             if sids is not None:
-                sids.pop(m.sid, None)
+                sids.pop(sid, None)
                 if not sids:
-                    del part.index[p]
-        m.indexed = []
+                    del index[p]
+        m.indexed = ()
+        if part.stamps.pop(sid, None) is not None and part.times is not None:
+            part.times.remove(m.ts, m)  # m.ts has not moved since it was indexed
 
     def _reindex(self, part: Partition, m: Member) -> None:
-        self._unindex(part, m)
-        m.indexed = self._patterns(part, m)
-        for p in m.indexed:
-            part.index.setdefault(p, {})[m.sid] = None
+        if m.indexed:
+            self._unindex(part, m)
+        self._index(part, m)
 
-    def _arrival(self, part: Partition, ts: float) -> None:
-        hl = self.settings.background_half_life_s
-        dt = max(0.0, ts - part.rate_ts)
-        part.rate_count = part.rate_count * 0.5 ** (dt / hl) + 1.0
-        part.rate_ts = max(part.rate_ts, ts)
+    def _index(self, part: Partition, m: Member) -> None:
+        """Index an unindexed member under its ``_patterns``."""
+        pats = m.indexed = self._patterns(part, m)
+        index = part.index
+        sid = m.sid
+        for p in pats:
+            sids = index.get(p)
+            if sids is None:
+                index[p] = {sid: m}
+            else:
+                sids[sid] = m
+        if pats and part.kind != TPL:  # the one pattern is the key
+            self._stamp(part, m)
+
+    def _stamp(self, part: Partition, m: Member) -> None:
+        """A name-less partition's member indexed: its sequence number, its time."""
+        self._seq += 1
+        part.stamps[m.sid] = self._seq
+        if part.times is None:
+            part.times = _TimeIndex()
+        part.times.add(m.ts, m)
 
     def _expected(self, part: Partition, n: int) -> float:
         """Accounts the partition's background rate predicts in one window (burst).
@@ -461,47 +728,63 @@ class FarmDetector(Detector):
         return max(0.0, part.rate_count - n) * span / (tau * -math.expm1(-life / tau))
 
     def _evict(self, part: Partition) -> None:
-        s = self.settings
-        part.last_ts = max(part.last_ts, self.now)
-        cutoff = self.now - 2 * s.window_s
-        while part.members:
-            m = next(iter(part.members.values()))
-            if m.ts >= cutoff and len(part.members) <= s.max_members:
-                break
-            part.members.popitem(last=False)
-            self._unindex(part, m)
-        for gid in [g.gid for g in part.groups.values() if g.last_seen + s.group_ttl_s < self.now]:
-            for acct in part.groups.pop(gid).members:
-                if part.accounts.get(acct) == gid:
-                    del part.accounts[acct]
-        if not part.members and not part.groups:
+        now = self.now
+        if now > part.last_ts:
+            part.last_ts = now
+        members = part.members
+        if members:
+            cutoff = now - self._span
+            cap = self.settings.max_members
+            while members:
+                for m in members.values():  # noqa: B007 - the oldest
+                    break
+                if m.ts >= cutoff and len(members) <= cap:
+                    break
+                members.popitem(last=False)
+                self._unindex(part, m)
+        groups = part.groups
+        if groups:
+            ttl = self.settings.group_ttl_s
+            for gid in [g.gid for g in groups.values() if g.last_seen + ttl < now]:
+                for acct in groups.pop(gid).members:
+                    if part.accounts.get(acct) == gid:
+                        del part.accounts[acct]
+        if not members and not groups:
             self.parts.pop(part.key, None)
+            self._bumped.pop(part.key, None)
 
     # ------------------------------------------------------------------ grouping
-
-    def _eligible(self, part: Partition, m: Member) -> bool:
-        return not (part.kind == ROUTE and m.relay)
 
     def _covered(self, part: Partition, cand: list[Member]) -> set[str]:
         """Members another partition takes: a skeleton at ``min_size`` (``tpl:``; at 2
         in ``route:``) and, for ``route:``, an exit prefix at ``min_size_unnamed`` (``net:``)."""
-        if part.kind == TPL:
+        kind = part.kind
+        if kind == TPL:
             return set()
         s = self.settings
-        skels = Counter(k for k in (x.skel for x in cand) if k)
+        skels: dict[str, int] = {}
+        for x in cand:
+            k = x.skel
+            if k:
+                skels[k] = skels.get(k, 0) + 1
         # traceroutes may be sampled: two serial names of one skeleton on one route
         # already mean the template partition, which sees every login, has the batch
-        big = {k for k, c in skels.items() if c >= (2 if part.kind == ROUTE else s.min_size)}
-        out = {x.sid for x in cand if x.skel in big}
-        if part.kind == ROUTE:
-            exits = Counter(x.prefix for x in cand if x.sid not in out)
-            out |= {x.sid for x in cand if exits[x.prefix] >= s.min_size_unnamed}
+        need = 2 if kind == ROUTE else s.min_size
+        big = {k for k, c in skels.items() if c >= need}
+        out = {x.sid for x in cand if x.skel in big} if big else set()
+        if kind == ROUTE:
+            exits: dict[str, int] = {}
+            for x in cand:
+                if x.sid not in out:
+                    exits[x.prefix] = exits.get(x.prefix, 0) + 1
+            need = s.min_size_unnamed
+            out |= {x.sid for x in cand if exits.get(x.prefix, 0) >= need}
         return out
 
     def _band(self, ms: list[Member]) -> tuple[float | None, str | None]:
         """The origin of a name-less candidate: median min RTT and commonest server."""
         rtts = sorted(x.rtt for x in ms if x.rtt is not None)
-        servers = Counter(x.server for x in ms if x.server)
+        servers = Counter([x.server for x in ms if x.server])
         med = rtts[len(rtts) // 2] if rtts else None
         return med, (servers.most_common(1)[0][0] if servers else None)
 
@@ -511,7 +794,8 @@ class FarmDetector(Detector):
             return False
         if med is None or m.rtt is None:
             return True
-        return abs(m.rtt - med) <= max(s.rtt_tolerance_ms, s.rtt_tolerance * med)
+        tol = s.rtt_tolerance * med
+        return abs(m.rtt - med) <= (tol if tol > s.rtt_tolerance_ms else s.rtt_tolerance_ms)
 
     def _window(self, part: Partition, pattern: str, t: float) -> list[Member]:
         """Ungrouped eligible members sharing ``pattern`` around ``t``.
@@ -519,46 +803,96 @@ class FarmDetector(Detector):
         The span is ``window_s`` for template partitions and the tighter ``burst_s``
         for name-less ones, whose only name-independent evidence is density.
         """
-        w = self.settings.window_s if part.kind == TPL else self.settings.burst_s
-        out = []
-        for sid in part.index.get(pattern, {}):
-            x = part.members[sid]
-            if x.group is None and abs(x.ts - t) <= w and self._eligible(part, x):
-                out.append(x)
-        return out
+        sids = part.index.get(pattern)
+        if not sids:
+            return []
+        kind = part.kind
+        if kind == TPL:
+            w = self.settings.window_s
+            return [x for x in sids.values() if x.group is None and abs(x.ts - t) <= w]
+        # name-less: by time (``part.times``), not in indexing order (``_seq_order``)
+        w = self.settings.burst_s
+        if pattern == part.key and part.times is not None:
+            near = part.times.between(t - w - 1.0, t + w + 1.0)
+        else:
+            near = list(sids.values())
+        if kind == ROUTE:  # relay-flagged members are the ``net:`` partition's (eligible)
+            return [x for x in near if x.group is None and abs(x.ts - t) <= w and not x.relay]
+        return [x for x in near if x.group is None and abs(x.ts - t) <= w]
 
-    def _consider(self, part: Partition, m: Member) -> Findings:
-        if m.group is not None or not self._eligible(part, m):
-            return Findings()
-        patterns = self._patterns(part, m)
+    @staticmethod
+    def _seq_order(part: Partition, ms: list[Member]) -> list[Member]:
+        """Members of a name-less partition's window in indexing order (``index[key]``)."""
+        stamps = part.stamps
+        return sorted(ms, key=lambda x: stamps[x.sid])
+
+    def _consider(self, part: Partition, m: Member) -> Findings | None:
+        kind = part.kind
+        if m.group is not None or (kind == ROUTE and m.relay):  # not eligible
+            return None
+        # ``_patterns(part, m)``: the member was (re)indexed just before
+        patterns = m.indexed
         if not patterns:
-            return Findings()
-        known = part.groups.get(part.accounts.get(m.account, ""))
-        if known is not None and (part.kind == TPL or self._may_join(part, known, m)):
-            return self._join(part, known, [m])  # a known member's next session
-        for g in part.groups.values():
-            if set(g.patterns) & set(patterns) and self._may_join(part, g, m):
-                cand = self._window(part, g.pattern, m.ts)
-                if m.sid not in self._covered(part, cand):
-                    return self._join(part, g, [m])
+            return None
+        groups = part.groups
+        if groups:
+            known = groups.get(part.accounts.get(m.account, ""))
+            if known is not None and (kind == TPL or self._may_join(part, known, m)):
+                return self._join(part, known, [m])  # a known member's next session
+            for g in groups.values():
+                if any(p in patterns for p in g.patterns) and self._may_join(part, g, m):
+                    cand = self._window(part, g.pattern, m.ts)
+                    if m.sid not in self._covered(part, cand):
+                        return self._join(part, g, [m])
+        minimum = self.settings.min_size if kind == TPL else self.settings.min_size_unnamed
+        index = part.index
         for p in patterns:
+            # too few members under the pattern, or in its window: no candidate (taking
+            # out covered members only shrinks it)
+            if len(index[p]) < minimum:
+                continue
             cand = self._window(part, p, m.ts)
+            if len(cand) < minimum or (kind != TPL and self._no_burst(part, len(cand))):
+                continue
             covered = self._covered(part, cand)
-            cand = [x for x in cand if x.sid not in covered]
             if m.sid in covered:
                 continue
+            if covered:
+                cand = [x for x in cand if x.sid not in covered]
+            if kind != TPL and p == part.key:
+                cand = self._seq_order(part, cand)
             a = self._assess(part, p, cand)
             if a is not None:
                 return self._form(part, p, a)
-        return Findings()
+        return None
 
+    def _no_burst(self, part: Partition, n: int) -> bool:
+        """Whether no name-less candidate of at most ``n`` members can pass the burst gate
+        of :meth:`_assess` (taking out covered or out-of-band members only shrinks it).
+
+        ``burst_p`` (the Poisson tail ``P(X >= n)``) only grows as the candidate
+        shrinks: fewer arrivals to explain and a larger expected background. Two cheap
+        lower bounds of ``P(X >= n)`` for ``n`` itself decide it with a margin far beyond
+        rounding (twice the limit): ``1/2`` when ``n`` is at most the median of
+        ``Poisson(lam)`` (``>= lam - ln 2``), and the probability of exactly ``n``.
+        """
+        limit = 2 * self.settings.max_burst_p
+        if not 0.0 < limit < 0.5:
+            return False
+        lam = self._expected(part, n)
+        if lam <= 0.0:
+            return False
+        if n <= lam - _LN2:
+            return True
+        log_pmf = n * math.log(lam) - lam - math.lgamma(n + 1)
+        return log_pmf > math.log(limit) + 0.01
     def _may_join(self, part: Partition, g: Group, m: Member) -> bool:
         """Template groups take late joiners for ``join_window_s``; a name-less group only
         while its burst lasts: ``min_size_unnamed - 1`` members within ``burst_s`` before."""
         s = self.settings
         if part.kind == TPL:
             return m.ts <= g.last_seen + s.join_window_s
-        near = [x for x in g.members.values() if 0 <= m.ts - x.ts <= s.burst_s]
+        near = g.near(m.ts, s.burst_s)
         return len(near) >= s.min_size_unnamed - 1 and self._in_band(m, *self._band(near))
 
     def _assess(self, part: Partition, pattern: str, cand: list[Member]) -> Assessment | None:
@@ -572,39 +906,39 @@ class FarmDetector(Detector):
             n = len(cand)
         if n < minimum:
             return None
-        f = self._features(part, cand)
+        # the gates first, with the same formulas as ``_features`` (most candidates fail)
         if kind == TPL:
-            strong = pattern.startswith("route:") or f["evidence_accounts"] >= s.min_size
-            if not strong and f["serial_regularity"] < s.min_regularity:
+            strong = pattern.startswith("route:") or _evidence_accounts(cand) >= s.min_size
+            if not strong and _serial_regularity(cand) < s.min_regularity:
                 return None
-        elif f["burst_p"] > s.max_burst_p or f["median_gap_s"] > s.max_unnamed_gap_s:
+        elif (_burst_p(n, self._expected(part, n)) > s.max_burst_p
+              or _median_gap(sorted([x.ts for x in cand])) > s.max_unnamed_gap_s):
             return None
+        f = self._features(part, cand)
         return Assessment(cand, self._score(kind, f), f)
 
     def _features(self, part: Partition, members: Iterable[Member]) -> dict[str, Any]:
         ms = list(members)
         n = len(ms)
-        tss = sorted(x.ts for x in ms)
-        serials = [x.serial_no for x in ms if x.serial_no is not None]
-        clusters = Counter(x.cluster for x in ms)
+        tss = sorted([x.ts for x in ms])
+        clusters = Counter([x.cluster for x in ms])
         expected = self._expected(part, n)
-        gaps = [b - a for a, b in pairwise(tss)]
         return {
             "size": n,
             "span_s": tss[-1] - tss[0],
-            "median_gap_s": sorted(gaps)[len(gaps) // 2] if gaps else 0.0,
+            "median_gap_s": _median_gap(tss),
             "expected_in_window": round(expected, 2),
             "burst_ratio": round(n / max(1.0, expected), 2),
-            "burst_p": float(f"{poisson_tail(n, expected):.3g}"),
-            "serial_regularity": round(regularity(serials), 3) if len(serials) >= 2 else 0.0,
+            "burst_p": _burst_p(n, expected),
+            "serial_regularity": _serial_regularity(ms),
             "name_cohesion": round(cohesion([x.account for x in ms]), 3),
             "largest_name_cluster": clusters.most_common(1)[0][1] / n,
-            "evidence_accounts": sum(x.evidence for x in ms),
+            "evidence_accounts": _evidence_accounts(ms),
             "relay_share": sum(x.relay for x in ms) / n,
-            "route_share": Counter(x.sig for x in ms if x.sig).most_common(1)[0][1] / n
+            "route_share": Counter([x.sig for x in ms if x.sig]).most_common(1)[0][1] / n
             if any(x.sig for x in ms)
             else 0.0,
-            "prefix_share": Counter(x.prefix for x in ms).most_common(1)[0][1] / n,
+            "prefix_share": Counter([x.prefix for x in ms]).most_common(1)[0][1] / n,
         }
 
     def _score(self, kind: str, f: Mapping[str, Any]) -> float:
@@ -621,7 +955,7 @@ class FarmDetector(Detector):
 
     def _form(self, part: Partition, pattern: str, a: Assessment) -> Findings:
         anchor = min(x.ts for x in a.members)
-        counts = Counter(p for x in a.members for p in self._patterns(part, x))
+        counts = Counter([p for x in a.members for p in self._patterns(part, x)])
         pats = sorted(p for p, c in counts.items() if c >= max(2, len(a.members) / 2))
         stable = f"{part.key}|{pattern}|{_utc(anchor).strftime('%Y-%m-%dT%H:%M:%SZ')}"
         g = Group(
@@ -634,7 +968,7 @@ class FarmDetector(Detector):
             last_seen=anchor,
         )
         accts = [x.account for x in a.members]
-        seen = Counter(part.accounts[x] for x in accts if x in part.accounts)
+        seen = Counter([part.accounts[x] for x in accts if x in part.accounts])
         if seen and seen.most_common(1)[0][1] * 2 >= len(accts):  # the group's next session
             g = part.groups[seen.most_common(1)[0][0]]
         else:
@@ -649,10 +983,12 @@ class FarmDetector(Detector):
                 continue
             m.group = g.gid
             (again if m.account in g.members else added).append(m)
-            g.members[m.account] = m
+            g.put(m)
             part.accounts[m.account] = g.gid
-            g.first_seen = min(g.first_seen, m.ts)
-            g.last_seen = max(g.last_seen, m.ts)
+            if m.ts < g.first_seen:  # min(), max()
+                g.first_seen = m.ts
+            if m.ts > g.last_seen:
+                g.last_seen = m.ts
         if not added:  # known members only: flag their logins, refresh the alert on a tick
             if again:
                 self.dirty[(part.key, g.gid)] = None
@@ -678,29 +1014,29 @@ class FarmDetector(Detector):
     def _alert(self, part: Partition, g: Group, feats: dict[str, Any]) -> Alert:
         k = self.settings.max_evidence_items
         ms = sorted(g.members.values(), key=lambda x: (x.ts, x.account))
-        templates = Counter(template(x.account) for x in ms)
+        templates = Counter([template(x.account) for x in ms])
         serials = [x.serial_no for x in ms if x.serial_no is not None]
-        paths = Counter(">".join(x.country_path) for x in ms if x.country_path)
+        paths = Counter([">".join(x.country_path) for x in ms if x.country_path])
         relays = [x for x in ms if x.relay]
         evidence: dict[str, Any] = {
             "partition": g.key,
             "pattern": g.pattern,
             "templates": _top(templates, k),
             "serial_runs": [list(r) for r in consecutive_runs(serials, 3)][:k],
-            "name_clusters": _top(Counter(x.cluster for x in ms), k),
+            "name_clusters": _top(Counter([x.cluster for x in ms]), k),
             "members": [
-                {"account": x.account, "ts": _utc(x.ts).isoformat(), "src_ip": x.src_ip,
+                {"account": x.account, "ts": _iso(x.ts), "src_ip": x.src_ip,
                  "route": ">".join(x.country_path) or None, "relay": x.relay}
                 for x in ms[: self.settings.max_group_members]
             ],
-            "first_seen": _utc(g.first_seen).isoformat(),
-            "last_seen": _utc(g.last_seen).isoformat(),
-            "prefixes": _top(Counter(x.prefix for x in ms), k),
-            "route_signatures": _top(Counter(x.sig for x in ms if x.sig), k),
+            "first_seen": _iso(g.first_seen),
+            "last_seen": _iso(g.last_seen),
+            "prefixes": _top(Counter([x.prefix for x in ms]), k),
+            "route_signatures": _top(Counter([x.sig for x in ms if x.sig]), k),
             "country_paths": _top(paths, k),
             "relay": {
                 "flagged_accounts": len(relays),
-                "exits": _top(Counter(x.prefix for x in relays), k),
+                "exits": _top(Counter([x.prefix for x in relays]), k),
                 "max_gap_ms": max((x.relay_gap_ms for x in relays if x.relay_gap_ms), default=None),
                 "max_excess_ms": max(
                     (x.relay_excess_ms for x in relays if x.relay_excess_ms), default=None
@@ -739,11 +1075,12 @@ class FarmDetector(Detector):
     def _origin(self, ms: list[Member]) -> dict[str, Any]:
         """Same place, same relay: min app RTT spread, servers, devices shared by accounts."""
         rtts = sorted(x.rtt for x in ms if x.rtt is not None)
-        devices = Counter(x.device for x in ms if x.device)
+        devices = Counter([x.device for x in ms if x.device])
         return {
             "median_app_rtt_ms": rtts[len(rtts) // 2] if rtts else None,
             "app_rtt_range_ms": [rtts[0], rtts[-1]] if rtts else None,
-            "servers": _top(Counter(x.server for x in ms if x.server), self.settings.max_evidence_items),
+            "servers": _top(Counter([x.server for x in ms if x.server]),
+                            self.settings.max_evidence_items),
             "devices_shared_by_accounts": sum(1 for c in devices.values() if c > 1),
         }
 
@@ -779,17 +1116,53 @@ class FarmDetector(Detector):
     def flush(self, now: float) -> Findings | None:
         self.now = max(self.now, now)
         out = Findings()
-        for key, gid in list(self.dirty):
-            part = self.parts.get(key)
-            g = part.groups.get(gid) if part is not None else None
-            if part is not None and g is not None:
-                out.extend(self._emit(part, g, []))
-        self.dirty.clear()
-        for key in list(self.parts):
-            part = self.parts.get(key)
-            if part is not None and part.last_ts + 2 * self.settings.window_s < self.now:
-                self._evict(part)
+        if self.dirty:
+            for key, gid in list(self.dirty):
+                part = self.parts.get(key)
+                g = part.groups.get(gid) if part is not None else None
+                if part is not None and g is not None:
+                    out.extend(self._emit(part, g, []))
+            self.dirty.clear()
+        for part in self._idle_parts():
+            self._evict(part)
+            if self.parts.get(part.key) is part:  # kept (it has groups), out of order now
+                self._bumped[part.key] = None
         return out
+
+    def _idle_parts(self) -> list[Partition]:
+        """The partitions whose ``last_ts + 2 * window_s`` lies before ``now``.
+
+        Apart from the ``_bumped`` ones, ``last_ts`` grows along ``parts``: the scan
+        stops at the first partition in use.
+        """
+        span = 2 * self.settings.window_s
+        now = self.now
+        parts = self.parts
+        bumped = self._bumped
+        idle = []
+        for key in list(bumped):
+            part = parts.get(key)
+            if part is None:
+                del bumped[key]
+            elif part.last_ts + span < now:
+                idle.append(part)
+        for key, part in parts.items():
+            if key in bumped:
+                continue
+            if not part.last_ts + span < now:
+                break
+            idle.append(part)
+        return idle
+
+    def _sort_out_bumped(self) -> None:
+        """After a restore: the partitions that break the ``last_ts`` order of ``parts``."""
+        self._bumped = {}
+        top = -math.inf
+        for key, part in self.parts.items():
+            if top <= part.last_ts <= self.now:
+                top = part.last_ts
+            else:
+                self._bumped[key] = None
 
     def state(self) -> dict[str, Any]:
         def mem(m: Member) -> dict[str, Any]:
@@ -828,7 +1201,7 @@ class FarmDetector(Detector):
                 rate_count=raw["rate_count"], rate_ts=raw["rate_ts"],
             )
             for md in raw["members"]:
-                m = Member(**md)
+                m = _member(md)
                 p.names.assign(m.account)
                 p.members[m.sid] = m
                 self._reindex(p, m)
@@ -839,11 +1212,20 @@ class FarmDetector(Detector):
                     version=gd["version"], score=gd["score"],
                 )
                 for md in gd["members"]:
-                    m = p.members.get(md["sid"]) or Member(**md)
-                    g.members[m.account] = m
+                    m = p.members.get(md["sid"]) or _member(md)
+                    g.put(m)
                     p.accounts[m.account] = g.gid
                 p.groups[g.gid] = g
             self.parts[p.key] = p
+        self._ev = self._ev_route = None
+        self._sort_out_bumped()
+
+
+def _member(raw: Mapping[str, Any]) -> Member:
+    """A member from its :meth:`FarmDetector.state` form (name facts recomputed)."""
+    m = Member(**raw)
+    m.skel, m.serial_no, _ = name_facts(m.account)
+    return m
 
 
 def poisson_tail(n: int, lam: float) -> float:

@@ -63,6 +63,33 @@ __all__ = [
 NOTES_KEY = "injection"
 S = TypeVar("S")
 
+#: ``str()`` of recently seen address objects, by identity: the event parser hands out
+#: one object per distinct address, and ``IPv4Address.__str__`` is slow pure Python.
+#: ``_IP_OBJECTS`` holds each object, so that its id is not reused meanwhile (two flat
+#: dicts: no tuple per entry for the garbage collector to walk).
+_IP_TEXT: dict[int, str] = {}
+_IP_OBJECTS: dict[int, object] = {}
+_IP_TEXT_MAX = 16_384
+
+
+def ip_text(ip: object) -> str:
+    """``str(ip)``, remembered for the last :data:`_IP_TEXT_MAX` address objects.
+
+    >>> from ipaddress import ip_address
+    >>> ip_text(ip_address("203.0.113.7"))
+    '203.0.113.7'
+    """
+    key = id(ip)
+    if _IP_OBJECTS.get(key) is ip:
+        return _IP_TEXT[key]
+    text = str(ip)
+    if len(_IP_TEXT) >= _IP_TEXT_MAX:
+        _IP_TEXT.clear()
+        _IP_OBJECTS.clear()
+    _IP_TEXT[key] = text
+    _IP_OBJECTS[key] = ip
+    return text
+
 
 def settings_from(cls: type[S], raw: Mapping[str, Any]) -> S:
     """Build a settings dataclass from a ``[detectors.NAME]`` table.
@@ -126,20 +153,26 @@ class Verdict:
 
     def notes(self, probe: HttpProbe, flag_score: float) -> dict[str, Any]:
         """The JSON-serialisable summary passed on to the cell stage."""
-        ttl = probe.ttl
-        delta = (
-            ttl.response - ttl.syn_ack
-            if ttl is not None and ttl.response is not None and ttl.syn_ack is not None
-            else None
-        )
-        return {
-            "suspect": self.suspect,
-            "score": round(self.score, 4),
-            "tls": self.tls,
-            "path_anomaly": self.path_score >= flag_score,
-            "ttl_delta": delta,
-            "status": probe.status,
-        }
+        return _notes(probe, self.score, self.path_score, self.suspect, self.tls, flag_score)
+
+
+def _notes(probe: HttpProbe, score: float, path_score: float, suspect: bool, tls: bool,
+           flag_score: float) -> dict[str, Any]:
+    """:meth:`Verdict.notes` from the verdict's fields."""
+    ttl = probe.ttl
+    delta = (
+        ttl.response - ttl.syn_ack
+        if ttl is not None and ttl.response is not None and ttl.syn_ack is not None
+        else None
+    )
+    return {
+        "suspect": suspect,
+        "score": round(score, 4),
+        "tls": tls,
+        "path_anomaly": path_score >= flag_score,
+        "ttl_delta": delta,
+        "status": probe.status,
+    }
 
 
 def noisy_or(weights: list[float]) -> float:
@@ -150,7 +183,8 @@ def noisy_or(weights: list[float]) -> float:
     """
     keep = 1.0
     for w in weights:
-        keep *= 1.0 - min(max(w, 0.0), 1.0)
+        w = 0.0 if w < 0.0 else w  # min(max(w, 0.0), 1.0), exactly, without the builtins
+        keep *= 1.0 - (1.0 if w > 1.0 else w)
     return 1.0 - keep
 
 
@@ -290,16 +324,24 @@ def _run(checks: tuple[Check, ...], p: HttpProbe, origin: Origin | None,
     return out
 
 
+def _weigh(probe: HttpProbe, origin: Origin | None,
+           s: InjectionSettings) -> tuple[float, float, bool, bool, list[Evidence]]:
+    """``(score, path_score, suspect, tls, evidence)`` of :func:`assess`, without the
+    :class:`Verdict` (most probes only leave their notes)."""
+    path = _run(PATH_CHECKS, probe, origin, s)
+    path_score = noisy_or([e.weight for e in path]) if path else 0.0
+    if probe.target.encrypted:
+        return 0.0, path_score, False, True, path
+    evidence = _run(CONTENT_CHECKS, probe, origin, s)
+    evidence += path
+    score = noisy_or([e.weight for e in evidence]) if evidence else 0.0
+    return score, path_score, score >= s.flag_score, False, evidence
+
+
 def assess(probe: HttpProbe, origin: Origin | None, settings: InjectionSettings) -> Verdict:
     """Weigh the evidence of one probe against its origin's expectations."""
-    path = _run(PATH_CHECKS, probe, origin, settings)
-    path_score = noisy_or([e.weight for e in path])
-    if probe.target.encrypted:
-        return Verdict(0.0, path_score, False, True, tuple(path))
-    content = _run(CONTENT_CHECKS, probe, origin, settings)
-    evidence = tuple(content + path)
-    score = noisy_or([e.weight for e in evidence])
-    return Verdict(score, path_score, score >= settings.flag_score, False, evidence)
+    score, path_score, suspect, tls, evidence = _weigh(probe, origin, settings)
+    return Verdict(score, path_score, suspect, tls, tuple(evidence))
 
 
 @register
@@ -319,10 +361,12 @@ class InjectionDetector(Detector):
         if not isinstance(probe, HttpProbe):
             return None
         origin = self.ctx.config.origin(probe.target.host)
-        verdict = assess(probe, origin, self.settings)
-        ev.notes[NOTES_KEY] = verdict.notes(probe, self.settings.flag_score)
-        if not verdict.suspect:
+        s = self.settings
+        score, path_score, suspect, tls, found = _weigh(probe, origin, s)
+        ev.notes[NOTES_KEY] = _notes(probe, score, path_score, suspect, tls, s.flag_score)
+        if not suspect:
             return None
+        verdict = Verdict(score, path_score, suspect, tls, tuple(found))
         t = probe.target
         evidence: dict[str, Any] = {
             "target": f"{t.scheme}://{t.host}:{t.port}",

@@ -58,6 +58,7 @@ __all__ = [
     "consecutive_runs",
     "edit_distance",
     "features",
+    "name_facts",
     "name_similarity",
     "ngrams",
     "normalise",
@@ -89,11 +90,10 @@ def runs(name: str) -> list[tuple[str, str]]:
 
 @lru_cache(maxsize=NAME_CACHE_SIZE)
 def _runs(name: str) -> tuple[tuple[str, str], ...]:
-    out: list[tuple[str, str]] = []
-    for m in _RUN.finditer(unicodedata.normalize("NFKC", name)):
-        d, a, s = m.groups()
-        out.append(("d", d) if d else ("a", a) if a else ("s", s))
-    return tuple(out)
+    return tuple([
+        ("d", d) if d else ("a", a) if a else ("s", s)
+        for d, a, s in _RUN.findall(unicodedata.normalize("NFKC", name))
+    ])
 
 
 @lru_cache(maxsize=NAME_CACHE_SIZE)
@@ -106,7 +106,6 @@ def template(name: str) -> str:
     return "".join(f"{{{len(t)}}}" if k == "d" else t.lower() for k, t in _runs(name))
 
 
-@lru_cache(maxsize=NAME_CACHE_SIZE)
 def skeleton(name: str) -> str | None:
     """The repartition form of a serial name: letters only, digit runs as one ``#``.
 
@@ -117,32 +116,49 @@ def skeleton(name: str) -> str | None:
     >>> skeleton("xiaopai_007"), skeleton("minsu_kim"), skeleton("ab12")
     ('xiaopai#', None, None)
     """
-    rs = _runs(name)
-    letters = sum(len(t) for k, t in rs if k == "a")
-    if letters < MIN_TEMPLATE_LETTERS or not any(k == "d" for k, _ in rs):
-        return None
-    return "".join("#" if k == "d" else t.lower() for k, t in rs if k != "s")
+    return name_facts(name)[0]
 
 
-@lru_cache(maxsize=NAME_CACHE_SIZE)
 def serial(name: str) -> int | None:
     """The serial number: the last digit run (``None`` without digits).
 
     >>> serial("farm2_0042"), serial("minsu_kim")
     (42, None)
     """
-    digits = [t for k, t in _runs(name) if k == "d"]
-    return int(digits[-1][-9:]) if digits else None
+    return name_facts(name)[1]
 
 
-@lru_cache(maxsize=NAME_CACHE_SIZE)
 def normalise(name: str) -> str:
     """Lower-case letters, no separators, digit runs as one ``#`` (input of the n-grams).
 
     >>> normalise("Xiao_Pai-0017")
     'xiaopai#'
     """
-    return "".join("#" if k == "d" else t.lower() for k, t in _runs(name) if k != "s")
+    return name_facts(name)[2]
+
+
+@lru_cache(maxsize=NAME_CACHE_SIZE)
+def name_facts(name: str) -> tuple[str | None, int | None, str]:
+    """``(skeleton(name), serial(name), normalise(name))``, from one pass over the runs
+    and cached: the farm detector needs all three for every account it meets.
+
+    >>> name_facts("Xiao_Pai-017"), name_facts("minsu_kim")
+    (('xiaopai#', 17, 'xiaopai#'), (None, None, 'minsukim'))
+    """
+    parts = []
+    letters = 0
+    last = None  # the last digit run
+    for d, a, _ in _RUN.findall(unicodedata.normalize("NFKC", name)):
+        if d:
+            parts.append("#")
+            last = d
+        elif a:
+            parts.append(a.lower())
+            letters += len(a)
+    norm = "".join(parts)
+    if last is None:
+        return None, None, norm
+    return (norm if letters >= MIN_TEMPLATE_LETTERS else None), int(last[-9:]), norm
 
 
 def consecutive_runs(numbers: Iterable[int], min_len: int = 2) -> list[tuple[int, int]]:
@@ -187,17 +203,22 @@ def regularity(numbers: Sequence[int], max_gap: int = 2) -> float:
     return close / len(numbers)
 
 
-@lru_cache(maxsize=NAME_CACHE_SIZE)
 def ngrams(name: str, n: int = 3) -> frozenset[str]:
     """Padded character n-grams of the normalised name.
 
     >>> sorted(ngrams("ab1"))
     ['^ab', 'ab#', 'b#$']
     """
-    s = f"^{normalise(name)}$"
+    return _grams(normalise(name), n)
+
+
+@lru_cache(maxsize=NAME_CACHE_SIZE)
+def _grams(norm: str, n: int) -> frozenset[str]:
+    """:func:`ngrams` of a normalised name (names that normalise alike share an entry)."""
+    s = f"^{norm}$"
     if len(s) <= n:
         return frozenset({s})
-    return frozenset(s[i : i + n] for i in range(len(s) - n + 1))
+    return frozenset([s[i : i + n] for i in range(len(s) - n + 1)])
 
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -332,13 +353,16 @@ class NameIndex:
     def _signature(self, grams: frozenset[str]) -> tuple[tuple[int, tuple[int, ...]], ...]:
         return _lsh_bands(grams, self.bands, self.rows)
 
-    def assign(self, name: str) -> str:
-        """Cluster id of ``name`` (see the class docstring)."""
-        grams = ngrams(name, self.n)
-        norm = normalise(name)
-        if norm in self._clusters:
-            self._clusters.move_to_end(norm)
+    def assign(self, name: str, norm: str | None = None) -> str:
+        """Cluster id of ``name`` (see the class docstring); ``norm``: ``normalise(name)``
+        when the caller knows it already (e.g. a non-``None`` :func:`skeleton`)."""
+        if norm is None:
+            norm = normalise(name)
+        clusters = self._clusters
+        if norm in clusters:  # the common case: a name of a known cluster's founder form
+            clusters.move_to_end(norm)
             return norm
+        grams = _grams(norm, self.n)  # ngrams(name, self.n)
         bands = self._signature(grams)
         for band in bands:
             cid = self._buckets.get(band)
@@ -365,11 +389,31 @@ def _lsh_bands(grams: frozenset[str], bands: int, rows: int) -> tuple[tuple[int,
     """MinHash signature of ``grams`` cut into ``bands`` bands of ``rows`` hashes.
 
     Hash function ``i`` is CRC-32 seeded with the CRC-32 of ``i * 0x9E3779B1``
-    (8 bytes, little-endian): deterministic across processes.
+    (8 bytes, little-endian): deterministic across processes. The hashes of each
+    n-gram are remembered (:func:`_gram_hashes`): names share most of their n-grams.
     """
-    encoded = [g.encode() for g in grams]
-    mins = [min(zlib.crc32(g, seed) for g in encoded) for seed in _seed_crcs(bands * rows)]
+    count = bands * rows
+    mins = list(map(min, zip(*[_gram_hashes(g, count) for g in grams], strict=True)))
     return tuple((b, tuple(mins[b * rows : (b + 1) * rows])) for b in range(bands))
+
+
+#: ``(n-gram, count)`` -> its ``count`` seeded CRC-32 hashes (bounded: cleared when full)
+_GRAM_HASHES: dict[tuple[str, int], tuple[int, ...]] = {}
+_GRAM_HASHES_MAX = 1 << 14
+
+
+def _gram_hashes(gram: str, count: int) -> tuple[int, ...]:
+    """``zlib.crc32(gram.encode(), seed)`` for the first ``count`` seeds of :func:`_seed_crcs`."""
+    key = (gram, count)
+    out = _GRAM_HASHES.get(key)
+    if out is None:
+        encoded = gram.encode()
+        crc32 = zlib.crc32
+        out = tuple([crc32(encoded, seed) for seed in _seed_crcs(count)])
+        if len(_GRAM_HASHES) >= _GRAM_HASHES_MAX:
+            _GRAM_HASHES.clear()
+        _GRAM_HASHES[key] = out
+    return out
 
 
 @lru_cache(maxsize=64)

@@ -63,14 +63,17 @@ entries are evicted.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from pathsentry.config import Server
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
-from pathsentry.detectors.latency import AlertBook, BoundedLRU
+from pathsentry.detectors.injection import _IP_OBJECTS, _IP_TEXT, ip_text
+from pathsentry.detectors.latency import AlertBook
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
 from pathsentry.enrich.geo import GeoInfo, prefix_of
 from pathsentry.schemas import FlaggedEvent, Login, Traceroute
@@ -86,6 +89,53 @@ DEFAULTS: dict[str, Any] = {
     "alerts_max": 50_000,
     "hops_max": 100_000,
 }
+
+
+#: A hop verdict as a tuple: the fields of :class:`HopVerdict`, in order.
+_Verdict = tuple[int, str | None, str | None, int | None, float | None, int, str,
+                 float | None, float | None]
+_ttl_of = attrgetter("ttl")
+
+
+@dataclass(slots=True)
+class _Walk:
+    """The hops of one traceroute, gated (:meth:`RouteDetector._gate`)."""
+
+    verdicts: list[_Verdict] = field(default_factory=list)
+    trusted: list[_Verdict] = field(default_factory=list)
+    country_path: list[str] = field(default_factory=list)
+    asn_path: list[int] = field(default_factory=list)
+    gated: list[int] = field(default_factory=list)
+    #: index in ``trusted`` of the first home-country hop
+    first_home: int | None = None
+
+
+#: route signatures of recent (country path | ASN path | last foreign /24) texts, and the
+#: prefixes of recent hop addresses (bounded: cleared when full)
+_SIGNATURES: dict[str, str] = {}
+_PREFIXES: dict[str, str] = {}
+_SIGNATURES_MAX = 1 << 14
+
+
+def _prefix(ip: str) -> str:
+    """``prefix_of(ip)``, remembered."""
+    prefix = _PREFIXES.get(ip)
+    if prefix is None:
+        prefix = prefix_of(ip)
+        if len(_PREFIXES) >= _SIGNATURES_MAX:
+            _PREFIXES.clear()
+        _PREFIXES[ip] = prefix
+    return prefix
+
+
+def _signature(text: str) -> str:
+    sig = _SIGNATURES.get(text)
+    if sig is None:
+        sig = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        if len(_SIGNATURES) >= _SIGNATURES_MAX:
+            _SIGNATURES.clear()
+        _SIGNATURES[text] = sig
+    return sig
 
 
 @dataclass(slots=True)
@@ -105,6 +155,10 @@ class HopVerdict:
     @property
     def trusted(self) -> bool:
         return self.status == "ok" and self.country is not None
+
+    @classmethod
+    def _make(cls, fields: _Verdict) -> HopVerdict:
+        return cls(*fields)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ttl": self.ttl, "ip": self.ip, "country": self.country,
@@ -160,28 +214,36 @@ class RouteDetector(Detector):
         cfg = {**DEFAULTS, **ctx.settings(self.name)}
         self.min_samples = max(1, int(cfg["min_samples"]))
         self.home = {c.upper() for c in ctx.config.home_countries}
-        self.sessions: BoundedLRU[str, _Session] = BoundedLRU(cfg["sessions_max"])
+        # session memory, least recently used first (bounded by ``sessions_max``)
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        self.sessions_max = max(1, int(cfg["sessions_max"]))
         self.alerts = AlertBook(self.name, "route_anomaly", cfg["alerts_max"])
-        self.hops: BoundedLRU[str, _Hop] = BoundedLRU(cfg["hops_max"])
+        # geolocated hop addresses, least recently used first (a cache: its bound only
+        # costs lookups again)
+        self.hops: OrderedDict[str, _Hop] = OrderedDict()
+        self.hops_max = max(1, int(cfg["hops_max"]))
 
     def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
         event = ev.event
-        sid = event.session_id
         if isinstance(event, Login):
+            fields = event.__dict__  # (pydantic keeps the fields there; plain lookups are cheaper)
+            sid = fields["session_id"]
             if sid is None:
                 return None
-            sess = self.sessions.get_or_create(sid, _Session)
-            sess.account = event.account
-            sess.extra["server_id"] = event.server_id
-            sess.extra["login_event_id"] = event.event_id
+            sess = self._session(sid)
+            sess.account = account = fields["account"]
+            extra = sess.extra
+            extra["server_id"] = fields["server_id"]
+            extra["login_event_id"] = fields["event_id"]
             if sess.route is not None:
                 ev.notes["route"] = sess.route
             if sess.flag is not None and sess.flag.get("account") is None:
-                return self._emit_flag(sess, sess.flag, event.account)
+                return self._emit_flag(sess, sess.flag, account)
             return None
         if not isinstance(event, Traceroute):
             return None
-        sess = self.sessions.get_or_create(sid, _Session) if sid else _Session()
+        sid = event.session_id
+        sess = self._session(sid) if sid else _Session()
         if sess.account is not None:
             ev.notes["account"] = sess.account
         if "login_event_id" in sess.extra:
@@ -211,6 +273,24 @@ class RouteDetector(Detector):
         sess.flag = flag
         return self._emit_flag(sess, flag, account)
 
+    def _session(self, sid: str) -> _Session:
+        """The session's memory, created if new; most recently used; the least recently
+        used evicted beyond ``sessions_max``."""
+        sess = self.sessions.get(sid)
+        if sess is None:
+            sess = _Session()
+            self._put(sid, sess)
+        else:
+            self.sessions.move_to_end(sid)
+        return sess
+
+    def _put(self, sid: str, sess: _Session) -> None:
+        sessions = self.sessions
+        sessions[sid] = sess
+        sessions.move_to_end(sid)
+        while len(sessions) > self.sessions_max:
+            sessions.popitem(last=False)
+
     # -- analysis -----------------------------------------------------------------
 
     def _anchor(self, ev: Enriched, tr: Traceroute, sess: _Session) -> tuple[Server | None, str]:
@@ -229,46 +309,49 @@ class RouteDetector(Detector):
     def _analyse(
         self, ev: Enriched, tr: Traceroute, sess: _Session
     ) -> tuple[dict[str, Any], list[HopVerdict], tuple[float, list[str]] | None]:
-        hops = sorted(tr.hops, key=lambda h: h.ttl)
+        """The route note, and for a flagged route its hop verdicts and (score, reasons)."""
+        hops = sorted(tr.hops, key=_ttl_of)
         if tr.direction == "server_to_client":
             hops.reverse()  # origin (client end) first
         anchor, mode = self._anchor(ev, tr, sess)
         # client-run traceroutes: the destination's own RTT widens every bound
         dest_ms = 0.0
         if mode == "destination":
-            tail = [h for h in hops if len(h.rtt_ms) >= self.min_samples]
-            dest_ms = median(list(tail[-1].rtt_ms)) if tail else 0.0
-        verdicts = [self._gate(h.ttl, h.ip, list(h.rtt_ms), anchor, dest_ms) for h in hops]
-        trusted = [v for v in verdicts if v.trusted]
-        country_path = compress([v.country for v in trusted])
-        asn_path = compress([v.asn for v in trusted if v.asn is not None])
-        first_home = next((i for i, v in enumerate(trusted) if v.country in self.home), None)
+            for h in reversed(hops):  # the last hop with enough samples
+                if len(h.rtt_ms) >= self.min_samples:
+                    dest_ms = median(list(h.rtt_ms))
+                    break
+        walk = self._gate(hops, anchor, dest_ms)
+        verdicts, trusted, first_home = walk.verdicts, walk.trusted, walk.first_home
+        country_path, asn_path = walk.country_path, walk.asn_path
         foreign = trusted[:first_home] if first_home is not None else []
-        last_foreign = prefix_of(foreign[-1].ip) if foreign and foreign[-1].ip else None
+        last_ip = foreign[-1][1] if foreign else None
+        last_foreign = _prefix(last_ip) if last_ip else None
         claimed_home = (ev.geo.country or "").upper() in self.home
         foreign_origin = bool(foreign) and claimed_home
         sig_src = f"{'>'.join(country_path)}|{'>'.join(map(str, asn_path))}|{last_foreign or ''}"
         route: dict[str, Any] = {
-            "signature": hashlib.blake2b(sig_src.encode(), digest_size=8).hexdigest(),
+            "signature": _signature(sig_src),
             "country_path": country_path,
             "asn_path": asn_path,
             "foreign_origin": foreign_origin,
-            "gated_hops": [v.ttl for v in verdicts if v.status == "gated"],
+            "gated_hops": walk.gated,
             "last_foreign_prefix": last_foreign,
             "gate": mode,
         }
         if not foreign_origin:
-            return route, verdicts, None
+            return route, [], None
         path = " → ".join(country_path)
         reasons = [f"foreign origin before a home-country exit: {path}"]
-        for v in foreign:
+        for v in map(HopVerdict._make, foreign):
             reasons.append(
                 f"hop {v.ttl} {v.ip} in {v.country} (AS{v.asn}) at {v.median_ms:.1f} ms "
                 f"median: within its {v.bound_km:.0f} km RTT bound"
                 if v.median_ms is not None and v.bound_km is not None else
                 f"hop {v.ttl} {v.ip} in {v.country} (AS{v.asn})"
             )
-        gated = [v for v in verdicts if v.status == "gated"]
+        hop_verdicts = [HopVerdict._make(v) for v in verdicts]
+        gated = [v for v in hop_verdicts if v.status == "gated"]
         if gated:
             reasons.append("ignored as squatted/mis-geolocated: " + ", ".join(
                 f"hop {v.ttl} ({v.country}, {v.distance_km:.0f} km > {v.bound_km:.0f} km bound)"
@@ -276,43 +359,78 @@ class RouteDetector(Detector):
             ))
         n_foreign = len(foreign)
         score = min(0.97, 0.8 + 0.06 * (n_foreign - 1) + (0.05 if mode != "none" else 0.0))
-        return route, verdicts, (round(score, 4), reasons)
+        return route, hop_verdicts, (round(score, 4), reasons)
 
-    def _gate(
-        self, ttl: int, ip: Any, samples: list[float], anchor: Server | None, dest_ms: float
-    ) -> HopVerdict:
-        v = HopVerdict(ttl=ttl, ip=str(ip) if ip is not None else None, samples=len(samples))
-        if v.ip is None:
-            v.status = "silent"
-            return v
-        hop = self.hops.get(v.ip)
-        if hop is None:
-            hop = _Hop(self.ctx.geo.lookup(ip))
-            self.hops.put(v.ip, hop)
-        geo = hop.geo
-        if geo.kind == "private":
-            v.status = "private"
-            return v
-        v.country, v.asn = geo.country, geo.asn
-        if geo.country is None:
-            v.status = "unknown"
-            return v
-        if len(samples) < self.min_samples:
-            v.status = "unverified"
-            return v
-        v.median_ms = median(samples)
-        if anchor is None or geo.lat is None or geo.lon is None:
-            return v
-        v.bound_km = (v.median_ms + dest_ms) * KM_PER_MS_RTT + HOP_SLACK_KM.get(
-            geo.precision, 1000.0
-        )
-        dist = hop.distance_km.get(anchor.id)
-        if dist is None:
-            dist = hop.distance_km[anchor.id] = great_circle_km(anchor.lat, anchor.lon, geo.lat, geo.lon)
-        v.distance_km = dist
-        if v.distance_km > v.bound_km:
-            v.status = "gated"
-        return v
+    def _gate(self, hops: list[Any], anchor: Server | None, dest_ms: float) -> _Walk:
+        """Each hop's verdict, as the fields of a :class:`HopVerdict` (one is only made
+        for the hops of a flagged route), and the trusted hops' compressed paths."""
+        cache = self.hops
+        lookup = self.ctx.geo.lookup
+        min_samples = self.min_samples
+        home = self.home
+        walk = _Walk()
+        out, trusted, gated = walk.verdicts, walk.trusted, walk.gated
+        cpath, apath = walk.country_path, walk.asn_path
+        for h in hops:
+            ttl, ip, samples = h.ttl, h.ip, h.rtt_ms
+            n = len(samples)
+            if ip is None:
+                out.append((ttl, None, None, None, None, n, "silent", None, None))
+                continue
+            text = _IP_TEXT[id(ip)] if _IP_OBJECTS.get(id(ip)) is ip else ip_text(ip)
+            hop = cache.get(text)
+            if hop is None:
+                hop = cache[text] = _Hop(lookup(ip))
+                if len(cache) > self.hops_max:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(text)
+            geo = hop.geo
+            if geo.kind == "private":
+                out.append((ttl, text, None, None, None, n, "private", None, None))
+                continue
+            country, asn = geo.country, geo.asn
+            if country is None:
+                out.append((ttl, text, None, asn, None, n, "unknown", None, None))
+                continue
+            if n < min_samples:
+                out.append((ttl, text, country, asn, None, n, "unverified", None, None))
+                continue
+            # median(samples), inline (physics.quantile at 0.5; n >= min_samples >= 1)
+            srt = sorted(samples)
+            if n == 1:
+                median_ms = srt[0]
+            else:
+                pos = 0.5 * (n - 1)
+                lo = int(pos)
+                hi = lo + 1 if lo + 1 < n - 1 else n - 1  # min(lo + 1, n - 1)
+                median_ms = srt[lo] + (srt[hi] - srt[lo]) * (pos - lo)
+            v: _Verdict
+            if anchor is None or geo.lat is None or geo.lon is None:
+                v = (ttl, text, country, asn, median_ms, n, "ok", None, None)
+            else:
+                bound_km = (median_ms + dest_ms) * KM_PER_MS_RTT + HOP_SLACK_KM.get(
+                    geo.precision, 1000.0
+                )
+                dist = hop.distance_km.get(anchor.id)
+                if dist is None:
+                    dist = hop.distance_km[anchor.id] = great_circle_km(
+                        anchor.lat, anchor.lon, geo.lat, geo.lon)
+                if dist > bound_km:
+                    out.append((ttl, text, country, asn, median_ms, n, "gated", bound_km, dist))
+                    gated.append(ttl)
+                    continue
+                v = (ttl, text, country, asn, median_ms, n, "ok", bound_km, dist)
+            out.append(v)
+            # a trusted hop (ok, with a country): the paths as compress() makes them
+            if walk.first_home is None and country in home:
+                walk.first_home = len(trusted)
+            trusted.append(v)
+            if not cpath or cpath[-1] != country:
+                cpath.append(country)
+            if asn is not None and (not apath or apath[-1] != asn):
+                apath.append(asn)
+        return walk
 
     # -- output -------------------------------------------------------------------
 
@@ -357,6 +475,6 @@ class RouteDetector(Detector):
             return
         self.sessions.clear()
         for key, row in state.get("sessions", []):
-            self.sessions.put(key, _Session(row["account"], row["route"], row["flag"],
-                                            dict(row.get("extra") or {})))
+            self._put(key, _Session(row["account"], row["route"], row["flag"],
+                                    dict(row.get("extra") or {})))
         self.alerts.load_state(state.get("alerts", []))
