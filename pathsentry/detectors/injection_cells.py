@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo
 
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
-from pathsentry.detectors.injection import NOTES_KEY, ip_text, settings_from
+from pathsentry.detectors.injection import NOTES_KEY, settings_from
 from pathsentry.schemas import Alert, HttpProbe, make_alert_id, severity_for
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 ALL = "*"
-_NO_LINES: frozenset[str] = frozenset()
 #: The pooled cell of the lines already found bad (prefixes with a bad cell).
 LINES = "+"
 #: The hour of a line's all-day cell ``(prefix, port, ANY_HOUR)``.
@@ -99,9 +98,7 @@ def _wilson(k: int, n: int, z: float, sign: float) -> float:
     z2 = z * z
     centre = p + z2 / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    x = (centre + sign * spread) / (1 + z2 / n)
-    x = x if x > 0.0 else 0.0  # min(1.0, max(0.0, x)), without the builtins' overhead
-    return x if x < 1.0 else 1.0
+    return min(1.0, max(0.0, (centre + sign * spread) / (1 + z2 / n)))
 
 
 def wilson_lower(k: int, n: int, z: float = 1.96) -> float:
@@ -156,19 +153,15 @@ class _Cell:
 
     def add(self, client: str, bad: bool, ts: float, event_id: str, s: CellSettings) -> None:
         self.n += 1
-        if ts < self.first:
-            self.first = ts
-        if ts > self.last:
-            self.last = ts
+        self.first, self.last = min(self.first, ts), max(self.last, ts)
         if len(self.clients) < s.max_clients:
             self.clients.add(client)
         if not bad:
             return
         self.k += 1
-        if ts < self.first_suspect:
-            self.first_suspect = ts
-        if ts > self.last_suspect:
-            self.last_suspect = ts
+        self.first_suspect, self.last_suspect = min(self.first_suspect, ts), max(
+            self.last_suspect, ts
+        )
         if len(self.suspect_clients) < s.max_clients:
             self.suspect_clients.add(client)
         if len(self.examples) < s.max_examples:
@@ -219,16 +212,6 @@ class _Group:
     lines: frozenset[str] | None = None
     #: ``bad`` changed since the alert signature was last looked at (not persisted)
     moved: bool = True
-    #: at most the smallest ``last`` of ``cells`` and ``tls`` (derived, not persisted):
-    #: no cell expires before the idle horizon passes it
-    floor: float = -math.inf
-    #: counts changes (events, expired cells) and the one at which :meth:`flush` last
-    #: found nothing to refresh for ``published`` (derived, not persisted)
-    rev: int = 0
-    checked: tuple[int, _Published] | None = None
-    #: views of ``bad`` (derived, not persisted; reset when ``bad`` changes): the bad
-    #: non-pooled keys by ``(prefix, hour)``, and the ports of all bad keys
-    views: tuple[dict[TlsKey, list[CellKey]], frozenset[int]] | None = None
 
     def mark_bad(self, key: CellKey, bad: bool) -> None:
         if bad == (key in self.bad):
@@ -238,18 +221,7 @@ class _Group:
         else:
             self.bad.discard(key)
         self.lines = None
-        self.views = None
         self.moved = True
-
-    def bad_views(self) -> tuple[dict[TlsKey, list[CellKey]], frozenset[int]]:
-        views = self.views
-        if views is None:
-            at: dict[TlsKey, list[CellKey]] = {}
-            for k in self.bad:
-                if k[0] != LINES:
-                    at.setdefault((k[0], k[2]), []).append(k)
-            views = self.views = (at, frozenset(k[1] for k in self.bad))
-        return views
 
     def to_json(self) -> dict[str, Any]:
         pub = self.published
@@ -273,7 +245,7 @@ class _Group:
             g.cells[(p, port, hour)] = _Cell.from_json(c)
         for p, hour, c in d["tls"]:
             g.tls[(p, hour)] = _Cell.from_json(c)
-        g.bad = {(p, port, hour) for p, port, hour in d["bad"]}  # (views: derived lazily)
+        g.bad = {(p, port, hour) for p, port, hour in d["bad"]}
         pub = d["published"]
         if pub is not None:
             ports, hours, prefixes = pub["signature"]
@@ -295,12 +267,9 @@ def _touch(table: OrderedDict[Any, _Cell], key: Any, cap: int) -> _Cell:
     return cell
 
 
-def _expire(table: OrderedDict[Any, _Cell], horizon: float) -> int:
-    """Drop the cells idle since before ``horizon``; how many were dropped."""
-    old = [k for k, c in table.items() if c.last < horizon]
-    for key in old:
+def _expire(table: OrderedDict[Any, _Cell], horizon: float) -> None:
+    for key in [k for k, c in table.items() if c.last < horizon]:
         del table[key]
-    return len(old)
 
 
 def _union(a: Signature, b: Signature) -> Signature:
@@ -337,17 +306,11 @@ def _distinct_at_least(sets: Iterable[set[str]], m: int) -> bool:
     """Whether the union of ``sets`` holds at least ``m`` items (stops once it does)."""
     if m <= 0:
         return True
-    seen: set[str] | None = None
+    seen: set[str] = set()
     for x in sets:
-        if len(x) >= m:  # one set is enough (and the common case: no copy)
+        seen |= x
+        if len(seen) >= m:
             return True
-        if x:
-            if seen is None:
-                seen = set(x)
-            else:
-                seen |= x
-            if len(seen) >= m:
-                return True
     return False
 
 
@@ -366,25 +329,13 @@ class InjectionCellDetector(Detector):
         self.tz: tzinfo | None = ZoneInfo(zone) if zone else None
         self.groups: OrderedDict[str, _Group] = OrderedDict()
         self._tz_labels: dict[timedelta | None, str] = {}
-        #: at most the smallest ``last`` of the groups: none is idle before the horizon
-        #: passes it
-        self._floor = math.inf
-        self._asn_keys: dict[int, tuple[str]] = {}
 
     # -- partitioning -------------------------------------------------------------
 
     def group_keys(self, ev: Enriched) -> Iterable[str]:
         if NOTES_KEY not in ev.notes:
             return ()
-        asn = ev.geo.asn
-        if asn is None:
-            return (f"net:{ev.prefix}",)
-        keys = self._asn_keys.get(asn)  # one key object per ASN: no formatting, hash kept
-        if keys is None:
-            keys = (f"asn:{asn}",)
-            if len(self._asn_keys) < self.settings.max_groups:
-                self._asn_keys[asn] = keys
-        return keys
+        return (f"asn:{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}",)
 
     # -- per event ------------------------------------------------------------------
 
@@ -395,93 +346,37 @@ class InjectionCellDetector(Detector):
             return None
         key = key if key is not None else next(iter(self.group_keys(ev)))
         s = self.settings
-        ts = ev.ts
+        ts = probe.ts.timestamp()
         group = self._group(key, ev, ts)
-        group.rev += 1
-        if ts < group.floor:  # every cell touched below ends with ``last >= ts``
-            group.floor = ts
         local = probe.ts.astimezone(self.tz) if self.tz is not None else probe.ts
         group.tz_label = s.timezone or self._tz_label(local)
-        hour, client = local.hour, ip_text(probe.src_ip)
-        prefix, event_id, cap = ev.prefix, probe.event_id, s.max_cells
-        tls = verdict["tls"]
-        cell: _Cell | None
-        if tls:
-            anomalous = bool(verdict["path_anomaly"])
-            tls_cells = group.tls
-            views = ((prefix, hour), (ALL, hour), (prefix, ANY_HOUR))
-            for view in views:
-                cell = tls_cells.get(view)
-                if cell is None:
-                    cell = _touch(tls_cells, view, cap)
-                else:
-                    tls_cells.move_to_end(view)
-                cell.add(client, anomalous, ts, event_id, s)
-            # the bad plaintext cells these TLS counts are the control of
-            if group.bad:
-                at = group.bad_views()[0]
-                self._judge(group, [k for view in views for k in at.get(view, ())], _NO_LINES)
+        hour, client = local.hour, str(probe.src_ip)
+        touched: list[CellKey] = []
+        if verdict["tls"]:
+            for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
+                _touch(group.tls, (p, h), s.max_cells).add(
+                    client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
+                touched.extend(k for k in group.bad if (k[0], k[2]) == (p, h))
         else:
             suspect = bool(verdict["suspect"])
             if suspect and ev.account and ev.account not in group.accounts \
                     and len(group.accounts) < s.max_alert_accounts:
                 group.accounts.append(ev.account)
-            port = probe.target.port
-            cells = group.cells
-            touched = ((prefix, port, hour), (ALL, port, hour), (prefix, port, ANY_HOUR))
-            max_clients = s.max_clients
-            # judging a cell reads that cell and TLS counts only: each can be judged right
-            # after its update, unless the table is so small (``cap < 3``) that touching
-            # the next cell may evict it -- then all are updated first
-            at_once = cap >= 3
-            bad_now = group.bad
-            min_probes, min_clients = s.min_probes, s.min_suspect_clients
-            for cell_key in touched:
-                cell = cells.get(cell_key)
-                if cell is None:
-                    cell = _touch(cells, cell_key, cap)
-                else:
-                    cells.move_to_end(cell_key)
-                if suspect:
-                    cell.add(client, suspect, ts, event_id, s)
-                else:  # _Cell.add without the suspect part
-                    cell.n += 1
-                    if ts < cell.first:
-                        cell.first = ts
-                    if ts > cell.last:
-                        cell.last = ts
-                    if len(cell.clients) < max_clients:
-                        cell.clients.add(client)
-                # _judge, with _bad's first tests inline: most cells are short of probes or
-                # of suspect clients, and were not bad before either
-                if at_once and (cell_key in bad_now or (cell.n >= min_probes and (
-                        min_clients <= 0 or len(cell.suspect_clients) >= min_clients))):
-                    bad = self._bad(group, cell_key, _NO_LINES)
-                    if bad != (cell_key in bad_now):
-                        group.mark_bad(cell_key, bad)
-            if not at_once:
-                for cell_key in touched:
-                    one = cells.get(cell_key)
-                    if cell_key not in bad_now and (
-                            one is None or one.n < min_probes
-                            or (min_clients > 0 and len(one.suspect_clients) < min_clients)):
-                        continue
-                    bad = self._bad(group, cell_key, _NO_LINES)
-                    if bad != (cell_key in bad_now):
-                        group.mark_bad(cell_key, bad)
+            for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
+                cell_key = (p, probe.target.port, h)
+                _touch(group.cells, cell_key, s.max_cells).add(
+                    client, suspect, ts, probe.event_id, s)
+                touched.append(cell_key)
+        self._judge(group, touched, set())
         lines = self._lines(group)
-        if lines:
-            if lines != group.pooled:  # new lines: re-judge every pooled cell
-                group.pooled = lines
-                pooled = {(LINES, p, h) for p_, p, h in group.cells
-                          if p_ in lines and h != ANY_HOUR}
-            elif tls:
-                pooled = {(LINES, p, hour) for p in group.bad_views()[1]}
-            else:
-                pooled = {(LINES, probe.target.port, hour)}
-            self._judge(group, pooled, lines)
-        elif group.pooled:
+        if lines != group.pooled:  # new lines: re-judge every pooled cell
             group.pooled = lines
+            pooled = {(LINES, p, h) for p_, p, h in group.cells if p_ in lines and h != ANY_HOUR}
+        elif verdict["tls"]:
+            pooled = {(LINES, k[1], hour) for k in group.bad}
+        else:
+            pooled = {(LINES, probe.target.port, hour)}
+        self._judge(group, pooled if lines else set(), lines)
         if not group.moved:
             # the bad cells are those of the last look: an alert already covers them
             return None
@@ -505,24 +400,17 @@ class InjectionCellDetector(Detector):
     def _group(self, key: str, ev: Enriched, ts: float) -> _Group:
         group = self.groups.get(key)
         if group is None:
-            group = self.groups[key] = _Group(asn=ev.geo.asn, as_name=ev.geo.as_name,
-                                              floor=math.inf)
+            group = self.groups[key] = _Group(asn=ev.geo.asn, as_name=ev.geo.as_name)
             while len(self.groups) > self.settings.max_groups:
                 self.groups.popitem(last=False)
-            group.last = max(group.last, ts)
-            self._floor = min(self._floor, group.last)
-            return group
-        self.groups.move_to_end(key)
-        if ts > group.last:  # max()
-            group.last = ts
+        else:
+            self.groups.move_to_end(key)
+        group.last = max(group.last, ts)
         return group
 
     def _judge(self, group: _Group, keys: Iterable[CellKey], lines: Set[str]) -> None:
-        bad_now = group.bad
         for cell_key in keys:
-            bad = self._bad(group, cell_key, lines)
-            if bad != (cell_key in bad_now):
-                group.mark_bad(cell_key, bad)
+            group.mark_bad(cell_key, self._bad(group, cell_key, lines))
 
     @staticmethod
     def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> _Cell:
@@ -559,44 +447,23 @@ class InjectionCellDetector(Detector):
         """
         s = self.settings
         prefix, port, hour = key
-        m = s.min_suspect_clients
         if prefix == LINES:
-            n = k = 0
-            cells = []
-            get = group.cells.get
-            for p in lines:
-                c = get((p, port, hour))
-                if c is not None:
-                    n += c.n
-                    k += c.k
-                    cells.append(c.suspect_clients)
-            if n < s.min_probes or (m > 0 and not _distinct_at_least(cells, m)):
-                return False
-        else:  # one cell
+            cells = [c for c in (group.cells.get((p, port, hour)) for p in lines) if c is not None]
+        else:
             one = group.cells.get(key)
-            if one is None:
-                n = k = 0
-            else:
-                n, k = one.n, one.k
-            if n < s.min_probes or (m > 0 and (one is None or len(one.suspect_clients) < m)):
-                return False
-        z = s.z
-        lower = _wilson(k, n, z, -1.0)
+            cells = [one] if one is not None else []
+        n, k = _sum(cells)
+        if n < s.min_probes or not _distinct_at_least(
+                (c.suspect_clients for c in cells), s.min_suspect_clients):
+            return False
+        lower = wilson_lower(k, n, s.z)
         if lower < s.min_rate:
             return False
-        n_tls = k_tls = 0
         if prefix == LINES:
-            get_tls = group.tls.get
-            for p in lines:
-                t = get_tls((p, hour))
-                if t is not None:
-                    n_tls += t.n
-                    k_tls += t.k
+            n_tls, k_tls = _sum(group.tls.get((p, hour)) for p in lines)
         else:
-            t = group.tls.get((prefix, hour))
-            if t is not None:
-                n_tls, k_tls = t.n, t.k
-        return n_tls < s.min_tls_probes or _wilson(k_tls, n_tls, z, 1.0) < lower
+            n_tls, k_tls = _sum([group.tls.get((prefix, hour))])
+        return n_tls < s.min_tls_probes or wilson_upper(k_tls, n_tls, s.z) < lower
 
     # -- the alert --------------------------------------------------------------------
 
@@ -683,37 +550,22 @@ class InjectionCellDetector(Detector):
     # -- time, state ------------------------------------------------------------------
 
     def flush(self, now: float) -> Findings | None:
-        """Drop idle groups and cells; refresh alerts whose counts moved.
-
-        Cheap when nothing is due: cells are only scanned once the idle horizon
-        passes a group's ``floor``, and a published alert is only re-examined when
-        its group changed since the last look.
-        """
+        """Drop idle groups and cells; refresh alerts whose counts moved."""
         s = self.settings
         out = Findings()
         horizon = now - s.idle_ttl_s
-        if horizon > self._floor:
-            for key in [k for k, g in self.groups.items() if g.last < horizon]:
-                del self.groups[key]
-            self._floor = min((g.last for g in self.groups.values()), default=math.inf)
+        for key in [k for k, g in self.groups.items() if g.last < horizon]:
+            del self.groups[key]
         for key, group in self.groups.items():
-            if horizon > group.floor:
-                if _expire(group.cells, horizon) + _expire(group.tls, horizon):
-                    group.rev += 1
-                group.floor = min(min((c.last for c in group.cells.values()), default=math.inf),
-                                  min((c.last for c in group.tls.values()), default=math.inf))
+            _expire(group.cells, horizon)
+            _expire(group.tls, horizon)
             pub = group.published
             if pub is None or now - pub.ts < s.refresh_s:
                 continue
-            if group.checked is not None and group.checked[0] == group.rev \
-                    and group.checked[1] is pub:
-                continue  # nothing moved since the last look found nothing to refresh
             signature = _union(pub.signature, self._signature(group))
             (_, k_in), _, _ = self._contrast(group, set(signature[0]), set(signature[1]))
             if k_in != pub.suspects or signature != pub.signature:
                 out.alerts.append(self._publish(key, group, now, signature))
-            else:
-                group.checked = (group.rev, pub)
         return out or None
 
     def state(self) -> dict[str, Any]:
@@ -723,7 +575,6 @@ class InjectionCellDetector(Detector):
         self.groups = OrderedDict(
             (k, _Group.from_json(g)) for k, g in state.get("groups", {}).items()
         )
-        self._floor = -math.inf  # unknown: the next flush looks
 
 
 def _dt(ts: float) -> datetime:
