@@ -809,6 +809,9 @@ def create_app(
         broker_request_timeout=max(40.0, session_timeout * 3),
         broker_rebalance_timeout=max(10.0, session_timeout * 2),
         broker_commit_interval=0.5,
+        # the outbox decides when an event is durable; what is not acknowledged at a rebalance
+        # or a stop is re-read by the partition's next owner, so Faust need not wait for it
+        stream_wait_empty=False,
         consumer_max_fetch_size=16 << 20,
         consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         producer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
