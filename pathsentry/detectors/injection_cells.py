@@ -19,7 +19,9 @@ A cell is *confidently bad* when
   them, the Wilson *upper* bound of their anomaly rate must stay below the plaintext
   lower bound.
 
-Cells are re-judged whenever their plaintext or TLS counts move.
+Cells are re-judged whenever their plaintext or TLS counts move. A cell dropped from
+state (idle longer than ``idle_ttl_s``, or beyond ``max_cells``) is no longer bad, and
+the pooled cells it was summed into are judged again without it.
 
 Events are partitioned by ASN (:meth:`InjectionCellDetector.group_keys`), so all the
 cells of one ISP meet on one worker and the SOC gets one ``injection_cell`` alert per
@@ -255,21 +257,29 @@ class _Group:
         return g
 
 
-def _touch(table: OrderedDict[Any, _Cell], key: Any, cap: int) -> _Cell:
-    """The cell at ``key`` (created if new), most recently used; evict beyond ``cap``."""
+def _touch(
+    table: OrderedDict[Any, _Cell], key: Any, cap: int, evicted: list[Any] | None = None
+) -> _Cell:
+    """The cell at ``key`` (created if new), most recently used; evict beyond ``cap``
+    (the keys evicted are appended to ``evicted``)."""
     cell = table.get(key)
     if cell is None:
         cell = table[key] = _Cell()
         while len(table) > cap:
-            table.popitem(last=False)
+            gone, _ = table.popitem(last=False)
+            if evicted is not None:
+                evicted.append(gone)
     else:
         table.move_to_end(key)
     return cell
 
 
-def _expire(table: OrderedDict[Any, _Cell], horizon: float) -> None:
-    for key in [k for k, c in table.items() if c.last < horizon]:
+def _expire(table: OrderedDict[Any, _Cell], horizon: float) -> list[Any]:
+    """Drop the cells idle since before ``horizon``; return their keys."""
+    gone = [k for k, c in table.items() if c.last < horizon]
+    for key in gone:
         del table[key]
+    return gone
 
 
 def _union(a: Signature, b: Signature) -> Signature:
@@ -352,6 +362,7 @@ class InjectionCellDetector(Detector):
         group.tz_label = s.timezone or self._tz_label(local)
         hour, client = local.hour, str(probe.src_ip)
         touched: list[CellKey] = []
+        evicted: list[CellKey] = []
         if verdict["tls"]:
             for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
                 _touch(group.tls, (p, h), s.max_cells).add(
@@ -364,19 +375,24 @@ class InjectionCellDetector(Detector):
                 group.accounts.append(ev.account)
             for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
                 cell_key = (p, probe.target.port, h)
-                _touch(group.cells, cell_key, s.max_cells).add(
+                _touch(group.cells, cell_key, s.max_cells, evicted).add(
                     client, suspect, ts, probe.event_id, s)
                 touched.append(cell_key)
+        if evicted:
+            self._drop(group, evicted)
         self._judge(group, touched, set())
         lines = self._lines(group)
-        if lines != group.pooled:  # new lines: re-judge every pooled cell
+        if lines != group.pooled:  # other lines: re-judge every pooled cell
             group.pooled = lines
             pooled = {(LINES, p, h) for p_, p, h in group.cells if p_ in lines and h != ANY_HOUR}
+            pooled.update(k for k in group.bad if k[0] == LINES)  # also those of lines gone
+        elif not lines:
+            pooled = set()
         elif verdict["tls"]:
             pooled = {(LINES, k[1], hour) for k in group.bad}
         else:
             pooled = {(LINES, probe.target.port, hour)}
-        self._judge(group, pooled if lines else set(), lines)
+        self._judge(group, pooled, lines)
         if not group.moved:
             # the bad cells are those of the last look: an alert already covers them
             return None
@@ -412,11 +428,18 @@ class InjectionCellDetector(Detector):
         for cell_key in keys:
             group.mark_bad(cell_key, self._bad(group, cell_key, lines))
 
+    def _drop(self, group: _Group, gone: Iterable[CellKey]) -> None:
+        """Cells no longer held (evicted, expired) are no longer bad; the bad pooled
+        cells, whose sums may have lost members or whole lines, are judged again."""
+        for key in gone:
+            group.mark_bad(key, False)
+        self._judge(group, [k for k in group.bad if k[0] == LINES], self._lines(group))
+
     @staticmethod
     def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> _Cell:
         prefix, port, hour = key
-        if prefix == LINES:
-            return _merge(group.cells.get((p, port, hour)) for p in lines)
+        if prefix == LINES:  # lines in order: the examples, hence event ids, are stable
+            return _merge(group.cells.get((p, port, hour)) for p in sorted(lines))
         return group.cells.get(key, _Cell())
 
     @staticmethod
@@ -453,7 +476,7 @@ class InjectionCellDetector(Detector):
             one = group.cells.get(key)
             cells = [one] if one is not None else []
         n, k = _sum(cells)
-        if n < s.min_probes or not _distinct_at_least(
+        if n <= 0 or n < s.min_probes or not _distinct_at_least(
                 (c.suspect_clients for c in cells), s.min_suspect_clients):
             return False
         lower = wilson_lower(k, n, s.z)
@@ -557,11 +580,13 @@ class InjectionCellDetector(Detector):
         for key in [k for k, g in self.groups.items() if g.last < horizon]:
             del self.groups[key]
         for key, group in self.groups.items():
-            _expire(group.cells, horizon)
+            gone = _expire(group.cells, horizon)
             _expire(group.tls, horizon)
+            if gone:
+                self._drop(group, gone)
             pub = group.published
-            if pub is None or now - pub.ts < s.refresh_s:
-                continue
+            if pub is None or now - pub.ts < s.refresh_s or not group.bad:
+                continue  # no cell is bad any more: the last version stands
             signature = _union(pub.signature, self._signature(group))
             (_, k_in), _, _ = self._contrast(group, set(signature[0]), set(signature[1]))
             if k_in != pub.suspects or signature != pub.signature:
@@ -575,6 +600,9 @@ class InjectionCellDetector(Detector):
         self.groups = OrderedDict(
             (k, _Group.from_json(g)) for k, g in state.get("groups", {}).items()
         )
+        for group in self.groups.values():
+            # a bad cell the snapshot does not hold cannot be shown: drop it
+            self._drop(group, [k for k in group.bad if k[0] != LINES and k not in group.cells])
 
 
 def _dt(ts: float) -> datetime:

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pathsentry.config import load_config
 from pathsentry.detectors import build_detectors
-from pathsentry.detectors.base import DetectorContext
+from pathsentry.detectors.base import DetectorContext, Enriched
+from pathsentry.detectors.injection import NOTES_KEY
 from pathsentry.detectors.injection_cells import InjectionCellDetector
 from pathsentry.engine import Engine
-from pathsentry.enrich.geo import CsvPrefixTable, GeoResolver
+from pathsentry.enrich.geo import CsvPrefixTable, GeoInfo, GeoResolver
 from pathsentry.schemas import Alert, parse_event
 from tests.fixtures import CDN_ORIGINS
 
@@ -32,6 +37,7 @@ GEO = """cidr,country,asn,as_name,lat,lon,kind
 INJECTING = ("203.0.113", "198.51.100")  # KT lines with the DPI box
 CLEAN_KT, SKB = ("100.64.1",), ("192.0.2", "100.65.2")
 CONFIG = CDN_ORIGINS
+ROOT = Path(__file__).resolve().parents[2]
 TARGETS = (("ws.example.com", 80, "ws", "ws_upgrade"), ("www.example.com", 8080, "http", "get"),
            ("ws.example.com", 443, "wss", "ws_upgrade"))
 
@@ -197,3 +203,210 @@ def test_sparse_lines_are_pooled_to_find_the_hours() -> None:
     kinds = {("line" if c["hour"] is None else c["prefix"]) for c in final.evidence["cells"]}
     assert "line" in kinds and "+" in kinds and kinds <= {"line", "+", "*"}
     assert final.evidence["contrast_on"] == "the alerted lines"
+
+
+# -- the detector driven directly: eviction, restore, stable event ids -------------------
+
+LINE_A, LINE_B, LINE_C = "203.0.113", "198.51.100", "100.64.1"
+
+
+def cell_detector(**settings: float | int | str) -> InjectionCellDetector:
+    extra = "[detectors.injection_cells]\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    cfg = load_config(text=CONFIG + extra, env={})
+    return InjectionCellDetector(DetectorContext(cfg, GeoResolver([])))
+
+
+def judged(n: int, line: str, host_no: int, ts: datetime, port: int = 80,
+           suspect: bool = True) -> Enriched:
+    """A probe as the session stage leaves it: the verdict in ``notes["injection"]``."""
+    target = next(t for t in TARGETS if t[1] == port)
+    tls = port == 443
+    probe = parse_event(make_probe(n, line, host_no, ts, target, forged=suspect and not tls))
+    notes = {NOTES_KEY: {"tls": tls, "suspect": suspect and not tls,
+                         "path_anomaly": suspect and tls}}
+    return Enriched(probe, GeoInfo(asn=4766, as_name="Korea Telecom"), f"{line}.0/24",
+                    notes=notes)
+
+
+def feed(det: InjectionCellDetector, events: list[Enriched]) -> list[Alert]:
+    out: list[Alert] = []
+    for ev in events:
+        found = det.process(ev)
+        if found is not None:
+            out.extend(found.alerts)
+    return out
+
+
+def forged(first: int, line: str, at: datetime, count: int = 4, port: int = 80) -> list[Enriched]:
+    """``count`` forged answers from two hosts of ``line``, one a minute from ``at``."""
+    return [judged(first + i, line, 1 + i % 2, at + timedelta(minutes=i), port)
+            for i in range(count)]
+
+
+def assert_consistent(det: InjectionCellDetector, alert: Alert | None = None) -> None:
+    """Every bad cell is one the detector still holds (pooled ones: with probes), and
+    an alert's evidence shows only cells with probes."""
+    for group in det.groups.values():
+        lines = InjectionCellDetector._lines(group)
+        for key in group.bad:
+            assert InjectionCellDetector._cell_at(group, key, lines).n > 0, key
+            assert key[0] == "+" or key in group.cells, key
+    if alert is not None:
+        assert alert.evidence["cells"]
+        for c in alert.evidence["cells"]:
+            assert c["probes"] >= 4 and 0 < c["rate"] <= 1, c
+
+
+def test_bad_cells_pushed_out_by_the_cell_cap_leave_the_alert() -> None:
+    det = cell_detector(min_probes=4, max_cells=4)
+    nine = DAY0 + timedelta(hours=9)
+    first = feed(det, forged(0, LINE_A, nine))
+    assert [a.version for a in first] == [1]
+    assert first[0].subject["prefixes"] == ["203.0.113.0/24"]
+    # line B's cells push line A's hourly cells (and the ASN-wide one) out of state
+    second = feed(det, forged(10, LINE_B, nine + timedelta(hours=1), port=8080))
+    assert [a.version for a in second] == [2]
+    alert = second[0]
+    assert_consistent(det, alert)
+    group = det.groups["asn:4766"]
+    assert ("203.0.113.0/24", 80, 9) not in group.cells
+    assert ("203.0.113.0/24", 80, 9) not in group.bad and ("*", 80, 9) not in group.bad
+    assert ("+", 80, 9) not in group.bad  # its only member is gone
+    assert {(c["prefix"], c["port"], c["hour"]) for c in alert.evidence["cells"]} == {
+        ("203.0.113.0/24", 80, None), ("198.51.100.0/24", 8080, None),
+        ("198.51.100.0/24", 8080, 10), ("*", 8080, 10), ("+", 8080, 10)}
+    # the subject only grows: what was alerted before stays listed
+    assert alert.subject["prefixes"] == ["198.51.100.0/24", "203.0.113.0/24"]
+    assert (alert.subject["ports"], alert.subject["hours"]) == ([80, 8080], "09–11")
+
+
+def test_idle_bad_cells_expire_and_the_last_version_stands() -> None:
+    det = cell_detector(min_probes=4, idle_ttl_s=3600.0, refresh_s=0.0)
+    nine = DAY0 + timedelta(hours=9)
+    assert [a.version for a in feed(det, forged(0, LINE_A, nine))] == [1]
+    # clean probes on line C keep the ASN alive while line A falls idle
+    eleven = nine + timedelta(hours=2)
+    feed(det, [judged(10 + i, LINE_C, 1 + i, eleven, suspect=False) for i in range(3)])
+    assert det.flush(eleven.timestamp()) is None  # nothing left to say: no new version
+    group = det.groups["asn:4766"]
+    assert group.bad == set() and group.cells  # line C's cells are still held
+    assert group.published is not None and group.published.version == 1
+    assert_consistent(det)
+    # line B turns bad later: the next version shows only cells still held
+    alerts = feed(det, forged(20, LINE_B, eleven + timedelta(minutes=5)))
+    assert [a.version for a in alerts] == [2]
+    assert_consistent(det, alerts[0])
+    assert {c["prefix"] for c in alerts[0].evidence["cells"]} == {"198.51.100.0/24", "*", "+"}
+    assert alerts[0].subject["prefixes"] == ["198.51.100.0/24", "203.0.113.0/24"]
+
+
+def test_refresh_after_some_cells_expired_lists_the_cells_still_held() -> None:
+    det = cell_detector(min_probes=4, idle_ttl_s=3600.0, refresh_s=0.0)
+    nine = DAY0 + timedelta(hours=9)
+    eleven = nine + timedelta(hours=2)
+    feed(det, forged(0, LINE_A, nine))
+    feed(det, forged(10, LINE_B, eleven))
+    refreshed = det.flush((eleven + timedelta(minutes=30)).timestamp())
+    assert refreshed is not None
+    [alert] = refreshed.alerts
+    assert alert.version == 3
+    assert_consistent(det, alert)
+    assert {c["prefix"] for c in alert.evidence["cells"]} == {"198.51.100.0/24", "*", "+"}
+    assert {c["hour"] for c in alert.evidence["cells"]} == {11, None}
+    assert alert.evidence["in_hours"] == {"probes": 4, "suspect": 4}
+
+
+def test_a_line_that_clears_takes_its_pooled_cells_along() -> None:
+    """Clean answers dilute line A until none of its cells is bad: the pooled cell of
+    the lines, which only ever held line A, is no longer bad either."""
+    det = cell_detector(min_probes=4, refresh_s=0.0)
+    nine = DAY0 + timedelta(hours=9)
+    assert [a.version for a in feed(det, forged(0, LINE_A, nine))] == [1]
+    clean = [judged(10 + i, LINE_A, 3 + i % 4, nine + timedelta(minutes=10 + i),
+                    suspect=False) for i in range(40)]
+    late = judged(60, LINE_A, 7, nine + timedelta(minutes=55))
+    assert feed(det, [*clean, late]) == []
+    assert det.groups["asn:4766"].bad == set()
+    assert det.flush((nine + timedelta(minutes=56)).timestamp()) is None
+    assert_consistent(det)
+
+
+def test_restored_state_keeps_processing_and_flushing() -> None:
+    settings: dict[str, float | int | str] = {
+        "min_probes": 4, "max_cells": 6, "idle_ttl_s": 3600.0, "refresh_s": 0.0}
+    nine = DAY0 + timedelta(hours=9)
+    before = [*forged(0, LINE_A, nine), *forged(10, LINE_B, nine + timedelta(minutes=20))]
+    after = [*forged(20, LINE_C, nine + timedelta(hours=1), port=8080),
+             *forged(30, LINE_B, nine + timedelta(hours=2, minutes=30))]
+    end = (nine + timedelta(hours=3)).timestamp()
+
+    straight = cell_detector(**settings)
+    expected = feed(straight, before + after)
+    flushed = straight.flush(end)
+    expected += flushed.alerts if flushed else []
+
+    first = cell_detector(**settings)
+    got = feed(first, before)
+    restored = cell_detector(**settings)
+    restored.load_state(json.loads(json.dumps(first.state())))
+    got += feed(restored, after)
+    flushed = restored.flush(end)
+    got += flushed.alerts if flushed else []
+    assert_consistent(restored)
+    assert [a.model_dump() for a in got] == [a.model_dump() for a in expected]
+    assert [a.version for a in got][-1] >= 3
+
+
+def test_a_snapshot_naming_cells_it_does_not_hold_is_restored_cleanly() -> None:
+    """A snapshot whose bad list names cells that are not in it (dropped before the
+    snapshot was taken) restores to the cells it does hold."""
+    det = cell_detector(min_probes=4, refresh_s=0.0)
+    nine = DAY0 + timedelta(hours=9)
+    feed(det, forged(0, LINE_A, nine))
+    state = json.loads(json.dumps(det.state()))
+    group = state["groups"]["asn:4766"]
+    group["cells"] = [c for c in group["cells"] if c[0] != "*"]
+    group["bad"] += [["198.51.100.0/24", 80, 9], ["+", 8080, 9]]
+    restored = cell_detector(min_probes=4, refresh_s=0.0)
+    restored.load_state(state)
+    assert_consistent(restored)
+    assert restored.groups["asn:4766"].bad == {
+        ("203.0.113.0/24", 80, 9), ("203.0.113.0/24", 80, -1), ("+", 80, 9)}
+    alerts = feed(restored, forged(10, LINE_A, nine + timedelta(minutes=10), count=2))
+    flushed = restored.flush((nine + timedelta(minutes=30)).timestamp())
+    assert flushed is not None
+    alerts += flushed.alerts
+    assert alerts and all(a.version >= 2 for a in alerts)
+    assert_consistent(restored, alerts[-1])
+
+
+def pooled_scenario() -> list[Alert]:
+    """Three lines forged in the same hour: the pooled cell sums all three."""
+    det = cell_detector(min_probes=4, max_examples=2, max_alert_events=20)
+    nine = DAY0 + timedelta(hours=9)
+    events = [judged(i * 3 + j, line, 1 + i % 2, nine + timedelta(minutes=i))
+              for i in range(4) for j, line in enumerate((LINE_C, LINE_A, LINE_B))]
+    return feed(det, events)
+
+
+def test_event_ids_follow_the_cells_and_the_lines_in_order() -> None:
+    final = pooled_scenario()[-1]
+    assert final.subject["prefixes"] == ["100.64.1.0/24", "198.51.100.0/24", "203.0.113.0/24"]
+    # "*" cell, then the pooled cell (lines in prefix order), then each line's cells
+    assert final.event_ids == ["p0", "p1", "p3", "p2", "p5", "p4"]
+
+
+SCENARIO = ("import json; from tests.detectors.test_injection_cells import pooled_scenario; "
+            "print(json.dumps([a.model_dump(mode='json') for a in pooled_scenario()]))")
+
+
+def test_alerts_do_not_depend_on_the_hash_seed() -> None:
+    outs = set()
+    for seed in ("0", "1", "2", "3"):
+        proc = subprocess.run([sys.executable, "-c", SCENARIO], capture_output=True, text=True,
+                              check=True, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed})
+        outs.add(proc.stdout)
+    assert len(outs) == 1
+    alerts = json.loads(outs.pop())
+    assert alerts and alerts[-1]["event_ids"] == pooled_scenario()[-1].event_ids
