@@ -15,7 +15,7 @@ from pathsentry.enrich import GeoResolver, build_resolver
 from pathsentry.enrich.enricher import Enricher
 from pathsentry.schemas import AnyEvent
 
-__all__ = ["Engine", "tune_gc"]
+__all__ = ["Engine", "GroupStage", "tune_gc"]
 
 
 def tune_gc() -> None:
@@ -27,6 +27,42 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+class GroupStage:
+    """The group-stage detectors of one group partition (a replay runs a single one).
+
+    In the stream each partition of the groups topic has its own, so that its state can
+    be saved and handed to the partition's next owner on its own.
+    """
+
+    def __init__(self, detectors: list[Detector]) -> None:
+        self.detectors = detectors
+        self._by_name = {d.name: d for d in detectors}
+        #: newest event time seen: windows close on the stage's own clock
+        self.ts = 0.0
+
+    def process(self, ev: Enriched, detector: str, key: str) -> Findings:
+        self.ts = max(self.ts, ev.ts)
+        det = self._by_name.get(detector)
+        return (det.process(ev, key) if det is not None else None) or Findings()
+
+    def flush(self) -> Findings:
+        out = Findings()
+        if self.ts:
+            for det in self.detectors:
+                out.extend(det.flush(self.ts))
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"ts": self.ts, "detectors": {d.name: d.state() for d in self.detectors}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.ts = max(self.ts, float(state.get("ts", 0.0)))
+        dets = state.get("detectors", {})
+        for d in self.detectors:
+            if d.name in dets:
+                d.load_state(dets[d.name])
 
 
 class Engine:
@@ -49,11 +85,16 @@ class Engine:
         # session stage (a repartition apart), so each stage's detectors are flushed
         # with their own clock: a group window must not expire before its events arrive.
         self.session_ts = 0.0
-        self.group_ts = 0.0
+        #: the group stage of a replay (the stream keeps one per group partition)
+        self.groups = GroupStage(self.group_detectors)
 
     @property
     def last_ts(self) -> float:
-        return max(self.session_ts, self.group_ts)
+        return max(self.session_ts, self.groups.ts)
+
+    def new_group_stage(self) -> GroupStage:
+        """Fresh group-stage detectors of the same kinds and settings as this engine's."""
+        return GroupStage([type(d)(self.ctx) for d in self.group_detectors])
 
     def session_stage(self, event: AnyEvent) -> tuple[Enriched, Findings]:
         ev = self.enricher.enrich(event)
@@ -73,31 +114,32 @@ class Engine:
         return routes
 
     def group_stage(self, ev: Enriched, detector: str, key: str) -> Findings:
-        self.group_ts = max(self.group_ts, ev.ts)
-        for det in self.group_detectors:
-            if det.name == detector:
-                return det.process(ev, key) or Findings()
-        return Findings()
+        return self.groups.process(ev, detector, key)
 
     def process(self, event: AnyEvent) -> Findings:
         ev, out = self.session_stage(event)
         for name, key in self.group_routes(ev):
-            out.extend(self.group_stage(ev, name, key))
+            out.extend(self.groups.process(ev, name, key))
+        return out
+
+    def flush_sessions(self) -> Findings:
+        """Let the session-stage detectors close what their event time has passed."""
+        out = Findings()
+        if self.session_ts:
+            for det in self.session_detectors:
+                out.extend(det.flush(self.session_ts))
         return out
 
     def flush(self) -> Findings:
         """Let every detector close what its own stage's event time has passed."""
-        out = Findings()
-        for det in self.session_detectors:
-            if self.session_ts:
-                out.extend(det.flush(self.session_ts))
-        for det in self.group_detectors:
-            if self.group_ts:
-                out.extend(det.flush(self.group_ts))
+        out = self.flush_sessions()
+        out.extend(self.groups.flush())
         return out
 
-    def state(self) -> dict[str, Any]:
-        return {d.name: d.state() for d in self.detectors}
+    def state(self, *, groups: bool = True) -> dict[str, Any]:
+        """Every detector's state (``groups=False``: the session stage's only)."""
+        dets = self.detectors if groups else self.session_detectors
+        return {d.name: d.state() for d in dets}
 
     def load_state(self, state: dict[str, Any]) -> None:
         for d in self.detectors:

@@ -195,8 +195,10 @@ async def create_topics(
     topics: dict[str, int],
     replication_factor: int = 1,
     client_kwargs: dict[str, object] | None = None,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[str]:
-    """Create the missing topics (name -> partitions); return the ones created."""
+    """Create the missing topics (name -> partitions, with ``configs`` per name); return
+    the ones created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client_kwargs or {}))
@@ -204,7 +206,7 @@ async def create_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, partitions, replication_factor)
+            NewTopic(name, partitions, replication_factor, topic_configs=(configs or {}).get(name))
             for name, partitions in topics.items()
             if name not in existing
         ]

@@ -47,7 +47,7 @@ from pydantic import ValidationError
 
 from pathsentry.config import Config
 from pathsentry.detectors import Enriched, Findings
-from pathsentry.engine import Engine
+from pathsentry.engine import Engine, GroupStage
 from pathsentry.infra.clickhouse import ClickHouse, is_read_only
 from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
 from pathsentry.streams.align import PartitionAligner
@@ -56,6 +56,7 @@ from pathsentry.streams.handoff import Handoff
 from pathsentry.streams.kafka import bootstrap_servers, client_kwargs, faust_credentials
 from pathsentry.streams.outbox import Delivery, Outbox, Pending
 from pathsentry.streams.sinks import ClickHouseSink
+from pathsentry.streams.state import StateStore
 from pathsentry.streams.topics import Topics
 from pathsentry.streams.watermarks import Gate, decode_claims, encode_claims
 
@@ -197,18 +198,27 @@ class Pipeline:
         self.state_path = Path(config.data_dir) / "state" / f"{worker_id}.json"
         self.producer: Any = None
         self._partitions: dict[str, int] = {}
+        #: the group-stage detectors of each owned partition of the groups topic
+        self.group_stages: dict[int, GroupStage] = {}
+        self.state_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
+                                      worker_id)
 
     def load_snapshot(self) -> None:
+        """Restore the session stage's detectors from this worker's last snapshot (the
+        group stage's state comes from the state topic, partition by partition)."""
         if self.state_path.exists():
             try:
-                self.engine.load_state(orjson.loads(self.state_path.read_bytes()))
+                state = orjson.loads(self.state_path.read_bytes())
+                self.engine.load_state({d.name: state[d.name] for d in self.engine.session_detectors
+                                        if d.name in state})
                 log.info("restored detector state from %s", self.state_path)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 log.warning("ignoring unreadable detector state %s: %s", self.state_path, e)
 
     def snapshot_bytes(self) -> bytes:
-        """Serialise the detectors' state (call on the event-loop thread: state is not locked)."""
-        return orjson.dumps(self.engine.state(), default=str)
+        """Serialise the session stage's state (call on the event-loop thread: state is not
+        locked)."""
+        return orjson.dumps(self.engine.state(groups=False), default=str)
 
     def write_snapshot(self, data: bytes) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +228,65 @@ class Pipeline:
 
     def save_snapshot(self) -> None:
         self.write_snapshot(self.snapshot_bytes())
+
+    # -- group partitions' state ----------------------------------------------------
+
+    async def own_groups(self, owned: list[int]) -> None:
+        """Make the group stages match the owned partitions of the groups topic: a newly
+        owned partition starts from its saved state, a partition given away is dropped
+        (it was saved when it was revoked). Nothing changes while a rebalance is under way."""
+        if not self.accepting():
+            return
+        for p in [p for p in self.group_stages if p not in owned]:
+            del self.group_stages[p]
+        new = [p for p in owned if p not in self.group_stages]
+        if not new:
+            return
+        t0 = time.perf_counter()
+        saved = await self.state_store.load(new)
+        for p in new:
+            stage = self.group_stages[p] = self.engine.new_group_stage()
+            if p in saved:
+                stage.load_state(saved[p])
+        log.info("group partitions %s: state restored for %s in %.0f ms", new, sorted(saved),
+                 (time.perf_counter() - t0) * 1000)
+
+    async def save_groups(self, partitions: Iterable[int]) -> None:
+        """Save the state of these group partitions to the state topic (each is a
+        consistent cut: a stage's state only changes between awaits)."""
+        t0 = time.perf_counter()
+        saved, size = [], 0
+        for p in sorted(partitions):
+            stage = self.group_stages.get(p)
+            if stage is not None:
+                size += await self.state_store.save(p, stage.state())
+                saved.append(p)
+        if saved:
+            log.info("group partitions %s: state saved (%d KiB) in %.0f ms", saved, size >> 10,
+                     (time.perf_counter() - t0) * 1000)
+
+    async def _send_state(self, partition: int, key: bytes, value: bytes | None) -> Any:
+        return await self.producer.send(self.topics.state, value, key=key, partition=partition)
+
+    def _state_consumer(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        return AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers(self.config),
+            enable_auto_commit=False,
+            fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=8 << 20,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            **client_kwargs(self.config),
+        )
+
+    def flush_detectors(self) -> Findings:
+        """Let the session stage and every group partition close what their event time
+        has passed."""
+        out = self.engine.flush_sessions()
+        for stage in self.group_stages.values():
+            out.extend(stage.flush())
+        return out
 
     # -- Kafka output -------------------------------------------------------------
 
@@ -297,6 +366,10 @@ class Pipeline:
             "outbox_batches": self.outbox.batches,
             "handoff_hits": self.session_handoff.hits + self.group_handoff.hits,
             "handoff_misses": self.session_handoff.misses + self.group_handoff.misses,
+            "group_partitions": sorted(self.group_stages),
+            "group_state_saves": self.state_store.saves,
+            "group_state_loads": self.state_store.loads,
+            "group_state_restored": sorted(self.state_store.restored),
         }
 
     def _stored(self, p: Pending, stored_ms: float) -> None:
@@ -470,6 +543,9 @@ class Pipeline:
             gate.expect(f"s:{p}" for p in range(await self.partitions(self.topics.sessions)))
         await self._gate_input(gate, messages, self.group_handoff, self._group_item, now)
         owned = list(owned)
+        await self.own_groups(owned)
+        if any(p not in self.group_stages for p in owned):
+            return  # a rebalance is under way: nothing runs before its partition's state is in place
         while True:
             released: list[tuple[GroupItem, _Held]] = gate.release(owned, now, limit=self.chunk)
             await self._run_groups(released)
@@ -477,14 +553,15 @@ class Pipeline:
                 break
 
     async def _run_groups(self, released: list[tuple[GroupItem, _Held]]) -> None:
-        engine = self.engine
         out = Findings()
         produced: dict[str, int] = {}
         triggers: list[tuple[str, int]] = []
+        n_parts = await self.partitions(self.topics.groups)
+        stages = self.group_stages
         for (t, routes, enriched), _ in released:
             produced[enriched.event.event_id] = t
             for det, key in routes:
-                found = engine.group_stage(enriched, det, key)
+                found = stages[partition_for(key, n_parts)].process(enriched, det, key)
                 if found.alerts:
                     triggers.extend((a.kind, t) for a in found.alerts if a.version == 1)
                 out.extend(found)
@@ -790,6 +867,8 @@ def create_app(
         async def on_stop(self) -> None:
             self.stopping_ = True
             pipe.on_rebalance()
+            # before the consumer leaves the group: the partitions' next owners read this
+            await _save_groups(list(pipe.group_stages), "stop")
             await super().on_stop()
 
     app = App(
@@ -823,6 +902,19 @@ def create_app(
         datadir=str(Path(config.data_dir) / "faust"),
     )
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
+
+    async def _save_groups(partitions: list[int], why: str) -> None:
+        if pipe.producer is None or not partitions:
+            return
+        try:
+            await asyncio.wait_for(pipe.save_groups(partitions), timeout=session_timeout)
+        except Exception:  # the next owner starts from the last periodic save
+            log.exception("group state not saved at %s", why)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+        # awaited before this worker rejoins the group, so before anyone is given these
+        await _save_groups([tp.partition for tp in revoked if tp.topic == topics.groups], "revoke")
     sessions = app.topic(topics.sessions, value_type=bytes, key_type=bytes)
     groups = app.topic(topics.groups, value_type=bytes, key_type=bytes)
     stopping = asyncio.Event()
@@ -874,8 +966,7 @@ def create_app(
                 await pipe.session_batch((), owned(topics.sessions))
             async with group_lock:
                 await pipe.group_batch((), owned(topics.groups))
-            if engine.last_ts:
-                await pipe.emit(engine.flush(), {})
+            await pipe.emit(pipe.flush_detectors(), {})
         except Exception:  # a failing tick must not take the worker down
             log.exception("detector flush failed")
 
@@ -886,6 +977,8 @@ def create_app(
             await asyncio.get_running_loop().run_in_executor(None, pipe.write_snapshot, data)
         except Exception:
             log.exception("detector state snapshot failed")
+        if pipe.accepting():
+            await _save_groups([p for p in owned(topics.groups) if p in pipe.group_stages], "interval")
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:

@@ -40,12 +40,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from pathsentry.streams.topics import Topics
 
     cfg = load_config(args.config)
-    wanted = Topics(cfg.kafka).all()
+    topics = Topics(cfg.kafka)
+    wanted = topics.all()
     if args.partitions:
         wanted = dict.fromkeys(wanted, args.partitions)
-    created = asyncio.run(
-        create_topics(bootstrap_servers(cfg), wanted, cfg.kafka.replication_factor, client_kwargs(cfg))
-    )
+    created = asyncio.run(create_topics(bootstrap_servers(cfg), wanted, cfg.kafka.replication_factor,
+                                        client_kwargs(cfg), topics.configs()))
     for name, n in wanted.items():
         print(f"{name:40s} partitions={n} {'created' if name in created else 'exists'}")
     return 0
@@ -72,12 +72,9 @@ def ensure_topics(cfg: Config) -> None:
     from pathsentry.streams.kafka import bootstrap_servers, client_kwargs
     from pathsentry.streams.topics import Topics
 
-    asyncio.run(
-        create_topics(
-            bootstrap_servers(cfg), Topics(cfg.kafka).all(), cfg.kafka.replication_factor,
-            client_kwargs(cfg),
-        )
-    )
+    topics = Topics(cfg.kafka)
+    asyncio.run(create_topics(bootstrap_servers(cfg), topics.all(), cfg.kafka.replication_factor,
+                              client_kwargs(cfg), topics.configs()))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -49,10 +49,19 @@ class Topics:
         """Internal: enriched events repartitioned by group key (farm template, ISP…)."""
         return self._t("pathsentry-groups")
 
+    @property
+    def state(self) -> str:
+        """Internal, compacted: the group partitions' detector state (one partition each)."""
+        return self._t("pathsentry-state")
+
     def all(self) -> dict[str, int]:
         """Every topic with its partition count."""
         n = self.kafka.partitions
         return {
             self.logins: n, self.telemetry: n, self.alerts: n, self.dead_letter: n,
-            self.sessions: n, self.groups: n,
+            self.sessions: n, self.groups: n, self.state: n,
         }
+
+    def configs(self) -> dict[str, dict[str, str]]:
+        """Topic settings beyond the broker's defaults."""
+        return {self.state: {"cleanup.policy": "compact"}}

@@ -1,0 +1,181 @@
+"""Group-stage state that follows its partition: snapshots in a compacted Kafka topic.
+
+Each partition of the groups topic has its own detectors (a farm window, an injection
+cell lives on exactly one). When a partition moves to another worker (a rebalance, a
+worker stopping or crashing), its next owner must continue from the same windows, or a
+farm group whose logins straddle the move never reaches its size. The worker therefore
+saves each group partition's state to the same partition of the state topic
+(``pathsentry-state``, ``cleanup.policy=compact``):
+
+* ``g:<p>:<epoch>:<i>``: chunk ``i`` of the zlib-compressed JSON state (chunks keep
+  every message under the broker's size limit), written first;
+* ``g:<p>``: the manifest (epoch, chunk count, size, worker, event time), written once
+  every chunk is acknowledged, so a reader never sees a manifest without its chunks;
+* then tombstones for the chunks of the epoch it replaces, which compaction removes.
+
+A worker saves a partition when it is revoked (before the group rejoins, so the next
+owner reads the newest state), when the worker stops, and every snapshot interval
+(what a crash can lose). A new owner reads the partitions it was given from the start
+of the state topic to its end and keeps the newest manifest per partition.
+
+>>> recs = encode_state(3, {"ts": 5.0, "detectors": {"farm": {"n": 1}}}, "w1-1", chunk_bytes=16)
+>>> [k for k, _ in recs][-1], len(recs) > 2
+(b'g:3', True)
+>>> decode_state(dict(recs), 3)
+{'ts': 5.0, 'detectors': {'farm': {'n': 1}}}
+>>> decode_state({b"g:3": recs[-1][1]}, 3) is None  # chunks missing: no state
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+
+__all__ = ["CHUNK_BYTES", "StateStore", "decode_state", "encode_state", "manifest_key"]
+
+#: Largest chunk of a partition's state in one message (Kafka's default limit is 1 MiB).
+CHUNK_BYTES = 900 * 1024
+
+#: A load that has not read the state topic to its end by then fails.
+LOAD_TIMEOUT_S = 120.0
+
+log = logging.getLogger(__name__)
+
+#: send(partition, key, value) -> delivery future; ``value=None`` is a tombstone.
+Send = Callable[[int, bytes, bytes | None], Awaitable[Awaitable[Any]]]
+
+
+def manifest_key(partition: int) -> bytes:
+    return b"g:%d" % partition
+
+
+def _chunk_key(partition: int, epoch: str, i: int) -> bytes:
+    return b"g:%d:%s:%d" % (partition, epoch.encode(), i)
+
+
+def encode_state(partition: int, state: dict[str, Any], epoch: str, *,
+                 chunk_bytes: int = CHUNK_BYTES, worker: str = "") -> list[tuple[bytes, bytes]]:
+    """The records of one save, in the order they must be written (manifest last)."""
+    data = zlib.compress(orjson.dumps(state, default=str), 1)
+    chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
+    manifest = {"epoch": epoch, "chunks": len(chunks), "bytes": len(data), "worker": worker,
+                "saved_at": time.time(), "ts": state.get("ts")}
+    recs = [(_chunk_key(partition, epoch, i), c) for i, c in enumerate(chunks)]
+    recs.append((manifest_key(partition), orjson.dumps(manifest)))
+    return recs
+
+
+def decode_state(records: dict[bytes, bytes | None], partition: int) -> dict[str, Any] | None:
+    """The newest complete state of ``partition`` among ``records`` (newest value per key,
+    ``None`` for a tombstone), or ``None`` when there is none."""
+    raw = records.get(manifest_key(partition))
+    if not raw:
+        return None
+    manifest = orjson.loads(raw)
+    chunks = [records.get(_chunk_key(partition, manifest["epoch"], i)) for i in range(manifest["chunks"])]
+    if any(c is None for c in chunks):
+        log.warning("state of group partition %d (epoch %s) is incomplete; starting it empty",
+                    partition, manifest["epoch"])
+        return None
+    state: dict[str, Any] = orjson.loads(zlib.decompress(b"".join(c for c in chunks if c)))
+    return state
+
+
+def epoch_of(records: dict[bytes, bytes | None], partition: int) -> tuple[str, int] | None:
+    """(epoch, chunk count) of the manifest of ``partition`` among ``records``."""
+    raw = records.get(manifest_key(partition))
+    if not raw:
+        return None
+    m = orjson.loads(raw)
+    return str(m["epoch"]), int(m["chunks"])
+
+
+class StateStore:
+    """Saves and loads group partitions' state in the state topic.
+
+    ``send`` writes one record to a partition of the topic; ``consumer`` builds an
+    unstarted aiokafka consumer without a group (the store assigns it partitions).
+    """
+
+    def __init__(self, topic: str, send: Send, consumer: Callable[[], Any], worker: str) -> None:
+        self.topic = topic
+        self._send = send
+        self._consumer = consumer
+        self.worker = worker
+        self._seq = 0
+        #: the epoch (and chunk count) each partition's state was last saved or loaded as
+        self._epochs: dict[int, tuple[str, int]] = {}
+        self.saves = 0
+        self.loads = 0
+        #: partitions whose saved state this store has loaded
+        self.restored: set[int] = set()
+
+    async def save(self, partition: int, state: dict[str, Any]) -> int:
+        """Write ``state`` as the newest state of ``partition``; return its size in bytes
+        once every record is acknowledged."""
+        self._seq += 1
+        epoch = f"{self.worker}-{time.time_ns()}-{self._seq}"
+        recs = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: encode_state(partition, state, epoch, worker=self.worker))
+        *chunks, manifest = recs
+        for fut in [await self._send(partition, k, v) for k, v in chunks]:
+            await fut
+        await (await self._send(partition, *manifest))
+        old = self._epochs.get(partition)
+        self._epochs[partition] = (epoch, len(chunks))
+        if old is not None and old[0] != epoch:
+            for fut in [await self._send(partition, _chunk_key(partition, old[0], i), None)
+                        for i in range(old[1])]:
+                await fut
+        self.saves += 1
+        return sum(len(v) for _, v in chunks)
+
+    async def load(self, partitions: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The newest saved state of each of ``partitions`` that has one."""
+        from aiokafka import TopicPartition
+
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return {}
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topic, p) for p in wanted]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            records: dict[int, dict[bytes, bytes | None]] = {tp.partition: {} for tp in tps}
+            remaining = {tp for tp in tps if end[tp] > 0}
+            deadline = time.monotonic() + LOAD_TIMEOUT_S
+            while remaining:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"state topic {self.topic}: not read to its end within "
+                                       f"{LOAD_TIMEOUT_S:.0f} s")
+                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        if m.key is not None:
+                            records[tp.partition][m.key] = m.value
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= end[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+        out: dict[int, dict[str, Any]] = {}
+        for p, recs in records.items():
+            state = decode_state(recs, p)
+            if state is not None:
+                out[p] = state
+                self.restored.add(p)
+                got = epoch_of(recs, p)
+                if got is not None:
+                    self._epochs[p] = got
+        self.loads += 1
+        return out
