@@ -71,9 +71,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Farm groups: {farm['found']}/{farm['planted']} found "
                       f"(one alert holds >= 80 % of the members), group alerts {farm['alerts']}, "
                       f"group precision {_fmt(farm['precision'])}.", ""]
-        lines += _table(["group", "label", "members", "best share", "found", "TTD from 5th login (s)"],
+        lines += _table(["group", "label", "members", "best share", "found",
+                         "TTD from 5th login (s)", "to 80 % of members (s)"],
                         [[g, i["label"], i["members"], i["best_share"], i["found"],
-                          i["ttd_from_fifth_login_s"]] for g, i in farm["detail"].items()])
+                          i["ttd_from_fifth_login_s"], i.get("to_80pct_s")]
+                         for g, i in farm["detail"].items()])
     names = [n for n in _DETECTOR_ORDER if n in dets]
     lines += ["", "## Recall per attack class", ""]
     lines += _table(["attack class", *names],

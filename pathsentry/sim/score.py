@@ -22,6 +22,7 @@ see are neutral (counted neither way). A farm group is found when one
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -147,8 +148,10 @@ def score_farms(truth: Truth, flags: Iterable[FlaggedEvent], alerts: Sequence[Al
                 timeline: Timeline | None = None) -> dict[str, Any]:
     """Per-account farm membership and per-group discovery.
 
-    A group's time to detect runs from its fifth member's login to the first emitted
-    alert version that held >= 80 % of its members.
+    A group's time to detect runs from its fifth member's (successful) login to the
+    first emitted alert version holding at least five of its members (80 % of a smaller
+    group); ``to_80pct_s`` runs to the first version holding >= 80 % of them,
+    which also waits for the members to log in.
     """
     groups_alerts = [a for a in alerts if a.kind == "farm_group"]
     predicted = {f.account for f in flags if f.kind == "farm_member" and f.account}
@@ -179,16 +182,20 @@ def score_farms(truth: Truth, flags: Iterable[FlaggedEvent], alerts: Sequence[Al
                                       and a.first_seen < best.first_seen):
                 best, best_share = a, share
         is_found = best is not None and best_share >= GROUP_FOUND_SHARE
-        ttd = None
+        ttd = to_80 = None
         if is_found and g.fifth_login_ts is not None:
-            when = min(ts for a in groups_alerts for ts, accts in _versions(a, timeline)
-                       if len(members & set(accts)) >= GROUP_FOUND_SHARE * len(members))
+            versions = [(ts, len(members & set(accts))) for a in groups_alerts
+                        for ts, accts in _versions(a, timeline)]
+            when = min(ts for ts, n in versions
+                       if n >= min(5, math.ceil(GROUP_FOUND_SHARE * len(members))))
             ttd = round(when - g.fifth_login_ts, 1)
+            to_80 = round(min(ts for ts, n in versions if n >= GROUP_FOUND_SHARE * len(members))
+                          - g.fifth_login_ts, 1)
             delays.append(ttd)
         found[g.group_id] = {"label": g.label, "members": len(members),
                              "best_share": round(best_share, 3), "found": is_found,
                              "alert_id": best.alert_id if best else None,
-                             "ttd_from_fifth_login_s": ttd}
+                             "ttd_from_fifth_login_s": ttd, "to_80pct_s": to_80}
     group_of = {m: g.group_id for g in truth.groups.values() for m in g.members}
     pure = 0
     for a in groups_alerts:

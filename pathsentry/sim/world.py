@@ -145,7 +145,8 @@ class World:
             ts, _actor, _n, _k, ev, tr = heapq.heappop(pending)
             if ts >= end:
                 continue
-            if ev["kind"] == "login" and ev["account"] in groups:
+            # a member logs in when its login succeeds (a failed one opens no session)
+            if ev["kind"] == "login" and ev["account"] in groups and ev.get("outcome") == "success":
                 self.group_logins.setdefault(groups[ev["account"]], []).append((ts, ev["account"]))
             yield SimEvent(ts, ev, tr)
 

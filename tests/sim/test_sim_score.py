@@ -109,6 +109,20 @@ def _farm_truth() -> Truth:
     return t
 
 
+def test_farm_ttd_runs_to_five_members_and_80_percent_separately() -> None:
+    t = Truth(hours=1.0)
+    members = [f"xp{i:03d}" for i in range(1, 9)]
+    for m in members:
+        t.accounts[m] = AccountTruth(m, "farm_serial", "farm_serial", "g")
+    t.groups = {"g": GroupTruth("g", "farm_serial", tuple(members), E0, E0 + 100)}
+    alerts = [_alert("A", "farm_group", members, at=400)]
+    timeline = {"A": [(E0 + 101, tuple(members[:5])), (E0 + 160, tuple(members[:7])),
+                      (E0 + 400, tuple(members))]}
+    d = score_farms(t, [], alerts, timeline)["groups"]["detail"]["g"]
+    # alerted 1 s after the fifth login; the 7th member (80 %) logged in a minute later
+    assert (d["found"], d["ttd_from_fifth_login_s"], d["to_80pct_s"]) == (True, 1.0, 60.0)
+
+
 def test_farm_groups_found_at_80_percent() -> None:
     t = _farm_truth()
     alerts = [
@@ -124,6 +138,7 @@ def test_farm_groups_found_at_80_percent() -> None:
     g = s["groups"]
     assert g["detail"]["g1"]["found"] and g["detail"]["g1"]["best_share"] == 0.8
     assert g["detail"]["g1"]["ttd_from_fifth_login_s"] == 150.0  # 4/5 first held at +250 s
+    assert g["detail"]["g1"]["to_80pct_s"] == 150.0
     assert not g["detail"]["g2"]["found"] and g["detail"]["g2"]["best_share"] == 0.4
     assert (g["found"], g["recall"], g["pure_alerts"], g["precision"]) == (1, 0.5, 1, 0.5)
     assert g["by_label"]["farm_route"]["recall"] == 0.0

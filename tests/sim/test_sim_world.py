@@ -130,7 +130,8 @@ def test_truth_covers_every_event_in_order(events: list[dict[str, Any]],
                                                          "http_probe"}
 
 
-def test_every_planted_attack_and_hard_negative_is_present(truth: list[dict[str, Any]]) -> None:
+def test_every_planted_attack_and_hard_negative_is_present(events: list[dict[str, Any]],
+                                                           truth: list[dict[str, Any]]) -> None:
     ev_truth = [t for t in truth if t["type"] == "event"]
     assert {t["label"] for t in ev_truth} == {"benign", *ATTACK_LABELS}
     assert {t["klass"] for t in ev_truth if t["label"] == "benign"} >= HARD_NEGATIVES
@@ -144,6 +145,12 @@ def test_every_planted_attack_and_hard_negative_is_present(truth: list[dict[str,
         assert all(accounts[m]["group_id"] == g["group_id"] for m in g["members"])
         assert all(accounts[m]["label"] == g["label"] for m in g["members"])
         assert g["first_login_ts"] <= g["fifth_login_ts"]
+        firsts: dict[str, str] = {}
+        for e in events:  # the fifth member whose login succeeded (a failed one opens no session)
+            if e["kind"] == "login" and e["account"] in g["members"] and e["outcome"] == "success":
+                firsts.setdefault(e["account"], e["ts"])
+        assert datetime.fromisoformat(g["fifth_login_ts"]) == \
+            sorted(datetime.fromisoformat(x) for x in firsts.values())[4]
     serial = next(g for g in groups if g["label"] == "farm_serial")
     assert serial["template"] and serial["members"][0].startswith(serial["template"].split("{")[0])
     (cell,) = [t for t in truth if t["type"] == "cell"]
