@@ -91,6 +91,10 @@ class KafkaConfig(BaseModel):
     #: how long a stage holds events for a silent upstream partition (its worker is being
     #: replaced) before it releases them out of order
     watermark_max_hold_s: float = Field(default=30.0, gt=0)
+    #: longest a fetch waits at the broker for data. A broker answers as soon as data
+    #: arrives, but some (the embedded one, with several partitions per fetch) only at
+    #: the end of the wait: it is then a floor on every hop's latency.
+    fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
 
     @property
     def bootstrap(self) -> str:

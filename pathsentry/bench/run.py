@@ -55,6 +55,9 @@ class BenchResult:
     latency_samples: int = 0
     latency_p99_by_kind_ms: dict[str, float | None] = field(default_factory=dict)
     alert_latency_p99_by_kind_ms: dict[str, float | None] = field(default_factory=dict)
+    alert_published_p99_by_kind_ms: dict[str, float | None] = field(default_factory=dict)
+    #: (p50, p99) from produce to the moment each stage runs an event
+    stage_latency_ms: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     worker_peak_rss_mb: float = 0.0
     flagged: int = 0
     alerts: int = 0
@@ -269,6 +272,10 @@ def run_bench(
                     k: v["p99"] for k, v in st.get("produce_to_flag_ms_by_kind", {}).items()}
                 res.alert_latency_p99_by_kind_ms = {
                     k: v["p99"] for k, v in st.get("produce_to_alert_ms_by_kind", {}).items()}
+                res.alert_published_p99_by_kind_ms = {
+                    k: v["p99"] for k, v in st.get("produce_to_alert_published_ms_by_kind", {}).items()}
+                res.stage_latency_ms = {
+                    k: (v["p50"], v["p99"]) for k, v in st.get("produce_to_stage_ms", {}).items()}
                 res.flagged, res.alerts = st["flagged"], st["alerts"]
                 res.worker_peak_rss_mb = _peak_rss_mb(proc.pid)
                 log(f"[bench] produce-to-flag p50 {lat['p50']} ms, p99 {lat['p99']} ms "
@@ -307,6 +314,10 @@ def format_result(r: BenchResult) -> str:
         ("produce-to-flag p99", f"{r.latency_p99_ms!s:>12} ms"),
         ("latency samples (flags)", f"{r.latency_samples:>12,}"),
         *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.latency_p99_by_kind_ms.items())),
+        ("produce to stage run: p50 / p99", ""),
+        *((f"  {k} stage", f"{v[0]!s:>5} / {v[1]!s} ms") for k, v in sorted(r.stage_latency_ms.items())),
+        ("raising event to new alert on Kafka (acked)", ""),
+        *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.alert_published_p99_by_kind_ms.items())),
         ("raising event to new alert stored", ""),
         *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.alert_latency_p99_by_kind_ms.items())),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),

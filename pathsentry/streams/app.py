@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -126,6 +127,11 @@ class Stats:
     #: (produce time ms, produce-to-alert-stored ms, alert kind) of new alerts, timed from the
     #: event that raised them (for a farm group: the login that completed it)
     alert_latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=100_000))
+    #: (produce time ms, produce-to-acknowledged-by-Kafka ms, alert kind) of the same alerts
+    published_latencies_ms: deque[tuple[int, float, str]] = field(
+        default_factory=lambda: deque(maxlen=100_000))
+    #: (produce time ms, produce-to-stage-run ms, stage) of recent events: where time goes
+    stage_latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=200_000))
 
     def mark_detected(self, n: int) -> None:
         now = time.time()
@@ -134,11 +140,13 @@ class Stats:
         self.last_event_at = now
         self.events_detected += n
 
-    def latency_quantiles(self, since_ms: int = 0, kind: str | None = None,
-                          alerts: bool = False) -> dict[str, float | None]:
-        """p50/p99 of produce-to-flag (or, with ``alerts``, produce-to-new-alert) latency over
-        events produced after ``since_ms``."""
-        samples = self.alert_latencies_ms if alerts else self.latencies_ms
+    def latency_quantiles(self, since_ms: int = 0, kind: str | None = None, alerts: bool = False,
+                          samples: Iterable[tuple[int, float, str]] | None = None,
+                          ) -> dict[str, float | None]:
+        """p50/p99 of produce-to-flag (or, with ``alerts``, produce-to-new-alert; or of
+        ``samples``) latency over events produced after ``since_ms``."""
+        if samples is None:
+            samples = self.alert_latencies_ms if alerts else self.latencies_ms
         s = sorted(lat for t, lat, k in samples if t >= since_ms and kind in (None, k))
         if not s:
             return {"p50": None, "p99": None, "n": 0}
@@ -157,6 +165,10 @@ class Stats:
         kinds = sorted({k for _, _, k in self.alert_latencies_ms})
         d["produce_to_alert_ms_by_kind"] = {
             k: self.latency_quantiles(since_ms, k, alerts=True) for k in kinds}
+        for name, samples in (("produce_to_alert_published_ms_by_kind", self.published_latencies_ms),
+                              ("produce_to_stage_ms", self.stage_latencies_ms)):
+            kinds = sorted({k for _, _, k in samples})
+            d[name] = {k: self.latency_quantiles(since_ms, k, samples=samples) for k in kinds}
         return d
 
 
@@ -274,6 +286,7 @@ class Pipeline:
         return AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers(self.config),
             enable_auto_commit=False,
+            fetch_max_wait_ms=self.config.kafka.fetch_max_wait_ms,
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=8 << 20,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
@@ -351,6 +364,11 @@ class Pipeline:
             await self.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
             for a in findings.alerts
         ]
+        if triggers:  # the new alerts, in the order of their triggers
+            new = [d for a, d in zip(findings.alerts, deliveries, strict=True) if a.version == 1]
+            for (kind, t), d in zip(triggers, new, strict=False):
+                if isinstance(d.future, asyncio.Future):
+                    d.future.add_done_callback(functools.partial(self._published, kind, t))
         await self.outbox.put(Pending(
             flags=findings.flags, alerts=findings.alerts, deliveries=deliveries + (forwards or []),
             on_durable=on_durable, produced_ms=produced_ms, stage=stage, events=events,
@@ -371,6 +389,11 @@ class Pipeline:
             "group_state_loads": self.state_store.loads,
             "group_state_restored": sorted(self.state_store.restored),
         }
+
+    def _published(self, kind: str, produced_ms: int, fut: Awaitable[Any]) -> None:
+        if isinstance(fut, asyncio.Future) and not fut.cancelled() and fut.exception() is None:
+            self.stats.published_latencies_ms.append(
+                (produced_ms, time.time() * 1000 - produced_ms, kind))
 
     def _stored(self, p: Pending, stored_ms: float) -> None:
         s = self.stats
@@ -426,6 +449,9 @@ class Pipeline:
                 continue
             parts.setdefault(partition_for(session_key(ev), n_parts), []).append((m.timestamp, raw, ev))
             valid += 1
+        ran_ms = time.time() * 1000
+        self.stats.stage_latencies_ms.extend(
+            (t, ran_ms - t, "ingest") for items in parts.values() for t, _, _ in items)
         headers = encode_claims(claims, claims if idle else ()) if claims else None
         sent: list[Delivery] = []
         for p in range(n_parts) if headers else parts:
@@ -489,6 +515,8 @@ class Pipeline:
         n_parts = await self.partitions(self.topics.groups)
         forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
         triggers: list[tuple[str, int]] = []
+        ran_ms = time.time() * 1000
+        self.stats.stage_latencies_ms.extend((t, ran_ms - t, "session") for (t, _, _), _ in released)
         for (t, raw, event), _ in released:
             produced[event.event_id] = t
             enriched, found = engine.session_stage(event)
@@ -558,6 +586,8 @@ class Pipeline:
         triggers: list[tuple[str, int]] = []
         n_parts = await self.partitions(self.topics.groups)
         stages = self.group_stages
+        ran_ms = time.time() * 1000
+        self.stats.stage_latencies_ms.extend((t, ran_ms - t, "group") for (t, _, _), _ in released)
         for (t, routes, enriched), _ in released:
             produced[enriched.event.event_id] = t
             for det, key in routes:
@@ -767,6 +797,7 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_records,
+        fetch_max_wait_ms=cfg.kafka.fetch_max_wait_ms,
         fetch_max_bytes=64 << 20,
         max_partition_fetch_bytes=8 << 20,
         session_timeout_ms=timeout_ms,
@@ -839,6 +870,7 @@ def create_app(
     from pathsentry.infra.clickhouse import connect
 
     Path(config.data_dir, "faust").mkdir(parents=True, exist_ok=True)
+    _faust_fetch_wait(config.kafka.fetch_max_wait_ms)
     ch = ch or connect(config.clickhouse.url)
     ch.apply_ddl(config.clickhouse.ttl_days)
     engine = engine or Engine(config)
@@ -1016,6 +1048,25 @@ def create_app(
         await pipe.stop_producer()
 
     return app, pipe
+
+
+def _faust_fetch_wait(max_wait_ms: int) -> None:
+    """Give Faust's consumer ``max_wait_ms`` as its fetch wait (Faust fixes it at 1.5 s,
+    which on a broker that answers only at the end of the wait adds up to that much to
+    every hop through an internal topic)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    create = thread.__dict__["_create_worker_consumer"]
+    original = getattr(create, "__wrapped__", create)
+
+    @functools.wraps(original)
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms  # read by AIOKafkaConsumer.start()
+        return consumer
+
+    setattr(thread, "_create_worker_consumer", create_worker_consumer)  # noqa: B010
 
 
 def _incoming(stream: Any, events: list[Any]) -> Iterator[Incoming]:
