@@ -156,9 +156,13 @@ class Stats:
             "n": len(s),
         }
 
-    def as_dict(self, since_ms: int = 0) -> dict[str, Any]:
+    def as_dict(self, since_ms: int = 0, latency: bool = True) -> dict[str, Any]:
+        """The counters, and with ``latency`` the latency quantiles (which sort up to a few
+        hundred thousand samples: a poller that needs only the counters leaves them out)."""
         d = {k: v for k, v in self.__dict__.items() if not k.endswith("latencies_ms")}
         d["uptime_s"] = round(time.time() - self.started_at, 1)
+        if not latency:
+            return d
         d["produce_to_flag_ms"] = self.latency_quantiles(since_ms)
         kinds = sorted({k for _, _, k in self.latencies_ms})
         d["produce_to_flag_ms_by_kind"] = {k: self.latency_quantiles(since_ms, k) for k in kinds}
@@ -1015,7 +1019,8 @@ def create_app(
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
         since = int(request.query.get("since_ms", "0") or 0)
-        return web.json({"worker": worker_id, **pipe.stats.as_dict(since), **pipe.gauges()})
+        latency = request.query.get("latency", "1") != "0"
+        return web.json({"worker": worker_id, **pipe.stats.as_dict(since, latency), **pipe.gauges()})
 
     @app.page("/query")
     async def query_page(web: Any, request: Any) -> Any:

@@ -412,7 +412,7 @@ class WorkerProcess:
             self._log = None
 
     def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = _http_json(self.base + "/stats", timeout=5)
+        result: dict[str, Any] = _http_json(self.base + "/stats?latency=0", timeout=5)
         return result
 
     def query(self, sql: str) -> list[list[Any]]:
