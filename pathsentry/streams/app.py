@@ -124,8 +124,9 @@ class Stats:
     started_at: float = field(default_factory=time.time)
     #: (produce time ms, produce-to-flag-stored ms, flag kind) of recent flags
     latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=500_000))
-    #: (produce time ms, produce-to-alert-stored ms, alert kind) of new alerts, timed from the
-    #: event that raised them (for a farm group: the login that completed it)
+    #: (produce time ms, produce-to-alert-stored ms, alert kind) of new and updated alerts,
+    #: timed from the event that raised them (for a farm group: the login that formed or
+    #: grew it; a refresh on an idle tick has no such event and is not counted)
     alert_latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=100_000))
     #: (produce time ms, produce-to-acknowledged-by-Kafka ms, alert kind) of the same alerts
     published_latencies_ms: deque[tuple[int, float, str]] = field(
@@ -368,9 +369,8 @@ class Pipeline:
             await self.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
             for a in findings.alerts
         ]
-        if triggers:  # the new alerts, in the order of their triggers
-            new = [d for a, d in zip(findings.alerts, deliveries, strict=True) if a.version == 1]
-            for (kind, t), d in zip(triggers, new, strict=False):
+        if triggers:  # one per alert, in order: the event that raised or updated it
+            for (kind, t), d in zip(triggers, deliveries, strict=True):
                 if isinstance(d.future, asyncio.Future):
                     d.future.add_done_callback(functools.partial(self._published, kind, t))
         await self.outbox.put(Pending(
@@ -525,7 +525,7 @@ class Pipeline:
             produced[event.event_id] = t
             enriched, found = engine.session_stage(event)
             if found.alerts:
-                triggers.extend((a.kind, t) for a in found.alerts if a.version == 1)
+                triggers.extend((a.kind, t) for a in found.alerts)
             out.extend(found)
             routes = engine.group_routes(enriched)
             if not routes:
@@ -597,7 +597,7 @@ class Pipeline:
             for det, key in routes:
                 found = stages[partition_for(key, n_parts)].process(enriched, det, key)
                 if found.alerts:
-                    triggers.extend((a.kind, t) for a in found.alerts if a.version == 1)
+                    triggers.extend((a.kind, t) for a in found.alerts)
                 out.extend(found)
         await self.emit(out, produced, on_durable=_ack_all(h for _, h in released), stage="group",
                         events=len(released), triggers=triggers)
