@@ -904,7 +904,7 @@ def create_app(
             self.stopping_ = True
             pipe.on_rebalance()
             # before the consumer leaves the group: the partitions' next owners read this
-            await _save_groups(list(pipe.group_stages), "stop")
+            await _save_groups([p for p in owned(topics.groups) if p in pipe.group_stages], "stop")
             await super().on_stop()
 
     app = App(
@@ -939,18 +939,24 @@ def create_app(
     )
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
 
-    async def _save_groups(partitions: list[int], why: str) -> None:
+    async def _save_groups(partitions: list[int], why: str) -> bool:
         if pipe.producer is None or not partitions:
-            return
+            return False
         try:
             await asyncio.wait_for(pipe.save_groups(partitions), timeout=session_timeout)
+            return True
         except Exception:  # the next owner starts from the last periodic save
             log.exception("group state not saved at %s", why)
+            return False
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
         # awaited before this worker rejoins the group, so before anyone is given these
-        await _save_groups([tp.partition for tp in revoked if tp.topic == topics.groups], "revoke")
+        gone = [tp.partition for tp in revoked if tp.topic == topics.groups and
+                tp.partition in pipe.group_stages]
+        if await _save_groups(gone, "revoke"):
+            for p in gone:  # whoever is given it next (this worker too) reads the saved state
+                del pipe.group_stages[p]
     sessions = app.topic(topics.sessions, value_type=bytes, key_type=bytes)
     groups = app.topic(topics.groups, value_type=bytes, key_type=bytes)
     stopping = asyncio.Event()
