@@ -392,6 +392,17 @@ def _evidence_accounts(ms: list[Member]) -> int:
     return sum(x.evidence for x in ms)
 
 
+def _add_to_index(index: dict[str, dict[str, Member]], patterns: Iterable[str], m: Member) -> None:
+    """File member ``m`` under each of ``patterns`` (by session id)."""
+    sid = m.sid
+    for p in patterns:
+        sids = index.get(p)
+        if sids is None:
+            index[p] = {sid: m}
+        else:
+            sids[sid] = m
+
+
 def _top(counter: Counter[str], k: int) -> list[list[Any]]:
     return [[v, c] for v, c in sorted(counter.items(), key=lambda x: (-x[1], x[0]))[:k]]
 
@@ -598,13 +609,7 @@ class FarmDetector(Detector):
         )
         members[sid] = m
         if pats:
-            index = part.index
-            for p in pats:
-                sids = index.get(p)
-                if sids is None:
-                    index[p] = {sid: m}
-                else:
-                    sids[sid] = m
+            _add_to_index(part.index, pats, m)
             if kind != TPL:
                 self._stamp(part, m)
         return m, True
@@ -695,14 +700,7 @@ class FarmDetector(Detector):
     def _index(self, part: Partition, m: Member) -> None:
         """Index an unindexed member under its ``_patterns``."""
         pats = m.indexed = self._patterns(part, m)
-        index = part.index
-        sid = m.sid
-        for p in pats:
-            sids = index.get(p)
-            if sids is None:
-                index[p] = {sid: m}
-            else:
-                sids[sid] = m
+        _add_to_index(part.index, pats, m)
         if pats and part.kind != TPL:  # the one pattern is the key
             self._stamp(part, m)
 

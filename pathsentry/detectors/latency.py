@@ -445,6 +445,10 @@ class QueuedHalfSpaceTrees:
             self._names = names
         if self.model._first_window:
             return 0.0
+        return self._memo_score(row)
+
+    def _memo_score(self, row: tuple[float, ...]) -> float:
+        """The model's score of ``row``, memoised (rows repeat: features are rounded)."""
         memo = self._memo
         score = memo.get(row)
         if score is None:
@@ -463,13 +467,7 @@ class QueuedHalfSpaceTrees:
             except KeyError:
                 pass
             else:
-                memo = self._memo
-                score = memo.get(row)
-                if score is None:
-                    if len(memo) >= self.MEMO_MAX:
-                        memo.clear()
-                    score = memo[row] = self._score_row(row)
-                return score
+                return self._memo_score(row)
         if self.queued and not all(f in x for f in self._features):
             self.flush()
         self._push()
