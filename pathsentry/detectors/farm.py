@@ -180,6 +180,9 @@ class Member:
     serial_no: int | None = None
     #: the patterns the member is indexed under (``_patterns`` when it was indexed)
     indexed: Sequence[str] = ()
+    #: time of the login its flag names, when the member is known from its traceroute
+    #: (a flag is keyed by event and hour: one event keeps one time wherever it is flagged)
+    flag_ts: float | None = None
 
     @property
     def flag_event_id(self) -> str:
@@ -634,6 +637,9 @@ class FarmDetector(Detector):
                 event.event_id, ip_text(event.src_ip), ev.prefix, geo.country, geo.asn,
                 sig, () if path is None else path, True, skel=skel, serial_no=serial_no,
             )
+            login_ts = ev.notes.get("login_ts")
+            if m.event_id is not None and isinstance(login_ts, int | float):
+                m.flag_ts = float(login_ts)
             self._add(part, m)
             return m, True
         had = (m.sig, m.route_known)
@@ -1093,7 +1099,7 @@ class FarmDetector(Detector):
             reasons.append("relayed connection")
         return FlaggedEvent(
             event_id=m.flag_event_id,
-            ts=_utc(m.ts),
+            ts=_utc(m.ts if m.flag_ts is None else m.flag_ts),
             kind="farm_member",
             account=m.account,
             session_id=None if m.sid.startswith("acct:") else m.sid,

@@ -25,7 +25,8 @@ the classic gold-farm pattern. The detector:
 ``asn_path``, ``foreign_origin`` and ``gated_hops``. A bounded per-session
 memory joins traceroutes and logins in either order: a login arriving after its
 session's traceroute gets ``notes["route"]``, a traceroute arriving after its
-session's login gets ``notes["account"]`` and ``notes["login_event_id"]``.
+session's login gets ``notes["account"]``, ``notes["login_event_id"]`` and
+``notes["login_ts"]`` (epoch seconds).
 Memory: ``sessions_max`` sessions of about 0.5 KiB (route notes and an account
 name), ``alerts_max`` alert records of about 2 KiB, ``hops_max`` geolocated hop
 addresses of about 0.3 KiB (routers recur in every traceroute through them, so
@@ -235,6 +236,7 @@ class RouteDetector(Detector):
             extra = sess.extra
             extra["server_id"] = fields["server_id"]
             extra["login_event_id"] = fields["event_id"]
+            extra["login_ts"] = ev.ts
             if sess.route is not None:
                 ev.notes["route"] = sess.route
             if sess.flag is not None and sess.flag.get("account") is None:
@@ -248,6 +250,7 @@ class RouteDetector(Detector):
             ev.notes["account"] = sess.account
         if "login_event_id" in sess.extra:
             ev.notes["login_event_id"] = sess.extra["login_event_id"]
+            ev.notes["login_ts"] = sess.extra.get("login_ts")
         account = event.account or sess.account
         route, hops, flagged_as = self._analyse(ev, event, sess)
         ev.notes["route"] = route

@@ -169,6 +169,24 @@ def test_farm_without_serial_names_sharing_a_route_across_exits() -> None:
     assert len(flags) == 12 and all(f.event_id.startswith("T") for f in flags.values())
 
 
+def test_a_flag_on_a_login_known_from_its_traceroute_carries_the_logins_time() -> None:
+    """Flags are stored per event and hour: wherever a login is flagged, it has one time."""
+    rng = random.Random(4)
+    names = random_names(rng, 12)
+    exits = ["198.51.100.7", "198.51.101.8", "198.51.102.9"]
+    events: list[Enriched] = []
+    logins: dict[str, datetime] = {}
+    for i, name in enumerate(names):
+        lg = login(name, 3600 + i * 15 - 20, exits[i % 3])  # traceroutes cross the hour
+        tr = trace(lg, 40.0, "sigCN7")
+        tr.notes["login_event_id"], tr.notes["login_ts"] = lg.event.event_id, lg.ts
+        logins[lg.event.event_id] = lg.event.ts
+        events += [lg, tr]
+    flags, _ = run(events)
+    assert len(flags) == 12
+    assert {f.event_id: f.ts for f in flags.values()} == logins
+
+
 def test_farm_without_serial_names_behind_one_relay_exit() -> None:
     rng = random.Random(5)
     events: list[Enriched] = []
