@@ -260,7 +260,13 @@ class Pipeline:
         if not new:
             return
         t0 = time.perf_counter()
-        saved = await self.state_store.load(new)
+        try:
+            saved = await self.state_store.load(new)
+        except (TimeoutError, KafkaError) as e:
+            # detection goes on without the windows rather than not at all
+            log.error("group partitions %s: saved state not readable (%s: %s); they start empty",
+                      new, type(e).__name__, e)
+            saved = {}
         for p in new:
             stage = self.group_stages[p] = self.engine.new_group_stage()
             if p in saved:

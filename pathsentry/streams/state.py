@@ -43,8 +43,8 @@ __all__ = ["CHUNK_BYTES", "StateStore", "decode_state", "encode_state", "manifes
 #: Largest chunk of a partition's state in one message (Kafka's default limit is 1 MiB).
 CHUNK_BYTES = 900 * 1024
 
-#: A load that has not read the state topic to its end by then fails.
-LOAD_TIMEOUT_S = 120.0
+#: A load that reads nothing for this long before reaching the topic's end fails.
+LOAD_TIMEOUT_S = 20.0
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,11 @@ class StateStore:
             deadline = time.monotonic() + LOAD_TIMEOUT_S
             while remaining:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"state topic {self.topic}: not read to its end within "
-                                       f"{LOAD_TIMEOUT_S:.0f} s")
+                    raise TimeoutError(f"state topic {self.topic}: nothing read for "
+                                       f"{LOAD_TIMEOUT_S:.0f} s before its end")
                 batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                if batch:
+                    deadline = time.monotonic() + LOAD_TIMEOUT_S
                 for tp, msgs in batch.items():
                     for m in msgs:
                         if m.key is not None:

@@ -150,3 +150,39 @@ def test_farm_group_cut_in_half_by_a_handover_forms_from_the_saved_state(
 
     # the same handover without the saved state loses the group it cuts in half
     assert match_groups([group], groups(fresh(), dict(first)))[0] == [group]
+
+
+class _SilentConsumer:
+    """A consumer whose partitions have records it never delivers (a broker gone quiet)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def assign(self, tps: list[Any]) -> None:
+        self.tps = tps
+
+    async def seek_to_beginning(self, *tps: Any) -> None: ...
+
+    async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(tps, 5)
+
+    async def getmany(self, *tps: Any, timeout_ms: int) -> dict[Any, list[Any]]:
+        await asyncio.sleep(timeout_ms / 1000 / 20)
+        return {}
+
+    async def position(self, tp: Any) -> int:
+        return 0
+
+
+def test_a_load_that_reads_nothing_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathsentry.streams import state
+
+    monkeypatch.setattr(state, "LOAD_TIMEOUT_S", 0.3)
+
+    async def send(partition: int, key: bytes, value: bytes | None) -> Any:
+        raise AssertionError("a load sends nothing")
+
+    store = StateStore("gs3.pathsentry-state", send, _SilentConsumer, "w")
+    with pytest.raises(TimeoutError, match="nothing read"):
+        asyncio.run(store.load([0, 1]))
