@@ -249,13 +249,11 @@ class Pipeline:
     # -- group partitions' state ----------------------------------------------------
 
     async def own_groups(self, owned: list[int]) -> None:
-        """Make the group stages match the owned partitions of the groups topic: a newly
-        owned partition starts from its saved state, a partition given away is dropped
-        (it was saved when it was revoked). Nothing changes while a rebalance is under way."""
+        """Give every owned partition of the groups topic its group stage, started from its
+        saved state (a revoked partition was saved and dropped in the revoke handler).
+        Nothing changes while a rebalance is under way."""
         if not self.accepting():
             return
-        for p in [p for p in self.group_stages if p not in owned]:
-            del self.group_stages[p]
         new = [p for p in owned if p not in self.group_stages]
         if not new:
             return
@@ -960,9 +958,9 @@ def create_app(
         # awaited before this worker rejoins the group, so before anyone is given these
         gone = [tp.partition for tp in revoked if tp.topic == topics.groups and
                 tp.partition in pipe.group_stages]
-        if await _save_groups(gone, "revoke"):
-            for p in gone:  # whoever is given it next (this worker too) reads the saved state
-                del pipe.group_stages[p]
+        await _save_groups(gone, "revoke")
+        for p in gone:  # whoever is given it next (this worker too) reads the newest save
+            del pipe.group_stages[p]
     sessions = app.topic(topics.sessions, value_type=bytes, key_type=bytes)
     groups = app.topic(topics.groups, value_type=bytes, key_type=bytes)
     stopping = asyncio.Event()
