@@ -87,6 +87,10 @@ class Engine:
         self.session_ts = 0.0
         #: the group stage of a replay (the stream keeps one per group partition)
         self.groups = GroupStage(self.group_detectors)
+        # who consumes each event kind, in detector order (``wants`` is fixed per class)
+        kinds = {k for d in self.detectors for k in d.consumes}
+        self._session_for = {k: [d for d in self.session_detectors if d.wants(k)] for k in kinds}
+        self._group_for = {k: [d for d in self.group_detectors if d.wants(k)] for k in kinds}
 
     @property
     def last_ts(self) -> float:
@@ -98,19 +102,23 @@ class Engine:
 
     def session_stage(self, event: AnyEvent) -> tuple[Enriched, Findings]:
         ev = self.enricher.enrich(event)
-        self.session_ts = max(self.session_ts, ev.ts)
+        ts = ev.ts
+        if ts > self.session_ts:
+            self.session_ts = ts
         out = Findings()
-        for det in self.session_detectors:
-            if det.wants(ev.kind):
-                out.extend(det.process(ev))
+        for det in self._session_for.get(event.kind, ()):
+            found = det.process(ev)
+            if found is not None:
+                out.flags.extend(found.flags)
+                out.alerts.extend(found.alerts)
         return ev, out
 
     def group_routes(self, ev: Enriched) -> list[tuple[str, str]]:
         """(detector name, key) pairs this event must be delivered to in the group stage."""
         routes: list[tuple[str, str]] = []
-        for det in self.group_detectors:
-            if det.wants(ev.kind):
-                routes.extend((det.name, k) for k in det.group_keys(ev))
+        for det in self._group_for.get(ev.event.kind, ()):
+            name = det.name
+            routes.extend((name, k) for k in det.group_keys(ev))
         return routes
 
     def group_stage(self, ev: Enriched, detector: str, key: str) -> Findings:
