@@ -1,8 +1,8 @@
 """The detection engine: enrichment followed by the detectors, in two stages.
 
 The same engine runs inside the stream workers and in ``pathsentry replay``; the
-stream splits :meth:`Engine.session_stage` and :meth:`Engine.group_stage` across a
-repartition, a replay calls :meth:`Engine.process` which does both in-process.
+stream splits :meth:`Engine.session_stage` and the group stage (a :class:`GroupStage`
+per partition) across a repartition, a replay calls :meth:`Engine.process` which does both in-process.
 """
 
 from __future__ import annotations
@@ -29,6 +29,15 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def _flush(detectors: list[Detector], ts: float) -> Findings:
+    """What ``detectors`` close at event time ``ts`` (nothing before the first event)."""
+    out = Findings()
+    if ts:
+        for det in detectors:
+            out.extend(det.flush(ts))
+    return out
+
+
 class GroupStage:
     """The group-stage detectors of one group partition (a replay runs a single one).
 
@@ -48,11 +57,7 @@ class GroupStage:
         return (det.process(ev, key) if det is not None else None) or Findings()
 
     def flush(self) -> Findings:
-        out = Findings()
-        if self.ts:
-            for det in self.detectors:
-                out.extend(det.flush(self.ts))
-        return out
+        return _flush(self.detectors, self.ts)
 
     def state(self) -> dict[str, Any]:
         return {"ts": self.ts, "detectors": {d.name: d.state() for d in self.detectors}}
@@ -121,9 +126,6 @@ class Engine:
             routes.extend((name, k) for k in det.group_keys(ev))
         return routes
 
-    def group_stage(self, ev: Enriched, detector: str, key: str) -> Findings:
-        return self.groups.process(ev, detector, key)
-
     def process(self, event: AnyEvent) -> Findings:
         ev, out = self.session_stage(event)
         for name, key in self.group_routes(ev):
@@ -132,11 +134,7 @@ class Engine:
 
     def flush_sessions(self) -> Findings:
         """Let the session-stage detectors close what their event time has passed."""
-        out = Findings()
-        if self.session_ts:
-            for det in self.session_detectors:
-                out.extend(det.flush(self.session_ts))
-        return out
+        return _flush(self.session_detectors, self.session_ts)
 
     def flush(self) -> Findings:
         """Let every detector close what its own stage's event time has passed."""

@@ -977,11 +977,7 @@ class LatencyDetector(Detector):
                         b = None if k is None else known.get(k)
                         if b is None or b.n < warmup:
                             return None
-                cached = b._lo
-                if cached is None:
-                    lo_ms, hi_ms = b.bounds()
-                else:
-                    lo_ms, hi_ms = cached, b._hi
+                lo_ms, hi_ms = b.bounds()  # cached until the baseline learns
                 excess = app_min - hi_ms
                 if not excess > 5.0:
                     return None
@@ -1353,11 +1349,7 @@ class LatencyDetector(Detector):
         excess: float | None = None
         if level:
             assert b is not None
-            cached = b._lo
-            if cached is None:
-                lo, hi = b.bounds()
-            else:
-                lo, hi = cached, b._hi
+            lo, hi = b.bounds()
             excess = app_min - hi
             least = MIN_SPREAD_MS.get(kind or "", DEFAULT_MIN_SPREAD_MS)
             z = excess / (least if least > hi - lo else hi - lo)  # max(hi - lo, least)

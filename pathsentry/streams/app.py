@@ -141,13 +141,13 @@ class Stats:
         self.last_event_at = now
         self.events_detected += n
 
-    def latency_quantiles(self, since_ms: int = 0, kind: str | None = None, alerts: bool = False,
+    def latency_quantiles(self, since_ms: int = 0, kind: str | None = None,
                           samples: Iterable[tuple[int, float, str]] | None = None,
                           ) -> dict[str, float | None]:
-        """p50/p99 of produce-to-flag (or, with ``alerts``, produce-to-new-alert; or of
-        ``samples``) latency over events produced after ``since_ms``."""
+        """p50/p99 of ``samples`` (default: produce-to-flag) over events produced after
+        ``since_ms``, of one ``kind`` or all."""
         if samples is None:
-            samples = self.alert_latencies_ms if alerts else self.latencies_ms
+            samples = self.latencies_ms
         s = sorted(lat for t, lat, k in samples if t >= since_ms and kind in (None, k))
         if not s:
             return {"p50": None, "p99": None, "n": 0}
@@ -165,12 +165,9 @@ class Stats:
         if not latency:
             return d
         d["produce_to_flag_ms"] = self.latency_quantiles(since_ms)
-        kinds = sorted({k for _, _, k in self.latencies_ms})
-        d["produce_to_flag_ms_by_kind"] = {k: self.latency_quantiles(since_ms, k) for k in kinds}
-        kinds = sorted({k for _, _, k in self.alert_latencies_ms})
-        d["produce_to_alert_ms_by_kind"] = {
-            k: self.latency_quantiles(since_ms, k, alerts=True) for k in kinds}
-        for name, samples in (("produce_to_alert_published_ms_by_kind", self.published_latencies_ms),
+        for name, samples in (("produce_to_flag_ms_by_kind", self.latencies_ms),
+                              ("produce_to_alert_ms_by_kind", self.alert_latencies_ms),
+                              ("produce_to_alert_published_ms_by_kind", self.published_latencies_ms),
                               ("produce_to_stage_ms", self.stage_latencies_ms)):
             kinds = sorted({k for _, _, k in samples})
             d[name] = {k: self.latency_quantiles(since_ms, k, samples=samples) for k in kinds}
@@ -495,7 +492,7 @@ class Pipeline:
                 gate.add(msg.partition, (), claims, now, idle)
                 await msg.ack()
                 continue
-            held = _Held(msg.ack, len(got))
+            held = _Held(msg.ack, len(got), msg.partition)
             gate.add(msg.partition, ((item[0], (item, held)) for item in got), claims, now, idle)
 
     async def session_batch(self, messages: Iterable[Incoming], owned: Iterable[int]) -> None:
@@ -592,14 +589,14 @@ class Pipeline:
         out = Findings()
         produced: dict[str, int] = {}
         triggers: list[tuple[str, int]] = []
-        n_parts = await self.partitions(self.topics.groups)
         stages = self.group_stages
         ran_ms = time.time() * 1000
         self.stats.stage_latencies_ms.extend((t, ran_ms - t, "group") for (t, _, _), _ in released)
-        for (t, routes, enriched), _ in released:
+        for (t, routes, enriched), held in released:
             produced[enriched.event.event_id] = t
+            stage = stages[held.partition]
             for det, key in routes:
-                found = stages[partition_for(key, n_parts)].process(enriched, det, key)
+                found = stage.process(enriched, det, key)
                 if found.alerts:
                     triggers.extend((a.kind, t) for a in found.alerts)
                 out.extend(found)
@@ -660,13 +657,16 @@ class Incoming:
 
 
 class _Held:
-    """Acknowledges an envelope once all of its items have been processed and stored."""
+    """Acknowledges an envelope once all of its items have been processed and stored;
+    knows the input partition it came from (every route of a group-stage item is keyed
+    to that partition)."""
 
-    __slots__ = ("ack", "remaining")
+    __slots__ = ("ack", "partition", "remaining")
 
-    def __init__(self, ack: Callable[[], Awaitable[Any]], remaining: int) -> None:
+    def __init__(self, ack: Callable[[], Awaitable[Any]], remaining: int, partition: int) -> None:
         self.ack = ack
         self.remaining = remaining
+        self.partition = partition
 
     async def done(self) -> None:
         self.remaining -= 1
@@ -908,7 +908,7 @@ def create_app(
             self.stopping_ = True
             pipe.on_rebalance()
             # before the consumer leaves the group: the partitions' next owners read this
-            await _save_groups([p for p in owned(topics.groups) if p in pipe.group_stages], "stop")
+            await _save_groups(_owned_stages(), "stop")
             await super().on_stop()
 
     app = App(
@@ -943,15 +943,16 @@ def create_app(
     )
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
 
-    async def _save_groups(partitions: list[int], why: str) -> bool:
+    async def _save_groups(partitions: list[int], why: str) -> None:
         if pipe.producer is None or not partitions:
-            return False
+            return
         try:
             await asyncio.wait_for(pipe.save_groups(partitions), timeout=session_timeout)
-            return True
         except Exception:  # the next owner starts from the last periodic save
             log.exception("group state not saved at %s", why)
-            return False
+
+    def _owned_stages() -> list[int]:
+        return [p for p in owned(topics.groups) if p in pipe.group_stages]
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
@@ -1024,7 +1025,7 @@ def create_app(
         except Exception:
             log.exception("detector state snapshot failed")
         if pipe.accepting():
-            await _save_groups([p for p in owned(topics.groups) if p in pipe.group_stages], "interval")
+            await _save_groups(_owned_stages(), "interval")
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:

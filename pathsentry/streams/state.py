@@ -72,13 +72,17 @@ def encode_state(partition: int, state: dict[str, Any], epoch: str, *,
     return recs
 
 
+def _manifest(records: dict[bytes, bytes | None], partition: int) -> dict[str, Any] | None:
+    raw = records.get(manifest_key(partition))
+    return orjson.loads(raw) if raw else None
+
+
 def decode_state(records: dict[bytes, bytes | None], partition: int) -> dict[str, Any] | None:
     """The newest complete state of ``partition`` among ``records`` (newest value per key,
     ``None`` for a tombstone), or ``None`` when there is none."""
-    raw = records.get(manifest_key(partition))
-    if not raw:
+    manifest = _manifest(records, partition)
+    if manifest is None:
         return None
-    manifest = orjson.loads(raw)
     chunks = [records.get(_chunk_key(partition, manifest["epoch"], i)) for i in range(manifest["chunks"])]
     if any(c is None for c in chunks):
         log.warning("state of group partition %d (epoch %s) is incomplete; starting it empty",
@@ -86,15 +90,6 @@ def decode_state(records: dict[bytes, bytes | None], partition: int) -> dict[str
         return None
     state: dict[str, Any] = orjson.loads(zlib.decompress(b"".join(c for c in chunks if c)))
     return state
-
-
-def epoch_of(records: dict[bytes, bytes | None], partition: int) -> tuple[str, int] | None:
-    """(epoch, chunk count) of the manifest of ``partition`` among ``records``."""
-    raw = records.get(manifest_key(partition))
-    if not raw:
-        return None
-    m = orjson.loads(raw)
-    return str(m["epoch"]), int(m["chunks"])
 
 
 class StateStore:
@@ -176,8 +171,8 @@ class StateStore:
             if state is not None:
                 out[p] = state
                 self.restored.add(p)
-                got = epoch_of(recs, p)
-                if got is not None:
-                    self._epochs[p] = got
+                manifest = _manifest(recs, p)
+                if manifest is not None:  # its chunks are the ones the next save replaces
+                    self._epochs[p] = (str(manifest["epoch"]), int(manifest["chunks"]))
         self.loads += 1
         return out
