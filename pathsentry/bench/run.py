@@ -46,6 +46,9 @@ class BenchResult:
     events: int
     partitions: int
     raw_rate: float = 0.0
+    #: in-process on the preloaded events: contract validation and the engine, µs per event
+    validate_us: float = 0.0
+    engine_us: float = 0.0
     naive_rate: float = 0.0
     pipeline_rate: float = 0.0
     offered_rate: float = 0.0
@@ -287,6 +290,10 @@ def run_bench(
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+    # last: it tunes this process's garbage collector as a worker does
+    res.validate_us, res.engine_us = _in_process(preload, root / "world" / "pathsentry.toml")
+    log(f"[bench] in-process on the preloaded events: validation {res.validate_us:.1f} µs, "
+        f"engine {res.engine_us:.1f} µs per event")
     if state_accounts:
         log(f"[bench] state memory: {state_accounts:,} accounts over {state_prefixes:,} prefixes")
         st = state_memory(state_accounts, state_prefixes)
@@ -295,6 +302,26 @@ def run_bench(
         res.state_events_per_s = st["events"] / st["seconds"]
         log(f"[bench] detector process peak RSS {st['rss_peak_mb']:,.0f} MiB")
     return res
+
+
+def _in_process(records: list[Record], config_path: Path) -> tuple[float, float]:
+    """Contract validation and the engine (enrichment and every detector) on ``records``,
+    in this process: µs per event of each (what caps one worker before any I/O)."""
+    from pathsentry.config import load_config
+    from pathsentry.engine import Engine, tune_gc
+    from pathsentry.schemas import parse_event
+
+    t0 = time.perf_counter()
+    events = [parse_event(value) for _, _, value in records]
+    t1 = time.perf_counter()
+    engine = Engine(load_config(config_path, env={}))
+    tune_gc()
+    t2 = time.perf_counter()
+    for ev in events:
+        engine.process(ev)
+    t3 = time.perf_counter()
+    n = max(1, len(records))
+    return round((t1 - t0) / n * 1e6, 1), round((t3 - t2) / n * 1e6, 1)
 
 
 def format_result(r: BenchResult) -> str:
@@ -306,6 +333,7 @@ def format_result(r: BenchResult) -> str:
         ("events preloaded", f"{r.events:>12,}"),
         ("partitions", f"{r.partitions:>12}"),
         ("raw aiokafka consume", rate(r.raw_rate)),
+        ("in-process validation / engine", f"{r.validate_us:>5} / {r.engine_us} µs per event"),
         ("naive Faust per-event loop", rate(r.naive_rate)),
         ("full pipeline (1 worker process)", rate(r.pipeline_rate)),
         ("pipeline / raw", f"{r.pipeline_vs_raw:>12.2f}x"),
