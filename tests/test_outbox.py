@@ -132,3 +132,20 @@ def test_handoff_is_bounded_and_single_use(cap: int) -> None:
     assert h.take(b"other-worker:1") is None and h.take(None) is None
     other: Handoff[int] = Handoff()
     assert other.put([1]) != h.put([1])  # keys never collide across processes
+
+
+def test_handoff_forgets_envelopes_nobody_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("pathsentry.streams.handoff.time.monotonic", lambda: clock[0])
+    h: Handoff[int] = Handoff(max_age_s=10.0)
+    old = h.put([1, 2])
+    clock[0] = 105.0
+    new = h.put([3])
+    assert h.pending() == 3
+    assert h.pending(109.0) == 3
+    assert h.pending(112.0) == 1  # the first envelope went to another worker: forgotten
+    assert h.take(old) is None and h.take(new) == [3]
+    assert h.pending() == 0
+    h.put([4])
+    h.clear()
+    assert len(h) == 0 and h.pending() == 0

@@ -102,3 +102,25 @@ def test_release_in_chunks_claims_only_what_is_complete() -> None:
     assert g.release([0], now=0.0, limit=2) == [2, 3]
     assert g.release([0], now=0.0, limit=2) == [4]
     assert g.released_to == 4
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_out_of_order_batches_are_released_in_produce_time_then_arrival_order(seed: int) -> None:
+    rnd = random.Random(seed)
+    g: Gate[tuple[int, int]] = Gate(max_hold_s=1e9)
+    g.expect({"a"})
+    added: list[tuple[int, int]] = []
+    released: list[tuple[int, int]] = []
+    for step in range(30):
+        p = rnd.randrange(3)
+        batch = [(rnd.randint(step, step + 20), len(added) + i) for i in range(rnd.randint(0, 8))]
+        added += batch
+        g.add(p, [(t, (t, n)) for t, n in batch], {"a": step}, now=float(step))
+        released += g.release([0, 1, 2], now=float(step), limit=rnd.choice([None, 1, 4]))
+        done = set(released)  # what the stage may claim has all been released
+        assert all((t, n) in done for t, n in added if t <= g.released_to)
+    for p in range(3):
+        g.add(p, [], {"a": 10**9}, now=31.0)
+    while len(g):
+        released += g.release([0, 1, 2], now=31.0, limit=5)
+    assert released == sorted(added)  # by produce time, ties in arrival order

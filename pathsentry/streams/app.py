@@ -74,6 +74,12 @@ ALIGN_MAX_WAIT_S = 0.1
 #: Largest envelope sent to an internal topic (the producer accepts up to 8 MiB).
 MAX_ENVELOPE_BYTES = 1 << 20
 
+#: Stage latencies are recorded for one event in this many (a systematic sample).
+STAGE_SAMPLE = 4
+
+#: How often the ingest loop looks again when the stages hold ``max_in_flight`` events.
+IN_FLIGHT_POLL_MS = 5
+
 #: Detector state is written to disk this often (and at shutdown).
 SNAPSHOT_INTERVAL_S = 120.0
 
@@ -131,7 +137,8 @@ class Stats:
     #: (produce time ms, produce-to-acknowledged-by-Kafka ms, alert kind) of the same alerts
     published_latencies_ms: deque[tuple[int, float, str]] = field(
         default_factory=lambda: deque(maxlen=100_000))
-    #: (produce time ms, produce-to-stage-run ms, stage) of recent events: where time goes
+    #: (produce time ms, produce-to-stage-run ms, stage) of every ``STAGE_SAMPLE``-th recent
+    #: event of a batch: where time goes
     stage_latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=200_000))
 
     def mark_detected(self, n: int) -> None:
@@ -207,6 +214,9 @@ class Pipeline:
         self.chunk = config.clickhouse.batch_size
         #: whether the stages may hold new input (not while a rebalance or a stop is under way)
         self.accepting: Callable[[], bool] = lambda: True
+        #: whether this worker's stages consume a partition of an internal topic (only what
+        #: they consume goes to the local hand-off)
+        self.local: Callable[[str, int], bool] = lambda topic, partition: True
         self.topics = Topics(config.kafka)
         self.worker_id = worker_id
         self.state_path = Path(config.data_dir) / "state" / f"{worker_id}.json"
@@ -387,6 +397,9 @@ class Pipeline:
             "clickhouse_healthy": self.sink.healthy,
             "outbox_rows": self.outbox.rows,
             "outbox_batches": self.outbox.batches,
+            "in_flight": self.in_flight(),
+            "session_held": len(self.session_gate),
+            "group_held": len(self.group_gate),
             "handoff_hits": self.session_handoff.hits + self.group_handoff.hits,
             "handoff_misses": self.session_handoff.misses + self.group_handoff.misses,
             "group_partitions": sorted(self.group_stages),
@@ -456,7 +469,7 @@ class Pipeline:
             valid += 1
         ran_ms = time.time() * 1000
         self.stats.stage_latencies_ms.extend(
-            (t, ran_ms - t, "ingest") for items in parts.values() for t, _, _ in items)
+            (t, ran_ms - t, "ingest") for items in parts.values() for t, _, _ in items[::STAGE_SAMPLE])
         headers = encode_claims(claims, claims if idle else ()) if claims else None
         sent: list[Delivery] = []
         for p in range(n_parts) if headers else parts:
@@ -521,7 +534,8 @@ class Pipeline:
         forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
         triggers: list[tuple[str, int]] = []
         ran_ms = time.time() * 1000
-        self.stats.stage_latencies_ms.extend((t, ran_ms - t, "session") for (t, _, _), _ in released)
+        self.stats.stage_latencies_ms.extend(
+            (t, ran_ms - t, "session") for (t, _, _), _ in released[::STAGE_SAMPLE])
         for (t, raw, event), _ in released:
             produced[event.event_id] = t
             enriched, found = engine.session_stage(event)
@@ -560,9 +574,10 @@ class Pipeline:
         """Send items to one partition as envelopes of at most ``MAX_ENVELOPE_BYTES``; the
         claims ride on the last one (they cover what precedes them on the partition)."""
         chunks = list(_chunked(items, wire, MAX_ENVELOPE_BYTES))
+        local = self.local(topic, partition)
         sent = []
         for i, (its, w) in enumerate(chunks):
-            key = handoff.put(its) if its else None
+            key = handoff.put(its) if its and local else None
             sent.append(await self.send(topic, envelope(w), key=key, partition=partition,
                                         headers=headers if i == len(chunks) - 1 else None))
         return sent
@@ -591,7 +606,8 @@ class Pipeline:
         triggers: list[tuple[str, int]] = []
         stages = self.group_stages
         ran_ms = time.time() * 1000
-        self.stats.stage_latencies_ms.extend((t, ran_ms - t, "group") for (t, _, _), _ in released)
+        self.stats.stage_latencies_ms.extend(
+            (t, ran_ms - t, "group") for (t, _, _), _ in released[::STAGE_SAMPLE])
         for (t, routes, enriched), held in released:
             produced[enriched.event.event_id] = t
             stage = stages[held.partition]
@@ -632,10 +648,20 @@ class Pipeline:
         """A rebalance started: drop what the gates hold. None of it is acknowledged, and
         Faust re-reads every kept or new partition from its committed offset."""
         dropped = self.session_gate.drop() + self.group_gate.drop()
+        # partitions may move: what stays is decoded from the topic when it is re-read
+        self.session_handoff.clear()
+        self.group_handoff.clear()
         self._session_claimed = -1
         self._session_idle_at = None
         if dropped:
             log.info("rebalance: %d held items will be re-read from the committed offsets", dropped)
+
+    def in_flight(self) -> int:
+        """Events this worker sent to its own internal partitions that its stages have not
+        received yet: the queue the ingest loop's back-pressure bounds. (What a stage holds
+        behind its watermark waits for the ingest's progress and is not counted; the outbox
+        bounds what waits for ClickHouse.)"""
+        return self.session_handoff.pending() + self.group_handoff.pending()
 
     def _group_item(self, item: dict[str, Any]) -> GroupItem:
         enriched = self.engine.enricher.enrich(event_adapter.validate_python(item["e"]))
@@ -817,9 +843,22 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
     consumer.subscribe([pipe.topics.logins, pipe.topics.telemetry], listener=_Revoked())
     await consumer.start()
     log.info("ingest: consuming %s and %s", pipe.topics.logins, pipe.topics.telemetry)
+    max_in_flight = cfg.kafka.max_in_flight
+    held_back = False
     try:
         while not stopping.is_set():
             try:
+                if pipe.in_flight() >= max_in_flight:
+                    # back-pressure: the stages are behind; fetch nothing until they catch up
+                    # (polling paused partitions keeps this consumer in its group)
+                    consumer.pause(*consumer.assignment())
+                    held_back = True
+                    await consumer.getmany(timeout_ms=IN_FLIGHT_POLL_MS)
+                    continue
+                if held_back:
+                    held_back = False
+                    consumer.resume(*(tp for tp in consumer.assignment()
+                                      if aligner.buffered(tp) <= max_buffered))
                 batch = await consumer.getmany(timeout_ms=poll_ms, max_records=max_records)
                 now = time.monotonic()
                 for tp, msgs in batch.items():
@@ -843,10 +882,10 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
                         await pipe.ingest_batch((), idle, idle=True)
                     continue
                 await pipe.ingest_batch(records, claimer.claims(assigned))
-                offsets: dict[Any, int] = {}
+                last: dict[tuple[str, int], int] = {}
                 for m in records:
-                    offsets[TopicPartition(m.topic, m.partition)] = m.offset + 1
-                await consumer.commit(offsets)
+                    last[m.topic, m.partition] = m.offset
+                await consumer.commit({TopicPartition(t, p): o + 1 for (t, p), o in last.items()})
             except KafkaError as e:
                 # go back to the last commit: what was fetched but not forwarded is read again
                 log.warning("ingest: %s: %s; re-reading from the last commit", type(e).__name__, e)
@@ -942,6 +981,7 @@ def create_app(
         datadir=str(Path(config.data_dir) / "faust"),
     )
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
+    pipe.local = lambda topic, partition: partition in owned(topic)
 
     async def _save_groups(partitions: list[int], why: str) -> None:
         if pipe.producer is None or not partitions:

@@ -47,9 +47,11 @@ True
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import logging
+import operator
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
@@ -63,6 +65,11 @@ log = logging.getLogger(__name__)
 HEADER = "pathsentry-wm"
 
 T = TypeVar("T")
+
+
+#: sort keys of a held entry: its produce time, then (produce time, arrival seq)
+_time = operator.itemgetter(0)
+_order = operator.itemgetter(0, 1)
 
 
 def encode_claims(claims: Mapping[str, int], idle: Iterable[str] = ()) -> list[tuple[str, bytes]]:
@@ -111,8 +118,10 @@ class Gate(Generic[T]):
         self.sources: frozenset[str] = frozenset()
         self._claims: dict[Hashable, dict[str, int]] = {}
         self._idle: dict[Hashable, set[str]] = {}
-        # per input partition: heap of (produce time, arrival seq, arrival wall time, item)
+        # per input partition: (produce time, arrival seq, arrival wall time, item), sorted
+        # lazily (a batch arrives mostly in order: sorting it at release is close to linear)
         self._held: dict[Hashable, list[tuple[int, int, float, T]]] = {}
+        self._unsorted: set[Hashable] = set()
         self._seq = itertools.count()
         self._n = 0
         #: everything up to this produce time has been released (what this stage may claim)
@@ -135,10 +144,13 @@ class Gate(Generic[T]):
                 seen[source] = t
         quiet.difference_update(claims)
         quiet.update(idle)
-        heap = self._held.setdefault(partition, [])
-        for t, item in items:
-            heapq.heappush(heap, (t, next(self._seq), now, item))
-            self._n += 1
+        held = self._held.setdefault(partition, [])
+        before = len(held)
+        seq = self._seq
+        held.extend([(t, next(seq), now, item) for t, item in items])
+        if len(held) > before:
+            self._n += len(held) - before
+            self._unsorted.add(partition)
 
     def watermark(self, partition: Hashable) -> int:
         """Produce time up to which every active source has claimed on ``partition``
@@ -161,6 +173,15 @@ class Gate(Generic[T]):
                 return False
         return True
 
+    def _sorted(self, partition: Hashable) -> list[tuple[int, int, float, T]]:
+        held = self._held.get(partition)
+        if held is None:
+            return []
+        if partition in self._unsorted:
+            held.sort(key=_order)
+            self._unsorted.discard(partition)
+        return held
+
     def release(self, partitions: Iterable[Hashable], now: float, limit: int | None = None) -> list[T]:
         """Items safe to process, in produce-time order across ``partitions`` (the input
         partitions this worker owns); at most ``limit`` of them (call again for more)."""
@@ -168,34 +189,62 @@ class Gate(Generic[T]):
         if not owned:
             return []
         bound = min(self.watermark(p) for p in owned)
+        # everything up to the watermark, in order across the partitions
+        ready: dict[Hashable, int] = {}
+        merged: list[tuple[int, int, float, T]] = []
+        for p in owned:
+            held = self._sorted(p)
+            cut = bisect.bisect_right(held, bound, key=_time) if held else 0
+            if cut:
+                ready[p] = cut
+                merged += held[:cut]
+        if len(ready) > 1:
+            merged.sort(key=_order)
+        if limit is not None and len(merged) > limit:
+            # stopped short: only what is strictly older than the next item is complete
+            last, following = merged[limit - 1], merged[limit][0]
+            for p, cut in ready.items():
+                self._take(p, bisect.bisect_right(self._held[p], _order(last), hi=cut, key=_order))
+            self.released_to = max(self.released_to, min(bound, following - 1))
+            self._note_stall(bound, -1, now)
+            return [e[3] for e in merged[:limit]]
+        for p, cut in ready.items():
+            self._take(p, cut)
+        out = [e[3] for e in merged]
+        forced_to = self._force(owned, bound, now, out, limit)
+        self._note_stall(bound, forced_to, now)
+        return out
+
+    def _take(self, partition: Hashable, n: int) -> None:
+        if n:
+            del self._held[partition][:n]
+            self._n -= n
+
+    def _force(self, owned: list[Hashable], bound: int, now: float, out: list[T],
+               limit: int | None) -> int:
+        """Release, in order, items past the watermark that waited ``max_hold_s`` (or all
+        the oldest while more than ``max_items`` are held); returns the newest forced time."""
         heads = [(h[0][0], h[0][1], p) for p in owned if (h := self._held.get(p))]
         heapq.heapify(heads)
-        out: list[T] = []
         forced_to = -1
         while heads:
-            if limit is not None and len(out) >= limit:
-                # stopped short: only what is strictly older than the next item is complete
-                self._note_stall(bound, forced_to, now)
-                self.released_to = max(self.released_to, min(bound, heads[0][0] - 1))
-                return out
             t, _, p = heads[0]
-            heap = self._held[p]
-            arrived = heap[0][2]
-            if t > bound:
-                if now - arrived < self.max_hold_s and self._n <= self.max_items:
-                    break
-                forced_to = max(forced_to, t)
-                self.forced += 1
-            _, _, _, item = heapq.heappop(heap)
+            held = self._held[p]
+            if limit is not None and len(out) >= limit:
+                self.released_to = max(self.released_to, min(bound, t - 1))
+                return forced_to
+            if now - held[0][2] < self.max_hold_s and self._n <= self.max_items:
+                break
+            forced_to = max(forced_to, t)
+            self.forced += 1
+            out.append(held.pop(0)[3])
             self._n -= 1
-            out.append(item)
-            if heap:
-                heapq.heapreplace(heads, (heap[0][0], heap[0][1], p))
+            if held:
+                heapq.heapreplace(heads, (held[0][0], held[0][1], p))
             else:
                 heapq.heappop(heads)
-        self._note_stall(bound, forced_to, now)
         self.released_to = max(self.released_to, bound, forced_to)
-        return out
+        return forced_to
 
     def _note_stall(self, bound: int, forced_to: int, now: float) -> None:
         if forced_to > bound:
@@ -217,6 +266,7 @@ class Gate(Generic[T]):
         offsets, which never cover held items). Returns how many items were dropped."""
         n = self._n
         self._held.clear()
+        self._unsorted.clear()
         self._claims.clear()
         self._idle.clear()
         self._n = 0

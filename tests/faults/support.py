@@ -61,6 +61,7 @@ STREAM_SETTINGS = """
 [kafka]
 partitions = 2
 session_timeout_s = 6
+max_in_flight = 2000
 [clickhouse]
 batch_size = 500
 flush_interval_s = 0.3
