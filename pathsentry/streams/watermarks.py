@@ -67,7 +67,8 @@ HEADER = "pathsentry-wm"
 T = TypeVar("T")
 
 
-#: sort keys of a held entry: its produce time, then (produce time, arrival seq)
+#: sort keys of a held entry: its produce time, then (produce time, arrival seq). Entries
+#: are also sorted as plain tuples: the arrival seq is unique, so the item is never compared.
 _time = operator.itemgetter(0)
 _order = operator.itemgetter(0, 1)
 
@@ -119,7 +120,8 @@ class Gate(Generic[T]):
         self._claims: dict[Hashable, dict[str, int]] = {}
         self._idle: dict[Hashable, set[str]] = {}
         # per input partition: (produce time, arrival seq, arrival wall time, item), sorted
-        # lazily (a batch arrives mostly in order: sorting it at release is close to linear)
+        # lazily (a batch that starts before what is held marks the partition for a sort at
+        # the next release; batches mostly arrive in order, and then none is needed)
         self._held: dict[Hashable, list[tuple[int, int, float, T]]] = {}
         self._unsorted: set[Hashable] = set()
         self._seq = itertools.count()
@@ -144,13 +146,16 @@ class Gate(Generic[T]):
                 seen[source] = t
         quiet.difference_update(claims)
         quiet.update(idle)
-        held = self._held.setdefault(partition, [])
-        before = len(held)
         seq = self._seq
-        held.extend([(t, next(seq), now, item) for t, item in items])
-        if len(held) > before:
-            self._n += len(held) - before
-            self._unsorted.add(partition)
+        entries = [(t, next(seq), now, item) for t, item in items]
+        if not entries:
+            return
+        entries.sort()
+        held = self._held.setdefault(partition, [])
+        if held and entries[0][0] < held[-1][0]:
+            self._unsorted.add(partition)  # sorted at the next release
+        held += entries
+        self._n += len(entries)
 
     def watermark(self, partition: Hashable) -> int:
         """Produce time up to which every active source has claimed on ``partition``
@@ -178,7 +183,7 @@ class Gate(Generic[T]):
         if held is None:
             return []
         if partition in self._unsorted:
-            held.sort(key=_order)
+            held.sort()
             self._unsorted.discard(partition)
         return held
 
@@ -195,11 +200,13 @@ class Gate(Generic[T]):
         for p in owned:
             held = self._sorted(p)
             cut = bisect.bisect_right(held, bound, key=_time) if held else 0
+            if limit is not None:
+                cut = min(cut, limit + 1)  # enough to find the first ``limit`` and the next
             if cut:
                 ready[p] = cut
                 merged += held[:cut]
         if len(ready) > 1:
-            merged.sort(key=_order)
+            merged.sort()
         if limit is not None and len(merged) > limit:
             # stopped short: only what is strictly older than the next item is complete
             last, following = merged[limit - 1], merged[limit][0]
