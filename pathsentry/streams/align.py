@@ -14,7 +14,11 @@ buffered timestamp" of the partitions that may still deliver older records. A
 partition with an empty buffer holds the others back only while it is neither
 caught up with its log end nor silent for longer than ``max_wait_s`` (so live
 traffic pays at most one poll of latency, and an idle partition never stalls
-the rest).
+the rest). A partition known to be *lagging* (its log end is past its position,
+or not yet known: a backlog the fetcher has not delivered yet) holds them back for
+up to ``lag_wait_s`` instead: when a worker catches up, the partition whose fetch
+came back first would otherwise run minutes of event time ahead of the others,
+and every stage downstream would hold it until the others caught up.
 
 >>> from collections import namedtuple
 >>> R = namedtuple("R", "timestamp offset")
@@ -46,8 +50,9 @@ class _Record(Protocol):
 class PartitionAligner:
     """Per-partition buffers merged by record timestamp up to a watermark."""
 
-    def __init__(self, max_wait_s: float = 1.0) -> None:
+    def __init__(self, max_wait_s: float = 1.0, lag_wait_s: float | None = None) -> None:
         self.max_wait_s = max_wait_s
+        self.lag_wait_s = max_wait_s if lag_wait_s is None else lag_wait_s
         self._buffers: dict[Hashable, deque[Any]] = {}
         self._last_data: dict[Hashable, float] = {}
 
@@ -63,6 +68,16 @@ class PartitionAligner:
         for tp in assigned:
             self._last_data.setdefault(tp, now)
 
+    def restart_clocks(self, now: float) -> None:
+        """Start the wait clock of the empty partitions again (after the loop stopped
+        fetching for a while: their silence was not theirs)."""
+        for tp, buf in self._buffers.items():
+            if not buf:
+                self._last_data[tp] = now
+        for tp in self._last_data:
+            if tp not in self._buffers:
+                self._last_data[tp] = now
+
     def buffered(self, tp: Hashable) -> int:
         return len(self._buffers.get(tp, ()))
 
@@ -76,7 +91,8 @@ class PartitionAligner:
             self._buffers.pop(tp, None)
             self._last_data.pop(tp, None)
 
-    def release(self, assigned: Set[Hashable], caught_up: Set[Hashable], now: float) -> list[Any]:
+    def release(self, assigned: Set[Hashable], caught_up: Set[Hashable], now: float,
+                lagging: Set[Hashable] = frozenset()) -> list[Any]:
         """Records safe to process now, in timestamp order (stable per partition)."""
         marks: list[int] = []
         for tp in assigned:
@@ -84,8 +100,10 @@ class PartitionAligner:
             if buf:
                 if tp not in caught_up:
                     marks.append(buf[-1].timestamp)
-            elif tp not in caught_up and now - self._last_data.get(tp, float("-inf")) < self.max_wait_s:
-                return []  # this partition may still hold older records
+            elif tp not in caught_up:
+                wait = self.lag_wait_s if tp in lagging else self.max_wait_s
+                if now - self._last_data.get(tp, float("-inf")) < wait:
+                    return []  # this partition may still hold older records
         watermark = min(marks) if marks else None
         heap: list[tuple[int, int, Hashable]] = []
         order = {tp: i for i, tp in enumerate(self._buffers)}

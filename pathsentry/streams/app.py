@@ -71,6 +71,9 @@ METADATA_MAX_AGE_MS = 10_000
 #: the others back in the ingest loop's event-time alignment.
 ALIGN_MAX_WAIT_S = 0.1
 
+#: How long a partition with a backlog not fetched yet may hold the others back (catch-up).
+ALIGN_LAG_WAIT_S = 2.0
+
 #: Largest envelope sent to an internal topic (the producer accepts up to 8 MiB).
 MAX_ENVELOPE_BYTES = 1 << 20
 
@@ -79,6 +82,10 @@ STAGE_SAMPLE = 4
 
 #: How often the ingest loop looks again when the stages hold ``max_in_flight`` events.
 IN_FLIGHT_POLL_MS = 5
+
+#: A back-pressure wait longer than this pauses the ingest's partitions and polls them
+#: (a consumer that does not poll for ``max.poll.interval.ms`` leaves its group).
+IN_FLIGHT_PAUSE_AFTER_S = 30.0
 
 #: Detector state is written to disk this often (and at shutdown).
 SNAPSHOT_INTERVAL_S = 120.0
@@ -813,7 +820,7 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
 
     cfg = pipe.config
     timeout_ms = int(cfg.kafka.session_timeout_s * 1000)
-    aligner = PartitionAligner(max_wait_s=ALIGN_MAX_WAIT_S)
+    aligner = PartitionAligner(max_wait_s=ALIGN_MAX_WAIT_S, lag_wait_s=ALIGN_LAG_WAIT_S)
     claimer = IngestClaims()
     max_buffered = max_records * 4
 
@@ -844,32 +851,41 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
     await consumer.start()
     log.info("ingest: consuming %s and %s", pipe.topics.logins, pipe.topics.telemetry)
     max_in_flight = cfg.kafka.max_in_flight
-    held_back = False
+    held_back_since: float | None = None
     try:
         while not stopping.is_set():
             try:
                 if pipe.in_flight() >= max_in_flight:
-                    # back-pressure: the stages are behind; fetch nothing until they catch up
-                    # (polling paused partitions keeps this consumer in its group)
-                    consumer.pause(*consumer.assignment())
-                    held_back = True
-                    await consumer.getmany(timeout_ms=IN_FLIGHT_POLL_MS)
+                    # back-pressure: the stages are behind; take nothing until they catch up.
+                    # A long wait pauses the partitions and polls them, which keeps this
+                    # consumer in its group (what was prefetched is fetched again later).
+                    now = time.monotonic()
+                    if held_back_since is None:
+                        held_back_since = now
+                    if now - held_back_since > IN_FLIGHT_PAUSE_AFTER_S:
+                        consumer.pause(*consumer.assignment())
+                        await consumer.getmany(timeout_ms=IN_FLIGHT_POLL_MS)
+                    else:
+                        await asyncio.sleep(IN_FLIGHT_POLL_MS / 1000)
                     continue
-                if held_back:
-                    held_back = False
-                    consumer.resume(*(tp for tp in consumer.assignment()
+                if held_back_since is not None:
+                    held_back_since = None
+                    aligner.restart_clocks(time.monotonic())
+                    consumer.resume(*(tp for tp in consumer.paused()
                                       if aligner.buffered(tp) <= max_buffered))
                 batch = await consumer.getmany(timeout_ms=poll_ms, max_records=max_records)
                 now = time.monotonic()
                 for tp, msgs in batch.items():
                     aligner.add(tp, msgs, now)
                 assigned = consumer.assignment()
-                caught_up = set()
+                caught_up, lagging = set(), set()
                 for tp in aligner.empty_partitions(assigned):
                     hw = consumer.highwater(tp)
                     if hw is not None and await consumer.position(tp) >= hw:
                         caught_up.add(tp)
-                records = aligner.release(assigned, caught_up, now)
+                    else:  # a backlog not fetched yet (or a log end not known yet)
+                        lagging.add(tp)
+                records = aligner.release(assigned, caught_up, now, lagging)
                 idle = claimer.update(records, assigned, caught_up, aligner.buffered,
                                         time.time() * 1000)
                 for tp in assigned:  # bound the buffers: a partition far ahead waits
