@@ -881,10 +881,11 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
                 caught_up, lagging = set(), set()
                 for tp in aligner.empty_partitions(assigned):
                     hw = consumer.highwater(tp)
-                    if hw is not None and await consumer.position(tp) >= hw:
+                    behind = None if hw is None else hw - await consumer.position(tp)
+                    if behind is not None and behind <= 0:
                         caught_up.add(tp)
-                    else:  # a backlog not fetched yet (or a log end not known yet)
-                        lagging.add(tp)
+                    elif behind is None or behind >= max_records:
+                        lagging.add(tp)  # not fetched yet, or a backlog the fetcher has not delivered
                 records = aligner.release(assigned, caught_up, now, lagging)
                 idle = claimer.update(records, assigned, caught_up, aligner.buffered,
                                         time.time() * 1000)
