@@ -95,9 +95,9 @@ class KafkaConfig(BaseModel):
     #: arrives, but some (the embedded one, with several partitions per fetch) only at
     #: the end of the wait: it is then a floor on every hop's latency.
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
-    #: events a worker may hold between its ingest and the end of its stages (sent to its
-    #: own internal partitions and not yet run). Above it the ingest loop waits: memory
-    #: and the queueing delay stay bounded when the producers are ahead.
+    #: events a worker may have sent to its own internal partitions that its stages have
+    #: not received yet. Above it the ingest loop waits: memory and the queueing delay stay
+    #: bounded when the producers are ahead.
     max_in_flight: int = Field(default=20_000, ge=1)
 
     @property

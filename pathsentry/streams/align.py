@@ -14,11 +14,12 @@ buffered timestamp" of the partitions that may still deliver older records. A
 partition with an empty buffer holds the others back only while it is neither
 caught up with its log end nor silent for longer than ``max_wait_s`` (so live
 traffic pays at most one poll of latency, and an idle partition never stalls
-the rest). A partition known to be *lagging* (its log end is past its position,
-or not yet known: a backlog the fetcher has not delivered yet) holds them back for
-up to ``lag_wait_s`` instead: when a worker catches up, the partition whose fetch
-came back first would otherwise run minutes of event time ahead of the others,
-and every stage downstream would hold it until the others caught up.
+the rest). A partition the caller names *lagging* (a backlog the fetcher has not
+delivered yet: the ingest loop names those not fetched yet and those at least a
+batch behind their log end) holds them back for up to ``lag_wait_s`` instead:
+when a worker catches up, the partition whose fetch came back first would
+otherwise run minutes of event time ahead of the others, and every stage
+downstream would hold it until the others caught up.
 
 >>> from collections import namedtuple
 >>> R = namedtuple("R", "timestamp offset")
@@ -71,11 +72,8 @@ class PartitionAligner:
     def restart_clocks(self, now: float) -> None:
         """Start the wait clock of the empty partitions again (after the loop stopped
         fetching for a while: their silence was not theirs)."""
-        for tp, buf in self._buffers.items():
-            if not buf:
-                self._last_data[tp] = now
-        for tp in self._last_data:
-            if tp not in self._buffers:
+        for tp in self._last_data.keys() | self._buffers.keys():
+            if not self._buffers.get(tp):
                 self._last_data[tp] = now
 
     def buffered(self, tp: Hashable) -> int:

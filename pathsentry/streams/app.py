@@ -32,6 +32,7 @@ import asyncio
 import bisect
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import time
@@ -147,6 +148,13 @@ class Stats:
     #: (produce time ms, produce-to-stage-run ms, stage) of every ``STAGE_SAMPLE``-th recent
     #: event of a batch: where time goes
     stage_latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=200_000))
+
+    def mark_stage(self, stage: str, produced_ms: Iterable[int]) -> None:
+        """Record, for one event in ``STAGE_SAMPLE``, the time from its produce to now,
+        when ``stage`` runs it."""
+        ran_ms = time.time() * 1000
+        self.stage_latencies_ms.extend(
+            (t, ran_ms - t, stage) for t in itertools.islice(produced_ms, 0, None, STAGE_SAMPLE))
 
     def mark_detected(self, n: int) -> None:
         now = time.time()
@@ -474,9 +482,7 @@ class Pipeline:
                 continue
             parts.setdefault(partition_for(session_key(ev), n_parts), []).append((m.timestamp, raw, ev))
             valid += 1
-        ran_ms = time.time() * 1000
-        self.stats.stage_latencies_ms.extend(
-            (t, ran_ms - t, "ingest") for items in parts.values() for t, _, _ in items[::STAGE_SAMPLE])
+        self.stats.mark_stage("ingest", (t for items in parts.values() for t, _, _ in items))
         headers = encode_claims(claims, claims if idle else ()) if claims else None
         sent: list[Delivery] = []
         for p in range(n_parts) if headers else parts:
@@ -540,9 +546,7 @@ class Pipeline:
         n_parts = await self.partitions(self.topics.groups)
         forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
         triggers: list[tuple[str, int]] = []
-        ran_ms = time.time() * 1000
-        self.stats.stage_latencies_ms.extend(
-            (t, ran_ms - t, "session") for (t, _, _), _ in released[::STAGE_SAMPLE])
+        self.stats.mark_stage("session", (t for (t, _, _), _ in released))
         for (t, raw, event), _ in released:
             produced[event.event_id] = t
             enriched, found = engine.session_stage(event)
@@ -612,9 +616,7 @@ class Pipeline:
         produced: dict[str, int] = {}
         triggers: list[tuple[str, int]] = []
         stages = self.group_stages
-        ran_ms = time.time() * 1000
-        self.stats.stage_latencies_ms.extend(
-            (t, ran_ms - t, "group") for (t, _, _), _ in released[::STAGE_SAMPLE])
+        self.stats.mark_stage("group", (t for (t, _, _), _ in released))
         for (t, routes, enriched), held in released:
             produced[enriched.event.event_id] = t
             stage = stages[held.partition]

@@ -233,24 +233,31 @@ class Gate(Generic[T]):
         the oldest while more than ``max_items`` are held); returns the newest forced time."""
         heads = [(h[0][0], h[0][1], p) for p in owned if (h := self._held.get(p))]
         heapq.heapify(heads)
+        taken: dict[Hashable, int] = {}
+        held_n = self._n
         forced_to = -1
+        released_to = None
         while heads:
             t, _, p = heads[0]
-            held = self._held[p]
+            held, i = self._held[p], taken.get(p, 0)
             if limit is not None and len(out) >= limit:
-                self.released_to = max(self.released_to, min(bound, t - 1))
-                return forced_to
-            if now - held[0][2] < self.max_hold_s and self._n <= self.max_items:
+                released_to = max(self.released_to, min(bound, t - 1))
+                break
+            if now - held[i][2] < self.max_hold_s and held_n <= self.max_items:
                 break
             forced_to = max(forced_to, t)
             self.forced += 1
-            out.append(held.pop(0)[3])
-            self._n -= 1
-            if held:
-                heapq.heapreplace(heads, (held[0][0], held[0][1], p))
+            out.append(held[i][3])
+            held_n -= 1
+            taken[p] = i = i + 1
+            if i < len(held):
+                heapq.heapreplace(heads, (held[i][0], held[i][1], p))
             else:
                 heapq.heappop(heads)
-        self.released_to = max(self.released_to, bound, forced_to)
+        for p, n in taken.items():  # one cut per partition, not one per item
+            self._take(p, n)
+        self.released_to = (max(self.released_to, bound, forced_to) if released_to is None
+                            else released_to)
         return forced_to
 
     def _note_stall(self, bound: int, forced_to: int, now: float) -> None:
