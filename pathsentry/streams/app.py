@@ -232,6 +232,10 @@ class Pipeline:
         #: whether this worker's stages consume a partition of an internal topic (only what
         #: they consume goes to the local hand-off)
         self.local: Callable[[str, int], bool] = lambda topic, partition: True
+        #: partitions this worker is assigned, per topic: the producers' topics (ingest
+        #: consumer) and the internal topics (Faust consumer)
+        self.ingest_partitions: set[tuple[str, int]] = set()
+        self.stage_partitions: Callable[[], list[tuple[str, int]]] = list
         self.topics = Topics(config.kafka)
         self.worker_id = worker_id
         self.state_path = Path(config.data_dir) / "state" / f"{worker_id}.json"
@@ -418,10 +422,18 @@ class Pipeline:
             "handoff_hits": self.session_handoff.hits + self.group_handoff.hits,
             "handoff_misses": self.session_handoff.misses + self.group_handoff.misses,
             "group_partitions": sorted(self.group_stages),
+            "assigned": self.assigned(),
             "group_state_saves": self.state_store.saves,
             "group_state_loads": self.state_store.loads,
             "group_state_restored": sorted(self.state_store.restored),
         }
+
+    def assigned(self) -> dict[str, list[int]]:
+        """The partitions this worker consumes now, per topic."""
+        out: dict[str, list[int]] = {}
+        for topic, partition in sorted(self.ingest_partitions | set(self.stage_partitions())):
+            out.setdefault(topic, []).append(partition)
+        return out
 
     def _published(self, kind: str, produced_ms: int, fut: Awaitable[Any]) -> None:
         if isinstance(fut, asyncio.Future) and not fut.cancelled() and fut.exception() is None:
@@ -830,9 +842,11 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
         async def on_partitions_revoked(self, revoked: Any) -> None:
             aligner.drop(revoked)
             claimer.drop(revoked)
+            pipe.ingest_partitions.difference_update((tp.topic, tp.partition) for tp in revoked)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
             aligner.track(assigned, time.monotonic())
+            pipe.ingest_partitions.update((tp.topic, tp.partition) for tp in assigned)
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(cfg),
@@ -1001,6 +1015,7 @@ def create_app(
     )
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
     pipe.local = lambda topic, partition: partition in owned(topic)
+    pipe.stage_partitions = lambda: [(t, p) for t in (topics.sessions, topics.groups) for p in owned(t)]
 
     async def _save_groups(partitions: list[int], why: str) -> None:
         if pipe.producer is None or not partitions:

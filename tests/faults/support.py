@@ -52,6 +52,7 @@ __all__ = [
     "route_events",
     "sim_events",
     "wait_for",
+    "wait_settled",
     "worker_process",
     "write_world",
 ]
@@ -446,6 +447,35 @@ class WorkerProcess:
 
         wait_for(drained, timeout, "the worker to drain its topics", interval=1.0,
                  on_timeout=lambda: f"lag history {seen[-5:]}\n{self.log_tail()}")
+
+
+def wait_settled(workers: Sequence[WorkerProcess], timeout: float = 90.0) -> None:
+    """Wait until the workers' consumer groups are settled: every partition of the
+    producers' topics and of the sessions topic is consumed by exactly one of them, and
+    each of them consumes some of both."""
+    topics = workers[0].topics
+    wanted = {topics.logins, topics.telemetry, topics.sessions}
+    n = settings_partitions()
+    seen: list[Any] = []
+
+    def settled() -> bool:
+        owned = [{(t, p) for t, ps in w.stats()["assigned"].items() if t in wanted for p in ps}
+                 for w in workers]
+        seen[:] = [sorted(o) for o in owned]
+        every = {(t, p) for t in wanted for p in range(n)}
+        disjoint = sum(len(o) for o in owned) == len(set().union(*owned))
+        both = all(any(t == topics.sessions for t, _ in o) and any(t != topics.sessions for t, _ in o)
+                   for o in owned)
+        return disjoint and both and set().union(*owned) == every
+
+    wait_for(settled, timeout, "the consumer groups to settle", on_timeout=lambda: f"assigned: {seen}")
+
+
+def settings_partitions() -> int:
+    """The partition count :data:`STREAM_SETTINGS` gives every topic."""
+    match = re.search(r"^partitions = (\d+)$", STREAM_SETTINGS, re.M)
+    assert match
+    return int(match.group(1))
 
 
 @contextlib.contextmanager

@@ -5,6 +5,12 @@ per-event detectors is stored, once, and every farm group the replay finds forms
 across the two workers (its members meet on one worker through the repartition, in
 event order thanks to the watermarks), with at least 80% of its members in one alert.
 
+The backend starts publishing once both workers own partitions, and the first part is
+drained (everything committed) before one worker stops: a handover with nothing in
+flight must repeat nothing, so no flag is stored by both workers. (A rebalance while
+events are in flight may process some of them again, which delivery at-least-once
+allows; on a shared table ReplacingMergeTree keeps one row of each.)
+
 chDB allows one process per directory, so each worker writes its own directory;
 both are read back after the run (on clickhouse-server they share one table)."""
 
@@ -29,6 +35,7 @@ from tests.faults.support import (
     recent_world,
     route_events,
     wait_for,
+    wait_settled,
     worker_process,
     write_world,
 )
@@ -71,9 +78,11 @@ def test_two_workers_share_partitions_and_lose_nothing_on_rebalance(
             worker_process(cfg_b, embedded_broker.url, tmp_path / "b" / "chdb", prefix=prefix) as wb:
         wa.start()
         wb.start()
+        wait_settled([wa, wb])
         _produce_live(embedded_broker.bootstrap, route_events(events[:cut], wa.topics))
         wait_for(lambda: wa.stats()["events_detected"] + wb.stats()["events_detected"] >= cut,
                  180, "both workers to process the first part")
+        wa.wait_drained(180)  # the group's lag: both workers' partitions
         before_b = wb.stats()
         assert before_b["events_detected"] > 0 and wa.stats()["events_detected"] > 0, \
             "both workers must own partitions of the consumer group"
