@@ -62,6 +62,8 @@ class BenchResult:
     #: (p50, p99) from produce to the moment each stage runs an event
     stage_latency_ms: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     worker_peak_rss_mb: float = 0.0
+    #: the worker's garbage-collector pauses during the latency phase, per generation
+    gc_pauses: dict[str, dict[str, float]] = field(default_factory=dict)
     flagged: int = 0
     alerts: int = 0
     state_accounts: int = 0
@@ -281,6 +283,7 @@ def run_bench(
                 res.stage_latency_ms = {
                     k: (v["p50"], v["p99"]) for k, v in st.get("produce_to_stage_ms", {}).items()}
                 res.flagged, res.alerts = st["flagged"], st["alerts"]
+                res.gc_pauses = st.get("gc_pauses", {})
                 res.worker_peak_rss_mb = _peak_rss_mb(proc.pid)
                 log(f"[bench] produce-to-flag p50 {lat['p50']} ms, p99 {lat['p99']} ms "
                     f"over {lat['n']} flags; worker peak RSS {res.worker_peak_rss_mb:.0f} MiB")
@@ -349,6 +352,8 @@ def format_result(r: BenchResult) -> str:
         *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.alert_published_p99_by_kind_ms.items())),
         ("raising event to alert stored", ""),
         *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.alert_latency_p99_by_kind_ms.items())),
+        ("worker GC pauses (latency phase): n / longest", ""),
+        *((f"  {g}", f"{v['n_since']:>7,} / {v['max_ms']} ms") for g, v in sorted(r.gc_pauses.items())),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
         ("flagged / alerts", f"{r.flagged:>7,} / {r.alerts:,}"),
     ]

@@ -54,6 +54,7 @@ from pathsentry.infra.clickhouse import ClickHouse, is_read_only
 from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
 from pathsentry.streams.align import PartitionAligner
 from pathsentry.streams.deadletter import dead_letter_record
+from pathsentry.streams.gcwatch import GcPauses
 from pathsentry.streams.handoff import Handoff
 from pathsentry.streams.kafka import bootstrap_servers, client_kwargs, faust_credentials
 from pathsentry.streams.outbox import Delivery, Outbox, Pending
@@ -236,6 +237,8 @@ class Pipeline:
         #: consumer) and the internal topics (Faust consumer)
         self.ingest_partitions: set[tuple[str, int]] = set()
         self.stage_partitions: Callable[[], list[tuple[str, int]]] = list
+        #: the garbage collector's pauses (installed by the worker's app)
+        self.gc_pauses = GcPauses()
         self.topics = Topics(config.kafka)
         self.worker_id = worker_id
         self.state_path = Path(config.data_dir) / "state" / f"{worker_id}.json"
@@ -1015,6 +1018,7 @@ def create_app(
     )
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
     pipe.local = lambda topic, partition: partition in owned(topic)
+    pipe.gc_pauses.install()
     pipe.stage_partitions = lambda: [(t, p) for t in (topics.sessions, topics.groups) for p in owned(t)]
 
     async def _save_groups(partitions: list[int], why: str) -> None:
@@ -1105,7 +1109,8 @@ def create_app(
     async def stats_page(web: Any, request: Any) -> Any:
         since = int(request.query.get("since_ms", "0") or 0)
         latency = request.query.get("latency", "1") != "0"
-        return web.json({"worker": worker_id, **pipe.stats.as_dict(since, latency), **pipe.gauges()})
+        return web.json({"worker": worker_id, **pipe.stats.as_dict(since, latency), **pipe.gauges(),
+                         "gc_pauses": pipe.gc_pauses.summary(since / 1000)})
 
     @app.page("/query")
     async def query_page(web: Any, request: Any) -> Any:
