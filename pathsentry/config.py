@@ -119,6 +119,16 @@ class ClickHouseConfig(BaseModel):
     buffer_rows: int = Field(default=50_000, ge=1)
 
 
+class WorkerConfig(BaseModel):
+    #: every this many seconds the worker collects its youngest objects and moves what
+    #: survives out of the collector's way (``gc.freeze``), so that no collection walks
+    #: the detectors' long-lived state; 0 leaves Python's generational collector as is
+    gc_freeze_interval_s: float = Field(default=1.0, ge=0)
+    #: every this many seconds one full collection over everything (cyclic garbage that
+    #: died after it was moved aside is freed then); its pause grows with the state
+    gc_full_interval_s: float = Field(default=3600.0, gt=0)
+
+
 class Config(BaseModel):
     """The whole configuration; ``detectors`` holds per-detector threshold tables."""
 
@@ -131,6 +141,7 @@ class Config(BaseModel):
     geo: list[str] = Field(default_factory=lambda: ["bundled"])
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     data_dir: str = "./var"
     source_path: str | None = None

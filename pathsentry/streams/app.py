@@ -54,7 +54,7 @@ from pathsentry.infra.clickhouse import ClickHouse, is_read_only
 from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
 from pathsentry.streams.align import PartitionAligner
 from pathsentry.streams.deadletter import dead_letter_record
-from pathsentry.streams.gcwatch import GcPauses
+from pathsentry.streams.gcwatch import GcPauses, YoungCollections
 from pathsentry.streams.handoff import Handoff
 from pathsentry.streams.kafka import bootstrap_servers, client_kwargs, faust_credentials
 from pathsentry.streams.outbox import Delivery, Outbox, Pending
@@ -1094,6 +1094,17 @@ def create_app(
             await pipe.emit(pipe.flush_detectors(), {})
         except Exception:  # a failing tick must not take the worker down
             log.exception("detector flush failed")
+
+    if config.worker.gc_freeze_interval_s > 0:
+        young = YoungCollections(freeze_interval_s=config.worker.gc_freeze_interval_s,
+                                 full_interval_s=config.worker.gc_full_interval_s,
+                                 now=time.monotonic())
+
+        @app.timer(interval=config.worker.gc_freeze_interval_s)
+        async def collect_young() -> None:
+            if young.tick(time.monotonic()) == "full":
+                log.info("gc: full collection freed %d objects in %.0f ms",
+                         young.last_full_freed, young.last_full_ms)
 
     @app.timer(interval=SNAPSHOT_INTERVAL_S)
     async def snapshot() -> None:
