@@ -120,13 +120,16 @@ class ClickHouseConfig(BaseModel):
 
 
 class WorkerConfig(BaseModel):
-    #: every this many seconds the worker collects its youngest objects and moves what
-    #: survives out of the collector's way (``gc.freeze``), so that no collection walks
-    #: the detectors' long-lived state; 0 leaves Python's generational collector as is
+    #: every this many seconds the worker moves every live object out of the garbage
+    #: collector's way (``gc.freeze``), and Python's automatic collections are off: no
+    #: collection walks the detectors' state or the events held. Reference counting frees
+    #: everything but cyclic garbage. 0 leaves Python's generational collector as is.
     gc_freeze_interval_s: float = Field(default=1.0, ge=0)
-    #: every this many seconds one full collection over everything (cyclic garbage that
-    #: died after it was moved aside is freed then); its pause grows with the state
+    #: every this many seconds one full collection over everything (frees the cyclic
+    #: garbage); its pause grows with the state
     gc_full_interval_s: float = Field(default=3600.0, gt=0)
+    #: ...or as soon as the resident memory has grown this much since the last one
+    gc_full_growth_mib: float = Field(default=256.0, gt=0)
 
 
 class Config(BaseModel):

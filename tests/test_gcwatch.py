@@ -36,21 +36,45 @@ class _Node:
     me: _Node | None = None
 
 
-def test_a_cycle_moved_aside_by_a_young_tick_is_freed_by_the_next_full_collection() -> None:
-    sched = YoungCollections(freeze_interval_s=1.0, full_interval_s=10.0, now=0.0)
+def _cycle() -> weakref.ref[_Node]:
+    node = _Node()
+    node.me = node
+    return weakref.ref(node)
+
+
+def test_a_frozen_cycle_is_freed_by_the_next_full_collection_only() -> None:
+    sched = YoungCollections(freeze_interval_s=1.0, full_interval_s=10.0, full_growth_mib=1e9,
+                             now=0.0, rss_mib=lambda: 100.0)
     try:
-        node = _Node()
-        node.me = node
-        ref = weakref.ref(node)
         assert sched.tick(0.5) is None
-        assert sched.tick(1.0) == "young"  # still alive: frozen, no longer walked
-        del node
+        assert not gc.isenabled(), "automatic collections are off from the first tick"
+        ref = _cycle()  # garbage already, but never collected automatically
+        assert sched.tick(1.0) == "freeze"
         gc.collect()
-        assert ref() is not None, "a frozen cycle is not collected"
-        assert sched.tick(5.0) == "young"
-        assert sched.tick(10.0) == "full"
+        assert ref() is not None, "a frozen cycle is not walked by a collection"
+        assert sched.tick(5.0) == "freeze"
+        assert sched.tick(10.0) == "full" and sched.last_full_reason == "interval"
         assert ref() is None
         assert sched.last_full_freed >= 1 and sched.last_full_ms >= 0.0
         assert sched.tick(10.5) is None  # both clocks restart at a full collection
     finally:
-        gc.unfreeze()
+        sched.stop()
+    assert gc.isenabled()
+
+
+def test_memory_growth_brings_the_full_collection_forward() -> None:
+    rss = [100.0]
+    sched = YoungCollections(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
+                             now=0.0, rss_mib=lambda: rss[0])
+    try:
+        assert sched.tick(0.5) is None  # takes over at 100 MiB
+        ref = _cycle()
+        rss[0] = 300.0
+        assert sched.tick(1.0) == "freeze"  # grown 200 MiB: below the valve
+        rss[0] = 356.0
+        assert sched.tick(2.0) == "full" and sched.last_full_reason == "256 MiB grown"
+        assert ref() is None
+        rss[0] = 400.0  # measured from the new level after a full collection
+        assert sched.tick(3.0) == "freeze"
+    finally:
+        sched.stop()

@@ -1096,15 +1096,17 @@ def create_app(
             log.exception("detector flush failed")
 
     if config.worker.gc_freeze_interval_s > 0:
-        young = YoungCollections(freeze_interval_s=config.worker.gc_freeze_interval_s,
-                                 full_interval_s=config.worker.gc_full_interval_s,
-                                 now=time.monotonic())
+        gc_schedule = YoungCollections(freeze_interval_s=config.worker.gc_freeze_interval_s,
+                                       full_interval_s=config.worker.gc_full_interval_s,
+                                       full_growth_mib=config.worker.gc_full_growth_mib,
+                                       now=time.monotonic())
 
         @app.timer(interval=config.worker.gc_freeze_interval_s)
-        async def collect_young() -> None:
-            if young.tick(time.monotonic()) == "full":
-                log.info("gc: full collection freed %d objects in %.0f ms",
-                         young.last_full_freed, young.last_full_ms)
+        async def collect_garbage() -> None:
+            if gc_schedule.tick(time.monotonic()) == "full":
+                log.info("gc: full collection (%s) freed %d objects in %.0f ms",
+                         gc_schedule.last_full_reason, gc_schedule.last_full_freed,
+                         gc_schedule.last_full_ms)
 
     @app.timer(interval=SNAPSHOT_INTERVAL_S)
     async def snapshot() -> None:

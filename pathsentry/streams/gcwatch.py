@@ -1,12 +1,15 @@
 """The worker's garbage collector: its pauses per generation, and a schedule that keeps
-collections young.
+it out of the way.
 
 A collection stops the worker's event loop: every event waiting in it waits that much
-longer. Python's collector promotes survivors to older generations and eventually walks
-all of them: with the detectors' state and the events a stage holds, a generation-1
-collection takes hundreds of ms. :class:`YoungCollections` instead moves survivors out
-of the collector's way every second (after collecting the youngest generation) and runs
-one full collection at a longer, fixed interval. ``/stats`` shows the pauses.
+longer. Python's collector walks every container object that survives until the next
+collection, and promotes survivors to older generations that it walks again: with the
+detectors' state and the events a stage holds, a generation-1 collection takes hundreds
+of ms, and collections cost about a tenth of the worker's time. Almost nothing a worker
+allocates is cyclic garbage (a full collection every few seconds frees a few hundred
+objects), so :class:`YoungCollections` leaves freeing to reference counting: it moves
+everything out of the collector's way every second and runs one full collection at a
+long interval, or when the memory has grown. ``/stats`` shows the pauses.
 
 >>> import gc
 >>> watch = GcPauses()
@@ -21,11 +24,13 @@ True
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["GcPauses", "YoungCollections"]
+__all__ = ["GcPauses", "YoungCollections", "resident_mib"]
 
 
 class GcPauses:
@@ -75,41 +80,71 @@ class GcPauses:
 
 
 class YoungCollections:
-    """Every ``freeze_interval_s``: collect generation 0, then freeze what is left (it is
-    no longer walked by automatic collections). Every ``full_interval_s``: unfreeze,
-    collect everything once, freeze again. Call :meth:`tick` periodically.
+    """Python's automatic collector off; every ``freeze_interval_s`` everything alive is
+    moved out of the collector's way (``gc.freeze``, O(1)); one full collection every
+    ``full_interval_s``, or sooner once the resident memory has grown by
+    ``full_growth_mib`` since the last one (a safety valve against cyclic garbage piling
+    up). Call :meth:`tick` periodically, from one thread.
 
     Objects that die after being frozen are still freed by reference counting; only
     cyclic garbage waits for the next full collection.
 
     >>> import gc
-    >>> sched = YoungCollections(freeze_interval_s=1.0, full_interval_s=60.0, now=0.0)
+    >>> sched = YoungCollections(freeze_interval_s=1.0, full_interval_s=60.0,
+    ...                          full_growth_mib=10**6, now=0.0)
     >>> sched.tick(0.5) is None, sched.tick(1.0), sched.tick(61.0)
-    (True, 'young', 'full')
-    >>> gc.unfreeze()
+    (True, 'freeze', 'full')
+    >>> sched.stop()
     """
 
-    def __init__(self, *, freeze_interval_s: float, full_interval_s: float, now: float) -> None:
+    def __init__(self, *, freeze_interval_s: float, full_interval_s: float,
+                 full_growth_mib: float, now: float,
+                 rss_mib: Callable[[], float] | None = None) -> None:
         self.freeze_interval_s = freeze_interval_s
         self.full_interval_s = full_interval_s
-        self._young_at = self._full_at = now
-        #: objects the last full collection found unreachable
+        self.full_growth_mib = full_growth_mib
+        self._rss_mib = rss_mib or resident_mib
+        self._frozen_at = self._full_at = now
+        self._rss_at_full = 0.0
+        #: objects the last full collection found unreachable, its pause, and why it ran
         self.last_full_freed = 0
         self.last_full_ms = 0.0
+        self.last_full_reason = ""
+
+    def stop(self) -> None:
+        """Give the process back to Python's own collector."""
+        gc.unfreeze()
+        gc.enable()
 
     def tick(self, now: float) -> str | None:
-        """Run what is due at ``now`` (monotonic seconds): ``"full"``, ``"young"`` or None."""
-        if now - self._full_at >= self.full_interval_s:
+        """Run what is due at ``now`` (monotonic seconds): ``"full"``, ``"freeze"`` or None."""
+        if gc.isenabled():  # from the first tick on, collections are this schedule's
+            gc.disable()
+            self._rss_at_full = self._rss_mib()
+        if now - self._frozen_at < self.freeze_interval_s:
+            return None
+        rss = self._rss_mib()
+        grown = rss - self._rss_at_full
+        if now - self._full_at >= self.full_interval_s or grown >= self.full_growth_mib:
+            self.last_full_reason = (f"{grown:.0f} MiB grown" if grown >= self.full_growth_mib
+                                     else "interval")
             t0 = time.perf_counter()
             gc.unfreeze()
             self.last_full_freed = gc.collect()
             gc.freeze()
             self.last_full_ms = (time.perf_counter() - t0) * 1000
-            self._full_at = self._young_at = now
+            self._full_at = self._frozen_at = now
+            self._rss_at_full = self._rss_mib()
             return "full"
-        if now - self._young_at >= self.freeze_interval_s:
-            gc.collect(0)
-            gc.freeze()
-            self._young_at = now
-            return "young"
-        return None
+        gc.freeze()
+        self._frozen_at = now
+        return "freeze"
+
+
+def resident_mib() -> float:
+    """This process's resident memory, MiB (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        return 0.0
