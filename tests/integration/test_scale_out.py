@@ -28,6 +28,7 @@ import pytest
 from pathsentry.infra.broker import EmbeddedBroker
 from pathsentry.sim.world import World
 from tests.faults.support import (
+    WorkerProcess,
     expected_farm_groups,
     expected_flags,
     match_groups,
@@ -52,6 +53,13 @@ def _read_chdb(env: dict[str, str], sql: str) -> list[dict[str, Any]]:
     )
     rows: list[dict[str, Any]] = json.loads(out.stdout)
     return rows
+
+
+def _progress(w: WorkerProcess) -> str:
+    keys = ("events_in", "events_detected", "group_messages", "group_events", "in_flight",
+            "session_held", "group_held", "outbox_rows", "assigned", "gc_pauses")
+    st = w.stats()
+    return json.dumps({k: st.get(k) for k in keys})
 
 
 def _produce_live(bootstrap: str, records: list[Any], rate: float = 1000.0) -> None:
@@ -81,7 +89,9 @@ def test_two_workers_share_partitions_and_lose_nothing_on_rebalance(
         wait_settled([wa, wb])
         _produce_live(embedded_broker.bootstrap, route_events(events[:cut], wa.topics))
         wait_for(lambda: wa.stats()["events_detected"] + wb.stats()["events_detected"] >= cut,
-                 180, "both workers to process the first part")
+                 180, "both workers to process the first part",
+                 on_timeout=lambda: f"{cut} events; A {_progress(wa)}; B {_progress(wb)}\n"
+                                    f"A:\n{wa.log_tail(1500)}\nB:\n{wb.log_tail(1500)}")
         wa.wait_drained(180)  # the group's lag: both workers' partitions
         before_b = wb.stats()
         assert before_b["events_detected"] > 0 and wa.stats()["events_detected"] > 0, \
