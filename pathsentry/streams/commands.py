@@ -251,8 +251,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             try:
                 _, rows = run_query(
                     load_config(env["PATHSENTRY_CONFIG"], env={}),
+                    # the newest of every kind: a rare kind is not crowded out by a frequent one
                     "SELECT alert_id, kind, severity, summary FROM pathsentry.alerts FINAL "
-                    "ORDER BY last_seen DESC LIMIT 5", base,
+                    "ORDER BY last_seen DESC LIMIT 2 BY kind", base,
                 )
             except SystemExit:
                 continue
