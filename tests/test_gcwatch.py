@@ -6,7 +6,7 @@ import gc
 import time
 import weakref
 
-from pathsentry.streams.gcwatch import GcPauses, YoungCollections
+from pathsentry.streams.gcwatch import GcPauses, GcSchedule
 
 
 def test_pauses_are_counted_per_generation_and_windowed_by_time() -> None:
@@ -43,7 +43,7 @@ def _cycle() -> weakref.ref[_Node]:
 
 
 def test_a_frozen_cycle_is_freed_by_the_next_full_collection_only() -> None:
-    sched = YoungCollections(freeze_interval_s=1.0, full_interval_s=10.0, full_growth_mib=1e9,
+    sched = GcSchedule(freeze_interval_s=1.0, full_interval_s=10.0, full_growth_mib=1e9,
                              now=0.0, rss_mib=lambda: 100.0)
     try:
         assert sched.tick(0.5) is None
@@ -64,7 +64,7 @@ def test_a_frozen_cycle_is_freed_by_the_next_full_collection_only() -> None:
 
 def test_memory_growth_brings_the_full_collection_forward() -> None:
     rss = [100.0]
-    sched = YoungCollections(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
+    sched = GcSchedule(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
                              now=0.0, rss_mib=lambda: rss[0])
     try:
         assert sched.tick(0.5) is None  # takes over at 100 MiB

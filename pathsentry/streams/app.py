@@ -54,7 +54,7 @@ from pathsentry.infra.clickhouse import ClickHouse, is_read_only
 from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
 from pathsentry.streams.align import PartitionAligner
 from pathsentry.streams.deadletter import dead_letter_record
-from pathsentry.streams.gcwatch import GcPauses, YoungCollections
+from pathsentry.streams.gcwatch import GcPauses, GcSchedule
 from pathsentry.streams.handoff import Handoff
 from pathsentry.streams.kafka import bootstrap_servers, client_kwargs, faust_credentials
 from pathsentry.streams.outbox import Delivery, Outbox, Pending
@@ -1096,7 +1096,7 @@ def create_app(
             log.exception("detector flush failed")
 
     if config.worker.gc_freeze_interval_s > 0:
-        gc_schedule = YoungCollections(freeze_interval_s=config.worker.gc_freeze_interval_s,
+        gc_schedule = GcSchedule(freeze_interval_s=config.worker.gc_freeze_interval_s,
                                        full_interval_s=config.worker.gc_full_interval_s,
                                        full_growth_mib=config.worker.gc_full_growth_mib,
                                        now=time.monotonic())

@@ -7,7 +7,7 @@ collection, and promotes survivors to older generations that it walks again: wit
 detectors' state and the events a stage holds, a generation-1 collection takes hundreds
 of ms, and collections cost about a tenth of the worker's time. Almost nothing a worker
 allocates is cyclic garbage (a full collection every few seconds frees a few hundred
-objects), so :class:`YoungCollections` leaves freeing to reference counting: it moves
+objects), so :class:`GcSchedule` leaves freeing to reference counting: it moves
 everything out of the collector's way every second and runs one full collection at a
 long interval, or when the memory has grown. ``/stats`` shows the pauses.
 
@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["GcPauses", "YoungCollections", "resident_mib"]
+__all__ = ["GcPauses", "GcSchedule", "resident_mib"]
 
 
 class GcPauses:
@@ -79,7 +79,7 @@ class GcPauses:
         return out
 
 
-class YoungCollections:
+class GcSchedule:
     """Python's automatic collector off; every ``freeze_interval_s`` everything alive is
     moved out of the collector's way (``gc.freeze``, O(1)); one full collection every
     ``full_interval_s``, or sooner once the resident memory has grown by
@@ -90,7 +90,7 @@ class YoungCollections:
     cyclic garbage waits for the next full collection.
 
     >>> import gc
-    >>> sched = YoungCollections(freeze_interval_s=1.0, full_interval_s=60.0,
+    >>> sched = GcSchedule(freeze_interval_s=1.0, full_interval_s=60.0,
     ...                          full_growth_mib=10**6, now=0.0)
     >>> sched.tick(0.5) is None, sched.tick(1.0), sched.tick(61.0)
     (True, 'freeze', 'full')

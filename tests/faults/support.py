@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -473,9 +474,8 @@ def wait_settled(workers: Sequence[WorkerProcess], timeout: float = 90.0) -> Non
 
 def settings_partitions() -> int:
     """The partition count :data:`STREAM_SETTINGS` gives every topic."""
-    match = re.search(r"^partitions = (\d+)$", STREAM_SETTINGS, re.M)
-    assert match
-    return int(match.group(1))
+    partitions: int = tomllib.loads(STREAM_SETTINGS)["kafka"]["partitions"]
+    return partitions
 
 
 @contextlib.contextmanager
