@@ -19,7 +19,7 @@ import ipaddress
 from pathsentry.config import AllowEntry, Config
 from pathsentry.detectors.base import Enriched
 from pathsentry.enrich.geo import GeoInfo, GeoResolver, prefix_of
-from pathsentry.schemas import AnyEvent, Login
+from pathsentry.schemas import AnyEvent, Login, RttProbe, Traceroute
 
 __all__ = ["Enricher"]
 
@@ -54,7 +54,13 @@ class Enricher:
         return hit
 
     def enrich(self, event: AnyEvent) -> Enriched:
-        server_id = event.server_id if isinstance(event, Login) else getattr(event, "vantage_id", None)
+        # (a field the model lacks is not looked up by name: a miss costs a pydantic exception)
+        if isinstance(event, Login):
+            server_id: str | None = event.server_id
+        elif isinstance(event, RttProbe | Traceroute):
+            server_id = event.vantage_id
+        else:
+            server_id = None
         geo, prefix, allowed = self.source(event.src_ip)
         return Enriched(
             event=event,
