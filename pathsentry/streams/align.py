@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterable, Set
+from collections.abc import Hashable, Iterable, Mapping, Set
 from typing import Any, Protocol
 
 __all__ = ["PartitionAligner"]
@@ -79,9 +79,31 @@ class PartitionAligner:
     def buffered(self, tp: Hashable) -> int:
         return len(self._buffers.get(tp, ()))
 
-    def empty_partitions(self, assigned: Iterable[Hashable]) -> list[Hashable]:
-        """Assigned partitions with nothing buffered (ask the consumer whether they are caught up)."""
-        return [tp for tp in assigned if not self._buffers.get(tp)]
+    def progress(self, behind: Mapping[Hashable, int | None],
+                 batch: int) -> tuple[set[Hashable], set[Hashable]]:
+        """(caught up, lagging) partitions, from how many records each is ``behind`` its
+        log end as the last fetch saw it (``None``: not fetched yet).
+
+        A partition is caught up once everything up to its log end has been fetched,
+        whether or not it is still buffered here: what it delivers next was produced
+        later, so it holds nothing back (were only empty partitions asked, the one whose
+        newest record is the oldest would hold the others back until the next poll). An
+        empty partition not fetched yet, or at least ``batch`` records behind, is
+        lagging: a backlog the fetcher has not delivered.
+
+        >>> a = PartitionAligner()
+        >>> a.add("logins-0", [object()], now=0.0)
+        >>> a.progress({"logins-0": 0, "telemetry-0": None, "telemetry-1": 3}, batch=100)
+        ({'logins-0'}, {'telemetry-0'})
+        """
+        caught_up: set[Hashable] = set()
+        lagging: set[Hashable] = set()
+        for tp, n in behind.items():
+            if n is not None and n <= 0:
+                caught_up.add(tp)
+            elif (n is None or n >= batch) and not self._buffers.get(tp):
+                lagging.add(tp)
+        return caught_up, lagging
 
     def drop(self, tps: Iterable[Hashable]) -> None:
         """Forget revoked partitions: their uncommitted records go to the new owner."""

@@ -897,14 +897,11 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
                 for tp, msgs in batch.items():
                     aligner.add(tp, msgs, now)
                 assigned = consumer.assignment()
-                caught_up, lagging = set(), set()
-                for tp in aligner.empty_partitions(assigned):
+                behind: dict[Any, int | None] = {}
+                for tp in assigned:
                     hw = consumer.highwater(tp)
-                    behind = None if hw is None else hw - await consumer.position(tp)
-                    if behind is not None and behind <= 0:
-                        caught_up.add(tp)
-                    elif behind is None or behind >= max_records:
-                        lagging.add(tp)  # not fetched yet, or a backlog the fetcher has not delivered
+                    behind[tp] = None if hw is None else hw - await consumer.position(tp)
+                caught_up, lagging = aligner.progress(behind, max_records)
                 records = aligner.release(assigned, caught_up, now, lagging)
                 idle = claimer.update(records, assigned, caught_up, aligner.buffered,
                                         time.time() * 1000)
