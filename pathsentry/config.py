@@ -95,6 +95,10 @@ class KafkaConfig(BaseModel):
     #: arrives, but some (the embedded one, with several partitions per fetch) only at
     #: the end of the wait: it is then a floor on every hop's latency.
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    #: how often consumed offsets are committed, by the ingest loop and the stages: a
+    #: worker that dies re-reads at most about this much more (delivery is at-least-once
+    #: either way), and each commit costs the broker and the loop a round trip
+    commit_interval_s: float = Field(default=0.5, gt=0, le=60)
     #: events a worker may have sent to its own internal partitions that its stages have
     #: not received yet. Above it the ingest loop waits: memory and the queueing delay stay
     #: bounded when the producers are ahead.

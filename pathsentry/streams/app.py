@@ -18,8 +18,9 @@ ingest loop therefore consumes them with aiokafka in large batches, and forwards
 batch bound for it) to the internal topics, whose Faust agents then handle a
 few large messages instead of many small ones.
 
-Delivery is at-least-once everywhere: the ingest loop commits its offsets only
-after the batch's envelopes and dead letters are acknowledged by the broker;
+Delivery is at-least-once everywhere: the ingest loop commits its offsets (every
+``commit_interval_s``, and for revoked partitions before they move) only after the
+batches' envelopes and dead letters are acknowledged by the broker;
 the agents consume with ``take_events`` (concurrency 1) and their outputs
 (ClickHouse rows, alerts, forwarded envelopes) are flushed before the batch is
 acknowledged. Retries can repeat outputs; the sinks are idempotent
@@ -38,7 +39,7 @@ import os
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ ALIGN_MAX_WAIT_S = 0.1
 
 #: How long a partition with a backlog not fetched yet may hold the others back (catch-up).
 ALIGN_LAG_WAIT_S = 2.0
+
+#: Longest the ingest loop waits for its last commit when it stops.
+FINAL_COMMIT_TIMEOUT_S = 5.0
 
 #: Largest envelope sent to an internal topic (the producer accepts up to 8 MiB).
 MAX_ENVELOPE_BYTES = 1 << 20
@@ -831,8 +835,51 @@ class IngestClaims:
         self._idle_sent_at = None
 
 
+class Uncommitted:
+    """Offsets the ingest loop has forwarded and not committed yet, per (topic,
+    partition): committed together every ``interval_s``, and those of revoked
+    partitions before they move.
+
+    >>> from collections import namedtuple
+    >>> R = namedtuple("R", "topic partition offset")
+    >>> u = Uncommitted(0.5, now=0.0)
+    >>> u.forwarded([R("logins", 0, 7), R("logins", 0, 8), R("telemetry", 1, 3)])
+    >>> u.due(0.2), u.take(0.2, {("telemetry", 1)}), u.due(0.2)  # a revoke commits its own
+    (False, {('telemetry', 1): 4}, False)
+    >>> u.due(0.6), u.take(0.6), u.take(0.7)
+    (True, {('logins', 0): 9}, {})
+    """
+
+    def __init__(self, interval_s: float, now: float) -> None:
+        self.interval_s = interval_s
+        self._next: dict[tuple[str, int], int] = {}
+        self._taken_at = now
+
+    def forwarded(self, records: Iterable[Any]) -> None:
+        """``records`` (in offset order per partition) are forwarded: commit past them."""
+        for m in records:
+            self._next[m.topic, m.partition] = m.offset + 1
+
+    def due(self, now: float) -> bool:
+        return now - self._taken_at >= self.interval_s
+
+    def take(self, now: float, partitions: Set[tuple[str, int]] | None = None,
+             ) -> dict[tuple[str, int], int]:
+        """The offsets to commit (of ``partitions`` only, if given), forgotten here: a
+        failed commit is followed by reading again from the last one that succeeded."""
+        if partitions is None:
+            taken, self._next = self._next, {}
+            self._taken_at = now
+            return taken
+        return {tp: self._next.pop(tp) for tp in list(self._next) if tp in partitions}
+
+    def forget(self) -> None:
+        self._next.clear()
+
+
 async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping: asyncio.Event) -> None:
-    """Consume the producers' topics in batches; commit after each batch is forwarded."""
+    """Consume the producers' topics in batches; commit, every ``commit_interval_s``, what
+    was forwarded."""
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
     cfg = pipe.config
@@ -841,8 +888,19 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
     claimer = IngestClaims()
     max_buffered = max_records * 4
 
+    uncommitted = Uncommitted(cfg.kafka.commit_interval_s, time.monotonic())
+
+    async def commit(tps: Any = None) -> None:
+        offsets = uncommitted.take(time.monotonic(), tps)
+        if offsets:
+            await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+
     class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:
+            try:  # what this worker forwarded is not read again by the partition's next owner
+                await commit({(tp.topic, tp.partition) for tp in revoked})
+            except KafkaError as e:
+                log.warning("ingest: commit at revoke failed (%s); the next owner re-reads it", e)
             aligner.drop(revoked)
             claimer.drop(revoked)
             pipe.ingest_partitions.difference_update((tp.topic, tp.partition) for tp in revoked)
@@ -874,6 +932,8 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
     try:
         while not stopping.is_set():
             try:
+                if uncommitted.due(time.monotonic()):
+                    await commit()
                 if pipe.in_flight() >= max_in_flight:
                     # back-pressure: the stages are behind; take nothing until they catch up.
                     # A long wait pauses the partitions and polls them, which keeps this
@@ -915,14 +975,12 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
                         await pipe.ingest_batch((), idle, idle=True)
                     continue
                 await pipe.ingest_batch(records, claimer.claims(assigned))
-                last: dict[tuple[str, int], int] = {}
-                for m in records:
-                    last[m.topic, m.partition] = m.offset
-                await consumer.commit({TopicPartition(t, p): o + 1 for (t, p), o in last.items()})
+                uncommitted.forwarded(records)
             except KafkaError as e:
                 # go back to the last commit: what was fetched but not forwarded is read again
                 log.warning("ingest: %s: %s; re-reading from the last commit", type(e).__name__, e)
                 await asyncio.sleep(1.0)
+                uncommitted.forget()  # read again from the last commit
                 try:
                     aligner.drop(list(consumer.assignment()))
                     aligner.track(consumer.assignment(), time.monotonic())
@@ -930,6 +988,10 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
                 except KafkaError as again:
                     log.warning("ingest: cannot seek back yet (%s); retrying", again)
     finally:
+        try:  # bounded: with the broker gone, a commit would wait for it indefinitely
+            await asyncio.wait_for(commit(), timeout=FINAL_COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as e:
+            log.warning("ingest: final commit failed (%r); the next owner re-reads it", e)
         await consumer.stop()
 
 
@@ -999,7 +1061,7 @@ def create_app(
         broker_heartbeat_interval=max(0.5, session_timeout / 6),
         broker_request_timeout=max(40.0, session_timeout * 3),
         broker_rebalance_timeout=max(10.0, session_timeout * 2),
-        broker_commit_interval=0.5,
+        broker_commit_interval=config.kafka.commit_interval_s,
         # the outbox decides when an event is durable; what is not acknowledged at a rebalance
         # or a stop is re-read by the partition's next owner, so Faust need not wait for it
         stream_wait_empty=False,
