@@ -891,9 +891,11 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
     uncommitted = Uncommitted(cfg.kafka.commit_interval_s, time.monotonic())
 
     async def commit(tps: Any = None) -> None:
-        offsets = uncommitted.take(time.monotonic(), tps)
+        offsets = {TopicPartition(t, p): o for (t, p), o in uncommitted.take(time.monotonic(), tps).items()}
+        # a batch that was being forwarded when its partition moved is left to the new owner
+        offsets = {tp: o for tp, o in offsets.items() if tp in consumer.assignment()}
         if offsets:
-            await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+            await consumer.commit(offsets)
 
     class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:
