@@ -13,6 +13,9 @@ Phases (one broker, one simulated event mix):
 5. **latency**: the bench then offers fresh events at a fixed rate and reads the
    worker's produce-to-flag latency (Kafka create time to flag stored in
    ClickHouse) for events produced during the phase, and the worker's peak RSS.
+
+Phases 4 and 5 also report the CPU time the worker and the broker used (all their
+threads): the broker shares the machine with the worker here, not in production.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ class BenchResult:
     #: (p50, p99) from produce to the moment each stage runs an event
     stage_latency_ms: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     worker_peak_rss_mb: float = 0.0
+    #: CPU time per preloaded event while the worker drained them, µs: worker, broker
+    drain_cpu_us: tuple[float, float] = (0.0, 0.0)
+    #: CPU used during the latency phase, cores: worker, broker
+    latency_cpu_cores: tuple[float, float] = (0.0, 0.0)
     #: the worker's garbage-collector pauses during the latency phase, per generation
     gc_pauses: dict[str, dict[str, float]] = field(default_factory=dict)
     flagged: int = 0
@@ -156,6 +163,38 @@ def _peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time a process (all its threads) has used, in s (0 without /proc)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _Cpu:
+    """CPU time of the worker and the broker since the last :meth:`mark`."""
+
+    def __init__(self, *pids: int | None) -> None:
+        self.pids = pids
+        self.mark()
+
+    def mark(self) -> None:
+        self.at = time.monotonic()
+        self.used = [_cpu_seconds(p) for p in self.pids]
+
+    def seconds(self) -> list[float]:
+        return [_cpu_seconds(p) - u for p, u in zip(self.pids, self.used, strict=True)]
+
+    def cores(self) -> tuple[float, float]:
+        wall = max(1e-9, time.monotonic() - self.at)
+        worker, broker = (round(s / wall, 2) for s in self.seconds())
+        return worker, broker
 
 
 def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[bytes], what: str) -> Any:
@@ -259,17 +298,24 @@ def run_bench(
                     done = st["events_detected"] >= n and st["group_events"] >= st["group_messages"]
                     return st if done else None
 
+                # from the first event in (the worker's start-up is not counted)
+                _wait_for(lambda: _http_json(counters)["events_in"] > 0, 600, proc, "the first event")
+                cpu = _Cpu(proc.pid, broker.proc.pid if broker.proc else None)
                 st = _wait_for(drained, 1800, proc, "the preloaded events")
+                worker_s, broker_s = cpu.seconds()
+                res.drain_cpu_us = (round(worker_s / n * 1e6, 1), round(broker_s / n * 1e6, 1))
                 end = max(st["last_event_at"], st["last_group_at"] or 0)
                 res.pipeline_rate = n / (end - st["first_ingest_at"])
                 log(f"[bench] full pipeline: {res.pipeline_rate:,.0f} events/s per worker process")
 
                 since = int(time.time() * 1000)
                 log(f"[bench] offering {rate:,.0f} events/s for {latency_seconds:.0f} s")
+                cpu.mark()
                 res.achieved_offered_rate = asyncio.run(_produce(bs, live, rate))
                 total = n + len(live)
                 st = _wait_for(lambda: (s := _http_json(counters))["events_detected"] >= total and s,
                                600, proc, "the live events")
+                res.latency_cpu_cores = cpu.cores()
                 time.sleep(3.0)
                 st = _http_json(f"{base}?since_ms={since}")
                 lat = st["produce_to_flag_ms"]
@@ -354,6 +400,10 @@ def format_result(r: BenchResult) -> str:
         *((f"  p99 {k}", f"{v!s:>12} ms") for k, v in sorted(r.alert_latency_p99_by_kind_ms.items())),
         ("worker GC pauses (latency phase): n / longest", ""),
         *((f"  {g}", f"{v['n_since']:>7,} / {v['max_ms']} ms") for g, v in sorted(r.gc_pauses.items())),
+        ("CPU per event while draining: worker / broker",
+         f"{r.drain_cpu_us[0]:>5} / {r.drain_cpu_us[1]} µs"),
+        ("CPU during the latency phase: worker / broker",
+         f"{r.latency_cpu_cores[0]:>5} / {r.latency_cpu_cores[1]} cores"),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
         ("flagged / alerts", f"{r.flagged:>7,} / {r.alerts:,}"),
     ]

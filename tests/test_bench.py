@@ -1,0 +1,29 @@
+"""The bench's CPU accounting and its report (the phases themselves run in `pathsentry bench`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from pathsentry.bench.run import BenchResult, _cpu_seconds, format_result
+
+
+def test_cpu_seconds_count_this_process_working_and_nothing_for_no_process() -> None:
+    before = _cpu_seconds(os.getpid())
+    deadline = time.monotonic() + 30.0
+    x = 0
+    while _cpu_seconds(os.getpid()) - before < 0.05:  # user time grows while we compute
+        x += sum(range(10_000))
+        assert time.monotonic() < deadline, "CPU time of this process never grew"
+    assert x > 0
+    assert _cpu_seconds(None) == 0.0
+    assert _cpu_seconds(2**22 + 1) == 0.0  # beyond the kernel's pid range: no such process
+
+
+def test_report_shows_the_cpu_of_worker_and_broker() -> None:
+    r = BenchResult(events=1000, partitions=4, drain_cpu_us=(91.5, 20.25),
+                    latency_cpu_cores=(0.55, 0.42))
+    text = format_result(r)
+    assert re.search(r"CPU per event while draining: worker / broker +91\.5 / 20\.25 µs", text)
+    assert re.search(r"CPU during the latency phase: worker / broker +0\.55 / 0\.42 cores", text)
