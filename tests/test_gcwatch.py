@@ -44,7 +44,7 @@ def _cycle() -> weakref.ref[_Node]:
 
 def test_a_frozen_cycle_is_freed_by_the_next_full_collection_only() -> None:
     sched = GcSchedule(freeze_interval_s=1.0, full_interval_s=10.0, full_growth_mib=1e9,
-                             now=0.0, rss_mib=lambda: 100.0)
+                       now=0.0, rss_mib=lambda: 100.0)
     try:
         assert sched.tick(0.5) is None
         assert not gc.isenabled(), "automatic collections are off from the first tick"
@@ -65,7 +65,7 @@ def test_a_frozen_cycle_is_freed_by_the_next_full_collection_only() -> None:
 def test_memory_growth_brings_the_full_collection_forward() -> None:
     rss = [100.0]
     sched = GcSchedule(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
-                             now=0.0, rss_mib=lambda: rss[0])
+                       now=0.0, rss_mib=lambda: rss[0])
     try:
         assert sched.tick(0.5) is None  # takes over at 100 MiB
         ref = _cycle()

@@ -180,21 +180,24 @@ def _cpu_seconds(pid: int | None) -> float:
 class _Cpu:
     """CPU time of the worker and the broker since the last :meth:`mark`."""
 
-    def __init__(self, *pids: int | None) -> None:
-        self.pids = pids
+    def __init__(self, worker: int, broker: int | None) -> None:
+        self.pids = (worker, broker)
         self.mark()
 
     def mark(self) -> None:
         self.at = time.monotonic()
-        self.used = [_cpu_seconds(p) for p in self.pids]
+        self.used = tuple(_cpu_seconds(p) for p in self.pids)
 
-    def seconds(self) -> list[float]:
-        return [_cpu_seconds(p) - u for p, u in zip(self.pids, self.used, strict=True)]
+    def seconds(self) -> tuple[float, float]:
+        """CPU seconds of the worker and the broker since the mark."""
+        return (_cpu_seconds(self.pids[0]) - self.used[0],
+                _cpu_seconds(self.pids[1]) - self.used[1])
 
     def cores(self) -> tuple[float, float]:
+        """The same, per second of wall time."""
         wall = max(1e-9, time.monotonic() - self.at)
-        worker, broker = (round(s / wall, 2) for s in self.seconds())
-        return worker, broker
+        worker, broker = self.seconds()
+        return round(worker / wall, 2), round(broker / wall, 2)
 
 
 def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[bytes], what: str) -> Any:

@@ -891,9 +891,10 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
     uncommitted = Uncommitted(cfg.kafka.commit_interval_s, time.monotonic())
 
     async def commit(tps: Any = None) -> None:
-        offsets = {TopicPartition(t, p): o for (t, p), o in uncommitted.take(time.monotonic(), tps).items()}
+        assigned = consumer.assignment()
         # a batch that was being forwarded when its partition moved is left to the new owner
-        offsets = {tp: o for tp, o in offsets.items() if tp in consumer.assignment()}
+        offsets = {tp: o for (t, p), o in uncommitted.take(time.monotonic(), tps).items()
+                   if (tp := TopicPartition(t, p)) in assigned}
         if offsets:
             await consumer.commit(offsets)
 
@@ -1158,9 +1159,9 @@ def create_app(
 
     if config.worker.gc_freeze_interval_s > 0:
         gc_schedule = GcSchedule(freeze_interval_s=config.worker.gc_freeze_interval_s,
-                                       full_interval_s=config.worker.gc_full_interval_s,
-                                       full_growth_mib=config.worker.gc_full_growth_mib,
-                                       now=time.monotonic())
+                                 full_interval_s=config.worker.gc_full_interval_s,
+                                 full_growth_mib=config.worker.gc_full_growth_mib,
+                                 now=time.monotonic())
 
         @app.timer(interval=config.worker.gc_freeze_interval_s)
         async def collect_garbage() -> None:

@@ -91,7 +91,7 @@ class GcSchedule:
 
     >>> import gc
     >>> sched = GcSchedule(freeze_interval_s=1.0, full_interval_s=60.0,
-    ...                          full_growth_mib=10**6, now=0.0)
+    ...                    full_growth_mib=10**6, now=0.0)
     >>> sched.tick(0.5) is None, sched.tick(1.0), sched.tick(61.0)
     (True, 'freeze', 'full')
     >>> sched.stop()
