@@ -2,7 +2,8 @@
 a time with the same decoding as the pipeline (orjson + pydantic contract
 validation) and nothing else. Run as a process::
 
-    python -m pathsentry.bench.naive --bootstrap 127.0.0.1:9092 --prefix bench. --n 100000
+    python -m pathsentry.bench.naive --bootstrap 127.0.0.1:9092 --prefix bench. --n 100000 \
+        --datadir /tmp/naive
 
 It prints one JSON line ``{"events": N, "seconds": S, "rate": R}`` and exits.
 """
@@ -30,12 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prefix", required=True)
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--web-port", type=int, default=0)
+    ap.add_argument("--datadir", required=True, help="Faust's data directory (its table state)")
     args = ap.parse_args(argv)
 
     app = faust.App(
         f"{args.prefix}naive",
         broker=f"kafka://{args.bootstrap}",
         store="memory://",
+        datadir=args.datadir,
         value_serializer="raw",
         key_serializer="raw",
         topic_disable_leader=True,

@@ -266,7 +266,7 @@ def run_bench(
 
         naive = subprocess.run(
             [sys.executable, "-m", "pathsentry.bench.naive", "--bootstrap", bs, "--prefix", prefix,
-             "--n", str(n), "--web-port", str(free_port())],
+             "--n", str(n), "--web-port", str(free_port()), "--datadir", str(root / "naive")],
             capture_output=True, timeout=1800, check=False,
         )
         # the Faust worker writes terminal control codes before the result line
@@ -342,7 +342,6 @@ def run_bench(
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    # last: it tunes this process's garbage collector as a worker does
     res.validate_us, res.engine_us = _in_process(preload, root / "world" / "pathsentry.toml")
     log(f"[bench] in-process on the preloaded events: validation {res.validate_us:.1f} µs, "
         f"engine {res.engine_us:.1f} µs per event")
@@ -358,20 +357,29 @@ def run_bench(
 
 def _in_process(records: list[Record], config_path: Path) -> tuple[float, float]:
     """Contract validation and the engine (enrichment and every detector) on ``records``,
-    in this process: µs per event of each (what caps one worker before any I/O)."""
+    in this process: µs per event of each (what caps one worker before any I/O). Python's
+    automatic collections are off while it runs, as in a worker (``GcSchedule``)."""
+    import gc
+
     from pathsentry.config import load_config
-    from pathsentry.engine import Engine, tune_gc
+    from pathsentry.engine import Engine
     from pathsentry.schemas import parse_event
 
-    t0 = time.perf_counter()
-    events = [parse_event(value) for _, _, value in records]
-    t1 = time.perf_counter()
-    engine = Engine(load_config(config_path, env={}))
-    tune_gc()
-    t2 = time.perf_counter()
-    for ev in events:
-        engine.process(ev)
-    t3 = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        events = [parse_event(value) for _, _, value in records]
+        t1 = time.perf_counter()
+        engine = Engine(load_config(config_path, env={}))
+        t2 = time.perf_counter()
+        for ev in events:
+            engine.process(ev)
+        t3 = time.perf_counter()
+    finally:
+        gc.enable()
+        gc.unfreeze()
     n = max(1, len(records))
     return round((t1 - t0) / n * 1e6, 1), round((t3 - t2) / n * 1e6, 1)
 
