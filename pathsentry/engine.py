@@ -7,6 +7,7 @@ per partition) across a repartition, a replay calls :meth:`Engine.process` which
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 from pathsentry.config import Config
@@ -151,6 +152,26 @@ class Engine:
         for d in self.detectors:
             if d.name in state:
                 d.load_state(state[d.name])
+
+    def sessions_state(self, part_of: Callable[[str], int],
+                       parts: Collection[int]) -> dict[int, dict[str, Any]]:
+        """The sessions in progress of the session stage, per partition of ``parts``
+        (``part_of`` maps a session id to its partition): ``{partition: {detector: share}}``."""
+        out: dict[int, dict[str, Any]] = {p: {} for p in parts}
+        for d in self.session_detectors:
+            for p, share in d.session_state(part_of, parts).items():
+                out[p][d.name] = share
+        return out
+
+    def load_sessions(self, state: dict[str, Any]) -> None:
+        """Add one partition's sessions (a :meth:`sessions_state` value)."""
+        for d in self.session_detectors:
+            if d.name in state:
+                d.load_sessions(state[d.name])
+
+    def drop_sessions(self, part_of: Callable[[str], int], parts: Collection[int]) -> int:
+        """Forget the sessions of ``parts``; how many entries went."""
+        return sum(d.drop_sessions(part_of, parts) for d in self.session_detectors)
 
 
 def _resolve_geo_spec(config: Config, spec: str) -> str:

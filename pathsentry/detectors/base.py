@@ -29,15 +29,15 @@ stream repartitions it, so they must stay JSON-serialisable.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pathsentry.config import AllowEntry, Config, Server
 from pathsentry.enrich.geo import GeoInfo, GeoResolver
 from pathsentry.schemas import Alert, AnyEvent, FlaggedEvent
 
-__all__ = ["Detector", "DetectorContext", "Enriched", "Findings", "Stage"]
+__all__ = ["Detector", "DetectorContext", "Enriched", "Findings", "Stage", "drop_parts", "split_by_part"]
 
 Stage = Literal["session", "group"]
 
@@ -126,3 +126,50 @@ class Detector(ABC):
 
     def load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore :meth:`state` output (stateless detectors keep this no-op)."""
+
+    def session_state(self, part_of: Callable[[str], int], parts: Collection[int]) -> dict[int, Any]:
+        """The state of the sessions in progress, split by the partition ``part_of`` gives
+        each session id, for the partitions ``parts`` (each one's share moves with its
+        partition of the sessions topic). What is not per session (baselines, a model,
+        account history) stays out. Detectors that keep no sessions return ``{}``."""
+        return {}
+
+    def load_sessions(self, state: Any) -> None:  # noqa: B027 - optional hook
+        """Add the sessions of one partition's :meth:`session_state` share."""
+
+    def drop_sessions(self, part_of: Callable[[str], int], parts: Collection[int]) -> int:
+        """Forget the sessions of ``parts`` (their partition moved away); how many."""
+        return 0
+
+
+V = TypeVar("V")
+
+
+def split_by_part(items: Iterable[tuple[str, V]], part_of: Callable[[str], int],
+                  parts: Collection[int]) -> dict[int, list[tuple[str, V]]]:
+    """The ``(key, value)`` items whose key ``part_of`` puts in one of ``parts``, by part
+    (every one of ``parts`` is present, if only empty).
+
+    >>> split_by_part([("a", 1), ("bb", 2), ("c", 3)], len, [1, 3])
+    {1: [('a', 1), ('c', 3)], 3: []}
+    """
+    out: dict[int, list[tuple[str, V]]] = {p: [] for p in parts}
+    for key, value in items:
+        rows = out.get(part_of(key))
+        if rows is not None:
+            rows.append((key, value))
+    return out
+
+
+def drop_parts(table: MutableMapping[str, Any], part_of: Callable[[str], int],
+               parts: Collection[int]) -> int:
+    """Delete the keys of ``table`` that ``part_of`` puts in one of ``parts``; how many.
+
+    >>> t = {"a": 1, "bb": 2, "c": 3}
+    >>> drop_parts(t, len, {1}), t
+    (2, {'bb': 2})
+    """
+    gone = [k for k in table if part_of(k) in parts]
+    for k in gone:
+        del table[k]
+    return len(gone)

@@ -101,7 +101,7 @@ import base64
 import math
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -116,7 +116,14 @@ from river.tree.padded import PaddedBranch
 
 from pathsentry.config import AllowEntry, Server
 from pathsentry.detectors import register
-from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.base import (
+    Detector,
+    DetectorContext,
+    Enriched,
+    Findings,
+    drop_parts,
+    split_by_part,
+)
 from pathsentry.detectors.physics import (
     ACCESS_FLOOR_MS,
     ACCESS_TYPICAL_MS,
@@ -1652,26 +1659,7 @@ class LatencyDetector(Detector):
     def state(self) -> dict[str, Any]:
         """A JSON snapshot. A session's login is kept as a minimal login event (its
         minimum app RTT as the only sample) plus the 10th percentile and sample count."""
-        sessions = []
-        for sid, s in self.sessions.items():
-            login = None
-            if s.event_id is not None:
-                login = {
-                    "event": {
-                        "kind": "login", "event_id": s.event_id, "ts": s.ts.isoformat(),
-                        "src_ip": str(s.src_ip), "session_id": s.session_id, "account": s.account,
-                        "server_id": s.server_id, "app_rtt_ms": [s.app_min], "tcp_rtt_ms": s.tcp,
-                    },
-                    "app_rtt_p10_ms": s.app_p10, "app_rtt_samples": s.app_n,
-                    "geo": _geo_dict(s.geo), "prefix": s.prefix,
-                    "allowed": s.allowed.model_dump() if s.allowed else None,
-                    "notes": {} if s.route is None else {"route": s.route},
-                }
-            probes = s.probes or []
-            sessions.append({"id": sid, "login": login, "score": s.score, "flagged": s.flagged,
-                             "probes": [{"vantage": probes[i], "method": probes[i + 1],
-                                         "min_ms": probes[i + 2], "samples": probes[i + 3]}
-                                        for i in range(0, len(probes), 4)]})
+        sessions = [self._session_row(sid, s) for sid, s in self.sessions.items()]
         return {
             "version": 1,
             "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
@@ -1683,6 +1671,60 @@ class LatencyDetector(Detector):
             "model": self._model_state(),
         }
 
+    def session_state(self, part_of: Callable[[str], int], parts: Collection[int]) -> dict[int, Any]:
+        return {p: {"version": 1, "sessions": [self._session_row(sid, sess) for sid, sess in rows]}
+                for p, rows in split_by_part(self.sessions.items(), part_of, parts).items()}
+
+    def load_sessions(self, state: Any) -> None:
+        if isinstance(state, dict) and state.get("version") == 1:
+            for row in state.get("sessions", []):
+                self._load_session_row(row)
+
+    def drop_sessions(self, part_of: Callable[[str], int], parts: Collection[int]) -> int:
+        return drop_parts(self.sessions._d, part_of, parts)
+
+    def _session_row(self, sid: str, s: _Session) -> dict[str, Any]:
+        login = None
+        if s.event_id is not None:
+            login = {
+                "event": {
+                    "kind": "login", "event_id": s.event_id, "ts": s.ts.isoformat(),
+                    "src_ip": str(s.src_ip), "session_id": s.session_id, "account": s.account,
+                    "server_id": s.server_id, "app_rtt_ms": [s.app_min], "tcp_rtt_ms": s.tcp,
+                },
+                "app_rtt_p10_ms": s.app_p10, "app_rtt_samples": s.app_n,
+                "geo": _geo_dict(s.geo), "prefix": s.prefix,
+                "allowed": s.allowed.model_dump() if s.allowed else None,
+                "notes": {} if s.route is None else {"route": s.route},
+            }
+        probes = s.probes or []
+        return {"id": sid, "login": login, "score": s.score, "flagged": s.flagged,
+                "probes": [{"vantage": probes[i], "method": probes[i + 1],
+                            "min_ms": probes[i + 2], "samples": probes[i + 3]}
+                           for i in range(0, len(probes), 4)]}
+
+    def _load_session_row(self, row: dict[str, Any]) -> None:
+        sess = _Session()
+        sess.score, sess.flagged = row["score"], row["flagged"]
+        probes: list[Any] = []
+        for p in row["probes"]:
+            probes += (_intern(p["vantage"]), _intern(p["method"]), p["min_ms"], p["samples"])
+        sess.probes = probes or None
+        key = row["id"]
+        snap = row["login"]
+        if snap is not None:
+            event = parse_event(snap["event"])
+            assert isinstance(event, Login)
+            self._set_login(
+                sess, key, event, GeoInfo(**snap["geo"]), snap["prefix"],
+                self._server(event.server_id),
+                AllowEntry(**snap["allowed"]) if snap["allowed"] else None,
+                (snap.get("notes") or {}).get("route"),
+            )
+            if "app_rtt_p10_ms" in snap:  # a minimal event: the full samples' figures
+                sess.app_p10, sess.app_n = snap["app_rtt_p10_ms"], int(snap["app_rtt_samples"])
+        self.sessions.put(key, sess)
+
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("version") != 1:
             return
@@ -1691,26 +1733,7 @@ class LatencyDetector(Detector):
             self.baselines.put(key, Baseline.restore(snap, key))
         self.sessions.clear()
         for row in state.get("sessions", []):
-            sess = _Session()
-            sess.score, sess.flagged = row["score"], row["flagged"]
-            probes: list[Any] = []
-            for p in row["probes"]:
-                probes += (_intern(p["vantage"]), _intern(p["method"]), p["min_ms"], p["samples"])
-            sess.probes = probes or None
-            key = row["id"]
-            snap = row["login"]
-            if snap is not None:
-                event = parse_event(snap["event"])
-                assert isinstance(event, Login)
-                self._set_login(
-                    sess, key, event, GeoInfo(**snap["geo"]), snap["prefix"],
-                    self._server(event.server_id),
-                    AllowEntry(**snap["allowed"]) if snap["allowed"] else None,
-                    (snap.get("notes") or {}).get("route"),
-                )
-                if "app_rtt_p10_ms" in snap:  # a minimal event: the full samples' figures
-                    sess.app_p10, sess.app_n = snap["app_rtt_p10_ms"], int(snap["app_rtt_samples"])
-            self.sessions.put(key, sess)
+            self._load_session_row(row)
         self.accounts.clear()
         keep = 2 * self.history_len
         for key, acc in state.get("accounts", []):

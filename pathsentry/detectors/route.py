@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -72,7 +73,14 @@ from typing import Any
 
 from pathsentry.config import Server
 from pathsentry.detectors import register
-from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.base import (
+    Detector,
+    DetectorContext,
+    Enriched,
+    Findings,
+    drop_parts,
+    split_by_part,
+)
 from pathsentry.detectors.injection import _IP_OBJECTS, _IP_TEXT, ip_text
 from pathsentry.detectors.latency import AlertBook
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
@@ -468,8 +476,7 @@ class RouteDetector(Detector):
     def state(self) -> dict[str, Any]:
         return {
             "version": 1,
-            "sessions": [[k, {"account": s.account, "route": s.route, "flag": s.flag,
-                              "extra": s.extra}] for k, s in self.sessions.items()],
+            "sessions": [[k, _session_row(s)] for k, s in self.sessions.items()],
             "alerts": self.alerts.state(),
         }
 
@@ -477,7 +484,22 @@ class RouteDetector(Detector):
         if state.get("version") != 1:
             return
         self.sessions.clear()
-        for key, row in state.get("sessions", []):
-            self._put(key, _Session(row["account"], row["route"], row["flag"],
-                                    dict(row.get("extra") or {})))
+        self.load_sessions(state)
         self.alerts.load_state(state.get("alerts", []))
+
+    def session_state(self, part_of: Callable[[str], int], parts: Collection[int]) -> dict[int, Any]:
+        return {p: {"version": 1, "sessions": [[k, _session_row(s)] for k, s in rows]}
+                for p, rows in split_by_part(self.sessions.items(), part_of, parts).items()}
+
+    def load_sessions(self, state: Any) -> None:
+        if isinstance(state, dict) and state.get("version") == 1:
+            for key, row in state.get("sessions", []):
+                self._put(key, _Session(row["account"], row["route"], row["flag"],
+                                        dict(row.get("extra") or {})))
+
+    def drop_sessions(self, part_of: Callable[[str], int], parts: Collection[int]) -> int:
+        return drop_parts(self.sessions, part_of, parts)
+
+
+def _session_row(s: _Session) -> dict[str, Any]:
+    return {"account": s.account, "route": s.route, "flag": s.flag, "extra": s.extra}

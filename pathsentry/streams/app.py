@@ -252,15 +252,25 @@ class Pipeline:
         self.group_stages: dict[int, GroupStage] = {}
         self.state_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
                                       worker_id)
+        #: partitions of the sessions topic whose sessions in progress this worker holds, and
+        #: those it gave up at the last revoke (kept if it is given them straight back)
+        self.session_parts: set[int] = set()
+        self._sessions_revoked: set[int] = set()
+        self.session_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
+                                        worker_id, kind="s")
+        #: wall time of the snapshot file the session stage started from (0: none)
+        self._snapshot_at = 0.0
 
     def load_snapshot(self) -> None:
         """Restore the session stage's detectors from this worker's last snapshot (the
-        group stage's state comes from the state topic, partition by partition)."""
+        group stage's state comes from the state topic, partition by partition, and so
+        do the sessions of a session partition when its save there is newer)."""
         if self.state_path.exists():
             try:
                 state = orjson.loads(self.state_path.read_bytes())
                 self.engine.load_state({d.name: state[d.name] for d in self.engine.session_detectors
                                         if d.name in state})
+                self._snapshot_at = self.state_path.stat().st_mtime
                 log.info("restored detector state from %s", self.state_path)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 log.warning("ignoring unreadable detector state %s: %s", self.state_path, e)
@@ -306,18 +316,65 @@ class Pipeline:
                  (time.perf_counter() - t0) * 1000)
 
     async def save_groups(self, partitions: Iterable[int]) -> None:
-        """Save the state of these group partitions to the state topic (each is a
-        consistent cut: a stage's state only changes between awaits)."""
+        """Save the state of these group partitions to the state topic (a consistent cut:
+        the stages' state only changes between awaits)."""
+        await _save_states(self.state_store, {p: self.group_stages[p].state() for p in partitions
+                                              if p in self.group_stages}, "group")
+
+    # -- session partitions' sessions in progress -------------------------------------
+
+    async def _session_part(self) -> Callable[[str], int]:
+        n = await self.partitions(self.topics.sessions)
+        return lambda session_id: partition_for(session_id, n)
+
+    async def own_sessions(self, owned: list[int]) -> None:
+        """Give every newly owned partition of the sessions topic its sessions in progress:
+        kept when this worker gave it up at the last revoke and was given it straight
+        back, else read from the state topic (unless the snapshot file the worker started
+        from is newer). The sessions of partitions given to others are dropped. Nothing
+        changes while a rebalance is under way."""
+        if not self.accepting():
+            return
+        part_of = await self._session_part()
+        kept, dropped, new = session_handover(owned, self.session_parts, self._sessions_revoked)
+        self._sessions_revoked = set()
+        self.session_parts |= kept
+        if dropped:
+            self.engine.drop_sessions(part_of, dropped)
+        if not new:
+            return
         t0 = time.perf_counter()
-        saved, size = [], 0
-        for p in sorted(partitions):
-            stage = self.group_stages.get(p)
-            if stage is not None:
-                size += await self.state_store.save(p, stage.state())
-                saved.append(p)
-        if saved:
-            log.info("group partitions %s: state saved (%d KiB) in %.0f ms", saved, size >> 10,
-                     (time.perf_counter() - t0) * 1000)
+        try:
+            saved = await self.session_store.load(new)
+        except (TimeoutError, KafkaError) as e:
+            # detection goes on without the sessions' logins rather than not at all
+            log.error("session partitions %s: saved sessions not readable (%s: %s)",
+                      new, type(e).__name__, e)
+            saved = {}
+        newer = sorted(p for p, st in saved.items() if float(st.get("saved_at", 0.0)) >= self._snapshot_at)
+        self.engine.drop_sessions(part_of, newer)
+        for p in newer:
+            self.engine.load_sessions(saved[p].get("detectors", {}))
+        self.session_parts.update(new)
+        log.info("session partitions %s: sessions restored for %s in %.0f ms", new, newer,
+                 (time.perf_counter() - t0) * 1000)
+
+    async def save_sessions(self, partitions: Iterable[int]) -> None:
+        """Save the sessions in progress of these owned session partitions to the state topic."""
+        parts = sorted(self.session_parts.intersection(partitions))
+        if not parts:
+            return
+        shares = self.engine.sessions_state(await self._session_part(), parts)
+        now, ts = time.time(), self.engine.session_ts
+        await _save_states(self.session_store, {
+            p: {"saved_at": now, "ts": ts, "detectors": shares[p]} for p in parts}, "session")
+
+    def sessions_revoked(self, partitions: Iterable[int]) -> None:
+        """These session partitions were revoked (and saved): their sessions stay until the
+        assignment shows whether this worker keeps them."""
+        gone = self.session_parts.intersection(partitions)
+        self.session_parts.difference_update(gone)
+        self._sessions_revoked |= gone
 
     async def _send_state(self, partition: int, key: bytes, value: bytes | None) -> Any:
         return await self.producer.send(self.topics.state, value, key=key, partition=partition)
@@ -433,6 +490,10 @@ class Pipeline:
             "group_state_saves": self.state_store.saves,
             "group_state_loads": self.state_store.loads,
             "group_state_restored": sorted(self.state_store.restored),
+            "session_partitions": sorted(self.session_parts),
+            "session_state_saves": self.session_store.saves,
+            "session_state_loads": self.session_store.loads,
+            "session_state_restored": sorted(self.session_store.restored),
         }
 
     def assigned(self) -> dict[str, list[int]]:
@@ -550,6 +611,9 @@ class Pipeline:
             gate.expect(await self._producer_sources())
         await self._gate_input(gate, messages, self.session_handoff, _session_item, now)
         owned = list(owned)
+        await self.own_sessions(owned)
+        if any(p not in self.session_parts for p in owned):
+            return  # a rebalance is under way: nothing runs before its partition's sessions are in place
         while True:
             released: list[tuple[SessionItem, _Held]] = gate.release(owned, now, limit=self.chunk)
             await self._run_sessions(released, owned, now)
@@ -695,6 +759,33 @@ class Pipeline:
         enriched = self.engine.enricher.enrich(event_adapter.validate_python(item["e"]))
         enriched.notes = item.get("n") or {}
         return item["t"], [(d, k) for d, k in item["r"]], enriched
+
+
+def session_handover(owned: Iterable[int], held: Set[int],
+                     revoked: Set[int]) -> tuple[set[int], set[int], list[int]]:
+    """What a worker does with its session partitions once it knows its assignment
+    (``owned``), given those whose sessions it holds and those it gave up at the last
+    revoke: (kept: given straight back, its own sessions are current; dropped: now
+    another worker's; new: to load from the state topic).
+
+    >>> session_handover([0, 1, 2], held={0}, revoked={1, 3})
+    ({1}, {3}, [2])
+    """
+    owned = list(owned)
+    kept = {p for p in revoked if p in owned}
+    return kept, {p for p in revoked if p not in kept}, [p for p in owned if p not in held and p not in kept]
+
+
+async def _save_states(store: StateStore, states: dict[int, dict[str, Any]], what: str) -> None:
+    """Save each partition's state with ``store``, and log what was saved."""
+    if not states:
+        return
+    t0 = time.perf_counter()
+    size = 0
+    for p in sorted(states):
+        size += await store.save(p, states[p])
+    log.info("%s partitions %s: state saved (%d KiB) in %.0f ms", what, sorted(states), size >> 10,
+             (time.perf_counter() - t0) * 1000)
 
 
 @dataclass(slots=True)
@@ -1046,6 +1137,7 @@ def create_app(
             pipe.on_rebalance()
             # before the consumer leaves the group: the partitions' next owners read this
             await _save_groups(_owned_stages(), "stop")
+            await _save_sessions(sorted(pipe.session_parts), "stop")
             await super().on_stop()
 
     app = App(
@@ -1091,6 +1183,14 @@ def create_app(
         except Exception:  # the next owner starts from the last periodic save
             log.exception("group state not saved at %s", why)
 
+    async def _save_sessions(partitions: list[int], why: str) -> None:
+        if pipe.producer is None or not partitions:
+            return
+        try:
+            await asyncio.wait_for(pipe.save_sessions(partitions), timeout=session_timeout)
+        except Exception:  # the next owner goes on without these sessions' logins
+            log.exception("sessions not saved at %s", why)
+
     def _owned_stages() -> list[int]:
         return [p for p in owned(topics.groups) if p in pipe.group_stages]
 
@@ -1102,6 +1202,9 @@ def create_app(
         await _save_groups(gone, "revoke")
         for p in gone:  # whoever is given it next (this worker too) reads the newest save
             del pipe.group_stages[p]
+        sessions_gone = [tp.partition for tp in revoked if tp.topic == topics.sessions]
+        await _save_sessions(sorted(pipe.session_parts.intersection(sessions_gone)), "revoke")
+        pipe.sessions_revoked(sessions_gone)
     sessions = app.topic(topics.sessions, value_type=bytes, key_type=bytes)
     groups = app.topic(topics.groups, value_type=bytes, key_type=bytes)
     stopping = asyncio.Event()

@@ -1,4 +1,4 @@
-"""Group-stage state that follows its partition: snapshots in a compacted Kafka topic.
+"""Stage state that follows its partition: snapshots in a compacted Kafka topic.
 
 Each partition of the groups topic has its own detectors (a farm window, an injection
 cell lives on exactly one). When a partition moves to another worker (a rebalance, a
@@ -12,6 +12,10 @@ saves each group partition's state to the same partition of the state topic
 * ``g:<p>``: the manifest (epoch, chunk count, size, worker, event time), written once
   every chunk is acknowledged, so a reader never sees a manifest without its chunks;
 * then tombstones for the chunks of the epoch it replaces, which compaction removes.
+
+The sessions in progress of each partition of the sessions topic are saved the same
+way under ``s:<p>`` (a :class:`StateStore` of kind ``"s"``), to the same partition
+number of the state topic (the internal topics have as many partitions).
 
 A worker saves a partition when it is revoked (before the group rejoins, so the next
 owner reads the newest state), when the worker stops, and every snapshot interval
@@ -52,55 +56,61 @@ log = logging.getLogger(__name__)
 Send = Callable[[int, bytes, bytes | None], Awaitable[Awaitable[Any]]]
 
 
-def manifest_key(partition: int) -> bytes:
-    return b"g:%d" % partition
+def manifest_key(partition: int, kind: str = "g") -> bytes:
+    return b"%s:%d" % (kind.encode(), partition)
 
 
-def _chunk_key(partition: int, epoch: str, i: int) -> bytes:
-    return b"g:%d:%s:%d" % (partition, epoch.encode(), i)
+def _chunk_key(partition: int, epoch: str, i: int, kind: str) -> bytes:
+    return b"%s:%d:%s:%d" % (kind.encode(), partition, epoch.encode(), i)
 
 
 def encode_state(partition: int, state: dict[str, Any], epoch: str, *,
-                 chunk_bytes: int = CHUNK_BYTES, worker: str = "") -> list[tuple[bytes, bytes]]:
+                 chunk_bytes: int = CHUNK_BYTES, worker: str = "",
+                 kind: str = "g") -> list[tuple[bytes, bytes]]:
     """The records of one save, in the order they must be written (manifest last)."""
     data = zlib.compress(orjson.dumps(state, default=str), 1)
     chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
     manifest = {"epoch": epoch, "chunks": len(chunks), "bytes": len(data), "worker": worker,
                 "saved_at": time.time(), "ts": state.get("ts")}
-    recs = [(_chunk_key(partition, epoch, i), c) for i, c in enumerate(chunks)]
-    recs.append((manifest_key(partition), orjson.dumps(manifest)))
+    recs = [(_chunk_key(partition, epoch, i, kind), c) for i, c in enumerate(chunks)]
+    recs.append((manifest_key(partition, kind), orjson.dumps(manifest)))
     return recs
 
 
-def _manifest(records: dict[bytes, bytes | None], partition: int) -> dict[str, Any] | None:
-    raw = records.get(manifest_key(partition))
+def _manifest(records: dict[bytes, bytes | None], partition: int, kind: str) -> dict[str, Any] | None:
+    raw = records.get(manifest_key(partition, kind))
     return orjson.loads(raw) if raw else None
 
 
-def decode_state(records: dict[bytes, bytes | None], partition: int) -> dict[str, Any] | None:
+def decode_state(records: dict[bytes, bytes | None], partition: int,
+                 kind: str = "g") -> dict[str, Any] | None:
     """The newest complete state of ``partition`` among ``records`` (newest value per key,
     ``None`` for a tombstone), or ``None`` when there is none."""
-    manifest = _manifest(records, partition)
+    manifest = _manifest(records, partition, kind)
     if manifest is None:
         return None
-    chunks = [records.get(_chunk_key(partition, manifest["epoch"], i)) for i in range(manifest["chunks"])]
+    chunks = [records.get(_chunk_key(partition, manifest["epoch"], i, kind))
+              for i in range(manifest["chunks"])]
     if any(c is None for c in chunks):
-        log.warning("state of group partition %d (epoch %s) is incomplete; starting it empty",
-                    partition, manifest["epoch"])
+        log.warning("state %s:%d (epoch %s) is incomplete; starting it empty",
+                    kind, partition, manifest["epoch"])
         return None
     state: dict[str, Any] = orjson.loads(zlib.decompress(b"".join(c for c in chunks if c)))
     return state
 
 
 class StateStore:
-    """Saves and loads group partitions' state in the state topic.
+    """Saves and loads partitions' state in the state topic: the group partitions'
+    (``kind="g"``) or the session partitions' (``kind="s"``).
 
     ``send`` writes one record to a partition of the topic; ``consumer`` builds an
     unstarted aiokafka consumer without a group (the store assigns it partitions).
     """
 
-    def __init__(self, topic: str, send: Send, consumer: Callable[[], Any], worker: str) -> None:
+    def __init__(self, topic: str, send: Send, consumer: Callable[[], Any], worker: str,
+                 kind: str = "g") -> None:
         self.topic = topic
+        self.kind = kind
         self._send = send
         self._consumer = consumer
         self.worker = worker
@@ -118,7 +128,7 @@ class StateStore:
         self._seq += 1
         epoch = f"{self.worker}-{time.time_ns()}-{self._seq}"
         recs = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: encode_state(partition, state, epoch, worker=self.worker))
+            None, lambda: encode_state(partition, state, epoch, worker=self.worker, kind=self.kind))
         *chunks, manifest = recs
         for fut in [await self._send(partition, k, v) for k, v in chunks]:
             await fut
@@ -126,7 +136,7 @@ class StateStore:
         old = self._epochs.get(partition)
         self._epochs[partition] = (epoch, len(chunks))
         if old is not None and old[0] != epoch:
-            for fut in [await self._send(partition, _chunk_key(partition, old[0], i), None)
+            for fut in [await self._send(partition, _chunk_key(partition, old[0], i, self.kind), None)
                         for i in range(old[1])]:
                 await fut
         self.saves += 1
@@ -167,11 +177,11 @@ class StateStore:
             await consumer.stop()
         out: dict[int, dict[str, Any]] = {}
         for p, recs in records.items():
-            state = decode_state(recs, p)
+            state = decode_state(recs, p, self.kind)
             if state is not None:
                 out[p] = state
                 self.restored.add(p)
-                manifest = _manifest(recs, p)
+                manifest = _manifest(recs, p, self.kind)
                 if manifest is not None:  # its chunks are the ones the next save replaces
                     self._epochs[p] = (str(manifest["epoch"]), int(manifest["chunks"]))
         self.loads += 1

@@ -51,7 +51,8 @@ class Topics:
 
     @property
     def state(self) -> str:
-        """Internal, compacted: the group partitions' detector state (one partition each)."""
+        """Internal, compacted: the group partitions' detector state and the session
+        partitions' sessions in progress (one partition each)."""
         return self._t("pathsentry-state")
 
     def all(self) -> dict[str, int]:

@@ -496,3 +496,36 @@ def test_queued_half_space_trees_score_and_learn_like_river() -> None:
     q.sync()
     assert [[(n.l_mass, n.r_mass) for n in t] for t in ref._tree_nodes] == [
         [(n.l_mass, n.r_mass) for n in t] for t in q.model._tree_nodes]
+
+
+def test_sessions_of_a_moved_partition_are_assessed_by_their_next_owner() -> None:
+    """A login ran on one worker, its session's partition moved, a late probe runs on the
+    next owner: with the partition's sessions handed over the probe re-assesses the login
+    (as without the move); without them it has no login to assess. Only the moved
+    partition's sessions are handed over, and the previous owner forgets exactly those."""
+    w = make_world()
+    w.warm("211.234.1", SEOUL, (1.0, 4.0))
+    rtt = leg_ms(SEOUL, SHANGHAI) + 2.0
+    ev, out = w.login("tourist", "211.234.2.40", w.samples(rtt, 0.4, n=7), rtt + 0.5,
+                      session="moved-1")
+    assert not out.flags
+
+    def part_of(session_id: str) -> int:
+        return 0 if session_id.startswith("moved") else 1
+
+    shares = json.loads(json.dumps(w.det.session_state(part_of, [0, 1])))
+    assert [r["id"] for r in shares["0"]["sessions"]] == ["moved-1"]
+    assert len(shares["1"]["sessions"]) == 30  # the warm-up logins
+    assert "baselines" not in shares["0"] and "model" not in shares["0"]
+    results = []
+    for handed_over in (True, False):
+        v = make_world()
+        v.n = w.n
+        if handed_over:
+            v.det.load_sessions(shares["0"])
+        results.append(v.probe("211.234.2.40", "moved-1", "cn-sha-1", [1.4, 1.5, 1.6]))
+    assert results[0].flags and results[0].flags[-1].event_id == ev.event.event_id
+    assert results[0].flags[-1].evidence["vantages"]["verdict"] == "violated"
+    assert not results[1].flags
+    assert w.det.drop_sessions(part_of, [0]) == 1
+    assert "moved-1" not in set(w.det.sessions.keys()) and len(list(w.det.sessions.keys())) == 30

@@ -232,3 +232,31 @@ def test_state_round_trip_keeps_session_joins(lab: Lab) -> None:
 
 def test_compress_merges_runs_only() -> None:
     assert compress(["CN", "KR", "CN", "CN"]) == ["CN", "KR", "CN"]
+
+
+def test_sessions_of_a_moved_partition_join_on_their_next_owner(lab: Lab) -> None:
+    """The traceroute ran on one worker, the session's partition moved, the login runs on
+    the next owner: with the partition's sessions handed over the login still gets the
+    route and the flag its account; the previous owner forgets them."""
+    tr, _ = lab.traceroute("211.234.5.40", "moved-1", CN_EDGE + KR_CORE)
+    lab.traceroute("211.234.5.41", "stays-1", CN_EDGE + KR_CORE)
+
+    def part_of(session_id: str) -> int:
+        return 0 if session_id.startswith("moved") else 1
+
+    shares = json.loads(json.dumps(lab.det.session_state(part_of, [0])))
+    assert [k for k, _ in shares["0"]["sessions"]] == ["moved-1"]
+    old = lab.det
+    for handed_over in (True, False):
+        lab.det = RouteDetector(old.ctx)
+        if handed_over:
+            lab.det.load_sessions(shares["0"])
+        login, out = lab.login("211.234.5.40", "moved-1", "moved01")
+        if handed_over:
+            assert login.notes["route"]["signature"] == tr.notes["route"]["signature"]
+            assert out.flags[0].event_id == tr.event.event_id
+            assert out.flags[0].account == "moved01"
+        else:
+            assert "route" not in login.notes and not out.flags
+    assert old.drop_sessions(part_of, [0]) == 1
+    assert list(old.sessions) == ["stays-1"]

@@ -36,9 +36,10 @@ async def _with_store(bootstrap: str, topic: str, work: Any) -> Any:
     async def send(partition: int, key: bytes, value: bytes | None) -> Any:
         return await producer.send(topic, value, key=key, partition=partition)
 
-    def stores(worker: str) -> StateStore:
+    def stores(worker: str, kind: str = "g") -> StateStore:
         return StateStore(topic, send, lambda: AIOKafkaConsumer(bootstrap_servers=bootstrap,
-                                                                enable_auto_commit=False), worker)
+                                                                enable_auto_commit=False),
+                          worker, kind)
     try:
         return await work(stores)
     finally:
@@ -69,6 +70,23 @@ def test_state_round_trips_in_chunks_and_the_newest_save_wins(embedded_broker: E
     assert got[1] == {"ts": 2.0, "detectors": {"farm": {"blob": big[:1000]}}}
     assert got[2]["ts"] == 3.0
     assert again[1]["ts"] == 2.0
+
+
+def test_group_and_session_states_share_the_topic_apart(embedded_broker: EmbeddedBroker) -> None:
+    topic = _topic(embedded_broker, "gs4.pathsentry-state")
+
+    async def work(stores: Any) -> tuple[dict[int, Any], dict[int, Any], dict[int, Any]]:
+        await stores("a", "g").save(1, {"ts": 1.0, "detectors": {"farm": {"n": 1}}})
+        await stores("a", "s").save(1, {"ts": 2.0, "detectors": {"latency": {"sessions": []}}})
+        await stores("a", "s").save(2, {"ts": 3.0, "detectors": {}})
+        return (await stores("b", "g").load([1, 2]), await stores("b", "s").load([1, 2]),
+                await stores("b", "s").load([0, 3]))
+
+    groups, sessions, none = asyncio.run(_with_store(embedded_broker.bootstrap, topic, work))
+    assert groups == {1: {"ts": 1.0, "detectors": {"farm": {"n": 1}}}}
+    assert sessions == {1: {"ts": 2.0, "detectors": {"latency": {"sessions": []}}},
+                        2: {"ts": 3.0, "detectors": {}}}
+    assert none == {}
 
 
 def _group_work(config_path: Path, events: list[dict[str, Any]]) -> list[tuple[Any, str, str]]:

@@ -107,6 +107,10 @@ def test_two_workers_share_partitions_and_lose_nothing_on_rebalance(
         moved = set(before_b["group_partitions"])
         assert moved <= set(after_a["group_partitions"])
         assert moved <= set(after_a["group_state_restored"]), after_a["group_state_restored"]
+        # so do the sessions in progress of the session partitions B ran
+        moved_sessions = set(before_b["session_partitions"])
+        assert moved_sessions <= set(after_a["session_partitions"])
+        assert moved_sessions <= set(after_a["session_state_restored"]), after_a["session_state_restored"]
         assert wa.stop() == 0
 
     sql = "SELECT event_id, kind FROM pathsentry.flagged_events FINAL"
