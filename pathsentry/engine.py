@@ -173,6 +173,16 @@ class Engine:
         """Forget the sessions of ``parts``; how many entries went."""
         return sum(d.drop_sessions(part_of, parts) for d in self.session_detectors)
 
+    def learned_state(self) -> dict[str, Any]:
+        """What the session stage learned from all its traffic, per detector that learns."""
+        return {d.name: st for d in self.session_detectors if (st := d.learned_state())}
+
+    def load_learned(self, state: dict[str, Any]) -> None:
+        """Fill in what the session stage has not learned itself (a :meth:`learned_state`)."""
+        for d in self.session_detectors:
+            if d.name in state:
+                d.load_learned(state[d.name])
+
 
 def _resolve_geo_spec(config: Config, spec: str) -> str:
     kind, sep, arg = spec.partition(":")

@@ -141,6 +141,16 @@ class Detector(ABC):
         """Forget the sessions of ``parts`` (their partition moved away); how many."""
         return 0
 
+    def learned_state(self) -> dict[str, Any]:
+        """What the detector learned from all the traffic it saw that is not per session
+        (baselines, a model, account history): another worker's warm start. ``{}`` when
+        it learns nothing."""
+        return {}
+
+    def load_learned(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Fill in, from another worker's :meth:`learned_state`, what this detector has
+        not learned itself (nothing it knows is overwritten)."""
+
 
 V = TypeVar("V")
 

@@ -1664,9 +1664,7 @@ class LatencyDetector(Detector):
             "version": 1,
             "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
             "sessions": sessions,
-            "accounts": [[k, {"recent": [(a[i], a[i + 1]) for i in range(1, len(a), 2)],
-                              "flagged": a[0]}]
-                         for k, a in self.accounts.items()],
+            "accounts": self._accounts_rows(),
             "alerts": self.alerts.state(),
             "model": self._model_state(),
         }
@@ -1682,6 +1680,42 @@ class LatencyDetector(Detector):
 
     def drop_sessions(self, part_of: Callable[[str], int], parts: Collection[int]) -> int:
         return drop_parts(self.sessions._d, part_of, parts)
+
+    def learned_state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
+            "accounts": self._accounts_rows(),
+            "model": self._model_state(),
+        }
+
+    def load_learned(self, state: dict[str, Any]) -> None:
+        """Baselines and account histories this detector lacks (while it has room), and
+        the model when its own has learned nothing yet."""
+        if state.get("version") != 1:
+            return
+        for key, snap in state.get("baselines", []):
+            if self.baselines.peek(key) is None and len(self.baselines) < self.baselines.cap:
+                self.baselines.put(key, Baseline.restore(snap, key))
+        self._load_accounts(state.get("accounts", []), only_new=True)
+        if not self.model.trees:
+            self._load_model(state.get("model", {}))
+
+    def _accounts_rows(self) -> list[list[Any]]:
+        return [[k, {"recent": [(a[i], a[i + 1]) for i in range(1, len(a), 2)], "flagged": a[0]}]
+                for k, a in self.accounts.items()]
+
+    def _load_accounts(self, rows: list[list[Any]], *, only_new: bool = False) -> None:
+        keep = 2 * self.history_len
+        for key, acc in rows:
+            if only_new and (self.accounts.peek(key) is not None or len(self.accounts) >= self.accounts.cap):
+                continue
+            recent: list[Any] = []
+            for s, v in acc["recent"]:
+                recent += (s, float(v))
+            if len(recent) > keep:
+                recent = recent[len(recent) - keep:] if keep > 0 else []
+            self.accounts.put(key, (int(acc["flagged"]), *recent))
 
     def _session_row(self, sid: str, s: _Session) -> dict[str, Any]:
         login = None
@@ -1735,13 +1769,6 @@ class LatencyDetector(Detector):
         for row in state.get("sessions", []):
             self._load_session_row(row)
         self.accounts.clear()
-        keep = 2 * self.history_len
-        for key, acc in state.get("accounts", []):
-            recent: list[Any] = []
-            for s, v in acc["recent"]:
-                recent += (s, float(v))
-            if len(recent) > keep:
-                recent = recent[len(recent) - keep:] if keep > 0 else []
-            self.accounts.put(key, (int(acc["flagged"]), *recent))
+        self._load_accounts(state.get("accounts", []))
         self.alerts.load_state(state.get("alerts", []))
         self._load_model(state.get("model", {}))

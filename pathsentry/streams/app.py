@@ -258,6 +258,11 @@ class Pipeline:
         self._sessions_revoked: set[int] = set()
         self.session_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
                                         worker_id, kind="s")
+        #: what the session stage learned from all its traffic (baselines, model), saved for
+        #: workers new to the group (``l:0``); loaded once by a worker without a snapshot file
+        self.learned_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
+                                        worker_id, kind="l")
+        self._learned_checked = False
         #: wall time of the snapshot file the session stage started from (0: none)
         self._snapshot_at = 0.0
 
@@ -319,7 +324,7 @@ class Pipeline:
         """Save the state of these group partitions to the state topic (a consistent cut:
         the stages' state only changes between awaits)."""
         await _save_states(self.state_store, {p: self.group_stages[p].state() for p in partitions
-                                              if p in self.group_stages}, "group")
+                                              if p in self.group_stages}, "group partitions")
 
     # -- session partitions' sessions in progress -------------------------------------
 
@@ -331,7 +336,8 @@ class Pipeline:
         """Give every newly owned partition of the sessions topic its sessions in progress:
         kept when this worker gave it up at the last revoke and was given it straight
         back, else read from the state topic (unless the snapshot file the worker started
-        from is newer). The sessions of partitions given to others are dropped. Nothing
+        from is newer). The sessions of partitions given to others are dropped. A worker
+        without a snapshot file first warm-starts what it learns from all traffic. Nothing
         changes while a rebalance is under way."""
         if not self.accepting():
             return
@@ -343,6 +349,10 @@ class Pipeline:
             self.engine.drop_sessions(part_of, dropped)
         if not new:
             return
+        if not self._learned_checked:
+            self._learned_checked = True
+            if not self._snapshot_at:
+                await self._warm_start()
         t0 = time.perf_counter()
         try:
             saved = await self.session_store.load(new)
@@ -359,6 +369,32 @@ class Pipeline:
         log.info("session partitions %s: sessions restored for %s in %.0f ms", new, newer,
                  (time.perf_counter() - t0) * 1000)
 
+    async def _warm_start(self) -> None:
+        """A worker with no snapshot of its own starts from what the last worker to save
+        one learned (baselines, model, account histories) instead of cold."""
+        t0 = time.perf_counter()
+        try:
+            saved = (await self.learned_store.load([0])).get(0)
+        except (TimeoutError, KafkaError) as e:
+            log.error("learned state not readable (%s: %s); the session stage starts cold",
+                      type(e).__name__, e)
+            return
+        if saved is None:
+            log.info("no learned state saved yet: the session stage starts cold")
+            return
+        self.engine.load_learned(saved.get("detectors", {}))
+        log.info("session stage warm-started from the state %s saved (%.0f ms)",
+                 saved.get("worker", "?"), (time.perf_counter() - t0) * 1000)
+
+    async def save_learned(self) -> None:
+        """Save what the session stage learned (``l:0`` of the state topic) for the next
+        worker that starts without a snapshot."""
+        state = self.engine.learned_state()
+        if state:
+            await _save_states(self.learned_store, {0: {
+                "saved_at": time.time(), "ts": self.engine.session_ts, "worker": self.worker_id,
+                "detectors": state}}, "learned state, partition")
+
     async def save_sessions(self, partitions: Iterable[int]) -> None:
         """Save the sessions in progress of these owned session partitions to the state topic."""
         parts = sorted(self.session_parts.intersection(partitions))
@@ -367,7 +403,7 @@ class Pipeline:
         shares = self.engine.sessions_state(await self._session_part(), parts)
         now, ts = time.time(), self.engine.session_ts
         await _save_states(self.session_store, {
-            p: {"saved_at": now, "ts": ts, "detectors": shares[p]} for p in parts}, "session")
+            p: {"saved_at": now, "ts": ts, "detectors": shares[p]} for p in parts}, "session partitions")
 
     def sessions_revoked(self, partitions: Iterable[int]) -> None:
         """These session partitions were revoked (and saved): their sessions stay until the
@@ -494,6 +530,8 @@ class Pipeline:
             "session_state_saves": self.session_store.saves,
             "session_state_loads": self.session_store.loads,
             "session_state_restored": sorted(self.session_store.restored),
+            "learned_state_saves": self.learned_store.saves,
+            "learned_state_loaded": bool(self.learned_store.restored),
         }
 
     def assigned(self) -> dict[str, list[int]]:
@@ -784,7 +822,7 @@ async def _save_states(store: StateStore, states: dict[int, dict[str, Any]], wha
     size = 0
     for p in sorted(states):
         size += await store.save(p, states[p])
-    log.info("%s partitions %s: state saved (%d KiB) in %.0f ms", what, sorted(states), size >> 10,
+    log.info("%s %s: state saved (%d KiB) in %.0f ms", what, sorted(states), size >> 10,
              (time.perf_counter() - t0) * 1000)
 
 
@@ -1138,6 +1176,7 @@ def create_app(
             # before the consumer leaves the group: the partitions' next owners read this
             await _save_groups(_owned_stages(), "stop")
             await _save_sessions(sorted(pipe.session_parts), "stop")
+            await _save_learned("stop")
             await super().on_stop()
 
     app = App(
@@ -1190,6 +1229,14 @@ def create_app(
             await asyncio.wait_for(pipe.save_sessions(partitions), timeout=session_timeout)
         except Exception:  # the next owner goes on without these sessions' logins
             log.exception("sessions not saved at %s", why)
+
+    async def _save_learned(why: str) -> None:
+        if pipe.producer is None:
+            return
+        try:
+            await asyncio.wait_for(pipe.save_learned(), timeout=session_timeout)
+        except Exception:  # a new worker starts from an older save, or cold
+            log.exception("learned state not saved at %s", why)
 
     def _owned_stages() -> list[int]:
         return [p for p in owned(topics.groups) if p in pipe.group_stages]
@@ -1282,6 +1329,7 @@ def create_app(
             log.exception("detector state snapshot failed")
         if pipe.accepting():
             await _save_groups(_owned_stages(), "interval")
+            await _save_learned("interval")
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:

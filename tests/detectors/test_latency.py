@@ -529,3 +529,30 @@ def test_sessions_of_a_moved_partition_are_assessed_by_their_next_owner() -> Non
     assert not results[1].flags
     assert w.det.drop_sessions(part_of, [0]) == 1
     assert "moved-1" not in set(w.det.sessions.keys()) and len(list(w.det.sessions.keys())) == 30
+
+
+def test_a_worker_new_to_the_group_starts_from_the_learned_baselines(world: World) -> None:
+    """A VPN through a residential exit stands out only of a warm prefix baseline: a new
+    worker started from another worker's learned state (no sessions in it) flags it as
+    that worker does; a cold one has no baseline to judge by. What a worker has learned
+    itself is never overwritten."""
+    learned = json.loads(json.dumps(world.det.learned_state()))
+    assert "sessions" not in learned and len(learned["baselines"]) == len(world.det.baselines)
+    rtt = leg_ms(SEOUL, SHANGHAI) + 2.0 + leg_ms(SEOUL, SEOUL) + 1.0
+    app = [round(rtt + 0.2 * i, 3) for i in range(5)]
+    verdicts = []
+    for warm in (True, False):
+        new = make_world(seed=9)
+        if warm:
+            new.det.load_learned(learned)
+            assert not list(new.det.sessions.keys())
+        _, out = new.login("farmer", "211.234.1.99", app, round(min(app) + 0.3, 3), session="f1")
+        verdicts.append(out.flags[0].evidence["baseline"]["used"] if out.flags else None)
+    assert verdicts == ["prefix", None]
+
+    own = make_world(seed=3)
+    own.warm("211.234.1", BUSAN, (30.0, 34.0))  # its own, very different history of the prefix
+    key = "kr-sel-1|p|211.234.1.0/24"
+    mine = own.det.baselines.peek(key).quantiles()  # type: ignore[union-attr]
+    own.det.load_learned(learned)
+    assert own.det.baselines.peek(key).quantiles() == mine  # type: ignore[union-attr]
