@@ -1214,29 +1214,24 @@ def create_app(
     pipe.gc_pauses.install()
     pipe.stage_partitions = lambda: [(t, p) for t in (topics.sessions, topics.groups) for p in owned(t)]
 
-    async def _save_groups(partitions: list[int], why: str) -> None:
-        if pipe.producer is None or not partitions:
-            return
-        try:
-            await asyncio.wait_for(pipe.save_groups(partitions), timeout=session_timeout)
-        except Exception:  # the next owner starts from the last periodic save
-            log.exception("group state not saved at %s", why)
-
-    async def _save_sessions(partitions: list[int], why: str) -> None:
-        if pipe.producer is None or not partitions:
-            return
-        try:
-            await asyncio.wait_for(pipe.save_sessions(partitions), timeout=session_timeout)
-        except Exception:  # the next owner goes on without these sessions' logins
-            log.exception("sessions not saved at %s", why)
-
-    async def _save_learned(why: str) -> None:
+    async def _save(what: str, why: str, save: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the pipeline's saves to the state topic, bounded; a failure is logged
+        (the next owner starts from an older save, or without one) and never raised."""
         if pipe.producer is None:
             return
         try:
-            await asyncio.wait_for(pipe.save_learned(), timeout=session_timeout)
-        except Exception:  # a new worker starts from an older save, or cold
-            log.exception("learned state not saved at %s", why)
+            await asyncio.wait_for(save(), timeout=session_timeout)
+        except Exception:
+            log.exception("%s not saved at %s", what, why)
+
+    async def _save_groups(partitions: list[int], why: str) -> None:
+        await _save("group state", why, lambda: pipe.save_groups(partitions))
+
+    async def _save_sessions(partitions: list[int], why: str) -> None:
+        await _save("sessions", why, lambda: pipe.save_sessions(partitions))
+
+    async def _save_learned(why: str) -> None:
+        await _save("learned state", why, pipe.save_learned)
 
     def _owned_stages() -> list[int]:
         return [p for p in owned(topics.groups) if p in pipe.group_stages]
