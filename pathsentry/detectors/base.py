@@ -37,7 +37,8 @@ from pathsentry.config import AllowEntry, Config, Server
 from pathsentry.enrich.geo import GeoInfo, GeoResolver
 from pathsentry.schemas import Alert, AnyEvent, FlaggedEvent
 
-__all__ = ["Detector", "DetectorContext", "Enriched", "Findings", "Stage", "drop_parts", "split_by_part"]
+__all__ = ["Detector", "DetectorContext", "Enriched", "Findings", "SessionTable", "Stage", "drop_parts",
+           "split_by_part"]
 
 Stage = Literal["session", "group"]
 
@@ -153,6 +154,34 @@ class Detector(ABC):
 
 
 V = TypeVar("V")
+
+
+class SessionTable:
+    """The session-partition hooks of :class:`Detector` for a detector whose sessions in
+    progress live in one table keyed by session id. It supplies the table and how one
+    session is written (:meth:`_session_row`) and read back (:meth:`_load_session_row`);
+    put it before :class:`Detector` among the bases."""
+
+    def _session_table(self) -> MutableMapping[str, Any]:
+        raise NotImplementedError
+
+    def _session_row(self, sid: str, sess: Any) -> Any:
+        raise NotImplementedError
+
+    def _load_session_row(self, row: Any) -> None:
+        raise NotImplementedError
+
+    def session_state(self, part_of: Callable[[str], int], parts: Collection[int]) -> dict[int, Any]:
+        return {p: {"version": 1, "sessions": [self._session_row(sid, sess) for sid, sess in rows]}
+                for p, rows in split_by_part(self._session_table().items(), part_of, parts).items()}
+
+    def load_sessions(self, state: Any) -> None:
+        if isinstance(state, dict) and state.get("version") == 1:
+            for row in state.get("sessions", []):
+                self._load_session_row(row)
+
+    def drop_sessions(self, part_of: Callable[[str], int], parts: Collection[int]) -> int:
+        return drop_parts(self._session_table(), part_of, parts)
 
 
 def split_by_part(items: Iterable[tuple[str, V]], part_of: Callable[[str], int],

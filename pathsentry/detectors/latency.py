@@ -101,7 +101,7 @@ import base64
 import math
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -116,14 +116,7 @@ from river.tree.padded import PaddedBranch
 
 from pathsentry.config import AllowEntry, Server
 from pathsentry.detectors import register
-from pathsentry.detectors.base import (
-    Detector,
-    DetectorContext,
-    Enriched,
-    Findings,
-    drop_parts,
-    split_by_part,
-)
+from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
 from pathsentry.detectors.physics import (
     ACCESS_FLOOR_MS,
     ACCESS_TYPICAL_MS,
@@ -819,7 +812,7 @@ _intern = sys.intern
 
 
 @register
-class LatencyDetector(Detector):
+class LatencyDetector(SessionTable, Detector):
     """Relayed connections from latency physics, baselines and multi-vantage RTTs."""
 
     name = "latency"
@@ -1669,17 +1662,8 @@ class LatencyDetector(Detector):
             "model": self._model_state(),
         }
 
-    def session_state(self, part_of: Callable[[str], int], parts: Collection[int]) -> dict[int, Any]:
-        return {p: {"version": 1, "sessions": [self._session_row(sid, sess) for sid, sess in rows]}
-                for p, rows in split_by_part(self.sessions.items(), part_of, parts).items()}
-
-    def load_sessions(self, state: Any) -> None:
-        if isinstance(state, dict) and state.get("version") == 1:
-            for row in state.get("sessions", []):
-                self._load_session_row(row)
-
-    def drop_sessions(self, part_of: Callable[[str], int], parts: Collection[int]) -> int:
-        return drop_parts(self.sessions._d, part_of, parts)
+    def _session_table(self) -> OrderedDict[str, _Session]:
+        return self.sessions._d
 
     def learned_state(self) -> dict[str, Any]:
         return {

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -73,14 +72,7 @@ from typing import Any
 
 from pathsentry.config import Server
 from pathsentry.detectors import register
-from pathsentry.detectors.base import (
-    Detector,
-    DetectorContext,
-    Enriched,
-    Findings,
-    drop_parts,
-    split_by_part,
-)
+from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
 from pathsentry.detectors.injection import _IP_OBJECTS, _IP_TEXT, ip_text
 from pathsentry.detectors.latency import AlertBook
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
@@ -212,7 +204,7 @@ class _Session:
 
 
 @register
-class RouteDetector(Detector):
+class RouteDetector(SessionTable, Detector):
     """Foreign-origin routes behind home-country addresses, with RTT-gated hops."""
 
     name = "route"
@@ -476,7 +468,7 @@ class RouteDetector(Detector):
     def state(self) -> dict[str, Any]:
         return {
             "version": 1,
-            "sessions": [[k, _session_row(s)] for k, s in self.sessions.items()],
+            "sessions": [self._session_row(k, s) for k, s in self.sessions.items()],
             "alerts": self.alerts.state(),
         }
 
@@ -487,19 +479,12 @@ class RouteDetector(Detector):
         self.load_sessions(state)
         self.alerts.load_state(state.get("alerts", []))
 
-    def session_state(self, part_of: Callable[[str], int], parts: Collection[int]) -> dict[int, Any]:
-        return {p: {"version": 1, "sessions": [[k, _session_row(s)] for k, s in rows]}
-                for p, rows in split_by_part(self.sessions.items(), part_of, parts).items()}
+    def _session_table(self) -> OrderedDict[str, _Session]:
+        return self.sessions
 
-    def load_sessions(self, state: Any) -> None:
-        if isinstance(state, dict) and state.get("version") == 1:
-            for key, row in state.get("sessions", []):
-                self._put(key, _Session(row["account"], row["route"], row["flag"],
-                                        dict(row.get("extra") or {})))
+    def _session_row(self, sid: str, s: _Session) -> list[Any]:
+        return [sid, {"account": s.account, "route": s.route, "flag": s.flag, "extra": s.extra}]
 
-    def drop_sessions(self, part_of: Callable[[str], int], parts: Collection[int]) -> int:
-        return drop_parts(self.sessions, part_of, parts)
-
-
-def _session_row(s: _Session) -> dict[str, Any]:
-    return {"account": s.account, "route": s.route, "flag": s.flag, "extra": s.extra}
+    def _load_session_row(self, row: list[Any]) -> None:
+        key, r = row
+        self._put(key, _Session(r["account"], r["route"], r["flag"], dict(r.get("extra") or {})))

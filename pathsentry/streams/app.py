@@ -306,13 +306,7 @@ class Pipeline:
         if not new:
             return
         t0 = time.perf_counter()
-        try:
-            saved = await self.state_store.load(new)
-        except (TimeoutError, KafkaError) as e:
-            # detection goes on without the windows rather than not at all
-            log.error("group partitions %s: saved state not readable (%s: %s); they start empty",
-                      new, type(e).__name__, e)
-            saved = {}
+        saved = await _load_saved(self.state_store, new, "group partitions", "they start empty")
         for p in new:
             stage = self.group_stages[p] = self.engine.new_group_stage()
             if p in saved:
@@ -354,13 +348,8 @@ class Pipeline:
             if not self._snapshot_at:
                 await self._warm_start()
         t0 = time.perf_counter()
-        try:
-            saved = await self.session_store.load(new)
-        except (TimeoutError, KafkaError) as e:
-            # detection goes on without the sessions' logins rather than not at all
-            log.error("session partitions %s: saved sessions not readable (%s: %s)",
-                      new, type(e).__name__, e)
-            saved = {}
+        saved = await _load_saved(self.session_store, new, "session partitions",
+                                  "their sessions go on without their logins")
         newer = sorted(p for p, st in saved.items() if float(st.get("saved_at", 0.0)) >= self._snapshot_at)
         self.engine.drop_sessions(part_of, newer)
         for p in newer:
@@ -373,14 +362,10 @@ class Pipeline:
         """A worker with no snapshot of its own starts from what the last worker to save
         one learned (baselines, model, account histories) instead of cold."""
         t0 = time.perf_counter()
-        try:
-            saved = (await self.learned_store.load([0])).get(0)
-        except (TimeoutError, KafkaError) as e:
-            log.error("learned state not readable (%s: %s); the session stage starts cold",
-                      type(e).__name__, e)
-            return
+        saved = (await _load_saved(self.learned_store, [0], "learned state, partition",
+                                   "the session stage starts cold")).get(0)
         if saved is None:
-            log.info("no learned state saved yet: the session stage starts cold")
+            log.info("no learned state to start from: the session stage starts cold")
             return
         self.engine.load_learned(saved.get("detectors", {}))
         log.info("session stage warm-started from the state %s saved (%.0f ms)",
@@ -812,6 +797,18 @@ def session_handover(owned: Iterable[int], held: Set[int],
     owned = list(owned)
     kept = {p for p in revoked if p in owned}
     return kept, {p for p in revoked if p not in kept}, [p for p in owned if p not in held and p not in kept]
+
+
+async def _load_saved(store: StateStore, partitions: list[int], what: str,
+                      otherwise: str) -> dict[int, dict[str, Any]]:
+    """The newest saves of ``partitions`` in ``store``; none when the state topic cannot be
+    read (logged, with what follows): detection goes on without them rather than not at all."""
+    try:
+        return await store.load(partitions)
+    except (TimeoutError, KafkaError) as e:
+        log.error("%s %s: saved state not readable (%s: %s); %s", what, partitions,
+                  type(e).__name__, e, otherwise)
+        return {}
 
 
 async def _save_states(store: StateStore, states: dict[int, dict[str, Any]], what: str) -> None:

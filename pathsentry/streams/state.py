@@ -15,7 +15,8 @@ saves each group partition's state to the same partition of the state topic
 
 The sessions in progress of each partition of the sessions topic are saved the same
 way under ``s:<p>`` (a :class:`StateStore` of kind ``"s"``), to the same partition
-number of the state topic (the internal topics have as many partitions).
+number of the state topic (the internal topics have as many partitions), and what the
+session stage learned from all its traffic under ``l:0`` (kind ``"l"``).
 
 A worker saves a partition when it is revoked (before the group rejoins, so the next
 owner reads the newest state), when the worker stops, and every snapshot interval
@@ -101,7 +102,8 @@ def decode_state(records: dict[bytes, bytes | None], partition: int,
 
 class StateStore:
     """Saves and loads partitions' state in the state topic: the group partitions'
-    (``kind="g"``) or the session partitions' (``kind="s"``).
+    (``kind="g"``), the session partitions' (``kind="s"``) or the learned state
+    (``kind="l"``, partition 0).
 
     ``send`` writes one record to a partition of the topic; ``consumer`` builds an
     unstarted aiokafka consumer without a group (the store assigns it partitions).
