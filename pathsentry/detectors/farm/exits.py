@@ -1,0 +1,150 @@
+"""The connection pattern of a login: its exit, its route, its relay facts, its origin.
+
+- **Exit.** A farm leaves through addresses of one network, often several /24s of
+  one hosting AS, so the exit is the AS (``AS<asn>``; the /24 when the AS is
+  unknown). The /24s actually used show in the alert's evidence.
+- **Route.** The route detector's foreign-origin signature (``notes["route"]``).
+- **Relay.** The relay detector's verdict (``notes["relay"]``).
+- **Origin (RTT band).** Accounts in one farm room behind one relay see about the
+  same minimum application RTT; several machines spread it by a few ms and the
+  access adds jitter. The tolerance is learned from the candidate itself: ``k``
+  robust deviations (MAD x 1.4826) of its members' minimum RTTs, or ``k`` times its
+  members' median access jitter (median minus minimum of each login's own RTT
+  samples), whichever is larger (``rtt_tolerance_ms`` is the floor). A band must
+  also *stand out*: when the pattern carries at least as many other accounts as the
+  candidate, the candidate's spread must stay below ``rtt_background_ratio`` times
+  theirs -- a relay service's unrelated users come from everywhere, a farm from one
+  room.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pathsentry.detectors.base import Enriched
+from pathsentry.detectors.farm.model import (
+    _NET_,
+    _ROUTE_,
+    NET,
+    ROUTE,
+    TPL,
+    FarmSettings,
+    Member,
+    Partition,
+)
+
+__all__ = ["Band", "band", "dict_note", "exit_of", "foreign_sig", "jitter", "mad", "patterns_of",
+           "relay_facts", "stands_out"]
+
+_MAD_SIGMA = 1.4826
+
+NO_RELAY: tuple[bool, float, Any, Any] = (False, 0.0, None, None)
+
+
+def exit_of(asn: int | None, prefix: str) -> str:
+    """The exit of a login: its AS, or its /24 when the AS is unknown.
+
+    >>> exit_of(4766, "203.0.113.0/24"), exit_of(None, "203.0.113.0/24")
+    ('AS4766', '203.0.113.0/24')
+    """
+    return f"AS{asn}" if asn is not None else prefix
+
+
+def dict_note(ev: Enriched, name: str) -> dict[str, Any]:
+    """``ev.notes[name]`` when it is a dict, else ``{}``."""
+    v = ev.notes.get(name)
+    return v if isinstance(v, dict) else {}
+
+
+def relay_facts(relay: Mapping[str, Any]) -> tuple[bool, float, Any, Any]:
+    """``Member.relay``, ``relay_score``, ``relay_gap_ms``, ``relay_excess_ms`` of a note."""
+    return (relay.get("flagged") is True, float(relay.get("score") or 0.0),
+            relay.get("gap_ms"), relay.get("excess_ms"))
+
+
+def foreign_sig(route: Mapping[str, Any]) -> str | None:
+    """The route signature of a foreign-origin route note (``None`` otherwise)."""
+    sig = route.get("signature")
+    if route.get("foreign_origin") is True and isinstance(sig, str) and sig:
+        return sig
+    return None
+
+
+def jitter(samples: Sequence[float]) -> float | None:
+    """Median minus minimum of one login's RTT samples (``None`` below two samples).
+
+    >>> jitter([41.0, 40.0, 47.0]), jitter([40.0])
+    (1.0, None)
+    """
+    if len(samples) < 2:
+        return None
+    xs = sorted(samples)
+    return xs[len(xs) // 2] - xs[0]
+
+
+def mad(xs: Sequence[float]) -> float:
+    """Median absolute deviation from the median (0 when empty).
+
+    >>> mad([40.0, 41.0, 43.0, 90.0])
+    1.5
+    """
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    med = (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+    d = sorted(abs(x - med) for x in s)
+    return (d[(len(d) - 1) // 2] + d[len(d) // 2]) / 2
+
+
+def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
+    """The connection patterns ``m`` is indexed under in ``part``."""
+    kind = part.kind
+    if kind == TPL:
+        ex = _NET_ + exit_of(m.asn, m.prefix)
+        return (ex, _ROUTE_ + m.sig) if m.sig else (ex,)
+    if kind == ROUTE:
+        return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()
+    assert kind == NET
+    return (part.key,) if m.relay else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """The origin of a candidate: median minimum RTT, tolerance, commonest server."""
+
+    median: float | None
+    tolerance: float
+    server: str | None
+
+    def holds(self, m: Member) -> bool:
+        if self.server is not None and m.server is not None and m.server != self.server:
+            return False
+        if self.median is None or m.rtt is None:
+            return True
+        return abs(m.rtt - self.median) <= self.tolerance
+
+
+def band(ms: Sequence[Member], s: FarmSettings) -> Band:
+    """The :class:`Band` of ``ms`` (see the module docstring)."""
+    rtts = sorted(x.rtt for x in ms if x.rtt is not None)
+    jits = sorted(x.jitter for x in ms if x.jitter is not None)
+    servers = Counter([x.server for x in ms if x.server])
+    med = rtts[len(rtts) // 2] if rtts else None
+    tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * _MAD_SIGMA * mad(rtts),
+              s.rtt_spread_k * (jits[len(jits) // 2] if jits else 0.0))
+    return Band(med, tol, servers.most_common(1)[0][0] if servers else None)
+
+
+def stands_out(cand: Sequence[Member], others: Sequence[Member], s: FarmSettings) -> bool:
+    """Whether the candidate's RTT spread is tight beside the pattern's other accounts.
+
+    Too few others (fewer than the candidate) to judge: ``True``.
+    """
+    theirs = [x.rtt for x in others if x.rtt is not None]
+    ours = [x.rtt for x in cand if x.rtt is not None]
+    if len(theirs) < max(2, len(ours)):
+        return True
+    return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / _MAD_SIGMA

@@ -1,0 +1,245 @@
+"""Grouping: when the members of one partition that share a pattern are a farm.
+
+A candidate is the ungrouped members sharing one pattern (an exit or a route)
+around the new member's login, in a window. In a family partition (``tpl:``) the
+window is ``window_s`` and the candidate needs ``min_size`` members and either
+relay/route evidence on ``min_size`` of them (or a shared foreign route) or serials
+that run consecutively (``min_regularity``). In a name-less partition (``route:``,
+``net:``) the window is tried at two scales, ``burst_s`` (logins seconds apart) and
+``window_s`` (minutes apart); the candidate keeps the members inside its RTT band
+(:mod:`~pathsentry.detectors.farm.exits`), must stand out of the pattern's other
+accounts by that band, and must be a burst against the partition's own background
+(:mod:`~pathsentry.detectors.farm.background`).
+
+Members that another partition takes are left out (:meth:`Grouping._covered`), so
+one farm makes one group; a group's next session (members overlapping by half)
+re-emits its alert instead of a new one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import pairwise
+from typing import ClassVar
+
+from pathsentry.detectors.base import Findings
+from pathsentry.detectors.farm.background import burst_p, expected, no_burst
+from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
+from pathsentry.detectors.farm.exits import band, patterns_of, stands_out
+from pathsentry.detectors.farm.families import serial_regularity
+from pathsentry.detectors.farm.model import (
+    ROUTE,
+    TPL,
+    Assessment,
+    FarmSettings,
+    Group,
+    Member,
+    Partition,
+    _utc,
+)
+from pathsentry.schemas import make_alert_id
+
+__all__ = ["Grouping"]
+
+
+class Grouping:
+    """The grouping half of :class:`~pathsentry.detectors.farm.detector.FarmDetector`."""
+
+    name: ClassVar[str]
+    settings: FarmSettings
+    #: ``(partition key, group id)`` of groups whose alert is re-emitted on the next tick
+    dirty: dict[tuple[str, str], None]
+
+    def _spans(self, part: Partition, t: float) -> tuple[float, ...]:
+        """The windows a candidate around ``t`` is looked for in. A name-less partition
+        tries ``window_s`` only once it has a background of that length before the
+        window: in its first minutes only a dense burst (``burst_s``) is judged."""
+        s = self.settings
+        if part.kind == TPL:
+            return (s.window_s,)
+        if part.first_ts <= t - 2 * s.window_s:
+            return (s.burst_s, s.window_s)
+        return (s.burst_s,)
+
+    def _covered(self, part: Partition, cand: list[Member]) -> set[str]:
+        """Members the family partition takes: a family at ``min_size`` in the candidate
+        (at 2 in ``route:``). Relay-flagged members are ``net:``'s and never ``route:``'s."""
+        kind = part.kind
+        if kind == TPL:
+            return set()
+        s = self.settings
+        skels: dict[str, int] = {}
+        for x in cand:
+            k = x.skel
+            if k:
+                skels[k] = skels.get(k, 0) + 1
+        # traceroutes may be sampled: two names of one family on one route already
+        # mean the family partition, which sees every login, has the batch
+        need = 2 if kind == ROUTE else s.min_size
+        big = {k for k, c in skels.items() if c >= need}
+        out = {x.sid for x in cand if x.skel in big} if big else set()
+        return out
+
+    def _window(self, part: Partition, pattern: str, t: float, w: float) -> list[Member]:
+        """Ungrouped eligible members sharing ``pattern`` within ``w`` of ``t``."""
+        sids = part.index.get(pattern)
+        if not sids:
+            return []
+        kind = part.kind
+        if kind == TPL:
+            return [x for x in sids.values() if x.group is None and abs(x.ts - t) <= w]
+        # name-less: by time (``part.times``), not in indexing order (``_seq_order``)
+        if pattern == part.key and part.times is not None:
+            near = part.times.between(t - w - 1.0, t + w + 1.0)
+        else:
+            near = list(sids.values())
+        if kind == ROUTE:  # relay-flagged members are the ``net:`` partition's (eligible)
+            return [x for x in near if x.group is None and abs(x.ts - t) <= w and not x.relay]
+        return [x for x in near if x.group is None and abs(x.ts - t) <= w]
+
+    @staticmethod
+    def _seq_order(part: Partition, ms: list[Member]) -> list[Member]:
+        """Members of a name-less partition's window in indexing order (``index[key]``)."""
+        stamps = part.stamps
+        return sorted(ms, key=lambda x: stamps[x.sid])
+
+    def _consider(self, part: Partition, m: Member) -> Findings | None:
+        kind = part.kind
+        if m.group is not None or (kind == ROUTE and m.relay):  # not eligible
+            return None
+        # ``patterns_of(part, m)``: the member was (re)indexed just before
+        patterns = m.indexed
+        if not patterns:
+            return None
+        groups = part.groups
+        if groups:
+            known = groups.get(part.accounts.get(m.account, ""))
+            if known is not None and (kind == TPL or self._may_join(part, known, m)):
+                return self._join(part, known, [m])  # a known member's next session
+            for g in groups.values():
+                if any(p in patterns for p in g.patterns) and self._may_join(part, g, m):
+                    cand = self._window(part, g.pattern, m.ts, self.settings.window_s)
+                    if m.sid not in self._covered(part, cand):
+                        return self._join(part, g, [m])
+        s = self.settings
+        minimum = s.min_size if kind == TPL else s.min_size_unnamed
+        index = part.index
+        for p in patterns:
+            # too few members under the pattern, or in its window: no candidate (taking
+            # out covered members only shrinks it)
+            if len(index[p]) < minimum:
+                continue
+            for span in self._spans(part, m.ts):
+                cand = self._window(part, p, m.ts, span)
+                if len(cand) < minimum or (kind != TPL and no_burst(part, len(cand), span, s)):
+                    continue
+                covered = self._covered(part, cand)
+                if m.sid in covered:
+                    break
+                if covered:
+                    cand = [x for x in cand if x.sid not in covered]
+                if kind != TPL and p == part.key:
+                    cand = self._seq_order(part, cand)
+                a = self._assess(part, p, cand, span)
+                if a is not None:
+                    return self._form(part, p, a)
+        return None
+
+    def _may_join(self, part: Partition, g: Group, m: Member) -> bool:
+        """Family groups take late joiners for ``join_window_s``; a name-less group only
+        while its burst lasts (within three of its own median gaps, at least ``burst_s``,
+        of its latest member) and inside its RTT band."""
+        s = self.settings
+        if part.kind == TPL:
+            return m.ts <= g.last_seen + s.join_window_s
+        near = g.near(m.ts, s.window_s)
+        if len(near) < s.min_size_unnamed - 1:
+            return False
+        tss = sorted(x.ts for x in near)
+        gaps = sorted(b - a for a, b in pairwise(tss))
+        pace = gaps[len(gaps) // 2] if gaps else 0.0
+        return m.ts - tss[-1] <= max(s.burst_s, 3 * pace) and band(near, s).holds(m)
+
+    def _assess(self, part: Partition, pattern: str, cand: list[Member], span: float
+                ) -> Assessment | None:
+        s = self.settings
+        kind = part.kind
+        n = len(cand)
+        minimum = s.min_size if kind == TPL else s.min_size_unnamed
+        if kind != TPL and n >= minimum:
+            b = band(cand, s)
+            inside = [x for x in cand if b.holds(x)]
+            if len(inside) >= minimum:
+                ids = {x.sid for x in inside}
+                others = [x for x in part.index.get(pattern, {}).values() if x.sid not in ids]
+                if not stands_out(inside, others, s):
+                    return None
+            cand = inside
+            n = len(cand)
+        if n < minimum:
+            return None
+        # the gates first, with the same formulas as ``features`` (most candidates fail)
+        if kind == TPL:
+            strong = pattern.startswith("route:") or evidence_accounts(cand) >= s.min_size
+            if not strong and serial_regularity([x.serial_no for x in cand]) < s.min_regularity:
+                return None
+        elif burst_p(n, expected(part, n, span, s)) > s.max_burst_p:
+            return None
+        f = features(part, cand, s)
+        return Assessment(cand, score(kind, f), f)
+
+    def _form(self, part: Partition, pattern: str, a: Assessment) -> Findings:
+        anchor = min(x.ts for x in a.members)
+        counts = Counter([p for x in a.members for p in patterns_of(part, x)])
+        pats = sorted(p for p, c in counts.items() if c >= max(2, len(a.members) / 2))
+        stable = f"{part.key}|{pattern}|{_utc(anchor).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        g = Group(
+            gid=make_alert_id(self.name, "farm_group", stable),
+            key=part.key,
+            pattern=pattern,
+            patterns=pats or [pattern],
+            anchor=anchor,
+            first_seen=anchor,
+            last_seen=anchor,
+        )
+        accts = [x.account for x in a.members]
+        seen = Counter([part.accounts[x] for x in accts if x in part.accounts])
+        if seen and seen.most_common(1)[0][1] * 2 >= len(accts):  # the group's next session
+            g = part.groups[seen.most_common(1)[0][0]]
+        else:
+            g = part.groups.setdefault(g.gid, g)
+        return self._join(part, g, a.members)
+
+    def _join(self, part: Partition, g: Group, ms: list[Member]) -> Findings:
+        added: list[Member] = []
+        again: list[Member] = []
+        for m in sorted(ms, key=lambda x: (x.ts, x.sid)):
+            if m.account not in g.members and len(g.members) >= self.settings.max_group_members:
+                continue
+            m.group = g.gid
+            (again if m.account in g.members else added).append(m)
+            g.put(m)
+            part.accounts[m.account] = g.gid
+            if m.ts < g.first_seen:  # min(), max()
+                g.first_seen = m.ts
+            if m.ts > g.last_seen:
+                g.last_seen = m.ts
+        if not added:  # known members only: flag their logins, refresh the alert on a tick
+            if again:
+                self.dirty[(part.key, g.gid)] = None
+            tpl = g.template
+            return Findings(flags=[flag(g, m, None, tpl, self.name) for m in again])
+        out = self._emit(part, g, added)
+        tpl = g.template
+        out.flags.extend(flag(g, m, out.alerts[0], tpl, self.name) for m in again)
+        return out
+
+    def _emit(self, part: Partition, g: Group, added: list[Member]) -> Findings:
+        """The group's alert at ``version + 1`` and the flags of the ``added`` members."""
+        self.dirty.pop((part.key, g.gid), None)
+        g.version += 1
+        feats = features(part, g.members.values(), self.settings)
+        g.score = score(part.kind, feats)
+        out = alert(part, g, feats, self.settings, self.name)
+        tpl = g.template if added else None
+        return Findings(flags=[flag(g, m, out, tpl, self.name) for m in added], alerts=[out])
