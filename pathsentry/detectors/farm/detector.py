@@ -32,6 +32,7 @@ from pathsentry.detectors.farm.model import (
     _NET_,
     _ROUTE_,
     _TPL_,
+    BACKGROUND_RTTS,
     NET,
     ROUTE,
     TPL,
@@ -357,6 +358,10 @@ class FarmDetector(Grouping, Detector):
                 if m.ts >= cutoff and len(members) <= cap:
                     break
                 members.popitem(last=False)
+                if m.indexed and m.group is None and m.rtt is not None:
+                    part.bg_rtts.append(m.rtt)
+                    if len(part.bg_rtts) > BACKGROUND_RTTS:
+                        del part.bg_rtts[0]
                 self._unindex(part, m)
         groups = part.groups
         if groups:

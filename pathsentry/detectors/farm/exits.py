@@ -12,9 +12,10 @@
   members' median access jitter (median minus minimum of each login's own RTT
   samples), whichever is larger (``rtt_tolerance_ms`` is the floor). A band must
   also *stand out*: when the pattern carries at least as many other accounts as the
-  candidate, the candidate's spread must stay below ``rtt_background_ratio`` times
-  theirs -- a relay service's unrelated users come from everywhere, a farm from one
-  room.
+  candidate (or a background of at least :data:`MIN_BACKGROUND` accounts that left
+  the window in no group), the candidate's spread must stay below
+  ``rtt_background_ratio`` times theirs -- a relay service's unrelated users come
+  from everywhere, a farm from one room.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from pathsentry.detectors.farm.model import (
     Partition,
 )
 
-__all__ = ["Band", "band", "dict_note", "exit_of", "foreign_sig", "jitter", "mad", "patterns_of",
-           "relay_facts", "stands_out"]
+__all__ = ["MIN_BACKGROUND", "Band", "band", "dict_note", "exit_of", "foreign_sig", "jitter",
+           "mad", "patterns_of", "relay_facts", "stands_out"]
 
 _MAD_SIGMA = 1.4826
+#: Background RTTs enough to judge a band against, whatever the candidate's size.
+MIN_BACKGROUND = 8
 
 NO_RELAY: tuple[bool, float, Any, Any] = (False, 0.0, None, None)
 
@@ -138,13 +141,17 @@ def band(ms: Sequence[Member], s: FarmSettings) -> Band:
     return Band(med, tol, servers.most_common(1)[0][0] if servers else None)
 
 
-def stands_out(cand: Sequence[Member], others: Sequence[Member], s: FarmSettings) -> bool:
-    """Whether the candidate's RTT spread is tight beside the pattern's other accounts.
+def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Sequence[float],
+               s: FarmSettings) -> bool:
+    """Whether the candidate's RTT spread is tight beside the pattern's other accounts:
+    the ``background`` (accounts that left the window in no group) and the ungrouped
+    ``others`` in the window now.
 
-    Too few others (fewer than the candidate) to judge: ``True``.
+    Too few to judge (fewer than the candidate, and fewer than :data:`MIN_BACKGROUND`
+    in the background): ``True``.
     """
-    theirs = [x.rtt for x in others if x.rtt is not None]
+    theirs = [*background, *(x.rtt for x in others if x.rtt is not None)]
     ours = [x.rtt for x in cand if x.rtt is not None]
-    if len(theirs) < max(2, len(ours)):
+    if len(theirs) < max(2, min(len(ours), MIN_BACKGROUND)):
         return True
     return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / _MAD_SIGMA

@@ -80,12 +80,17 @@ class Grouping:
         out = {x.sid for x in cand if x.skel in big} if big else set()
         return out
 
-    def _window(self, part: Partition, pattern: str, t: float, w: float) -> list[Member]:
-        """Ungrouped eligible members sharing ``pattern`` within ``w`` of ``t``."""
+    def _window(self, part: Partition, pattern: str, t: float, w: float, *,
+                free: bool = True) -> list[Member]:
+        """Ungrouped (``free``; else all) eligible members sharing ``pattern`` within
+        ``w`` of ``t``."""
         sids = part.index.get(pattern)
         if not sids:
             return []
         kind = part.kind
+        if not free:
+            return [x for x in sids.values() if abs(x.ts - t) <= w
+                    and not (kind == ROUTE and x.relay)]
         if kind == TPL:
             return [x for x in sids.values() if x.group is None and abs(x.ts - t) <= w]
         # name-less: by time (``part.times``), not in indexing order (``_seq_order``)
@@ -118,7 +123,9 @@ class Grouping:
                 return self._join(part, known, [m])  # a known member's next session
             for g in groups.values():
                 if any(p in patterns for p in g.patterns) and self._may_join(part, g, m):
-                    cand = self._window(part, g.pattern, m.ts, self.settings.window_s)
+                    # its family counted with the members grouped already
+                    cand = self._window(part, g.pattern, m.ts, self.settings.window_s,
+                                        free=False)
                     if m.sid not in self._covered(part, cand):
                         return self._join(part, g, [m])
         s = self.settings
@@ -172,7 +179,7 @@ class Grouping:
             if len(inside) >= minimum:
                 ids = {x.sid for x in inside}
                 others = [x for x in part.index.get(pattern, {}).values() if x.sid not in ids]
-                if not stands_out(inside, others, s):
+                if not stands_out(inside, others, part.bg_rtts, s):
                     return None
             cand = inside
             n = len(cand)

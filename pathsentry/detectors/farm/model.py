@@ -20,8 +20,11 @@ from typing import Any
 from pathsentry.detectors.farm.families import family_template
 from pathsentry.detectors.names import NameIndex
 
-__all__ = ["NET", "ROUTE", "TPL", "Assessment", "FarmSettings", "Group", "Member", "Partition",
-           "part_kind", "settings_from"]
+#: RTTs of a partition's background kept (:attr:`Partition.bg_rtts`)
+BACKGROUND_RTTS = 64
+
+__all__ = ["BACKGROUND_RTTS", "NET", "ROUTE", "TPL", "Assessment", "FarmSettings", "Group",
+           "Member", "Partition", "part_kind", "settings_from"]
 
 TPL, ROUTE, NET = "tpl", "route", "net"
 _TPL_, _ROUTE_, _NET_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:"
@@ -226,6 +229,9 @@ class Partition:
     #: each one's indexing sequence number (the order of ``index[key]``)
     times: _TimeIndex | None = None
     stamps: dict[str, int] = field(default_factory=dict)
+    #: minimum RTTs of the pattern's members that left the window in no group: the
+    #: background an RTT band must stand out of (the latest ``BACKGROUND_RTTS``)
+    bg_rtts: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.kind = part_kind(self.key)

@@ -37,6 +37,7 @@ def snapshot(now: float, parts: Mapping[str, Partition]) -> dict[str, Any]:
                 "first_ts": p.first_ts,
                 "rate_count": p.rate_count,
                 "rate_ts": p.rate_ts,
+                "bg_rtts": p.bg_rtts,
                 "members": [_dump(m) for m in p.members.values()],
                 "groups": [
                     {
@@ -69,6 +70,7 @@ def restore(state: Mapping[str, Any], index: Callable[[Partition, Member], None]
         p = Partition(
             key=raw["key"], last_ts=raw["last_ts"], first_ts=raw["first_ts"],
             rate_count=raw["rate_count"], rate_ts=raw["rate_ts"],
+            bg_rtts=[float(x) for x in raw.get("bg_rtts", [])],
         )
         for md in raw["members"]:
             m = member(md)
