@@ -114,9 +114,8 @@ def test_simulate_params_round_trip_through_the_cli(tmp_path: Path,
     assert main([*base, "--params", params, "--out", str(tmp_path / "b")]) == 0
     assert main([*base, "--params", f"@{tmp_path / 'p.json'}", "--out", str(tmp_path / "c")]) == 0
     assert main([*base, "--params", "fixed", "--out", str(tmp_path / "d")]) == 0
-    a = (tmp_path / "a" / "events.jsonl").read_bytes()
-    assert a == (tmp_path / "b" / "events.jsonl").read_bytes() == (tmp_path / "c" / "events.jsonl").read_bytes()
-    assert a != (tmp_path / "d" / "events.jsonl").read_bytes()
+    a, b, c, d = ((tmp_path / x / "events.jsonl").read_bytes() for x in "abcd")
+    assert a == b == c and a != d
     capsys.readouterr()
     with pytest.raises(SystemExit, match="--params"):
         main([*base, "--params", "{not json", "--out", str(tmp_path / "e")])
@@ -163,14 +162,15 @@ def test_injectors_forge_their_own_answer_and_ttl() -> None:
     forged = [(e, t) for e, t in _events(replace(fixed_params(), injectors=(inj,)))
               if t["label"] == "injection"]
     assert forged
-    for e, t in forged:
+    for e, _ in forged:
         assert e["target"]["port"] == 80 and e["status"] in (302, None)
         assert "cf-ray" not in (e["header_names"] or [])
         if e["ttl"]:
             assert e["ttl"]["response"] - e["ttl"]["syn_ack"] == 3
     world = World(world_spec(4, 300, 6.0, replace(fixed_params(), injectors=(inj,))))
     cells = [r for r in world.header_truth() if r["type"] == "cell"]
-    assert [(c["asn"], c["ports"], c["answer"], c["ttl_delta"]) for c in cells] == [(9318, [80], "redirect", 3)]
+    assert [(c["asn"], c["ports"], c["answer"], c["ttl_delta"]) for c in cells] == [
+        (9318, [80], "redirect", 3)]
 
 
 @pytest.mark.parametrize("family", FARM_FAMILIES)
@@ -196,7 +196,8 @@ def test_evaluate_worlds_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert d["tp"] == sum(w["metrics"]["detectors"][name]["tp"] for w in worlds)
         assert set(d) >= {"precision", "recall"}
     vals = [w["metrics"]["detectors"]["vpn_relay"]["recall"] for w in worlds]
-    assert result["worst"]["detectors"]["vpn_relay"]["recall"]["value"] == min(v for v in vals if v is not None)
+    worst = result["worst"]["detectors"]["vpn_relay"]["recall"]
+    assert worst["value"] == min(v for v in vals if v is not None)
     assert "fpr" in result["pooled"]["fpr"]["normal"]["vpn_relay"]
     assert WorldParams.from_dict(worlds[0]["params"]) == world_spec(
         5, 300, 3.0, draw_params(5, 3.0)).params
