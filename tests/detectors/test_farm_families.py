@@ -47,13 +47,23 @@ def samples(rng: random.Random, base: float, jitter: float, n: int = 4) -> list[
 
 # ------------------------------------------------------------------ name families
 
+
+def _letters(k: int) -> str:
+    """``a`` .. ``z``, ``aa``, ``ab`` .. for ``k`` = 1, 2 .."""
+    out = ""
+    while k:
+        k, r = divmod(k - 1, 26)
+        out = chr(97 + r) + out
+    return out
+
+
 FAMILIES: dict[str, Callable[[int], str]] = {
     "serial_end_padded": lambda i: f"xiaopai{i:03d}",
     "serial_end_plain": lambda i: f"goldbot{i}",
     "serial_middle": lambda i: f"dal{i:02d}ian",
     "serial_start": lambda i: f"{i:02d}mofa",
-    "letter_suffix": lambda i: f"tianlong_{chr(ord('a') + i - 1)}",
-    "letter_prefix": lambda i: f"{chr(ord('a') + i - 1)}.longwang",
+    "letter_suffix": lambda i: f"tianlong_{_letters(i + 20)}",
+    "letter_prefix": lambda i: f"{_letters(i)}.longwang",
     "separator_dash": lambda i: f"bao-fa-{i}",
     "separator_dot": lambda i: f"xiyou.{i:04d}",
     "mixed_case": lambda i: f"{'Hanbing' if i % 2 else 'HANBING'}{i}",

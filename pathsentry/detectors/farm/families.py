@@ -2,18 +2,18 @@
 
 A batch of farm accounts shares a *stem* and differs in a *mark*: a serial number
 anywhere in the name (``xiaopai007``, ``07xiaopai``, ``xiao07pai``), zero-padded or
-not, or a rotating single letter before or after the stem (``abc_a``, ``abc-b``,
-``c.abc``). Case and separators (``_ - .``) vary as well. :func:`family` reduces a
-name to ``(stem, serial, template)``:
+not, or a rotating letter affix before or after the stem (``abc_a``, ``abc-b``,
+``c.abc``, and after ``z``: ``aa_abc``). Case and separators (``_ - .``) vary as
+well. :func:`family` reduces a name to ``(stem, serial, template)``:
 
 - the **stem** (the partition key ``tpl:<stem>``) is the name's letter runs,
-  case-folded, with separators, digit runs and a rotating one-letter affix removed.
+  case-folded, with separators, digit runs and a rotating letter affix removed.
   Letters are Unicode letters, so Hangul (``작업장``) and CJK (``小白``) stems work
   as Latin ones. A stem needs at least :data:`MIN_STEM` characters and the name a
   mark; a name with no mark (``minsu_kim``, ``lazytiger``) has no family, and a farm
   of such names is carried by its connection pattern alone;
-- the **serial** is the last digit run, or the affix letter's place in the
-  alphabet (``abc_c`` is 3), so that consecutive batches look regular
+- the **serial** is the last digit run, or the affix read as a bijective base-26
+  number (``abc_c`` is 3, ``abc_aa`` 27), so that consecutive batches look regular
   (:func:`~pathsentry.detectors.names.regularity`) whatever the kind of mark;
 - the **template** is the name with digit runs as ``#`` and the affix as ``@``
   (``XiaoPai_007`` -> ``xiaopai_#``), the generalised template of the alert.
@@ -29,8 +29,10 @@ Pure and deterministic (no process-seeded hashing), memoised per name.
 
 >>> family("XiaoPai_007"), family("07xiaopai"), family("xiao07pai")
 (('xiaopai', 7, 'xiaopai_#'), ('xiaopai', 7, '#xiaopai'), ('xiaopai', 7, 'xiao#pai'))
->>> family("abc_b"), family("C.abc"), family("ab12")
-(('abc', 2, 'abc_@'), ('abc', 3, '@.abc'), ('ab', 12, 'ab#'))
+>>> family("abc_b"), family("C.abc"), family("ab_mofa"), family("ab12")
+(('abc', 2, 'abc_@'), ('abc', 3, '@.abc'), ('mofa', 28, '@_mofa'), ('ab', 12, 'ab#'))
+>>> family("jo_kim")
+(None, None, 'jo_kim')
 >>> family("작업장01")[0], family("小白-3")[0], family("minsu_kim"), family("a1")[0]
 ('작업장', '小白', (None, None, 'minsu_kim'), None)
 """
@@ -43,10 +45,13 @@ from functools import lru_cache
 
 from pathsentry.detectors.names import NAME_CACHE_SIZE, regularity, runs
 
-__all__ = ["MIN_STEM", "family", "family_template", "serial_regularity", "stem"]
+__all__ = ["MAX_AFFIX", "MIN_STEM", "family", "family_template", "serial_regularity", "stem"]
 
 #: Minimum stem length in characters (``ab01`` is a family, ``a01`` is not).
 MIN_STEM = 2
+#: Longest rotating letter affix (``a`` .. ``z``, then ``aa`` .. ``zz``); the stem's
+#: longest letter run must be at least two letters longer (``jo_kim`` has no affix).
+MAX_AFFIX = 2
 
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -56,11 +61,12 @@ def family(name: str) -> tuple[str | None, int | None, str]:
     """``(stem, serial, template)`` of ``name`` (see the module docstring)."""
     rs = runs(name)
     letters = [i for i, (k, _) in enumerate(rs) if k == "a"]
-    affix: int | None = None  # index of a rotating one-letter affix
+    affix: int | None = None  # index of a rotating letter affix
     if len(letters) >= 2:
         for i in (letters[0], letters[-1]):
             t = rs[i][1].casefold()
-            if len(t) == 1 and t in _ASCII_LETTERS:
+            longest = max(len(rs[j][1]) for j in letters if j != i)
+            if len(t) <= MAX_AFFIX and set(t) <= _ASCII_LETTERS and longest >= len(t) + 2:
                 affix = i
                 break
     parts: list[str] = []
@@ -82,7 +88,9 @@ def family(name: str) -> tuple[str | None, int | None, str]:
     if last_digits is not None:
         number: int | None = int(last_digits[-9:])
     elif affix is not None:
-        number = ord(rs[affix][1].casefold()) - ord("a") + 1
+        number = 0
+        for c in rs[affix][1].casefold():  # bijective base 26: a=1 .. z=26, aa=27 ..
+            number = number * 26 + ord(c) - ord("a") + 1
     else:
         return None, None, template
     return (stem if len(stem) >= MIN_STEM else None), number, template
