@@ -3,7 +3,7 @@
 The alert carries the members (account, login time, address, route, relay), the
 name template (:func:`~pathsentry.detectors.farm.families.family`) and the names'
 n-gram similarity, the exits (AS and the /24s used), the route, the RTT band (median,
-range, robust spread, access jitter and the learned tolerance), and the timing
+range, robust spread, the noise of a login's minimum and the learned tolerance), and the timing
 (span, median gap, the background's expected count over the group's span and the
 Poisson probability of the burst).
 """
@@ -172,7 +172,7 @@ def origin(ms: list[Member], s: FarmSettings) -> dict[str, Any]:
         "median_app_rtt_ms": rtts[len(rtts) // 2] if rtts else None,
         "app_rtt_range_ms": [rtts[0], rtts[-1]] if rtts else None,
         "app_rtt_spread_ms": round(mad(rtts) * 1.4826, 2) if rtts else None,
-        "access_jitter_ms": round(jits[len(jits) // 2], 2) if jits else None,
+        "min_rtt_noise_ms": round(jits[len(jits) // 2], 2) if jits else None,
         "band_tolerance_ms": round(learned.tolerance, 2),
         "servers": _top(Counter([x.server for x in ms if x.server]),
                         s.max_evidence_items),

@@ -6,11 +6,12 @@
 - **Route.** The route detector's foreign-origin signature (``notes["route"]``).
 - **Relay.** The relay detector's verdict (``notes["relay"]``).
 - **Origin (RTT band).** Accounts in one farm room behind one relay see about the
-  same minimum application RTT; several machines spread it by a few ms and the
-  access adds jitter. The tolerance is learned from the candidate itself: ``k``
-  robust deviations (MAD x 1.4826) of its members' minimum RTTs, or ``k`` times its
-  members' median access jitter (median minus minimum of each login's own RTT
-  samples), whichever is larger (``rtt_tolerance_ms`` is the floor). A band must
+  same minimum application RTT; several machines spread it by a few ms, and the
+  access jitter and the game server's tick (its answer waits a random phase of it)
+  add noise. The tolerance is learned from the candidate itself: ``k`` robust
+  deviations (MAD x 1.4826) of its members' minimum RTTs, or ``k`` times the median
+  noise of a login's minimum estimated from its own samples (:func:`jitter`),
+  whichever is larger (``rtt_tolerance_ms`` is the floor). A band must
   also *stand out*: when the pattern carries at least as many other accounts as the
   candidate (or a background of at least :data:`MIN_BACKGROUND` accounts that left
   the window in no group), the candidate's spread must stay below
@@ -77,15 +78,21 @@ def foreign_sig(route: Mapping[str, Any]) -> str | None:
 
 
 def jitter(samples: Sequence[float]) -> float | None:
-    """Median minus minimum of one login's RTT samples (``None`` below two samples).
+    """How far the minimum of one login's ``n`` RTT samples may stray: the samples' own
+    spread above their minimum (median minus minimum) times ``2 / (n - 1)`` -- for
+    ``n`` draws of a uniform delay (a server tick's phase, access jitter) that is the
+    standard deviation of the minimum. ``None`` below two samples.
 
     >>> jitter([41.0, 40.0, 47.0]), jitter([40.0])
     (1.0, None)
+    >>> jitter([66.0, 118.0, 96.5, 123.5, 80.0])
+    15.25
     """
-    if len(samples) < 2:
+    n = len(samples)
+    if n < 2:
         return None
     xs = sorted(samples)
-    return xs[len(xs) // 2] - xs[0]
+    return (xs[n // 2] - xs[0]) * 2 / (n - 1)
 
 
 def mad(xs: Sequence[float]) -> float:
@@ -121,6 +128,18 @@ class Band:
     median: float | None
     tolerance: float
     server: str | None
+
+    def share(self, background: Sequence[float]) -> float:
+        """The share of ``background`` RTTs inside the band (Laplace-smoothed; 1.0 with
+        fewer than :data:`MIN_BACKGROUND` of them or without a median).
+
+        >>> Band(40.0, 2.0, None).share([10.0, 41.0, 80.0, 120.0, 60.0, 70.0, 90.0, 39.0])
+        0.3
+        """
+        if self.median is None or len(background) < MIN_BACKGROUND:
+            return 1.0
+        inside = sum(1 for x in background if abs(x - self.median) <= self.tolerance)
+        return (inside + 1) / (len(background) + 2)
 
     def holds(self, m: Member) -> bool:
         if self.server is not None and m.server is not None and m.server != self.server:

@@ -9,7 +9,10 @@ that run consecutively (``min_regularity``). In a name-less partition (``route:`
 ``window_s`` (minutes apart); the candidate keeps the members inside its RTT band
 (:mod:`~pathsentry.detectors.farm.exits`), must stand out of the pattern's other
 accounts by that band, and must be a burst against the partition's own background
-(:mod:`~pathsentry.detectors.farm.background`).
+(:mod:`~pathsentry.detectors.farm.background`) thinned to the band: the expected
+count is the background's times the share of its RTTs that fall inside the band
+(a busy VPN exit is busy with users from everywhere; few of them share one room's
+RTT).
 
 Members that another partition takes are left out (:meth:`Grouping._covered`), so
 one farm makes one group; a group's next session (members overlapping by half)
@@ -25,7 +28,7 @@ from typing import ClassVar
 from pathsentry.detectors.base import Findings
 from pathsentry.detectors.farm.background import burst_p, expected, no_burst
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
-from pathsentry.detectors.farm.exits import band, patterns_of, stands_out
+from pathsentry.detectors.farm.exits import MIN_BACKGROUND, band, patterns_of, stands_out
 from pathsentry.detectors.farm.families import serial_regularity
 from pathsentry.detectors.farm.model import (
     ROUTE,
@@ -138,7 +141,9 @@ class Grouping:
                 continue
             for span in self._spans(part, m.ts):
                 cand = self._window(part, p, m.ts, span)
-                if len(cand) < minimum or (kind != TPL and no_burst(part, len(cand), span, s)):
+                # (the cheap bound holds only without the RTT thinning of ``_assess``)
+                if len(cand) < minimum or (kind != TPL and len(part.bg_rtts) < MIN_BACKGROUND
+                                           and no_burst(part, len(cand), span, s)):
                     continue
                 covered = self._covered(part, cand)
                 if m.sid in covered:
@@ -173,6 +178,7 @@ class Grouping:
         kind = part.kind
         n = len(cand)
         minimum = s.min_size if kind == TPL else s.min_size_unnamed
+        share = 1.0
         if kind != TPL and n >= minimum:
             b = band(cand, s)
             inside = [x for x in cand if b.holds(x)]
@@ -181,6 +187,7 @@ class Grouping:
                 others = [x for x in part.index.get(pattern, {}).values() if x.sid not in ids]
                 if not stands_out(inside, others, part.bg_rtts, s):
                     return None
+                share = b.share(part.bg_rtts)
             cand = inside
             n = len(cand)
         if n < minimum:
@@ -190,7 +197,7 @@ class Grouping:
             strong = pattern.startswith("route:") or evidence_accounts(cand) >= s.min_size
             if not strong and serial_regularity([x.serial_no for x in cand]) < s.min_regularity:
                 return None
-        elif burst_p(n, expected(part, n, span, s)) > s.max_burst_p:
+        elif burst_p(n, share * expected(part, n, span, s)) > s.max_burst_p:
             return None
         f = features(part, cand, s)
         return Assessment(cand, score(kind, f), f)

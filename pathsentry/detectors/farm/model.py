@@ -94,7 +94,7 @@ class Member:
     #: time of the login its flag names, when the member is known from its traceroute
     #: (a flag is keyed by event and hour: one event keeps one time wherever it is flagged)
     flag_ts: float | None = None
-    #: access jitter of the login: median minus minimum of its application RTT samples
+    #: noise of ``rtt``, from the login's own samples (:func:`.exits.jitter`)
     jitter: float | None = None
 
     @property
