@@ -195,7 +195,7 @@ def test_farm_without_serial_names_behind_one_relay_exit() -> None:
         events += [lg, trace(lg, 3.0, None)]  # the relay hides the origin: domestic route
     flags, alerts = run(events)
     (alert,) = farm_alerts(alerts)
-    assert len(alert.accounts) == 8 and alert.subject["key"] == "net:AS4766"
+    assert len(alert.accounts) == 8 and alert.subject["key"] == "net:203.0.113.0/24"
     assert {f.event_id[0] for f in flags.values()} == {"L"}
 
 
@@ -388,7 +388,7 @@ def test_bounded_state_evicts_cold_keys_and_members() -> None:
     assert all(len(p.members) <= 20 for p in det.parts.values())
 
 
-@pytest.mark.parametrize("key", ["tpl:xiaopai", "route:sigCN1", "net:AS4766"])
+@pytest.mark.parametrize("key", ["tpl:xiaopai", "route:sigCN1", "net:203.0.113.0/24"])
 def test_group_keys_cover_the_three_families(key: str) -> None:
     lg = login("xiaopai001", 0, "203.0.113.9", relay=True, route="sigCN1")
     assert key in FarmDetector.group_keys(detector(), lg)

@@ -28,7 +28,8 @@ def login(account: str, t: float, ip: str, asn: int, rtts: list[float], *,
         "kind": "login", "event_id": f"L-{sid}", "ts": (T0 + timedelta(seconds=t)).isoformat(),
         "src_ip": ip, "session_id": sid, "account": account, "server_id": server,
         "app_rtt_ms": rtts, "tcp_rtt_ms": max(0.5, min(rtts) - (30.0 if relay else 0.2))})
-    e = Enriched(ev, GeoInfo(country="KR", asn=asn, precision="city"), prefix_of(ip))
+    kind = "hosting" if asn == HOSTING else "mobile" if asn == SKT else "residential"
+    e = Enriched(ev, GeoInfo(country="KR", asn=asn, kind=kind, precision="city"), prefix_of(ip))
     e.notes["relay"] = {"score": 0.9 if relay else 0.1, "flagged": relay,
                         "exit_prefix": e.prefix, "gap_ms": 30.0 if relay else 0.2,
                         "excess_ms": None}

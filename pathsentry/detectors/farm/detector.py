@@ -81,6 +81,9 @@ class FarmDetector(Grouping, Detector):
         self._half_life = s.background_half_life_s
         self._minimum = {TPL: s.min_size, ROUTE: s.min_size_unnamed, NET: s.min_size_unnamed}
         self._seq = 0  # indexing order in name-less partitions (Partition.stamps)
+        #: the first event's time: every partition's background is observed from here
+        #: (a key met for the first time had no arrivals before)
+        self.started: float | None = None
 
     # ------------------------------------------------------------------ routing
 
@@ -100,7 +103,7 @@ class FarmDetector(Grouping, Detector):
                     keys.append(_ROUTE_ + sig)
             relay = notes.get("relay")
             if isinstance(relay, dict) and relay.get("flagged") is True and ev.allowed is None:
-                keys.append(_NET_ + exit_of(ev.geo.asn, ev.prefix))
+                keys.append(_NET_ + exit_of(ev.geo.asn, ev.prefix, ev.geo.kind))
             return keys
         if isinstance(event, Traceroute):
             account = ev.account
@@ -114,7 +117,7 @@ class FarmDetector(Grouping, Detector):
             sig = foreign_sig(route)
             if sig:
                 keys.append(f"{ROUTE}:{sig}")
-            keys.append(_NET_ + exit_of(ev.geo.asn, ev.prefix))
+            keys.append(_NET_ + exit_of(ev.geo.asn, ev.prefix, ev.geo.kind))
             return keys
         return []
 
@@ -133,6 +136,8 @@ class FarmDetector(Grouping, Detector):
             self._ev_route = None
         if ts > self.now:
             self.now = ts
+        if self.started is None:
+            self.started = ts
         is_login = isinstance(event, Login)
         parts = self.parts
         part = parts.get(key)
@@ -178,7 +183,8 @@ class FarmDetector(Grouping, Detector):
         return out
 
     def _new_partition(self, key: str) -> Partition:
-        part = Partition(key=key, first_ts=self.now, rate_ts=self.now)
+        started = self.now if self.started is None else self.started
+        part = Partition(key=key, first_ts=started, rate_ts=self.now)
         self.parts[key] = part
         while len(self.parts) > self.settings.max_keys:
             old, _ = self.parts.popitem(last=False)
@@ -213,6 +219,7 @@ class FarmDetector(Grouping, Detector):
                 if g is not None:
                     g.retime(m, old_ts)
             m.country, m.asn = geo.country, geo.asn
+            m.exit = exit_of(geo.asn, ev.prefix, geo.kind)
             m.rtt, m.server = event.min_app_rtt, event.server_id
             m.jitter = jitter(event.app_rtt_ms)
             m.device = client.device_id if client is not None else None
@@ -232,7 +239,7 @@ class FarmDetector(Grouping, Detector):
         kind = part.kind
         pats: tuple[str, ...]  # patterns_of()
         if kind == TPL:
-            net = _NET_ + exit_of(geo.asn, prefix)
+            net = _NET_ + exit_of(geo.asn, prefix, geo.kind)
             pats = (net, _ROUTE_ + sig) if sig else (net,)
         elif kind == ROUTE:
             pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()
@@ -245,7 +252,7 @@ class FarmDetector(Grouping, Detector):
             flagged, score, gap, excess, event.min_app_rtt, fields["server_id"],
             client.device_id if client is not None else None,
             part.names.assign(account, normalise(account)), None, skel, serial_no, pats,
-            jitter=jitter(event.app_rtt_ms),
+            jitter=jitter(event.app_rtt_ms), exit=exit_of(geo.asn, prefix, geo.kind),
         )
         members[sid] = m
         if pats:
@@ -273,6 +280,7 @@ class FarmDetector(Grouping, Detector):
                 sid, account, ts, login_id if isinstance(login_id, str) else None,
                 event.event_id, ip_text(event.src_ip), ev.prefix, geo.country, geo.asn,
                 sig, () if path is None else path, True, skel=skel, serial_no=serial_no,
+                exit=exit_of(geo.asn, ev.prefix, geo.kind),
             )
             login_ts = ev.notes.get("login_ts")
             if m.event_id is not None and isinstance(login_ts, int | float):
@@ -431,10 +439,13 @@ class FarmDetector(Grouping, Detector):
 
 
     def state(self) -> dict[str, Any]:
-        return snapshot(self.now, self.parts)
+        return {**snapshot(self.now, self.parts), "started": self.started}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.now, parts = restore(state, self._reindex)
+        started = state.get("started")
+        self.started = float(started) if isinstance(started, int | float) else min(
+            (p.first_ts for p in parts.values()), default=None)
         self.parts.clear()
         self.parts.update(parts)
         self._ev = self._ev_route = None

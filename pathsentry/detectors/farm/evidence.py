@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pathsentry.detectors.farm.background import burst_p, expected
-from pathsentry.detectors.farm.exits import band, exit_of, mad
+from pathsentry.detectors.farm.exits import band, mad
 from pathsentry.detectors.farm.families import family, serial_regularity
 from pathsentry.detectors.farm.model import (
     TPL,
@@ -68,7 +68,7 @@ def features(part: Partition, members: Iterable[Member], s: FarmSettings) -> dic
         "route_share": Counter([x.sig for x in ms if x.sig]).most_common(1)[0][1] / n
         if any(x.sig for x in ms)
         else 0.0,
-        "exit_share": Counter([exit_of(x.asn, x.prefix) for x in ms]).most_common(1)[0][1] / n,
+        "exit_share": Counter([x.exit for x in ms]).most_common(1)[0][1] / n,
     }
 
 
@@ -89,7 +89,7 @@ def _exits(ms: list[Member], k: int) -> list[dict[str, Any]]:
     """The exits (AS) with the /24s each used and how many accounts came through it."""
     by_exit: dict[str, Counter[str]] = {}
     for x in ms:
-        by_exit.setdefault(exit_of(x.asn, x.prefix), Counter())[x.prefix] += 1
+        by_exit.setdefault(x.exit, Counter())[x.prefix] += 1
     rows = sorted(by_exit.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:k]
     return [{"exit": e, "accounts": sum(c.values()), "prefixes": sorted(c)[:k]} for e, c in rows]
 

@@ -1,8 +1,10 @@
 """The connection pattern of a login: its exit, its route, its relay facts, its origin.
 
 - **Exit.** A farm leaves through addresses of one network, often several /24s of
-  one hosting AS, so the exit is the AS (``AS<asn>``; the /24 when the AS is
-  unknown). The /24s actually used show in the alert's evidence.
+  one hosting AS, so the exit of a hosting or relay network (the geo source's
+  ``kind``) is the AS (``AS<asn>``); a residential or mobile exit (a proxy on a
+  subscriber line) is its /24, as is any exit whose AS or kind is unknown. The /24s
+  actually used show in the alert's evidence.
 - **Route.** The route detector's foreign-origin signature (``notes["route"]``).
 - **Relay.** The relay detector's verdict (``notes["relay"]``).
 - **Origin (RTT band).** Accounts in one farm room behind one relay see about the
@@ -38,23 +40,27 @@ from pathsentry.detectors.farm.model import (
     Partition,
 )
 
-__all__ = ["MIN_BACKGROUND", "Band", "band", "dict_note", "exit_of", "foreign_sig", "jitter",
-           "mad", "patterns_of", "relay_facts", "stands_out"]
+__all__ = ["MIN_BACKGROUND", "SHARED_EXIT_KINDS", "Band", "band", "dict_note", "exit_of",
+           "foreign_sig", "jitter", "mad", "patterns_of", "relay_facts", "stands_out"]
 
 _MAD_SIGMA = 1.4826
+#: Network kinds (``GeoInfo.kind``) whose exits are whole ASes (:func:`exit_of`).
+SHARED_EXIT_KINDS = frozenset({"hosting", "datacenter", "relay"})
 #: Background RTTs enough to judge a band against, whatever the candidate's size.
 MIN_BACKGROUND = 8
 
 NO_RELAY: tuple[bool, float, Any, Any] = (False, 0.0, None, None)
 
 
-def exit_of(asn: int | None, prefix: str) -> str:
-    """The exit of a login: its AS, or its /24 when the AS is unknown.
+def exit_of(asn: int | None, prefix: str, kind: str | None) -> str:
+    """The exit of a login: the AS of a hosting (or relay) network, whose /24s one
+    operator rents side by side; the /24 of any other network (a residential ISP's AS
+    holds millions of unrelated subscribers) or when the AS is unknown.
 
-    >>> exit_of(4766, "203.0.113.0/24"), exit_of(None, "203.0.113.0/24")
-    ('AS4766', '203.0.113.0/24')
+    >>> exit_of(64600, "45.76.1.0/24", "hosting"), exit_of(4766, "203.0.113.0/24", "residential")
+    ('AS64600', '203.0.113.0/24')
     """
-    return f"AS{asn}" if asn is not None else prefix
+    return f"AS{asn}" if asn is not None and kind in SHARED_EXIT_KINDS else prefix
 
 
 def dict_note(ev: Enriched, name: str) -> dict[str, Any]:
@@ -113,7 +119,7 @@ def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
     """The connection patterns ``m`` is indexed under in ``part``."""
     kind = part.kind
     if kind == TPL:
-        ex = _NET_ + exit_of(m.asn, m.prefix)
+        ex = _NET_ + (m.exit or m.prefix)
         return (ex, _ROUTE_ + m.sig) if m.sig else (ex,)
     if kind == ROUTE:
         return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()

@@ -55,8 +55,9 @@ class Grouping:
 
     def _spans(self, part: Partition, t: float) -> tuple[float, ...]:
         """The windows a candidate around ``t`` is looked for in. A name-less partition
-        tries ``window_s`` only once it has a background of that length before the
-        window: in its first minutes only a dense burst (``burst_s``) is judged."""
+        tries ``window_s`` only once the detector has watched traffic for twice that
+        (a key first met after that had no arrivals before): in the detector's first
+        minutes only a dense burst (``burst_s``) is judged."""
         s = self.settings
         if part.kind == TPL:
             return (s.window_s,)

@@ -94,6 +94,8 @@ class Member:
     #: time of the login its flag names, when the member is known from its traceroute
     #: (a flag is keyed by event and hour: one event keeps one time wherever it is flagged)
     flag_ts: float | None = None
+    #: the exit (:func:`.exits.exit_of`): an AS of a hosting network, else the /24
+    exit: str = ""
     #: noise of ``rtt``, from the login's own samples (:func:`.exits.jitter`)
     jitter: float | None = None
 
