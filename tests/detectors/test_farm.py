@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import zlib
@@ -192,10 +193,11 @@ def test_farm_without_serial_names_behind_one_relay_exit() -> None:
     events: list[Enriched] = []
     for i, name in enumerate(random_names(rng, 8)):
         lg = login(name, 7200 + i * 25, f"203.0.113.{10 + i}", relay=True)
+        lg.geo = dataclasses.replace(lg.geo, asn=64600, kind="hosting")  # a VPS range
         events += [lg, trace(lg, 3.0, None)]  # the relay hides the origin: domestic route
     flags, alerts = run(events)
     (alert,) = farm_alerts(alerts)
-    assert len(alert.accounts) == 8 and alert.subject["key"] == "net:203.0.113.0/24"
+    assert len(alert.accounts) == 8 and alert.subject["key"] == "net:AS64600"
     assert {f.event_id[0] for f in flags.values()} == {"L"}
 
 

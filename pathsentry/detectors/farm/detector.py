@@ -23,6 +23,7 @@ from pathsentry.detectors.farm.exits import (
     exit_of,
     foreign_sig,
     jitter,
+    network_of,
     patterns_of,
     relay_facts,
 )
@@ -239,7 +240,7 @@ class FarmDetector(Grouping, Detector):
         kind = part.kind
         pats: tuple[str, ...]  # patterns_of()
         if kind == TPL:
-            net = _NET_ + exit_of(geo.asn, prefix, geo.kind)
+            net = _NET_ + network_of(geo.asn, prefix)
             pats = (net, _ROUTE_ + sig) if sig else (net,)
         elif kind == ROUTE:
             pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()

@@ -3,8 +3,12 @@
 - **Exit.** A farm leaves through addresses of one network, often several /24s of
   one hosting AS, so the exit of a hosting or relay network (the geo source's
   ``kind``) is the AS (``AS<asn>``); a residential or mobile exit (a proxy on a
-  subscriber line) is its /24, as is any exit whose AS or kind is unknown. The /24s
-  actually used show in the alert's evidence.
+  subscriber line) is its /24, as is any exit whose AS or kind is unknown; such a
+  /24 is a farm's exit only when its accounts crowd onto few addresses (at least
+  two accounts per address on average) -- a proxy is one address or a few,
+  neighbours are one address each. Within a name family the exit is the AS
+  whatever its kind (:func:`network_of`). The /24s actually used show in the
+  alert's evidence.
 - **Route.** The route detector's foreign-origin signature (``notes["route"]``).
 - **Relay.** The relay detector's verdict (``notes["relay"]``).
 - **Origin (RTT band).** Accounts in one farm room behind one relay see about the
@@ -41,7 +45,7 @@ from pathsentry.detectors.farm.model import (
 )
 
 __all__ = ["MIN_BACKGROUND", "SHARED_EXIT_KINDS", "Band", "band", "dict_note", "exit_of",
-           "foreign_sig", "jitter", "mad", "patterns_of", "relay_facts", "stands_out"]
+           "foreign_sig", "jitter", "mad", "network_of", "patterns_of", "relay_facts", "stands_out"]
 
 _MAD_SIGMA = 1.4826
 #: Network kinds (``GeoInfo.kind``) whose exits are whole ASes (:func:`exit_of`).
@@ -67,6 +71,17 @@ def dict_note(ev: Enriched, name: str) -> dict[str, Any]:
     """``ev.notes[name]`` when it is a dict, else ``{}``."""
     v = ev.notes.get(name)
     return v if isinstance(v, dict) else {}
+
+
+def network_of(asn: int | None, prefix: str) -> str:
+    """The network of a login within a name family: its AS whatever its kind (the
+    names already tie the accounts together; a farm's residential proxies spread over
+    /24s of one ISP), the /24 when the AS is unknown.
+
+    >>> network_of(4766, "203.0.113.0/24"), network_of(None, "203.0.113.0/24")
+    ('AS4766', '203.0.113.0/24')
+    """
+    return f"AS{asn}" if asn is not None else prefix
 
 
 def relay_facts(relay: Mapping[str, Any]) -> tuple[bool, float, Any, Any]:
@@ -119,7 +134,7 @@ def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
     """The connection patterns ``m`` is indexed under in ``part``."""
     kind = part.kind
     if kind == TPL:
-        ex = _NET_ + (m.exit or m.prefix)
+        ex = _NET_ + network_of(m.asn, m.prefix)
         return (ex, _ROUTE_ + m.sig) if m.sig else (ex,)
     if kind == ROUTE:
         return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()

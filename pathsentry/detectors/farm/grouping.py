@@ -14,14 +14,18 @@ count is the background's times the share of its RTTs that fall inside the band
 (a busy VPN exit is busy with users from everywhere; few of them share one room's
 RTT).
 
-Members that another partition takes are left out (:meth:`Grouping._covered`), so
-one farm makes one group; a group's next session (members overlapping by half)
+In a family partition a group also takes the members of its batch that came
+through other exits: ungrouped members whose serials continue the group's
+(:meth:`Grouping._kin`), when it forms and as they log in later. Members that
+another partition takes are left out (:meth:`Grouping._covered`), so one farm
+makes one group; a group's next session (members overlapping by half)
 re-emits its alert instead of a new one.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from itertools import pairwise
 from typing import ClassVar
 
@@ -31,6 +35,8 @@ from pathsentry.detectors.farm.evidence import alert, evidence_accounts, feature
 from pathsentry.detectors.farm.exits import MIN_BACKGROUND, band, patterns_of, stands_out
 from pathsentry.detectors.farm.families import serial_regularity
 from pathsentry.detectors.farm.model import (
+    _NET_,
+    NET,
     ROUTE,
     TPL,
     Assessment,
@@ -43,6 +49,13 @@ from pathsentry.detectors.farm.model import (
 from pathsentry.schemas import make_alert_id
 
 __all__ = ["Grouping"]
+
+
+def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
+    """Whether ``serial`` is at most two apart from a serial of ``ms``."""
+    return any(x.serial_no is not None and abs(x.serial_no - serial) <= 2 for x in ms)
+
+_NET_AS = _NET_ + "AS"
 
 
 class Grouping:
@@ -132,6 +145,10 @@ class Grouping:
                                         free=False)
                     if m.sid not in self._covered(part, cand):
                         return self._join(part, g, [m])
+            if kind == TPL and m.serial_no is not None:  # the batch on another exit
+                for g in groups.values():
+                    if self._may_join(part, g, m) and _adjacent(m.serial_no, g.members.values()):
+                        return self._join(part, g, [m])
         s = self.settings
         minimum = s.min_size if kind == TPL else s.min_size_unnamed
         index = part.index
@@ -198,7 +215,9 @@ class Grouping:
             strong = pattern.startswith("route:") or evidence_accounts(cand) >= s.min_size
             if not strong and serial_regularity([x.serial_no for x in cand]) < s.min_regularity:
                 return None
-        elif burst_p(n, share * expected(part, n, span, s)) > s.max_burst_p:
+        elif burst_p(n, share * expected(part, n, span, s)) > s.max_burst_p or (
+                part.kind == NET and not pattern.startswith(_NET_AS)  # a /24 exit:
+                and len({x.src_ip for x in cand}) * 2 > n):  # few addresses
             return None
         f = features(part, cand, s)
         return Assessment(cand, score(kind, f), f)
@@ -223,7 +242,32 @@ class Grouping:
             g = part.groups[seen.most_common(1)[0][0]]
         else:
             g = part.groups.setdefault(g.gid, g)
-        return self._join(part, g, a.members)
+        kin = self._kin(part, a.members) if part.kind == TPL else []
+        return self._join(part, g, a.members + kin)
+
+    def _kin(self, part: Partition, ms: list[Member]) -> list[Member]:
+        """Ungrouped members of a family partition, within ``window_s`` of the group
+        ``ms`` being formed, whose serials continue its batch (at most two apart from
+        one of its serials, transitively) -- the same batch through other exits (a farm
+        on residential proxies of several ISPs)."""
+        w = self.settings.window_s
+        lo, hi = min(x.ts for x in ms) - w, max(x.ts for x in ms) + w
+        taken = {x.sid for x in ms}
+        rest = [x for x in part.members.values() if x.group is None and x.sid not in taken
+                and x.serial_no is not None and lo <= x.ts <= hi]
+        serials = {x.serial_no for x in ms if x.serial_no is not None}
+        kin: list[Member] = []
+        grown = True
+        while grown and rest:
+            grown = False
+            for x in list(rest):
+                n = x.serial_no
+                if n is not None and any(n + d in serials for d in (-2, -1, 0, 1, 2)):
+                    kin.append(x)
+                    rest.remove(x)
+                    serials.add(n)
+                    grown = True
+        return kin
 
     def _join(self, part: Partition, g: Group, ms: list[Member]) -> Findings:
         added: list[Member] = []

@@ -34,7 +34,7 @@ _TPL_, _ROUTE_, _NET_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:"
 class FarmSettings:
     """Thresholds and bounds (``[detectors.farm]`` in ``pathsentry.toml``)."""
 
-    window_s: float = 1800.0
+    window_s: float = 3600.0
     join_window_s: float = 1800.0
     min_size: int = 5
     min_size_unnamed: int = 5
