@@ -241,7 +241,7 @@ class FarmDetector(Grouping, Detector):
         pats: tuple[str, ...]  # patterns_of()
         if kind == TPL:
             net = _NET_ + network_of(geo.asn, prefix)
-            pats = (net, _ROUTE_ + sig) if sig else (net,)
+            pats = (net, _ROUTE_ + sig, part.key) if sig else (net, part.key)
         elif kind == ROUTE:
             pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()
         else:

@@ -133,9 +133,9 @@ def mad(xs: Sequence[float]) -> float:
 def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
     """The connection patterns ``m`` is indexed under in ``part``."""
     kind = part.kind
-    if kind == TPL:
+    if kind == TPL:  # the exit, the route, and the whole family (its batch, any exit)
         ex = _NET_ + network_of(m.asn, m.prefix)
-        return (ex, _ROUTE_ + m.sig) if m.sig else (ex,)
+        return (ex, _ROUTE_ + m.sig, part.key) if m.sig else (ex, part.key)
     if kind == ROUTE:
         return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()
     assert kind == NET

@@ -4,7 +4,8 @@ A candidate is the ungrouped members sharing one pattern (an exit or a route)
 around the new member's login, in a window. In a family partition (``tpl:``) the
 window is ``window_s`` and the candidate needs ``min_size`` members and either
 relay/route evidence on ``min_size`` of them (or a shared foreign route) or serials
-that run consecutively (``min_regularity``). In a name-less partition (``route:``,
+that run consecutively (``min_regularity``); the whole family in the window is a
+candidate too (a batch spread over several exits), on its serials alone. In a name-less partition (``route:``,
 ``net:``) the window is tried at two scales, ``burst_s`` (logins seconds apart) and
 ``window_s`` (minutes apart); the candidate keeps the members inside its RTT band
 (:mod:`~pathsentry.detectors.farm.exits`), must stand out of the pattern's other
@@ -212,7 +213,9 @@ class Grouping:
             return None
         # the gates first, with the same formulas as ``features`` (most candidates fail)
         if kind == TPL:
-            strong = pattern.startswith("route:") or evidence_accounts(cand) >= s.min_size
+            # the whole family (``pattern == part.key``) shares no exit: serials only
+            strong = pattern != part.key and (pattern.startswith("route:")
+                                              or evidence_accounts(cand) >= s.min_size)
             if not strong and serial_regularity([x.serial_no for x in cand]) < s.min_regularity:
                 return None
         elif burst_p(n, share * expected(part, n, span, s)) > s.max_burst_p or (
@@ -225,13 +228,16 @@ class Grouping:
     def _form(self, part: Partition, pattern: str, a: Assessment) -> Findings:
         anchor = min(x.ts for x in a.members)
         counts = Counter([p for x in a.members for p in patterns_of(part, x)])
-        pats = sorted(p for p, c in counts.items() if c >= max(2, len(a.members) / 2))
+        # (a family's late members join by serial, not by the family pattern)
+        family = part.key if part.kind == TPL else None
+        pats = sorted(p for p, c in counts.items() if c >= max(2, len(a.members) / 2)
+                      and p != family)
         stable = f"{part.key}|{pattern}|{_utc(anchor).strftime('%Y-%m-%dT%H:%M:%SZ')}"
         g = Group(
             gid=make_alert_id(self.name, "farm_group", stable),
             key=part.key,
             pattern=pattern,
-            patterns=pats or [pattern],
+            patterns=pats or ([pattern] if pattern != family else []),
             anchor=anchor,
             first_seen=anchor,
             last_seen=anchor,
