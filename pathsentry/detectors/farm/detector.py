@@ -222,6 +222,7 @@ class FarmDetector(Grouping, Detector):
             m.country, m.asn = geo.country, geo.asn
             m.exit = exit_of(geo.asn, ev.prefix, geo.kind)
             m.rtt, m.server = event.min_app_rtt, event.server_id
+            m.tcp = event.tcp_rtt_ms
             m.jitter = jitter(event.app_rtt_ms)
             m.device = client.device_id if client is not None else None
             if relay is not None:
@@ -254,6 +255,7 @@ class FarmDetector(Grouping, Detector):
             client.device_id if client is not None else None,
             part.names.assign(account, normalise(account)), None, skel, serial_no, pats,
             jitter=jitter(event.app_rtt_ms), exit=exit_of(geo.asn, prefix, geo.kind),
+            tcp=fields["tcp_rtt_ms"],
         )
         members[sid] = m
         if pats:

@@ -17,7 +17,12 @@
   add noise. The tolerance is learned from the candidate itself: ``k`` robust
   deviations (MAD x 1.4826) of its members' minimum RTTs, or ``k`` times the median
   noise of a login's minimum estimated from its own samples (:func:`jitter`),
-  whichever is larger (``rtt_tolerance_ms`` is the floor). A band must
+  whichever is larger (``rtt_tolerance_ms`` is the floor). The TCP handshake RTT,
+  where the server measured it, must fit a band of its own (``k`` robust
+  deviations, and at least half the application band, which holds the machines'
+  spread without the server tick's noise): through an L3 tunnel it is the path to
+  the room, through an L4 relay the path to the relay -- a VPN user beside an L3
+  farm differs by tens of ms. A band must
   also *stand out*: when the pattern carries at least as many other accounts as the
   candidate (or a background of at least :data:`MIN_BACKGROUND` accounts that left
   the window in no group), the candidate's spread must stay below
@@ -149,6 +154,9 @@ class Band:
     median: float | None
     tolerance: float
     server: str | None
+    #: the same for the TCP handshake RTT (``None``: too few members measured it)
+    tcp_median: float | None = None
+    tcp_tolerance: float = 0.0
 
     def share(self, background: Sequence[float]) -> float:
         """The share of ``background`` RTTs inside the band (Laplace-smoothed; 1.0 with
@@ -165,6 +173,9 @@ class Band:
     def holds(self, m: Member) -> bool:
         if self.server is not None and m.server is not None and m.server != self.server:
             return False
+        if self.tcp_median is not None and m.tcp is not None \
+                and abs(m.tcp - self.tcp_median) > self.tcp_tolerance:
+            return False
         if self.median is None or m.rtt is None:
             return True
         return abs(m.rtt - self.median) <= self.tolerance
@@ -178,7 +189,10 @@ def band(ms: Sequence[Member], s: FarmSettings) -> Band:
     med = rtts[len(rtts) // 2] if rtts else None
     tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * _MAD_SIGMA * mad(rtts),
               s.rtt_spread_k * (jits[len(jits) // 2] if jits else 0.0))
-    return Band(med, tol, servers.most_common(1)[0][0] if servers else None)
+    tcps = sorted(x.tcp for x in ms if x.tcp is not None)
+    tcp_med = tcps[len(tcps) // 2] if 2 * len(tcps) >= len(ms) else None
+    tcp_tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * _MAD_SIGMA * mad(tcps), tol / 2)
+    return Band(med, tol, servers.most_common(1)[0][0] if servers else None, tcp_med, tcp_tol)
 
 
 def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Sequence[float],

@@ -80,20 +80,18 @@ class Grouping:
         return (s.burst_s,)
 
     def _covered(self, part: Partition, cand: list[Member]) -> set[str]:
-        """Members the family partition takes: a family at ``min_size`` in the candidate
-        (at 2 in ``route:``). Relay-flagged members are ``net:``'s and never ``route:``'s."""
+        """Members the family partition takes: two of one family in the candidate (the
+        family partition sees every login of the family and takes the batch when it is
+        one). Relay-flagged members are ``net:``'s and never ``route:``'s."""
         kind = part.kind
         if kind == TPL:
             return set()
-        s = self.settings
         skels: dict[str, int] = {}
         for x in cand:
             k = x.skel
             if k:
                 skels[k] = skels.get(k, 0) + 1
-        # traceroutes may be sampled: two names of one family on one route already
-        # mean the family partition, which sees every login, has the batch
-        need = 2 if kind == ROUTE else s.min_size
+        need = 2
         big = {k for k, c in skels.items() if c >= need}
         out = {x.sid for x in cand if x.skel in big} if big else set()
         return out

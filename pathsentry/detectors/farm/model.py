@@ -96,6 +96,9 @@ class Member:
     flag_ts: float | None = None
     #: the exit (:func:`.exits.exit_of`): an AS of a hosting network, else the /24
     exit: str = ""
+    #: the TCP handshake RTT of the login (to the client through an L3 tunnel, to the
+    #: relay through an L4 one), when the server measured it
+    tcp: float | None = None
     #: noise of ``rtt``, from the login's own samples (:func:`.exits.jitter`)
     jitter: float | None = None
 
