@@ -57,7 +57,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "OriginWindow",
     "ServerPing",
     "WorldParams",
+    "demo_params",
     "draw_params",
     "fixed_params",
     "parse_params",
@@ -255,10 +256,18 @@ def fixed_params() -> WorldParams:
     return WorldParams()
 
 
+def demo_params() -> WorldParams:
+    """The fixed world with its injecting box on at every hour (a demo at any time shows it)."""
+    return replace(fixed_params(), name="demo", injectors=(
+        InjectorParams("KT", 3, (80, 8080), tuple(range(24)), 0.9, "page", 1, 0.6),))
+
+
 def parse_params(value: str | None, seed: int, hours: float) -> WorldParams:
-    """``--params``: ``fixed``, ``random`` (drawn from ``seed``), JSON text, or ``@file``."""
+    """``--params``: ``fixed``, ``random`` (drawn from ``seed``), ``demo``, JSON text, or ``@file``."""
     if value is None or value == "fixed":
         return fixed_params()
+    if value == "demo":
+        return demo_params()
     if value == "random":
         return draw_params(seed, hours)
     text = value
