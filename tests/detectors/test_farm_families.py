@@ -21,13 +21,16 @@ KT, SKB, SKT = 4766, 9318, 9644
 
 
 def login(account: str, t: float, ip: str, asn: int, rtts: list[float], *,
-          relay: bool = False, route: str | None = None, server: str = "kr-sel-1") -> Enriched:
-    """A login ``t`` s after T0 from ``ip`` in ``asn`` with application RTT samples ``rtts``."""
+          relay: bool = False, route: str | None = None, server: str = "kr-sel-1",
+          device: str | None = None) -> Enriched:
+    """A login ``t`` s after T0 from ``ip`` in ``asn`` with application RTT samples ``rtts``
+    (from the client device ``device``; by default one of the account's own)."""
     sid = f"s-{account}-{t:.0f}"
     ev = parse_event({
         "kind": "login", "event_id": f"L-{sid}", "ts": (T0 + timedelta(seconds=t)).isoformat(),
         "src_ip": ip, "session_id": sid, "account": account, "server_id": server,
-        "app_rtt_ms": rtts, "tcp_rtt_ms": max(0.5, min(rtts) - (30.0 if relay else 0.2))})
+        "app_rtt_ms": rtts, "tcp_rtt_ms": max(0.5, min(rtts) - (30.0 if relay else 0.2)),
+        "client": {"device_id": device or f"dev-{account}"}})
     kind = "hosting" if asn == HOSTING else "mobile" if asn == SKT else "residential"
     e = Enriched(ev, GeoInfo(country="KR", asn=asn, kind=kind, precision="city"), prefix_of(ip))
     e.notes["relay"] = {"score": 0.9 if relay else 0.1, "flagged": relay,
@@ -89,8 +92,8 @@ def test_names_without_a_mark_have_no_family() -> None:
 
 def farm(names: list[str], t0: float, pacing: float, *, relay: bool = True, route: str | None = None,
          seed: int = 0) -> list[Enriched]:
-    """A farm room behind several /24s of one hosting AS, three machines a few ms apart,
-    logging in ``pacing`` s apart (with +-30 % noise)."""
+    """A farm room behind several /24s of one hosting AS, three machines a few ms apart
+    (each running every third account), logging in ``pacing`` s apart (+-30 % noise)."""
     rng = random.Random(seed)
     exits = ["45.76.1.", "45.76.9.", "45.77.3."]
     machines = [38.0, 40.5, 43.0]
@@ -99,7 +102,8 @@ def farm(names: list[str], t0: float, pacing: float, *, relay: bool = True, rout
     for i, name in enumerate(names):
         ip = f"{exits[i % 3]}{10 + i % 7}"
         rtts = samples(rng, machines[i % 3], 1.5)
-        out.append(login(name, t, ip, HOSTING, rtts, relay=relay, route=route))
+        out.append(login(name, t, ip, HOSTING, rtts, relay=relay, route=route,
+                         device=f"room-{seed}-{i % 3}"))
         t += pacing * rng.uniform(0.7, 1.3)
     return out
 
@@ -140,17 +144,22 @@ def test_random_names_are_carried_by_the_connection_pattern(pacing: float) -> No
     found(names, farm(names, 3600, pacing))
 
 
+def quiet_range(rng: random.Random, hours: float) -> list[Enriched]:
+    """A hosting range's unrelated VPN users, one every ~40 min from ``hours`` before the
+    farm's session at 4 h (the detector watches the range first)."""
+    events = []
+    t = 4 * 3600 - hours * 3600
+    while t < 4 * 3600:
+        t += rng.expovariate(1 / 2400)
+        events.append(login(random_names(rng, 1)[0], t, f"45.76.5.{rng.randint(1, 250)}",
+                            HOSTING, samples(rng, rng.uniform(20, 200), 3.0), relay=True))
+    return events
+
+
 def test_random_names_paced_minutes_apart_behind_an_exit_with_history() -> None:
     """Slow pacing needs the exit's background: a quiet hosting range that then bursts."""
-    rng = random.Random(22)
-    events = []
-    t = 0.0
-    for name in random_names(rng, 20):  # one unrelated VPN user every ~40 min
-        t += rng.expovariate(1 / 2400)
-        events.append(login(name, t, f"45.76.5.{rng.randint(1, 250)}", HOSTING,
-                            samples(rng, rng.uniform(20, 200), 3.0), relay=True))
     names = random_names(random.Random(23), 12)
-    found(names, events + farm(names, 4 * 3600, 150.0))
+    found(names, quiet_range(random.Random(22), 4) + farm(names, 4 * 3600, 150.0))
 
 
 # ------------------------------------------------------------------ hard negatives
@@ -188,6 +197,38 @@ def test_relay_service_with_many_unrelated_users_is_never_a_group() -> None:
                             HOSTING, samples(rng, rng.uniform(15, 220), 4.0), relay=True))
     _, alerts = run(events)
     assert farm_alerts(alerts) == []
+
+
+def test_a_quiet_vpn_range_whose_few_users_clump_within_an_hour_is_never_a_group() -> None:
+    """One unrelated user every ~40 min, then six within an hour: each from its own
+    machine and host -- a Poisson clump, not a room."""
+    rng = random.Random(35)
+    events = []
+    t = 0.0
+    for name in random_names(rng, 8):
+        t += rng.uniform(2000, 3000)
+        events.append(login(name, t, f"45.76.5.{rng.randint(1, 250)}", HOSTING,
+                            samples(rng, rng.uniform(40, 80), 20.0), relay=True))
+    for i, name in enumerate(random_names(rng, 6)):
+        events.append(login(name, t + 600 + i * 550, f"45.76.{rng.choice((1, 5))}.{rng.randint(1, 250)}",
+                            HOSTING, samples(rng, rng.uniform(50, 70), 20.0), relay=True))
+    _, alerts = run(events)
+    assert farm_alerts(alerts) == []
+
+
+def test_a_vpn_user_of_the_same_range_does_not_join_a_slow_farm() -> None:
+    """The farm uses one /24 and its own machines; a VPN user with a similar RTT comes
+    through another /24 of the hosting range during the farm's session."""
+    names = random_names(random.Random(36), 12)
+    events = quiet_range(random.Random(37), 4) + farm(names, 4 * 3600, 150.0)
+    for e in events[-len(names):]:  # the farm's exit is one /24 only
+        e.event = e.event.model_copy(update={"src_ip": "45.76.1.10"})
+        e.prefix = "45.76.1.0/24"
+    events.append(login("quietmoon", 4 * 3600 + 700, "45.77.8.33", HOSTING, [40.2, 41.0],
+                        relay=True))
+    flags, alerts = run(events)
+    (g,) = farm_alerts(alerts)
+    assert "quietmoon" not in g.accounts and "quietmoon" not in {f.account for f in flags.values()}
 
 
 def test_honest_players_of_a_popular_stem_in_one_isp_are_never_a_group() -> None:

@@ -7,8 +7,10 @@ relay/route evidence on ``min_size`` of them (or a shared foreign route) or seri
 that run consecutively (``min_regularity``); the whole family in the window is a
 candidate too (a batch spread over several exits), on its serials alone. In a name-less partition (``route:``,
 ``net:``) the window is tried at two scales, ``burst_s`` (logins seconds apart) and
-``window_s`` (minutes apart); the candidate keeps the members inside its RTT band
-(:mod:`~pathsentry.detectors.farm.exits`), must stand out of the pattern's other
+``window_s`` (minutes apart, where the accounts must also crowd onto few machines
+or exit addresses: :func:`_crowded`); the candidate keeps the members inside its RTT band
+(:mod:`~pathsentry.detectors.farm.exits`) that share a /24 or a machine with
+another of them (:func:`_kindred`), must stand out of the pattern's other
 accounts by that band, and must be a burst against the partition's own background
 (:mod:`~pathsentry.detectors.farm.background`) thinned to the band: the expected
 count is the background's times the share of its RTTs that fall inside the band
@@ -50,6 +52,29 @@ from pathsentry.detectors.farm.model import (
 from pathsentry.schemas import make_alert_id
 
 __all__ = ["Grouping"]
+
+
+def _kindred(ms: list[Member]) -> list[Member]:
+    """The members that share their /24 or their machine (client device id) with
+    another member: a room's accounts share exits and machines, a VPN user passing
+    by shares neither."""
+    prefixes = Counter([x.prefix for x in ms])
+    devices = Counter([x.device for x in ms if x.device])
+    return [x for x in ms if prefixes[x.prefix] > 1 or (x.device and devices[x.device] > 1)]
+
+
+def _crowded(ms: list[Member]) -> bool:
+    """Whether the accounts crowd onto few machines or addresses: at least three
+    accounts per two client-reported devices, or per two addresses.
+
+    A burst paced minutes apart is a weak coincidence on its own (a quiet exit's few
+    unrelated users clump by chance); a farm room runs many accounts per machine
+    behind few exit hosts.
+    """
+    devices = [x.device for x in ms if x.device]
+    if len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices)):
+        return True
+    return 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
 
 
 def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
@@ -177,7 +202,9 @@ class Grouping:
     def _may_join(self, part: Partition, g: Group, m: Member) -> bool:
         """Family groups take late joiners for ``join_window_s``; a name-less group only
         while its burst lasts (within three of its own median gaps, at least ``burst_s``,
-        of its latest member) and inside its RTT band."""
+        of its latest member), inside its RTT band, and through one of the /24s or from
+        one of the machines (client device ids) it already uses -- a VPN user of the
+        same hosting range comes through another host and from its own machine."""
         s = self.settings
         if part.kind == TPL:
             return m.ts <= g.last_seen + s.join_window_s
@@ -187,7 +214,10 @@ class Grouping:
         tss = sorted(x.ts for x in near)
         gaps = sorted(b - a for a, b in pairwise(tss))
         pace = gaps[len(gaps) // 2] if gaps else 0.0
-        return m.ts - tss[-1] <= max(s.burst_s, 3 * pace) and band(near, s).holds(m)
+        if m.ts - tss[-1] > max(s.burst_s, 3 * pace) or not band(near, s).holds(m):
+            return False
+        ms = g.members.values()
+        return any(x.prefix == m.prefix or (m.device and x.device == m.device) for x in ms)
 
     def _assess(self, part: Partition, pattern: str, cand: list[Member], span: float
                 ) -> Assessment | None:
@@ -198,7 +228,7 @@ class Grouping:
         share = 1.0
         if kind != TPL and n >= minimum:
             b = band(cand, s)
-            inside = [x for x in cand if b.holds(x)]
+            inside = _kindred([x for x in cand if b.holds(x)])
             if len(inside) >= minimum:
                 ids = {x.sid for x in inside}
                 others = [x for x in part.index.get(pattern, {}).values() if x.sid not in ids]
@@ -216,12 +246,25 @@ class Grouping:
                                               or evidence_accounts(cand) >= s.min_size)
             if not strong and serial_regularity([x.serial_no for x in cand]) < s.min_regularity:
                 return None
-        elif burst_p(n, share * expected(part, n, span, s)) > s.max_burst_p or (
-                part.kind == NET and not pattern.startswith(_NET_AS)  # a /24 exit:
-                and len({x.src_ip for x in cand}) * 2 > n):  # few addresses
+        elif not self._burst(part, pattern, cand, span, share):
             return None
         f = features(part, cand, s)
         return Assessment(cand, score(kind, f), f)
+
+    def _burst(self, part: Partition, pattern: str, cand: list[Member], span: float,
+               share: float) -> bool:
+        """Whether a name-less candidate (``share``: its RTT band's share of the
+        background) is a farm's burst: surprising against the background; on a /24
+        exit (a residential proxy), crowded onto few addresses; paced minutes apart,
+        crowded onto few machines or addresses (:func:`_crowded`)."""
+        s = self.settings
+        n = len(cand)
+        if burst_p(n, share * expected(part, n, span, s)) > s.max_burst_p:
+            return False
+        if part.kind == NET and not pattern.startswith(_NET_AS) \
+                and len({x.src_ip for x in cand}) * 2 > n:
+            return False
+        return span <= s.burst_s or _crowded(cand)
 
     def _form(self, part: Partition, pattern: str, a: Assessment) -> Findings:
         anchor = min(x.ts for x in a.members)
