@@ -202,9 +202,9 @@ class Grouping:
     def _may_join(self, part: Partition, g: Group, m: Member) -> bool:
         """Family groups take late joiners for ``join_window_s``; a name-less group only
         while its burst lasts (within three of its own median gaps, at least ``burst_s``,
-        of its latest member), inside its RTT band, and through one of the /24s or from
-        one of the machines (client device ids) it already uses -- a VPN user of the
-        same hosting range comes through another host and from its own machine."""
+        of its latest member), from one of the machines (client device ids) it already
+        uses, or inside its RTT band through one of its /24s -- a VPN user of the same
+        hosting range comes through another /24 and from its own machine."""
         s = self.settings
         if part.kind == TPL:
             return m.ts <= g.last_seen + s.join_window_s
@@ -214,10 +214,12 @@ class Grouping:
         tss = sorted(x.ts for x in near)
         gaps = sorted(b - a for a, b in pairwise(tss))
         pace = gaps[len(gaps) // 2] if gaps else 0.0
-        if m.ts - tss[-1] > max(s.burst_s, 3 * pace) or not band(near, s).holds(m):
+        if m.ts - tss[-1] > max(s.burst_s, 3 * pace):
             return False
         ms = g.members.values()
-        return any(x.prefix == m.prefix or (m.device and x.device == m.device) for x in ms)
+        if m.device and any(x.device == m.device for x in ms):  # one of its machines
+            return True
+        return band(near, s).holds(m) and any(x.prefix == m.prefix for x in ms)
 
     def _assess(self, part: Partition, pattern: str, cand: list[Member], span: float
                 ) -> Assessment | None:
@@ -229,6 +231,9 @@ class Grouping:
         if kind != TPL and n >= minimum:
             b = band(cand, s)
             inside = _kindred([x for x in cand if b.holds(x)])
+            # a machine of the room with another access latency: its device is the link
+            devices = {x.device for x in inside if x.device}
+            inside += [x for x in cand if x.device in devices and x not in inside]
             if len(inside) >= minimum:
                 ids = {x.sid for x in inside}
                 others = [x for x in part.index.get(pattern, {}).values() if x.sid not in ids]
