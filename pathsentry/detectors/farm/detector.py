@@ -52,6 +52,12 @@ from pathsentry.schemas import Login, Traceroute
 __all__ = ["FarmDetector"]
 
 
+def _flagged(ev: Enriched) -> bool:
+    """Whether the relay detector flagged the login (and no allow-list entry covers it)."""
+    relay = ev.notes.get("relay")
+    return isinstance(relay, dict) and relay.get("flagged") is True and ev.allowed is None
+
+
 @register
 class FarmDetector(Grouping, Detector):
     """Farm groups (alert ``farm_group``) and their members (flag ``farm_member``)."""
@@ -103,8 +109,13 @@ class FarmDetector(Grouping, Detector):
                 if isinstance(sig, str) and sig:
                     keys.append(_ROUTE_ + sig)
             relay = notes.get("relay")
-            if isinstance(relay, dict) and relay.get("flagged") is True and ev.allowed is None:
-                keys.append(_NET_ + exit_of(ev.geo.asn, ev.prefix, ev.geo.kind))
+            if isinstance(relay, dict) and ev.allowed is None:
+                # relay-flagged logins by exit; the others of a /24 exit (a subscriber
+                # network: a proxy's line, a campus or PC bang address) only count in
+                # its background, a crowd's relay-flag noise is judged against
+                exit = exit_of(ev.geo.asn, ev.prefix, ev.geo.kind)
+                if relay.get("flagged") is True or not exit.startswith("AS"):
+                    keys.append(_NET_ + exit)
             return keys
         if isinstance(event, Traceroute):
             account = ev.account
@@ -147,6 +158,13 @@ class FarmDetector(Grouping, Detector):
         elif is_login or part_kind(key) != NET:
             part = self._new_partition(key)
         else:
+            return None
+        if is_login and part.kind == NET and not _flagged(ev):  # background only
+            arrive(part, ts, self._half_life)
+            if self.now > part.last_ts:
+                part.last_ts = self.now
+            if self._bumped:
+                self._bumped.pop(key, None)
             return None
         m, new = self._upsert_login(part, ev, ts) if is_login else self._upsert_trace(part, ev, ts)
         out = None
