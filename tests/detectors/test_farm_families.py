@@ -17,7 +17,7 @@ from pathsentry.schemas import parse_event
 from tests.detectors.test_farm import PLAYERS, T0, farm_alerts, random_names, run
 
 HOSTING = 64600  # a hosting AS: the farm's exits, and a VPN service's
-KT, SKB, SKT = 4766, 9318, 9644
+KT, SKB, SKT, KREONET = 4766, 9318, 9644, 17579
 
 
 def login(account: str, t: float, ip: str, asn: int, rtts: list[float], *,
@@ -31,7 +31,7 @@ def login(account: str, t: float, ip: str, asn: int, rtts: list[float], *,
         "src_ip": ip, "session_id": sid, "account": account, "server_id": server,
         "app_rtt_ms": rtts, "tcp_rtt_ms": max(0.5, min(rtts) - (30.0 if relay else 0.2)),
         "client": {"device_id": device or f"dev-{account}"}})
-    kind = "hosting" if asn == HOSTING else "mobile" if asn == SKT else "residential"
+    kind = {HOSTING: "hosting", SKT: "mobile", KREONET: "education"}.get(asn, "residential")
     e = Enriched(ev, GeoInfo(country="KR", asn=asn, kind=kind, precision="city"), prefix_of(ip))
     e.notes["relay"] = {"score": 0.9 if relay else 0.1, "flagged": relay,
                         "exit_prefix": e.prefix, "gap_ms": 30.0 if relay else 0.2,
@@ -171,6 +171,32 @@ def test_pc_bang_and_campus_nat_with_shared_stems_are_never_groups() -> None:
     events = [login(n, rng.uniform(0, 3 * 3600), ip, asn, samples(rng, 3.0, 1.0))
               for ip, asn in (("211.234.50.20", KT), ("143.248.1.1", 1781)) for n in names]
     assert run(events) == ({}, {})
+
+
+def test_campus_nat_whose_relay_flag_noise_clumps_is_never_a_group() -> None:
+    """Hundreds of logins from one campus address; six of them, minutes apart, carry a
+    (wrong) relay flag and the campus's RTT: many accounts on one address, but the
+    address's own background says a handful of flags is nothing."""
+    rng = random.Random(38)
+    events = [login(f"{PLAYERS[i % len(PLAYERS)]}{rng.randint(1, 9999)}", rng.uniform(0, 3 * 3600),
+                    "134.75.0.9", KREONET, samples(rng, 6.0, 2.0)) for i in range(400)]
+    events += [login(n, 2 * 3600 + i * 70, "134.75.0.9", KREONET, samples(rng, 6.0, 2.0),
+                     relay=True) for i, n in enumerate(random_names(rng, 6))]
+    assert run(events) == ({}, {})
+
+
+def test_a_residential_proxy_farm_on_one_subscriber_address_is_found() -> None:
+    """The same shape on a home line: its neighbours log in now and then, the farm's
+    relay-flagged accounts crowd onto the proxy's one address."""
+    rng = random.Random(39)
+    events = [login(n, rng.uniform(0, 3 * 3600), f"121.130.9.{rng.randint(1, 250)}", KT,
+                    samples(rng, 8.0, 2.0)) for n in random_names(rng, 30)]
+    names = random_names(random.Random(40), 10)
+    events += [login(n, 2 * 3600 + i * 20, "121.130.9.77", KT, samples(rng, 52.0, 2.0),
+                     relay=True, device=f"room-{i % 2}") for i, n in enumerate(names)]
+    _, alerts = run(events)
+    (g,) = farm_alerts(alerts)
+    assert sorted(g.accounts) == sorted(names) and g.subject["key"] == "net:121.130.9.0/24"
 
 
 def test_mobile_cgnat_busy_hour_is_never_a_group() -> None:
