@@ -27,16 +27,21 @@ one group meet on one worker):
 ``tpl:<stem>``
     logins and traceroutes of names with a family (serial anywhere, rotating letter
     affix; see :func:`~pathsentry.detectors.farm.families.family`). A group is at
-    least ``min_size`` accounts of one family within ``window_s`` sharing an exit AS
-    or a foreign route, with relay/route evidence on ``min_size`` of them, or with
-    serials (or affix letters) that run consecutively.
+    least ``min_size`` accounts of one family within ``window_s`` sharing an AS or a
+    foreign route, with relay/route evidence on ``min_size`` of them, or with serials
+    (or affix letters) that run consecutively -- or the whole family in the window
+    on its serials alone (a batch spread over several exits); the batch's members
+    through other exits join by their serials.
 ``route:<signature>``
     sessions whose route has a foreign origin, relay-flagged ones excepted. A group
     is a burst of at least ``min_size_unnamed`` accounts along one signature inside
     one RTT band, names not required.
-``net:AS<asn>``
-    relay-flagged logins (and traceroutes) by exit AS. A group is a burst of
-    relay-flagged accounts behind one exit inside one RTT band.
+``net:<exit>``
+    relay-flagged logins (and traceroutes) by exit: ``AS<asn>`` of a hosting or
+    relay network, the /24 of a subscriber network (residential, mobile, campus,
+    business), whose other logins count in the partition's background. A group is
+    a burst of relay-flagged accounts behind one exit inside one RTT band, sharing
+    /24s or machines (client device ids).
 
 One farm, one alert: the ``route:``/``net:`` partitions leave out accounts whose
 family reaches ``min_size`` in the candidate (2 in ``route:``: traceroutes may be
@@ -50,27 +55,36 @@ member's login second), deterministic for a replay or a retry.
 Farms and crowds -- which signal separates each hard negative:
 
 - **PC bang, campus NAT** (dozens of unrelated accounts behind one address, all
-  day): no relay flag and a domestic route, so they reach no ``route:``/``net:``
-  key; their names share no family, or a family whose serials do not run.
-- **Mobile CGNAT** (thousands of subscribers on a few addresses): the same -- no
-  relay, domestic route; what they share is an address, never a family with
-  consecutive serials or a foreign route.
+  day): a domestic route and, mostly, no relay flag; the few logins the relay
+  detector flags by mistake are judged against every login of that address (the
+  /24's background), so a handful of flags in a crowd is no burst. Their names share
+  no family, or a family whose serials do not run.
+- **Mobile CGNAT** (thousands of subscribers on a few addresses): the same -- the
+  address's background is the whole crowd; what they share is an address, never a
+  family with consecutive serials or a foreign route.
 - **A relay service with many unrelated users** (a VPN exit or hosting range):
   they do reach ``net:AS…``, but they arrive at the exit's own background rate (the
-  Poisson judge of :mod:`~pathsentry.detectors.farm.background` at both scales),
-  and from everywhere: their RTTs do not form a band that stands out of the exit's
-  other users (:func:`~pathsentry.detectors.farm.exits.stands_out`). Allow-listed
-  game relays and cloud gaming never reach ``net:``.
+  Poisson judge of :mod:`~pathsentry.detectors.farm.background` at both scales,
+  thinned to the candidate's RTT band), from everywhere (their RTTs do not form a
+  band that stands out of the exit's other users:
+  :func:`~pathsentry.detectors.farm.exits.stands_out`; their TCP handshake RTTs
+  differ), each from its own machine and mostly its own /24 (a candidate keeps the
+  members that share a /24 or a machine; one paced minutes apart must crowd onto
+  few machines or addresses; a late joiner must use one of the group's machines, or
+  one of its /24s inside its band). Allow-listed game relays and cloud gaming never
+  reach ``net:``.
 - **Honest players sharing a popular stem** (``shadow123``, ``shadow_77``): one
   family, but spread over exits and hours, their serials do not run consecutively,
   and they carry no relay or foreign-route evidence.
 - **Family names** (``minsu_kim``/``minsu_park``): no mark, no family.
 
-Known limits: a name-less farm behind an exit with no history yet (its first
-``2 * window_s``) is judged at the ``burst_s`` scale only, so a slowly paced one
-waits for the exit's background; a farm whose logins are neither relay-flagged nor
-routed through a foreign origin, with names that share no family, has nothing left
-to be found by.
+Known limits: in the detector's first ``2 * window_s`` a name-less farm is judged
+at the ``burst_s`` scale only (no background yet), so a slowly paced one waits; a
+name-less farm on residential proxies of several ISPs is one group per exit; a
+farm whose logins are neither relay-flagged nor routed through a foreign origin,
+with names that share no family, has nothing left to be found by; a farm that
+reuses a popular stem (``shadow…``) can take an honest ``shadow`` player whose
+number happens to continue its serials.
 
 Bounds: at most ``max_keys`` partitions (least recently used evicted), at most
 ``max_members`` members per partition (members older than ``2 * window_s`` go
