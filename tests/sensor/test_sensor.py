@@ -157,7 +157,8 @@ def test_genuine_upgrade(write_pcap: PcapFactory) -> None:
         "server_header": "cloudflare", "body_sha256": None, "body_len": 0,
         "connect_ms": 12.0, "ttfb_ms": 12.5, "ttl": {"syn_ack": 52, "response": 52},
         "retransmits": 0, "seq_conflict": False, "reporter": "sensor",
-        "flow": f"{CLIENT}:50000>{SERVER}:80",
+        "flow": f"{CLIENT}:50000>{SERVER}:80", "exchange": 0,
+        "method": "GET", "protocol": "websocket",
     }
     assert flagged([ev]) == set()
 
