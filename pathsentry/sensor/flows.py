@@ -254,7 +254,7 @@ class Flow:
         """The one event of a flow that is not HTTP: TLS on any port (no content, unless
         the server answered in plaintext HTTP), or other bytes holding a conflict."""
         hello, answer = self.c2s.contiguous(), self.s2c.contiguous()
-        tls = is_tls(hello) or is_tls(answer)
+        tls = is_tls(hello) or (not hello and is_tls(answer))  # the client speaks TLS first
         plain = split_responses(bytes(answer), [(0, len(answer))], ["GET"]) \
             if is_response(answer) else []
         port = self.server[1]
@@ -335,11 +335,11 @@ class FlowTable:
         return now - flow.last_ts >= s.idle_timeout_s
 
     def _emit(self, keys: Iterable[FlowKey]) -> Iterator[dict[str, Any]]:
-        for key in sorted(keys, key=lambda k: self.flows[k].first_ts):
+        for key in sorted(keys, key=lambda k: (self.flows[k].first_ts, k)):
             yield from self.flows.pop(key).to_events()
 
     def finish(self) -> Iterator[dict[str, Any]]:
-        """Events of every flow still in progress, by start time."""
+        """Events of every flow still in progress, by start time (then addresses)."""
         yield from self._emit(list(self.flows))
 
 

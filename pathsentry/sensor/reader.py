@@ -30,7 +30,14 @@ import dpkt
 
 from pathsentry.sensor.decode import CaptureError, Segment, check_linktype, decode_frame
 
-__all__ = ["CaptureError", "Segment", "iter_segments", "merged_segments", "open_capture"]
+__all__ = [
+    "CaptureError",
+    "Segment",
+    "check_captures",
+    "iter_segments",
+    "merged_segments",
+    "open_capture",
+]
 
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
@@ -63,11 +70,20 @@ def iter_segments(fh: IO[bytes], skipped: Counter[str] | None = None,
 
 def _first_ts(path: str) -> float:
     """The timestamp of the first packet of ``path`` (inf if none); checks the file."""
-    with open(path, "rb") as fh:
-        reader = open_capture(fh, path)
-        for ts, _frame in reader:
-            return float(ts)
+    try:
+        with open(path, "rb") as fh:
+            reader = open_capture(fh, path)
+            for ts, _frame in reader:
+                return float(ts)
+    except OSError as e:
+        raise CaptureError(f"{path}: {e.strerror or e}") from None
     return float("inf")
+
+
+def check_captures(paths: Iterable[str]) -> None:
+    """Raise :class:`CaptureError` for the first file that cannot be read."""
+    for path in paths:
+        _first_ts(path)
 
 
 def _file_segments(path: str, skipped: Counter[str]) -> Iterator[Segment]:

@@ -56,6 +56,13 @@ class Stream:
     #: ``(offset, conflicting)`` of each retransmission, in arrival order.
     overlaps: list[tuple[int, bool]] = field(default_factory=list)
     truncated: bool = False
+    #: The base is the handshake's (given, or from :meth:`rebase`), not the first data's:
+    #: bytes before it are not the stream's. An unanchored stream grows backwards.
+    anchored: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.anchored is None:
+            self.anchored = self.base is not None
 
     @property
     def retransmits(self) -> int:
@@ -93,6 +100,9 @@ class Stream:
         if self.base is None:
             self.base = seq
         off = (seq - self.base) % SEQ_MOD
+        if off >= HALF and not self.anchored and SEQ_MOD - off + len(self.buf) <= self.max_bytes:
+            self._move(seq)  # earlier bytes of a stream whose start was not seen
+            off = 0
         if off >= HALF:  # starts before the stream (e.g. a keep-alive probe)
             before = SEQ_MOD - off
             if before >= len(data):
@@ -120,7 +130,12 @@ class Stream:
         self._merge(off, end)
 
     def rebase(self, base: int) -> None:
-        """Make ``base`` the stream's base, moving the bytes already held to match."""
+        """Make ``base`` (from the handshake) the stream's base, moving the bytes already
+        held to match."""
+        self.anchored = True
+        self._move(base)
+
+    def _move(self, base: int) -> None:
         if self.base is None or base == self.base:
             self.base = base
             return
