@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pathsentry.schemas import parse_event
+from pathsentry.schemas.events import MAX_HEADERS
 from pathsentry.sensor.http import (
     HttpMessage,
     is_request,
@@ -56,6 +57,7 @@ IDLE_TIMEOUT_S = 60.0
 TLS_PORTS = frozenset({443, 8443})
 PLAIN_PORTS = frozenset({80, 8080})
 _END = 1 << 62  # past any offset
+MAX_RTT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class SensorSettings:
 class Exchange:
     """One request and its final answer, with the byte windows that belong to them."""
 
-    request: HttpMessage | None
+    request: HttpMessage
     response: HttpMessage | None
     #: ``[start, end)`` of the client stream and of the server stream owned by the exchange.
     c2s: tuple[int, int]
@@ -110,28 +112,37 @@ def _start(msg: HttpMessage | None) -> int:
 
 
 def _host(value: str | None, fallback: str) -> str:
-    if not value:
-        return fallback
+    """The host of a ``Host`` header or server name; ``fallback`` (the server's address)
+    when there is none or it is not a plausible host name."""
+    value = (value or "").strip().lower()
     if value.startswith("["):  # [v6]:port
-        return value[1 : value.find("]")] or fallback
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+        value = value[1 : value.find("]")]
+    elif value.count(":") == 1:
+        value = value.rsplit(":", 1)[0]
+    value = value.rstrip(".")
+    ok = 0 < len(value) <= 253 and value.isascii() and value.isprintable() and " " not in value
+    return value if ok else fallback
 
 
 def _ms(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b < a:
+    """Milliseconds from ``a`` to ``b``; None beyond the contract's 60 s (a long poll)."""
+    if a is None or b is None or b < a or b - a > MAX_RTT_S:
         return None
     return round((b - a) * 1000.0, 3)
 
 
 def _answer(resp: HttpMessage | None) -> dict[str, Any]:
-    """Status, header names, server header and body of an answer."""
-    if resp is None or resp.status is None:
+    """Status (None if the status line has none), header names, server header and body
+    of an answer."""
+    if resp is None:
         return {}
     out: dict[str, Any] = {
         "status": resp.status,
-        "header_names": [k for k, _ in resp.headers][:128],
-        "server_header": resp.header("server") or None,
+        "header_names": [k[:128] for k, _ in resp.headers][:MAX_HEADERS],
+        "server_header": (resp.header("server") or "")[:256] or None,
     }
+    if resp.status is None:
+        return out
     if resp.body is not None:
         out.update(body_sha256=hashlib.sha256(resp.body).hexdigest(), body_len=len(resp.body))
     elif resp.complete:
@@ -233,13 +244,12 @@ class Flow:
         events = []
         for i, ex in enumerate(pair_exchanges(requests, responses)):
             req = ex.request
-            assert req is not None
             upgrade = (req.header("upgrade") or "").lower() == "websocket"
             s_at = ex.response.start if ex.response is not None else None
             events.append({
                 **self._common(i, req.start, s_at, ex.c2s, ex.s2c),
                 "target": {
-                    "host": _host(req.header("host"), self.server[0]).lower(),
+                    "host": _host(req.header("host"), self.server[0]),
                     "port": self.server[1],
                     "scheme": "ws" if upgrade else "http",
                 },
@@ -261,7 +271,7 @@ class Flow:
         scheme = "https" if tls or (port in TLS_PORTS and not plain) else "http"
         return {
             **self._common(0, 0, 0, (0, _END), (0, _END)),
-            "target": {"host": (tls_server_name(hello) if tls else None) or self.server[0],
+            "target": {"host": _host(tls_server_name(hello) if tls else None, self.server[0]),
                        "port": port, "scheme": scheme},
             "request": "get",
             "protocol": "tls" if tls else ("other" if hello or answer else None),

@@ -68,7 +68,8 @@ class HttpMessage:
     @property
     def status(self) -> int | None:
         parts = self.line.split(" ", 2)
-        ok = self.line.startswith("HTTP/") and len(parts) > 1 and parts[1].isdigit()
+        ok = self.line.startswith("HTTP/") and len(parts) > 1 and len(parts[1]) == 3 \
+            and parts[1].isdigit()
         return int(parts[1]) if ok else None
 
     @property
@@ -206,10 +207,11 @@ def split_responses(data: bytes, ranges: Sequence[Sequence[int]],
         if parsed is None:
             return None, False
         line, headers, end_of_head, complete = parsed
-        status = HttpMessage(pos, line, headers, None, complete).status
+        if not complete:
+            return HttpMessage(pos, line, headers, None, False), False
         method = methods[finals] if finals < len(methods) else "GET"
-        if status is None or not complete:
-            return HttpMessage(pos, line, headers, None, complete), False
+        # a status line without a status is framed as a final answer
+        status = HttpMessage(pos, line, headers, None, True).status or 200
         if status >= 200 or status == 101:
             finals += 1
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
@@ -239,7 +241,7 @@ def tls_server_name(data: bytes | memoryview) -> str | None:
             if kind == 0:  # server_name: list length, type 0 (host_name), length, name
                 name_len = struct.unpack_from("!H", buf, pos + 3)[0]
                 name = buf[pos + 5 : pos + 5 + name_len].decode("ascii")
-                return name.lower().rstrip(".") or None
+                return name or None
             pos += size
     except (IndexError, struct.error, UnicodeDecodeError):
         return None

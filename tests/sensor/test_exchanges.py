@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pathsentry.sensor import capture_events
-from tests.sensor.support import Conversation, frames, write
+from tests.sensor.support import SERVER, Conversation, frames, write
 
 
 @dataclass(frozen=True)
@@ -141,3 +141,19 @@ def test_a_refused_upgrade_then_more_requests(tmp_path: Path) -> None:
     events = by_exchange(write(tmp_path / "ws.pcap", frames([c])))
     assert [(e["protocol"], e["request"], e["status"]) for e in events] == [
         ("websocket", "ws_upgrade", 426), ("websocket", "ws_upgrade", 101)]
+
+
+def test_answers_outside_the_contract_are_bounded_not_fatal(tmp_path: Path) -> None:
+    long_host = "h" * 300 + ".example.com"
+    odd = (b"HTTP/1.1 2000 Odd\r\nServer: " + b"s" * 400 + b"\r\n" + b"X" * 200
+           + b": 1\r\nContent-Length: 0\r\n\r\n")
+    slow = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    c = Conversation(50_240, 80).handshake()
+    first = f"GET / HTTP/1.1\r\nHost: {long_host}\r\n\r\n".encode()
+    second = b"GET /poll HTTP/1.1\r\nHost: Poll.Example.COM.:8080\r\n\r\n"
+    c.client(0.02, first).server(0.03, odd)
+    c.client(0.04, second, at=len(first)).server(90.04, slow, at=len(odd))  # a long poll
+    one, two = by_exchange(write(tmp_path / "odd.pcap", frames([c])))
+    assert (one["target"]["host"], one["status"], one.get("body_len")) == (SERVER, None, None)
+    assert one["server_header"] == "s" * 256 and one["header_names"][1] == "x" * 128
+    assert (two["target"]["host"], two["status"], two["ttfb_ms"]) == ("poll.example.com", 200, None)
