@@ -113,8 +113,8 @@ def _link(linktype: int, frame: bytes) -> Any:
         return dpkt.sll2.SLL2(frame)
     if linktype in LOOPBACK:
         return dpkt.loopback.Loopback(frame)
-    if linktype == PPP:
-        return dpkt.ppp.PPP(frame)
+    if linktype == PPP:  # RFC 1662 framing (ff 03) is optional
+        return dpkt.ppp.PPP(frame if frame[:2] == b"\xff\x03" else b"\xff\x03" + frame)
     if linktype in RAW:
         return _raw_ip(frame)
     return None

@@ -7,10 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from scapy.contrib.mpls import MPLS
 from scapy.contrib.tzsp import TZSP, TZSPTagEnd
 from scapy.layers.dot11 import Dot11
 from scapy.layers.inet import GRE, IP, UDP
-from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether
+from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether, Loopback
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet
@@ -43,6 +44,9 @@ LINKS: dict[str, Link] = {
     "sll": lambda ip: CookedLinux(pkttype=0, proto=0x0800) / ip,
     "sll2": lambda ip: CookedLinuxV2(proto=0x0800) / ip,
     "raw": lambda ip: ip,
+    "loopback": lambda ip: Loopback(type=2) / ip,
+    "ppp": lambda ip: PPP(proto=0x21) / ip,
+    "mpls": lambda ip: Ether(src=MAC_C, dst=MAC_S) / MPLS(label=16, s=1) / ip,
     "pppoe": lambda ip: Ether(src=MAC_C, dst=MAC_S) / PPPoE(sessionid=7) / PPP(proto=0x21) / ip,
     "tzsp": lambda ip: ethernet(tunnel(ip) / UDP(sport=37008, dport=37008)
                                 / TZSP(encapsulated_protocol=1) / TZSPTagEnd() / ethernet(ip)),
