@@ -6,7 +6,8 @@ why a forged answer that arrives first is what the client sees). A segment that
 covers sequence space already received is a retransmission; if its bytes differ
 from those already there, the stream has a *sequence conflict* -- two senders
 answered for the same bytes (the race Zeek reports as ``rexmit_inconsistency``).
-Out-of-order segments fill gaps and are neither.
+Out-of-order segments fill gaps and are neither, nor is a TCP keep-alive probe
+(one byte, often garbage, sent again just before the next expected sequence number).
 
 The stream remembers which packet delivered each byte (time, TTL) and where each
 retransmission fell, so a connection carrying several exchanges can report each
@@ -114,6 +115,8 @@ class Stream:
             if not data:
                 return
         end = off + len(data)
+        if len(data) == 1 and self.ranges and end == self.ranges[-1][1]:
+            return  # a keep-alive probe: one (garbage) byte just before the next expected
         overlapped = conflict = False
         for a, b in self.ranges:
             lo, hi = max(a, off), min(b, end)

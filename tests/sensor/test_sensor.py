@@ -171,6 +171,15 @@ def test_stream_sequence_wraparound_and_keepalive() -> None:
     assert (bytes(s.contiguous()), s.retransmits, s.conflict) == (b"abcdef", 0, False)
 
 
+def test_keepalive_probe_with_a_garbage_byte_is_not_a_conflict() -> None:
+    s = Stream(base=0)
+    s.add(0, b"GET / HTTP/1.1\r\n\r\n", ts=0.0, ttl=64)
+    s.add(17, b"\x00", ts=45.0, ttl=64)  # Windows: one byte at the next expected - 1
+    assert (bytes(s.contiguous()), s.retransmits, s.conflict) == (b"GET / HTTP/1.1\r\n\r\n", 0, False)
+    s.add(16, b"X\x00", ts=46.0, ttl=64)  # two bytes, one of them different: a conflict
+    assert (s.retransmits, s.conflict) == (1, True)
+
+
 def test_stream_partial_overlap_with_different_bytes() -> None:
     s = Stream(base=0)
     s.add(0, b"HTTP/1.1 101", ts=0.0, ttl=52)
