@@ -4,11 +4,12 @@ Link types decoded: Ethernet (802.1Q / QinQ VLAN tags, MPLS and PPPoE sessions,
 through dpkt), raw IP, the IPv4 and IPv6 link types, Linux cooked capture v1
 (SLL, 113) and v2 (SLL2, 276), BSD / OpenBSD loopback and PPP. Inside IP, the
 tunnels a capture point commonly sees are opened: IP-in-IP, GRE (IP or Ethernet
-inside), TZSP (UDP 37008, Ethernet inside, as MikroTik and other switches stream
-their captures) and VXLAN (UDP 4789). Any other link type is refused up front by
-:func:`check_linktype` with a :class:`CaptureError` naming it; frames that do not
-decode, fragments, non-TCP packets and encapsulations of what is not Ethernet or IP
-(e.g. 802.11 inside TZSP) are skipped and counted by reason.
+inside, ERSPAN II and III port mirroring), TZSP (UDP 37008, Ethernet inside, as
+MikroTik and other switches stream their captures) and VXLAN (UDP 4789). Any other
+link type is refused up front by :func:`check_linktype` with a
+:class:`CaptureError` naming it; frames that do not decode, fragments, non-TCP
+packets and encapsulations of what is not Ethernet or IP (e.g. 802.11 inside TZSP)
+are skipped and counted by reason.
 
 >>> import dpkt
 >>> tcp = dpkt.tcp.TCP(sport=40000, dport=80, seq=7, flags=dpkt.tcp.TH_SYN)
@@ -95,7 +96,7 @@ def check_linktype(linktype: int, source: str) -> None:
     decoded = ", ".join(sorted(set(LINK_TYPES.values())))
     raise CaptureError(
         f"{source}: link type {linktype} ({name}) is not decoded; the sensor reads "
-        f"{decoded}, with VLAN, MPLS, PPPoE, GRE, IP-in-IP, TZSP and VXLAN inside")
+        f"{decoded}, with VLAN, MPLS, PPPoE, GRE, ERSPAN, IP-in-IP, TZSP and VXLAN inside")
 
 
 def _raw_ip(buf: bytes) -> Any:
@@ -149,7 +150,13 @@ def _inner(pkt: Any) -> Any:
             return dpkt.ethernet.Ethernet(bytes(data)[8:])
         return None
     if isinstance(pkt, dpkt.gre.GRE) and isinstance(data, bytes):
-        return dpkt.ethernet.Ethernet(data) if pkt.p == 0x6558 else None
+        if pkt.p == 0x6558:  # transparent Ethernet bridging
+            return dpkt.ethernet.Ethernet(data)
+        if pkt.p == 0x88BE and len(data) > 8:  # ERSPAN type II
+            return dpkt.ethernet.Ethernet(data[8:])
+        if pkt.p == 0x22EB and len(data) > 12:  # ERSPAN type III, optional 8-byte subheader
+            return dpkt.ethernet.Ethernet(data[20:] if data[11] & 1 else data[12:])
+        return None
     return data if not isinstance(data, bytes) else None
 
 

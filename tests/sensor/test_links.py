@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
 from scapy.contrib.mpls import MPLS
 from scapy.contrib.tzsp import TZSP, TZSPTagEnd
 from scapy.layers.dot11 import Dot11
@@ -55,6 +56,10 @@ LINKS: dict[str, Link] = {
     "gre": lambda ip: ethernet(tunnel(ip) / GRE(proto=0x0800) / ip),
     "gre-ethernet": lambda ip: ethernet(tunnel(ip) / GRE(proto=0x6558) / ethernet(ip)),
     "ip-in-ip": lambda ip: ethernet(tunnel(ip) / ip),
+    "erspan2": lambda ip: ethernet(tunnel(ip) / GRE(seqnum_present=1) / ERSPAN_II(session_id=3)
+                                   / ethernet(ip)),
+    "erspan3": lambda ip: ethernet(tunnel(ip) / GRE(seqnum_present=1) / ERSPAN_III(session_id=3)
+                                   / ethernet(ip)),
 }
 
 
