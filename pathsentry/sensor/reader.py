@@ -4,7 +4,9 @@ Several files are read as **one capture in time order**, whatever order they are
 given in (a shell glob puts ``cap10.pcap`` before ``cap9.pcap``): the files are
 sorted by their first timestamp and merged packet by packet on time, with only
 the files that overlap the current time open. Within a file, capture order is
-kept. Frame decoding (link layers, tunnels) is :mod:`pathsentry.sensor.decode`.
+kept. pcapng is read by :mod:`pathsentry.sensor.pcapng` (each packet with its own
+interface's link type); frame decoding (link layers, tunnels) is
+:mod:`pathsentry.sensor.decode`.
 
 >>> import dpkt, io
 >>> tcp = dpkt.tcp.TCP(sport=40000, dport=80, seq=7, flags=dpkt.tcp.TH_SYN)
@@ -22,13 +24,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from typing import IO
 
 import dpkt
 
-from pathsentry.sensor.decode import CaptureError, Segment, check_linktype, decode_frame
+from pathsentry.sensor.decode import (
+    LINK_TYPES,
+    CaptureError,
+    Segment,
+    check_linktype,
+    decode_frame,
+)
+from pathsentry.sensor.pcapng import PcapngReader
 
 __all__ = [
     "CaptureError",
@@ -42,25 +52,43 @@ __all__ = [
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
-def open_capture(fh: IO[bytes], source: str = "capture") -> Any:
-    """A dpkt reader for ``fh``, pcap or pcapng by magic number; its link type checked."""
+class _Pcap:
+    """A classic pcap file as ``(ts, link type, frame)`` (one link type per file)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.reader = dpkt.pcap.Reader(fh)
+
+    def datalink(self) -> int:
+        return int(self.reader.datalink())
+
+    def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
+        linktype = self.datalink()
+        for ts, frame in self.reader:
+            yield float(ts), linktype, frame
+
+
+def open_capture(fh: IO[bytes], source: str = "capture") -> _Pcap | PcapngReader:
+    """A reader of ``(ts, link type, frame)`` for ``fh``, pcap or pcapng by magic
+    number; the (first) link type checked."""
     magic = fh.read(4)
     fh.seek(0)
     try:
-        reader = dpkt.pcapng.Reader(fh) if magic == PCAPNG_MAGIC else dpkt.pcap.Reader(fh)
-    except (ValueError, dpkt.UnpackError) as e:
+        reader = PcapngReader(fh) if magic == PCAPNG_MAGIC else _Pcap(fh)
+    except (ValueError, struct.error, dpkt.UnpackError) as e:
         raise CaptureError(f"{source}: not a pcap or pcapng capture ({e})") from None
-    check_linktype(int(reader.datalink()), source)
+    check_linktype(reader.datalink(), source)
     return reader
 
 
 def iter_segments(fh: IO[bytes], skipped: Counter[str] | None = None,
                   source: str = "capture") -> Iterator[Segment]:
-    """Every TCP segment of one capture, in capture order; the rest counted in ``skipped``."""
+    """Every TCP segment of one capture, in capture order; the rest counted in ``skipped``
+    (packets of a further pcapng interface whose link type is not decoded by it)."""
     skipped = skipped if skipped is not None else Counter()
-    reader = open_capture(fh, source)
-    linktype = int(reader.datalink())
-    for ts, frame in reader:
+    for ts, linktype, frame in open_capture(fh, source):
+        if linktype not in LINK_TYPES:
+            skipped[f"link_type_{linktype}_not_decoded"] += 1
+            continue
         seg = decode_frame(ts, linktype, frame)
         if isinstance(seg, str):
             skipped[seg] += 1
@@ -72,9 +100,8 @@ def _first_ts(path: str) -> float:
     """The timestamp of the first packet of ``path`` (inf if none); checks the file."""
     try:
         with open(path, "rb") as fh:
-            reader = open_capture(fh, path)
-            for ts, _frame in reader:
-                return float(ts)
+            for ts, _linktype, _frame in open_capture(fh, path):
+                return ts
     except OSError as e:
         raise CaptureError(f"{path}: {e.strerror or e}") from None
     return float("inf")

@@ -3,6 +3,7 @@ it was captured; what cannot be decoded is refused or counted, by name."""
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +20,16 @@ from scapy.packet import Packet
 
 from pathsentry.cli import main
 from pathsentry.sensor import CaptureError, capture_events
-from tests.sensor.support import MAC_C, MAC_S, Conversation, Link, ethernet, frames, write
+from tests.sensor.support import (
+    MAC_C,
+    MAC_S,
+    SERVER,
+    Conversation,
+    Link,
+    ethernet,
+    frames,
+    write,
+)
 
 FORGED = b"HTTP/1.1 302 Found\r\nLocation: http://10.1.1.1/\r\nContent-Length: 0\r\n\r\n"
 GENUINE = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n\r\nhi"
@@ -102,3 +112,40 @@ def test_a_link_type_not_decoded_is_refused_by_name(
     text.write_text("not a capture\n")
     assert main(["sensor", str(text)]) == 2
     assert "notes.txt: not a pcap or pcapng capture" in capsys.readouterr().err
+
+
+def _block(kind: int, body: bytes) -> bytes:
+    body += bytes(-len(body) % 4)
+    n = len(body) + 12
+    return struct.pack("<II", kind, n) + body + struct.pack("<I", n)
+
+
+def _interface(linktype: int, tsresol: int | None) -> bytes:
+    opts = b"" if tsresol is None else struct.pack("<HHB3x", 9, 1, tsresol)
+    return _block(1, struct.pack("<HHI", linktype, 0, 0) + opts + struct.pack("<HH", 0, 0))
+
+
+def _packet(iface: int, ticks: int, frame: bytes) -> bytes:
+    head = struct.pack("<IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame))
+    return _block(6, head + frame)
+
+
+def test_pcapng_interfaces_keep_their_own_link_type_and_clock(tmp_path: Path) -> None:
+    """Client packets on an Ethernet interface (microseconds), server packets on a Linux
+    cooked one (nanoseconds), and an 802.11 radiotap interface that is counted."""
+    expected = list(capture_events([str(write(tmp_path / "eth.pcap", frames(conversations())))]))
+    blocks = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
+              _interface(1, None), _interface(113, 9), _interface(127, 6)]
+    for p in frames(conversations(), lambda ip: ip):
+        t = p.time
+        if p[IP].dst == SERVER:
+            blocks.append(_packet(0, round(t * 1_000_000), bytes(ethernet(p))))
+        else:
+            frame = bytes(CookedLinux(pkttype=0, proto=0x0800) / p)
+            blocks.append(_packet(1, int(t) * 10**9 + round((t - int(t)) * 10**9), frame))
+        blocks.append(_packet(2, round(t * 1_000_000), b"\x00" * 12))
+    path = tmp_path / "multi.pcapng"
+    path.write_bytes(b"".join(blocks))
+    skipped: Counter[str] = Counter()
+    assert list(capture_events([str(path)], skipped=skipped)) == expected
+    assert skipped == Counter({"link_type_127_not_decoded": len(blocks) // 2 - 2})
