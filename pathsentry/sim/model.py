@@ -1,4 +1,4 @@
-"""Plain data of a planned world: servers, accounts, their exits, farm groups, the cell."""
+"""Plain data of a planned world: servers, accounts, their exits, farm groups, the injecting cells."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from pathsentry.sim.network import Network, Prefix, Router
+from pathsentry.sim.params import WorldParams, fixed_params
 from pathsentry.sim.physics import Point
 
 __all__ = [
@@ -38,7 +39,9 @@ class WorldSpec:
     """What to simulate. The same spec always yields the same world, byte for byte.
 
     ``start`` is the (timezone-aware) time of the first instant; pass the current
-    time to stream a world live ("rebased to now").
+    time to stream a world live ("rebased to now"). ``segment`` numbers consecutive
+    stretches of one live world: the network, servers, farms' rooms and exits stay
+    those of the seed, while names, devices and sessions are drawn anew per segment.
     """
 
     seed: int = 7
@@ -46,6 +49,8 @@ class WorldSpec:
     hours: float = 24.0
     start: datetime = DEFAULT_START
     domain: str = "game.example"
+    params: WorldParams = field(default_factory=fixed_params)
+    segment: int = 0  # >0: the same network and farms, other players and sessions (live play)
 
     def __post_init__(self) -> None:
         if self.accounts < 100:
@@ -54,6 +59,11 @@ class WorldSpec:
             raise ValueError("hours must be positive")
         if self.start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
+
+    @property
+    def key(self) -> str:
+        """What names, devices, sessions and event ids are drawn from (the seed, per segment)."""
+        return str(self.seed) if self.segment == 0 else f"{self.seed}~{self.segment}"
 
     @property
     def start_ms(self) -> int:
@@ -101,6 +111,8 @@ class FarmGroup:
     bursts: list[int]  # login burst times (epoch ms)
     members: list[str] = field(default_factory=list)
     template: str | None = None
+    family: str = "serial_end"
+    pace_s: tuple[float, float] | None = None  # seconds between member logins (None: the fixed world's)
 
 
 @dataclass(slots=True)
@@ -132,6 +144,9 @@ class InjectionCell:
     ports: tuple[int, ...] = (80, 8080)
     hours: tuple[int, ...] = tuple(range(9, 18))  # KST hours 09:00-17:59
     rate: float = 0.9  # share of matching plaintext flows answered by the box
+    answer: str = "page"  # page (200 script), redirect (302), block (a block page)
+    ttl_delta: int = 1  # forged TTL minus the SYN-ACK's
+    ttl_visible: float = 0.6  # share of client reports that carry the TTLs
 
     @property
     def asn(self) -> int:
@@ -160,7 +175,16 @@ class WorldPlan:
     servers: dict[str, GameServer]
     accounts: list[Account]
     groups: list[FarmGroup]
-    cell: InjectionCell
+    cells: list[InjectionCell]
     monitors: list[LineMonitor]
     allow: list[tuple[str, str]]
     squatted: dict[str, Router]  # subscriber prefix -> the squatted router on its path
+
+    @property
+    def cell(self) -> InjectionCell:
+        """The first injecting cell (the only one of the fixed world)."""
+        return self.cells[0]
+
+    def cell_of(self, cidr: str) -> InjectionCell | None:
+        """The injecting cell whose lines include ``cidr``, if any."""
+        return next((c for c in self.cells if c.covers(cidr)), None)
