@@ -4,7 +4,8 @@ Without ``--to-kafka`` or ``--out`` the events are written to standard output as
 JSONL. Several captures are read as one, in time order, whatever order they are
 given in. A capture that cannot be read (not pcap/pcapng, a link type not decoded)
 stops the run before any event, with the reason; frames skipped (not TCP,
-fragments, encapsulations not decoded) are counted on standard error.
+fragments, encapsulations not decoded) and flows the contract cannot carry are
+counted on standard error.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         return 2
     if skipped:
         counts = ", ".join(f"{reason} {n}" for reason, n in skipped.most_common())
-        print(f"frames without a TCP segment: {counts}", file=sys.stderr)
+        print(f"skipped: {counts}", file=sys.stderr)
     return 0
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pathsentry.schemas import parse_event
+from pathsentry.schemas import EventError, parse_event
 from pathsentry.schemas.events import MAX_HEADERS
 from pathsentry.sensor.http import (
     HttpMessage,
@@ -229,7 +229,7 @@ class Flow:
             "src_ip": self.client[0],
             "connect_ms": _ms(self.syn_ts, self.syn_ack_ts),
             "ttfb_ms": _ms(c_ts, s_ts),
-            "ttl": {"syn_ack": self.syn_ack_ttl, "response": s_ttl},
+            "ttl": {"syn_ack": self.syn_ack_ttl or None, "response": s_ttl or None},  # 0: none
             "retransmits": c_rx + s_rx,
             "seq_conflict": c_conflict or s_conflict,
             "reporter": "sensor",
@@ -312,6 +312,8 @@ class FlowTable:
 
     def __init__(self, settings: SensorSettings | None = None) -> None:
         self.settings = settings or SensorSettings()
+        #: Flows whose events the contract refused, by reason.
+        self.rejected: Counter[str] = Counter()
         self.flows: dict[FlowKey, Flow] = {}
         self._swept = 0.0
 
@@ -346,7 +348,11 @@ class FlowTable:
 
     def _emit(self, keys: Iterable[FlowKey]) -> Iterator[dict[str, Any]]:
         for key in sorted(keys, key=lambda k: (self.flows[k].first_ts, k)):
-            yield from self.flows.pop(key).to_events()
+            flow = self.flows.pop(key)
+            try:
+                yield from flow.to_events()
+            except EventError as e:  # a flow the contract cannot carry: counted, not fatal
+                self.rejected[e.reason] += 1
 
     def finish(self) -> Iterator[dict[str, Any]]:
         """Events of every flow still in progress, by start time (then addresses)."""
@@ -356,8 +362,11 @@ class FlowTable:
 def capture_events(paths: Iterable[str], settings: SensorSettings | None = None,
                    skipped: Counter[str] | None = None) -> Iterator[dict[str, Any]]:
     """The ``http_probe`` events of several capture files read as one capture in time
-    order (one flow table); frames without a TCP segment are counted in ``skipped``."""
+    order (one flow table); frames without a TCP segment and flows whose events the
+    contract refused (``flow_rejected_<reason>``) are counted in ``skipped``."""
     table = FlowTable(settings)
     for seg in merged_segments(paths, skipped):
         yield from table.add(seg)
     yield from table.finish()
+    if skipped is not None:
+        skipped.update({f"flow_rejected_{r}": n for r, n in table.rejected.items()})

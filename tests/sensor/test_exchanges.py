@@ -148,12 +148,13 @@ def test_answers_outside_the_contract_are_bounded_not_fatal(tmp_path: Path) -> N
     odd = (b"HTTP/1.1 2000 Odd\r\nServer: " + b"s" * 400 + b"\r\n" + b"X" * 200
            + b": 1\r\nContent-Length: 0\r\n\r\n")
     slow = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-    c = Conversation(50_240, 80).handshake()
+    c = Conversation(50_240, 80, server_ttl=0).handshake()  # a crafted TTL of 0
     first = f"GET / HTTP/1.1\r\nHost: {long_host}\r\n\r\n".encode()
     second = b"GET /poll HTTP/1.1\r\nHost: Poll.Example.COM.:8080\r\n\r\n"
     c.client(0.02, first).server(0.03, odd)
     c.client(0.04, second, at=len(first)).server(90.04, slow, at=len(odd))  # a long poll
     one, two = by_exchange(write(tmp_path / "odd.pcap", frames([c])))
     assert (one["target"]["host"], one["status"], one.get("body_len")) == (SERVER, None, None)
+    assert one["ttl"] == {"syn_ack": None, "response": None}
     assert one["server_header"] == "s" * 256 and one["header_names"][1] == "x" * 128
     assert (two["target"]["host"], two["status"], two["ttfb_ms"]) == ("poll.example.com", 200, None)

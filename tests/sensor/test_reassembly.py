@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,16 @@ def test_a_race_on_a_flow_that_is_neither_http_nor_tls_is_reported(tmp_path: Pat
     assert (b["protocol"], b["target"]["scheme"], b["seq_conflict"]) == ("other", "http", True)
     assert (a["target"]["host"], a["ttl"], a["retransmits"]) == (
         SERVER, {"syn_ack": 52, "response": 60}, 2)
+
+
+def test_a_flow_the_contract_cannot_carry_is_counted_and_the_rest_reported(
+        tmp_path: Path) -> None:
+    to_port_0 = Conversation(50_160, 0).handshake()
+    to_port_0.client(0.02, client_hello("odd.example")).server(0.03, SERVER_HELLO)
+    fine = Conversation(50_161, 443).handshake()
+    fine.client(0.02, client_hello("ok.example")).server(0.03, SERVER_HELLO)
+    skipped: Counter[str] = Counter()
+    path = write(tmp_path / "p0.pcap", frames([to_port_0, fine]))
+    events = list(capture_events([str(path)], skipped=skipped))
+    assert [e["target"]["host"] for e in events] == ["ok.example"]
+    assert skipped == Counter({"flow_rejected_invalid": 1})
