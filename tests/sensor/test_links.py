@@ -12,7 +12,8 @@ from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
 from scapy.contrib.mpls import MPLS
 from scapy.contrib.tzsp import TZSP, TZSPTagEnd
 from scapy.layers.dot11 import Dot11
-from scapy.layers.inet import GRE, IP, UDP
+from scapy.layers.inet import GRE, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether, Loopback
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.layers.vxlan import VXLAN
@@ -149,3 +150,18 @@ def test_pcapng_interfaces_keep_their_own_link_type_and_clock(tmp_path: Path) ->
     skipped: Counter[str] = Counter()
     assert list(capture_events([str(path)], skipped=skipped)) == expected
     assert skipped == Counter({"link_type_127_not_decoded": len(blocks) // 2 - 2})
+
+
+def test_ipv6_flows(tmp_path: Path) -> None:
+    v6 = {SERVER: "2001:db8::1", "10.0.0.5": "2001:db8:1::5"}
+
+    def over_v6(ip: Packet) -> Packet:
+        return ethernet(IPv6(src=v6[ip.src], dst=v6[ip.dst], hlim=ip.ttl) / ip[TCP].copy())
+
+    v4 = list(capture_events([str(write(tmp_path / "v4.pcap", frames(conversations())))]))
+    events = list(capture_events([str(write(tmp_path / "v6.pcap", frames(conversations(), over_v6)))]))
+    keep = ("status", "seq_conflict", "ttl", "retransmits", "ttfb_ms", "connect_ms", "target")
+    assert [{k: e[k] for k in keep} for e in events] == [{k: e[k] for k in keep} for e in v4]
+    assert [e["flow"] for e in events] == [
+        "[2001:db8:1::5]:50300>[2001:db8::1]:80", "[2001:db8:1::5]:50301>[2001:db8::1]:80"]
+    assert {e["src_ip"] for e in events} == {"2001:db8:1::5"}
