@@ -204,8 +204,8 @@ class Flow:
         request = self.c2s.contiguous()
         if is_request(request):
             events = self._http_events()
-        elif (is_tls(request) or is_tls(self.s2c.contiguous()) or self.c2s.conflict
-              or self.s2c.conflict or (not request and self.server[1] in TLS_PORTS)):
+        elif (is_tls(request) or self.c2s.conflict or self.s2c.conflict or (not request and (
+                is_tls(self.s2c.contiguous()) or self.server[1] in TLS_PORTS))):
             events = [self._flow_event()]
         else:
             return []

@@ -170,8 +170,10 @@ def opaque(cport: int, port: int, forged_segment: bool) -> Conversation:
 
 
 def test_a_race_on_a_flow_that_is_neither_http_nor_tls_is_reported(tmp_path: Path) -> None:
+    alert = Conversation(50_154, 443).handshake()  # plaintext to a TLS server: an alert
+    alert.client(0.02, OPAQUE_C).server(0.03, b"\x15\x03\x03\x00\x02\x02\x32")
     flows = events_of(tmp_path, opaque(50_150, 443, True), opaque(50_151, 5222, True),
-                      opaque(50_152, 443, False), opaque(50_153, 5222, False))
+                      opaque(50_152, 443, False), opaque(50_153, 5222, False), alert)
     assert sorted(flows) == [50_150, 50_151]  # the clean ones are not probes of anything
     [a], [b] = flows[50_150], flows[50_151]
     assert (a["protocol"], a["target"]["scheme"], a["seq_conflict"]) == ("other", "https", True)
