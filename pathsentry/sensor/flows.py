@@ -19,6 +19,9 @@ reports, when it finishes:
 The handshake gives the bases of both streams, the connect time and the SYN-ACK's
 TTL; a SYN or SYN-ACK seen after data (out of order) moves the data to the real base
 rather than restarting the stream. A new SYN on a finished 4-tuple starts a new flow.
+In a connection already open when the capture began, HTTP is picked up at the first
+request line that starts a packet or follows a line break, and at the first answer
+not sent before it.
 """
 
 from __future__ import annotations
@@ -29,15 +32,17 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pathsentry.schemas import EventError, parse_event
 from pathsentry.schemas.events import MAX_HEADERS
 from pathsentry.sensor.http import (
+    MAX_HEAD,
     HttpMessage,
     is_request,
     is_response,
     is_tls,
+    line_starts,
     split_requests,
     split_responses,
     tls_server_name,
@@ -105,6 +110,22 @@ def pair_exchanges(requests: list[HttpMessage], responses: list[HttpMessage]) ->
         s_end = _start(finals[i + 1][0]) if i + 1 < len(requests) else _END
         out.append(Exchange(req, final, (0 if i == 0 else req.start, c_end), (s_start, s_end)))
     return out
+
+
+def _pickups(stream: Stream, kind: Literal["request", "response"]) -> Iterator[int]:
+    """Offsets in the first received bytes of ``stream`` where a ``kind`` line begins at
+    a packet's first byte or after a line break, in order."""
+    view = stream.contiguous()
+    begins = is_request if kind == "request" else is_response
+    packets = {a for a, _, _, _ in stream.deliveries
+               if a < len(view) and begins(view[a : a + 64])}
+    head = bytes(view[:MAX_HEAD])
+    yield from sorted(packets | set(line_starts(head, kind)))
+
+
+def _from(ranges: list[list[int]], start: int) -> list[tuple[int, int]]:
+    """``ranges`` from ``start`` on."""
+    return [(max(a, start), b) for a, b in ranges if b > start]
 
 
 def _start(msg: HttpMessage | None) -> int:
@@ -199,11 +220,34 @@ class Flow:
             return False
         return self.closed_ts is not None or self.syn_ack_ts is not None
 
+    def _http_start(self) -> int | None:
+        """Where the first request begins in the client stream: its start, or -- in a
+        connection whose start was not captured -- the first request line at a packet
+        start or after a line break. None when the client does not speak HTTP."""
+        if is_request(self.c2s.contiguous()):
+            return 0
+        if self.c2s.anchored:
+            return None
+        return next(_pickups(self.c2s, "request"), None)
+
+    def _answer_start(self, request_ts: float | None) -> int:
+        """Where answers begin in the server stream: its start, or in a connection whose
+        start was not captured, the first response line not sent before the first request
+        seen (earlier ones answer requests that were not captured)."""
+        if self.s2c.anchored:
+            return 0
+        for at in _pickups(self.s2c, "response"):
+            ts = self.s2c.at(at)[0]
+            if request_ts is None or (ts is not None and ts >= request_ts):
+                return at
+        return _END
+
     def to_events(self) -> list[dict[str, Any]]:
         """The ``http_probe`` events of this flow (each validated against contract v1)."""
         request = self.c2s.contiguous()
-        if is_request(request):
-            events = self._http_events()
+        http_start = self._http_start()
+        if http_start is not None:
+            events = self._http_events(http_start)
         elif (is_tls(request) or self.c2s.conflict or self.s2c.conflict or (not request and (
                 is_tls(self.s2c.contiguous()) or self.server[1] in TLS_PORTS))):
             events = [self._flow_event()]
@@ -237,10 +281,12 @@ class Flow:
             "exchange": index,
         }
 
-    def _http_events(self) -> list[dict[str, Any]]:
+    def _http_events(self, c_start: int) -> list[dict[str, Any]]:
         c_data, s_data = bytes(self.c2s.buf), bytes(self.s2c.buf)
-        requests = split_requests(c_data, self.c2s.ranges)
-        responses = split_responses(s_data, self.s2c.ranges, [r.method for r in requests])
+        requests = split_requests(c_data, _from(self.c2s.ranges, c_start))
+        s_start = self._answer_start(self.c2s.at(c_start)[0])
+        responses = split_responses(s_data, _from(self.s2c.ranges, s_start),
+                                    [r.method for r in requests])
         events = []
         for i, ex in enumerate(pair_exchanges(requests, responses)):
             req = ex.request

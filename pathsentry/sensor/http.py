@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "HttpMessage",
     "is_request",
     "is_response",
     "is_tls",
+    "line_starts",
     "parse_http",
     "split_requests",
     "split_responses",
@@ -43,6 +45,11 @@ __all__ = [
 METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ",
            b"CONNECT ", b"TRACE ")
 _REQUEST_LINE = re.compile(rb"[A-Z][A-Z_-]{1,19} \S+ HTTP/1\.[019]\r?\n")
+_AFTER_BREAK = {
+    "request": re.compile(rb"\r\n(?:" + b"|".join(m.strip() for m in METHODS)
+                          + rb") \S+ HTTP/1\.[01]\r\n"),
+    "response": re.compile(rb"\r\nHTTP/1\.[01] \d{3}[ \r]"),
+}
 NO_BODY = frozenset({204, 304})
 #: Longest header block read.
 MAX_HEAD = 64 * 1024
@@ -80,6 +87,17 @@ class HttpMessage:
 def is_request(data: bytes | memoryview) -> bool:
     head = bytes(data[:64])
     return head.startswith(METHODS) or _REQUEST_LINE.match(head) is not None
+
+
+def line_starts(data: bytes, kind: Literal["request", "response"]) -> Iterator[int]:
+    """Offsets in ``data`` (the first ``MAX_HEAD`` bytes) where a request or response line
+    begins after a line break: where to pick HTTP up in a connection captured midway.
+
+    >>> list(line_starts(b"ody\\r\\n\\r\\nGET /n HTTP/1.1\\r\\nHost: x\\r\\n", "request"))
+    [7]
+    """
+    for m in _AFTER_BREAK[kind].finditer(data, 0, MAX_HEAD):
+        yield m.start() + 2
 
 
 def is_response(data: bytes | memoryview) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pathsentry.sensor import capture_events
-from tests.sensor.support import SERVER, Conversation, frames, write
+from tests.sensor.support import SERVER, T0, Conversation, frames, write
 
 
 @dataclass(frozen=True)
@@ -158,3 +158,23 @@ def test_answers_outside_the_contract_are_bounded_not_fatal(tmp_path: Path) -> N
     assert one["ttl"] == {"syn_ack": None, "response": None}
     assert one["server_header"] == "s" * 256 and one["header_names"][1] == "x" * 128
     assert (two["target"]["host"], two["status"], two["ttfb_ms"]) == ("poll.example.com", 200, None)
+
+
+def test_a_connection_open_before_the_capture_is_picked_up_at_a_request(
+        tmp_path: Path) -> None:
+    """The capture starts inside the first request; its answer is not paired with the
+    next request."""
+    plans = [plan(i) for i in (6, 7, 8, 10)]
+    c = Conversation(50_250, 80).handshake()
+    c_at = s_at = 0
+    for i, p in enumerate(plans):
+        t = 0.02 + 0.05 * i
+        c.client(t, p.request[:20], at=c_at).client(t + 0.001, p.request[20:], at=c_at + 20)
+        c.server(t + 0.004, p.response, at=s_at)
+        c_at, s_at = c_at + len(p.request), s_at + len(p.response)
+    c.packets = [p for p in c.packets if float(p.time) - T0 > 0.0205]  # from A's 2nd segment
+    events = by_exchange(write(tmp_path / "midway.pcap", frames([c])))
+    assert [(e["method"], e["status"], e["body_len"]) for e in events] == [
+        (p.method, p.status, len(p.body)) for p in plans[1:]]
+    assert [e["ttfb_ms"] for e in events] == [4.0] * 3
+    assert (events[0]["connect_ms"], events[0]["ttl"]["syn_ack"]) == (None, None)
