@@ -199,6 +199,16 @@ def test_a_residential_proxy_farm_on_one_subscriber_address_is_found() -> None:
     assert sorted(g.accounts) == sorted(names) and g.subject["key"] == "net:121.130.9.0/24"
 
 
+def test_default_names_of_players_who_signed_up_together_are_never_a_group() -> None:
+    """``player10231``, ``player10232``…: consecutive default names handed out to a
+    launch-day crowd, from homes all over the country, one in ten through a VPN."""
+    rng = random.Random(41)
+    events = [login(f"player{10000 + i}", i * 3.0, f"{rng.randint(1, 220)}.{rng.randint(0, 255)}."
+                    f"{rng.randint(0, 255)}.9", rng.choice((KT, SKB)), samples(rng, rng.uniform(3, 15), 2.0),
+                    relay=i % 10 == 0) for i in range(600)]
+    assert run(events) == ({}, {})
+
+
 def test_mobile_cgnat_busy_hour_is_never_a_group() -> None:
     rng = random.Random(32)
     events = []

@@ -30,8 +30,8 @@ one group meet on one worker):
     least ``min_size`` accounts of one family within ``window_s`` sharing an AS or a
     foreign route, with relay/route evidence on ``min_size`` of them, or with serials
     (or affix letters) that run consecutively -- or the whole family in the window
-    on its serials alone (a batch spread over several exits); the batch's members
-    through other exits join by their serials.
+    with both (a batch spread over several exits); the batch's members through
+    other exits join by their serials.
 ``route:<signature>``
     sessions whose route has a foreign origin, relay-flagged ones excepted. A group
     is a burst of at least ``min_size_unnamed`` accounts along one signature inside

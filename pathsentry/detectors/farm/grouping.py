@@ -5,10 +5,14 @@ around the new member's login, in a window. In a family partition (``tpl:``) the
 window is ``window_s`` and the candidate needs ``min_size`` members and either
 relay/route evidence on ``min_size`` of them (or a shared foreign route) or serials
 that run consecutively (``min_regularity``); the whole family in the window is a
-candidate too (a batch spread over several exits), on its serials alone. In a name-less partition (``route:``,
-``net:``) the window is tried at two scales, ``burst_s`` (logins seconds apart) and
-``window_s`` (minutes apart, where the accounts must also crowd onto few machines
-or exit addresses: :func:`_crowded`); the candidate keeps the members inside its RTT band
+candidate too (a batch spread over several exits) when its serials run
+consecutively and at least ``min_size`` and half of its members carry relay or
+foreign-route evidence (consecutive default names of players who signed up
+together carry little). In a
+name-less partition (``route:``, ``net:``) the window is tried at two scales,
+``burst_s`` (logins seconds apart) and ``window_s`` (minutes apart, where the
+accounts must also crowd onto few machines or exit addresses: :func:`_crowded`);
+the candidate keeps the members inside its RTT band
 (:mod:`~pathsentry.detectors.farm.exits`) that share a /24 or a machine with
 another of them (:func:`_kindred`), must stand out of the pattern's other
 accounts by that band, and must be a burst against the partition's own background
@@ -246,10 +250,17 @@ class Grouping:
             return None
         # the gates first, with the same formulas as ``features`` (most candidates fail)
         if kind == TPL:
-            # the whole family (``pattern == part.key``) shares no exit: serials only
-            strong = pattern != part.key and (pattern.startswith("route:")
-                                              or evidence_accounts(cand) >= s.min_size)
-            if not strong and serial_regularity([x.serial_no for x in cand]) < s.min_regularity:
+            with_evidence = evidence_accounts(cand)
+            evidence = with_evidence >= s.min_size
+            regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
+            if pattern == part.key:
+                # the whole family shares no exit: regular serials *and* relay or
+                # foreign-route evidence on half of them at least (a game's default
+                # names, ``player10231``, ``player10232``…, run consecutively for
+                # players who signed up together, a few of them through a VPN)
+                if not (regular and evidence and 2 * with_evidence >= n):
+                    return None
+            elif not (regular or evidence or pattern.startswith("route:")):
                 return None
         elif not self._burst(part, pattern, cand, span, share):
             return None
