@@ -2,13 +2,14 @@
 
 A candidate is the ungrouped members sharing one pattern (an exit or a route)
 around the new member's login, in a window. In a family partition (``tpl:``) the
-window is ``window_s`` and the candidate needs ``min_size`` members and either
-relay/route evidence on ``min_size`` of them (or a shared foreign route) or serials
-that run consecutively (``min_regularity``); the whole family in the window is a
-candidate too (a batch spread over several exits) when its serials run
-consecutively and at least ``min_size`` and half of its members carry relay or
-foreign-route evidence (consecutive default names of players who signed up
-together carry little). In a
+window is ``window_s`` and the candidate needs ``min_size`` members sharing a
+foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
+that run consecutively (``min_regularity``) on accounts crowded onto few machines or
+addresses (:func:`_crowded`); the whole family in the window is a candidate too (a
+batch spread over several exits) with both regular serials and that evidence.
+Consecutive default names handed to a crowd that signed up together
+(``player10231``, ``player10232``…) come from homes all over an ISP, each on its
+own machine, and carry little relay evidence. In a
 name-less partition (``route:``, ``net:``) the window is tried at two scales,
 ``burst_s`` (logins seconds apart) and ``window_s`` (minutes apart, where the
 accounts must also crowd onto few machines or exit addresses: :func:`_crowded`);
@@ -250,17 +251,16 @@ class Grouping:
             return None
         # the gates first, with the same formulas as ``features`` (most candidates fail)
         if kind == TPL:
+            # relay or foreign-route evidence on ``min_size`` and half of the members (a
+            # game's default names, ``player10231``, ``player10232``…, run consecutively
+            # for a crowd that signed up together, a few of them through a VPN)
             with_evidence = evidence_accounts(cand)
-            evidence = with_evidence >= s.min_size
+            evidence = with_evidence >= s.min_size and 2 * with_evidence >= n
             regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
-            if pattern == part.key:
-                # the whole family shares no exit: regular serials *and* relay or
-                # foreign-route evidence on half of them at least (a game's default
-                # names, ``player10231``, ``player10232``…, run consecutively for
-                # players who signed up together, a few of them through a VPN)
-                if not (regular and evidence and 2 * with_evidence >= n):
+            if pattern == part.key:  # the whole family, no shared exit: both
+                if not (regular and evidence):
                     return None
-            elif not (regular or evidence or pattern.startswith("route:")):
+            elif not (pattern.startswith("route:") or evidence or (regular and _crowded(cand))):
                 return None
         elif not self._burst(part, pattern, cand, span, share):
             return None
