@@ -57,7 +57,8 @@ Farms and crowds -- which signal separates each hard negative:
 - **PC bang, campus NAT** (dozens of unrelated accounts behind one address, all
   day): a domestic route and, mostly, no relay flag; the few logins the relay
   detector flags by mistake are judged against every login of that address (the
-  /24's background), so a handful of flags in a crowd is no burst. Their names share
+  /24's background, its arrival rate and its RTTs), so a handful of flags in a crowd
+  is no burst, and their RTTs do not stand out of the crowd's. Their names share
   no family, or a family whose serials do not run.
 - **Mobile CGNAT** (thousands of subscribers on a few addresses): the same -- the
   address's background is the whole crowd; what they share is an address, never a

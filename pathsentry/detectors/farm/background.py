@@ -1,7 +1,8 @@
 """The background of a partition: how many arrivals its own history predicts.
 
-Each partition (a family, a route, an exit) keeps an exponentially decayed count of
-its arrivals (half-life ``background_half_life_s``). :func:`expected` turns it into
+Each partition (a family, a route, an exit) keeps exponentially decayed counts of
+its arrivals (half-lives ``background_half_life_s`` and the faster
+``background_fast_half_life_s``: traffic has a time of day). :func:`expected` turns it into
 the number of accounts expected in a window of ``span`` seconds, and a candidate
 group is a burst only when the Poisson probability of at least that many arrivals
 (:func:`poisson_tail`) stays below ``max_burst_p``. The same judge covers every
@@ -22,13 +23,14 @@ __all__ = ["arrive", "burst_p", "expected", "no_burst", "poisson_tail"]
 _LN2 = math.log(2)
 
 
-def arrive(part: Partition, ts: float, half_life: float) -> None:
-    """Count one arrival at ``ts`` in ``part``'s decayed arrival count."""
+def arrive(part: Partition, ts: float, half_life: float, fast_half_life: float) -> None:
+    """Count one arrival at ``ts`` in ``part``'s two decayed arrival counts."""
     rate_ts = part.rate_ts
     # (conditionals for max(): the builtin costs far more than the arithmetic)
     dt = ts - rate_ts
     dt = dt if dt > 0.0 else 0.0
     part.rate_count = part.rate_count * 0.5 ** (dt / half_life) + 1.0
+    part.rate_fast = part.rate_fast * 0.5 ** (dt / fast_half_life) + 1.0
     part.rate_ts = ts if ts > rate_ts else rate_ts
 
 
@@ -37,11 +39,19 @@ def expected(part: Partition, n: int, span: float, s: FarmSettings) -> float:
 
     The ``n`` arrivals under judgement are taken out of the decayed count, which
     is divided by the decayed length of the partition's observed life
-    (``tau * (1 - exp(-life / tau))``, ``tau = half_life / ln 2``).
+    (``tau * (1 - exp(-life / tau))``, ``tau = half_life / ln 2``). Two counts, a
+    slow one (``background_half_life_s``) and a fast one
+    (``background_fast_half_life_s``), and the larger expectation wins: a campus's
+    evening is busier than its day's average.
     """
-    tau = s.background_half_life_s / _LN2
     life = max(span, part.rate_ts - part.first_ts)
-    return max(0.0, part.rate_count - n) * span / (tau * -math.expm1(-life / tau))
+    lam = 0.0
+    for count, half_life in ((part.rate_count, s.background_half_life_s),
+                             (part.rate_fast, s.background_fast_half_life_s)):
+        tau = half_life / _LN2
+        x = max(0.0, count - n) * span / (tau * -math.expm1(-life / tau))
+        lam = x if x > lam else lam
+    return lam
 
 
 def burst_p(n: int, lam: float) -> float:

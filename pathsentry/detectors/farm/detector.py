@@ -86,6 +86,7 @@ class FarmDetector(Grouping, Detector):
         self._span = 2 * s.window_s
         self._max_members = s.max_members
         self._half_life = s.background_half_life_s
+        self._fast_half_life = s.background_fast_half_life_s
         self._minimum = {TPL: s.min_size, ROUTE: s.min_size_unnamed, NET: s.min_size_unnamed}
         self._seq = 0  # indexing order in name-less partitions (Partition.stamps)
         #: the first event's time: every partition's background is observed from here
@@ -160,7 +161,11 @@ class FarmDetector(Grouping, Detector):
         else:
             return None
         if is_login and part.kind == NET and not _flagged(ev):  # background only
-            arrive(part, ts, self._half_life)
+            arrive(part, ts, self._half_life, self._fast_half_life)
+            assert isinstance(event, Login)
+            part.bg_rtts.append(event.min_app_rtt)  # and the RTTs a band must stand out of
+            if len(part.bg_rtts) > BACKGROUND_RTTS:
+                del part.bg_rtts[0]
             if self.now > part.last_ts:
                 part.last_ts = self.now
             if self._bumped:
@@ -170,7 +175,7 @@ class FarmDetector(Grouping, Detector):
         out = None
         if m is not None:
             if new:  # the decayed arrival count (m.ts == ts)
-                arrive(part, ts, self._half_life)
+                arrive(part, ts, self._half_life, self._fast_half_life)
             if m.group is not None:  # evidence of a member grew: refresh on the next tick
                 self.dirty[(part.key, m.group)] = None
             elif part.groups:

@@ -45,6 +45,7 @@ class FarmSettings:
     rtt_spread_k: float = 3.0
     rtt_background_ratio: float = 0.5
     background_half_life_s: float = 6 * 3600.0
+    background_fast_half_life_s: float = 3600.0
     group_ttl_s: float = 86400.0
     max_keys: int = 100_000
     max_members: int = 512
@@ -228,6 +229,7 @@ class Partition:
     last_ts: float = 0.0
     first_ts: float = 0.0
     rate_count: float = 0.0
+    rate_fast: float = 0.0
     rate_ts: float = 0.0
     names: NameIndex = field(default_factory=lambda: NameIndex(max_clusters=256))
     #: name-less partitions (one pattern, the key): the indexed members by time, and

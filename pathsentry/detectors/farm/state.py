@@ -36,6 +36,7 @@ def snapshot(now: float, parts: Mapping[str, Partition]) -> dict[str, Any]:
                 "last_ts": p.last_ts,
                 "first_ts": p.first_ts,
                 "rate_count": p.rate_count,
+                "rate_fast": p.rate_fast,
                 "rate_ts": p.rate_ts,
                 "bg_rtts": p.bg_rtts,
                 "members": [_dump(m) for m in p.members.values()],
@@ -70,6 +71,7 @@ def restore(state: Mapping[str, Any], index: Callable[[Partition, Member], None]
         p = Partition(
             key=raw["key"], last_ts=raw["last_ts"], first_ts=raw["first_ts"],
             rate_count=raw["rate_count"], rate_ts=raw["rate_ts"],
+            rate_fast=float(raw.get("rate_fast", raw["rate_count"])),
             bg_rtts=[float(x) for x in raw.get("bg_rtts", [])],
         )
         for md in raw["members"]:
