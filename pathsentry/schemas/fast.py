@@ -13,8 +13,10 @@ How one message goes (``parse_event`` is "the reference"):
    every constraint in C. The Structs refuse unknown fields, so a message with none
    (the usual case) is parsed once;
 2. a message with extra fields (which the contract keeps, ``extra="allow"``) is decoded
-   again by Structs that skip them, and ``orjson`` (the reference's own parser) reads it
-   into dicts whose unknown keys become ``model_extra``, at every level;
+   again by Structs that skip them at the top level, and its extra values are read by
+   ``orjson`` (the reference's own parser) into ``model_extra``; with extra fields deeper
+   down, by Structs that skip them everywhere, and orjson reads the whole message into
+   dicts whose unknown keys become each nested model's ``model_extra``;
 3. ``ts`` is validated by pydantic's own ``AwareDatetime`` validator, once per batch, and
    an address by the reference's own ``PlainValidator`` function, so both are equal to the
    reference by construction (pydantic's time zone objects included);
@@ -87,10 +89,6 @@ _ts_one = TypeAdapter(AwareDatetime)
 
 class UnmirroredConstraint(TypeError):
     """A pydantic field or constraint that the compiled decoder cannot reproduce."""
-
-
-class _Unknown(Exception):
-    """The strict Structs met an unknown field: take the extras route."""
 
 
 # -- the pydantic field -> msgspec type mapping ----------------------------------------------
@@ -225,7 +223,7 @@ def _mirror_type(tp: Any, extra: list[Any], where: str, strict: bool) -> tuple[A
 class _Mirror:
     """A pydantic model's Struct and the compiled function that builds the model from it."""
 
-    def __init__(self, model: type[BaseModel], strict: bool) -> None:
+    def __init__(self, model: type[BaseModel], strict: bool, nested: bool) -> None:
         self.model = model
         self.kind: str | None = None
         fields: list[tuple[str, Any, Any]] = []
@@ -241,7 +239,7 @@ class _Mirror:
             if name == "kind" and model in EVENT_MODELS:
                 (self.kind,) = typing.get_args(f.annotation)
                 continue
-            tp, post = _mirror_type(f.annotation, list(f.metadata), where, strict)
+            tp, post = _mirror_type(f.annotation, list(f.metadata), where, nested)
             if post is _TS and (name != "ts" or model not in EVENT_MODELS or not f.is_required()):
                 raise UnmirroredConstraint(f"{where}: a timestamp other than an event's ts")
             if post is not None:
@@ -340,15 +338,16 @@ class _Mirror:
         return typing.cast(Callable[[Any, dict[str, Any] | None, datetime | None], BaseModel], env["build"])
 
 
-_MIRRORS: dict[tuple[type[BaseModel], bool], _Mirror] = {}
+_MIRRORS: dict[tuple[type[BaseModel], bool, bool], _Mirror] = {}
 
 
-def mirror(model: type[BaseModel], strict: bool = True) -> _Mirror:
-    """The Struct mirror of ``model`` (``strict``: unknown fields refused, else skipped)."""
-    key = (model, strict)
+def mirror(model: type[BaseModel], strict: bool = True, nested: bool | None = None) -> _Mirror:
+    """The Struct mirror of ``model``: unknown fields refused (``strict``) or skipped, and
+    the same (``nested``, by default as ``strict``) in the models it holds."""
+    key = (model, strict, strict if nested is None else nested)
     got = _MIRRORS.get(key)
     if got is None:
-        got = _MIRRORS[key] = _Mirror(model, strict)
+        got = _MIRRORS[key] = _Mirror(*key)
     return got
 
 
@@ -358,28 +357,41 @@ class FastDecoder:
     """Decodes batches of raw messages; counts what the compiled path left to the reference."""
 
     def __init__(self) -> None:
-        self._strict = {m.kind: m for m in (mirror(x, True) for x in EVENT_MODELS)}
-        self._loose = {m.kind: m for m in (mirror(x, False) for x in EVENT_MODELS)}
-        union_s: Any = typing.Union[tuple(m.struct for m in self._strict.values())]  # noqa: UP007
-        union_l: Any = typing.Union[tuple(m.struct for m in self._loose.values())]  # noqa: UP007
-        self._dec: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union_s)
-        self._dec_loose: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union_l)
-        self._by_struct = {m.struct: m.build for m in (*self._strict.values(), *self._loose.values())}
+        # unknown fields: refused anywhere / skipped at the top only / skipped anywhere
+        modes = [[mirror(x, strict, nested) for x in EVENT_MODELS]
+                 for strict, nested in ((True, True), (False, True), (False, False))]
+        self._dec, self._dec_top, self._dec_loose = (
+            msgspec.json.Decoder(typing.Union[tuple(m.struct for m in ms)])  # noqa: UP007
+            for ms in modes)
+        self._fields = {m.struct: frozenset(m.names) for m in modes[1]}
+        self._keys = msgspec.json.Decoder(dict[str, msgspec.Raw])
+        self._by_struct = {m.struct: m.build for ms in modes for m in ms}
         #: messages the compiled path handed to the reference (refused, lax-typed or oversized)
         self.fallbacks = 0
         #: messages with extra fields (decoded twice by the compiled path)
         self.with_extras = 0
 
     def _struct(self, raw: Payload) -> tuple[Any, dict[str, Any] | None]:
-        """The message's Struct, and its orjson dict when it has extra fields."""
+        """The message's Struct, and when it has extra fields a dict that holds them: its
+        extra top-level keys (values read by orjson) or, with extras deeper down, the
+        whole message as orjson reads it."""
         try:
             return self._dec.decode(raw), None
         except msgspec.ValidationError as e:
             if "unknown field" not in str(e):
                 raise
-        s = self._dec_loose.decode(raw)
         self.with_extras += 1
-        return s, orjson.loads(raw)
+        try:
+            s = self._dec_top.decode(raw)
+        except msgspec.ValidationError as e:
+            if "unknown field" not in str(e):
+                raise
+            return self._dec_loose.decode(raw), orjson.loads(raw)
+        known = self._fields[type(s)]
+        keys = self._keys.decode(raw)
+        # each value one level down, as in the message: orjson's depth limit counts the same
+        return s, {k: orjson.loads(b"".join((b"[", memoryview(v), b"]")))[0]
+                   for k, v in keys.items() if k not in known}
 
     def decode(self, payloads: Sequence[Payload]) -> list[AnyEvent | EventError]:
         """Each payload's event (the model instance ``parse_event`` returns) or its refusal."""
