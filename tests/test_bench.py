@@ -39,7 +39,7 @@ def test_decode_measure_times_both_decoders_on_the_same_messages() -> None:
     assert fig.fallbacks == 2  # the two refusals, whose reasons come from parse_event
     assert fig.with_extras > 0  # the simulator's traceroutes
     assert set(fig.by_kind_us) == {"Login", "RttProbe", "Traceroute", "HttpProbe", "EventError"}
-    assert fig.reference_us > 0 and fig.compiled_us > 0
+    assert fig.reference_us > 0 and fig.compiled_us > 0 and fig.structs_us > 0
     text = format_decode(fig)
     assert "parse_event (orjson + pydantic)" in text and "compiled (msgspec)" in text
     r = BenchResult(events=1000, partitions=4, decode_reference_us=7.5, decode_compiled_us=4.25)

@@ -148,9 +148,12 @@ def test_hostile_corpus_same_outcome(make_login: EventFactory, make_traceroute: 
 
 def test_text_payloads_and_refusals_come_back_in_order(make_login: EventFactory) -> None:
     good = json.dumps(make_login()).encode()
-    got = FastDecoder().decode([b"[]", good, good.decode(), b"{" + b" " * (300 << 10) + b"}"])
+    envelope = b'{"t": 1, "e": ' + good + b"}"
+    got = FastDecoder().decode([b"[]", good, good.decode(), b"{" + b" " * (300 << 10) + b"}",
+                                bytearray(good), memoryview(envelope)[14:-1], memoryview(b"[" + good)[1:5]])
     assert [g.reason if isinstance(g, EventError) else type(g).__name__ for g in got] == [
-        "not_an_object", "Login", "Login", "oversized"]
+        "not_an_object", "Login", "Login", "oversized", "Login", "Login", "bad_json"]
+    assert got[1] == got[2] == got[4] == got[5]
     with pytest.raises(EventError, match="unknown_kind"):
         decode_event(b'{"kind": "teleport"}')
 
@@ -293,3 +296,10 @@ def test_a_constraint_without_counterpart_stops_the_mirror(annotation: Any) -> N
                                       "model_config": ConfigDict(extra="allow")})
     with pytest.raises(UnmirroredConstraint):
         mirror(toy)
+
+
+def test_structs_alone_hold_the_validated_fields(make_login: EventFactory) -> None:
+    good = json.dumps(make_login(guild="x")).encode()
+    s, bad = FastDecoder().structs([good, b'{"kind": "login"}'])
+    assert bad is None and s is not None
+    assert s.account == parse_event(good).account and not hasattr(s, "guild")  # type: ignore[attr-defined]

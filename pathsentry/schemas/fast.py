@@ -371,6 +371,18 @@ class FastDecoder:
         #: messages with extra fields (decoded twice by the compiled path)
         self.with_extras = 0
 
+    def structs(self, payloads: Sequence[Payload]) -> list[msgspec.Struct | None]:
+        """msgspec's part alone: each payload decoded and validated into its Struct (extra
+        fields skipped, ``ts`` and addresses left as text), None where msgspec refuses it.
+        What building the model instances adds is the difference to :meth:`decode`."""
+        out: list[msgspec.Struct | None] = []
+        for raw in payloads:
+            try:
+                out.append(self._dec_loose.decode(raw))
+            except (msgspec.DecodeError, RecursionError):
+                out.append(None)
+        return out
+
     def _struct(self, raw: Payload) -> tuple[Any, dict[str, Any] | None]:
         """The message's Struct, and when it has extra fields a dict that holds them: its
         extra top-level keys (values read by orjson) or, with extras deeper down, the
