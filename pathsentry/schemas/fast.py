@@ -25,13 +25,17 @@ How one message goes (``parse_event`` is "the reference"):
    (given fields and extra keys) and ``model_extra``.
 
 msgspec is stricter than pydantic's lax mode (no ``"1.5"`` for a number, no ``64.0`` for an
-integer, no number for ``ts``, integers only within the range ``orjson`` reads exactly), and it
-gives different error texts. So every message the compiled path refuses is handed to the
-reference, which accepts it or says why not: a refusal carries exactly the reference's
-reason and detail, and the compiled path only ever *accepts* what the reference accepts
+integer, no number for ``ts``, integers only within int64), and it gives different error
+texts. So every message the compiled path refuses is handed to the reference, which
+accepts it or says why not: a refusal carries exactly the reference's reason and detail,
+and the compiled path only ever *accepts* what the reference accepts
 (``tests/test_fast_decode.py`` checks this on the hostile corpus, the simulator's events
 and generated near-valid events). Refused and lax-typed messages therefore cost what they
-cost before; :attr:`FastDecoder.fallbacks` counts them.
+cost before plus msgspec's attempt; :attr:`FastDecoder.fallbacks` counts them.
+
+Where the time goes: msgspec's part is small; building the pydantic instances (one per
+nested model: a traceroute's hops, an http_probe's target) is most of it
+(``pathsentry bench --decode-only``).
 """
 
 from __future__ import annotations
