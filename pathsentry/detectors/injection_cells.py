@@ -11,13 +11,21 @@ judge, so three coarser views help, judged by the same rule:
 
 A cell is *confidently bad* when
 
-- it holds at least ``min_probes`` plaintext probes from at least
-  ``min_suspect_clients`` distinct suspect clients,
-- the Wilson lower bound of its suspect rate reaches ``min_rate``, and
+- it holds at least ``min_probes`` plaintext probes, and suspect ones from at least
+  ``min_suspect_clients`` distinct sources (the account of a client report, else the
+  address): two accounts cannot frame an ISP, however many probes they send;
+- the Wilson lower bound of its suspect rate reaches ``min_rate``;
 - TLS probes on the same line and hour (the control: an on-path box cannot forge
   them) do not show the same path anomalies: once there are ``min_tls_probes`` of
   them, the Wilson *upper* bound of their anomaly rate must stay below the plaintext
-  lower bound.
+  lower bound; and
+- the other ASNs at the same time do not show it either: each probe carries the
+  flagged rate of the other networks that reached the same origin in the same minutes
+  (``notes["injection"]["others"]``, from :mod:`pathsentry.detectors.injection_window`);
+  their sum over the cell is the number of suspects the cell would hold were its ISP
+  like the others, and its Wilson upper bound must stay below the cell's lower bound.
+  An origin failure is seen by every network at once: it raises no cell alert (and the
+  probes the session stage found ``origin_wide`` are not suspect at all).
 
 Cells are re-judged whenever their plaintext or TLS counts move. A cell dropped from
 state (idle longer than ``idle_ttl_s``, or beyond ``max_cells``) is no longer bad, and
@@ -49,7 +57,7 @@ from zoneinfo import ZoneInfo
 
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
-from pathsentry.detectors.injection import NOTES_KEY, settings_from
+from pathsentry.detectors.injection import NOTES_KEY, ip_text, settings_from
 from pathsentry.schemas import Alert, HttpProbe, make_alert_id, severity_for
 
 __all__ = [
@@ -74,8 +82,11 @@ Signature = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]  # ports, h
 class CellSettings:
     """Thresholds and bounds (``[detectors.injection_cells]`` in ``pathsentry.toml``)."""
 
-    min_probes: int = 8
-    min_suspect_clients: int = 2
+    min_probes: int = 10
+    #: distinct sources (accounts of client reports, else addresses) of suspect probes
+    min_suspect_clients: int = 5
+    #: answers of the other networks in the window before their rate is a contrast
+    min_others: int = 5
     min_rate: float = 0.2
     #: TLS probes on a line from which the TLS contrast applies.
     min_tls_probes: int = 3
@@ -146,42 +157,51 @@ class _Cell:
     n: int = 0
     k: int = 0
     clients: set[str] = field(default_factory=set)
-    suspect_clients: set[str] = field(default_factory=set)
+    #: suspect probes per source
+    suspect_clients: dict[str, int] = field(default_factory=dict)
+    #: suspect probes expected from the other networks' rate at the same times
+    ref: float = 0.0
     first: float = math.inf
     last: float = 0.0
     first_suspect: float = math.inf
     last_suspect: float = 0.0
     examples: list[str] = field(default_factory=list)
 
-    def add(self, client: str, bad: bool, ts: float, event_id: str, s: CellSettings) -> None:
+    def add(self, client: str, bad: bool, ts: float, event_id: str, s: CellSettings,
+            ref: float = 0.0) -> None:
         self.n += 1
+        self.ref += ref
         self.first, self.last = min(self.first, ts), max(self.last, ts)
         if len(self.clients) < s.max_clients:
             self.clients.add(client)
         if not bad:
             return
+        seen = self.suspect_clients.get(client, 0)
         self.k += 1
         self.first_suspect, self.last_suspect = min(self.first_suspect, ts), max(
             self.last_suspect, ts
         )
-        if len(self.suspect_clients) < s.max_clients:
-            self.suspect_clients.add(client)
+        if seen or len(self.suspect_clients) < s.max_clients:
+            self.suspect_clients[client] = seen + 1
         if len(self.examples) < s.max_examples:
             self.examples.append(event_id)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "n": self.n, "k": self.k, "clients": sorted(self.clients),
-            "suspect_clients": sorted(self.suspect_clients), "first": _finite(self.first),
+            "suspect_clients": dict(sorted(self.suspect_clients.items())), "ref": self.ref,
+            "first": _finite(self.first),
             "last": self.last, "first_suspect": _finite(self.first_suspect),
             "last_suspect": self.last_suspect, "examples": list(self.examples),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _Cell:
+        by = d["suspect_clients"]
         return cls(
             n=d["n"], k=d["k"], clients=set(d["clients"]),
-            suspect_clients=set(d["suspect_clients"]), first=_inf(d["first"]), last=d["last"],
+            suspect_clients=dict(by) if isinstance(by, dict) else dict.fromkeys(by, 1),
+            ref=float(d.get("ref", 0.0)), first=_inf(d["first"]), last=d["last"],
             first_suspect=_inf(d["first_suspect"]), last_suspect=d["last_suspect"],
             examples=list(d["examples"]),
         )
@@ -294,9 +314,10 @@ def _merge(cells: Iterable[_Cell | None]) -> _Cell:
     for c in cells:
         if c is None:
             continue
-        out.n, out.k = out.n + c.n, out.k + c.k
+        out.n, out.k, out.ref = out.n + c.n, out.k + c.k, out.ref + c.ref
         out.clients |= c.clients
-        out.suspect_clients |= c.suspect_clients
+        for who, count in c.suspect_clients.items():
+            out.suspect_clients[who] = out.suspect_clients.get(who, 0) + count
         out.first, out.last = min(out.first, c.first), max(out.last, c.last)
         out.first_suspect = min(out.first_suspect, c.first_suspect)
         out.last_suspect = max(out.last_suspect, c.last_suspect)
@@ -312,13 +333,20 @@ def _sum(cells: Iterable[_Cell | None]) -> tuple[int, int]:
     return n, k
 
 
-def _distinct_at_least(sets: Iterable[set[str]], m: int) -> bool:
+def source_of(probe: HttpProbe, account: str | None) -> str:
+    """Who vouches for a probe: the account of a client report, else its address."""
+    if probe.reporter == "client" and account:
+        return "acct:" + account
+    return "ip:" + ip_text(probe.src_ip)
+
+
+def _distinct_at_least(sets: Iterable[Set[str]], m: int) -> bool:
     """Whether the union of ``sets`` holds at least ``m`` items (stops once it does)."""
     if m <= 0:
         return True
     seen: set[str] = set()
     for x in sets:
-        seen |= x
+        seen.update(x)
         if len(seen) >= m:
             return True
     return False
@@ -360,7 +388,7 @@ class InjectionCellDetector(Detector):
         group = self._group(key, ev, ts)
         local = probe.ts.astimezone(self.tz) if self.tz is not None else probe.ts
         group.tz_label = s.timezone or self._tz_label(local)
-        hour, client = local.hour, str(probe.src_ip)
+        hour, client = local.hour, source_of(probe, ev.account)
         touched: list[CellKey] = []
         evicted: list[CellKey] = []
         if verdict["tls"]:
@@ -369,14 +397,16 @@ class InjectionCellDetector(Detector):
                     client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
                 touched.extend(k for k in group.bad if (k[0], k[2]) == (p, h))
         else:
-            suspect = bool(verdict["suspect"])
+            suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
+            others_k, others_n = verdict.get("others", (0, 0))
+            ref = others_k / others_n if others_n >= s.min_others else 0.0
             if suspect and ev.account and ev.account not in group.accounts \
                     and len(group.accounts) < s.max_alert_accounts:
                 group.accounts.append(ev.account)
             for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
                 cell_key = (p, probe.target.port, h)
                 _touch(group.cells, cell_key, s.max_cells, evicted).add(
-                    client, suspect, ts, probe.event_id, s)
+                    client, suspect, ts, probe.event_id, s, ref)
                 touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
@@ -477,11 +507,14 @@ class InjectionCellDetector(Detector):
             cells = [one] if one is not None else []
         n, k = _sum(cells)
         if n <= 0 or n < s.min_probes or not _distinct_at_least(
-                (c.suspect_clients for c in cells), s.min_suspect_clients):
+                (c.suspect_clients.keys() for c in cells), s.min_suspect_clients):
             return False
         lower = wilson_lower(k, n, s.z)
         if lower < s.min_rate:
             return False
+        ref = round(sum(c.ref for c in cells))
+        if ref > 0 and wilson_upper(ref, n, s.z) >= lower:
+            return False  # the other networks saw as much at the same times
         if prefix == LINES:
             n_tls, k_tls = _sum(group.tls.get((p, hour)) for p in lines)
         else:
@@ -552,6 +585,7 @@ class InjectionCellDetector(Detector):
                 "cells": [
                     {"prefix": p, "port": port, "hour": None if h == ANY_HOUR else h,
                      "probes": c.n, "suspect": c.k, "clients": len(c.clients),
+                     "other_asns_expected": round(c.ref, 2),
                      "suspect_clients": len(c.suspect_clients),
                      "rate": round(c.k / c.n, 4),
                      "rate_lower": round(wilson_lower(c.k, c.n, s.z), 4)}
