@@ -140,6 +140,9 @@ class InjectionSettings:
     w_origin_marks: float = 0.6
     #: share of the origin's marks missing for the full weight (less: in proportion)
     marks_full_share: float = 0.5
+    #: the same for a status the origin was not learned with: its marks are then those
+    #: of other statuses, some of which belong to those statuses (``upgrade`` to a 101)
+    marks_full_share_other: float = 0.75
     w_seq_conflict: float = 0.6
     w_fast_answer: float = 0.4
     w_retransmits: float = 0.25
@@ -279,7 +282,8 @@ def _origin_marks(p: HttpProbe, origin: Origin | None, x: Expectation,
     if not missing:
         return None
     share = len(missing) / len(x.features)
-    weight = s.w_origin_marks * min(1.0, share / s.marks_full_share)
+    full = s.marks_full_share if x.exact or x.source == "configured" else s.marks_full_share_other
+    weight = s.w_origin_marks * min(1.0, share / full)
     headers = [m[2:] for m in missing if m.startswith("h:")]
     servers = [m[2:] for m in missing if m.startswith("s:")]
     parts = []
@@ -402,7 +406,8 @@ def assess(probe: HttpProbe, origin: Origin | None, settings: InjectionSettings,
     """Weigh the evidence of one probe against its origin's marks (``expect``; default:
     the configured ``[[origin]]`` and a TTL delta of 0, nothing learned)."""
     if expect is None:
-        expect = Expectation(_frozen(prior_marks(origin)), "configured", (0,), "default", None)
+        expect = Expectation(_frozen(prior_marks(origin)), "configured", False, (0,), "default",
+                             None)
     return _weigh(probe, origin, expect, settings)[0]
 
 
@@ -412,12 +417,13 @@ def _frozen(marks: set[str] | None) -> frozenset[str] | None:
 
 def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str | None:
     """What kind of anomaly the answer shows, alike across networks (``None``: none):
-    its status when it is not the origin's, and whether the origin's marks are missing
-    (timings and TTLs differ from path to path)."""
-    marks = any(e.code == "origin_marks" and e.weight > 0 for e in verdict.evidence)
-    if not content and not marks:
-        return None
-    return f"{probe.status}{'|marks' if marks else ''}"
+    its status when the status or body is not the origin's, else whether the origin's
+    marks are missing (timings and TTLs differ from path to path)."""
+    if content:
+        return f"status {probe.status}"
+    if any(e.code == "origin_marks" for e in verdict.evidence):
+        return f"marks {probe.status}"
+    return None
 
 
 @register

@@ -134,6 +134,9 @@ class _Source:
                    _Tally.from_json(d["deltas"]))
 
 
+#: answers learned of an origin between two computations of its expectations
+_REFRESH = 16
+
 #: log2 bins of the first-byte/handshake ratio, 1/16 of an octave wide, from 2^-8
 _BINS_PER_OCTAVE = 16
 _LOW_OCTAVE = -8
@@ -147,6 +150,8 @@ class _Origin:
     tls_nets: OrderedDict[str, _Source] = field(default_factory=OrderedDict)
     ratios: list[int] = field(default_factory=lambda: [0] * _N_BINS)
     n_ratios: int = 0
+    #: answers learned (not persisted: only dates the cached expectations)
+    learned: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"tls": self.tls.to_json(), "nets": [[k, s.to_json()] for k, s in self.nets.items()],
@@ -170,12 +175,15 @@ class Expectation:
     """The origin's marks an answer of a given status should carry.
 
     ``features`` is ``None`` when nothing is known (no learning, no configuration);
+    ``exact`` whether they were learned for this very status (else: the marks common to
+    every status the origin is known to answer with, or the configured ones);
     ``deltas`` the response-minus-SYN-ACK TTL deltas the origin's answers show;
     ``fast_ratio`` the learned lowest first-byte/handshake ratio (``None``: not yet).
     """
 
     features: frozenset[str] | None
     source: str
+    exact: bool
     deltas: tuple[int, ...]
     delta_source: str
     fast_ratio: float | None
@@ -187,6 +195,7 @@ class OriginProfiles:
     def __init__(self, settings: ProfileSettings) -> None:
         self.s = settings
         self.origins: OrderedDict[str, _Origin] = OrderedDict()
+        self._cache: dict[tuple[str, int | None], tuple[int, Expectation]] = {}
 
     # -- learning -----------------------------------------------------------------------
 
@@ -203,6 +212,7 @@ class OriginProfiles:
                 self.origins.popitem(last=False)
         else:
             self.origins.move_to_end(key)
+        o.learned += 1
         marks = features_of(headers, server) if headers is not None else None
         if tls:
             o.tls.add(status, marks, delta, s.max_statuses)
@@ -258,7 +268,20 @@ class OriginProfiles:
 
     def expect(self, key: str, status: int | None, prior: set[str] | None = None) -> Expectation:
         """What an answer of ``status`` from origin ``key`` should carry. ``prior``: the
-        configured marks, used until enough is learned."""
+        configured marks, used until enough is learned (the same for every call with
+        ``key``). Recomputed after every ``_REFRESH`` answers learned of the origin."""
+        o = self.origins.get(key)
+        epoch = -1 if o is None else o.learned // _REFRESH
+        hit = self._cache.get((key, status))
+        if hit is not None and hit[0] == epoch:
+            return hit[1]
+        got = self._expect(key, status, prior)
+        if len(self._cache) >= 4 * self.s.max_origins * self.s.max_statuses:
+            self._cache.clear()
+        self._cache[(key, status)] = (epoch, got)
+        return got
+
+    def _expect(self, key: str, status: int | None, prior: set[str] | None) -> Expectation:
         s = self.s
         o = self.origins.get(key)
         features: set[str] | None = None
@@ -269,7 +292,8 @@ class OriginProfiles:
         if o is not None:
             if status is not None:
                 features = self._status_marks(o, status)
-                source = f"learned (status {status})"
+                if features is not None:
+                    source = f"learned (status {status})"
             if features is None:
                 # the marks common to every status the origin is known to answer with
                 known = [m for m in (self._status_marks(o, st) for st in self._statuses(o))
@@ -293,6 +317,7 @@ class OriginProfiles:
         if features is None and prior:
             features = set(prior)
         return Expectation(None if features is None else frozenset(features), source,
+                           source.startswith("learned (status"),
                            tuple(sorted(deltas)) or (0,), delta_source, fast)
 
     @staticmethod
@@ -325,5 +350,6 @@ class OriginProfiles:
             if only_new and key in self.origins:
                 continue
             self.origins[key] = _Origin.from_json(o)
+        self._cache.clear()
         while len(self.origins) > self.s.max_origins:
             self.origins.popitem(last=False)

@@ -127,7 +127,7 @@ def test_forged_answers_of_every_kind_are_flagged(h: Harness, forgery: dict[str,
 def test_ttl_delta_of_two_with_the_headers_there_is_a_box_on_the_path(h: Harness) -> None:
     """A TTL two hops nearer is a path mark by itself once the origin's relation is
     learned from its TLS answers."""
-    teach_tls(h, 30)
+    teach_tls(h, 40)
     flag, _ = h.run(**{**WWW, "ttl": {"syn_ack": 52, "response": 54}})
     assert flag is not None and flag.evidence["ttl_delta"]["expected_deltas"] == [0]
     assert "learned (TLS answers)" in flag.reasons[0]
@@ -241,7 +241,7 @@ def test_the_header_set_of_an_unconfigured_origin_is_learned(h: Harness) -> None
     forged = {**WWW, "target": {"host": host, "port": 80, "scheme": "http"},
               "header_names": ["content-type"], "server_header": None}
     assert h.run(**forged)[0] is None  # nothing known of it yet
-    teach_tls(h, 25, host=host, **marks)
+    teach_tls(h, 40, host=host, **marks)
     flag, _ = h.run(**forged)
     assert flag is not None
     e = flag.evidence["origin_marks"]
@@ -284,7 +284,7 @@ def test_an_anomaly_many_networks_see_at_once_is_the_origins(h: Harness) -> None
 
 
 def test_what_was_learned_survives_a_restart_and_warms_another_worker(h: Harness) -> None:
-    teach_tls(h, 25, host="cdn.other.example", header_names=["server", "x-cache"],
+    teach_tls(h, 40, host="cdn.other.example", header_names=["server", "x-cache"],
               server_header="ECS")
     forged = {**WWW, "target": {"host": "cdn.other.example", "port": 80, "scheme": "http"},
               "header_names": ["content-type"], "server_header": None}
