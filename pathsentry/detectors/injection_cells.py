@@ -3,18 +3,22 @@
 One forged answer is a probe's problem; an ISP's DPI box is a pattern. This group
 stage counts the verdicts the session stage left in ``notes["injection"]`` per cell
 ``(prefix, port, hour)`` of each ASN. Hourly cells of one /24 are often too sparse to
-judge, so three coarser views help, judged by the same rule:
+judge, so coarser views help, judged by the same rule:
 
 - ``(prefix, port, all day)``: finds the *lines* (prefixes) with a forging box;
 - ``("+", port, hour)``: the lines found so far pooled, which says *when*;
-- ``("*", port, hour)``: the whole ASN, for boxes that sit in front of every line.
+- ``("*", port, hour)``: the whole ASN, for boxes that sit in front of every line;
+- ``("*", port, all day)``: the whole ASN all day, for boxes whose forgeries are too
+  sparse for any of the above. Its hours are then those in which at least
+  ``min_hour_sources`` distinct sources got forged answers on the port.
 
 A cell is *confidently bad* when
 
 - it holds at least ``min_probes`` plaintext probes, and suspect ones from at least
   ``min_suspect_clients`` distinct sources (the account of a client report, else the
   address): two accounts cannot frame an ISP, however many probes they send;
-- the Wilson lower bound of its suspect rate reaches ``min_rate``;
+- the Wilson lower bound of its suspect rate reaches ``min_rate`` (a floor: the
+  contrasts below decide);
 - TLS probes on the same line and hour (the control: an on-path box cannot forge
   them) do not show the same path anomalies: once there are ``min_tls_probes`` of
   them, the Wilson *upper* bound of their anomaly rate must stay below the plaintext
@@ -23,7 +27,8 @@ A cell is *confidently bad* when
   flagged rate of the other networks that reached the same origin in the same minutes
   (``notes["injection"]["others"]``, from :mod:`pathsentry.detectors.injection_window`);
   their sum over the cell is the number of suspects the cell would hold were its ISP
-  like the others, and its Wilson upper bound must stay below the cell's lower bound.
+  like the others, and its Wilson upper bound must stay below the cell's lower bound
+  (with no suspect elsewhere, the bound of 0 in ``n``: a small cell needs a high rate).
   An origin failure is seen by every network at once: it raises no cell alert (and the
   probes the session stage found ``origin_wide`` are not suspect at all).
 
@@ -87,7 +92,9 @@ class CellSettings:
     min_suspect_clients: int = 5
     #: answers of the other networks in the window before their rate is a contrast
     min_others: int = 5
-    min_rate: float = 0.2
+    min_rate: float = 0.05
+    #: sources with forged answers in an hour that name it, when only all-day cells are bad
+    min_hour_sources: int = 2
     #: TLS probes on a line from which the TLS contrast applies.
     min_tls_probes: int = 3
     z: float = 1.96
@@ -392,7 +399,7 @@ class InjectionCellDetector(Detector):
         touched: list[CellKey] = []
         evicted: list[CellKey] = []
         if verdict["tls"]:
-            for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
+            for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
                 _touch(group.tls, (p, h), s.max_cells).add(
                     client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
                 touched.extend(k for k in group.bad if (k[0], k[2]) == (p, h))
@@ -403,7 +410,7 @@ class InjectionCellDetector(Detector):
             if suspect and ev.account and ev.account not in group.accounts \
                     and len(group.accounts) < s.max_alert_accounts:
                 group.accounts.append(ev.account)
-            for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
+            for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
                 cell_key = (p, probe.target.port, h)
                 _touch(group.cells, cell_key, s.max_cells, evicted).add(
                     client, suspect, ts, probe.event_id, s, ref)
@@ -512,8 +519,7 @@ class InjectionCellDetector(Detector):
         lower = wilson_lower(k, n, s.z)
         if lower < s.min_rate:
             return False
-        ref = round(sum(c.ref for c in cells))
-        if ref > 0 and wilson_upper(ref, n, s.z) >= lower:
+        if wilson_upper(round(sum(c.ref for c in cells)), n, s.z) >= lower:
             return False  # the other networks saw as much at the same times
         if prefix == LINES:
             n_tls, k_tls = _sum(group.tls.get((p, hour)) for p in lines)
@@ -526,8 +532,20 @@ class InjectionCellDetector(Detector):
     def _signature(self, group: _Group) -> Signature:
         ports = tuple(sorted({k[1] for k in group.bad}))
         hours = tuple(sorted({k[2] for k in group.bad if k[2] != ANY_HOUR}))
+        if not hours and ports:
+            hours = self._suspect_hours(group, set(ports))
         prefixes = tuple(sorted(self._lines(group))[: self.settings.max_prefixes])
         return ports, hours, prefixes
+
+    def _suspect_hours(self, group: _Group, ports: set[int]) -> tuple[int, ...]:
+        """The hours in which ``min_hour_sources`` distinct sources got forged answers on
+        ``ports`` (ASN-wide hourly cells)."""
+        per: dict[int, set[str]] = {}
+        for (p, port, hour), c in group.cells.items():
+            if p == ALL and hour != ANY_HOUR and port in ports and c.suspect_clients:
+                per.setdefault(hour, set()).update(c.suspect_clients)
+        return tuple(sorted(h for h, who in per.items()
+                            if len(who) >= self.settings.min_hour_sources))
 
     def _prefixes(self, group: _Group, ports: set[int], hours: set[int]) -> list[str]:
         """Without a bad line (only ASN-wide roll-ups are bad): the prefixes with

@@ -272,7 +272,7 @@ def assert_consistent(det: InjectionCellDetector, alert: Alert | None = None) ->
 
 
 def test_bad_cells_pushed_out_by_the_cell_cap_leave_the_alert() -> None:
-    det = cell_detector(min_probes=4, max_cells=4)
+    det = cell_detector(min_probes=4, max_cells=5)
     nine = DAY0 + timedelta(hours=9)
     first = feed(det, forged(0, LINE_A, nine))
     assert [a.version for a in first] == [1]
@@ -288,7 +288,7 @@ def test_bad_cells_pushed_out_by_the_cell_cap_leave_the_alert() -> None:
     assert ("+", 80, 9) not in group.bad  # its only member is gone
     assert {(c["prefix"], c["port"], c["hour"]) for c in alert.evidence["cells"]} == {
         ("203.0.113.0/24", 80, None), ("198.51.100.0/24", 8080, None),
-        ("198.51.100.0/24", 8080, 10), ("*", 8080, 10), ("+", 8080, 10)}
+        ("198.51.100.0/24", 8080, 10), ("*", 8080, 10), ("*", 8080, None), ("+", 8080, 10)}
     # the subject only grows: what was alerted before stays listed
     assert alert.subject["prefixes"] == ["198.51.100.0/24", "203.0.113.0/24"]
     assert (alert.subject["ports"], alert.subject["hours"]) == ([80, 8080], "09–11")
@@ -306,12 +306,16 @@ def test_idle_bad_cells_expire_and_the_last_version_stands() -> None:
     assert group.bad == set() and group.cells  # line C's cells are still held
     assert group.published is not None and group.published.version == 1
     assert_consistent(det)
-    # line B turns bad later: the next version shows only cells still held
+    # line B turns bad later: the next versions show only cells still held (the ASN's
+    # all-day cell, kept alive by line C, still counts line A's forgeries: it turns bad
+    # first)
     alerts = feed(det, forged(20, LINE_B, eleven + timedelta(minutes=5)))
-    assert [a.version for a in alerts] == [2]
-    assert_consistent(det, alerts[0])
-    assert {c["prefix"] for c in alerts[0].evidence["cells"]} == {"198.51.100.0/24", "*", "+"}
-    assert alerts[0].subject["prefixes"] == ["198.51.100.0/24", "203.0.113.0/24"]
+    assert [a.version for a in alerts] == [2, 3]
+    for alert in alerts:
+        assert_consistent(det, alert)
+    assert {(c["prefix"], c["hour"]) for c in alerts[0].evidence["cells"]} == {("*", None)}
+    assert {c["prefix"] for c in alerts[1].evidence["cells"]} == {"198.51.100.0/24", "*", "+"}
+    assert alerts[1].subject["prefixes"] == ["198.51.100.0/24", "203.0.113.0/24"]
 
 
 def test_refresh_after_some_cells_expired_lists_the_cells_still_held() -> None:
