@@ -463,7 +463,7 @@ class InjectionDetector(Detector):
         anomaly = _anomaly(probe, verdict, content)
         self.window.add(host, net, ev.ts, anomaly, verdict.suspect)
         origin_wide = anomaly is not None and self.window.origin_wide(host, anomaly, ev.ts)
-        others_k, others_n = self.window.others(host, net, ev.ts)
+        others = self.window.others(host, net, ev.ts)
         suspect = verdict.suspect and not origin_wide
         if not verdict.suspect:
             ratio = (probe.ttfb_ms / probe.connect_ms
@@ -480,7 +480,7 @@ class InjectionDetector(Detector):
             "ttl_delta": _delta(probe),
             "status": probe.status,
             "origin_wide": origin_wide,
-            "others": [others_k, others_n],
+            "others": None if others is None else round(others, 4),
             "content": [e.code for e in content],
         }
         if not suspect:

@@ -24,7 +24,7 @@ A cell is *confidently bad* when
   them, the Wilson *upper* bound of their anomaly rate must stay below the plaintext
   lower bound; and
 - the other ASNs at the same time do not show it either: each probe carries the
-  flagged rate of the other networks that reached the same origin in the same minutes
+  median flagged rate of the other networks that reached the same origin in the same minutes
   (``notes["injection"]["others"]``, from :mod:`pathsentry.detectors.injection_window`);
   their sum over the cell is the number of suspects the cell would hold were its ISP
   like the others, and its Wilson upper bound must stay below the cell's lower bound
@@ -90,8 +90,6 @@ class CellSettings:
     min_probes: int = 10
     #: distinct sources (accounts of client reports, else addresses) of suspect probes
     min_suspect_clients: int = 5
-    #: answers of the other networks in the window before their rate is a contrast
-    min_others: int = 5
     min_rate: float = 0.05
     #: sources with forged answers in an hour that name it, when only all-day cells are bad
     min_hour_sources: int = 2
@@ -405,8 +403,7 @@ class InjectionCellDetector(Detector):
                 touched.extend(k for k in group.bad if (k[0], k[2]) == (p, h))
         else:
             suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
-            others_k, others_n = verdict.get("others", (0, 0))
-            ref = others_k / others_n if others_n >= s.min_others else 0.0
+            ref = float(verdict.get("others") or 0.0)
             if suspect and ev.account and ev.account not in group.accounts \
                     and len(group.accounts) < s.max_alert_accounts:
                 group.accounts.append(ev.account)

@@ -9,8 +9,9 @@ does not normally answer with, a missing mark, ...). For one answer it tells
 - whether its anomaly is **origin-wide**: at least ``min_networks`` networks, and at
   least ``outage_share`` of the networks that reached the origin in the last
   ``window_s``, saw the same anomaly;
-- the flagged rate among the **other** networks at the same time (the contrast the
-  cell stage weighs each ISP's cells against).
+- the typical flagged rate of the **other** networks at the same time: the median of
+  their rates, so that other injecting ISPs (a few networks) do not raise it while an
+  origin failure (every network) does. The cell stage weighs each ISP's cells against it.
 
 Time is event time; buckets older than the window behind the newest event are dropped.
 
@@ -20,8 +21,8 @@ Time is event time; buckets older than the window behind the newest event are dr
 >>> w.add("www", "AS5", 100.0, None, flagged=True)
 >>> w.origin_wide("www", "status:503", 100.0), w.origin_wide("www", "status:302", 100.0)
 (True, False)
->>> w.others("www", "AS5", 100.0)
-(0, 4)
+>>> w.others("www", "AS1", 100.0), w.others("www", "AS1", 100.0 + 3600)
+(0.0, None)
 """
 
 from __future__ import annotations
@@ -116,10 +117,12 @@ class NetworkWindow:
         seen, total = self.spread(origin, anomaly, ts)
         return seen >= self.s.min_networks and seen >= self.s.outage_share * total
 
-    def others(self, origin: str, net: str, ts: float) -> tuple[int, int]:
-        """(flagged, answers) of the networks other than ``net`` in the window."""
-        k = n = 0
-        for other, c in self._nets(origin, ts).items():
-            if other != net:
-                k, n = k + c.flagged, n + c.n
-        return k, n
+    def others(self, origin: str, net: str, ts: float) -> float | None:
+        """The median flagged rate of the networks other than ``net`` that reached
+        ``origin`` in the window (``None``: fewer than ``min_networks`` of them)."""
+        rates = sorted(c.flagged / c.n for other, c in self._nets(origin, ts).items()
+                       if other != net and c.n)
+        if len(rates) < self.s.min_networks:
+            return None
+        mid = len(rates) // 2
+        return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
