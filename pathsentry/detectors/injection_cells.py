@@ -9,8 +9,8 @@ judge, so coarser views help, judged by the same rule:
 - ``("+", port, hour)``: the lines found so far pooled, which says *when*;
 - ``("*", port, hour)``: the whole ASN, for boxes that sit in front of every line;
 - ``("*", port, all day)``: the whole ASN all day, for boxes whose forgeries are too
-  sparse for any of the above. Its hours are then those in which at least
-  ``min_hour_sources`` distinct sources got forged answers on the port.
+  sparse for any of the above. An all-day cell that is bad names the hours in which at
+  least ``min_hour_sources`` distinct sources got forged answers on its port.
 
 A cell is *confidently bad* when
 
@@ -528,11 +528,12 @@ class InjectionCellDetector(Detector):
 
     def _signature(self, group: _Group) -> Signature:
         ports = tuple(sorted({k[1] for k in group.bad}))
-        hours = tuple(sorted({k[2] for k in group.bad if k[2] != ANY_HOUR}))
-        if not hours and ports:
-            hours = self._suspect_hours(group, set(ports))
+        hours = {k[2] for k in group.bad if k[2] != ANY_HOUR}
+        all_day = {k[1] for k in group.bad if k[2] == ANY_HOUR}
+        if all_day:
+            hours.update(self._suspect_hours(group, all_day))
         prefixes = tuple(sorted(self._lines(group))[: self.settings.max_prefixes])
-        return ports, hours, prefixes
+        return ports, tuple(sorted(hours)), prefixes
 
     def _suspect_hours(self, group: _Group, ports: set[int]) -> tuple[int, ...]:
         """The hours in which ``min_hour_sources`` distinct sources got forged answers on
