@@ -90,7 +90,7 @@ class CellSettings:
     min_probes: int = 10
     #: distinct sources (accounts of client reports, else addresses) of suspect probes
     min_suspect_clients: int = 5
-    min_rate: float = 0.05
+    min_rate: float = 0.02
     #: sources with forged answers in an hour that name it, when only all-day cells are bad
     min_hour_sources: int = 2
     #: TLS probes on a line from which the TLS contrast applies.
