@@ -438,7 +438,8 @@ class InjectionDetector(Detector):
         super().__init__(ctx)
         raw = ctx.settings(self.name)
         self.settings = settings_from(InjectionSettings, raw)
-        self.profiles = OriginProfiles(settings_from(ProfileSettings, raw))
+        self.profiles = OriginProfiles(settings_from(ProfileSettings, raw),
+                                       pinned=(o.host for o in ctx.config.origins))
         self.window = NetworkWindow(settings_from(WindowSettings, raw))
         self._priors: dict[str, frozenset[str] | None] = {}
 

@@ -190,10 +190,13 @@ class Expectation:
 
 
 class OriginProfiles:
-    """Learned marks of every origin, bounded (least recently seen origins go first)."""
+    """Learned marks of every origin, bounded: beyond ``max_origins`` the least recently
+    seen goes, except the ``pinned`` hosts (the configured origins), which a flood of
+    probes for made-up hosts cannot push out."""
 
-    def __init__(self, settings: ProfileSettings) -> None:
+    def __init__(self, settings: ProfileSettings, pinned: Iterable[str] = ()) -> None:
         self.s = settings
+        self.pinned = frozenset(h.lower() for h in pinned)
         self.origins: OrderedDict[str, _Origin] = OrderedDict()
         self._cache: dict[tuple[str, int | None], tuple[int, Expectation]] = {}
 
@@ -208,8 +211,7 @@ class OriginProfiles:
         o = self.origins.get(key)
         if o is None:
             o = self.origins[key] = _Origin()
-            while len(self.origins) > s.max_origins:
-                self.origins.popitem(last=False)
+            self._evict()
         else:
             self.origins.move_to_end(key)
         o.learned += 1
@@ -351,5 +353,12 @@ class OriginProfiles:
                 continue
             self.origins[key] = _Origin.from_json(o)
         self._cache.clear()
-        while len(self.origins) > self.s.max_origins:
-            self.origins.popitem(last=False)
+        self._evict()
+
+    def _evict(self) -> None:
+        excess = len(self.origins) - self.s.max_origins
+        if excess <= 0:
+            return
+        gone = [k for k in self.origins if k.split("|", 1)[0] not in self.pinned][:excess]
+        for key in gone:
+            del self.origins[key]

@@ -311,3 +311,14 @@ def test_both_stages_are_registered_in_order() -> None:
     names = [d.name for d in build_detectors(DetectorContext(cfg, GeoResolver([])),
                                              only=["injection", "injection_cells"])]
     assert names == ["injection", "injection_cells"]
+
+
+def test_made_up_hosts_do_not_push_the_configured_origins_out() -> None:
+    h = Harness("[detectors.injection]\nmax_origins = 4\n")
+    teach_tls(h, 40)
+    for i in range(20):
+        h.run(target={"host": f"x{i}.example", "port": 80, "scheme": "http"}, request="get")
+    assert len(h.det.profiles.origins) <= 4
+    assert "www.example.com|get" in h.det.profiles.origins
+    assert "x19.example|get" in h.det.profiles.origins and "x0.example|get" not in (
+        h.det.profiles.origins)
