@@ -52,7 +52,6 @@ evidence contrasts the bad hours with the other hours and with TLS.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
@@ -63,6 +62,17 @@ from zoneinfo import ZoneInfo
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.injection import NOTES_KEY, ip_text, settings_from
+from pathsentry.detectors.injection_counts import (
+    Cell,
+    distinct_at_least,
+    expire,
+    format_hours,
+    merge,
+    sum_cells,
+    touch,
+    wilson_lower,
+    wilson_upper,
+)
 from pathsentry.schemas import Alert, HttpProbe, make_alert_id, severity_for
 
 __all__ = [
@@ -109,109 +119,6 @@ class CellSettings:
     refresh_s: float = 3600.0
 
 
-def _wilson(k: int, n: int, z: float, sign: float) -> float:
-    if n <= 0:
-        return 0.0 if sign < 0 else 1.0
-    p = k / n
-    z2 = z * z
-    centre = p + z2 / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return min(1.0, max(0.0, (centre + sign * spread) / (1 + z2 / n)))
-
-
-def wilson_lower(k: int, n: int, z: float = 1.96) -> float:
-    """Lower Wilson score bound of the rate ``k / n`` (0 when ``n == 0``)."""
-    return _wilson(k, n, z, -1.0)
-
-
-def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
-    """Upper Wilson score bound of the rate ``k / n`` (1 when ``n == 0``)."""
-    return _wilson(k, n, z, 1.0)
-
-
-def format_hours(hours: Iterable[int]) -> str:
-    """Hours of day as ranges, end exclusive, wrapping past midnight."""
-    hs = sorted(set(hours))
-    if not hs:
-        return ""
-    if len(hs) == 24:
-        return "00–24"
-    runs: list[list[int]] = []
-    for h in hs:
-        if runs and h == runs[-1][1] + 1:
-            runs[-1][1] = h
-        else:
-            runs.append([h, h])
-    if len(runs) > 1 and runs[0][0] == 0 and runs[-1][1] == 23:
-        runs[0][0] = runs.pop()[0]
-    return ", ".join(f"{a:02d}–{(b + 1) % 24 if a > b else b + 1:02d}" for a, b in runs)
-
-
-def _finite(x: float) -> float | None:
-    return None if math.isinf(x) else x
-
-
-def _inf(x: float | None) -> float:
-    return math.inf if x is None else x
-
-
-@dataclass(slots=True)
-class _Cell:
-    """Counts of one cell: ``k`` of ``n`` probes suspect (for TLS: path-anomalous)."""
-
-    n: int = 0
-    k: int = 0
-    clients: set[str] = field(default_factory=set)
-    #: suspect probes per source
-    suspect_clients: dict[str, int] = field(default_factory=dict)
-    #: suspect probes expected from the other networks' rate at the same times
-    ref: float = 0.0
-    first: float = math.inf
-    last: float = 0.0
-    first_suspect: float = math.inf
-    last_suspect: float = 0.0
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, client: str, bad: bool, ts: float, event_id: str, s: CellSettings,
-            ref: float = 0.0) -> None:
-        self.n += 1
-        self.ref += ref
-        self.first, self.last = min(self.first, ts), max(self.last, ts)
-        if len(self.clients) < s.max_clients:
-            self.clients.add(client)
-        if not bad:
-            return
-        seen = self.suspect_clients.get(client, 0)
-        self.k += 1
-        self.first_suspect, self.last_suspect = min(self.first_suspect, ts), max(
-            self.last_suspect, ts
-        )
-        if seen or len(self.suspect_clients) < s.max_clients:
-            self.suspect_clients[client] = seen + 1
-        if len(self.examples) < s.max_examples:
-            self.examples.append(event_id)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "n": self.n, "k": self.k, "clients": sorted(self.clients),
-            "suspect_clients": dict(sorted(self.suspect_clients.items())), "ref": self.ref,
-            "first": _finite(self.first),
-            "last": self.last, "first_suspect": _finite(self.first_suspect),
-            "last_suspect": self.last_suspect, "examples": list(self.examples),
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> _Cell:
-        by = d["suspect_clients"]
-        return cls(
-            n=d["n"], k=d["k"], clients=set(d["clients"]),
-            suspect_clients=dict(by) if isinstance(by, dict) else dict.fromkeys(by, 1),
-            ref=float(d.get("ref", 0.0)), first=_inf(d["first"]), last=d["last"],
-            first_suspect=_inf(d["first_suspect"]), last_suspect=d["last_suspect"],
-            examples=list(d["examples"]),
-        )
-
-
 @dataclass(slots=True)
 class _Published:
     """What was last emitted for a group's alert."""
@@ -226,8 +133,8 @@ class _Published:
 class _Group:
     asn: int | None
     as_name: str | None
-    cells: OrderedDict[CellKey, _Cell] = field(default_factory=OrderedDict)
-    tls: OrderedDict[TlsKey, _Cell] = field(default_factory=OrderedDict)
+    cells: OrderedDict[CellKey, Cell] = field(default_factory=OrderedDict)
+    tls: OrderedDict[TlsKey, Cell] = field(default_factory=OrderedDict)
     bad: set[CellKey] = field(default_factory=set)
     #: The lines the pooled cells were last judged over (not persisted: re-judged).
     pooled: frozenset[str] = frozenset()
@@ -269,9 +176,9 @@ class _Group:
         g = cls(asn=d["asn"], as_name=d["as_name"], last=d["last"], tz_label=d["tz_label"],
                 accounts=list(d["accounts"]))
         for p, port, hour, c in d["cells"]:
-            g.cells[(p, port, hour)] = _Cell.from_json(c)
+            g.cells[(p, port, hour)] = Cell.from_json(c)
         for p, hour, c in d["tls"]:
-            g.tls[(p, hour)] = _Cell.from_json(c)
+            g.tls[(p, hour)] = Cell.from_json(c)
         g.bad = {(p, port, hour) for p, port, hour in d["bad"]}
         pub = d["published"]
         if pub is not None:
@@ -282,60 +189,10 @@ class _Group:
         return g
 
 
-def _touch(
-    table: OrderedDict[Any, _Cell], key: Any, cap: int, evicted: list[Any] | None = None
-) -> _Cell:
-    """The cell at ``key`` (created if new), most recently used; evict beyond ``cap``
-    (the keys evicted are appended to ``evicted``)."""
-    cell = table.get(key)
-    if cell is None:
-        cell = table[key] = _Cell()
-        while len(table) > cap:
-            gone, _ = table.popitem(last=False)
-            if evicted is not None:
-                evicted.append(gone)
-    else:
-        table.move_to_end(key)
-    return cell
-
-
-def _expire(table: OrderedDict[Any, _Cell], horizon: float) -> list[Any]:
-    """Drop the cells idle since before ``horizon``; return their keys."""
-    gone = [k for k, c in table.items() if c.last < horizon]
-    for key in gone:
-        del table[key]
-    return gone
-
-
 def _union(a: Signature, b: Signature) -> Signature:
     """An alert's subject only grows: ports, hours and prefixes seen bad stay listed."""
     return (tuple(sorted({*a[0], *b[0]})), tuple(sorted({*a[1], *b[1]})),
             tuple(sorted({*a[2], *b[2]})))
-
-
-def _merge(cells: Iterable[_Cell | None]) -> _Cell:
-    """One cell summing ``cells`` (the pooled view of several lines)."""
-    out = _Cell()
-    for c in cells:
-        if c is None:
-            continue
-        out.n, out.k, out.ref = out.n + c.n, out.k + c.k, out.ref + c.ref
-        out.clients |= c.clients
-        for who, count in c.suspect_clients.items():
-            out.suspect_clients[who] = out.suspect_clients.get(who, 0) + count
-        out.first, out.last = min(out.first, c.first), max(out.last, c.last)
-        out.first_suspect = min(out.first_suspect, c.first_suspect)
-        out.last_suspect = max(out.last_suspect, c.last_suspect)
-        out.examples.extend(c.examples)
-    return out
-
-
-def _sum(cells: Iterable[_Cell | None]) -> tuple[int, int]:
-    n = k = 0
-    for c in cells:
-        if c is not None:
-            n, k = n + c.n, k + c.k
-    return n, k
 
 
 def source_of(probe: HttpProbe, account: str | None) -> str:
@@ -343,18 +200,6 @@ def source_of(probe: HttpProbe, account: str | None) -> str:
     if probe.reporter == "client" and account:
         return "acct:" + account
     return "ip:" + ip_text(probe.src_ip)
-
-
-def _distinct_at_least(sets: Iterable[Set[str]], m: int) -> bool:
-    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does)."""
-    if m <= 0:
-        return True
-    seen: set[str] = set()
-    for x in sets:
-        seen.update(x)
-        if len(seen) >= m:
-            return True
-    return False
 
 
 @register
@@ -398,7 +243,7 @@ class InjectionCellDetector(Detector):
         evicted: list[CellKey] = []
         if verdict["tls"]:
             for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
-                _touch(group.tls, (p, h), s.max_cells).add(
+                touch(group.tls, (p, h), s.max_cells).add(
                     client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
                 touched.extend(k for k in group.bad if (k[0], k[2]) == (p, h))
         else:
@@ -409,7 +254,7 @@ class InjectionCellDetector(Detector):
                 group.accounts.append(ev.account)
             for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
                 cell_key = (p, probe.target.port, h)
-                _touch(group.cells, cell_key, s.max_cells, evicted).add(
+                touch(group.cells, cell_key, s.max_cells, evicted).add(
                     client, suspect, ts, probe.event_id, s, ref)
                 touched.append(cell_key)
         if evicted:
@@ -470,11 +315,11 @@ class InjectionCellDetector(Detector):
         self._judge(group, [k for k in group.bad if k[0] == LINES], self._lines(group))
 
     @staticmethod
-    def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> _Cell:
+    def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> Cell:
         prefix, port, hour = key
         if prefix == LINES:  # lines in order: the examples, hence event ids, are stable
-            return _merge(group.cells.get((p, port, hour)) for p in sorted(lines))
-        return group.cells.get(key, _Cell())
+            return merge(group.cells.get((p, port, hour)) for p in sorted(lines))
+        return group.cells.get(key, Cell())
 
     @staticmethod
     def _contrast(group: _Group, ports: set[int], hours: set[int]) -> tuple[
@@ -485,9 +330,9 @@ class InjectionCellDetector(Detector):
         plain = [(k, c) for k, c in group.cells.items()
                  if k[0] in lines and k[1] in ports and k[2] != ANY_HOUR]
         return (
-            _sum(c for k, c in plain if k[2] in hours),
-            _sum(c for k, c in plain if k[2] not in hours),
-            _sum(c for k, c in group.tls.items() if k[0] in lines and k[1] in hours),
+            sum_cells(c for k, c in plain if k[2] in hours),
+            sum_cells(c for k, c in plain if k[2] not in hours),
+            sum_cells(c for k, c in group.tls.items() if k[0] in lines and k[1] in hours),
         )
 
     @staticmethod
@@ -509,8 +354,8 @@ class InjectionCellDetector(Detector):
         else:
             one = group.cells.get(key)
             cells = [one] if one is not None else []
-        n, k = _sum(cells)
-        if n <= 0 or n < s.min_probes or not _distinct_at_least(
+        n, k = sum_cells(cells)
+        if n <= 0 or n < s.min_probes or not distinct_at_least(
                 (c.suspect_clients.keys() for c in cells), s.min_suspect_clients):
             return False
         lower = wilson_lower(k, n, s.z)
@@ -519,9 +364,9 @@ class InjectionCellDetector(Detector):
         if wilson_upper(round(sum(c.ref for c in cells)), n, s.z) >= lower:
             return False  # the other networks saw as much at the same times
         if prefix == LINES:
-            n_tls, k_tls = _sum(group.tls.get((p, hour)) for p in lines)
+            n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
         else:
-            n_tls, k_tls = _sum([group.tls.get((prefix, hour))])
+            n_tls, k_tls = sum_cells([group.tls.get((prefix, hour))])
         return n_tls < s.min_tls_probes or wilson_upper(k_tls, n_tls, s.z) < lower
 
     # -- the alert --------------------------------------------------------------------
@@ -630,8 +475,8 @@ class InjectionCellDetector(Detector):
         for key in [k for k, g in self.groups.items() if g.last < horizon]:
             del self.groups[key]
         for key, group in self.groups.items():
-            gone = _expire(group.cells, horizon)
-            _expire(group.tls, horizon)
+            gone = expire(group.cells, horizon)
+            expire(group.tls, horizon)
             if gone:
                 self._drop(group, gone)
             pub = group.published
