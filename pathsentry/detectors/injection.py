@@ -25,7 +25,9 @@ Each piece of evidence has a weight in ``[0, 1]``; ``path_score`` is the noisy-O
 ``path_score`` reaches ``path_gate``; the probe is flagged ``path_injection`` when the
 score reaches ``flag_score``. An anomaly that many unrelated networks see in the same
 minutes is the origin's (:mod:`pathsentry.detectors.injection_window`): not flagged,
-marked ``origin_wide`` for the cell stage. TLS probes (``https``/``wss``) are the control
+marked ``origin_wide`` for the cell stage. TLS probes (``https``/``wss``, or the
+``protocol`` the reporter saw: TLS on port 80 is TLS, a forged non-TLS segment racing
+on port 443 is not) are the control
 and the origin's teachers: never flagged, their path evidence is recorded so the cell
 stage can contrast them, and their answers teach the origin's marks.
 
@@ -216,6 +218,15 @@ def prior_marks(origin: Origin | None) -> set[str] | None:
     return features_of(origin.expect_headers, origin.expect_server)
 
 
+def is_tls(p: HttpProbe) -> bool:
+    """Whether the answer travelled inside TLS: what the reporter saw (``protocol``: TLS
+    on a plaintext port is TLS; bytes that were neither HTTP nor TLS are not, whatever
+    the port), else the scheme."""
+    if p.protocol is not None:
+        return p.protocol == "tls"
+    return p.target.encrypted
+
+
 def profile_key(p: HttpProbe) -> str:
     return f"{p.target.host.lower()}|{p.request}"
 
@@ -391,7 +402,7 @@ def _weigh(probe: HttpProbe, origin: Origin | None, x: Expectation,
     path = _run(PATH_CHECKS, probe, origin, x, s)
     path_score = noisy_or([e.weight for e in path]) if path else 0.0
     content = _run(CONTENT_CHECKS, probe, origin, x, s)
-    if probe.target.encrypted:
+    if is_tls(probe):
         return Verdict(0.0, path_score, False, True, tuple(path)), content
     if path_score < s.path_gate:
         return Verdict(path_score, path_score, path_score >= s.flag_score, False,

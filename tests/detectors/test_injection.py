@@ -322,3 +322,16 @@ def test_made_up_hosts_do_not_push_the_configured_origins_out() -> None:
     assert "www.example.com|get" in h.det.profiles.origins
     assert "x19.example|get" in h.det.profiles.origins and "x0.example|get" not in (
         h.det.profiles.origins)
+
+
+def test_what_the_reporter_saw_decides_tls_not_the_port(h: Harness) -> None:
+    """TLS on port 80 is the control; bytes that were neither HTTP nor TLS racing the
+    genuine ones on port 443 are a forged answer."""
+    flag, ev = h.run(target={"host": "ws.example.com", "port": 80, "scheme": "ws"},
+                     protocol="tls", seq_conflict=True, **INJECTED)
+    assert flag is None and ev.notes["injection"]["tls"] is True
+    flag, ev = h.run(target={"host": "ws.example.com", "port": 443, "scheme": "wss"},
+                     protocol="other", status=None, header_names=None, seq_conflict=True,
+                     reporter="sensor")
+    assert flag is not None and ev.notes["injection"]["tls"] is False
+    assert list(flag.evidence).count("seq_conflict") == 1
