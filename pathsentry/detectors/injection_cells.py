@@ -41,8 +41,10 @@ cells of one ISP meet on one worker and the SOC gets one ``injection_cell`` aler
 ASN -- "AS4766, ports 80 and 8080, 09–18" -- whose id is derived from the ASN and
 which is re-emitted with ``version + 1`` when its ports, hours or prefixes change
 (and, on idle ticks, at most every ``refresh_s`` when its counts moved). Should
-every cell clear again, the last version stands. The
-evidence contrasts the bad hours with the other hours and with TLS.
+every cell clear again, the last version stands. The evidence contrasts the bad hours
+with the other hours and with TLS, and each bad cell with the suspects the other ASNs'
+rate predicts (``other_asns_expected``). The counts themselves, their bounded tables and
+the Wilson bounds are in :mod:`pathsentry.detectors.injection_counts`.
 
 >>> round(wilson_lower(9, 10), 3), round(wilson_upper(0, 40), 3)
 (0.596, 0.088)
