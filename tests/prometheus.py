@@ -4,11 +4,18 @@ decrease between two scrapes."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Scrape", "check_histograms", "check_not_decreasing", "parse"]
+__all__ = ["PROMETHEUS_UID", "Scrape", "check_histograms", "check_not_decreasing", "dashboard_metrics",
+           "parse"]
+
+#: The Prometheus datasource of the shipped Grafana dashboards.
+PROMETHEUS_UID = "pathsentry-prometheus"
 
 #: (metric family type, sample name, sorted labels) -> value
 Scrape = dict[tuple[str, str, tuple[tuple[str, str], ...]], float]
@@ -65,3 +72,16 @@ def check_histograms(scrape: Scrape) -> int:
         assert count == counts[-1], f"{base}{dict(labels)}: +Inf bucket {counts[-1]} != count {count}"
         assert ("histogram", base + "_sum", labels) in scrape, f"{base}{dict(labels)}: no _sum"
     return len(series)
+
+
+def dashboard_metrics(dashboards: Path) -> dict[str, set[str]]:
+    """Panel title -> the ``pathsentry_*`` series its Prometheus queries read, over the
+    dashboards (``*.json``) in ``dashboards``."""
+    out: dict[str, set[str]] = {}
+    for path in sorted(dashboards.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                if target["datasource"]["uid"] == PROMETHEUS_UID:
+                    used = re.findall(r"pathsentry_\w+", target["expr"])
+                    out.setdefault(panel["title"], set()).update(used)
+    return out

@@ -12,7 +12,9 @@ import pytest
 
 from pathsentry.infra.broker import EmbeddedBroker
 from tests.faults.support import produce, recent_world, route_events, sim_events, worker_process, write_world
-from tests.prometheus import Scrape, check_histograms, check_not_decreasing, parse
+from tests.prometheus import Scrape, check_histograms, check_not_decreasing, dashboard_metrics, parse
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "infra" / "grafana" / "dashboards"
 
 
 def _scrape(base: str) -> Scrape:
@@ -32,7 +34,9 @@ def test_metrics_of_a_running_worker(tmp_path: Path, embedded_broker: EmbeddedBr
         produce(worker.bootstrap, route_events(events[:half], worker.topics))
         worker.wait_drained(timeout=120)
         first = _scrape(worker.base)
-        produce(worker.bootstrap, route_events(events[half:], worker.topics))
+        # the rest, and one message that is not an event (a dead letter)
+        produce(worker.bootstrap, [*route_events(events[half:], worker.topics),
+                                   (worker.topics.logins, b"k", b"not an event")])
         worker.wait_drained(timeout=120)
         second = _scrape(worker.base)
         st = worker.stats()
@@ -51,8 +55,15 @@ def test_metrics_of_a_running_worker(tmp_path: Path, embedded_broker: EmbeddedBr
     assert flag_count == st["flag_rows"] > 0
     assert (st["flagged"], st["alerts"]) == (int(flagged), int(alerts))
     assert st["alert_versions"] >= st["alerts"] > 0
+    assert sum(v for (_, name, _), v in second.items() if name == "pathsentry_dead_letter_total") == 1
     by_kind = {dict(labels)["kind"]: v for (kind, name, labels), v in second.items()
                if name == "pathsentry_alerts_total"}
     assert sum(by_kind.values()) == st["alerts"]
+    # every series the Grafana dashboard's Prometheus panels read is one the worker serves
+    served = {name for _, name, _ in second}
+    panels = dashboard_metrics(DASHBOARDS)
+    assert panels
+    for title, names in panels.items():
+        assert names and names <= served, f"{title}: the worker serves no {sorted(names - served)}"
     print("worker metrics:", {k: st[k] for k in ("events_in", "flagged", "flag_rows", "alerts",
                                                   "alert_versions", "alert_versions_published")})
