@@ -47,13 +47,14 @@ BATCH_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 #: How many recent flag keys and first alert versions are remembered to tell a flagged
 #: event or an alert stored for the first time from the same one stored again (a batch
-#: re-read after a restart or a rebalance). Bounded: a repeat older than this many newer
-#: distinct keys counts again.
-RECENT_KEYS = 200_000
+#: re-read after a restart or a rebalance, a detector flagging an event twice). Bounded
+#: (about 8 MB each at most): a repeat older than this many newer distinct keys counts again.
+RECENT_KEYS = 100_000
 
 
 class RecentKeys:
     """The last ``size`` distinct keys added: tells a new key from a repeat among them.
+    Keeps the keys' 64-bit hashes (two keys of 100,000 share one with odds near 1e-9).
 
     >>> r = RecentKeys(2)
     >>> [r.add(k) for k in ("a", "b", "a", "c", "a")]
@@ -62,15 +63,16 @@ class RecentKeys:
 
     def __init__(self, size: int = RECENT_KEYS) -> None:
         self.size = size
-        self._keys: set[Hashable] = set()
-        self._order: deque[Hashable] = deque()
+        self._keys: set[int] = set()
+        self._order: deque[int] = deque()
 
     def add(self, key: Hashable) -> bool:
         """Remember ``key``; whether it was not among the recent keys."""
-        if key in self._keys:
+        h = hash(key)
+        if h in self._keys:
             return False
-        self._keys.add(key)
-        self._order.append(key)
+        self._keys.add(h)
+        self._order.append(h)
         if len(self._order) > self.size:
             self._keys.discard(self._order.popleft())
         return True
