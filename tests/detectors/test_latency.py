@@ -421,7 +421,7 @@ def test_state_snapshot_restores_sessions_for_late_probes() -> None:
     assert not out.flags
     snap = json.loads(json.dumps(w.det.state()))
     login = next(r["login"] for r in snap["sessions"] if r["id"] == "sp-1")
-    assert login["app_rtt_samples"] == 7 and login["event"]["app_rtt_ms"] == [min(app)]
+    assert login["app_rtt_samples"] == 7 and login["event"]["app_rtt_ms"] == [min(app), max(app)]
     old_format = json.loads(json.dumps(snap))
     for row in old_format["sessions"]:
         if row["login"] is not None and row["id"] == "sp-1":

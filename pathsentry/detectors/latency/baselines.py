@@ -1,0 +1,275 @@
+"""Learned expectations: per-prefix RTT baselines and each game server's application
+overhead.
+
+:class:`Baseline` holds running quantiles of the session minimum app RTT for one key
+(server and /24, ASN or country): what "normal" looks like from one neighbourhood.
+
+:class:`Overhead` is what the game server adds to a network round trip when it
+answers the application ping on its game loop: a fixed processing cost plus a
+uniform phase of its tick. A login carries ``k`` app samples and the kernel TCP RTT
+of the same connection; for an honest client
+
+    gap = min(app) - tcp = cost + tick * B_k + noise,   B_k ~ Beta(1, k)
+
+(the minimum of ``k`` uniform phases; ``E[B_k] = 1 / (k + 1)``). An L4 relay adds
+the whole client-relay leg to the gap. The estimators, all robust to a relayed
+minority and windowed so that a patch day is absorbed:
+
+``tick``
+    median over multi-sample logins of ``spread * (k + 1) / (k - 1)`` (``spread`` =
+    max - min of the app samples, whose expectation is ``tick * (k - 1) / (k + 1)``).
+    A relay does not change the server's tick, so this is not skewed by relays.
+``cost``
+    median of the phase-corrected gap ``gap - tick / (k + 1)``. Relays only add to
+    the gap, so a relayed share below about 40 % of the window leaves the median
+    near the honest one (the high quantiles would not be: the relays sit there).
+``noise``
+    per access kind, the lower spread ``p50 - p10`` of the residual ``gap - cost -
+    tick / (k + 1)``: the lower half is the side relays never reach.
+
+The honest upper bound of a login's gap is then ``cost + tick * q_k + z * noise``
+with ``q_k = 1 - alpha ** (1 / k)`` the ``1 - alpha`` quantile of ``B_k``; what the
+gap exceeds beyond it is the relay evidence (:mod:`.scoring`). Windows are plain
+bounded deques (``overhead_window`` logins per server, ``2 x`` that per access kind)
+so the figures are exact window quantiles and a JSON snapshot is the window itself.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import deque
+from typing import Any, ClassVar
+
+from river._river_rust.stats import RsQuantile
+
+__all__ = ["Baseline", "Overhead", "OverheadBook", "phase_quantile"]
+
+
+def phase_quantile(k: int, alpha: float) -> float:
+    """The ``1 - alpha`` quantile of the minimum of ``k`` uniform(0, 1) phases.
+
+    >>> round(phase_quantile(1, 0.001), 3), round(phase_quantile(10, 0.001), 3)
+    (0.999, 0.499)
+    """
+    return 1.0 - float(alpha ** (1.0 / max(1, k)))
+
+
+class _Window:
+    """The last ``cap`` values and their quantiles (sorted once per change)."""
+
+    __slots__ = ("_sorted", "values")
+
+    def __init__(self, cap: int, values: list[float] | None = None) -> None:
+        self.values: deque[float] = deque(values or (), maxlen=max(2, cap))
+        self._sorted: list[float] | None = None
+
+    def add(self, x: float) -> None:
+        self.values.append(x)
+        self._sorted = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def quantile(self, q: float) -> float:
+        """Linear-interpolated window quantile (0.0 when empty)."""
+        s = self._sorted
+        if s is None:
+            s = self._sorted = sorted(self.values)
+        if not s:
+            return 0.0
+        pos = q * (len(s) - 1)
+        i = int(pos)
+        j = min(i + 1, len(s) - 1)
+        return s[i] + (s[j] - s[i]) * (pos - i)
+
+
+class Overhead:
+    """The learned application overhead of one game server (or server and platform).
+
+    >>> import random
+    >>> rng = random.Random(1)
+    >>> o = Overhead("srv", window=200)
+    >>> for _ in range(200):  # cost 6 ms, tick 33 ms, 4 samples, no noise
+    ...     phases = [rng.uniform(0, 33) for _ in range(4)]
+    ...     o.update(6.0 + min(phases), 4, max(phases) - min(phases))
+    >>> 28 < o.tick() < 38, 4 < o.cost() < 8
+    (True, True)
+    """
+
+    __slots__ = ("_cost", "_tick", "key", "n")
+
+    #: multi-sample logins needed before the tick comes from the samples' spread
+    MIN_TICK_LOGINS: ClassVar[int] = 10
+
+    def __init__(self, key: str, window: int) -> None:
+        self.key = key
+        #: logins with a TCP RTT seen (the cost's evidence), over all time
+        self.n = 0
+        self._tick = _Window(window)
+        self._cost = _Window(window)
+
+    def tick(self) -> float:
+        """The tick (ms): median spread-based estimate, or, before enough multi-sample
+        logins, the width of the phase-corrected gaps' p10-p90 (an upper-leaning guess)."""
+        if len(self._tick) >= self.MIN_TICK_LOGINS:
+            return self._tick.quantile(0.5)
+        if len(self._cost) >= 2:
+            return (self._cost.quantile(0.9) - self._cost.quantile(0.1)) / 0.8
+        return 0.0
+
+    def cost(self) -> float:
+        """The fixed cost (ms): median phase-corrected gap."""
+        return self._cost.quantile(0.5)
+
+    def expected(self, k: int) -> float:
+        """Expected gap (ms) of a login with ``k`` app samples."""
+        return self.cost() + self.tick() / (k + 1)
+
+    def update(self, gap: float | None, k: int, spread: float) -> None:
+        if k >= 2:
+            self._tick.add(spread * (k + 1) / (k - 1))
+        if gap is not None:
+            self.n += 1
+            t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
+            self._cost.add(gap - t / (k + 1))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"n": self.n, "tick": list(self._tick.values), "cost": list(self._cost.values)}
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
+        o = cls(key, window)
+        o.n = int(snap["n"])
+        o._tick = _Window(window, [float(v) for v in snap["tick"]])
+        o._cost = _Window(window, [float(v) for v in snap["cost"]])
+        return o
+
+
+class OverheadBook:
+    """Overheads per server (and ``server|platform`` when logins name a platform) and
+    the residual noise per access kind; bounded by the number of servers, platforms
+    and access kinds (``keys_max`` in all)."""
+
+    def __init__(self, window: int, keys_max: int = 10_000) -> None:
+        self.window = max(2, int(window))
+        self.keys_max = keys_max
+        self.overheads: dict[str, Overhead] = {}
+        #: access kind -> window of residuals ``gap - expected(k)``
+        self.noise: dict[str, _Window] = {}
+
+    @staticmethod
+    def key(server_id: str, platform: str | None) -> str:
+        return server_id if not platform else f"{server_id}|{platform}"
+
+    def get(self, key: str) -> Overhead | None:
+        return self.overheads.get(key)
+
+    def noise_scale(self, kind: str, floor: float) -> tuple[float, int]:
+        """(``p50 - p10`` of the kind's residuals, at least ``floor``; residuals seen)."""
+        w = self.noise.get(kind)
+        if w is None or len(w) < 2:
+            return floor, 0 if w is None else len(w)
+        s = w.quantile(0.5) - w.quantile(0.1)
+        return (s if s > floor else floor), len(w)
+
+    def learn(self, key: str, kind: str, gap: float | None, k: int, spread: float) -> None:
+        o = self.overheads.get(key)
+        if o is None:
+            if len(self.overheads) >= self.keys_max:
+                return
+            o = self.overheads[key] = Overhead(key, self.window)
+        if gap is not None and o.n >= 2:
+            w = self.noise.get(kind)
+            if w is None:
+                if len(self.noise) >= self.keys_max:
+                    w = None
+                else:
+                    w = self.noise[kind] = _Window(2 * self.window)
+            if w is not None:
+                w.add(gap - o.expected(k))
+        o.update(gap, k, spread)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"overheads": {k: o.snapshot() for k, o in self.overheads.items()},
+                "noise": {k: list(w.values) for k, w in self.noise.items()}}
+
+    def load(self, snap: dict[str, Any], only_new: bool = False) -> None:
+        if not only_new:
+            self.overheads.clear()
+            self.noise.clear()
+        for k, o in snap.get("overheads", {}).items():
+            if k not in self.overheads:
+                self.overheads[k] = Overhead.restore(o, k, self.window)
+        for k, values in snap.get("noise", {}).items():
+            if k not in self.noise:
+                self.noise[k] = _Window(2 * self.window, [float(v) for v in values])
+
+
+class Baseline:
+    """Running low/median/high quantiles and a count of session min-RTTs for one key.
+
+    The three P² sketches are River's Rust core (what :class:`river.stats.Quantile`
+    wraps), held without the Python wrapper: the same numbers for less memory.
+
+    >>> b = Baseline()
+    >>> for x in range(1, 41):
+    ...     b.update(float(x))
+    >>> b.n, [round(v) for v in b.quantiles()]
+    (40, [4, 20, 36])
+    >>> Baseline.restore(b.snapshot()).quantiles() == b.quantiles()
+    True
+    """
+
+    QS: ClassVar[tuple[float, float, float]] = (0.1, 0.5, 0.9)
+    __slots__ = ("_hi", "_lo", "_q10", "_q50", "_q90", "key", "n")
+
+    def __init__(self, key: str = "") -> None:
+        #: the key it is stored under (sessions share this string instead of a copy)
+        self.key = key
+        self.n = 0
+        self._q10 = RsQuantile(0.1)
+        self._q50 = RsQuantile(0.5)
+        self._q90 = RsQuantile(0.9)
+        self._lo: float | None = None
+        self._hi = 0.0
+
+    def update(self, x: float) -> None:
+        self.n += 1
+        self._lo = None
+        self._q10.update(x)
+        self._q50.update(x)
+        self._q90.update(x)
+
+    def quantiles(self) -> tuple[float, float, float]:
+        """(p10, p50, p90)."""
+        if self.n == 0:
+            return (0.0, 0.0, 0.0)
+        return (float(self._q10.get()), float(self._q50.get()), float(self._q90.get()))
+
+    def bounds(self) -> tuple[float, float]:
+        """(p10, p90) to 0.01 ms, as the verdict and its evidence use them; read from the
+        sketches once per update."""
+        lo = self._lo
+        if lo is None:
+            if self.n == 0:
+                lo, self._hi = 0.0, 0.0
+            else:
+                lo, self._hi = round(float(self._q10.get()), 2), round(float(self._q90.get()), 2)
+            self._lo = lo
+        return lo, self._hi
+
+    def snapshot(self) -> dict[str, Any]:
+        # The P² sketch lives in River's Rust core; its byte state is what it pickles.
+        return {
+            "n": self.n,
+            "q": [base64.b64encode(q.__getstate__()).decode() for q in (self._q10, self._q50, self._q90)],
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any], key: str = "") -> Baseline:
+        b = cls(key)
+        b.n = int(snap["n"])
+        for q, raw in zip((b._q10, b._q50, b._q90), snap["q"], strict=True):
+            q.__setstate__(base64.b64decode(raw))
+        return b
+
