@@ -11,16 +11,27 @@ from pathsentry.sim.model import DEFAULT_START, KST, WorldSpec
 __all__ = ["register"]
 
 
-def _spec(args: argparse.Namespace) -> WorldSpec:
-    if args.now:
-        start = datetime.now(KST).replace(microsecond=0)
-    elif args.start:
+def _start(args: argparse.Namespace) -> datetime | None:
+    if getattr(args, "now", False):
+        return datetime.now(KST).replace(microsecond=0)
+    if args.start:
         start = datetime.fromisoformat(args.start)
-        if start.tzinfo is None:
-            start = start.replace(tzinfo=KST)
-    else:
+        return start if start.tzinfo is not None else start.replace(tzinfo=KST)
+    return None
+
+
+def _spec(args: argparse.Namespace) -> WorldSpec:
+    from pathsentry.sim.params import parse_params
+    from pathsentry.sim.worlds import world_spec
+
+    try:
+        params = parse_params(args.params, args.seed, args.hours)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise SystemExit(f"simulate: --params: {e}") from None
+    start = _start(args)
+    if start is None and params.name == "fixed":
         start = DEFAULT_START
-    return WorldSpec(seed=args.seed, accounts=args.accounts, hours=args.hours, start=start)
+    return world_spec(args.seed, args.accounts, args.hours, params, start)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -52,10 +63,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathsentry.sim.evaluate import evaluate_world, render_markdown
 
+    if args.worlds is not None:
+        return _evaluate_worlds(args)
+    if not args.world:
+        raise SystemExit("evaluate: give a world directory, or --worlds N")
     out = args.out or args.world
     report = evaluate_world(args.world, out)
     print(render_markdown(report))
     print(f"wrote {out}/report.json and {out}/report.md")
+    return 0
+
+
+def _evaluate_worlds(args: argparse.Namespace) -> int:
+    import json
+
+    from pathsentry.sim.worlds import evaluate_worlds, render_worlds_markdown
+
+    if args.world:
+        raise SystemExit("evaluate: --worlds draws its own worlds; give no world directory")
+    t0 = time.perf_counter()
+    result = evaluate_worlds(args.worlds, args.seed, args.accounts, args.hours, jobs=args.jobs,
+                             start=_start(args), keep_dir=args.out)
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(render_worlds_markdown(result))
+        print(f"{args.worlds} worlds in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
@@ -70,9 +103,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--to-kafka", action="store_true", help="stream the events to Kafka instead")
     p.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     p.add_argument("--config", help="pathsentry.toml with the Kafka settings (for --to-kafka)")
+    p.add_argument("--params", default="random",
+                   help="world parameters: random (drawn from --seed; default), fixed (the original "
+                        "single world), a JSON object, or @file.json")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("evaluate", help="replay a simulated world and score the detectors")
-    p.add_argument("world", help="directory written by pathsentry simulate")
-    p.add_argument("--out", help="directory for report.json / report.md (default: the world)")
+    p.add_argument("world", nargs="?", help="directory written by pathsentry simulate")
+    p.add_argument("--out", help="directory for report.json / report.md (default: the world); "
+                                 "with --worlds, keep each world's files under it")
+    p.add_argument("--worlds", type=int, help="evaluate N randomized worlds (seeds --seed..--seed+N-1)")
+    p.add_argument("--seed", type=int, default=1, help="first world's seed (with --worlds)")
+    p.add_argument("--accounts", type=int, default=1500, help="accounts per world (with --worlds)")
+    p.add_argument("--hours", type=float, default=6.0, help="hours per world (with --worlds)")
+    p.add_argument("--start", help="start every world here (default: each world's drawn hour)")
+    p.add_argument("--jobs", type=int, default=None, help="worlds evaluated in parallel (default: cores)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"worlds": [{"seed", "params", "metrics"}...], "pooled", "worst"}')
     p.set_defaults(func=cmd_evaluate)

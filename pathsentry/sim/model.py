@@ -1,4 +1,4 @@
-"""Plain data of a planned world: servers, accounts, their exits, farm groups, the cell."""
+"""Plain data of a planned world: servers, accounts, their exits, farm groups, the injecting cells."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from pathsentry.sim.network import Network, Prefix, Router
+from pathsentry.sim.params import WorldParams, fixed_params
 from pathsentry.sim.physics import Point
 
 __all__ = [
@@ -46,6 +47,7 @@ class WorldSpec:
     hours: float = 24.0
     start: datetime = DEFAULT_START
     domain: str = "game.example"
+    params: WorldParams = field(default_factory=fixed_params)
 
     def __post_init__(self) -> None:
         if self.accounts < 100:
@@ -101,6 +103,8 @@ class FarmGroup:
     bursts: list[int]  # login burst times (epoch ms)
     members: list[str] = field(default_factory=list)
     template: str | None = None
+    family: str = "serial_end"
+    pace_s: tuple[float, float] | None = None  # seconds between member logins (None: the fixed world's)
 
 
 @dataclass(slots=True)
@@ -132,6 +136,9 @@ class InjectionCell:
     ports: tuple[int, ...] = (80, 8080)
     hours: tuple[int, ...] = tuple(range(9, 18))  # KST hours 09:00-17:59
     rate: float = 0.9  # share of matching plaintext flows answered by the box
+    answer: str = "page"  # page (200 script), redirect (302), block (a block page)
+    ttl_delta: int = 1  # forged TTL minus the SYN-ACK's
+    ttl_visible: float = 0.6  # share of client reports that carry the TTLs
 
     @property
     def asn(self) -> int:
@@ -160,7 +167,16 @@ class WorldPlan:
     servers: dict[str, GameServer]
     accounts: list[Account]
     groups: list[FarmGroup]
-    cell: InjectionCell
+    cells: list[InjectionCell]
     monitors: list[LineMonitor]
     allow: list[tuple[str, str]]
     squatted: dict[str, Router]  # subscriber prefix -> the squatted router on its path
+
+    @property
+    def cell(self) -> InjectionCell:
+        """The first injecting cell (the only one of the fixed world)."""
+        return self.cells[0]
+
+    def cell_of(self, cidr: str) -> InjectionCell | None:
+        """The injecting cell whose lines include ``cidr``, if any."""
+        return next((c for c in self.cells if c.covers(cidr)), None)

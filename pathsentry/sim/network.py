@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pathsentry.sim.physics import ACCESS, AccessProfile, Point
 
@@ -210,6 +210,8 @@ class Network:
     """Address plan of the world: prefixes and router blocks, all deterministic."""
 
     seed: int
+    access_scale: float = 1.0  # multiplies every prefix's base access latency
+    jitter_scale: float = 1.0  # multiplies every access technology's per-sample jitter
     prefixes: list[Prefix] = field(default_factory=list)
     _next: dict[int, int] = field(default_factory=dict)
     _infra: dict[tuple[int, str], str] = field(default_factory=dict)
@@ -228,11 +230,13 @@ class Network:
     def new_prefix(self, asys: AutonomousSystem, city: str, access: str,
                    access_ms: float | None = None) -> Prefix:
         prof = ACCESS[access]
+        if self.jitter_scale != 1.0:
+            prof = replace(prof, jitter=prof.jitter * self.jitter_scale)
         rng = random.Random(f"{self.seed}:prefix:{asys.asn}:{self._next.get(asys.asn, 0)}")
         place = PLACES[city]
         spread = 0.02 if access in ("datacenter", "relay") else 0.08
         point = Point(place.lat + rng.uniform(-spread, spread), place.lon + rng.uniform(-spread, spread))
-        base = access_ms if access_ms is not None else rng.uniform(prof.low, prof.high)
+        base = access_ms if access_ms is not None else rng.uniform(prof.low, prof.high) * self.access_scale
         p = Prefix(self._alloc24(asys), asys, city, point, prof, round(base, 3))
         self.prefixes.append(p)
         return p

@@ -90,10 +90,10 @@ def stable_unit(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def inflation_for(seed: int, a: str, b: str) -> float:
-    """Path inflation (1.5-2.5) of the route between two named endpoints, fixed per pair."""
+def inflation_for(seed: int, a: str, b: str, low: float = 1.5, high: float = 2.5) -> float:
+    """Path inflation (``low``-``high``) of the route between two named endpoints, fixed per pair."""
     x, y = sorted((a, b))
-    return 1.5 + stable_unit(seed, "inflation", x, y)
+    return low + (high - low) * stable_unit(seed, "inflation", x, y)
 
 
 def leg_ms(a: Point, b: Point, inflation: float) -> float:

@@ -26,7 +26,14 @@ from pathsentry.sim.model import (
     WorldPlan,
     WorldSpec,
 )
-from pathsentry.sim.names import NameBook, family_names, random_farm_name, serial_names
+from pathsentry.sim.names import (
+    NameBook,
+    family_names,
+    farm_family_names,
+    popular_stem_names,
+    random_farm_name,
+    serial_names,
+)
 from pathsentry.sim.network import (
     CHINANET,
     CLOUDPLAY,
@@ -50,6 +57,7 @@ from pathsentry.sim.network import (
     Network,
     Prefix,
 )
+from pathsentry.sim.params import FarmParams, WorldParams
 
 __all__ = ["SERVER_CITIES", "plan_world"]
 
@@ -77,7 +85,9 @@ class _Planner:
     def __init__(self, spec: WorldSpec) -> None:
         self.spec = spec
         self.rng = random.Random(f"{spec.seed}:plan")
-        self.net = Network(spec.seed)
+        self.params: WorldParams = spec.params
+        self.net = Network(spec.seed, access_scale=spec.params.access_scale,
+                           jitter_scale=spec.params.jitter_scale)
         self.names = NameBook(random.Random(f"{spec.seed}:names"))
         self.accounts: list[Account] = []
         self.pools: dict[tuple[int, str, str], list[Prefix]] = {}
@@ -219,7 +229,8 @@ class _Planner:
         while t < spec.end_ms:
             bursts.append(t)
             t += int(grng.uniform(3.0, 6.0) * 3_600_000)
-        group = FarmGroup(f"{label}-{index + 1}", label, bursts)
+        group = FarmGroup(f"{label}-{index + 1}", label, bursts,
+                          family="serial_end" if label == "farm_serial" else "none")
         asys, city = grng.choice(_ABROAD[:3])  # the farm rooms are in CN
         room = self.net.new_prefix(asys, city, "ftth")
         # serial farms run L4 relays (their own route shows); route farms alternate with L3 tunnels
@@ -246,6 +257,70 @@ class _Planner:
         return group
 
 
+    def popular_stem(self, count: int) -> None:
+        """Unrelated honest players who share a popular stem, each on their own line."""
+        for name in popular_stem_names(self.rng, count):
+            if name in self.names.used:
+                continue
+            home = self.prefix(self.rng.choice((KT, SKB, LGU)), self.city(), "ftth")
+            self.add(self.names.claim(name), "benign", "popular_stem", home, daily=self.daily())
+
+    def drawn_farm(self, fp: FarmParams, index: int) -> FarmGroup:
+        """A farm group of a randomized world: its own naming, pacing, machines and exits."""
+        spec = self.spec
+        grng = random.Random(f"{spec.seed}:farm:{index}")
+        span = spec.end_ms - spec.start_ms
+        t = spec.start_ms + int(grng.uniform(0.02, 0.4) * min(span, 6 * 3_600_000))
+        bursts = []
+        while t < spec.end_ms:
+            bursts.append(t)
+            t += int(grng.uniform(*fp.burst_every_h) * 3_600_000)
+        group = FarmGroup(f"{fp.label}-{index + 1}", fp.label, bursts, family=fp.family,
+                          pace_s=fp.pace_s)
+        asys, city = grng.choice(_ABROAD)
+        machines = [self.net.new_prefix(asys, city, grng.choice(("ftth", "cable")))
+                    for _ in range(fp.machines)]
+        if fp.relay == "resi":
+            mode = grng.choice(("l4", "l3"))
+            nets = [self.net.new_prefix(grng.choice((KT, SKB, LGU)), grng.choice(("seoul", "incheon")),
+                                        "ftth") for _ in range(fp.exit_nets)]
+        else:
+            mode = fp.relay
+            hosting = grng.choice((VPS_HANBIT, VPS_SEOULCLOUD))
+            nets = [self.net.new_prefix(hosting, "seoul", "datacenter") for _ in range(fp.exit_nets)]
+        exits = [Exit(mode, nets[k % len(nets)], grng.randrange(250))
+                 for k in range(max(len(nets), fp.exit_hosts))]
+        size = min(fp.size, max(5, spec.accounts // 20))
+        names, group.template = farm_family_names(grng, fp.family, self.names.farm_stem(index), size)
+        server = grng.choice(("kr-sel-1", "kr-sel-1", "kr-pus-1", "kr-dje-1"))
+        devices = [self.device() for _ in range(max(fp.machines, size // 5))]
+        for rank, name in enumerate(names):
+            if name in self.names.used:
+                name = f"{name}{rank}"
+            acct = self.add(self.names.claim(name), fp.label, "attack", machines[rank % len(machines)],
+                            server=server, exit=exits[rank % len(exits)], group=group, rank=rank)
+            acct.device = devices[rank % len(devices)]
+            group.members.append(acct.name)
+        return group
+
+
+_ISPS: dict[str, tuple[AutonomousSystem, str]] = {
+    "KT": (KT, "ftth"), "SKB": (SKB, "ftth"), "LGU": (LGU, "ftth"), "SKT": (SKT, "lte"),
+}
+
+
+def _cells(net: Network, params: WorldParams) -> list[InjectionCell]:
+    if params.injectors is None:
+        return [InjectionCell(tuple(net.new_prefix(KT, "seoul", "ftth") for _ in range(3)))]
+    cells = []
+    for inj in params.injectors:
+        asys, access = _ISPS[inj.isp]
+        cells.append(InjectionCell(tuple(net.new_prefix(asys, "seoul", access) for _ in range(inj.lines)),
+                                   inj.ports, inj.hours, inj.rate, inj.answer, inj.ttl_delta,
+                                   inj.ttl_visible))
+    return cells
+
+
 def plan_world(spec: WorldSpec) -> WorldPlan:
     """Plan a world of ``spec.accounts`` accounts (attacks and hard negatives included)."""
     pl = _Planner(spec)
@@ -257,42 +332,55 @@ def plan_world(spec: WorldSpec) -> WorldPlan:
     vps = [net.new_prefix(asys, "seoul", "datacenter") for asys in (VPS_HANBIT, VPS_SEOULCLOUD)
            for _ in range(2)]
     relays = [net.new_prefix(RELAYNET, "seoul", "relay") for _ in range(2)]
-    cell = InjectionCell(tuple(net.new_prefix(KT, "seoul", "ftth") for _ in range(3)))
+    params = spec.params
+    cells = _cells(net, params)
     squat_prefixes = [net.new_prefix(SKB, "seoul", "ftth", access_ms=rng.uniform(0.3, 0.5))
                       for _ in range(2)]
 
     groups: list[FarmGroup] = []
-    serial_groups, route_groups = max(1, round(n / 1000)), max(1, round(n / 2000))
-    for i in range(serial_groups):
-        groups.append(pl.farm("farm_serial", i, _clamp(n // 150, 8, 20), vps))
-    for i in range(route_groups):
-        groups.append(pl.farm("farm_route", i, _clamp(n // 200, 6, 15), vps))
+    if params.farms is None:
+        serial_groups, route_groups = max(1, round(n / 1000)), max(1, round(n / 2000))
+        for i in range(serial_groups):
+            groups.append(pl.farm("farm_serial", i, _clamp(n // 150, 8, 20), vps))
+        for i in range(route_groups):
+            groups.append(pl.farm("farm_route", i, _clamp(n // 200, 6, 15), vps))
+    else:
+        # a small world holds fewer farms (at most one per 100 accounts), each at most n/20 strong
+        groups = [pl.drawn_farm(fp, i) for i, fp in enumerate(params.farms[:max(1, n // 100)])]
+
+    def sc(klass: str, count: int) -> int:
+        return max(1, round(count * params.scale(klass)))
+
+    per_cell = max(6, n // 25) if len(cells) == 1 else max(3, n // 25 // len(cells))
     plan_steps: list[tuple[int, Callable[[int], None]]] = [
         (max(2, round(n * 0.012)), lambda k: pl.relayed("l4_relay", k, vps)),
         (max(2, round(n * 0.012)), lambda k: pl.relayed("l3_vpn", k, vps)),
         (max(2, round(n * 0.008)), lambda k: pl.relayed("resi_proxy", k, vps)),
-        (max(1, n // 1000), lambda k: pl.shared_ip("pc_bang", k, _clamp(n // 60, 12, 40), KT,
-                                                  "business")),
-        (max(1, n // 2000), lambda k: pl.shared_ip("campus", k, _clamp(n // 80, 10, 30), KREONET,
-                                                  "campus")),
-        (max(4, n // 10), lambda k: pl.mobile("cgnat", k, SKT, 16, 400)),
-        (max(3, n // 16), lambda k: pl.mobile("lte", k, LGU_MOBILE, 0, 60)),
-        (max(3, n // 33), pl.cloud_gaming),
-        (max(3, n // 25), pl.rural),
-        (max(3, n // 33), lambda k: pl.game_relay(k, relays)),
-        (max(1, n // 500), pl.families),
-        (max(6, n // 25), lambda k: pl.injected_subscribers(cell, k)),
+        (sc("pc_bang", max(1, n // 1000)), lambda k: pl.shared_ip("pc_bang", k, _clamp(n // 60, 12, 40),
+                                                                 KT, "business")),
+        (sc("campus", max(1, n // 2000)), lambda k: pl.shared_ip("campus", k, _clamp(n // 80, 10, 30),
+                                                                KREONET, "campus")),
+        (sc("cgnat", max(4, n // 10)), lambda k: pl.mobile("cgnat", k, SKT, 16, 400)),
+        (sc("lte", max(3, n // 16)), lambda k: pl.mobile("lte", k, LGU_MOBILE, 0, 60)),
+        (sc("cloud_gaming", max(3, n // 33)), pl.cloud_gaming),
+        (sc("rural_dsl", max(3, n // 25)), pl.rural),
+        (sc("game_relay", max(3, n // 33)), lambda k: pl.game_relay(k, relays)),
+        (sc("family_names", max(1, n // 500)), pl.families),
+        *((per_cell, lambda k, c=c: pl.injected_subscribers(c, k)) for c in cells),
     ]
     for count, step in plan_steps:
         step(count)
+    for _ in range(params.popular_stems):
+        pl.popular_stem(rng.randint(8, 20))
     for p in squat_prefixes:
-        for _ in range(max(3, n // 150)):
+        for _ in range(sc("squatted_hop", max(3, n // 150))):
             pl.add(pl.names.player(), "benign", "squatted_hop", p, daily=pl.daily())
     if len(pl.accounts) > n:
         raise ValueError(f"{n} accounts are too few for every planted population "
                          f"(needs {len(pl.accounts)})")
     pl.normal(n - len(pl.accounts))
-    monitored = [*cell.prefixes, *(net.new_prefix(KT, "seoul", "ftth") for _ in range(3)),
+    monitored = [*(p for c in cells for p in c.prefixes),
+                 *(net.new_prefix(KT, "seoul", "ftth") for _ in range(3)),
                  net.new_prefix(SKB, "busan", "ftth"), net.new_prefix(LGU, "seoul", "ftth")]
     monitors = [LineMonitor(i, p) for i, p in enumerate(monitored)]
     allow = [(p.cidr, "game relay network") for p in relays]
@@ -301,4 +389,4 @@ def plan_world(spec: WorldSpec) -> WorldPlan:
     # squatted router blocks: claimed by China Telecom and the US DoD, used inside SK Broadband
     squat_routers = (net.squat(SKB, "seoul", 1, CHINANET), net.squat(SKB, "seoul", 1, DOD))
     squatted = {p.cidr: squat_routers[i % 2] for i, p in enumerate(squat_prefixes)}
-    return WorldPlan(spec, net, servers, pl.accounts, groups, cell, monitors, allow, squatted)
+    return WorldPlan(spec, net, servers, pl.accounts, groups, cells, monitors, allow, squatted)

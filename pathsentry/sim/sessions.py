@@ -17,9 +17,18 @@ from typing import Any
 
 from pathsentry.sim.model import KST, Account, GameServer, WorldPlan
 from pathsentry.sim.network import GAMEDC, KT, NTT, Prefix, Router
-from pathsentry.sim.physics import ACCESS, AccessProfile, Point, inflation_for, leg_ms, sample_rtts
+from pathsentry.sim.physics import (
+    ACCESS,
+    AccessProfile,
+    Point,
+    inflation_for,
+    leg_ms,
+    sample_rtts,
+    stable_unit,
+)
 
 __all__ = [
+    "API_BODY_SHA256",
     "GENUINE_BODY_SHA256",
     "INJECTED_BODY_SHA256",
     "Builder",
@@ -42,9 +51,26 @@ _TARGETS: tuple[tuple[str, str, int, str], ...] = (
     ("wss", "ws", 443, "ws_upgrade"), ("http", "www", 80, "get"),
     ("http", "www", 8080, "get"), ("https", "www", 443, "get"),
 )
+_API_TARGETS: tuple[tuple[str, str, int, str], ...] = (
+    ("http", "api", 80, "get"), ("https", "api", 443, "get"),
+)
 _WS_HEADERS = ["server", "date", "connection", "upgrade", "sec-websocket-accept", "cf-ray"]
 _WWW_HEADERS = ["server", "date", "content-type", "content-length", "cf-ray", "cf-cache-status"]
+_CDN_ERROR_HEADERS = ["server", "date", "content-type", "content-length", "cf-ray"]
+_REDIRECT_HEADERS = ["server", "date", "location", "content-length", "cf-ray"]
+_API_HEADERS = ["server", "date", "content-type", "content-length", "x-request-id"]
 _FORGED_HEADERS = ["content-type", "content-length", "connection"]
+#: What a box forges, per answer kind: status, header names, body hash, body length.
+_FORGERIES: dict[str, tuple[int, list[str], str | None, int]] = {
+    "page": (200, _FORGED_HEADERS, INJECTED_BODY_SHA256, 1187),
+    "redirect": (302, ["location", "content-length", "connection"], None, 0),
+    "block": (403, ["content-type", "content-length", "cache-control"],
+              hashlib.sha256(b"<h1>warning: this site is blocked</h1>").hexdigest(), 1530),
+}
+API_BODY_SHA256 = hashlib.sha256(b'{"ok":true,"realm":"game.example"}').hexdigest()
+_CDN_ERROR_BODY = {s: hashlib.sha256(f"cdn error {s}".encode()).hexdigest()
+                   for s in (404, 500, 502, 503, 504)}
+_MAINTENANCE_BODY = hashlib.sha256(b"<title>maintenance</title>").hexdigest()
 
 
 def fmt_ts(ts_ms: int) -> str:
@@ -84,12 +110,38 @@ class Builder:
         self.net = plan.net
         self.ws_host = f"ws.{plan.spec.domain}"
         self.www_host = f"www.{plan.spec.domain}"
+        self.api_host = f"api.{plan.spec.domain}"
         self.home_countries = frozenset({"KR"})
+        self.params = plan.spec.params
+        self.targets = _TARGETS + (_API_TARGETS if self.params.api_origin else ())
+        span = plan.spec.end_ms - plan.spec.start_ms
+        self.outages = [(plan.spec.start_ms + int(w.at * span),
+                         plan.spec.start_ms + int(w.at * span + w.minutes * 60_000), w.status)
+                        for w in self.params.outages]
+        self.maintenance = [(plan.spec.start_ms + int(w.at * span),
+                             plan.spec.start_ms + int(w.at * span + w.minutes * 60_000))
+                            for w in self.params.maintenance]
 
     # -- physics -------------------------------------------------------------
     def direct_ms(self, p: Prefix, dst: Point, dst_name: str) -> float:
         """Propagation plus access latency from prefix ``p`` to ``dst`` (no jitter)."""
-        return leg_ms(p.point, dst, inflation_for(self.seed, p.cidr, dst_name)) + p.access_ms
+        return leg_ms(p.point, dst, self.inflation(p.cidr, dst_name)) + p.access_ms
+
+    def inflation(self, a: str, b: str) -> float:
+        """The path inflation between two named endpoints, in the world's range."""
+        return inflation_for(self.seed, a, b, *self.params.inflation)
+
+    def game_loop(self, rng: random.Random, server: str, samples: list[float]) -> list[float]:
+        """Application ping samples as a server answers them: on its game loop.
+
+        Each sample waits the server's fixed processing cost plus a uniform phase of
+        its tick (no change where the server answers off the loop).
+        """
+        ping = self.params.ping(server)
+        if not ping.cost_ms and not ping.tick_ms:
+            return samples
+        return [round(v + ping.cost_ms + (rng.uniform(0.0, ping.tick_ms) if ping.tick_ms else 0.0), 3)
+                for v in samples]
 
     def full_ms(self, acct: Account, dst: Point, dst_name: str) -> float:
         """RTT from the real user to ``dst``, through the exit if there is one."""
@@ -137,16 +189,19 @@ class Builder:
         base = {"src_ip": src, "session_id": sid, "account": acct.name}
         out: list[Triple] = []
 
+        app = self.rtt(rng, acct, server.point, server.id, "app", rng.randint(*self.params.app_samples),
+                       extra=rng.uniform(*self.params.app_extra_ms))
         login: dict[str, Any] = {
             "kind": "login", "event_id": _eid(self.seed, acct.index, n, "login"),
             "ts": fmt_ts(t), **base, "server_id": server.id,
-            "app_rtt_ms": self.rtt(rng, acct, server.point, server.id, "app", rng.randint(3, 6),
-                                   extra=rng.uniform(0.2, 1.2)),
+            "app_rtt_ms": self.game_loop(rng, server.id, app),
             "tcp_rtt_ms": self.rtt(rng, acct, server.point, server.id, "tcp", 1)[0],
             "outcome": "failure" if rng.random() < 0.02 else "success",
             "client": {"device_id": acct.device, "os": acct.os,
                        **({"local_ip": acct.local_ip} if acct.local_ip else {})},
         }
+        if self.params.tcp_missing and stable_unit(self.seed, "no-tcp", acct.index) < self.params.tcp_missing:
+            del login["tcp_rtt_ms"]
         out.append((t, login, _truth(login, label, acct.klass, ["vpn_relay"] if relayed else [])))
 
         vantages = rng.sample(sorted(self.plan.servers), rng.randint(2, 4))
@@ -154,9 +209,10 @@ class Builder:
             vs = self.plan.servers[vid]
             method = rng.choices(("app", "icmp", "tcp"), (60, 25, 15))[0]
             ts = t + rng.randint(800, 20_000)
+            rtts = self.rtt(rng, acct, vs.point, vs.id, method, 3)
             probe = {"kind": "rtt_probe", "event_id": _eid(self.seed, acct.index, n, "probe", k),
                      "ts": fmt_ts(ts), **base, "vantage_id": vid, "method": method,
-                     "rtt_ms": self.rtt(rng, acct, vs.point, vs.id, method, 3)}
+                     "rtt_ms": self.game_loop(rng, vid, rtts) if method == "app" else rtts}
             out.append((ts, probe, _truth(probe, label, acct.klass, [])))
 
         if rng.random() < (0.6 if acct.group else 0.3):
@@ -194,14 +250,14 @@ class Builder:
     def traceroute(self, acct: Account, srv: GameServer, ts: int, n: int, rng: random.Random,
                    base: dict[str, Any]) -> Triple:
         tunnel = acct.exit is not None and acct.exit.mode == "l3"
-        infl = inflation_for(self.seed, acct.home.cidr, srv.id)
+        infl = self.inflation(acct.home.cidr, srv.id)
         access: AccessProfile = acct.home.access
         hops: list[dict[str, Any]] = []
         if tunnel:
             assert acct.exit is not None
             ex = acct.exit.prefix
             start_ms = self.direct_ms(acct.home, ex.point, ex.cidr) + ex.access_ms
-            origin, infl = ex.point, inflation_for(self.seed, ex.cidr, srv.id)
+            origin, infl = ex.point, self.inflation(ex.cidr, srv.id)
             hops.append({"ttl": 1, "ip": acct.exit.ip, "rtt_ms": sample_rtts(rng, start_ms, access, 3)})
             routers = [self.net.router(ex.asys, ex.city, 1), self.net.router(GAMEDC, srv.city, 0)]
         else:
@@ -244,28 +300,39 @@ class Builder:
     def http_probe(self, home: Prefix, src: str, ts: int, rng: random.Random, reporter: str,
                    klass: str, key: tuple[object, ...], base: dict[str, Any]) -> tuple[
                        dict[str, Any], dict[str, Any]]:
-        scheme, host, port, request = rng.choice(_TARGETS)
-        cell = self.plan.cell
+        scheme, host, port, request = rng.choice(self.targets)
+        cell = self.plan.cell_of(home.cidr)
         encrypted = scheme in ("https", "wss")
-        on_cell = cell.covers(home.cidr)
-        in_hours = kst_hour(ts) in cell.hours
-        injected = (on_cell and not encrypted and port in cell.ports and in_hours
+        in_hours = cell is not None and kst_hour(ts) in cell.hours
+        injected = (cell is not None and not encrypted and port in cell.ports and in_hours
                     and rng.random() < cell.rate)
-        connect = sample_rtts(rng, self.direct_ms(home, _EDGE, "cdn-edge-seoul"), home.access, 1)[0]
+        api = host == "api"
+        dst, dst_name = ((self.plan.servers["kr-sel-1"].point, "api-origin") if api
+                         else (_EDGE, "cdn-edge-seoul"))
+        connect = sample_rtts(rng, self.direct_ms(home, dst, dst_name), home.access, 1)[0]
         syn_ack = 64 - (6 + int(inflation_for(self.seed, home.cidr, "ttl") * 4) % 6)
         ev: dict[str, Any] = {
             "kind": "http_probe", "event_id": _eid(self.seed, "http", *key), "ts": fmt_ts(ts),
             **base, "src_ip": src,
-            "target": {"host": self.ws_host if host == "ws" else self.www_host, "port": port,
-                       "scheme": scheme},
+            "target": {"host": {"ws": self.ws_host, "www": self.www_host}.get(host, self.api_host),
+                       "port": port, "scheme": scheme},
             "request": request, "reporter": reporter,
         }
         sees_payload = reporter == "client" or not encrypted
+        origin_klass = None
         if injected:
-            ev.update(status=200, header_names=list(_FORGED_HEADERS), server_header=None,
-                      body_sha256=INJECTED_BODY_SHA256, body_len=1187, connect_ms=connect,
+            assert cell is not None
+            status, headers, body, body_len = _FORGERIES[cell.answer]
+            ev.update(status=status, header_names=list(headers), server_header=None,
+                      body_sha256=body, body_len=body_len, connect_ms=connect,
                       ttfb_ms=round(connect * rng.uniform(0.15, 0.6), 3),
-                      ttl={"syn_ack": syn_ack, "response": syn_ack + 1})
+                      ttl={"syn_ack": syn_ack, "response": syn_ack + cell.ttl_delta})
+        elif api:
+            ev.update(status=200, header_names=list(_API_HEADERS), server_header="nginx",
+                      body_sha256=API_BODY_SHA256, body_len=35, connect_ms=connect,
+                      ttfb_ms=round(connect + rng.uniform(1.0, 8.0), 3),
+                      ttl={"syn_ack": syn_ack, "response": syn_ack + self.params.api_ttl_delta})
+            origin_klass = "api_origin"
         else:
             ws = request == "ws_upgrade"
             ev.update(status=101 if ws else 200,
@@ -275,6 +342,7 @@ class Builder:
                       body_len=0 if ws else 18432, connect_ms=connect,
                       ttfb_ms=round(connect + rng.uniform(1.5, 12.0 if ws else 40.0), 3),
                       ttl={"syn_ack": syn_ack, "response": syn_ack})
+            origin_klass = self.origin_answer(ev, ts, rng, encrypted, ws)
         if not sees_payload:
             for f in ("status", "header_names", "server_header", "body_sha256", "body_len", "ttfb_ms"):
                 ev[f] = None
@@ -282,17 +350,46 @@ class Builder:
             ev["retransmits"] = rng.randint(2, 9) if injected and rng.random() < 0.6 else (
                 1 if rng.random() < 0.03 else 0)
             ev["seq_conflict"] = injected and rng.random() < 0.4
-        elif rng.random() < 0.4:
+        elif rng.random() < 1.0 - (cell.ttl_visible if injected and cell is not None else 0.6):
             ev["ttl"] = None
         if injected:
             truth = _truth(ev, "injection", klass, ["path_injection"])
+        elif origin_klass is not None and origin_klass != "api_origin":
+            truth = _truth(ev, "benign", origin_klass, [])
         elif encrypted:
             truth = _truth(ev, "benign", "tls", [])
-        elif on_cell and not in_hours:
+        elif cell is not None and not in_hours:
             truth = _truth(ev, "benign", "isp_off_hours", [])
         else:
-            truth = _truth(ev, "benign", klass, [])
+            truth = _truth(ev, "benign", origin_klass or klass, [])
         return ev, truth
+
+    def origin_answer(self, ev: dict[str, Any], ts: int, rng: random.Random, encrypted: bool,
+                      ws: bool) -> str | None:
+        """The CDN origin's own failures: outages, maintenance, errors, redirects to https.
+
+        Each is the origin's genuine answer: its own headers, its own TTL, a normal
+        time to first byte. Returns the hard-negative class, or None for a normal answer.
+        """
+        p = self.params
+        down = next((status for lo, hi, status in self.outages if lo <= ts < hi), None)
+        if down is not None:
+            ev.update(status=down, header_names=list(_CDN_ERROR_HEADERS), server_header="cloudflare",
+                      body_sha256=_CDN_ERROR_BODY[down], body_len=4_620)
+            return "origin_outage"
+        if any(lo <= ts < hi for lo, hi in self.maintenance):
+            ev.update(status=503, header_names=[*_WWW_HEADERS, "retry-after"],
+                      body_sha256=_MAINTENANCE_BODY, body_len=2_048)
+            return "maintenance"
+        if p.origin_error_rate and rng.random() < p.origin_error_rate:
+            status = rng.choice((404, 500, 502))
+            ev.update(status=status, header_names=list(_CDN_ERROR_HEADERS),
+                      body_sha256=_CDN_ERROR_BODY[status], body_len=3_900)
+            return "origin_error"
+        if p.origin_redirect and not encrypted and not ws and rng.random() < p.origin_redirect:
+            ev.update(status=301, header_names=list(_REDIRECT_HEADERS), body_sha256=None, body_len=0)
+            return "origin_redirect"
+        return None
 
     def line_check(self, prefix: Prefix, index: int, n: int, ts: int, rng: random.Random) -> Triple:
         """One periodic connectivity check of the launcher on a subscriber line."""

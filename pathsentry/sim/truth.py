@@ -3,21 +3,26 @@
 One JSON object per line, each with a ``"type"``:
 
 ``world`` (first line)
-    ``{seed, accounts, hours, start, end}`` — the spec of the world.
+    ``{seed, accounts, hours, start, end, params}`` — the spec of the world
+    (``params``: ``fixed`` or ``random``).
 ``cell`` (one per planted injection cell)
-    ``{asn, as_name, prefixes: [cidr…], ports: [80, 8080], hours: [9…17]}`` — an ISP
-    box forging plaintext answers on those ports during those KST hours only.
+    ``{asn, as_name, prefixes: [cidr…], ports: [80, 8080], hours: [9…17], answer,
+    ttl_delta}`` — an ISP box forging plaintext answers (a ``page``, a ``redirect`` or
+    a ``block`` page, TTL ``ttl_delta`` above the SYN-ACK's) on those ports during those
+    KST hours only.
 ``account`` (one per account)
     ``{account, label, klass, group_id}`` — ``label`` is ``benign`` or an attack class
     (``l4_relay``, ``l3_vpn``, ``resi_proxy``, ``farm_serial``, ``farm_route``);
     ``klass`` names the population (``normal``, ``pc_bang``, ``campus``, ``cgnat``,
     ``lte``, ``cloud_gaming``, ``rural_dsl``, ``game_relay``, ``family_names``,
-    ``squatted_hop``) or repeats the attack label.
+    ``squatted_hop``, ``popular_stem``) or repeats the attack label.
 ``event`` (one per event, in the order of ``events.jsonl``)
     ``{event_id, ts, kind, account, label, klass, expect: [flag kind…]}`` — ``label`` is
     ``benign`` or the attack class (``injection`` for a forged http answer); for benign
     events ``klass`` is the hard-negative class (the account's population, or a
-    per-event one: ``icmp_spike``, ``squatted_hop``, ``tls``, ``isp_off_hours``);
+    per-event one: ``icmp_spike``, ``squatted_hop``, ``tls``, ``isp_off_hours``, the
+    origin's own answers ``origin_outage``, ``origin_error``, ``origin_redirect``,
+    ``maintenance``, and ``api_origin`` for the origin off the CDN);
     ``expect`` lists the flag kinds a perfect detector raises on it.
 ``group`` (one per farm group, after the events)
     ``{group_id, label: farm_serial|farm_route, members: [...], template, relay,
@@ -78,6 +83,8 @@ class GroupTruth:
     first_login_ts: float | None = None
     fifth_login_ts: float | None = None
     template: str | None = None
+    family: str | None = None
+    pace_s: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +125,8 @@ class Truth:
 
             self.groups[rec["group_id"]] = GroupTruth(
                 rec["group_id"], rec["label"], tuple(rec["members"]), opt_ts("first_login_ts"),
-                opt_ts("fifth_login_ts"), rec.get("template"))
+                opt_ts("fifth_login_ts"), rec.get("template"), rec.get("family"),
+                tuple(rec["pace_s"]) if rec.get("pace_s") else None)
         elif kind == "cell":
             self.cells.append(CellTruth(int(rec["asn"]), tuple(rec["prefixes"]),
                                         tuple(int(p) for p in rec["ports"]),

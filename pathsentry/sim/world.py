@@ -26,8 +26,9 @@ from typing import Any
 import orjson
 
 from pathsentry.sim.model import Account, WorldPlan, WorldSpec
+from pathsentry.sim.params import DIURNAL
 from pathsentry.sim.plan import SERVER_CITIES, plan_world
-from pathsentry.sim.sessions import GENUINE_BODY_SHA256, Builder, Triple, fmt_ts, kst_hour
+from pathsentry.sim.sessions import API_BODY_SHA256, GENUINE_BODY_SHA256, Builder, Triple, fmt_ts, kst_hour
 
 __all__ = [
     "DIURNAL",
@@ -39,11 +40,6 @@ __all__ = [
     "write_world_files",
 ]
 
-#: Relative login intensity per KST hour (evening peak, early-morning trough).
-DIURNAL: tuple[float, ...] = (
-    0.55, 0.35, 0.22, 0.14, 0.10, 0.10, 0.14, 0.22, 0.30, 0.35, 0.40, 0.45,
-    0.55, 0.55, 0.55, 0.60, 0.70, 0.80, 0.90, 0.97, 1.00, 1.00, 0.92, 0.75,
-)
 _MS_PER_HOUR = 3_600_000
 
 
@@ -67,14 +63,16 @@ class World:
         self.plan: WorldPlan = plan_world(spec)
         self.builder = Builder(self.plan)
         self.group_logins: dict[str, list[tuple[int, str]]] = {}
+        self.diurnal = spec.params.diurnal
 
     # -- actors ----------------------------------------------------------------
     def _next_start(self, rng: random.Random, t: int, daily: float) -> int:
         """Next session start after ``t`` from a diurnal Poisson process (thinning)."""
-        rate_per_ms = daily / sum(DIURNAL) / _MS_PER_HOUR
+        diurnal = self.diurnal
+        rate_per_ms = daily / sum(diurnal) / _MS_PER_HOUR
         while True:
             t += int(rng.expovariate(rate_per_ms)) + 1
-            if t >= self.spec.end_ms or rng.random() < DIURNAL[kst_hour(t)]:
+            if t >= self.spec.end_ms or rng.random() < diurnal[kst_hour(t)]:
                 return t
 
     def _rng(self, actor: int, n: int) -> random.Random:
@@ -83,9 +81,14 @@ class World:
 
     def _burst_start(self, acct: Account, n: int, rng: random.Random) -> int | None:
         assert acct.group is not None
-        if n >= len(acct.group.bursts):
+        group = acct.group
+        if n >= len(group.bursts):
             return None
-        return acct.group.bursts[n] + int(acct.rank * 22_000 + rng.uniform(0, 15_000))
+        if group.pace_s is None:
+            return group.bursts[n] + int(acct.rank * 22_000 + rng.uniform(0, 15_000))
+        lo, hi = group.pace_s
+        return group.bursts[n] + max(0, int((acct.rank * (lo + hi) / 2 + rng.uniform(-0.5, 0.5) * (hi - lo))
+                                            * 1000))
 
     def _first_start(self, actor: int) -> int | None:
         spec, rng = self.spec, self._rng(actor, -1)
@@ -153,12 +156,14 @@ class World:
     # -- truth ---------------------------------------------------------------
     def header_truth(self) -> Iterator[dict[str, Any]]:
         """The ``world``, ``cell`` and ``account`` truth records (known before streaming)."""
-        spec, cell = self.spec, self.plan.cell
+        spec = self.spec
         yield {"type": "world", "seed": spec.seed, "accounts": spec.accounts, "hours": float(spec.hours),
-               "start": fmt_ts(spec.start_ms), "end": fmt_ts(spec.end_ms)}
-        yield {"type": "cell", "asn": cell.asn, "as_name": cell.as_name,
-               "prefixes": [p.cidr for p in cell.prefixes], "ports": list(cell.ports),
-               "hours": list(cell.hours)}
+               "start": fmt_ts(spec.start_ms), "end": fmt_ts(spec.end_ms),
+               "params": spec.params.name}
+        for cell in self.plan.cells:
+            yield {"type": "cell", "asn": cell.asn, "as_name": cell.as_name,
+                   "prefixes": [p.cidr for p in cell.prefixes], "ports": list(cell.ports),
+                   "hours": list(cell.hours), "answer": cell.answer, "ttl_delta": cell.ttl_delta}
         for a in self.plan.accounts:
             yield {"type": "account", "account": a.name, "label": a.label,
                    "klass": a.label if a.label != "benign" else a.klass,
@@ -173,7 +178,8 @@ class World:
             order = sorted(firsts.values())
             member = next(a for a in self.plan.accounts if a.group is g)
             yield {"type": "group", "group_id": g.group_id, "label": g.label,
-                   "members": list(g.members), "template": g.template,
+                   "members": list(g.members), "template": g.template, "family": g.family,
+                   "pace_s": list(g.pace_s) if g.pace_s else None,
                    "relay": member.exit.mode if member.exit else None,
                    "exit_prefix": member.exit.prefix.cidr if member.exit else None,
                    "first_login_ts": fmt_ts(order[0]) if order else None,
@@ -207,6 +213,10 @@ class World:
                   "[[origin]]", f'host = "{self.builder.www_host}"', "expect_status = 200",
                   'expect_server = "cloudflare"', 'expect_headers = ["server", "cf-ray"]',
                   f'expect_body_sha256 = "{GENUINE_BODY_SHA256}"', ""]
+        if spec.params.api_origin:
+            lines += ["[[origin]]", f'host = "{self.builder.api_host}"', "expect_status = 200",
+                      'expect_server = "nginx"', 'expect_headers = ["server", "x-request-id"]',
+                      f'expect_body_sha256 = "{API_BODY_SHA256}"', ""]
         for cidr, reason in plan.allow:
             lines += ["[[allow]]", f'cidr = "{cidr}"', f'reason = "{reason}"', ""]
         return "\n".join(lines)

@@ -232,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"at {args.rate} events/s", flush=True)
         procs.append(subprocess.Popen(
             [py, "-m", "pathsentry", "simulate", "--seed", str(args.seed), "--accounts",
-             str(args.accounts), "--hours", str(args.hours), "--now", "--to-kafka",
+             str(args.accounts), "--hours", str(args.hours), "--params", "fixed", "--now", "--to-kafka",
              "--rate", str(args.rate)],
             env=env, stdout=backend_log, stderr=subprocess.STDOUT,
         ))
