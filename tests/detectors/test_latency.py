@@ -48,6 +48,7 @@ GEO_ROWS = [
     ("45.64.1.0/24", "KR", 38700, *SEOUL, "hosting"),
     ("203.0.113.0/24", "KR", 64511, *SEOUL, "hosting"),
     ("175.200.1.0/24", "KR", 4766, *BUSAN, "business"),
+    ("58.120.0.0/16", "KR", 4766, *SEOUL, "residential"),
 ]
 
 
@@ -120,6 +121,15 @@ class World:
             assert not out.flags, out.flags[0].reasons
 
 
+def warm_server(w: World, n: int = 30, server: str = "kr-sel-1") -> None:
+    """Honest Seoul players from ``n`` different /24s teach the server's app overhead."""
+    for i in range(n):
+        base = leg_ms(SEOUL, SEOUL) + w.rng.uniform(1.0, 4.0)
+        app = w.samples(base, 0.3)
+        w.login(f"local{i}", f"58.120.{i}.{10 + i}", app,
+                round(min(app) + w.rng.uniform(0.0, 0.6), 3), server=server)
+
+
 def make_world(seed: int = 1, **settings: Any) -> World:
     cfg = load_config(text=CONFIG, env={})
     if settings:
@@ -133,6 +143,7 @@ def make_world(seed: int = 1, **settings: Any) -> World:
 @pytest.fixture
 def world() -> World:
     w = make_world()
+    warm_server(w)
     w.warm("211.234.1", SEOUL, (1.0, 4.0))
     return w
 

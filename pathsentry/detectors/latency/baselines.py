@@ -24,20 +24,29 @@ minority and windowed so that a patch day is absorbed:
     the gap, so a relayed share below about 40 % of the window leaves the median
     near the honest one (the high quantiles would not be: the relays sit there).
 ``noise``
-    per access kind, the lower spread ``p50 - p10`` of the residual ``gap - cost -
-    tick / (k + 1)``: the lower half is the side relays never reach.
+    per access kind, the median magnitude of the residuals ``gap - cost`` at or
+    below zero, as a normal-equivalent scale. The phase is never negative, so what
+    lands below the cost is measurement noise (a phase-corrected residual would
+    count the tick's spread as noise twice); and it is the side relays never reach.
 
 The honest upper bound of a login's gap is then ``cost + tick * q_k + z * noise``
 with ``q_k = 1 - alpha ** (1 / k)`` the ``1 - alpha`` quantile of ``B_k``; what the
-gap exceeds beyond it is the relay evidence (:mod:`.scoring`). Windows are plain
-bounded deques (``overhead_window`` logins per server, ``2 x`` that per access kind)
-so the figures are exact window quantiles and a JSON snapshot is the window itself.
+gap exceeds beyond it is the relay evidence (:mod:`.scoring`).
+
+Every estimate is a quantile over *votes*, one per exit prefix (its latest login),
+at most ``overhead_window`` prefixes per server and ``2 x`` that per access kind,
+least recently heard from dropped: a gold farm logging 50 accounts into one server
+through one /24 in a minute is one vote, not 50, so "robust to a relayed minority"
+means a minority of prefixes, which relays rarely outnumber. A patch day moves each
+prefix's vote at its next login: the median follows once half the window's
+prefixes have logged in again. The figures are exact quantiles of the votes and a
+JSON snapshot is the votes themselves.
 """
 
 from __future__ import annotations
 
 import base64
-from collections import deque
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 from river._river_rust.stats import RsQuantile
@@ -54,33 +63,48 @@ def phase_quantile(k: int, alpha: float) -> float:
     return 1.0 - float(alpha ** (1.0 / max(1, k)))
 
 
-class _Window:
-    """The last ``cap`` values and their quantiles (sorted once per change)."""
+class _Votes:
+    """One vote per source (the latest value of each exit prefix), at most ``cap``
+    sources (the least recently heard from is dropped), and their quantiles (sorted
+    once per change). A farm behind one or a few /24s casts one or a few votes however
+    many of its accounts log in, so it cannot drag a median the honest population
+    sets."""
 
-    __slots__ = ("_sorted", "values")
+    __slots__ = ("_sorted", "cap", "votes")
 
-    def __init__(self, cap: int, values: list[float] | None = None) -> None:
-        self.values: deque[float] = deque(values or (), maxlen=max(2, cap))
+    def __init__(self, cap: int, votes: list[list[Any]] | None = None) -> None:
+        self.cap = max(2, cap)
+        self.votes: OrderedDict[str, float] = OrderedDict()
+        for source, x in votes or ():
+            self.add(str(source), float(x))
         self._sorted: list[float] | None = None
 
-    def add(self, x: float) -> None:
-        self.values.append(x)
+    def add(self, source: str, x: float) -> None:
+        votes = self.votes
+        if source in votes:
+            del votes[source]
+        votes[source] = x
+        if len(votes) > self.cap:
+            votes.popitem(last=False)
         self._sorted = None
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.votes)
 
     def quantile(self, q: float) -> float:
-        """Linear-interpolated window quantile (0.0 when empty)."""
+        """Linear-interpolated quantile of the votes (0.0 when there are none)."""
         s = self._sorted
         if s is None:
-            s = self._sorted = sorted(self.values)
+            s = self._sorted = sorted(self.votes.values())
         if not s:
             return 0.0
         pos = q * (len(s) - 1)
         i = int(pos)
         j = min(i + 1, len(s) - 1)
         return s[i] + (s[j] - s[i]) * (pos - i)
+
+    def snapshot(self) -> list[list[Any]]:
+        return [[k, v] for k, v in self.votes.items()]
 
 
 class Overhead:
@@ -91,7 +115,7 @@ class Overhead:
     >>> o = Overhead("srv", window=200)
     >>> for _ in range(200):  # cost 6 ms, tick 33 ms, 4 samples, no noise
     ...     phases = [rng.uniform(0, 33) for _ in range(4)]
-    ...     o.update(6.0 + min(phases), 4, max(phases) - min(phases))
+    ...     o.update(f"p{_}", 6.0 + min(phases), 4, max(phases) - min(phases))
     >>> 28 < o.tick() < 38, 4 < o.cost() < 8
     (True, True)
     """
@@ -99,14 +123,14 @@ class Overhead:
     __slots__ = ("_cost", "_tick", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
-    MIN_TICK_LOGINS: ClassVar[int] = 10
+    MIN_TICK_LOGINS: ClassVar[int] = 5
 
     def __init__(self, key: str, window: int) -> None:
         self.key = key
-        #: logins with a TCP RTT seen (the cost's evidence), over all time
+        #: logins with a TCP RTT learned (the cost's evidence), over all time
         self.n = 0
-        self._tick = _Window(window)
-        self._cost = _Window(window)
+        self._tick = _Votes(window)
+        self._cost = _Votes(window)
 
     def tick(self) -> float:
         """The tick (ms): median spread-based estimate, or, before enough multi-sample
@@ -117,6 +141,10 @@ class Overhead:
             return (self._cost.quantile(0.9) - self._cost.quantile(0.1)) / 0.8
         return 0.0
 
+    def sources(self) -> int:
+        """Exit prefixes whose gap the cost is learned from (the warm-up measure)."""
+        return len(self._cost)
+
     def cost(self) -> float:
         """The fixed cost (ms): median phase-corrected gap."""
         return self._cost.quantile(0.5)
@@ -125,23 +153,24 @@ class Overhead:
         """Expected gap (ms) of a login with ``k`` app samples."""
         return self.cost() + self.tick() / (k + 1)
 
-    def update(self, gap: float | None, k: int, spread: float) -> None:
+    def update(self, source: str, gap: float | None, k: int, spread: float) -> None:
+        """Learn one login from exit prefix ``source``."""
         if k >= 2:
-            self._tick.add(spread * (k + 1) / (k - 1))
+            self._tick.add(source, spread * (k + 1) / (k - 1))
         if gap is not None:
             self.n += 1
             t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
-            self._cost.add(gap - t / (k + 1))
+            self._cost.add(source, gap - t / (k + 1))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"n": self.n, "tick": list(self._tick.values), "cost": list(self._cost.values)}
+        return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot()}
 
     @classmethod
     def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
         o = cls(key, window)
         o.n = int(snap["n"])
-        o._tick = _Window(window, [float(v) for v in snap["tick"]])
-        o._cost = _Window(window, [float(v) for v in snap["cost"]])
+        o._tick = _Votes(window, snap["tick"])
+        o._cost = _Votes(window, snap["cost"])
         return o
 
 
@@ -150,12 +179,15 @@ class OverheadBook:
     the residual noise per access kind; bounded by the number of servers, platforms
     and access kinds (``keys_max`` in all)."""
 
+    #: lower-side residuals needed before an access kind has its own noise scale
+    MIN_NOISE_VOTES: ClassVar[int] = 5
+
     def __init__(self, window: int, keys_max: int = 10_000) -> None:
         self.window = max(2, int(window))
         self.keys_max = keys_max
         self.overheads: dict[str, Overhead] = {}
-        #: access kind -> window of residuals ``gap - expected(k)``
-        self.noise: dict[str, _Window] = {}
+        #: access kind -> votes of residuals ``gap - cost``
+        self.noise: dict[str, _Votes] = {}
 
     @staticmethod
     def key(server_id: str, platform: str | None) -> str:
@@ -165,14 +197,24 @@ class OverheadBook:
         return self.overheads.get(key)
 
     def noise_scale(self, kind: str, floor: float) -> tuple[float, int]:
-        """(``p50 - p10`` of the kind's residuals, at least ``floor``; residuals seen)."""
+        """(noise scale ms, residuals it rests on) of an access kind: the median
+        magnitude of the kind's residuals ``gap - cost`` at or below zero, over 0.674 (a normal
+        deviation's median magnitude), at least ``floor``. Only the lower side is used:
+        relays add to the gap and never land there, and an access kind relays favour
+        (hosting) would otherwise learn the relays' spread as noise. Fewer than
+        ``MIN_NOISE_VOTES`` such residuals: every kind's, pooled."""
         w = self.noise.get(kind)
-        if w is None or len(w) < 2:
-            return floor, 0 if w is None else len(w)
-        s = w.quantile(0.5) - w.quantile(0.1)
-        return (s if s > floor else floor), len(w)
+        lower = [] if w is None else [-x for x in w.votes.values() if x <= 0.0]
+        if len(lower) < self.MIN_NOISE_VOTES:
+            lower = [-x for v in self.noise.values() for x in v.votes.values() if x <= 0.0]
+        if len(lower) < self.MIN_NOISE_VOTES:
+            return floor, len(lower)
+        lower.sort()
+        s = lower[len(lower) // 2] / 0.674
+        return (s if s > floor else floor), len(lower)
 
-    def learn(self, key: str, kind: str, gap: float | None, k: int, spread: float) -> None:
+    def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float) -> None:
+        """Learn one login of server (and platform) ``key`` from exit prefix ``source``."""
         o = self.overheads.get(key)
         if o is None:
             if len(self.overheads) >= self.keys_max:
@@ -184,14 +226,14 @@ class OverheadBook:
                 if len(self.noise) >= self.keys_max:
                     w = None
                 else:
-                    w = self.noise[kind] = _Window(2 * self.window)
+                    w = self.noise[kind] = _Votes(2 * self.window)
             if w is not None:
-                w.add(gap - o.expected(k))
-        o.update(gap, k, spread)
+                w.add(source, gap - o.cost())
+        o.update(source, gap, k, spread)
 
     def snapshot(self) -> dict[str, Any]:
         return {"overheads": {k: o.snapshot() for k, o in self.overheads.items()},
-                "noise": {k: list(w.values) for k, w in self.noise.items()}}
+                "noise": {k: w.snapshot() for k, w in self.noise.items()}}
 
     def load(self, snap: dict[str, Any], only_new: bool = False) -> None:
         if not only_new:
@@ -200,9 +242,9 @@ class OverheadBook:
         for k, o in snap.get("overheads", {}).items():
             if k not in self.overheads:
                 self.overheads[k] = Overhead.restore(o, k, self.window)
-        for k, values in snap.get("noise", {}).items():
+        for k, votes in snap.get("noise", {}).items():
             if k not in self.noise:
-                self.noise[k] = _Window(2 * self.window, [float(v) for v in values])
+                self.noise[k] = _Votes(2 * self.window, votes)
 
 
 class Baseline:

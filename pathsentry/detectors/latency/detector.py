@@ -149,12 +149,12 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         if probes is None:
             sess.probes = probes = [_intern(vantage), _intern(probe.method), lo, len(rtt)]
         else:
+            method = probe.method
             for i in range(0, len(probes), 4):
-                if probes[i] == vantage:
+                if probes[i] == vantage and probes[i + 1] == method:
+                    probes[i + 3] += len(rtt)  # more samples: a tighter phase bound
                     if lo < probes[i + 2]:  # the disk shrinks
-                        probes[i + 1] = _intern(probe.method)
                         probes[i + 2] = lo
-                        probes[i + 3] += len(rtt)
                     else:
                         changed = False
                     break
@@ -257,10 +257,10 @@ class LatencyDetector(SessionTable, Evidence, Detector):
             if comps is None or self._teaches(comps, level):
                 self._learn(sess, feats or features(*raw, sess.phys_feat))
             # The overhead learns from every login without other relay evidence, its own
-            # gap verdict included: a patch day moves every login's gap, and the windowed
-            # medians it keeps are not moved by a relayed minority.
+            # gap verdict included: a patch day moves every login's gap, and the medians
+            # over one vote per exit prefix it keeps are not moved by a relayed minority.
             if comps is None or self._teaches(comps, "", _OVERHEAD_SKIPS):
-                self.overhead.learn(sess.oh_key, sess.geo.kind or "?",
+                self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
                                     None if sess.tcp is None else sess.app_min - sess.tcp,
                                     sess.app_n, sess.app_spread)
         if assessed is None:

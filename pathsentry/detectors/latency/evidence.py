@@ -99,10 +99,10 @@ class Evidence(Scoring):
             return {"verdict": "no tcp_rtt or network-layer probe: the other components decide"}
         out: dict[str, Any] = {
             "network_rtt_ms": round(v.net, 2), "source": v.source,
-            "app_rtt_min_ms": round(sess.app_min, 2), "app_rtt_samples": sess.app_n,
-            "app_rtt_spread_ms": round(sess.app_spread, 2),
+            "app_rtt_min_ms": round(v.net + v.gap, 2), "app_rtt_samples": v.k,
+            "login_app_rtt_spread_ms": round(sess.app_spread, 2),
             "gap_ms": round(v.gap, 2), "gap_km": round(v.gap * KM_PER_MS_RTT),
-            "overhead": {"server": sess.oh_key, "logins": v.n},
+            "overhead": {"server": sess.oh_key, "prefixes": v.n},
         }
         if v.bound is None or v.excess is None:
             out["verdict"] = v.cold
@@ -119,8 +119,8 @@ class Evidence(Scoring):
         if v.strength > 0:
             what = "TCP terminates" if v.source == "tcp_rtt" else "the network layer answers"
             reasons.append(
-                f"{v.source} {v.net:.1f} ms vs app_rtt {sess.app_min:.1f} ms "
-                f"({sess.app_n} samples): gap {v.gap:.0f} ms, {v.excess:.0f} ms above the "
+                f"{v.source} {v.net:.1f} ms vs app_rtt {v.net + v.gap:.1f} ms "
+                f"(min of {v.k} samples): gap {v.gap:.0f} ms, {v.excess:.0f} ms above the "
                 f"{v.bound:.0f} ms an honest client of {sess.oh_key} shows (learned cost "
                 f"{v.cost:.1f} ms, tick {v.tick:.0f} ms): {what} "
                 f"≈ {v.excess * KM_PER_MS_RTT:.0f} km before the client"

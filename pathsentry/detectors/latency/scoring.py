@@ -9,11 +9,11 @@ game loop with a 100 ms tick does not look like a relay. Physics judges a networ
 RTT: the kernel TCP RTT, or the app minimum less the learned overhead (cost and the
 ``1 - phase_alpha`` quantile of the phase), never a raw app figure. The prefix
 baselines hold app minima and are compared with app minima. A server not warmed up
-(``overhead_warmup`` logins with a TCP RTT) gives no gap verdict and no app-derived
+(gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
 physics: the evidence says so and the other components carry the decision.
 
 Defaults (``[detectors.latency]``): ``overhead_window`` 200 logins per server,
-``overhead_warmup`` 30, ``gap_z`` 3.0 noise scales above the phase bound,
+``overhead_warmup`` 8 prefixes, ``gap_z`` 3.0 noise scales above the phase bound,
 ``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
 phase quantile subtracted where an app figure meets physics).
 """
@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "gap_alpha": 0.001,
     "phase_alpha": 0.01,
     "overhead_window": 200,
-    "overhead_warmup": 30,
+    "overhead_warmup": 8,
     "overhead_by_platform": True,
     "suspicious_history": 0.55,
     "hst_trees": 10,
@@ -98,7 +98,7 @@ _W_MODEL = WEIGHTS["model"]
 class GapVerdict:
     """The cross-layer gap of one login against the server's learned overhead."""
 
-    __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "n", "net", "noise",
+    __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
                  "noise_n", "ratio", "source", "strength", "tick")
 
     def __init__(self, net: float, source: str, gap: float) -> None:
@@ -108,6 +108,8 @@ class GapVerdict:
         self.bound: float | None = None
         self.excess: float | None = None
         self.expected = self.cost = self.tick = self.noise = self.ratio = 0.0
+        #: app samples the verdict rests on (login and the login server's app probes)
+        self.k = 0
         self.n = self.noise_n = 0
         self.cold = ""
 
@@ -147,6 +149,23 @@ class Scoring:
                     net, label = probes[i + 2], f"{probes[i + 1]} probe"
         return net, label
 
+    @staticmethod
+    def app_figures(sess: Session) -> tuple[float, int]:
+        """(minimum, sample count) of the application round trips to the login server:
+        the login's samples and the app probes the login server sent in the session.
+        Each sample is one more phase of the same game loop, so together they bound the
+        phase tighter than the login's alone."""
+        app_min, k = sess.app_min, sess.app_n
+        probes = sess.probes
+        if probes is not None:
+            server_id = sess.server_id
+            for i in range(0, len(probes), 4):
+                if probes[i] == server_id and probes[i + 1] == "app":
+                    k += probes[i + 3]
+                    if probes[i + 2] < app_min:
+                        app_min = probes[i + 2]
+        return app_min, k
+
     def gap_verdict(self, sess: Session) -> GapVerdict | None:
         """The gap's verdict (``None`` without a network-layer RTT).
 
@@ -159,14 +178,15 @@ class Scoring:
         net, source = self.network_rtt(sess)
         if net is None:
             return None
-        app_min = sess.app_min
+        app_min, k = self.app_figures(sess)
         v = GapVerdict(net, source, app_min - net)
+        v.k = k
         o = self.overhead.get(sess.oh_key)
-        v.n = 0 if o is None else o.n
-        if o is None or o.n < self.overhead_warmup:
-            v.cold = f"cold server: {v.n} < {self.overhead_warmup} logins learned, no gap verdict"
+        v.n = 0 if o is None else o.sources()
+        if o is None or v.n < self.overhead_warmup:
+            v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
+                      "learned, no gap verdict")
             return v
-        k = sess.app_n
         v.cost, v.tick = o.cost(), o.tick()
         v.expected = v.cost + v.tick / (k + 1)
         least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS) / 2.0
@@ -191,7 +211,7 @@ class Scoring:
         either (a raw app figure carries the game loop and is not comparable)."""
         tcp = sess.tcp
         o = self.overhead.get(sess.oh_key)
-        if o is None or o.n < self.overhead_warmup:
+        if o is None or o.sources() < self.overhead_warmup:
             return None if tcp is None else (tcp, "tcp_rtt")
         app_lo = sess.app_min - o.cost() - o.tick() * phase_quantile(sess.app_n, self.phase_alpha)
         if tcp is not None and tcp >= app_lo:

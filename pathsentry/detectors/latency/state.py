@@ -26,7 +26,7 @@ __all__ = ["MAX_ALERT_EVENTS", "MAX_VANTAGES", "AlertBook", "BoundedLRU", "Sessi
 K = TypeVar("K")
 V = TypeVar("V")
 
-#: Probing vantages remembered per session.
+#: Probing (vantage, method) pairs remembered per session.
 MAX_VANTAGES = 16
 #: Event ids kept per alert (the most recent ones).
 MAX_ALERT_EVENTS = 50
@@ -175,7 +175,8 @@ class Session:
     its enrichment and notes are not kept. Login fields are only set once the login
     was seen (``event_id`` is not ``None``); until then a session only collects
     probes. ``probes`` is a flat list ``[vantage, method, min_ms, samples, ...]``
-    (one group of four per vantage, in arrival order). Strings are shared, not
+    (one group of four per vantage and method, in arrival order; ``samples`` counts
+    every sample of that pair, ``min_ms`` is their minimum). Strings are shared, not
     copied: the session id with the session table's key, the baseline keys with the
     baselines' own keys, vantage and method names are interned; zero scores share
     one float.
