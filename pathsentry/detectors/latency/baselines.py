@@ -53,7 +53,6 @@ from river._river_rust.stats import RsQuantile
 
 __all__ = ["Baseline", "Overhead", "OverheadBook", "phase_quantile"]
 
-
 def phase_quantile(k: int, alpha: float) -> float:
     """The ``1 - alpha`` quantile of the minimum of ``k`` uniform(0, 1) phases.
 

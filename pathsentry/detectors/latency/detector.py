@@ -69,6 +69,11 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         self.overhead_warmup = int(cfg["overhead_warmup"])
         self.by_platform = bool(cfg["overhead_by_platform"])
         self.overhead = OverheadBook(int(cfg["overhead_window"]))
+        self.prefix_history = int(cfg["prefix_history"])
+        self.prefix_min_logins = int(cfg["prefix_min_logins"])
+        lo, hi = cfg["prefix_z"]
+        self.prefix_z = (float(lo), float(hi))
+        self.prefix_gaps: BoundedLRU[str, tuple[Any, ...]] = BoundedLRU(cfg["baseline_keys_max"])
         self.baselines: BoundedLRU[str, Baseline] = BoundedLRU(cfg["baseline_keys_max"])
         self.sessions: BoundedLRU[str, Session] = BoundedLRU(cfg["sessions_max"])
         #: account -> (flagged sessions, session id, score, session id, score, ...): the
@@ -184,7 +189,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         if self.prune and self.flag_threshold > 0.0 and not sess.phys_s > 0 \
                 and sess.route is None and not sess.worst_km > 100.0:
             gv = self.gap_verdict(sess)
-            if gv is None or not gv.strength > 0:
+            if (gv is None or not gv.strength > 0) and not self.prefix_evidence(sess, gv)[0] > 0:
                 b = self.best_baseline(sess)[1]
                 if b is None:
                     return None
@@ -254,6 +259,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         assert model is not None
         assessed = self._assessment(sess, base, comps or {}, model) if flagged else None
         if allowed is None:
+            self.learn_prefix_gap(sess, gv, self.prefix_history)
             if comps is None or self._teaches(comps, level):
                 self._learn(sess, feats or features(*raw, sess.phys_feat))
             # The overhead learns from every login without other relay evidence, its own
@@ -426,6 +432,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
             "version": 1,
             "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
             "overhead": self.overhead.snapshot(),
+            "prefix_gaps": [[k, list(v)] for k, v in self.prefix_gaps.items()],
             "sessions": sessions,
             "accounts": self._accounts_rows(),
             "alerts": self.alerts.state(),
@@ -440,6 +447,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
             "version": 1,
             "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
             "overhead": self.overhead.snapshot(),
+            "prefix_gaps": [[k, list(v)] for k, v in self.prefix_gaps.items()],
             "accounts": self._accounts_rows(),
             "model": self._model_state(),
         }
@@ -453,6 +461,9 @@ class LatencyDetector(SessionTable, Evidence, Detector):
             if self.baselines.peek(key) is None and len(self.baselines) < self.baselines.cap:
                 self.baselines.put(key, Baseline.restore(snap, key))
         self.overhead.load(state.get("overhead", {}), only_new=True)
+        for key, rows in state.get("prefix_gaps", []):
+            if self.prefix_gaps.peek(key) is None and len(self.prefix_gaps) < self.prefix_gaps.cap:
+                self.prefix_gaps.put(key, tuple(rows))
         self._load_accounts(state.get("accounts", []), only_new=True)
         if not self.model.trees:
             self._load_model(state.get("model", {}))
@@ -525,6 +536,9 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         for key, snap in state.get("baselines", []):
             self.baselines.put(key, Baseline.restore(snap, key))
         self.overhead.load(state.get("overhead", {}))
+        self.prefix_gaps.clear()
+        for key, rows in state.get("prefix_gaps", []):
+            self.prefix_gaps.put(key, tuple(rows))
         self.sessions.clear()
         for row in state.get("sessions", []):
             self._load_session_row(row)

@@ -15,14 +15,21 @@ physics: the evidence says so and the other components carry the decision.
 Defaults (``[detectors.latency]``): ``overhead_window`` 200 logins per server,
 ``overhead_warmup`` 8 prefixes, ``gap_z`` 3.0 noise scales above the phase bound,
 ``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
-phase quantile subtracted where an app figure meets physics).
+phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
+logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
+combined z-scores of 4.5 and 6.5 (``prefix_z``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
-from pathsentry.detectors.latency.baselines import Baseline, OverheadBook, phase_quantile
+from pathsentry.detectors.latency.baselines import (
+    Baseline,
+    OverheadBook,
+    phase_quantile,
+)
 from pathsentry.detectors.latency.geometry import Geometry
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
 from pathsentry.detectors.latency.state import BoundedLRU, Session
@@ -42,6 +49,7 @@ LEVEL_WEIGHT: dict[str, float] = {"prefix": 1.0, "asn": 0.6, "country": 0.5}
 #: Noisy-OR weight of each evidence component.
 WEIGHTS: dict[str, float] = {
     "gap": 0.95,
+    "prefix_gap": 0.85,
     "vantage": 0.85,
     "baseline": 0.85,
     "physics": 0.7,
@@ -68,6 +76,9 @@ DEFAULTS: dict[str, Any] = {
     "overhead_window": 200,
     "overhead_warmup": 8,
     "overhead_by_platform": True,
+    "prefix_history": 32,
+    "prefix_min_logins": 4,
+    "prefix_z": [4.0, 5.5],
     "suspicious_history": 0.55,
     "hst_trees": 10,
     "hst_height": 6,
@@ -88,6 +99,7 @@ def noisy_or(components: dict[str, float]) -> float:
 #: Probe methods the network layer (or a VPN endpoint) answers.
 NET_METHODS = frozenset({"icmp", "tcp"})
 _W_GAP = WEIGHTS["gap"]
+_W_PREFIX = WEIGHTS["prefix_gap"]
 _W_PHYSICS = WEIGHTS["physics"]
 _W_BASELINE = WEIGHTS["baseline"]
 _W_VANTAGE = WEIGHTS["vantage"]
@@ -99,7 +111,7 @@ class GapVerdict:
     """The cross-layer gap of one login against the server's learned overhead."""
 
     __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
-                 "noise_n", "ratio", "source", "strength", "tick")
+                 "noise_n", "ratio", "residual", "source", "strength", "tick", "variance")
 
     def __init__(self, net: float, source: str, gap: float) -> None:
         self.net, self.source, self.gap = net, source, gap
@@ -110,6 +122,8 @@ class GapVerdict:
         self.expected = self.cost = self.tick = self.noise = self.ratio = 0.0
         #: app samples the verdict rests on (login and the login server's app probes)
         self.k = 0
+        #: ``gap - expected`` and its variance for an honest login (ms, ms^2)
+        self.residual = self.variance = 0.0
         self.n = self.noise_n = 0
         self.cold = ""
 
@@ -130,6 +144,11 @@ class Scoring:
     overhead_warmup: int
     baselines: BoundedLRU[str, Baseline]
     overhead: OverheadBook
+    #: exit prefix -> (session id, residual ms, variance ms^2, ...) of its last
+    #: ``prefix_history`` logins
+    prefix_gaps: BoundedLRU[str, tuple[Any, ...]]
+    prefix_min_logins: int
+    prefix_z: tuple[float, float]
     accounts: BoundedLRU[str, tuple[Any, ...]]
     hst: QueuedHalfSpaceTrees
     geometry: Geometry
@@ -193,6 +212,8 @@ class Scoring:
         v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
         v.bound = v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
         v.excess = excess = v.gap - v.bound
+        v.residual = v.gap - v.expected
+        v.variance = v.tick * v.tick * k / ((k + 1) * (k + 1) * (k + 2)) + v.noise * v.noise
         path = app_min - v.expected
         v.ratio = ratio = net / path if path > 0 else 1.0
         if excess > 0.0 and v.gap > self.gap_min_ms:
@@ -217,6 +238,40 @@ class Scoring:
         if tcp is not None and tcp >= app_lo:
             return tcp, "tcp_rtt"
         return app_lo, "app_rtt less learned overhead"
+
+    def prefix_evidence(self, sess: Session, gv: GapVerdict | None) -> tuple[float, int, float]:
+        """(strength, logins, z) of the exit prefix's own gap evidence.
+
+        On a server with a long tick one login's gap rarely convicts anyone: a
+        30 ms client-relay leg hides in a 100 ms tick. But every login through a
+        relay's exit shows the same leg, while an honest login's residual
+        ``gap - cost - tick / (k + 1)`` has mean 0 and variance ``tick^2 k / ((k + 1)^2
+        (k + 2)) + noise^2`` (the minimum of ``k`` uniform phases, and the noise). The
+        prefix's recent logins (``prefix_history``, this one included, each session
+        once) are summed into one z-score: ``sum(residual) / sqrt(sum(variance))``.
+        Strength ramps between ``prefix_z`` (default 4.5 and 6.5; the sum of a few
+        skewed phase minima has a longer right tail than a normal) from
+        ``prefix_min_logins`` (4) logins on.
+        """
+        hist = self.prefix_gaps.peek(sess.prefix)
+        sid = sess.session_id or sess.event_id
+        total = var = 0.0
+        n = 0
+        if hist is not None:
+            for i in range(0, len(hist), 3):
+                if hist[i] != sid:
+                    total += hist[i + 1]
+                    var += hist[i + 2]
+                    n += 1
+        if gv is not None and gv.bound is not None:
+            total += gv.residual
+            var += gv.variance
+            n += 1
+        if n < self.prefix_min_logins or var <= 0.0:
+            return 0.0, n, 0.0
+        z = total / math.sqrt(var)
+        lo, hi = self.prefix_z
+        return (0.0 if z <= lo else 1.0 if z >= hi else (z - lo) / (hi - lo)), n, z
 
     def best_baseline(self, sess: Session) -> tuple[str, Baseline | None]:
         """The most specific baseline out of warm-up, and its level (``""`` if none)."""
@@ -263,6 +318,12 @@ class Scoring:
             gap_excess, x_gap = gv.excess, 1.0 - gv.ratio
             if gv.strength > 0:
                 comps = {"gap": _W_GAP * gv.strength}
+        s = self.prefix_evidence(sess, gv)[0]
+        if s > 0:
+            if comps is None:
+                comps = {"prefix_gap": _W_PREFIX * s}
+            else:
+                comps["prefix_gap"] = _W_PREFIX * s
         # physics (fixed at the login)
         s = sess.phys_s
         if s > 0:
@@ -316,6 +377,19 @@ class Scoring:
         if s > 0:
             components["model"] = _W_MODEL * s
         return model
+
+    def learn_prefix_gap(self, sess: Session, gv: GapVerdict | None, keep: int) -> None:
+        """Put this login's gap residual and its variance into its exit prefix's history."""
+        if gv is None or gv.bound is None or keep <= 0:
+            return
+        sid = sess.session_id or sess.event_id
+        hist = self.prefix_gaps.peek(sess.prefix) or ()
+        rows: list[Any] = []
+        for i in range(0, len(hist), 3):
+            if hist[i] != sid:
+                rows += hist[i:i + 3]
+        rows += (sid, round(gv.residual, 3), round(gv.variance, 3))
+        self.prefix_gaps.put(sess.prefix, tuple(rows[-3 * keep:]))
 
     @staticmethod
     def _teaches(components: dict[str, float], level: str, skip: frozenset[str] = frozenset()) -> bool:
