@@ -381,7 +381,7 @@ class _Unpruned(LatencyDetector):
     prune = False
 
 
-def _replay_world(tmp_path: Any, detector: type[LatencyDetector], seed: int = 3) -> list[Any]:
+def _replay_world(tmp_path: Any, detector: type[LatencyDetector], seed: int = 4) -> list[Any]:
     from datetime import UTC, datetime
 
     from pathsentry.config import load_config

@@ -109,7 +109,7 @@ logins (a 6 ms cost and a 20 ms tick):
 >>> for i in range(40):
 ...     rtt = rng.uniform(3.0, 6.0)
 ...     _ = login(i, [rtt + 6.0 + rng.uniform(0, 20) for _ in range(4)], rtt, home,
-...               f"211.234.1.{i + 1}")
+...               f"211.234.{i}.7")
 >>> vps = GeoInfo(country="KR", asn=64500, lat=37.5, lon=127.0, kind="hosting",
 ...               precision="city")
 >>> ev, out = login(99, [62.0, 64.5, 63.1], 2.1, vps, "203.0.113.7")
