@@ -49,6 +49,8 @@ GEO_ROWS = [
     ("203.0.113.0/24", "KR", 64511, *SEOUL, "hosting"),
     ("175.200.1.0/24", "KR", 4766, *BUSAN, "business"),
     ("58.120.0.0/16", "KR", 4766, *SEOUL, "residential"),
+    ("223.39.0.0/16", "KR", 9644, *SEOUL, "mobile"),
+    ("45.65.0.0/16", "KR", 38701, *SEOUL, "hosting"),
 ]
 
 

@@ -20,16 +20,23 @@ minority and windowed so that a patch day is absorbed:
     max - min of the app samples, whose expectation is ``tick * (k - 1) / (k + 1)``).
     A relay does not change the server's tick, so this is not skewed by relays.
 ``cost``
-    median of the phase-corrected gap ``gap - tick / (k + 1)``. Relays only add to
-    the gap, so a relayed share below about 40 % of the window leaves the median
-    near the honest one (the high quantiles would not be: the relays sit there).
+    median of the phase-corrected gap ``gap - tick * (1 - 0.5 ** (1 / k))``
+    (less the phase's median). Relays only add to the gap, so a relayed share
+    below about 40 % of the window leaves the median near the honest one (the high
+    quantiles would not be: the relays sit there).
 ``noise``
     per access kind, the median magnitude of the residuals ``gap - cost`` at or
     below zero, as a normal-equivalent scale. The phase is never negative, so what
     lands below the cost is measurement noise (a phase-corrected residual would
     count the tick's spread as noise twice); and it is the side relays never reach.
 
-The honest upper bound of a login's gap is then ``cost + tick * q_k + z * noise``
+``spike``
+    per access kind, the 90th percentile of the app samples' spread beyond the
+    tick's share: how far one sample of a radio link may spike. It is added to the
+    bound of logins with one or two samples (the minimum of more filters spikes).
+
+The honest upper bound of a login's gap is then ``cost + tick * q_k + z * noise
+(+ spike)``
 with ``q_k = 1 - alpha ** (1 / k)`` the ``1 - alpha`` quantile of ``B_k``; what the
 gap exceeds beyond it is the relay evidence (:mod:`.scoring`).
 
@@ -159,7 +166,9 @@ class Overhead:
         if gap is not None:
             self.n += 1
             t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
-            self._cost.add(source, gap - t / (k + 1))
+            # less the phase's median (not its mean: the minimum of k phases is skewed,
+            # so the median of ``gap - tick / (k + 1)`` would sit below the cost)
+            self._cost.add(source, gap - t * (1.0 - 0.5 ** (1.0 / max(1, k))))
 
     def snapshot(self) -> dict[str, Any]:
         return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot()}
@@ -181,12 +190,18 @@ class OverheadBook:
     #: lower-side residuals needed before an access kind has its own noise scale
     MIN_NOISE_VOTES: ClassVar[int] = 5
 
-    def __init__(self, window: int, keys_max: int = 10_000) -> None:
+    def __init__(self, window: int, warm: int = 8, keys_max: int = 10_000) -> None:
         self.window = max(2, int(window))
+        #: a server's noise residuals are only taken once its cost rests on this many votes
+        self.warm = warm
         self.keys_max = keys_max
         self.overheads: dict[str, Overhead] = {}
         #: access kind -> votes of residuals ``gap - cost``
         self.noise: dict[str, _Votes] = {}
+        #: access kind -> votes of the app samples' spread beyond what the tick explains
+        self.jitter: dict[str, _Votes] = {}
+        #: noise scales until the next login is learned
+        self._noise_memo: dict[tuple[str, float], tuple[float, int]] = {}
 
     @staticmethod
     def key(server_id: str, platform: str | None) -> str:
@@ -202,6 +217,13 @@ class OverheadBook:
         relays add to the gap and never land there, and an access kind relays favour
         (hosting) would otherwise learn the relays' spread as noise. Fewer than
         ``MIN_NOISE_VOTES`` such residuals: every kind's, pooled."""
+        key = (kind, floor)
+        hit = self._noise_memo.get(key)
+        if hit is None:
+            hit = self._noise_memo[key] = self._noise_scale(kind, floor)
+        return hit
+
+    def _noise_scale(self, kind: str, floor: float) -> tuple[float, int]:
         w = self.noise.get(kind)
         lower = [] if w is None else [-x for x in w.votes.values() if x <= 0.0]
         if len(lower) < self.MIN_NOISE_VOTES:
@@ -212,14 +234,28 @@ class OverheadBook:
         s = lower[len(lower) // 2] / 0.674
         return (s if s > floor else floor), len(lower)
 
+    def spike(self, kind: str) -> float:
+        """How far (ms) one app sample of this access kind may spike: the 90th percentile
+        of the samples' spread beyond the tick's share, ``spread - tick * (k - 1) / (k +
+        1)``, over multi-sample logins (0 before ``MIN_NOISE_VOTES``). A radio link
+        spikes single samples by tens of ms; the minimum of several filters that out,
+        a login with one or two samples cannot. Relays do not widen a login's spread,
+        so this upper-side figure is learned from every login, relays' included."""
+        w = self.jitter.get(kind)
+        if w is None or len(w) < self.MIN_NOISE_VOTES:
+            return 0.0
+        x = w.quantile(0.9)
+        return x if x > 0.0 else 0.0
+
     def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float) -> None:
         """Learn one login of server (and platform) ``key`` from exit prefix ``source``."""
+        self._noise_memo.clear()
         o = self.overheads.get(key)
         if o is None:
             if len(self.overheads) >= self.keys_max:
                 return
             o = self.overheads[key] = Overhead(key, self.window)
-        if gap is not None and o.n >= 2:
+        if gap is not None and o.sources() >= self.warm:
             w = self.noise.get(kind)
             if w is None:
                 if len(self.noise) >= self.keys_max:
@@ -228,22 +264,34 @@ class OverheadBook:
                     w = self.noise[kind] = _Votes(2 * self.window)
             if w is not None:
                 w.add(source, gap - o.cost())
+        if k >= 2 and o.sources() >= self.warm:
+            j = self.jitter.get(kind)
+            if j is None and len(self.jitter) < self.keys_max:
+                j = self.jitter[kind] = _Votes(2 * self.window)
+            if j is not None:
+                j.add(source, spread - o.tick() * (k - 1) / (k + 1))
         o.update(source, gap, k, spread)
 
     def snapshot(self) -> dict[str, Any]:
         return {"overheads": {k: o.snapshot() for k, o in self.overheads.items()},
-                "noise": {k: w.snapshot() for k, w in self.noise.items()}}
+                "noise": {k: w.snapshot() for k, w in self.noise.items()},
+                "jitter": {k: w.snapshot() for k, w in self.jitter.items()}}
 
     def load(self, snap: dict[str, Any], only_new: bool = False) -> None:
+        self._noise_memo.clear()
         if not only_new:
             self.overheads.clear()
             self.noise.clear()
+            self.jitter.clear()
         for k, o in snap.get("overheads", {}).items():
             if k not in self.overheads:
                 self.overheads[k] = Overhead.restore(o, k, self.window)
         for k, votes in snap.get("noise", {}).items():
             if k not in self.noise:
                 self.noise[k] = _Votes(2 * self.window, votes)
+        for k, votes in snap.get("jitter", {}).items():
+            if k not in self.jitter:
+                self.jitter[k] = _Votes(2 * self.window, votes)
 
 
 class Baseline:

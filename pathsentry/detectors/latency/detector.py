@@ -68,7 +68,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         self.phase_alpha = float(cfg["phase_alpha"])
         self.overhead_warmup = int(cfg["overhead_warmup"])
         self.by_platform = bool(cfg["overhead_by_platform"])
-        self.overhead = OverheadBook(int(cfg["overhead_window"]))
+        self.overhead = OverheadBook(int(cfg["overhead_window"]), self.overhead_warmup)
         self.prefix_history = int(cfg["prefix_history"])
         self.prefix_min_logins = int(cfg["prefix_min_logins"])
         lo, hi = cfg["prefix_z"]

@@ -110,7 +110,8 @@ class Evidence(Scoring):
         out["overhead"].update(
             cost_ms=round(v.cost, 2), tick_ms=round(v.tick, 2),
             expected_gap_ms=round(v.expected, 2), noise_ms=round(v.noise, 2),
-            noise_logins=v.noise_n, honest_bound_ms=round(v.bound, 2),
+            noise_logins=v.noise_n, spike_allowance_ms=round(v.spike, 2),
+            honest_bound_ms=round(v.bound, 2),
         )
         out.update(excess_ms=round(v.excess, 2),
                    excess_km=round(max(0.0, v.excess) * KM_PER_MS_RTT),

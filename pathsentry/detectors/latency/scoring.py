@@ -12,7 +12,9 @@ baselines hold app minima and are compared with app minima. A server not warmed 
 (gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
 physics: the evidence says so and the other components carry the decision.
 
-Defaults (``[detectors.latency]``): ``overhead_window`` 200 logins per server,
+Defaults (``[detectors.latency]``): ``overhead_window`` 40 exit prefixes per server
+(a patch day is absorbed within about 20 logins from distinct prefixes; a relayed
+share below about 40 % of the window's prefixes does not move the medians),
 ``overhead_warmup`` 8 prefixes, ``gap_z`` 3.0 noise scales above the phase bound,
 ``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
 phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
@@ -27,6 +29,7 @@ from typing import Any, ClassVar
 
 from pathsentry.detectors.latency.baselines import (
     Baseline,
+    Overhead,
     OverheadBook,
     phase_quantile,
 )
@@ -73,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "gap_z": 3.0,
     "gap_alpha": 0.001,
     "phase_alpha": 0.01,
-    "overhead_window": 200,
+    "overhead_window": 40,
     "overhead_warmup": 8,
     "overhead_by_platform": True,
     "prefix_history": 32,
@@ -111,7 +114,8 @@ class GapVerdict:
     """The cross-layer gap of one login against the server's learned overhead."""
 
     __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
-                 "noise_n", "ratio", "residual", "source", "strength", "tick", "variance")
+                 "noise_n", "ratio", "residual", "source", "spike", "strength", "tick",
+                 "variance")
 
     def __init__(self, net: float, source: str, gap: float) -> None:
         self.net, self.source, self.gap = net, source, gap
@@ -119,7 +123,7 @@ class GapVerdict:
         #: ``None`` while the server is cold (no verdict)
         self.bound: float | None = None
         self.excess: float | None = None
-        self.expected = self.cost = self.tick = self.noise = self.ratio = 0.0
+        self.expected = self.cost = self.tick = self.noise = self.ratio = self.spike = 0.0
         #: app samples the verdict rests on (login and the login server's app probes)
         self.k = 0
         #: ``gap - expected`` and its variance for an honest login (ms, ms^2)
@@ -144,8 +148,8 @@ class Scoring:
     overhead_warmup: int
     baselines: BoundedLRU[str, Baseline]
     overhead: OverheadBook
-    #: exit prefix -> (session id, residual ms, variance ms^2, ...) of its last
-    #: ``prefix_history`` logins
+    #: exit prefix -> (session id, overhead key, gap ms, app samples, access kind, ...) of
+    #: its last ``prefix_history`` logins
     prefix_gaps: BoundedLRU[str, tuple[Any, ...]]
     prefix_min_logins: int
     prefix_z: tuple[float, float]
@@ -189,7 +193,8 @@ class Scoring:
         """The gap's verdict (``None`` without a network-layer RTT).
 
         Strength is ``ramp(excess, 0, width) * ramp(1 - ratio, 0.5, 0.75)``: ``excess`` is
-        the gap beyond the honest bound ``cost + tick * q_k + gap_z * noise``, ``width``
+        the gap beyond the honest bound ``cost + tick * q_k + gap_z * noise`` (+ the access
+        kind's spike allowance for one or two samples), ``width``
         ``max(gap_full_ms - gap_min_ms, 2 * noise)``, and ``ratio`` the network RTT over the
         app minimum less the expected overhead (TCP covering at most half of the path the
         game's packets travel); the gap must also exceed ``gap_min_ms`` (500 km).
@@ -210,10 +215,11 @@ class Scoring:
         v.expected = v.cost + v.tick / (k + 1)
         least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS) / 2.0
         v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
-        v.bound = v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
+        v.spike = self.overhead.spike(sess.geo.kind or "?") if k <= 2 else 0.0
+        v.bound = (v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
+                   + v.spike)
         v.excess = excess = v.gap - v.bound
-        v.residual = v.gap - v.expected
-        v.variance = v.tick * v.tick * k / ((k + 1) * (k + 1) * (k + 2)) + v.noise * v.noise
+        v.residual, v.variance = self.residual(o, v.gap, k, v.noise)
         path = app_min - v.expected
         v.ratio = ratio = net / path if path > 0 else 1.0
         if excess > 0.0 and v.gap > self.gap_min_ms:
@@ -239,6 +245,13 @@ class Scoring:
             return tcp, "tcp_rtt"
         return app_lo, "app_rtt less learned overhead"
 
+    @staticmethod
+    def residual(o: Overhead, gap: float, k: int, noise: float) -> tuple[float, float]:
+        """(``gap - expected``, its variance for an honest login) against overhead ``o``."""
+        tick = o.tick()
+        return (gap - o.cost() - tick / (k + 1),
+                tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise)
+
     def prefix_evidence(self, sess: Session, gv: GapVerdict | None) -> tuple[float, int, float]:
         """(strength, logins, z) of the exit prefix's own gap evidence.
 
@@ -248,7 +261,10 @@ class Scoring:
         ``gap - cost - tick / (k + 1)`` has mean 0 and variance ``tick^2 k / ((k + 1)^2
         (k + 2)) + noise^2`` (the minimum of ``k`` uniform phases, and the noise). The
         prefix's recent logins (``prefix_history``, this one included, each session
-        once) are summed into one z-score: ``sum(residual) / sqrt(sum(variance))``.
+        once) are summed into one z-score: ``sum(residual) / sqrt(sum(variance))``. The
+        prefix keeps each login's gap, sample count, server and access kind, not its
+        residual: the residuals are taken against the overheads as they are now, so a
+        patch day does not leave old residuals behind.
         Strength ramps between ``prefix_z`` (default 4.5 and 6.5; the sum of a few
         skewed phase minima has a longer right tail than a normal) from
         ``prefix_min_logins`` (4) logins on.
@@ -258,11 +274,20 @@ class Scoring:
         total = var = 0.0
         n = 0
         if hist is not None:
-            for i in range(0, len(hist), 3):
-                if hist[i] != sid:
-                    total += hist[i + 1]
-                    var += hist[i + 2]
-                    n += 1
+            book = self.overhead
+            warm = self.overhead_warmup
+            for i in range(0, len(hist), 5):
+                if hist[i] == sid:
+                    continue
+                o = book.get(hist[i + 1])
+                if o is None or o.sources() < warm:
+                    continue
+                kind = hist[i + 4]
+                least = MIN_SPREAD_MS.get(kind, DEFAULT_MIN_SPREAD_MS) / 2.0
+                r, v = self.residual(o, hist[i + 2], hist[i + 3], book.noise_scale(kind, least)[0])
+                total += r
+                var += v
+                n += 1
         if gv is not None and gv.bound is not None:
             total += gv.residual
             var += gv.variance
@@ -379,17 +404,18 @@ class Scoring:
         return model
 
     def learn_prefix_gap(self, sess: Session, gv: GapVerdict | None, keep: int) -> None:
-        """Put this login's gap residual and its variance into its exit prefix's history."""
+        """Put this login's gap (with its server, sample count and access kind) into its
+        exit prefix's history."""
         if gv is None or gv.bound is None or keep <= 0:
             return
         sid = sess.session_id or sess.event_id
         hist = self.prefix_gaps.peek(sess.prefix) or ()
         rows: list[Any] = []
-        for i in range(0, len(hist), 3):
+        for i in range(0, len(hist), 5):
             if hist[i] != sid:
-                rows += hist[i:i + 3]
-        rows += (sid, round(gv.residual, 3), round(gv.variance, 3))
-        self.prefix_gaps.put(sess.prefix, tuple(rows[-3 * keep:]))
+                rows += hist[i:i + 5]
+        rows += (sid, sess.oh_key, round(gv.gap, 3), gv.k, sess.geo.kind or "?")
+        self.prefix_gaps.put(sess.prefix, tuple(rows[-5 * keep:]))
 
     @staticmethod
     def _teaches(components: dict[str, float], level: str, skip: frozenset[str] = frozenset()) -> bool:
