@@ -73,6 +73,10 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         self.prefix_min_logins = int(cfg["prefix_min_logins"])
         lo, hi = cfg["prefix_z"]
         self.prefix_z = (float(lo), float(hi))
+        lo, hi = cfg["prefix_share"]
+        self.prefix_share = (float(lo), float(hi))
+        self.prefix_proven_accounts = int(cfg["prefix_proven_accounts"])
+        self.proven_min = float(cfg["proven_min"])
         self.prefix_gaps: BoundedLRU[str, tuple[Any, ...]] = BoundedLRU(cfg["baseline_keys_max"])
         self.baselines: BoundedLRU[str, Baseline] = BoundedLRU(cfg["baseline_keys_max"])
         self.sessions: BoundedLRU[str, Session] = BoundedLRU(cfg["sessions_max"])
@@ -189,7 +193,8 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         if self.prune and self.flag_threshold > 0.0 and not sess.phys_s > 0 \
                 and sess.route is None and not sess.worst_km > 100.0:
             gv = self.gap_verdict(sess)
-            if (gv is None or not gv.strength > 0) and not self.prefix_evidence(sess, gv)[0] > 0:
+            if (gv is None or not gv.strength > 0) and not self.prefix_evidence(sess, gv)[0] > 0 \
+                    and not self.prefix_relays(sess)[0] > 0:
                 b = self.best_baseline(sess)[1]
                 if b is None:
                     return None
@@ -259,7 +264,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         assert model is not None
         assessed = self._assessment(sess, base, comps or {}, model) if flagged else None
         if allowed is None:
-            self.learn_prefix_gap(sess, gv, self.prefix_history)
+            self.learn_prefix(sess, gv, comps, self.prefix_history)
             if comps is None or self._teaches(comps, level):
                 self._learn(sess, feats or features(*raw, sess.phys_feat))
             # The overhead learns from every login without other relay evidence, its own

@@ -19,7 +19,10 @@ share below about 40 % of the window's prefixes does not move the medians),
 ``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
 phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
 logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
-combined z-scores of 4.5 and 6.5 (``prefix_z``).
+combined z-scores of 3.5 and 5 (``prefix_z``); a prefix whose recent logins were
+proven relays by their own physics (``proven_min`` 0.5) from at least 3 accounts
+(``prefix_proven_accounts``) lends its other logins evidence ramping over the
+proven share between 0.2 and 0.5 (``prefix_share``).
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ LEVEL_WEIGHT: dict[str, float] = {"prefix": 1.0, "asn": 0.6, "country": 0.5}
 #: Noisy-OR weight of each evidence component.
 WEIGHTS: dict[str, float] = {
     "gap": 0.95,
-    "prefix_gap": 0.85,
+    "prefix_gap": 0.9,
+    "prefix_relays": 0.8,
     "vantage": 0.85,
     "baseline": 0.85,
     "physics": 0.7,
@@ -81,7 +85,10 @@ DEFAULTS: dict[str, Any] = {
     "overhead_by_platform": True,
     "prefix_history": 32,
     "prefix_min_logins": 4,
-    "prefix_z": [4.0, 5.5],
+    "prefix_z": [3.5, 5.0],
+    "proven_min": 0.5,
+    "prefix_share": [0.2, 0.5],
+    "prefix_proven_accounts": 3,
     "suspicious_history": 0.55,
     "hst_trees": 10,
     "hst_height": 6,
@@ -103,6 +110,11 @@ def noisy_or(components: dict[str, float]) -> float:
 NET_METHODS = frozenset({"icmp", "tcp"})
 _W_GAP = WEIGHTS["gap"]
 _W_PREFIX = WEIGHTS["prefix_gap"]
+_W_RELAYS = WEIGHTS["prefix_relays"]
+#: fields per login in an exit prefix's history (see :meth:`Scoring.learn_prefix`)
+_ROW = 7
+#: components that prove a relay from the login's own physics
+_INTRINSIC = ("gap", "physics", "vantage")
 _W_PHYSICS = WEIGHTS["physics"]
 _W_BASELINE = WEIGHTS["baseline"]
 _W_VANTAGE = WEIGHTS["vantage"]
@@ -148,11 +160,14 @@ class Scoring:
     overhead_warmup: int
     baselines: BoundedLRU[str, Baseline]
     overhead: OverheadBook
-    #: exit prefix -> (session id, overhead key, gap ms, app samples, access kind, ...) of
-    #: its last ``prefix_history`` logins
+    #: exit prefix -> (session id, overhead key, gap ms, app samples, access kind, account,
+    #: proven, ...) of its last ``prefix_history`` logins
     prefix_gaps: BoundedLRU[str, tuple[Any, ...]]
     prefix_min_logins: int
     prefix_z: tuple[float, float]
+    prefix_share: tuple[float, float]
+    prefix_proven_accounts: int
+    proven_min: float
     accounts: BoundedLRU[str, tuple[Any, ...]]
     hst: QueuedHalfSpaceTrees
     geometry: Geometry
@@ -265,7 +280,7 @@ class Scoring:
         prefix keeps each login's gap, sample count, server and access kind, not its
         residual: the residuals are taken against the overheads as they are now, so a
         patch day does not leave old residuals behind.
-        Strength ramps between ``prefix_z`` (default 4.5 and 6.5; the sum of a few
+        Strength ramps between ``prefix_z`` (default 3.5 and 5; the sum of a few
         skewed phase minima has a longer right tail than a normal) from
         ``prefix_min_logins`` (4) logins on.
         """
@@ -276,8 +291,8 @@ class Scoring:
         if hist is not None:
             book = self.overhead
             warm = self.overhead_warmup
-            for i in range(0, len(hist), 5):
-                if hist[i] == sid:
+            for i in range(0, len(hist), _ROW):
+                if hist[i] == sid or hist[i + 2] is None:
                     continue
                 o = book.get(hist[i + 1])
                 if o is None or o.sources() < warm:
@@ -297,6 +312,36 @@ class Scoring:
         z = total / math.sqrt(var)
         lo, hi = self.prefix_z
         return (0.0 if z <= lo else 1.0 if z >= hi else (z - lo) / (hi - lo)), n, z
+
+    def prefix_relays(self, sess: Session) -> tuple[float, int, int]:
+        """(strength, accounts proven relayed, logins) of the exit prefix's recent logins.
+
+        A login whose own physics proves a relay (gap, physics or vantage evidence
+        at least ``proven_min``, default 0.5) marks its exit prefix: VPN and proxy
+        exits carry many clients, and the ones on long-tick servers or without a TCP
+        RTT show little on their own. Strength ramps over the share of the prefix's
+        recent logins (other sessions) that were proven, between ``prefix_share``
+        (default 0.2 and 0.5), once ``prefix_proven_accounts`` (3) distinct accounts
+        were proven: a CGNAT or campus prefix with one odd session is not an exit.
+        """
+        hist = self.prefix_gaps.peek(sess.prefix)
+        if hist is None:
+            return 0.0, 0, 0
+        sid = sess.session_id or sess.event_id
+        proven: set[str] = set()
+        n = hits = 0
+        for i in range(0, len(hist), _ROW):
+            if hist[i] == sid:
+                continue
+            n += 1
+            if hist[i + 6]:
+                hits += 1
+                proven.add(hist[i + 5])
+        if len(proven) < self.prefix_proven_accounts:
+            return 0.0, len(proven), n
+        x = hits / n
+        lo, hi = self.prefix_share
+        return (0.0 if x <= lo else 1.0 if x >= hi else (x - lo) / (hi - lo)), len(proven), n
 
     def best_baseline(self, sess: Session) -> tuple[str, Baseline | None]:
         """The most specific baseline out of warm-up, and its level (``""`` if none)."""
@@ -349,6 +394,12 @@ class Scoring:
                 comps = {"prefix_gap": _W_PREFIX * s}
             else:
                 comps["prefix_gap"] = _W_PREFIX * s
+        s = self.prefix_relays(sess)[0]
+        if s > 0:
+            if comps is None:
+                comps = {"prefix_relays": _W_RELAYS * s}
+            else:
+                comps["prefix_relays"] = _W_RELAYS * s
         # physics (fixed at the login)
         s = sess.phys_s
         if s > 0:
@@ -403,19 +454,28 @@ class Scoring:
             components["model"] = _W_MODEL * s
         return model
 
-    def learn_prefix_gap(self, sess: Session, gv: GapVerdict | None, keep: int) -> None:
-        """Put this login's gap (with its server, sample count and access kind) into its
-        exit prefix's history."""
-        if gv is None or gv.bound is None or keep <= 0:
+    def learn_prefix(self, sess: Session, gv: GapVerdict | None, comps: dict[str, float] | None,
+                     keep: int) -> None:
+        """Put this login into its exit prefix's history: its gap (with its server,
+        sample count and access kind; ``None`` without a gap verdict), its account and
+        whether its own physics proved a relay."""
+        if keep <= 0:
             return
         sid = sess.session_id or sess.event_id
         hist = self.prefix_gaps.peek(sess.prefix) or ()
         rows: list[Any] = []
-        for i in range(0, len(hist), 5):
+        for i in range(0, len(hist), _ROW):
             if hist[i] != sid:
-                rows += hist[i:i + 5]
-        rows += (sid, sess.oh_key, round(gv.gap, 3), gv.k, sess.geo.kind or "?")
-        self.prefix_gaps.put(sess.prefix, tuple(rows[-5 * keep:]))
+                rows += hist[i:i + _ROW]
+        gap = None if gv is None or gv.bound is None else round(gv.gap, 3)
+        keep_p = 1.0
+        for name in _INTRINSIC:
+            v = 0.0 if comps is None else comps.get(name, 0.0)
+            keep_p *= 1.0 - (v if v < 1.0 else 1.0)
+        proven = 1 if 1.0 - keep_p >= self.proven_min else 0
+        rows += (sid, sess.oh_key, gap, 0 if gv is None else gv.k, sess.geo.kind or "?",
+                 sess.account, proven)
+        self.prefix_gaps.put(sess.prefix, tuple(rows[-_ROW * keep:]))
 
     @staticmethod
     def _teaches(components: dict[str, float], level: str, skip: frozenset[str] = frozenset()) -> bool:
