@@ -24,7 +24,7 @@ from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
 from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
-from pathsentry.detectors.latency.scoring import DEFAULTS, WEIGHTS, noisy_or
+from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, noisy_or
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
 from pathsentry.detectors.physics import KM_PER_MS_RTT
 from pathsentry.enrich.geo import GeoInfo
@@ -276,8 +276,33 @@ class LatencyDetector(SessionTable, Evidence, Detector):
                                     sess.app_n, sess.app_spread)
         if assessed is None:
             self._remember(login.account, sess, base if allowed is None else 0.0)
-            return None
-        return self._emit(sess, assessed, score, history_note)
+            out = None
+        else:
+            out = self._emit(sess, assessed, score, history_note)
+        if comps is not None and ("prefix_gap" in comps or "prefix_relays" in comps):
+            out = self._revisit_prefix(sess, out)
+        return out
+
+    def _revisit_prefix(self, sess: Session, out: Findings | None) -> Findings | None:
+        """Re-assess the exit prefix's other recent, unflagged sessions once it carries
+        evidence: the first logins through a relay's exit came before the evidence did.
+        Their flags are late, like those a late probe raises, and name their own login."""
+        hist = self.prefix_gaps.peek(sess.prefix)
+        if hist is None:
+            return out
+        table = self.sessions._d
+        for i in range(0, len(hist), PREFIX_ROW):
+            sid = hist[i]
+            other = table.get(sid) or table.get(f"event:{sid}")
+            if other is None or other is sess or other.flagged or other.event_id is None \
+                    or other.allowed is not None:
+                continue
+            found = self._reassess(other)
+            if found:
+                if out is None:
+                    out = Findings()
+                out.extend(found)
+        return out
 
     def _set_login(
         self, sess: Session, key: str, login: Login, geo: GeoInfo, prefix: str,

@@ -40,8 +40,8 @@ from pathsentry.detectors.latency.geometry import Geometry
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
-__all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "WEIGHTS", "GapVerdict", "Scoring",
-           "noisy_or"]
+__all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "WEIGHTS", "GapVerdict",
+           "Scoring", "noisy_or"]
 
 #: Smallest baseline spread (p90 - p10, ms) a z-score is measured against: a
 #: radio link can spike every sample of a short session (LTE: 15-60 ms), a
@@ -77,8 +77,8 @@ DEFAULTS: dict[str, Any] = {
     "distances_max": 100_000,
     "gap_min_ms": 5.0,
     "gap_full_ms": 15.0,
-    "gap_z": 3.0,
-    "gap_alpha": 0.001,
+    "gap_z": 2.0,
+    "gap_alpha": 0.003,
     "phase_alpha": 0.01,
     "overhead_window": 40,
     "overhead_warmup": 8,
@@ -112,7 +112,7 @@ _W_GAP = WEIGHTS["gap"]
 _W_PREFIX = WEIGHTS["prefix_gap"]
 _W_RELAYS = WEIGHTS["prefix_relays"]
 #: fields per login in an exit prefix's history (see :meth:`Scoring.learn_prefix`)
-_ROW = 7
+PREFIX_ROW = _ROW = 7
 #: components that prove a relay from the login's own physics
 _INTRINSIC = ("gap", "physics", "vantage")
 _W_PHYSICS = WEIGHTS["physics"]
