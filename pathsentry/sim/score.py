@@ -152,7 +152,14 @@ def score_farms(truth: Truth, flags: Iterable[FlaggedEvent], alerts: Sequence[Al
     first emitted alert version holding at least five of its members (80 % of a smaller
     group); ``to_80pct_s`` runs to the first version holding >= 80 % of them,
     which also waits for the members to log in.
+
+    Only accounts that tried to log in during the world are scored (an account the world
+    never showed can be neither found nor wrongly flagged), and a group counts as
+    planted once at least five of its members logged in.
     """
+    seen = {e.account for e in truth.events.values() if e.kind == "login" and e.account}
+    if not seen:  # a truth without the world's logins (hand-built): every account counts
+        seen = set(truth.accounts)
     groups_alerts = [a for a in alerts if a.kind == "farm_group"]
     predicted = {f.account for f in flags if f.kind == "farm_member" and f.account}
     for a in groups_alerts:
@@ -162,6 +169,8 @@ def score_farms(truth: Truth, flags: Iterable[FlaggedEvent], alerts: Sequence[Al
     negatives: dict[str, Counter[str]] = defaultdict(Counter)
     for acct in truth.accounts.values():
         hit = acct.account in predicted
+        if acct.account not in seen and not hit:
+            continue
         if acct.label in FARM_LABELS:
             by_class[acct.label]["positives"] += 1
             by_class[acct.label]["found"] += int(hit)
@@ -174,7 +183,9 @@ def score_farms(truth: Truth, flags: Iterable[FlaggedEvent], alerts: Sequence[Al
     found: dict[str, dict[str, Any]] = {}
     delays: list[float] = []
     for g in truth.groups.values():
-        members = set(g.members)
+        members = set(g.members) & seen
+        if len(members) < 5:
+            continue
         best, best_share = None, 0.0
         for a in groups_alerts:
             share = len(members & set(a.accounts)) / len(members) if members else 0.0
