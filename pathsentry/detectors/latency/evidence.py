@@ -185,13 +185,15 @@ class Evidence(Scoring):
             lo, mid, hi = b.quantiles()
             # the verdict is taken on the 0.01 ms figures the evidence shows
             lo_ms, hi_ms = b.bounds()
-            excess = sess.app_min - hi_ms
+            spike = self.spike_allowance(sess)
+            excess = sess.app_min - hi_ms - spike
             spread = max(hi_ms - lo_ms, MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS))
             z = excess / spread
             levels.append({"level": level, "key": key, "samples": n,
                            "p10_ms": round(lo, 2), "p50_ms": round(mid, 2), "p90_ms": round(hi, 2),
                            "excess_ms": round(excess, 2),
                            "excess_km": round(max(0.0, excess) * KM_PER_MS_RTT),
+                           "spike_allowance_ms": round(spike, 2),
                            "z": round(z, 2), "spread_ms": round(spread, 2)})
             if "baseline" in components:
                 reasons.append(

@@ -113,6 +113,11 @@ _W_PREFIX = WEIGHTS["prefix_gap"]
 _W_RELAYS = WEIGHTS["prefix_relays"]
 #: fields per login in an exit prefix's history (see :meth:`Scoring.learn_prefix`)
 PREFIX_ROW = _ROW = 7
+def _clip(u: float) -> float:
+    """A standardised residual limited to [-3, 3]."""
+    return -3.0 if u < -3.0 else 3.0 if u > 3.0 else u
+
+
 #: components that prove a relay from the login's own physics
 _INTRINSIC = ("gap", "physics", "vantage")
 _W_PHYSICS = WEIGHTS["physics"]
@@ -246,18 +251,32 @@ class Scoring:
         return v
 
     def physics_net(self, sess: Session) -> tuple[float, str] | None:
-        """The network RTT (ms) physics may judge, and its source: the larger of the kernel
-        TCP RTT and the app minimum less the learned cost and the ``1 - phase_alpha``
-        quantile of the phase (an honest client's app figure rarely lands above its
-        network RTT after that); the TCP RTT alone on a cold server; ``None`` without
-        either (a raw app figure carries the game loop and is not comparable)."""
+        """The network RTT (ms) physics may judge, and its source: the larger of the
+        kernel TCP RTT and the app minimum less the learned cost and the ``1 -
+        phase_alpha`` quantile of the phase (an honest client's app figure rarely lands
+        above its network RTT after that, and less the access kind's spike allowance
+        when it rests on one or two samples), the TCP RTT never counted above the app
+        minimum less the cost (the phase is never negative); the TCP RTT alone on a cold
+        server;
+        ``None`` without either (a raw app figure carries the game loop and is not
+        comparable)."""
         tcp = sess.tcp
         o = self.overhead.get(sess.oh_key)
         if o is None or o.sources() < self.overhead_warmup:
             return None if tcp is None else (tcp, "tcp_rtt")
-        app_lo = sess.app_min - o.cost() - o.tick() * phase_quantile(sess.app_n, self.phase_alpha)
-        if tcp is not None and tcp >= app_lo:
-            return tcp, "tcp_rtt"
+        cost = o.cost()
+        app_lo = (sess.app_min - cost - o.tick() * phase_quantile(sess.app_n, self.phase_alpha)
+                  - self.spike_allowance(sess))
+        if tcp is not None:
+            # the phase is never negative: the network RTT is at most the app minimum less
+            # the cost (and the noise); a TCP RTT above that is a spike of that one figure
+            least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS) / 2.0
+            app_hi = sess.app_min - cost + self.gap_z * self.overhead.noise_scale(
+                sess.geo.kind or "?", least)[0]
+            if tcp > app_hi:
+                tcp = app_hi
+            if tcp >= app_lo:
+                return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
         return app_lo, "app_rtt less learned overhead"
 
     @staticmethod
@@ -276,7 +295,8 @@ class Scoring:
         ``gap - cost - tick / (k + 1)`` has mean 0 and variance ``tick^2 k / ((k + 1)^2
         (k + 2)) + noise^2`` (the minimum of ``k`` uniform phases, and the noise). The
         prefix's recent logins (``prefix_history``, this one included, each session
-        once) are summed into one z-score: ``sum(residual) / sqrt(sum(variance))``. The
+        once) are standardised, clipped to +-3 (one spiking radio sample must not
+        count as ten logins' worth), and summed into one z-score ``sum(u) / sqrt(n)``. The
         prefix keeps each login's gap, sample count, server and access kind, not its
         residual: the residuals are taken against the overheads as they are now, so a
         patch day does not leave old residuals behind.
@@ -286,7 +306,7 @@ class Scoring:
         """
         hist = self.prefix_gaps.peek(sess.prefix)
         sid = sess.session_id or sess.event_id
-        total = var = 0.0
+        total = 0.0
         n = 0
         if hist is not None:
             book = self.overhead
@@ -300,16 +320,14 @@ class Scoring:
                 kind = hist[i + 4]
                 least = MIN_SPREAD_MS.get(kind, DEFAULT_MIN_SPREAD_MS) / 2.0
                 r, v = self.residual(o, hist[i + 2], hist[i + 3], book.noise_scale(kind, least)[0])
-                total += r
-                var += v
+                total += _clip(r / math.sqrt(v)) if v > 0.0 else 0.0
                 n += 1
-        if gv is not None and gv.bound is not None:
-            total += gv.residual
-            var += gv.variance
+        if gv is not None and gv.bound is not None and gv.variance > 0.0:
+            total += _clip(gv.residual / math.sqrt(gv.variance))
             n += 1
-        if n < self.prefix_min_logins or var <= 0.0:
+        if n < self.prefix_min_logins:
             return 0.0, n, 0.0
-        z = total / math.sqrt(var)
+        z = total / math.sqrt(n)
         lo, hi = self.prefix_z
         return (0.0 if z <= lo else 1.0 if z >= hi else (z - lo) / (hi - lo)), n, z
 
@@ -360,10 +378,16 @@ class Scoring:
             return "country", b
         return "", None
 
+    def spike_allowance(self, sess: Session) -> float:
+        """What one or two app samples of the login's access kind may carry in spikes
+        (:meth:`~.baselines.OverheadBook.spike`; 0 for three samples or more)."""
+        return self.overhead.spike(sess.geo.kind or "?") if sess.app_n <= 2 else 0.0
+
     def baseline_z(self, sess: Session, b: Baseline) -> tuple[float, float]:
-        """(excess ms over the baseline's p90, z: excess over the p10-p90 spread)."""
+        """(excess ms over the baseline's p90, less the spike allowance of a login with
+        one or two samples; z: that excess over the p10-p90 spread)."""
         lo, hi = b.bounds()
-        excess = sess.app_min - hi
+        excess = sess.app_min - hi - self.spike_allowance(sess)
         least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS)
         return excess, excess / (least if least > hi - lo else hi - lo)
 
