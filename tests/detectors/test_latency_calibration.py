@@ -180,13 +180,22 @@ def test_farm_behind_one_prefix_cannot_teach_the_overhead_and_piles_up_evidence(
     assert warm(w, loop, n=120) == 0
     cost = w.det.overhead.get("kr-sel-1").cost()  # type: ignore[union-attr]
     flags = []
+    events: list[str] = []
+    late: set[str] = set()
     for i in range(30):
-        _, out = l4_relay(w, loop, f"45.65.6.{10 + i}", k=w.rng.randint(3, 8),
-                          account=f"farm{i:03d}", client_leg=25.0)
-        flags.append(bool(out.flags))
+        ev, out = l4_relay(w, loop, f"45.65.6.{10 + i}", k=w.rng.randint(3, 8),
+                           account=f"farm{i:03d}", client_leg=25.0)
+        events.append(ev.event.event_id)
+        flags.append(any(f.event_id == ev.event.event_id for f in out.flags))
+        late |= {f.event_id for f in out.flags if f.event_id != ev.event.event_id}
     assert sum(flags[:3]) == 0 and sum(flags[-10:]) >= 9, flags
-    last = out.flags[-1]
+    # the first logins through the exit came before the evidence: flagged late, by name
+    assert set(events[:3]) <= late
+    last = next(f for f in out.flags if f.event_id == events[-1])
     assert "prefix_gap" in last.evidence["components"]
+    exit_ = last.evidence["exit_prefix"]
+    assert exit_["verdict"] == "relay exit" and exit_["gap_z"] >= exit_["gap_z_ramp"][0]
+    assert any("standard errors slower" in r for r in last.reasons)
     assert w.det.overhead.get("kr-sel-1").cost() == pytest.approx(cost, abs=2.0)  # type: ignore[union-attr]
     # a PC bang: 40 honest players behind one /24 on the same server stay clean
     rtt = leg_ms(SEOUL, SEOUL) + 1.0
@@ -194,6 +203,30 @@ def test_farm_behind_one_prefix_cannot_teach_the_overhead_and_piles_up_evidence(
         app = loop.samples(w, rtt, w.rng.randint(1, 10))
         _, out = w.login(f"bang{i}", "58.121.9.7", app, round(rtt + 0.2, 3))
         assert not out.flags, out.flags[0].reasons
+
+
+def test_an_exit_proven_by_its_tunnels_lends_evidence_to_its_other_logins() -> None:
+    """Three accounts tunnel from Shanghai through one VPS /24 (their TCP RTT breaks
+    physics); a fourth relays through the same /24 with a leg the 100 ms tick hides."""
+    w = make_world(seed=21)
+    loop = GameLoop(cost=5.0, tick=100.0)
+    assert warm(w, loop, n=60) == 0
+    rtt = 0.5 + CLIENT_LEG_MS
+    for i in range(3):
+        _, out = w.login(f"tunnel{i}", f"45.65.8.{20 + i}", loop.samples(w, rtt, 2),
+                         round(rtt + 0.2, 3))
+        assert out.flags and out.flags[0].evidence["physics"]["verdict"] == "detour"
+    ev, out = l4_relay(w, loop, "45.65.8.40", k=2, account="quiet", client_leg=15.0)
+    flag = next(f for f in out.flags if f.event_id == ev.event.event_id)
+    assert "prefix_relays" in flag.evidence["components"]
+    assert flag.evidence["exit_prefix"]["proven_relay_accounts"] == 3
+    assert any("proven relayed" in r for r in flag.reasons)
+    # one proven account does not make an exit of a shared prefix
+    _, out = w.login("tunnel9", "45.65.9.20", loop.samples(w, rtt, 2), round(rtt + 0.2, 3))
+    assert out.flags
+    ev, out = l4_relay(w, loop, "45.65.9.40", k=2, account="quiet2", client_leg=15.0)
+    sess = w.det.sessions.peek(ev.event.session_id or "")
+    assert sess is not None and w.det.prefix_relays(sess) == (0.0, 1, 1)
 
 
 def test_overhead_is_learned_per_platform_when_logins_name_one() -> None:

@@ -77,6 +77,7 @@ class Evidence(Scoring):
                 "prefix": sess.prefix,
             },
             "gap": self._explain_gap(sess, reasons),
+            "exit_prefix": self._explain_prefix(sess, components, reasons),
             "physics": self._explain_physics(sess, reasons),
             "baseline": self._explain_baseline(sess, components, reasons),
             "vantages": self._explain_vantages(sess, components, reasons, disks),
@@ -126,6 +127,35 @@ class Evidence(Scoring):
                 f"{v.cost:.1f} ms, tick {v.tick:.0f} ms): {what} "
                 f"≈ {v.excess * KM_PER_MS_RTT:.0f} km before the client"
             )
+        return out
+
+    def _explain_prefix(
+        self, sess: Session, components: dict[str, float], reasons: list[str]
+    ) -> dict[str, Any]:
+        """The exit prefix's own evidence: its recent logins' gaps against the learned
+        game loops, and the accounts its logins proved relayed."""
+        _, n, z = self.prefix_evidence(sess, self.gap_verdict(sess))
+        _, proven, logins = self.prefix_relays(sess)
+        lo, hi = self.prefix_z
+        out: dict[str, Any] = {
+            "prefix": sess.prefix,
+            "gap_logins": n, "gap_z": round(z, 2), "gap_z_ramp": [lo, hi],
+            "recent_logins": logins, "proven_relay_accounts": proven,
+        }
+        if "prefix_gap" in components:
+            reasons.append(
+                f"{n} recent logins through {sess.prefix} answer the game {z:.1f} standard "
+                f"errors slower than the servers' learned overhead allows: the same "
+                f"client-relay leg in every login through this exit"
+            )
+        if "prefix_relays" in components:
+            reasons.append(
+                f"{proven} accounts' recent logins through {sess.prefix} were proven relayed "
+                f"by their own latency physics ({logins} logins): a relay exit"
+            )
+        out["verdict"] = ("relay exit" if "prefix_gap" in components or "prefix_relays" in components
+                          else "consistent" if n >= self.prefix_min_logins else
+                          f"too few logins ({n} < {self.prefix_min_logins}) with a gap verdict")
         return out
 
     def _explain_physics(self, sess: Session, reasons: list[str]) -> dict[str, Any]:
