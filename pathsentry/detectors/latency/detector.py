@@ -77,7 +77,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         self.prefix_share = (float(lo), float(hi))
         self.prefix_proven_accounts = int(cfg["prefix_proven_accounts"])
         self.proven_min = float(cfg["proven_min"])
-        self.prefix_gaps: BoundedLRU[str, tuple[Any, ...]] = BoundedLRU(cfg["baseline_keys_max"])
+        self.prefix_gaps: BoundedLRU[str, tuple[Any, ...]] = BoundedLRU(cfg["prefixes_max"])
         self.baselines: BoundedLRU[str, Baseline] = BoundedLRU(cfg["baseline_keys_max"])
         self.sessions: BoundedLRU[str, Session] = BoundedLRU(cfg["sessions_max"])
         #: account -> (flagged sessions, session id, score, session id, score, ...): the

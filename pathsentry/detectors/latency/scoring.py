@@ -84,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "overhead_warmup": 8,
     "overhead_by_platform": True,
     "prefix_history": 32,
+    "prefixes_max": 20_000,
     "prefix_min_logins": 4,
     "prefix_z": [3.5, 5.0],
     "proven_min": 0.5,
