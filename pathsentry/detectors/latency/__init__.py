@@ -64,11 +64,11 @@ Modules: :mod:`.state` (bounded tables, alert book, the session record),
 
 Memory is bounded (least-recently-used keys are evicted): ``baseline_keys_max``
 baselines (three P² quantile sketches and a count), ``sessions_max`` sessions,
-``accounts_max`` account histories, ``overhead_window`` gaps and tick estimates per
-server (and platform) and twice that per access kind, ``prefixes_max`` exit-prefix
-histories (``prefix_history`` logins of seven fields each: at most about 5 KiB with
-their own session-id strings, so at most about 100 MiB at the default 20,000
-prefixes; most prefixes hold a few logins) (``history_len`` scores), ``alerts_max`` alert
+``accounts_max`` account histories (``history_len`` scores), ``overhead_window`` gaps
+and tick estimates per server (and platform) and twice that per access kind,
+``prefixes_max`` exit-prefix histories (``prefix_history`` logins of seven fields
+each: at most about 5 KiB with their own session-id strings, so at most about 100 MiB
+at the default 20,000 prefixes; most prefixes hold a few logins), ``alerts_max`` alert
 records (at most ``MAX_ALERT_EVENTS`` event ids); ``distances_max`` memoised
 distances and expectations per claimed location (cleared when full). A session
 is one flat object: the login's identifiers, its RTT figures (minimum, 10th
