@@ -53,8 +53,11 @@ only if some component could be non-zero -- a clean session's probe ends after
 the comparisons each component needs (and a look at its baseline). The anomaly
 model is only asked about logins with other evidence (it sharpens physical
 evidence and never flags on its own), and about a probe's session only if a flag
-is within reach with the model's full weight. It scores on flattened trees
-(memoised until its window pivots) and learns in queued, vectorised batches.
+is within reach with the model's full weight. The model scores on flattened trees
+(memoised until its window pivots) and learns in queued, vectorised batches. A
+login whose exit prefix carries evidence re-assesses the prefix's unflagged recent
+sessions (at most ``prefix_history``); any login costs one pass over its prefix's
+history.
 
 Modules: :mod:`.state` (bounded tables, alert book, the session record),
 :mod:`.baselines` (prefix baselines, learned server overheads), :mod:`.geometry`
