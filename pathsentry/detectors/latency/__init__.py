@@ -70,8 +70,8 @@ baselines (three P² quantile sketches and a count), ``sessions_max`` sessions,
 ``accounts_max`` account histories (``history_len`` scores), ``overhead_window`` gaps
 and tick estimates per server (and platform) and twice that per access kind,
 ``prefixes_max`` exit-prefix histories (``prefix_history`` logins of seven fields
-each: at most about 5 KiB with their own session-id strings, so at most about 100 MiB
-at the default 20,000 prefixes; most prefixes hold a few logins), ``alerts_max`` alert
+each, 16 by default: at most about 2.5 KiB with their own session-id strings, so at
+most about 50 MiB at the default 20,000 prefixes; most prefixes hold a few logins), ``alerts_max`` alert
 records (at most ``MAX_ALERT_EVENTS`` event ids); ``distances_max`` memoised
 distances and expectations per claimed location (cleared when full). A session
 is one flat object: the login's identifiers, its RTT figures (minimum, 10th

@@ -126,7 +126,7 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_cost", "_tick", "key", "n")
+    __slots__ = ("_cost", "_figures", "_tick", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -137,6 +137,14 @@ class Overhead:
         self.n = 0
         self._tick = _Votes(window)
         self._cost = _Votes(window)
+        self._figures: tuple[float, float] | None = None
+
+    def figures(self) -> tuple[float, float]:
+        """(cost, tick), read once per change of the votes."""
+        f = self._figures
+        if f is None:
+            f = self._figures = (self.cost(), self.tick())
+        return f
 
     def tick(self) -> float:
         """The tick (ms): median spread-based estimate, or, before enough multi-sample
@@ -161,6 +169,7 @@ class Overhead:
 
     def update(self, source: str, gap: float | None, k: int, spread: float) -> None:
         """Learn one login from exit prefix ``source``."""
+        self._figures = None
         if k >= 2:
             self._tick.add(source, spread * (k + 1) / (k - 1))
         if gap is not None:
@@ -263,13 +272,13 @@ class OverheadBook:
                 else:
                     w = self.noise[kind] = _Votes(2 * self.window)
             if w is not None:
-                w.add(source, gap - o.cost())
+                w.add(source, gap - o.figures()[0])
         if k >= 2 and o.sources() >= self.warm:
             j = self.jitter.get(kind)
             if j is None and len(self.jitter) < self.keys_max:
                 j = self.jitter[kind] = _Votes(2 * self.window)
             if j is not None:
-                j.add(source, spread - o.tick() * (k - 1) / (k + 1))
+                j.add(source, spread - o.figures()[1] * (k - 1) / (k + 1))
         o.update(source, gap, k, spread)
 
     def snapshot(self) -> dict[str, Any]:

@@ -83,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "overhead_window": 40,
     "overhead_warmup": 8,
     "overhead_by_platform": True,
-    "prefix_history": 32,
+    "prefix_history": 16,
     "prefixes_max": 20_000,
     "prefix_min_logins": 4,
     "prefix_z": [3.5, 5.0],
@@ -232,7 +232,7 @@ class Scoring:
             v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
                       "learned, no gap verdict")
             return v
-        v.cost, v.tick = o.cost(), o.tick()
+        v.cost, v.tick = o.figures()
         v.expected = v.cost + v.tick / (k + 1)
         least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS) / 2.0
         v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
@@ -265,8 +265,8 @@ class Scoring:
         o = self.overhead.get(sess.oh_key)
         if o is None or o.sources() < self.overhead_warmup:
             return None if tcp is None else (tcp, "tcp_rtt")
-        cost = o.cost()
-        app_lo = (sess.app_min - cost - o.tick() * phase_quantile(sess.app_n, self.phase_alpha)
+        cost, tick = o.figures()
+        app_lo = (sess.app_min - cost - tick * phase_quantile(sess.app_n, self.phase_alpha)
                   - self.spike_allowance(sess))
         if tcp is not None:
             # the phase is never negative: the network RTT is at most the app minimum less
@@ -283,8 +283,8 @@ class Scoring:
     @staticmethod
     def residual(o: Overhead, gap: float, k: int, noise: float) -> tuple[float, float]:
         """(``gap - expected``, its variance for an honest login) against overhead ``o``."""
-        tick = o.tick()
-        return (gap - o.cost() - tick / (k + 1),
+        cost, tick = o.figures()
+        return (gap - cost - tick / (k + 1),
                 tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise)
 
     def prefix_evidence(self, sess: Session, gv: GapVerdict | None) -> tuple[float, int, float]:
@@ -312,16 +312,31 @@ class Scoring:
         if hist is not None:
             book = self.overhead
             warm = self.overhead_warmup
+            #: (overhead key, access kind) -> (cost, tick, noise^2), read once per call
+            seen: dict[tuple[str, str], tuple[float, float, float] | None] = {}
             for i in range(0, len(hist), _ROW):
-                if hist[i] == sid or hist[i + 2] is None:
+                gap = hist[i + 2]
+                if gap is None or hist[i] == sid:
                     continue
-                o = book.get(hist[i + 1])
-                if o is None or o.sources() < warm:
+                key = (hist[i + 1], hist[i + 4])
+                if key in seen:
+                    fig = seen[key]
+                else:
+                    o = book.get(key[0])
+                    if o is None or o.sources() < warm:
+                        fig = None
+                    else:
+                        least = MIN_SPREAD_MS.get(key[1], DEFAULT_MIN_SPREAD_MS) / 2.0
+                        noise = book.noise_scale(key[1], least)[0]
+                        fig = (*o.figures(), noise * noise)
+                    seen[key] = fig
+                if fig is None:
                     continue
-                kind = hist[i + 4]
-                least = MIN_SPREAD_MS.get(kind, DEFAULT_MIN_SPREAD_MS) / 2.0
-                r, v = self.residual(o, hist[i + 2], hist[i + 3], book.noise_scale(kind, least)[0])
-                total += _clip(r / math.sqrt(v)) if v > 0.0 else 0.0
+                cost, tick, noise2 = fig  # :meth:`residual`, inlined
+                k = hist[i + 3]
+                v = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise2
+                if v > 0.0:
+                    total += _clip((gap - cost - tick / (k + 1)) / math.sqrt(v))
                 n += 1
         if gv is not None and gv.bound is not None and gv.variance > 0.0:
             total += _clip(gv.residual / math.sqrt(gv.variance))
