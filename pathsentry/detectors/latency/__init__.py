@@ -62,7 +62,8 @@ history.
 Modules: :mod:`.state` (bounded tables, alert book, the session record),
 :mod:`.baselines` (prefix baselines, learned server overheads), :mod:`.geometry`
 (distances, expectations, RTT disks), :mod:`.model` (the anomaly model),
-:mod:`.scoring` (component strengths, history, combination), :mod:`.evidence`
+:mod:`.scoring` (component strengths, history, combination), :mod:`.prefixes` (what
+an exit prefix's recent logins show together), :mod:`.evidence`
 (flags put into words) and :mod:`.detector` (events, learning, snapshots).
 
 Memory is bounded (least-recently-used keys are evicted): ``baseline_keys_max``

@@ -27,7 +27,6 @@ proven share between 0.2 and 0.5 (``prefix_share``).
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 from pathsentry.detectors.latency.baselines import (
@@ -38,6 +37,7 @@ from pathsentry.detectors.latency.baselines import (
 )
 from pathsentry.detectors.latency.geometry import Geometry
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
+from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
 __all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "WEIGHTS", "GapVerdict",
@@ -112,15 +112,6 @@ NET_METHODS = frozenset({"icmp", "tcp"})
 _W_GAP = WEIGHTS["gap"]
 _W_PREFIX = WEIGHTS["prefix_gap"]
 _W_RELAYS = WEIGHTS["prefix_relays"]
-#: fields per login in an exit prefix's history (see :meth:`Scoring.learn_prefix`)
-PREFIX_ROW = _ROW = 7
-def _clip(u: float) -> float:
-    """A standardised residual limited to [-3, 3]."""
-    return -3.0 if u < -3.0 else 3.0 if u > 3.0 else u
-
-
-#: components that prove a relay from the login's own physics
-_INTRINSIC = ("gap", "physics", "vantage")
 _W_PHYSICS = WEIGHTS["physics"]
 _W_BASELINE = WEIGHTS["baseline"]
 _W_VANTAGE = WEIGHTS["vantage"]
@@ -150,7 +141,7 @@ class GapVerdict:
         self.cold = ""
 
 
-class Scoring:
+class Scoring(ExitPrefixes):
     """Component strengths, history and the combined score (mixed into the detector)."""
 
     name: ClassVar[str]
@@ -166,17 +157,13 @@ class Scoring:
     overhead_warmup: int
     baselines: BoundedLRU[str, Baseline]
     overhead: OverheadBook
-    #: exit prefix -> (session id, overhead key, gap ms, app samples, access kind, account,
-    #: proven, ...) of its last ``prefix_history`` logins
-    prefix_gaps: BoundedLRU[str, tuple[Any, ...]]
-    prefix_min_logins: int
-    prefix_z: tuple[float, float]
-    prefix_share: tuple[float, float]
-    prefix_proven_accounts: int
-    proven_min: float
     accounts: BoundedLRU[str, tuple[Any, ...]]
     hst: QueuedHalfSpaceTrees
     geometry: Geometry
+
+    def noise_floor(self, kind: str) -> float:
+        """Half the access kind's smallest baseline spread: the least noise scale (ms)."""
+        return MIN_SPREAD_MS.get(kind, DEFAULT_MIN_SPREAD_MS) / 2.0
 
     @staticmethod
     def network_rtt(sess: Session) -> tuple[float | None, str]:
@@ -234,7 +221,7 @@ class Scoring:
             return v
         v.cost, v.tick = o.figures()
         v.expected = v.cost + v.tick / (k + 1)
-        least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS) / 2.0
+        least = self.noise_floor(sess.geo.kind or "")
         v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
         v.spike = self.overhead.spike(sess.geo.kind or "?") if k <= 2 else 0.0
         v.bound = (v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
@@ -271,7 +258,7 @@ class Scoring:
         if tcp is not None:
             # the phase is never negative: the network RTT is at most the app minimum less
             # the cost (and the noise); a TCP RTT above that is a spike of that one figure
-            least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS) / 2.0
+            least = self.noise_floor(sess.geo.kind or "")
             app_hi = sess.app_min - cost + self.gap_z * self.overhead.noise_scale(
                 sess.geo.kind or "?", least)[0]
             if tcp > app_hi:
@@ -286,96 +273,6 @@ class Scoring:
         cost, tick = o.figures()
         return (gap - cost - tick / (k + 1),
                 tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise)
-
-    def prefix_evidence(self, sess: Session, gv: GapVerdict | None) -> tuple[float, int, float]:
-        """(strength, logins, z) of the exit prefix's own gap evidence.
-
-        On a server with a long tick one login's gap rarely convicts anyone: a
-        30 ms client-relay leg hides in a 100 ms tick. But every login through a
-        relay's exit shows the same leg, while an honest login's residual
-        ``gap - cost - tick / (k + 1)`` has mean 0 and variance ``tick^2 k / ((k + 1)^2
-        (k + 2)) + noise^2`` (the minimum of ``k`` uniform phases, and the noise). The
-        prefix's recent logins (``prefix_history``, this one included, each session
-        once) are standardised, clipped to +-3 (one spiking radio sample must not
-        count as ten logins' worth), and summed into one z-score ``sum(u) / sqrt(n)``. The
-        prefix keeps each login's gap, sample count, server and access kind, not its
-        residual: the residuals are taken against the overheads as they are now, so a
-        patch day does not leave old residuals behind.
-        Strength ramps between ``prefix_z`` (default 3.5 and 5; the sum of a few
-        skewed phase minima has a longer right tail than a normal) from
-        ``prefix_min_logins`` (4) logins on.
-        """
-        hist = self.prefix_gaps.peek(sess.prefix)
-        sid = sess.session_id or sess.event_id
-        total = 0.0
-        n = 0
-        if hist is not None:
-            book = self.overhead
-            warm = self.overhead_warmup
-            #: (overhead key, access kind) -> (cost, tick, noise^2), read once per call
-            seen: dict[tuple[str, str], tuple[float, float, float] | None] = {}
-            for i in range(0, len(hist), _ROW):
-                gap = hist[i + 2]
-                if gap is None or hist[i] == sid:
-                    continue
-                key = (hist[i + 1], hist[i + 4])
-                if key in seen:
-                    fig = seen[key]
-                else:
-                    o = book.get(key[0])
-                    if o is None or o.sources() < warm:
-                        fig = None
-                    else:
-                        least = MIN_SPREAD_MS.get(key[1], DEFAULT_MIN_SPREAD_MS) / 2.0
-                        noise = book.noise_scale(key[1], least)[0]
-                        fig = (*o.figures(), noise * noise)
-                    seen[key] = fig
-                if fig is None:
-                    continue
-                cost, tick, noise2 = fig  # :meth:`residual`, inlined
-                k = hist[i + 3]
-                v = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise2
-                if v > 0.0:
-                    total += _clip((gap - cost - tick / (k + 1)) / math.sqrt(v))
-                n += 1
-        if gv is not None and gv.bound is not None and gv.variance > 0.0:
-            total += _clip(gv.residual / math.sqrt(gv.variance))
-            n += 1
-        if n < self.prefix_min_logins:
-            return 0.0, n, 0.0
-        z = total / math.sqrt(n)
-        lo, hi = self.prefix_z
-        return (0.0 if z <= lo else 1.0 if z >= hi else (z - lo) / (hi - lo)), n, z
-
-    def prefix_relays(self, sess: Session) -> tuple[float, int, int]:
-        """(strength, accounts proven relayed, logins) of the exit prefix's recent logins.
-
-        A login whose own physics proves a relay (gap, physics or vantage evidence
-        at least ``proven_min``, default 0.5) marks its exit prefix: VPN and proxy
-        exits carry many clients, and the ones on long-tick servers or without a TCP
-        RTT show little on their own. Strength ramps over the share of the prefix's
-        recent logins (other sessions) that were proven, between ``prefix_share``
-        (default 0.2 and 0.5), once ``prefix_proven_accounts`` (3) distinct accounts
-        were proven: a CGNAT or campus prefix with one odd session is not an exit.
-        """
-        hist = self.prefix_gaps.peek(sess.prefix)
-        if hist is None:
-            return 0.0, 0, 0
-        sid = sess.session_id or sess.event_id
-        proven: set[str] = set()
-        n = hits = 0
-        for i in range(0, len(hist), _ROW):
-            if hist[i] == sid:
-                continue
-            n += 1
-            if hist[i + 6]:
-                hits += 1
-                proven.add(hist[i + 5])
-        if len(proven) < self.prefix_proven_accounts:
-            return 0.0, len(proven), n
-        x = hits / n
-        lo, hi = self.prefix_share
-        return (0.0 if x <= lo else 1.0 if x >= hi else (x - lo) / (hi - lo)), len(proven), n
 
     def best_baseline(self, sess: Session) -> tuple[str, Baseline | None]:
         """The most specific baseline out of warm-up, and its level (``""`` if none)."""
@@ -493,29 +390,6 @@ class Scoring:
         if s > 0:
             components["model"] = _W_MODEL * s
         return model
-
-    def learn_prefix(self, sess: Session, gv: GapVerdict | None, comps: dict[str, float] | None,
-                     keep: int) -> None:
-        """Put this login into its exit prefix's history: its gap (with its server,
-        sample count and access kind; ``None`` without a gap verdict), its account and
-        whether its own physics proved a relay."""
-        if keep <= 0:
-            return
-        sid = sess.session_id or sess.event_id
-        hist = self.prefix_gaps.peek(sess.prefix) or ()
-        rows: list[Any] = []
-        for i in range(0, len(hist), _ROW):
-            if hist[i] != sid:
-                rows += hist[i:i + _ROW]
-        gap = None if gv is None or gv.bound is None else round(gv.gap, 3)
-        keep_p = 1.0
-        for name in _INTRINSIC:
-            v = 0.0 if comps is None else comps.get(name, 0.0)
-            keep_p *= 1.0 - (v if v < 1.0 else 1.0)
-        proven = 1 if 1.0 - keep_p >= self.proven_min else 0
-        rows += (sid, sess.oh_key, gap, 0 if gv is None else gv.k, sess.geo.kind or "?",
-                 sess.account, proven)
-        self.prefix_gaps.put(sess.prefix, tuple(rows[-_ROW * keep:]))
 
     @staticmethod
     def _teaches(components: dict[str, float], level: str, skip: frozenset[str] = frozenset()) -> bool:
