@@ -237,6 +237,11 @@ def test_overhead_is_learned_per_platform_when_logins_name_one() -> None:
         assert not honest(w, console, 100 + i, platform="console")[0]
     assert w.det.overhead.get("kr-sel-1|pc").tick() < 3.0  # type: ignore[union-attr]
     assert w.det.overhead.get("kr-sel-1|console").tick() == pytest.approx(50.0, abs=12.0)  # type: ignore[union-attr]
+    # the optional contract fields are in the exported JSON Schema
+    from pathsentry.commands.core import json_schemas
+
+    client = json_schemas()["login.schema.json"]["$defs"]["ClientInfo"]["properties"]
+    assert {"platform", "build"} <= set(client)
 
 
 def test_learned_overhead_survives_a_snapshot_and_a_new_worker() -> None:
