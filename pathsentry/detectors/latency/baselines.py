@@ -126,7 +126,7 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_cost", "_figures", "_tick", "key", "n")
+    __slots__ = ("_cost", "_figures", "_tick", "_u", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -137,13 +137,32 @@ class Overhead:
         self.n = 0
         self._tick = _Votes(window)
         self._cost = _Votes(window)
-        self._figures: tuple[float, float] | None = None
+        #: standardised gap residuals (clipped to +-3), one per exit prefix
+        self._u = _Votes(window)
+        self._figures: tuple[float, float, float, float] | None = None
 
-    def figures(self) -> tuple[float, float]:
-        """(cost, tick), read once per change of the votes."""
+    def figures(self) -> tuple[float, float, float, float]:
+        """(cost, tick, centre, scale), read once per change of the votes: ``centre`` is
+        the 10 %-trimmed mean of the prefixes' standardised gap residuals when it is
+        positive (else 0), ``scale`` their normal-equivalent spread (IQR / 1.349, at
+        least 1). With the model right they are 0 and 1 (the residuals' median is not:
+        the minimum of k phases is skewed); where the model leans towards calling
+        honest logins slow (a tick the spread underestimates, jitter the noise misses)
+        they carry what the population shows instead. They never make the test more
+        sensitive than the model."""
         f = self._figures
         if f is None:
-            f = self._figures = (self.cost(), self.tick())
+            u = self._u
+            if len(u) >= self.MIN_TICK_LOGINS:
+                values = sorted(u.votes.values())
+                cut = len(values) // 10
+                kept = values[cut:len(values) - cut]
+                centre = sum(kept) / len(kept)
+                centre = centre if centre > 0.0 else 0.0
+                scale = (u.quantile(0.75) - u.quantile(0.25)) / 1.349
+            else:
+                centre, scale = 0.0, 1.0
+            f = self._figures = (self.cost(), self.tick(), centre, scale if scale > 1.0 else 1.0)
         return f
 
     def tick(self) -> float:
@@ -167,9 +186,12 @@ class Overhead:
         """Expected gap (ms) of a login with ``k`` app samples."""
         return self.cost() + self.tick() / (k + 1)
 
-    def update(self, source: str, gap: float | None, k: int, spread: float) -> None:
-        """Learn one login from exit prefix ``source``."""
+    def update(self, source: str, gap: float | None, k: int, spread: float,
+               u: float | None = None) -> None:
+        """Learn one login from exit prefix ``source`` (``u``: its standardised residual)."""
         self._figures = None
+        if u is not None:
+            self._u.add(source, u)
         if k >= 2:
             self._tick.add(source, spread * (k + 1) / (k - 1))
         if gap is not None:
@@ -180,7 +202,8 @@ class Overhead:
             self._cost.add(source, gap - t * (1.0 - 0.5 ** (1.0 / max(1, k))))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot()}
+        return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot(),
+                "u": self._u.snapshot()}
 
     @classmethod
     def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
@@ -188,6 +211,7 @@ class Overhead:
         o.n = int(snap["n"])
         o._tick = _Votes(window, snap["tick"])
         o._cost = _Votes(window, snap["cost"])
+        o._u = _Votes(window, snap.get("u", []))
         return o
 
 
@@ -256,8 +280,10 @@ class OverheadBook:
         x = w.quantile(0.9)
         return x if x > 0.0 else 0.0
 
-    def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float) -> None:
-        """Learn one login of server (and platform) ``key`` from exit prefix ``source``."""
+    def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float,
+              u: float | None = None) -> None:
+        """Learn one login of server (and platform) ``key`` from exit prefix ``source``
+        (``u``: its standardised gap residual, when the server was warm)."""
         self._noise_memo.clear()
         o = self.overheads.get(key)
         if o is None:
@@ -279,7 +305,7 @@ class OverheadBook:
                 j = self.jitter[kind] = _Votes(2 * self.window)
             if j is not None:
                 j.add(source, spread - o.figures()[1] * (k - 1) / (k + 1))
-        o.update(source, gap, k, spread)
+        o.update(source, gap, k, spread, u)
 
     def snapshot(self) -> dict[str, Any]:
         return {"overheads": {k: o.snapshot() for k, o in self.overheads.items()},

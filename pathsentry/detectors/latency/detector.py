@@ -273,7 +273,8 @@ class LatencyDetector(SessionTable, Evidence, Detector):
             if comps is None or self._teaches(comps, "", _OVERHEAD_SKIPS):
                 self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
                                     None if sess.tcp is None else sess.app_min - sess.tcp,
-                                    sess.app_n, sess.app_spread)
+                                    sess.app_n, sess.app_spread,
+                                    None if gv is None or gv.bound is None else gv.u_raw)
         if assessed is None:
             self._remember(login.account, sess, base if allowed is None else 0.0)
             out = None

@@ -19,11 +19,11 @@ from pathsentry.detectors.latency.state import BoundedLRU, Session
 if TYPE_CHECKING:
     from pathsentry.detectors.latency.scoring import GapVerdict
 
-__all__ = ["PREFIX_ROW", "ExitPrefixes"]
+__all__ = ["PREFIX_ROW", "ExitPrefixes", "clip3"]
 
 #: fields per login in an exit prefix's history (see :meth:`ExitPrefixes.learn_prefix`)
 PREFIX_ROW = _ROW = 7
-def _clip(u: float) -> float:
+def clip3(u: float) -> float:
     """A standardised residual limited to [-3, 3]."""
     return -3.0 if u < -3.0 else 3.0 if u > 3.0 else u
 
@@ -60,13 +60,17 @@ class ExitPrefixes:
         (k + 2)) + noise^2`` (the minimum of ``k`` uniform phases, and the noise). The
         prefix's recent logins (``prefix_history``, this one included, each session
         once) are standardised, clipped to +-3 (one spiking radio sample must not
-        count as ten logins' worth), and summed into one z-score ``sum(u) / sqrt(n)``. The
-        prefix keeps each login's gap, sample count, server and access kind, not its
+        count as ten logins' worth), set against the server's population of prefixes
+        (:meth:`~.baselines.Overhead.figures`: where the model leans towards calling
+        every prefix slow, no prefix stands out for it), and summed into one z-score
+        ``sum(u) / sqrt(n)``. The prefix keeps each login's gap, sample count, server and access kind, not its
         residual: the residuals are taken against the overheads as they are now, so a
         patch day does not leave old residuals behind.
-        Strength ramps between ``prefix_z`` (default 3.5 and 5; the sum of a few
-        skewed phase minima has a longer right tail than a normal) from
-        ``prefix_min_logins`` (4) logins on.
+        Strength ramps between ``prefix_z`` (default 4.5 and 6.5) from
+        ``prefix_min_logins`` (4) logins on. The start sits well above a normal's
+        tail because honest prefixes are not all alike: the lines behind one /24 can
+        share an app-vs-TCP offset of a few ms (a home router, a line type), which a
+        sum over many logins turns into a z-score of 5 or so.
         """
         hist = self.prefix_gaps.peek(sess.prefix)
         sid = sess.session_id or sess.event_id
@@ -76,7 +80,7 @@ class ExitPrefixes:
             book = self.overhead
             warm = self.overhead_warmup
             #: (overhead key, access kind) -> (cost, tick, noise^2), read once per call
-            seen: dict[tuple[str, str], tuple[float, float, float] | None] = {}
+            seen: dict[tuple[str, str], tuple[float, float, float, float, float] | None] = {}
             for i in range(0, len(hist), _ROW):
                 gap = hist[i + 2]
                 if gap is None or hist[i] == sid:
@@ -95,14 +99,14 @@ class ExitPrefixes:
                     seen[key] = fig
                 if fig is None:
                     continue
-                cost, tick, noise2 = fig  # :meth:`residual`, inlined
+                cost, tick, centre, scale, noise2 = fig  # :meth:`residual`, inlined
                 k = hist[i + 3]
                 v = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise2
-                if v > 0.0:
-                    total += _clip((gap - cost - tick / (k + 1)) / math.sqrt(v))
+                u = clip3((gap - cost - tick / (k + 1)) / math.sqrt(v)) if v > 0.0 else 0.0
+                total += (u - centre) / scale
                 n += 1
-        if gv is not None and gv.bound is not None and gv.variance > 0.0:
-            total += _clip(gv.residual / math.sqrt(gv.variance))
+        if gv is not None and gv.bound is not None:
+            total += gv.u
             n += 1
         if n < self.prefix_min_logins:
             return 0.0, n, 0.0

@@ -19,7 +19,7 @@ share below about 40 % of the window's prefixes does not move the medians),
 ``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
 phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
 logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
-combined z-scores of 3.5 and 5 (``prefix_z``); a prefix whose recent logins were
+combined z-scores of 4.5 and 6.5 (``prefix_z``); a prefix whose recent logins were
 proven relays by their own physics (``proven_min`` 0.5) from at least 3 accounts
 (``prefix_proven_accounts``) lends its other logins evidence ramping over the
 proven share between 0.2 and 0.5 (``prefix_share``).
@@ -27,6 +27,7 @@ proven share between 0.2 and 0.5 (``prefix_share``).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from pathsentry.detectors.latency.baselines import (
@@ -37,7 +38,7 @@ from pathsentry.detectors.latency.baselines import (
 )
 from pathsentry.detectors.latency.geometry import Geometry
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
-from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes
+from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes, clip3
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
 __all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "WEIGHTS", "GapVerdict",
@@ -86,7 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "prefix_history": 16,
     "prefixes_max": 20_000,
     "prefix_min_logins": 4,
-    "prefix_z": [3.5, 5.0],
+    "prefix_z": [4.5, 6.5],
     "proven_min": 0.5,
     "prefix_share": [0.2, 0.5],
     "prefix_proven_accounts": 3,
@@ -124,7 +125,7 @@ class GapVerdict:
 
     __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
                  "noise_n", "ratio", "residual", "source", "spike", "strength", "tick",
-                 "variance")
+                 "u", "u_raw", "variance")
 
     def __init__(self, net: float, source: str, gap: float) -> None:
         self.net, self.source, self.gap = net, source, gap
@@ -137,6 +138,8 @@ class GapVerdict:
         self.k = 0
         #: ``gap - expected`` and its variance for an honest login (ms, ms^2)
         self.residual = self.variance = 0.0
+        #: the residual standardised, clipped, and set against the server's population
+        self.u = self.u_raw = 0.0
         self.n = self.noise_n = 0
         self.cold = ""
 
@@ -219,7 +222,7 @@ class Scoring(ExitPrefixes):
             v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
                       "learned, no gap verdict")
             return v
-        v.cost, v.tick = o.figures()
+        v.cost, v.tick, centre, scale = o.figures()
         v.expected = v.cost + v.tick / (k + 1)
         least = self.noise_floor(sess.geo.kind or "")
         v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
@@ -228,6 +231,8 @@ class Scoring(ExitPrefixes):
                    + v.spike)
         v.excess = excess = v.gap - v.bound
         v.residual, v.variance = self.residual(o, v.gap, k, v.noise)
+        v.u_raw = clip3(v.residual / math.sqrt(v.variance)) if v.variance > 0.0 else 0.0
+        v.u = (v.u_raw - centre) / scale
         path = app_min - v.expected
         v.ratio = ratio = net / path if path > 0 else 1.0
         if excess > 0.0 and v.gap > self.gap_min_ms:
@@ -252,7 +257,7 @@ class Scoring(ExitPrefixes):
         o = self.overhead.get(sess.oh_key)
         if o is None or o.sources() < self.overhead_warmup:
             return None if tcp is None else (tcp, "tcp_rtt")
-        cost, tick = o.figures()
+        cost, tick = o.figures()[:2]
         app_lo = (sess.app_min - cost - tick * phase_quantile(sess.app_n, self.phase_alpha)
                   - self.spike_allowance(sess))
         if tcp is not None:
@@ -270,7 +275,7 @@ class Scoring(ExitPrefixes):
     @staticmethod
     def residual(o: Overhead, gap: float, k: int, noise: float) -> tuple[float, float]:
         """(``gap - expected``, its variance for an honest login) against overhead ``o``."""
-        cost, tick = o.figures()
+        cost, tick = o.figures()[:2]
         return (gap - cost - tick / (k + 1),
                 tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise)
 
