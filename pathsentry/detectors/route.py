@@ -74,7 +74,7 @@ from pathsentry.config import Server
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
-from pathsentry.detectors.latency import AlertBook
+from pathsentry.detectors.bounded import AlertBook
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
 from pathsentry.enrich.geo import GeoInfo, prefix_of
 from pathsentry.schemas import FlaggedEvent, Login, Traceroute
