@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pathsentry.detectors import register
+from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.farm.background import arrive
 from pathsentry.detectors.farm.exits import (
@@ -45,7 +46,6 @@ from pathsentry.detectors.farm.model import (
     settings_from,
 )
 from pathsentry.detectors.farm.state import restore, snapshot
-from pathsentry.detectors.injection import ip_text
 from pathsentry.detectors.names import normalise
 from pathsentry.schemas import Login, Traceroute
 

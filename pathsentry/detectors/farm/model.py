@@ -8,7 +8,6 @@ account session as a partition knows it. Nothing here decides anything.
 
 from __future__ import annotations
 
-import dataclasses
 from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from pathsentry.detectors.farm.families import family_template
 from pathsentry.detectors.names import NameIndex
+from pathsentry.detectors.settings import load_settings
 
 #: RTTs of a partition's background kept (:attr:`Partition.bg_rtts`)
 BACKGROUND_RTTS = 64
@@ -54,12 +54,10 @@ class FarmSettings:
 
 
 def settings_from(raw: Mapping[str, Any]) -> FarmSettings:
-    """Build :class:`FarmSettings` from a config table, ignoring unknown keys."""
-    kw: dict[str, Any] = {}
-    for f in dataclasses.fields(FarmSettings):
-        if f.name in raw:
-            kw[f.name] = type(getattr(FarmSettings(), f.name))(raw[f.name])
-    return FarmSettings(**kw)
+    """Build :class:`FarmSettings` from the ``[detectors.farm]`` table (the shared loader:
+    values coerced to their defaults' types, unknown keys reported)."""
+    settings: FarmSettings = load_settings("farm", raw, FarmSettings)[0]
+    return settings
 
 
 @dataclass(slots=True)
