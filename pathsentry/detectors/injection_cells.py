@@ -9,28 +9,48 @@ judge, so coarser views help, judged by the same rule:
 - ``("+", port, hour)``: the lines found so far pooled, which says *when*;
 - ``("*", port, hour)``: the whole ASN, for boxes that sit in front of every line;
 - ``("*", port, all day)``: the whole ASN all day, for boxes whose forgeries are too
-  sparse for any of the above. An all-day cell that is bad names the hours in which at
-  least ``min_hour_sources`` distinct sources got forged answers on its port.
+  sparse for any of the above;
+- ``("*", any port, all day)``: the whole ASN on every plaintext port all day, for a box
+  whose few forgeries are spread over the ports it inspects. It names the ports on
+  which ``min_hour_sources`` distinct sources got forged answers.
+
+An all-day cell that is bad names the hours in which at least ``min_hour_sources``
+distinct sources got forged answers on its port(s) (all the hours with a forged answer
+when the box's forgeries are too thin for any hour to have that many: the cell was
+judged on its ``min_suspect_clients`` sources already).
 
 A cell is *confidently bad* when
 
 - it holds at least ``min_probes`` plaintext probes, and suspect ones from at least
   ``min_suspect_clients`` distinct sources (the account of a client report, else the
   address): two accounts cannot frame an ISP, however many probes they send;
-- the Wilson lower bound of its suspect rate reaches ``min_rate`` (a floor: the
-  contrasts below decide);
+- the Wilson lower bound of its suspect rate reaches ``min_rate`` (an optional floor,
+  0 by default: an ISP that forges one answer in a thousand is still forging, and the
+  contrasts below, not a share, tell a forging box from noise);
 - TLS probes on the same line and hour (the control: an on-path box cannot forge
   them) do not show the same path anomalies: once there are ``min_tls_probes`` of
-  them, the Wilson *upper* bound of their anomaly rate must stay below the plaintext
-  lower bound; and
+  them, the plaintext suspect rate must be above their anomaly rate; and
 - the other ASNs at the same time do not show it either: each probe carries the
   median flagged rate of the other networks that reached the same origin in the same minutes
   (``notes["injection"]["others"]``, from :mod:`pathsentry.detectors.injection_window`);
   their sum over the cell is the number of suspects the cell would hold were its ISP
-  like the others, and its Wilson upper bound must stay below the cell's lower bound
-  (with no suspect elsewhere, the bound of 0 in ``n``: a small cell needs a high rate).
+  like the others, and the cell's rate must be above that rate (the reference's
+  uncertainty taken as that of ``n`` probes, though the others' rate rests on more).
   An origin failure is seen by every network at once: it raises no cell alert (and the
   probes the session stage found ``origin_wide`` are not suspect at all).
+
+"Above" is one-sided at ``z``: the lower bound of the difference of the two rates
+(Newcombe's hybrid score interval, :func:`~pathsentry.detectors.injection_counts.rate_above`)
+is positive. Asking instead that the two Wilson intervals do not overlap tests at about
+z·√2 and needs some eight suspects even when TLS and the other ASNs show none, so an
+ISP whose box forged a few answers each for six or seven subscribers went unnamed.
+The guard against framing is the count of distinct sources, not the rate: with the
+per-probe flags resting on path marks (TTL, missing origin headers, an answer faster
+than the RTT), suspects from ``min_suspect_clients`` unrelated sources in one ISP are
+not chance, and fewer sources, however many probes they send, name nobody. The TLS
+control stays a test of two rates: six forged answers in 545 plaintext probes against
+0 of 319 TLS ones are not enough (TLS could be marked at 1 % as well), so a box that
+forged that little is named only once the TLS probes or its forgeries are more.
 
 Cells are re-judged whenever their plaintext or TLS counts move. A cell dropped from
 state (idle longer than ``idle_ttl_s``, or beyond ``max_cells``) is no longer bad, and
@@ -55,7 +75,7 @@ the Wilson bounds are in :mod:`pathsentry.detectors.injection_counts`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Set
+from collections.abc import Collection, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -71,6 +91,7 @@ from pathsentry.detectors.injection_counts import (
     expire,
     format_hours,
     merge,
+    rate_above,
     sum_cells,
     touch,
     wilson_lower,
@@ -92,6 +113,8 @@ ALL = "*"
 LINES = "+"
 #: The hour of a line's all-day cell ``(prefix, port, ANY_HOUR)``.
 ANY_HOUR = -1
+#: The port of the ASN's all-port all-day cell ``(ALL, ANY_PORT, ANY_HOUR)``.
+ANY_PORT = -1
 CellKey = tuple[str, int, int]  # (prefix or "*", port, hour)
 TlsKey = tuple[str, int]  # (prefix or "*", hour)
 Signature = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]  # ports, hours, prefixes
@@ -104,8 +127,10 @@ class CellSettings:
     min_probes: int = 10
     #: distinct sources (accounts of client reports, else addresses) of suspect probes
     min_suspect_clients: int = 5
-    min_rate: float = 0.02
-    #: sources with forged answers in an hour that name it, when only all-day cells are bad
+    #: floor on the Wilson lower bound of a cell's suspect rate (0: the contrasts decide)
+    min_rate: float = 0.0
+    #: sources with forged answers in an hour (a port) that name it, when only all-day
+    #: (all-port) cells are bad
     min_hour_sources: int = 2
     #: TLS probes on a line from which the TLS contrast applies.
     min_tls_probes: int = 3
@@ -261,13 +286,18 @@ class InjectionCellDetector(Detector):
                 touch(group.cells, cell_key, s.max_cells, evicted).add(
                     client, suspect, ts, probe.event_id, s, ref)
                 touched.append(cell_key)
+            cell_key = (ALL, ANY_PORT, ANY_HOUR)
+            touch(group.cells, cell_key, s.max_cells, evicted).add(
+                client, suspect, ts, probe.event_id, s, ref)
+            touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
         self._judge(group, touched, set())
         lines = self._lines(group)
         if lines != group.pooled:  # other lines: re-judge every pooled cell
             group.pooled = lines
-            pooled = {(LINES, p, h) for p_, p, h in group.cells if p_ in lines and h != ANY_HOUR}
+            pooled = {(LINES, p, h) for p_, p, h in group.cells
+                      if p_ in lines and h != ANY_HOUR and p != ANY_PORT}
             pooled.update(k for k in group.bad if k[0] == LINES)  # also those of lines gone
         elif not lines:
             pooled = set()
@@ -362,37 +392,52 @@ class InjectionCellDetector(Detector):
         if n <= 0 or n < s.min_probes or not distinct_at_least(
                 (c.suspect_clients.keys() for c in cells), s.min_suspect_clients):
             return False
-        lower = wilson_lower(k, n, s.z)
-        if lower < s.min_rate:
+        if wilson_lower(k, n, s.z) < s.min_rate:
             return False
-        if wilson_upper(round(sum(c.ref for c in cells)), n, s.z) >= lower:
+        if rate_above(k, n, sum(c.ref for c in cells), n, s.z) <= 0.0:
             return False  # the other networks saw as much at the same times
         if prefix == LINES:
             n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
         else:
             n_tls, k_tls = sum_cells([group.tls.get((prefix, hour))])
-        return n_tls < s.min_tls_probes or wilson_upper(k_tls, n_tls, s.z) < lower
+        return n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z) > 0.0
 
     # -- the alert --------------------------------------------------------------------
 
     def _signature(self, group: _Group) -> Signature:
-        ports = tuple(sorted({k[1] for k in group.bad}))
+        all_ports = {k[1] for k in group.bad}
+        if ANY_PORT in all_ports:  # the all-port cell: the ports forged answers came on
+            all_ports.discard(ANY_PORT)
+            all_ports.update(self._named({
+                port: c.suspect_clients.keys() for (p, port, hour), c in group.cells.items()
+                if p == ALL and hour == ANY_HOUR and port != ANY_PORT and c.suspect_clients},
+                thin=False))
         hours = {k[2] for k in group.bad if k[2] != ANY_HOUR}
         all_day = {k[1] for k in group.bad if k[2] == ANY_HOUR}
+        if ANY_PORT in all_day:
+            all_day = all_ports
         if all_day:
             hours.update(self._suspect_hours(group, all_day))
         prefixes = tuple(sorted(self._lines(group))[: self.settings.max_prefixes])
-        return ports, tuple(sorted(hours)), prefixes
+        return tuple(sorted(all_ports)), tuple(sorted(hours)), prefixes
 
     def _suspect_hours(self, group: _Group, ports: set[int]) -> tuple[int, ...]:
         """The hours in which ``min_hour_sources`` distinct sources got forged answers on
-        ``ports`` (ASN-wide hourly cells)."""
+        ``ports`` (ASN-wide hourly cells); see :meth:`_named`."""
         per: dict[int, set[str]] = {}
         for (p, port, hour), c in group.cells.items():
             if p == ALL and hour != ANY_HOUR and port in ports and c.suspect_clients:
                 per.setdefault(hour, set()).update(c.suspect_clients)
-        return tuple(sorted(h for h, who in per.items()
-                            if len(who) >= self.settings.min_hour_sources))
+        return self._named(per, thin=True)
+
+    def _named(self, per: Mapping[int, Collection[str]], thin: bool) -> tuple[int, ...]:
+        """The hours (ports) with forged answers from ``min_hour_sources`` distinct
+        sources; with ``thin``, when none has that many, every one with a forgery (the
+        bad cell they describe was judged on its own sources: a box's few forgeries
+        spread over many hours still need their hours named)."""
+        named = tuple(sorted(h for h, who in per.items()
+                             if len(who) >= self.settings.min_hour_sources))
+        return named or (tuple(sorted(per)) if thin else ())
 
     def _prefixes(self, group: _Group, ports: set[int], hours: set[int]) -> list[str]:
         """Without a bad line (only ASN-wide roll-ups are bad): the prefixes with
@@ -448,7 +493,8 @@ class InjectionCellDetector(Detector):
             event_ids=events[: s.max_alert_events],
             evidence={
                 "cells": [
-                    {"prefix": p, "port": port, "hour": None if h == ANY_HOUR else h,
+                    {"prefix": p, "port": None if port == ANY_PORT else port,
+                     "hour": None if h == ANY_HOUR else h,
                      "probes": c.n, "suspect": c.k, "clients": len(c.clients),
                      "other_asns_expected": round(c.ref, 2),
                      "suspect_clients": len(c.suspect_clients),

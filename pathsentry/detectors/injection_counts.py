@@ -7,8 +7,16 @@ ids; bounded tables of cells are kept least recently used first. The Wilson scor
 bounds say how far a rate over few probes can be trusted. The judging and the alert
 live in :mod:`pathsentry.detectors.injection_cells`.
 
+Whether one rate exceeds another is judged on the interval of their *difference*
+(Newcombe's hybrid score interval, built from the two Wilson intervals), not on whether
+the two intervals overlap: two 95 % intervals that just touch already differ at about
+z·√2 (p ≈ 0.006), so the overlap rule asks for roughly eight suspects even when the
+reference saw none, whatever the sample sizes.
+
 >>> round(wilson_lower(9, 10), 3), round(wilson_upper(0, 40), 3)
 (0.596, 0.088)
+>>> round(rate_above(6, 54, 0, 39), 4), round(rate_above(2, 54, 0, 39), 4)
+(0.0037, -0.0566)
 >>> format_hours(range(9, 18)), format_hours([22, 23, 0, 1]), format_hours([3, 9, 10])
 ('09–18', '22–02', '03–04, 09–11')
 """
@@ -21,8 +29,8 @@ from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Caps", "Cell", "distinct_at_least", "expire", "format_hours", "merge", "sum_cells",
-           "touch", "wilson_lower", "wilson_upper"]
+__all__ = ["Caps", "Cell", "distinct_at_least", "expire", "format_hours", "merge", "rate_above",
+           "sum_cells", "touch", "wilson_lower", "wilson_upper"]
 
 
 class Caps(Protocol):
@@ -53,6 +61,21 @@ def wilson_lower(k: int, n: int, z: float = 1.96) -> float:
 def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
     """Upper Wilson score bound of the rate ``k / n`` (1 when ``n == 0``)."""
     return _wilson(k, n, z, 1.0)
+
+
+def rate_above(k: int, n: int, k_ref: float, n_ref: int, z: float = 1.96) -> float:
+    """Lower bound of ``k / n - k_ref / n_ref`` (Newcombe's hybrid score interval, method
+    10 of Newcombe 1998): positive when the first rate is above the reference at ``z``.
+
+    ``k_ref`` may be fractional (an expected count); its Wilson bound uses it rounded.
+    """
+    if n <= 0:
+        return -1.0
+    p = k / n
+    p_ref = k_ref / n_ref if n_ref > 0 else 0.0
+    below = p - wilson_lower(k, n, z)
+    above = wilson_upper(round(k_ref), n_ref, z) - min(p_ref, 1.0)
+    return p - p_ref - math.sqrt(below * below + max(above, 0.0) ** 2)
 
 
 def format_hours(hours: Iterable[int]) -> str:

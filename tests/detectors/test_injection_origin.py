@@ -73,6 +73,10 @@ class World:
     injectors: dict[int, Injector] = field(default_factory=dict)
     #: accounts of one KT line reporting forged answers every few minutes all day
     framers: int = 0
+    #: KT subscribers each forged once by a sparse box: the i-th on its first probe to
+    #: port ``sparse_ports[i % len]`` from 09 + i o'clock (a tiny share of KT's answers)
+    sparse: int = 0
+    sparse_ports: tuple[int, ...] = (80,)
     seed: int = 1
 
 
@@ -118,8 +122,22 @@ def forge(ev: dict[str, Any], inj: Injector, rng: random.Random) -> None:
               ttl=None if inj.ttl_delta is None else {"syn_ack": 52, "response": 52 + inj.ttl_delta})
 
 
+def sparse_victim(w: World, src: str, ts: datetime, port: int, done: set[str]) -> bool:
+    """Is this probe the one the sparse box forges for its subscriber ``src``?"""
+    hosts = [f"{line}.{h}" for h in range(1, w.hosts + 1) for line in lines_of(KT)]
+    victims = hosts[: w.sparse]
+    if src not in victims or src in done:
+        return False
+    i = victims.index(src)
+    if port != w.sparse_ports[i % len(w.sparse_ports)] or ts.hour < 9 + i:
+        return False
+    done.add(src)
+    return True
+
+
 def events(w: World) -> Iterator[dict[str, Any]]:
     rng, n = random.Random(w.seed), 0
+    done: set[str] = set()
     for minute in range(0, 24 * 60, w.every_min):
         for asn in ISPS:
             inj = w.injectors.get(asn)
@@ -133,6 +151,8 @@ def events(w: World) -> Iterator[dict[str, Any]]:
                     if (inj is not None and ts.hour in inj.hours and target[1] in inj.ports
                             and rng.random() < inj.rate):
                         forge(ev, inj, rng)
+                    elif asn == KT and sparse_victim(w, ev["src_ip"], ts, target[1], done):
+                        forge(ev, Injector((80, 8080), range(24), "block", 1), rng)
                     yield ev
         for k in range(w.framers):
             n += 1
@@ -196,6 +216,52 @@ def test_six_accounts_reporting_forgeries_name_the_isp() -> None:
     """The control of the framing test: the rule is about distinct sources."""
     alerts, _ = run(World(framers=6))
     assert list(final(alerts)) == [KT]
+
+
+def sparse_alert(w: World) -> Alert:
+    """The one alert of a world whose only injector is the sparse box, checked against
+    the forged answers: ports and hours named are among theirs."""
+    alerts, flags = run(w)
+    forged = [e for e in events(w) if e["server_header"] is None]
+    assert len(forged) == len(flags) == w.sparse == len({e["src_ip"] for e in forged})
+    plain = [e for e in events(w) if e["src_ip"].startswith(tuple(lines_of(KT)))
+             and e["target"]["port"] != 443]
+    assert len(plain) > 50 * len(forged)
+    [alert] = final(alerts).values()
+    assert alert.subject["asn"] == KT
+    assert set(alert.subject["ports"]) == {e["target"]["port"] for e in forged}
+    hours = {datetime.fromisoformat(e["ts"]).astimezone(KST).hour for e in forged}
+    named = {h for a, b in hour_runs(alert.subject["hours"]) for h in range(a, b)}
+    assert named and named <= hours
+    return alert
+
+
+def test_a_sparse_box_forging_once_for_each_of_six_subscribers_is_named() -> None:
+    """Six forged answers in a day among KT's hundreds of plaintext ones, each from
+    another subscriber in another hour: too few for any hourly cell or a rate floor,
+    enough distinct sources for a count that TLS and the other ISPs (none flagged)
+    cannot explain. Every hour with a forgery is named (none has two sources)."""
+    alert = sparse_alert(World(sparse=6))
+    assert alert.subject["hours"] == "09–15"
+
+
+def test_a_sparse_box_spread_over_two_ports_is_named_on_both() -> None:
+    """Eight subscribers forged once each, four on port 80 and four on 8080: no port
+    has five sources, the ASN's all-port cell has eight."""
+    alert = sparse_alert(World(sparse=8, sparse_ports=(80, 8080)))
+    assert [(c["prefix"], c["port"], c["hour"]) for c in alert.evidence["cells"]] == [
+        ("*", None, None)]
+
+
+def hour_runs(text: str) -> list[tuple[int, int]]:
+    """``"09–11, 14–15"`` as ``[(9, 11), (14, 15)]`` (no run wraps in these tests)."""
+    return [(int(a), int(b)) for a, b in (r.split("–") for r in text.split(", "))]
+
+
+def test_four_subscribers_forged_once_each_name_nobody() -> None:
+    """Under ``min_suspect_clients`` (5) distinct sources the count proves nothing."""
+    alerts, flags = run(World(sparse=4))
+    assert len(flags) == 4 and alerts == []
 
 
 INJECTORS = {
