@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathsentry.streams.app import session_handover
+from pathsentry.streams.persistence import session_handover
 
 
 def test_first_assignment_loads_every_partition() -> None:

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -64,10 +65,16 @@ def resolve_kafka_url(url: str, data_dir: str | os.PathLike[str]) -> str:
     return f.read_text().strip()
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+def parent_death_signal(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that has Linux send ``sig`` to the child when its parent dies."""
+    def preexec() -> None:  # pragma: no cover - runs in the child
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)
+    return preexec
+
+
+_set_pdeathsig = parent_death_signal(signal.SIGKILL)
 
 
 class EmbeddedBroker:
@@ -84,8 +91,11 @@ class EmbeddedBroker:
         log_dir: str | os.PathLike[str] = "./var",
         url_file: str | os.PathLike[str] | None = None,
         startup_timeout: float = 20.0,
+        own_session: bool = False,
     ) -> None:
         self.port = port or free_port()
+        # own_session: the terminal's Ctrl-C does not reach the broker (its owner stops it last)
+        self.own_session = own_session
         self.log_path = Path(log_dir) / "tansu.log"
         self.url_file = Path(url_file) if url_file else None
         self.startup_timeout = startup_timeout
@@ -117,6 +127,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=_set_pdeathsig,
+            start_new_session=self.own_session,
         )
         logf.close()
         atexit.register(self.stop)

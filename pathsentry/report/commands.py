@@ -37,31 +37,34 @@ def describe_url(url: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathsentry.commands.access import resolve_worker, run_query
     from pathsentry.queries import database_name
     from pathsentry.report.build import ReportQueryError, Source, build_report
-    from pathsentry.streams.commands import run_query
 
     cfg = load_config(args.config)
+    worker = resolve_worker(args.worker, cfg)
 
     def query(sql: str) -> tuple[Sequence[str], Sequence[Sequence[Any]]]:
         try:
-            return run_query(cfg, sql, args.worker)
-        except SystemExit as e:  # run_query reports a worker's refusal this way
+            return run_query(cfg, sql, worker)
+        except SystemExit as e:  # run_query reports every failure this way
             raise ReportQueryError(str(e.code)) from None
 
-    origin = f"worker {args.worker}" if args.worker else describe_url(cfg.clickhouse.url)
+    origin = f"worker {worker}" if worker else describe_url(cfg.clickhouse.url)
     try:
         source = Source(query, database_name(cfg.clickhouse.url))
         report = build_report(source, origin=origin, title=args.title)
     except ReportQueryError as e:
-        hint = "" if args.worker else (
-            " (while a worker holds a chDB directory, read through it: --worker http://127.0.0.1:PORT)")
-        print(f"pathsentry report: cannot read ClickHouse at {origin}: {e}{hint}", file=sys.stderr)
+        print(f"pathsentry report: {e}", file=sys.stderr)
         return 1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.html, encoding="utf-8")
     print(f"wrote {out}: {report.filled} of {report.sections} sections with data, read from {origin}")
+    if report.filled == 0:
+        print("pathsentry report: no section has data yet: nothing flagged has been stored at "
+              f"{origin}; let the demo or your workers run, then generate the report again", file=sys.stderr)
+        return 1
     return 0
 
 

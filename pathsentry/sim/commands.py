@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pathsentry.sim.model import DEFAULT_START, KST, WorldSpec
 
@@ -29,16 +29,32 @@ def _spec(args: argparse.Namespace) -> WorldSpec:
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise SystemExit(f"simulate: --params: {e}") from None
     start = _start(args)
-    if start is None and params.name == "fixed":
+    if getattr(args, "live", False):
+        start = datetime.now(KST).replace(microsecond=0) - timedelta(hours=args.backlog_hours)
+    if start is None and params.name != "random":
         start = DEFAULT_START
     return world_spec(args.seed, args.accounts, args.hours, params, start)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from pathsentry.sim.world import iter_world, write_world, write_world_files
+    from pathsentry.sim.world import iter_live, iter_world, write_world, write_world_files
 
     spec = _spec(args)
     t0 = time.perf_counter()
+    if args.live and not args.to_kafka:
+        raise SystemExit("simulate: --live streams to Kafka; add --to-kafka")
+    if args.live:
+        from pathsentry.config import load_config
+        from pathsentry.streams.producer import produce_stream
+
+        if args.out:
+            write_world_files(spec, args.out)
+        print(f"playing the world live from {spec.start.isoformat()} (backlog {args.backlog_hours:g} h at "
+              f"up to {args.rate or 'max'} events/s, then in real time), one {spec.hours:g} h segment "
+              "after another until stopped", flush=True)
+        sent = produce_stream(load_config(args.config), iter_live(spec), args.rate, not_before_ts=True)
+        print(f"sent {sent} events in {time.perf_counter() - t0:.1f} s")
+        return 0
     if args.to_kafka:
         from pathsentry.config import load_config
         from pathsentry.streams.producer import produce_stream
@@ -103,9 +119,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--to-kafka", action="store_true", help="stream the events to Kafka instead")
     p.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     p.add_argument("--config", help="pathsentry.toml with the Kafka settings (for --to-kafka)")
+    p.add_argument("--live", action="store_true",
+                   help="with --to-kafka: play the world without end, never ahead of the wall clock "
+                        "(a backlog first, then in real time; one --hours segment after another)")
+    p.add_argument("--backlog-hours", type=float, default=2.0,
+                   help="with --live: how far back the world starts (sent at --rate)")
     p.add_argument("--params", default="random",
                    help="world parameters: random (drawn from --seed; default), fixed (the original "
-                        "single world), a JSON object, or @file.json")
+                        "single world), demo (fixed, its injecting box on all day), a JSON object, "
+                        "or @file.json")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("evaluate", help="replay a simulated world and score the detectors")

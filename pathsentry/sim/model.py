@@ -39,7 +39,9 @@ class WorldSpec:
     """What to simulate. The same spec always yields the same world, byte for byte.
 
     ``start`` is the (timezone-aware) time of the first instant; pass the current
-    time to stream a world live ("rebased to now").
+    time to stream a world live ("rebased to now"). ``segment`` numbers consecutive
+    stretches of one live world: the network, servers, farms' rooms and exits stay
+    those of the seed, while names, devices and sessions are drawn anew per segment.
     """
 
     seed: int = 7
@@ -48,6 +50,7 @@ class WorldSpec:
     start: datetime = DEFAULT_START
     domain: str = "game.example"
     params: WorldParams = field(default_factory=fixed_params)
+    segment: int = 0  # >0: the same network and farms, other players and sessions (live play)
 
     def __post_init__(self) -> None:
         if self.accounts < 100:
@@ -56,6 +59,11 @@ class WorldSpec:
             raise ValueError("hours must be positive")
         if self.start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
+
+    @property
+    def key(self) -> str:
+        """What names, devices, sessions and event ids are drawn from (the seed, per segment)."""
+        return str(self.seed) if self.segment == 0 else f"{self.seed}~{self.segment}"
 
     @property
     def start_ms(self) -> int:

@@ -87,8 +87,9 @@ class _Planner:
         self.rng = random.Random(f"{spec.seed}:plan")
         self.params: WorldParams = spec.params
         self.net = Network(spec.seed, access_scale=spec.params.access_scale,
-                           jitter_scale=spec.params.jitter_scale)
-        self.names = NameBook(random.Random(f"{spec.seed}:names"))
+                           jitter_scale=spec.params.jitter_scale,
+                           kind_scale={k: (a, j) for k, a, j in spec.params.access_kinds})
+        self.names = NameBook(random.Random(f"{spec.key}:names"))
         self.accounts: list[Account] = []
         self.pools: dict[tuple[int, str, str], list[Prefix]] = {}
         self.pool_use: dict[str, int] = {}
@@ -115,7 +116,7 @@ class _Planner:
 
     def device(self) -> str:
         self.devices += 1
-        return f"dev-{random.Random(f'{self.spec.seed}:dev:{self.devices}').getrandbits(48):012x}"
+        return f"dev-{random.Random(f'{self.spec.key}:dev:{self.devices}').getrandbits(48):012x}"
 
     def add(self, name: str, label: str, klass: str, home: Prefix, *, server: str | None = None,
             daily: float = 1.5, exit: Exit | None = None, host: int = 0, pool: int = 0,

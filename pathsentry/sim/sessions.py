@@ -107,6 +107,7 @@ class Builder:
     def __init__(self, plan: WorldPlan) -> None:
         self.plan = plan
         self.seed = plan.spec.seed
+        self.key = plan.spec.key  # ids and sessions differ per segment of a live world
         self.net = plan.net
         self.ws_host = f"ws.{plan.spec.domain}"
         self.www_host = f"www.{plan.spec.domain}"
@@ -182,7 +183,7 @@ class Builder:
 
     def session(self, acct: Account, t: int, n: int, rng: random.Random) -> list[Triple]:
         server = self.plan.servers[acct.server]
-        sid = f"s-{_eid(self.seed, 'session', acct.index, n)}"
+        sid = f"s-{_eid(self.key, 'session', acct.index, n)}"
         src = self.src_ip(acct, rng)
         label = acct.label
         relayed = label != "benign" and acct.exit is not None
@@ -192,7 +193,7 @@ class Builder:
         app = self.rtt(rng, acct, server.point, server.id, "app", rng.randint(*self.params.app_samples),
                        extra=rng.uniform(*self.params.app_extra_ms))
         login: dict[str, Any] = {
-            "kind": "login", "event_id": _eid(self.seed, acct.index, n, "login"),
+            "kind": "login", "event_id": _eid(self.key, acct.index, n, "login"),
             "ts": fmt_ts(t), **base, "server_id": server.id,
             "app_rtt_ms": self.game_loop(rng, server.id, app),
             "tcp_rtt_ms": self.rtt(rng, acct, server.point, server.id, "tcp", 1)[0],
@@ -200,7 +201,7 @@ class Builder:
             "client": {"device_id": acct.device, "os": acct.os,
                        **({"local_ip": acct.local_ip} if acct.local_ip else {})},
         }
-        if self.params.tcp_missing and stable_unit(self.seed, "no-tcp", acct.index) < self.params.tcp_missing:
+        if self.params.tcp_missing and stable_unit(self.key, "no-tcp", acct.index) < self.params.tcp_missing:
             del login["tcp_rtt_ms"]
         out.append((t, login, _truth(login, label, acct.klass, ["vpn_relay"] if relayed else [])))
 
@@ -210,7 +211,7 @@ class Builder:
             method = rng.choices(("app", "icmp", "tcp"), (60, 25, 15))[0]
             ts = t + rng.randint(800, 20_000)
             rtts = self.rtt(rng, acct, vs.point, vs.id, method, 3)
-            probe = {"kind": "rtt_probe", "event_id": _eid(self.seed, acct.index, n, "probe", k),
+            probe = {"kind": "rtt_probe", "event_id": _eid(self.key, acct.index, n, "probe", k),
                      "ts": fmt_ts(ts), **base, "vantage_id": vid, "method": method,
                      "rtt_ms": self.game_loop(rng, vid, rtts) if method == "app" else rtts}
             out.append((ts, probe, _truth(probe, label, acct.klass, [])))
@@ -290,7 +291,7 @@ class Builder:
                 klass = "icmp_spike" if squat is None else klass
         first_public = routers[0] if not tunnel else self.net.router(GAMEDC, srv.city, 0)
         foreign = first_public.country not in self.home_countries
-        ev = {"kind": "traceroute", "event_id": _eid(self.seed, acct.index, n, "trace"),
+        ev = {"kind": "traceroute", "event_id": _eid(self.key, acct.index, n, "trace"),
               "ts": fmt_ts(ts), **base, "vantage_id": "client", "direction": "client_to_server",
               "server_id": srv.id, "hops": hops}
         expect = ["route_anomaly"] if foreign and acct.label != "benign" else []
@@ -312,7 +313,7 @@ class Builder:
         connect = sample_rtts(rng, self.direct_ms(home, dst, dst_name), home.access, 1)[0]
         syn_ack = 64 - (6 + int(inflation_for(self.seed, home.cidr, "ttl") * 4) % 6)
         ev: dict[str, Any] = {
-            "kind": "http_probe", "event_id": _eid(self.seed, "http", *key), "ts": fmt_ts(ts),
+            "kind": "http_probe", "event_id": _eid(self.key, "http", *key), "ts": fmt_ts(ts),
             **base, "src_ip": src,
             "target": {"host": {"ws": self.ws_host, "www": self.www_host}.get(host, self.api_host),
                        "port": port, "scheme": scheme},

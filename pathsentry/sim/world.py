@@ -19,7 +19,8 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "SimEvent",
     "World",
     "WorldSpec",
+    "iter_live",
     "iter_world",
     "write_world",
     "write_world_files",
@@ -77,7 +79,7 @@ class World:
 
     def _rng(self, actor: int, n: int) -> random.Random:
         """The generator of an actor's ``n``-th session (``-1``: its first start time)."""
-        return random.Random(f"{self.spec.seed}:actor:{actor}:{n}")
+        return random.Random(f"{self.spec.key}:actor:{actor}:{n}")
 
     def _burst_start(self, acct: Account, n: int, rng: random.Random) -> int | None:
         assert acct.group is not None
@@ -226,6 +228,29 @@ def iter_world(spec: WorldSpec) -> Iterator[dict[str, Any]]:
     """The events of ``spec``'s world (contract-v1 dicts) in ``ts`` order."""
     for sim in World(spec).stream():
         yield sim.event
+
+
+def iter_live(spec: WorldSpec, segments: int | None = None) -> Iterator[dict[str, Any]]:
+    """One world played without end: consecutive segments of ``spec.hours`` each.
+
+    Segment ``k`` starts where segment ``k - 1`` ended and keeps the seed's network,
+    servers, farm rooms and exits (so the worker's geo data stays true), with new
+    players, farms' names and sessions: relays, farms and forged answers keep arriving.
+    ``segments`` bounds the number of segments (None: forever).
+
+    >>> spec = WorldSpec(seed=3, accounts=200, hours=0.5)
+    >>> evs = list(iter_live(spec, segments=2))
+    >>> later = [e for e in evs if e["ts"] >= fmt_ts(spec.end_ms)]  # the second segment
+    >>> len({e["event_id"] for e in evs}) == len(evs), 0 < len(later) < len(evs)
+    (True, True)
+    >>> all(a["ts"] <= b["ts"] for a, b in zip(evs, evs[1:]))
+    True
+    """
+    k = 0
+    while segments is None or k < segments:
+        seg = replace(spec, start=spec.start + timedelta(hours=spec.hours * k), segment=spec.segment + k)
+        yield from iter_world(seg)
+        k += 1
 
 
 def write_world_files(spec: WorldSpec, out_dir: str | Path, world: World | None = None) -> (

@@ -73,7 +73,7 @@ def world_spec(seed: int, accounts: int, hours: float, params: WorldParams,
     if start is None:
         start = DEFAULT_START + timedelta(hours=params.start_hour or 0)
     spec = WorldSpec(seed=seed, accounts=accounts, hours=hours, start=start, params=params)
-    if params.name == "fixed":
+    if params.name != "random":
         return spec
     from pathsentry.sim.plan import plan_world
 

@@ -19,6 +19,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from pathsentry.commands.access import (
+    WORKER_URL_FILE,
+    resolve_worker,
+    run_query,
+    utc_text,
+    write_worker_url,
+)
 from pathsentry.commands.core import add_config_args
 from pathsentry.config import Config, load_config
 
@@ -133,44 +140,25 @@ def format_table(columns: list[str], rows: list[list[Any]] | list[tuple[Any, ...
     return "\n".join(out)
 
 
-def run_query(cfg: Config, sql: str, worker: str | None) -> tuple[list[str], list[Any]]:
-    """Run read-only SQL through a worker's query endpoint, or directly."""
-    if worker:
-        url = worker.rstrip("/") + "/query?" + urllib.parse.urlencode({"sql": sql})
-        try:
-            doc = _http_json(url, timeout=30)
-        except urllib.error.HTTPError as e:
-            raise SystemExit(f"query failed: {json.loads(e.read()).get('error')}") from None
-        return doc["columns"], doc["rows"]
-    from pathsentry.infra.clickhouse import connect
-
-    ch = connect(cfg.clickhouse.url)
-    try:
-        cols, rows = ch.query(sql)
-        return cols, [list(r) for r in rows]
-    finally:
-        ch.close()
-
-
 def cmd_query(args: argparse.Namespace) -> int:
-    from pathsentry.infra.clickhouse import connect
-    from pathsentry.queries import QUERIES, render
+    from pathsentry.queries import QUERIES, database_name, render
 
     if args.list or not (args.name or args.sql):
         for name, (desc, _) in QUERIES.items():
             print(f"{name:24s} {desc}")
         return 0
+    if args.name and args.name not in QUERIES:
+        raise SystemExit(f"query: no query named {args.name!r}; `pathsentry query --list` lists them")
     cfg = load_config(args.config)
-    db = "pathsentry"
-    if not args.worker and not cfg.clickhouse.url.startswith("chdb://"):
-        db = connect(cfg.clickhouse.url).db
+    worker = resolve_worker(args.worker, cfg)
+    db = database_name(cfg.clickhouse.url)
     sql = args.sql or render(args.name, db)
-    cols, rows = run_query(cfg, sql, args.worker)
+    cols, rows = run_query(cfg, sql, worker)
     if args.json:
         print(json.dumps([dict(zip(cols, r, strict=True)) for r in rows], default=str, indent=1))
     else:
-        print(format_table(cols, rows))
-        print(f"({len(rows)} rows)")
+        print(format_table(cols, [[utc_text(v) for v in r] for r in rows]))
+        print(f"({len(rows)} rows{', read through the worker at ' + worker if worker else ''})")
     return 0
 
 
@@ -182,11 +170,25 @@ def _stats_line(st: dict[str, Any], sent: int | None) -> str:
     return "  ".join(parts)
 
 
+def _print_analyst_commands(root: Path, base: str) -> None:
+    """The analyst commands to paste into another terminal while the demo runs."""
+    exe = Path(sys.executable).parent / "pathsentry"
+    cli = str(exe) if exe.exists() else f"{sys.executable} -m pathsentry"
+    print("[demo] in another terminal (the demo's worker is found by itself):", flush=True)
+    for cmd in ("query --list", "query top-relay-prefixes", "query farm-groups",
+                "report --out report.html"):
+        print(f"[demo]   {cli} {cmd}", flush=True)
+    print(f"[demo]   curl -s {base}/metrics | head", flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Embedded broker + chDB + a worker + a simulated game backend, with live counts."""
-    from pathsentry.infra.broker import EmbeddedBroker, broker_url_file, free_port
+    from pathsentry.infra.broker import EmbeddedBroker, broker_url_file, free_port, parent_death_signal
 
     _setup_logging("WARNING")
+    # Ctrl-C and a TERM both stop the demo in order (also when started where SIGINT is ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     root = Path(args.dir).resolve()
     if root.exists() and not args.keep:
         shutil.rmtree(root)
@@ -195,10 +197,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     py = sys.executable
 
     from pathsentry.sim import WorldSpec, write_world_files
+    from pathsentry.sim.params import demo_params
 
     print(f"[demo] simulated game world (seed {args.seed}, {args.accounts} accounts): {world}", flush=True)
-    write_world_files(WorldSpec(seed=args.seed, accounts=args.accounts, hours=args.hours), world)
-    broker = EmbeddedBroker(log_dir=root, url_file=broker_url_file(root))
+    write_world_files(WorldSpec(seed=args.seed, accounts=args.accounts, hours=args.hours,
+                                params=demo_params()), world)
+    broker = EmbeddedBroker(log_dir=root, url_file=broker_url_file(root), own_session=True)
     broker.start()
     print(f"[demo] broker (tansu, embedded) at {broker.url}", flush=True)
     env = dict(os.environ)
@@ -213,9 +217,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     worker_log = open(root / "worker.log", "ab")  # noqa: SIM115 - closed in finally
     backend_log = open(root / "backend.log", "ab")  # noqa: SIM115 - closed in finally
     try:
+        # every child in its own session: Ctrl-C reaches the demo alone, which stops them in order
         procs.append(subprocess.Popen(
             [py, "-m", "pathsentry", "worker", "--web-port", str(web_port)],
-            env=env, stdout=worker_log, stderr=subprocess.STDOUT,
+            env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=parent_death_signal(signal.SIGTERM),
         ))
         base = f"http://127.0.0.1:{web_port}"
         deadline = time.monotonic() + 90
@@ -228,13 +234,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     print(f"[demo] worker failed to start; see {root / 'worker.log'}", flush=True)
                     return 1
                 time.sleep(0.5)
-        print(f"[demo] worker up (stats/metrics/query on {base}); starting the game backend "
-              f"at {args.rate} events/s", flush=True)
+        write_worker_url(root, base)
+        print(f"[demo] worker up (stats/metrics/query on {base}); the game backend plays the last "
+              f"{args.backlog_hours:g} h at up to {args.rate:g} events/s, then live, without end", flush=True)
+        _print_analyst_commands(root, base)
         procs.append(subprocess.Popen(
             [py, "-m", "pathsentry", "simulate", "--seed", str(args.seed), "--accounts",
-             str(args.accounts), "--hours", str(args.hours), "--params", "fixed", "--now", "--to-kafka",
-             "--rate", str(args.rate)],
-            env=env, stdout=backend_log, stderr=subprocess.STDOUT,
+             str(args.accounts), "--hours", str(args.hours), "--params", "demo", "--live",
+             "--backlog-hours", str(args.backlog_hours), "--to-kafka", "--rate", str(args.rate)],
+            env=env, stdout=backend_log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=parent_death_signal(signal.SIGTERM),
         ))
         started = time.monotonic()
         shown: set[str] = set()
@@ -266,18 +275,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\n[demo] stopping", flush=True)
         return 0
     finally:
-        for p in reversed(procs):
+        # the backend first, then the worker (it saves its state through the broker), then the broker
+        t0 = time.monotonic()
+        for p, grace in zip(reversed(procs), (5.0, 30.0), strict=False):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in reversed(procs):
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        (root / WORKER_URL_FILE).unlink(missing_ok=True)
         broker.stop()
         worker_log.close()
         backend_log.close()
-        print(f"[demo] stopped; logs and chDB data in {root}", flush=True)
+        print(f"[demo] stopped in {time.monotonic() - t0:.1f} s; logs and chDB data in {root}", flush=True)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -296,9 +308,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dir", default="./var/demo", help="working directory (wiped unless --keep)")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--accounts", type=int, default=2000)
-    p.add_argument("--hours", type=float, default=24.0)
-    p.add_argument("--rate", type=float, default=400.0, help="events/s sent by the game backend")
+    p.add_argument("--accounts", type=int, default=4000)
+    p.add_argument("--hours", type=float, default=1.0,
+                   help="length of one segment of the live world (a new one follows, without end)")
+    p.add_argument("--backlog-hours", type=float, default=2.0,
+                   help="the world starts this long ago; the backlog is sent at --rate, then live")
+    p.add_argument("--rate", type=float, default=400.0, help="events/s at most sent by the game backend")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
     p.add_argument("--interval", type=float, default=3.0)
     p.add_argument("--web-port", type=int, default=0)

@@ -1,4 +1,5 @@
-"""aiokafka connection settings from the configuration (TLS / SASL included)."""
+"""aiokafka connection settings from the configuration (TLS / SASL included), and the
+metadata refresh every Kafka client of the worker uses."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import Any
 from pathsentry.config import Config
 from pathsentry.infra.broker import resolve_kafka_url
 
-__all__ = ["bootstrap_servers", "client_kwargs", "faust_credentials"]
+__all__ = ["METADATA_MAX_AGE_MS", "bootstrap_servers", "client_kwargs", "faust_credentials"]
+
+#: Topic metadata is refreshed at least this often, so topics that reappear (a broker
+#: restarted with an empty log, topics recreated) are picked up within seconds.
+METADATA_MAX_AGE_MS = 10_000
 
 
 def bootstrap_servers(cfg: Config) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -86,10 +87,16 @@ class EventProducer:
         await self._producer.flush()
 
 
-async def _produce(config: Config, events: Iterable[dict[str, Any]], rate: float | None) -> int:
+async def _produce(config: Config, events: Iterable[dict[str, Any]], rate: float | None,
+                   not_before_ts: bool) -> int:
     async with EventProducer(config) as producer:
         start = time.monotonic()
         for i, ev in enumerate(events):
+            if not_before_ts:
+                early = datetime.fromisoformat(ev["ts"]).timestamp() - time.time()
+                if early > 0:
+                    await producer.flush()
+                    await asyncio.sleep(early)
             await producer.send(ev)
             if rate:
                 ahead = (i + 1) / rate - (time.monotonic() - start)
@@ -98,6 +105,11 @@ async def _produce(config: Config, events: Iterable[dict[str, Any]], rate: float
         return producer.sent
 
 
-def produce_stream(config: Config, events: Iterable[dict[str, Any]], rate: float | None = None) -> int:
-    """Send ``events`` (contract-v1 dicts) at ``rate`` events/s (None: as fast as possible)."""
-    return asyncio.run(_produce(config, events, rate))
+def produce_stream(config: Config, events: Iterable[dict[str, Any]], rate: float | None = None, *,
+                   not_before_ts: bool = False) -> int:
+    """Send ``events`` (contract-v1 dicts) at ``rate`` events/s (None: as fast as possible).
+
+    ``not_before_ts``: never send an event before the wall clock reaches its ``ts``
+    (a live game backend: a backlog goes out at ``rate``, then events in real time).
+    """
+    return asyncio.run(_produce(config, events, rate, not_before_ts))

@@ -3,7 +3,9 @@
 Everything runs on loopback against the real engines: the embedded Tansu broker,
 ``pathsentry worker`` processes (Faust) and chDB. A :class:`WorkerProcess` can be
 killed with SIGKILL and started again on the same chDB directory, data directory
-and topic prefix, so its consumer groups resume where they committed.
+and topic prefix, so its consumer groups resume where they committed. It is the one
+worker-process helper of the tests: the end-to-end scenarios of ``tests/integration``
+run theirs with it too (on Apache Kafka and clickhouse-server as well).
 """
 
 from __future__ import annotations
@@ -300,11 +302,13 @@ def _http_json(url: str, timeout: float = 10.0) -> Any:
 
 @dataclass
 class WorkerProcess:
-    """A ``pathsentry worker`` process that can be SIGKILLed and started again on the same state."""
+    """A ``pathsentry worker`` process that can be SIGKILLed and started again on the same state.
+
+    ``clickhouse``: a chDB directory, or the URL of a ClickHouse server."""
 
     config_path: Path
     kafka_url: str
-    chdb_dir: Path
+    clickhouse: Path | str
     prefix: str = field(default_factory=lambda: f"t{time.time_ns()}.")
     port: int = field(default_factory=free_port)
     loglevel: str = "warning"
@@ -338,12 +342,17 @@ class WorkerProcess:
         return Topics(self.config.kafka)
 
     @property
+    def clickhouse_url(self) -> str:
+        c = self.clickhouse
+        return c if isinstance(c, str) else f"chdb://{c}"
+
+    @property
     def env(self) -> dict[str, str]:
         return dict(
             os.environ,
             PATHSENTRY_CONFIG=str(self.config_path),
             PATHSENTRY_KAFKA_URL=self.kafka_url,
-            PATHSENTRY_CLICKHOUSE_URL=f"chdb://{self.chdb_dir}",
+            PATHSENTRY_CLICKHOUSE_URL=self.clickhouse_url,
             PATHSENTRY_TOPIC_PREFIX=self.prefix,
             PATHSENTRY_DATA_DIR=str(self.workdir / "var"),
         )
@@ -479,9 +488,10 @@ def settings_partitions() -> int:
 
 
 @contextlib.contextmanager
-def worker_process(config_path: Path, kafka_url: str, chdb_dir: Path, **kw: Any) -> Iterator[WorkerProcess]:
+def worker_process(config_path: Path, kafka_url: str, clickhouse: Path | str,
+                   **kw: Any) -> Iterator[WorkerProcess]:
     """A :class:`WorkerProcess` (not started) that is killed and closed on exit."""
-    w = WorkerProcess(config_path, kafka_url, chdb_dir, **kw)
+    w = WorkerProcess(config_path, kafka_url, clickhouse, **kw)
     try:
         yield w
     finally:

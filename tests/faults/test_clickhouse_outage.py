@@ -154,7 +154,7 @@ def test_alerts_reach_kafka_before_clickhouse() -> None:
     """``Pipeline.emit`` must not store an alert in ClickHouse before Kafka acknowledged it:
     a worker killed in between leaves an alert in ClickHouse that was never published (alerts
     raised on detector ticks have no input offset to replay them from)."""
-    from pathsentry.streams.app import Pipeline
+    from pathsentry.streams.pipeline import Pipeline
 
     class Producer:
         """aiokafka-like: ``send`` queues and returns a delivery future that the broker
@@ -183,7 +183,7 @@ def test_alerts_reach_kafka_before_clickhouse() -> None:
     pipe.outbox = Outbox(pipe.sink, on_stored=pipe._stored)
     pipe.producer = producer
     from pathsentry.config import KafkaConfig
-    from pathsentry.streams.app import Stats
+    from pathsentry.streams.metrics import Stats
     from pathsentry.streams.topics import Topics
 
     pipe.topics = Topics(KafkaConfig())

@@ -2,14 +2,14 @@
 process (Faust) and chDB. Events go in through Kafka; flagged events are read
 back from ClickHouse (through the worker's query endpoint, and directly once
 the worker has released the chDB directory), alerts from the alerts topic and
-refused messages from the dead-letter topic."""
+refused messages from the dead-letter topic. The worker process is a
+:class:`tests.faults.support.WorkerProcess`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 
-from pathsentry.infra.broker import free_port
-from tests.faults.support import STREAM_SETTINGS
+from tests.faults.support import STREAM_SETTINGS, WorkerProcess, worker_process
 from tests.fixtures import server_toml
 
 CONFIG = (
@@ -38,54 +37,15 @@ GEO = """cidr,country,asn,as_name,lat,lon,kind
 """
 
 
-def _http(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
 @contextlib.contextmanager
-def running_worker(tmp_path: Path, kafka_url: str, clickhouse_url: str) -> Iterator[dict[str, Any]]:
-    """A `pathsentry worker` process on the given Kafka and ClickHouse, with a fresh topic prefix."""
+def running_worker(tmp_path: Path, kafka_url: str, clickhouse_url: str) -> Iterator[WorkerProcess]:
+    """A started `pathsentry worker` process on the given Kafka and ClickHouse, with a fresh
+    topic prefix and the configuration of :func:`run_scenario`."""
     (tmp_path / "pathsentry.toml").write_text(CONFIG)
     (tmp_path / "geo.csv").write_text(GEO)
-    prefix = f"t{time.time_ns()}."
-    port = free_port()
-    env = dict(
-        os.environ,
-        PATHSENTRY_CONFIG=str(tmp_path / "pathsentry.toml"),
-        PATHSENTRY_KAFKA_URL=kafka_url,
-        PATHSENTRY_CLICKHOUSE_URL=clickhouse_url,
-        PATHSENTRY_TOPIC_PREFIX=prefix,
-        PATHSENTRY_DATA_DIR=str(tmp_path / "var"),
-    )
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pathsentry", "worker", "--web-port", str(port), "--loglevel", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            _http(base + "/stats")
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("worker did not start: " + (tmp_path / "worker.log").read_text()[-3000:])
-            time.sleep(0.3)
-    info = {"proc": proc, "base": base, "env": env, "prefix": prefix, "dir": tmp_path,
-            "bootstrap": kafka_url.split("://", 1)[-1]}
-    try:
-        yield info
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+    with worker_process(tmp_path / "pathsentry.toml", kafka_url, clickhouse_url) as worker:
+        worker.start(timeout=60)
+        yield worker
 
 
 _ADJECTIVES = ("quiet", "lucky", "brave", "sleepy", "wild", "noble", "tiny", "cool")
@@ -141,9 +101,9 @@ async def _consume(bootstrap: str, topic: str, want: int, timeout: float) -> lis
     return out
 
 
-def run_scenario(worker: dict[str, Any]) -> None:
+def run_scenario(worker: WorkerProcess) -> None:
     """Normal players, one relayed account and six malformed messages, checked end to end."""
-    bootstrap = worker["bootstrap"]
+    bootstrap, prefix = worker.bootstrap, worker.prefix
     good: list[dict[str, Any]] = []
     # ordinary players on a Seoul FTTH prefix: app and TCP RTT agree, a few ms. Their names
     # are unrelated (forty serial names logging in within a minute on one /24 is a farm)
@@ -161,51 +121,48 @@ def run_scenario(worker: dict[str, Any]) -> None:
         b'{"kind": "login", "pad": "' + b"a" * 300_000 + b'"}',
         json.dumps({**good[0], "event_id": "x3", "app_rtt_ms": [-5.0]}).encode(),
     ]
-    origins = asyncio.run(_produce(bootstrap, worker["prefix"], bad, good))
+    origins = asyncio.run(_produce(bootstrap, prefix, bad, good))
 
-    dead = asyncio.run(_consume(bootstrap, worker["prefix"] + "dead-letter", len(bad), 60))
+    dead = asyncio.run(_consume(bootstrap, prefix + "dead-letter", len(bad), 60))
     assert len(dead) == len(bad)
     by_offset = {(d["origin"]["partition"], d["origin"]["offset"]): d for d in dead}
     assert set(by_offset) == set(origins)
     reasons = [by_offset[o]["reason"] for o in origins]
     assert reasons == ["bad_json", "invalid", "unknown_kind", "bad_json", "oversized", "invalid"]
-    assert all(d["origin"]["topic"] == worker["prefix"] + "logins" for d in dead)
+    assert all(d["origin"]["topic"] == prefix + "logins" for d in dead)
     assert by_offset[origins[0]]["payload"] == "{not json"
     assert by_offset[origins[3]]["payload_encoding"] == "base64"
     assert by_offset[origins[4]]["payload_truncated"] is True
 
-    alerts = asyncio.run(_consume(bootstrap, worker["prefix"] + "alerts", 1, 60))
+    alerts = asyncio.run(_consume(bootstrap, prefix + "alerts", 1, 60))
     assert alerts, "no alert reached the alerts topic"
     relay_alerts = [a for a in alerts if a["kind"] == "vpn_relay"]
     assert relay_alerts and "relayed-user" in relay_alerts[0]["accounts"]
     assert relay_alerts[0]["evidence"], "alert without evidence"
 
-    base = worker["base"]
     deadline = time.monotonic() + 60
     while True:
-        st = _http(base + "/stats")
+        st = worker.stats()
         if st["events_in"] >= len(good) and st["flagged"] >= 1:
             break
         assert time.monotonic() < deadline, st
         time.sleep(0.5)
     sql = ("SELECT account, kind, count() FROM pathsentry.flagged_events FINAL "
            "GROUP BY account, kind ORDER BY account")
-    doc = _http(base + "/query?" + urllib.parse.urlencode({"sql": sql}))
-    flagged = {(r[0], r[1]): r[2] for r in doc["rows"]}
+    flagged = {(r[0], r[1]): r[2] for r in worker.query(sql)}
     assert flagged.get(("relayed-user", "vpn_relay"), 0) >= 1
     assert not any(acc in players for acc, _ in flagged), flagged
     drop = urllib.parse.urlencode({"sql": "DROP TABLE pathsentry.alerts"})
-    refused = urllib.request.Request(base + "/query?" + drop)
+    refused = urllib.request.Request(worker.base + "/query?" + drop)
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(refused, timeout=5)
 
-    worker["proc"].terminate()
-    rc = worker["proc"].wait(timeout=30)
-    assert rc == 0, f"worker exited {rc}: " + (worker["dir"] / "worker.log").read_text()[-3000:]
+    rc = worker.stop(timeout=30)
+    assert rc == 0, f"worker exited {rc}: " + worker.log_path.read_text()[-3000:]
     # the worker has released chDB: read it directly, in a fresh process
     out = subprocess.run(
         [sys.executable, "-m", "pathsentry", "query", "flags-per-kind", "--json"],
-        env=worker["env"], capture_output=True, text=True, timeout=120, check=True,
+        env=worker.env, capture_output=True, text=True, timeout=120, check=True,
     )
     rows = {r["kind"]: r["flagged"] for r in json.loads(out.stdout)}
     assert rows.get("vpn_relay", 0) >= 1

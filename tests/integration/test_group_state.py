@@ -18,7 +18,7 @@ from pathsentry.config import load_config
 from pathsentry.engine import Engine, GroupStage
 from pathsentry.infra.broker import EmbeddedBroker, create_topics
 from pathsentry.schemas import Alert, parse_event
-from pathsentry.streams.app import partition_for
+from pathsentry.streams.envelopes import partition_for
 from pathsentry.streams.state import StateStore
 from tests.faults.support import expected_farm_groups, match_groups, recent_world, sim_events, write_world
 

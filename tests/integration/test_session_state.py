@@ -17,7 +17,8 @@ from pathsentry.engine import Engine
 from pathsentry.infra.broker import EmbeddedBroker, create_topics
 from pathsentry.infra.clickhouse import ClickHouse, connect
 from pathsentry.schemas import parse_event
-from pathsentry.streams.app import Pipeline, partition_for
+from pathsentry.streams.envelopes import partition_for
+from pathsentry.streams.pipeline import Pipeline
 from tests.faults.support import recent_world, sim_events, write_world
 
 pytestmark = pytest.mark.integration

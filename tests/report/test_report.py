@@ -22,11 +22,11 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from pathsentry.commands.access import run_query
 from pathsentry.config import Config, load_config
 from pathsentry.infra.clickhouse import ChdbClickHouse, connect, is_read_only
 from pathsentry.queries import QUERIES, render
 from pathsentry.report import SECTIONS, Source, build_report
-from pathsentry.streams.commands import run_query
 from pathsentry.streams.sinks import ClickHouseSink
 from tests.report.samples import EXCESS_MS, sample_alerts, sample_flags
 
@@ -193,11 +193,14 @@ def test_empty_database_says_no_data_yet(tmp_path: Path) -> None:
     ch = ChdbClickHouse(str(ddl_only))
     ch.apply_ddl(30)
     ch.close()
-    for d in (fresh, ddl_only):
-        report = build_report(Source(functools.partial(_direct, _config(d)), "pathsentry"), origin="test")
-        assert report.filled == 0
-        assert report.html.count("no data yet") == len(SECTIONS)
-        assert not any(f'id="{s.plot_id}"' in report.html for s in SECTIONS)
+    report = build_report(Source(functools.partial(_direct, _config(ddl_only)), "pathsentry"), origin="test")
+    assert report.filled == 0
+    assert report.html.count("no data yet") == len(SECTIONS)
+    assert not any(f'id="{s.plot_id}"' in report.html for s in SECTIONS)
+    # a directory that holds nothing is named, not created empty
+    with pytest.raises(SystemExit, match="no pathsentry data at"):
+        _direct(_config(fresh), "SELECT 1")
+    assert not fresh.exists()
 
 
 class _QueryEndpoint(BaseHTTPRequestHandler):

@@ -1,0 +1,78 @@
+"""What travels on the internal topics: repartition keys, stable partitions, envelopes.
+
+Owns how an event is keyed and which partition a key goes to (the same on every worker
+and every run), the envelope format (one JSON array message holding the items bound
+for one partition), how a batch is cut into envelopes of bounded size, and
+:class:`Incoming`, an envelope as the stages receive it. May not send, consume or
+acknowledge anything itself, nor hold state: pure functions and one record type.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pathsentry.schemas import AnyEvent
+
+__all__ = ["MAX_ENVELOPE_BYTES", "Incoming", "chunked", "envelope", "partition_for", "session_key"]
+
+#: Largest envelope sent to an internal topic (the producer accepts up to 8 MiB).
+MAX_ENVELOPE_BYTES = 1 << 20
+
+
+def session_key(ev: AnyEvent) -> str:
+    """Repartition key of an event: its session, else its account, else its address."""
+    return ev.session_id or getattr(ev, "account", None) or str(ev.src_ip)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Stable partition of a key (same on every worker and every run).
+
+    >>> partition_for("sess-1", 8) == partition_for("sess-1", 8), 0 <= partition_for("x", 3) < 3
+    (True, True)
+    """
+    return zlib.crc32(key.encode()) % partitions
+
+
+def envelope(items: Iterable[bytes]) -> bytes:
+    """Join already-serialised JSON items into one JSON array message.
+
+    >>> import orjson
+    >>> orjson.loads(envelope([b'{"a":1}', b'{"b":2}']))
+    [{'a': 1}, {'b': 2}]
+    """
+    return b"[" + b",".join(items) + b"]"
+
+
+def chunked(items: list[Any], wire: list[bytes], max_bytes: int) -> Iterator[tuple[list[Any], list[bytes]]]:
+    """Split parallel ``items``/``wire`` lists so each chunk's wire stays under ``max_bytes``
+    (a single larger item gets a chunk of its own); at least one chunk, maybe empty.
+
+    >>> [len(w) for _, w in chunked([1, 2, 3], [b"aaaa", b"bbbb", b"cc"], 10)]
+    [2, 1]
+    >>> list(chunked([], [], 10))
+    [([], [])]
+    """
+    start = size = 0
+    for i, w in enumerate(wire):
+        if i > start and size + len(w) > max_bytes:
+            yield items[start:i], wire[start:i]
+            start, size = i, 0
+        size += len(w) + 1
+    yield items[start:], wire[start:]
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One envelope from an internal topic, and how to acknowledge it."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+    topic: str
+    partition: int
+    offset: int
+    ack: Callable[[], Awaitable[Any]]
+

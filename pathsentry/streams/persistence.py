@@ -1,0 +1,263 @@
+"""Detector state that outlives the process or follows its partition: the snapshot file,
+and the saves of the state topic.
+
+Owns :class:`StatePersistence`, the part of the worker's pipeline that restores and
+saves state: the session stage's snapshot file (``<data_dir>/state/<worker>.json``),
+each owned group partition's stage (``g:<p>`` of the state topic), each owned session
+partition's sessions in progress (``s:<p>``) and what the session stage learned from
+all its traffic (``l:0``), and :func:`session_handover`, what a worker does with its
+session partitions once it knows its assignment. May not decide *when* to save (the
+app's revoke and stop handlers and its snapshot timer do), run detectors on events,
+or send anything but state: the stages and the outputs are in
+:mod:`pathsentry.streams.pipeline`, the state topic's format in
+:mod:`pathsentry.streams.state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Set
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka.errors import KafkaError
+
+from pathsentry.config import Config
+from pathsentry.engine import Engine, GroupStage
+from pathsentry.streams.envelopes import partition_for
+from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, client_kwargs
+from pathsentry.streams.state import StateStore
+from pathsentry.streams.topics import Topics
+
+__all__ = ["StatePersistence", "session_handover"]
+
+log = logging.getLogger(__name__)
+
+
+class StatePersistence:
+    """Restores and saves the detectors' state of one worker (mixed into its pipeline,
+    which provides the attributes declared here)."""
+
+    config: Config
+    engine: Engine
+    topics: Topics
+    worker_id: str
+    #: the worker's Kafka producer (None while it is not started)
+    producer: Any
+    #: whether the stages may take new input (not while a rebalance or a stop is under way)
+    accepting: Callable[[], bool]
+    #: the partition count of a topic
+    partitions: Callable[[str], Awaitable[int]]
+
+    def _init_persistence(self) -> None:
+        """Set up the stores (once ``config``, ``topics`` and ``worker_id`` are set)."""
+        worker_id = self.worker_id
+        self.state_path = Path(self.config.data_dir) / "state" / f"{worker_id}.json"
+        #: the group-stage detectors of each owned partition of the groups topic
+        self.group_stages: dict[int, GroupStage] = {}
+        self.state_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
+                                      worker_id)
+        #: partitions of the sessions topic whose sessions in progress this worker holds, and
+        #: those it gave up at the last revoke (kept if it is given them straight back)
+        self.session_parts: set[int] = set()
+        self._sessions_revoked: set[int] = set()
+        self.session_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
+                                        worker_id, kind="s")
+        #: what the session stage learned from all its traffic (baselines, model), saved for
+        #: workers new to the group (``l:0``); loaded once by a worker without a snapshot file
+        self.learned_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
+                                        worker_id, kind="l")
+        self._learned_checked = False
+        #: wall time of the snapshot file the session stage started from (0: none)
+        self._snapshot_at = 0.0
+
+    def load_snapshot(self) -> None:
+        """Restore the session stage's detectors from this worker's last snapshot (the
+        group stage's state comes from the state topic, partition by partition, and so
+        do the sessions of a session partition when its save there is newer)."""
+        if self.state_path.exists():
+            try:
+                state = orjson.loads(self.state_path.read_bytes())
+                self.engine.load_state({d.name: state[d.name] for d in self.engine.session_detectors
+                                        if d.name in state})
+                self._snapshot_at = self.state_path.stat().st_mtime
+                log.info("restored detector state from %s", self.state_path)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                log.warning("ignoring unreadable detector state %s: %s", self.state_path, e)
+
+    def snapshot_bytes(self) -> bytes:
+        """Serialise the session stage's state (call on the event-loop thread: state is not
+        locked)."""
+        return orjson.dumps(self.engine.state(groups=False), default=str)
+
+    def write_snapshot(self, data: bytes) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.state_path)
+
+    def save_snapshot(self) -> None:
+        self.write_snapshot(self.snapshot_bytes())
+
+    # -- group partitions' state ----------------------------------------------------
+
+    async def own_groups(self, owned: list[int]) -> None:
+        """Give every owned partition of the groups topic its group stage, started from its
+        saved state (a revoked partition was saved and dropped in the revoke handler).
+        Nothing changes while a rebalance is under way."""
+        if not self.accepting():
+            return
+        new = [p for p in owned if p not in self.group_stages]
+        if not new:
+            return
+        t0 = time.perf_counter()
+        saved = await _load_saved(self.state_store, new, "group partitions", "they start empty")
+        for p in new:
+            stage = self.group_stages[p] = self.engine.new_group_stage()
+            if p in saved:
+                stage.load_state(saved[p])
+        log.info("group partitions %s: state restored for %s in %.0f ms", new, sorted(saved),
+                 (time.perf_counter() - t0) * 1000)
+
+    async def save_groups(self, partitions: Iterable[int]) -> None:
+        """Save the state of these group partitions to the state topic (a consistent cut:
+        the stages' state only changes between awaits)."""
+        await _save_states(self.state_store, {p: self.group_stages[p].state() for p in partitions
+                                              if p in self.group_stages}, "group partitions")
+
+    # -- session partitions' sessions in progress -------------------------------------
+
+    async def _session_part(self) -> Callable[[str], int]:
+        n = await self.partitions(self.topics.sessions)
+        return lambda session_id: partition_for(session_id, n)
+
+    async def own_sessions(self, owned: list[int]) -> None:
+        """Give every newly owned partition of the sessions topic its sessions in progress:
+        kept when this worker gave it up at the last revoke and was given it straight
+        back, else read from the state topic (unless the snapshot file the worker started
+        from is newer). The sessions of partitions given to others are dropped. A worker
+        without a snapshot file first warm-starts what it learns from all traffic. Nothing
+        changes while a rebalance is under way."""
+        if not self.accepting():
+            return
+        part_of = await self._session_part()
+        kept, dropped, new = session_handover(owned, self.session_parts, self._sessions_revoked)
+        self._sessions_revoked = set()
+        self.session_parts |= kept
+        if dropped:
+            self.engine.drop_sessions(part_of, dropped)
+        if not new:
+            return
+        if not self._learned_checked:
+            self._learned_checked = True
+            if not self._snapshot_at:
+                await self._warm_start()
+        t0 = time.perf_counter()
+        saved = await _load_saved(self.session_store, new, "session partitions",
+                                  "their sessions go on without their logins")
+        newer = sorted(p for p, st in saved.items() if float(st.get("saved_at", 0.0)) >= self._snapshot_at)
+        self.engine.drop_sessions(part_of, newer)
+        for p in newer:
+            self.engine.load_sessions(saved[p].get("detectors", {}))
+        self.session_parts.update(new)
+        log.info("session partitions %s: sessions restored for %s in %.0f ms", new, newer,
+                 (time.perf_counter() - t0) * 1000)
+
+    async def _warm_start(self) -> None:
+        """A worker with no snapshot of its own starts from what the last worker to save
+        one learned (baselines, model, account histories) instead of cold."""
+        t0 = time.perf_counter()
+        saved = (await _load_saved(self.learned_store, [0], "learned state, partition",
+                                   "the session stage starts cold")).get(0)
+        if saved is None:
+            log.info("no learned state to start from: the session stage starts cold")
+            return
+        self.engine.load_learned(saved.get("detectors", {}))
+        log.info("session stage warm-started from the state %s saved (%.0f ms)",
+                 saved.get("worker", "?"), (time.perf_counter() - t0) * 1000)
+
+    async def save_learned(self) -> None:
+        """Save what the session stage learned (``l:0`` of the state topic) for the next
+        worker that starts without a snapshot."""
+        state = self.engine.learned_state()
+        if state:
+            await _save_states(self.learned_store, {0: {
+                "saved_at": time.time(), "ts": self.engine.session_ts, "worker": self.worker_id,
+                "detectors": state}}, "learned state, partition")
+
+    async def save_sessions(self, partitions: Iterable[int]) -> None:
+        """Save the sessions in progress of these owned session partitions to the state topic."""
+        parts = sorted(self.session_parts.intersection(partitions))
+        if not parts:
+            return
+        shares = self.engine.sessions_state(await self._session_part(), parts)
+        now, ts = time.time(), self.engine.session_ts
+        await _save_states(self.session_store, {
+            p: {"saved_at": now, "ts": ts, "detectors": shares[p]} for p in parts}, "session partitions")
+
+    def sessions_revoked(self, partitions: Iterable[int]) -> None:
+        """These session partitions were revoked (and saved): their sessions stay until the
+        assignment shows whether this worker keeps them."""
+        gone = self.session_parts.intersection(partitions)
+        self.session_parts.difference_update(gone)
+        self._sessions_revoked |= gone
+
+    # -- the state topic's client ------------------------------------------------------
+
+    async def _send_state(self, partition: int, key: bytes, value: bytes | None) -> Any:
+        return await self.producer.send(self.topics.state, value, key=key, partition=partition)
+
+    def _state_consumer(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        return AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers(self.config),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.config.kafka.fetch_max_wait_ms,
+            fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=8 << 20,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            **client_kwargs(self.config),
+        )
+
+
+def session_handover(owned: Iterable[int], held: Set[int],
+                     revoked: Set[int]) -> tuple[set[int], set[int], list[int]]:
+    """What a worker does with its session partitions once it knows its assignment
+    (``owned``), given those whose sessions it holds and those it gave up at the last
+    revoke: (kept: given straight back, its own sessions are current; dropped: now
+    another worker's; new: to load from the state topic).
+
+    >>> session_handover([0, 1, 2], held={0}, revoked={1, 3})
+    ({1}, {3}, [2])
+    """
+    owned = list(owned)
+    kept = {p for p in revoked if p in owned}
+    return kept, {p for p in revoked if p not in kept}, [p for p in owned if p not in held and p not in kept]
+
+
+async def _load_saved(store: StateStore, partitions: list[int], what: str,
+                      otherwise: str) -> dict[int, dict[str, Any]]:
+    """The newest saves of ``partitions`` in ``store``; none when the state topic cannot be
+    read (logged, with what follows): detection goes on without them rather than not at all."""
+    try:
+        return await store.load(partitions)
+    except (TimeoutError, KafkaError) as e:
+        log.error("%s %s: saved state not readable (%s: %s); %s", what, partitions,
+                  type(e).__name__, e, otherwise)
+        return {}
+
+
+async def _save_states(store: StateStore, states: dict[int, dict[str, Any]], what: str) -> None:
+    """Save each partition's state with ``store``, and log what was saved."""
+    if not states:
+        return
+    t0 = time.perf_counter()
+    size = 0
+    for p in sorted(states):
+        size += await store.save(p, states[p])
+    log.info("%s %s: state saved (%d KiB) in %.0f ms", what, sorted(states), size >> 10,
+             (time.perf_counter() - t0) * 1000)

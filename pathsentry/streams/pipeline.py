@@ -1,0 +1,512 @@
+"""One worker's pipeline: the producer, the outputs and the two stages around the engine.
+
+Owns :class:`Pipeline`: the Kafka producer and its sends, ``emit`` (alerts published at
+once, rows and the input's acknowledgement handed to the outbox), dead letters, the
+ingest's forwarding of validated events, and the session and group stages: their
+watermark gates, the in-process hand-off, the claims they forward, and running the
+engine on what the gates release. Restoring and saving state is inherited from
+:class:`~pathsentry.streams.persistence.StatePersistence`.
+
+May not consume Kafka itself (the ingest loop in :mod:`pathsentry.streams.ingest` and
+the Faust agents in :mod:`pathsentry.streams.app` hand it its input), register web
+pages, or decide anything about detection (the :class:`~pathsentry.engine.Engine` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from pathsentry.config import Config
+from pathsentry.detectors import Enriched, Findings
+from pathsentry.engine import Engine
+from pathsentry.infra.clickhouse import ClickHouse
+from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
+from pathsentry.streams.deadletter import dead_letter_record
+from pathsentry.streams.envelopes import (
+    MAX_ENVELOPE_BYTES,
+    Incoming,
+    chunked,
+    envelope,
+    partition_for,
+    session_key,
+)
+from pathsentry.streams.gcwatch import GcPauses
+from pathsentry.streams.handoff import Handoff
+from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, client_kwargs
+from pathsentry.streams.metrics import Stats
+from pathsentry.streams.outbox import Delivery, Outbox, Pending
+from pathsentry.streams.persistence import StatePersistence
+from pathsentry.streams.sinks import ClickHouseSink
+from pathsentry.streams.topics import Topics
+from pathsentry.streams.watermarks import Gate, decode_claims, encode_claims
+
+__all__ = ["GroupItem", "Pipeline", "SessionItem"]
+
+log = logging.getLogger(__name__)
+
+
+#: A session-stage item: produce time (ms), the event's JSON (bytes, or the decoded
+#: object on the decode path), the validated event.
+SessionItem = tuple[int, bytes | dict[str, Any], AnyEvent]
+#: A group-stage item: produce time (ms), (detector, key) routes, the enriched event.
+GroupItem = tuple[int, list[tuple[str, str]], Enriched]
+
+
+class Pipeline(StatePersistence):
+    """Runtime state of one worker: the engine, the sinks, the producer and the counters."""
+
+    def __init__(self, config: Config, engine: Engine, ch: ClickHouse, worker_id: str) -> None:
+        self.config = config
+        self.engine = engine
+        self.ch = ch
+        self.sink = ClickHouseSink(ch)
+        self.stats = Stats()
+        self.outbox = Outbox(
+            self.sink,
+            max_rows=config.clickhouse.buffer_rows,
+            max_insert_rows=config.clickhouse.batch_size,
+            on_stored=self._stored,
+        )
+        self.session_handoff: Handoff[SessionItem] = Handoff()
+        self.group_handoff: Handoff[GroupItem] = Handoff()
+        hold = config.kafka.watermark_max_hold_s
+        self.session_gate: Gate[tuple[SessionItem, _Held]] = Gate(max_hold_s=hold)
+        self.group_gate: Gate[tuple[GroupItem, _Held]] = Gate(max_hold_s=hold)
+        self._session_claimed = -1
+        self._session_idle_at: float | None = None
+        #: events a stage runs between two outputs (a released backlog is cut into chunks)
+        self.chunk = config.clickhouse.batch_size
+        #: whether the stages may hold new input (not while a rebalance or a stop is under way)
+        self.accepting: Callable[[], bool] = lambda: True
+        #: whether this worker's stages consume a partition of an internal topic (only what
+        #: they consume goes to the local hand-off)
+        self.local: Callable[[str, int], bool] = lambda topic, partition: True
+        #: partitions this worker is assigned, per topic: the producers' topics (ingest
+        #: consumer) and the internal topics (Faust consumer)
+        self.ingest_partitions: set[tuple[str, int]] = set()
+        self.stage_partitions: Callable[[], list[tuple[str, int]]] = list
+        #: the garbage collector's pauses (installed by the worker's app)
+        self.gc_pauses = GcPauses()
+        self.topics = Topics(config.kafka)
+        self.worker_id = worker_id
+        self.producer: Any = None
+        self._partitions: dict[str, int] = {}
+        self._init_persistence()
+
+    def flush_detectors(self) -> Findings:
+        """Let the session stage and every group partition close what their event time
+        has passed."""
+        out = self.engine.flush_sessions()
+        for stage in self.group_stages.values():
+            out.extend(stage.flush())
+        return out
+
+    # -- Kafka output -------------------------------------------------------------
+
+    async def start_producer(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers(self.config),
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            max_request_size=8 << 20,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            acks="all",
+            **client_kwargs(self.config),
+        )
+        await self.producer.start()
+
+    async def stop_producer(self) -> None:
+        if self.producer is not None:
+            await self.producer.flush()
+            await self.producer.stop()
+            self.producer = None
+
+    async def partitions(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            parts = await self.producer.partitions_for(topic)
+            n = self._partitions[topic] = max(1, len(parts))
+        return n
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+                   partition: int | None = None, headers: Any = None) -> Delivery:
+        """Send one message; the returned delivery can be awaited and re-sent."""
+
+        async def resend() -> Any:
+            return await self.producer.send(topic, value, key=key, partition=partition,
+                                            headers=headers)
+
+        try:
+            first = await resend()
+        except KafkaError as e:  # the outbox re-sends it with back-off
+            first = asyncio.get_running_loop().create_future()
+            first.set_exception(e)
+        return Delivery(first, resend, f"kafka {topic}")
+
+    async def emit(
+        self,
+        findings: Findings,
+        produced_ms: dict[str, int],
+        *,
+        forwards: list[Delivery] | None = None,
+        on_durable: Callable[[], Awaitable[None]] | None = None,
+        stage: str = "",
+        events: int = 0,
+        triggers: list[tuple[str, int]] | None = None,
+    ) -> None:
+        """Publish the alerts now; hand them, the flags and the batch's acknowledgement to
+        the outbox, which stores the rows once every delivery succeeded, then acknowledges."""
+        if not (findings or on_durable or events):
+            return  # nothing to store or acknowledge (claims only)
+        deliveries = [
+            await self.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
+            for a in findings.alerts
+        ]
+        if triggers:  # one per alert, in order: the event that raised or updated it
+            for (kind, t), d in zip(triggers, deliveries, strict=True):
+                if isinstance(d.future, asyncio.Future):
+                    d.future.add_done_callback(functools.partial(self._published, kind, t))
+        await self.outbox.put(Pending(
+            flags=findings.flags, alerts=findings.alerts, deliveries=deliveries + (forwards or []),
+            on_durable=on_durable, produced_ms=produced_ms, stage=stage, events=events,
+            triggers=triggers or [],
+        ))
+
+    def gauges(self) -> dict[str, Any]:
+        """Live state next to the counters: ClickHouse health, what waits in the outbox,
+        how often a stage found its input in the local hand-off."""
+        return {
+            "clickhouse_healthy": self.sink.healthy,
+            "outbox_rows": self.outbox.rows,
+            "outbox_batches": self.outbox.batches,
+            "in_flight": self.in_flight(),
+            "session_held": len(self.session_gate),
+            "group_held": len(self.group_gate),
+            "handoff_hits": self.session_handoff.hits + self.group_handoff.hits,
+            "handoff_misses": self.session_handoff.misses + self.group_handoff.misses,
+            "group_partitions": sorted(self.group_stages),
+            "assigned": self.assigned(),
+            "group_state_saves": self.state_store.saves,
+            "group_state_loads": self.state_store.loads,
+            "group_state_restored": sorted(self.state_store.restored),
+            "session_partitions": sorted(self.session_parts),
+            "session_state_saves": self.session_store.saves,
+            "session_state_loads": self.session_store.loads,
+            "session_state_restored": sorted(self.session_store.restored),
+            "learned_state_saves": self.learned_store.saves,
+            "learned_state_loaded": bool(self.learned_store.restored),
+        }
+
+    def assigned(self) -> dict[str, list[int]]:
+        """The partitions this worker consumes now, per topic."""
+        out: dict[str, list[int]] = {}
+        for topic, partition in sorted(self.ingest_partitions | set(self.stage_partitions())):
+            out.setdefault(topic, []).append(partition)
+        return out
+
+    def _published(self, kind: str, produced_ms: int, fut: Awaitable[Any]) -> None:
+        if isinstance(fut, asyncio.Future) and not fut.cancelled() and fut.exception() is None:
+            self.stats.published_latencies_ms.append(
+                (produced_ms, time.time() * 1000 - produced_ms, kind))
+
+    def _stored(self, p: Pending, stored_ms: float) -> None:
+        s = self.stats
+        s.flagged += len(p.flags)
+        s.alerts += len(p.alerts)
+        for f in p.flags:
+            t = p.produced_ms.get(f.event_id)
+            if t:
+                s.latencies_ms.append((t, stored_ms - t, f.kind))
+        for kind, t in p.triggers:
+            s.alert_latencies_ms.append((t, stored_ms - t, kind))
+        if p.stage == "session" and p.events:
+            s.mark_detected(p.events)
+            s.batches += 1
+        elif p.stage == "group":
+            s.group_events += p.events
+            s.last_group_at = time.time()
+
+    async def dead_letter(self, payload: bytes | None, err: EventError, msg: Any) -> Awaitable[Any]:
+        """Send a refused message to the dead-letter topic; returns its delivery future."""
+        rec = dead_letter_record(
+            payload, err.reason, err.detail,
+            topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+        )
+        fut: Awaitable[Any] = await self.producer.send(self.topics.dead_letter, orjson.dumps(rec),
+                                                        key=msg.key)
+        self.stats.dead_letter += 1
+        reasons = self.stats.dead_letter_reasons
+        reasons[err.reason] = reasons.get(err.reason, 0) + 1
+        log.warning(
+            "dead-letter: %s (%s) from %s[%d]@%d",
+            err.reason, err.detail[:120], msg.topic, msg.partition, msg.offset,
+        )
+        return fut
+
+    # -- stages ---------------------------------------------------------------------
+
+    async def ingest_batch(self, records: Iterable[Any], claims: dict[str, int] | None = None,
+                           *, idle: bool = False) -> None:
+        """Validate raw producer records; forward valid ones, dead-letter the rest. Every
+        session partition gets the ingest's ``claims`` (an empty envelope where the batch
+        has no items for it), marked idle with ``idle``."""
+        n_parts = await self.partitions(self.topics.sessions)
+        parts: dict[int, list[SessionItem]] = {}
+        dead: list[Awaitable[Any]] = []
+        valid = 0
+        for m in records:
+            raw = m.value if m.value is not None else b""
+            try:
+                ev = parse_event(raw)
+            except EventError as err:
+                dead.append(await self.dead_letter(m.value, err, m))
+                continue
+            parts.setdefault(partition_for(session_key(ev), n_parts), []).append((m.timestamp, raw, ev))
+            valid += 1
+        self.stats.mark_stage("ingest", (t for items in parts.values() for t, _, _ in items))
+        headers = encode_claims(claims, claims if idle else ()) if claims else None
+        sent: list[Delivery] = []
+        for p in range(n_parts) if headers else parts:
+            items = parts.get(p, [])
+            wire = [b'{"t":%d,"e":%s}' % (t, raw) for t, raw, _ in items]
+            sent += await self._forward(self.topics.sessions, p, items, wire, self.session_handoff,
+                                        headers)
+        await self.producer.flush()
+        for fut in [d.future for d in sent] + dead:  # a failed delivery raises: the caller re-reads
+            await fut
+        if valid and self.stats.first_ingest_at is None:
+            self.stats.first_ingest_at = time.time()
+        self.stats.events_in += valid
+
+    async def _gate_input(self, gate: Gate[Any], messages: Iterable[Incoming], handoff: Handoff[Any],
+                          decode: Callable[[dict[str, Any]], Any], now: float) -> None:
+        """Hold the items of a batch of envelopes in ``gate`` with their senders' claims:
+        from the hand-off when this worker sent them, else decoded. An envelope that
+        cannot be decoded is dead-lettered whole (the internal topics carry only the
+        workers' own output) and acknowledged, as is an envelope with no items."""
+        if not self.accepting():
+            return  # rebalancing or stopping: left unacknowledged, re-read from the committed offset
+        for msg in messages:
+            got = handoff.take(msg.key) if msg.key else None
+            if got is None:
+                try:
+                    got = [decode(i) for i in orjson.loads(msg.value)] if msg.value else []
+                except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError) as e:
+                    await self.dead_letter(msg.value, EventError("bad_envelope", str(e)[:200]), msg)
+                    got = []
+            claims, idle = decode_claims(msg.headers)
+            if not got:
+                gate.add(msg.partition, (), claims, now, idle)
+                await msg.ack()
+                continue
+            held = _Held(msg.ack, len(got), msg.partition)
+            gate.add(msg.partition, ((item[0], (item, held)) for item in got), claims, now, idle)
+
+    async def session_batch(self, messages: Iterable[Incoming], owned: Iterable[int]) -> None:
+        """Session stage: hold the batch behind the watermark, run what it releases (in
+        chunks of at most ``batch_size`` events), forward group-stage work with this
+        stage's own claims."""
+        now = time.monotonic()
+        gate = self.session_gate
+        if not gate.sources:
+            gate.expect(await self._producer_sources())
+        await self._gate_input(gate, messages, self.session_handoff, _session_item, now)
+        owned = list(owned)
+        await self.own_sessions(owned)
+        if any(p not in self.session_parts for p in owned):
+            return  # a rebalance is under way: nothing runs before its partition's sessions are in place
+        while True:
+            released: list[tuple[SessionItem, _Held]] = gate.release(owned, now, limit=self.chunk)
+            await self._run_sessions(released, owned, now)
+            if len(released) < self.chunk:
+                break
+
+    async def _run_sessions(self, released: list[tuple[SessionItem, _Held]], owned: list[int],
+                            now: float) -> None:
+        t0 = time.perf_counter()
+        engine = self.engine
+        out = Findings()
+        produced: dict[str, int] = {}
+        n_parts = await self.partitions(self.topics.groups)
+        forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
+        triggers: list[tuple[str, int]] = []
+        self.stats.mark_stage("session", (t for (t, _, _), _ in released))
+        for (t, raw, event), _ in released:
+            produced[event.event_id] = t
+            enriched, found = engine.session_stage(event)
+            if found.alerts:
+                triggers.extend((a.kind, t) for a in found.alerts)
+            out.extend(found)
+            routes = engine.group_routes(enriched)
+            if not routes:
+                continue
+            # one item per destination partition, carrying every (detector, key) bound there
+            by_part: dict[int, list[tuple[str, str]]] = {}
+            for det, key in routes:
+                by_part.setdefault(partition_for(key, n_parts), []).append((det, key))
+            e_json = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+            notes = orjson.dumps(enriched.notes, default=str)
+            for p, rs in by_part.items():
+                group_items, wire = forward.setdefault(p, ([], []))
+                group_items.append((t, rs, enriched))
+                wire.append(b'{"t":%d,"r":%s,"n":%s,"e":%s}' % (t, orjson.dumps(rs), notes, e_json))
+        headers = self._session_claims(owned, now)
+        sends: list[Delivery] = []
+        forwarded = 0
+        for p in range(n_parts) if headers else forward:
+            group_items, wire = forward.get(p, ([], []))
+            sends += await self._forward(self.topics.groups, p, group_items, wire, self.group_handoff,
+                                         headers)
+            forwarded += len(group_items)
+        self.stats.group_messages += forwarded
+        await self.emit(out, produced, forwards=sends, on_durable=_ack_all(h for _, h in released),
+                        stage="session", events=len(released), triggers=triggers)
+        if released:
+            self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
+
+    async def _forward(self, topic: str, partition: int, items: list[Any], wire: list[bytes],
+                       handoff: Handoff[Any], headers: Any) -> list[Delivery]:
+        """Send items to one partition as envelopes of at most ``MAX_ENVELOPE_BYTES``; the
+        claims ride on the last one (they cover what precedes them on the partition)."""
+        chunks = list(chunked(items, wire, MAX_ENVELOPE_BYTES))
+        local = self.local(topic, partition)
+        sent = []
+        for i, (its, w) in enumerate(chunks):
+            key = handoff.put(its) if its and local else None
+            sent.append(await self.send(topic, envelope(w), key=key, partition=partition,
+                                        headers=headers if i == len(chunks) - 1 else None))
+        return sent
+
+    async def group_batch(self, messages: Iterable[Incoming], owned: Iterable[int]) -> None:
+        """Group stage: hold the batch behind the session partitions' watermark, run what
+        it releases (in chunks of at most ``batch_size`` events)."""
+        now = time.monotonic()
+        gate = self.group_gate
+        if not gate.sources:
+            gate.expect(f"s:{p}" for p in range(await self.partitions(self.topics.sessions)))
+        await self._gate_input(gate, messages, self.group_handoff, self._group_item, now)
+        owned = list(owned)
+        await self.own_groups(owned)
+        if any(p not in self.group_stages for p in owned):
+            return  # a rebalance is under way: nothing runs before its partition's state is in place
+        while True:
+            released: list[tuple[GroupItem, _Held]] = gate.release(owned, now, limit=self.chunk)
+            await self._run_groups(released)
+            if len(released) < self.chunk:
+                break
+
+    async def _run_groups(self, released: list[tuple[GroupItem, _Held]]) -> None:
+        out = Findings()
+        produced: dict[str, int] = {}
+        triggers: list[tuple[str, int]] = []
+        stages = self.group_stages
+        self.stats.mark_stage("group", (t for (t, _, _), _ in released))
+        for (t, routes, enriched), held in released:
+            produced[enriched.event.event_id] = t
+            stage = stages[held.partition]
+            for det, key in routes:
+                found = stage.process(enriched, det, key)
+                if found.alerts:
+                    triggers.extend((a.kind, t) for a in found.alerts)
+                out.extend(found)
+        await self.emit(out, produced, on_durable=_ack_all(h for _, h in released), stage="group",
+                        events=len(released), triggers=triggers)
+
+    def _session_claims(self, owned: list[int], now: float) -> Any:
+        """Headers for the group stage: everything of the owned session partitions up to
+        the gate's ``released_to`` is forwarded; idle marks when the session stage's
+        own sources are all idle and nothing is held (repeated every few seconds)."""
+        if not owned:
+            return None
+        gate, claim_to = self.session_gate, self.session_gate.released_to
+        claims = {f"s:{p}": claim_to for p in owned}
+        if gate.idle(owned):
+            if self._session_idle_at is not None and now - self._session_idle_at < 5.0:
+                return None
+            self._session_idle_at = now
+            self._session_claimed = claim_to
+            return encode_claims(claims, claims)
+        self._session_idle_at = None
+        if claim_to <= self._session_claimed:
+            return None
+        self._session_claimed = claim_to
+        return encode_claims(claims)
+
+    async def _producer_sources(self) -> list[str]:
+        """Watermark sources of the session stage: the producers' topic partitions."""
+        return [f"{topic}:{p}" for topic in (self.topics.logins, self.topics.telemetry)
+                for p in range(await self.partitions(topic))]
+
+    def on_rebalance(self) -> None:
+        """A rebalance started: drop what the gates hold. None of it is acknowledged, and
+        Faust re-reads every kept or new partition from its committed offset."""
+        dropped = self.session_gate.drop() + self.group_gate.drop()
+        # partitions may move: what stays is decoded from the topic when it is re-read
+        self.session_handoff.clear()
+        self.group_handoff.clear()
+        self._session_claimed = -1
+        self._session_idle_at = None
+        if dropped:
+            log.info("rebalance: %d held items will be re-read from the committed offsets", dropped)
+
+    def in_flight(self) -> int:
+        """Events this worker sent to its own internal partitions that its stages have not
+        received yet: the queue the ingest loop's back-pressure bounds. (What a stage holds
+        behind its watermark waits for the ingest's progress and is not counted; the outbox
+        bounds what waits for ClickHouse.)"""
+        return self.session_handoff.pending() + self.group_handoff.pending()
+
+    def _group_item(self, item: dict[str, Any]) -> GroupItem:
+        enriched = self.engine.enricher.enrich(event_adapter.validate_python(item["e"]))
+        enriched.notes = item.get("n") or {}
+        return item["t"], [(d, k) for d, k in item["r"]], enriched
+
+
+
+class _Held:
+    """Acknowledges an envelope once all of its items have been processed and stored;
+    knows the input partition it came from (every route of a group-stage item is keyed
+    to that partition)."""
+
+    __slots__ = ("ack", "partition", "remaining")
+
+    def __init__(self, ack: Callable[[], Awaitable[Any]], remaining: int, partition: int) -> None:
+        self.ack = ack
+        self.remaining = remaining
+        self.partition = partition
+
+    async def done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            await self.ack()
+
+
+def _ack_all(held: Iterable[_Held]) -> Callable[[], Awaitable[None]] | None:
+    items = list(held)
+    if not items:
+        return None
+
+    async def ack() -> None:
+        for h in items:
+            await h.done()
+    return ack
+
+
+def _session_item(item: dict[str, Any]) -> SessionItem:
+    return item["t"], item["e"], event_adapter.validate_python(item["e"])
+
+
+def _alert_value(a: Alert) -> bytes:
+    return a.model_dump_json().encode()
+
