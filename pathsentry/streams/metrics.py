@@ -12,7 +12,7 @@ import bisect
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,9 +104,11 @@ class Stats:
 _BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
-def prometheus_text(worker_id: str, s: Stats, *, clickhouse_healthy: bool, outbox_rows: int) -> str:
-    """Prometheus exposition of the worker's counters, and of two live gauges: whether
-    ClickHouse answers, and the rows waiting in the outbox."""
+def prometheus_text(worker_id: str, s: Stats, *, clickhouse_healthy: bool, outbox_rows: int,
+                    state_refused: Mapping[str, int] | None = None) -> str:
+    """Prometheus exposition of the worker's counters (with the saved states refused, per
+    kind), and of two live gauges: whether ClickHouse answers, and the rows waiting in
+    the outbox."""
     w = f'worker="{worker_id}"'
     lines = [
         "# TYPE pathsentry_events_in_total counter",
@@ -125,6 +127,9 @@ def prometheus_text(worker_id: str, s: Stats, *, clickhouse_healthy: bool, outbo
         f"pathsentry_clickhouse_healthy{{{w}}} {int(clickhouse_healthy)}",
         "# TYPE pathsentry_outbox_rows gauge",
         f"pathsentry_outbox_rows{{{w}}} {outbox_rows}",
+        "# TYPE pathsentry_state_refused_total counter",
+        *(f'pathsentry_state_refused_total{{{w},kind="{k}"}} {n}'
+          for k, n in sorted((state_refused or {}).items())),
         "# TYPE pathsentry_produce_to_flag_ms histogram",
     ]
     lat = sorted(v for _, v, _ in s.latencies_ms)

@@ -206,6 +206,7 @@ class Pipeline(StatePersistence):
             "session_state_restored": sorted(self.session_store.restored),
             "learned_state_saves": self.learned_store.saves,
             "learned_state_loaded": bool(self.learned_store.restored),
+            "state_refused": self.state_refusals(),
         }
 
     def assigned(self) -> dict[str, list[int]]:
