@@ -1,8 +1,10 @@
-"""Saved state that cannot be trusted: garbage, truncated, oversized (a zip bomb), hostile
-(an event clock in the year 33658, a field no save writes, bytes that make a Rust sketch
-panic) or naming unknown detectors. Through the real decode path, and through a running
-worker: every such save is refused, logged and counted on /stats and /metrics, the
-partition starts empty, and the worker keeps running and detecting."""
+"""Saved state and internal envelopes that cannot be trusted: garbage, truncated,
+oversized (a zip bomb), hostile (an event clock in the year 33658, a field no save
+writes, bytes that make a Rust sketch panic) or naming unknown detectors; group-stage
+envelopes with forged notes or routes.
+Through the real decode path, and through a running worker: every such save is refused,
+logged and counted on /stats and /metrics, the partition starts empty, every forged
+envelope is dead-lettered, and the worker keeps running and detecting."""
 
 from __future__ import annotations
 
@@ -152,6 +154,20 @@ def test_worker_given_poisoned_state_keeps_running(tmp_path: Path, embedded_brok
         st = worker.stats()
         assert st["group_state_restored"] == [] and st["session_state_restored"] == []
         assert not st["learned_state_loaded"]
+
+        # forged group-stage envelopes: a note no detector writes, a clock out of range, a
+        # route to a detector that does not exist
+        login = next(e for e in sim_events(spec, 200) if e["kind"] == "login")
+        forged = [
+            {"t": 1, "r": [["farm", "k"]], "n": {"allowed": True}, "e": login},
+            {"t": 1, "r": [["farm", "k"]], "n": {"login_ts": 1e12}, "e": login},
+            {"t": 1, "r": [["shell", "k"]], "n": {}, "e": login},
+            {"t": -1, "r": [], "e": login},
+        ]
+        asyncio.run(_send_state(worker.bootstrap, topics.groups,
+                                [(0, b"forged", orjson.dumps([f])) for f in forged]))
+        wait_for(lambda: worker.stats()["dead_letter_reasons"].get("bad_envelope") == len(forged), 60,
+                 "every forged envelope dead-lettered", on_timeout=lambda: f"{worker.stats()}")
 
         # and it detects: the events after the poison are all processed
         events = sim_events(spec, 1500)
