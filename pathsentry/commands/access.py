@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pathsentry.config import Config
+from pathsentry.infra.redact import redact_text
 
 __all__ = [
     "DEMO_DIR",
@@ -100,6 +101,12 @@ def resolve_worker(explicit: str | None, cfg: Config) -> str | None:
     return None
 
 
+def _reason(e: BaseException) -> str:
+    """The first line of an error, credentials stripped (or its type when it says nothing)."""
+    text = redact_text(str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _chdb_path(url: str) -> Path | None:
     if not url.startswith("chdb://"):
         return None
@@ -140,14 +147,14 @@ def run_query(
     try:
         ch = connect(cfg.clickhouse.url, QueryLimits.from_config(cfg.clickhouse))
     except Exception as e:
-        raise SystemExit(f"cannot open ClickHouse at {describe_url(cfg.clickhouse.url)}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise SystemExit(f"cannot open ClickHouse at {describe_url(cfg.clickhouse.url)}: {_reason(e)}"
+                         ) from None
     try:
         cols, rows = ch.query(sql)
         return cols, [list(r) for r in rows]
     except PermissionError as e:
         raise SystemExit(f"query refused: {e}") from None
     except Exception as e:
-        raise SystemExit(f"query failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise SystemExit(f"query failed: {_reason(e)}") from None
     finally:
         ch.close()
