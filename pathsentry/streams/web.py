@@ -15,8 +15,8 @@ Access (:class:`WebAccess`, from the environment):
 - ``/query`` needs ``PATHSENTRY_QUERY_TOKEN``, sent as ``Authorization: Bearer <token>``
   (401 without it or with another); with no token configured ``/query`` is off (404).
   It runs on a thread of its own (``ClickHouse.query`` uses its own read-only connection),
-  one query at a time, at most :data:`MAX_WAITING` waiting (429 beyond): the sink's thread
-  never runs an analyst query.
+  one query at a time, at most :data:`MAX_IN_FLIGHT` running or waiting (429 beyond): the
+  sink's thread never runs an analyst query.
 
 >>> a = WebAccess(token="t0k", host="127.0.0.1", allowed_hosts=frozenset({"worker"}))
 >>> [a.host_allowed(h) for h in ("127.0.0.1:6066", "worker:6066", "[::1]:6066", "evil.example:6066")]
@@ -44,12 +44,12 @@ from pathsentry.infra.querypolicy import QueryRefused
 from pathsentry.streams.metrics import prometheus_text
 from pathsentry.streams.pipeline import Pipeline
 
-__all__ = ["MAX_WAITING", "WebAccess", "add_pages"]
+__all__ = ["MAX_IN_FLIGHT", "WebAccess", "add_pages"]
 
 log = logging.getLogger(__name__)
 
-#: analyst queries that may wait for the one running; more are answered 429
-MAX_WAITING = 4
+#: analyst queries running or waiting at once; more are answered 429
+MAX_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def add_pages(app: Any, pipe: Pipeline, access: WebAccess | None = None) -> None
         sql = request.query.get("sql", "")
         if not is_read_only(sql):
             return web.json({"error": "only one read-only statement is allowed"}, status=400)
-        if waiting[0] >= MAX_WAITING:
+        if waiting[0] >= MAX_IN_FLIGHT:
             return web.json({"error": "too many analyst queries waiting; retry later"}, status=429)
         waiting[0] += 1
         try:
