@@ -160,6 +160,10 @@ def create_app(
         web_port=web_port,
         web_bind=web_host,
         web_host=web_host,
+        # Faust's own pages (partition routing, tables) are not served: only ours, which
+        # check the Host header
+        web_router_enabled=False,
+        web_tables_enabled=False,
         datadir=str(Path(config.data_dir) / "faust"),
     )
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
