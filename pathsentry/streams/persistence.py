@@ -118,11 +118,12 @@ class StatePersistence:
         return True
 
     def state_refusals(self) -> dict[str, int]:
-        """Saved states read back and refused, per kind (served on /stats and /metrics)."""
-        return {"group": self.state_refused.get("group", 0) + self.state_store.refused,
-                "sessions": self.state_refused.get("sessions", 0) + self.session_store.refused,
-                "learned": self.state_refused.get("learned", 0) + self.learned_store.refused,
-                "snapshot": self.state_refused.get("snapshot", 0)}
+        """Saved states read back and refused (not the shape of a save, or refused by a
+        detector), per kind: served on /stats and /metrics (``pathsentry_<kind>_state_refused_total``)."""
+        return {"group_state_refused": self.state_refused.get("group", 0) + self.state_store.refused,
+                "session_state_refused": self.state_refused.get("sessions", 0) + self.session_store.refused,
+                "learned_state_refused": self.state_refused.get("learned", 0) + self.learned_store.refused,
+                "snapshot_state_refused": self.state_refused.get("snapshot", 0)}
 
     def snapshot_bytes(self) -> bytes:
         """Serialise the session stage's state (call on the event-loop thread: state is not
@@ -339,7 +340,7 @@ async def _load_saved(store: StateStore, partitions: list[int], what: str,
     except _FATAL:
         raise
     except BaseException as e:  # Kafka, a timeout, or anything a hostile record provokes
-        store.refused += 1
+        store.load_failures += 1
         log.error("%s %s: saved state not readable (%s: %s); %s", what, partitions,
                   type(e).__name__, str(e)[:200], otherwise)
         return {}

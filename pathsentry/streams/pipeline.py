@@ -29,7 +29,8 @@ from pathsentry.config import Config
 from pathsentry.detectors import Enriched, Findings
 from pathsentry.engine import Engine
 from pathsentry.infra.clickhouse import ClickHouse
-from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter, parse_event
+from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter
+from pathsentry.schemas.fast import decode_events
 from pathsentry.streams.deadletter import dead_letter_record
 from pathsentry.streams.envelopes import (
     MAX_ENVELOPE_BYTES,
@@ -71,7 +72,7 @@ class Pipeline(StatePersistence):
         self._group_names = {d.name for d in engine.group_detectors}
         self.ch = ch
         self.sink = ClickHouseSink(ch)
-        self.stats = Stats()
+        self.stats = Stats(worker=worker_id)
         self.outbox = Outbox(
             self.sink,
             max_rows=config.clickhouse.buffer_rows,
@@ -103,6 +104,7 @@ class Pipeline(StatePersistence):
         self.producer: Any = None
         self._partitions: dict[str, int] = {}
         self._init_persistence()
+        self.stats.watch(self.gauges)
 
     def flush_detectors(self) -> Findings:
         """Let the session stage and every group partition close what their event time
@@ -175,10 +177,11 @@ class Pipeline(StatePersistence):
             await self.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
             for a in findings.alerts
         ]
-        if triggers:  # one per alert, in order: the event that raised or updated it
-            for (kind, t), d in zip(triggers, deliveries, strict=True):
-                if isinstance(d.future, asyncio.Future):
-                    d.future.add_done_callback(functools.partial(self._published, kind, t))
+        # triggers, when given: one per alert, in order: the event that raised or updated it
+        for i, (a, d) in enumerate(zip(findings.alerts, deliveries, strict=True)):
+            if isinstance(d.future, asyncio.Future):
+                d.future.add_done_callback(functools.partial(
+                    self._published, a.kind, triggers[i][1] if triggers else None))
         await self.outbox.put(Pending(
             flags=findings.flags, alerts=findings.alerts, deliveries=deliveries + (forwards or []),
             on_durable=on_durable, produced_ms=produced_ms, stage=stage, events=events,
@@ -201,14 +204,17 @@ class Pipeline(StatePersistence):
             "assigned": self.assigned(),
             "group_state_saves": self.state_store.saves,
             "group_state_loads": self.state_store.loads,
+            "group_state_load_failures": self.state_store.load_failures,
             "group_state_restored": sorted(self.state_store.restored),
             "session_partitions": sorted(self.session_parts),
             "session_state_saves": self.session_store.saves,
             "session_state_loads": self.session_store.loads,
+            "session_state_load_failures": self.session_store.load_failures,
             "session_state_restored": sorted(self.session_store.restored),
             "learned_state_saves": self.learned_store.saves,
             "learned_state_loaded": bool(self.learned_store.restored),
-            "state_refused": self.state_refusals(),
+            "learned_state_load_failures": self.learned_store.load_failures,
+            **self.state_refusals(),
         }
 
     def assigned(self) -> dict[str, list[int]]:
@@ -218,27 +224,12 @@ class Pipeline(StatePersistence):
             out.setdefault(topic, []).append(partition)
         return out
 
-    def _published(self, kind: str, produced_ms: int, fut: Awaitable[Any]) -> None:
+    def _published(self, kind: str, produced_ms: int | None, fut: Awaitable[Any]) -> None:
         if isinstance(fut, asyncio.Future) and not fut.cancelled() and fut.exception() is None:
-            self.stats.published_latencies_ms.append(
-                (produced_ms, time.time() * 1000 - produced_ms, kind))
+            self.stats.published(kind, produced_ms)
 
     def _stored(self, p: Pending, stored_ms: float) -> None:
-        s = self.stats
-        s.flagged += len(p.flags)
-        s.alerts += len(p.alerts)
-        for f in p.flags:
-            t = p.produced_ms.get(f.event_id)
-            if t:
-                s.latencies_ms.append((t, stored_ms - t, f.kind))
-        for kind, t in p.triggers:
-            s.alert_latencies_ms.append((t, stored_ms - t, kind))
-        if p.stage == "session" and p.events:
-            s.mark_detected(p.events)
-            s.batches += 1
-        elif p.stage == "group":
-            s.group_events += p.events
-            s.last_group_at = time.time()
+        self.stats.stored(p.flags, p.alerts, p.produced_ms, p.triggers, stored_ms, p.stage, p.events)
 
     async def dead_letter(self, payload: bytes | None, err: EventError, msg: Any) -> Awaitable[Any]:
         """Send a refused message to the dead-letter topic; returns its delivery future."""
@@ -248,9 +239,7 @@ class Pipeline(StatePersistence):
         )
         fut: Awaitable[Any] = await self.producer.send(self.topics.dead_letter, orjson.dumps(rec),
                                                         key=msg.key)
-        self.stats.dead_letter += 1
-        reasons = self.stats.dead_letter_reasons
-        reasons[err.reason] = reasons.get(err.reason, 0) + 1
+        self.stats.dead_lettered(err.reason)
         log.warning(
             "dead-letter: %s (%s) from %s[%d]@%d",
             err.reason, err.detail[:120], msg.topic, msg.partition, msg.offset,
@@ -268,12 +257,12 @@ class Pipeline(StatePersistence):
         parts: dict[int, list[SessionItem]] = {}
         dead: list[Awaitable[Any]] = []
         valid = 0
-        for m in records:
-            raw = m.value if m.value is not None else b""
-            try:
-                ev = parse_event(raw)
-            except EventError as err:
-                dead.append(await self.dead_letter(m.value, err, m))
+        records = list(records)
+        raws = [m.value if m.value is not None else b"" for m in records]
+        # one compiled pass over the batch; anything it would not take as is goes to parse_event
+        for m, raw, ev in zip(records, raws, decode_events(raws), strict=True):
+            if isinstance(ev, EventError):
+                dead.append(await self.dead_letter(m.value, ev, m))
                 continue
             parts.setdefault(partition_for(session_key(ev), n_parts), []).append((m.timestamp, raw, ev))
             valid += 1
@@ -288,9 +277,7 @@ class Pipeline(StatePersistence):
         await self.producer.flush()
         for fut in [d.future for d in sent] + dead:  # a failed delivery raises: the caller re-reads
             await fut
-        if valid and self.stats.first_ingest_at is None:
-            self.stats.first_ingest_at = time.time()
-        self.stats.events_in += valid
+        self.stats.ingested(valid)
 
     async def _gate_input(self, gate: Gate[Any], messages: Iterable[Incoming], handoff: Handoff[Any],
                           decode: Callable[[dict[str, Any]], Any], now: float) -> None:
@@ -372,11 +359,11 @@ class Pipeline(StatePersistence):
             sends += await self._forward(self.topics.groups, p, group_items, wire, self.group_handoff,
                                          headers)
             forwarded += len(group_items)
-        self.stats.group_messages += forwarded
+        self.stats.forwarded(forwarded)
         await self.emit(out, produced, forwards=sends, on_durable=_ack_all(h for _, h in released),
                         stage="session", events=len(released), triggers=triggers)
         if released:
-            self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
+            self.stats.batch_ran((time.perf_counter() - t0) * 1000)
 
     async def _forward(self, topic: str, partition: int, items: list[Any], wire: list[bytes],
                        handoff: Handoff[Any], headers: Any) -> list[Delivery]:

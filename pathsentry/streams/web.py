@@ -145,9 +145,7 @@ def add_pages(app: Any, pipe: Pipeline, access: WebAccess | None = None) -> None
     async def metrics_page(web: Any, request: Any) -> Any:
         if (r := refused(web, request)) is not None:
             return r
-        text = prometheus_text(worker_id, pipe.stats, clickhouse_healthy=pipe.sink.healthy,
-                               outbox_rows=pipe.outbox.rows, state_refused=pipe.state_refusals())
-        return web.text(text, content_type="text/plain")
+        return web.text(prometheus_text(pipe.stats).decode(), content_type="text/plain")
 
 
 def _dumps(obj: Any) -> str:

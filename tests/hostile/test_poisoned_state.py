@@ -140,17 +140,23 @@ def test_worker_given_poisoned_state_keeps_running(tmp_path: Path, embedded_brok
         snapshot.write_bytes(b'{"latency": {"baselines": ')  # truncated
 
         worker.start(timeout=90)
-        want = {"group": 2, "sessions": 2, "learned": 1, "snapshot": 1}
+        want = {"group_state_refused": 2, "session_state_refused": 2, "learned_state_refused": 1,
+                "snapshot_state_refused": 1}
+
+        def refused() -> dict[str, int]:
+            st = worker.stats()
+            return {k: st.get(k) for k in want}
 
         def counted() -> bool:
             assert worker.alive, "worker died:\n" + worker.log_tail()
-            return bool(worker.stats()["state_refused"] == want)
+            return refused() == want
 
         wait_for(counted, 90, "every poisoned state refused and counted",
-                 on_timeout=lambda: f"{worker.stats()['state_refused']}\n{worker.log_tail()}")
+                 on_timeout=lambda: f"{refused()}\n{worker.log_tail()}")
         with urllib.request.urlopen(worker.base + "/metrics", timeout=10) as r:
             metrics = r.read().decode()
-        assert 'pathsentry_state_refused_total{worker="worker-1",kind="group"} 2' in metrics
+        for key, n in want.items():
+            assert f'pathsentry_{key}_total{{worker="worker-1"}} {float(n)}' in metrics, key
         st = worker.stats()
         assert st["group_state_restored"] == [] and st["session_state_restored"] == []
         assert not st["learned_state_loaded"]
