@@ -37,7 +37,9 @@ _MAX_S = 4_102_444_800.0
 
 class GroupNotes(BaseModel):
     """What the session stage's detectors leave on an event for the group stage: the only
-    keys an item read from the groups topic may carry (each detector's note is its own)."""
+    keys an item read from the groups topic may carry (each detector's note is its own).
+    A detector that leaves a new note adds it here; ``tests/hostile/test_poisoned_state.py``
+    checks every item a simulated world's session stage writes against this model."""
 
     model_config = ConfigDict(extra="forbid")
 

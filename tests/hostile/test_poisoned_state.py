@@ -19,7 +19,11 @@ from typing import Any
 import orjson
 import pytest
 
+from pathsentry.config import load_config
+from pathsentry.engine import Engine
 from pathsentry.infra.broker import EmbeddedBroker
+from pathsentry.schemas import parse_event
+from pathsentry.streams.envelopes import GroupItemModel
 from pathsentry.streams.state import (
     MAX_STATE_BYTES,
     StateRefused,
@@ -115,6 +119,23 @@ async def _send_state(bootstrap: str, topic: str, records: list[tuple[int, bytes
             await (await producer.send(topic, v, key=k, partition=p))
     finally:
         await producer.stop()
+
+
+def test_every_item_the_session_stage_writes_passes_the_envelope_check(tmp_path: Path) -> None:
+    """The notes allowed on the groups topic are a closed list: a detector that leaves a new
+    note must add it there, or its items from another worker would be dead-lettered."""
+    spec = recent_world(seed=5, accounts=300)
+    engine = Engine(load_config(write_world(tmp_path, spec), env={}))
+    items = 0
+    for raw in sim_events(spec, 6000):
+        enriched, _ = engine.session_stage(parse_event(raw))
+        routes = engine.group_routes(enriched)
+        if routes:
+            wire = b'{"t":%d,"r":%s,"n":%s,"e":%s}' % (
+                1, orjson.dumps(routes), orjson.dumps(enriched.notes, default=str), orjson.dumps(raw))
+            GroupItemModel.model_validate(orjson.loads(wire))
+            items += 1
+    assert items > 1000
 
 
 @pytest.mark.integration
