@@ -154,10 +154,8 @@ def run_scenario(worker: WorkerProcess) -> None:
     flagged = {(r[0], r[1]): r[2] for r in worker.query(sql)}
     assert flagged.get(("relayed-user", "vpn_relay"), 0) >= 1
     assert not any(acc in players for acc, _ in flagged), flagged
-    drop = urllib.parse.urlencode({"sql": "DROP TABLE pathsentry.alerts"})
-    refused = urllib.request.Request(worker.base + "/query?" + drop)
     with pytest.raises(urllib.error.HTTPError):
-        urllib.request.urlopen(refused, timeout=5)
+        urllib.request.urlopen(worker.query_request("DROP TABLE pathsentry.alerts"), timeout=5)
 
     rc = worker.stop(timeout=30)
     assert rc == 0, f"worker exited {rc}: " + worker.log_path.read_text()[-3000:]
