@@ -28,6 +28,7 @@ DETECTOR_MODULES: tuple[str, ...] = (
     "pathsentry.detectors.latency",
     "pathsentry.detectors.injection",
     "pathsentry.detectors.injection_cells",
+    "pathsentry.detectors.takeover",
     "pathsentry.detectors.farm",
 )
 

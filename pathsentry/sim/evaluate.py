@@ -19,7 +19,7 @@ from typing import Any
 from pathsentry.config import Config
 from pathsentry.detectors import Findings
 from pathsentry.engine import Engine
-from pathsentry.schemas import AnyEvent
+from pathsentry.schemas import AnyEvent, AnyFeedback
 from pathsentry.sim.score import score_all
 from pathsentry.sim.truth import Truth
 
@@ -103,7 +103,7 @@ class TimedEngine(Engine):
             if not versions or versions[-1][1] != accounts:
                 versions.append((ts, accounts))
 
-    def process(self, event: AnyEvent) -> Findings:
+    def process(self, event: AnyEvent | AnyFeedback) -> Findings:
         out = super().process(event)
         if out:
             self._note(out, event.ts.timestamp())
