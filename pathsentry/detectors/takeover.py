@@ -24,8 +24,8 @@ construction: a new phone in the usual country (no break), travelling abroad wit
 usual device (a known device breaks nothing but ``impossible_travel`` needs another
 device), a family sharing a PC (a few accounts per device, under the learned quantile).
 
-A flagged login is not learned into the history (a takeover's next logins stay new); an
-unflagged one is. The accounts-per-device count of each device is fed to later
+A flagged login is not learned into the account's history (a takeover's next logins
+stay new); an unflagged one is. Every login counts towards its device's accounts. The accounts-per-device count of each device is fed to later
 detectors as ``notes["device"]`` (a connection-pattern signal for farms).
 
 >>> from datetime import datetime, timedelta, timezone
@@ -178,14 +178,15 @@ class _DeviceAccounts:
             _, gone = self._devices.popitem(last=False)
             self.hist[len(gone)] -= 1
 
-    def quantile(self, q: float) -> int:
-        """The ``q`` quantile of accounts per device over the devices remembered (0: none)."""
-        total = sum(self.hist)
-        if not total:
+    def quantile(self, q: float, leave_out: int = 0) -> int:
+        """The ``q`` quantile of accounts per device over the devices remembered (0: none),
+        one device with ``leave_out`` accounts left out (the device being judged)."""
+        total = sum(self.hist) - (1 if leave_out else 0)
+        if total <= 0:
             return 0
         need, seen = q * total, 0
         for n, c in enumerate(self.hist):
-            seen += c
+            seen += c - (1 if leave_out and n == leave_out else 0)
             if seen >= need:
                 return n
         return len(self.hist) - 1
@@ -197,6 +198,7 @@ class TakeoverDetector(Detector):
 
     name = "takeover"
     consumes = frozenset({"login"})
+    after = ("latency",)  # reads its relay verdict
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
@@ -223,7 +225,7 @@ class TakeoverDetector(Detector):
         while len(self._accounts) > st.max_accounts:
             self._accounts.popitem(last=False)
         device_accounts = self._devices.count(device) if device else 0
-        expected = self._devices.quantile(st.device_quantile)
+        expected = self._devices.quantile(st.device_quantile, device_accounts)
         threshold = max(st.min_device_accounts, expected + 1)
         if device:
             ev.notes["device"] = {"accounts": device_accounts, "shared_threshold": threshold}
@@ -231,17 +233,18 @@ class TakeoverDetector(Detector):
         if hist.logins >= st.min_history and hist.devices:
             found = self._check(ev, login, hist, device, subnet, os_name, device_accounts,
                                 expected, threshold)
+        if device:  # the device's accounts count every login, flagged or not
+            self._devices.add(device, login.account)
         if found is None:
-            self._learn(hist, login.account, device, subnet, os_name, ev, ts)
+            self._learn(hist, device, subnet, os_name, ev, ts)
         return found
 
-    def _learn(self, hist: _History, account: str, device: str | None, subnet: str | None,
+    def _learn(self, hist: _History, device: str | None, subnet: str | None,
                os_name: str | None, ev: Enriched, ts: float) -> None:
         cap, geo = self.settings.max_values, ev.geo
         hist.logins += 1
         if device:
             _remember(hist.devices, device, ts, cap)
-            self._devices.add(device, account)
         if subnet:
             _remember(hist.subnets, subnet, ts, cap)
         if os_name:
