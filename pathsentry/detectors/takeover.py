@@ -25,8 +25,9 @@ usual device (a known device breaks nothing but ``impossible_travel`` needs anot
 device), a family sharing a PC (a few accounts per device, under the learned quantile).
 
 A flagged login is not learned into the account's history (a takeover's next logins
-stay new); an unflagged one is. Every login counts towards its device's accounts. The accounts-per-device count of each device is fed to later
-detectors as ``notes["device"]`` (a connection-pattern signal for farms).
+stay new); an unflagged one is. Every login counts towards its device's accounts, and
+the count is left to later detectors as ``notes["device"]`` (a connection-pattern
+signal for farms).
 
 >>> from datetime import datetime, timedelta, timezone
 >>> from pathsentry.config import load_config
