@@ -34,11 +34,12 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import orjson
 
-from pathsentry.schemas import Alert, FlaggedEvent
+from pathsentry.schemas import AccountLabel, Alert, FlaggedEvent
 
 __all__ = [
     "ALERT_COLUMNS",
     "FLAG_COLUMNS",
+    "LABEL_COLUMNS",
     "ChdbClickHouse",
     "ClickHouse",
     "NativeClickHouse",
@@ -49,6 +50,7 @@ __all__ = [
     "ddl_statements",
     "flag_row",
     "is_read_only",
+    "label_row",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ ALERT_COLUMNS = (
     "alert_id", "ts", "kind", "severity", "score", "subject", "accounts", "event_ids",
     "evidence", "summary", "detector", "first_seen", "last_seen", "version",
 )
+
+LABEL_COLUMNS = ("event_id", "ts", "account", "label", "source", "evidence_ref")
 
 QueryResult = tuple[list[str], list[tuple[Any, ...]]]
 
@@ -89,6 +93,13 @@ def alert_row(a: Alert) -> dict[str, Any]:
         "event_ids": list(a.event_ids), "evidence": _json(a.evidence), "summary": a.summary,
         "detector": a.detector, "first_seen": _utc(a.first_seen), "last_seen": _utc(a.last_seen),
         "version": a.version,
+    }
+
+
+def label_row(lb: AccountLabel) -> dict[str, Any]:
+    return {
+        "event_id": lb.event_id, "ts": _utc(lb.ts), "account": lb.account, "label": lb.label,
+        "source": lb.source, "evidence_ref": lb.evidence_ref or "",
     }
 
 

@@ -1,0 +1,74 @@
+"""The ``detector_feedback`` view on chDB: labels stored by the sink against alerts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pathsentry.infra.clickhouse import connect
+from pathsentry.schemas import AccountLabel, Alert
+from pathsentry.streams.sinks import ClickHouseSink
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def _alert(aid: str, kind: str, detector: str, accounts: list[str], version: int = 1) -> Alert:
+    return Alert(alert_id=aid, ts=T0, kind=kind, severity="high", score=0.8,  # type: ignore[arg-type]
+                 subject={}, accounts=accounts, evidence={}, detector=detector,
+                 first_seen=T0, last_seen=T0, version=version)
+
+
+def _label(i: int, account: str, label: str, days: float) -> AccountLabel:
+    return AccountLabel(kind="account_label", event_id=f"lb{i}", ts=T0 + timedelta(days=days),
+                        account=account, label=label, source="analyst")  # type: ignore[arg-type]
+
+
+def test_detector_feedback_counts_later_labels_per_detector_and_kind(chdb_dir: Path) -> None:
+    ch = connect(f"chdb://{chdb_dir}")
+    ch.apply_ddl(30)
+    sink = ClickHouseSink(ch)
+    alerts = [
+        _alert("g1", "farm_group", "farm", ["a", "b", "c"]),
+        _alert("g1", "farm_group", "farm", ["a", "b", "c", "d", "e"], version=2),  # grown
+        _alert("r1", "vpn_relay", "latency", ["x"]),
+        _alert("r2", "vpn_relay", "latency", ["z"]),
+        _alert("t1", "account_takeover", "takeover", ["y"]),
+    ]
+    labels = [
+        _label(1, "a", "farm", 2),
+        _label(2, "b", "cleared", 1),
+        _label(3, "c", "bot", -5),        # labelled before the alert: not "later"
+        _label(4, "d", "fraud", 1),
+        _label(5, "d", "cleared", 3),     # the latest label decides
+        _label(6, "x", "bot", 4),
+        _label(7, "y", "takeover", 0.5),
+        _label(8, "nobody", "farm", 1),   # never flagged
+    ]
+
+    async def run() -> None:
+        await sink.write([], alerts)
+        await sink.write_labels(labels)
+        await sink.write_labels(labels)  # a retried batch counts once
+
+    asyncio.run(run())
+    cols, rows = ch.query(
+        "SELECT detector, kind, flagged_accounts, labelled_bad, cleared, judged, precision, "
+        "bad_share, cleared_share FROM pathsentry.detector_feedback ORDER BY detector")
+    got = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
+    assert set(got) == {"farm", "latency", "takeover"}
+    farm = got["farm"]
+    assert (farm["kind"], farm["flagged_accounts"], farm["labelled_bad"], farm["cleared"]) == \
+        ("farm_group", 5, 1, 2)
+    assert farm["precision"] == pytest.approx(1 / 3, abs=1e-4)
+    assert farm["bad_share"] == pytest.approx(0.2) and farm["cleared_share"] == pytest.approx(0.4)
+    relay = got["latency"]
+    assert (relay["flagged_accounts"], relay["labelled_bad"], relay["cleared"]) == (2, 1, 0)
+    assert relay["precision"] == 1.0
+    assert (got["takeover"]["labelled_bad"], got["takeover"]["precision"]) == (1, 1.0)
+    _, rows = ch.query("SELECT count() FROM pathsentry.account_labels")
+    assert rows[0][0] == 8
