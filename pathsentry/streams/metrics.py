@@ -27,6 +27,8 @@ class Stats:
     """Counters of one worker, served on ``/stats`` and ``/metrics``."""
 
     events_in: int = 0
+    #: labels and interactions taken by the cross-check
+    feedback_in: int = 0
     events_detected: int = 0
     dead_letter: int = 0
     flagged: int = 0
@@ -113,6 +115,8 @@ def prometheus_text(worker_id: str, s: Stats, *, clickhouse_healthy: bool, outbo
         f"pathsentry_events_in_total{{{w}}} {s.events_in}",
         "# TYPE pathsentry_events_detected_total counter",
         f"pathsentry_events_detected_total{{{w}}} {s.events_detected}",
+        "# TYPE pathsentry_feedback_in_total counter",
+        f"pathsentry_feedback_in_total{{{w}}} {s.feedback_in}",
         "# TYPE pathsentry_dead_letter_total counter",
         f"pathsentry_dead_letter_total{{{w}}} {s.dead_letter}",
         "# TYPE pathsentry_flagged_total counter",
