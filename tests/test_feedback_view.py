@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pathsentry.detectors.crosscheck import CrossCheck, CrossCheckSettings
 from pathsentry.infra.clickhouse import connect
 from pathsentry.schemas import AccountLabel, Alert
+from pathsentry.streams.metrics import Stats, prometheus_text
 from pathsentry.streams.sinks import ClickHouseSink
 
 pytestmark = pytest.mark.integration
@@ -28,18 +30,18 @@ def _label(i: int, account: str, label: str, days: float) -> AccountLabel:
                         account=account, label=label, source="analyst")  # type: ignore[arg-type]
 
 
-def test_detector_feedback_counts_later_labels_per_detector_and_kind(chdb_dir: Path) -> None:
-    ch = connect(f"chdb://{chdb_dir}")
-    ch.apply_ddl(30)
-    sink = ClickHouseSink(ch)
-    alerts = [
+def _alerts() -> list[Alert]:
+    return [
         _alert("g1", "farm_group", "farm", ["a", "b", "c"]),
         _alert("g1", "farm_group", "farm", ["a", "b", "c", "d", "e"], version=2),  # grown
         _alert("r1", "vpn_relay", "latency", ["x"]),
         _alert("r2", "vpn_relay", "latency", ["z"]),
         _alert("t1", "account_takeover", "takeover", ["y"]),
     ]
-    labels = [
+
+
+def _labels() -> list[AccountLabel]:
+    return [
         _label(1, "a", "farm", 2),
         _label(2, "b", "cleared", 1),
         _label(3, "c", "bot", -5),        # labelled before the alert: not "later"
@@ -50,16 +52,24 @@ def test_detector_feedback_counts_later_labels_per_detector_and_kind(chdb_dir: P
         _label(8, "nobody", "farm", 1),   # never flagged
     ]
 
+
+def test_detector_feedback_counts_later_labels_per_detector_and_kind(chdb_dir: Path) -> None:
+    ch = connect(f"chdb://{chdb_dir}")
+    ch.apply_ddl(30)
+    sink = ClickHouseSink(ch)
+    alerts, labels = _alerts(), _labels()
+
     async def run() -> None:
         await sink.write([], alerts)
         await sink.write_labels(labels)
         await sink.write_labels(labels)  # a retried batch counts once
 
     asyncio.run(run())
-    cols, rows = ch.query(
+    cols, all_rows = ch.query(
         "SELECT detector, kind, flagged_accounts, labelled_bad, cleared, judged, precision, "
         "bad_share, cleared_share FROM pathsentry.detector_feedback ORDER BY detector")
-    got = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
+    got = {r[0]: dict(zip(cols, r, strict=True)) for r in all_rows}
+    rows = [r[:5] for r in all_rows]
     assert set(got) == {"farm", "latency", "takeover"}
     farm = got["farm"]
     assert (farm["kind"], farm["flagged_accounts"], farm["labelled_bad"], farm["cleared"]) == \
@@ -70,5 +80,24 @@ def test_detector_feedback_counts_later_labels_per_detector_and_kind(chdb_dir: P
     assert (relay["flagged_accounts"], relay["labelled_bad"], relay["cleared"]) == (2, 1, 0)
     assert relay["precision"] == 1.0
     assert (got["takeover"]["labelled_bad"], got["takeover"]["precision"]) == (1, 1.0)
-    _, rows = ch.query("SELECT count() FROM pathsentry.account_labels")
-    assert rows[0][0] == 8
+    _, stored = ch.query("SELECT count() FROM pathsentry.account_labels")
+    assert stored[0][0] == 8
+    # the engine's live tally (the /metrics gauges) says the same, in either arrival order
+    view = {f"{r[0]}/{r[1]}": {"flagged_accounts": r[2], "labelled_bad": r[3], "cleared": r[4]}
+            for r in rows}
+    for labels_first in (False, True):
+        cc = CrossCheck(CrossCheckSettings())
+        if labels_first:
+            for lb in labels:
+                cc.observe(lb)
+        cc.enrich_all(alerts)
+        if not labels_first:
+            for lb in labels:
+                cc.observe(lb)
+        assert cc.tally.counts == view
+    text = prometheus_text("w1", Stats(detector_feedback=view), clickhouse_healthy=True,
+                           outbox_rows=0)
+    assert 'pathsentry_feedback_precision{worker="w1",detector="farm",kind="farm_group"} 0.3333' \
+        in text
+    assert 'pathsentry_feedback_labelled_bad{worker="w1",detector="latency",kind="vpn_relay"} 1' \
+        in text

@@ -24,7 +24,11 @@ section and its score changes by these documented rules (weights in
    on alerts naming the same exit prefix or name template, every later alert naming it
    keeps ``handle_factor`` (0.7) of its score.
 
-The severity follows the new score. Pure Python; no Kafka, no ClickHouse.
+The severity follows the new score. Every alert of every kind also passes through
+:class:`FeedbackTally`, which counts per detector and alert kind the accounts flagged
+and how many were later labelled bad or cleared: the online precision the
+``detector_feedback`` view computes from ClickHouse, kept live for ``/metrics``.
+Pure Python; no Kafka, no ClickHouse.
 
 >>> from datetime import datetime, timezone
 >>> from pathsentry.schemas import AccountLabel, Alert, Interaction
@@ -59,6 +63,7 @@ __all__ = [
     "AlertIndex",
     "CrossCheck",
     "CrossCheckSettings",
+    "FeedbackTally",
     "InteractionGraph",
     "LabelStore",
 ]
@@ -215,6 +220,74 @@ class AlertIndex:
         return out
 
 
+class FeedbackTally:
+    """Per ``detector/kind``: accounts its alerts named (``flagged_accounts``), and of
+    those, how many have a latest label made at or after the account was first flagged
+    that is bad (``labelled_bad``) or ``cleared``; the same rule as the
+    ``detector_feedback`` view. Accounts are bounded (the least recently flagged go, and
+    their counts with them).
+
+    >>> from datetime import datetime, timezone
+    >>> t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    >>> labels = LabelStore(10)
+    >>> tally = FeedbackTally(labels, cap=10)
+    >>> tally.flagged("farm", "farm_group", ["a", "b"], 100.0)
+    >>> _ = labels.set(AccountLabel(kind="account_label", event_id="l", ts=t, account="a",
+    ...                             label="bot", source="ban"))
+    >>> tally.relabelled("a")
+    >>> tally.counts["farm/farm_group"]
+    {'flagged_accounts': 2, 'labelled_bad': 1, 'cleared': 0}
+    """
+
+    def __init__(self, labels: LabelStore, cap: int) -> None:
+        self.labels = labels
+        #: account -> {"detector/kind": first flagged (epoch s)}
+        self._first = _Lru(cap)
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def _status(self, account: str, since: float) -> str | None:
+        lab = self.labels.get(account)
+        if lab is None or lab.ts.timestamp() < since:
+            return None
+        return "labelled_bad" if lab.label in BAD_LABELS else "cleared"
+
+    def _add(self, key: str, account: str, since: float, sign: int) -> None:
+        c = self.counts.setdefault(key, {"flagged_accounts": 0, "labelled_bad": 0, "cleared": 0})
+        c["flagged_accounts"] += sign
+        st = self._status(account, since)
+        if st is not None:
+            c[st] += sign
+
+    def flagged(self, detector: str, kind: str, accounts: Iterable[str], first_seen: float) -> None:
+        key = f"{detector}/{kind}"
+        for acc in accounts:
+            keys: dict[str, float] | None = self._first.get(acc)
+            if keys is None:
+                keys = {}
+            old = keys.get(key)
+            if old is None or first_seen < old:
+                if old is not None:
+                    self._add(key, acc, old, -1)
+                keys[key] = first_seen
+                self._add(key, acc, first_seen, +1)
+            if len(self._first) >= self._first.cap and acc not in self._first:
+                gone, gone_keys = next(iter(self._first.items()))
+                for k, since in gone_keys.items():
+                    self._add(k, gone, since, -1)
+            self._first.touch(acc, keys)
+
+    def relabelled(self, account: str, before: AccountLabel | None = None) -> None:
+        """``account``'s latest label changed (``before``: its previous one)."""
+        keys: dict[str, float] | None = self._first.get(account)
+        for key, since in (keys or {}).items():
+            c = self.counts[key]
+            if before is not None and before.ts.timestamp() >= since:
+                c["labelled_bad" if before.label in BAD_LABELS else "cleared"] -= 1
+            st = self._status(account, since)
+            if st is not None:
+                c[st] += 1
+
+
 def handles(alert: Alert) -> list[str]:
     """The exits and name template an alert names (what a run of cleared accounts
     discounts): ``template:<t>`` from a farm group's subject, ``exit:<prefix>`` from a
@@ -251,6 +324,7 @@ class CrossCheck:
         self.labels = LabelStore(settings.max_labels)
         self.graph = InteractionGraph(settings.max_fanout, settings.max_graph_accounts)
         self.index = AlertIndex(settings.max_alerts, settings.alerts_per_account)
+        self.tally = FeedbackTally(self.labels, settings.max_labels)
         #: handle -> distinct cleared accounts (at most ``handle_cleared_min`` kept)
         self._cleared_on = _Lru(settings.max_handles)
 
@@ -262,8 +336,10 @@ class CrossCheck:
         if isinstance(ev, Interaction):
             self.graph.add(ev.account, ev.peer, ev.ts.timestamp(), ev.interaction)
             return []
+        before = self.labels.get(ev.account)
         if not self.labels.set(ev):
             return []
+        self.tally.relabelled(ev.account, before)
         affected = self.index.alerts_of(ev.account)
         if ev.label == "cleared":
             for alert in affected:
@@ -278,7 +354,8 @@ class CrossCheck:
 
     def enrich(self, alert: Alert) -> Alert:
         """``alert`` with its cross-check evidence and adjusted score (other kinds
-        unchanged); remembered for late labels."""
+        unchanged); remembered for late labels. Every alert is tallied."""
+        self.tally.flagged(alert.detector, alert.kind, alert.accounts, alert.first_seen.timestamp())
         if alert.kind not in CROSSCHECKED_KINDS:
             return alert
         return self._emit(alert, None)

@@ -42,6 +42,9 @@ class Stats:
     last_event_at: float | None = None
     last_group_at: float | None = None
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    #: "detector/kind" -> accounts its alerts named, later labelled bad, cleared (the
+    #: engine's live tally, see :class:`~pathsentry.detectors.crosscheck.FeedbackTally`)
+    detector_feedback: dict[str, dict[str, int]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     #: (produce time ms, produce-to-flag-stored ms, flag kind) of recent flags
     latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=500_000))
@@ -106,6 +109,24 @@ class Stats:
 _BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
+def _feedback_lines(w: str, tally: dict[str, dict[str, int]]) -> list[str]:
+    """Gauges of the online precision per detector and alert kind (the ``detector_feedback``
+    view's figures for this worker's alerts); precision only once an account is judged."""
+    lines = []
+    for metric in ("flagged_accounts", "labelled_bad", "cleared", "precision"):
+        lines.append(f"# TYPE pathsentry_feedback_{metric} gauge")
+        for key, c in sorted(tally.items()):
+            det, _, kind = key.partition("/")
+            value: float = c.get(metric, 0)
+            if metric == "precision":
+                judged = c["labelled_bad"] + c["cleared"]
+                if not judged:
+                    continue
+                value = round(c["labelled_bad"] / judged, 4)
+            lines.append(f'pathsentry_feedback_{metric}{{{w},detector="{det}",kind="{kind}"}} {value}')
+    return lines
+
+
 def prometheus_text(worker_id: str, s: Stats, *, clickhouse_healthy: bool, outbox_rows: int) -> str:
     """Prometheus exposition of the worker's counters, and of two live gauges: whether
     ClickHouse answers, and the rows waiting in the outbox."""
@@ -131,6 +152,7 @@ def prometheus_text(worker_id: str, s: Stats, *, clickhouse_healthy: bool, outbo
         f"pathsentry_outbox_rows{{{w}}} {outbox_rows}",
         "# TYPE pathsentry_produce_to_flag_ms histogram",
     ]
+    lines += _feedback_lines(w, s.detector_feedback)
     lat = sorted(v for _, v, _ in s.latencies_ms)
     for b in _BUCKETS_MS:
         lines.append(f'pathsentry_produce_to_flag_ms_bucket{{{w},le="{b}"}} {bisect.bisect_right(lat, b)}')

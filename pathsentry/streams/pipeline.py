@@ -78,6 +78,7 @@ class Pipeline(StatePersistence):
         self.ch = ch
         self.sink = ClickHouseSink(ch)
         self.stats = Stats()
+        self.stats.detector_feedback = engine.crosscheck.tally.counts  # live
         self.outbox = Outbox(
             self.sink,
             max_rows=config.clickhouse.buffer_rows,

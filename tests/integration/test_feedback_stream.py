@@ -86,3 +86,5 @@ def test_a_late_label_re_versions_the_alert_and_reaches_the_feedback_view(
         assert got[("latency", "vpn_relay")] == (1, 1, 0)
         alerted = {(a["detector"], a["kind"]) for a in alerts}
         assert set(got) == alerted and all(v == (1, 1, 0) for v in got.values())
+        tally = worker.stats()["detector_feedback"]  # the /metrics gauges agree
+        assert {tuple(k.split("/")): tuple(v.values()) for k, v in tally.items()} == got
