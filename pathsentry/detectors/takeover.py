@@ -10,7 +10,9 @@ flagged when it breaks that history in one of these ways:
 - ``new_device_new_country``: a device the account never used, from a country it never
   logged in from;
 - ``new_device_relay``: a device the account never used, through a connection the
-  relay detector flagged (``notes["relay"]["flagged"]``, when it runs before);
+  relay detector flagged (``notes["relay"]["flagged"]``, when it runs before) from a
+  public prefix the account never used (a relay verdict on the account's own line is
+  the relay detector's doubt, not a stranger's exit);
 - ``shared_device``: a device the account never used that is already used by more
   accounts than the learned ``device_quantile`` (0.999) of accounts per device, and at
   least ``min_device_accounts`` (5): one machine logging into many accounts;
@@ -126,6 +128,7 @@ class _History:
     oses: OrderedDict[str, float] = field(default_factory=OrderedDict)
     countries: OrderedDict[str, float] = field(default_factory=OrderedDict)
     asns: OrderedDict[int, float] = field(default_factory=OrderedDict)
+    prefixes: OrderedDict[str, float] = field(default_factory=OrderedDict)
     last_ts: float | None = None
     last_lat: float | None = None
     last_lon: float | None = None
@@ -137,6 +140,7 @@ class _History:
             "logins": self.logins,
             "devices": list(self.devices), "local_subnets": list(self.subnets),
             "oses": list(self.oses), "countries": list(self.countries), "asns": list(self.asns),
+            "prefixes": list(self.prefixes),
             "last_login": {
                 "ts": None if self.last_ts is None
                 else datetime.fromtimestamp(self.last_ts, UTC).isoformat(),
@@ -254,6 +258,7 @@ class TakeoverDetector(Detector):
             _remember(hist.countries, geo.country, ts, cap)
         if geo.asn is not None:
             _remember(hist.asns, geo.asn, ts, cap)
+        _remember(hist.prefixes, ev.prefix, ts, cap)
         hist.last_ts, hist.last_country, hist.last_device = ts, geo.country, device
         if geo.located:
             hist.last_lat, hist.last_lon = geo.lat, geo.lon
@@ -286,7 +291,7 @@ class TakeoverDetector(Detector):
         breaks: list[str] = []
         if new_device and new_country:
             breaks.append("new_device_new_country")
-        if new_device and relayed:
+        if new_device and relayed and ev.prefix not in hist.prefixes:
             breaks.append("new_device_relay")
         if new_device and device_accounts >= threshold:
             breaks.append("shared_device")

@@ -162,6 +162,7 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
                         "ttd_from_fifth_login_s": sorted(ttds)},
         "cells": {"planted": cells["positives"], "found": cells["positives"] - cells["fn"],
                   "alerts": cells["flagged"], "right": cells["tp"]},
+        "crosscheck": report.get("crosscheck", {}),
     })
 
 
@@ -215,13 +216,15 @@ def _prune(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _one(job: tuple[int, int, float, str | None, str | None]) -> dict[str, Any]:
+def _one(job: tuple[int, int, float, str | None, str | None, bool]) -> dict[str, Any]:
     """Simulate, replay and score one world (runs in a worker process)."""
     from pathsentry.sim.evaluate import evaluate_world
+    from pathsentry.sim.social import with_social
     from pathsentry.sim.world import write_world
 
-    seed, accounts, hours, start, keep = job
-    spec = world_spec(seed, accounts, hours, draw_params(seed, hours),
+    seed, accounts, hours, start, keep, social = job
+    drawn = draw_params(seed, hours)
+    spec = world_spec(seed, accounts, hours, with_social(drawn) if social else drawn,
                       datetime.fromisoformat(start) if start else None)
     params = spec.params
     with tempfile.TemporaryDirectory(prefix=f"pathsentry-world-{seed}-") as tmp:
@@ -234,13 +237,15 @@ def _one(job: tuple[int, int, float, str | None, str | None]) -> dict[str, Any]:
 
 
 def evaluate_worlds(n: int, seed: int, accounts: int, hours: float, *, jobs: int | None = None,
-                    start: datetime | None = None, keep_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate ``n`` randomized worlds; returns ``{"worlds", "pooled", "worst"}``."""
+                    start: datetime | None = None, keep_dir: str | Path | None = None,
+                    social: bool = False) -> dict[str, Any]:
+    """Evaluate ``n`` randomized worlds (``social``: with the social layer); returns
+    ``{"worlds", "pooled", "worst"}``."""
     if n < 1:
         raise ValueError("--worlds: at least one world")
     jobs = max(1, min(n, jobs or os.cpu_count() or 1))
     plan = [(seed + i, accounts, hours, start.isoformat() if start else None,
-             str(keep_dir) if keep_dir else None) for i in range(n)]
+             str(keep_dir) if keep_dir else None, social) for i in range(n)]
     if jobs == 1:
         worlds = [_one(j) for j in plan]
     else:

@@ -30,7 +30,8 @@ _n = 0
 
 
 def login(det: TakeoverDetector, account: str, hours: float, device: str | None, geo: GeoInfo, *,
-          os: str = "android", local_ip: str = "192.168.0.10", relay: bool = False) -> Findings | None:
+          os: str = "android", local_ip: str = "192.168.0.10", relay: bool = False,
+          prefix: str = "198.51.100.0/24") -> Findings | None:
     global _n
     _n += 1
     client: dict[str, Any] = {"os": os, "local_ip": local_ip}
@@ -40,7 +41,7 @@ def login(det: TakeoverDetector, account: str, hours: float, device: str | None,
                       "ts": (T0 + timedelta(hours=hours)).isoformat(), "account": account,
                       "session_id": f"s{_n}", "server_id": "kr-sel-1", "app_rtt_ms": [5.0],
                       "client": client})
-    e = Enriched(ev, geo, "198.51.100.0/24")
+    e = Enriched(ev, geo, prefix)
     if relay:
         e.notes["relay"] = {"score": 0.9, "flagged": True, "exit_prefix": e.prefix, "gap_ms": 40.0}
     return det.process(e)
@@ -81,7 +82,14 @@ def test_new_device_from_a_new_country_is_flagged_with_the_history_it_broke() ->
 def test_new_device_through_a_relay_is_flagged() -> None:
     det = detector()
     history(det, "hero")
-    assert breaks(login(det, "hero", 200.0, "pc-77", SEOUL, relay=True)) == ["new_device_relay"]
+    assert breaks(login(det, "hero", 200.0, "pc-77", SEOUL, relay=True,
+                        prefix="203.0.113.0/24")) == ["new_device_relay"]
+
+
+def test_a_relay_verdict_on_the_accounts_own_line_is_not_a_takeover() -> None:
+    det = detector()
+    history(det, "hero")
+    assert not login(det, "hero", 200.0, "phone-2", SEOUL, relay=True)  # the home prefix
 
 
 def test_impossible_travel_on_another_device_within_one_country() -> None:
