@@ -57,6 +57,7 @@ False
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, ip_network
@@ -135,6 +136,22 @@ class _History:
     last_country: str | None = None
     last_device: str | None = None
 
+    _MAPS = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
+
+    def row(self) -> dict[str, Any]:
+        """A JSON snapshot (``summary`` is for people, this is for restarts)."""
+        return {"logins": self.logins, **{m: list(getattr(self, m).items()) for m in self._MAPS},
+                "last": [self.last_ts, self.last_lat, self.last_lon, self.last_country,
+                         self.last_device]}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> _History:
+        h = cls(logins=int(row.get("logins", 0)))
+        for m in cls._MAPS:
+            getattr(h, m).update((k, float(t)) for k, t in row.get(m, []))
+        h.last_ts, h.last_lat, h.last_lon, h.last_country, h.last_device = row.get("last", [None] * 5)
+        return h
+
     def summary(self) -> dict[str, Any]:
         return {
             "logins": self.logins,
@@ -160,6 +177,9 @@ class _DeviceAccounts:
         self.per_device = max(2, per_device)
         #: hist[n] = devices with n accounts (n <= per_device)
         self.hist = [0] * (self.per_device + 1)
+
+    def items(self) -> Iterator[tuple[str, OrderedDict[str, None]]]:
+        return iter(self._devices.items())
 
     def count(self, device: str) -> int:
         accs = self._devices.get(device)
@@ -243,6 +263,38 @@ class TakeoverDetector(Detector):
         if found is None:
             self._learn(hist, device, subnet, os_name, ev, ts)
         return found
+
+    # -- snapshots: the account histories and the devices' accounts ---------------
+
+    def state(self) -> dict[str, Any]:
+        return {"version": 1,
+                "accounts": [[a, h.row()] for a, h in self._accounts.items()],
+                "devices": [[d, list(accs)] for d, accs in self._devices.items()]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            return
+        self._accounts.clear()
+        self._devices = _DeviceAccounts(self.settings.max_devices,
+                                        self.settings.max_accounts_per_device)
+        self.load_learned(state)
+
+    def learned_state(self) -> dict[str, Any]:
+        """Account histories are what this detector learns from the traffic: a worker
+        starting cold takes another's."""
+        return self.state()
+
+    def load_learned(self, state: dict[str, Any]) -> None:
+        """The histories and devices this detector does not know yet (its own stay)."""
+        if state.get("version") != 1:
+            return
+        for account, row in state.get("accounts", []):
+            if account not in self._accounts and len(self._accounts) < self.settings.max_accounts:
+                self._accounts[account] = _History.from_row(row)
+        for device, accounts in state.get("devices", []):
+            if not self._devices.count(device):
+                for acc in accounts:
+                    self._devices.add(device, acc)
 
     def _learn(self, hist: _History, device: str | None, subnet: str | None,
                os_name: str | None, ev: Enriched, ts: float) -> None:

@@ -223,7 +223,8 @@ class SocialLayer:
             for ts, ev, tr in self.world.builder.session(s.acct, s.t, s.n, rng):
                 if s.label is not None:
                     tr = {**tr, "label": s.label, "klass": s.label, "expect": []}
-                if ev["kind"] == "login" and s.expect_login:
+                if ev["kind"] == "login" and s.expect_login and ev.get("outcome") == "success":
+                    # a failed attempt takes nothing over
                     tr = {**tr, "expect": list(s.expect_login)}
                 order += 1
                 yield ts, order, ev, tr

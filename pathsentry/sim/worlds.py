@@ -334,6 +334,7 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
     rows += [["all benign", det, v["negatives"], v["flagged"], v["fpr"],
               _w(bad.get("benign", {}).get(det), "fpr")] for det, v in pooled["benign"].items()]
     lines += _rows(["class", "detector", "negatives", "flagged", "FPR", "worst FPR"], rows)
+    lines += _crosscheck_lines(pooled.get("crosscheck") or {})
     worst_seeds = sorted({v["seed"] for v in _leaves(bad)})
     lines += ["", "## Worlds that hold a worst value", ""]
     by_seed = {w["seed"]: w for w in worlds}
@@ -342,6 +343,21 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
                      f"{result['accounts']} --hours {result['hours']:g} --out DIR`): "
                      f"{_summary(by_seed[s]['params'])}")
     return "\n".join(lines) + "\n"
+
+
+def _crosscheck_lines(cc: dict[str, Any]) -> list[str]:
+    """What the cross-checks added (worlds with the social layer): alerts carrying them,
+    and the precision of high-severity alerts on the detector's score and after."""
+    rows = [[kind, c["alerts"], c["with_crosscheck"], c["with_labelled"], c["with_traded"],
+             _f(c["high_before"].get("precision")), _f(c["high_after"].get("precision")),
+             c["high_before"]["tp"] + c["high_before"]["fp"], c["high_after"]["tp"] + c["high_after"]["fp"]]
+            for kind, c in sorted(cc.items()) if c.get("alerts")]
+    if not rows:
+        return []
+    header = ["alert kind", "alerts", "cross-checked", "with labelled members",
+              "with members that dealt with labelled accounts", "high-severity precision (detector)",
+              "high-severity precision (cross-checked)", "high (detector)", "high (cross-checked)"]
+    return ["", "## Cross-checks with the game's labels and interactions", "", *_rows(header, rows)]
 
 
 def _leaves(block: dict[str, Any]) -> Iterable[dict[str, Any]]:

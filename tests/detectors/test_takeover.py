@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -205,3 +206,18 @@ def test_the_engine_runs_the_takeover_detector_after_the_relay_detector() -> Non
         "app_rtt_ms": [300.0], "client": {"device_id": "pc-x"}}))
     (flag,) = [f for f in out.flags if f.kind == "account_takeover"]
     assert "new_device_new_country" in flag.evidence["breaks"]
+
+
+def test_histories_survive_a_restart_and_reach_a_cold_worker() -> None:
+    det = detector()
+    history(det, "hero")
+    for member in ("dad", "mom", "kid"):
+        history(det, member, device="family-pc")
+    snap = json.loads(json.dumps(det.state()))  # what the snapshot file holds
+    restarted, cold = detector(), detector()
+    restarted.load_state(snap)
+    cold.load_learned(json.loads(json.dumps(det.learned_state())))
+    for d in (restarted, cold):
+        assert d._devices.count("family-pc") == 3
+        assert not login(d, "hero", 200.0, "phone-2", BUSAN)  # still a known history
+        assert breaks(login(d, "hero", 201.0, "pc-77", SAO_PAULO))[0] == "new_device_new_country"
