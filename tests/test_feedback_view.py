@@ -101,3 +101,53 @@ def test_detector_feedback_counts_later_labels_per_detector_and_kind(chdb_dir: P
         in text
     assert 'pathsentry_feedback_labelled_bad{worker="w1",detector="latency",kind="vpn_relay"} 1' \
         in text
+
+
+def test_view_and_tally_match_a_simulated_worlds_labels(chdb_dir: Path, tmp_path: Path) -> None:
+    from pathsentry.config import load_config
+    from pathsentry.engine import Engine
+    from pathsentry.replay import replay
+    from pathsentry.schemas import BAD_LABELS, parse_feedback
+    from pathsentry.sim.params import draw_params
+    from pathsentry.sim.social import with_social
+    from pathsentry.sim.world import write_world
+    from pathsentry.sim.worlds import world_spec
+
+    write_world(world_spec(5, 600, 3.0, with_social(draw_params(5, 3.0))), tmp_path)
+    engine = Engine(load_config(tmp_path / "pathsentry.toml", env={}))
+    res = replay([tmp_path / "events.jsonl"], engine.config, engine)
+    labels = [lb for line in (tmp_path / "events.jsonl").open("rb") if b'"account_label"' in line
+              for lb in [parse_feedback(line)] if isinstance(lb, AccountLabel)]
+    ch = connect(f"chdb://{chdb_dir}")
+    ch.apply_ddl(3650)  # the world is dated months ago: keep its rows
+    sink = ClickHouseSink(ch)
+
+    async def run() -> None:
+        await sink.write([], list(res.alerts.values()))
+        await sink.write_labels(labels)
+
+    asyncio.run(run())
+    _, rows = ch.query("SELECT detector, kind, flagged_accounts, labelled_bad, cleared "
+                       "FROM pathsentry.detector_feedback")
+    view = {f"{r[0]}/{r[1]}": {"flagged_accounts": r[2], "labelled_bad": r[3], "cleared": r[4]}
+            for r in rows}
+    assert view == engine.crosscheck.tally.counts
+    # and both say what the world's labels say: the latest label per account, made after
+    # the account's first alert
+    latest: dict[str, AccountLabel] = {}
+    for lb in labels:
+        if lb.account not in latest or lb.ts >= latest[lb.account].ts:
+            latest[lb.account] = lb
+    first: dict[tuple[str, str], dict[str, datetime]] = {}
+    for a in res.alerts.values():
+        for acc in a.accounts:
+            per = first.setdefault((a.detector, a.kind), {})
+            per[acc] = min(per.get(acc, a.first_seen), a.first_seen)
+    for (det, kind), accs in first.items():
+        later = [latest[acc] for acc, t in accs.items() if acc in latest and latest[acc].ts >= t]
+        assert view[f"{det}/{kind}"] == {
+            "flagged_accounts": len(accs),
+            "labelled_bad": sum(lb.label in BAD_LABELS for lb in later),
+            "cleared": sum(lb.label == "cleared" for lb in later)}
+    assert view["farm/farm_group"]["labelled_bad"] > 0
+    assert view["takeover/account_takeover"]["labelled_bad"] > 0
