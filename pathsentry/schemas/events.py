@@ -191,6 +191,12 @@ class HttpProbe(_Base):
     ttl: ObservedTtl | None = None
     retransmits: Annotated[int, Field(ge=0)] | None = None
     seq_conflict: bool | None = None
+    #: What the bytes were, when the reporter could tell (the passive sensor always
+    #: does): ``http``, ``websocket``, ``tls`` (also on a plaintext port) or ``other``
+    #: (neither; reported only with a sequence conflict, ``scheme`` then from the port).
+    protocol: Literal["http", "websocket", "tls", "other"] | None = None
+    #: The HTTP request method (``request`` only tells an upgrade from the rest).
+    method: Annotated[str, Field(min_length=1, max_length=32)] | None = None
     reporter: Literal["client", "edge", "sensor"] = "client"
     account: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 

@@ -1,20 +1,27 @@
 """``pathsentry sensor PCAP... [--to-kafka | --out FILE]``.
 
 Without ``--to-kafka`` or ``--out`` the events are written to standard output as
-JSONL.
+JSONL. Several captures are read as one, in time order, whatever order they are
+given in. A capture that cannot be read (not pcap/pcapng, a link type not decoded)
+stops the run before any event, with the reason; frames skipped (not TCP,
+fragments, encapsulations not decoded) and flows the contract cannot carry are
+counted on standard error.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from typing import IO, Any
 
 import orjson
 
 from pathsentry.config import load_config
+from pathsentry.sensor.decode import CaptureError
 from pathsentry.sensor.flows import IDLE_TIMEOUT_S, SensorSettings, capture_events
+from pathsentry.sensor.reader import check_captures
 
 __all__ = ["register"]
 
@@ -29,7 +36,20 @@ def _write_jsonl(events: Iterable[dict[str, Any]], fh: IO[bytes]) -> int:
 
 def cmd_sensor(args: argparse.Namespace) -> int:
     settings = SensorSettings(idle_timeout_s=args.idle_timeout)
-    events = capture_events(args.pcaps, settings)
+    skipped: Counter[str] = Counter()
+    try:
+        check_captures(args.pcaps)  # before any output is opened
+        _run(args, capture_events(args.pcaps, settings, skipped))
+    except CaptureError as e:
+        print(f"pathsentry sensor: {e}", file=sys.stderr)
+        return 2
+    if skipped:
+        counts = ", ".join(f"{reason} {n}" for reason, n in skipped.most_common())
+        print(f"skipped: {counts}", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace, events: Iterable[dict[str, Any]]) -> None:
     if args.to_kafka:
         from pathsentry.streams.producer import produce_stream
 
@@ -41,15 +61,15 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         print(f"wrote {n} http_probe events to {args.out}", file=sys.stderr)
     else:
         _write_jsonl(events, sys.stdout.buffer)
-    return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "sensor",
         help="passive sensor: pcap/pcapng captures to http_probe events",
-        description="Reassemble TCP per flow and report each HTTP / WebSocket / TLS "
-        "exchange as a contract-v1 http_probe event.",
+        description="Read the captures as one, in time order; reassemble TCP per flow and "
+        "report each HTTP / WebSocket exchange, each TLS connection and any other "
+        "connection holding a sequence conflict as a contract-v1 http_probe event.",
     )
     p.add_argument("pcaps", nargs="+", metavar="PCAP", help="pcap or pcapng capture files")
     dest = p.add_mutually_exclusive_group()

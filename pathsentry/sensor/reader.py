@@ -1,8 +1,12 @@
-"""Read TCP segments out of pcap / pcapng captures (dpkt).
+"""Read TCP segments out of pcap / pcapng captures (dpkt), one file or many.
 
-Link layers: Ethernet (with VLAN tags), raw IP, IPv4/IPv6 link types, Linux
-cooked capture (v1 and v2) and BSD loopback. Non-TCP packets, fragments and
-frames that do not decode are skipped and counted.
+Several files are read as **one capture in time order**, whatever order they are
+given in (a shell glob puts ``cap10.pcap`` before ``cap9.pcap``): the files are
+sorted by their first timestamp and merged packet by packet on time, with only
+the files that overlap the current time open. Within a file, capture order is
+kept. pcapng is read by :mod:`pathsentry.sensor.pcapng` (each packet with its own
+interface's link type); frame decoding (link layers, tunnels) is
+:mod:`pathsentry.sensor.decode`.
 
 >>> import dpkt, io
 >>> tcp = dpkt.tcp.TCP(sport=40000, dport=80, seq=7, flags=dpkt.tcp.TH_SYN)
@@ -18,109 +22,127 @@ frames that do not decode are skipped and counted.
 
 from __future__ import annotations
 
-import socket
+import heapq
+import itertools
+import struct
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import IO, Any
+from collections.abc import Iterable, Iterator
+from typing import IO
 
 import dpkt
 
-__all__ = ["Segment", "iter_segments", "open_capture"]
+from pathsentry.sensor.decode import (
+    LINK_TYPES,
+    CaptureError,
+    Segment,
+    check_linktype,
+    decode_frame,
+)
+from pathsentry.sensor.pcapng import PcapngReader
+
+__all__ = [
+    "CaptureError",
+    "Segment",
+    "check_captures",
+    "iter_segments",
+    "merged_segments",
+    "open_capture",
+]
 
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
-_ETHERNET = {1}
-_RAW = {12, 14, 101, 228, 229}
-_SLL, _SLL2 = 113, 276
-_LOOPBACK = {0, 108}
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One TCP segment as the capture point saw it."""
+class _Pcap:
+    """A classic pcap file as ``(ts, link type, frame)`` (one link type per file)."""
 
-    ts: float
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    ttl: int
-    seq: int
-    ack: int
-    flags: int
-    payload: bytes
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.reader = dpkt.pcap.Reader(fh)
 
-    @property
-    def syn(self) -> bool:
-        return bool(self.flags & dpkt.tcp.TH_SYN)
+    def datalink(self) -> int:
+        return int(self.reader.datalink())
 
-    @property
-    def has_ack(self) -> bool:
-        return bool(self.flags & dpkt.tcp.TH_ACK)
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & dpkt.tcp.TH_FIN)
-
-    @property
-    def rst(self) -> bool:
-        return bool(self.flags & dpkt.tcp.TH_RST)
+    def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
+        linktype = self.datalink()
+        for ts, frame in self.reader:
+            yield float(ts), linktype, frame
 
 
-def open_capture(fh: IO[bytes]) -> Any:
-    """A dpkt reader for ``fh``, pcap or pcapng by magic number."""
+def open_capture(fh: IO[bytes], source: str = "capture") -> _Pcap | PcapngReader:
+    """A reader of ``(ts, link type, frame)`` for ``fh``, pcap or pcapng by magic
+    number; the (first) link type checked."""
     magic = fh.read(4)
     fh.seek(0)
-    return dpkt.pcapng.Reader(fh) if magic == PCAPNG_MAGIC else dpkt.pcap.Reader(fh)
+    try:
+        reader = PcapngReader(fh) if magic == PCAPNG_MAGIC else _Pcap(fh)
+    except (ValueError, struct.error, dpkt.UnpackError) as e:
+        raise CaptureError(f"{source}: not a pcap or pcapng capture ({e})") from None
+    check_linktype(reader.datalink(), source)
+    return reader
 
 
-def _ip_layer(linktype: int, frame: bytes) -> Any:
-    if linktype in _ETHERNET:
-        return dpkt.ethernet.Ethernet(frame).data
-    if linktype == _SLL:
-        return dpkt.sll.SLL(frame).data
-    if linktype == _SLL2:
-        return dpkt.sll2.SLL2(frame).data
-    if linktype in _LOOPBACK:
-        return dpkt.loopback.Loopback(frame).data
-    if linktype in _RAW and frame:
-        return dpkt.ip6.IP6(frame) if frame[0] >> 4 == 6 else dpkt.ip.IP(frame)
-    return None
-
-
-def _segment(ts: float, ip: Any) -> Segment | None:
-    if isinstance(ip, dpkt.ip.IP):
-        if ip.p != dpkt.ip.IP_PROTO_TCP or ip.mf or ip.offset:
-            return None
-        family, ttl = socket.AF_INET, ip.ttl
-    elif isinstance(ip, dpkt.ip6.IP6):
-        if getattr(ip, "p", ip.nxt) != dpkt.ip.IP_PROTO_TCP:
-            return None
-        family, ttl = socket.AF_INET6, ip.hlim
-    else:
-        return None
-    tcp = ip.data
-    if not isinstance(tcp, dpkt.tcp.TCP):
-        return None
-    return Segment(
-        ts=float(ts), src=socket.inet_ntop(family, ip.src), sport=tcp.sport,
-        dst=socket.inet_ntop(family, ip.dst), dport=tcp.dport, ttl=int(ttl),
-        seq=tcp.seq, ack=tcp.ack, flags=tcp.flags, payload=bytes(tcp.data),
-    )
-
-
-def iter_segments(fh: IO[bytes], skipped: Counter[str] | None = None) -> Iterator[Segment]:
-    """Every TCP segment of a capture, in capture order."""
+def iter_segments(fh: IO[bytes], skipped: Counter[str] | None = None,
+                  source: str = "capture") -> Iterator[Segment]:
+    """Every TCP segment of one capture, in capture order; the rest counted in ``skipped``
+    (packets of a further pcapng interface whose link type is not decoded by it)."""
     skipped = skipped if skipped is not None else Counter()
-    reader = open_capture(fh)
-    linktype = int(reader.datalink())
-    for ts, frame in reader:
-        try:
-            seg = _segment(ts, _ip_layer(linktype, frame))
-        except (dpkt.UnpackError, ValueError, IndexError):
-            skipped["undecodable"] += 1
+    for ts, linktype, frame in open_capture(fh, source):
+        if linktype not in LINK_TYPES:
+            skipped[f"link_type_{linktype}_not_decoded"] += 1
             continue
-        if seg is None:
-            skipped["not_tcp"] += 1
+        seg = decode_frame(ts, linktype, frame)
+        if isinstance(seg, str):
+            skipped[seg] += 1
             continue
         yield seg
+
+
+def _first_ts(path: str) -> float:
+    """The timestamp of the first packet of ``path`` (inf if none); checks the file."""
+    try:
+        with open(path, "rb") as fh:
+            for ts, _linktype, _frame in open_capture(fh, path):
+                return ts
+    except OSError as e:
+        raise CaptureError(f"{path}: {e.strerror or e}") from None
+    return float("inf")
+
+
+def check_captures(paths: Iterable[str]) -> None:
+    """Raise :class:`CaptureError` for the first file that cannot be read."""
+    for path in paths:
+        _first_ts(path)
+
+
+def _file_segments(path: str, skipped: Counter[str]) -> Iterator[Segment]:
+    with open(path, "rb") as fh:
+        yield from iter_segments(fh, skipped, path)
+
+
+def merged_segments(paths: Iterable[str],
+                    skipped: Counter[str] | None = None) -> Iterator[Segment]:
+    """The TCP segments of several captures merged on time, whatever the file order.
+
+    Every file is checked (format, link type) before the first segment is
+    yielded, so an unreadable file fails the run up front.
+    """
+    skipped = skipped if skipped is not None else Counter()
+    files = sorted((_first_ts(p), i, p) for i, p in enumerate(paths))
+    tie = itertools.count()
+    heap: list[tuple[float, int, Segment, Iterator[Segment]]] = []
+    pending = iter(files)
+    upcoming = next(pending, None)
+    while heap or upcoming is not None:
+        # open every file that starts before the earliest segment waiting
+        while upcoming is not None and (not heap or upcoming[0] <= heap[0][0]):
+            it = _file_segments(upcoming[2], skipped)
+            seg = next(it, None)
+            if seg is not None:
+                heapq.heappush(heap, (seg.ts, next(tie), seg, it))
+            upcoming = next(pending, None)
+        if not heap:
+            continue
+        _, _, seg, it = heapq.heappop(heap)
+        yield seg
+        nxt = next(it, None)
+        if nxt is not None:
+            heapq.heappush(heap, (nxt.ts, next(tie), nxt, it))

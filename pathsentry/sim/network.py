@@ -212,6 +212,7 @@ class Network:
     seed: int
     access_scale: float = 1.0  # multiplies every prefix's base access latency
     jitter_scale: float = 1.0  # multiplies every access technology's per-sample jitter
+    kind_scale: dict[str, tuple[float, float]] = field(default_factory=dict)  # per technology, on top
     prefixes: list[Prefix] = field(default_factory=list)
     _next: dict[int, int] = field(default_factory=dict)
     _infra: dict[tuple[int, str], str] = field(default_factory=dict)
@@ -230,13 +231,15 @@ class Network:
     def new_prefix(self, asys: AutonomousSystem, city: str, access: str,
                    access_ms: float | None = None) -> Prefix:
         prof = ACCESS[access]
-        if self.jitter_scale != 1.0:
-            prof = replace(prof, jitter=prof.jitter * self.jitter_scale)
+        lat_x, jit_x = self.kind_scale.get(access, (1.0, 1.0))
+        lat_x, jit_x = lat_x * self.access_scale, jit_x * self.jitter_scale
+        if jit_x != 1.0:
+            prof = replace(prof, jitter=prof.jitter * jit_x)
         rng = random.Random(f"{self.seed}:prefix:{asys.asn}:{self._next.get(asys.asn, 0)}")
         place = PLACES[city]
         spread = 0.02 if access in ("datacenter", "relay") else 0.08
         point = Point(place.lat + rng.uniform(-spread, spread), place.lon + rng.uniform(-spread, spread))
-        base = access_ms if access_ms is not None else rng.uniform(prof.low, prof.high) * self.access_scale
+        base = access_ms if access_ms is not None else rng.uniform(prof.low, prof.high) * lat_x
         p = Prefix(self._alloc24(asys), asys, city, point, prof, round(base, 3))
         self.prefixes.append(p)
         return p

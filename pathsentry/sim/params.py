@@ -18,8 +18,10 @@ application ping            per server: fixed processing cost 0-10 ms; tick none
                             or 8-100 ms, each sample waiting a uniform phase of it;
                             1-10 samples per login (lower bound 1-4); ``tcp_rtt_ms``
                             missing for 0-30 % of clients (none in 30 % of worlds)
-access                      per-prefix access latency x0.6-1.8, jitter x0.5-3.0,
-                            path inflation from [1.2-1.8] to +0.5-1.5 above that
+access                      per world: access latency x0.8-1.3, jitter x0.6-2.0; per
+                            access technology (FTTH, cable, DSL, LTE, …) on top: latency
+                            x0.7-1.4, jitter x0.6-1.8; path inflation from [1.2-1.8]
+                            to +0.5-1.5 above that
 populations                 each benign class's count x0.5-2.0; 0-4 crowds of honest
                             players sharing a popular name stem; load curve peaking at
                             18-23 h KST with a night floor of 5-30 % of the peak
@@ -91,6 +93,9 @@ BENIGN_CLASSES: tuple[str, ...] = (
     "pc_bang", "campus", "cgnat", "lte", "cloud_gaming", "rural_dsl", "game_relay",
     "family_names", "squatted_hop",
 )
+#: Access technologies whose latency and jitter a world scales (see :mod:`pathsentry.sim.physics`).
+ACCESS_KINDS: tuple[str, ...] = ("ftth", "cable", "dsl", "rural_dsl", "lte", "campus", "business",
+                                 "datacenter")
 #: ISPs that may run an injecting box (sim network names).
 INJECTOR_ISPS: tuple[str, ...] = ("KT", "SKB", "LGU", "SKT")
 _SERVERS = ("kr-sel-1", "kr-pus-1", "kr-dje-1", "jp-tyo-1")
@@ -162,6 +167,7 @@ class WorldParams:
     tcp_missing: float = 0.0
     access_scale: float = 1.0
     jitter_scale: float = 1.0
+    access_kinds: tuple[tuple[str, float, float], ...] = ()  # (technology, latency x, jitter x)
     inflation: tuple[float, float] = (1.5, 2.5)
     class_scale: tuple[tuple[str, float], ...] = ()
     popular_stems: int = 0
@@ -213,6 +219,8 @@ class WorldParams:
                 kw[k] = None if v is None else tuple(
                     FarmParams(**{**f, "pace_s": tuple(f["pace_s"]),
                                   "burst_every_h": tuple(f["burst_every_h"])}) for f in v)
+            elif k == "access_kinds":
+                kw[k] = tuple((str(a), float(b), float(c)) for a, b, c in v)
             elif k == "class_scale":
                 kw[k] = tuple((str(a), float(b)) for a, b in (v.items() if isinstance(v, dict) else v))
             elif k in ("app_extra_ms", "app_samples", "inflation", "diurnal"):
@@ -339,7 +347,9 @@ def draw_params(seed: int, hours: float = 24.0) -> WorldParams:
         app_extra_ms=(0.05, round(rng.uniform(0.3, 1.5), 2)),
         app_samples=(s_lo, rng.randint(max(s_lo, 2), 10)),
         tcp_missing=0.0 if rng.random() < 0.3 else round(rng.uniform(0.0, 0.3), 3),
-        access_scale=round(rng.uniform(0.6, 1.8), 3), jitter_scale=round(rng.uniform(0.5, 3.0), 3),
+        access_scale=round(rng.uniform(0.8, 1.3), 3), jitter_scale=round(rng.uniform(0.6, 2.0), 3),
+        access_kinds=tuple((kind, round(rng.uniform(0.7, 1.4), 3), round(rng.uniform(0.6, 1.8), 3))
+                           for kind in ACCESS_KINDS),
         inflation=(round(infl_lo, 3), round(infl_lo + rng.uniform(0.5, 1.5), 3)),
         class_scale=tuple((k, round(rng.uniform(0.5, 2.0), 2)) for k in BENIGN_CLASSES),
         popular_stems=rng.randint(0, 4), diurnal=_diurnal(rng),

@@ -87,7 +87,8 @@ class _Planner:
         self.rng = random.Random(f"{spec.seed}:plan")
         self.params: WorldParams = spec.params
         self.net = Network(spec.seed, access_scale=spec.params.access_scale,
-                           jitter_scale=spec.params.jitter_scale)
+                           jitter_scale=spec.params.jitter_scale,
+                           kind_scale={k: (a, j) for k, a, j in spec.params.access_kinds})
         self.names = NameBook(random.Random(f"{spec.key}:names"))
         self.accounts: list[Account] = []
         self.pools: dict[tuple[int, str, str], list[Prefix]] = {}

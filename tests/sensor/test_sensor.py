@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
-from scapy.packet import Packet
-from scapy.utils import PcapNgWriter, wrpcap
 
 from pathsentry.cli import main
 from pathsentry.config import load_config
@@ -23,9 +18,8 @@ from pathsentry.enrich import GeoResolver
 from pathsentry.enrich.enricher import Enricher
 from pathsentry.schemas import HttpProbe, parse_event
 from pathsentry.sensor import FlowTable, SensorSettings, Stream, capture_events, iter_segments
+from tests.sensor.support import CLIENT, SERVER, Conversation, frames, write
 
-CLIENT, SERVER = "10.0.0.5", "104.16.0.1"
-T0 = 1_785_000_000.0
 UPGRADE = (b"GET /socket HTTP/1.1\r\nHost: ws.example.com\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
            b"Sec-WebSocket-Version: 13\r\n\r\n")
@@ -40,57 +34,13 @@ CLIENT_HELLO = b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03" + bytes(197)
 SERVER_HELLO = b"\x16\x03\x03\x00\x5a\x02\x00\x00\x56\x03\x03" + bytes(1400)
 
 
-@dataclass
-class Conversation:
-    """One TCP connection as a capture point near the client sees it."""
-
-    cport: int
-    sport: int
-    server_ttl: int = 52
-    c_isn: int = 1_000
-    s_isn: int = 5_000
-    packets: list[Packet] = field(default_factory=list)
-
-    def _add(self, t: float, from_client: bool, flags: str, seq: int, ack: int,
-             payload: bytes = b"", ttl: int | None = None) -> Conversation:
-        src, dst = (CLIENT, SERVER) if from_client else (SERVER, CLIENT)
-        sp, dp = (self.cport, self.sport) if from_client else (self.sport, self.cport)
-        ip_ttl = 64 if from_client else (ttl or self.server_ttl)
-        pkt = Ether() / IP(src=src, dst=dst, ttl=ip_ttl) / TCP(
-            sport=sp, dport=dp, flags=flags, seq=seq, ack=ack) / payload
-        pkt.time = T0 + t
-        self.packets.append(pkt)
-        return self
-
-    def handshake(self, t: float = 0.0, rtt: float = 0.012) -> Conversation:
-        self._add(t, True, "S", self.c_isn, 0)
-        self._add(t + rtt, False, "SA", self.s_isn, self.c_isn + 1)
-        return self._add(t + rtt + 0.0001, True, "A", self.c_isn + 1, self.s_isn + 1)
-
-    def client(self, t: float, data: bytes, at: int = 0) -> Conversation:
-        return self._add(t, True, "PA", self.c_isn + 1 + at, self.s_isn + 1, data)
-
-    def server(self, t: float, data: bytes, at: int = 0, ttl: int | None = None,
-               flags: str = "PA") -> Conversation:
-        return self._add(t, False, flags, self.s_isn + 1 + at, self.c_isn + 1, data, ttl)
-
-
 PcapFactory = Callable[..., Path]
 
 
 @pytest.fixture
 def write_pcap(tmp_path: Path) -> PcapFactory:
     def f(*convs: Conversation, name: str = "capture.pcap", ng: bool = False) -> Path:
-        pkts = sorted((p for c in convs for p in c.packets), key=lambda p: float(p.time))
-        path = tmp_path / name
-        if ng:
-            w = PcapNgWriter(str(path))
-            for p in pkts:
-                w.write(p)
-            w.close()
-        else:
-            wrpcap(str(path), pkts)
-        return path
+        return write(tmp_path / name, frames(convs), ng)
     return f
 
 
@@ -157,7 +107,8 @@ def test_genuine_upgrade(write_pcap: PcapFactory) -> None:
         "server_header": "cloudflare", "body_sha256": None, "body_len": 0,
         "connect_ms": 12.0, "ttfb_ms": 12.5, "ttl": {"syn_ack": 52, "response": 52},
         "retransmits": 0, "seq_conflict": False, "reporter": "sensor",
-        "flow": f"{CLIENT}:50000>{SERVER}:80",
+        "flow": f"{CLIENT}:50000>{SERVER}:80", "exchange": 0,
+        "method": "GET", "protocol": "websocket",
     }
     assert flagged([ev]) == set()
 
@@ -218,6 +169,15 @@ def test_stream_sequence_wraparound_and_keepalive() -> None:
     s.add((1 << 32) - 3, b"abc", ts=0.1, ttl=60)
     s.add(0, b"def", ts=0.2, ttl=60)  # wrapped past 2**32
     assert (bytes(s.contiguous()), s.retransmits, s.conflict) == (b"abcdef", 0, False)
+
+
+def test_keepalive_probe_with_a_garbage_byte_is_not_a_conflict() -> None:
+    s = Stream(base=0)
+    s.add(0, b"GET / HTTP/1.1\r\n\r\n", ts=0.0, ttl=64)
+    s.add(17, b"\x00", ts=45.0, ttl=64)  # Windows: one byte at the next expected - 1
+    assert (bytes(s.contiguous()), s.retransmits, s.conflict) == (b"GET / HTTP/1.1\r\n\r\n", 0, False)
+    s.add(16, b"X\x00", ts=46.0, ttl=64)  # two bytes, one of them different: a conflict
+    assert (s.retransmits, s.conflict) == (1, True)
 
 
 def test_stream_partial_overlap_with_different_bytes() -> None:

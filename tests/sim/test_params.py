@@ -45,7 +45,9 @@ def test_drawn_parameters_stay_in_their_documented_ranges() -> None:
             assert s.tick_ms == 0.0 or 8.0 <= s.tick_ms <= 100.0
         assert 1 <= p.app_samples[0] <= p.app_samples[1] <= 10
         assert 0.0 <= p.tcp_missing <= 0.3
-        assert 0.6 <= p.access_scale <= 1.8 and 0.5 <= p.jitter_scale <= 3.0
+        assert 0.8 <= p.access_scale <= 1.3 and 0.6 <= p.jitter_scale <= 2.0
+        assert {k for k, _, _ in p.access_kinds} >= {"ftth", "cable", "lte", "dsl"}
+        assert all(0.7 <= a <= 1.4 and 0.6 <= j <= 1.8 for _, a, j in p.access_kinds)
         assert 1.2 <= p.inflation[0] <= 1.8 and 0.5 <= p.inflation[1] - p.inflation[0] <= 1.5
         assert all(0.5 <= v <= 2.0 for _, v in p.class_scale)
         assert 0.0 <= p.origin_error_rate <= 0.03 and 0.0 <= p.origin_redirect <= 0.5
