@@ -28,7 +28,7 @@ from pathsentry.infra.clickhouse import ChdbClickHouse, connect, is_read_only
 from pathsentry.queries import QUERIES, render
 from pathsentry.report import SECTIONS, Source, build_report
 from pathsentry.streams.sinks import ClickHouseSink
-from tests.report.samples import EXCESS_MS, sample_alerts, sample_flags
+from tests.report.samples import EXCESS_MS, sample_alerts, sample_flags, sample_labels
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +57,7 @@ def _fill(chdb_dir: Path) -> None:
             await sink.write(sample_flags(), alerts)
             await sink.write(sample_flags(), alerts)
             await sink.write([], [grown])
+            await sink.write_labels(sample_labels())
 
         asyncio.run(write())
         sink.close()
@@ -314,3 +315,12 @@ def test_chromium_renders_the_plots(html: str, tmp_path: Path) -> None:
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", head[16:24]) == (1280, 2000)
     assert shot.stat().st_size > 30_000  # a blank page compresses to a few KiB
+
+
+def test_feedback_section_shows_each_detectors_measured_precision(html: str) -> None:
+    table = _element(html, "plot-feedback")
+    assert "later labelled bad" in table
+    # both farms' 20 (+1 grown) and 6 members, 4 banned; the relay alert's account cleared
+    assert "<td>farm_group</td><td>27</td><td>4</td><td>0</td>" in table
+    assert "<td>vpn_relay</td><td>1</td><td>0</td><td>1</td>" in table
+    assert "1.000" in table and "0.000" in table
