@@ -27,3 +27,20 @@ def test_report_shows_the_cpu_of_worker_and_broker() -> None:
     text = format_result(r)
     assert re.search(r"CPU per event while draining: worker / broker +91\.5 / 20\.25 µs", text)
     assert re.search(r"CPU during the latency phase: worker / broker +0\.55 / 0\.42 cores", text)
+
+
+def test_decode_measure_times_both_decoders_on_the_same_messages() -> None:
+    from pathsentry.bench.decode import format_decode, measure_decode
+    from pathsentry.bench.run import world_payloads
+
+    payloads = [*world_payloads(300, 100, 7), b'{"kind": "login"}', b"not json"]
+    fig = measure_decode(payloads, batch=64, rounds=1)
+    assert fig.events == 302 and fig.batch == 64
+    assert fig.fallbacks == 2  # the two refusals, whose reasons come from parse_event
+    assert fig.with_extras > 0  # the simulator's traceroutes
+    assert set(fig.by_kind_us) == {"Login", "RttProbe", "Traceroute", "HttpProbe", "EventError"}
+    assert fig.reference_us > 0 and fig.compiled_us > 0 and fig.structs_us > 0
+    text = format_decode(fig)
+    assert "parse_event (orjson + pydantic)" in text and "compiled (msgspec)" in text
+    r = BenchResult(events=1000, partitions=4, decode_reference_us=7.5, decode_compiled_us=4.25)
+    assert re.search(r"decode CPU: parse_event / compiled +7\.5 / 4\.25 µs per event", format_result(r))

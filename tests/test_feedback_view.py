@@ -95,12 +95,13 @@ def test_detector_feedback_counts_later_labels_per_detector_and_kind(chdb_dir: P
             for lb in labels:
                 cc.observe(lb)
         assert cc.tally.counts == view
-    text = prometheus_text("w1", Stats(detector_feedback=view), clickhouse_healthy=True,
-                           outbox_rows=0)
-    assert 'pathsentry_feedback_precision{worker="w1",detector="farm",kind="farm_group"} 0.3333' \
+    text = prometheus_text(Stats(worker="w1", detector_feedback=view)).decode()
+    assert 'pathsentry_feedback_precision{detector="farm",kind="farm_group",worker="w1"} 0.3333' \
         in text
-    assert 'pathsentry_feedback_labelled_bad{worker="w1",detector="latency",kind="vpn_relay"} 1' \
+    assert 'pathsentry_feedback_labelled_bad{detector="latency",kind="vpn_relay",worker="w1"} 1.0' \
         in text
+    assert 'detector="latency",kind="vpn_relay",worker="w1"} 1.0' in \
+        text.split("# TYPE pathsentry_feedback_precision")[-1]
 
 
 def test_view_and_tally_match_a_simulated_worlds_labels(chdb_dir: Path, tmp_path: Path) -> None:

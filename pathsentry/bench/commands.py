@@ -11,6 +11,14 @@ __all__ = ["register"]
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathsentry.bench.run import format_result, run_bench
 
+    if args.decode_only:
+        from pathsentry.bench.decode import format_decode, measure_decode
+        from pathsentry.bench.run import world_payloads
+
+        dec = measure_decode(world_payloads(args.events, args.accounts, args.seed))
+        print(json.dumps(dec.as_dict(), indent=2) if args.json else format_decode(dec))
+        return 0
+
     res = run_bench(
         args.events, accounts=args.accounts, seed=args.seed, partitions=args.partitions,
         rate=args.rate, latency_seconds=args.latency_seconds, workdir=args.workdir,
@@ -37,4 +45,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--state-prefixes", type=int, default=100_000)
     p.add_argument("--workdir", help="directory for logs and chDB (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--decode-only", action="store_true",
+                   help="only time decoding (parse_event and the compiled decoder) in this process")
     p.set_defaults(func=cmd_bench)

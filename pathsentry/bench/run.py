@@ -77,6 +77,9 @@ class BenchResult:
     state_prefixes: int = 0
     state_peak_rss_mb: float = 0.0
     state_events_per_s: float = 0.0
+    #: in-process on the preloaded events, µs of CPU per event: parse_event, the compiled decoder
+    decode_reference_us: float = 0.0
+    decode_compiled_us: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -92,6 +95,12 @@ class BenchResult:
         d["pipeline_vs_raw"] = round(self.pipeline_vs_raw, 3)
         d["pipeline_vs_naive"] = round(self.pipeline_vs_naive, 2)
         return d
+
+
+def world_payloads(n: int, accounts: int, seed: int) -> list[bytes]:
+    """The first ``n`` messages of the bench's simulated world (as the producers send them)."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    return [v for _, _, v in itertools.islice(_world_records(seed, accounts, "", start), n)]
 
 
 def _world_records(seed: int, accounts: int, prefix: str, start: datetime) -> Iterator[Record]:
@@ -345,6 +354,11 @@ def run_bench(
     res.validate_us, res.engine_us = _in_process(preload, root / "world" / "pathsentry.toml")
     log(f"[bench] in-process on the preloaded events: validation {res.validate_us:.1f} µs, "
         f"engine {res.engine_us:.1f} µs per event")
+    from pathsentry.bench.decode import format_decode, measure_decode
+
+    dec = measure_decode([value for _, _, value in preload])
+    res.decode_reference_us, res.decode_compiled_us = dec.reference_us, dec.compiled_us
+    log("[bench] " + format_decode(dec))
     if state_accounts:
         log(f"[bench] state memory: {state_accounts:,} accounts over {state_prefixes:,} prefixes")
         st = state_memory(state_accounts, state_prefixes)
@@ -394,6 +408,8 @@ def format_result(r: BenchResult) -> str:
         ("partitions", f"{r.partitions:>12}"),
         ("raw aiokafka consume", rate(r.raw_rate)),
         ("in-process validation / engine", f"{r.validate_us:>5} / {r.engine_us} µs per event"),
+        ("decode CPU: parse_event / compiled",
+         f"{r.decode_reference_us:>5} / {r.decode_compiled_us} µs per event"),
         ("naive Faust per-event loop", rate(r.naive_rate)),
         ("full pipeline (1 worker process)", rate(r.pipeline_rate)),
         ("pipeline / raw", f"{r.pipeline_vs_raw:>12.2f}x"),

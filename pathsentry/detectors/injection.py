@@ -1,24 +1,35 @@
 """Connection integrity of one ``http_probe``: was the answer forged on the path?
 
 An on-path box (ISP DPI, a captive portal, a MITM) that answers plaintext HTTP or a
-``ws://`` upgrade in the server's place leaves physical traces that need no
-payload inspection:
+``ws://`` upgrade in the origin's place leaves **path marks**, the evidence that decides:
 
-- **content**: a WebSocket upgrade answered with anything but ``101``, a status or
-  body hash different from the ``[[origin]]``'s, the CDN's headers (``server``,
-  ``cf-ray``) missing;
-- **path**: the response's IP TTL differs from the SYN-ACK's (``+1`` = sent by a
-  box one hop nearer than the server), the first byte arrived sooner than a round
-  trip to the server allows, two TCP segments carried different bytes for the same
-  sequence range (``seq_conflict``: the forged and the genuine answer raced), and
-  the server retransmitted again and again (its genuine segments were dropped).
+- the response's IP TTL differs from the SYN-ACK's in a way the origin's own answers do
+  not (``+1``: sent by a box one hop nearer than the server; the origin's usual relation
+  is learned, see :mod:`pathsentry.detectors.injection_profile`);
+- the origin's own marks are missing: its header set and ``server`` value, learned per
+  origin and status from its TLS answers and from the many networks that reach it (the
+  ``[[origin]]`` entry is the prior until then);
+- the first byte arrived sooner than a round trip to the server allows (below the
+  lowest first-byte/handshake ratio of the origin's TLS answers, and ``fast_ratio``);
+- two TCP segments carried different bytes for the same sequence range (``seq_conflict``:
+  the forged and the genuine answer raced), and the server retransmitted again and again.
 
-Each piece of evidence has a weight in ``[0, 1]``; the probe's score is their
-noisy-OR ``1 - prod(1 - w)`` and the probe is flagged ``path_injection`` when the
-score reaches ``flag_score``. Hosts without an ``[[origin]]`` entry get the
-origin-independent evidence only (path evidence, and RFC 6455's ``101`` for an
-upgrade). TLS probes (``https``/``wss``) are the control: they are never flagged,
-but their path evidence is recorded so the cell stage can contrast them.
+**Content evidence** (a WebSocket upgrade not answered ``101``, a status or body other
+than the ``[[origin]]``'s) only adds to path marks: a status or body that differs while
+every path mark matches the origin's is the origin's own answer (a CDN 503 with its
+headers and the SYN-ACK's TTL, a redirect to https, a maintenance page). It is left in
+the notes and the flag evidence, and never flags on its own.
+
+Each piece of evidence has a weight in ``[0, 1]``; ``path_score`` is the noisy-OR
+``1 - prod(1 - w)`` of the path marks. Content evidence joins the score once
+``path_score`` reaches ``path_gate``; the probe is flagged ``path_injection`` when the
+score reaches ``flag_score``. An anomaly that many unrelated networks see in the same
+minutes is the origin's (:mod:`pathsentry.detectors.injection_window`): not flagged,
+marked ``origin_wide`` for the cell stage. TLS probes (``https``/``wss``, or the
+``protocol`` the reporter saw: TLS on port 80 is TLS, a forged non-TLS segment racing
+on port 443 is not) are the control
+and the origin's teachers: never flagged, their path evidence is recorded so the cell
+stage can contrast them, and their answers teach the origin's marks.
 
 The verdict is left in ``Enriched.notes["injection"]`` for
 :mod:`pathsentry.detectors.injection_cells`.
@@ -34,9 +45,11 @@ The verdict is left in ``Enriched.notes["injection"]`` for
 ...     "connect_ms": 12.0, "ttfb_ms": 2.5, "ttl": {"syn_ack": 52, "response": 53}})
 >>> v = assess(probe, origin, InjectionSettings())
 >>> v.suspect, round(v.score, 3), [e.code for e in v.evidence]
-(True, 0.91, ['ws_status', 'cdn_headers', 'ttl_delta', 'fast_answer'])
->>> print(v.evidence[2].reason)
-response TTL 53 vs SYN-ACK 52 (+1: sent by a box 1 hop nearer than the server)
+(True, 0.921, ['origin_marks', 'ttl_delta', 'fast_answer', 'ws_status'])
+>>> v.evidence[1].reason.split(": ")[1]
+'sent by a box 1 hop nearer than the server'
+>>> {k: v.evidence[1].detail[k] for k in ("delta", "expected_deltas")}
+{'delta': 1, 'expected_deltas': [0]}
 """
 
 from __future__ import annotations
@@ -48,10 +61,18 @@ from typing import Any, TypeVar
 from pathsentry.config import Origin
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.injection_profile import (
+    Expectation,
+    OriginProfiles,
+    ProfileSettings,
+    features_of,
+)
+from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
 
 __all__ = [
     "Evidence",
+    "Expectation",
     "InjectionDetector",
     "InjectionSettings",
     "Verdict",
@@ -106,24 +127,38 @@ def settings_from(cls: type[S], raw: Mapping[str, Any]) -> S:
 
 @dataclass(frozen=True, slots=True)
 class InjectionSettings:
-    """Weights and thresholds (``[detectors.injection]`` in ``pathsentry.toml``)."""
+    """Weights and thresholds (``[detectors.injection]`` in ``pathsentry.toml``; the
+    same table also holds :class:`ProfileSettings` and :class:`WindowSettings`)."""
 
     flag_score: float = 0.6
-    w_ws_status: float = 0.5
-    w_status: float = 0.45
-    w_body: float = 0.4
-    w_cdn_headers: float = 0.4
-    w_ttl_delta: float = 0.5
+    #: path score from which content evidence (status, body) joins the score
+    path_gate: float = 0.5
+    # -- path marks: each strong one flags on its own
+    w_ttl_delta: float = 0.6
+    #: a TTL delta while the origin's TTL relation is not learned yet (prior: 0)
+    w_ttl_unlearned: float = 0.45
+    #: a TTL delta below the origin's usual ones (a route change, another stack)
+    w_ttl_other: float = 0.25
+    w_origin_marks: float = 0.6
+    #: share of the origin's marks missing for the full weight (less: in proportion)
+    marks_full_share: float = 0.5
+    #: the same for a status the origin was not learned with: its marks are then those
+    #: of other statuses, some of which belong to those statuses (``upgrade`` to a 101)
+    marks_full_share_other: float = 0.75
+    w_seq_conflict: float = 0.6
     w_fast_answer: float = 0.4
-    w_seq_conflict: float = 0.55
     w_retransmits: float = 0.25
-    #: TTFB below ``fast_ratio * connect_ms`` is faster than the server can answer.
+    # -- content evidence: joins path marks, never flags alone
+    w_ws_status: float = 0.4
+    w_status: float = 0.3
+    w_body: float = 0.3
+    #: TTFB below ``fast_ratio * connect_ms`` (and below the origin's learned lowest
+    #: ratio) is faster than the server can answer.
     fast_ratio: float = 0.6
     #: Below this handshake RTT, timing jitter dominates and TTFB says nothing.
     min_connect_ms: float = 2.0
     #: This many retransmitted segments in one probe is a storm.
     retransmit_storm: int = 4
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +175,8 @@ class Evidence:
 class Verdict:
     """The assessment of one probe.
 
-    ``score`` is the noisy-OR of all evidence (0 for TLS probes, which are never
-    suspect); ``path_score`` the noisy-OR of the path evidence alone, comparable
+    ``score`` is the noisy-OR of the evidence that counts (0 for TLS probes, which are
+    never suspect); ``path_score`` the noisy-OR of the path marks alone, comparable
     between plaintext and TLS probes.
     """
 
@@ -150,29 +185,6 @@ class Verdict:
     suspect: bool
     tls: bool
     evidence: tuple[Evidence, ...]
-
-    def notes(self, probe: HttpProbe, flag_score: float) -> dict[str, Any]:
-        """The JSON-serialisable summary passed on to the cell stage."""
-        return _notes(probe, self.score, self.path_score, self.suspect, self.tls, flag_score)
-
-
-def _notes(probe: HttpProbe, score: float, path_score: float, suspect: bool, tls: bool,
-           flag_score: float) -> dict[str, Any]:
-    """:meth:`Verdict.notes` from the verdict's fields."""
-    ttl = probe.ttl
-    delta = (
-        ttl.response - ttl.syn_ack
-        if ttl is not None and ttl.response is not None and ttl.syn_ack is not None
-        else None
-    )
-    return {
-        "suspect": suspect,
-        "score": round(score, 4),
-        "tls": tls,
-        "path_anomaly": path_score >= flag_score,
-        "ttl_delta": delta,
-        "status": probe.status,
-    }
 
 
 def noisy_or(weights: list[float]) -> float:
@@ -188,10 +200,42 @@ def noisy_or(weights: list[float]) -> float:
     return 1.0 - keep
 
 
-Check = Callable[[HttpProbe, Origin | None, InjectionSettings], Evidence | None]
+def _delta(p: HttpProbe) -> int | None:
+    ttl = p.ttl
+    if ttl is None or ttl.response is None or ttl.syn_ack is None:
+        return None
+    return ttl.response - ttl.syn_ack
 
 
-def _ws_status(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
+def prior_marks(origin: Origin | None) -> set[str] | None:
+    """The configured marks of ``origin`` (``None``: nothing configured).
+
+    >>> sorted(prior_marks(Origin(host="a", expect_server="cf", expect_headers=["CF-Ray"])))
+    ['h:cf-ray', 's:cf']
+    """
+    if origin is None or not (origin.expect_headers or origin.expect_server):
+        return None
+    return features_of(origin.expect_headers, origin.expect_server)
+
+
+def is_tls(p: HttpProbe) -> bool:
+    """Whether the answer travelled inside TLS: what the reporter saw (``protocol``: TLS
+    on a plaintext port is TLS; bytes that were neither HTTP nor TLS are not, whatever
+    the port), else the scheme."""
+    if p.protocol is not None:
+        return p.protocol == "tls"
+    return p.target.encrypted
+
+
+def profile_key(p: HttpProbe) -> str:
+    return f"{p.target.host.lower()}|{p.request}"
+
+
+Check = Callable[[HttpProbe, Origin | None, Expectation, InjectionSettings], Evidence | None]
+
+
+def _ws_status(p: HttpProbe, origin: Origin | None, x: Expectation,
+               s: InjectionSettings) -> Evidence | None:
     if p.request != "ws_upgrade" or p.status is None:
         return None
     expected = origin.expect_ws_status if origin and origin.expect_ws_status else 101
@@ -205,7 +249,8 @@ def _ws_status(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evi
     )
 
 
-def _status(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
+def _status(p: HttpProbe, origin: Origin | None, x: Expectation,
+            s: InjectionSettings) -> Evidence | None:
     if p.request != "get" or origin is None or origin.expect_status is None:
         return None
     if p.status is None or p.status == origin.expect_status:
@@ -217,7 +262,8 @@ def _status(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Eviden
     )
 
 
-def _body(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
+def _body(p: HttpProbe, origin: Origin | None, x: Expectation,
+          s: InjectionSettings) -> Evidence | None:
     if p.request != "get" or origin is None or origin.expect_body_sha256 is None:
         return None
     if p.body_sha256 is None or p.body_sha256.lower() == origin.expect_body_sha256.lower():
@@ -231,63 +277,87 @@ def _body(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence
     )
 
 
-def _cdn_headers(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
-    if origin is None or p.header_names is None:
+def _mark_present(mark: str, seen: set[str], server: str) -> bool:
+    if mark.startswith("s:"):
+        return server.startswith(mark[2:])
+    return mark in seen
+
+
+def _origin_marks(p: HttpProbe, origin: Origin | None, x: Expectation,
+                  s: InjectionSettings) -> Evidence | None:
+    if x.features is None or not x.features or p.header_names is None:
         return None
-    seen = set(map(str.lower, p.header_names))
-    missing = [h for h in origin.expect_headers if h.lower() not in seen]
-    server_ok = (
-        origin.expect_server is None
-        or (p.server_header or "").lower().startswith(origin.expect_server.lower())
-    )
-    if not missing and server_ok:
+    seen = features_of(p.header_names, None)
+    server = (p.server_header or "").lower()
+    missing = sorted(m for m in x.features if not _mark_present(m, seen, server))
+    if not missing:
         return None
+    share = len(missing) / len(x.features)
+    full = s.marks_full_share if x.exact or x.source == "configured" else s.marks_full_share_other
+    weight = s.w_origin_marks * min(1.0, share / full)
+    headers = [m[2:] for m in missing if m.startswith("h:")]
+    servers = [m[2:] for m in missing if m.startswith("s:")]
     parts = []
-    if missing:
-        parts.append("expected headers missing: " + ", ".join(missing))
-    if not server_ok:
-        parts.append(
-            f"server header {p.server_header!r}, the origin's is {origin.expect_server!r}"
-        )
+    if headers:
+        parts.append("the origin's headers missing: " + ", ".join(headers))
+    if servers:
+        parts.append(f"server header {p.server_header!r}, the origin's is "
+                     + " or ".join(repr(v) for v in servers))
     return Evidence(
-        "cdn_headers", s.w_cdn_headers, "; ".join(parts),
-        {"missing": missing, "server_header": p.server_header,
-         "expected_server": origin.expect_server},
+        "origin_marks", weight,
+        "; ".join(parts) + f" ({len(missing)} of {len(x.features)} marks, {x.source})",
+        {"missing": headers, "server_header": p.server_header,
+         "expected_server": servers or None,
+         "expected_headers": sorted(m[2:] for m in x.features if m.startswith("h:")),
+         "measured_headers": sorted(h.lower() for h in p.header_names),
+         "missing_share": round(share, 3), "learned_from": x.source},
     )
 
 
-def _ttl_delta(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
-    if p.ttl is None or p.ttl.syn_ack is None or p.ttl.response is None:
+def _ttl_delta(p: HttpProbe, origin: Origin | None, x: Expectation,
+               s: InjectionSettings) -> Evidence | None:
+    delta = _delta(p)
+    if delta is None or delta in x.deltas:
         return None
-    delta = p.ttl.response - p.ttl.syn_ack
-    if delta == 0:
-        return None
-    hops = "hop" if abs(delta) == 1 else "hops"
-    meaning = (
-        f"sent by a box {delta} {hops} nearer than the server" if delta > 0
-        else f"sent from {-delta} {hops} farther away or by another IP stack"
-    )
+    assert p.ttl is not None and p.ttl.response is not None and p.ttl.syn_ack is not None
+    usual = "/".join(f"{d:+d}" for d in x.deltas)
+    nearer = delta - max(x.deltas)
+    if nearer > 0:
+        hops = "hop" if nearer == 1 else "hops"
+        meaning = f"sent by a box {nearer} {hops} nearer than the server"
+        weight = s.w_ttl_delta if x.delta_source != "default" else s.w_ttl_unlearned
+    else:
+        meaning = "another route or IP stack"
+        weight = s.w_ttl_other
     return Evidence(
-        "ttl_delta", s.w_ttl_delta,
-        f"response TTL {p.ttl.response} vs SYN-ACK {p.ttl.syn_ack} ({delta:+d}: {meaning})",
-        {"syn_ack": p.ttl.syn_ack, "response": p.ttl.response, "delta": delta},
+        "ttl_delta", weight,
+        f"response TTL {p.ttl.response} vs SYN-ACK {p.ttl.syn_ack} ({delta:+d}; the "
+        f"origin's answers show {usual}, {x.delta_source}): {meaning}",
+        {"syn_ack": p.ttl.syn_ack, "response": p.ttl.response, "delta": delta,
+         "expected_deltas": list(x.deltas), "learned_from": x.delta_source},
     )
 
 
-def _fast_answer(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
+def _fast_answer(p: HttpProbe, origin: Origin | None, x: Expectation,
+                 s: InjectionSettings) -> Evidence | None:
     if p.connect_ms is None or p.ttfb_ms is None or p.connect_ms < s.min_connect_ms:
         return None
-    if p.ttfb_ms >= s.fast_ratio * p.connect_ms:
+    ratio = s.fast_ratio if x.fast_ratio is None else min(s.fast_ratio, x.fast_ratio)
+    if p.ttfb_ms >= ratio * p.connect_ms:
         return None
     return Evidence(
         "fast_answer", s.w_fast_answer,
         f"first byte {p.ttfb_ms:.1f} ms after the request, sooner than the "
-        f"{p.connect_ms:.1f} ms round trip to the server: something nearer answered",
-        {"ttfb_ms": p.ttfb_ms, "connect_ms": p.connect_ms},
+        f"{p.connect_ms:.1f} ms round trip to the server allows (the origin's answers "
+        f"take at least {ratio * p.connect_ms:.1f} ms): something nearer answered",
+        {"ttfb_ms": p.ttfb_ms, "connect_ms": p.connect_ms,
+         "expected_min_ms": round(ratio * p.connect_ms, 3),
+         "learned_ratio": None if x.fast_ratio is None else round(x.fast_ratio, 4)},
     )
 
 
-def _seq_conflict(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
+def _seq_conflict(p: HttpProbe, origin: Origin | None, x: Expectation,
+                  s: InjectionSettings) -> Evidence | None:
     if not p.seq_conflict:
         return None
     return Evidence(
@@ -298,7 +368,8 @@ def _seq_conflict(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> 
     )
 
 
-def _retransmits(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> Evidence | None:
+def _retransmits(p: HttpProbe, origin: Origin | None, x: Expectation,
+                 s: InjectionSettings) -> Evidence | None:
     if p.retransmits is None or p.retransmits < s.retransmit_storm:
         return None
     return Evidence(
@@ -308,40 +379,62 @@ def _retransmits(p: HttpProbe, origin: Origin | None, s: InjectionSettings) -> E
     )
 
 
-#: Evidence that needs an ``[[origin]]`` or a readable payload (plaintext only).
-CONTENT_CHECKS: tuple[Check, ...] = (_ws_status, _status, _body, _cdn_headers)
-#: Evidence from the TCP/IP path alone: valid for TLS probes and unknown hosts too.
-PATH_CHECKS: tuple[Check, ...] = (_ttl_delta, _fast_answer, _seq_conflict, _retransmits)
+#: Evidence from the answer's content: only ever adds to path marks.
+CONTENT_CHECKS: tuple[Check, ...] = (_ws_status, _status, _body)
+#: Marks of a box on the path: valid for TLS probes and unknown hosts too.
+PATH_CHECKS: tuple[Check, ...] = (_origin_marks, _ttl_delta, _fast_answer, _seq_conflict,
+                                  _retransmits)
 
 
-def _run(checks: tuple[Check, ...], p: HttpProbe, origin: Origin | None,
+def _run(checks: tuple[Check, ...], p: HttpProbe, origin: Origin | None, x: Expectation,
          s: InjectionSettings) -> list[Evidence]:
     out = []
     for check in checks:
-        e = check(p, origin, s)
+        e = check(p, origin, x, s)
         if e is not None:
             out.append(e)
     return out
 
 
-def _weigh(probe: HttpProbe, origin: Origin | None,
-           s: InjectionSettings) -> tuple[float, float, bool, bool, list[Evidence]]:
-    """``(score, path_score, suspect, tls, evidence)`` of :func:`assess`, without the
-    :class:`Verdict` (most probes only leave their notes)."""
-    path = _run(PATH_CHECKS, probe, origin, s)
+def _weigh(probe: HttpProbe, origin: Origin | None, x: Expectation,
+           s: InjectionSettings) -> tuple[Verdict, list[Evidence]]:
+    """The verdict, and the content evidence (counted or not: recorded either way)."""
+    path = _run(PATH_CHECKS, probe, origin, x, s)
     path_score = noisy_or([e.weight for e in path]) if path else 0.0
-    if probe.target.encrypted:
-        return 0.0, path_score, False, True, path
-    evidence = _run(CONTENT_CHECKS, probe, origin, s)
-    evidence += path
-    score = noisy_or([e.weight for e in evidence]) if evidence else 0.0
-    return score, path_score, score >= s.flag_score, False, evidence
+    content = _run(CONTENT_CHECKS, probe, origin, x, s)
+    if is_tls(probe):
+        return Verdict(0.0, path_score, False, True, tuple(path)), content
+    if path_score < s.path_gate:
+        return Verdict(path_score, path_score, path_score >= s.flag_score, False,
+                       tuple(path)), content
+    evidence = path + content
+    score = noisy_or([e.weight for e in evidence])
+    return Verdict(score, path_score, score >= s.flag_score, False, tuple(evidence)), content
 
 
-def assess(probe: HttpProbe, origin: Origin | None, settings: InjectionSettings) -> Verdict:
-    """Weigh the evidence of one probe against its origin's expectations."""
-    score, path_score, suspect, tls, evidence = _weigh(probe, origin, settings)
-    return Verdict(score, path_score, suspect, tls, tuple(evidence))
+def assess(probe: HttpProbe, origin: Origin | None, settings: InjectionSettings,
+           expect: Expectation | None = None) -> Verdict:
+    """Weigh the evidence of one probe against its origin's marks (``expect``; default:
+    the configured ``[[origin]]`` and a TTL delta of 0, nothing learned)."""
+    if expect is None:
+        expect = Expectation(_frozen(prior_marks(origin)), "configured", False, (0,), "default",
+                             None)
+    return _weigh(probe, origin, expect, settings)[0]
+
+
+def _frozen(marks: set[str] | None) -> frozenset[str] | None:
+    return None if marks is None else frozenset(marks)
+
+
+def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str | None:
+    """What kind of anomaly the answer shows, alike across networks (``None``: none):
+    its status when the status or body is not the origin's, else whether the origin's
+    marks are missing (timings and TTLs differ from path to path)."""
+    if content:
+        return f"status {probe.status}"
+    if any(e.code == "origin_marks" for e in verdict.evidence):
+        return f"marks {probe.status}"
+    return None
 
 
 @register
@@ -354,20 +447,56 @@ class InjectionDetector(Detector):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        self.settings = settings_from(InjectionSettings, ctx.settings(self.name))
+        raw = ctx.settings(self.name)
+        self.settings = settings_from(InjectionSettings, raw)
+        self.profiles = OriginProfiles(settings_from(ProfileSettings, raw),
+                                       pinned=(o.host for o in ctx.config.origins))
+        self.window = NetworkWindow(settings_from(WindowSettings, raw))
+        self._priors: dict[str, frozenset[str] | None] = {}
+
+    def _prior(self, host: str, origin: Origin | None) -> set[str] | None:
+        if host not in self._priors:
+            self._priors[host] = _frozen(prior_marks(origin))
+        got = self._priors[host]
+        return None if got is None else set(got)
 
     def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
         probe = ev.event
         if not isinstance(probe, HttpProbe):
             return None
-        origin = self.ctx.config.origin(probe.target.host)
         s = self.settings
-        score, path_score, suspect, tls, found = _weigh(probe, origin, s)
-        ev.notes[NOTES_KEY] = _notes(probe, score, path_score, suspect, tls, s.flag_score)
+        t = probe.target
+        origin = self.ctx.config.origin(t.host)
+        pkey = profile_key(probe)
+        expect = self.profiles.expect(pkey, probe.status, self._prior(t.host.lower(), origin))
+        verdict, content = _weigh(probe, origin, expect, s)
+        net = f"AS{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}"
+        host = t.host.lower()
+        anomaly = _anomaly(probe, verdict, content)
+        self.window.add(host, net, ev.ts, anomaly, verdict.suspect)
+        origin_wide = anomaly is not None and self.window.origin_wide(host, anomaly, ev.ts)
+        others = self.window.others(host, net, ev.ts)
+        suspect = verdict.suspect and not origin_wide
+        if not verdict.suspect:
+            ratio = (probe.ttfb_ms / probe.connect_ms
+                     if probe.ttfb_ms is not None and probe.connect_ms is not None
+                     and probe.connect_ms >= s.min_connect_ms else None)
+            self.profiles.learn(pkey, tls=verdict.tls, net=net, status=probe.status,
+                                headers=probe.header_names, server=probe.server_header,
+                                delta=_delta(probe), ratio=ratio)
+        ev.notes[NOTES_KEY] = {
+            "suspect": suspect,
+            "score": round(verdict.score, 4),
+            "tls": verdict.tls,
+            "path_anomaly": verdict.path_score >= s.flag_score,
+            "ttl_delta": _delta(probe),
+            "status": probe.status,
+            "origin_wide": origin_wide,
+            "others": None if others is None else round(others, 4),
+            "content": [e.code for e in content],
+        }
         if not suspect:
             return None
-        verdict = Verdict(score, path_score, suspect, tls, tuple(found))
-        t = probe.target
         evidence: dict[str, Any] = {
             "target": f"{t.scheme}://{t.host}:{t.port}",
             "request": probe.request,
@@ -383,7 +512,7 @@ class InjectionDetector(Detector):
             kind="path_injection",
             account=ev.account,
             session_id=probe.session_id,
-            src_ip=str(probe.src_ip),
+            src_ip=ip_text(probe.src_ip),
             country=ev.geo.country,
             asn=ev.geo.asn,
             score=round(verdict.score, 4),
@@ -392,3 +521,17 @@ class InjectionDetector(Detector):
             detector=self.name,
         )
         return Findings(flags=[flag])
+
+    # -- state: what was learned of the origins -----------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"profiles": self.profiles.to_json()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.profiles.load(state.get("profiles", {}))
+
+    def learned_state(self) -> dict[str, Any]:
+        return self.state()
+
+    def load_learned(self, state: dict[str, Any]) -> None:
+        self.profiles.load(state.get("profiles", {}), only_new=True)

@@ -3,21 +3,34 @@
 One forged answer is a probe's problem; an ISP's DPI box is a pattern. This group
 stage counts the verdicts the session stage left in ``notes["injection"]`` per cell
 ``(prefix, port, hour)`` of each ASN. Hourly cells of one /24 are often too sparse to
-judge, so three coarser views help, judged by the same rule:
+judge, so coarser views help, judged by the same rule:
 
 - ``(prefix, port, all day)``: finds the *lines* (prefixes) with a forging box;
 - ``("+", port, hour)``: the lines found so far pooled, which says *when*;
-- ``("*", port, hour)``: the whole ASN, for boxes that sit in front of every line.
+- ``("*", port, hour)``: the whole ASN, for boxes that sit in front of every line;
+- ``("*", port, all day)``: the whole ASN all day, for boxes whose forgeries are too
+  sparse for any of the above. An all-day cell that is bad names the hours in which at
+  least ``min_hour_sources`` distinct sources got forged answers on its port.
 
 A cell is *confidently bad* when
 
-- it holds at least ``min_probes`` plaintext probes from at least
-  ``min_suspect_clients`` distinct suspect clients,
-- the Wilson lower bound of its suspect rate reaches ``min_rate``, and
+- it holds at least ``min_probes`` plaintext probes, and suspect ones from at least
+  ``min_suspect_clients`` distinct sources (the account of a client report, else the
+  address): two accounts cannot frame an ISP, however many probes they send;
+- the Wilson lower bound of its suspect rate reaches ``min_rate`` (a floor: the
+  contrasts below decide);
 - TLS probes on the same line and hour (the control: an on-path box cannot forge
   them) do not show the same path anomalies: once there are ``min_tls_probes`` of
   them, the Wilson *upper* bound of their anomaly rate must stay below the plaintext
-  lower bound.
+  lower bound; and
+- the other ASNs at the same time do not show it either: each probe carries the
+  median flagged rate of the other networks that reached the same origin in the same minutes
+  (``notes["injection"]["others"]``, from :mod:`pathsentry.detectors.injection_window`);
+  their sum over the cell is the number of suspects the cell would hold were its ISP
+  like the others, and its Wilson upper bound must stay below the cell's lower bound
+  (with no suspect elsewhere, the bound of 0 in ``n``: a small cell needs a high rate).
+  An origin failure is seen by every network at once: it raises no cell alert (and the
+  probes the session stage found ``origin_wide`` are not suspect at all).
 
 Cells are re-judged whenever their plaintext or TLS counts move. A cell dropped from
 state (idle longer than ``idle_ttl_s``, or beyond ``max_cells``) is no longer bad, and
@@ -28,8 +41,10 @@ cells of one ISP meet on one worker and the SOC gets one ``injection_cell`` aler
 ASN -- "AS4766, ports 80 and 8080, 09–18" -- whose id is derived from the ASN and
 which is re-emitted with ``version + 1`` when its ports, hours or prefixes change
 (and, on idle ticks, at most every ``refresh_s`` when its counts moved). Should
-every cell clear again, the last version stands. The
-evidence contrasts the bad hours with the other hours and with TLS.
+every cell clear again, the last version stands. The evidence contrasts the bad hours
+with the other hours and with TLS, and each bad cell with the suspects the other ASNs'
+rate predicts (``other_asns_expected``). The counts themselves, their bounded tables and
+the Wilson bounds are in :mod:`pathsentry.detectors.injection_counts`.
 
 >>> round(wilson_lower(9, 10), 3), round(wilson_upper(0, 40), 3)
 (0.596, 0.088)
@@ -39,7 +54,6 @@ evidence contrasts the bad hours with the other hours and with TLS.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
@@ -49,7 +63,18 @@ from zoneinfo import ZoneInfo
 
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
-from pathsentry.detectors.injection import NOTES_KEY, settings_from
+from pathsentry.detectors.injection import NOTES_KEY, ip_text, settings_from
+from pathsentry.detectors.injection_counts import (
+    Cell,
+    distinct_at_least,
+    expire,
+    format_hours,
+    merge,
+    sum_cells,
+    touch,
+    wilson_lower,
+    wilson_upper,
+)
 from pathsentry.schemas import Alert, HttpProbe, make_alert_id, severity_for
 
 __all__ = [
@@ -74,9 +99,12 @@ Signature = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]  # ports, h
 class CellSettings:
     """Thresholds and bounds (``[detectors.injection_cells]`` in ``pathsentry.toml``)."""
 
-    min_probes: int = 8
-    min_suspect_clients: int = 2
-    min_rate: float = 0.2
+    min_probes: int = 10
+    #: distinct sources (accounts of client reports, else addresses) of suspect probes
+    min_suspect_clients: int = 5
+    min_rate: float = 0.02
+    #: sources with forged answers in an hour that name it, when only all-day cells are bad
+    min_hour_sources: int = 2
     #: TLS probes on a line from which the TLS contrast applies.
     min_tls_probes: int = 3
     z: float = 1.96
@@ -93,100 +121,6 @@ class CellSettings:
     refresh_s: float = 3600.0
 
 
-def _wilson(k: int, n: int, z: float, sign: float) -> float:
-    if n <= 0:
-        return 0.0 if sign < 0 else 1.0
-    p = k / n
-    z2 = z * z
-    centre = p + z2 / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return min(1.0, max(0.0, (centre + sign * spread) / (1 + z2 / n)))
-
-
-def wilson_lower(k: int, n: int, z: float = 1.96) -> float:
-    """Lower Wilson score bound of the rate ``k / n`` (0 when ``n == 0``)."""
-    return _wilson(k, n, z, -1.0)
-
-
-def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
-    """Upper Wilson score bound of the rate ``k / n`` (1 when ``n == 0``)."""
-    return _wilson(k, n, z, 1.0)
-
-
-def format_hours(hours: Iterable[int]) -> str:
-    """Hours of day as ranges, end exclusive, wrapping past midnight."""
-    hs = sorted(set(hours))
-    if not hs:
-        return ""
-    if len(hs) == 24:
-        return "00–24"
-    runs: list[list[int]] = []
-    for h in hs:
-        if runs and h == runs[-1][1] + 1:
-            runs[-1][1] = h
-        else:
-            runs.append([h, h])
-    if len(runs) > 1 and runs[0][0] == 0 and runs[-1][1] == 23:
-        runs[0][0] = runs.pop()[0]
-    return ", ".join(f"{a:02d}–{(b + 1) % 24 if a > b else b + 1:02d}" for a, b in runs)
-
-
-def _finite(x: float) -> float | None:
-    return None if math.isinf(x) else x
-
-
-def _inf(x: float | None) -> float:
-    return math.inf if x is None else x
-
-
-@dataclass(slots=True)
-class _Cell:
-    """Counts of one cell: ``k`` of ``n`` probes suspect (for TLS: path-anomalous)."""
-
-    n: int = 0
-    k: int = 0
-    clients: set[str] = field(default_factory=set)
-    suspect_clients: set[str] = field(default_factory=set)
-    first: float = math.inf
-    last: float = 0.0
-    first_suspect: float = math.inf
-    last_suspect: float = 0.0
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, client: str, bad: bool, ts: float, event_id: str, s: CellSettings) -> None:
-        self.n += 1
-        self.first, self.last = min(self.first, ts), max(self.last, ts)
-        if len(self.clients) < s.max_clients:
-            self.clients.add(client)
-        if not bad:
-            return
-        self.k += 1
-        self.first_suspect, self.last_suspect = min(self.first_suspect, ts), max(
-            self.last_suspect, ts
-        )
-        if len(self.suspect_clients) < s.max_clients:
-            self.suspect_clients.add(client)
-        if len(self.examples) < s.max_examples:
-            self.examples.append(event_id)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "n": self.n, "k": self.k, "clients": sorted(self.clients),
-            "suspect_clients": sorted(self.suspect_clients), "first": _finite(self.first),
-            "last": self.last, "first_suspect": _finite(self.first_suspect),
-            "last_suspect": self.last_suspect, "examples": list(self.examples),
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> _Cell:
-        return cls(
-            n=d["n"], k=d["k"], clients=set(d["clients"]),
-            suspect_clients=set(d["suspect_clients"]), first=_inf(d["first"]), last=d["last"],
-            first_suspect=_inf(d["first_suspect"]), last_suspect=d["last_suspect"],
-            examples=list(d["examples"]),
-        )
-
-
 @dataclass(slots=True)
 class _Published:
     """What was last emitted for a group's alert."""
@@ -201,8 +135,8 @@ class _Published:
 class _Group:
     asn: int | None
     as_name: str | None
-    cells: OrderedDict[CellKey, _Cell] = field(default_factory=OrderedDict)
-    tls: OrderedDict[TlsKey, _Cell] = field(default_factory=OrderedDict)
+    cells: OrderedDict[CellKey, Cell] = field(default_factory=OrderedDict)
+    tls: OrderedDict[TlsKey, Cell] = field(default_factory=OrderedDict)
     bad: set[CellKey] = field(default_factory=set)
     #: The lines the pooled cells were last judged over (not persisted: re-judged).
     pooled: frozenset[str] = frozenset()
@@ -244,9 +178,9 @@ class _Group:
         g = cls(asn=d["asn"], as_name=d["as_name"], last=d["last"], tz_label=d["tz_label"],
                 accounts=list(d["accounts"]))
         for p, port, hour, c in d["cells"]:
-            g.cells[(p, port, hour)] = _Cell.from_json(c)
+            g.cells[(p, port, hour)] = Cell.from_json(c)
         for p, hour, c in d["tls"]:
-            g.tls[(p, hour)] = _Cell.from_json(c)
+            g.tls[(p, hour)] = Cell.from_json(c)
         g.bad = {(p, port, hour) for p, port, hour in d["bad"]}
         pub = d["published"]
         if pub is not None:
@@ -257,71 +191,17 @@ class _Group:
         return g
 
 
-def _touch(
-    table: OrderedDict[Any, _Cell], key: Any, cap: int, evicted: list[Any] | None = None
-) -> _Cell:
-    """The cell at ``key`` (created if new), most recently used; evict beyond ``cap``
-    (the keys evicted are appended to ``evicted``)."""
-    cell = table.get(key)
-    if cell is None:
-        cell = table[key] = _Cell()
-        while len(table) > cap:
-            gone, _ = table.popitem(last=False)
-            if evicted is not None:
-                evicted.append(gone)
-    else:
-        table.move_to_end(key)
-    return cell
-
-
-def _expire(table: OrderedDict[Any, _Cell], horizon: float) -> list[Any]:
-    """Drop the cells idle since before ``horizon``; return their keys."""
-    gone = [k for k, c in table.items() if c.last < horizon]
-    for key in gone:
-        del table[key]
-    return gone
-
-
 def _union(a: Signature, b: Signature) -> Signature:
     """An alert's subject only grows: ports, hours and prefixes seen bad stay listed."""
     return (tuple(sorted({*a[0], *b[0]})), tuple(sorted({*a[1], *b[1]})),
             tuple(sorted({*a[2], *b[2]})))
 
 
-def _merge(cells: Iterable[_Cell | None]) -> _Cell:
-    """One cell summing ``cells`` (the pooled view of several lines)."""
-    out = _Cell()
-    for c in cells:
-        if c is None:
-            continue
-        out.n, out.k = out.n + c.n, out.k + c.k
-        out.clients |= c.clients
-        out.suspect_clients |= c.suspect_clients
-        out.first, out.last = min(out.first, c.first), max(out.last, c.last)
-        out.first_suspect = min(out.first_suspect, c.first_suspect)
-        out.last_suspect = max(out.last_suspect, c.last_suspect)
-        out.examples.extend(c.examples)
-    return out
-
-
-def _sum(cells: Iterable[_Cell | None]) -> tuple[int, int]:
-    n = k = 0
-    for c in cells:
-        if c is not None:
-            n, k = n + c.n, k + c.k
-    return n, k
-
-
-def _distinct_at_least(sets: Iterable[set[str]], m: int) -> bool:
-    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does)."""
-    if m <= 0:
-        return True
-    seen: set[str] = set()
-    for x in sets:
-        seen |= x
-        if len(seen) >= m:
-            return True
-    return False
+def source_of(probe: HttpProbe, account: str | None) -> str:
+    """Who vouches for a probe: the account of a client report, else its address."""
+    if probe.reporter == "client" and account:
+        return "acct:" + account
+    return "ip:" + ip_text(probe.src_ip)
 
 
 @register
@@ -360,23 +240,24 @@ class InjectionCellDetector(Detector):
         group = self._group(key, ev, ts)
         local = probe.ts.astimezone(self.tz) if self.tz is not None else probe.ts
         group.tz_label = s.timezone or self._tz_label(local)
-        hour, client = local.hour, str(probe.src_ip)
+        hour, client = local.hour, source_of(probe, ev.account)
         touched: list[CellKey] = []
         evicted: list[CellKey] = []
         if verdict["tls"]:
-            for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
-                _touch(group.tls, (p, h), s.max_cells).add(
+            for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
+                touch(group.tls, (p, h), s.max_cells).add(
                     client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
                 touched.extend(k for k in group.bad if (k[0], k[2]) == (p, h))
         else:
-            suspect = bool(verdict["suspect"])
+            suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
+            ref = float(verdict.get("others") or 0.0)
             if suspect and ev.account and ev.account not in group.accounts \
                     and len(group.accounts) < s.max_alert_accounts:
                 group.accounts.append(ev.account)
-            for p, h in ((ev.prefix, hour), (ALL, hour), (ev.prefix, ANY_HOUR)):
+            for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
                 cell_key = (p, probe.target.port, h)
-                _touch(group.cells, cell_key, s.max_cells, evicted).add(
-                    client, suspect, ts, probe.event_id, s)
+                touch(group.cells, cell_key, s.max_cells, evicted).add(
+                    client, suspect, ts, probe.event_id, s, ref)
                 touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
@@ -436,11 +317,11 @@ class InjectionCellDetector(Detector):
         self._judge(group, [k for k in group.bad if k[0] == LINES], self._lines(group))
 
     @staticmethod
-    def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> _Cell:
+    def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> Cell:
         prefix, port, hour = key
         if prefix == LINES:  # lines in order: the examples, hence event ids, are stable
-            return _merge(group.cells.get((p, port, hour)) for p in sorted(lines))
-        return group.cells.get(key, _Cell())
+            return merge(group.cells.get((p, port, hour)) for p in sorted(lines))
+        return group.cells.get(key, Cell())
 
     @staticmethod
     def _contrast(group: _Group, ports: set[int], hours: set[int]) -> tuple[
@@ -451,9 +332,9 @@ class InjectionCellDetector(Detector):
         plain = [(k, c) for k, c in group.cells.items()
                  if k[0] in lines and k[1] in ports and k[2] != ANY_HOUR]
         return (
-            _sum(c for k, c in plain if k[2] in hours),
-            _sum(c for k, c in plain if k[2] not in hours),
-            _sum(c for k, c in group.tls.items() if k[0] in lines and k[1] in hours),
+            sum_cells(c for k, c in plain if k[2] in hours),
+            sum_cells(c for k, c in plain if k[2] not in hours),
+            sum_cells(c for k, c in group.tls.items() if k[0] in lines and k[1] in hours),
         )
 
     @staticmethod
@@ -475,26 +356,41 @@ class InjectionCellDetector(Detector):
         else:
             one = group.cells.get(key)
             cells = [one] if one is not None else []
-        n, k = _sum(cells)
-        if n <= 0 or n < s.min_probes or not _distinct_at_least(
-                (c.suspect_clients for c in cells), s.min_suspect_clients):
+        n, k = sum_cells(cells)
+        if n <= 0 or n < s.min_probes or not distinct_at_least(
+                (c.suspect_clients.keys() for c in cells), s.min_suspect_clients):
             return False
         lower = wilson_lower(k, n, s.z)
         if lower < s.min_rate:
             return False
+        if wilson_upper(round(sum(c.ref for c in cells)), n, s.z) >= lower:
+            return False  # the other networks saw as much at the same times
         if prefix == LINES:
-            n_tls, k_tls = _sum(group.tls.get((p, hour)) for p in lines)
+            n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
         else:
-            n_tls, k_tls = _sum([group.tls.get((prefix, hour))])
+            n_tls, k_tls = sum_cells([group.tls.get((prefix, hour))])
         return n_tls < s.min_tls_probes or wilson_upper(k_tls, n_tls, s.z) < lower
 
     # -- the alert --------------------------------------------------------------------
 
     def _signature(self, group: _Group) -> Signature:
         ports = tuple(sorted({k[1] for k in group.bad}))
-        hours = tuple(sorted({k[2] for k in group.bad if k[2] != ANY_HOUR}))
+        hours = {k[2] for k in group.bad if k[2] != ANY_HOUR}
+        all_day = {k[1] for k in group.bad if k[2] == ANY_HOUR}
+        if all_day:
+            hours.update(self._suspect_hours(group, all_day))
         prefixes = tuple(sorted(self._lines(group))[: self.settings.max_prefixes])
-        return ports, hours, prefixes
+        return ports, tuple(sorted(hours)), prefixes
+
+    def _suspect_hours(self, group: _Group, ports: set[int]) -> tuple[int, ...]:
+        """The hours in which ``min_hour_sources`` distinct sources got forged answers on
+        ``ports`` (ASN-wide hourly cells)."""
+        per: dict[int, set[str]] = {}
+        for (p, port, hour), c in group.cells.items():
+            if p == ALL and hour != ANY_HOUR and port in ports and c.suspect_clients:
+                per.setdefault(hour, set()).update(c.suspect_clients)
+        return tuple(sorted(h for h, who in per.items()
+                            if len(who) >= self.settings.min_hour_sources))
 
     def _prefixes(self, group: _Group, ports: set[int], hours: set[int]) -> list[str]:
         """Without a bad line (only ASN-wide roll-ups are bad): the prefixes with
@@ -552,6 +448,7 @@ class InjectionCellDetector(Detector):
                 "cells": [
                     {"prefix": p, "port": port, "hour": None if h == ANY_HOUR else h,
                      "probes": c.n, "suspect": c.k, "clients": len(c.clients),
+                     "other_asns_expected": round(c.ref, 2),
                      "suspect_clients": len(c.suspect_clients),
                      "rate": round(c.k / c.n, 4),
                      "rate_lower": round(wilson_lower(c.k, c.n, s.z), 4)}
@@ -580,8 +477,8 @@ class InjectionCellDetector(Detector):
         for key in [k for k, g in self.groups.items() if g.last < horizon]:
             del self.groups[key]
         for key, group in self.groups.items():
-            gone = _expire(group.cells, horizon)
-            _expire(group.tls, horizon)
+            gone = expire(group.cells, horizon)
+            expire(group.tls, horizon)
             if gone:
                 self._drop(group, gone)
             pub = group.published

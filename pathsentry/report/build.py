@@ -249,7 +249,8 @@ def _relay_exits(src: Source, pid: str) -> str:
     for r in rows:
         n = _int(r["flagged"])
         med = _num(r["median_excess_ms"])
-        bar = f'<span class="hbar" style="width:{100 * n / top:.0f}%"></span>'
+        # the bar fills a fixed-width track, so the cell widens to track + count
+        bar = f'<span class="track"><span class="hbar" style="width:{100 * n / top:.0f}%"></span></span>'
         body.append([r["prefix"], r["country"] or "–", f"AS{_int(r['asn'])}" if _int(r["asn"]) else "–",
                      (bar, f"{n}"), str(_int(r["vpn_relay"])), str(_int(r["route_anomaly"])),
                      str(_int(r["accounts"])), "–" if med is None else fmt_num(med),
@@ -386,8 +387,8 @@ section h2{margin:0 0 4px;font-size:17px}.about{margin:0 0 10px;color:#555;font-
 .card .v{font-size:20px;font-weight:600}.card .k{color:#666;font-size:12px}
 table{border-collapse:collapse;width:100%;font-size:12px}th,td{padding:4px 6px;text-align:left;
 border-bottom:1px solid #eee}td{white-space:nowrap}th{background:#f3f5f7;vertical-align:bottom}
-.barcell{min-width:120px}.hbar{display:inline-block;height:10px;background:#0072b2;margin-right:6px;
-max-width:100px;vertical-align:middle}svg{max-width:100%;height:auto}
+.track{display:inline-block;width:100px;margin-right:6px;vertical-align:middle}
+.hbar{display:block;height:10px;background:#0072b2}svg{max-width:100%;height:auto}
 """
 
 

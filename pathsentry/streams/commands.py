@@ -163,7 +163,15 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def _stats_line(st: dict[str, Any], sent: int | None) -> str:
+    """The demo's live counts: what a SOC counts (distinct flagged events and alerts stored),
+    then the alert versions stored (an alert is re-emitted each time it grows).
+
+    >>> _stats_line({"events_in": 9, "flagged": 4, "alerts": 2, "alert_versions": 5,
+    ...              "dead_letter": 0, "last_batch_ms": 1.5}, None)
+    'events=9  flagged=4  alerts=2  alert-versions=5  dead-letter=0  batch=1.5ms'
+    """
     parts = [f"events={st['events_in']}", f"flagged={st['flagged']}", f"alerts={st['alerts']}",
+             f"alert-versions={st['alert_versions']}",
              f"dead-letter={st['dead_letter']}", f"batch={st['last_batch_ms']}ms"]
     if sent is not None:
         parts.insert(0, f"backend sent≈{sent}")

@@ -246,6 +246,7 @@ async def _load_saved(store: StateStore, partitions: list[int], what: str,
     try:
         return await store.load(partitions)
     except (TimeoutError, KafkaError) as e:
+        store.load_failures += 1
         log.error("%s %s: saved state not readable (%s: %s); %s", what, partitions,
                   type(e).__name__, e, otherwise)
         return {}

@@ -77,7 +77,7 @@ class Pipeline(StatePersistence):
         self.engine = engine
         self.ch = ch
         self.sink = ClickHouseSink(ch)
-        self.stats = Stats()
+        self.stats = Stats(worker=worker_id)
         self.stats.detector_feedback = engine.crosscheck.tally.counts  # live
         self.outbox = Outbox(
             self.sink,
@@ -110,6 +110,7 @@ class Pipeline(StatePersistence):
         self.producer: Any = None
         self._partitions: dict[str, int] = {}
         self._init_persistence()
+        self.stats.watch(self.gauges)
 
     def flush_detectors(self) -> Findings:
         """Let the session stage and every group partition close what their event time
@@ -182,10 +183,11 @@ class Pipeline(StatePersistence):
             await self.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
             for a in findings.alerts
         ]
-        if triggers:  # one per alert, in order: the event that raised or updated it
-            for (kind, t), d in zip(triggers, deliveries, strict=True):
-                if isinstance(d.future, asyncio.Future):
-                    d.future.add_done_callback(functools.partial(self._published, kind, t))
+        # triggers, when given: one per alert, in order: the event that raised or updated it
+        for i, (a, d) in enumerate(zip(findings.alerts, deliveries, strict=True)):
+            if isinstance(d.future, asyncio.Future):
+                d.future.add_done_callback(functools.partial(
+                    self._published, a.kind, triggers[i][1] if triggers else None))
         await self.outbox.put(Pending(
             flags=findings.flags, alerts=findings.alerts, deliveries=deliveries + (forwards or []),
             on_durable=on_durable, produced_ms=produced_ms, stage=stage, events=events,
@@ -208,13 +210,16 @@ class Pipeline(StatePersistence):
             "assigned": self.assigned(),
             "group_state_saves": self.state_store.saves,
             "group_state_loads": self.state_store.loads,
+            "group_state_load_failures": self.state_store.load_failures,
             "group_state_restored": sorted(self.state_store.restored),
             "session_partitions": sorted(self.session_parts),
             "session_state_saves": self.session_store.saves,
             "session_state_loads": self.session_store.loads,
+            "session_state_load_failures": self.session_store.load_failures,
             "session_state_restored": sorted(self.session_store.restored),
             "learned_state_saves": self.learned_store.saves,
             "learned_state_loaded": bool(self.learned_store.restored),
+            "learned_state_load_failures": self.learned_store.load_failures,
         }
 
     def assigned(self) -> dict[str, list[int]]:
@@ -224,27 +229,12 @@ class Pipeline(StatePersistence):
             out.setdefault(topic, []).append(partition)
         return out
 
-    def _published(self, kind: str, produced_ms: int, fut: Awaitable[Any]) -> None:
+    def _published(self, kind: str, produced_ms: int | None, fut: Awaitable[Any]) -> None:
         if isinstance(fut, asyncio.Future) and not fut.cancelled() and fut.exception() is None:
-            self.stats.published_latencies_ms.append(
-                (produced_ms, time.time() * 1000 - produced_ms, kind))
+            self.stats.published(kind, produced_ms)
 
     def _stored(self, p: Pending, stored_ms: float) -> None:
-        s = self.stats
-        s.flagged += len(p.flags)
-        s.alerts += len(p.alerts)
-        for f in p.flags:
-            t = p.produced_ms.get(f.event_id)
-            if t:
-                s.latencies_ms.append((t, stored_ms - t, f.kind))
-        for kind, t in p.triggers:
-            s.alert_latencies_ms.append((t, stored_ms - t, kind))
-        if p.stage == "session" and p.events:
-            s.mark_detected(p.events)
-            s.batches += 1
-        elif p.stage == "group":
-            s.group_events += p.events
-            s.last_group_at = time.time()
+        self.stats.stored(p.flags, p.alerts, p.produced_ms, p.triggers, stored_ms, p.stage, p.events)
 
     async def dead_letter(self, payload: bytes | None, err: EventError, msg: Any) -> Awaitable[Any]:
         """Send a refused message to the dead-letter topic; returns its delivery future."""
@@ -254,9 +244,7 @@ class Pipeline(StatePersistence):
         )
         fut: Awaitable[Any] = await self.producer.send(self.topics.dead_letter, orjson.dumps(rec),
                                                         key=msg.key)
-        self.stats.dead_letter += 1
-        reasons = self.stats.dead_letter_reasons
-        reasons[err.reason] = reasons.get(err.reason, 0) + 1
+        self.stats.dead_lettered(err.reason)
         log.warning(
             "dead-letter: %s (%s) from %s[%d]@%d",
             err.reason, err.detail[:120], msg.topic, msg.partition, msg.offset,
@@ -294,9 +282,7 @@ class Pipeline(StatePersistence):
         await self.producer.flush()
         for fut in [d.future for d in sent] + dead:  # a failed delivery raises: the caller re-reads
             await fut
-        if valid and self.stats.first_ingest_at is None:
-            self.stats.first_ingest_at = time.time()
-        self.stats.events_in += valid
+        self.stats.ingested(valid)
 
     async def feedback_batch(self, records: Iterable[Any]) -> None:
         """The game's labels and interactions: dead-letter the invalid ones, store the
@@ -401,11 +387,11 @@ class Pipeline(StatePersistence):
             sends += await self._forward(self.topics.groups, p, group_items, wire, self.group_handoff,
                                          headers)
             forwarded += len(group_items)
-        self.stats.group_messages += forwarded
+        self.stats.forwarded(forwarded)
         await self.emit(out, produced, forwards=sends, on_durable=_ack_all(h for _, h in released),
                         stage="session", events=len(released), triggers=triggers)
         if released:
-            self.stats.last_batch_ms = round((time.perf_counter() - t0) * 1000, 2)
+            self.stats.batch_ran((time.perf_counter() - t0) * 1000)
 
     async def _forward(self, topic: str, partition: int, items: list[Any], wire: list[bytes],
                        handoff: Handoff[Any], headers: Any) -> list[Delivery]:

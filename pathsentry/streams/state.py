@@ -121,6 +121,8 @@ class StateStore:
         self._epochs: dict[int, tuple[str, int]] = {}
         self.saves = 0
         self.loads = 0
+        #: loads that failed (the topic unreadable: the partitions started empty)
+        self.load_failures = 0
         #: partitions whose saved state this store has loaded
         self.restored: set[int] = set()
 

@@ -44,9 +44,7 @@ def add_pages(app: Any, pipe: Pipeline) -> None:
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        text = prometheus_text(worker_id, pipe.stats, clickhouse_healthy=pipe.sink.healthy,
-                               outbox_rows=pipe.outbox.rows)
-        return web.text(text, content_type="text/plain")
+        return web.text(prometheus_text(pipe.stats).decode(), content_type="text/plain")
 
 
 def _dumps(obj: Any) -> str:

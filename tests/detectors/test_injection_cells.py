@@ -34,6 +34,10 @@ GEO = """cidr,country,asn,as_name,lat,lon,kind
 192.0.2.0/24,KR,9318,SK Broadband,37.5,127.0,residential
 100.65.2.0/24,KR,9318,SK Broadband,37.5,127.0,residential
 """
+#: one /24 in each of five other ASNs
+OTHER_NETS = ("100.70.0", "100.71.0", "100.72.0", "100.73.0", "100.74.0")
+GEO += "".join(f"{p}.0/24,KR,{64500 + i},Other ISP {i},37.5,127.0,residential\n"
+               for i, p in enumerate(OTHER_NETS))
 INJECTING = ("203.0.113", "198.51.100")  # KT lines with the DPI box
 CLEAN_KT, SKB = ("100.64.1",), ("192.0.2", "100.65.2")
 CONFIG = CDN_ORIGINS
@@ -146,14 +150,20 @@ def test_clean_asn_with_noise_does_not_alert() -> None:
 
 def test_path_wide_anomaly_also_seen_on_tls_is_not_injection() -> None:
     """A line whose every connection (TLS too) shows TTL +1 and early first bytes has
-    something on the path, but not an injector that forges plaintext answers."""
+    something on the path, but not an injector that forges plaintext answers. The
+    origin's genuine TLS answers reach it from the other networks too: one network's
+    TTL-rewriting box does not teach the origin a +1."""
     odd: dict[str, Any] = {"ttl": {"syn_ack": 52, "response": 53}, "ttfb_ms": 3.0}
+    before = DAY0 - timedelta(hours=1)
+    clean_tls = [make_probe(1000 + i, line, 1 + i % 6, before + timedelta(seconds=i), t)
+                 for i, line in enumerate(OTHER_NETS * 8)
+                 for t in TARGETS if t[1] == 443]
     events = [make_probe(i, "192.0.2", 1 + i % 8, DAY0 + timedelta(minutes=i),
                          TARGETS[i % 3], **odd) for i in range(90)]
-    alerts, flags = run(iter(events))
+    alerts, flags = run(iter(clean_tls + events))
     assert flags == 60 and alerts == []
     plain_only = [e for e in events if e["target"]["port"] != 443]
-    alerts, _ = run(iter(plain_only))
+    alerts, _ = run(iter(clean_tls + plain_only))
     assert [a.subject["asn"] for a in alerts[-1:]] == [9318]
 
 
@@ -196,7 +206,8 @@ def test_hours_follow_the_configured_timezone() -> None:
 def test_sparse_lines_are_pooled_to_find_the_hours() -> None:
     """Three hosts per line: no hourly cell of one /24 reaches min_probes, but the
     lines' all-day cells do, and the lines pooled hour by hour give 09-18."""
-    alerts, _ = run(world(days=2, hosts=3))
+    alerts, _ = run(world(days=2, hosts=3), engine("[detectors.injection_cells]\n"
+                                                   "min_suspect_clients = 3\nmin_probes = 8\n"))
     final = alerts[-1]
     assert (final.subject["prefixes"], final.subject["ports"], final.subject["hours"]) == (
         ["198.51.100.0/24", "203.0.113.0/24"], [80, 8080], "09–18")
@@ -211,6 +222,8 @@ LINE_A, LINE_B, LINE_C = "203.0.113", "198.51.100", "100.64.1"
 
 
 def cell_detector(**settings: float | int | str) -> InjectionCellDetector:
+    """A cell detector; these scenarios use two sources per line."""
+    settings = {"min_suspect_clients": 2, **settings}
     extra = "[detectors.injection_cells]\n" + "".join(
         f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
     cfg = load_config(text=CONFIG + extra, env={})
@@ -259,7 +272,7 @@ def assert_consistent(det: InjectionCellDetector, alert: Alert | None = None) ->
 
 
 def test_bad_cells_pushed_out_by_the_cell_cap_leave_the_alert() -> None:
-    det = cell_detector(min_probes=4, max_cells=4)
+    det = cell_detector(min_probes=4, max_cells=5)
     nine = DAY0 + timedelta(hours=9)
     first = feed(det, forged(0, LINE_A, nine))
     assert [a.version for a in first] == [1]
@@ -275,7 +288,7 @@ def test_bad_cells_pushed_out_by_the_cell_cap_leave_the_alert() -> None:
     assert ("+", 80, 9) not in group.bad  # its only member is gone
     assert {(c["prefix"], c["port"], c["hour"]) for c in alert.evidence["cells"]} == {
         ("203.0.113.0/24", 80, None), ("198.51.100.0/24", 8080, None),
-        ("198.51.100.0/24", 8080, 10), ("*", 8080, 10), ("+", 8080, 10)}
+        ("198.51.100.0/24", 8080, 10), ("*", 8080, 10), ("*", 8080, None), ("+", 8080, 10)}
     # the subject only grows: what was alerted before stays listed
     assert alert.subject["prefixes"] == ["198.51.100.0/24", "203.0.113.0/24"]
     assert (alert.subject["ports"], alert.subject["hours"]) == ([80, 8080], "09–11")
@@ -293,12 +306,16 @@ def test_idle_bad_cells_expire_and_the_last_version_stands() -> None:
     assert group.bad == set() and group.cells  # line C's cells are still held
     assert group.published is not None and group.published.version == 1
     assert_consistent(det)
-    # line B turns bad later: the next version shows only cells still held
+    # line B turns bad later: the next versions show only cells still held (the ASN's
+    # all-day cell, kept alive by line C, still counts line A's forgeries: it turns bad
+    # first)
     alerts = feed(det, forged(20, LINE_B, eleven + timedelta(minutes=5)))
-    assert [a.version for a in alerts] == [2]
-    assert_consistent(det, alerts[0])
-    assert {c["prefix"] for c in alerts[0].evidence["cells"]} == {"198.51.100.0/24", "*", "+"}
-    assert alerts[0].subject["prefixes"] == ["198.51.100.0/24", "203.0.113.0/24"]
+    assert [a.version for a in alerts] == [2, 3]
+    for alert in alerts:
+        assert_consistent(det, alert)
+    assert {(c["prefix"], c["hour"]) for c in alerts[0].evidence["cells"]} == {("*", None)}
+    assert {c["prefix"] for c in alerts[1].evidence["cells"]} == {"198.51.100.0/24", "*", "+"}
+    assert alerts[1].subject["prefixes"] == ["198.51.100.0/24", "203.0.113.0/24"]
 
 
 def test_refresh_after_some_cells_expired_lists_the_cells_still_held() -> None:

@@ -14,6 +14,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from pathsentry.infra.clickhouse import ddl_statements
+from tests.prometheus import PROMETHEUS_UID, dashboard_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -255,11 +256,35 @@ def test_grafana_is_provisioned(services: dict[str, Any]) -> None:
         for panel in json.loads(path.read_text())["panels"]:
             titles.append(panel["title"].lower())
             for target in panel["targets"]:
+                if target["datasource"]["uid"] == PROMETHEUS_UID:
+                    continue  # checked against a running worker's /metrics (test_worker_metrics)
                 assert target["datasource"]["uid"] == ds["uid"]
                 used = set(re.findall(r"pathsentry\.(\w+)", target["rawSql"]))
                 assert used and used <= relations, f"{panel['title']}: unknown relation {used - relations}"
     for topic in ("alerts over time", "asn", "prefixes", "farm groups", "injection cells by hour"):
         assert any(topic in t for t in titles), f"no panel about {topic}"
+    assert dashboard_metrics(ROOT / dash_mount.split(":")[0]), "no panel on the workers' Prometheus metrics"
+
+
+def test_prometheus_scrapes_every_worker(services: dict[str, Any]) -> None:
+    """Prometheus finds the worker replicas by the service's name, on the port their web
+    server listens on, and Grafana reads it through a provisioned datasource."""
+    prom = services["prometheus"]
+    assert prom["image"].startswith("prom/prometheus:")
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prom["volumes"] if v.startswith("./")}
+    config_path = next(a.split("=", 1)[1] for a in prom["command"] if a.startswith("--config.file="))
+    config = yaml.safe_load((ROOT / mounts[config_path]).read_text())
+    (job,) = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    (sd,) = job["dns_sd_configs"]
+    worker_cmd = services["worker"]["command"]
+    assert sd["names"] == ["worker"] and sd["type"] == "A"
+    assert str(sd["port"]) == worker_cmd[worker_cmd.index("--web-port") + 1]
+    assert _depends(services["grafana"]).get("prometheus") == "service_healthy"
+    datasources = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yaml").read_text())
+    (ds,) = datasources["datasources"]
+    assert ds["type"] == "prometheus" and ds["uid"] == PROMETHEUS_UID
+    assert ds["url"].split("://")[1].split(":")[0] == "prometheus"
 
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason=f"compose-spec JSON Schema not present at {SCHEMA} "

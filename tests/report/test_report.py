@@ -28,7 +28,8 @@ from pathsentry.infra.clickhouse import ChdbClickHouse, connect, is_read_only
 from pathsentry.queries import QUERIES, render
 from pathsentry.report import SECTIONS, Source, build_report
 from pathsentry.streams.sinks import ClickHouseSink
-from tests.report.samples import EXCESS_MS, sample_alerts, sample_flags, sample_labels
+from tests.prometheus import PROMETHEUS_UID
+from tests.report.samples import EXCESS_MS, relay_flag, sample_alerts, sample_flags, sample_labels
 
 pytestmark = pytest.mark.integration
 
@@ -274,6 +275,8 @@ def test_grafana_dashboard_sql_runs_on_the_views(filled: Path) -> None:
     ran = 0
     for panel in panels:
         for target in panel.get("targets", []):
+            if target["datasource"]["uid"] == PROMETHEUS_UID:
+                continue  # PromQL on the workers' /metrics (tests/integration/test_worker_metrics)
             sql = target["rawSql"]
             for pattern, repl in macros.items():
                 sql = re.sub(pattern, repl, sql)
@@ -315,6 +318,46 @@ def test_chromium_renders_the_plots(html: str, tmp_path: Path) -> None:
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", head[16:24]) == (1280, 2000)
     assert shot.stat().st_size > 30_000  # a blank page compresses to a few KiB
+
+
+#: Measures, in the page Chromium loads, how far each bar cell's content reaches past its
+#: cell (px), and writes the worst case on the body (a copy of the report: the report itself
+#: has no script).
+_MEASURE = """<script>window.onload = () => {
+  let worst = -1e9;
+  for (const td of document.querySelectorAll("td.barcell")) {
+    const r = document.createRange(); r.selectNodeContents(td);
+    worst = Math.max(worst, r.getBoundingClientRect().right - td.getBoundingClientRect().right);
+  }
+  document.body.setAttribute("data-overflow", String(worst));
+};</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_chromium_keeps_the_relay_exit_counts_inside_their_column(tmp_path: Path) -> None:
+    """Counts of several digits next to a full bar stay in the 'flagged' column."""
+    chdb = tmp_path / "chdb"
+    ch = connect(f"chdb://{chdb}")
+    try:
+        ch.apply_ddl(30)
+        sink = ClickHouseSink(ch)
+        flags = [relay_flag(i, account=f"acct{i % 40}", src_ip=f"203.0.113.{i % 250}", excess=9.0)
+                 for i in range(1234)]
+        flags += [relay_flag(5000 + i, account="acct1", src_ip="198.51.100.9", excess=9.0) for i in range(88)]
+        asyncio.run(sink.write(flags, []))
+        sink.close()
+    finally:
+        ch.close()
+    report = build_report(Source(functools.partial(_direct, _config(chdb)), "pathsentry"), origin="test")
+    table = _element(report.html, "plot-relay-exits")
+    assert "1234</td>" in table and "88</td>" in table
+    page = tmp_path / "report.html"
+    page.write_text(report.html.replace("</body>", _MEASURE + "</body>"))
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    m = re.search(r'data-overflow="(-?[0-9.e+-]+)"', dom.stdout)
+    assert m, "the measurement did not run"
+    assert float(m[1]) <= 0.5, f"a count runs {float(m[1]):.1f} px past the 'flagged' column"
 
 
 def test_feedback_section_shows_each_detectors_measured_precision(html: str) -> None:

@@ -1,0 +1,128 @@
+"""The same minutes seen from many networks: is an anomaly the origin's or the path's?
+
+An injecting box sits in one ISP; an origin failure (an outage, a maintenance page, an
+error burst) is seen by every network that reaches the origin at that time. This
+module keeps, per origin, short time buckets of what each network (ASN) saw: how many
+answers, how many flagged, and how many showed each kind of anomaly (a status the origin
+does not normally answer with, a missing mark, ...). For one answer it tells
+
+- whether its anomaly is **origin-wide**: at least ``min_networks`` networks, and at
+  least ``outage_share`` of the networks that reached the origin in the last
+  ``window_s``, saw the same anomaly;
+- the typical flagged rate of the **other** networks at the same time: the median of
+  their rates, so that other injecting ISPs (a few networks) do not raise it while an
+  origin failure (every network) does. The cell stage weighs each ISP's cells against it.
+
+Time is event time; buckets older than the window behind the newest event are dropped.
+
+>>> w = NetworkWindow(WindowSettings(min_networks=3))
+>>> for asn in ("AS1", "AS2", "AS3", "AS4"):
+...     w.add("www", asn, 100.0, "status:503", flagged=False)
+>>> w.add("www", "AS5", 100.0, None, flagged=True)
+>>> w.origin_wide("www", "status:503", 100.0), w.origin_wide("www", "status:302", 100.0)
+(True, False)
+>>> w.others("www", "AS1", 100.0), w.others("www", "AS1", 100.0 + 3600)
+(0.0, None)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["NetworkWindow", "WindowSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSettings:
+    """``[detectors.injection]`` keys of the cross-network contrast."""
+
+    #: how far back "the same minutes" reach
+    window_s: float = 600.0
+    bucket_s: float = 60.0
+    #: networks that must see the same anomaly before it is the origin's
+    min_networks: int = 4
+    #: ...and the share of the networks reaching the origin they must make up
+    outage_share: float = 0.5
+    max_entries: int = 8192
+
+
+@dataclass(slots=True)
+class _Net:
+    n: int = 0
+    flagged: int = 0
+    anomalies: dict[str, int] = field(default_factory=dict)
+
+
+class NetworkWindow:
+    """Per origin, per time bucket, per network: answers, flags, anomalies."""
+
+    def __init__(self, settings: WindowSettings) -> None:
+        self.s = settings
+        #: bucket -> origin -> network -> counts
+        self.buckets: dict[int, dict[str, dict[str, _Net]]] = {}
+        self.newest = -(2**62)
+        self.entries = 0
+
+    def _bucket(self, ts: float) -> int:
+        return int(ts // self.s.bucket_s)
+
+    def add(self, origin: str, net: str, ts: float, anomaly: str | None, flagged: bool) -> None:
+        b = self._bucket(ts)
+        if b > self.newest:
+            self.newest = b
+            self._expire()
+        if b < self.newest - self._span():
+            return
+        per_origin = self.buckets.setdefault(b, {}).setdefault(origin, {})
+        c = per_origin.get(net)
+        if c is None:
+            if self.entries >= self.s.max_entries:
+                return
+            c = per_origin[net] = _Net()
+            self.entries += 1
+        c.n += 1
+        c.flagged += flagged
+        if anomaly is not None:
+            c.anomalies[anomaly] = c.anomalies.get(anomaly, 0) + 1
+
+    def _span(self) -> int:
+        return max(1, int(self.s.window_s // self.s.bucket_s))
+
+    def _expire(self) -> None:
+        horizon = self.newest - self._span()
+        for b in [b for b in self.buckets if b < horizon]:
+            self.entries -= sum(len(v) for v in self.buckets.pop(b).values())
+
+    def _nets(self, origin: str, ts: float) -> dict[str, _Net]:
+        """The networks that reached ``origin`` in the window ending at ``ts``, summed."""
+        end = self._bucket(ts)
+        out: dict[str, _Net] = {}
+        for b in range(end - self._span(), end + 1):
+            for net, c in self.buckets.get(b, {}).get(origin, {}).items():
+                acc = out.get(net)
+                if acc is None:
+                    acc = out[net] = _Net()
+                acc.n += c.n
+                acc.flagged += c.flagged
+                for a, k in c.anomalies.items():
+                    acc.anomalies[a] = acc.anomalies.get(a, 0) + k
+        return out
+
+    def spread(self, origin: str, anomaly: str, ts: float) -> tuple[int, int]:
+        """(networks that saw ``anomaly``, networks that reached ``origin``) in the window."""
+        nets = self._nets(origin, ts)
+        return sum(1 for c in nets.values() if anomaly in c.anomalies), len(nets)
+
+    def origin_wide(self, origin: str, anomaly: str, ts: float) -> bool:
+        seen, total = self.spread(origin, anomaly, ts)
+        return seen >= self.s.min_networks and seen >= self.s.outage_share * total
+
+    def others(self, origin: str, net: str, ts: float) -> float | None:
+        """The median flagged rate of the networks other than ``net`` that reached
+        ``origin`` in the window (``None``: fewer than ``min_networks`` of them)."""
+        rates = sorted(c.flagged / c.n for other, c in self._nets(origin, ts).items()
+                       if other != net and c.n)
+        if len(rates) < self.s.min_networks:
+            return None
+        mid = len(rates) // 2
+        return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2

@@ -1,0 +1,240 @@
+"""Path or origin: the origin's own failures across many ISPs, framing, several injectors.
+
+A small world of eight ISPs reaching one CDN origin (``ws.example.com`` and
+``www.example.com``) all day, run through both injection stages.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from pathsentry.config import load_config
+from pathsentry.detectors import build_detectors
+from pathsentry.detectors.base import DetectorContext
+from pathsentry.engine import Engine
+from pathsentry.enrich.geo import CsvPrefixTable, GeoResolver
+from pathsentry.schemas import Alert, FlaggedEvent, parse_event
+from tests.fixtures import CDN_ORIGINS
+
+KST = timezone(timedelta(hours=9))
+DAY0 = datetime(2026, 3, 2, tzinfo=KST)
+ISPS = {4766: "Korea Telecom", 9318: "SK Broadband", 3786: "LG Uplus", 17858: "LG Powercomm",
+        9644: "SK Telecom", 4249: "LG Telecom", 38091: "CJ Hellovision", 9848: "Sejong"}
+KT, SKB, LGU = 4766, 9318, 3786
+
+
+def lines_of(asn: int) -> list[str]:
+    i = list(ISPS).index(asn)
+    return [f"58.{120 + i}.{j}" for j in range(2)]
+
+
+GEO = "cidr,country,asn,as_name,lat,lon,kind\n" + "".join(
+    f"{line}.0/24,KR,{asn},{name},37.5,127.0,residential\n"
+    for asn, name in ISPS.items() for line in lines_of(asn))
+TARGETS = (("ws.example.com", 80, "ws", "ws_upgrade"), ("www.example.com", 80, "http", "get"),
+           ("www.example.com", 8080, "http", "get"), ("ws.example.com", 443, "wss", "ws_upgrade"),
+           ("www.example.com", 443, "https", "get"))
+WS_HEADERS = ["server", "date", "connection", "upgrade", "sec-websocket-accept", "cf-ray"]
+WWW_HEADERS = ["server", "date", "content-type", "content-length", "cf-ray", "cf-cache-status"]
+CDN_ERROR = ["server", "date", "content-type", "content-length", "cf-ray"]
+REDIRECT = ["server", "date", "location", "content-length", "cf-ray"]
+FORGED = {"page": (200, ["content-type", "content-length", "connection"], "cd" * 32),
+          "redirect": (302, ["location", "content-length", "connection"], None),
+          "block": (403, ["content-type", "content-length", "cache-control"], "ef" * 32)}
+
+
+@dataclass(frozen=True)
+class Injector:
+    ports: tuple[int, ...]
+    hours: range
+    answer: str
+    ttl_delta: int | None  # None: no TTL visible
+    rate: float = 0.8
+
+
+@dataclass
+class World:
+    hosts: int = 6
+    every_min: int = 20
+    #: (start minute, minutes, status, with the CDN's marks)
+    outages: list[tuple[int, int, int, bool]] = field(default_factory=list)
+    maintenance: tuple[int, int] | None = None
+    error_rate: float = 0.0
+    redirect_rate: float = 0.0
+    #: the origin's answers leave one hop nearer than its SYN-ACKs this share of the time
+    lb_share: float = 0.0
+    injectors: dict[int, Injector] = field(default_factory=dict)
+    #: accounts of one KT line reporting forged answers every few minutes all day
+    framers: int = 0
+    seed: int = 1
+
+
+def genuine(ev: dict[str, Any], w: World, minute: int, rng: random.Random) -> None:
+    ws = ev["request"] == "ws_upgrade"
+    plain = ev["target"]["scheme"] in ("ws", "http")
+    ev.update(status=101 if ws else 200, header_names=list(WS_HEADERS if ws else WWW_HEADERS),
+              server_header="cloudflare", body_sha256=None if ws else "ab" * 32)
+    if rng.random() < w.lb_share:
+        ev["ttl"] = {"syn_ack": 52, "response": 53}
+    for start, length, status, marks in w.outages:
+        if start <= minute < start + length:
+            if marks:
+                ev.update(status=status, header_names=list(CDN_ERROR), body_sha256="11" * 32)
+            else:  # a box of the origin's own answering without the CDN
+                ev.update(status=status, header_names=["content-type"], server_header="nginx",
+                          body_sha256="12" * 32, ttl={"syn_ack": 52, "response": 53})
+            return
+    if w.maintenance and w.maintenance[0] <= minute < sum(w.maintenance):
+        ev.update(status=503, header_names=[*WWW_HEADERS, "retry-after"], body_sha256="33" * 32)
+    elif rng.random() < w.error_rate:
+        ev.update(status=rng.choice((404, 500, 502)), header_names=list(CDN_ERROR),
+                  body_sha256="44" * 32)
+    elif plain and not ws and rng.random() < w.redirect_rate:
+        ev.update(status=301, header_names=list(REDIRECT), body_sha256=None)
+
+
+def probe(n: int, src: str, account: str, ts: datetime, target: tuple[str, int, str, str],
+          rng: random.Random) -> dict[str, Any]:
+    host, port, scheme, request = target
+    connect = rng.uniform(8.0, 30.0)
+    return {"kind": "http_probe", "event_id": f"p{n}", "ts": ts.isoformat(), "src_ip": src,
+            "account": account, "target": {"host": host, "port": port, "scheme": scheme},
+            "request": request, "connect_ms": round(connect, 3),
+            "ttfb_ms": round(connect + rng.uniform(2.0, 30.0), 3),
+            "ttl": {"syn_ack": 52, "response": 52}, "reporter": "client"}
+
+
+def forge(ev: dict[str, Any], inj: Injector, rng: random.Random) -> None:
+    status, headers, body = FORGED[inj.answer]
+    ev.update(status=status, header_names=list(headers), server_header=None, body_sha256=body,
+              ttfb_ms=round(ev["connect_ms"] * rng.uniform(0.15, 0.6), 3),
+              ttl=None if inj.ttl_delta is None else {"syn_ack": 52, "response": 52 + inj.ttl_delta})
+
+
+def events(w: World) -> Iterator[dict[str, Any]]:
+    rng, n = random.Random(w.seed), 0
+    for minute in range(0, 24 * 60, w.every_min):
+        for asn in ISPS:
+            inj = w.injectors.get(asn)
+            for line in lines_of(asn):
+                for host_no in range(1, w.hosts + 1):
+                    n += 1
+                    ts = DAY0 + timedelta(minutes=minute + rng.uniform(0, w.every_min))
+                    target = rng.choice(TARGETS)
+                    ev = probe(n, f"{line}.{host_no}", f"u{line}.{host_no}", ts, target, rng)
+                    genuine(ev, w, minute, rng)
+                    if (inj is not None and ts.hour in inj.hours and target[1] in inj.ports
+                            and rng.random() < inj.rate):
+                        forge(ev, inj, rng)
+                    yield ev
+        for k in range(w.framers):
+            n += 1
+            ts = DAY0 + timedelta(minutes=minute + k)
+            ev = probe(n, f"{lines_of(KT)[0]}.{100 + k}", f"framer{k}", ts, TARGETS[1], rng)
+            genuine(ev, w, minute, rng)
+            forge(ev, Injector((80,), range(24), "page", 1), rng)
+            yield ev
+
+
+def run(w: World) -> tuple[list[Alert], list[FlaggedEvent]]:
+    cfg = load_config(text=CDN_ORIGINS, env={})
+    geo = GeoResolver([CsvPrefixTable.from_lines(io.StringIO(GEO))])
+    dets = build_detectors(DetectorContext(cfg, geo), only=["injection", "injection_cells"])
+    eng = Engine(cfg, geo=geo, detectors=dets)
+    alerts: list[Alert] = []
+    flags: list[FlaggedEvent] = []
+    for raw in sorted(events(w), key=lambda e: e["ts"]):
+        found = eng.process(parse_event(raw))
+        alerts.extend(found.alerts)
+        flags.extend(found.flags)
+    alerts.extend(eng.flush().alerts)
+    return alerts, flags
+
+
+def final(alerts: list[Alert]) -> dict[int, Alert]:
+    """The last version of each ASN's alert."""
+    out: dict[int, Alert] = {}
+    for a in alerts:
+        out[a.subject["asn"]] = a
+    return out
+
+
+def test_the_origins_own_failures_across_every_isp_raise_nothing() -> None:
+    """A 25-minute CDN outage (503 with the CDN's headers and the SYN-ACK's TTL), a
+    maintenance page, genuine 4xx/5xx, redirects to https and a load balancer whose
+    answers leave one hop nearer than its SYN-ACKs a third of the time."""
+    w = World(outages=[(600, 25, 503, True)], maintenance=(900, 40), error_rate=0.03,
+              redirect_rate=0.3, lb_share=0.33)
+    alerts, flags = run(w)
+    assert flags == [] and alerts == []
+
+
+def test_an_outage_without_the_cdns_marks_seen_everywhere_is_the_origins() -> None:
+    """The origin's fallback box answers every ISP for 25 minutes without the CDN's
+    headers and from one hop nearer: it looks forged on each line, but every network
+    sees it at once. A few answers before that is clear are flagged; no ISP is named."""
+    alerts, flags = run(World(outages=[(600, 25, 502, False)]))
+    assert alerts == []
+    assert 0 < len(flags) <= 12
+    assert {f.ts.astimezone(KST).hour for f in flags} == {10}
+
+
+def test_two_accounts_cannot_frame_an_isp() -> None:
+    alerts, flags = run(World(framers=2))
+    assert len(flags) > 100 and {f.account for f in flags} == {"framer0", "framer1"}
+    assert alerts == []
+
+
+def test_six_accounts_reporting_forgeries_name_the_isp() -> None:
+    """The control of the framing test: the rule is about distinct sources."""
+    alerts, _ = run(World(framers=6))
+    assert list(final(alerts)) == [KT]
+
+
+INJECTORS = {
+    KT: Injector((80,), range(20, 24), "redirect", None),
+    SKB: Injector((8080,), range(9, 13), "block", 2),
+    LGU: Injector((80, 8080), range(14, 18), "page", 0, rate=0.5),
+}
+
+
+@pytest.fixture(scope="module")
+def three_injectors() -> tuple[list[Alert], list[FlaggedEvent]]:
+    return run(World(injectors=INJECTORS, outages=[(15 * 60, 30, 503, True)],
+                     error_rate=0.02, redirect_rate=0.2, seed=7))
+
+
+def test_each_injecting_isp_is_named_with_its_own_ports_and_hours(
+        three_injectors: tuple[list[Alert], list[FlaggedEvent]]) -> None:
+    alerts, _ = three_injectors
+    got = final(alerts)
+    assert sorted(got) == sorted(INJECTORS)
+    assert len({a.alert_id for a in alerts}) == 3
+    expected = {KT: ([80], "20–24"), SKB: ([8080], "09–13"), LGU: ([80, 8080], "14–18")}
+    for asn, alert in got.items():
+        assert (alert.subject["ports"], alert.subject["hours"]) == expected[asn], asn
+        assert set(alert.subject["prefixes"]) <= {f"{p}.0/24" for p in lines_of(asn)}
+
+
+def test_forgeries_of_every_kind_are_flagged_and_nothing_else(
+        three_injectors: tuple[list[Alert], list[FlaggedEvent]]) -> None:
+    _, flags = three_injectors
+    by_asn: dict[int | None, set[int]] = {}
+    for f in flags:
+        by_asn.setdefault(f.asn, set()).add(f.ts.astimezone(KST).hour)
+    assert set(by_asn) == set(INJECTORS)
+    for asn, hours in by_asn.items():
+        assert hours <= set(INJECTORS[asn].hours), asn
+    kt = [f for f in flags if f.asn == KT]
+    assert all("ttl_delta" not in f.evidence and "origin_marks" in f.evidence for f in kt)
+    skb = next(f for f in flags if f.asn == SKB)
+    assert skb.evidence["ttl_delta"]["delta"] == 2
+    assert skb.evidence["ttl_delta"]["expected_deltas"] == [0]
+    assert skb.evidence["fast_answer"]["ttfb_ms"] < skb.evidence["fast_answer"]["expected_min_ms"]
