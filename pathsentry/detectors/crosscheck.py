@@ -53,9 +53,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import BAD_LABELS, AccountLabel, Alert, Interaction, severity_for
 
 __all__ = [
@@ -106,8 +107,8 @@ class CrossCheckSettings:
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> CrossCheckSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in settings.items() if k in known})
+        (out,) = load_settings("crosscheck", settings, cls)
+        return out  # type: ignore[no-any-return]
 
 
 class _Lru(OrderedDict[str, Any]):

@@ -54,12 +54,13 @@ The verdict is left in ``Enriched.notes["injection"]`` for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from pathsentry.config import Origin
 from pathsentry.detectors import register
+from pathsentry.detectors.addresses import ip_text as ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.injection_profile import (
     Expectation,
@@ -68,6 +69,7 @@ from pathsentry.detectors.injection_profile import (
     features_of,
 )
 from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings
+from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
 
 __all__ = [
@@ -78,51 +80,10 @@ __all__ = [
     "Verdict",
     "assess",
     "noisy_or",
-    "settings_from",
 ]
 
 NOTES_KEY = "injection"
-S = TypeVar("S")
 
-#: ``str()`` of recently seen address objects, by identity: the event parser hands out
-#: one object per distinct address, and ``IPv4Address.__str__`` is slow pure Python.
-#: ``_IP_OBJECTS`` holds each object, so that its id is not reused meanwhile (two flat
-#: dicts: no tuple per entry for the garbage collector to walk).
-_IP_TEXT: dict[int, str] = {}
-_IP_OBJECTS: dict[int, object] = {}
-_IP_TEXT_MAX = 16_384
-
-
-def ip_text(ip: object) -> str:
-    """``str(ip)``, remembered for the last :data:`_IP_TEXT_MAX` address objects.
-
-    >>> from ipaddress import ip_address
-    >>> ip_text(ip_address("203.0.113.7"))
-    '203.0.113.7'
-    """
-    key = id(ip)
-    if _IP_OBJECTS.get(key) is ip:
-        return _IP_TEXT[key]
-    text = str(ip)
-    if len(_IP_TEXT) >= _IP_TEXT_MAX:
-        _IP_TEXT.clear()
-        _IP_OBJECTS.clear()
-    _IP_TEXT[key] = text
-    _IP_OBJECTS[key] = ip
-    return text
-
-
-def settings_from(cls: type[S], raw: Mapping[str, Any]) -> S:
-    """Build a settings dataclass from a ``[detectors.NAME]`` table.
-
-    Values are coerced to the type of the field's default; unknown keys (such as
-    ``enabled``) are ignored.
-
-    >>> settings_from(InjectionSettings, {"flag_score": "0.7", "enabled": True}).flag_score
-    0.7
-    """
-    defaults: dict[str, Any] = {f.name: f.default for f in fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: type(defaults[k])(v) for k, v in raw.items() if k in defaults})
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,11 +408,10 @@ class InjectionDetector(Detector):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        raw = ctx.settings(self.name)
-        self.settings = settings_from(InjectionSettings, raw)
-        self.profiles = OriginProfiles(settings_from(ProfileSettings, raw),
-                                       pinned=(o.host for o in ctx.config.origins))
-        self.window = NetworkWindow(settings_from(WindowSettings, raw))
+        self.settings, profile, window = load_settings(
+            self.name, ctx.settings(self.name), InjectionSettings, ProfileSettings, WindowSettings)
+        self.profiles = OriginProfiles(profile, pinned=(o.host for o in ctx.config.origins))
+        self.window = NetworkWindow(window)
         self._priors: dict[str, frozenset[str] | None] = {}
 
     def _prior(self, host: str, origin: Origin | None) -> set[str] | None:

@@ -62,8 +62,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pathsentry.detectors import register
+from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
-from pathsentry.detectors.injection import NOTES_KEY, ip_text, settings_from
+from pathsentry.detectors.injection import NOTES_KEY
 from pathsentry.detectors.injection_counts import (
     Cell,
     distinct_at_least,
@@ -75,6 +76,7 @@ from pathsentry.detectors.injection_counts import (
     wilson_lower,
     wilson_upper,
 )
+from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import Alert, HttpProbe, make_alert_id, severity_for
 
 __all__ = [
@@ -214,7 +216,7 @@ class InjectionCellDetector(Detector):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        self.settings = settings_from(CellSettings, ctx.settings(self.name))
+        (self.settings,) = load_settings(self.name, ctx.settings(self.name), CellSettings)
         zone = self.settings.timezone
         self.tz: tzinfo | None = ZoneInfo(zone) if zone else None
         self.groups: OrderedDict[str, _Group] = OrderedDict()

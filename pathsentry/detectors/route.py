@@ -72,8 +72,8 @@ from typing import Any
 
 from pathsentry.config import Server
 from pathsentry.detectors import register
+from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
-from pathsentry.detectors.injection import _IP_OBJECTS, _IP_TEXT, ip_text
 from pathsentry.detectors.latency import AlertBook
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
 from pathsentry.enrich.geo import GeoInfo, prefix_of
@@ -380,7 +380,7 @@ class RouteDetector(SessionTable, Detector):
             if ip is None:
                 out.append((ttl, None, None, None, None, n, "silent", None, None))
                 continue
-            text = _IP_TEXT[id(ip)] if _IP_OBJECTS.get(id(ip)) is ip else ip_text(ip)
+            text = ip_text(ip)
             hop = cache.get(text)
             if hop is None:
                 hop = cache[text] = _Hop(lookup(ip))

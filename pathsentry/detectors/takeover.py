@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any
@@ -66,6 +66,7 @@ from typing import Any
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.physics import great_circle_km
+from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import Alert, FlaggedEvent, Login, make_alert_id, severity_for
 
 __all__ = ["TakeoverDetector", "TakeoverSettings"]
@@ -104,8 +105,8 @@ class TakeoverSettings:
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TakeoverSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in settings.items() if k in known and k != "enabled"})
+        (out,) = load_settings("takeover", settings, cls)
+        return out  # type: ignore[no-any-return]
 
 
 def _remember(values: OrderedDict[Any, float], value: Any, ts: float, cap: int) -> None:
