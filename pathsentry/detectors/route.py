@@ -74,7 +74,7 @@ from pathsentry.config import Server
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
-from pathsentry.detectors.latency import AlertBook
+from pathsentry.detectors.bounded import AlertBook
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
 from pathsentry.enrich.geo import GeoInfo, prefix_of
 from pathsentry.schemas import FlaggedEvent, Login, Traceroute
@@ -440,15 +440,14 @@ class RouteDetector(SessionTable, Detector):
     def _emit_flag(self, sess: _Session, flag: dict[str, Any], account: str | None) -> Findings:
         """Emit (or re-emit, once the login names the account) a flag and its alert.
 
-        The alert subject is fixed at the first emission: the account when known,
-        else the source prefix; a later login only adds the account to it.
+        The alert is about the exit the foreign route enters the home country through:
+        its subject is the source prefix whatever arrives first (the traceroute or its
+        login), so the stream and a replay of the same events give the same alert id;
+        the accounts seen through it are listed in the alert as the logins name them.
         """
         flag["account"] = account
-        if "subject_key" not in flag:
-            flag["subject_key"] = f"account:{account}" if account else f"prefix:{flag['prefix']}"
-        subject_key = flag["subject_key"]
-        kind, _, value = subject_key.partition(":")
-        subject = {kind: value}
+        subject_key = f"prefix:{flag['prefix']}"
+        subject = {"prefix": flag["prefix"]}
         ts = datetime.fromisoformat(flag["ts"])
         alert = self.alerts.update(
             subject_key, subject, ts, flag["score"], flag["event_id"],

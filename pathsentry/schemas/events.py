@@ -108,6 +108,11 @@ class ClientInfo(BaseModel):
     local_ip: IpAddr | None = None
     device_id: Annotated[str, Field(max_length=128)] | None = None
     os: Annotated[str, Field(max_length=64)] | None = None
+    #: client platform (e.g. ``pc``, ``android``, ``console``) and build: the game may
+    #: answer its ping on a different loop per platform or build, so the relay detector
+    #: learns the application overhead per (server, platform) when a login names one
+    platform: Annotated[str, Field(max_length=64)] | None = None
+    build: Annotated[str, Field(max_length=64)] | None = None
 
 
 class Login(_Base):

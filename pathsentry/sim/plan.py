@@ -218,7 +218,8 @@ class _Planner:
                 mode = "l4" if label == "l4_relay" else "l3"
                 exit_prefix = self.rng.choice(exits)
             ex = Exit(mode, exit_prefix, self.rng.randrange(250))
-            self.add(self.names.player(), label, "attack", home, exit=ex, forced_first=True,
+            variant = f"{label}/{mode}" if label == "resi_proxy" else "attack"
+            self.add(self.names.player(), label, variant, home, exit=ex, forced_first=True,
                      daily=self.rng.uniform(1.5, 4.0))
 
     def farm(self, label: str, index: int, size: int, exits: list[Prefix]) -> FarmGroup:

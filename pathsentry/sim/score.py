@@ -120,8 +120,9 @@ def score_events(truth: Truth, flags: Iterable[FlaggedEvent], flag_kind: str,
         if flag_kind in ev.expect:
             entity = ev.account if flag_kind != "path_injection" and ev.account else ev.label
             first_pos[entity] = min(first_pos.get(entity, ev.ts), ev.ts)
-            by_class[ev.label]["positives"] += 1
-            by_class[ev.label]["found"] += int(hit)
+            for key in {ev.label, ev.klass}:  # the attack class, and its variant if it has one
+                by_class[key]["positives"] += 1
+                by_class[key]["found"] += int(hit)
             if hit:
                 tp += 1
                 first_hit[entity] = min(first_hit.get(entity, ev.ts), ev.ts)

@@ -96,9 +96,13 @@ def _eid(*parts: object) -> str:
 
 
 def _truth(event: dict[str, Any], label: str, klass: str, expect: list[str]) -> dict[str, Any]:
+    """An event's truth record; an attack's ``klass`` is its label, or a finer
+    ``label/variant`` (``resi_proxy/l4``) where the account names one."""
+    if label != "benign":
+        klass = klass if klass.startswith(label + "/") else label
     return {"type": "event", "event_id": event["event_id"], "ts": event["ts"],
             "kind": event["kind"], "account": event.get("account"), "label": label,
-            "klass": label if label != "benign" else klass, "expect": expect}
+            "klass": klass, "expect": expect}
 
 
 class Builder:

@@ -48,6 +48,9 @@ GEO_ROWS = [
     ("45.64.1.0/24", "KR", 38700, *SEOUL, "hosting"),
     ("203.0.113.0/24", "KR", 64511, *SEOUL, "hosting"),
     ("175.200.1.0/24", "KR", 4766, *BUSAN, "business"),
+    ("58.120.0.0/16", "KR", 4766, *SEOUL, "residential"),
+    ("223.39.0.0/16", "KR", 9644, *SEOUL, "mobile"),
+    ("45.65.0.0/16", "KR", 38701, *SEOUL, "hosting"),
 ]
 
 
@@ -120,6 +123,15 @@ class World:
             assert not out.flags, out.flags[0].reasons
 
 
+def warm_server(w: World, n: int = 30, server: str = "kr-sel-1") -> None:
+    """Honest Seoul players from ``n`` different /24s teach the server's app overhead."""
+    for i in range(n):
+        base = leg_ms(SEOUL, SEOUL) + w.rng.uniform(1.0, 4.0)
+        app = w.samples(base, 0.3)
+        w.login(f"local{i}", f"58.120.{i}.{10 + i}", app,
+                round(min(app) + w.rng.uniform(0.0, 0.6), 3), server=server)
+
+
 def make_world(seed: int = 1, **settings: Any) -> World:
     cfg = load_config(text=CONFIG, env={})
     if settings:
@@ -133,6 +145,7 @@ def make_world(seed: int = 1, **settings: Any) -> World:
 @pytest.fixture
 def world() -> World:
     w = make_world()
+    warm_server(w)
     w.warm("211.234.1", SEOUL, (1.0, 4.0))
     return w
 
@@ -370,7 +383,7 @@ class _Unpruned(LatencyDetector):
     prune = False
 
 
-def _replay_world(tmp_path: Any, detector: type[LatencyDetector], seed: int = 3) -> list[Any]:
+def _replay_world(tmp_path: Any, detector: type[LatencyDetector], seed: int = 4) -> list[Any]:
     from datetime import UTC, datetime
 
     from pathsentry.config import load_config
@@ -421,7 +434,7 @@ def test_state_snapshot_restores_sessions_for_late_probes() -> None:
     assert not out.flags
     snap = json.loads(json.dumps(w.det.state()))
     login = next(r["login"] for r in snap["sessions"] if r["id"] == "sp-1")
-    assert login["app_rtt_samples"] == 7 and login["event"]["app_rtt_ms"] == [min(app)]
+    assert login["app_rtt_samples"] == 7 and login["event"]["app_rtt_ms"] == [min(app), max(app)]
     old_format = json.loads(json.dumps(snap))
     for row in old_format["sessions"]:
         if row["login"] is not None and row["id"] == "sp-1":

@@ -103,11 +103,15 @@ class Lab:
         return ev, self.det.process(ev) or Findings()
 
 
-@pytest.fixture
-def lab() -> Lab:
+def _lab() -> Lab:
     cfg = load_config(text=CONFIG, env={})
     geo = GeoResolver([CsvPrefixTable.from_lines(io.StringIO(GEO))])
     return Lab(cfg, RouteDetector(DetectorContext(cfg, geo)), Enricher(cfg, geo))
+
+
+@pytest.fixture
+def lab() -> Lab:
+    return _lab()
 
 
 def test_foreign_origin_before_home_exit_is_flagged(lab: Lab) -> None:
@@ -134,7 +138,28 @@ def test_client_run_traceroute_is_read_from_the_client_end(lab: Lab) -> None:
     assert ev.notes["account"] == "xiaopai002"
     assert ev.notes["login_event_id"] == login.event.event_id
     assert out.flags[0].account == "xiaopai002"
-    assert out.alerts[0].subject == {"account": "xiaopai002"}
+    assert out.alerts[0].subject == {"prefix": "211.234.5.0/24"}
+    assert out.alerts[0].accounts == ["xiaopai002"]
+
+
+def _alert_ids(lab: Lab, traceroute_first: bool) -> tuple[set[str], list[str]]:
+    ids: set[str] = set()
+    accounts: list[str] = []
+    steps = [lambda: lab.traceroute("211.234.5.8", "o1", CN_EDGE + KR_CORE)[1],
+             lambda: lab.login("211.234.5.8", "o1", "xiaopai003")[1]]
+    for step in steps if traceroute_first else steps[::-1]:
+        for alert in step().alerts:
+            ids.add(alert.alert_id)
+            accounts = alert.accounts
+    return ids, accounts
+
+
+def test_route_alert_subject_does_not_depend_on_arrival_order() -> None:
+    """The stream may deliver a session's traceroute before or after its login."""
+    first = _alert_ids(_lab(), traceroute_first=True)
+    second = _alert_ids(_lab(), traceroute_first=False)
+    assert len(first[0]) == 1 and first[0] == second[0]
+    assert first[1] == second[1] == ["xiaopai003"]
 
 
 def test_home_route_is_not_flagged_and_still_gets_a_signature(lab: Lab) -> None:

@@ -1,0 +1,399 @@
+"""Learned expectations: per-prefix RTT baselines and each game server's application
+overhead.
+
+:class:`Baseline` holds running quantiles of the session minimum app RTT for one key
+(server and /24, ASN or country): what "normal" looks like from one neighbourhood.
+
+:class:`Overhead` is what the game server adds to a network round trip when it
+answers the application ping on its game loop: a fixed processing cost plus a
+uniform phase of its tick. A login carries ``k`` app samples and the kernel TCP RTT
+of the same connection; for an honest client
+
+    gap = min(app) - tcp = cost + tick * B_k + noise,   B_k ~ Beta(1, k)
+
+(the minimum of ``k`` uniform phases; ``E[B_k] = 1 / (k + 1)``). An L4 relay adds
+the whole client-relay leg to the gap. The estimators, all robust to a relayed
+minority and windowed so that a patch day is absorbed:
+
+``tick``
+    median over multi-sample logins of ``spread * (k + 1) / (k - 1)`` (``spread`` =
+    max - min of the app samples, whose expectation is ``tick * (k - 1) / (k + 1)``).
+    A relay does not change the server's tick, so this is not skewed by relays.
+``cost``
+    median of the phase-corrected gap ``gap - tick * (1 - 0.5 ** (1 / k))``
+    (less the phase's median). Relays only add to the gap, so a relayed share
+    below about 40 % of the window leaves the median near the honest one (the high
+    quantiles would not be: the relays sit there).
+``noise``
+    per access kind, the median magnitude of the residuals ``gap - cost`` at or
+    below zero, as a normal-equivalent scale. The phase is never negative, so what
+    lands below the cost is measurement noise (a phase-corrected residual would
+    count the tick's spread as noise twice); and it is the side relays never reach.
+
+``spike``
+    per access kind, the 90th percentile of the app samples' spread beyond the
+    tick's share: how far one sample of a radio link may spike. It is added to the
+    bound of logins with one or two samples (the minimum of more filters spikes).
+
+The honest upper bound of a login's gap is then ``cost + tick * q_k + z * noise
+(+ spike)``
+with ``q_k = 1 - alpha ** (1 / k)`` the ``1 - alpha`` quantile of ``B_k``; what the
+gap exceeds beyond it is the relay evidence (:mod:`.scoring`).
+
+Every estimate is a quantile over *votes*, one per exit prefix (its latest login),
+at most ``overhead_window`` prefixes per server and ``2 x`` that per access kind,
+least recently heard from dropped: a gold farm logging 50 accounts into one server
+through one /24 in a minute is one vote, not 50, so "robust to a relayed minority"
+means a minority of prefixes, which relays rarely outnumber. A patch day moves each
+prefix's vote at its next login: the median follows once half the window's
+prefixes have logged in again. The figures are exact quantiles of the votes and a
+JSON snapshot is the votes themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+from river._river_rust.stats import RsQuantile
+
+__all__ = ["Baseline", "Overhead", "OverheadBook", "phase_quantile"]
+
+def phase_quantile(k: int, alpha: float) -> float:
+    """The ``1 - alpha`` quantile of the minimum of ``k`` uniform(0, 1) phases.
+
+    >>> round(phase_quantile(1, 0.001), 3), round(phase_quantile(10, 0.001), 3)
+    (0.999, 0.499)
+    """
+    return 1.0 - float(alpha ** (1.0 / max(1, k)))
+
+
+class _Votes:
+    """One vote per source (the latest value of each exit prefix), at most ``cap``
+    sources (the least recently heard from is dropped), and their quantiles (sorted
+    once per change). A farm behind one or a few /24s casts one or a few votes however
+    many of its accounts log in, so it cannot drag a median the honest population
+    sets."""
+
+    __slots__ = ("_sorted", "cap", "votes")
+
+    def __init__(self, cap: int, votes: list[list[Any]] | None = None) -> None:
+        self.cap = max(2, cap)
+        self.votes: OrderedDict[str, float] = OrderedDict()
+        for source, x in votes or ():
+            self.add(str(source), float(x))
+        self._sorted: list[float] | None = None
+
+    def add(self, source: str, x: float) -> None:
+        votes = self.votes
+        if source in votes:
+            del votes[source]
+        votes[source] = x
+        if len(votes) > self.cap:
+            votes.popitem(last=False)
+        self._sorted = None
+
+    def __len__(self) -> int:
+        return len(self.votes)
+
+    def quantile(self, q: float) -> float:
+        """Linear-interpolated quantile of the votes (0.0 when there are none)."""
+        s = self._sorted
+        if s is None:
+            s = self._sorted = sorted(self.votes.values())
+        if not s:
+            return 0.0
+        pos = q * (len(s) - 1)
+        i = int(pos)
+        j = min(i + 1, len(s) - 1)
+        return s[i] + (s[j] - s[i]) * (pos - i)
+
+    def snapshot(self) -> list[list[Any]]:
+        return [[k, v] for k, v in self.votes.items()]
+
+
+class Overhead:
+    """The learned application overhead of one game server (or server and platform).
+
+    >>> import random
+    >>> rng = random.Random(1)
+    >>> o = Overhead("srv", window=200)
+    >>> for _ in range(200):  # cost 6 ms, tick 33 ms, 4 samples, no noise
+    ...     phases = [rng.uniform(0, 33) for _ in range(4)]
+    ...     o.update(f"p{_}", 6.0 + min(phases), 4, max(phases) - min(phases))
+    >>> 28 < o.tick() < 38, 4 < o.cost() < 8
+    (True, True)
+    """
+
+    __slots__ = ("_cost", "_figures", "_tick", "_u", "key", "n")
+
+    #: multi-sample logins needed before the tick comes from the samples' spread
+    MIN_TICK_LOGINS: ClassVar[int] = 5
+
+    def __init__(self, key: str, window: int) -> None:
+        self.key = key
+        #: logins with a TCP RTT learned (the cost's evidence), over all time
+        self.n = 0
+        self._tick = _Votes(window)
+        self._cost = _Votes(window)
+        #: standardised gap residuals (clipped to +-3), one per exit prefix
+        self._u = _Votes(window)
+        self._figures: tuple[float, float, float, float] | None = None
+
+    def figures(self) -> tuple[float, float, float, float]:
+        """(cost, tick, centre, scale), read once per change of the votes: ``centre`` is
+        the 10 %-trimmed mean of the prefixes' standardised gap residuals when it is
+        positive (else 0), ``scale`` their normal-equivalent spread (IQR / 1.349, at
+        least 1). With the model right they are 0 and 1 (the residuals' median is not:
+        the minimum of k phases is skewed); where the model leans towards calling
+        honest logins slow (a tick the spread underestimates, jitter the noise misses)
+        they carry what the population shows instead. They never make the test more
+        sensitive than the model."""
+        f = self._figures
+        if f is None:
+            u = self._u
+            if len(u) >= self.MIN_TICK_LOGINS:
+                values = sorted(u.votes.values())
+                cut = len(values) // 10
+                kept = values[cut:len(values) - cut]
+                centre = sum(kept) / len(kept)
+                centre = centre if centre > 0.0 else 0.0
+                scale = (u.quantile(0.75) - u.quantile(0.25)) / 1.349
+            else:
+                centre, scale = 0.0, 1.0
+            f = self._figures = (self.cost(), self.tick(), centre, scale if scale > 1.0 else 1.0)
+        return f
+
+    def tick(self) -> float:
+        """The tick (ms): median spread-based estimate, or, before enough multi-sample
+        logins, the width of the phase-corrected gaps' p10-p90 (an upper-leaning guess)."""
+        if len(self._tick) >= self.MIN_TICK_LOGINS:
+            return self._tick.quantile(0.5)
+        if len(self._cost) >= 2:
+            return (self._cost.quantile(0.9) - self._cost.quantile(0.1)) / 0.8
+        return 0.0
+
+    def sources(self) -> int:
+        """Exit prefixes whose gap the cost is learned from (the warm-up measure)."""
+        return len(self._cost)
+
+    def cost(self) -> float:
+        """The fixed cost (ms): median phase-corrected gap."""
+        return self._cost.quantile(0.5)
+
+    def expected(self, k: int) -> float:
+        """Expected gap (ms) of a login with ``k`` app samples."""
+        return self.cost() + self.tick() / (k + 1)
+
+    def update(self, source: str, gap: float | None, k: int, spread: float,
+               u: float | None = None) -> None:
+        """Learn one login from exit prefix ``source`` (``u``: its standardised residual)."""
+        self._figures = None
+        if u is not None:
+            self._u.add(source, u)
+        if k >= 2:
+            self._tick.add(source, spread * (k + 1) / (k - 1))
+        if gap is not None:
+            self.n += 1
+            t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
+            # less the phase's median (not its mean: the minimum of k phases is skewed,
+            # so the median of ``gap - tick / (k + 1)`` would sit below the cost)
+            self._cost.add(source, gap - t * (1.0 - 0.5 ** (1.0 / max(1, k))))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot(),
+                "u": self._u.snapshot()}
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
+        o = cls(key, window)
+        o.n = int(snap["n"])
+        o._tick = _Votes(window, snap["tick"])
+        o._cost = _Votes(window, snap["cost"])
+        o._u = _Votes(window, snap.get("u", []))
+        return o
+
+
+class OverheadBook:
+    """Overheads per server (and ``server|platform`` when logins name a platform) and
+    the residual noise per access kind; bounded by the number of servers, platforms
+    and access kinds (``keys_max`` in all)."""
+
+    #: lower-side residuals needed before an access kind has its own noise scale
+    MIN_NOISE_VOTES: ClassVar[int] = 5
+
+    def __init__(self, window: int, warm: int = 8, keys_max: int = 10_000) -> None:
+        self.window = max(2, int(window))
+        #: a server's noise residuals are only taken once its cost rests on this many votes
+        self.warm = warm
+        self.keys_max = keys_max
+        self.overheads: dict[str, Overhead] = {}
+        #: access kind -> votes of residuals ``gap - cost``
+        self.noise: dict[str, _Votes] = {}
+        #: access kind -> votes of the app samples' spread beyond what the tick explains
+        self.jitter: dict[str, _Votes] = {}
+        #: noise scales until the next login is learned
+        self._noise_memo: dict[tuple[str, float], tuple[float, int]] = {}
+
+    @staticmethod
+    def key(server_id: str, platform: str | None) -> str:
+        return server_id if not platform else f"{server_id}|{platform}"
+
+    def get(self, key: str) -> Overhead | None:
+        return self.overheads.get(key)
+
+    def noise_scale(self, kind: str, floor: float) -> tuple[float, int]:
+        """(noise scale ms, residuals it rests on) of an access kind: the median
+        magnitude of the kind's residuals ``gap - cost`` at or below zero, over 0.674 (a normal
+        deviation's median magnitude), at least ``floor``. Only the lower side is used:
+        relays add to the gap and never land there, and an access kind relays favour
+        (hosting) would otherwise learn the relays' spread as noise. Fewer than
+        ``MIN_NOISE_VOTES`` such residuals: every kind's, pooled."""
+        key = (kind, floor)
+        hit = self._noise_memo.get(key)
+        if hit is None:
+            hit = self._noise_memo[key] = self._noise_scale(kind, floor)
+        return hit
+
+    def _noise_scale(self, kind: str, floor: float) -> tuple[float, int]:
+        w = self.noise.get(kind)
+        lower = [] if w is None else [-x for x in w.votes.values() if x <= 0.0]
+        if len(lower) < self.MIN_NOISE_VOTES:
+            lower = [-x for v in self.noise.values() for x in v.votes.values() if x <= 0.0]
+        if len(lower) < self.MIN_NOISE_VOTES:
+            return floor, len(lower)
+        lower.sort()
+        s = lower[len(lower) // 2] / 0.674
+        return (s if s > floor else floor), len(lower)
+
+    def spike(self, kind: str) -> float:
+        """How far (ms) one app sample of this access kind may spike: the 90th percentile
+        of the samples' spread beyond the tick's share, ``spread - tick * (k - 1) / (k +
+        1)``, over multi-sample logins (0 before ``MIN_NOISE_VOTES``). A radio link
+        spikes single samples by tens of ms; the minimum of several filters that out,
+        a login with one or two samples cannot. Relays do not widen a login's spread,
+        so this upper-side figure is learned from every login, relays' included."""
+        w = self.jitter.get(kind)
+        if w is None or len(w) < self.MIN_NOISE_VOTES:
+            return 0.0
+        x = w.quantile(0.9)
+        return x if x > 0.0 else 0.0
+
+    def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float,
+              u: float | None = None) -> None:
+        """Learn one login of server (and platform) ``key`` from exit prefix ``source``
+        (``u``: its standardised gap residual, when the server was warm)."""
+        self._noise_memo.clear()
+        o = self.overheads.get(key)
+        if o is None:
+            if len(self.overheads) >= self.keys_max:
+                return
+            o = self.overheads[key] = Overhead(key, self.window)
+        if gap is not None and o.sources() >= self.warm:
+            w = self.noise.get(kind)
+            if w is None:
+                if len(self.noise) >= self.keys_max:
+                    w = None
+                else:
+                    w = self.noise[kind] = _Votes(2 * self.window)
+            if w is not None:
+                w.add(source, gap - o.figures()[0])
+        if k >= 2 and o.sources() >= self.warm:
+            j = self.jitter.get(kind)
+            if j is None and len(self.jitter) < self.keys_max:
+                j = self.jitter[kind] = _Votes(2 * self.window)
+            if j is not None:
+                j.add(source, spread - o.figures()[1] * (k - 1) / (k + 1))
+        o.update(source, gap, k, spread, u)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"overheads": {k: o.snapshot() for k, o in self.overheads.items()},
+                "noise": {k: w.snapshot() for k, w in self.noise.items()},
+                "jitter": {k: w.snapshot() for k, w in self.jitter.items()}}
+
+    def load(self, snap: dict[str, Any], only_new: bool = False) -> None:
+        self._noise_memo.clear()
+        if not only_new:
+            self.overheads.clear()
+            self.noise.clear()
+            self.jitter.clear()
+        for k, o in snap.get("overheads", {}).items():
+            if k not in self.overheads:
+                self.overheads[k] = Overhead.restore(o, k, self.window)
+        for k, votes in snap.get("noise", {}).items():
+            if k not in self.noise:
+                self.noise[k] = _Votes(2 * self.window, votes)
+        for k, votes in snap.get("jitter", {}).items():
+            if k not in self.jitter:
+                self.jitter[k] = _Votes(2 * self.window, votes)
+
+
+class Baseline:
+    """Running low/median/high quantiles and a count of session min-RTTs for one key.
+
+    The three P² sketches are River's Rust core (what :class:`river.stats.Quantile`
+    wraps), held without the Python wrapper: the same numbers for less memory.
+
+    >>> b = Baseline()
+    >>> for x in range(1, 41):
+    ...     b.update(float(x))
+    >>> b.n, [round(v) for v in b.quantiles()]
+    (40, [4, 20, 36])
+    >>> Baseline.restore(b.snapshot()).quantiles() == b.quantiles()
+    True
+    """
+
+    QS: ClassVar[tuple[float, float, float]] = (0.1, 0.5, 0.9)
+    __slots__ = ("_hi", "_lo", "_q10", "_q50", "_q90", "key", "n")
+
+    def __init__(self, key: str = "") -> None:
+        #: the key it is stored under (sessions share this string instead of a copy)
+        self.key = key
+        self.n = 0
+        self._q10 = RsQuantile(0.1)
+        self._q50 = RsQuantile(0.5)
+        self._q90 = RsQuantile(0.9)
+        self._lo: float | None = None
+        self._hi = 0.0
+
+    def update(self, x: float) -> None:
+        self.n += 1
+        self._lo = None
+        self._q10.update(x)
+        self._q50.update(x)
+        self._q90.update(x)
+
+    def quantiles(self) -> tuple[float, float, float]:
+        """(p10, p50, p90)."""
+        if self.n == 0:
+            return (0.0, 0.0, 0.0)
+        return (float(self._q10.get()), float(self._q50.get()), float(self._q90.get()))
+
+    def bounds(self) -> tuple[float, float]:
+        """(p10, p90) to 0.01 ms, as the verdict and its evidence use them; read from the
+        sketches once per update."""
+        lo = self._lo
+        if lo is None:
+            if self.n == 0:
+                lo, self._hi = 0.0, 0.0
+            else:
+                lo, self._hi = round(float(self._q10.get()), 2), round(float(self._q90.get()), 2)
+            self._lo = lo
+        return lo, self._hi
+
+    def snapshot(self) -> dict[str, Any]:
+        # The P² sketch lives in River's Rust core; its byte state is what it pickles.
+        return {
+            "n": self.n,
+            "q": [base64.b64encode(q.__getstate__()).decode() for q in (self._q10, self._q50, self._q90)],
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any], key: str = "") -> Baseline:
+        b = cls(key)
+        b.n = int(snap["n"])
+        for q, raw in zip((b._q10, b._q50, b._q90), snap["q"], strict=True):
+            q.__setstate__(base64.b64decode(raw))
+        return b
+

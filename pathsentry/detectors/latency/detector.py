@@ -1,0 +1,579 @@
+"""The relay detector itself: event handling, learning, alerts and snapshots.
+
+:class:`LatencyDetector` (registered as ``latency``) keeps one :class:`~.state.Session`
+per game session, assesses a login once with :class:`~.scoring.Scoring` and
+re-assesses it when a late probe could add evidence, teaches the baselines, the
+servers' application overheads and the anomaly model, and puts flags into words
+with :class:`~.evidence.Evidence`. See the package docstring for the evidence and
+the costs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+from river import anomaly
+
+from pathsentry.config import AllowEntry, Server
+from pathsentry.detectors import register
+from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
+from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
+from pathsentry.detectors.latency.evidence import Assessment, Evidence
+from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
+from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
+from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, noisy_or
+from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
+from pathsentry.detectors.physics import KM_PER_MS_RTT
+from pathsentry.enrich.geo import GeoInfo
+from pathsentry.schemas import FlaggedEvent, Login, RttProbe, parse_event
+
+__all__ = ["LatencyDetector"]
+
+_W_MODEL = WEIGHTS["model"]
+_intern = sys.intern
+#: components the overhead learns despite (see :meth:`LatencyDetector._on_login`)
+_OVERHEAD_SKIPS = frozenset({"gap"})
+
+
+@register
+class LatencyDetector(SessionTable, Evidence, Detector):
+    """Relayed connections from latency physics, baselines and multi-vantage RTTs."""
+
+    name = "latency"
+    consumes = frozenset({"login", "rtt_probe"})
+    _model_features: ClassVar[tuple[str, ...]] = (
+        "gap_ratio", "gap", "baseline_z", "physics_excess", "vantage_violation",
+    )
+    #: Probes end early when no flag can come of them (a clean session, or a flag out
+    #: of reach even with the model's full weight); the results are the same without.
+    prune: ClassVar[bool] = True
+
+    def __init__(self, ctx: DetectorContext) -> None:
+        super().__init__(ctx)
+        cfg = {**DEFAULTS, **ctx.settings(self.name)}
+        self.cfg = cfg
+        self.warmup = int(cfg["warmup_samples"])
+        self.flag_threshold = float(cfg["flag_threshold"])
+        self.alert_threshold = float(cfg["alert_threshold"])
+        self.alert_repeat = int(cfg["alert_repeat"])
+        self.history_len = int(cfg["history_len"])
+        self.suspicious_history = float(cfg["suspicious_history"])
+        self.gap_min_ms = float(cfg["gap_min_ms"])
+        self.gap_full_ms = float(cfg["gap_full_ms"])
+        self.gap_z = float(cfg["gap_z"])
+        self.gap_alpha = float(cfg["gap_alpha"])
+        self.phase_alpha = float(cfg["phase_alpha"])
+        self.overhead_warmup = int(cfg["overhead_warmup"])
+        self.by_platform = bool(cfg["overhead_by_platform"])
+        self.overhead = OverheadBook(int(cfg["overhead_window"]), self.overhead_warmup)
+        self.prefix_history = int(cfg["prefix_history"])
+        self.prefix_min_logins = int(cfg["prefix_min_logins"])
+        lo, hi = cfg["prefix_z"]
+        self.prefix_z = (float(lo), float(hi))
+        lo, hi = cfg["prefix_share"]
+        self.prefix_share = (float(lo), float(hi))
+        self.prefix_proven_accounts = int(cfg["prefix_proven_accounts"])
+        self.proven_min = float(cfg["proven_min"])
+        self.prefix_gaps: BoundedLRU[str, tuple[Any, ...]] = BoundedLRU(cfg["prefixes_max"])
+        self.baselines: BoundedLRU[str, Baseline] = BoundedLRU(cfg["baseline_keys_max"])
+        self.sessions: BoundedLRU[str, Session] = BoundedLRU(cfg["sessions_max"])
+        #: account -> (flagged sessions, session id, score, session id, score, ...): the
+        #: last ``history_len`` sessions' scores, oldest first, in one flat tuple
+        self.accounts: BoundedLRU[str, tuple[Any, ...]] = BoundedLRU(cfg["accounts_max"])
+        self.alerts = AlertBook(self.name, "vpn_relay", cfg["alerts_max"])
+        self.model = self._new_model()
+        self.hst = QueuedHalfSpaceTrees(self.model)
+        self._server = ctx.config.server
+        self.geometry = Geometry(self._server, int(cfg["distances_max"]))
+
+    def server_of(self, server_id: str) -> Server | None:
+        return self._server(server_id)
+
+    # -- the River anomaly model -------------------------------------------------
+
+    def _new_model(self) -> anomaly.HalfSpaceTrees:
+        return anomaly.HalfSpaceTrees(
+            n_trees=int(self.cfg["hst_trees"]),
+            height=int(self.cfg["hst_height"]),
+            window_size=int(self.cfg["hst_window"]),
+            seed=int(self.cfg["seed"]),
+        )
+
+    def _model_state(self) -> dict[str, Any]:
+        self.hst.sync()
+        m = self.model
+        return {
+            "features": sorted(self._model_features) if m.trees else [],
+            "counter": m.counter,
+            "first_window": m._first_window,
+            "mass": [[[n.l_mass, n.r_mass] for n in nodes] for nodes in m._tree_nodes],
+        }
+
+    def _load_model(self, snap: dict[str, Any]) -> None:
+        # Tree structure is a pure function of the seed and the feature names, so
+        # rebuilding with the same seed and overwriting the node masses restores it.
+        self.model = self._new_model()
+        self.hst = QueuedHalfSpaceTrees(self.model)
+        if not snap.get("features"):
+            return
+        self.model.learn_one({f: 0.5 for f in snap["features"]})  # type: ignore[no-untyped-call]
+        for nodes, masses in zip(self.model._tree_nodes, snap["mass"], strict=True):
+            for node, (lm, rm) in zip(nodes, masses, strict=True):
+                node.l_mass, node.r_mass = lm, rm
+        self.model.counter = int(snap["counter"])
+        self.model._first_window = bool(snap["first_window"])
+
+    # -- event handling ----------------------------------------------------------
+
+    def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
+        event = ev.event
+        if isinstance(event, RttProbe):
+            return self._on_probe(event)
+        if isinstance(event, Login):
+            return self._on_login(ev, event)
+        return None
+
+    def _session_of(self, event: RttProbe | Login) -> tuple[str, Session]:
+        """The session an event belongs to (created, or refreshed in the LRU)."""
+        key = event.session_id or f"event:{event.event_id}"
+        table = self.sessions._d
+        sess = table.get(key)
+        if sess is None:
+            sess = Session()
+            self.sessions.put(key, sess)
+        else:
+            table.move_to_end(key)
+        return key, sess
+
+    def _on_probe(self, probe: RttProbe) -> Findings | None:
+        _, sess = self._session_of(probe)
+        rtt = probe.rtt_ms
+        lo = min(rtt)
+        vantage = probe.vantage_id
+        probes = sess.probes
+        changed = True
+        if probes is None:
+            sess.probes = probes = [_intern(vantage), _intern(probe.method), lo, len(rtt)]
+        else:
+            method = probe.method
+            for i in range(0, len(probes), 4):
+                if probes[i] == vantage and probes[i + 1] == method:
+                    probes[i + 3] += len(rtt)  # more samples: a tighter phase bound
+                    if lo < probes[i + 2]:  # the disk shrinks
+                        probes[i + 2] = lo
+                    else:
+                        changed = False
+                    break
+            else:
+                if len(probes) >= 4 * MAX_VANTAGES:
+                    return None
+                sess.probes = probes = [*probes, _intern(vantage), _intern(probe.method), lo, len(rtt)]
+        if sess.event_id is None:
+            return None  # the login will assess the probes
+        if changed:
+            geo = sess.geo
+            d = self.geometry.distances.get((vantage, geo.lat, geo.lon))
+            if d is None:
+                v = self.geometry.violation(geo, vantage, lo)  # and memoise the distance
+            elif d < 0.0:
+                v = -1.0
+            else:  # :meth:`Geometry.violation`, inlined
+                v = d - lo * KM_PER_MS_RTT - PRECISION_SLACK_KM.get(geo.precision, 1000.0)
+            if v > sess.worst_km:
+                sess.worst_km = v
+        if sess.allowed is not None:
+            return None  # allow-listed sessions are never flagged
+        # A late probe can only add evidence to the session's login: re-assess it (no
+        # baseline or model learning: the login already taught them). Most sessions
+        # are clean: a look at what every component needs to be non-zero (the same
+        # comparisons :meth:`_score` makes) ends their probes here.
+        if self.prune and self.flag_threshold > 0.0 and not sess.phys_s > 0 \
+                and sess.route is None and not sess.worst_km > 100.0:
+            gv = self.gap_verdict(sess)
+            if (gv is None or not gv.strength > 0) and not self.prefix_evidence(sess, gv)[0] > 0 \
+                    and not self.prefix_relays(sess)[0] > 0:
+                b = self.best_baseline(sess)[1]
+                if b is None:
+                    return None
+                excess, z = self.baseline_z(sess, b)
+                if not excess > 5.0 or not z > 2.0:
+                    return None
+        return self._reassess(sess)
+
+    def _reassess(self, sess: Session) -> Findings | None:
+        comps, model, _, _, _, raw, _ = self._score(sess, False)
+        if comps is None:
+            if self.flag_threshold > 0.0:
+                return None  # no evidence at all: score 0
+            base = 0.0
+        else:
+            if model is None:
+                # The model would be asked. Its component is at most its weight and the
+                # account history at most boosts: first see if a flag is within reach.
+                if self.prune:
+                    top = 1.0 - (1.0 - noisy_or(comps)) * (1.0 - _W_MODEL)
+                    suspicious = self._suspicious_before(sess)
+                    if suspicious:
+                        top += (1.0 - top) * min(0.6, 0.2 * suspicious)
+                    top += 1e-9  # float rounding
+                    if top < self.flag_threshold or (sess.flagged and top < sess.score + 0.05):
+                        return None
+                model = self._model_score(comps, features(*raw, sess.phys_feat))
+            base = noisy_or(comps)
+        score, history_note = self._with_history(sess.account, sess, base)
+        if score < self.flag_threshold:
+            return None
+        if sess.flagged and score < sess.score + 0.05:
+            return None
+        assert model is not None
+        return self._emit(sess, self._assessment(sess, base, comps or {}, model), score, history_note)
+
+    def _on_login(self, ev: Enriched, login: Login) -> Findings | None:
+        key, sess = self._session_of(login)
+        physics_excess = self._set_login(sess, key, login, ev.geo, ev.prefix, ev.server, ev.allowed,
+                                         ev.notes.get("route"))
+        comps, model, gv, baseline_excess, level, raw, feats = self._score(sess)
+        if comps is None:
+            base = score = 0.0
+            history_note = None
+        else:
+            base = noisy_or(comps)
+            score, history_note = self._with_history(login.account, sess, base)
+        would_flag = score >= self.flag_threshold
+        allowed = ev.allowed
+        flagged = would_flag and allowed is None
+        excess_ms = physics_excess
+        if baseline_excess is not None and (excess_ms is None or baseline_excess > 0):
+            excess_ms = baseline_excess if excess_ms is None or baseline_excess > excess_ms \
+                else excess_ms  # max(excess_ms, baseline_excess)
+        note: dict[str, Any] = {
+            "score": round(score, 4) if score else 0.0,
+            "flagged": flagged,
+            "exit_prefix": ev.prefix,
+            "gap_ms": None if gv is None else round(gv.gap, 2),
+            "gap_excess_ms": None if gv is None or gv.excess is None else round(gv.excess, 2),
+            "excess_ms": None if excess_ms is None else round(excess_ms, 2),
+        }
+        if would_flag and allowed is not None:
+            note["suppressed"] = f"allow-listed {allowed.cidr}: {allowed.reason}"
+        ev.notes["relay"] = note
+        # a flag is explained with what was learned before this login taught anything
+        assert model is not None
+        assessed = self._assessment(sess, base, comps or {}, model) if flagged else None
+        if allowed is None:
+            self.learn_prefix(sess, gv, comps, self.prefix_history)
+            if comps is None or self._teaches(comps, level):
+                self._learn(sess, feats or features(*raw, sess.phys_feat))
+            # The overhead learns from every login without other relay evidence, its own
+            # gap verdict included: a patch day moves every login's gap, and the medians
+            # over one vote per exit prefix it keeps are not moved by a relayed minority.
+            if comps is None or self._teaches(comps, "", _OVERHEAD_SKIPS):
+                self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
+                                    None if sess.tcp is None else sess.app_min - sess.tcp,
+                                    sess.app_n, sess.app_spread,
+                                    None if gv is None or gv.bound is None else gv.u_raw)
+        if assessed is None:
+            self._remember(login.account, sess, base if allowed is None else 0.0)
+            out = None
+        else:
+            out = self._emit(sess, assessed, score, history_note)
+        if comps is not None and ("prefix_gap" in comps or "prefix_relays" in comps):
+            out = self._revisit_prefix(sess, out)
+        return out
+
+    def _revisit_prefix(self, sess: Session, out: Findings | None) -> Findings | None:
+        """Re-assess the exit prefix's other recent, unflagged sessions once it carries
+        evidence: the first logins through a relay's exit came before the evidence did.
+        Their flags are late, like those a late probe raises, and name their own login."""
+        hist = self.prefix_gaps.peek(sess.prefix)
+        if hist is None:
+            return out
+        table = self.sessions._d
+        for i in range(0, len(hist), PREFIX_ROW):
+            sid = hist[i]
+            other = table.get(sid) or table.get(f"event:{sid}")
+            if other is None or other is sess or other.flagged or other.event_id is None \
+                    or other.allowed is not None:
+                continue
+            found = self._reassess(other)
+            if found:
+                if out is None:
+                    out = Findings()
+                out.extend(found)
+        return out
+
+    def _set_login(
+        self, sess: Session, key: str, login: Login, geo: GeoInfo, prefix: str,
+        server: Server | None, allowed: AllowEntry | None, route: Any,
+    ) -> float | None:
+        """Keep what later probes need of a login; returns the physics excess (ms, ``None``
+        without a located claim or a known server)."""
+        app = login.app_rtt_ms
+        n = len(app)
+        server_id = _intern(login.server_id)
+        sess.event_id = login.event_id
+        sess.session_id = None if login.session_id is None else key
+        sess.ts = login.ts
+        sess.account = login.account
+        sess.src_ip = login.src_ip
+        sess.server_id = server_id
+        sess.server = server
+        sess.app_n = n
+        if n == 1:
+            sess.app_min = sess.app_p10 = app[0]
+            sess.app_spread = 0.0
+        else:  # physics.quantile(app, 0.1), inlined
+            ordered = sorted(app)
+            sess.app_min = ordered[0]
+            sess.app_spread = ordered[-1] - ordered[0]
+            pos = 0.1 * (n - 1)
+            i = int(pos)
+            j = min(i + 1, n - 1)
+            sess.app_p10 = ordered[i] + (ordered[j] - ordered[i]) * (pos - i)
+        client = login.client
+        platform = None if client is None or not self.by_platform else client.platform
+        sess.oh_key = server_id if platform is None else _intern(OverheadBook.key(server_id, platform))
+        sess.tcp = login.tcp_rtt_ms
+        sess.geo = geo
+        sess.prefix = prefix
+        sess.allowed = allowed
+        sess.route = route if isinstance(route, dict) and route.get("foreign_origin") else None
+        # the baseline keys, as the baselines' own strings where they exist
+        known = self.baselines._d
+        k = f"{server_id}|p|{prefix}"
+        b = known.get(k)
+        sess.k_prefix = k if b is None else b.key
+        if geo.asn is None:
+            sess.k_asn = None
+        else:
+            k = f"{server_id}|a|{geo.asn}"
+            b = known.get(k)
+            sess.k_asn = k if b is None else b.key
+        if geo.country:
+            k = f"{server_id}|c|{geo.country}|{geo.kind or '?'}"
+            b = known.get(k)
+            sess.k_country = k if b is None else b.key
+        else:
+            sess.k_country = None
+        excess = self._judge_physics(sess)
+        # the vantage disks of the probes so far
+        worst = 0.0
+        probes = sess.probes
+        if probes is not None:
+            for i in range(0, len(probes), 4):
+                v = self.geometry.violation(geo, probes[i], probes[i + 2])
+                if v > worst:
+                    worst = v
+        sess.worst_km = worst
+        return excess
+
+    def _judge_physics(self, sess: Session) -> float | None:
+        """Physics, fixed for the session, on a network RTT (never a raw app figure);
+        returns the excess over the claim's expectation (ms, ``None`` without a located
+        claim, a known server or a network RTT)."""
+        geo, server = sess.geo, sess.server
+        lat, lon = geo.lat, geo.lon
+        excess: float | None = None
+        phys = sess.phys_net = None if server is None else self.physics_net(sess)
+        if phys is None or lat is None or lon is None:
+            sess.phys_s = sess.phys_feat = 0.0
+        else:
+            assert server is not None
+            expected, tol, slack_ms, hi = self.geometry.expectation(server, geo, lat, lon)
+            excess = phys[0] - expected
+            x = excess - tol - slack_ms
+            sess.phys_s = 0.0 if x <= 0.0 else 1.0 if x >= hi else x / (hi - 0.0)  # ramp(x, 0, hi)
+            x = excess - tol
+            x = x if x > 0.0 else 0.0
+            sess.phys_feat = x / (x + 20.0) if x else 0.0  # squash(excess - tol, 20), one shared zero
+        return excess
+
+    def _learn(self, sess: Session, feats: tuple[float, ...]) -> None:
+        value = sess.app_min
+        baselines = self.baselines
+        table = baselines._d
+        for key in (sess.k_prefix, sess.k_asn, sess.k_country):
+            if key is None:
+                continue
+            b = table.get(key)
+            if b is None:
+                b = Baseline(key)
+                baselines.put(key, b)
+            else:
+                table.move_to_end(key)
+            b.n += 1  # Baseline.update, inlined
+            b._lo = None
+            b._q10.update(value)
+            b._q50.update(value)
+            b._q90.update(value)
+        self.hst.learn_row(FEATURES, feats)
+
+    # -- output -------------------------------------------------------------------
+
+    def _emit(
+        self, sess: Session, assessed: Assessment, score: float, history_note: str | None,
+    ) -> Findings:
+        first_flag = not sess.flagged
+        sess.flagged, sess.score = True, score
+        account = sess.account
+        flagged_sessions = self._remember(account, sess, max(assessed.base, score), first_flag)
+        reasons = list(assessed.reasons)
+        disks = assessed.disks
+        if disks:
+            assessed.evidence["vantages"]["feasible_region"] = feasible_region(disks)
+        if history_note:
+            reasons.append(history_note)
+        final = round(score, 4)
+        evidence = {**assessed.evidence, "score": {"session": round(assessed.base, 4),
+                                                   "final": final,
+                                                   "flagged_sessions": flagged_sessions}}
+        subject_key = f"account:{account}"
+        out = Findings()
+        alert_id: str | None = None
+        assert sess.event_id is not None
+        if score >= self.alert_threshold or flagged_sessions >= self.alert_repeat \
+                or self.alerts.known(subject_key):
+            alert = self.alerts.update(
+                subject_key, {"account": account}, sess.ts, score, sess.event_id,
+                [account], evidence,
+                f"{account}: relayed connection from {sess.prefix} — " + reasons[0]
+                if reasons else f"{account}: relayed connection from {sess.prefix}",
+            )
+            out.alerts.append(alert)
+            alert_id = alert.alert_id
+        out.flags.append(FlaggedEvent(
+            event_id=sess.event_id, ts=sess.ts, kind="vpn_relay", account=account,
+            session_id=sess.session_id, src_ip=str(sess.src_ip), country=sess.geo.country,
+            asn=sess.geo.asn, score=final if score <= 1.0 else 1.0, reasons=reasons, evidence=evidence,
+            alert_id=alert_id, detector=self.name,
+        ))
+        return out
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """A JSON snapshot. A session's login is kept as a minimal login event (its
+        minimum and maximum app RTT as the only samples) plus the 10th percentile, sample
+        count and overhead key."""
+        sessions = [self._session_row(sid, s) for sid, s in self.sessions.items()]
+        return {
+            "version": 1,
+            "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
+            "overhead": self.overhead.snapshot(),
+            "prefix_gaps": [[k, list(v)] for k, v in self.prefix_gaps.items()],
+            "sessions": sessions,
+            "accounts": self._accounts_rows(),
+            "alerts": self.alerts.state(),
+            "model": self._model_state(),
+        }
+
+    def _session_table(self) -> OrderedDict[str, Session]:
+        return self.sessions._d
+
+    def learned_state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
+            "overhead": self.overhead.snapshot(),
+            "prefix_gaps": [[k, list(v)] for k, v in self.prefix_gaps.items()],
+            "accounts": self._accounts_rows(),
+            "model": self._model_state(),
+        }
+
+    def load_learned(self, state: dict[str, Any]) -> None:
+        """Baselines, server overheads and account histories this detector lacks (while it
+        has room), and the model when its own has learned nothing yet."""
+        if state.get("version") != 1:
+            return
+        for key, snap in state.get("baselines", []):
+            if self.baselines.peek(key) is None and len(self.baselines) < self.baselines.cap:
+                self.baselines.put(key, Baseline.restore(snap, key))
+        self.overhead.load(state.get("overhead", {}), only_new=True)
+        for key, rows in state.get("prefix_gaps", []):
+            if self.prefix_gaps.peek(key) is None and len(self.prefix_gaps) < self.prefix_gaps.cap:
+                self.prefix_gaps.put(key, tuple(rows))
+        self._load_accounts(state.get("accounts", []), only_new=True)
+        if not self.model.trees:
+            self._load_model(state.get("model", {}))
+
+    def _accounts_rows(self) -> list[list[Any]]:
+        return [[k, {"recent": [(a[i], a[i + 1]) for i in range(1, len(a), 2)], "flagged": a[0]}]
+                for k, a in self.accounts.items()]
+
+    def _load_accounts(self, rows: list[list[Any]], *, only_new: bool = False) -> None:
+        keep = 2 * self.history_len
+        for key, acc in rows:
+            if only_new and (self.accounts.peek(key) is not None or len(self.accounts) >= self.accounts.cap):
+                continue
+            recent: list[Any] = []
+            for s, v in acc["recent"]:
+                recent += (s, float(v))
+            if len(recent) > keep:
+                recent = recent[len(recent) - keep:] if keep > 0 else []
+            self.accounts.put(key, (int(acc["flagged"]), *recent))
+
+    def _session_row(self, sid: str, s: Session) -> dict[str, Any]:
+        login = None
+        if s.event_id is not None:
+            login = {
+                "event": {
+                    "kind": "login", "event_id": s.event_id, "ts": s.ts.isoformat(),
+                    "src_ip": str(s.src_ip), "session_id": s.session_id, "account": s.account,
+                    "server_id": s.server_id, "tcp_rtt_ms": s.tcp,
+                    "app_rtt_ms": [s.app_min, s.app_min + s.app_spread] if s.app_spread else [s.app_min],
+                },
+                "app_rtt_p10_ms": s.app_p10, "app_rtt_samples": s.app_n, "overhead_key": s.oh_key,
+                "geo": asdict(s.geo), "prefix": s.prefix,
+                "allowed": s.allowed.model_dump() if s.allowed else None,
+                "notes": {} if s.route is None else {"route": s.route},
+            }
+        probes = s.probes or []
+        return {"id": sid, "login": login, "score": s.score, "flagged": s.flagged,
+                "probes": [{"vantage": probes[i], "method": probes[i + 1],
+                            "min_ms": probes[i + 2], "samples": probes[i + 3]}
+                           for i in range(0, len(probes), 4)]}
+
+    def _load_session_row(self, row: dict[str, Any]) -> None:
+        sess = Session()
+        sess.score, sess.flagged = row["score"], row["flagged"]
+        probes: list[Any] = []
+        for p in row["probes"]:
+            probes += (_intern(p["vantage"]), _intern(p["method"]), p["min_ms"], p["samples"])
+        sess.probes = probes or None
+        key = row["id"]
+        snap = row["login"]
+        if snap is not None:
+            event = parse_event(snap["event"])
+            assert isinstance(event, Login)
+            self._set_login(
+                sess, key, event, GeoInfo(**snap["geo"]), snap["prefix"],
+                self._server(event.server_id),
+                AllowEntry(**snap["allowed"]) if snap["allowed"] else None,
+                (snap.get("notes") or {}).get("route"),
+            )
+            if "app_rtt_p10_ms" in snap:  # a minimal event: the full samples' figures
+                sess.app_p10, sess.app_n = snap["app_rtt_p10_ms"], int(snap["app_rtt_samples"])
+                sess.oh_key = _intern(snap.get("overhead_key") or sess.server_id)
+                self._judge_physics(sess)
+        self.sessions.put(key, sess)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            return
+        self.baselines.clear()
+        for key, snap in state.get("baselines", []):
+            self.baselines.put(key, Baseline.restore(snap, key))
+        self.overhead.load(state.get("overhead", {}))
+        self.prefix_gaps.clear()
+        for key, rows in state.get("prefix_gaps", []):
+            self.prefix_gaps.put(key, tuple(rows))
+        self.sessions.clear()
+        for row in state.get("sessions", []):
+            self._load_session_row(row)
+        self.accounts.clear()
+        self._load_accounts(state.get("accounts", []))
+        self.alerts.load_state(state.get("alerts", []))
+        self._load_model(state.get("model", {}))

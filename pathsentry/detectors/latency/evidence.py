@@ -1,0 +1,273 @@
+"""Evidence of the relay detector: an assessment put into words, in physical terms
+(ms, km) with the learned expectation beside every measured figure.
+
+Only built for a flag (or on request, ``LatencyDetector._assess``): the gap against
+the server's learned overhead (cost, tick, noise, sample count and spread, expected
+and measured, excess in ms and km, or why there is no verdict), physics (expected
+vs measured network RTT and where the measured figure came from), the baselines
+looked at, the probes' RTT disks, the route and the anomaly model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pathsentry.config import Server
+from pathsentry.detectors.latency.geometry import DEFAULT_TOLERANCE_MS, KIND_TOLERANCE_MS, PRECISION_SLACK_KM
+from pathsentry.detectors.latency.scoring import DEFAULT_MIN_SPREAD_MS, MIN_SPREAD_MS, Scoring, noisy_or
+from pathsentry.detectors.latency.state import Session
+from pathsentry.detectors.physics import (
+    ACCESS_FLOOR_MS,
+    ACCESS_TYPICAL_MS,
+    KM_PER_MS_RTT,
+    PATH_INFLATION,
+    fibre_floor_ms,
+    ramp,
+)
+
+__all__ = ["Assessment", "Evidence"]
+
+
+@dataclass(slots=True)
+class Assessment:
+    """One verdict put into words: its components, evidence and reasons."""
+
+    base: float
+    components: dict[str, float]
+    evidence: dict[str, Any]
+    reasons: list[str]
+    #: vantage disks (lat, lon, radius km); the feasible region is only computed for flags
+    disks: list[tuple[float, float, float]]
+
+
+class Evidence(Scoring):
+    """Explanations of :class:`~.scoring.Scoring`'s numbers (mixed into the detector)."""
+
+    def server_of(self, server_id: str) -> Server | None:
+        raise NotImplementedError
+
+    def _assess(self, sess: Session) -> Assessment:
+        """Assess a session's login as it stands, with its evidence put into words."""
+        comps, model = self._score(sess)[:2]
+        assert model is not None
+        return self._assessment(sess, 0.0 if comps is None else noisy_or(comps), comps or {}, model)
+
+    def _assessment(
+        self, sess: Session, base: float, components: dict[str, float], model: float | str
+    ) -> Assessment:
+        """The evidence and reasons behind :meth:`_score`'s numbers (the same arithmetic,
+        with its details)."""
+        geo, app_min = sess.geo, sess.app_min
+        app_ms = round(app_min, 2)
+        reasons: list[str] = []
+        disks: list[tuple[float, float, float]] = []
+        evidence: dict[str, Any] = {
+            "measured": {
+                "app_rtt_min_ms": app_ms,
+                "app_rtt_p10_ms": round(sess.app_p10, 2),
+                "app_rtt_spread_ms": round(sess.app_spread, 2),
+                "app_rtt_samples": sess.app_n,
+                "tcp_rtt_ms": sess.tcp,
+                "server": sess.server_id,
+            },
+            "claimed": {
+                "country": geo.country, "asn": geo.asn, "kind": geo.kind,
+                "lat": geo.lat, "lon": geo.lon, "precision": geo.precision,
+                "prefix": sess.prefix,
+            },
+            "gap": self._explain_gap(sess, reasons),
+            "exit_prefix": self._explain_prefix(sess, components, reasons),
+            "physics": self._explain_physics(sess, reasons),
+            "baseline": self._explain_baseline(sess, components, reasons),
+            "vantages": self._explain_vantages(sess, components, reasons, disks),
+        }
+        route = sess.route
+        if route is not None:
+            path = " → ".join(route.get("country_path", []))
+            reasons.append(f"route of this session has a foreign origin: {path}")
+            evidence["route"] = {"country_path": route.get("country_path"),
+                                 "signature": route.get("signature")}
+        evidence["model"] = (
+            {"half_space_trees": round(model, 3)} if isinstance(model, float) else {"verdict": model}
+        )
+        evidence["components"] = {k: round(v, 3) for k, v in components.items()}
+        return Assessment(base, components, evidence, reasons, disks)
+
+    def _explain_gap(self, sess: Session, reasons: list[str]) -> dict[str, Any]:
+        v = self.gap_verdict(sess)
+        if v is None:
+            return {"verdict": "no tcp_rtt or network-layer probe: the other components decide"}
+        out: dict[str, Any] = {
+            "network_rtt_ms": round(v.net, 2), "source": v.source,
+            "app_rtt_min_ms": round(v.net + v.gap, 2), "app_rtt_samples": v.k,
+            "login_app_rtt_spread_ms": round(sess.app_spread, 2),
+            "gap_ms": round(v.gap, 2), "gap_km": round(v.gap * KM_PER_MS_RTT),
+            "overhead": {"server": sess.oh_key, "prefixes": v.n},
+        }
+        if v.bound is None or v.excess is None:
+            out["verdict"] = v.cold
+            return out
+        out["overhead"].update(
+            cost_ms=round(v.cost, 2), tick_ms=round(v.tick, 2),
+            expected_gap_ms=round(v.expected, 2), noise_ms=round(v.noise, 2),
+            noise_logins=v.noise_n, spike_allowance_ms=round(v.spike, 2),
+            honest_bound_ms=round(v.bound, 2),
+        )
+        out.update(excess_ms=round(v.excess, 2),
+                   excess_km=round(max(0.0, v.excess) * KM_PER_MS_RTT),
+                   ratio=round(v.ratio, 3),
+                   verdict="relay" if v.strength > 0.5 else "consistent")
+        if v.strength > 0:
+            what = "TCP terminates" if v.source == "tcp_rtt" else "the network layer answers"
+            reasons.append(
+                f"{v.source} {v.net:.1f} ms vs app_rtt {v.net + v.gap:.1f} ms "
+                f"(min of {v.k} samples): gap {v.gap:.0f} ms, {v.excess:.0f} ms above the "
+                f"{v.bound:.0f} ms an honest client of {sess.oh_key} shows (learned cost "
+                f"{v.cost:.1f} ms, tick {v.tick:.0f} ms): {what} "
+                f"≈ {v.excess * KM_PER_MS_RTT:.0f} km before the client"
+            )
+        return out
+
+    def _explain_prefix(
+        self, sess: Session, components: dict[str, float], reasons: list[str]
+    ) -> dict[str, Any]:
+        """The exit prefix's own evidence: its recent logins' gaps against the learned
+        game loops, and the accounts its logins proved relayed."""
+        _, n, z = self.prefix_evidence(sess, self.gap_verdict(sess))
+        _, proven, logins = self.prefix_relays(sess)
+        lo, hi = self.prefix_z
+        out: dict[str, Any] = {
+            "prefix": sess.prefix,
+            "gap_logins": n, "gap_z": round(z, 2), "gap_z_ramp": [lo, hi],
+            "recent_logins": logins, "proven_relay_accounts": proven,
+        }
+        if "prefix_gap" in components:
+            reasons.append(
+                f"{n} recent logins through {sess.prefix} answer the game {z:.1f} standard "
+                f"errors slower than the servers' learned overhead allows: the same "
+                f"client-relay leg in every login through this exit"
+            )
+        if "prefix_relays" in components:
+            reasons.append(
+                f"{proven} accounts' recent logins through {sess.prefix} were proven relayed "
+                f"by their own latency physics ({logins} logins): a relay exit"
+            )
+        out["verdict"] = ("relay exit" if "prefix_gap" in components or "prefix_relays" in components
+                          else "consistent" if n >= self.prefix_min_logins else
+                          f"too few logins ({n} < {self.prefix_min_logins}) with a gap verdict")
+        return out
+
+    def _explain_physics(self, sess: Session, reasons: list[str]) -> dict[str, Any]:
+        geo, server = sess.geo, sess.server
+        if server is None or geo.lat is None or geo.lon is None:
+            return {"verdict": "no located claim or unknown server"}
+        phys = sess.phys_net
+        if phys is None:
+            return {"verdict": "no tcp_rtt and the server's overhead is not learned yet: "
+                               "a raw app figure is not compared with physics"}
+        measured, source = phys
+        dist = self.geometry.km(server, geo.lat, geo.lon)
+        kind = geo.kind or "unknown"
+        expected = fibre_floor_ms(dist) * PATH_INFLATION + ACCESS_TYPICAL_MS.get(kind, 6.0)
+        slack_ms = PRECISION_SLACK_KM.get(geo.precision, 1000.0) * PATH_INFLATION / KM_PER_MS_RTT
+        tol = KIND_TOLERANCE_MS.get(kind, DEFAULT_TOLERANCE_MS)
+        excess = measured - expected
+        floor = fibre_floor_ms(dist) + ACCESS_FLOOR_MS.get(kind, 0.3)
+        s = ramp(excess - tol - slack_ms, 0.0, max(8.0, tol))
+        out: dict[str, Any] = {
+            "distance_km": round(dist), "floor_ms": round(floor, 2),
+            "expected_ms": round(expected, 2), "measured_ms": round(measured, 2),
+            "measured_source": source,
+            "excess_ms": round(excess, 2),
+            "excess_km": round(max(0.0, excess) * KM_PER_MS_RTT),
+            "tolerance_ms": tol + round(slack_ms, 1), "access_kind": kind,
+            "precision": geo.precision,
+            "verdict": "detour" if s > 0 else (
+                "faster than light" if measured < floor - slack_ms else "consistent"),
+        }
+        if geo.precision == "country":
+            out["note"] = "claimed point is the country's reference point"
+        if s > 0:
+            reasons.append(
+                f"network RTT {measured:.1f} ms ({source}) vs {expected:.1f} ms expected for a "
+                f"{kind} client {dist:.0f} km from {server.id}: {excess:.0f} ms ≈ "
+                f"{excess * KM_PER_MS_RTT:.0f} km of detour"
+            )
+        return out
+
+    def _explain_baseline(
+        self, sess: Session, components: dict[str, float], reasons: list[str]
+    ) -> dict[str, Any]:
+        """The baselines looked at, most specific first, up to the first out of warm-up."""
+        levels: list[dict[str, Any]] = []
+        used = None
+        warmup = self.warmup
+        for level, key in (("prefix", sess.k_prefix), ("asn", sess.k_asn), ("country", sess.k_country)):
+            if key is None:
+                continue
+            b = self.baselines.peek(key)
+            n = 0 if b is None else b.n
+            if b is None or n < warmup:
+                levels.append({"level": level, "key": key, "samples": n,
+                               "verdict": f"warm-up: {n} < {warmup} samples, no verdict"})
+                continue
+            lo, mid, hi = b.quantiles()
+            # the verdict is taken on the 0.01 ms figures the evidence shows
+            lo_ms, hi_ms = b.bounds()
+            spike = self.spike_allowance(sess)
+            excess = sess.app_min - hi_ms - spike
+            spread = max(hi_ms - lo_ms, MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS))
+            z = excess / spread
+            levels.append({"level": level, "key": key, "samples": n,
+                           "p10_ms": round(lo, 2), "p50_ms": round(mid, 2), "p90_ms": round(hi, 2),
+                           "excess_ms": round(excess, 2),
+                           "excess_km": round(max(0.0, excess) * KM_PER_MS_RTT),
+                           "spike_allowance_ms": round(spike, 2),
+                           "z": round(z, 2), "spread_ms": round(spread, 2)})
+            if "baseline" in components:
+                reasons.append(
+                    f"app_rtt {sess.app_min:.1f} ms vs p90 {round(hi, 2):.1f} ms of {n} "
+                    f"sessions from the same {level}: +{excess:.0f} ms ≈ "
+                    f"{excess * KM_PER_MS_RTT:.0f} km farther than its neighbours"
+                )
+            used = level
+            break
+        return {"levels": levels, "used": used}
+
+    def _explain_vantages(
+        self, sess: Session, components: dict[str, float], reasons: list[str],
+        disks: list[tuple[float, float, float]],
+    ) -> dict[str, Any]:
+        """The probes' RTT disks (and ``disks`` filled for the feasible region)."""
+        probes = sess.probes
+        if not probes:
+            return {"verdict": "no probes"}
+        geo = sess.geo
+        slack = PRECISION_SLACK_KM.get(geo.precision, 1000.0)
+        rows: list[dict[str, Any]] = []
+        for i in range(0, len(probes), 4):
+            vantage, method, ms = probes[i], probes[i + 1], probes[i + 2]
+            v = self.server_of(vantage)
+            if v is None:
+                rows.append({"vantage": vantage, "verdict": "unknown vantage"})
+                continue
+            radius = ms * KM_PER_MS_RTT
+            disks.append((v.lat, v.lon, radius))
+            row: dict[str, Any] = {"vantage": vantage, "method": method,
+                                   "rtt_ms": round(ms, 2), "radius_km": round(radius)}
+            if geo.lat is not None and geo.lon is not None:
+                d = self.geometry.km(v, geo.lat, geo.lon)
+                over = d - radius - slack
+                row.update(distance_km=round(d), inside=over <= 0)
+                if over > 0:
+                    row["violation_km"] = round(over)
+            rows.append(row)
+        violated = [r["vantage"] for r in rows if r.get("inside") is False]
+        if "vantage" in components:
+            reasons.append(
+                f"claimed location lies {sess.worst_km:.0f} km outside the RTT disk of "
+                f"{', '.join(violated)}: the client cannot be where its address says"
+            )
+        return {"disks": rows, "verdict": "violated" if violated else "consistent",
+                "violated": violated}

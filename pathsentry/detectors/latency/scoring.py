@@ -1,0 +1,488 @@
+"""Scoring of the relay detector: each evidence component's strength, the account
+history's boost or damping, and the noisy-OR that combines them.
+
+Every latency rule compares like with like. The cross-layer gap (app minimum
+against kernel TCP or a network-layer probe) is judged against the server's learned
+application overhead (:class:`~.baselines.Overhead`): a login is only evidence when
+its gap exceeds ``cost + tick * q_k + gap_z * noise`` (see :mod:`.baselines`), so a
+game loop with a 100 ms tick does not look like a relay. Physics judges a network
+RTT: the kernel TCP RTT, or the app minimum less the learned overhead (cost and the
+``1 - phase_alpha`` quantile of the phase), never a raw app figure. The prefix
+baselines hold app minima and are compared with app minima. A server not warmed up
+(gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
+physics: the evidence says so and the other components carry the decision.
+
+Defaults (``[detectors.latency]``): ``overhead_window`` 40 exit prefixes per server
+(a patch day is absorbed within about 20 logins from distinct prefixes; a relayed
+share below about 40 % of the window's prefixes does not move the medians),
+``overhead_warmup`` 8 prefixes, ``gap_z`` 3.0 noise scales above the phase bound,
+``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
+phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
+logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
+combined z-scores of 4.5 and 6.5 (``prefix_z``); a prefix whose recent logins were
+proven relays by their own physics (``proven_min`` 0.5) from at least 3 accounts
+(``prefix_proven_accounts``) lends its other logins evidence ramping over the
+proven share between 0.2 and 0.5 (``prefix_share``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from pathsentry.detectors.latency.baselines import (
+    Baseline,
+    Overhead,
+    OverheadBook,
+    phase_quantile,
+)
+from pathsentry.detectors.latency.geometry import Geometry
+from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
+from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes, clip3
+from pathsentry.detectors.latency.state import BoundedLRU, Session
+
+__all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "WEIGHTS", "GapVerdict",
+           "Scoring", "noisy_or"]
+
+#: Smallest baseline spread (p90 - p10, ms) a z-score is measured against: a
+#: radio link can spike every sample of a short session (LTE: 15-60 ms), a
+#: wired line cannot.
+MIN_SPREAD_MS: dict[str, float] = {"mobile": 8.0}
+DEFAULT_MIN_SPREAD_MS = 2.0
+#: How much a baseline verdict weighs by how specific the baseline is.
+#: A fallback baseline (ASN, country) alone stays below the flag threshold: a new
+#: rural DSL prefix is slower than its ISP's city prefixes without any relay.
+LEVEL_WEIGHT: dict[str, float] = {"prefix": 1.0, "asn": 0.6, "country": 0.5}
+#: Noisy-OR weight of each evidence component.
+WEIGHTS: dict[str, float] = {
+    "gap": 0.95,
+    "prefix_gap": 0.9,
+    "prefix_relays": 0.8,
+    "vantage": 0.85,
+    "baseline": 0.85,
+    "physics": 0.7,
+    "route": 0.5,
+    "model": 0.25,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "warmup_samples": 20,
+    "flag_threshold": 0.6,
+    "alert_threshold": 0.85,
+    "alert_repeat": 2,
+    "history_len": 8,
+    "baseline_keys_max": 100_000,
+    "sessions_max": 100_000,
+    "accounts_max": 200_000,
+    "alerts_max": 50_000,
+    "distances_max": 100_000,
+    "gap_min_ms": 5.0,
+    "gap_full_ms": 15.0,
+    "gap_z": 3.0,
+    "gap_alpha": 0.001,
+    "phase_alpha": 0.01,
+    "overhead_window": 40,
+    "overhead_warmup": 8,
+    "overhead_by_platform": True,
+    "prefix_history": 16,
+    "prefixes_max": 20_000,
+    "prefix_min_logins": 4,
+    "prefix_z": [4.5, 6.5],
+    "proven_min": 0.5,
+    "prefix_share": [0.2, 0.5],
+    "prefix_proven_accounts": 3,
+    "suspicious_history": 0.55,
+    "hst_trees": 10,
+    "hst_height": 6,
+    "hst_window": 250,
+    "seed": 7,
+}
+
+
+
+def noisy_or(components: dict[str, float]) -> float:
+    p = 1.0
+    for value in components.values():  # max(0, min(1, value)), as conditionals
+        value = value if value < 1.0 else 1.0
+        p *= 1.0 - (value if value > 0.0 else 0.0)
+    return 1.0 - p
+
+
+#: Probe methods the network layer (or a VPN endpoint) answers.
+NET_METHODS = frozenset({"icmp", "tcp"})
+_W_GAP = WEIGHTS["gap"]
+_W_PREFIX = WEIGHTS["prefix_gap"]
+_W_RELAYS = WEIGHTS["prefix_relays"]
+_W_PHYSICS = WEIGHTS["physics"]
+_W_BASELINE = WEIGHTS["baseline"]
+_W_VANTAGE = WEIGHTS["vantage"]
+_W_ROUTE = WEIGHTS["route"]
+_W_MODEL = WEIGHTS["model"]
+
+
+class GapVerdict:
+    """The cross-layer gap of one login against the server's learned overhead."""
+
+    __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
+                 "noise_n", "ratio", "residual", "source", "spike", "strength", "tick",
+                 "u", "u_raw", "variance")
+
+    def __init__(self, net: float, source: str, gap: float) -> None:
+        self.net, self.source, self.gap = net, source, gap
+        self.strength = 0.0
+        #: ``None`` while the server is cold (no verdict)
+        self.bound: float | None = None
+        self.excess: float | None = None
+        self.expected = self.cost = self.tick = self.noise = self.ratio = self.spike = 0.0
+        #: app samples the verdict rests on (login and the login server's app probes)
+        self.k = 0
+        #: ``gap - expected`` and its variance for an honest login (ms, ms^2)
+        self.residual = self.variance = 0.0
+        #: the residual standardised, clipped, and set against the server's population
+        self.u = self.u_raw = 0.0
+        self.n = self.noise_n = 0
+        self.cold = ""
+
+
+class Scoring(ExitPrefixes):
+    """Component strengths, history and the combined score (mixed into the detector)."""
+
+    name: ClassVar[str]
+    warmup: int
+    flag_threshold: float
+    suspicious_history: float
+    history_len: int
+    gap_min_ms: float
+    gap_full_ms: float
+    gap_z: float
+    gap_alpha: float
+    phase_alpha: float
+    overhead_warmup: int
+    baselines: BoundedLRU[str, Baseline]
+    overhead: OverheadBook
+    accounts: BoundedLRU[str, tuple[Any, ...]]
+    hst: QueuedHalfSpaceTrees
+    geometry: Geometry
+
+    def noise_floor(self, kind: str) -> float:
+        """Half the access kind's smallest baseline spread: the least noise scale (ms)."""
+        return MIN_SPREAD_MS.get(kind, DEFAULT_MIN_SPREAD_MS) / 2.0
+
+    @staticmethod
+    def network_rtt(sess: Session) -> tuple[float | None, str]:
+        """The lowest network-layer RTT of the connection: kernel TCP or a probe from the
+        login server (not for mobile access, where the carrier gateway answers pings)."""
+        net: float | None = sess.tcp
+        label = "tcp_rtt"
+        probes = sess.probes
+        if probes is not None and sess.geo.kind != "mobile":
+            for i in range(0, len(probes), 4):
+                if probes[i] == sess.server_id and probes[i + 1] in NET_METHODS and (
+                    net is None or probes[i + 2] < net
+                ):
+                    net, label = probes[i + 2], f"{probes[i + 1]} probe"
+        return net, label
+
+    @staticmethod
+    def app_figures(sess: Session) -> tuple[float, int]:
+        """(minimum, sample count) of the application round trips to the login server:
+        the login's samples and the app probes the login server sent in the session.
+        Each sample is one more phase of the same game loop, so together they bound the
+        phase tighter than the login's alone."""
+        app_min, k = sess.app_min, sess.app_n
+        probes = sess.probes
+        if probes is not None:
+            server_id = sess.server_id
+            for i in range(0, len(probes), 4):
+                if probes[i] == server_id and probes[i + 1] == "app":
+                    k += probes[i + 3]
+                    if probes[i + 2] < app_min:
+                        app_min = probes[i + 2]
+        return app_min, k
+
+    def gap_verdict(self, sess: Session) -> GapVerdict | None:
+        """The gap's verdict (``None`` without a network-layer RTT).
+
+        Strength is ``ramp(excess, 0, width) * ramp(1 - ratio, 0.5, 0.75)``: ``excess`` is
+        the gap beyond the honest bound ``cost + tick * q_k + gap_z * noise`` (+ the access
+        kind's spike allowance for one or two samples), ``width``
+        ``max(gap_full_ms - gap_min_ms, 2 * noise)``, and ``ratio`` the network RTT over the
+        app minimum less the expected overhead (TCP covering at most half of the path the
+        game's packets travel); the gap must also exceed ``gap_min_ms`` (500 km).
+        """
+        net, source = self.network_rtt(sess)
+        if net is None:
+            return None
+        app_min, k = self.app_figures(sess)
+        v = GapVerdict(net, source, app_min - net)
+        v.k = k
+        o = self.overhead.get(sess.oh_key)
+        v.n = 0 if o is None else o.sources()
+        if o is None or v.n < self.overhead_warmup:
+            v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
+                      "learned, no gap verdict")
+            return v
+        v.cost, v.tick, centre, scale = o.figures()
+        v.expected = v.cost + v.tick / (k + 1)
+        least = self.noise_floor(sess.geo.kind or "")
+        v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
+        v.spike = self.overhead.spike(sess.geo.kind or "?") if k <= 2 else 0.0
+        v.bound = (v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
+                   + v.spike)
+        v.excess = excess = v.gap - v.bound
+        v.residual, v.variance = self.residual(o, v.gap, k, v.noise)
+        v.u_raw = clip3(v.residual / math.sqrt(v.variance)) if v.variance > 0.0 else 0.0
+        v.u = (v.u_raw - centre) / scale
+        path = app_min - v.expected
+        v.ratio = ratio = net / path if path > 0 else 1.0
+        if excess > 0.0 and v.gap > self.gap_min_ms:
+            width = self.gap_full_ms - self.gap_min_ms
+            width = width if width > 2.0 * v.noise else 2.0 * v.noise
+            x = 1.0 - ratio
+            v.strength = ((1.0 if excess >= width else excess / width)
+                          * (0.0 if x <= 0.5 else 1.0 if x >= 0.75 else (x - 0.5) / 0.25))
+        return v
+
+    def physics_net(self, sess: Session) -> tuple[float, str] | None:
+        """The network RTT (ms) physics may judge, and its source: the larger of the
+        kernel TCP RTT and the app minimum less the learned cost and the ``1 -
+        phase_alpha`` quantile of the phase (an honest client's app figure rarely lands
+        above its network RTT after that, and less the access kind's spike allowance
+        when it rests on one or two samples), the TCP RTT never counted above the app
+        minimum less the cost (the phase is never negative); the TCP RTT alone on a cold
+        server;
+        ``None`` without either (a raw app figure carries the game loop and is not
+        comparable)."""
+        tcp = sess.tcp
+        o = self.overhead.get(sess.oh_key)
+        if o is None or o.sources() < self.overhead_warmup:
+            return None if tcp is None else (tcp, "tcp_rtt")
+        cost, tick = o.figures()[:2]
+        app_lo = (sess.app_min - cost - tick * phase_quantile(sess.app_n, self.phase_alpha)
+                  - self.spike_allowance(sess))
+        if tcp is not None:
+            # the phase is never negative: the network RTT is at most the app minimum less
+            # the cost (and the noise); a TCP RTT above that is a spike of that one figure
+            least = self.noise_floor(sess.geo.kind or "")
+            app_hi = sess.app_min - cost + self.gap_z * self.overhead.noise_scale(
+                sess.geo.kind or "?", least)[0]
+            if tcp > app_hi:
+                tcp = app_hi
+            if tcp >= app_lo:
+                return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
+        return app_lo, "app_rtt less learned overhead"
+
+    @staticmethod
+    def residual(o: Overhead, gap: float, k: int, noise: float) -> tuple[float, float]:
+        """(``gap - expected``, its variance for an honest login) against overhead ``o``."""
+        cost, tick = o.figures()[:2]
+        return (gap - cost - tick / (k + 1),
+                tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise)
+
+    def best_baseline(self, sess: Session) -> tuple[str, Baseline | None]:
+        """The most specific baseline out of warm-up, and its level (``""`` if none)."""
+        known = self.baselines._d
+        warmup = self.warmup
+        b = known.get(sess.k_prefix)
+        if b is not None and b.n >= warmup:
+            return "prefix", b
+        k = sess.k_asn
+        b = None if k is None else known.get(k)
+        if b is not None and b.n >= warmup:
+            return "asn", b
+        k = sess.k_country
+        b = None if k is None else known.get(k)
+        if b is not None and b.n >= warmup:
+            return "country", b
+        return "", None
+
+    def spike_allowance(self, sess: Session) -> float:
+        """What one or two app samples of the login's access kind may carry in spikes
+        (:meth:`~.baselines.OverheadBook.spike`; 0 for three samples or more)."""
+        return self.overhead.spike(sess.geo.kind or "?") if sess.app_n <= 2 else 0.0
+
+    def baseline_z(self, sess: Session, b: Baseline) -> tuple[float, float]:
+        """(excess ms over the baseline's p90, less the spike allowance of a login with
+        one or two samples; z: that excess over the p10-p90 spread)."""
+        lo, hi = b.bounds()
+        excess = sess.app_min - hi - self.spike_allowance(sess)
+        least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS)
+        return excess, excess / (least if least > hi - lo else hi - lo)
+
+    def _score(self, sess: Session, ask_model: bool = True) -> tuple[
+        dict[str, float] | None, float | str | None, GapVerdict | None, float | None, str,
+        tuple[float | None, float | None, float | None, float | None], tuple[float, ...] | None,
+    ]:
+        """The numbers of one assessment of a session's login, nothing put into words.
+
+        Returns (components, ``None`` if there is no evidence at all; the model's
+        verdict, ``None`` if it would be asked but ``ask_model`` is false; the gap
+        verdict; the baseline excess ms; the level of the baseline used; what
+        :func:`~.model.features` makes the model features of; the features if the model
+        was asked). Ramps: ``ramp(x, lo, hi)`` is ``0 if x <= lo, 1 if x >= hi,
+        (x - lo) / (hi - lo)``.
+        """
+        probes = sess.probes
+        comps: dict[str, float] | None = None
+        gv = self.gap_verdict(sess)
+        gap_excess = x_gap = None
+        if gv is not None and gv.excess is not None:
+            gap_excess, x_gap = gv.excess, 1.0 - gv.ratio
+            if gv.strength > 0:
+                comps = {"gap": _W_GAP * gv.strength}
+        s = self.prefix_evidence(sess, gv)[0]
+        if s > 0:
+            if comps is None:
+                comps = {"prefix_gap": _W_PREFIX * s}
+            else:
+                comps["prefix_gap"] = _W_PREFIX * s
+        s = self.prefix_relays(sess)[0]
+        if s > 0:
+            if comps is None:
+                comps = {"prefix_relays": _W_RELAYS * s}
+            else:
+                comps["prefix_relays"] = _W_RELAYS * s
+        # physics (fixed at the login)
+        s = sess.phys_s
+        if s > 0:
+            if comps is None:
+                comps = {"physics": _W_PHYSICS * s}
+            else:
+                comps["physics"] = _W_PHYSICS * s
+        level, b = self.best_baseline(sess)
+        z: float | None = None
+        excess: float | None = None
+        if b is not None:
+            excess, z = self.baseline_z(sess, b)
+            s = ((0.0 if z <= 2.0 else 1.0 if z >= 5.0 else (z - 2.0) / (5.0 - 2.0))
+                 * (0.0 if excess <= 5.0 else 1.0 if excess >= 15.0 else (excess - 5.0) / (15.0 - 5.0))
+                 * LEVEL_WEIGHT[level])
+            if s > 0:
+                if comps is None:
+                    comps = {"baseline": _W_BASELINE * s}
+                else:
+                    comps["baseline"] = _W_BASELINE * s
+        # vantage disks
+        worst = sess.worst_km if probes else None
+        if worst is not None and worst > 100.0:
+            s = 1.0 if worst >= 600.0 else (worst - 100.0) / (600.0 - 100.0)
+            if comps is None:
+                comps = {"vantage": _W_VANTAGE * s}
+            else:
+                comps["vantage"] = _W_VANTAGE * s
+        if sess.route is not None:
+            if comps is None:
+                comps = {"route": _W_ROUTE}
+            else:
+                comps["route"] = _W_ROUTE
+        # the anomaly model sharpens physical evidence; it never flags on its own, so
+        # without other evidence it is not asked
+        raw = (gap_excess, x_gap, z, worst)
+        m = self.hst.model
+        if not m.trees or m._first_window:
+            return comps, "warm-up", gv, excess, level, raw, None
+        if comps is None:
+            return comps, "not scored: no other evidence", gv, excess, level, raw, None
+        if not ask_model:
+            return comps, None, gv, excess, level, raw, None
+        feats = features(*raw, sess.phys_feat)
+        return comps, self._model_score(comps, feats), gv, excess, level, raw, feats
+
+    def _model_score(self, components: dict[str, float], feats: tuple[float, ...]) -> float:
+        """Ask the anomaly model; adds its component."""
+        model = self.hst.score_row(FEATURES, feats)
+        s = 0.0 if model <= 0.7 else 1.0 if model >= 0.95 else (model - 0.7) / (0.95 - 0.7)
+        if s > 0:
+            components["model"] = _W_MODEL * s
+        return model
+
+    @staticmethod
+    def _teaches(components: dict[str, float], level: str, skip: frozenset[str] = frozenset()) -> bool:
+        """Whether a session may update the baselines and the model.
+
+        Sessions with intrinsic relay evidence (gap, physics, vantages, route) or
+        out of their own prefix's range must not teach the baseline that relays are
+        normal; a verdict from a fallback (ASN, country) baseline does not block
+        learning, or a new prefix that is slower than its ISP would never warm up.
+        Components in ``skip`` are not counted (the overhead learns despite its own gap
+        verdict: a patch day moves every login's gap).
+        """
+        keep = 1.0
+        for k, v in components.items():
+            if k == "model" or (k == "baseline" and level != "prefix") or k in skip:
+                continue
+            v = v if v < 1.0 else 1.0
+            keep *= 1.0 - (v if v > 0.0 else 0.0)
+        return 1.0 - keep < 0.5
+
+    # -- per-account history -----------------------------------------------------
+
+    def _remember(self, account: str, sess: Session, base: float, first_flag: bool = False) -> int:
+        """Put the session's score into the account's history (replacing an earlier score
+        of the same session); returns the account's number of flagged sessions."""
+        accounts = self.accounts
+        table = accounts._d
+        acc = table.get(account)
+        sid = sess.session_id or sess.event_id
+        if acc is None:
+            flagged = 1 if first_flag else 0
+            accounts.put(account, (flagged, sid, base) if self.history_len > 0 else (flagged,))
+            return flagged
+        table.move_to_end(account)
+        flagged = int(acc[0]) + 1 if first_flag else int(acc[0])
+        recent: list[Any] = [flagged]
+        for i in range(1, len(acc), 2):
+            if acc[i] != sid:
+                recent += acc[i:i + 2]
+        recent += (sid, base)
+        keep = 2 * self.history_len
+        if len(recent) > keep + 1:
+            del recent[1:len(recent) - keep]
+        table[account] = tuple(recent)
+        return flagged
+
+    def _suspicious_before(self, sess: Session) -> int:
+        """How many of the account's other recent sessions were suspicious."""
+        acc = self.accounts.peek(sess.account)
+        if acc is None:
+            return 0
+        sid = sess.session_id or sess.event_id
+        threshold = self.suspicious_history
+        suspicious = 0
+        for i in range(1, len(acc), 2):
+            if acc[i + 1] >= threshold and acc[i] != sid:
+                suspicious += 1
+        return suspicious
+
+    def _with_history(self, account: str, sess: Session, base: float) -> tuple[float, str | None]:
+        if base <= 0.0:  # nothing to boost or damp
+            return base, None
+        acc = self.accounts.peek(account)
+        if acc is None:
+            return base, None
+        sid = sess.session_id or sess.event_id
+        threshold = self.suspicious_history
+        prior = suspicious = 0
+        top = 0.0
+        for i in range(1, len(acc), 2):
+            if acc[i] != sid:
+                v = acc[i + 1]
+                if not prior or v > top:
+                    top = v
+                prior += 1
+                if v >= threshold:
+                    suspicious += 1
+        if base >= 0.35 and suspicious:
+            boosted = base + (1.0 - base) * min(0.6, 0.2 * suspicious)
+            return boosted, (
+                f"{suspicious} of the account's last {prior} sessions were also "
+                f"suspicious: score {base:.2f} -> {boosted:.2f}"
+            )
+        if base < 0.8 and prior >= 3 and top < 0.3:
+            damped = base * 0.85
+            return damped, (
+                f"the account's last {prior} sessions were clean: one noisy session is "
+                f"not enough (score {base:.2f} -> {damped:.2f})"
+            )
+        return base, None
+

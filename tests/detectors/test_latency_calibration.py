@@ -1,0 +1,281 @@
+"""Relay detection on game servers that answer the application ping on their game loop.
+
+Every app sample below is ``network RTT + cost + uniform(0, tick)`` (plus the access
+line's jitter): the server's fixed processing cost and a random phase of its tick,
+as real game servers answer pings. The detector has to learn each server's
+overhead from the traffic; honest players must not look like relays whatever the
+tick, and relays must still be caught.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from pathsentry.detectors.latency import LatencyDetector
+from tests.detectors.test_latency import SEOUL, SHANGHAI, TOKYO, World, leg_ms, make_world
+
+#: where the network RTT of a Shanghai client behind a Seoul exit comes from
+CLIENT_LEG_MS = leg_ms(SEOUL, SHANGHAI) + 3.0
+
+
+@dataclass
+class GameLoop:
+    """A game server's ping path: a fixed cost and a tick (0: answered off the loop)."""
+
+    cost: float
+    tick: float
+
+    def samples(self, w: World, rtt: float, k: int, jitter: float = 0.3,
+                spike_p: float = 0.0) -> list[float]:
+        out = []
+        for _ in range(k):
+            extra = w.rng.expovariate(1.0 / jitter) if jitter > 0 else 0.0
+            if spike_p and w.rng.random() < spike_p:
+                extra += w.rng.uniform(10.0, 60.0)
+            out.append(round(rtt + extra + self.cost + w.rng.uniform(0.0, self.tick), 3))
+        return out
+
+
+def honest(w: World, loop: GameLoop, i: int, *, k: int | None = None, tcp: bool = True,
+           mobile: bool = False, jitter: float = 0.3, spike_p: float = 0.0,
+           server: str = "kr-sel-1", platform: str | None = None) -> tuple[bool, dict]:
+    """One honest Seoul login from its own /24 (``i`` picks the line); returns
+    (flagged, the relay note)."""
+    rtt = (w.rng.uniform(15.0, 40.0) if mobile else w.rng.uniform(1.0, 5.0)) + leg_ms(SEOUL, SEOUL)
+    ip = f"223.39.{i % 250}.{10 + i % 200}" if mobile else f"58.120.{i % 250}.{10 + i % 200}"
+    app = loop.samples(w, rtt, k if k is not None else w.rng.randint(1, 10), jitter, spike_p)
+    tcp_rtt = round(rtt + w.rng.expovariate(1.0 / max(jitter, 0.1)), 3) if tcp else None
+    raw = w._base("login", ip, f"h{w.n + 1}", account=f"player{i}", server_id=server,
+                  app_rtt_ms=app, tcp_rtt_ms=tcp_rtt)
+    if platform is not None:
+        raw["client"] = {"platform": platform}
+    ev = w.enrich(raw)
+    out = w.det.process(ev)
+    return bool(out and out.flags), ev.notes["relay"]
+
+
+def l4_relay(w: World, loop: GameLoop, exit_ip: str, k: int = 5, account: str = "xiaopai001",
+             client_leg: float = CLIENT_LEG_MS):
+    """A Shanghai client behind a Seoul L4 relay: TCP ends at the exit (0.5 ms away)."""
+    tcp = 0.5
+    return w.login(account, exit_ip, loop.samples(w, tcp + client_leg, k), tcp)
+
+
+def warm(w: World, loop: GameLoop, n: int = 60, **kw: object) -> int:
+    """``n`` honest logins; returns how many were flagged."""
+    return sum(honest(w, loop, i, **kw)[0] for i in range(n))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tick", [0.0, 16.0, 33.0, 50.0, 100.0])
+def test_game_loop_pings_are_not_relays_whatever_the_tick(tick: float) -> None:
+    """The fixed 15 ms rule flagged honest players on any server with a tick >= 16 ms."""
+    w = make_world(seed=int(tick) + 1)
+    loop = GameLoop(cost=w.rng.uniform(0.0, 10.0), tick=tick)
+    assert warm(w, loop, n=400) == 0
+    _, note = honest(w, loop, 999, k=1)
+    sess = w.det.sessions.peek(f"h{w.n}")
+    assert sess is not None
+    gap = w.det._assess(sess).evidence["gap"]
+    learned = gap["overhead"]
+    # the learned tick and cost are near the truth (jitter and few samples blur them)
+    assert learned["tick_ms"] == pytest.approx(tick, abs=max(3.0, 0.25 * tick))
+    assert learned["cost_ms"] == pytest.approx(loop.cost, abs=max(3.0, 0.15 * tick))
+    assert gap["verdict"] == "consistent" and note["flagged"] is False
+
+
+@pytest.mark.parametrize(("tick", "client_leg"), [(0.0, CLIENT_LEG_MS), (16.0, CLIENT_LEG_MS),
+                                                  (50.0, 60.0)])
+def test_l4_relay_is_caught_on_a_game_loop_server(tick: float, client_leg: float) -> None:
+    """A relay leg must outgrow the phase the samples leave open: 20 ms shows on a
+    16 ms tick, a 50 ms tick needs a longer leg (a client farther away)."""
+    w = make_world(seed=11)
+    loop = GameLoop(cost=6.0, tick=tick)
+    assert warm(w, loop, n=80) == 0
+    ev, out = l4_relay(w, loop, "45.65.1.20", k=8, client_leg=client_leg)
+    assert [f.kind for f in out.flags] == ["vpn_relay"], ev.notes["relay"]
+    gap = out.flags[0].evidence["gap"]
+    assert gap["verdict"] == "relay"
+    overhead = gap["overhead"]
+    assert overhead["cost_ms"] == pytest.approx(6.0, abs=3.0)
+    assert overhead["prefixes"] == 40 and overhead["honest_bound_ms"] < gap["gap_ms"]
+    assert gap["excess_ms"] > 0 and gap["excess_km"] == round(gap["excess_ms"] * 100)
+    assert gap["app_rtt_samples"] == 8
+    assert "above the" in out.flags[0].reasons[0] and "learned cost" in out.flags[0].reasons[0]
+
+
+def test_l3_vpn_is_caught_by_physics_on_a_long_tick_server() -> None:
+    """Every layer goes through the tunnel: the TCP RTT itself breaks physics."""
+    w = make_world(seed=12)
+    loop = GameLoop(cost=4.0, tick=50.0)
+    assert warm(w, loop, n=60) == 0
+    rtt = 0.5 + CLIENT_LEG_MS
+    ev, out = w.login("wanderer", "45.65.2.30", loop.samples(w, rtt, 3), round(rtt + 0.2, 3))
+    assert out.flags, ev.notes["relay"]
+    phys = out.flags[0].evidence["physics"]
+    assert phys["verdict"] == "detour" and phys["measured_source"].startswith("tcp_rtt")
+    assert phys["excess_km"] > 1000
+
+
+def test_missing_tcp_rtt_compares_the_app_figure_less_the_learned_overhead() -> None:
+    w = make_world(seed=13)
+    loop = GameLoop(cost=5.0, tick=20.0)
+    assert warm(w, loop, n=60) == 0
+    assert warm(w, loop, n=200, tcp=False) == 0  # honest players without a TCP RTT
+    rtt = 0.5 + CLIENT_LEG_MS
+    ev, out = w.login("tunnel", "45.65.3.30", loop.samples(w, rtt, 6), None)
+    assert out.flags, ev.notes["relay"]
+    ev_ = out.flags[0].evidence
+    assert ev_["gap"]["verdict"].startswith("no tcp_rtt")
+    assert ev_["physics"]["measured_source"] == "app_rtt less learned overhead"
+    assert ev_["physics"]["measured_ms"] < min(ev.event.app_rtt_ms) - 5.0  # cost + phase off
+
+
+def test_cold_server_gives_no_gap_verdict_and_says_so() -> None:
+    w = make_world(seed=14)
+    loop = GameLoop(cost=8.0, tick=60.0)
+    # a game loop answering 0.5-68 ms late looks like an L4 relay to a fixed rule
+    assert warm(w, loop, n=5) == 0
+    ev, out = l4_relay(w, loop, "45.65.4.20", k=2, client_leg=20.0)
+    assert not out.flags
+    sess = w.det.sessions.peek(ev.event.session_id or "")
+    assert sess is not None
+    evidence = w.det._assess(sess).evidence
+    assert "cold server" in evidence["gap"]["verdict"]
+    assert "gap_excess_ms" in ev.notes["relay"] and ev.notes["relay"]["gap_excess_ms"] is None
+    # other evidence still counts on a cold server: an L3 tunnel from Shanghai breaks physics
+    rtt = 0.5 + CLIENT_LEG_MS
+    _, out = w.login("wanderer", "45.65.4.30", loop.samples(w, rtt, 2), round(rtt + 0.2, 3))
+    assert out.flags and out.flags[0].evidence["physics"]["verdict"] == "detour"
+
+
+def test_patch_day_overhead_drift_is_absorbed() -> None:
+    """A patch moves the server's cost from 2 to 14 ms: honest logins are flagged only
+    while the window's median moves (about half the window: 20 logins from distinct
+    prefixes), then go on unflagged, and relays are still caught after it."""
+    w = make_world(seed=15)
+    before, after = GameLoop(cost=2.0, tick=0.0), GameLoop(cost=14.0, tick=0.0)
+    assert warm(w, before, n=200) == 0
+    flagged = sum(honest(w, after, 300 + i)[0] for i in range(300))
+    assert flagged <= 25
+    assert sum(honest(w, after, 700 + i)[0] for i in range(200)) == 0
+    _, out = l4_relay(w, after, "45.65.5.20", k=4)
+    assert out.flags and out.flags[0].evidence["gap"]["overhead"]["cost_ms"] == pytest.approx(14.0, abs=2.0)
+
+
+def test_mobile_jitter_on_a_game_loop_is_not_a_relay() -> None:
+    w = make_world(seed=16)
+    loop = GameLoop(cost=3.0, tick=33.0)
+    assert warm(w, loop, n=80) == 0
+    assert warm(w, loop, n=400, mobile=True, jitter=4.0, spike_p=0.12) == 0
+
+
+def test_farm_behind_one_prefix_cannot_teach_the_overhead_and_piles_up_evidence() -> None:
+    """On a 100 ms tick one login's 25 ms relay leg hides in the phase; 30 logins
+    through the same exit /24 do not, and they are one vote in the server's overhead."""
+    w = make_world(seed=17)
+    loop = GameLoop(cost=5.0, tick=100.0)
+    assert warm(w, loop, n=120) == 0
+    cost = w.det.overhead.get("kr-sel-1").cost()  # type: ignore[union-attr]
+    flags = []
+    events: list[str] = []
+    late: set[str] = set()
+    for i in range(30):
+        ev, out = l4_relay(w, loop, f"45.65.6.{10 + i}", k=w.rng.randint(3, 8),
+                           account=f"farm{i:03d}", client_leg=25.0)
+        events.append(ev.event.event_id)
+        flags.append(any(f.event_id == ev.event.event_id for f in out.flags))
+        late |= {f.event_id for f in out.flags if f.event_id != ev.event.event_id}
+    assert sum(flags[:3]) == 0 and sum(flags[-10:]) >= 9, flags
+    # the first logins through the exit came before the evidence: flagged late, by name
+    assert set(events[:3]) <= late
+    last = next(f for f in out.flags if f.event_id == events[-1])
+    assert "prefix_gap" in last.evidence["components"]
+    exit_ = last.evidence["exit_prefix"]
+    assert exit_["verdict"] == "relay exit" and exit_["gap_z"] >= exit_["gap_z_ramp"][0]
+    assert any("standard errors slower" in r for r in last.reasons)
+    assert w.det.overhead.get("kr-sel-1").cost() == pytest.approx(cost, abs=2.0)  # type: ignore[union-attr]
+    # a PC bang: 40 honest players behind one /24 on the same server stay clean
+    rtt = leg_ms(SEOUL, SEOUL) + 1.0
+    for i in range(40):
+        app = loop.samples(w, rtt, w.rng.randint(1, 10))
+        _, out = w.login(f"bang{i}", "58.121.9.7", app, round(rtt + 0.2, 3))
+        assert not out.flags, out.flags[0].reasons
+
+
+def test_an_exit_proven_by_its_tunnels_lends_evidence_to_its_other_logins() -> None:
+    """Three accounts tunnel from Shanghai through one VPS /24 (their TCP RTT breaks
+    physics); a fourth relays through the same /24 with a leg the 100 ms tick hides."""
+    w = make_world(seed=21)
+    loop = GameLoop(cost=5.0, tick=100.0)
+    assert warm(w, loop, n=60) == 0
+    rtt = 0.5 + CLIENT_LEG_MS
+    for i in range(3):
+        _, out = w.login(f"tunnel{i}", f"45.65.8.{20 + i}", loop.samples(w, rtt, 2),
+                         round(rtt + 0.2, 3))
+        assert out.flags and out.flags[0].evidence["physics"]["verdict"] == "detour"
+    ev, out = l4_relay(w, loop, "45.65.8.40", k=2, account="quiet", client_leg=15.0)
+    flag = next(f for f in out.flags if f.event_id == ev.event.event_id)
+    assert "prefix_relays" in flag.evidence["components"]
+    assert flag.evidence["exit_prefix"]["proven_relay_accounts"] == 3
+    assert any("proven relayed" in r for r in flag.reasons)
+    # one proven account does not make an exit of a shared prefix
+    _, out = w.login("tunnel9", "45.65.9.20", loop.samples(w, rtt, 2), round(rtt + 0.2, 3))
+    assert out.flags
+    ev, out = l4_relay(w, loop, "45.65.9.40", k=2, account="quiet2", client_leg=15.0)
+    sess = w.det.sessions.peek(ev.event.session_id or "")
+    assert sess is not None and w.det.prefix_relays(sess) == (0.0, 1, 1)
+
+
+def test_overhead_is_learned_per_platform_when_logins_name_one() -> None:
+    w = make_world(seed=18)
+    pc, console = GameLoop(cost=2.0, tick=0.0), GameLoop(cost=9.0, tick=50.0)
+    for i in range(60):
+        assert not honest(w, pc, i, platform="pc")[0]
+        assert not honest(w, console, 100 + i, platform="console")[0]
+    assert w.det.overhead.get("kr-sel-1|pc").tick() < 3.0  # type: ignore[union-attr]
+    assert w.det.overhead.get("kr-sel-1|console").tick() == pytest.approx(50.0, abs=12.0)  # type: ignore[union-attr]
+    # the optional contract fields are in the exported JSON Schema
+    from pathsentry.commands.core import json_schemas
+
+    client = json_schemas()["login.schema.json"]["$defs"]["ClientInfo"]["properties"]
+    assert {"platform", "build"} <= set(client)
+
+
+def test_learned_overhead_survives_a_snapshot_and_a_new_worker() -> None:
+    w = make_world(seed=19)
+    loop = GameLoop(cost=7.0, tick=40.0)
+    warm(w, loop, n=60)
+    snap = json.loads(json.dumps(w.det.state()))
+    learned = json.loads(json.dumps(w.det.learned_state()))
+    for load in ("load_state", "load_learned"):
+        other = make_world(seed=19)
+        getattr(other.det, load)(snap if load == "load_state" else learned)
+        o, p = other.det.overhead.get("kr-sel-1"), w.det.overhead.get("kr-sel-1")
+        assert o is not None and p is not None
+        assert (o.cost(), o.tick(), o.sources()) == (p.cost(), p.tick(), p.sources())
+
+
+def test_app_probes_from_the_login_server_tighten_the_phase_bound() -> None:
+    """Two login samples on a 60 ms tick hide a 30 ms leg; ten more app probes from
+    the login server in the same session do not."""
+    w = make_world(seed=20)
+    loop = GameLoop(cost=4.0, tick=60.0)
+    assert warm(w, loop, n=100) == 0
+    ev, out = l4_relay(w, loop, "45.65.7.20", k=2, client_leg=35.0)
+    sid = ev.event.session_id or ""
+    late = w.probe("45.65.7.20", sid, "kr-sel-1", loop.samples(w, 35.5, 10))
+    assert not out.flags and late.flags
+    gap = late.flags[0].evidence["gap"]
+    assert gap["app_rtt_samples"] == 12 and gap["verdict"] == "relay"
+
+
+def test_registration_and_public_imports_still_work() -> None:
+    from pathsentry.detectors import registered
+    from pathsentry.detectors.latency import AlertBook, Baseline, BoundedLRU, feasible_region
+
+    assert registered()["latency"] is LatencyDetector
+    assert callable(feasible_region) and AlertBook and Baseline and BoundedLRU
+    assert TOKYO  # the shared geometry of the relay tests
