@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from pathsentry.infra.broker import EmbeddedBroker
-from tests.integration.harness import _consume, _login, running_worker
+from tests.faults.support import worker_process
+from tests.integration.harness import _ADJECTIVES, _NOUNS, CONFIG, _consume, _login
+
+#: forty Seoul lines on forty /24s (the relay detector learns the server's overhead from
+#: players on many prefixes before it judges anyone), and a Seoul VPS
+GEO = "\n".join(["cidr,country,asn,as_name,lat,lon,kind"]
+                + [f"58.120.{i}.0/24,KR,4766,Korea Telecom,37.50,127.03,residential" for i in range(40)]
+                + ["198.51.100.0/24,KR,64510,Seoul VPS Hosting,37.56,126.98,hosting"]) + "\n"
 
 
 async def _send(bootstrap: str, items: list[tuple[str, bytes, bytes]]) -> None:
@@ -36,14 +43,27 @@ def _feedback(ev: dict[str, Any]) -> bytes:
 @pytest.mark.integration
 def test_a_late_label_re_versions_the_alert_and_reaches_the_feedback_view(
         tmp_path: Path, embedded_broker: EmbeddedBroker) -> None:
-    with running_worker(tmp_path, embedded_broker.url, f"chdb://{tmp_path / 'chdb'}") as worker:
+    (tmp_path / "pathsentry.toml").write_text(CONFIG)
+    (tmp_path / "geo.csv").write_text(GEO)
+    with worker_process(tmp_path / "pathsentry.toml", embedded_broker.url,
+                        f"chdb://{tmp_path / 'chdb'}") as worker:
+        worker.start(timeout=60)
         bootstrap, prefix = worker.bootstrap, worker.prefix
-        logins = [_login(100 + i, "relayed-user", "198.51.100.23", [96.0, 94.5, 95.2], 1.4)
-                  for i in range(6)]
-        asyncio.run(_send(bootstrap, [(prefix + "logins", b"relayed-user", _feedback(ev))
+        # ordinary players with unrelated names, each on its own Seoul /24, then one
+        # account behind an L4 relay on a Seoul VPS (TCP ends at the relay, the game ping not)
+        players = [f"{a}_{b}" for a in _ADJECTIVES for b in _NOUNS][:40]
+        logins = [_login(i, name, f"58.120.{i}.{10 + i}", [3.1 + i % 3 * 0.3, 3.4, 3.2], 3.0)
+                  for i, name in enumerate(players)]
+        logins += [_login(100 + i, "relayed-user", "198.51.100.23", [96.0, 94.5, 95.2], 1.4)
+                   for i in range(6)]
+        asyncio.run(_send(bootstrap, [(prefix + "logins", ev["account"].encode(), _feedback(ev))
                                       for ev in logins]))
-        first = [a for a in asyncio.run(_consume(bootstrap, prefix + "alerts", 1, 60))
-                 if a["kind"] == "vpn_relay"]
+        deadline = time.monotonic() + 60
+        first: list[dict[str, Any]] = []
+        while not first:  # the relay alert (a farm alert of the same logins may come first)
+            assert time.monotonic() < deadline, "no relay alert"
+            first = [a for a in asyncio.run(_consume(bootstrap, prefix + "alerts", 100, 3))
+                     if a["kind"] == "vpn_relay"]
         assert first and first[0]["evidence"]["crosscheck"]["labelled_members"] == 0
         top = max(a["version"] for a in first)
         label = {"kind": "account_label", "event_id": "lb-1", "ts": "2026-11-24T10:00:00+09:00",
