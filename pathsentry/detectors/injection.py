@@ -60,7 +60,7 @@ from typing import Any
 
 from pathsentry.config import Origin
 from pathsentry.detectors import register
-from pathsentry.detectors.addresses import ip_text as ip_text
+from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.injection_profile import (
     Expectation,

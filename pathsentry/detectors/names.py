@@ -1,44 +1,33 @@
-"""Account-name similarity: an exact path for serial names, a fuzzy path for variants.
+"""Account-name primitives: runs, serial regularity, n-gram similarity, a MinHash index.
 
-Gold farms register accounts in batches, so their names follow a template:
-``xiaopai001 … xiaopai020``. The **exact path** splits a name into letter runs,
-digit runs and separators; digit runs become ``{width}`` placeholders, giving the
-template, and the last digit run is the serial number. A batch shows up as a
-run of consecutive serials under one template.
+Farm accounts are registered in batches, so their names share a stem and differ in
+a serial; the farm detector's name families
+(:mod:`pathsentry.detectors.farm.families`) are built on what is here:
 
->>> template("xiaopai007"), serial("xiaopai007")
-('xiaopai{3}', 7)
->>> template("Gold_Farm-12a")
-'gold_farm-{2}a'
->>> skeleton("Xiao_Pai-07"), skeleton("xiaopai7") == skeleton("xiao.pai0007")
-('xiaopai#', True)
+- :func:`runs` splits a name into letter runs, digit runs and separators (Unicode
+  letters: Hangul and CJK stems work as Latin ones);
+- :func:`consecutive_runs` and :func:`regularity` say whether serials run like a
+  batch (``1, 2, 4, 5``) or scatter like birth years and lucky numbers;
+- :func:`normalise` (letters lower-cased, separators dropped, digit runs as ``#``)
+  feeds :func:`ngrams`; :func:`cohesion` is the mean n-gram Jaccard similarity of a
+  group's names, and :class:`NameIndex` an online MinHash/LSH index that assigns each
+  name to a cluster in O(number of bands), with a bounded number of clusters.
+
+>>> runs("Xiao_Pai-07"), normalise("Xiao_Pai-0017")
+([('a', 'Xiao'), ('s', '_'), ('a', 'Pai'), ('s', '-'), ('d', '07')], 'xiaopai#')
 >>> consecutive_runs([7, 3, 4, 5, 9, 10, 30])
 [(3, 5), (9, 10)]
 >>> regularity([1, 2, 3, 5, 40]), regularity([1987, 2001, 77, 12])
 (0.8, 0.0)
-
-The **fuzzy path** catches near variants (``xiaopai``/``xiaopia``/``x1aopai``)
-with character n-grams: :func:`name_similarity` is a Jaccard index over padded
-trigrams of the normalised name, :func:`edit_distance` a bounded Levenshtein
-distance, and :class:`NameIndex` an online MinHash/LSH index that assigns each
-name to a cluster in O(number of bands), with a bounded number of clusters.
-
->>> round(name_similarity("xiaopai001", "xiaopai_017"), 2)
-1.0
->>> name_similarity("minsu_kim", "dragon77") < 0.1
-True
->>> edit_distance("xiaopai", "xiaopia"), edit_distance("abc", "xyzuvw", limit=2)
-(2, 3)
 >>> idx = NameIndex()
 >>> a, b, c = idx.assign("xiaopai001"), idx.assign("xiaopia002"), idx.assign("dragon77")
 >>> a == b, a == c
 (True, False)
 
 Everything here is pure and deterministic (no process-seeded hashing), so two
-workers compute the same templates, keys and clusters. The per-name functions are
-memoised in bounded LRU caches (:data:`NAME_CACHE_SIZE` names each): the same
-accounts log in again and again, and a farm's detector asks about each name
-several times per event.
+workers compute the same clusters. The per-name functions are memoised in bounded
+LRU caches (:data:`NAME_CACHE_SIZE` names each): the same accounts log in again and
+again, and the farm detector asks about each name several times per event.
 """
 
 from __future__ import annotations
@@ -48,25 +37,17 @@ import unicodedata
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 __all__ = [
-    "NameFeatures",
+    "NAME_CACHE_SIZE",
     "NameIndex",
     "cohesion",
     "consecutive_runs",
-    "edit_distance",
-    "features",
-    "name_facts",
-    "name_similarity",
     "ngrams",
     "normalise",
     "regularity",
     "runs",
-    "serial",
-    "skeleton",
-    "template",
 ]
 
 _RUN = re.compile(r"(\d+)|([^\W\d_]+)|([\W_]+)", re.UNICODE)
@@ -74,13 +55,10 @@ _RUN = re.compile(r"(\d+)|([^\W\d_]+)|([\W_]+)", re.UNICODE)
 #: Names remembered by each memoised per-name function (about 0.3 KiB per entry).
 NAME_CACHE_SIZE = 16_384
 
-#: Minimum number of letters for a name to count as a serial-template name:
-#: ``a1`` or ``x07`` are too short to say anything about a batch.
-MIN_TEMPLATE_LETTERS = 3
-
 
 def runs(name: str) -> list[tuple[str, str]]:
-    """Split ``name`` into ``(kind, text)`` runs, kind ``d`` (digits), ``a`` (letters), ``s``.
+    """Split ``name`` (NFKC) into ``(kind, text)`` runs, kind ``d`` (digits), ``a``
+    (letters) or ``s`` (anything else).
 
     >>> runs("xiao_pai07")
     [('a', 'xiao'), ('s', '_'), ('a', 'pai'), ('d', '07')]
@@ -97,68 +75,13 @@ def _runs(name: str) -> tuple[tuple[str, str], ...]:
 
 
 @lru_cache(maxsize=NAME_CACHE_SIZE)
-def template(name: str) -> str:
-    """Letters lower-cased, separators kept, each digit run replaced by ``{width}``.
-
-    >>> template("XiaoPai001"), template("dragon-1987"), template("minsu_kim")
-    ('xiaopai{3}', 'dragon-{4}', 'minsu_kim')
-    """
-    return "".join(f"{{{len(t)}}}" if k == "d" else t.lower() for k, t in _runs(name))
-
-
-def skeleton(name: str) -> str | None:
-    """The repartition form of a serial name: letters only, digit runs as one ``#``.
-
-    Width and separators are dropped so that ``xiaopai7``, ``xiaopai007`` and
-    ``xiao_pai-007`` meet under one key. ``None`` when the name has no digits or
-    fewer than :data:`MIN_TEMPLATE_LETTERS` letters (not a serial name).
-
-    >>> skeleton("xiaopai_007"), skeleton("minsu_kim"), skeleton("ab12")
-    ('xiaopai#', None, None)
-    """
-    return name_facts(name)[0]
-
-
-def serial(name: str) -> int | None:
-    """The serial number: the last digit run (``None`` without digits).
-
-    >>> serial("farm2_0042"), serial("minsu_kim")
-    (42, None)
-    """
-    return name_facts(name)[1]
-
-
 def normalise(name: str) -> str:
     """Lower-case letters, no separators, digit runs as one ``#`` (input of the n-grams).
 
-    >>> normalise("Xiao_Pai-0017")
-    'xiaopai#'
+    >>> normalise("Xiao_Pai-0017"), normalise("minsu_kim")
+    ('xiaopai#', 'minsukim')
     """
-    return name_facts(name)[2]
-
-
-@lru_cache(maxsize=NAME_CACHE_SIZE)
-def name_facts(name: str) -> tuple[str | None, int | None, str]:
-    """``(skeleton(name), serial(name), normalise(name))``, from one pass over the runs
-    and cached: the farm detector needs all three for every account it meets.
-
-    >>> name_facts("Xiao_Pai-017"), name_facts("minsu_kim")
-    (('xiaopai#', 17, 'xiaopai#'), (None, None, 'minsukim'))
-    """
-    parts = []
-    letters = 0
-    last = None  # the last digit run
-    for d, a, _ in _RUN.findall(unicodedata.normalize("NFKC", name)):
-        if d:
-            parts.append("#")
-            last = d
-        elif a:
-            parts.append(a.lower())
-            letters += len(a)
-    norm = "".join(parts)
-    if last is None:
-        return None, None, norm
-    return (norm if letters >= MIN_TEMPLATE_LETTERS else None), int(last[-9:]), norm
+    return "".join("#" if k == "d" else t.lower() for k, t in _runs(name) if k != "s")
 
 
 def consecutive_runs(numbers: Iterable[int], min_len: int = 2) -> list[tuple[int, int]]:
@@ -227,33 +150,6 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b)
 
 
-def name_similarity(a: str, b: str, n: int = 3) -> float:
-    """Jaccard similarity (0-1) of the names' character n-grams."""
-    return _jaccard(ngrams(a, n), ngrams(b, n))
-
-
-def edit_distance(a: str, b: str, limit: int = 8) -> int:
-    """Levenshtein distance, cut off at ``limit + 1`` (O(len * limit) work)."""
-    if abs(len(a) - len(b)) > limit:
-        return limit + 1
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        lo = max(1, i - limit)
-        hi = min(len(b), i + limit)
-        if lo > 1:
-            cur[lo - 1] = limit + 1
-        for j in range(lo, hi + 1):
-            cost = 0 if ca == b[j - 1] else 1
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-        if hi < len(b):
-            cur[hi + 1 :] = [limit + 1] * (len(b) - hi)
-        if min(cur) > limit:
-            return limit + 1
-        prev = cur
-    return min(prev[-1], limit + 1)
-
-
 def cohesion(names: Sequence[str], max_pairs: int = 64) -> float:
     """Mean n-gram similarity of neighbouring names (sorted), over at most ``max_pairs`` pairs.
 
@@ -275,29 +171,6 @@ def cohesion(names: Sequence[str], max_pairs: int = 64) -> float:
         _jaccard(ngrams(uniq[i]), ngrams(uniq[i + 1])) for i in range(0, len(uniq) - 1, step)
     ]
     return sum(sims) / len(sims)
-
-
-@dataclass(frozen=True, slots=True)
-class NameFeatures:
-    """What the farm detector needs to know about one account name."""
-
-    name: str
-    template: str
-    skeleton: str | None
-    serial: int | None
-
-    @property
-    def serial_like(self) -> bool:
-        return self.skeleton is not None
-
-
-def features(name: str) -> NameFeatures:
-    """All exact-path features of ``name`` in one pass.
-
-    >>> features("xiaopai_012")
-    NameFeatures(name='xiaopai_012', template='xiaopai_{3}', skeleton='xiaopai#', serial=12)
-    """
-    return NameFeatures(name, template(name), skeleton(name), serial(name))
 
 
 class NameIndex:
@@ -355,7 +228,7 @@ class NameIndex:
 
     def assign(self, name: str, norm: str | None = None) -> str:
         """Cluster id of ``name`` (see the class docstring); ``norm``: ``normalise(name)``
-        when the caller knows it already (e.g. a non-``None`` :func:`skeleton`)."""
+        when the caller knows it already)."""
         if norm is None:
             norm = normalise(name)
         clusters = self._clusters

@@ -76,6 +76,7 @@ from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
 from pathsentry.detectors.bounded import AlertBook
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
+from pathsentry.detectors.settings import settings_dict
 from pathsentry.enrich.geo import GeoInfo, prefix_of
 from pathsentry.schemas import FlaggedEvent, Login, Traceroute
 
@@ -212,7 +213,7 @@ class RouteDetector(SessionTable, Detector):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        cfg = {**DEFAULTS, **ctx.settings(self.name)}
+        cfg = settings_dict(self.name, ctx.settings(self.name), DEFAULTS)
         self.min_samples = max(1, int(cfg["min_samples"]))
         self.home = {c.upper() for c in ctx.config.home_countries}
         # session memory, least recently used first (bounded by ``sessions_max``)

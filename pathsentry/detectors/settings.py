@@ -33,7 +33,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["COMMON_KEYS", "load_settings", "unknown_keys"]
+__all__ = ["COMMON_KEYS", "load_settings", "settings_dict", "unknown_keys"]
 
 log = logging.getLogger("pathsentry.detectors")
 
@@ -47,6 +47,10 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ValueError(f"[detectors.{section}] {key}: {value!r} is not true or false")
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise ValueError(f"[detectors.{section}] {key}: {value!r} is not a list of {len(default)}")
+        return type(default)(_coerce(section, key, v, d) for v, d in zip(value, default, strict=True))
     if isinstance(value, target) and not isinstance(value, bool):
         return value
     try:
@@ -61,6 +65,21 @@ def unknown_keys(raw: Mapping[str, Any], *classes: type[Any]) -> list[str]:
     for cls in classes:
         known.update(f.name for f in dataclasses.fields(cls))
     return sorted(k for k in raw if k not in known)
+
+
+def settings_dict(section: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` overlaid with the table ``raw``, each value coerced to its default's type.
+
+    The same rules as :func:`load_settings`, for a detector that keeps its settings
+    in a dict of documented defaults.
+
+    >>> settings_dict("x", {"gap_ms": "5", "z": [4, 6]}, {"gap_ms": 1.0, "z": [4.5, 6.5]})
+    {'gap_ms': 5.0, 'z': [4.0, 6.0]}
+    """
+    unknown = sorted(k for k in raw if k not in defaults and k not in COMMON_KEYS)
+    if unknown:
+        log.warning("[detectors.%s]: unknown setting(s) %s ignored", section, ", ".join(unknown))
+    return {k: _coerce(section, k, raw[k], d) if k in raw else d for k, d in defaults.items()}
 
 
 def load_settings(section: str, raw: Mapping[str, Any], *classes: type[Any]) -> tuple[Any, ...]:

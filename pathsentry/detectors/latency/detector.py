@@ -27,6 +27,7 @@ from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, f
 from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, noisy_or
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
 from pathsentry.detectors.physics import KM_PER_MS_RTT
+from pathsentry.detectors.settings import settings_dict
 from pathsentry.enrich.geo import GeoInfo
 from pathsentry.schemas import FlaggedEvent, Login, RttProbe, parse_event
 
@@ -53,7 +54,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        cfg = {**DEFAULTS, **ctx.settings(self.name)}
+        cfg = settings_dict(self.name, ctx.settings(self.name), DEFAULTS)
         self.cfg = cfg
         self.warmup = int(cfg["warmup_samples"])
         self.flag_threshold = float(cfg["flag_threshold"])

@@ -1,0 +1,110 @@
+"""Gold-farm groups: many accounts at once through one exit and route, look-alike names.
+
+A farm (작업장) runs dozens of accounts from one room: they log in within seconds to
+minutes of each other, through the same relay exit (often several /24s of one
+hosting AS) or along the same foreign-origin route, from machines a few ms apart,
+and usually carry names minted from one stem. This group-stage detector clusters on
+what the research clusters on -- time, account name, source address and hop-country
+path -- with bounded work per event and bounded state.
+
+Modules, one concern each:
+
+- :mod:`~pathsentry.detectors.farm.families` -- name families (stem, serial,
+  generalised template);
+- :mod:`~pathsentry.detectors.farm.exits` -- the connection pattern (exit AS,
+  route, relay facts) and the learned RTT band;
+- :mod:`~pathsentry.detectors.farm.background` -- the partition's background
+  arrival rate, the judge of a burst at any pacing;
+- :mod:`~pathsentry.detectors.farm.grouping` -- when a candidate is a farm;
+- :mod:`~pathsentry.detectors.farm.evidence` -- features, score, alert and flags;
+- :mod:`~pathsentry.detectors.farm.state` -- snapshot and restore;
+- :mod:`~pathsentry.detectors.farm.model` -- settings and the data the others share;
+- :mod:`~pathsentry.detectors.farm.detector` -- :class:`FarmDetector` itself.
+
+Partition keys (the stream repartitions each event by each key, so the accounts of
+one group meet on one worker):
+
+``tpl:<stem>``
+    logins and traceroutes of names with a family (serial anywhere, rotating letter
+    affix; see :func:`~pathsentry.detectors.farm.families.family`). A group is at
+    least ``min_size`` accounts of one family within ``window_s`` sharing an AS or a
+    foreign route, with relay/route evidence on ``min_size`` of them, or with serials
+    (or affix letters) that run consecutively -- or the whole family in the window
+    with both (a batch spread over several exits); the batch's members through
+    other exits join by their serials.
+``route:<signature>``
+    sessions whose route has a foreign origin, relay-flagged ones excepted. A group
+    is a burst of at least ``min_size_unnamed`` accounts along one signature inside
+    one RTT band, names not required.
+``net:<exit>``
+    relay-flagged logins (and traceroutes) by exit: ``AS<asn>`` of a hosting or
+    relay network, the /24 of a subscriber network (residential, mobile, campus,
+    business), whose other logins count in the partition's background. A group is
+    a burst of relay-flagged accounts behind one exit inside one RTT band, sharing
+    /24s or machines (client device ids).
+
+One farm, one alert: the ``route:``/``net:`` partitions leave out accounts whose
+family reaches ``min_size`` in the candidate (2 in ``route:``: traceroutes may be
+sampled) -- the family partition sees every login of those; ``route:`` leaves out
+relay-flagged accounts, which are ``net:``'s. A group seen again (members
+overlapping by half) is the same group: its alert is re-emitted with
+``version + 1``, and its members' later logins are flagged under it. The alert id
+is ``make_alert_id("farm", "farm_group", key|pattern|anchor)`` (anchor: the first
+member's login second), deterministic for a replay or a retry.
+
+Farms and crowds -- which signal separates each hard negative:
+
+- **PC bang, campus NAT** (dozens of unrelated accounts behind one address, all
+  day): a domestic route and, mostly, no relay flag; the few logins the relay
+  detector flags by mistake are judged against every login of that address (the
+  /24's background, its arrival rate and its RTTs), so a handful of flags in a crowd
+  is no burst, and their RTTs do not stand out of the crowd's. Their names share
+  no family, or a family whose serials do not run.
+- **Mobile CGNAT** (thousands of subscribers on a few addresses): the same -- the
+  address's background is the whole crowd; what they share is an address, never a
+  family with consecutive serials or a foreign route.
+- **A relay service with many unrelated users** (a VPN exit or hosting range):
+  they do reach ``net:AS…``, but they arrive at the exit's own background rate (the
+  Poisson judge of :mod:`~pathsentry.detectors.farm.background` at both scales,
+  thinned to the candidate's RTT band), from everywhere (their RTTs do not form a
+  band that stands out of the exit's other users:
+  :func:`~pathsentry.detectors.farm.exits.stands_out`; their TCP handshake RTTs
+  differ), each from its own machine and mostly its own /24 (a candidate keeps the
+  members that share a /24 or a machine; one paced minutes apart must crowd onto
+  few machines or addresses; a late joiner must use one of the group's machines, or
+  one of its /24s inside its band). Allow-listed game relays and cloud gaming never
+  reach ``net:``.
+- **Honest players sharing a popular stem** (``shadow123``, ``shadow_77``): one
+  family, but spread over exits and hours, their serials do not run consecutively,
+  and they carry no relay or foreign-route evidence.
+- **Family names** (``minsu_kim``/``minsu_park``): no mark, no family.
+
+Known limits: in the detector's first ``2 * window_s`` a name-less farm is judged
+at the ``burst_s`` scale only (no background yet), so a slowly paced one waits; a
+name-less farm on residential proxies of several ISPs is one group per exit; a
+farm whose logins are neither relay-flagged nor routed through a foreign origin,
+with names that share no family, has nothing left to be found by; a farm that
+reuses a popular stem (``shadow…``) can take an honest ``shadow`` player whose
+number happens to continue its serials.
+
+Bounds: at most ``max_keys`` partitions (least recently used evicted), at most
+``max_members`` members per partition (members older than ``2 * window_s`` go
+first), at most ``max_group_members`` per group; an idle group is kept
+``group_ttl_s`` for late joiners. Per event: one dictionary lookup per key, a scan
+of the members sharing one pattern in one window, O(bands) for the MinHash name
+index (:class:`~pathsentry.detectors.names.NameIndex`, whose clusters the evidence
+shows). River's DBSTREAM was considered for the clustering; its ``predict_one``
+walks every micro-cluster, and every dimension but time is categorical here, so
+exact keys plus the family rules do the job in bounded time.
+
+>>> settings_from({"window_s": "600", "unknown": 1}).window_s
+600.0
+"""
+
+from __future__ import annotations
+
+from pathsentry.detectors.farm.background import poisson_tail
+from pathsentry.detectors.farm.detector import FarmDetector
+from pathsentry.detectors.farm.model import FarmSettings, settings_from
+
+__all__ = ["FarmDetector", "FarmSettings", "poisson_tail", "settings_from"]

@@ -1,0 +1,211 @@
+"""The connection pattern of a login: its exit, its route, its relay facts, its origin.
+
+- **Exit.** A farm leaves through addresses of one network, often several /24s of
+  one hosting AS, so the exit of a hosting or relay network (the geo source's
+  ``kind``) is the AS (``AS<asn>``); a residential or mobile exit (a proxy on a
+  subscriber line) is its /24, as is any exit whose AS or kind is unknown; such a
+  /24 is a farm's exit only when its accounts crowd onto few addresses (at least
+  two accounts per address on average) -- a proxy is one address or a few,
+  neighbours are one address each. Within a name family the exit is the AS
+  whatever its kind (:func:`network_of`). The /24s actually used show in the
+  alert's evidence.
+- **Route.** The route detector's foreign-origin signature (``notes["route"]``).
+- **Relay.** The relay detector's verdict (``notes["relay"]``).
+- **Origin (RTT band).** Accounts in one farm room behind one relay see about the
+  same minimum application RTT; several machines spread it by a few ms, and the
+  access jitter and the game server's tick (its answer waits a random phase of it)
+  add noise. The tolerance is learned from the candidate itself: ``k`` robust
+  deviations (MAD x 1.4826) of its members' minimum RTTs, or ``k`` times the median
+  noise of a login's minimum estimated from its own samples (:func:`jitter`),
+  whichever is larger (``rtt_tolerance_ms`` is the floor). The TCP handshake RTT,
+  where the server measured it, must fit a band of its own (``k`` robust
+  deviations, and at least half the application band, which holds the machines'
+  spread without the server tick's noise): through an L3 tunnel it is the path to
+  the room, through an L4 relay the path to the relay -- a VPN user beside an L3
+  farm differs by tens of ms. A band must
+  also *stand out*: when the pattern carries at least as many other accounts as the
+  candidate (or a background of at least :data:`MIN_BACKGROUND` accounts that left
+  the window in no group), the candidate's spread must stay below
+  ``rtt_background_ratio`` times theirs -- a relay service's unrelated users come
+  from everywhere, a farm from one room.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pathsentry.detectors.base import Enriched
+from pathsentry.detectors.farm.model import (
+    _NET_,
+    _ROUTE_,
+    NET,
+    ROUTE,
+    TPL,
+    FarmSettings,
+    Member,
+    Partition,
+)
+
+__all__ = ["MIN_BACKGROUND", "SHARED_EXIT_KINDS", "Band", "band", "dict_note", "exit_of",
+           "foreign_sig", "jitter", "mad", "network_of", "patterns_of", "relay_facts", "stands_out"]
+
+_MAD_SIGMA = 1.4826
+#: Network kinds (``GeoInfo.kind``) whose exits are whole ASes (:func:`exit_of`).
+SHARED_EXIT_KINDS = frozenset({"hosting", "datacenter", "relay"})
+#: Background RTTs enough to judge a band against, whatever the candidate's size.
+MIN_BACKGROUND = 8
+
+NO_RELAY: tuple[bool, float, Any, Any] = (False, 0.0, None, None)
+
+
+def exit_of(asn: int | None, prefix: str, kind: str | None) -> str:
+    """The exit of a login: the AS of a hosting (or relay) network, whose /24s one
+    operator rents side by side; the /24 of any other network (a residential ISP's AS
+    holds millions of unrelated subscribers) or when the AS is unknown.
+
+    >>> exit_of(64600, "45.76.1.0/24", "hosting"), exit_of(4766, "203.0.113.0/24", "residential")
+    ('AS64600', '203.0.113.0/24')
+    """
+    return f"AS{asn}" if asn is not None and kind in SHARED_EXIT_KINDS else prefix
+
+
+def dict_note(ev: Enriched, name: str) -> dict[str, Any]:
+    """``ev.notes[name]`` when it is a dict, else ``{}``."""
+    v = ev.notes.get(name)
+    return v if isinstance(v, dict) else {}
+
+
+def network_of(asn: int | None, prefix: str) -> str:
+    """The network of a login within a name family: its AS whatever its kind (the
+    names already tie the accounts together; a farm's residential proxies spread over
+    /24s of one ISP), the /24 when the AS is unknown.
+
+    >>> network_of(4766, "203.0.113.0/24"), network_of(None, "203.0.113.0/24")
+    ('AS4766', '203.0.113.0/24')
+    """
+    return f"AS{asn}" if asn is not None else prefix
+
+
+def relay_facts(relay: Mapping[str, Any]) -> tuple[bool, float, Any, Any]:
+    """``Member.relay``, ``relay_score``, ``relay_gap_ms``, ``relay_excess_ms`` of a note."""
+    return (relay.get("flagged") is True, float(relay.get("score") or 0.0),
+            relay.get("gap_ms"), relay.get("excess_ms"))
+
+
+def foreign_sig(route: Mapping[str, Any]) -> str | None:
+    """The route signature of a foreign-origin route note (``None`` otherwise)."""
+    sig = route.get("signature")
+    if route.get("foreign_origin") is True and isinstance(sig, str) and sig:
+        return sig
+    return None
+
+
+def jitter(samples: Sequence[float]) -> float | None:
+    """How far the minimum of one login's ``n`` RTT samples may stray: the samples' own
+    spread above their minimum (median minus minimum) times ``2 / (n - 1)`` -- for
+    ``n`` draws of a uniform delay (a server tick's phase, access jitter) that is the
+    standard deviation of the minimum. ``None`` below two samples.
+
+    >>> jitter([41.0, 40.0, 47.0]), jitter([40.0])
+    (1.0, None)
+    >>> jitter([66.0, 118.0, 96.5, 123.5, 80.0])
+    15.25
+    """
+    n = len(samples)
+    if n < 2:
+        return None
+    xs = sorted(samples)
+    return (xs[n // 2] - xs[0]) * 2 / (n - 1)
+
+
+def mad(xs: Sequence[float]) -> float:
+    """Median absolute deviation from the median (0 when empty).
+
+    >>> mad([40.0, 41.0, 43.0, 90.0])
+    1.5
+    """
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    med = (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+    d = sorted(abs(x - med) for x in s)
+    return (d[(len(d) - 1) // 2] + d[len(d) // 2]) / 2
+
+
+def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
+    """The connection patterns ``m`` is indexed under in ``part``."""
+    kind = part.kind
+    if kind == TPL:  # the exit, the route, and the whole family (its batch, any exit)
+        ex = _NET_ + network_of(m.asn, m.prefix)
+        return (ex, _ROUTE_ + m.sig, part.key) if m.sig else (ex, part.key)
+    if kind == ROUTE:
+        return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()
+    assert kind == NET
+    return (part.key,) if m.relay else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """The origin of a candidate: median minimum RTT, tolerance, commonest server."""
+
+    median: float | None
+    tolerance: float
+    server: str | None
+    #: the same for the TCP handshake RTT (``None``: too few members measured it)
+    tcp_median: float | None = None
+    tcp_tolerance: float = 0.0
+
+    def share(self, background: Sequence[float]) -> float:
+        """The share of ``background`` RTTs inside the band (Laplace-smoothed; 1.0 with
+        fewer than :data:`MIN_BACKGROUND` of them or without a median).
+
+        >>> Band(40.0, 2.0, None).share([10.0, 41.0, 80.0, 120.0, 60.0, 70.0, 90.0, 39.0])
+        0.3
+        """
+        if self.median is None or len(background) < MIN_BACKGROUND:
+            return 1.0
+        inside = sum(1 for x in background if abs(x - self.median) <= self.tolerance)
+        return (inside + 1) / (len(background) + 2)
+
+    def holds(self, m: Member) -> bool:
+        if self.server is not None and m.server is not None and m.server != self.server:
+            return False
+        if self.tcp_median is not None and m.tcp is not None \
+                and abs(m.tcp - self.tcp_median) > self.tcp_tolerance:
+            return False
+        if self.median is None or m.rtt is None:
+            return True
+        return abs(m.rtt - self.median) <= self.tolerance
+
+
+def band(ms: Sequence[Member], s: FarmSettings) -> Band:
+    """The :class:`Band` of ``ms`` (see the module docstring)."""
+    rtts = sorted(x.rtt for x in ms if x.rtt is not None)
+    jits = sorted(x.jitter for x in ms if x.jitter is not None)
+    servers = Counter([x.server for x in ms if x.server])
+    med = rtts[len(rtts) // 2] if rtts else None
+    tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * _MAD_SIGMA * mad(rtts),
+              s.rtt_spread_k * (jits[len(jits) // 2] if jits else 0.0))
+    tcps = sorted(x.tcp for x in ms if x.tcp is not None)
+    tcp_med = tcps[len(tcps) // 2] if 2 * len(tcps) >= len(ms) else None
+    tcp_tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * _MAD_SIGMA * mad(tcps), tol / 2)
+    return Band(med, tol, servers.most_common(1)[0][0] if servers else None, tcp_med, tcp_tol)
+
+
+def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Sequence[float],
+               s: FarmSettings) -> bool:
+    """Whether the candidate's RTT spread is tight beside the pattern's other accounts:
+    the ``background`` (accounts that left the window in no group) and the ungrouped
+    ``others`` in the window now.
+
+    Too few to judge (fewer than the candidate, and fewer than :data:`MIN_BACKGROUND`
+    in the background): ``True``.
+    """
+    theirs = [*background, *(x.rtt for x in others if x.rtt is not None)]
+    ours = [x.rtt for x in cand if x.rtt is not None]
+    if len(theirs) < max(2, min(len(ours), MIN_BACKGROUND)):
+        return True
+    return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / _MAD_SIGMA

@@ -1,0 +1,367 @@
+"""Grouping: when the members of one partition that share a pattern are a farm.
+
+A candidate is the ungrouped members sharing one pattern (an exit or a route)
+around the new member's login, in a window. In a family partition (``tpl:``) the
+window is ``window_s`` and the candidate needs ``min_size`` members sharing a
+foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
+that run consecutively (``min_regularity``) on accounts crowded onto few machines or
+addresses (:func:`_crowded`); the whole family in the window is a candidate too (a
+batch spread over several exits) with both regular serials and that evidence.
+Consecutive default names handed to a crowd that signed up together
+(``player10231``, ``player10232``…) come from homes all over an ISP, each on its
+own machine, and carry little relay evidence. In a
+name-less partition (``route:``, ``net:``) the window is tried at two scales,
+``burst_s`` (logins seconds apart) and ``window_s`` (minutes apart, where the
+accounts must also crowd onto few machines or exit addresses: :func:`_crowded`);
+the candidate keeps the members inside its RTT band
+(:mod:`~pathsentry.detectors.farm.exits`) that share a /24 or a machine with
+another of them (:func:`_kindred`), must stand out of the pattern's other
+accounts by that band, and must be a burst against the partition's own background
+(:mod:`~pathsentry.detectors.farm.background`) thinned to the band: the expected
+count is the background's times the share of its RTTs that fall inside the band
+(a busy VPN exit is busy with users from everywhere; few of them share one room's
+RTT).
+
+In a family partition a group also takes the members of its batch that came
+through other exits: ungrouped members whose serials continue the group's
+(:meth:`Grouping._kin`), when it forms and as they log in later. Members that
+another partition takes are left out (:meth:`Grouping._covered`), so one farm
+makes one group; a group's next session (members overlapping by half)
+re-emits its alert instead of a new one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from itertools import pairwise
+from typing import ClassVar
+
+from pathsentry.detectors.base import Findings
+from pathsentry.detectors.farm.background import burst_p, expected, no_burst
+from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
+from pathsentry.detectors.farm.exits import MIN_BACKGROUND, band, patterns_of, stands_out
+from pathsentry.detectors.farm.families import serial_regularity
+from pathsentry.detectors.farm.model import (
+    _NET_,
+    NET,
+    ROUTE,
+    TPL,
+    Assessment,
+    FarmSettings,
+    Group,
+    Member,
+    Partition,
+    _utc,
+)
+from pathsentry.schemas import make_alert_id
+
+__all__ = ["Grouping"]
+
+
+def _kindred(ms: list[Member]) -> list[Member]:
+    """The members that share their /24 or their machine (client device id) with
+    another member: a room's accounts share exits and machines, a VPN user passing
+    by shares neither."""
+    prefixes = Counter([x.prefix for x in ms])
+    devices = Counter([x.device for x in ms if x.device])
+    return [x for x in ms if prefixes[x.prefix] > 1 or (x.device and devices[x.device] > 1)]
+
+
+def _crowded(ms: list[Member]) -> bool:
+    """Whether the accounts crowd onto few machines or addresses: at least three
+    accounts per two client-reported devices, or per two addresses.
+
+    A burst paced minutes apart is a weak coincidence on its own (a quiet exit's few
+    unrelated users clump by chance); a farm room runs many accounts per machine
+    behind few exit hosts.
+    """
+    devices = [x.device for x in ms if x.device]
+    if len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices)):
+        return True
+    return 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
+
+
+def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
+    """Whether ``serial`` is at most two apart from a serial of ``ms``."""
+    return any(x.serial_no is not None and abs(x.serial_no - serial) <= 2 for x in ms)
+
+_NET_AS = _NET_ + "AS"
+
+
+class Grouping:
+    """The grouping half of :class:`~pathsentry.detectors.farm.detector.FarmDetector`."""
+
+    name: ClassVar[str]
+    settings: FarmSettings
+    #: ``(partition key, group id)`` of groups whose alert is re-emitted on the next tick
+    dirty: dict[tuple[str, str], None]
+
+    def _spans(self, part: Partition, t: float) -> tuple[float, ...]:
+        """The windows a candidate around ``t`` is looked for in. A name-less partition
+        tries ``window_s`` only once the detector has watched traffic for twice that
+        (a key first met after that had no arrivals before): in the detector's first
+        minutes only a dense burst (``burst_s``) is judged."""
+        s = self.settings
+        if part.kind == TPL:
+            return (s.window_s,)
+        if part.first_ts <= t - 2 * s.window_s:
+            return (s.burst_s, s.window_s)
+        return (s.burst_s,)
+
+    def _covered(self, part: Partition, cand: list[Member]) -> set[str]:
+        """Members the family partition takes: two of one family in the candidate (the
+        family partition sees every login of the family and takes the batch when it is
+        one). Relay-flagged members are ``net:``'s and never ``route:``'s."""
+        kind = part.kind
+        if kind == TPL:
+            return set()
+        skels: dict[str, int] = {}
+        for x in cand:
+            k = x.skel
+            if k:
+                skels[k] = skels.get(k, 0) + 1
+        need = 2
+        big = {k for k, c in skels.items() if c >= need}
+        out = {x.sid for x in cand if x.skel in big} if big else set()
+        return out
+
+    def _window(self, part: Partition, pattern: str, t: float, w: float, *,
+                free: bool = True) -> list[Member]:
+        """Ungrouped (``free``; else all) eligible members sharing ``pattern`` within
+        ``w`` of ``t``."""
+        sids = part.index.get(pattern)
+        if not sids:
+            return []
+        kind = part.kind
+        if not free:
+            return [x for x in sids.values() if abs(x.ts - t) <= w
+                    and not (kind == ROUTE and x.relay)]
+        if kind == TPL:
+            return [x for x in sids.values() if x.group is None and abs(x.ts - t) <= w]
+        # name-less: by time (``part.times``), not in indexing order (``_seq_order``)
+        if pattern == part.key and part.times is not None:
+            near = part.times.between(t - w - 1.0, t + w + 1.0)
+        else:
+            near = list(sids.values())
+        if kind == ROUTE:  # relay-flagged members are the ``net:`` partition's (eligible)
+            return [x for x in near if x.group is None and abs(x.ts - t) <= w and not x.relay]
+        return [x for x in near if x.group is None and abs(x.ts - t) <= w]
+
+    @staticmethod
+    def _seq_order(part: Partition, ms: list[Member]) -> list[Member]:
+        """Members of a name-less partition's window in indexing order (``index[key]``)."""
+        stamps = part.stamps
+        return sorted(ms, key=lambda x: stamps[x.sid])
+
+    def _consider(self, part: Partition, m: Member) -> Findings | None:
+        kind = part.kind
+        if m.group is not None or (kind == ROUTE and m.relay):  # not eligible
+            return None
+        # ``patterns_of(part, m)``: the member was (re)indexed just before
+        patterns = m.indexed
+        if not patterns:
+            return None
+        groups = part.groups
+        if groups:
+            known = groups.get(part.accounts.get(m.account, ""))
+            if known is not None and (kind == TPL or self._may_join(part, known, m)):
+                return self._join(part, known, [m])  # a known member's next session
+            for g in groups.values():
+                if any(p in patterns for p in g.patterns) and self._may_join(part, g, m):
+                    # its family counted with the members grouped already
+                    cand = self._window(part, g.pattern, m.ts, self.settings.window_s,
+                                        free=False)
+                    if m.sid not in self._covered(part, cand):
+                        return self._join(part, g, [m])
+            if kind == TPL and m.serial_no is not None:  # the batch on another exit
+                for g in groups.values():
+                    if self._may_join(part, g, m) and _adjacent(m.serial_no, g.members.values()):
+                        return self._join(part, g, [m])
+        s = self.settings
+        minimum = s.min_size if kind == TPL else s.min_size_unnamed
+        index = part.index
+        for p in patterns:
+            # too few members under the pattern, or in its window: no candidate (taking
+            # out covered members only shrinks it)
+            if len(index[p]) < minimum:
+                continue
+            for span in self._spans(part, m.ts):
+                cand = self._window(part, p, m.ts, span)
+                # (the cheap bound holds only without the RTT thinning of ``_assess``)
+                if len(cand) < minimum or (kind != TPL and len(part.bg_rtts) < MIN_BACKGROUND
+                                           and no_burst(part, len(cand), span, s)):
+                    continue
+                covered = self._covered(part, cand)
+                if m.sid in covered:
+                    break
+                if covered:
+                    cand = [x for x in cand if x.sid not in covered]
+                if kind != TPL and p == part.key:
+                    cand = self._seq_order(part, cand)
+                a = self._assess(part, p, cand, span)
+                if a is not None:
+                    return self._form(part, p, a)
+        return None
+
+    def _may_join(self, part: Partition, g: Group, m: Member) -> bool:
+        """Family groups take late joiners for ``join_window_s``; a name-less group only
+        while its burst lasts (within three of its own median gaps, at least ``burst_s``,
+        of its latest member), from one of the machines (client device ids) it already
+        uses, or inside its RTT band through one of its /24s -- a VPN user of the same
+        hosting range comes through another /24 and from its own machine."""
+        s = self.settings
+        if part.kind == TPL:
+            return m.ts <= g.last_seen + s.join_window_s
+        near = g.near(m.ts, s.window_s)
+        if len(near) < s.min_size_unnamed - 1:
+            return False
+        tss = sorted(x.ts for x in near)
+        gaps = sorted(b - a for a, b in pairwise(tss))
+        pace = gaps[len(gaps) // 2] if gaps else 0.0
+        if m.ts - tss[-1] > max(s.burst_s, 3 * pace):
+            return False
+        ms = g.members.values()
+        if m.device and any(x.device == m.device for x in ms):  # one of its machines
+            return True
+        return band(near, s).holds(m) and any(x.prefix == m.prefix for x in ms)
+
+    def _assess(self, part: Partition, pattern: str, cand: list[Member], span: float
+                ) -> Assessment | None:
+        s = self.settings
+        kind = part.kind
+        n = len(cand)
+        minimum = s.min_size if kind == TPL else s.min_size_unnamed
+        share = 1.0
+        if kind != TPL and n >= minimum:
+            b = band(cand, s)
+            inside = _kindred([x for x in cand if b.holds(x)])
+            # a machine of the room with another access latency: its device is the link
+            devices = {x.device for x in inside if x.device}
+            inside += [x for x in cand if x.device in devices and x not in inside]
+            if len(inside) >= minimum:
+                ids = {x.sid for x in inside}
+                others = [x for x in part.index.get(pattern, {}).values() if x.sid not in ids]
+                if not stands_out(inside, others, part.bg_rtts, s):
+                    return None
+                share = b.share(part.bg_rtts)
+            cand = inside
+            n = len(cand)
+        if n < minimum:
+            return None
+        # the gates first, with the same formulas as ``features`` (most candidates fail)
+        if kind == TPL:
+            # relay or foreign-route evidence on ``min_size`` and half of the members (a
+            # game's default names, ``player10231``, ``player10232``…, run consecutively
+            # for a crowd that signed up together, a few of them through a VPN)
+            with_evidence = evidence_accounts(cand)
+            evidence = with_evidence >= s.min_size and 2 * with_evidence >= n
+            regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
+            if pattern == part.key:  # the whole family, no shared exit: both
+                if not (regular and evidence):
+                    return None
+            elif not (pattern.startswith("route:") or evidence or (regular and _crowded(cand))):
+                return None
+        elif not self._burst(part, pattern, cand, span, share):
+            return None
+        f = features(part, cand, s)
+        return Assessment(cand, score(kind, f), f)
+
+    def _burst(self, part: Partition, pattern: str, cand: list[Member], span: float,
+               share: float) -> bool:
+        """Whether a name-less candidate (``share``: its RTT band's share of the
+        background) is a farm's burst: surprising against the background; on a /24
+        exit (a residential proxy), crowded onto few addresses; paced minutes apart,
+        crowded onto few machines or addresses (:func:`_crowded`)."""
+        s = self.settings
+        n = len(cand)
+        if burst_p(n, share * expected(part, n, span, s)) > s.max_burst_p:
+            return False
+        if part.kind == NET and not pattern.startswith(_NET_AS) \
+                and len({x.src_ip for x in cand}) * 2 > n:
+            return False
+        return span <= s.burst_s or _crowded(cand)
+
+    def _form(self, part: Partition, pattern: str, a: Assessment) -> Findings:
+        anchor = min(x.ts for x in a.members)
+        counts = Counter([p for x in a.members for p in patterns_of(part, x)])
+        # (a family's late members join by serial, not by the family pattern)
+        family = part.key if part.kind == TPL else None
+        pats = sorted(p for p, c in counts.items() if c >= max(2, len(a.members) / 2)
+                      and p != family)
+        stable = f"{part.key}|{pattern}|{_utc(anchor).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        g = Group(
+            gid=make_alert_id(self.name, "farm_group", stable),
+            key=part.key,
+            pattern=pattern,
+            patterns=pats or ([pattern] if pattern != family else []),
+            anchor=anchor,
+            first_seen=anchor,
+            last_seen=anchor,
+        )
+        accts = [x.account for x in a.members]
+        seen = Counter([part.accounts[x] for x in accts if x in part.accounts])
+        if seen and seen.most_common(1)[0][1] * 2 >= len(accts):  # the group's next session
+            g = part.groups[seen.most_common(1)[0][0]]
+        else:
+            g = part.groups.setdefault(g.gid, g)
+        kin = self._kin(part, a.members) if part.kind == TPL else []
+        return self._join(part, g, a.members + kin)
+
+    def _kin(self, part: Partition, ms: list[Member]) -> list[Member]:
+        """Ungrouped members of a family partition, within ``window_s`` of the group
+        ``ms`` being formed, whose serials continue its batch (at most two apart from
+        one of its serials, transitively) -- the same batch through other exits (a farm
+        on residential proxies of several ISPs)."""
+        w = self.settings.window_s
+        lo, hi = min(x.ts for x in ms) - w, max(x.ts for x in ms) + w
+        taken = {x.sid for x in ms}
+        rest = [x for x in part.members.values() if x.group is None and x.sid not in taken
+                and x.serial_no is not None and lo <= x.ts <= hi]
+        serials = {x.serial_no for x in ms if x.serial_no is not None}
+        kin: list[Member] = []
+        grown = True
+        while grown and rest:
+            grown = False
+            for x in list(rest):
+                n = x.serial_no
+                if n is not None and any(n + d in serials for d in (-2, -1, 0, 1, 2)):
+                    kin.append(x)
+                    rest.remove(x)
+                    serials.add(n)
+                    grown = True
+        return kin
+
+    def _join(self, part: Partition, g: Group, ms: list[Member]) -> Findings:
+        added: list[Member] = []
+        again: list[Member] = []
+        for m in sorted(ms, key=lambda x: (x.ts, x.sid)):
+            if m.account not in g.members and len(g.members) >= self.settings.max_group_members:
+                continue
+            m.group = g.gid
+            (again if m.account in g.members else added).append(m)
+            g.put(m)
+            part.accounts[m.account] = g.gid
+            if m.ts < g.first_seen:  # min(), max()
+                g.first_seen = m.ts
+            if m.ts > g.last_seen:
+                g.last_seen = m.ts
+        if not added:  # known members only: flag their logins, refresh the alert on a tick
+            if again:
+                self.dirty[(part.key, g.gid)] = None
+            tpl = g.template
+            return Findings(flags=[flag(g, m, None, tpl, self.name) for m in again])
+        out = self._emit(part, g, added)
+        tpl = g.template
+        out.flags.extend(flag(g, m, out.alerts[0], tpl, self.name) for m in again)
+        return out
+
+    def _emit(self, part: Partition, g: Group, added: list[Member]) -> Findings:
+        """The group's alert at ``version + 1`` and the flags of the ``added`` members."""
+        self.dirty.pop((part.key, g.gid), None)
+        g.version += 1
+        feats = features(part, g.members.values(), self.settings)
+        g.score = score(part.kind, feats)
+        out = alert(part, g, feats, self.settings, self.name)
+        tpl = g.template if added else None
+        return Findings(flags=[flag(g, m, out, tpl, self.name) for m in added], alerts=[out])

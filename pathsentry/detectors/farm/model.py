@@ -1,0 +1,308 @@
+"""The farm detector's data: settings, members, groups, partitions, and small helpers.
+
+A :class:`Partition` is what one group key holds (its members in a window, the
+members indexed under each connection pattern, its groups and its background
+arrival count); a :class:`Group` is one farm as alerted; a :class:`Member` one
+account session as a partition knows it. Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Any
+
+from pathsentry.detectors.farm.families import family_template
+from pathsentry.detectors.names import NameIndex
+from pathsentry.detectors.settings import load_settings
+
+#: RTTs of a partition's background kept (:attr:`Partition.bg_rtts`)
+BACKGROUND_RTTS = 64
+
+__all__ = ["BACKGROUND_RTTS", "NET", "ROUTE", "TPL", "Assessment", "FarmSettings", "Group",
+           "Member", "Partition", "part_kind", "settings_from"]
+
+TPL, ROUTE, NET = "tpl", "route", "net"
+_TPL_, _ROUTE_, _NET_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:"
+
+
+@dataclass(frozen=True, slots=True)
+class FarmSettings:
+    """Thresholds and bounds (``[detectors.farm]`` in ``pathsentry.toml``)."""
+
+    window_s: float = 3600.0
+    join_window_s: float = 1800.0
+    min_size: int = 5
+    min_size_unnamed: int = 5
+    min_regularity: float = 0.6
+    max_burst_p: float = 1e-4
+    burst_s: float = 300.0
+    rtt_tolerance_ms: float = 1.0
+    rtt_spread_k: float = 3.0
+    rtt_background_ratio: float = 0.5
+    background_half_life_s: float = 6 * 3600.0
+    background_fast_half_life_s: float = 3600.0
+    group_ttl_s: float = 86400.0
+    max_keys: int = 100_000
+    max_members: int = 512
+    max_group_members: int = 1000
+    max_evidence_items: int = 10
+
+
+def settings_from(raw: Mapping[str, Any]) -> FarmSettings:
+    """Build :class:`FarmSettings` from the ``[detectors.farm]`` table (the shared loader:
+    values coerced to their defaults' types, unknown keys reported)."""
+    settings: FarmSettings = load_settings("farm", raw, FarmSettings)[0]
+    return settings
+
+
+@dataclass(slots=True)
+class Member:
+    """One account session as a partition knows it."""
+
+    sid: str
+    account: str
+    ts: float
+    event_id: str | None
+    trace_event_id: str | None
+    src_ip: str
+    prefix: str
+    country: str | None = None
+    asn: int | None = None
+    sig: str | None = None
+    country_path: Sequence[str] = ()
+    route_known: bool = False
+    relay: bool = False
+    relay_score: float = 0.0
+    relay_gap_ms: float | None = None
+    relay_excess_ms: float | None = None
+    rtt: float | None = None
+    server: str | None = None
+    device: str | None = None
+    cluster: str = ""
+    group: str | None = None
+    #: ``skeleton(account)`` and ``serial(account)``, filled in by the detector
+    skel: str | None = None
+    serial_no: int | None = None
+    #: the patterns the member is indexed under (``_patterns`` when it was indexed)
+    indexed: Sequence[str] = ()
+    #: time of the login its flag names, when the member is known from its traceroute
+    #: (a flag is keyed by event and hour: one event keeps one time wherever it is flagged)
+    flag_ts: float | None = None
+    #: the exit (:func:`.exits.exit_of`): an AS of a hosting network, else the /24
+    exit: str = ""
+    #: the TCP handshake RTT of the login (to the client through an L3 tunnel, to the
+    #: relay through an L4 one), when the server measured it
+    tcp: float | None = None
+    #: noise of ``rtt``, from the login's own samples (:func:`.exits.jitter`)
+    jitter: float | None = None
+
+    @property
+    def flag_event_id(self) -> str:
+        return self.event_id or self.trace_event_id or self.sid
+
+    @property
+    def evidence(self) -> bool:
+        return self.relay or self.sig is not None
+
+
+class _TimeIndex:
+    """Members by time (``ts`` when added), for the windows of a partition or a group.
+
+    Two parallel lists rather than ``(ts, member)`` pairs: nothing per entry for the
+    garbage collector to walk.
+    """
+
+    __slots__ = ("items", "ts")
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+        self.items: list[Member] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, ts: float, m: Member) -> None:
+        i = bisect_right(self.ts, ts)
+        self.ts.insert(i, ts)
+        self.items.insert(i, m)
+
+    def remove(self, ts: float, m: Member) -> None:
+        """Drop ``m``, added at ``ts``."""
+        times, items = self.ts, self.items
+        i = bisect_left(times, ts)
+        n = len(items)
+        while i < n and times[i] == ts:
+            if items[i] is m:
+                del times[i], items[i]
+                return
+            i += 1
+        for i, x in enumerate(items):  # out of step (cannot happen): by identity
+            if x is m:
+                del times[i], items[i]
+                return
+
+    def between(self, lo: float, hi: float) -> list[Member]:
+        """The members added with ``lo <= ts < hi``, by time."""
+        times = self.ts
+        start = bisect_left(times, lo)
+        return self.items[start:bisect_left(times, hi, start)]
+
+
+@dataclass(slots=True)
+class Group:
+    gid: str
+    key: str
+    pattern: str
+    patterns: list[str]
+    anchor: float
+    members: dict[str, Member] = field(default_factory=dict)
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    version: int = 0
+    score: float = 0.0
+    #: ``template`` as of ``len(members)`` (accounts are only ever added to a group)
+    _template: tuple[int, str] | None = field(default=None, init=False, repr=False,
+                                              compare=False)
+    #: each account's position in ``members`` (accounts are never removed)
+    _order: dict[str, int] = field(default_factory=dict, init=False, repr=False,
+                                   compare=False)
+    #: ``members`` by time (:meth:`near`)
+    _times: _TimeIndex = field(default_factory=lambda: _TimeIndex(), init=False, repr=False,
+                               compare=False)
+
+    def put(self, m: Member) -> None:
+        """``members[m.account] = m``, keeping ``_times`` in step."""
+        acct = m.account
+        old = self.members.get(acct)
+        if old is None:
+            self._order[acct] = len(self._order)
+        else:
+            self._times.remove(old.ts, old)
+        self._times.add(m.ts, m)
+        self.members[acct] = m
+
+    def retime(self, m: Member, old_ts: float) -> None:
+        """``m.ts`` changed from ``old_ts`` (a member's session logged in again)."""
+        if self.members.get(m.account) is m:
+            self._times.remove(old_ts, m)
+            self._times.add(m.ts, m)
+
+    def near(self, t: float, span: float) -> list[Member]:
+        """Members with ``0 <= t - ts <= span``, in ``members`` order."""
+        order = self._order
+        found = [x for x in self._times.between(t - span - 1.0, t + 1.0)
+                 if 0 <= t - x.ts <= span]
+        found.sort(key=lambda x: order[x.account])
+        return found
+
+    @property
+    def template(self) -> str | None:
+        """The commonest generalised name template (family partitions only)."""
+        if not self.key.startswith(_TPL_) or not self.members:
+            return None
+        n = len(self.members)
+        known = self._template
+        if known is not None and known[0] == n:
+            return known[1]
+        tpl = family_template(self.members) or ""
+        self._template = (n, tpl)
+        return tpl
+
+
+@dataclass(slots=True)
+class Partition:
+    key: str
+    #: the partition family: ``tpl``, ``route`` or ``net``
+    kind: str = field(init=False)
+    members: OrderedDict[str, Member] = field(default_factory=OrderedDict)
+    #: pattern -> the members indexed under it (by session id, in indexing order)
+    index: dict[str, dict[str, Member]] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
+    accounts: dict[str, str] = field(default_factory=dict)
+    last_ts: float = 0.0
+    first_ts: float = 0.0
+    rate_count: float = 0.0
+    rate_fast: float = 0.0
+    rate_ts: float = 0.0
+    names: NameIndex = field(default_factory=lambda: NameIndex(max_clusters=256))
+    #: name-less partitions (one pattern, the key): the indexed members by time, and
+    #: each one's indexing sequence number (the order of ``index[key]``)
+    times: _TimeIndex | None = None
+    stamps: dict[str, int] = field(default_factory=dict)
+    #: minimum RTTs of the pattern's members that left the window in no group: the
+    #: background an RTT band must stand out of (the latest ``BACKGROUND_RTTS``)
+    bg_rtts: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kind = part_kind(self.key)
+
+
+@dataclass(slots=True)
+class Assessment:
+    members: list[Member]
+    score: float
+    features: dict[str, Any]
+
+
+
+#: ``_utc(ts)`` and its ISO text of recent instants (alerts are re-emitted as groups grow,
+#: naming the same members' logins again); bounded, cleared when full
+_UTC: dict[float, tuple[datetime, str]] = {}
+_UTC_MAX = 1 << 14
+
+
+def _utc_iso(ts: float) -> tuple[datetime, str]:
+    hit = _UTC.get(ts)
+    if hit is None:
+        dt = datetime.fromtimestamp(ts, tz=UTC)
+        hit = (dt, dt.isoformat())
+        if len(_UTC) >= _UTC_MAX:
+            _UTC.clear()
+        _UTC[ts] = hit
+    return hit
+
+
+def _utc(ts: float) -> datetime:
+    return _utc_iso(ts)[0]
+
+
+def _iso(ts: float) -> str:
+    """``_utc(ts).isoformat()``"""
+    return _utc_iso(ts)[1]
+
+
+def _median_gap(tss: list[float]) -> float:
+    """The median gap between consecutive (sorted) instants (the upper one of two)."""
+    gaps = [b - a for a, b in pairwise(tss)]
+    return sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+
+
+
+def _add_to_index(index: dict[str, dict[str, Member]], patterns: Iterable[str], m: Member) -> None:
+    """File member ``m`` under each of ``patterns`` (by session id)."""
+    sid = m.sid
+    for p in patterns:
+        sids = index.get(p)
+        if sids is None:
+            index[p] = {sid: m}
+        else:
+            sids[sid] = m
+
+
+def _top(counter: Counter[str], k: int) -> list[list[Any]]:
+    return [[v, c] for v, c in sorted(counter.items(), key=lambda x: (-x[1], x[0]))[:k]]
+
+
+
+def part_kind(key: str) -> str:
+    """The partition family of a key.
+
+    >>> part_kind("tpl:xiaopai#"), part_kind("net:203.0.113.0/24")
+    ('tpl', 'net')
+    """
+    return key.partition(":")[0]
