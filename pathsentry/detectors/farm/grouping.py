@@ -354,12 +354,31 @@ class Grouping:
         )
         accts = [x.account for x in a.members]
         seen = Counter([part.accounts[x] for x in accts if x in part.accounts])
-        if seen and seen.most_common(1)[0][1] * 2 >= len(accts):  # the group's next session
+        # the group's next session: half of the accounts, or in a name-less partition
+        # two (the accounts a sampled route or a missed relay flag shows differ
+        # between bursts; two members of one farm again in one burst are no chance)
+        again = 2 if part.kind != TPL else (len(accts) + 1) // 2
+        if seen and seen.most_common(1)[0][1] >= again:
             g = part.groups[seen.most_common(1)[0][0]]
         else:
-            g = part.groups.setdefault(g.gid, g)
+            g = self._same_room(part, a.members) or part.groups.setdefault(g.gid, g)
         kin = self._kin(part, a.members) if part.kind == TPL else []
         return self._join(part, g, a.members + kin)
+
+    def _same_room(self, part: Partition, ms: list[Member]) -> Group | None:
+        """The name-less group of ``part`` whose machines (client device ids) carry at
+        least half of ``ms``: the same room on another burst, its accounts seen this time
+        not the ones seen the last (a route's traceroutes are sampled, a relay flag
+        missed) -- one farm, one alert."""
+        if part.kind == TPL or not part.groups:
+            return None
+        best: tuple[int, Group | None] = (0, None)
+        for g in part.groups.values():
+            devices = {x.device for x in g.members.values() if x.device}
+            k = sum(1 for x in ms if x.device in devices)
+            if k > best[0]:
+                best = (k, g)
+        return best[1] if 2 * best[0] >= len(ms) else None
 
     def _kin(self, part: Partition, ms: list[Member]) -> list[Member]:
         """Ungrouped members of a family partition, within ``window_s`` of the group
