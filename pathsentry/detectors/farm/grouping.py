@@ -21,6 +21,11 @@ accounts by that band, and must be a burst against the partition's own backgroun
 count is the background's times the share of its RTTs that fall inside the band
 (a busy VPN exit is busy with users from everywhere; few of them share one room's
 RTT).
+Where every login of the pattern is a member (``route:``, ``net:AS…``), a
+candidate with ``min_size_unnamed`` accounts on shared machines is judged as a room
+(:meth:`Grouping._room`, :meth:`Grouping._machine_burst`): its accounts on shared
+machines against the background thinned by the share of its accounts that shared
+a machine (:mod:`~pathsentry.detectors.farm.machines`).
 
 In a family partition a group also takes the members of its batch that came
 through other exits: ungrouped members whose serials continue the group's
