@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pathsentry.infra.redact import redact_url
+
 __all__ = [
     "AllowEntry",
     "ClickHouseConfig",
@@ -35,6 +37,14 @@ __all__ = [
     "Server",
     "load_config",
 ]
+
+
+class _UrlRedacted(BaseModel):
+    """A model whose ``url`` field shows in reprs without its password."""
+
+    def __repr_args__(self) -> Any:
+        for k, v in super().__repr_args__():
+            yield k, (redact_url(v) if k == "url" and isinstance(v, str) else v)
 
 
 class Server(BaseModel):
@@ -77,7 +87,7 @@ class AllowEntry(BaseModel):
         return v
 
 
-class KafkaConfig(BaseModel):
+class KafkaConfig(_UrlRedacted):
     url: str = "embedded"
     topic_prefix: str = ""
     partitions: int = Field(default=4, ge=1)
@@ -113,7 +123,7 @@ class KafkaConfig(BaseModel):
         return f"{self.topic_prefix}{name}"
 
 
-class ClickHouseConfig(BaseModel):
+class ClickHouseConfig(_UrlRedacted):
     url: str = "chdb://./var/chdb"
     batch_size: int = Field(default=5000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
@@ -121,6 +131,11 @@ class ClickHouseConfig(BaseModel):
     #: rows (flags + alerts) a worker holds while ClickHouse is slow or down; the stages keep
     #: detecting and publishing alerts until this many wait, then pause (back-pressure)
     buffer_rows: int = Field(default=50_000, ge=1)
+    #: limits of one analyst query (``/query``, ``pathsentry query``), enforced by the engine
+    #: on a read-only connection of its own: wall time, rows returned, memory
+    query_max_execution_time_s: float = Field(default=10.0, gt=0, le=3600)
+    query_max_result_rows: int = Field(default=100_000, ge=1)
+    query_max_memory_mib: int = Field(default=1024, ge=16)
 
 
 class WorkerConfig(BaseModel):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -34,14 +33,19 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import orjson
 
+from pathsentry.infra.querypolicy import QueryLimits, QueryRefused, first_filter, vet
+from pathsentry.infra.redact import redact_url
 from pathsentry.schemas import Alert, FlaggedEvent
 
 __all__ = [
     "ALERT_COLUMNS",
     "FLAG_COLUMNS",
     "ChdbClickHouse",
+    "ChdbReader",
     "ClickHouse",
     "NativeClickHouse",
+    "QueryLimits",
+    "QueryRefused",
     "QueryResult",
     "alert_row",
     "batch_token",
@@ -116,26 +120,14 @@ def ddl_statements(db: str, ttl_days: int) -> list[str]:
     return out
 
 
-_READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
-#: Ways a SELECT reaches outside the database: files, URLs, other servers, programs.
-_ESCAPES = re.compile(
-    r"\bINTO\s+OUTFILE\b|\b(file|url|s3|s3Cluster|gcs|azureBlobStorage|hdfs|remote|remoteSecure|"
-    r"cluster|clusterAllReplicas|mysql|postgresql|mongodb|redis|sqlite|jdbc|odbc|executable|"
-    r"input|iceberg|deltaLake|hudi|python)\s*\(",
-    re.IGNORECASE,
-)
-
-
 def is_read_only(sql: str) -> bool:
-    """True for a single read-only statement on the database's own tables.
+    """The first, text-only filter on analyst SQL (see :mod:`pathsentry.infra.querypolicy`):
+    False for what is plainly not a query. The allow-decision is :func:`querypolicy.vet`.
 
-    >>> is_read_only("SELECT 1"), is_read_only("DROP TABLE x"), is_read_only("SELECT 1; DROP TABLE x")
+    >>> is_read_only("SELECT 1"), is_read_only("DROP TABLE x"), is_read_only("")
     (True, False, False)
-    >>> is_read_only("SELECT * FROM file('/etc/passwd')"), is_read_only("SELECT 1 INTO OUTFILE 'x'")
-    (False, False)
     """
-    body = sql.strip().rstrip(";")
-    return bool(_READ_ONLY.match(body)) and ";" not in body and not _ESCAPES.search(body)
+    return first_filter(sql) is None
 
 
 class ClickHouse(Protocol):
@@ -149,21 +141,31 @@ class ClickHouse(Protocol):
 
     def query(
         self, sql: str, params: dict[str, Any] | None = None, read_only: bool = True
-    ) -> QueryResult: ...
+    ) -> QueryResult:
+        """Run ``sql``. ``read_only`` (the default, for any SQL that is not the program's
+        own): vetted by :func:`querypolicy.vet` and run on the read-only, limited
+        connection; refused with :class:`QueryRefused`."""
+        ...
 
     def close(self) -> None: ...
 
 
 class NativeClickHouse:
-    """clickhouse-server through clickhouse-driver (native TCP, optionally TLS)."""
+    """clickhouse-server through clickhouse-driver (native TCP, optionally TLS).
 
-    def __init__(self, url: str) -> None:
+    Analyst queries use a second connection of their own, opened on first use, whose every
+    query carries the :class:`QueryLimits` settings with ``readonly=1``: the sink's
+    connection never waits for them.
+    """
+
+    def __init__(self, url: str, limits: QueryLimits | None = None) -> None:
         from clickhouse_driver import Client
 
         u = urlparse(url)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
         self.db = (u.path or "/pathsentry").lstrip("/") or "pathsentry"
-        self._client = Client(
+        self.limits = limits or QueryLimits()
+        self._connect_kwargs: dict[str, Any] = dict(
             host=u.hostname or "localhost",
             port=u.port or 9000,
             user=unquote(u.username or "default"),
@@ -171,9 +173,11 @@ class NativeClickHouse:
             secure=q.get("secure", "0") in ("1", "true"),
             verify=q.get("verify", "1") in ("1", "true"),
             ca_certs=q.get("ca_certs"),
-            settings={"use_numpy": False},
         )
+        self._client = Client(**self._connect_kwargs, settings={"use_numpy": False})
         self._lock = threading.Lock()
+        self._reader: Any = None
+        self._reader_lock = threading.Lock()
 
     def apply_ddl(self, ttl_days: int) -> None:
         with self._lock:
@@ -187,27 +191,112 @@ class NativeClickHouse:
         with self._lock:
             self._client.execute(sql, rows, settings={"insert_deduplication_token": token})
 
+    def canonical_sql(self, sql: str) -> str:
+        """:class:`SqlParser`: the text travels as a bound parameter (escaped by the driver)."""
+        rows = self._analyst().execute("SELECT %(q)s, formatQuerySingleLine(%(q)s)", {"q": sql})
+        if not rows or rows[0][0] != sql:
+            raise QueryRefused("query text did not reach the parser intact")
+        return str(rows[0][1])
+
+    def explain_ast(self, sql: str) -> list[str]:
+        return [str(r[0]) for r in self._analyst().execute("EXPLAIN AST " + sql)]
+
+    def _analyst(self) -> Any:
+        if self._reader is None:
+            from clickhouse_driver import Client
+
+            settings: dict[str, Any] = {"use_numpy": False, **dict(self.limits.settings())}
+            self._reader = Client(**self._connect_kwargs, database=self.db, settings=settings)
+        return self._reader
+
     def query(self, sql: str, params: dict[str, Any] | None = None, read_only: bool = True) -> QueryResult:
-        settings = {"readonly": 2} if read_only else {}
-        with self._lock:
-            data, types = self._client.execute(sql, params or {}, with_column_types=True, settings=settings)
+        if read_only:
+            with self._reader_lock:
+                safe = vet(sql, self.db, self)
+                data, types = self._analyst().execute(safe, params or None, with_column_types=True)
+                self.limits.check_rows(len(data))
+        else:
+            with self._lock:
+                data, types = self._client.execute(sql, params or {}, with_column_types=True)
         return [name for name, _ in types], [tuple(r) for r in data]
 
     def close(self) -> None:
         self._client.disconnect()
+        if self._reader is not None:
+            self._reader.disconnect()
+
+
+class ChdbReader:
+    """A chDB session of its own for analyst queries: current database the worker's, the
+    :class:`QueryLimits` applied, then ``readonly=1`` (which the session cannot undo).
+    Measured: it answers while the writer session inserts (see ``tests/test_query_policy.py``)."""
+
+    def __init__(self, path: str, db: str, limits: QueryLimits) -> None:
+        from chdb import session
+
+        self._s = session.Session(path)
+        try:
+            for stmt in [f"USE {db}", *limits.set_statements()]:
+                self._s.query(stmt)
+        except Exception:
+            self._s.close()
+            raise
+
+    def canonical_sql(self, sql: str) -> str:
+        """:class:`SqlParser`: the text travels as a query parameter (TSV-escaped data);
+        the engine returns it beside its canonical form so a lossy escape is caught."""
+        res = self._s.query("SELECT {q:String}, formatQuerySingleLine({q:String})", "JSONCompact",
+                            params={"q": _tsv_escape(sql)})
+        data = orjson.loads(res.bytes()).get("data") or [[None, None]]
+        if data[0][0] != sql:
+            raise QueryRefused("query text did not reach the parser intact")
+        return str(data[0][1])
+
+    def explain_ast(self, sql: str) -> list[str]:
+        res = self._s.query("EXPLAIN AST " + sql, "JSONCompact")
+        return [str(r[0]) for r in orjson.loads(res.bytes()).get("data", [])]
+
+    def run(self, sql: str, params: dict[str, Any] | None) -> QueryResult:
+        return _chdb_result(self._s.query(sql, "JSONCompact", params=params or {}))
+
+    def close(self) -> None:
+        self._s.close()
+
+
+def _tsv_escape(v: str) -> str:
+    r"""A string as a chDB query-parameter value (parsed as escaped TSV).
+
+    >>> print(_tsv_escape("a\\b\tc\nd"))
+    a\\b\tc\nd
+    """
+    return (v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r").replace("\0", "\\0"))
+
+
+def _chdb_result(res: Any) -> QueryResult:
+    body = res.bytes() if hasattr(res, "bytes") else bytes(res)
+    if not body:
+        return [], []
+    doc = orjson.loads(body)
+    return [m["name"] for m in doc.get("meta", [])], [tuple(r) for r in doc.get("data", [])]
 
 
 class ChdbClickHouse:
-    """chDB (in-process ClickHouse) on a persistent directory."""
+    """chDB (in-process ClickHouse) on a persistent directory: one session for the
+    program's own statements and inserts, one read-only session (:class:`ChdbReader`,
+    opened on first use) for analyst queries, each behind its own lock."""
 
-    def __init__(self, path: str, db: str = "pathsentry") -> None:
+    def __init__(self, path: str, db: str = "pathsentry", limits: QueryLimits | None = None) -> None:
         from chdb import session
 
         Path(path).mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = db
+        self.limits = limits or QueryLimits()
         self._s = session.Session(path)
         self._lock = threading.Lock()
+        self._reader: ChdbReader | None = None
+        self._reader_lock = threading.Lock()
 
     def apply_ddl(self, ttl_days: int) -> None:
         with self._lock:
@@ -229,17 +318,28 @@ class ChdbClickHouse:
             self._s.query(sql)
 
     def query(self, sql: str, params: dict[str, Any] | None = None, read_only: bool = True) -> QueryResult:
-        if read_only and not is_read_only(sql):
-            raise PermissionError("only a single SELECT/WITH/SHOW/DESCRIBE/EXPLAIN statement is allowed")
-        with self._lock:
-            res = self._s.query(sql, "JSONCompact", params=params or {})
-        body = res.bytes() if hasattr(res, "bytes") else bytes(res)
-        if not body:
-            return [], []
-        doc = orjson.loads(body)
-        return [m["name"] for m in doc.get("meta", [])], [tuple(r) for r in doc.get("data", [])]
+        if not read_only:
+            with self._lock:
+                return _chdb_result(self._s.query(sql, "JSONCompact", params=params or {}))
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = ChdbReader(self.path, self.db, self.limits)
+            try:
+                cols, rows = self._reader.run(vet(sql, self.db, self._reader), params)
+                self.limits.check_rows(len(rows))
+                return cols, rows
+            except Exception:
+                # chDB hands the partial output of a failed query to the session's next
+                # query: a session that saw an error is not used again
+                self._reader.close()
+                self._reader = None
+                raise
 
     def close(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             self._s.close()
 
@@ -250,14 +350,15 @@ def _chdb_value(v: Any) -> Any:
     return v
 
 
-def connect(url: str) -> ClickHouse:
-    """Open ClickHouse from ``clickhouse://…`` or ``chdb:///dir`` (relative: ``chdb://./dir``)."""
+def connect(url: str, limits: QueryLimits | None = None) -> ClickHouse:
+    """Open ClickHouse from ``clickhouse://…`` or ``chdb:///dir`` (relative: ``chdb://./dir``);
+    ``limits`` bound analyst queries (default :class:`QueryLimits`)."""
     if url.startswith("chdb://"):
         rest = url[len("chdb://"):]
         path, _, db = rest.partition("#")
-        return ChdbClickHouse(path or "./var/chdb", db or "pathsentry")
+        return ChdbClickHouse(path or "./var/chdb", db or "pathsentry", limits)
     if url.startswith(("clickhouse://", "clickhouses://")):
         if url.startswith("clickhouses://"):
             url = "clickhouse://" + url[len("clickhouses://"):] + ("&" if "?" in url else "?") + "secure=1"
-        return NativeClickHouse(url)
-    raise ValueError(f"unsupported ClickHouse URL {url!r}: use clickhouse://… or chdb:///dir")
+        return NativeClickHouse(url, limits)
+    raise ValueError(f"unsupported ClickHouse URL {redact_url(url)!r}: use clickhouse://… or chdb:///dir")

@@ -86,8 +86,15 @@ class Source:
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def relations(self) -> set[str]:
-        """Names of the tables and views of the database (empty before the DDL ran)."""
-        return {str(r["name"]) for r in self.rows("SELECT name FROM system.tables WHERE database = '{db}'")}
+        """Names of the tables and views of the database (empty before the DDL ran). Asked
+        with ``SHOW TABLES``: analyst queries may not read ``system.*``."""
+        try:
+            rows = self.rows("SHOW TABLES FROM {db}")
+        except ReportQueryError as e:
+            if "UNKNOWN_DATABASE" in str(e):
+                return set()
+            raise
+        return {str(r["name"]) for r in rows}
 
 
 def _num(v: Any) -> float | None:

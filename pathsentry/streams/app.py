@@ -62,7 +62,7 @@ from pathsentry.streams.gcwatch import GcSchedule
 from pathsentry.streams.ingest import run_ingest
 from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, faust_credentials
 from pathsentry.streams.pipeline import Pipeline
-from pathsentry.streams.web import add_pages
+from pathsentry.streams.web import WebAccess, add_pages
 
 __all__ = ["create_app"]
 
@@ -77,20 +77,28 @@ def create_app(
     *,
     worker_id: str = "worker-1",
     web_port: int = 6066,
-    web_host: str = "127.0.0.1",
+    web_host: str | None = None,
+    web_access: WebAccess | None = None,
     ch: ClickHouse | None = None,
     engine: Engine | None = None,
     batch_size: int | None = None,
     batch_within_s: float | None = None,
 ) -> tuple[Any, Pipeline]:
-    """Build the Faust app and its pipeline (nothing connects until the worker starts)."""
+    """Build the Faust app and its pipeline (nothing connects until the worker starts).
+
+    ``web_access`` (default: from the environment, see :mod:`~pathsentry.streams.web`)
+    decides the bind address (``web_host`` overrides it), the accepted ``Host`` names and
+    the query token."""
     import faust
 
     from pathsentry.infra.clickhouse import connect
+    from pathsentry.infra.querypolicy import QueryLimits
 
     Path(config.data_dir, "faust").mkdir(parents=True, exist_ok=True)
     set_fetch_wait(config.kafka.fetch_max_wait_ms)
-    ch = ch or connect(config.clickhouse.url)
+    ch = ch or connect(config.clickhouse.url, QueryLimits.from_config(config.clickhouse))
+    web_access = web_access or WebAccess.from_env()
+    web_host = web_host or web_access.host
     ch.apply_ddl(config.clickhouse.ttl_days)
     engine = engine or Engine(config)
     pipe = Pipeline(config, engine, ch, worker_id)
@@ -152,6 +160,10 @@ def create_app(
         web_port=web_port,
         web_bind=web_host,
         web_host=web_host,
+        # Faust's own pages (partition routing, tables) are not served: only ours, which
+        # check the Host header
+        web_router_enabled=False,
+        web_tables_enabled=False,
         datadir=str(Path(config.data_dir) / "faust"),
     )
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
@@ -271,7 +283,7 @@ def create_app(
             await _save_groups(_owned_stages(), "interval")
             await _save_learned("interval")
 
-    add_pages(app, pipe)
+    add_pages(app, pipe, web_access)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _shutdown(app_: Any, *args: Any, signal: Any, **kwargs: Any) -> None:

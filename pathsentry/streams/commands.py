@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from pathsentry.commands.access import (
+    QUERY_TOKEN_FILE,
     WORKER_URL_FILE,
     resolve_worker,
     run_query,
     utc_text,
+    write_query_token,
     write_worker_url,
 )
 from pathsentry.commands.core import add_config_args
@@ -89,6 +92,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from pathsentry.engine import tune_gc
     from pathsentry.streams.app import create_app
+    from pathsentry.streams.web import WebAccess
 
     _setup_logging(args.loglevel)
     cfg = load_config(args.config, geo=args.geo)
@@ -101,7 +105,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         extra["logging_config"] = logging_config(args.loglevel)
     worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False, **extra)
-    log.info("worker %s: web/metrics/query on http://127.0.0.1:%d", args.worker_id, args.web_port)
+    access = WebAccess.from_env()
+    log.info("worker %s: stats/metrics on http://%s:%d%s", args.worker_id, access.host, args.web_port,
+             ", /query with a bearer token" if access.token else "; /query off (no PATHSENTRY_QUERY_TOKEN)")
     try:
         worker.execute_from_commandline()
     except SystemExit as e:
@@ -220,6 +226,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "PATHSENTRY_CLICKHOUSE_URL": f"chdb://{root / 'chdb'}",
         "PATHSENTRY_DATA_DIR": str(root),
     })
+    token = secrets.token_urlsafe(24)  # the demo's worker answers /query to this token only
+    env["PATHSENTRY_QUERY_TOKEN"] = token
+    write_query_token(root, token)
     web_port = args.web_port or free_port()
     procs: list[subprocess.Popen[bytes]] = []
     worker_log = open(root / "worker.log", "ab")  # noqa: SIM115 - closed in finally
@@ -270,7 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     load_config(env["PATHSENTRY_CONFIG"], env={}),
                     # the newest of every kind: a rare kind is not crowded out by a frequent one
                     "SELECT alert_id, kind, severity, summary FROM pathsentry.alerts FINAL "
-                    "ORDER BY last_seen DESC LIMIT 2 BY kind", base,
+                    "ORDER BY last_seen DESC LIMIT 2 BY kind", base, token,
                 )
             except SystemExit:
                 continue
@@ -294,6 +303,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 p.kill()
                 p.wait()
         (root / WORKER_URL_FILE).unlink(missing_ok=True)
+        (root / QUERY_TOKEN_FILE).unlink(missing_ok=True)
         broker.stop()
         worker_log.close()
         backend_log.close()

@@ -14,12 +14,58 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from pathsentry.schemas import AnyEvent
 
-__all__ = ["MAX_ENVELOPE_BYTES", "Incoming", "chunked", "envelope", "partition_for", "session_key"]
+__all__ = [
+    "MAX_ENVELOPE_BYTES",
+    "GroupItemModel",
+    "GroupNotes",
+    "Incoming",
+    "chunked",
+    "envelope",
+    "partition_for",
+    "session_key",
+]
 
 #: Largest envelope sent to an internal topic (the producer accepts up to 8 MiB).
 MAX_ENVELOPE_BYTES = 1 << 20
+#: Latest produce time (ms) or event time (s) an item may carry: 2100-01-01 UTC.
+_MAX_S = 4_102_444_800.0
+
+
+class GroupNotes(BaseModel):
+    """What the session stage's detectors leave on an event for the group stage: the only
+    keys an item read from the groups topic may carry (each detector's note is its own).
+    A detector that leaves a new note adds it here; ``tests/hostile/test_poisoned_state.py``
+    checks every item a simulated world's session stage writes against this model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: dict[str, Any] | None = None
+    relay: dict[str, Any] | None = None
+    injection: dict[str, Any] | None = None
+    account: str | None = Field(default=None, max_length=512)
+    login_event_id: str | None = Field(default=None, max_length=512)
+    login_ts: float | None = Field(default=None, ge=0, le=_MAX_S, allow_inf_nan=False)
+
+
+class GroupItemModel(BaseModel):
+    """One item of a groups-topic envelope, as the session stage writes it: produce time
+    (``t``, ms), routes (``r``: detector, key), notes (``n``) and the event (``e``, checked
+    by the event schemas). Unknown fields and out-of-range values are refused.
+
+    >>> GroupItemModel.model_validate({"t": 1, "r": [["farm", "k"]], "n": {}, "e": {}}).r
+    [('farm', 'k')]
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    t: int = Field(ge=0, le=int(_MAX_S * 1000))
+    r: list[tuple[str, str]] = Field(max_length=64)
+    n: GroupNotes | None = None
+    e: dict[str, Any]
 
 
 def session_key(ev: AnyEvent) -> str:

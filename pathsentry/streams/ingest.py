@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from pathsentry.infra.redact import redact_text
 from pathsentry.streams.align import PartitionAligner
 from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, client_kwargs
 from pathsentry.streams.pipeline import Pipeline
@@ -262,7 +263,8 @@ async def run_ingest(pipe: Pipeline, *, max_records: int, poll_ms: int, stopping
                 uncommitted.forwarded(records)
             except KafkaError as e:
                 # go back to the last commit: what was fetched but not forwarded is read again
-                log.warning("ingest: %s: %s; re-reading from the last commit", type(e).__name__, e)
+                log.warning("ingest: %s: %s; re-reading from the last commit", type(e).__name__,
+                            redact_text(str(e)))
                 await asyncio.sleep(1.0)
                 uncommitted.forget()  # read again from the last commit
                 try:

@@ -121,6 +121,10 @@ _GAUGE_COUNTERS: dict[str, str] = {
     "session_state_load_failures": "loads of session partition states that failed (started empty)",
     "learned_state_saves": "learned-state saves to the state topic",
     "learned_state_load_failures": "loads of the learned state that failed",
+    "group_state_refused": "saved group partition states refused (malformed or hostile; started empty)",
+    "session_state_refused": "saved session partition states refused (malformed or hostile; started empty)",
+    "learned_state_refused": "saved learned states refused (malformed or hostile; started cold)",
+    "snapshot_state_refused": "snapshot files refused (malformed or hostile; started cold)",
 }
 
 

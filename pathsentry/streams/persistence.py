@@ -15,6 +15,7 @@ or send anything but state: the stages and the outputs are in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -23,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka.errors import KafkaError
 
 from pathsentry.config import Config
 from pathsentry.engine import Engine, GroupStage
 from pathsentry.streams.envelopes import partition_for
 from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, client_kwargs
-from pathsentry.streams.state import StateStore
+from pathsentry.streams.state import MAX_STATE_BYTES, StateRefused, StateStore
 from pathsentry.streams.topics import Topics
 
 __all__ = ["StatePersistence", "session_handover"]
@@ -73,20 +73,57 @@ class StatePersistence:
         self._learned_checked = False
         #: wall time of the snapshot file the session stage started from (0: none)
         self._snapshot_at = 0.0
+        #: saved states refused when applied, per kind (the stores count what they refuse)
+        self.state_refused: dict[str, int] = {}
 
     def load_snapshot(self) -> None:
         """Restore the session stage's detectors from this worker's last snapshot (the
         group stage's state comes from the state topic, partition by partition, and so
         do the sessions of a session partition when its save there is newer)."""
-        if self.state_path.exists():
-            try:
-                state = orjson.loads(self.state_path.read_bytes())
-                self.engine.load_state({d.name: state[d.name] for d in self.engine.session_detectors
-                                        if d.name in state})
-                self._snapshot_at = self.state_path.stat().st_mtime
-                log.info("restored detector state from %s", self.state_path)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                log.warning("ignoring unreadable detector state %s: %s", self.state_path, e)
+        if not self.state_path.exists():
+            return
+        try:
+            if self.state_path.stat().st_size > MAX_STATE_BYTES:
+                raise StateRefused(f"larger than {MAX_STATE_BYTES >> 20} MiB")
+            state = orjson.loads(self.state_path.read_bytes())
+            if not isinstance(state, dict):
+                raise StateRefused("not a JSON object")
+            _known_detectors(state, self.engine.session_detectors)
+        except (OSError, orjson.JSONDecodeError, StateRefused) as e:
+            self._refuse("snapshot", f"{self.state_path}: {e}", "the session stage starts cold")
+            return
+        if self._apply("snapshot", str(self.state_path), state, _load_detector_states,
+                       "the session stage starts cold"):
+            self._snapshot_at = self.state_path.stat().st_mtime
+            log.info("restored detector state from %s", self.state_path)
+
+    def _refuse(self, kind: str, what: str, otherwise: str) -> None:
+        """Count and log one saved state that could not be used."""
+        self.state_refused[kind] = self.state_refused.get(kind, 0) + 1
+        log.error("saved state refused: %s; %s", what, otherwise)
+
+    def _apply(self, kind: str, what: str, state: Any, load: Callable[[list[Any], Any], None],
+               otherwise: str) -> bool:
+        """Load ``state`` into the session detectors with ``load``, first into fresh copies
+        (a state they refuse, or that makes them raise or panic, changes nothing), then
+        into the live ones; False (counted, logged) when refused."""
+        try:
+            load([type(d)(self.engine.ctx) for d in self.engine.session_detectors], state)
+        except _FATAL:
+            raise
+        except BaseException as e:  # a Rust extension's panic is a BaseException
+            self._refuse(kind, f"{what}: {type(e).__name__}: {str(e)[:200]}", otherwise)
+            return False
+        load(self.engine.session_detectors, state)
+        return True
+
+    def state_refusals(self) -> dict[str, int]:
+        """Saved states read back and refused (not the shape of a save, or refused by a
+        detector), per kind: served on /stats and /metrics (``pathsentry_<kind>_state_refused_total``)."""
+        return {"group_state_refused": self.state_refused.get("group", 0) + self.state_store.refused,
+                "session_state_refused": self.state_refused.get("sessions", 0) + self.session_store.refused,
+                "learned_state_refused": self.state_refused.get("learned", 0) + self.learned_store.refused,
+                "snapshot_state_refused": self.state_refused.get("snapshot", 0)}
 
     def snapshot_bytes(self) -> bytes:
         """Serialise the session stage's state (call on the event-loop thread: state is not
@@ -117,8 +154,18 @@ class StatePersistence:
         saved = await _load_saved(self.state_store, new, "group partitions", "they start empty")
         for p in new:
             stage = self.group_stages[p] = self.engine.new_group_stage()
-            if p in saved:
+            if p not in saved:
+                continue
+            try:
+                _known_detectors(saved[p].get("detectors", {}), stage.detectors)
                 stage.load_state(saved[p])
+            except _FATAL:
+                raise
+            except BaseException as e:  # a Rust extension's panic is a BaseException
+                self.group_stages[p] = self.engine.new_group_stage()
+                saved.pop(p)
+                self.state_store.restored.discard(p)
+                self._refuse("group", f"g:{p}: {type(e).__name__}: {str(e)[:200]}", "it starts empty")
         log.info("group partitions %s: state restored for %s in %.0f ms", new, sorted(saved),
                  (time.perf_counter() - t0) * 1000)
 
@@ -160,8 +207,18 @@ class StatePersistence:
                                   "their sessions go on without their logins")
         newer = sorted(p for p, st in saved.items() if float(st.get("saved_at", 0.0)) >= self._snapshot_at)
         self.engine.drop_sessions(part_of, newer)
-        for p in newer:
-            self.engine.load_sessions(saved[p].get("detectors", {}))
+        for p in list(newer):
+            try:
+                _known_detectors(saved[p].get("detectors", {}), self.engine.session_detectors)
+                self.engine.load_sessions(saved[p].get("detectors", {}))
+            except _FATAL:
+                raise
+            except BaseException as e:  # a Rust extension's panic is a BaseException
+                self.engine.drop_sessions(part_of, [p])
+                newer.remove(p)
+                self.session_store.restored.discard(p)
+                self._refuse("sessions", f"s:{p}: {type(e).__name__}: {str(e)[:200]}",
+                             "its sessions go on without their logins")
         self.session_parts.update(new)
         log.info("session partitions %s: sessions restored for %s in %.0f ms", new, newer,
                  (time.perf_counter() - t0) * 1000)
@@ -175,9 +232,18 @@ class StatePersistence:
         if saved is None:
             log.info("no learned state to start from: the session stage starts cold")
             return
-        self.engine.load_learned(saved.get("detectors", {}))
-        log.info("session stage warm-started from the state %s saved (%.0f ms)",
-                 saved.get("worker", "?"), (time.perf_counter() - t0) * 1000)
+        try:
+            _known_detectors(saved.get("detectors", {}), self.engine.session_detectors)
+        except StateRefused as e:
+            self.learned_store.restored.discard(0)
+            self._refuse("learned", f"l:0: {e}", "the session stage starts cold")
+            return
+        if not self._apply("learned", "l:0", saved.get("detectors", {}), _load_learned,
+                           "the session stage starts cold"):
+            self.learned_store.restored.discard(0)
+        else:
+            log.info("session stage warm-started from the state %s saved (%.0f ms)",
+                     saved.get("worker", "?"), (time.perf_counter() - t0) * 1000)
 
     async def save_learned(self) -> None:
         """Save what the session stage learned (``l:0`` of the state topic) for the next
@@ -239,16 +305,44 @@ def session_handover(owned: Iterable[int], held: Set[int],
     return kept, {p for p in revoked if p not in kept}, [p for p in owned if p not in held and p not in kept]
 
 
+#: what a failed load of saved state lets through: the process is being stopped
+_FATAL = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
+
+
+def _known_detectors(parts: Any, detectors: Iterable[Any]) -> None:
+    """Refuse a state naming a detector this worker does not run."""
+    if not isinstance(parts, dict):
+        raise StateRefused("detector states are not a JSON object")
+    unknown = set(parts) - {d.name for d in detectors}
+    if unknown:
+        raise StateRefused(f"unknown detector(s) {sorted(unknown)[:5]}")
+
+
+def _load_detector_states(detectors: list[Any], state: dict[str, Any]) -> None:
+    for d in detectors:
+        if d.name in state:
+            d.load_state(state[d.name])
+
+
+def _load_learned(detectors: list[Any], state: dict[str, Any]) -> None:
+    for d in detectors:
+        if d.name in state:
+            d.load_learned(state[d.name])
+
+
 async def _load_saved(store: StateStore, partitions: list[int], what: str,
                       otherwise: str) -> dict[int, dict[str, Any]]:
     """The newest saves of ``partitions`` in ``store``; none when the state topic cannot be
-    read (logged, with what follows): detection goes on without them rather than not at all."""
+    read (logged and counted, with what follows): detection goes on without them rather
+    than not at all. A save that does not have the shape of one is refused by the store."""
     try:
         return await store.load(partitions)
-    except (TimeoutError, KafkaError) as e:
+    except _FATAL:
+        raise
+    except BaseException as e:  # Kafka, a timeout, or anything a hostile record provokes
         store.load_failures += 1
         log.error("%s %s: saved state not readable (%s: %s); %s", what, partitions,
-                  type(e).__name__, e, otherwise)
+                  type(e).__name__, str(e)[:200], otherwise)
         return {}
 
 

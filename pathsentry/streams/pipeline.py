@@ -34,6 +34,7 @@ from pathsentry.schemas.fast import decode_events
 from pathsentry.streams.deadletter import dead_letter_record
 from pathsentry.streams.envelopes import (
     MAX_ENVELOPE_BYTES,
+    GroupItemModel,
     Incoming,
     chunked,
     envelope,
@@ -68,6 +69,7 @@ class Pipeline(StatePersistence):
     def __init__(self, config: Config, engine: Engine, ch: ClickHouse, worker_id: str) -> None:
         self.config = config
         self.engine = engine
+        self._group_names = {d.name for d in engine.group_detectors}
         self.ch = ch
         self.sink = ClickHouseSink(ch)
         self.stats = Stats(worker=worker_id)
@@ -212,6 +214,7 @@ class Pipeline(StatePersistence):
             "learned_state_saves": self.learned_store.saves,
             "learned_state_loaded": bool(self.learned_store.restored),
             "learned_state_load_failures": self.learned_store.load_failures,
+            **self.state_refusals(),
         }
 
     def assigned(self) -> dict[str, list[int]]:
@@ -289,7 +292,7 @@ class Pipeline(StatePersistence):
             if got is None:
                 try:
                     got = [decode(i) for i in orjson.loads(msg.value)] if msg.value else []
-                except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError) as e:
+                except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, ValueError) as e:
                     await self.dead_letter(msg.value, EventError("bad_envelope", str(e)[:200]), msg)
                     got = []
             claims, idle = decode_claims(msg.headers)
@@ -455,9 +458,15 @@ class Pipeline(StatePersistence):
         return self.session_handoff.pending() + self.group_handoff.pending()
 
     def _group_item(self, item: dict[str, Any]) -> GroupItem:
-        enriched = self.engine.enricher.enrich(event_adapter.validate_python(item["e"]))
-        enriched.notes = item.get("n") or {}
-        return item["t"], [(d, k) for d, k in item["r"]], enriched
+        """An item read from the groups topic, checked against :class:`GroupItemModel` and
+        routed to this engine's group detectors only (else ValueError: dead-lettered)."""
+        checked = GroupItemModel.model_validate(item)
+        unknown = {d for d, _ in checked.r} - self._group_names
+        if unknown:
+            raise ValueError(f"routes to unknown group detector(s) {sorted(unknown)[:5]}")
+        enriched = self.engine.enricher.enrich(event_adapter.validate_python(checked.e))
+        enriched.notes = checked.n.model_dump(exclude_none=True) if checked.n is not None else {}
+        return checked.t, checked.r, enriched
 
 
 

@@ -23,6 +23,7 @@ from pathsentry.infra.clickhouse import (
     batch_token,
     flag_row,
 )
+from pathsentry.infra.redact import redact_text
 from pathsentry.schemas import Alert, FlaggedEvent
 
 __all__ = ["ClickHouseSink"]
@@ -60,7 +61,7 @@ class ClickHouseSink:
                 log.warning(
                     "clickhouse: insert into %s failed (%s: %s); "
                     "holding %d rows and their offsets, retry in %.1fs",
-                    table, type(e).__name__, str(e)[:200], len(rows), delay,
+                    table, type(e).__name__, redact_text(str(e))[:200], len(rows), delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)

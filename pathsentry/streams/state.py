@@ -30,6 +30,19 @@ of the state topic to its end and keeps the newest manifest per partition.
 {'ts': 5.0, 'detectors': {'farm': {'n': 1}}}
 >>> decode_state({b"g:3": recs[-1][1]}, 3) is None  # chunks missing: no state
 True
+
+Everything read back is refused unless it has the shape a save writes
+(:class:`StateRefused`, the reason in its message): the manifest and the state document
+are typed models (:class:`Manifest`, :class:`SavedState`) with no unknown field and every
+number in range (an event clock past :data:`MAX_TS` is refused), the chunks' total and the
+inflated size are bounded (:data:`MAX_STATE_BYTES`; a small chunk that would inflate past
+it is refused without inflating it all). What detectors make of their own part is theirs.
+
+>>> try:
+...     decode_state({b"g:0": b"not zlib"}, 0)
+... except StateRefused as e:
+...     print(e)
+manifest of g:0 is not JSON
 """
 
 from __future__ import annotations
@@ -42,11 +55,28 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["CHUNK_BYTES", "StateStore", "decode_state", "encode_state", "manifest_key"]
+__all__ = [
+    "CHUNK_BYTES",
+    "MAX_STATE_BYTES",
+    "MAX_TS",
+    "Manifest",
+    "SavedState",
+    "StateRefused",
+    "StateStore",
+    "decode_state",
+    "encode_state",
+    "manifest_key",
+]
 
 #: Largest chunk of a partition's state in one message (Kafka's default limit is 1 MiB).
 CHUNK_BYTES = 900 * 1024
+
+#: Largest state of one partition, inflated (and compressed): a save past it is refused.
+MAX_STATE_BYTES = 512 << 20
+#: Latest event or wall time a saved state may carry (2100-01-01 UTC, in seconds).
+MAX_TS = 4_102_444_800.0
 
 #: A load that reads nothing for this long before reaching the topic's end fails.
 LOAD_TIMEOUT_S = 20.0
@@ -78,25 +108,106 @@ def encode_state(partition: int, state: dict[str, Any], epoch: str, *,
     return recs
 
 
-def _manifest(records: dict[bytes, bytes | None], partition: int, kind: str) -> dict[str, Any] | None:
+class StateRefused(ValueError):
+    """A saved state that does not have the shape a save writes; the message says why."""
+
+
+class Manifest(BaseModel):
+    """The manifest record of one save (``g:<p>``, ``s:<p>``, ``l:0``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: str = Field(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$")
+    chunks: int = Field(ge=1, le=MAX_STATE_BYTES // (64 << 10))
+    bytes: int = Field(ge=0, le=MAX_STATE_BYTES)
+    worker: str = Field(max_length=200)
+    saved_at: float = Field(ge=0, le=MAX_TS, allow_inf_nan=False)
+    ts: float | None = Field(default=None, ge=0, le=MAX_TS, allow_inf_nan=False)
+
+
+class SavedState(BaseModel):
+    """The state document of one save: the stage's event clock and each detector's part
+    (group partitions: ``ts``/``detectors``; sessions and learned state add when and by
+    whom it was saved)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts: float | None = Field(default=None, ge=0, le=MAX_TS, allow_inf_nan=False)
+    saved_at: float | None = Field(default=None, ge=0, le=MAX_TS, allow_inf_nan=False)
+    worker: str | None = Field(default=None, max_length=200)
+    detectors: dict[str, Any] = Field(default_factory=dict)
+
+
+def _manifest(records: dict[bytes, bytes | None], partition: int, kind: str) -> Manifest | None:
     raw = records.get(manifest_key(partition, kind))
-    return orjson.loads(raw) if raw else None
+    if not raw:
+        return None
+    where = f"{kind}:{partition}"
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise StateRefused(f"manifest of {where} is not JSON") from None
+    try:
+        return Manifest.model_validate(doc)
+    except ValidationError as e:
+        raise StateRefused(f"manifest of {where} refused: {_first_error(e)}") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    return f"{'.'.join(str(x) for x in err['loc']) or 'document'}: {err['msg']}"
+
+
+def inflate(data: bytes, limit: int = MAX_STATE_BYTES) -> bytes:
+    """zlib-inflate ``data``, refusing (without inflating it all) more than ``limit`` bytes.
+
+    >>> len(inflate(zlib.compress(b"x" * 1000), 1000))
+    1000
+    >>> try:
+    ...     inflate(zlib.compress(b"x" * 1001), 1000)
+    ... except StateRefused as e:
+    ...     print(e)
+    state inflates past 1000 bytes
+    """
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise StateRefused(f"state is not zlib data ({e})") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise StateRefused(f"state inflates past {limit} bytes")
+    if not d.eof:
+        raise StateRefused("state is truncated")
+    return out
 
 
 def decode_state(records: dict[bytes, bytes | None], partition: int,
                  kind: str = "g") -> dict[str, Any] | None:
     """The newest complete state of ``partition`` among ``records`` (newest value per key,
-    ``None`` for a tombstone), or ``None`` when there is none."""
+    ``None`` for a tombstone), ``None`` when there is none; :class:`StateRefused` when what
+    is there does not have the shape a save writes."""
     manifest = _manifest(records, partition, kind)
     if manifest is None:
         return None
-    chunks = [records.get(_chunk_key(partition, manifest["epoch"], i, kind))
-              for i in range(manifest["chunks"])]
+    chunks = [records.get(_chunk_key(partition, manifest.epoch, i, kind))
+              for i in range(manifest.chunks)]
     if any(c is None for c in chunks):
         log.warning("state %s:%d (epoch %s) is incomplete; starting it empty",
-                    kind, partition, manifest["epoch"])
+                    kind, partition, manifest.epoch)
         return None
-    state: dict[str, Any] = orjson.loads(zlib.decompress(b"".join(c for c in chunks if c)))
+    data = b"".join(c for c in chunks if c)
+    if len(data) != manifest.bytes:
+        raise StateRefused(f"state {kind}:{partition}: {len(data)} bytes where the manifest says "
+                           f"{manifest.bytes}")
+    try:
+        doc = orjson.loads(inflate(data))
+    except orjson.JSONDecodeError:
+        raise StateRefused(f"state {kind}:{partition} is not JSON") from None
+    try:
+        SavedState.model_validate(doc)
+    except ValidationError as e:
+        raise StateRefused(f"state {kind}:{partition} refused: {_first_error(e)}") from None
+    state: dict[str, Any] = doc
     return state
 
 
@@ -125,6 +236,8 @@ class StateStore:
         self.load_failures = 0
         #: partitions whose saved state this store has loaded
         self.restored: set[int] = set()
+        #: saves read back and refused (not the shape a save writes)
+        self.refused = 0
 
     async def save(self, partition: int, state: dict[str, Any]) -> int:
         """Write ``state`` as the newest state of ``partition``; return its size in bytes
@@ -181,12 +294,17 @@ class StateStore:
             await consumer.stop()
         out: dict[int, dict[str, Any]] = {}
         for p, recs in records.items():
-            state = decode_state(recs, p, self.kind)
+            try:
+                state = decode_state(recs, p, self.kind)
+            except StateRefused as e:
+                self.refused += 1
+                log.error("saved state %s:%d refused (%s); the partition starts empty", self.kind, p, e)
+                continue
             if state is not None:
                 out[p] = state
                 self.restored.add(p)
                 manifest = _manifest(recs, p, self.kind)
                 if manifest is not None:  # its chunks are the ones the next save replaces
-                    self._epochs[p] = (str(manifest["epoch"]), int(manifest["chunks"]))
+                    self._epochs[p] = (manifest.epoch, manifest.chunks)
         self.loads += 1
         return out

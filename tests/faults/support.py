@@ -295,7 +295,7 @@ _NOISE = re.compile(
 )
 
 
-def _http_json(url: str, timeout: float = 10.0) -> Any:
+def _http_json(url: str | urllib.request.Request, timeout: float = 10.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
 
@@ -312,6 +312,10 @@ class WorkerProcess:
     prefix: str = field(default_factory=lambda: f"t{time.time_ns()}.")
     port: int = field(default_factory=free_port)
     loglevel: str = "warning"
+    #: the bearer token of the worker's /query
+    query_token: str = field(default_factory=lambda: f"qt-{time.time_ns()}")
+    #: more environment for the process
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     kills: int = 0
@@ -355,6 +359,8 @@ class WorkerProcess:
             PATHSENTRY_CLICKHOUSE_URL=self.clickhouse_url,
             PATHSENTRY_TOPIC_PREFIX=self.prefix,
             PATHSENTRY_DATA_DIR=str(self.workdir / "var"),
+            PATHSENTRY_QUERY_TOKEN=self.query_token,
+            **self.extra_env,
         )
 
     @property
@@ -427,11 +433,19 @@ class WorkerProcess:
         result: dict[str, Any] = _http_json(self.base + "/stats?latency=0", timeout=5)
         return result
 
+    def query_request(self, sql: str, token: str | None = "", host: str | None = None
+                      ) -> urllib.request.Request:
+        """A GET of ``/query`` with the worker's token (``token=""``), another, or none (None)."""
+        headers = {} if token is None else {"Authorization": f"Bearer {token or self.query_token}"}
+        if host is not None:
+            headers["Host"] = host
+        return urllib.request.Request(self.base + "/query?" + urllib.parse.urlencode({"sql": sql}),
+                                      headers=headers)
+
     def query(self, sql: str) -> list[list[Any]]:
         """Rows of a read-only query, through the worker's query endpoint."""
-        url = self.base + "/query?" + urllib.parse.urlencode({"sql": sql})
         try:
-            doc = _http_json(url, timeout=60)
+            doc = _http_json(self.query_request(sql), timeout=60)
         except urllib.error.HTTPError as e:
             pytest.fail(f"query failed ({e.code}): {e.read()[:500]!r}")
         rows: list[list[Any]] = doc["rows"]
