@@ -3,6 +3,11 @@
 The same engine runs inside the stream workers and in ``pathsentry replay``; the
 stream splits :meth:`Engine.session_stage` and the group stage (a :class:`GroupStage`
 per partition) across a repartition, a replay calls :meth:`Engine.process` which does both in-process.
+
+Every alert of either stage leaves through the engine's
+:class:`~pathsentry.detectors.crosscheck.CrossCheck` (``farm_group`` and ``vpn_relay``
+alerts gain the labels and interactions the game published); :meth:`Engine.feedback`
+takes those labels and interactions and returns the alerts a late label re-versions.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from typing import Any
 
 from pathsentry.config import Config
 from pathsentry.detectors import Detector, DetectorContext, Enriched, Findings, build_detectors
+from pathsentry.detectors.crosscheck import CrossCheck, CrossCheckSettings
 from pathsentry.enrich import GeoResolver, build_resolver
 from pathsentry.enrich.enricher import Enricher
-from pathsentry.schemas import AnyEvent
+from pathsentry.schemas import AccountLabel, AnyEvent, AnyFeedback, Interaction
 
 __all__ = ["Engine", "GroupStage", "tune_gc"]
 
@@ -28,6 +34,15 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def _checked(crosscheck: CrossCheck | None, found: Findings | None) -> Findings:
+    """``found`` with its alerts cross-checked (an empty :class:`Findings` for ``None``)."""
+    if found is None:
+        return Findings()
+    if crosscheck is not None and found.alerts:
+        found.alerts = crosscheck.enrich_all(found.alerts)
+    return found
 
 
 def _flush(detectors: list[Detector], ts: float) -> Findings:
@@ -46,8 +61,10 @@ class GroupStage:
     be saved and handed to the partition's next owner on its own.
     """
 
-    def __init__(self, detectors: list[Detector]) -> None:
+    def __init__(self, detectors: list[Detector], crosscheck: CrossCheck | None = None) -> None:
         self.detectors = detectors
+        #: what every alert of this stage goes through on its way out (the engine's)
+        self.crosscheck = crosscheck
         self._by_name = {d.name: d for d in detectors}
         #: newest event time seen: windows close on the stage's own clock
         self.ts = 0.0
@@ -55,10 +72,10 @@ class GroupStage:
     def process(self, ev: Enriched, detector: str, key: str) -> Findings:
         self.ts = max(self.ts, ev.ts)
         det = self._by_name.get(detector)
-        return (det.process(ev, key) if det is not None else None) or Findings()
+        return _checked(self.crosscheck, (det.process(ev, key) if det is not None else None))
 
     def flush(self) -> Findings:
-        return _flush(self.detectors, self.ts)
+        return _checked(self.crosscheck, _flush(self.detectors, self.ts))
 
     def state(self) -> dict[str, Any]:
         return {"ts": self.ts, "detectors": {d.name: d.state() for d in self.detectors}}
@@ -85,6 +102,8 @@ class Engine:
         self.ctx = DetectorContext(config, self.geo)
         self.enricher = Enricher(config, self.geo)
         self.detectors = detectors if detectors is not None else build_detectors(self.ctx)
+        #: labels and interactions from the game, applied to alerts at emission
+        self.crosscheck = CrossCheck(CrossCheckSettings.from_settings(self.ctx.settings("crosscheck")))
         self.session_detectors = [d for d in self.detectors if d.stage == "session"]
         self.group_detectors = [d for d in self.detectors if d.stage == "group"]
         # Event time seen by each stage. In the stream the group stage runs behind the
@@ -92,7 +111,7 @@ class Engine:
         # with their own clock: a group window must not expire before its events arrive.
         self.session_ts = 0.0
         #: the group stage of a replay (the stream keeps one per group partition)
-        self.groups = GroupStage(self.group_detectors)
+        self.groups = GroupStage(self.group_detectors, self.crosscheck)
         # who consumes each event kind, in detector order (``wants`` is fixed per class)
         kinds = {k for d in self.detectors for k in d.consumes}
         self._session_for = {k: [d for d in self.session_detectors if d.wants(k)] for k in kinds}
@@ -104,7 +123,7 @@ class Engine:
 
     def new_group_stage(self) -> GroupStage:
         """Fresh group-stage detectors of the same kinds and settings as this engine's."""
-        return GroupStage([type(d)(self.ctx) for d in self.group_detectors])
+        return GroupStage([type(d)(self.ctx) for d in self.group_detectors], self.crosscheck)
 
     def session_stage(self, event: AnyEvent) -> tuple[Enriched, Findings]:
         ev = self.enricher.enrich(event)
@@ -117,7 +136,7 @@ class Engine:
             if found is not None:
                 out.flags.extend(found.flags)
                 out.alerts.extend(found.alerts)
-        return ev, out
+        return ev, _checked(self.crosscheck, out)
 
     def group_routes(self, ev: Enriched) -> list[tuple[str, str]]:
         """(detector name, key) pairs this event must be delivered to in the group stage."""
@@ -127,7 +146,14 @@ class Engine:
             routes.extend((name, k) for k in det.group_keys(ev))
         return routes
 
-    def process(self, event: AnyEvent) -> Findings:
+    def feedback(self, event: AnyFeedback) -> Findings:
+        """Take a label or an interaction; the alerts a label re-versions."""
+        return Findings(alerts=self.crosscheck.observe(event))
+
+    def process(self, event: AnyEvent | AnyFeedback) -> Findings:
+        """One event through both stages (a label or an interaction: :meth:`feedback`)."""
+        if isinstance(event, AccountLabel | Interaction):
+            return self.feedback(event)
         ev, out = self.session_stage(event)
         for name, key in self.group_routes(ev):
             out.extend(self.groups.process(ev, name, key))
@@ -135,7 +161,7 @@ class Engine:
 
     def flush_sessions(self) -> Findings:
         """Let the session-stage detectors close what their event time has passed."""
-        return _flush(self.session_detectors, self.session_ts)
+        return _checked(self.crosscheck, _flush(self.session_detectors, self.session_ts))
 
     def flush(self) -> Findings:
         """Let every detector close what its own stage's event time has passed."""

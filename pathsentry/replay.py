@@ -3,7 +3,8 @@
 Each file is streamed; a file that is already in ``ts`` order (as producers and the
 simulator write them) is never held in memory, several files are merged lazily.
 Lines that are not valid contract-v1 events are counted with their reason and
-skipped, exactly as the stream sends them to the dead-letter topic.
+skipped, exactly as the stream sends them to the dead-letter topic. Labels and
+interactions (contract v1.1) may be mixed in: they reach the engine in ``ts`` order.
 """
 
 from __future__ import annotations
@@ -17,7 +18,19 @@ from pathlib import Path
 
 from pathsentry.config import Config
 from pathsentry.engine import Engine, tune_gc
-from pathsentry.schemas import Alert, AnyEvent, EventError, FlaggedEvent, parse_event
+from pathsentry.schemas import (
+    Alert,
+    AnyEvent,
+    AnyFeedback,
+    EventError,
+    FlaggedEvent,
+    parse_event,
+    parse_feedback,
+)
+from pathsentry.schemas.feedback import FEEDBACK_KINDS
+
+#: anything a replay reads: a network event or a label / interaction
+AnyInput = AnyEvent | AnyFeedback
 
 __all__ = ["ReplayResult", "iter_events", "replay", "write_outputs"]
 
@@ -43,14 +56,24 @@ class ReplayResult:
         return "\n".join(lines)
 
 
-def _iter_file(path: Path, rejected: Counter[str]) -> Iterator[AnyEvent]:
+def _parse(line: bytes) -> AnyInput:
+    """A network event, else (a feedback kind named in the line) a label or interaction."""
+    try:
+        return parse_event(line)
+    except EventError as e:
+        if e.reason == "unknown_kind" and any(k.encode() in line for k in FEEDBACK_KINDS):
+            return parse_feedback(line)
+        raise
+
+
+def _iter_file(path: Path, rejected: Counter[str]) -> Iterator[AnyInput]:
     with open(path, "rb") as fh:
         for line in fh:
             line = line.strip()
             if not line:
                 continue
             try:
-                yield parse_event(line)
+                yield _parse(line)
             except EventError as e:
                 rejected[e.reason] += 1
 
@@ -59,13 +82,13 @@ def _iter_file(path: Path, rejected: Counter[str]) -> Iterator[AnyEvent]:
 REORDER_WINDOW = 10_000
 
 
-def _sorted_file(path: Path, rejected: Counter[str]) -> Iterator[AnyEvent]:
+def _sorted_file(path: Path, rejected: Counter[str]) -> Iterator[AnyInput]:
     """Events of one file in ``ts`` order, streamed through a bounded reorder buffer.
 
     An event older than one already handed on (disorder wider than the buffer)
     is handed on late, as a stream would deliver it.
     """
-    heap: list[tuple[float, int, AnyEvent]] = []
+    heap: list[tuple[float, int, AnyInput]] = []
     for i, ev in enumerate(_iter_file(path, rejected)):
         heapq.heappush(heap, (ev.ts.timestamp(), i, ev))
         if len(heap) > REORDER_WINDOW:
@@ -74,7 +97,7 @@ def _sorted_file(path: Path, rejected: Counter[str]) -> Iterator[AnyEvent]:
         yield heapq.heappop(heap)[2]
 
 
-def iter_events(paths: Sequence[str | Path], rejected: Counter[str] | None = None) -> Iterator[AnyEvent]:
+def iter_events(paths: Sequence[str | Path], rejected: Counter[str] | None = None) -> Iterator[AnyInput]:
     """All valid events of ``paths`` merged in ``ts`` order."""
     rej: Counter[str] = rejected if rejected is not None else Counter()
     streams = [_sorted_file(Path(p), rej) for p in paths]

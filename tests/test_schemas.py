@@ -116,3 +116,14 @@ def test_json_schema_export_covers_every_kind() -> None:
         assert f"{kind}.schema.json" in schemas
         assert f'"{kind}"' in union
     assert "alert_id" in json.dumps(schemas["alert.schema.json"])
+
+
+def test_json_schema_export_covers_the_v1_1_kinds() -> None:
+    schemas = json_schemas()
+    union = json.dumps(schemas["feedback.schema.json"])
+    for kind in ("account_label", "interaction"):
+        assert f"{kind}.schema.json" in schemas
+        assert f'"{kind}"' in union
+    label = json.dumps(schemas["account_label.schema.json"])
+    assert all(f'"{v}"' in label for v in ("bot", "farm", "fraud", "takeover", "cleared"))
+    assert "src_ip" not in json.dumps(schemas["interaction.schema.json"])

@@ -34,13 +34,15 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
     from pathsentry.schemas import Alert, FlaggedEvent, HttpProbe, Login, RttProbe, Traceroute
     from pathsentry.schemas.events import event_adapter
+    from pathsentry.schemas.feedback import AccountLabel, Interaction, feedback_adapter
 
     out: dict[str, dict[str, Any]] = {
         "event.schema.json": event_adapter.json_schema(),
+        "feedback.schema.json": feedback_adapter.json_schema(),
         "alert.schema.json": TypeAdapter(Alert).json_schema(),
         "flagged_event.schema.json": TypeAdapter(FlaggedEvent).json_schema(),
     }
-    for model in (Login, RttProbe, Traceroute, HttpProbe):
+    for model in (Login, RttProbe, Traceroute, HttpProbe, AccountLabel, Interaction):
         kind = model.model_fields["kind"].annotation.__args__[0]  # type: ignore[union-attr]
         out[f"{kind}.schema.json"] = model.model_json_schema()
     return out

@@ -28,6 +28,7 @@ DETECTOR_MODULES: tuple[str, ...] = (
     "pathsentry.detectors.latency",
     "pathsentry.detectors.injection",
     "pathsentry.detectors.injection_cells",
+    "pathsentry.detectors.takeover",
     "pathsentry.detectors.farm",
 )
 
@@ -61,4 +62,9 @@ def build_detectors(ctx: DetectorContext, only: list[str] | None = None) -> list
             continue
         out.append(cls(ctx))
     out.sort(key=lambda d: 0 if d.stage == "session" else 1)
+    for det in [d for d in out if d.after]:  # after the detectors whose notes it reads
+        later = [i for i, d in enumerate(out) if d.name in det.after and d.stage == det.stage]
+        if later and out.index(det) < max(later):
+            out.remove(det)
+            out.insert(max(later), det)
     return out

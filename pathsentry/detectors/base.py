@@ -102,6 +102,8 @@ class Detector(ABC):
     name: ClassVar[str]
     consumes: ClassVar[frozenset[str]]
     stage: ClassVar[Stage] = "session"
+    #: detectors of the same stage whose notes this one reads: it runs after them
+    after: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: DetectorContext) -> None:
         self.ctx = ctx

@@ -35,11 +35,12 @@ import orjson
 
 from pathsentry.infra.querypolicy import QueryLimits, QueryRefused, first_filter, vet
 from pathsentry.infra.redact import redact_url
-from pathsentry.schemas import Alert, FlaggedEvent
+from pathsentry.schemas import AccountLabel, Alert, FlaggedEvent
 
 __all__ = [
     "ALERT_COLUMNS",
     "FLAG_COLUMNS",
+    "LABEL_COLUMNS",
     "ChdbClickHouse",
     "ChdbReader",
     "ClickHouse",
@@ -53,6 +54,7 @@ __all__ = [
     "ddl_statements",
     "flag_row",
     "is_read_only",
+    "label_row",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ ALERT_COLUMNS = (
     "alert_id", "ts", "kind", "severity", "score", "subject", "accounts", "event_ids",
     "evidence", "summary", "detector", "first_seen", "last_seen", "version",
 )
+
+LABEL_COLUMNS = ("event_id", "ts", "account", "label", "source", "evidence_ref")
 
 QueryResult = tuple[list[str], list[tuple[Any, ...]]]
 
@@ -93,6 +97,13 @@ def alert_row(a: Alert) -> dict[str, Any]:
         "event_ids": list(a.event_ids), "evidence": _json(a.evidence), "summary": a.summary,
         "detector": a.detector, "first_seen": _utc(a.first_seen), "last_seen": _utc(a.last_seen),
         "version": a.version,
+    }
+
+
+def label_row(lb: AccountLabel) -> dict[str, Any]:
+    return {
+        "event_id": lb.event_id, "ts": _utc(lb.ts), "account": lb.account, "label": lb.label,
+        "source": lb.source, "evidence_ref": lb.evidence_ref or "",
     }
 
 

@@ -50,7 +50,8 @@ __all__ = [
 QueryFn = Callable[[str], tuple[Sequence[str], Sequence[Sequence[Any]]]]
 
 #: Alert kinds in display order, with their colours.
-KIND_COLORS = dict(zip(("vpn_relay", "route_anomaly", "farm_group", "injection_cell"), PALETTE, strict=False))
+KIND_COLORS = dict(zip(("vpn_relay", "route_anomaly", "farm_group", "injection_cell", "account_takeover"),
+                       PALETTE, strict=False))
 
 MAX_HOURS = 168
 MAX_EXITS = 20
@@ -317,6 +318,26 @@ def _injection_heatmap(src: Source, pid: str) -> str:
                    value_label="lower bound of the forged-answer rate")
 
 
+def _feedback(src: Source, pid: str) -> str:
+    rows = src.rows(
+        "SELECT detector, kind, flagged_accounts, labelled_bad, cleared, judged, precision "
+        "FROM {db}.detector_feedback ORDER BY detector, kind"
+    )
+    if not any(_int(r["judged"]) for r in rows):
+        raise NoData("no flagged account has been labelled by the game or an analyst yet"
+                     if rows else "no alerts")
+    body = []
+    for r in rows:
+        p = _num(r["precision"])
+        bar = "" if p is None else f'<span class="hbar" style="width:{100 * p:.0f}%"></span>'
+        body.append([r["detector"], r["kind"], str(_int(r["flagged_accounts"])),
+                     str(_int(r["labelled_bad"])), str(_int(r["cleared"])),
+                     (bar, "–" if p is None else f"{p:.3f}")])
+    return _table(["detector", "alert kind", "accounts flagged", "later labelled bad", "cleared",
+                   "precision (bad / judged)"], body, element_id=pid,
+                  label="share of flagged accounts later labelled bad or cleared, per detector")
+
+
 SECTIONS: tuple[Section, ...] = (
     Section("summary", "Summary", "Flagged events and alerts in the database, latest version of each.",
             ("flagged_events_latest", "alerts_latest"), _summary),
@@ -333,6 +354,10 @@ SECTIONS: tuple[Section, ...] = (
     Section("injection-heatmap", "On-path injection by ASN and hour",
             "Hours of day in which plaintext answers were forged, per ASN (view injection_cells_hourly).",
             ("injection_cells_hourly",), _injection_heatmap),
+    Section("feedback", "How often each detector was right",
+            "Accounts named by each detector's alerts and how many the game or an analyst later "
+            "labelled bad or cleared (view detector_feedback): precision measured on this traffic.",
+            ("detector_feedback",), _feedback),
 )
 
 

@@ -17,6 +17,13 @@ from pathsentry.schemas.events import (
     parse_event,
     topic_for,
 )
+from pathsentry.schemas.feedback import (
+    BAD_LABELS,
+    AccountLabel,
+    Interaction,
+    feedback_topic_for,
+    parse_feedback,
+)
 from pathsentry.schemas.outputs import (
     Alert,
     AlertKind,
@@ -28,13 +35,18 @@ from pathsentry.schemas.outputs import (
 )
 
 AnyEvent = Login | RttProbe | Traceroute | HttpProbe
+#: what the game publishes back (contract v1.1): verdicts on accounts, interactions
+AnyFeedback = AccountLabel | Interaction
 
 __all__ = [
+    "BAD_LABELS",
     "CONTRACT_VERSION",
     "MAX_EVENT_BYTES",
+    "AccountLabel",
     "Alert",
     "AlertKind",
     "AnyEvent",
+    "AnyFeedback",
     "ClientInfo",
     "Event",
     "EventError",
@@ -43,14 +55,17 @@ __all__ = [
     "Hop",
     "HttpProbe",
     "HttpTarget",
+    "Interaction",
     "Login",
     "ObservedTtl",
     "RttProbe",
     "Severity",
     "Traceroute",
     "event_adapter",
+    "feedback_topic_for",
     "make_alert_id",
     "parse_event",
+    "parse_feedback",
     "severity_for",
     "topic_for",
 ]

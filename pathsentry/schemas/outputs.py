@@ -26,8 +26,10 @@ __all__ = [
     "severity_for",
 ]
 
-FlagKind = Literal["vpn_relay", "route_anomaly", "farm_member", "path_injection"]
-AlertKind = Literal["vpn_relay", "route_anomaly", "farm_group", "injection_cell"]
+FlagKind = Literal["vpn_relay", "route_anomaly", "farm_member", "path_injection",
+                   "account_takeover"]
+AlertKind = Literal["vpn_relay", "route_anomaly", "farm_group", "injection_cell",
+                    "account_takeover"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 

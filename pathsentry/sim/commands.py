@@ -22,6 +22,7 @@ def _start(args: argparse.Namespace) -> datetime | None:
 
 def _spec(args: argparse.Namespace) -> WorldSpec:
     from pathsentry.sim.params import parse_params
+    from pathsentry.sim.social import with_social
     from pathsentry.sim.worlds import world_spec
 
     try:
@@ -33,6 +34,8 @@ def _spec(args: argparse.Namespace) -> WorldSpec:
         start = datetime.now(KST).replace(microsecond=0) - timedelta(hours=args.backlog_hours)
     if start is None and params.name != "random":
         start = DEFAULT_START
+    if getattr(args, "social", False):
+        params = with_social(params)
     return world_spec(args.seed, args.accounts, args.hours, params, start)
 
 
@@ -99,7 +102,7 @@ def _evaluate_worlds(args: argparse.Namespace) -> int:
         raise SystemExit("evaluate: --worlds draws its own worlds; give no world directory")
     t0 = time.perf_counter()
     result = evaluate_worlds(args.worlds, args.seed, args.accounts, args.hours, jobs=args.jobs,
-                             start=_start(args), keep_dir=args.out)
+                             start=_start(args), keep_dir=args.out, social=args.social)
     if args.json:
         print(json.dumps(result, default=str))
     else:
@@ -128,6 +131,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="world parameters: random (drawn from --seed; default), fixed (the original "
                         "single world), demo (fixed, its injecting box on all day), a JSON object, "
                         "or @file.json")
+    p.add_argument("--social", action="store_true",
+                   help="add the social layer: labels, interactions, planted account takeovers and "
+                        "their hard negatives (new phone, travel, family PC)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("evaluate", help="replay a simulated world and score the detectors")
@@ -142,4 +148,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--jobs", type=int, default=None, help="worlds evaluated in parallel (default: cores)")
     p.add_argument("--json", action="store_true",
                    help='print {"worlds": [{"seed", "params", "metrics"}...], "pooled", "worst"}')
+    p.add_argument("--social", action="store_true",
+                   help="add the social layer: labels, interactions, planted account takeovers and "
+                        "their hard negatives (new phone, travel, family PC)")
     p.set_defaults(func=cmd_evaluate)

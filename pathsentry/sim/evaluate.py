@@ -19,16 +19,17 @@ from typing import Any
 from pathsentry.config import Config
 from pathsentry.detectors import Findings
 from pathsentry.engine import Engine
-from pathsentry.schemas import AnyEvent
+from pathsentry.schemas import AnyEvent, AnyFeedback
 from pathsentry.sim.score import score_all
 from pathsentry.sim.truth import Truth
 
-__all__ = ["TimedEngine", "evaluate_world", "render_markdown"]
+__all__ = ["TimedEngine", "evaluate_world", "fmt_cell", "markdown_table", "render_markdown"]
 
 _DETECTOR_ORDER = ("vpn_relay", "route_anomaly", "farm_member", "path_injection", "injection_cell")
 
 
-def _fmt(v: Any) -> str:
+def fmt_cell(v: Any) -> str:
+    """A table cell: NA for nothing, three decimals for a ratio."""
     if v is None:
         return "NA"
     if isinstance(v, float):
@@ -36,9 +37,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """The lines of a Markdown table of ``rows`` under ``header``."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(fmt_cell(c) for c in r) + " |" for r in rows]
     return out
 
 
@@ -64,25 +66,25 @@ def render_markdown(report: dict[str, Any]) -> str:
             ttd = d["groups"]["median_ttd_from_fifth_login_s"]
         rows.append([name, d["unit"], d["positives"], d["flagged"], d["tp"], d["fp"], d["fn"],
                      d["precision"], d["recall"], d["alerts_per_hour"], ttd])
-    lines += _table(["detector", "unit", "positives", "flagged", "TP", "FP", "FN", "precision",
+    lines += markdown_table(["detector", "unit", "positives", "flagged", "TP", "FP", "FN", "precision",
                      "recall", "alerts/h", "TTD median (s)"], rows)
     farm = dets.get("farm_member", {}).get("groups")
     if farm:
         lines += ["", f"Farm groups: {farm['found']}/{farm['planted']} found "
                       f"(one alert holds >= 80 % of the members), group alerts {farm['alerts']}, "
-                      f"group precision {_fmt(farm['precision'])}.", ""]
-        lines += _table(["group", "label", "members", "best share", "found",
+                      f"group precision {fmt_cell(farm['precision'])}.", ""]
+        lines += markdown_table(["group", "label", "members", "best share", "found",
                          "TTD from 5th login (s)", "to 80 % of members (s)"],
                         [[g, i["label"], i["members"], i["best_share"], i["found"],
                           i["ttd_from_fifth_login_s"], i.get("to_80pct_s")]
                          for g, i in farm["detail"].items()])
     names = [n for n in _DETECTOR_ORDER if n in dets]
     lines += ["", "## Recall per attack class", ""]
-    lines += _table(["attack class", *names],
+    lines += markdown_table(["attack class", *names],
                     [[label, *(row.get(n) for n in names)]
                      for label, row in report["attack_recall"].items()])
     lines += ["", "## False-positive rate per hard-negative class", ""]
-    lines += _table(["class", *names],
+    lines += markdown_table(["class", *names],
                     [[k, *(row.get(n) for n in names)]
                      for k, row in report["hard_negative_fpr"].items()])
     lines += ["", "NA: no unit of that class reached the detector, or nothing was flagged."]
@@ -103,7 +105,7 @@ class TimedEngine(Engine):
             if not versions or versions[-1][1] != accounts:
                 versions.append((ts, accounts))
 
-    def process(self, event: AnyEvent) -> Findings:
+    def process(self, event: AnyEvent | AnyFeedback) -> Findings:
         out = super().process(event)
         if out:
             self._note(out, event.ts.timestamp())

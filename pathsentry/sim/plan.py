@@ -222,15 +222,21 @@ class _Planner:
             self.add(self.names.player(), label, variant, home, exit=ex, forced_first=True,
                      daily=self.rng.uniform(1.5, 4.0))
 
+    def bursts(self, grng: random.Random, first_low: float, every_h: tuple[float, float]) -> list[int]:
+        """A farm's login bursts: the first within its first hours, then one every ``every_h``."""
+        spec = self.spec
+        span = spec.end_ms - spec.start_ms
+        t = spec.start_ms + int(grng.uniform(first_low, 0.4) * min(span, 6 * 3_600_000))
+        out = []
+        while t < spec.end_ms:
+            out.append(t)
+            t += int(grng.uniform(*every_h) * 3_600_000)
+        return out
+
     def farm(self, label: str, index: int, size: int, exits: list[Prefix]) -> FarmGroup:
         spec = self.spec
         grng = random.Random(f"{spec.seed}:farm:{label}:{index}")
-        span = spec.end_ms - spec.start_ms
-        t = spec.start_ms + int(grng.uniform(0.03, 0.4) * min(span, 6 * 3_600_000))
-        bursts = []
-        while t < spec.end_ms:
-            bursts.append(t)
-            t += int(grng.uniform(3.0, 6.0) * 3_600_000)
+        bursts = self.bursts(grng, 0.03, (3.0, 6.0))
         group = FarmGroup(f"{label}-{index + 1}", label, bursts,
                           family="serial_end" if label == "farm_serial" else "none")
         asys, city = grng.choice(_ABROAD[:3])  # the farm rooms are in CN
@@ -271,12 +277,7 @@ class _Planner:
         """A farm group of a randomized world: its own naming, pacing, machines and exits."""
         spec = self.spec
         grng = random.Random(f"{spec.seed}:farm:{index}")
-        span = spec.end_ms - spec.start_ms
-        t = spec.start_ms + int(grng.uniform(0.02, 0.4) * min(span, 6 * 3_600_000))
-        bursts = []
-        while t < spec.end_ms:
-            bursts.append(t)
-            t += int(grng.uniform(*fp.burst_every_h) * 3_600_000)
+        bursts = self.bursts(grng, 0.02, fp.burst_every_h)
         group = FarmGroup(f"{fp.label}-{index + 1}", fp.label, bursts, family=fp.family,
                           pace_s=fp.pace_s)
         asys, city = grng.choice(_ABROAD)

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from pathsentry.schemas import Alert, FlaggedEvent
-from pathsentry.sim.model import ATTACK_LABELS, FARM_LABELS
+from pathsentry.sim.model import ATTACK_LABELS, FARM_LABELS, RELAY_LABELS
 from pathsentry.sim.truth import CellTruth, Truth
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "parse_hours",
     "score_all",
     "score_cells",
+    "score_crosscheck",
     "score_events",
     "score_farms",
 ]
@@ -50,10 +51,12 @@ __all__ = [
 #: flag kind -> the event kind it is scored on.
 EVENT_DETECTORS: dict[str, str] = {
     "vpn_relay": "login", "route_anomaly": "traceroute", "path_injection": "http_probe",
+    "account_takeover": "login",
 }
 #: flag kind -> alert kind counted for "alerts per hour".
 ALERT_KIND = {"vpn_relay": "vpn_relay", "route_anomaly": "route_anomaly",
-              "farm_member": "farm_group", "injection_cell": "injection_cell"}
+              "farm_member": "farm_group", "injection_cell": "injection_cell",
+              "account_takeover": "account_takeover"}
 GROUP_FOUND_SHARE = 0.8
 
 #: alert id -> its versions as emitted: (event time of the emission, accounts).
@@ -333,6 +336,64 @@ def score_cells(truth: Truth, alerts: Sequence[Alert], timeline: Timeline | None
     }
 
 
+#: the score from which an alert counts as high severity
+HIGH_SCORE = 0.75
+
+
+def score_crosscheck(truth: Truth, alerts: Sequence[Alert]) -> dict[str, Any]:
+    """What the cross-checks added to ``farm_group`` and ``vpn_relay`` alerts (last
+    versions): how many carry the cross-check, with labelled members, with members that
+    dealt with labelled accounts, and the precision of the high-severity alerts (score
+    >= 0.75) on the detector's own score (``high_before``) and after the cross-check
+    (``high_after``). A farm alert is right when most of its accounts are farm members,
+    a relay alert when its account's logins are meant to be flagged ``vpn_relay`` (relay
+    users, farms behind relays).
+
+    >>> from datetime import datetime, timezone
+    >>> from pathsentry.sim.truth import AccountTruth
+    >>> t = Truth(hours=1.0)
+    >>> t.accounts = {"f1": AccountTruth("f1", "l4_relay", "l4_relay"),
+    ...               "b1": AccountTruth("b1", "benign", "pc_bang")}
+    >>> ts = datetime(2026, 3, 2, tzinfo=timezone.utc)
+    >>> def al(acc, s0, s1):
+    ...     return Alert(alert_id=acc, ts=ts, kind="vpn_relay", severity="low", score=s1,
+    ...                  subject={}, accounts=[acc], detector="latency", first_seen=ts, last_seen=ts,
+    ...                  evidence={"crosscheck": {"score": {"detector": s0, "final": s1},
+    ...                            "labelled_members": int(s1 > s0), "traded_with_labelled": 0}})
+    >>> c = score_crosscheck(t, [al("f1", 0.7, 0.8), al("b1", 0.8, 0.4)])["vpn_relay"]
+    >>> c["high_before"], c["high_after"]
+    ({'tp': 0, 'fp': 1}, {'tp': 1, 'fp': 0})
+    """
+    relayed = {e.account for e in truth.events.values() if "vpn_relay" in e.expect and e.account}
+    farm = {a.account for a in truth.accounts.values() if a.label in FARM_LABELS}
+    bad = {"farm_group": farm, "vpn_relay": relayed or {
+        a.account for a in truth.accounts.values() if a.label in RELAY_LABELS}}
+    out: dict[str, Any] = {}
+    for kind, members in bad.items():
+        n: Counter[str] = Counter()
+        high = {"high_before": Counter[str](), "high_after": Counter[str]()}
+        for a in alerts:
+            if a.kind != kind:
+                continue
+            n["alerts"] += 1
+            x = a.evidence.get("crosscheck")
+            if not isinstance(x, dict):
+                continue
+            n["with_crosscheck"] += 1
+            n["with_labelled"] += int(x.get("labelled_members", 0) > 0)
+            n["with_traded"] += int(x.get("traded_with_labelled", 0) > 0)
+            right = sum(1 for acc in a.accounts if acc in members)
+            key = "tp" if right * 2 > len(a.accounts) else "fp"
+            if float(x.get("score", {}).get("detector", a.score)) >= HIGH_SCORE:
+                high["high_before"][key] += 1
+            if a.score >= HIGH_SCORE:
+                high["high_after"][key] += 1
+        out[kind] = {**{k: n[k] for k in ("alerts", "with_crosscheck", "with_labelled",
+                                          "with_traded")},
+                     **{k: {"tp": c["tp"], "fp": c["fp"]} for k, c in high.items()}}
+    return out
+
+
 def score_all(truth: Truth, flags: Sequence[FlaggedEvent], alerts: Sequence[Alert],
               timeline: Timeline | None = None) -> dict[str, Any]:
     """Every detector's score plus the attack-class recall and hard-negative FP tables."""
@@ -353,4 +414,5 @@ def score_all(truth: Truth, flags: Sequence[FlaggedEvent], alerts: Sequence[Aler
             if klass not in ATTACK_LABELS:
                 hard[klass][name] = v["rate"]
     return {"hours": truth.hours, "detectors": detectors, "attack_recall": attack,
-            "hard_negative_fpr": dict(sorted(hard.items()))}
+            "hard_negative_fpr": dict(sorted(hard.items())),
+            "crosscheck": score_crosscheck(truth, alerts)}

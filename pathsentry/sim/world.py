@@ -30,6 +30,7 @@ from pathsentry.sim.model import Account, WorldPlan, WorldSpec
 from pathsentry.sim.params import DIURNAL
 from pathsentry.sim.plan import SERVER_CITIES, plan_world
 from pathsentry.sim.sessions import API_BODY_SHA256, GENUINE_BODY_SHA256, Builder, Triple, fmt_ts, kst_hour
+from pathsentry.sim.social import SocialLayer, social_enabled
 
 __all__ = [
     "DIURNAL",
@@ -66,6 +67,8 @@ class World:
         self.builder = Builder(self.plan)
         self.group_logins: dict[str, list[tuple[int, str]]] = {}
         self.diurnal = spec.params.diurnal
+        #: labels, interactions, takeovers and their hard negatives (only when enabled)
+        self.social = SocialLayer(self) if social_enabled(spec.params.extra) else None
 
     # -- actors ----------------------------------------------------------------
     def _next_start(self, rng: random.Random, t: int, daily: float) -> int:
@@ -122,7 +125,13 @@ class World:
 
     # -- the stream ------------------------------------------------------------
     def stream(self) -> Iterator[SimEvent]:
-        """Every event of the world, in ``ts`` order, with its truth record.
+        """Every event of the world, in ``ts`` order, with its truth record (and the
+        social layer's, when enabled)."""
+        base = self._stream()
+        return self.social.merge(base) if self.social is not None else base
+
+    def _stream(self) -> Iterator[SimEvent]:
+        """Every event of the planned actors, in ``ts`` order, with its truth record.
 
         Two heaps: the next session start of every actor, and the events of the
         sessions already begun. A session is generated when its start is the
@@ -170,6 +179,8 @@ class World:
             yield {"type": "account", "account": a.name, "label": a.label,
                    "klass": a.label if a.label != "benign" else a.klass,
                    "group_id": a.group.group_id if a.group else None}
+        if self.social is not None:
+            yield from self.social.accounts
 
     def group_truth(self) -> Iterator[dict[str, Any]]:
         """The ``group`` truth records (login times are known once the stream is consumed)."""

@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pathsentry.sim.evaluate import fmt_cell, markdown_table
 from pathsentry.sim.model import DEFAULT_START, WorldSpec
 from pathsentry.sim.params import WorldParams, draw_params
 from pathsentry.sim.truth import Truth
@@ -162,6 +163,7 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
                         "ttd_from_fifth_login_s": sorted(ttds)},
         "cells": {"planted": cells["positives"], "found": cells["positives"] - cells["fn"],
                   "alerts": cells["flagged"], "right": cells["tp"]},
+        "crosscheck": report.get("crosscheck", {}),
     })
 
 
@@ -215,13 +217,15 @@ def _prune(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _one(job: tuple[int, int, float, str | None, str | None]) -> dict[str, Any]:
+def _one(job: tuple[int, int, float, str | None, str | None, bool]) -> dict[str, Any]:
     """Simulate, replay and score one world (runs in a worker process)."""
     from pathsentry.sim.evaluate import evaluate_world
+    from pathsentry.sim.social import with_social
     from pathsentry.sim.world import write_world
 
-    seed, accounts, hours, start, keep = job
-    spec = world_spec(seed, accounts, hours, draw_params(seed, hours),
+    seed, accounts, hours, start, keep, social = job
+    drawn = draw_params(seed, hours)
+    spec = world_spec(seed, accounts, hours, with_social(drawn) if social else drawn,
                       datetime.fromisoformat(start) if start else None)
     params = spec.params
     with tempfile.TemporaryDirectory(prefix=f"pathsentry-world-{seed}-") as tmp:
@@ -234,13 +238,15 @@ def _one(job: tuple[int, int, float, str | None, str | None]) -> dict[str, Any]:
 
 
 def evaluate_worlds(n: int, seed: int, accounts: int, hours: float, *, jobs: int | None = None,
-                    start: datetime | None = None, keep_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate ``n`` randomized worlds; returns ``{"worlds", "pooled", "worst"}``."""
+                    start: datetime | None = None, keep_dir: str | Path | None = None,
+                    social: bool = False) -> dict[str, Any]:
+    """Evaluate ``n`` randomized worlds (``social``: with the social layer); returns
+    ``{"worlds", "pooled", "worst"}``."""
     if n < 1:
         raise ValueError("--worlds: at least one world")
     jobs = max(1, min(n, jobs or os.cpu_count() or 1))
     plan = [(seed + i, accounts, hours, start.isoformat() if start else None,
-             str(keep_dir) if keep_dir else None) for i in range(n)]
+             str(keep_dir) if keep_dir else None, social) for i in range(n)]
     if jobs == 1:
         worlds = [_one(j) for j in plan]
     else:
@@ -254,24 +260,10 @@ def evaluate_worlds(n: int, seed: int, accounts: int, hours: float, *, jobs: int
             "worst": worst([(w["seed"], w["metrics"]) for w in worlds])}
 
 
-def _f(v: Any) -> str:
-    if v is None:
-        return "NA"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
 def _w(block: dict[str, Any] | None, key: str) -> str:
     if not block or key not in block:
         return "NA"
-    return f"{_f(block[key]['value'])} (seed {block[key]['seed']})"
-
-
-def _rows(header: list[str], rows: list[list[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
-    return out
+    return f"{fmt_cell(block[key]['value'])} (seed {block[key]['seed']})"
 
 
 def _summary(params: dict[str, Any]) -> str:
@@ -302,33 +294,35 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
         w = bad.get("detectors", {}).get(name, {})
         rows.append([name, d["tp"], d["fp"], d["fn"], d["precision"], _w(w, "precision"),
                      d["recall"], _w(w, "recall")])
-    lines += _rows(["detector", "TP", "FP", "FN", "precision", "worst precision", "recall",
+    lines += markdown_table(["detector", "TP", "FP", "FN", "precision", "worst precision", "recall",
                     "worst recall"], rows)
     fg, wfg = pooled["farm_groups"], bad.get("farm_groups", {})
-    lines += ["", f"Farm groups: {fg['found']}/{fg['planted']} found (recall {_f(fg.get('recall'))}, "
+    lines += ["", f"Farm groups: {fg['found']}/{fg['planted']} found (recall {fmt_cell(fg.get('recall'))}, "
                   f"worst {_w(wfg, 'recall')}); {fg['alerts']} group alerts, precision "
-                  f"{_f(fg.get('precision'))} (worst {_w(wfg, 'precision')}); time from the 5th "
-                  f"member's login to the alert: median {_f(fg.get('ttd_median_s'))} s, max "
-                  f"{_f(fg.get('ttd_max_s'))} s.", ""]
+                  f"{fmt_cell(fg.get('precision'))} (worst {_w(wfg, 'precision')}); time from the 5th "
+                  f"member's login to the alert: median {fmt_cell(fg.get('ttd_median_s'))} s, max "
+                  f"{fmt_cell(fg.get('ttd_max_s'))} s.", ""]
     rows = [[f"{by} {k}", v["groups"], v["found"], v["recall"], _w(wfg.get(f"by_{by}", {}).get(k), "recall")]
             for by in ("family", "pacing") for k, v in sorted(fg[f"by_{by}"].items())]
-    lines += _rows(["farm groups by", "planted", "found", "recall", "worst recall"], rows)
+    lines += markdown_table(["farm groups by", "planted", "found", "recall", "worst recall"], rows)
     c, wc = pooled["cells"], bad.get("cells", {})
     lines += ["", f"Injection cells: {c['found']}/{c['planted']} injecting ASNs named (worst "
                   f"{_w(wc, 'recall')}); {c['alerts']} cell alerts, {c['alerts'] - c['right']} on "
-                  f"a clean ASN or outside the cell's ports and hours (precision {_f(c.get('precision'))}, "
+                  f"a clean ASN or outside the cell's ports and hours (precision "
+                  f"{fmt_cell(c.get('precision'))}, "
                   f"worst {_w(wc, 'precision')}).", "", "## Recall per attack class", ""]
     rows = [[label, det, v["positives"], v["recall"],
              _w(bad.get("recall", {}).get(label, {}).get(det), "recall")]
             for label, dets in pooled["recall"].items() for det, v in dets.items() if v["positives"]]
-    lines += _rows(["attack class", "detector", "positives", "recall", "worst recall"], rows)
+    lines += markdown_table(["attack class", "detector", "positives", "recall", "worst recall"], rows)
     lines += ["", "## False-positive rate per hard-negative class", ""]
     rows = [[klass, det, v["negatives"], v["flagged"], v["fpr"],
              _w(bad.get("fpr", {}).get(klass, {}).get(det), "fpr")]
             for klass, dets in sorted(pooled["fpr"].items()) for det, v in dets.items() if v["negatives"]]
     rows += [["all benign", det, v["negatives"], v["flagged"], v["fpr"],
               _w(bad.get("benign", {}).get(det), "fpr")] for det, v in pooled["benign"].items()]
-    lines += _rows(["class", "detector", "negatives", "flagged", "FPR", "worst FPR"], rows)
+    lines += markdown_table(["class", "detector", "negatives", "flagged", "FPR", "worst FPR"], rows)
+    lines += _crosscheck_lines(pooled.get("crosscheck") or {})
     worst_seeds = sorted({v["seed"] for v in _leaves(bad)})
     lines += ["", "## Worlds that hold a worst value", ""]
     by_seed = {w["seed"]: w for w in worlds}
@@ -337,6 +331,21 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
                      f"{result['accounts']} --hours {result['hours']:g} --out DIR`): "
                      f"{_summary(by_seed[s]['params'])}")
     return "\n".join(lines) + "\n"
+
+
+def _crosscheck_lines(cc: dict[str, Any]) -> list[str]:
+    """What the cross-checks added (worlds with the social layer): alerts carrying them,
+    and the precision of high-severity alerts on the detector's score and after."""
+    rows = [[kind, c["alerts"], c["with_crosscheck"], c["with_labelled"], c["with_traded"],
+             fmt_cell(c["high_before"].get("precision")), fmt_cell(c["high_after"].get("precision")),
+             c["high_before"]["tp"] + c["high_before"]["fp"], c["high_after"]["tp"] + c["high_after"]["fp"]]
+            for kind, c in sorted(cc.items()) if c.get("alerts")]
+    if not rows:
+        return []
+    header = ["alert kind", "alerts", "cross-checked", "with labelled members",
+              "with members that dealt with labelled accounts", "high-severity precision (detector)",
+              "high-severity precision (cross-checked)", "high (detector)", "high (cross-checked)"]
+    return ["", "## Cross-checks with the game's labels and interactions", "", *markdown_table(header, rows)]
 
 
 def _leaves(block: dict[str, Any]) -> Iterable[dict[str, Any]]:

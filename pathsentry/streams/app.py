@@ -38,6 +38,7 @@ module imports only modules listed before it (nothing under ``detectors/`` impor
 * :mod:`~pathsentry.streams.persistence`: the snapshot file and the state topic's saves;
 * :mod:`~pathsentry.streams.pipeline`: the producer, outputs, dead letters and both stages;
 * :mod:`~pathsentry.streams.ingest`: the ingest loop, its claims and commits;
+* :mod:`~pathsentry.streams.feedback`: every worker's reading of the game's labels and interactions;
 * :mod:`~pathsentry.streams.web`: the ``/stats``, ``/metrics`` and ``/query`` pages;
 * :mod:`~pathsentry.streams.faust_compat`: the patch to Faust's consumer.
 """
@@ -58,6 +59,7 @@ from pathsentry.engine import Engine
 from pathsentry.infra.clickhouse import ClickHouse
 from pathsentry.streams.envelopes import Incoming
 from pathsentry.streams.faust_compat import set_fetch_wait
+from pathsentry.streams.feedback import run_feedback
 from pathsentry.streams.gcwatch import GcSchedule
 from pathsentry.streams.ingest import run_ingest
 from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, faust_credentials
@@ -217,6 +219,11 @@ def create_app(
             await run_ingest(pipe, max_records=config.clickhouse.batch_size, poll_ms=50, stopping=stopping)
         finally:
             ingest_done.set()
+
+    @app.task
+    async def feedback() -> None:
+        await run_feedback(pipe, max_records=config.clickhouse.batch_size, poll_ms=200,
+                           stopping=stopping)
 
     @app.task
     async def writer() -> None:

@@ -89,6 +89,7 @@ _COUNTERS: dict[str, str] = {
     "group_messages": "items the session stage forwarded to the group stage",
     "group_events": "events the group stage ran and whose outputs were stored",
     "batches": "session-stage batches whose outputs were stored",
+    "feedback_in": "labels and interactions from the game taken by the cross-check",
 }
 _COUNTERS_BY: dict[str, tuple[str, str, str]] = {  # name: (Stats field, label, help)
     "flagged": ("flagged_by_kind", "kind", "distinct flagged events stored (event id and kind)"),
@@ -140,6 +141,8 @@ class Stats:
 
     worker: str = ""
     events_in: int = 0
+    #: labels and interactions taken by the cross-check
+    feedback_in: int = 0
     events_detected: int = 0
     dead_letter: int = 0
     flagged: int = 0
@@ -158,6 +161,9 @@ class Stats:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     flagged_by_kind: dict[str, int] = field(default_factory=dict)
     alerts_by_kind: dict[str, int] = field(default_factory=dict)
+    #: "detector/kind" -> accounts its alerts named, later labelled bad, cleared (the
+    #: engine's live tally, see :class:`~pathsentry.detectors.crosscheck.FeedbackTally`)
+    detector_feedback: dict[str, dict[str, int]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     #: (produce time ms, produce-to-flag-stored ms, flag kind) of recent flags
     latencies_ms: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=500_000))
@@ -389,8 +395,33 @@ class _StatsCollector(Collector):
                 c = CounterMetricFamily(f"pathsentry_{key}", doc, labels=["worker"])
                 c.add_metric([w], float(live[key]))
                 yield c
+        yield from _feedback_families(w, s.detector_feedback)
         for h in s._histograms:
             yield h.family(w)
+
+
+#: the online precision gauges: name -> help
+_FEEDBACK: dict[str, str] = {
+    "flagged_accounts": "accounts named by this worker's alerts, per detector and alert kind",
+    "labelled_bad": "of those, accounts whose latest label (made after the alert) is bad",
+    "cleared": "of those, accounts an analyst cleared after the alert",
+    "precision": "labelled_bad / (labelled_bad + cleared), once an account is judged",
+}
+
+
+def _feedback_families(w: str, tally: Mapping[str, Mapping[str, int]]) -> Iterator[Metric]:
+    """Gauges ``pathsentry_feedback_<name>{detector, kind}``: the ``detector_feedback``
+    view's figures for this worker's alerts."""
+    for name, doc in _FEEDBACK.items():
+        g = GaugeMetricFamily(f"pathsentry_feedback_{name}", doc, labels=["worker", "detector", "kind"])
+        for key, c in sorted(tally.items()):
+            det, _, kind = key.partition("/")
+            judged = c["labelled_bad"] + c["cleared"]
+            if name != "precision":
+                g.add_metric([w, det, kind], float(c[name]))
+            elif judged:
+                g.add_metric([w, det, kind], round(c["labelled_bad"] / judged, 4))
+        yield g
 
 
 def prometheus_text(stats: Stats) -> bytes:

@@ -29,7 +29,14 @@ from pathsentry.config import Config
 from pathsentry.detectors import Enriched, Findings
 from pathsentry.engine import Engine
 from pathsentry.infra.clickhouse import ClickHouse
-from pathsentry.schemas import Alert, AnyEvent, EventError, event_adapter
+from pathsentry.schemas import (
+    AccountLabel,
+    Alert,
+    AnyEvent,
+    EventError,
+    event_adapter,
+    parse_feedback,
+)
 from pathsentry.schemas.fast import decode_events
 from pathsentry.streams.deadletter import dead_letter_record
 from pathsentry.streams.envelopes import (
@@ -73,6 +80,7 @@ class Pipeline(StatePersistence):
         self.ch = ch
         self.sink = ClickHouseSink(ch)
         self.stats = Stats(worker=worker_id)
+        self.stats.detector_feedback = engine.crosscheck.tally.counts  # live
         self.outbox = Outbox(
             self.sink,
             max_rows=config.clickhouse.buffer_rows,
@@ -278,6 +286,29 @@ class Pipeline(StatePersistence):
         for fut in [d.future for d in sent] + dead:  # a failed delivery raises: the caller re-reads
             await fut
         self.stats.ingested(valid)
+
+    async def feedback_batch(self, records: Iterable[Any]) -> None:
+        """The game's labels and interactions: dead-letter the invalid ones, store the
+        labels, hand both to the engine's cross-check and publish the alerts a late label
+        re-versions. Nothing is acknowledged: every worker reads these topics whole from
+        their beginning (see :mod:`pathsentry.streams.feedback`)."""
+        labels: list[AccountLabel] = []
+        out = Findings()
+        dead: list[Awaitable[Any]] = []
+        for m in records:
+            try:
+                ev = parse_feedback(m.value if m.value is not None else b"")
+            except EventError as err:
+                dead.append(await self.dead_letter(m.value, err, m))
+                continue
+            if isinstance(ev, AccountLabel):
+                labels.append(ev)
+            out.extend(self.engine.feedback(ev))
+            self.stats.feedback_in += 1
+        await self.sink.write_labels(labels)
+        await self.emit(out, {}, stage="feedback")
+        for fut in dead:
+            await fut
 
     async def _gate_input(self, gate: Gate[Any], messages: Iterable[Incoming], handoff: Handoff[Any],
                           decode: Callable[[dict[str, Any]], Any], now: float) -> None:

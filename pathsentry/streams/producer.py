@@ -26,7 +26,17 @@ from typing import Any
 import orjson
 
 from pathsentry.config import Config
-from pathsentry.schemas import AnyEvent, parse_event, topic_for
+from pathsentry.schemas import (
+    AccountLabel,
+    AnyEvent,
+    AnyFeedback,
+    Interaction,
+    feedback_topic_for,
+    parse_event,
+    parse_feedback,
+    topic_for,
+)
+from pathsentry.schemas.feedback import FEEDBACK_KINDS
 from pathsentry.streams.kafka import bootstrap_servers, client_kwargs
 from pathsentry.streams.topics import Topics
 
@@ -67,7 +77,13 @@ class EventProducer:
     ) -> None:
         await self.stop()
 
-    def _route(self, event: dict[str, Any] | AnyEvent) -> tuple[str, bytes, bytes]:
+    def _route(self, event: dict[str, Any] | AnyEvent | AnyFeedback) -> tuple[str, bytes, bytes]:
+        if isinstance(event, dict) and event.get("kind") in FEEDBACK_KINDS:
+            event = parse_feedback(event)
+        if isinstance(event, AccountLabel | Interaction):
+            logical, key = feedback_topic_for(event)
+            topic = self.topics.labels if logical == "labels" else self.topics.interactions
+            return topic, key.encode(), event.model_dump_json(exclude_none=True).encode()
         parsed = parse_event(event) if isinstance(event, dict) else event
         logical, key = topic_for(parsed)
         topic = self.topics.logins if logical == "logins" else self.topics.telemetry
@@ -77,7 +93,7 @@ class EventProducer:
             value = event.model_dump_json(exclude_none=True).encode()
         return topic, key.encode(), value
 
-    async def send(self, event: dict[str, Any] | AnyEvent) -> None:
+    async def send(self, event: dict[str, Any] | AnyEvent | AnyFeedback) -> None:
         """Validate and send one event (buffered; awaited delivery on flush/stop)."""
         topic, key, value = self._route(event)
         await self._producer.send(topic, value=value, key=key)

@@ -18,13 +18,15 @@ from typing import Any, TypeVar
 from pathsentry.infra.clickhouse import (
     ALERT_COLUMNS,
     FLAG_COLUMNS,
+    LABEL_COLUMNS,
     ClickHouse,
     alert_row,
     batch_token,
     flag_row,
+    label_row,
 )
 from pathsentry.infra.redact import redact_text
-from pathsentry.schemas import Alert, FlaggedEvent
+from pathsentry.schemas import AccountLabel, Alert, FlaggedEvent
 
 __all__ = ["ClickHouseSink"]
 
@@ -79,6 +81,12 @@ class ClickHouseSink:
             keys = [f"{a.alert_id}|{a.version}" for a in alerts]
             await self._run("alerts", ALERT_COLUMNS, [alert_row(a) for a in alerts],
                             batch_token("alerts", keys))
+
+    async def write_labels(self, labels: list[AccountLabel]) -> None:
+        """Store the game's labels (for the ``detector_feedback`` view)."""
+        if labels:
+            await self._run("account_labels", LABEL_COLUMNS, [label_row(lb) for lb in labels],
+                            batch_token("account_labels", [lb.event_id for lb in labels]))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -1,5 +1,6 @@
 """Topic names. Producers write ``logins`` (keyed by account) and
-``network-telemetry`` (keyed by session id); pathsentry writes ``alerts`` and
+``network-telemetry`` (keyed by session id), and the game's ``labels`` and
+``interactions`` (contract v1.1, keyed by account); pathsentry writes ``alerts`` and
 ``dead-letter`` and uses two internal repartition topics.
 
 >>> from pathsentry.config import KafkaConfig
@@ -32,6 +33,16 @@ class Topics:
         return self._t("network-telemetry")
 
     @property
+    def labels(self) -> str:
+        """The game's verdicts on accounts (``account_label``), keyed by account."""
+        return self._t("labels")
+
+    @property
+    def interactions(self) -> str:
+        """Trades, parties… between accounts (``interaction``), keyed by the first account."""
+        return self._t("interactions")
+
+    @property
     def alerts(self) -> str:
         return self._t("alerts")
 
@@ -60,7 +71,7 @@ class Topics:
         n = self.kafka.partitions
         return {
             self.logins: n, self.telemetry: n, self.alerts: n, self.dead_letter: n,
-            self.sessions: n, self.groups: n, self.state: n,
+            self.sessions: n, self.groups: n, self.state: n, self.labels: n, self.interactions: n,
         }
 
     def configs(self) -> dict[str, dict[str, str]]:

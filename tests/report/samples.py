@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pathsentry.schemas import Alert, FlaggedEvent, make_alert_id, severity_for
+from pathsentry.schemas import AccountLabel, Alert, FlaggedEvent, make_alert_id, severity_for
 
-__all__ = ["BASE", "EXCESS_MS", "relay_flag", "sample_alerts", "sample_flags"]
+__all__ = ["BASE", "EXCESS_MS", "relay_flag", "sample_alerts", "sample_flags", "sample_labels"]
 
 BASE = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 
@@ -79,3 +79,13 @@ def sample_alerts() -> list[Alert]:
     relay = _alert("vpn_relay", "acct0", {"account": "acct0"}, ["acct0"], BASE,
                    BASE + timedelta(hours=1), {})
     return [*farm, *inj, relay]
+
+
+def sample_labels() -> list[AccountLabel]:
+    """Bans of four members of the first farm a day later, an analyst clearing the relay
+    alert's account."""
+    later = BASE + timedelta(days=1)
+    return [AccountLabel(kind="account_label", event_id=f"lb{i}", ts=later, account=acc,
+                         label=label, source="ban-system")  # type: ignore[arg-type]
+            for i, (acc, label) in enumerate([*((f"xiaopai{n:03d}", "farm") for n in range(1, 5)),
+                                              ("acct0", "cleared")])]

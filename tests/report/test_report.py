@@ -29,7 +29,7 @@ from pathsentry.queries import QUERIES, render
 from pathsentry.report import SECTIONS, Source, build_report
 from pathsentry.streams.sinks import ClickHouseSink
 from tests.prometheus import PROMETHEUS_UID
-from tests.report.samples import EXCESS_MS, relay_flag, sample_alerts, sample_flags
+from tests.report.samples import EXCESS_MS, relay_flag, sample_alerts, sample_flags, sample_labels
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,7 @@ def _fill(chdb_dir: Path) -> None:
             await sink.write(sample_flags(), alerts)
             await sink.write(sample_flags(), alerts)
             await sink.write([], [grown])
+            await sink.write_labels(sample_labels())
 
         asyncio.run(write())
         sink.close()
@@ -357,3 +358,12 @@ def test_chromium_keeps_the_relay_exit_counts_inside_their_column(tmp_path: Path
     m = re.search(r'data-overflow="(-?[0-9.e+-]+)"', dom.stdout)
     assert m, "the measurement did not run"
     assert float(m[1]) <= 0.5, f"a count runs {float(m[1]):.1f} px past the 'flagged' column"
+
+
+def test_feedback_section_shows_each_detectors_measured_precision(html: str) -> None:
+    table = _element(html, "plot-feedback")
+    assert "later labelled bad" in table
+    # both farms' 20 (+1 grown) and 6 members, 4 banned; the relay alert's account cleared
+    assert "<td>farm_group</td><td>27</td><td>4</td><td>0</td>" in table
+    assert "<td>vpn_relay</td><td>1</td><td>0</td><td>1</td>" in table
+    assert "1.000" in table and "0.000" in table

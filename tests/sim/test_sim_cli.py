@@ -27,7 +27,7 @@ def test_simulate_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[st
     events = sum(1 for _ in (world / "events.jsonl").open())
     assert report["replay"]["events"] == events and report["replay"]["rejected"] == {}
     assert set(report["detectors"]) == {"vpn_relay", "route_anomaly", "path_injection",
-                                        "farm_member", "injection_cell"}
+                                        "farm_member", "injection_cell", "account_takeover"}
     assert (tmp_path / "r" / "report.md").read_text().startswith("# pathsentry detection quality")
 
 

@@ -15,6 +15,8 @@ Modules, one concern each:
   route, relay facts) and the learned RTT band;
 - :mod:`~pathsentry.detectors.farm.background` -- the partition's background
   arrival rate, the judge of a burst at any pacing;
+- :mod:`~pathsentry.detectors.farm.machines` -- which accounts share a client
+  machine, and the share of the partition's background that does;
 - :mod:`~pathsentry.detectors.farm.grouping` -- when a candidate is a farm;
 - :mod:`~pathsentry.detectors.farm.evidence` -- features, score, alert and flags;
 - :mod:`~pathsentry.detectors.farm.state` -- snapshot and restore;
@@ -42,6 +44,23 @@ one group meet on one worker):
     business), whose other logins count in the partition's background. A group is
     a burst of relay-flagged accounts behind one exit inside one RTT band, sharing
     /24s or machines (client device ids).
+
+Machines. A farm room runs several accounts per machine; a VPN exit's or a
+route's unrelated users bring one machine each. In ``route:`` and ``net:AS…`` (every
+login of the pattern is a member there) a candidate with at least
+``min_size_unnamed`` accounts on machines it shares is judged as a room: all its
+accounts on shared machines, whatever RTT each machine's own access gives them
+(their spread is measured within each machine:
+:func:`~pathsentry.detectors.farm.exits.machine_centred`), band members only when
+their machine is unknown, and a burst when those accounts are improbable against
+the background's expected count thinned by the band's RTT share *and* by the share
+of the background's accounts that shared a machine with another account (learned
+online per partition, a name family's batch excepted:
+:mod:`~pathsentry.detectors.farm.machines`). A room of shared machines takes a new
+machine only with its second account (both join). A name-less group's next burst
+joins it when two of its accounts return (a sampled route or a missed relay flag
+shows other accounts each burst) or when its machines carry half of the new
+candidate.
 
 One farm, one alert: the ``route:``/``net:`` partitions leave out accounts whose
 family reaches ``min_size`` in the candidate (2 in ``route:``: traceroutes may be
@@ -72,18 +91,25 @@ Farms and crowds -- which signal separates each hard negative:
   differ), each from its own machine and mostly its own /24 (a candidate keeps the
   members that share a /24 or a machine; one paced minutes apart must crowd onto
   few machines or addresses; a late joiner must use one of the group's machines, or
-  one of its /24s inside its band). Allow-listed game relays and cloud gaming never
-  reach ``net:``.
+  one of its /24s inside its band). The few that share a machine (a household) do
+  so at the rate the exit's background has taught (:mod:`.machines`), so their
+  clumps are no burst of shared machines either. Allow-listed game relays and cloud
+  gaming never reach ``net:``.
 - **Honest players sharing a popular stem** (``shadow123``, ``shadow_77``): one
   family, but spread over exits and hours, their serials do not run consecutively,
   and they carry no relay or foreign-route evidence.
 - **Family names** (``minsu_kim``/``minsu_park``): no mark, no family.
 
 Known limits: in the detector's first ``2 * window_s`` a name-less farm is judged
-at the ``burst_s`` scale only (no background yet), so a slowly paced one waits; a
-name-less farm on residential proxies of several ISPs is one group per exit; a
-farm whose logins are neither relay-flagged nor routed through a foreign origin,
-with names that share no family, has nothing left to be found by; a farm that
+at the ``burst_s`` scale only (no background yet, machine share unknown: 0.5), so a
+slowly paced one waits for its next burst; a name-less farm on residential proxies
+of several ISPs is one group per exit, and one whose logins the relay detector
+flags only in part is split between ``route:`` and ``net:`` (partitions on
+different workers: groups are merged only within a partition); the machine judge
+does not apply to a /24 exit (its unflagged logins are background only, their
+machines unknown); a farm whose logins are neither relay-flagged nor routed through
+a foreign origin, with names that share no family, has nothing left to be found
+by; a farm that
 reuses a popular stem (``shadow…``) can take an honest ``shadow`` player whose
 number happens to continue its serials.
 

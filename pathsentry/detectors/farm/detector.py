@@ -17,6 +17,7 @@ from typing import Any
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.farm import machines
 from pathsentry.detectors.farm.background import arrive
 from pathsentry.detectors.farm.exits import (
     NO_RELAY,
@@ -355,8 +356,10 @@ class FarmDetector(Grouping, Detector):
                 if not sids:
                     del index[p]
         m.indexed = ()
-        if part.stamps.pop(sid, None) is not None and part.times is not None:
-            part.times.remove(m.ts, m)  # m.ts has not moved since it was indexed
+        if part.stamps.pop(sid, None) is not None:
+            machines.drop(part, m)
+            if part.times is not None:
+                part.times.remove(m.ts, m)  # m.ts has not moved since it was indexed
 
     def _reindex(self, part: Partition, m: Member) -> None:
         if m.indexed:
@@ -374,6 +377,7 @@ class FarmDetector(Grouping, Detector):
         """A name-less partition's member indexed: its sequence number, its time."""
         self._seq += 1
         part.stamps[m.sid] = self._seq
+        machines.put(part, m)
         if part.times is None:
             part.times = _TimeIndex()
         part.times.add(m.ts, m)
@@ -392,10 +396,13 @@ class FarmDetector(Grouping, Detector):
                 if m.ts >= cutoff and len(members) <= cap:
                     break
                 members.popitem(last=False)
-                if m.indexed and m.group is None and m.rtt is not None:
-                    part.bg_rtts.append(m.rtt)
-                    if len(part.bg_rtts) > BACKGROUND_RTTS:
-                        del part.bg_rtts[0]
+                if m.indexed and m.group is None:
+                    if m.rtt is not None:
+                        part.bg_rtts.append(m.rtt)
+                        if len(part.bg_rtts) > BACKGROUND_RTTS:
+                            del part.bg_rtts[0]
+                    if m.sid in part.stamps:
+                        machines.leave(part, m)
                 self._unindex(part, m)
         groups = part.groups
         if groups:

@@ -50,7 +50,8 @@ from pathsentry.detectors.farm.model import (
 )
 
 __all__ = ["MIN_BACKGROUND", "SHARED_EXIT_KINDS", "Band", "band", "dict_note", "exit_of",
-           "foreign_sig", "jitter", "mad", "network_of", "patterns_of", "relay_facts", "stands_out"]
+           "foreign_sig", "jitter", "machine_centred", "mad", "network_of", "patterns_of",
+           "relay_facts", "stands_out"]
 
 _MAD_SIGMA = 1.4826
 #: Network kinds (``GeoInfo.kind``) whose exits are whole ASes (:func:`exit_of`).
@@ -195,6 +196,33 @@ def band(ms: Sequence[Member], s: FarmSettings) -> Band:
     return Band(med, tol, servers.most_common(1)[0][0] if servers else None, tcp_med, tcp_tol)
 
 
+def machine_centred(ms: Sequence[Member]) -> list[float]:
+    """The minimum RTTs of ``ms``, each machine's (client device id carrying two or more
+    of them) moved to the median of all: a room's machines each have their own access
+    latency, and the spread that tells a room from a crowd is within a machine.
+
+    >>> a = Member("1", "a", 0.0, None, None, "", "", rtt=20.0, device="d1")
+    >>> b = Member("2", "b", 0.0, None, None, "", "", rtt=22.0, device="d1")
+    >>> c = Member("3", "c", 0.0, None, None, "", "", rtt=30.0, device="d2")
+    >>> d = Member("4", "d", 0.0, None, None, "", "", rtt=31.0, device="d2")
+    >>> e = Member("5", "e", 0.0, None, None, "", "", rtt=90.0)
+    >>> machine_centred([a, b, c, d, e])
+    [29.0, 31.0, 29.5, 30.5, 90.0]
+    """
+    rtts = sorted(x.rtt for x in ms if x.rtt is not None)
+    if not rtts:
+        return []
+    med = rtts[len(rtts) // 2]
+    by_dev: dict[str, list[float]] = {}
+    for x in ms:
+        if x.device and x.rtt is not None:
+            by_dev.setdefault(x.device, []).append(x.rtt)
+    centre = {d: sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1:
+              len(v) // 2 + 1]) / 2 for d, v in by_dev.items() if len(v) > 1}
+    return [x.rtt - centre[x.device] + med if x.device in centre else x.rtt
+            for x in ms if x.rtt is not None]
+
+
 def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Sequence[float],
                s: FarmSettings) -> bool:
     """Whether the candidate's RTT spread is tight beside the pattern's other accounts:
@@ -205,7 +233,7 @@ def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Seq
     in the background): ``True``.
     """
     theirs = [*background, *(x.rtt for x in others if x.rtt is not None)]
-    ours = [x.rtt for x in cand if x.rtt is not None]
+    ours = machine_centred(cand)
     if len(theirs) < max(2, min(len(ours), MIN_BACKGROUND)):
         return True
     return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / _MAD_SIGMA

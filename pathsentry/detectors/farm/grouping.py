@@ -21,6 +21,11 @@ accounts by that band, and must be a burst against the partition's own backgroun
 count is the background's times the share of its RTTs that fall inside the band
 (a busy VPN exit is busy with users from everywhere; few of them share one room's
 RTT).
+Where every login of the pattern is a member (``route:``, ``net:AS…``), a
+candidate with ``min_size_unnamed`` accounts on shared machines is judged as a room
+(:meth:`Grouping._room`, :meth:`Grouping._machine_burst`): its accounts on shared
+machines against the background thinned by the share of its accounts that shared
+a machine (:mod:`~pathsentry.detectors.farm.machines`).
 
 In a family partition a group also takes the members of its batch that came
 through other exits: ungrouped members whose serials continue the group's
@@ -42,6 +47,7 @@ from pathsentry.detectors.farm.background import burst_p, expected, no_burst
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
 from pathsentry.detectors.farm.exits import MIN_BACKGROUND, band, patterns_of, stands_out
 from pathsentry.detectors.farm.families import serial_regularity
+from pathsentry.detectors.farm.machines import machine_share, on_shared_machines
 from pathsentry.detectors.farm.model import (
     _NET_,
     NET,
@@ -173,7 +179,7 @@ class Grouping:
                     cand = self._window(part, g.pattern, m.ts, self.settings.window_s,
                                         free=False)
                     if m.sid not in self._covered(part, cand):
-                        return self._join(part, g, [m])
+                        return self._join(part, g, [m, *self._mates(part, g, m)])
             if kind == TPL and m.serial_no is not None:  # the batch on another exit
                 for g in groups.values():
                     if self._may_join(part, g, m) and _adjacent(m.serial_no, g.members.values()):
@@ -190,7 +196,8 @@ class Grouping:
                 cand = self._window(part, p, m.ts, span)
                 # (the cheap bound holds only without the RTT thinning of ``_assess``)
                 if len(cand) < minimum or (kind != TPL and len(part.bg_rtts) < MIN_BACKGROUND
-                                           and no_burst(part, len(cand), span, s)):
+                                           and no_burst(part, len(cand), span, s)
+                                           and not self._machine_judged(part, p, cand)):
                     continue
                 covered = self._covered(part, cand)
                 if m.sid in covered:
@@ -209,7 +216,8 @@ class Grouping:
         while its burst lasts (within three of its own median gaps, at least ``burst_s``,
         of its latest member), from one of the machines (client device ids) it already
         uses, or inside its RTT band through one of its /24s -- a VPN user of the same
-        hosting range comes through another /24 and from its own machine."""
+        hosting range comes through another /24 and from its own machine (a group
+        whose recent members crowd onto shared machines takes no new machine)."""
         s = self.settings
         if part.kind == TPL:
             return m.ts <= g.last_seen + s.join_window_s
@@ -224,7 +232,21 @@ class Grouping:
         ms = g.members.values()
         if m.device and any(x.device == m.device for x in ms):  # one of its machines
             return True
+        if m.device and len(on_shared_machines(near)) >= s.min_size_unnamed \
+                and not self._mates(part, g, m):
+            return False  # a machine of its own beside a room of shared machines
         return band(near, s).holds(m) and any(x.prefix == m.prefix for x in ms)
+
+    def _mates(self, part: Partition, g: Group, m: Member) -> list[Member]:
+        """Ungrouped members of a name-less partition within ``window_s`` of ``m`` on
+        ``m``'s machine under other accounts (none in a family partition): a new
+        machine joins a room of shared machines with its second account, and its
+        first comes along."""
+        if part.kind == TPL or not m.device:
+            return []
+        w = self.settings.window_s
+        return [x for x in self._window(part, g.pattern, m.ts, w)
+                if x.device == m.device and x.account != m.account and x.sid != m.sid]
 
     def _assess(self, part: Partition, pattern: str, cand: list[Member], span: float
                 ) -> Assessment | None:
@@ -239,6 +261,7 @@ class Grouping:
             # a machine of the room with another access latency: its device is the link
             devices = {x.device for x in inside if x.device}
             inside += [x for x in cand if x.device in devices and x not in inside]
+            inside = self._room(part, pattern, cand, inside)
             if len(inside) >= minimum:
                 ids = {x.sid for x in inside}
                 others = [x for x in part.index.get(pattern, {}).values() if x.sid not in ids]
@@ -275,12 +298,47 @@ class Grouping:
         crowded onto few machines or addresses (:func:`_crowded`)."""
         s = self.settings
         n = len(cand)
-        if burst_p(n, share * expected(part, n, span, s)) > s.max_burst_p:
+        lam = share * expected(part, n, span, s)
+        if burst_p(n, lam) > s.max_burst_p and not self._machine_burst(part, pattern, cand, lam):
             return False
         if part.kind == NET and not pattern.startswith(_NET_AS) \
                 and len({x.src_ip for x in cand}) * 2 > n:
             return False
         return span <= s.burst_s or _crowded(cand)
+
+    def _machine_burst(self, part: Partition, pattern: str, cand: list[Member],
+                       lam: float) -> bool:
+        """Whether the candidate's accounts on shared machines are a burst on their own:
+        at least ``min_size_unnamed`` of them against the background's expected count
+        ``lam`` thinned by the share of its accounts that shared a machine
+        (:func:`~pathsentry.detectors.farm.machines.machine_share`). Only where every
+        login of the pattern is a member (a hosting exit ``net:AS…``, a route), so that
+        the share is learned from the whole background."""
+        if not self._machine_judged(part, pattern, cand):
+            return False
+        k = len(on_shared_machines(cand))
+        return burst_p(k, lam * machine_share(part)) <= self.settings.max_burst_p
+
+    def _room(self, part: Partition, pattern: str, cand: list[Member], inside: list[Member]
+              ) -> list[Member]:
+        """The candidate's room where the machine judge may take it
+        (:meth:`_machine_judged`): every account on a machine that carries another
+        account of ``cand`` (each machine has its own access latency: the RTT band
+        does not tie them), and of the band's members only those whose machine is
+        unknown -- an account from a machine of its own beside a room of shared
+        machines is a passer-by (a VPN user of the same /24). Else ``inside``."""
+        if not self._machine_judged(part, pattern, cand):
+            return inside
+        shared = on_shared_machines(cand)
+        ids = {x.sid for x in shared}
+        return [x for x in cand if x.sid in ids or (not x.device and x in inside)]
+
+    def _machine_judged(self, part: Partition, pattern: str, cand: list[Member]) -> bool:
+        """Whether the machine judge (:meth:`_machine_burst`) may take ``cand``: a
+        pattern whose every login is a member, and ``min_size_unnamed`` accounts of
+        ``cand`` on shared machines (else :func:`no_burst`'s bound holds for it too)."""
+        return (part.kind == ROUTE or pattern.startswith(_NET_AS)) and \
+            len(on_shared_machines(cand)) >= self.settings.min_size_unnamed
 
     def _form(self, part: Partition, pattern: str, a: Assessment) -> Findings:
         anchor = min(x.ts for x in a.members)
@@ -301,12 +359,31 @@ class Grouping:
         )
         accts = [x.account for x in a.members]
         seen = Counter([part.accounts[x] for x in accts if x in part.accounts])
-        if seen and seen.most_common(1)[0][1] * 2 >= len(accts):  # the group's next session
+        # the group's next session: half of the accounts, or in a name-less partition
+        # two (the accounts a sampled route or a missed relay flag shows differ
+        # between bursts; two members of one farm again in one burst are no chance)
+        again = 2 if part.kind != TPL else (len(accts) + 1) // 2
+        if seen and seen.most_common(1)[0][1] >= again:
             g = part.groups[seen.most_common(1)[0][0]]
         else:
-            g = part.groups.setdefault(g.gid, g)
+            g = self._same_room(part, a.members) or part.groups.setdefault(g.gid, g)
         kin = self._kin(part, a.members) if part.kind == TPL else []
         return self._join(part, g, a.members + kin)
+
+    def _same_room(self, part: Partition, ms: list[Member]) -> Group | None:
+        """The name-less group of ``part`` whose machines (client device ids) carry at
+        least half of ``ms``: the same room on another burst, its accounts seen this time
+        not the ones seen the last (a route's traceroutes are sampled, a relay flag
+        missed) -- one farm, one alert."""
+        if part.kind == TPL or not part.groups:
+            return None
+        best: tuple[int, Group | None] = (0, None)
+        for g in part.groups.values():
+            devices = {x.device for x in g.members.values() if x.device}
+            k = sum(1 for x in ms if x.device in devices)
+            if k > best[0]:
+                best = (k, g)
+        return best[1] if 2 * best[0] >= len(ms) else None
 
     def _kin(self, part: Partition, ms: list[Member]) -> list[Member]:
         """Ungrouped members of a family partition, within ``window_s`` of the group

@@ -100,6 +100,9 @@ class Member:
     tcp: float | None = None
     #: noise of ``rtt``, from the login's own samples (:func:`.exits.jitter`)
     jitter: float | None = None
+    #: another account (not of its name family) used its machine while it was indexed
+    #: in a name-less partition (:mod:`.machines`)
+    on_shared: bool = False
 
     @property
     def flag_event_id(self) -> str:
@@ -237,6 +240,12 @@ class Partition:
     #: minimum RTTs of the pattern's members that left the window in no group: the
     #: background an RTT band must stand out of (the latest ``BACKGROUND_RTTS``)
     bg_rtts: list[float] = field(default_factory=list)
+    #: name-less partitions: the accounts on each device of the indexed members, and
+    #: the background members (left the window in no group) counted, and of them those
+    #: on a machine shared with another account (:mod:`.machines`)
+    machines: dict[str, list[Member]] = field(default_factory=dict)
+    bg_seen: float = 0.0
+    bg_shared: float = 0.0
 
     def __post_init__(self) -> None:
         self.kind = part_kind(self.key)

@@ -39,6 +39,8 @@ def snapshot(now: float, parts: Mapping[str, Partition]) -> dict[str, Any]:
                 "rate_fast": p.rate_fast,
                 "rate_ts": p.rate_ts,
                 "bg_rtts": p.bg_rtts,
+                "bg_seen": p.bg_seen,
+                "bg_shared": p.bg_shared,
                 "members": [_dump(m) for m in p.members.values()],
                 "groups": [
                     {
@@ -73,6 +75,7 @@ def restore(state: Mapping[str, Any], index: Callable[[Partition, Member], None]
             rate_count=raw["rate_count"], rate_ts=raw["rate_ts"],
             rate_fast=float(raw.get("rate_fast", raw["rate_count"])),
             bg_rtts=[float(x) for x in raw.get("bg_rtts", [])],
+            bg_seen=float(raw.get("bg_seen", 0.0)), bg_shared=float(raw.get("bg_shared", 0.0)),
         )
         for md in raw["members"]:
             m = member(md)

@@ -1,0 +1,106 @@
+"""Machines: which accounts of a name-less partition share a client machine, and how
+often the partition's background does.
+
+A farm room runs many accounts per machine (the client-reported device id); the
+unrelated users of a VPN exit or a foreign route each bring their own. Each
+name-less partition (``route:``, ``net:``) keeps the members it indexes by device
+(:func:`put`, :func:`drop`; a member another account met on its machine is marked
+``on_shared``), and counts the members
+that left its window in no group (:func:`leave`): how many of them shared their
+machine with another account. That learned share (Laplace-smoothed,
+:func:`machine_share`) is the probability that a background arrival is on a
+shared machine; the burst judge thins the background's expected count by it when
+it counts only the candidate's accounts on shared machines
+(:func:`on_shared_machines`). A busy exit whose users arrive as fast as a farm logs
+in is still told apart: its users do not crowd onto machines.
+
+The counts are halved once they pass :data:`MAX_SEEN` (the share follows the
+traffic; memory is two numbers and one list per live device).
+
+>>> from pathsentry.detectors.farm.model import Member, Partition
+>>> p = Partition(key="net:AS64500")
+>>> ms = [Member(f"s{i}", f"a{i}", float(i), None, None, "10.0.0.1", "10.0.0.0/24",
+...              device="d1" if i < 3 else f"own{i}") for i in range(5)]
+>>> for m in ms: put(p, m)
+>>> [m.account for m in on_shared_machines(ms)]
+['a0', 'a1', 'a2']
+>>> for m in ms: leave(p, m); drop(p, m)
+>>> p.bg_seen, p.bg_shared, round(machine_share(p), 3), p.machines
+(5.0, 3.0, 0.571, {})
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from pathsentry.detectors.farm.model import Member, Partition
+
+__all__ = ["MAX_SEEN", "drop", "leave", "machine_share", "on_shared_machines", "put"]
+
+#: background members counted before both counts are halved
+MAX_SEEN = 1024.0
+
+
+def _apart(a: Member, b: Member) -> bool:
+    """Two accounts, not of one name family (a named farm's batch is its family
+    partition's)."""
+    return a.account != b.account and (a.skel is None or a.skel != b.skel)
+
+
+def put(part: Partition, m: Member) -> None:
+    """Note ``m`` on its device (a member indexed in a name-less partition); ``m`` and
+    the members on that device under other accounts are marked ``on_shared``."""
+    dev = m.device
+    if not dev:
+        return
+    live = part.machines.setdefault(dev, [])
+    for x in live:
+        if _apart(x, m):
+            x.on_shared = m.on_shared = True
+    live.append(m)
+
+
+def drop(part: Partition, m: Member) -> None:
+    """Undo :func:`put` (the member unindexed)."""
+    dev = m.device
+    live = part.machines.get(dev) if dev else None
+    if live is None:
+        return
+    for i, x in enumerate(live):
+        if x is m:
+            del live[i]
+            break
+    if not live:
+        del part.machines[dev]  # type: ignore[arg-type]
+
+
+def leave(part: Partition, m: Member) -> None:
+    """Count ``m``, leaving the window in no group, in the background: whether another
+    account used its machine while it was in the window. Accounts of one name family
+    sharing a machine are a named farm's batch, which its family partition takes:
+    not the name-less background's sharing."""
+    if not m.device:
+        return
+    part.bg_seen += 1.0
+    if m.on_shared:
+        part.bg_shared += 1.0
+    if part.bg_seen > MAX_SEEN:
+        part.bg_seen /= 2.0
+        part.bg_shared /= 2.0
+
+
+def machine_share(part: Partition) -> float:
+    """The share of the background's accounts on a machine shared with another account
+    (Laplace-smoothed: 0.5 with no history)."""
+    return (part.bg_shared + 1.0) / (part.bg_seen + 2.0)
+
+
+def on_shared_machines(ms: Sequence[Member]) -> list[Member]:
+    """The members of ``ms`` whose device another account of ``ms`` also uses."""
+    accts: dict[str, set[str]] = {}
+    for x in ms:
+        if x.device:
+            accts.setdefault(x.device, set()).add(x.account)
+    shared = Counter({d: len(a) for d, a in accts.items()})
+    return [x for x in ms if x.device and shared[x.device] > 1]

@@ -1,0 +1,127 @@
+"""Name-less farms told by their machines: the machine-sharing share a partition learns
+from its background, the burst judged against it, a room of several machines with
+their own access latencies, and a farm's next burst joining its group."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+from pathsentry.detectors.base import Enriched
+from pathsentry.detectors.farm.exits import machine_centred, mad
+from pathsentry.detectors.farm.machines import drop, leave, machine_share, on_shared_machines, put
+from pathsentry.detectors.farm.model import Member, Partition
+from tests.detectors.test_farm import T0, farm_alerts, random_names, run, trace
+from tests.detectors.test_farm import login as plain_login
+from tests.detectors.test_farm_families import HOSTING, login, samples
+
+
+def _member(i: int, account: str, device: str | None, skel: str | None = None) -> Member:
+    return Member(f"s{i}", account, float(i), None, None, "10.0.0.1", "10.0.0.0/24",
+                  device=device, skel=skel)
+
+
+def test_machine_share_counts_background_accounts_that_shared_a_machine() -> None:
+    p = Partition(key="net:AS64600")
+    ms = [_member(0, "a", "d1"), _member(1, "b", "d1"), _member(2, "c", "d2"),
+          _member(3, "d", "d3"), _member(4, "e", None)]
+    for m in ms:
+        put(p, m)
+    for m in ms:  # oldest first: the last account on d1 still shared it
+        leave(p, m)
+        drop(p, m)
+    assert (p.bg_seen, p.bg_shared) == (4.0, 2.0)  # no device: not counted
+    assert machine_share(p) == 3.0 / 6.0
+    assert p.machines == {}
+
+
+def test_a_name_familys_batch_on_one_machine_is_not_background_sharing() -> None:
+    p = Partition(key="net:AS64600")
+    ms = [_member(i, f"mofa{i:03d}", "d1", skel="mofa#") for i in range(4)]
+    for m in ms:
+        put(p, m)
+    assert on_shared_machines(ms) == ms  # a candidate still sees the shared machine
+    for m in ms:
+        leave(p, m)
+        drop(p, m)
+    assert (p.bg_seen, p.bg_shared) == (4.0, 0.0)
+
+
+def test_rtt_spread_is_measured_within_each_machine() -> None:
+    ms = [Member(f"s{i}", f"a{i}", 0.0, None, None, "", "", rtt=base + 0.3 * (i % 2),
+                 device=f"m{i % 3}") for i, base in enumerate([20.0, 21.0, 29.0] * 4)]
+    raw = [x.rtt for x in ms if x.rtt is not None]
+    assert mad(raw) > 0.9
+    assert mad(machine_centred(ms)) < 0.3
+
+
+def _vpn_users(rng: random.Random, n: int, t_end: float, *, pairs: bool = False
+               ) -> list[Enriched]:
+    """``n`` relay-flagged users of one hosting exit, arriving at random for ``t_end`` s,
+    each from its own machine (with ``pairs``, every fifth user's machine carries a
+    second account too: a household), with RTTs from all over."""
+    out = []
+    for i, name in enumerate(random_names(rng, n)):
+        t = rng.uniform(0.0, t_end)
+        dev = f"vpn-{i - 1 if pairs and i % 5 == 1 else i}"
+        out.append(login(name, t, f"45.76.{rng.randint(1, 40)}.{rng.randint(1, 250)}",
+                         HOSTING, samples(rng, rng.uniform(8.0, 60.0), 2.0), relay=True,
+                         device=dev))
+    return out
+
+
+def _room(rng: random.Random, t0: float, names: list[str], pace: float) -> list[Enriched]:
+    """A name-less farm behind the same hosting exit: accounts round-robin over three
+    machines whose access latencies differ (20, 21 and 29 ms), over two /24s."""
+    base = [20.0, 21.0, 29.0]
+    return [login(name, t0 + i * pace, f"45.76.{50 + i % 2}.{10 + i % 3}", HOSTING,
+                  samples(rng, base[i % 3], 0.6), relay=True, device=f"room-{i % 3}")
+            for i, name in enumerate(names)]
+
+
+def test_farm_on_a_busy_vpn_exit_is_found_by_its_shared_machines() -> None:
+    rng = random.Random(21)
+    background = _vpn_users(rng, 160, 4 * 3600.0)
+    farm = random_names(random.Random(22), 12)
+    flags, alerts = run(background + _room(rng, 3 * 3600.0, farm, 90.0))
+    (alert,) = farm_alerts(alerts)
+    assert set(alert.accounts) <= set(farm) and len(alert.accounts) >= 10
+    assert alert.subject["key"] == "net:AS64600"
+    assert {f.account for f in flags.values()} <= set(farm)
+
+
+def test_busy_vpn_exit_with_households_is_never_a_group() -> None:
+    """Every fifth machine carries two accounts: the share the exit learns says so, and
+    its clumps are no burst (only the partition's first minutes, with no background
+    yet, are the documented warm-up weakness)."""
+    rng = random.Random(23)
+    _, alerts = run(_vpn_users(rng, 240, 6 * 3600.0, pairs=True))
+    assert all(a.first_seen < T0 + timedelta(minutes=30) for a in farm_alerts(alerts))
+
+
+def test_a_name_less_farms_next_burst_joins_its_alert() -> None:
+    rng = random.Random(31)
+    names = random_names(rng, 14)
+    exits = ["198.51.100.7", "198.51.101.8", "198.51.102.9"]
+    events: list[Enriched] = []
+    # a sampled route shows a different subset of the farm on each burst: two return
+    for t0, subset in ((3600.0, names[:8]), (6 * 3600.0, names[6:])):
+        for i, name in enumerate(subset):
+            lg = plain_login(name, t0 + i * 15, exits[i % 3])
+            events += [lg, trace(lg, 4.0, "sigCN9")]
+    _, alerts = run(events)
+    (alert,) = farm_alerts(alerts)
+    assert sorted(alert.accounts) == sorted(names)
+
+
+def test_two_name_less_farms_on_one_route_sharing_no_account_stay_two() -> None:
+    rng = random.Random(32)
+    names = random_names(rng, 16)
+    exits = ["198.51.100.7", "198.51.101.8", "198.51.102.9"]
+    events: list[Enriched] = []
+    for t0, subset in ((3600.0, names[:8]), (6 * 3600.0, names[8:])):
+        for i, name in enumerate(subset):
+            lg = plain_login(name, t0 + i * 15, exits[i % 3])
+            events += [lg, trace(lg, 4.0, "sigCN9")]
+    _, alerts = run(events)
+    assert sorted(len(a.accounts) for a in farm_alerts(alerts)) == [8, 8]
