@@ -1,4 +1,4 @@
-"""Bounded state shared by the detectors: an LRU map and the book of versioned alerts.
+"""Bounded state shared by the detectors: an LRU map, memo caches and the book of versioned alerts.
 
 :class:`BoundedLRU` evicts its least-recently-used key beyond a cap (and counts what it
 evicted); :class:`AlertBook` gives every alert subject a deterministic id and re-emits
@@ -15,13 +15,30 @@ from typing import Any, Generic, TypeVar
 
 from pathsentry.schemas import Alert, AlertKind, make_alert_id, severity_for
 
-__all__ = ["MAX_ALERT_EVENTS", "AlertBook", "BoundedLRU"]
+__all__ = ["MAX_ALERT_EVENTS", "AlertBook", "BoundedLRU", "remember"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 #: Event ids kept per alert (the most recent ones).
 MAX_ALERT_EVENTS = 50
+
+
+def remember(cache: dict[K, V], key: K, value: V, cap: int) -> V:
+    """Store ``value`` under ``key`` in a memo of derived values that is emptied whenever it
+    holds ``cap`` entries: the cheapest bound there is (no recency bookkeeping per hit),
+    for caches whose entries are recomputed at will.
+
+    >>> memo: dict[str, int] = {}
+    >>> remember(memo, "a", 1, cap=2), remember(memo, "b", 2, cap=2), remember(memo, "c", 3, cap=2)
+    (1, 2, 3)
+    >>> memo
+    {'c': 3}
+    """
+    if len(cache) >= cap:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 class BoundedLRU(Generic[K, V]):

@@ -42,6 +42,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pathsentry.detectors.bounded import remember
+
 __all__ = ["Expectation", "OriginProfiles", "ProfileSettings", "features_of"]
 
 
@@ -278,9 +280,7 @@ class OriginProfiles:
         if hit is not None and hit[0] == epoch:
             return hit[1]
         got = self._expect(key, status, prior)
-        if len(self._cache) >= 4 * self.s.max_origins * self.s.max_statuses:
-            self._cache.clear()
-        self._cache[(key, status)] = (epoch, got)
+        remember(self._cache, (key, status), (epoch, got), 4 * self.s.max_origins * self.s.max_statuses)
         return got
 
     def _expect(self, key: str, status: int | None, prior: set[str] | None) -> Expectation:

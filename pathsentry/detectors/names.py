@@ -39,6 +39,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+from pathsentry.detectors.bounded import remember
+
 __all__ = [
     "NAME_CACHE_SIZE",
     "NameIndex",
@@ -282,10 +284,8 @@ def _gram_hashes(gram: str, count: int) -> tuple[int, ...]:
     if out is None:
         encoded = gram.encode()
         crc32 = zlib.crc32
-        out = tuple([crc32(encoded, seed) for seed in _seed_crcs(count)])
-        if len(_GRAM_HASHES) >= _GRAM_HASHES_MAX:
-            _GRAM_HASHES.clear()
-        _GRAM_HASHES[key] = out
+        out = remember(_GRAM_HASHES, key, tuple([crc32(encoded, seed) for seed in _seed_crcs(count)]),
+                       _GRAM_HASHES_MAX)
     return out
 
 

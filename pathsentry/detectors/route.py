@@ -74,7 +74,7 @@ from pathsentry.config import Server
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
-from pathsentry.detectors.bounded import AlertBook
+from pathsentry.detectors.bounded import AlertBook, remember
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
 from pathsentry.detectors.settings import settings_dict
 from pathsentry.enrich.geo import GeoInfo, prefix_of
@@ -123,20 +123,15 @@ def _prefix(ip: str) -> str:
     """``prefix_of(ip)``, remembered."""
     prefix = _PREFIXES.get(ip)
     if prefix is None:
-        prefix = prefix_of(ip)
-        if len(_PREFIXES) >= _SIGNATURES_MAX:
-            _PREFIXES.clear()
-        _PREFIXES[ip] = prefix
+        prefix = remember(_PREFIXES, ip, prefix_of(ip), _SIGNATURES_MAX)
     return prefix
 
 
 def _signature(text: str) -> str:
     sig = _SIGNATURES.get(text)
     if sig is None:
-        sig = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-        if len(_SIGNATURES) >= _SIGNATURES_MAX:
-            _SIGNATURES.clear()
-        _SIGNATURES[text] = sig
+        sig = remember(_SIGNATURES, text, hashlib.blake2b(text.encode(), digest_size=8).hexdigest(),
+                       _SIGNATURES_MAX)
     return sig
 
 

@@ -18,6 +18,7 @@ import ipaddress
 
 from pathsentry.config import AllowEntry, Config
 from pathsentry.detectors.base import Enriched
+from pathsentry.detectors.bounded import remember
 from pathsentry.enrich.geo import GeoInfo, GeoResolver, prefix_of
 from pathsentry.schemas import AnyEvent, Login, RttProbe, Traceroute
 
@@ -48,9 +49,8 @@ class Enricher:
         """Geo, aggregation prefix and allow-list entry of a source address (cached)."""
         hit = self._by_ip.get(ip)
         if hit is None:
-            if len(self._by_ip) >= self.CACHE_SIZE:
-                self._by_ip.clear()
-            hit = self._by_ip[ip] = (self.geo.lookup(ip), prefix_of(ip), self.allowed(ip))
+            hit = remember(self._by_ip, ip, (self.geo.lookup(ip), prefix_of(ip), self.allowed(ip)),
+                           self.CACHE_SIZE)
         return hit
 
     def enrich(self, event: AnyEvent) -> Enriched:

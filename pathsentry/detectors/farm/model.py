@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
+from pathsentry.detectors.bounded import remember
 from pathsentry.detectors.farm.families import family_template
 from pathsentry.detectors.names import NameIndex
 from pathsentry.detectors.settings import load_settings
@@ -269,10 +270,7 @@ def _utc_iso(ts: float) -> tuple[datetime, str]:
     hit = _UTC.get(ts)
     if hit is None:
         dt = datetime.fromtimestamp(ts, tz=UTC)
-        hit = (dt, dt.isoformat())
-        if len(_UTC) >= _UTC_MAX:
-            _UTC.clear()
-        _UTC[ts] = hit
+        hit = remember(_UTC, ts, (dt, dt.isoformat()), _UTC_MAX)
     return hit
 
 

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from pathsentry.config import Server
+from pathsentry.detectors.bounded import remember
 from pathsentry.detectors.physics import (
     ACCESS_TYPICAL_MS,
     EARTH_RADIUS_KM,
@@ -138,9 +139,7 @@ class Geometry:
         return km
 
     def _remember(self, key: tuple[str, float | None, float | None], km: float) -> None:
-        if len(self.distances) >= self.cap:
-            self.distances.clear()
-        self.distances[key] = km
+        remember(self.distances, key, km, self.cap)
 
     def violation(self, geo: GeoInfo, vantage: str, min_ms: float) -> float:
         """km by which the claimed point lies outside the RTT disk of a probe from
@@ -173,7 +172,5 @@ class Geometry:
                 PRECISION_SLACK_KM.get(geo.precision, 1000.0) * PATH_INFLATION / KM_PER_MS_RTT,
                 max(8.0, tol),
             )
-            if len(self.expectations) >= self.cap:
-                self.expectations.clear()
-            self.expectations[claim] = expectation
+            remember(self.expectations, claim, expectation, self.cap)
         return expectation

@@ -15,6 +15,8 @@ import numpy.typing as npt
 from river import anomaly
 from river.tree.padded import PaddedBranch
 
+from pathsentry.detectors.bounded import remember
+
 __all__ = ["FEATURES", "QueuedHalfSpaceTrees", "features"]
 
 #: The anomaly model's features, in the order rows of them are given.
@@ -152,9 +154,7 @@ class QueuedHalfSpaceTrees:
         memo = self._memo
         score = memo.get(row)
         if score is None:
-            if len(memo) >= self.MEMO_MAX:
-                memo.clear()
-            score = memo[row] = self._score_row(row)
+            score = remember(memo, row, self._score_row(row), self.MEMO_MAX)
         return score
 
     def score(self, x: dict[str, float]) -> float:
