@@ -149,6 +149,18 @@ class WorkerConfig(BaseModel):
     gc_full_interval_s: float = Field(default=3600.0, gt=0)
     #: ...or as soon as the resident memory has grown this much since the last one
     gc_full_growth_mib: float = Field(default=256.0, gt=0)
+    #: the session stage's learned state (baselines, model, account histories) is saved to
+    #: the snapshot file and to ``l:0`` of the state topic about this often while it
+    #: changes: a worker killed with SIGKILL loses at most about this much learning
+    learned_save_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    #: ...the first time as soon as the session stage has run this many events (warm-up)
+    learned_warmup_events: int = Field(default=2000, ge=1)
+    #: ...an interval's save is skipped while fewer events than this were run since the last
+    learned_save_min_events: int = Field(default=100, ge=1)
+    #: ...and a save comes sooner once this many events were run since the last one
+    learned_save_burst_events: int = Field(default=100_000, ge=1)
+    #: ...but never within this many seconds of the last one (bounds the cost on the loop)
+    learned_save_min_gap_s: float = Field(default=5.0, ge=0)
 
 
 class Config(BaseModel):

@@ -64,12 +64,16 @@ from pathsentry.streams.gcwatch import GcSchedule
 from pathsentry.streams.ingest import run_ingest
 from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, faust_credentials
 from pathsentry.streams.pipeline import Pipeline
+from pathsentry.streams.savepolicy import LearnedSavePolicy
 from pathsentry.streams.web import WebAccess, add_pages
 
 __all__ = ["create_app"]
 
-#: Detector state is written to disk this often (and at shutdown).
+#: The group partitions' state is saved this often (and at a revoke and at shutdown).
 SNAPSHOT_INTERVAL_S = 120.0
+#: How often the app asks whether the session stage's learned state is due to be saved
+#: (:class:`~pathsentry.streams.savepolicy.LearnedSavePolicy` decides; asking is cheap).
+LEARNED_CHECK_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -280,15 +284,29 @@ def create_app(
                          gc_schedule.last_full_ms)
 
     @app.timer(interval=SNAPSHOT_INTERVAL_S)
-    async def snapshot() -> None:
+    async def save_group_state() -> None:
+        if pipe.accepting():
+            await _save_groups(_owned_stages(), "interval")
+
+    learned_policy = LearnedSavePolicy.from_config(config.worker)
+
+    @app.timer(interval=LEARNED_CHECK_S)
+    async def save_learned_state() -> None:
+        events = pipe.stats.events_detected
+        why = learned_policy.due(time.monotonic(), events)
+        if why is None or pipe.producer is None:
+            return
+        learned_policy.saved(time.monotonic(), events, why)
         try:
+            t0 = time.perf_counter()
             data = pipe.snapshot_bytes()
+            pipe.snapshot_save_ms = (time.perf_counter() - t0) * 1000  # on the event loop
+            pipe.snapshot_save_bytes = len(data)
             await asyncio.get_running_loop().run_in_executor(None, pipe.write_snapshot, data)
         except Exception:
             log.exception("detector state snapshot failed")
         if pipe.accepting():
-            await _save_groups(_owned_stages(), "interval")
-            await _save_learned("interval")
+            await _save_learned(why)
 
     add_pages(app, pipe, web_access)
 

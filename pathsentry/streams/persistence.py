@@ -7,7 +7,8 @@ each owned group partition's stage (``g:<p>`` of the state topic), each owned se
 partition's sessions in progress (``s:<p>``) and what the session stage learned from
 all its traffic (``l:0``), and :func:`session_handover`, what a worker does with its
 session partitions once it knows its assignment. May not decide *when* to save (the
-app's revoke and stop handlers and its snapshot timer do), run detectors on events,
+app's revoke and stop handlers and its timers do, the learned state's with
+:mod:`pathsentry.streams.savepolicy`), run detectors on events,
 or send anything but state: the stages and the outputs are in
 :mod:`pathsentry.streams.pipeline`, the state topic's format in
 :mod:`pathsentry.streams.state`.
@@ -75,6 +76,13 @@ class StatePersistence:
         self._snapshot_at = 0.0
         #: saved states refused when applied, per kind (the stores count what they refuse)
         self.state_refused: dict[str, int] = {}
+        #: the last saves of what the session stage learned: their cost (served on /stats)
+        self.snapshot_save_ms = 0.0
+        self.snapshot_save_bytes = 0
+        self.learned_save_ms = 0.0
+        self.learned_save_bytes = 0
+        #: wall time of the last ``l:0`` save this worker made (0: none)
+        self.learned_saved_at = 0.0
 
     def load_snapshot(self) -> None:
         """Restore the session stage's detectors from this worker's last snapshot (the
@@ -248,11 +256,23 @@ class StatePersistence:
     async def save_learned(self) -> None:
         """Save what the session stage learned (``l:0`` of the state topic) for the next
         worker that starts without a snapshot."""
+        t0 = time.perf_counter()
         state = self.engine.learned_state()
         if state:
-            await _save_states(self.learned_store, {0: {
-                "saved_at": time.time(), "ts": self.engine.session_ts, "worker": self.worker_id,
+            now = time.time()
+            self.learned_save_bytes = await _save_states(self.learned_store, {0: {
+                "saved_at": now, "ts": self.engine.session_ts, "worker": self.worker_id,
                 "detectors": state}}, "learned state, partition")
+            self.learned_save_ms = (time.perf_counter() - t0) * 1000
+            self.learned_saved_at = now
+
+    def learned_save_stats(self) -> dict[str, float]:
+        """The cost of the last saves of what the session stage learned (/stats)."""
+        return {"learned_state_save_ms": round(self.learned_save_ms, 1),
+                "learned_state_save_bytes": self.learned_save_bytes,
+                "learned_state_saved_at": round(self.learned_saved_at, 3),
+                "snapshot_serialise_ms": round(self.snapshot_save_ms, 1),
+                "snapshot_bytes": self.snapshot_save_bytes}
 
     async def save_sessions(self, partitions: Iterable[int]) -> None:
         """Save the sessions in progress of these owned session partitions to the state topic."""
@@ -346,13 +366,14 @@ async def _load_saved(store: StateStore, partitions: list[int], what: str,
         return {}
 
 
-async def _save_states(store: StateStore, states: dict[int, dict[str, Any]], what: str) -> None:
-    """Save each partition's state with ``store``, and log what was saved."""
+async def _save_states(store: StateStore, states: dict[int, dict[str, Any]], what: str) -> int:
+    """Save each partition's state with ``store``, and log what was saved; the bytes sent."""
     if not states:
-        return
+        return 0
     t0 = time.perf_counter()
     size = 0
     for p in sorted(states):
         size += await store.save(p, states[p])
     log.info("%s %s: state saved (%d KiB) in %.0f ms", what, sorted(states), size >> 10,
              (time.perf_counter() - t0) * 1000)
+    return size

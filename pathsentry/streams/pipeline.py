@@ -223,6 +223,7 @@ class Pipeline(StatePersistence):
             "learned_state_loaded": bool(self.learned_store.restored),
             "learned_state_load_failures": self.learned_store.load_failures,
             **self.state_refusals(),
+            **self.learned_save_stats(),
         }
 
     def assigned(self) -> dict[str, list[int]]:
