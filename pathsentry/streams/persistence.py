@@ -30,6 +30,7 @@ from pathsentry.config import Config
 from pathsentry.engine import Engine, GroupStage
 from pathsentry.streams.envelopes import partition_for
 from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, client_kwargs
+from pathsentry.streams.signing import Signer
 from pathsentry.streams.state import MAX_STATE_BYTES, StateRefused, StateStore
 from pathsentry.streams.topics import Topics
 
@@ -56,21 +57,24 @@ class StatePersistence:
     def _init_persistence(self) -> None:
         """Set up the stores (once ``config``, ``topics`` and ``worker_id`` are set)."""
         worker_id = self.worker_id
+        #: signs what this worker writes for the others, checks what it reads from them
+        #: (``PATHSENTRY_STATE_KEY``; off without it)
+        self.signer = Signer.from_env(os.environ)
         self.state_path = Path(self.config.data_dir) / "state" / f"{worker_id}.json"
         #: the group-stage detectors of each owned partition of the groups topic
         self.group_stages: dict[int, GroupStage] = {}
         self.state_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
-                                      worker_id)
+                                      worker_id, signer=self.signer)
         #: partitions of the sessions topic whose sessions in progress this worker holds, and
         #: those it gave up at the last revoke (kept if it is given them straight back)
         self.session_parts: set[int] = set()
         self._sessions_revoked: set[int] = set()
         self.session_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
-                                        worker_id, kind="s")
+                                        worker_id, kind="s", signer=self.signer)
         #: what the session stage learned from all its traffic (baselines, model), saved for
         #: workers new to the group (``l:0``); loaded once by a worker without a snapshot file
         self.learned_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
-                                        worker_id, kind="l")
+                                        worker_id, kind="l", signer=self.signer)
         self._learned_checked = False
         #: wall time of the snapshot file the session stage started from (0: none)
         self._snapshot_at = 0.0
@@ -115,8 +119,9 @@ class StatePersistence:
         """Load ``state`` into the session detectors with ``load``, first into fresh copies
         (a state they refuse, or that makes them raise or panic, changes nothing), then
         into the live ones; False (counted, logged) when refused."""
-        try:
-            load([type(d)(self.engine.ctx) for d in self.engine.session_detectors], state)
+        try:  # on a copy: a detector may consume what it loads
+            load([type(d)(self.engine.ctx) for d in self.engine.session_detectors],
+                 orjson.loads(orjson.dumps(state, default=str)))
         except _FATAL:
             raise
         except BaseException as e:  # a Rust extension's panic is a BaseException
@@ -293,8 +298,9 @@ class StatePersistence:
 
     # -- the state topic's client ------------------------------------------------------
 
-    async def _send_state(self, partition: int, key: bytes, value: bytes | None) -> Any:
-        return await self.producer.send(self.topics.state, value, key=key, partition=partition)
+    async def _send_state(self, partition: int, key: bytes, value: bytes | None, headers: Any) -> Any:
+        return await self.producer.send(self.topics.state, value, key=key, partition=partition,
+                                        headers=headers)
 
     def _state_consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer

@@ -321,6 +321,10 @@ class Pipeline(StatePersistence):
             return  # rebalancing or stopping: left unacknowledged, re-read from the committed offset
         for msg in messages:
             got = handoff.take(msg.key) if msg.key else None
+            if got is None and (why := self.signer.verify(b"envelope", msg.key, msg.value, msg.headers)):
+                await self.dead_letter(msg.value, EventError("bad_signature", why), msg)
+                await msg.ack()
+                continue
             if got is None:
                 try:
                     got = [decode(i) for i in orjson.loads(msg.value)] if msg.value else []
@@ -406,8 +410,9 @@ class Pipeline(StatePersistence):
         sent = []
         for i, (its, w) in enumerate(chunks):
             key = handoff.put(its) if its and local else None
-            sent.append(await self.send(topic, envelope(w), key=key, partition=partition,
-                                        headers=headers if i == len(chunks) - 1 else None))
+            value = envelope(w)
+            sent.append(await self.send(topic, value, key=key, partition=partition, headers=self.signer.sign(
+                b"envelope", key, value, headers if i == len(chunks) - 1 else None)))
         return sent
 
     async def group_batch(self, messages: Iterable[Incoming], owned: Iterable[int]) -> None:

@@ -57,6 +57,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pathsentry.streams.signing import Signer
+
 __all__ = [
     "CHUNK_BYTES",
     "MAX_STATE_BYTES",
@@ -83,8 +85,8 @@ LOAD_TIMEOUT_S = 20.0
 
 log = logging.getLogger(__name__)
 
-#: send(partition, key, value) -> delivery future; ``value=None`` is a tombstone.
-Send = Callable[[int, bytes, bytes | None], Awaitable[Awaitable[Any]]]
+#: send(partition, key, value, headers) -> delivery future; ``value=None`` is a tombstone.
+Send = Callable[[int, bytes, bytes | None, Any], Awaitable[Awaitable[Any]]]
 
 
 def manifest_key(partition: int, kind: str = "g") -> bytes:
@@ -218,11 +220,14 @@ class StateStore:
 
     ``send`` writes one record to a partition of the topic; ``consumer`` builds an
     unstarted aiokafka consumer without a group (the store assigns it partitions).
+    With a ``signer`` that holds a key, every record it writes is signed and a save whose
+    manifest or chunks are unsigned or wrongly signed is refused.
     """
 
     def __init__(self, topic: str, send: Send, consumer: Callable[[], Any], worker: str,
-                 kind: str = "g") -> None:
+                 kind: str = "g", signer: Signer | None = None) -> None:
         self.topic = topic
+        self.signer = signer or Signer(None)
         self.kind = kind
         self._send = send
         self._consumer = consumer
@@ -247,14 +252,15 @@ class StateStore:
         recs = await asyncio.get_running_loop().run_in_executor(
             None, lambda: encode_state(partition, state, epoch, worker=self.worker, kind=self.kind))
         *chunks, manifest = recs
-        for fut in [await self._send(partition, k, v) for k, v in chunks]:
+        sign = self.signer.sign
+        for fut in [await self._send(partition, k, v, sign(b"state", k, v)) for k, v in chunks]:
             await fut
-        await (await self._send(partition, *manifest))
+        await (await self._send(partition, *manifest, sign(b"state", *manifest)))
         old = self._epochs.get(partition)
         self._epochs[partition] = (epoch, len(chunks))
         if old is not None and old[0] != epoch:
-            for fut in [await self._send(partition, _chunk_key(partition, old[0], i, self.kind), None)
-                        for i in range(old[1])]:
+            for fut in [await self._send(partition, _chunk_key(partition, old[0], i, self.kind), None,
+                                         None) for i in range(old[1])]:
                 await fut
         self.saves += 1
         return sum(len(v) for _, v in chunks)
@@ -274,6 +280,7 @@ class StateStore:
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
             records: dict[int, dict[bytes, bytes | None]] = {tp.partition: {} for tp in tps}
+            headers: dict[int, dict[bytes, Any]] = {tp.partition: {} for tp in tps}
             remaining = {tp for tp in tps if end[tp] > 0}
             deadline = time.monotonic() + LOAD_TIMEOUT_S
             while remaining:
@@ -287,6 +294,7 @@ class StateStore:
                     for m in msgs:
                         if m.key is not None:
                             records[tp.partition][m.key] = m.value
+                            headers[tp.partition][m.key] = m.headers
                 for tp in list(remaining):
                     if await consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
@@ -295,6 +303,7 @@ class StateStore:
         out: dict[int, dict[str, Any]] = {}
         for p, recs in records.items():
             try:
+                self._check_signatures(p, recs, headers[p])
                 state = decode_state(recs, p, self.kind)
             except StateRefused as e:
                 self.refused += 1
@@ -308,3 +317,25 @@ class StateStore:
                     self._epochs[p] = (manifest.epoch, manifest.chunks)
         self.loads += 1
         return out
+
+    def _check_signatures(self, partition: int, records: dict[bytes, bytes | None],
+                          headers: dict[bytes, Any]) -> None:
+        """Refuse (:class:`StateRefused`) the newest save of ``partition`` when its manifest
+        or one of its chunks is not signed with the key (nothing to check without one)."""
+        if not self.signer.enabled:
+            return
+        where = f"{self.kind}:{partition}"
+        mkey = manifest_key(partition, self.kind)
+        if not records.get(mkey):
+            return
+        why = self.signer.verify(b"state", mkey, records[mkey], headers.get(mkey))
+        if why:
+            raise StateRefused(f"manifest of {where}: {why}")
+        manifest = _manifest(records, partition, self.kind)
+        for i in range(manifest.chunks if manifest else 0):
+            assert manifest is not None
+            ck = _chunk_key(partition, manifest.epoch, i, self.kind)
+            if records.get(ck) is not None:
+                why = self.signer.verify(b"state", ck, records[ck], headers.get(ck))
+                if why:
+                    raise StateRefused(f"chunk {i} of {where}: {why}")

@@ -56,6 +56,7 @@ def _chunks(items: list[Any], n: int) -> list[list[Any]]:
 
 
 def run_with_kills(tmp_path: Path, broker: EmbeddedBroker, accounts: int, kills: int) -> dict[str, Any]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     seed = _seed()
     rng = random.Random(seed)
     spec = recent_world(seed=11, accounts=accounts)
@@ -84,9 +85,11 @@ def run_with_kills(tmp_path: Path, broker: EmbeddedBroker, accounts: int, kills:
             worker.start()
         worker.wait_drained(timeout=240)
         figures = check_outputs(worker, expected)
+        per_kind = dict(worker.query(
+            "SELECT kind, count() FROM pathsentry.flagged_events FINAL GROUP BY kind ORDER BY kind"))
         assert worker.stop() == 0, worker.log_tail()
     result = {"seed": seed, "events": len(events), "kills": len(kill_log), "kill_points": kill_log,
-              **figures}
+              **figures, "flags_per_kind": per_kind}
     print("kill-restart run:", orjson.dumps(result).decode())
     return result
 
@@ -106,6 +109,22 @@ def test_worker_sigkill_at_random_points_loses_and_duplicates_nothing(
 def test_worker_sigkill_100k_events(tmp_path: Path, embedded_broker: EmbeddedBroker) -> None:
     res = run_with_kills(tmp_path, embedded_broker, accounts=12_800, kills=6)
     assert res["kills"] == 6 and res["events"] > 90_000
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_kill_run_flags_against_fault_free_run(tmp_path: Path, embedded_broker: EmbeddedBroker) -> None:
+    """The flags of every kind a run with three SIGKILLs stores, against a run of the same
+    events without faults (the figure in the README's fault table): a restarted worker
+    resumes from a learned save at most ``learned_save_interval_s`` old."""
+    clean = run_with_kills(tmp_path / "clean", embedded_broker, accounts=2500, kills=0)
+    killed = run_with_kills(tmp_path / "killed", embedded_broker, accounts=2500, kills=3)
+    kinds = sorted(set(clean["flags_per_kind"]) | set(killed["flags_per_kind"]))
+    diff = {k: killed["flags_per_kind"].get(k, 0) - clean["flags_per_kind"].get(k, 0) for k in kinds}
+    print("flags per kind, kill run minus fault-free run:", diff)
+    assert clean["flags_per_kind"], "the fault-free run stored no flags"
+    assert killed["kills"] == 3
 
 
 @pytest.mark.integration

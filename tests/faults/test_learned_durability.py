@@ -96,7 +96,13 @@ def test_sigkill_while_learning_loses_at_most_the_save_interval(
         assert snap_age <= INTERVAL_S + SLACK_S, f"seed {seed}: the snapshot is {snap_age:.1f} s old"
         assert before["learned_state_save_bytes"] > 0 and before["snapshot_bytes"] > 0
 
-        # without its snapshot file, the restarted worker warm-starts from that l:0
+        # the restarted worker resumes from that snapshot file...
+        worker.start()
+        wait_for(lambda: worker.stats()["events_detected"] > 0 or worker.lag() == 0, 60,
+                 "the restarted worker to resume", on_timeout=worker.log_tail)
+        assert worker.stats()["snapshot_state_refused"] == 0, worker.log_tail()
+        assert worker.stop() == 0, worker.log_tail()
+        # ...and, without it, warm-starts from l:0
         snapshot.unlink()
         worker.start()
         wait_for(lambda: worker.stats()["learned_state_loaded"], 60, "the restarted worker to load l:0",

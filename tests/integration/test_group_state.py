@@ -33,8 +33,8 @@ async def _with_store(bootstrap: str, topic: str, work: Any) -> Any:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=8 << 20, acks="all")
     await producer.start()
 
-    async def send(partition: int, key: bytes, value: bytes | None) -> Any:
-        return await producer.send(topic, value, key=key, partition=partition)
+    async def send(partition: int, key: bytes, value: bytes | None, headers: Any = None) -> Any:
+        return await producer.send(topic, value, key=key, partition=partition, headers=headers)
 
     def stores(worker: str, kind: str = "g") -> StateStore:
         return StateStore(topic, send, lambda: AIOKafkaConsumer(bootstrap_servers=bootstrap,
@@ -198,7 +198,7 @@ def test_a_load_that_reads_nothing_gives_up(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(state, "LOAD_TIMEOUT_S", 0.3)
 
-    async def send(partition: int, key: bytes, value: bytes | None) -> Any:
+    async def send(partition: int, key: bytes, value: bytes | None, headers: Any = None) -> Any:
         raise AssertionError("a load sends nothing")
 
     store = StateStore("gs3.pathsentry-state", send, _SilentConsumer, "w")
