@@ -109,6 +109,10 @@ _GAUGES: dict[str, str] = {
     "group_partitions": "group partitions this worker runs",
     "session_partitions": "session partitions whose sessions this worker holds",
     "learned_state_loaded": "1 when the learned state was loaded from the state topic",
+    "learned_state_save_ms": "duration of the last learned-state save to the state topic (ms)",
+    "learned_state_save_bytes": "size of the last learned-state save, compressed (bytes)",
+    "snapshot_serialise_ms": "event-loop time of the last snapshot file's serialisation (ms)",
+    "snapshot_bytes": "size of the last snapshot file (bytes)",
 }
 #: ... and as ``pathsentry_<key>_total`` (counts that only grow).
 _GAUGE_COUNTERS: dict[str, str] = {

@@ -125,6 +125,10 @@ def test_kill_run_flags_against_fault_free_run(tmp_path: Path, embedded_broker: 
     print("flags per kind, kill run minus fault-free run:", diff)
     assert clean["flags_per_kind"], "the fault-free run stored no flags"
     assert killed["kills"] == 3
+    # the session stage's learned verdicts: a restart from a recent learned save loses
+    # (almost) none of them (from a cold start, 21-22 of about 370 were lost)
+    relay = clean["flags_per_kind"].get("vpn_relay", 0)
+    assert relay > 0 and diff.get("vpn_relay", 0) >= -0.02 * relay, diff
 
 
 @pytest.mark.integration

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,8 @@ def test_sigkill_while_learning_loses_at_most_the_save_interval(
             time.sleep(0.25)
             if time.monotonic() - t0 >= kill_at:
                 break
+        with urllib.request.urlopen(worker.base + "/metrics", timeout=10) as r:
+            metrics = r.read().decode()
         before = worker.stats()
         killed_at = time.time()
         worker.kill()
@@ -95,6 +98,7 @@ def test_sigkill_while_learning_loses_at_most_the_save_interval(
         assert age <= INTERVAL_S + SLACK_S, f"seed {seed}: the newest l:0 is {age:.1f} s old"
         assert snap_age <= INTERVAL_S + SLACK_S, f"seed {seed}: the snapshot is {snap_age:.1f} s old"
         assert before["learned_state_save_bytes"] > 0 and before["snapshot_bytes"] > 0
+        assert 'pathsentry_learned_state_save_bytes{worker="worker-1"} ' in metrics
 
         # the restarted worker resumes from that snapshot file...
         worker.start()
