@@ -30,6 +30,7 @@ import orjson
 import pytest
 
 from pathsentry.infra.broker import EmbeddedBroker
+from pathsentry.sim.model import WorldSpec
 from tests.faults.support import (
     STABLE_KINDS,
     alert_keys,
@@ -55,11 +56,12 @@ def _chunks(items: list[Any], n: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def run_with_kills(tmp_path: Path, broker: EmbeddedBroker, accounts: int, kills: int) -> dict[str, Any]:
+def run_with_kills(tmp_path: Path, broker: EmbeddedBroker, accounts: int, kills: int,
+                   spec: WorldSpec | None = None) -> dict[str, Any]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     seed = _seed()
     rng = random.Random(seed)
-    spec = recent_world(seed=11, accounts=accounts)
+    spec = spec or recent_world(seed=11, accounts=accounts)
     config = write_world(tmp_path, spec)
     events = sim_events(spec)
     expected = expected_flags(events, config, STABLE_KINDS)
@@ -118,8 +120,10 @@ def test_kill_run_flags_against_fault_free_run(tmp_path: Path, embedded_broker: 
     """The flags of every kind a run with three SIGKILLs stores, against a run of the same
     events without faults (the figure in the README's fault table): a restarted worker
     resumes from a learned save at most ``learned_save_interval_s`` old."""
-    clean = run_with_kills(tmp_path / "clean", embedded_broker, accounts=2500, kills=0)
-    killed = run_with_kills(tmp_path / "killed", embedded_broker, accounts=2500, kills=3)
+    spec = recent_world(seed=11, accounts=2500)  # the same events in both runs
+    clean = run_with_kills(tmp_path / "clean", embedded_broker, accounts=2500, kills=0, spec=spec)
+    killed = run_with_kills(tmp_path / "killed", embedded_broker, accounts=2500, kills=3, spec=spec)
+    assert clean["events"] == killed["events"]
     kinds = sorted(set(clean["flags_per_kind"]) | set(killed["flags_per_kind"]))
     diff = {k: killed["flags_per_kind"].get(k, 0) - clean["flags_per_kind"].get(k, 0) for k in kinds}
     print("flags per kind, kill run minus fault-free run:", diff)
