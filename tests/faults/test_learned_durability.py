@@ -71,14 +71,16 @@ def test_sigkill_while_learning_loses_at_most_the_save_interval(
         records = route_events(events, worker.topics)
         n = 60
         chunks = [records[i::n] for i in range(n)]
-        # kill at a random point past warm-up and at least two intervals of learning
-        kill_at = rng.uniform(2 * INTERVAL_S + 1.0, 4 * INTERVAL_S + 2.0)
+        # kill at a random point once the worker is learning (past its warm-up)
+        kill_at = rng.uniform(1.0, 3 * INTERVAL_S + 2.0)
         worker.start()
-        t0 = time.monotonic()
+        t0: float | None = None
         for chunk in chunks:  # a steady feed: the worker learns throughout
             produce(worker.bootstrap, chunk)
             time.sleep(0.25)
-            if time.monotonic() - t0 >= kill_at:
+            if t0 is None and worker.stats()["events_detected"] >= 300:
+                t0 = time.monotonic()
+            if t0 is not None and time.monotonic() - t0 >= kill_at:
                 break
         with urllib.request.urlopen(worker.base + "/metrics", timeout=10) as r:
             metrics = r.read().decode()
