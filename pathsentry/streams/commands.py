@@ -105,6 +105,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         extra["logging_config"] = logging_config(args.loglevel)
     worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False, **extra)
+    # Faust's start-up spinner, kept at --loglevel warning and above, sets the root logger
+    # to DEBUG to spin on every record: each debug call of aiokafka, Faust and mode would
+    # then build a record that the handler drops, thousands a second under load
+    worker.spinner = None
     access = WebAccess.from_env()
     log.info("worker %s: stats/metrics on http://%s:%d%s", args.worker_id, access.host, args.web_port,
              ", /query with a bearer token" if access.token else "; /query off (no PATHSENTRY_QUERY_TOKEN)")

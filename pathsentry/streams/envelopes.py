@@ -46,6 +46,7 @@ class GroupNotes(BaseModel):
     route: dict[str, Any] | None = None
     relay: dict[str, Any] | None = None
     injection: dict[str, Any] | None = None
+    device: dict[str, Any] | None = None  # the takeover detector's accounts-per-device count
     account: str | None = Field(default=None, max_length=512)
     login_event_id: str | None = Field(default=None, max_length=512)
     login_ts: float | None = Field(default=None, ge=0, le=_MAX_S, allow_inf_nan=False)

@@ -519,20 +519,25 @@ class _Held:
         self.remaining = remaining
         self.partition = partition
 
-    async def done(self) -> None:
-        self.remaining -= 1
+    async def done(self, n: int = 1) -> None:
+        """``n`` more of its items are processed and stored."""
+        self.remaining -= n
         if self.remaining == 0:
             await self.ack()
 
 
 def _ack_all(held: Iterable[_Held]) -> Callable[[], Awaitable[None]] | None:
-    items = list(held)
-    if not items:
+    """The acknowledgement of a run's items: one call per envelope (not per item), in the
+    order of each envelope's last item, as acknowledging item by item would."""
+    counts: dict[_Held, int] = {}
+    for h in held:  # re-inserted at each item: ordered by each envelope's last item
+        counts[h] = counts.pop(h, 0) + 1
+    if not counts:
         return None
 
     async def ack() -> None:
-        for h in items:
-            await h.done()
+        for h, n in counts.items():
+            await h.done(n)
     return ack
 
 

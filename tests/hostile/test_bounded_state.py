@@ -8,7 +8,8 @@ Documented caps (detector docstrings and defaults):
   ``alerts_max`` 50k -- "under 400 MiB";
 - route: ``sessions_max`` 100k (~0.5 KiB), ``hops_max`` 100k, ``alerts_max`` 50k (~2 KiB);
 - farm: ``max_keys`` 100k partitions (LRU);
-- injection_cells: ``max_groups`` 20k ASNs.
+- injection_cells: ``max_groups`` 20k ASNs;
+- takeover: ``max_accounts`` 200k account histories (``max_devices`` 200k devices).
 
 Enrichment is replaced by a stub giving every event its own /24 and ASN (the geo
 lookup is not what is measured); the detectors and their pipeline order are real.
@@ -60,6 +61,7 @@ CAPS = [
     ("route", "hops", "hops_max", 100_000),
     ("farm", "parts", "max_keys", 100_000),
     ("injection_cells", "groups", "max_groups", 20_000),
+    ("takeover", "_accounts", "max_accounts", 200_000),
 ]
 
 
