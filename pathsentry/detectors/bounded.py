@@ -172,6 +172,5 @@ class AlertBook:
 
     def load_state(self, rows: list[dict[str, Any]]) -> None:
         self._records.clear()
-        for row in rows:
-            key = row.pop("key")
-            self._records.put(key, _AlertRecord(**row))
+        for row in rows:  # the rows are not changed: a trial load may read them first
+            self._records.put(row["key"], _AlertRecord(**{k: v for k, v in row.items() if k != "key"}))
