@@ -46,6 +46,7 @@ __all__ = [
     "RttProbe",
     "Traceroute",
     "event_adapter",
+    "message_object",
     "parse_event",
     "topic_for",
 ]
@@ -240,8 +241,10 @@ def _has_non_finite(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def parse_event(raw: bytes | str | dict[str, Any]) -> Login | RttProbe | Traceroute | HttpProbe:
-    """Decode and validate one message; raise :class:`EventError` with a reason."""
+def message_object(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of one message (bytes, text or an already decoded dict), or
+    :class:`EventError`: ``oversized``, ``bad_json``, ``invalid`` (a dict JSON cannot
+    carry) or ``not_an_object``. Every topic's parser starts here."""
     if isinstance(raw, (bytes, bytearray, memoryview)):
         if len(raw) > MAX_EVENT_BYTES:
             raise EventError("oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
@@ -268,6 +271,12 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Login | RttProbe | Tracero
         obj = raw
     if not isinstance(obj, dict):
         raise EventError("not_an_object", type(obj).__name__)
+    return obj
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> Login | RttProbe | Traceroute | HttpProbe:
+    """Decode and validate one message; raise :class:`EventError` with a reason."""
+    obj = message_object(raw)
     kind = obj.get("kind")
     if kind not in ("login", "rtt_probe", "traceroute", "http_probe"):
         raise EventError("unknown_kind", repr(kind)[:64])

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from pathsentry.schemas.events import MAX_EVENT_BYTES, EventError, _describe
+from pathsentry.schemas.events import EventError, _describe, message_object
 
 __all__ = [
     "BAD_LABELS",
@@ -92,18 +91,7 @@ feedback_adapter: TypeAdapter[AccountLabel | Interaction] = TypeAdapter(Feedback
 def parse_feedback(raw: bytes | str | dict[str, Any]) -> AccountLabel | Interaction:
     """Decode and validate one ``labels`` / ``interactions`` message; raise
     :class:`~pathsentry.schemas.events.EventError` with a reason (as :func:`parse_event`)."""
-    if isinstance(raw, (bytes, bytearray, memoryview, str)):
-        size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
-        if size > MAX_EVENT_BYTES:
-            raise EventError("oversized", f"{size} bytes > {MAX_EVENT_BYTES}")
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise EventError("bad_json", str(e)[:200]) from None
-    else:
-        obj = raw
-    if not isinstance(obj, dict):
-        raise EventError("not_an_object", type(obj).__name__)
+    obj = message_object(raw)
     kind = obj.get("kind")
     if kind not in FEEDBACK_KINDS:
         raise EventError("unknown_kind", repr(kind)[:64])
