@@ -81,7 +81,8 @@ def query_token(cfg: Config) -> str | None:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/stats", timeout=2):
+        # latency=0: the worker skips sorting its latency samples for this probe
+        with urllib.request.urlopen(url.rstrip("/") + "/stats?latency=0", timeout=2):
             return True
     except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
         return False
@@ -138,7 +139,7 @@ def run_query(
         return doc["columns"], doc["rows"]
     from pathsentry.infra.clickhouse import connect
     from pathsentry.infra.querypolicy import QueryLimits
-    from pathsentry.report.commands import describe_url
+    from pathsentry.infra.redact import redact_url
 
     path = _chdb_path(cfg.clickhouse.url)
     if path is not None and not path.is_dir():
@@ -147,7 +148,7 @@ def run_query(
     try:
         ch = connect(cfg.clickhouse.url, QueryLimits.from_config(cfg.clickhouse))
     except Exception as e:
-        raise SystemExit(f"cannot open ClickHouse at {describe_url(cfg.clickhouse.url)}: {_reason(e)}"
+        raise SystemExit(f"cannot open ClickHouse at {redact_url(cfg.clickhouse.url)}: {_reason(e)}"
                          ) from None
     try:
         cols, rows = ch.query(sql)
