@@ -148,8 +148,10 @@ def test_worker_with_a_key_accepts_its_own_and_refuses_the_unsigned(
         # its own signed saves load: a restart without the snapshot file warm-starts from l:0
         (worker.workdir / "var" / "state" / "worker-1.json").unlink()
         worker.start(timeout=90)
-        wait_for(lambda: worker.stats()["learned_state_loaded"], 60, "the signed l:0 loaded",
-                 on_timeout=worker.log_tail)
+        # the learned state and each group partition load independently, as they are assigned
+        wait_for(lambda: worker.stats()["learned_state_loaded"]
+                 and worker.stats()["group_state_restored"], 90,
+                 "the signed l:0 and group state loaded", on_timeout=worker.log_tail)
         st = worker.stats()
         assert st["learned_state_refused"] == 0 and st["group_state_refused"] == 0, st
         assert st["group_state_restored"], st
