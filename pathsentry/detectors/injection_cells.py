@@ -231,7 +231,6 @@ def source_of(probe: HttpProbe, account: str | None) -> str:
     return "ip:" + ip_text(probe.src_ip)
 
 
-@register
 class InjectionCellDetector(Detector):
     """Group stage: alert ``injection_cell`` when an ISP's lines are confidently forged."""
 
@@ -552,3 +551,6 @@ class InjectionCellDetector(Detector):
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
+
+
+register(InjectionCellDetector)

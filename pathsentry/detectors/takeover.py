@@ -61,7 +61,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, ip_network
-from typing import Any
+from typing import Any, ClassVar
 
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
@@ -137,7 +137,7 @@ class _History:
     last_country: str | None = None
     last_device: str | None = None
 
-    _MAPS = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
+    _MAPS: ClassVar[tuple[str, ...]] = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
 
     def row(self) -> dict[str, Any]:
         """A JSON snapshot (``summary`` is for people, this is for restarts)."""
@@ -218,7 +218,6 @@ class _DeviceAccounts:
         return len(self.hist) - 1
 
 
-@register
 class TakeoverDetector(Detector):
     """Logins that break their account's own device and place history."""
 
@@ -422,3 +421,6 @@ class TakeoverDetector(Detector):
             detector=self.name, first_seen=datetime.fromtimestamp(first, UTC),
             last_seen=login.ts, version=version + 1,
         )
+
+
+register(TakeoverDetector)

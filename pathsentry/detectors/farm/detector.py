@@ -59,8 +59,7 @@ def _flagged(ev: Enriched) -> bool:
     return isinstance(relay, dict) and relay.get("flagged") is True and ev.allowed is None
 
 
-@register
-class FarmDetector(Grouping, Detector):
+class FarmDetector(Detector, Grouping):
     """Farm groups (alert ``farm_group``) and their members (flag ``farm_member``)."""
 
     name = "farm"
@@ -483,3 +482,6 @@ class FarmDetector(Grouping, Detector):
         self.parts.update(parts)
         self._ev = self._ev_route = None
         self._sort_out_bumped()
+
+
+register(FarmDetector)

@@ -42,6 +42,8 @@ from collections.abc import Iterable
 from itertools import pairwise
 from typing import ClassVar
 
+from mypy_extensions import trait
+
 from pathsentry.detectors.base import Findings
 from pathsentry.detectors.farm.background import burst_p, expected, no_burst
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
@@ -95,6 +97,7 @@ def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
 _NET_AS = _NET_ + "AS"
 
 
+@trait  # a mixin: the compiled build takes it beside its one non-trait base
 class Grouping:
     """The grouping half of :class:`~pathsentry.detectors.farm.detector.FarmDetector`."""
 

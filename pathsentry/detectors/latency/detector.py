@@ -19,7 +19,7 @@ from river import anomaly
 
 from pathsentry.config import AllowEntry, Server
 from pathsentry.detectors import register
-from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
+from pathsentry.detectors.base import DetectorContext, Enriched, Findings, SessionTable
 from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
 from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
@@ -39,8 +39,7 @@ _intern = sys.intern
 _OVERHEAD_SKIPS = frozenset({"gap"})
 
 
-@register
-class LatencyDetector(SessionTable, Evidence, Detector):
+class LatencyDetector(SessionTable, Evidence):
     """Relayed connections from latency physics, baselines and multi-vantage RTTs."""
 
     name = "latency"
@@ -578,3 +577,6 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         self._load_accounts(state.get("accounts", []))
         self.alerts.load_state(state.get("alerts", []))
         self._load_model(state.get("model", {}))
+
+
+register(LatencyDetector)
