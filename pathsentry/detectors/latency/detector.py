@@ -264,8 +264,9 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         # a flag is explained with what was learned before this login taught anything
         assert model is not None
         assessed = self._assessment(sess, base, comps or {}, model) if flagged else None
+        proven = False
         if allowed is None:
-            self.learn_prefix(sess, gv, comps, self.prefix_history)
+            proven = self.learn_prefix(sess, gv, comps, self.prefix_history)
             if comps is None or self._teaches(comps, level):
                 self._learn(sess, feats or features(*raw, sess.phys_feat))
             # The overhead learns from every login without other relay evidence, its own
@@ -281,13 +282,15 @@ class LatencyDetector(SessionTable, Evidence, Detector):
             out = None
         else:
             out = self._emit(sess, assessed, score, history_note)
-        if comps is not None and ("prefix_gap" in comps or "prefix_relays" in comps):
+        if proven or (comps is not None and ("prefix_gap" in comps or "prefix_relays" in comps)):
             out = self._revisit_prefix(sess, out)
         return out
 
     def _revisit_prefix(self, sess: Session, out: Findings | None) -> Findings | None:
         """Re-assess the exit prefix's other recent, unflagged sessions once it carries
-        evidence: the first logins through a relay's exit came before the evidence did.
+        evidence (or this login's own physics proved it relayed, which may be what makes
+        the prefix a known exit): the first logins through a relay's exit came before the
+        evidence did.
         Their flags are late, like those a late probe raises, and name their own login."""
         hist = self.prefix_gaps.peek(sess.prefix)
         if hist is None:

@@ -260,6 +260,10 @@ class Scoring(ExitPrefixes):
         cost, tick = o.figures()[:2]
         app_lo = (sess.app_min - cost - tick * phase_quantile(sess.app_n, self.phase_alpha)
                   - self.spike_allowance(sess))
+        label = "app_rtt less learned overhead"
+        slowest = self.slowest_bound(sess, cost, tick)
+        if slowest is not None and slowest > app_lo:
+            app_lo, label = slowest, "slowest app sample less cost and one tick"
         if tcp is not None:
             # the phase is never negative: the network RTT is at most the app minimum less
             # the cost (and the noise); a TCP RTT above that is a spike of that one figure
@@ -270,7 +274,22 @@ class Scoring(ExitPrefixes):
                 tcp = app_hi
             if tcp >= app_lo:
                 return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
-        return app_lo, "app_rtt less learned overhead"
+        return app_lo, label
+
+    def slowest_bound(self, sess: Session, cost: float, tick: float) -> float | None:
+        """The network RTT (ms) the login's slowest app sample proves at least: a game
+        loop answers within ``cost + tick`` of the network round trip, so the slowest
+        of ``k >= 2`` samples less the cost, one whole tick, ``gap_z`` noise scales and the
+        access kind's spike allowance (one sample may spike however many there are) is
+        a lower bound of the network RTT an honest client cannot exceed. On a long tick
+        this bound is far tighter than the minimum's: a relay leg hidden in the phase
+        of the fastest sample still shows in the slowest (``None`` with one sample)."""
+        if sess.app_n < 2:
+            return None
+        kind = sess.geo.kind or "?"
+        noise = self.overhead.noise_scale(kind, self.noise_floor(sess.geo.kind or ""))[0]
+        return (sess.app_min + sess.app_spread - cost - tick - self.gap_z * noise
+                - self.overhead.spike(kind))
 
     @staticmethod
     def residual(o: Overhead, gap: float, k: int, noise: float) -> tuple[float, float]:
