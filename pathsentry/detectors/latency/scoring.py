@@ -90,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "prefix_z": [4.5, 6.5],
     "proven_min": 0.5,
     "prefix_share": [0.2, 0.5],
-    "prefix_proven_accounts": 3,
+    "prefix_proven_accounts": 2,
     "suspicious_history": 0.55,
     "hst_trees": 10,
     "hst_height": 6,
