@@ -1,0 +1,119 @@
+"""The game loop's window: an honest client's app samples all land within one tick
+(plus the fixed cost) of its network round trip, so the slowest sample less the
+cost and one whole tick bounds the network RTT from below. A relay leg that hides
+in the phase of the fastest sample still shows in the slowest. Hard negatives:
+honest logins with many samples on long ticks, without a TCP RTT, on mobile lines
+with spikes, a patch that doubles the tick, and a cold server.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pathsentry.detectors.latency.baselines import Overhead, spread_median
+from tests.detectors.test_latency import make_world
+from tests.detectors.test_latency_calibration import GameLoop, honest, l4_relay, warm
+
+SLOWEST = "slowest app sample less cost and one tick"
+
+
+def test_spread_votes_are_median_unbiased_whatever_the_sample_count() -> None:
+    """Two-sample logins alone teach the tick: the mean-based factor put it 12 % low."""
+    import random
+
+    rng = random.Random(3)
+    o = Overhead("srv", window=40)
+    for i in range(160):
+        phases = [rng.uniform(0.0, 90.0) for _ in range(2)]
+        o.update(f"p{i}", 5.0 + min(phases), 2, max(phases) - min(phases))
+    assert o.tick() == pytest.approx(90.0, rel=0.1)
+    assert len(o._tick) == 160  # the tick keeps four times the cost's window
+    assert spread_median(10) == pytest.approx(0.838, abs=0.005)
+
+
+@pytest.mark.parametrize("tick", [16.0, 50.0, 100.0])
+def test_many_samples_on_long_ticks_are_not_relays_with_or_without_tcp(tick: float) -> None:
+    """Ten samples per login spread over the whole tick: the slowest lands near one tick
+    above the network RTT, and must not be taken for a detour."""
+    w = make_world(seed=40 + int(tick))
+    loop = GameLoop(cost=4.0, tick=tick)
+    assert warm(w, loop, n=120) == 0
+    assert warm(w, loop, n=200, k=10) == 0
+    assert warm(w, loop, n=200, k=10, tcp=False) == 0
+    assert warm(w, loop, n=100, k=2, tcp=False) == 0
+
+
+def test_mobile_spikes_on_a_long_tick_are_not_relays() -> None:
+    """A radio spike lifts one sample by up to 60 ms: the learned spike allowance of
+    the access kind covers the slowest sample."""
+    w = make_world(seed=51)
+    loop = GameLoop(cost=3.0, tick=90.0)
+    assert warm(w, loop, n=100) == 0
+    assert warm(w, loop, n=400, mobile=True, jitter=4.0, spike_p=0.12) == 0
+    assert warm(w, loop, n=200, mobile=True, jitter=4.0, spike_p=0.12, tcp=False) == 0
+
+
+def test_relay_hidden_in_a_long_tick_shows_in_its_slowest_sample_without_tcp() -> None:
+    """A 40 ms leg on a 90 ms tick: the fastest of eight samples allows a Seoul client,
+    the slowest does not (and there is no TCP RTT to compare)."""
+    w = make_world(seed=52)
+    loop = GameLoop(cost=5.0, tick=90.0)
+    assert warm(w, loop, n=120, k=6) == 0
+    app = [round(0.5 + 40.0 + 5.0 + p, 3) for p in (20.0, 35.0, 50.0, 60.0, 70.0, 80.0, 85.0, 88.0)]
+    ev, out = w.login("hidden", "45.65.10.20", app, None)
+    assert [f.kind for f in out.flags] == ["vpn_relay"], ev.notes["relay"]
+    phys = out.flags[0].evidence["physics"]
+    assert phys["measured_source"] == SLOWEST and phys["verdict"] == "detour"
+    # the bound: the slowest sample less the learned cost, tick and noise, in ms and km
+    assert 15.0 < phys["measured_ms"] <= max(app) - 5.0 - 90.0 + 20.0
+    assert phys["excess_ms"] == pytest.approx(phys["measured_ms"] - phys["expected_ms"], abs=0.02)
+    assert phys["excess_km"] > 1000
+    assert any(SLOWEST in r for r in out.flags[0].reasons)
+
+
+def test_patch_that_doubles_the_tick_is_absorbed() -> None:
+    """A patch moves the tick from 33 to 66 ms: the slowest samples of honest logins land
+    up to 33 ms beyond the old tick until the votes follow; the flags stay few and stop."""
+    w = make_world(seed=53)
+    before, after = GameLoop(cost=4.0, tick=33.0), GameLoop(cost=4.0, tick=66.0)
+    assert warm(w, before, n=200) == 0
+    flagged = sum(honest(w, after, 300 + i)[0] for i in range(300))
+    assert flagged <= 15
+    assert sum(honest(w, after, 700 + i)[0] for i in range(300)) == 0
+    assert w.det.overhead.get("kr-sel-1").tick() == pytest.approx(66.0, rel=0.15)  # type: ignore[union-attr]
+
+
+def test_cold_server_never_uses_the_slowest_sample() -> None:
+    """Before the overhead is learned there is no tick to subtract: no app figure meets
+    physics, however slow its samples."""
+    w = make_world(seed=54)
+    loop = GameLoop(cost=8.0, tick=90.0)
+    assert warm(w, loop, n=4, k=8) == 0
+    ev, out = w.login("early", "58.120.200.9", [10.0, 40.0, 95.0, 99.0], None)
+    assert not out.flags
+    sess = w.det.sessions.peek(ev.event.session_id or "")
+    assert sess is not None and sess.phys_net is None
+
+
+def test_a_proven_login_re_assesses_its_exits_earlier_sessions() -> None:
+    """Two relays hide in a 100 ms tick with one sample each; then two more accounts
+    through the same /24 are proven by their own physics. The second proof makes the /24
+    an exit: the hidden ones are flagged late, each naming its own login."""
+    w = make_world(seed=55)
+    loop = GameLoop(cost=5.0, tick=100.0)
+    assert warm(w, loop, n=120) == 0
+    hidden = []
+    for i in range(2):
+        ev, out = l4_relay(w, loop, f"45.65.11.{10 + i}", k=1, account=f"quiet{i}",
+                           client_leg=20.0)
+        assert not out.flags, ev.notes["relay"]
+        hidden.append(ev.event.event_id)
+    late: set[str] = set()
+    for i in range(2):
+        # a tunnel: the TCP RTT itself carries the 60 ms client leg
+        rtt = 0.5 + 60.0
+        _, out = w.login(f"tunnel{i}", f"45.65.11.{40 + i}", loop.samples(w, rtt, 3),
+                         round(rtt + 0.2, 3))
+        assert any(f.evidence["physics"]["verdict"] == "detour" for f in out.flags)
+        late |= {f.event_id for f in out.flags}
+    assert set(hidden) <= late
