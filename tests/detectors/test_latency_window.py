@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from pathsentry.detectors.base import Findings
 from pathsentry.detectors.latency.baselines import Overhead, spread_median
-from tests.detectors.test_latency import make_world
+from tests.detectors.test_latency import World, make_world
 from tests.detectors.test_latency_calibration import GameLoop, honest, l4_relay, warm
 
 SLOWEST = "slowest app sample less cost and one tick"
@@ -117,3 +118,61 @@ def test_a_proven_login_re_assesses_its_exits_earlier_sessions() -> None:
         assert any(f.evidence["physics"]["verdict"] == "detour" for f in out.flags)
         late |= {f.event_id for f in out.flags}
     assert set(hidden) <= late
+
+
+def _trace(w: World, ip: str, session: str, foreign: bool) -> Findings:
+    """A traceroute of ``session`` as the route detector (earlier in the pipeline) left
+    it: its notes say whether the route starts abroad."""
+    ev = w.enrich(w._base("traceroute", ip, session, vantage_id="client",
+                          direction="client_to_server",
+                          hops=[{"ttl": 1, "ip": "202.97.1.1", "rtt_ms": [1.0]}]))
+    ev.notes["route"] = {"foreign_origin": foreign, "signature": "sig-cn-kr",
+                         "country_path": ["CN", "KR"] if foreign else ["KR"]}
+    return w.det.process(ev) or Findings()
+
+
+def test_a_foreign_route_arriving_after_its_login_counts_as_if_it_came_first() -> None:
+    """The route component used to need the traceroute before the login; clients send it
+    seconds after. Either order gives the login the same components; a home route adds
+    nothing."""
+    w = make_world(seed=56)
+    loop = GameLoop(cost=5.0, tick=100.0)
+    assert warm(w, loop, n=120) == 0
+    app = loop.samples(w, 0.5 + 20.0, 1)
+    ev, out = w.login("quiet", "45.65.12.20", app, 0.5)
+    sid = ev.event.session_id or ""
+    assert not out.flags
+    assert not _trace(w, "45.65.12.20", sid, foreign=False).flags
+    sess = w.det.sessions.peek(sid)
+    assert sess is not None and "route" not in w.det._assess(sess).components
+    _trace(w, "45.65.12.20", sid, foreign=True)
+    after = w.det._assess(sess)
+    assert after.components["route"] == 0.5
+    assert after.evidence["route"]["country_path"] == ["CN", "KR"]
+    # the same login with the route already known when it arrives
+    other = make_world(seed=56)
+    assert warm(other, loop, n=120) == 0
+    raw = other._base("login", "45.65.12.20", "s-first", account="quiet", server_id="kr-sel-1",
+                      app_rtt_ms=app, tcp_rtt_ms=0.5)
+    first = other.enrich(raw)
+    first.notes["route"] = {"foreign_origin": True, "signature": "sig-cn-kr",
+                            "country_path": ["CN", "KR"]}
+    other.det.process(first)
+    before = other.det._assess(other.det.sessions.peek("s-first"))  # type: ignore[arg-type]
+    assert before.components == after.components
+
+
+def test_a_foreign_route_tips_a_suspicious_account_into_a_flag() -> None:
+    """An account proven relayed earlier logs in again through an L4 relay whose leg
+    hides in a 100 ms tick; its traceroute, seconds later, starts abroad."""
+    w = make_world(seed=57)
+    loop = GameLoop(cost=5.0, tick=100.0)
+    assert warm(w, loop, n=120) == 0
+    rtt = 0.5 + 60.0
+    _, out = w.login("roamer", "45.65.13.20", loop.samples(w, rtt, 3), round(rtt + 0.2, 3))
+    assert out.flags
+    ev, out = w.login("roamer", "45.65.14.20", [70.0], 0.5)
+    assert not out.flags, ev.notes["relay"]
+    late = _trace(w, "45.65.14.20", ev.event.session_id or "", foreign=True)
+    assert [f.event_id for f in late.flags] == [ev.event.event_id]
+    assert any("foreign origin" in r for r in late.flags[0].reasons)

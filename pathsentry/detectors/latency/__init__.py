@@ -25,7 +25,10 @@ of the same session) the detector weighs five kinds of evidence:
     great-circle distance apart; light in fibre needs ``km / 100`` ms of RTT,
     routed paths about twice that, plus the access network's share. The
     measurement is a network RTT: the kernel TCP RTT, or the app minimum less the
-    server's learned overhead (never a raw app figure). What it exceeds beyond
+    server's learned overhead, or the slowest app sample less the cost and one
+    whole tick (an honest client's samples all land within one tick of its round
+    trip, so a relay leg hidden in the fastest sample's phase shows in the
+    slowest); never a raw app figure. What it exceeds beyond
     that (and a per-access-kind tolerance) is the detour, expressed in ms and in
     km (100 km per ms of RTT).
 ``vantage``

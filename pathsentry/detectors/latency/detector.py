@@ -29,7 +29,7 @@ from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedL
 from pathsentry.detectors.physics import KM_PER_MS_RTT
 from pathsentry.detectors.settings import settings_dict
 from pathsentry.enrich.geo import GeoInfo
-from pathsentry.schemas import FlaggedEvent, Login, RttProbe, parse_event
+from pathsentry.schemas import FlaggedEvent, Login, RttProbe, Traceroute, parse_event
 
 __all__ = ["LatencyDetector"]
 
@@ -44,7 +44,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
     """Relayed connections from latency physics, baselines and multi-vantage RTTs."""
 
     name = "latency"
-    consumes = frozenset({"login", "rtt_probe"})
+    consumes = frozenset({"login", "rtt_probe", "traceroute"})
     _model_features: ClassVar[tuple[str, ...]] = (
         "gap_ratio", "gap", "baseline_z", "physics_excess", "vantage_violation",
     )
@@ -135,7 +135,25 @@ class LatencyDetector(SessionTable, Evidence, Detector):
             return self._on_probe(event)
         if isinstance(event, Login):
             return self._on_login(ev, event)
+        if isinstance(event, Traceroute):
+            return self._on_route(ev, event)
         return None
+
+    def _on_route(self, ev: Enriched, trace: Traceroute) -> Findings | None:
+        """A traceroute the route detector (earlier in the pipeline) found to start
+        abroad, arriving after its session's login: the login gets the route component
+        it would have had, had the traceroute come first, and is re-assessed. (A login
+        arriving after its traceroute gets the route from the route detector's notes.)"""
+        route = ev.notes.get("route")
+        if trace.session_id is None or not isinstance(route, dict) or not route.get("foreign_origin"):
+            return None
+        sess = self.sessions.peek(trace.session_id)
+        if sess is None or sess.event_id is None or sess.route is not None:
+            return None
+        sess.route = route
+        if sess.allowed is not None:
+            return None
+        return self._reassess(sess)
 
     def _session_of(self, event: RttProbe | Login) -> tuple[str, Session]:
         """The session an event belongs to (created, or refreshed in the LRU)."""

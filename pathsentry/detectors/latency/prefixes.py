@@ -122,8 +122,10 @@ class ExitPrefixes:
         exits carry many clients, and the ones on long-tick servers or without a TCP
         RTT show little on their own. Strength ramps over the share of the prefix's
         recent logins (other sessions) that were proven, between ``prefix_share``
-        (default 0.2 and 0.5), once ``prefix_proven_accounts`` (3) distinct accounts
-        were proven: a CGNAT or campus prefix with one odd session is not an exit.
+        (default 0.2 and 0.5), once ``prefix_proven_accounts`` (2) distinct accounts
+        were proven: a CGNAT or campus prefix with one odd session is not an exit (an
+        honest login is proven relayed about once in 5,000, so two accounts of one /24's
+        last 16 logins are next to never both honest).
         """
         hist = self.prefix_gaps.peek(sess.prefix)
         if hist is None:

@@ -7,7 +7,9 @@ application overhead (:class:`~.baselines.Overhead`): a login is only evidence w
 its gap exceeds ``cost + tick * q_k + gap_z * noise`` (see :mod:`.baselines`), so a
 game loop with a 100 ms tick does not look like a relay. Physics judges a network
 RTT: the kernel TCP RTT, or the app minimum less the learned overhead (cost and the
-``1 - phase_alpha`` quantile of the phase), never a raw app figure. The prefix
+``1 - phase_alpha`` quantile of the phase), or the slowest app sample less the cost,
+one whole tick, ``gap_z`` noise scales and the spike allowance
+(:meth:`Scoring.slowest_bound`), never a raw app figure. The prefix
 baselines hold app minima and are compared with app minima. A server not warmed up
 (gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
 physics: the evidence says so and the other components carry the decision.
@@ -20,7 +22,7 @@ share below about 40 % of the window's prefixes does not move the medians),
 phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
 logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
 combined z-scores of 4.5 and 6.5 (``prefix_z``); a prefix whose recent logins were
-proven relays by their own physics (``proven_min`` 0.5) from at least 3 accounts
+proven relays by their own physics (``proven_min`` 0.5) from at least 2 accounts
 (``prefix_proven_accounts``) lends its other logins evidence ramping over the
 proven share between 0.2 and 0.5 (``prefix_share``).
 """
