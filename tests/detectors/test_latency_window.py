@@ -69,6 +69,12 @@ def test_relay_hidden_in_a_long_tick_shows_in_its_slowest_sample_without_tcp() -
     assert 15.0 < phys["measured_ms"] <= max(app) - 5.0 - 90.0 + 20.0
     assert phys["excess_ms"] == pytest.approx(phys["measured_ms"] - phys["expected_ms"], abs=0.02)
     assert phys["excess_km"] > 1000
+    slowest = phys["slowest_sample"]
+    assert slowest["app_rtt_max_ms"] == max(app) and slowest["samples"] == 8
+    assert slowest["learned_tick_ms"] == pytest.approx(90.0, rel=0.15)
+    assert phys["measured_ms"] == pytest.approx(
+        max(app) - slowest["learned_cost_ms"] - slowest["learned_tick_ms"]
+        - slowest["noise_scales"] * slowest["noise_ms"] - slowest["spike_allowance_ms"], abs=0.05)
     assert any(SLOWEST in r for r in out.flags[0].reasons)
 
 

@@ -36,9 +36,11 @@ of the same session) the detector weighs five kinds of evidence:
     ``RTT x 100 km`` around every probing vantage. A claimed point outside a
     disk is violated; the disks' intersection is the rough feasible region.
 ``route`` / ``model``
-    A foreign-origin route found by the route detector for the same session,
-    and a River :class:`~river.anomaly.HalfSpaceTrees` model over squashed
-    residual features (gap, baseline z, physics excess, vantage violation).
+    A foreign-origin route found by the route detector for the same session
+    (its traceroute before the login, or after it: then the login is
+    re-assessed with the route, so both orders give the same verdict), and a
+    River :class:`~river.anomaly.HalfSpaceTrees` model over squashed residual
+    features (gap, baseline z, physics excess, vantage violation).
 
 The components are combined as a noisy-OR of weighted scores, then adjusted by
 the account's bounded history: one noisy session on an otherwise clean account
