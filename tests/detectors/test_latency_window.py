@@ -182,3 +182,28 @@ def test_a_foreign_route_tips_a_suspicious_account_into_a_flag() -> None:
     late = _trace(w, "45.65.14.20", ev.event.session_id or "", foreign=True)
     assert [f.event_id for f in late.flags] == [ev.event.event_id]
     assert any("foreign origin" in r for r in late.flags[0].reasons)
+
+
+def test_a_fallback_baseline_alone_is_not_sharpened_into_a_flag() -> None:
+    """A rural line 16 ms slower than its ISP's city lines, on a /24 of its own: the ASN
+    baseline's verdict alone stays below the flag, and the anomaly model (which only
+    sharpens physical evidence) is not asked to tip it over."""
+    w = make_world(seed=58, hst_window=40)
+    loop = GameLoop(cost=4.0, tick=0.0)
+    assert warm(w, loop, n=200) == 0  # city lines of one ASN: its baseline and the model
+    assert not w.det.hst.model._first_window
+    flagged = []
+    judged = 0
+    for i in range(20):
+        rtt = 1.0 + 16.0 + w.rng.uniform(0.0, 2.0)
+        ev, out = w.login(f"rural{i}", f"58.120.{220 + i}.9", loop.samples(w, rtt, 4, 1.0),
+                          round(rtt + 0.4, 3))
+        sess = w.det.sessions.peek(ev.event.session_id or "")
+        assert sess is not None
+        a = w.det._assess(sess)
+        if "baseline" in a.components:
+            judged += 1
+            assert a.evidence["baseline"]["used"] == "asn"
+            assert a.evidence["model"] == {"verdict": "not scored: a fallback baseline alone"}
+        flagged += out.flags
+    assert flagged == [] and judged >= 10

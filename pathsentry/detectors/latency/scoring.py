@@ -404,6 +404,11 @@ class Scoring(ExitPrefixes):
             return comps, "warm-up", gv, excess, level, raw, None
         if comps is None:
             return comps, "not scored: no other evidence", gv, excess, level, raw, None
+        if level != "prefix" and len(comps) == 1 and "baseline" in comps:
+            # a fallback (ASN, country) baseline alone stays below the flag threshold (a
+            # rural line is slower than its ISP's city lines without any relay): the
+            # model sharpens physical evidence, it must not tip this over
+            return comps, "not scored: a fallback baseline alone", gv, excess, level, raw, None
         if not ask_model:
             return comps, None, gv, excess, level, raw, None
         feats = features(*raw, sess.phys_feat)
