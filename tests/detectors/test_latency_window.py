@@ -52,6 +52,8 @@ def test_mobile_spikes_on_a_long_tick_are_not_relays() -> None:
     assert warm(w, loop, n=100) == 0
     assert warm(w, loop, n=400, mobile=True, jitter=4.0, spike_p=0.12) == 0
     assert warm(w, loop, n=200, mobile=True, jitter=4.0, spike_p=0.12, tcp=False) == 0
+    # one sample cannot filter a spike: the gap allows the largest spike learned
+    assert warm(w, loop, n=600, mobile=True, jitter=4.0, spike_p=0.12, k=1) == 0
 
 
 def test_relay_hidden_in_a_long_tick_shows_in_its_slowest_sample_without_tcp() -> None:

@@ -298,17 +298,19 @@ class OverheadBook:
         s = lower[len(lower) // 2] / 0.674
         return (s if s > floor else floor), len(lower)
 
-    def spike(self, kind: str) -> float:
-        """How far (ms) one app sample of this access kind may spike: the 90th percentile
-        of the samples' spread beyond the tick's share, ``spread - tick * (k - 1) / (k +
-        1)``, over multi-sample logins (0 before ``MIN_NOISE_VOTES``). A radio link
-        spikes single samples by tens of ms; the minimum of several filters that out,
-        a login with one or two samples cannot. Relays do not widen a login's spread,
+    def spike(self, kind: str, q: float = 0.9) -> float:
+        """How far (ms) one app sample of this access kind may spike: the ``q`` quantile
+        (default the 90th percentile) of the samples' spread beyond the tick's share,
+        ``spread - tick * (k - 1) / (k + 1)``, over multi-sample logins (0 before
+        ``MIN_NOISE_VOTES``). A radio link spikes single samples by tens of ms; the
+        minimum of several filters that out, a login with one or two samples cannot:
+        the gap of such a login is allowed the largest spread seen (``q = 1``), as its
+        only sample may carry the largest spike. Relays do not widen a login's spread,
         so this upper-side figure is learned from every login, relays' included."""
         w = self.jitter.get(kind)
         if w is None or len(w) < self.MIN_NOISE_VOTES:
             return 0.0
-        x = w.quantile(0.9)
+        x = w.quantile(q)
         return x if x > 0.0 else 0.0
 
     def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float,

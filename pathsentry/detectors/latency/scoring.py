@@ -207,7 +207,7 @@ class Scoring(ExitPrefixes):
 
         Strength is ``ramp(excess, 0, width) * ramp(1 - ratio, 0.5, 0.75)``: ``excess`` is
         the gap beyond the honest bound ``cost + tick * q_k + gap_z * noise`` (+ the access
-        kind's spike allowance for one or two samples), ``width``
+        kind's largest learned spike for one or two samples), ``width``
         ``max(gap_full_ms - gap_min_ms, 2 * noise)``, and ``ratio`` the network RTT over the
         app minimum less the expected overhead (TCP covering at most half of the path the
         game's packets travel); the gap must also exceed ``gap_min_ms`` (500 km).
@@ -228,7 +228,7 @@ class Scoring(ExitPrefixes):
         v.expected = v.cost + v.tick / (k + 1)
         least = self.noise_floor(sess.geo.kind or "")
         v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
-        v.spike = self.overhead.spike(sess.geo.kind or "?") if k <= 2 else 0.0
+        v.spike = self.overhead.spike(sess.geo.kind or "?", 1.0) if k <= 2 else 0.0
         v.bound = (v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
                    + v.spike)
         v.excess = excess = v.gap - v.bound
