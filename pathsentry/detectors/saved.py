@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -194,8 +193,9 @@ class _AlertRows(Saved):
 
 
 class AllowList:
-    """The ``[[allow]]`` ranges of the loading worker's configuration: what an allow-list
-    mark in a saved state is replaced by (the state's own mark is never trusted).
+    """The ``[[allow]]`` ranges of the configuration: what enrichment marks an event with,
+    and what an allow-list mark in a saved state is replaced by (the state's own mark is
+    never trusted).
 
     >>> from pathsentry.config import load_config
     >>> cfg = load_config(text='[[allow]]\\ncidr = "203.0.113.0/24"\\nreason = "relay"\\n', env={})
@@ -211,8 +211,7 @@ class AllowList:
         """The entry ``ip`` (an address or its text) falls in, ``None`` if none."""
         if isinstance(ip, str):
             ip = ipaddress.ip_address(ip)
-        return _first(a for net, a in self._nets if ip.version == net.version and ip in net)
-
-
-def _first(items: Iterable[AllowEntry]) -> AllowEntry | None:
-    return next(iter(items), None)
+        for net, entry in self._nets:
+            if ip.version == net.version and ip in net:
+                return entry
+        return None
