@@ -23,11 +23,11 @@ injection_cells state: group 'g': a cell with more suspect probes than probes
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import Field
 
-from pathsentry.detectors.saved import Count, Name, Saved, StateInvalid, Ts, check
+from pathsentry.detectors.saved import Count, Name, Record, Saved, StateInvalid, Ts, check
 
 __all__ = ["check_cells_state", "check_profiles"]
 
@@ -88,12 +88,12 @@ def check_profiles(state: Any) -> None:
             raise StateInvalid(f"{where}: more timed answers in the bins than in all")
 
 
-class _Cell(Saved):
+class _Cell(Record):
     n: Count
     k: Count
     clients: list[Name]
     suspect_clients: dict[Name, Count]
-    ref: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    ref: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
     first: Ts | None
     last: Ts
     first_suspect: Ts | None
@@ -128,6 +128,6 @@ def check_cells_state(state: Any) -> None:
     """Refuse injection-cell groups not as saved."""
     for key, g in check(_Cells, state, "injection_cells state").groups.items():
         cells = [c for *_, c in g.cells] + [c for *_, c in g.tls]
-        if any(c.k > c.n for c in cells):
+        if any(c["k"] > c["n"] for c in cells):
             raise StateInvalid(f"injection_cells state: group {key[:80]!r}: a cell with more "
                                "suspect probes than probes")

@@ -16,7 +16,7 @@ sessions.0.1.extra.login_ts | 1000000000000.0 is past the wall clock
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import Field
 
@@ -24,6 +24,7 @@ from pathsentry.detectors.saved import (
     MAX_NAME,
     IsoTs,
     Name,
+    Record,
     Saved,
     Score,
     StateInvalid,
@@ -41,7 +42,7 @@ Country = Annotated[str, Field(max_length=8)]
 Asn = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
-class RouteNote(Saved):
+class RouteNote(Record):
     """``Enriched.notes["route"]`` as the route detector writes it."""
 
     signature: Annotated[str, Field(max_length=128)]
@@ -51,10 +52,10 @@ class RouteNote(Saved):
     gated_hops: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(max_length=MAX_PATH)]
     last_foreign_prefix: Name | None
     gate: Literal["vantage", "destination", "none"]
-    suppressed: Name | None = None
+    suppressed: NotRequired[Name | None]
 
 
-class _Flag(Saved):
+class _Flag(Record):
     """A route flag as emitted (re-emitted once the login names the account)."""
 
     event_id: Name
@@ -70,19 +71,19 @@ class _Flag(Saved):
     evidence: dict[str, Any]
 
 
-class _Extra(Saved):
+class _Extra(Record, total=False):
     """What the session's login told the route detector."""
 
-    server_id: Name | None = None
-    login_event_id: Name | None = None
-    login_ts: Ts | None = None
+    server_id: Name | None
+    login_event_id: Name | None
+    login_ts: Ts | None
 
 
-class _Session(Saved):
+class _Session(Record):
     account: Name | None
     route: RouteNote | None
     flag: _Flag | None
-    extra: _Extra = _Extra()
+    extra: NotRequired[_Extra]
 
 
 class _Share(Saved):
@@ -99,11 +100,11 @@ def check_route_share(state: Any) -> None:
     holding a flag the detector could not have raised (one needs the session's own
     foreign-origin route)."""
     for key, sess in check(_Share, state, "route sessions").sessions:
-        flag, route = sess.flag, sess.route
+        flag, route = sess["flag"], sess["route"]
         if flag is None:
             continue
-        if route is None or not route.foreign_origin or flag.session_id != key \
-                or flag.evidence.get("signature") != route.signature:
+        if route is None or not route["foreign_origin"] or flag["session_id"] != key \
+                or flag["evidence"].get("signature") != route["signature"]:
             raise StateInvalid(f"route sessions: session {key[:80]!r} holds a flag its route "
                                "does not raise")
 

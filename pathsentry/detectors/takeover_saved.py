@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from pathsentry.detectors.saved import Count, Name, Saved, Ts, check
+from pathsentry.detectors.saved import Count, Name, Record, Saved, Ts, check
 
 __all__ = ["check_takeover_state"]
 
@@ -31,16 +31,15 @@ Asn = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Seen = list[tuple[Name, Ts]]
 
 
-class _History(Saved):
-    logins: Count = 0
-    devices: Seen = Field(default_factory=list)
-    subnets: Seen = Field(default_factory=list)
-    oses: Seen = Field(default_factory=list)
-    countries: Seen = Field(default_factory=list)
-    asns: list[tuple[Asn, Ts]] = Field(default_factory=list)
-    prefixes: Seen = Field(default_factory=list)
-    last: tuple[Ts | None, Lat | None, Lon | None, Name | None, Name | None] = (
-        None, None, None, None, None)
+class _History(Record, total=False):
+    logins: Count
+    devices: Seen
+    subnets: Seen
+    oses: Seen
+    countries: Seen
+    asns: list[tuple[Asn, Ts]]
+    prefixes: Seen
+    last: tuple[Ts | None, Lat | None, Lon | None, Name | None, Name | None]
 
 
 class _State(Saved):

@@ -16,11 +16,11 @@ gaps are finite and bounded, scores in [0, 1], counts non-negative.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 from pydantic import Field
 
-from pathsentry.detectors.saved import MAX_MS, Count, Ms, Name, Saved, Score, Ts, check
+from pathsentry.detectors.saved import MAX_MS, Count, Ms, Name, Record, Saved, Score, Ts, check
 
 __all__ = ["check_farm_state"]
 
@@ -30,7 +30,7 @@ Rate = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 Names = Annotated[list[Name], Field(max_length=4096)]
 
 
-class _Member(Saved):
+class _Member(Record):
     sid: Name
     account: Name
     ts: Ts
@@ -38,29 +38,29 @@ class _Member(Saved):
     trace_event_id: Name | None
     src_ip: Annotated[str, Field(max_length=64)]
     prefix: Name
-    country: Annotated[str, Field(max_length=8)] | None = None
-    asn: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
-    sig: Name | None = None
-    country_path: Names = Field(default_factory=list)
-    route_known: bool = False
-    relay: bool = False
-    relay_score: Score = 0.0
-    relay_gap_ms: SignedMs | None = None
-    relay_excess_ms: SignedMs | None = None
-    rtt: Ms | None = None
-    server: Name | None = None
-    device: Name | None = None
-    cluster: Name = ""
-    group: Name | None = None
+    country: NotRequired[Annotated[str, Field(max_length=8)] | None]
+    asn: NotRequired[Annotated[int, Field(ge=0, le=2**32 - 1)] | None]
+    sig: NotRequired[Name | None]
+    country_path: NotRequired[Names]
+    route_known: NotRequired[bool]
+    relay: NotRequired[bool]
+    relay_score: NotRequired[Score]
+    relay_gap_ms: NotRequired[SignedMs | None]
+    relay_excess_ms: NotRequired[SignedMs | None]
+    rtt: NotRequired[Ms | None]
+    server: NotRequired[Name | None]
+    device: NotRequired[Name | None]
+    cluster: NotRequired[Name]
+    group: NotRequired[Name | None]
     #: recomputed from the account name on load
-    skel: Name | None = None
-    serial_no: int | None = None
-    indexed: Names = Field(default_factory=list)
-    flag_ts: Ts | None = None
-    exit: Name = ""
-    tcp: Ms | None = None
-    jitter: Ms | None = None
-    on_shared: bool = False
+    skel: NotRequired[Name | None]
+    serial_no: NotRequired[int | None]
+    indexed: NotRequired[Names]
+    flag_ts: NotRequired[Ts | None]
+    exit: NotRequired[Name]
+    tcp: NotRequired[Ms | None]
+    jitter: NotRequired[Ms | None]
+    on_shared: NotRequired[bool]
 
 
 class _Group(Saved):

@@ -550,11 +550,12 @@ class LatencyDetector(SessionTable, Evidence, Detector):
     def load_sessions(self, state: Any) -> None:
         """Add one partition's sessions (refused whole unless every field is as saved)."""
         if isinstance(state, dict) and state.get("version") == 1:
-            check_latency_share(state)
+            logins = check_latency_share(state)
             for row in state.get("sessions", []):
-                self._load_session_row(row)
+                self._load_session_row(row, logins.get(row["id"]))
 
-    def _load_session_row(self, row: dict[str, Any]) -> None:
+    def _load_session_row(self, row: dict[str, Any], event: Login | None = None) -> None:
+        """Add one saved session (``event``: its login, parsed already)."""
         sess = Session()
         sess.score, sess.flagged = row["score"], row["flagged"]
         probes: list[Any] = []
@@ -564,8 +565,10 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         key = row["id"]
         snap = row["login"]
         if snap is not None:
-            event = parse_event(snap["event"])
-            assert isinstance(event, Login)
+            if event is None:
+                parsed = parse_event(snap["event"])
+                assert isinstance(parsed, Login)
+                event = parsed
             self._set_login(
                 sess, key, event, GeoInfo(**snap["geo"]), snap["prefix"],
                 self._server(event.server_id),
@@ -584,7 +587,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         is refused as it is read, so load into a fresh detector)."""
         if state.get("version") != 1:
             return
-        check_latency_state(state, self.name)
+        logins = check_latency_state(state, self.name)
         self.baselines.clear()
         for key, snap in state.get("baselines", []):
             self.baselines.put(key, _restored(snap, key))
@@ -594,7 +597,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
             self.prefix_gaps.put(key, tuple(rows))
         self.sessions.clear()
         for row in state.get("sessions", []):
-            self._load_session_row(row)
+            self._load_session_row(row, logins.get(row["id"]))
         self.accounts.clear()
         self._load_accounts(state.get("accounts", []))
         self.alerts.load_state(state.get("alerts", []))

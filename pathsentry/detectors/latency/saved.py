@@ -24,7 +24,7 @@ pathsentry.detectors.saved.StateInvalid: latency sessions: session 's1' is flagg
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import Field
 
@@ -37,6 +37,7 @@ from pathsentry.detectors.saved import (
     GeoSnap,
     Ms,
     Name,
+    Record,
     Saved,
     Score,
     StateInvalid,
@@ -75,31 +76,31 @@ class _OverheadBook(Saved):
     jitter: dict[Name, Votes] = Field(default_factory=dict)
 
 
-class _Probe(Saved):
+class _Probe(Record):
     vantage: Name
     method: Literal["icmp", "tcp", "app"]
     min_ms: Ms
     samples: Annotated[int, Field(ge=1, le=10**9)]
 
 
-class _Notes(Saved):
-    route: RouteNote | None = None
+class _Notes(Record, total=False):
+    route: RouteNote | None
 
 
-class _Login(Saved):
+class _Login(Record):
     event: dict[str, Any]
     #: (absent in an older format, which saved the whole login event)
-    app_rtt_p10_ms: Ms | None = None
-    app_rtt_samples: Annotated[int, Field(ge=1, le=10**6)] | None = None
-    overhead_key: Name | None = None
+    app_rtt_p10_ms: NotRequired[Ms | None]
+    app_rtt_samples: NotRequired[Annotated[int, Field(ge=1, le=10**6)] | None]
+    overhead_key: NotRequired[Name | None]
     geo: GeoSnap
     prefix: Name
     #: never used: the mark is derived again from the configuration
-    allowed: dict[str, Any] | None = None
-    notes: _Notes = _Notes()
+    allowed: NotRequired[dict[str, Any] | None]
+    notes: NotRequired[_Notes]
 
 
-class _Session(Saved):
+class _Session(Record):
     id: Name
     login: _Login | None
     score: Score
@@ -107,7 +108,7 @@ class _Session(Saved):
     probes: Annotated[list[_Probe], Field(max_length=MAX_VANTAGES)]
 
 
-class _Account(Saved):
+class _Account(Record):
     recent: list[tuple[Name, Score]]
     flagged: Count
 
@@ -155,24 +156,30 @@ def _check_prefix_rows(key: str, rows: list[Any]) -> None:
                                "(session, server, gap ms, samples, access kind, account, proven)")
 
 
-def _check_sessions(sessions: list[_Session], where: str) -> None:
+def _check_sessions(sessions: list[_Session], where: str) -> dict[str, Login]:
+    """Each session's login, parsed by the contract (by session id): its time no later than
+    a day past the wall clock, its RTTs in range, filed under its own session."""
+    logins: dict[str, Login] = {}
     for s in sessions:
-        if s.login is None:
-            if s.flagged:
-                raise StateInvalid(f"{where}: session {s.id[:80]!r} is flagged without a login")
+        sid, login = s["id"], s["login"]
+        if login is None:
+            if s["flagged"]:
+                raise StateInvalid(f"{where}: session {sid[:80]!r} is flagged without a login")
             continue
         try:
-            event = parse_event(s.login.event)
+            event = parse_event(login["event"])
         except ValueError as e:
-            raise StateInvalid(f"{where}: session {s.id[:80]!r}: login {str(e)[:200]}") from None
+            raise StateInvalid(f"{where}: session {sid[:80]!r}: login {str(e)[:200]}") from None
         if not isinstance(event, Login):
-            raise StateInvalid(f"{where}: session {s.id[:80]!r}: its login is a {event.kind}")
-        check_ts(event.ts.timestamp(), f"{where}: session {s.id[:80]!r}: login ts")
+            raise StateInvalid(f"{where}: session {sid[:80]!r}: its login is a {event.kind}")
+        check_ts(event.ts.timestamp(), f"{where}: session {sid[:80]!r}: login ts")
         own = event.session_id if event.session_id is not None else f"event:{event.event_id}"
-        if own != s.id:
-            raise StateInvalid(f"{where}: session {s.id[:80]!r} holds the login of {own[:80]!r}")
+        if own != sid:
+            raise StateInvalid(f"{where}: session {sid[:80]!r} holds the login of {own[:80]!r}")
         if max(event.app_rtt_ms) > MAX_MS or (event.tcp_rtt_ms or 0.0) > MAX_MS:
-            raise StateInvalid(f"{where}: session {s.id[:80]!r}: an RTT past {MAX_MS:.0f} ms")
+            raise StateInvalid(f"{where}: session {sid[:80]!r}: an RTT past {MAX_MS:.0f} ms")
+        logins[sid] = event
+    return logins
 
 
 def _check_learned(doc: _Learned, where: str) -> None:
@@ -182,9 +189,9 @@ def _check_learned(doc: _Learned, where: str) -> None:
         check(_Model, doc.model, f"{where}: model")
 
 
-def check_latency_share(state: Any) -> None:
-    """Refuse a sessions share not as saved."""
-    _check_sessions(check(_Share, state, "latency sessions").sessions, "latency sessions")
+def check_latency_share(state: Any) -> dict[str, Login]:
+    """Refuse a sessions share not as saved; its sessions' logins, parsed."""
+    return _check_sessions(check(_Share, state, "latency sessions").sessions, "latency sessions")
 
 
 def check_latency_learned(state: Any) -> None:
@@ -193,12 +200,13 @@ def check_latency_learned(state: Any) -> None:
     _check_learned(check(_Learned, state, "latency learned state"), "latency learned state")
 
 
-def check_latency_state(state: Any, detector: str) -> None:
-    """Refuse a whole relay-detector state not as saved (alert ids included)."""
+def check_latency_state(state: Any, detector: str) -> dict[str, Login]:
+    """Refuse a whole relay-detector state not as saved (alert ids included); its
+    sessions' logins, parsed."""
     doc = check(_State, state, "latency state")
     _check_learned(doc, "latency state")
-    _check_sessions(doc.sessions, "latency sessions")
     check_alert_rows(state.get("alerts", []), detector, "vpn_relay", "latency alerts")
+    return _check_sessions(doc.sessions, "latency sessions")
 
 
 def check_baseline_quantiles(key: str, quantiles: tuple[float, float, float]) -> None:
