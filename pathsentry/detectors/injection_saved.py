@@ -3,8 +3,9 @@
 Typed models (rules of :mod:`pathsentry.detectors.saved`) of what the ``injection``
 detector saves of its origins' learned profiles
 (:meth:`~pathsentry.detectors.injection_profile.Profiles.to_json`: per source the marks
-seen per HTTP status and the TTL deltas, each count within its total, statuses from 100
-to 599, deltas whole numbers of hops, first-byte ratio bins within the histogram) and
+seen per HTTP status and the TTL deltas, each count within its total, statuses from 0
+to 999 as the contract takes them, deltas whole numbers of hops, first-byte ratio bins
+within the histogram) and
 of what ``injection_cells`` saves of its groups (cells of a prefix, port and hour with
 ``k`` suspect of ``n`` probes, their times no later than a day past the wall clock, the
 published alert's version and signature).
@@ -31,7 +32,8 @@ from pathsentry.detectors.saved import Count, Name, Record, Saved, StateInvalid,
 
 __all__ = ["check_cells_state", "check_profiles"]
 
-Status = Annotated[int, Field(ge=100, le=599)]
+#: an HTTP status as the contract takes it
+Status = Annotated[int, Field(ge=0, le=999)]
 Port = Annotated[int, Field(ge=-1, le=65535)]  # -1: every port
 Hour = Annotated[int, Field(ge=-1, le=23)]  # -1: every hour
 #: first-byte/handshake ratio bins (16 per octave over 16 octaves)
@@ -112,7 +114,7 @@ class _Group(Saved):
     asn: Annotated[int, Field(ge=0, le=2**32 - 1)] | None
     as_name: Name | None
     last: Ts
-    tz_label: Annotated[str, Field(max_length=64)]
+    tz_label: Name
     accounts: list[Name]
     cells: list[tuple[Name, Port, Hour, _Cell]]
     tls: list[tuple[Name, Hour, _Cell]]

@@ -38,7 +38,7 @@ __all__ = ["RouteNote", "check_route_share", "check_route_state"]
 #: Longest country or ASN path a route note may hold (a traceroute has at most 255 hops).
 MAX_PATH = 256
 
-Country = Annotated[str, Field(max_length=8)]
+Country = Name
 Asn = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
@@ -62,7 +62,7 @@ class _Flag(Record):
     ts: IsoTs
     account: Name | None
     session_id: Name | None
-    src_ip: Annotated[str, Field(max_length=64)]
+    src_ip: Name
     country: Country | None
     asn: Asn | None
     score: Score

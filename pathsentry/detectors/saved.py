@@ -174,14 +174,14 @@ def check_ts(v: Any, where: str) -> float:
 class GeoSnap(Record, total=False):
     """A saved :class:`~pathsentry.enrich.geo.GeoInfo`."""
 
-    country: Annotated[str, Field(max_length=8)] | None
+    country: Name | None
     asn: Annotated[int, Field(ge=0, le=2**32 - 1)] | None
     as_name: Name | None
     lat: Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)] | None
     lon: Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)] | None
-    kind: Annotated[str, Field(max_length=64)] | None
-    network: Annotated[str, Field(max_length=64)] | None
-    source: Annotated[str, Field(max_length=64)]
+    kind: Name | None
+    network: Name | None
+    source: Name
     precision: Literal["city", "country", "none"]
 
 

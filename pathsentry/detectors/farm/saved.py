@@ -36,9 +36,9 @@ class _Member(Record):
     ts: Ts
     event_id: Name | None
     trace_event_id: Name | None
-    src_ip: Annotated[str, Field(max_length=64)]
+    src_ip: Name
     prefix: Name
-    country: NotRequired[Annotated[str, Field(max_length=8)] | None]
+    country: NotRequired[Name | None]
     asn: NotRequired[Annotated[int, Field(ge=0, le=2**32 - 1)] | None]
     sig: NotRequired[Name | None]
     country_path: NotRequired[Names]
