@@ -25,10 +25,10 @@ from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
 from pathsentry.detectors.latency.saved import (
-    check_baseline_quantiles,
     check_latency_learned,
     check_latency_share,
     check_latency_state,
+    restored_baseline,
 )
 from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, noisy_or
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
@@ -501,7 +501,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         check_latency_learned(state)
         for key, snap in state.get("baselines", []):
             if self.baselines.peek(key) is None and len(self.baselines) < self.baselines.cap:
-                self.baselines.put(key, _restored(snap, key))
+                self.baselines.put(key, restored_baseline(snap, key))
         self.overhead.load(state.get("overhead", {}), only_new=True)
         for key, rows in state.get("prefix_gaps", []):
             if self.prefix_gaps.peek(key) is None and len(self.prefix_gaps) < self.prefix_gaps.cap:
@@ -590,7 +590,7 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         logins = check_latency_state(state, self.name)
         self.baselines.clear()
         for key, snap in state.get("baselines", []):
-            self.baselines.put(key, _restored(snap, key))
+            self.baselines.put(key, restored_baseline(snap, key))
         self.overhead.load(state.get("overhead", {}))
         self.prefix_gaps.clear()
         for key, rows in state.get("prefix_gaps", []):
@@ -602,10 +602,3 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         self._load_accounts(state.get("accounts", []))
         self.alerts.load_state(state.get("alerts", []))
         self._load_model(state.get("model", {}))
-
-
-def _restored(snap: dict[str, Any], key: str) -> Baseline:
-    """A saved baseline, refused if its sketches give no RTT."""
-    b = Baseline.restore(snap, key)
-    check_baseline_quantiles(key, b.quantiles())
-    return b

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import Field
 
+from pathsentry.detectors.latency.baselines import Baseline
 from pathsentry.detectors.latency.prefixes import PREFIX_ROW
 from pathsentry.detectors.latency.state import MAX_VANTAGES
 from pathsentry.detectors.route_saved import RouteNote
@@ -47,8 +48,8 @@ from pathsentry.detectors.saved import (
 )
 from pathsentry.schemas import Login, parse_event
 
-__all__ = ["check_baseline_quantiles", "check_latency_learned", "check_latency_share",
-           "check_latency_state"]
+__all__ = ["check_latency_learned", "check_latency_share", "check_latency_state",
+           "restored_baseline"]
 
 #: A vote: a signed figure in ms (a cost or residual may be below zero) or a clipped
 #: standardised residual.
@@ -209,7 +210,10 @@ def check_latency_state(state: Any, detector: str) -> dict[str, Login]:
     return _check_sessions(doc.sessions, "latency sessions")
 
 
-def check_baseline_quantiles(key: str, quantiles: tuple[float, float, float]) -> None:
-    """Refuse a restored baseline whose sketches give no RTT (not finite, out of range)."""
-    if not all(math.isfinite(q) and -MAX_MS <= q <= MAX_MS for q in quantiles):
+def restored_baseline(snap: dict[str, Any], key: str) -> Baseline:
+    """A saved (and checked) baseline restored, refused if its sketches give no RTT (not
+    finite, out of range)."""
+    b = Baseline.restore(snap, key)
+    if not all(math.isfinite(q) and -MAX_MS <= q <= MAX_MS for q in b.quantiles()):
         raise StateInvalid(f"latency baseline {key[:80]!r}: its quantiles are not RTTs")
+    return b
