@@ -69,7 +69,8 @@ Modules: :mod:`.state` (bounded tables, alert book, the session record),
 (distances, expectations, RTT disks), :mod:`.model` (the anomaly model),
 :mod:`.scoring` (component strengths, history, combination), :mod:`.prefixes` (what
 an exit prefix's recent logins show together), :mod:`.evidence`
-(flags put into words) and :mod:`.detector` (events, learning, snapshots).
+(flags put into words), :mod:`.snapshots` (state as JSON and back) and
+:mod:`.detector` (events, learning).
 
 Memory is bounded (least-recently-used keys are evicted): ``baseline_keys_max``
 baselines (three P² quantile sketches and a count), ``sessions_max`` sessions,
