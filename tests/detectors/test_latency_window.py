@@ -209,3 +209,23 @@ def test_a_fallback_baseline_alone_is_not_sharpened_into_a_flag() -> None:
             assert a.evidence["model"] == {"verdict": "not scored: a fallback baseline alone"}
         flagged += out.flags
     assert flagged == [] and judged >= 10
+
+
+def test_the_tick_is_learned_from_every_login_not_one_per_prefix() -> None:
+    """Players behind three /24s (a PC bang, a campus, a CGNAT pool) and relays whose
+    other evidence keeps them from teaching the cost: every login's spread is a vote
+    for the tick (a relay does not change the game loop)."""
+    w = make_world(seed=59)
+    loop = GameLoop(cost=5.0, tick=90.0)
+    assert warm(w, loop, n=60) == 0
+    for i in range(300):
+        rtt = 2.0 + w.rng.uniform(0.0, 1.0)
+        _, out = w.login(f"shared{i}", f"58.121.{i % 3}.{10 + i % 200}",
+                         loop.samples(w, rtt, 2), round(rtt + 0.2, 3))
+        assert not out.flags
+    for i in range(40):  # tunnels: TCP itself breaks physics, they never teach the cost
+        rtt = 0.5 + 60.0
+        w.login(f"tunnel{i}", f"45.65.20.{10 + i}", loop.samples(w, rtt, 4), round(rtt + 0.2, 3))
+    o = w.det.overhead.get("kr-sel-1")
+    assert o is not None and len(o._tick) == 160
+    assert o.tick() == pytest.approx(90.0, rel=0.08)

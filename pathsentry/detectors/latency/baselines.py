@@ -20,8 +20,9 @@ minority and windowed so that a patch day is absorbed:
     the app samples; ``spread / tick`` follows ``Beta(k - 1, 2)``, whose median is
     ``m_k``, so every vote's median is the tick whatever its ``k``: the mean-based
     ``(k + 1) / (k - 1)`` would put two-sample votes' median 12 % low). A relay does
-    not change the server's tick, so the tick keeps ``TICK_WINDOW`` times as many
-    votes as the cost: one login's spread says little (a two-sample vote spreads
+    not change the server's tick, so the tick keeps one vote per login (not per
+    exit prefix) and ``TICK_WINDOW`` times as many votes as the cost: one login's
+    spread says little (a two-sample vote spreads
     from 0 to 3 ticks), and 40 such votes let the median wander by a tenth of the
     tick, which the cost (the gap less the tick's share) would inherit.
 ``cost``
@@ -157,7 +158,7 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_cost", "_figures", "_tick", "_u", "key", "n")
+    __slots__ = ("_cost", "_figures", "_seq", "_tick", "_u", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -167,6 +168,8 @@ class Overhead:
         #: logins with a TCP RTT learned (the cost's evidence), over all time
         self.n = 0
         self._tick = _Votes(TICK_WINDOW * window)
+        #: the tick's votes are one per login, not per exit prefix (see :meth:`update`)
+        self._seq = 0
         self._cost = _Votes(window)
         #: standardised gap residuals (clipped to +-3), one per exit prefix
         self._u = _Votes(window)
@@ -224,7 +227,11 @@ class Overhead:
         if u is not None:
             self._u.add(source, u)
         if k >= 2:
-            self._tick.add(source, spread / spread_median(k))
+            # one vote per login: a relay or a farm does not change the game loop's
+            # tick, so its logins' spreads are as good as anyone's, and a server whose
+            # players share a few /24s would otherwise keep a few dozen votes
+            self._seq += 1
+            self._tick.add(f"#{self._seq}", spread / spread_median(k))
         if gap is not None:
             self.n += 1
             t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
@@ -241,6 +248,8 @@ class Overhead:
         o = cls(key, window)
         o.n = int(snap["n"])
         o._tick = _Votes(TICK_WINDOW * window, snap["tick"])
+        o._seq = len(o._tick) + max((int(k[1:]) for k in o._tick.votes
+                                     if k.startswith("#") and k[1:].isdigit()), default=0)
         o._cost = _Votes(window, snap["cost"])
         o._u = _Votes(window, snap.get("u", []))
         return o

@@ -269,11 +269,14 @@ class LatencyDetector(Snapshots, Evidence, Detector):
             # The overhead learns from every login without other relay evidence, its own
             # gap verdict included: a patch day moves every login's gap, and the medians
             # over one vote per exit prefix it keeps are not moved by a relayed minority.
-            if comps is None or self._teaches(comps, "", _OVERHEAD_SKIPS):
-                self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
-                                    None if sess.tcp is None else sess.app_min - sess.tcp,
-                                    sess.app_n, sess.app_spread,
-                                    None if gv is None or gv.bound is None else gv.u_raw)
+            # The samples' spread (the tick, the spikes) is learned from every login: a
+            # relay does not change it, and leaving out the logins whose slowest sample
+            # stood out would teach a tick shorter than the server's.
+            teaches = comps is None or self._teaches(comps, "", _OVERHEAD_SKIPS)
+            self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
+                                None if sess.tcp is None or not teaches else sess.app_min - sess.tcp,
+                                sess.app_n, sess.app_spread,
+                                None if gv is None or gv.bound is None or not teaches else gv.u_raw)
         if assessed is None:
             self._remember(login.account, sess, base if allowed is None else 0.0)
             out = None
