@@ -41,9 +41,11 @@ from pathsentry.detectors.farm.model import (
     TPL,
     Member,
     Partition,
+    Pool,
     _add_to_index,
     _TimeIndex,
     part_kind,
+    pool_class,
     settings_from,
 )
 from pathsentry.detectors.farm.state import restore, snapshot
@@ -93,6 +95,9 @@ class FarmDetector(Grouping, Detector):
         #: the first event's time: every partition's background is observed from here
         #: (a key met for the first time had no arrivals before)
         self.started: float | None = None
+        #: the population prior of each partition class (:class:`Pool`), shared by its
+        #: live partitions; rebuilt from them on a restore
+        self.pools: dict[str, Pool] = {}
 
     # ------------------------------------------------------------------ routing
 
@@ -209,12 +214,24 @@ class FarmDetector(Grouping, Detector):
 
     def _new_partition(self, key: str) -> Partition:
         started = self.now if self.started is None else self.started
-        part = Partition(key=key, first_ts=started, rate_ts=self.now)
+        pool = self.pools.get(pool_class(key))
+        if pool is None:
+            pool = self.pools[pool_class(key)] = Pool(ts=self.now, first_ts=started)
+        part = Partition(key=key, first_ts=started, rate_ts=self.now, pool=pool)
+        pool.parts += 1
         self.parts[key] = part
         while len(self.parts) > self.settings.max_keys:
-            old, _ = self.parts.popitem(last=False)
+            old, gone = self.parts.popitem(last=False)
+            self._gone(gone)
             self._bumped.pop(old, None)
         return part
+
+    @staticmethod
+    def _gone(part: Partition) -> None:
+        """A partition evicted: one fewer of its class (its arrivals stay in the pool)."""
+        if part.pool is not None:
+            part.pool.parts -= 1
+            part.pool = None
 
     def _upsert_login(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
         event = ev.event
@@ -412,7 +429,8 @@ class FarmDetector(Grouping, Detector):
                     if part.accounts.get(acct) == gid:
                         del part.accounts[acct]
         if not members and not groups:
-            self.parts.pop(part.key, None)
+            if self.parts.pop(part.key, None) is not None:
+                self._gone(part)
             self._bumped.pop(part.key, None)
 
     # ------------------------------------------------------------------ grouping
@@ -481,5 +499,16 @@ class FarmDetector(Grouping, Detector):
             (p.first_ts for p in parts.values()), default=None)
         self.parts.clear()
         self.parts.update(parts)
+        # the pools: what the restored partitions hold (the evicted ones' arrivals are gone)
+        self.pools = {}
+        for p in parts.values():
+            pool = self.pools.setdefault(pool_class(p.key), Pool(ts=self.now,
+                                                                 first_ts=self.started or 0.0))
+            pool.parts += 1
+            pool.count += p.rate_count * 0.5 ** (max(0.0, self.now - p.rate_ts)
+                                                 / self.settings.background_half_life_s)
+            pool.seen += p.bg_seen
+            pool.shared += p.bg_shared
+            p.pool = pool
         self._ev = self._ev_route = None
         self._sort_out_bumped()

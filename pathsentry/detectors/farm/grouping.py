@@ -6,7 +6,9 @@ window is ``window_s`` and the candidate needs ``min_size`` members sharing a
 foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
 that run consecutively (``min_regularity``) on accounts crowded onto few machines or
 addresses (:func:`_crowded`); the whole family in the window is a candidate too (a
-batch spread over several exits) with both regular serials and that evidence.
+batch spread over several exits) with regular serials and either that evidence or
+accounts crowded onto few machines (:func:`_on_few_machines`: residential proxies
+of several ISPs, no exit with ``min_size`` of the batch, no relay flag).
 Consecutive default names handed to a crowd that signed up together
 (``player10231``, ``player10232``…) come from homes all over an ISP, each on its
 own machine, and carry little relay evidence. In a
@@ -74,18 +76,23 @@ def _kindred(ms: list[Member]) -> list[Member]:
     return [x for x in ms if prefixes[x.prefix] > 1 or (x.device and devices[x.device] > 1)]
 
 
+def _on_few_machines(ms: list[Member]) -> bool:
+    """Whether the accounts crowd onto few machines: at least three accounts per two
+    client-reported devices (a household's two players do not; a room's dozen accounts
+    on four machines do)."""
+    devices = [x.device for x in ms if x.device]
+    return len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices))
+
+
 def _crowded(ms: list[Member]) -> bool:
-    """Whether the accounts crowd onto few machines or addresses: at least three
-    accounts per two client-reported devices, or per two addresses.
+    """Whether the accounts crowd onto few machines (:func:`_on_few_machines`) or
+    addresses: at least three accounts per two addresses.
 
     A burst paced minutes apart is a weak coincidence on its own (a quiet exit's few
     unrelated users clump by chance); a farm room runs many accounts per machine
     behind few exit hosts.
     """
-    devices = [x.device for x in ms if x.device]
-    if len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices)):
-        return True
-    return 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
+    return _on_few_machines(ms) or 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
 
 
 def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
@@ -104,16 +111,14 @@ class Grouping:
     dirty: dict[tuple[str, str], None]
 
     def _spans(self, part: Partition, t: float) -> tuple[float, ...]:
-        """The windows a candidate around ``t`` is looked for in. A name-less partition
-        tries ``window_s`` only once the detector has watched traffic for twice that
-        (a key first met after that had no arrivals before): in the detector's first
-        minutes only a dense burst (``burst_s``) is judged."""
+        """The windows a candidate around ``t`` is looked for in: ``window_s`` in a family
+        partition, ``burst_s`` and ``window_s`` in a name-less one -- from the detector's
+        first minutes, a cold partition's background starting from its class's prior
+        (:mod:`~pathsentry.detectors.farm.background`)."""
         s = self.settings
         if part.kind == TPL:
             return (s.window_s,)
-        if part.first_ts <= t - 2 * s.window_s:
-            return (s.burst_s, s.window_s)
-        return (s.burst_s,)
+        return (s.burst_s, s.window_s)
 
     def _covered(self, part: Partition, cand: list[Member]) -> set[str]:
         """Members the family partition takes: two of one family in the candidate (the
@@ -280,8 +285,12 @@ class Grouping:
             with_evidence = evidence_accounts(cand)
             evidence = with_evidence >= s.min_size and 2 * with_evidence >= n
             regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
-            if pattern == part.key:  # the whole family, no shared exit: both
-                if not (regular and evidence):
+            if pattern == part.key:
+                # the whole family, no shared exit: serials that run, and relay/route
+                # evidence or few machines (a batch on residential proxies of several
+                # ISPs, each exit below ``min_size``; a crowd handed consecutive default
+                # names brings one machine each, a CGNAT crowd shares addresses only)
+                if not (regular and (evidence or _on_few_machines(cand))):
                     return None
             elif not (pattern.startswith("route:") or evidence or (regular and _crowded(cand))):
                 return None
