@@ -326,7 +326,8 @@ class Grouping:
         if not self._machine_judged(part, pattern, cand):
             return False
         k = len(on_shared_machines(cand))
-        return burst_p(k, lam * machine_share(part)) <= self.settings.max_burst_p
+        share = machine_share(part, {x.sid for x in cand})
+        return burst_p(k, lam * share) <= self.settings.max_burst_p
 
     def _room(self, part: Partition, pattern: str, cand: list[Member], inside: list[Member]
               ) -> list[Member]:

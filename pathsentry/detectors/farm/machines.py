@@ -34,7 +34,7 @@ traffic; memory is two numbers and one list per live device).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pathsentry.detectors.farm.model import Member, Partition
 
@@ -101,13 +101,22 @@ def leave(part: Partition, m: Member) -> None:
             pool.shared /= 2.0
 
 
-def machine_share(part: Partition) -> float:
+def machine_share(part: Partition, live: Collection[str] | None = None) -> float:
     """The share of the background's accounts on a machine shared with another account,
     smoothed toward the class's pooled share (itself Laplace-smoothed: 0.5 with no
-    history at all)."""
+    history at all). With ``live`` (the session ids under judgement), the members in
+    the window now but not in ``live`` count too: a partition younger than its window
+    has no member that left it yet, and its current users are its background."""
     pool = part.pool
     prior = 0.5 if pool is None else (pool.shared + 1.0) / (pool.seen + 2.0)
-    return (part.bg_shared + PRIOR_SEEN * prior) / (part.bg_seen + PRIOR_SEEN)
+    seen, shared = part.bg_seen, part.bg_shared
+    if live is not None:
+        for ms in part.machines.values():
+            for x in ms:
+                if x.sid not in live:
+                    seen += 1.0
+                    shared += float(x.on_shared)
+    return (shared + PRIOR_SEEN * prior) / (seen + PRIOR_SEEN)
 
 
 def on_shared_machines(ms: Sequence[Member]) -> list[Member]:
