@@ -159,3 +159,55 @@ def test_a_popular_stems_players_on_shared_pc_bang_machines_are_no_group() -> No
               for i, n in enumerate(numbers)]
     _, alerts = run(events)
     assert farm_alerts(alerts) == []
+
+
+# ------------------------------------------- a batch rented out of one data centre
+
+
+def _hosted_batch(names: list[str], pace: float, *, flagged_every: int = 5) -> list[Enriched]:
+    """Accounts ``pace`` s apart through three /24s of one hosting AS, each from its own
+    machine and address, the relay detector flagging one login in ``flagged_every``."""
+    rng = random.Random(len(names))
+    return [login(name, 1800 + i * pace, f"45.64.{6 + i % 3}.{20 + i}", HOSTING,
+                  samples(rng, (80.0, 48.7, 57.5)[i % 3], 0.4), relay=i % flagged_every == 3)
+            for i, name in enumerate(names)]
+
+
+def test_consecutive_serials_through_one_hosting_as_are_found_by_the_fifth_login() -> None:
+    """``ZHaNshI101`` .. paced minutes apart through a data centre's /24s, each on its own
+    machine and address, one relay flag in five: the hosting exit stands for the flags
+    the relay detector missed."""
+    names = ["ZHaNshI101", "zHAnshi102", "ZHanshi103", "ZhanShi104", "zhANShi105",
+             "ZHANshI106", "zhansHI107", "zHANShI108"]
+    events = _hosted_batch(names, 280.0)
+    found = _feed(events)
+    assert _first(found) == events[4].ts
+    flags, alerts = run(events)
+    (alert,) = farm_alerts(alerts)
+    assert sorted(alert.accounts) == sorted(names)
+    assert {f.account for f in flags.values()} == set(names)
+    assert alert.evidence["exits"][0]["exit"] == "AS64600"
+
+
+def test_a_popular_stems_players_through_one_vpn_service_are_no_group() -> None:
+    """Five ``shadow`` players whose numbers do not run, through one VPN's hosting AS
+    within the hour, each from its own machine: one family, one exit, no batch."""
+    rng = random.Random(56)
+    names = [f"shadow{n}" for n in rng.sample(range(1, 99999), 6)]
+    _, alerts = run(_hosted_batch(names, 500.0, flagged_every=100))
+    assert farm_alerts(alerts) == []
+
+
+def test_consecutive_default_names_with_one_through_a_vpn_are_no_group() -> None:
+    """A launch-day crowd's consecutive default names from homes of one ISP, one of them
+    through a VPN's hosting AS: the family's network is mostly residential."""
+    rng = random.Random(57)
+    events = []
+    for i in range(8):
+        hosted = i == 4
+        events.append(login(f"player{10230 + i}", 600 + i * 200.0,
+                            "45.64.6.9" if hosted else f"14.{rng.randint(32, 63)}.{rng.randint(0, 255)}.9",
+                            HOSTING if hosted else KT, samples(rng, rng.uniform(5, 30), 2.0),
+                            relay=hosted))
+    _, alerts = run(events)
+    assert farm_alerts(alerts) == []

@@ -5,9 +5,10 @@ around the new member's login, in a window. In a family partition (``tpl:``) the
 window is ``window_s`` and the candidate needs ``min_size`` members sharing a
 foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
 that run consecutively (``min_regularity``) on accounts crowded onto few machines or
-addresses (:func:`_crowded`); the whole family in the window is a candidate too (a
-batch spread over several exits) with regular serials and either that evidence or
-accounts crowded onto few machines (:func:`_on_few_machines`: residential proxies
+addresses (:func:`_crowded`) or all through one hosting network (:func:`_hosted`);
+the whole family in the window is a candidate too (a batch spread over several
+exits) with regular serials and either that evidence or accounts crowded onto few
+machines (:func:`_on_few_machines`: residential proxies
 of several ISPs, no exit with ``min_size`` of the batch, no relay flag).
 Consecutive default names handed to a crowd that signed up together
 (``player10231``, ``player10232``…) come from homes all over an ISP, each on its
@@ -93,6 +94,15 @@ def _crowded(ms: list[Member]) -> bool:
     behind few exit hosts.
     """
     return _on_few_machines(ms) or 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
+
+
+def _hosted(ms: list[Member]) -> bool:
+    """Whether every account came through a hosting (or relay) network, an exit that is
+    a whole AS (:func:`~pathsentry.detectors.farm.exits.exit_of`): a batch of
+    consecutive serials rented out of one data centre, its relay flags missed. Players
+    handed consecutive default names log in from homes; the few through a VPN spread
+    over many services."""
+    return bool(ms) and all(x.exit.startswith("AS") for x in ms)
 
 
 def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
@@ -292,7 +302,8 @@ class Grouping:
                 # names brings one machine each, a CGNAT crowd shares addresses only)
                 if not (regular and (evidence or _on_few_machines(cand))):
                     return None
-            elif not (pattern.startswith("route:") or evidence or (regular and _crowded(cand))):
+            elif not (pattern.startswith("route:") or evidence
+                      or (regular and (_crowded(cand) or _hosted(cand)))):
                 return None
         elif not self._burst(part, pattern, cand, span, share):
             return None
