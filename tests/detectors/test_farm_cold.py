@@ -211,3 +211,26 @@ def test_consecutive_default_names_with_one_through_a_vpn_are_no_group() -> None
                             relay=hosted))
     _, alerts = run(events)
     assert farm_alerts(alerts) == []
+
+
+# ------------------------------------- two VPN users of the range meet in one /24
+
+
+def test_two_vpn_users_meeting_in_one_24_of_the_range_do_not_join_a_name_less_farm() -> None:
+    """A name-less farm through one /24 of a hosting range, its hosts each used twice,
+    paced four minutes apart; two unrelated VPN users of the range come through another
+    /24 (the same one, by chance), each from its own machine and host, RTTs inside the
+    farm's band. A /24 shared by a pair is chance; the farm's /24 carries a dozen."""
+    rng = random.Random(58)
+    names = random_names(random.Random(59), 12)
+    farm = [login(name, 3600 + i * 240.0, f"43.200.2.{100 + i % 6}", HOSTING,
+                  samples(rng, 55.0, 2.0), relay=True, device=f"box-{i % 10}")
+            for i, name in enumerate(names)]
+    passers = [login("ghost_tofu", 3600 + 1.5 * 240, "43.200.0.195", HOSTING,
+                     samples(rng, 55.0, 2.0), relay=True),
+               login("tinydragon", 3600 + 2.5 * 240, "43.200.0.241", HOSTING,
+                     samples(rng, 55.0, 2.0), relay=True)]
+    flags, alerts = run(farm + passers)
+    (alert,) = farm_alerts(alerts)
+    assert set(alert.accounts) == set(names)
+    assert not {"ghost_tofu", "tinydragon"} & {f.account for f in flags.values()}

@@ -89,7 +89,8 @@ Farms and crowds -- which signal separates each hard negative:
   band that stands out of the exit's other users:
   :func:`~pathsentry.detectors.farm.exits.stands_out`; their TCP handshake RTTs
   differ), each from its own machine and mostly its own /24 (a candidate keeps the
-  members that share a /24 or a machine; one paced minutes apart must crowd onto
+  members that share a machine or an address, or a /24 with two others -- two of the
+  range's users meeting in one of its /24s is chance; one paced minutes apart must crowd onto
   few machines or addresses; a late joiner must use one of the group's machines, or
   one of its /24s inside its band). The few that share a machine (a household) do
   so at the rate the exit's background has taught (:mod:`.machines`), so their
@@ -100,9 +101,18 @@ Farms and crowds -- which signal separates each hard negative:
   and they carry no relay or foreign-route evidence.
 - **Family names** (``minsu_kim``/``minsu_park``): no mark, no family.
 
-Known limits: in the detector's first ``2 * window_s`` a name-less farm is judged
-at the ``burst_s`` scale only (no background yet, machine share unknown: 0.5), so a
-slowly paced one waits for its next burst; a name-less farm on residential proxies
+Cold partitions. A partition with little history (the detector's first hour, an
+exit met for the first time) is judged against its class's prior: the arrival rate
+and machine share pooled over the partitions of its class (hosting AS, subscriber
+/24, route; :class:`~pathsentry.detectors.farm.model.Pool`), shrunk toward its own
+history as that grows (:mod:`.background`, :mod:`.machines`), so a slowly paced
+name-less farm is judged at both scales from the first minutes instead of waiting
+for its next burst. A name family's consecutive serials all through one hosting AS
+are a batch without relay flags (the exit kind stands for flags the relay detector
+missed), and a family's batch spread over residential exits of several ISPs (none
+with ``min_size`` of it) is one when its serials run and it crowds onto few machines.
+
+Known limits: a name-less farm on residential proxies
 of several ISPs is one group per exit, and one whose logins the relay detector
 flags only in part is split between ``route:`` and ``net:`` (partitions on
 different workers: groups are merged only within a partition); the machine judge

@@ -17,9 +17,10 @@ name-less partition (``route:``, ``net:``) the window is tried at two scales,
 ``burst_s`` (logins seconds apart) and ``window_s`` (minutes apart, where the
 accounts must also crowd onto few machines or exit addresses: :func:`_crowded`);
 the candidate keeps the members inside its RTT band
-(:mod:`~pathsentry.detectors.farm.exits`) that share a /24 or a machine with
-another of them (:func:`_kindred`), must stand out of the pattern's other
-accounts by that band, and must be a burst against the partition's own background
+(:mod:`~pathsentry.detectors.farm.exits`) that share a machine or an address with
+another of them, or a /24 (with two others in a hosting range: :func:`_kindred`),
+must stand out of the pattern's other accounts by that band, and must be a burst
+against the partition's own background
 (:mod:`~pathsentry.detectors.farm.background`) thinned to the band: the expected
 count is the background's times the share of its RTTs that fall inside the band
 (a busy VPN exit is busy with users from everywhere; few of them share one room's
@@ -68,13 +69,21 @@ from pathsentry.schemas import make_alert_id
 __all__ = ["Grouping"]
 
 
-def _kindred(ms: list[Member]) -> list[Member]:
-    """The members that share their /24 or their machine (client device id) with
-    another member: a room's accounts share exits and machines, a VPN user passing
-    by shares neither."""
+_NET_AS = _NET_ + "AS"
+
+
+def _kindred(ms: list[Member], pattern: str) -> list[Member]:
+    """The members that share their machine (client device id), their exit address or
+    their /24 with another member: a room's accounts share exits and machines, a VPN
+    user passing by shares neither. In a hosting range (``net:AS…``) a /24 counts when
+    two others share it: the range's many unrelated users meet in its /24s by chance
+    (two of them within the hour is common), along a route they come from their own."""
+    crowd = 2 if pattern.startswith(_NET_AS) else 1
     prefixes = Counter([x.prefix for x in ms])
+    addresses = Counter([x.src_ip for x in ms])
     devices = Counter([x.device for x in ms if x.device])
-    return [x for x in ms if prefixes[x.prefix] > 1 or (x.device and devices[x.device] > 1)]
+    return [x for x in ms if prefixes[x.prefix] > crowd or addresses[x.src_ip] > 1
+            or (x.device and devices[x.device] > 1)]
 
 
 def _on_few_machines(ms: list[Member]) -> bool:
@@ -108,9 +117,6 @@ def _hosted(ms: list[Member]) -> bool:
 def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
     """Whether ``serial`` is at most two apart from a serial of ``ms``."""
     return any(x.serial_no is not None and abs(x.serial_no - serial) <= 2 for x in ms)
-
-_NET_AS = _NET_ + "AS"
-
 
 class Grouping:
     """The grouping half of :class:`~pathsentry.detectors.farm.detector.FarmDetector`."""
@@ -272,7 +278,7 @@ class Grouping:
         share = 1.0
         if kind != TPL and n >= minimum:
             b = band(cand, s)
-            inside = _kindred([x for x in cand if b.holds(x)])
+            inside = _kindred([x for x in cand if b.holds(x)], pattern)
             # a machine of the room with another access latency: its device is the link
             devices = {x.device for x in inside if x.device}
             inside += [x for x in cand if x.device in devices and x not in inside]
