@@ -234,3 +234,41 @@ def test_two_vpn_users_meeting_in_one_24_of_the_range_do_not_join_a_name_less_fa
     (alert,) = farm_alerts(alerts)
     assert set(alert.accounts) == set(names)
     assert not {"ghost_tofu", "tinydragon"} & {f.account for f in flags.values()}
+
+
+# ------------------------- a hosting exit's flagged and foreign-routed accounts
+
+
+def test_a_farm_the_relay_detector_flags_in_part_is_one_alert_on_its_hosting_exit() -> None:
+    """A name-less farm through a hosting range whose logins the relay detector flags
+    one in three; every login's traceroute shows the same foreign route. The flagged
+    ones and the others meet in the exit's partition: one alert, not one per
+    partition."""
+    rng = random.Random(60)
+    names = random_names(random.Random(61), 15)
+    events = [login(name, 3600 + i * 45.0, f"43.200.{3 + i % 2}.{60 + i % 4}", HOSTING,
+                    samples(rng, (33.0, 41.5)[i % 2], 0.5), relay=i % 3 == 0, route="sigCN7",
+                    device=f"rig-{i % 4}")
+              for i, name in enumerate(names)]
+    flags, alerts = run(events)
+    (alert,) = farm_alerts(alerts)
+    assert alert.subject["key"] == "net:AS64600"
+    assert set(alert.accounts) == set(names) == {f.account for f in flags.values()}
+    assert alert.evidence["route"] == "CN>KR"
+
+
+def test_a_vpn_ranges_users_abroad_are_never_a_group() -> None:
+    """Unrelated users of a hosting range's VPN whose routes come from abroad (one
+    signature), relay-flagged or not, each from its own machine and host, RTTs from
+    everywhere, arriving all day."""
+    rng = random.Random(62)
+    events = []
+    t = 0.0
+    while t < 8 * 3600:
+        t += rng.expovariate(1 / 150)
+        name = random_names(rng, 1)[0]
+        events.append(login(name, t, f"43.200.{rng.randint(0, 9)}.{rng.randint(1, 250)}",
+                            HOSTING, samples(rng, rng.uniform(20, 200), 4.0),
+                            relay=rng.random() < 0.4, route="sigCN7"))
+    _, alerts = run(events)
+    assert farm_alerts(alerts) == []

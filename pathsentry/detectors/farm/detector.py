@@ -24,6 +24,7 @@ from pathsentry.detectors.farm.exits import (
     dict_note,
     exit_of,
     foreign_sig,
+    hosted_exit,
     jitter,
     network_of,
     patterns_of,
@@ -111,17 +112,20 @@ class FarmDetector(Grouping, Detector):
             skel = family(fields["account"])[0]
             keys = [_TPL_ + skel] if skel else []
             route = notes.get("route")
+            foreign = False
             if isinstance(route, dict) and route.get("foreign_origin") is True:  # _foreign_sig
                 sig = route.get("signature")
                 if isinstance(sig, str) and sig:
                     keys.append(_ROUTE_ + sig)
+                    foreign = True
             relay = notes.get("relay")
             if isinstance(relay, dict) and ev.allowed is None:
-                # relay-flagged logins by exit; the others of a /24 exit (a subscriber
-                # network: a proxy's line, a campus or PC bang address) only count in
-                # its background, a crowd's relay-flag noise is judged against
+                # relay-flagged logins by exit, and a hosting exit's foreign-routed ones;
+                # the others of a /24 exit (a subscriber network: a proxy's line, a
+                # campus or PC bang address) only count in its background, a crowd's
+                # relay-flag noise is judged against
                 exit = exit_of(ev.geo.asn, ev.prefix, ev.geo.kind)
-                if relay.get("flagged") is True or not exit.startswith("AS"):
+                if relay.get("flagged") is True or not exit.startswith("AS") or foreign:
                     keys.append(_NET_ + exit)
             return keys
         if isinstance(event, Traceroute):
@@ -162,11 +166,15 @@ class FarmDetector(Grouping, Detector):
         part = parts.get(key)
         if part is not None:
             parts.move_to_end(key)
-        elif is_login or part_kind(key) != NET:
+        elif is_login or part_kind(key) != NET or (
+                hosted_exit(key) and self._route_facts(dict_note(ev, "route"))[0]):
+            # a traceroute opens a hosting exit's partition when its route is foreign
+            # (the exit takes its foreign-routed accounts from ``route:``)
             part = self._new_partition(key)
         else:
             return None
-        if is_login and part.kind == NET and not _flagged(ev):  # background only
+        if is_login and part.kind == NET and not _flagged(ev) and not (
+                hosted_exit(key) and self._login_sig(ev)):  # background only
             arrive(part, ts, self._half_life, self._fast_half_life)
             assert isinstance(event, Login)
             part.bg_rtts.append(event.min_app_rtt)  # and the RTTs a band must stand out of
@@ -287,7 +295,7 @@ class FarmDetector(Grouping, Detector):
         elif kind == ROUTE:
             pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()
         else:
-            pats = (part.key,) if flagged else ()
+            pats = (part.key,) if flagged or (sig and hosted_exit(part.key)) else ()
         skel, serial_no, _ = family(account)
         m = Member(
             sid, account, ts, fields["event_id"], None, ip_text(fields["src_ip"]), prefix,
@@ -338,6 +346,11 @@ class FarmDetector(Grouping, Detector):
             return None, False
         self._reindex(part, m)
         return m, False
+
+    def _login_sig(self, ev: Enriched) -> str | None:
+        """The foreign-origin signature of a login's route note, if it has one."""
+        route = ev.notes.get("route")
+        return self._route_facts(route)[0] if isinstance(route, dict) and route else None
 
     def _route_facts(self, route: Mapping[str, Any]) -> tuple[str | None, list[str] | None]:
         """The foreign-origin signature and country path (at most 16) of a route note."""

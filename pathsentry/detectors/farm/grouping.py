@@ -86,6 +86,14 @@ def _kindred(ms: list[Member], pattern: str) -> list[Member]:
             or (x.device and devices[x.device] > 1)]
 
 
+def _exits_elsewhere(x: Member) -> bool:
+    """Whether a ``route:`` partition leaves ``x`` to its exit's ``net:`` partition: a
+    relay-flagged account, or one through a hosting network (whose ``net:AS…``
+    partition takes its foreign-routed accounts too: a farm whose logins the relay
+    detector flags only in part is one candidate there, not two)."""
+    return x.relay or x.exit.startswith("AS")
+
+
 def _on_few_machines(ms: list[Member]) -> bool:
     """Whether the accounts crowd onto few machines: at least three accounts per two
     client-reported devices (a household's two players do not; a room's dozen accounts
@@ -139,7 +147,8 @@ class Grouping:
     def _covered(self, part: Partition, cand: list[Member]) -> set[str]:
         """Members the family partition takes: two of one family in the candidate (the
         family partition sees every login of the family and takes the batch when it is
-        one). Relay-flagged members are ``net:``'s and never ``route:``'s."""
+        one). Relay-flagged members, and those through a hosting network, are
+        ``net:``'s and never ``route:``'s (:func:`_exits_elsewhere`)."""
         kind = part.kind
         if kind == TPL:
             return set()
@@ -163,7 +172,7 @@ class Grouping:
         kind = part.kind
         if not free:
             return [x for x in sids.values() if abs(x.ts - t) <= w
-                    and not (kind == ROUTE and x.relay)]
+                    and not (kind == ROUTE and _exits_elsewhere(x))]
         if kind == TPL:
             return [x for x in sids.values() if x.group is None and abs(x.ts - t) <= w]
         # name-less: by time (``part.times``), not in indexing order (``_seq_order``)
@@ -172,7 +181,8 @@ class Grouping:
         else:
             near = list(sids.values())
         if kind == ROUTE:  # relay-flagged members are the ``net:`` partition's (eligible)
-            return [x for x in near if x.group is None and abs(x.ts - t) <= w and not x.relay]
+            return [x for x in near if x.group is None and abs(x.ts - t) <= w
+                    and not _exits_elsewhere(x)]
         return [x for x in near if x.group is None and abs(x.ts - t) <= w]
 
     @staticmethod
@@ -183,7 +193,7 @@ class Grouping:
 
     def _consider(self, part: Partition, m: Member) -> Findings | None:
         kind = part.kind
-        if m.group is not None or (kind == ROUTE and m.relay):  # not eligible
+        if m.group is not None or (kind == ROUTE and _exits_elsewhere(m)):  # not eligible
             return None
         # ``patterns_of(part, m)``: the member was (re)indexed just before
         patterns = m.indexed
