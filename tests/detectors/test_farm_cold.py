@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathsentry.detectors.base import Enriched, Findings
 from pathsentry.detectors.farm.background import arrive, expected, prior_rate
 from pathsentry.detectors.farm.machines import leave, machine_share, put
-from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool, pool_class
 from tests.detectors.test_farm import T0, detector, farm_alerts, random_names, run
 from tests.detectors.test_farm_families import HOSTING, KT, SKB, login, samples
 from tests.detectors.test_farm_machines import _room, _vpn_users
@@ -272,3 +272,28 @@ def test_a_vpn_ranges_users_abroad_are_never_a_group() -> None:
                             relay=rng.random() < 0.4, route="sigCN7"))
     _, alerts = run(events)
     assert farm_alerts(alerts) == []
+
+
+def test_a_restored_detector_rebuilds_each_classs_prior_from_its_partitions() -> None:
+    rng = random.Random(63)
+    det = detector()
+    events = sorted(_vpn_users(rng, 120, 4 * 3600.0, pairs=True) + _vpn_users(rng, 30, 3600.0),
+                    key=lambda e: e.ts)
+    for ev in events:
+        for key in det.group_keys(ev):
+            det.process(ev, key)
+    det.flush(events[-1].ts + 1.0)
+    again = detector()
+    again.load_state(det.state())
+    assert again.pools.keys() == det.pools.keys()
+    for cls, pool in det.pools.items():
+        restored = again.pools[cls]
+        assert restored.parts == pool.parts
+        assert (restored.seen, restored.shared) == (pool.seen, pool.shared)
+        # the arrivals of the live partitions (an evicted one's arrivals are not saved)
+        decayed = pool.count * 0.5 ** ((restored.ts - pool.ts) / FarmSettings().background_half_life_s)
+        assert restored.count <= decayed * (1 + 1e-9)
+        if cls == "net:AS":  # one exit, never evicted: all of them
+            assert abs(restored.count - decayed) < 1e-6 * decayed
+    assert again.pools["net:AS"].parts == 1 and again.pools["net:AS"].seen > 0
+    assert all(p.pool is again.pools[pool_class(p.key)] for p in again.parts.values())
