@@ -134,6 +134,9 @@ class CellSettings:
     min_hour_sources: int = 2
     #: TLS probes on a line from which the TLS contrast applies.
     min_tls_probes: int = 3
+    #: top a TLS control smaller than its plaintext cell up with the other networks'
+    #: TLS path-anomaly rate at the same times (see the module docstring)
+    tls_borrow: bool = True
     z: float = 1.96
     #: IANA zone for "hour of day"; empty: the offset each event's ``ts`` carries.
     timezone: str = ""
@@ -168,6 +171,8 @@ class _Group:
     #: The lines the pooled cells were last judged over (not persisted: re-judged).
     pooled: frozenset[str] = frozenset()
     accounts: list[str] = field(default_factory=list)
+    #: address source -> the account source that reported forged answers from it
+    owners: dict[str, str] = field(default_factory=dict)
     published: _Published | None = None
     last: float = 0.0
     tz_label: str = ""
@@ -191,6 +196,7 @@ class _Group:
         return {
             "asn": self.asn, "as_name": self.as_name, "last": self.last,
             "tz_label": self.tz_label, "accounts": list(self.accounts),
+            "owners": dict(self.owners),
             "cells": [[*k, c.to_json()] for k, c in self.cells.items()],
             "tls": [[*k, c.to_json()] for k, c in self.tls.items()],
             "bad": sorted([list(k) for k in self.bad]),
@@ -203,7 +209,7 @@ class _Group:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _Group:
         g = cls(asn=d["asn"], as_name=d["as_name"], last=d["last"], tz_label=d["tz_label"],
-                accounts=list(d["accounts"]))
+                accounts=list(d["accounts"]), owners=dict(d.get("owners", {})))
         for p, port, hour, c in d["cells"]:
             g.cells[(p, port, hour)] = Cell.from_json(c)
         for p, hour, c in d["tls"]:
@@ -278,18 +284,17 @@ class InjectionCellDetector(Detector):
         else:
             suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
             ref = float(verdict.get("others") or 0.0)
-            if suspect and ev.account and ev.account not in group.accounts \
-                    and len(group.accounts) < s.max_alert_accounts:
-                group.accounts.append(ev.account)
-            for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
-                cell_key = (p, probe.target.port, h)
+            ref_tls = verdict.get("others_tls")
+            if suspect:
+                self._vouch(group, probe, client, ev.account)
+            keys = [(p, probe.target.port, h) for p, h in (
+                (ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR))]
+            keys += [(ALL, ANY_PORT, ANY_HOUR), (ALL, ANY_PORT, hour)]
+            for cell_key in keys:
                 touch(group.cells, cell_key, s.max_cells, evicted).add(
-                    client, suspect, ts, probe.event_id, s, ref)
+                    client, suspect, ts, probe.event_id, s, ref,
+                    None if ref_tls is None else float(ref_tls))
                 touched.append(cell_key)
-            cell_key = (ALL, ANY_PORT, ANY_HOUR)
-            touch(group.cells, cell_key, s.max_cells, evicted).add(
-                client, suspect, ts, probe.event_id, s, ref)
-            touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
         self._judge(group, touched, set())
@@ -318,6 +323,18 @@ class InjectionCellDetector(Detector):
             if group.published.signature == signature:
                 return None
         return Findings(alerts=[self._publish(key, group, ts, signature)])
+
+    def _vouch(self, group: _Group, probe: HttpProbe, client: str, account: str | None) -> None:
+        """Note who vouches for a suspect probe: its account for the alert, and the
+        address an account reported from, so that reports without an account (or a
+        sensor's) from that address count as the same source, not another."""
+        s = self.settings
+        if account and account not in group.accounts and len(group.accounts) < s.max_alert_accounts:
+            group.accounts.append(account)
+        if client.startswith("acct:"):
+            addr = "ip:" + ip_text(probe.src_ip)
+            if addr not in group.owners and len(group.owners) < s.max_clients:
+                group.owners[addr] = client
 
     def _tz_label(self, local: datetime) -> str:
         off = local.utcoffset()
@@ -390,7 +407,7 @@ class InjectionCellDetector(Detector):
             cells = [one] if one is not None else []
         n, k = sum_cells(cells)
         if n <= 0 or n < s.min_probes or not distinct_at_least(
-                (c.suspect_clients.keys() for c in cells), s.min_suspect_clients):
+                (c.suspect_clients.keys() for c in cells), s.min_suspect_clients, group.owners):
             return False
         if wilson_lower(k, n, s.z) < s.min_rate:
             return False
@@ -400,7 +417,26 @@ class InjectionCellDetector(Detector):
             n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
         else:
             n_tls, k_tls = sum_cells([group.tls.get((prefix, hour))])
+        borrowed = self._borrowed_tls(cells, n, n_tls, k_tls)
+        if borrowed is not None:
+            return rate_above(k, n, borrowed[1], borrowed[0], s.z) > 0.0
         return n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z) > 0.0
+
+    def _borrowed_tls(self, cells: list[Cell], n: int, n_tls: int,
+                      k_tls: int) -> tuple[int, float] | None:
+        """The TLS control topped up to the ``n`` plaintext probes it is compared with:
+        the ISP's own ``k_tls`` of ``n_tls`` plus, for each probe it lacks, the other
+        networks' TLS path-anomaly rate at the times of the cell's probes (``None``:
+        nothing to borrow, the control is as large as the cell, or the ISP's own TLS
+        is above the others', so its path is not like theirs and its own control stands).
+        """
+        ref_n = sum(c.ref_tls_n for c in cells)
+        if not self.settings.tls_borrow or n_tls >= n or ref_n <= 0:
+            return None
+        rate = sum(c.ref_tls for c in cells) / ref_n
+        if n_tls and wilson_lower(k_tls, n_tls, self.settings.z) > rate:
+            return None
+        return n, k_tls + rate * (n - n_tls)
 
     # -- the alert --------------------------------------------------------------------
 
@@ -408,10 +444,9 @@ class InjectionCellDetector(Detector):
         all_ports = {k[1] for k in group.bad}
         if ANY_PORT in all_ports:  # the all-port cell: the ports forged answers came on
             all_ports.discard(ANY_PORT)
-            all_ports.update(self._named({
+            all_ports.update(self._named(group, {
                 port: c.suspect_clients.keys() for (p, port, hour), c in group.cells.items()
-                if p == ALL and hour == ANY_HOUR and port != ANY_PORT and c.suspect_clients},
-                thin=False))
+                if p == ALL and hour == ANY_HOUR and port != ANY_PORT and c.suspect_clients}))
         hours = {k[2] for k in group.bad if k[2] != ANY_HOUR}
         all_day = {k[1] for k in group.bad if k[2] == ANY_HOUR}
         if ANY_PORT in all_day:
@@ -428,16 +463,18 @@ class InjectionCellDetector(Detector):
         for (p, port, hour), c in group.cells.items():
             if p == ALL and hour != ANY_HOUR and port in ports and c.suspect_clients:
                 per.setdefault(hour, set()).update(c.suspect_clients)
-        return self._named(per, thin=True)
+        return self._named(group, per)
 
-    def _named(self, per: Mapping[int, Collection[str]], thin: bool) -> tuple[int, ...]:
+    def _named(self, group: _Group, per: Mapping[int, Collection[str]]) -> tuple[int, ...]:
         """The hours (ports) with forged answers from ``min_hour_sources`` distinct
-        sources; with ``thin``, when none has that many, every one with a forgery (the
-        bad cell they describe was judged on its own sources: a box's few forgeries
-        spread over many hours still need their hours named)."""
+        sources; when none has that many, every one with a forgery (the bad cell they
+        describe was judged on its own sources: a box's few forgeries spread over many
+        hours or ports still need them named)."""
+        same = group.owners
         named = tuple(sorted(h for h, who in per.items()
-                             if len(who) >= self.settings.min_hour_sources))
-        return named or (tuple(sorted(per)) if thin else ())
+                             if len({same.get(w, w) for w in who})
+                             >= self.settings.min_hour_sources))
+        return named or tuple(sorted(per))
 
     def _prefixes(self, group: _Group, ports: set[int], hours: set[int]) -> list[str]:
         """Without a bad line (only ASN-wide roll-ups are bad): the prefixes with

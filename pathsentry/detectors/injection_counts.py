@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,6 +115,10 @@ class Cell:
     suspect_clients: dict[str, int] = field(default_factory=dict)
     #: suspect probes expected from the other networks' rate at the same times
     ref: float = 0.0
+    #: the other networks' TLS path-anomaly rates at the times of ``ref_tls_n`` probes,
+    #: summed (the control borrowed when the ISP's own TLS control is small)
+    ref_tls: float = 0.0
+    ref_tls_n: int = 0
     first: float = math.inf
     last: float = 0.0
     first_suspect: float = math.inf
@@ -122,9 +126,12 @@ class Cell:
     examples: list[str] = field(default_factory=list)
 
     def add(self, client: str, bad: bool, ts: float, event_id: str, s: Caps,
-            ref: float = 0.0) -> None:
+            ref: float = 0.0, ref_tls: float | None = None) -> None:
         self.n += 1
         self.ref += ref
+        if ref_tls is not None:
+            self.ref_tls += ref_tls
+            self.ref_tls_n += 1
         self.first, self.last = min(self.first, ts), max(self.last, ts)
         if len(self.clients) < s.max_clients:
             self.clients.add(client)
@@ -144,6 +151,7 @@ class Cell:
         return {
             "n": self.n, "k": self.k, "clients": sorted(self.clients),
             "suspect_clients": dict(sorted(self.suspect_clients.items())), "ref": self.ref,
+            "ref_tls": self.ref_tls, "ref_tls_n": self.ref_tls_n,
             "first": _finite(self.first),
             "last": self.last, "first_suspect": _finite(self.first_suspect),
             "last_suspect": self.last_suspect, "examples": list(self.examples),
@@ -155,7 +163,8 @@ class Cell:
         return cls(
             n=d["n"], k=d["k"], clients=set(d["clients"]),
             suspect_clients=dict(by) if isinstance(by, dict) else dict.fromkeys(by, 1),
-            ref=float(d.get("ref", 0.0)), first=_inf(d["first"]), last=d["last"],
+            ref=float(d.get("ref", 0.0)), ref_tls=float(d.get("ref_tls", 0.0)),
+            ref_tls_n=int(d.get("ref_tls_n", 0)), first=_inf(d["first"]), last=d["last"],
             first_suspect=_inf(d["first_suspect"]), last_suspect=d["last_suspect"],
             examples=list(d["examples"]),
         )
@@ -193,6 +202,7 @@ def merge(cells: Iterable[Cell | None]) -> Cell:
         if c is None:
             continue
         out.n, out.k, out.ref = out.n + c.n, out.k + c.k, out.ref + c.ref
+        out.ref_tls, out.ref_tls_n = out.ref_tls + c.ref_tls, out.ref_tls_n + c.ref_tls_n
         out.clients |= c.clients
         for who, count in c.suspect_clients.items():
             out.suspect_clients[who] = out.suspect_clients.get(who, 0) + count
@@ -211,13 +221,21 @@ def sum_cells(cells: Iterable[Cell | None]) -> tuple[int, int]:
     return n, k
 
 
-def distinct_at_least(sets: Iterable[Set[str]], m: int) -> bool:
-    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does)."""
+def distinct_at_least(sets: Iterable[Set[str]], m: int,
+                      same: Mapping[str, str] | None = None) -> bool:
+    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does);
+    an item ``same`` maps is counted as what it maps to (an address as the account
+    that reported from it).
+
+    >>> distinct_at_least([{"ip:a", "acct:x"}, {"ip:b"}], 3, {"ip:a": "acct:x"})
+    False
+    """
     if m <= 0:
         return True
+    same = same or {}
     seen: set[str] = set()
     for x in sets:
-        seen.update(x)
+        seen.update(same.get(who, who) for who in x)
         if len(seen) >= m:
             return True
     return False
