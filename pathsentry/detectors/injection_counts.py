@@ -4,8 +4,9 @@ A :class:`Cell` counts ``k`` suspect probes of ``n`` (for TLS probes: path-anoma
 the distinct sources (of all probes, of the suspect ones), the suspects the other ASNs'
 rate at the same times predicts (``ref``), first and last times and a few example event
 ids; bounded tables of cells are kept least recently used first. The Wilson score
-bounds say how far a rate over few probes can be trusted. The judging and the alert
-live in :mod:`pathsentry.detectors.injection_cells`.
+bounds say how far a rate over few probes can be trusted; :func:`borrowed_control`
+tops a small TLS control up with the other networks' TLS rate. The judging and the
+alert live in :mod:`pathsentry.detectors.injection_cells`.
 
 Whether one rate exceeds another is judged on the interval of their *difference*
 (Newcombe's hybrid score interval, built from the two Wilson intervals), not on whether
@@ -29,8 +30,8 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Caps", "Cell", "distinct_at_least", "expire", "format_hours", "merge", "rate_above",
-           "sum_cells", "touch", "wilson_lower", "wilson_upper"]
+__all__ = ["Caps", "Cell", "borrowed_control", "distinct_at_least", "expire", "format_hours",
+           "merge", "rate_above", "sum_cells", "touch", "wilson_lower", "wilson_upper"]
 
 
 class Caps(Protocol):
@@ -76,6 +77,25 @@ def rate_above(k: int, n: int, k_ref: float, n_ref: int, z: float = 1.96) -> flo
     below = p - wilson_lower(k, n, z)
     above = wilson_upper(round(k_ref), n_ref, z) - min(p_ref, 1.0)
     return p - p_ref - math.sqrt(below * below + max(above, 0.0) ** 2)
+
+
+def borrowed_control(n: int, n_tls: int, k_tls: int, ref_sum: float, ref_n: int,
+                     z: float = 1.96) -> tuple[int, float] | None:
+    """A TLS control of ``k_tls`` anomalous in ``n_tls`` topped up to the ``n`` plaintext
+    probes it is compared with: for each probe it lacks, the other networks' TLS
+    path-anomaly rate (``ref_sum / ref_n``, their rates at the times of ``ref_n``
+    probes). ``None`` (the own control stands): nothing to borrow, the control is as
+    large as the cell, or its own rate's Wilson lower bound is above the others' rate.
+
+    >>> borrowed_control(63, 53, 0, 0.0, 63), borrowed_control(63, 20, 6, 0.0, 63)
+    ((63, 0.0), None)
+    """
+    if n_tls >= n or ref_n <= 0:
+        return None
+    rate = ref_sum / ref_n
+    if n_tls and wilson_lower(k_tls, n_tls, z) > rate:
+        return None
+    return n, k_tls + rate * (n - n_tls)
 
 
 def format_hours(hours: Iterable[int]) -> str:

@@ -76,6 +76,8 @@ class World:
     #: addresses each framer reports from (over KT's lines); from each, after its
     #: account's report, also reports without an account and a sensor's report
     framer_addresses: int = 1
+    #: ...the reports without an account from other addresses of the same lines instead
+    framer_fresh: bool = False
     #: what each subscriber probes, one at random each time
     targets: tuple[tuple[str, int, str, str], ...] = TARGETS
     #: the hours and ports the framers forge on (a box's signature: TTL +1, no marks)
@@ -179,21 +181,23 @@ def events(w: World) -> Iterator[dict[str, Any]]:
 def framed(w: World, minute: int, rng: random.Random, n: int) -> Iterator[dict[str, Any]]:
     """The framers' reports in the slot at ``minute``: each framer from its next
     address, on the next of its ports, when the hour is one of theirs; its account's
-    report first, then from the same address one without an account and a sensor's."""
+    report first, then from the same address (``framer_fresh``: from another of the
+    line's, one its account never used) one without an account and a sensor's."""
     slot = minute // w.every_min
     ts0 = DAY0 + timedelta(minutes=minute)
     if ts0.hour not in w.framer_hours:
         return
     for k in range(w.framers):
         j = slot % w.framer_addresses
-        src = f"{lines_of(KT)[j % 2]}.{100 + 10 * k + j}"
+        line, host = lines_of(KT)[j % 2], 100 + 10 * k + j
         port = w.framer_ports[slot % len(w.framer_ports)]
         target = next(t for t in TARGETS if t[1] == port)
         for i, (account, reporter) in enumerate(
                 ((f"framer{k}", "client"), (None, "client"), (None, "sensor"))
                 if w.framer_addresses > 1 else ((f"framer{k}", "client"),)):
             n += 1
-            ev = probe(n, src, f"framer{k}", ts0 + timedelta(seconds=10 * k + i), target, rng)
+            addr = f"{line}.{host + 100 if w.framer_fresh and not account else host}"
+            ev = probe(n, addr, f"framer{k}", ts0 + timedelta(seconds=10 * k + i), target, rng)
             ev.update(account=account, reporter=reporter)
             genuine(ev, w, minute, rng)
             forge(ev, Injector((port,), range(24), "page", 1), rng)
@@ -374,4 +378,19 @@ def test_a_sparse_box_forging_five_subscribers_in_one_hour_is_named() -> None:
     assert (alert.subject["ports"], alert.subject["hours"]) == ([80, 8080], "14–15")
     assert len(alert.subject["prefixes"]) == 2
     alerts, _ = run(w, "[detectors.injection_cells]\ntls_borrow = false\n")
+    assert alerts == []
+
+
+@pytest.mark.parametrize("framers", [2, 3])
+def test_reports_without_an_account_vouch_for_their_line_when_configured(framers: int) -> None:
+    """The framers send their reports without an account from addresses their accounts
+    never used: counted by address (the default), each address is one more source and
+    KT is framed; with ``anonymous_sources = "line"`` they vouch for their line, the
+    line for the account that reported from it, and no ISP is named."""
+    w = World(framers=framers, framer_addresses=4, framer_hours=range(18, 23),
+              framer_ports=(80, 8080), framer_fresh=True)
+    alerts, flags = run(w)
+    assert len({f.src_ip for f in flags}) == 8 * framers
+    assert list(final(alerts)) == [KT]
+    alerts, _ = run(w, '[detectors.injection_cells]\nanonymous_sources = "line"\n')
     assert alerts == []
