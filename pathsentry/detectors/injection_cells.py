@@ -322,7 +322,7 @@ class InjectionCellDetector(Detector):
         else:
             suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
             ref = float(verdict.get("others") or 0.0)
-            ref_tls = verdict.get("others_tls")
+            ref_tls = _rate(verdict.get("others_tls"))
             if suspect:
                 self._vouch(group, probe, client, ev.account, line)
             keys = [(p, probe.target.port, h) for p, h in (
@@ -330,8 +330,7 @@ class InjectionCellDetector(Detector):
             keys += [(ALL, ANY_PORT, ANY_HOUR), (ALL, ANY_PORT, hour)]
             for cell_key in keys:
                 touch(group.cells, cell_key, s.max_cells, evicted).add(
-                    client, suspect, ts, probe.event_id, s, ref,
-                    None if ref_tls is None else float(ref_tls))
+                    client, suspect, ts, probe.event_id, s, ref, ref_tls)
                 touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
@@ -609,6 +608,11 @@ class InjectionCellDetector(Detector):
         for group in self.groups.values():
             # a bad cell the snapshot does not hold cannot be shown: drop it
             self._drop(group, [k for k in group.bad if k[0] != LINES and k not in group.cells])
+
+
+def _rate(x: Any) -> float | None:
+    """A rate from a note: a number in [0, 1], else none."""
+    return float(x) if isinstance(x, (int, float)) and 0.0 <= x <= 1.0 else None
 
 
 def _dt(ts: float) -> datetime:
