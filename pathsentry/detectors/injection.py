@@ -68,6 +68,7 @@ from pathsentry.detectors.injection_profile import (
     ProfileSettings,
     features_of,
 )
+from pathsentry.detectors.injection_saved import check_profiles
 from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
@@ -492,10 +493,20 @@ class InjectionDetector(Detector):
         return {"profiles": self.profiles.to_json()}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`; refused whole (:class:`~.saved.StateInvalid`) unless
+        every field is as a save writes it."""
+        self._check(state)
         self.profiles.load(state.get("profiles", {}))
+
+    @staticmethod
+    def _check(state: dict[str, Any]) -> None:
+        profiles = state.get("profiles", {})
+        if isinstance(profiles, dict) and profiles.get("version") == 1:
+            check_profiles(profiles)
 
     def learned_state(self) -> dict[str, Any]:
         return self.state()
 
     def load_learned(self, state: dict[str, Any]) -> None:
+        self._check(state)
         self.profiles.load(state.get("profiles", {}), only_new=True)

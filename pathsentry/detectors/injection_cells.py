@@ -122,6 +122,7 @@ from pathsentry.detectors.injection_counts import (
     wilson_lower,
     wilson_upper,
 )
+from pathsentry.detectors.injection_saved import check_cells_state
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import Alert, HttpProbe, make_alert_id, severity_for
 
@@ -602,6 +603,9 @@ class InjectionCellDetector(Detector):
         return {"groups": {k: g.to_json() for k, g in self.groups.items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`; refused whole (:class:`~.saved.StateInvalid`) unless
+        every field is as a save writes it."""
+        check_cells_state(state)
         self.groups = OrderedDict(
             (k, _Group.from_json(g)) for k, g in state.get("groups", {}).items()
         )

@@ -67,6 +67,7 @@ from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.physics import great_circle_km
 from pathsentry.detectors.settings import load_settings
+from pathsentry.detectors.takeover_saved import check_takeover_state
 from pathsentry.schemas import Alert, FlaggedEvent, Login, make_alert_id, severity_for
 
 __all__ = ["TakeoverDetector", "TakeoverSettings"]
@@ -275,6 +276,7 @@ class TakeoverDetector(Detector):
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("version") != 1:
             return
+        check_takeover_state(state)  # (before anything is cleared)
         self._accounts.clear()
         self._devices = _DeviceAccounts(self.settings.max_devices,
                                         self.settings.max_accounts_per_device)
@@ -286,9 +288,11 @@ class TakeoverDetector(Detector):
         return self.state()
 
     def load_learned(self, state: dict[str, Any]) -> None:
-        """The histories and devices this detector does not know yet (its own stay)."""
+        """The histories and devices this detector does not know yet (its own stay);
+        refused whole unless every field is as a save writes it."""
         if state.get("version") != 1:
             return
+        check_takeover_state(state)
         for account, row in state.get("accounts", []):
             if account not in self._accounts and len(self._accounts) < self.settings.max_accounts:
                 self._accounts[account] = _History.from_row(row)

@@ -46,6 +46,7 @@ from pathsentry.detectors.farm.model import (
     part_kind,
     settings_from,
 )
+from pathsentry.detectors.farm.saved import check_farm_state
 from pathsentry.detectors.farm.state import restore, snapshot
 from pathsentry.detectors.names import normalise
 from pathsentry.schemas import Login, Traceroute
@@ -475,6 +476,9 @@ class FarmDetector(Grouping, Detector):
         return {**snapshot(self.now, self.parts), "started": self.started}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`; refused whole (:class:`~pathsentry.detectors.saved.StateInvalid`)
+        before anything changes unless every field is as a save writes it."""
+        check_farm_state(state)
         self.now, parts = restore(state, self._reindex)
         started = state.get("started")
         self.started = float(started) if isinstance(started, int | float) else min(

@@ -24,9 +24,16 @@ from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
 from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
+from pathsentry.detectors.latency.saved import (
+    check_latency_learned,
+    check_latency_share,
+    check_latency_state,
+    restored_baseline,
+)
 from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, noisy_or
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
 from pathsentry.detectors.physics import KM_PER_MS_RTT
+from pathsentry.detectors.saved import AllowList
 from pathsentry.detectors.settings import settings_dict
 from pathsentry.enrich.geo import GeoInfo
 from pathsentry.schemas import FlaggedEvent, Login, RttProbe, parse_event
@@ -89,6 +96,8 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         self.hst = QueuedHalfSpaceTrees(self.model)
         self._server = ctx.config.server
         self.geometry = Geometry(self._server, int(cfg["distances_max"]))
+        #: where a loaded session's allow-list mark comes from
+        self._allow = AllowList(ctx.config)
 
     def server_of(self, server_id: str) -> Server | None:
         return self._server(server_id)
@@ -489,9 +498,10 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         has room), and the model when its own has learned nothing yet."""
         if state.get("version") != 1:
             return
+        check_latency_learned(state)
         for key, snap in state.get("baselines", []):
             if self.baselines.peek(key) is None and len(self.baselines) < self.baselines.cap:
-                self.baselines.put(key, Baseline.restore(snap, key))
+                self.baselines.put(key, restored_baseline(snap, key))
         self.overhead.load(state.get("overhead", {}), only_new=True)
         for key, rows in state.get("prefix_gaps", []):
             if self.prefix_gaps.peek(key) is None and len(self.prefix_gaps) < self.prefix_gaps.cap:
@@ -537,7 +547,15 @@ class LatencyDetector(SessionTable, Evidence, Detector):
                             "min_ms": probes[i + 2], "samples": probes[i + 3]}
                            for i in range(0, len(probes), 4)]}
 
-    def _load_session_row(self, row: dict[str, Any]) -> None:
+    def load_sessions(self, state: Any) -> None:
+        """Add one partition's sessions (refused whole unless every field is as saved)."""
+        if isinstance(state, dict) and state.get("version") == 1:
+            logins = check_latency_share(state)
+            for row in state.get("sessions", []):
+                self._load_session_row(row, logins.get(row["id"]))
+
+    def _load_session_row(self, row: dict[str, Any], event: Login | None = None) -> None:
+        """Add one saved session (``event``: its login, parsed already)."""
         sess = Session()
         sess.score, sess.flagged = row["score"], row["flagged"]
         probes: list[Any] = []
@@ -547,12 +565,14 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         key = row["id"]
         snap = row["login"]
         if snap is not None:
-            event = parse_event(snap["event"])
-            assert isinstance(event, Login)
+            if event is None:
+                parsed = parse_event(snap["event"])
+                assert isinstance(parsed, Login)
+                event = parsed
             self._set_login(
                 sess, key, event, GeoInfo(**snap["geo"]), snap["prefix"],
                 self._server(event.server_id),
-                AllowEntry(**snap["allowed"]) if snap["allowed"] else None,
+                self._allow.entry(event.src_ip),  # from the configuration, not the state
                 (snap.get("notes") or {}).get("route"),
             )
             if "app_rtt_p10_ms" in snap:  # a minimal event: the full samples' figures
@@ -562,18 +582,22 @@ class LatencyDetector(SessionTable, Evidence, Detector):
         self.sessions.put(key, sess)
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (refused whole, :class:`~pathsentry.detectors.saved.StateInvalid`,
+        unless every field is as a save writes it; a baseline whose sketches give no RTT
+        is refused as it is read, so load into a fresh detector)."""
         if state.get("version") != 1:
             return
+        logins = check_latency_state(state, self.name)
         self.baselines.clear()
         for key, snap in state.get("baselines", []):
-            self.baselines.put(key, Baseline.restore(snap, key))
+            self.baselines.put(key, restored_baseline(snap, key))
         self.overhead.load(state.get("overhead", {}))
         self.prefix_gaps.clear()
         for key, rows in state.get("prefix_gaps", []):
             self.prefix_gaps.put(key, tuple(rows))
         self.sessions.clear()
         for row in state.get("sessions", []):
-            self._load_session_row(row)
+            self._load_session_row(row, logins.get(row["id"]))
         self.accounts.clear()
         self._load_accounts(state.get("accounts", []))
         self.alerts.load_state(state.get("alerts", []))
