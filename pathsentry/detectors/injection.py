@@ -434,9 +434,12 @@ class InjectionDetector(Detector):
         net = f"AS{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}"
         host = t.host.lower()
         anomaly = _anomaly(probe, verdict, content)
-        self.window.add(host, net, ev.ts, anomaly, verdict.suspect)
+        path_anomaly = verdict.path_score >= s.flag_score
+        self.window.add(host, net, ev.ts, anomaly, verdict.suspect, tls=verdict.tls,
+                        tls_anomaly=path_anomaly)
         origin_wide = anomaly is not None and self.window.origin_wide(host, anomaly, ev.ts)
         others = self.window.others(host, net, ev.ts)
+        others_tls = None if verdict.tls else self.window.others_tls(host, net, ev.ts)
         suspect = verdict.suspect and not origin_wide
         if not verdict.suspect:
             ratio = (probe.ttfb_ms / probe.connect_ms
@@ -449,11 +452,12 @@ class InjectionDetector(Detector):
             "suspect": suspect,
             "score": round(verdict.score, 4),
             "tls": verdict.tls,
-            "path_anomaly": verdict.path_score >= s.flag_score,
+            "path_anomaly": path_anomaly,
             "ttl_delta": _delta(probe),
             "status": probe.status,
             "origin_wide": origin_wide,
             "others": None if others is None else round(others, 4),
+            "others_tls": others_tls,
             "content": [e.code for e in content],
         }
         if not suspect:

@@ -7,8 +7,9 @@ seen per HTTP status and the TTL deltas, each count within its total, statuses f
 to 999 as the contract takes them, deltas whole numbers of hops, first-byte ratio bins
 within the histogram) and
 of what ``injection_cells`` saves of its groups (cells of a prefix, port and hour with
-``k`` suspect of ``n`` probes, their times no later than a day past the wall clock, the
-published alert's version and signature).
+``k`` suspect of ``n`` probes and the other networks' TLS rates at most one per probe
+they were summed over, their times no later than a day past the wall clock, the
+published alert's version and signature, the addresses' owning accounts).
 
 >>> from pathsentry.detectors.saved import StateInvalid
 >>> cell = {"n": 2, "k": 3, "clients": [], "suspect_clients": {}, "ref": 0.0, "first": 1.0,
@@ -96,6 +97,9 @@ class _Cell(Record):
     clients: list[Name]
     suspect_clients: dict[Name, Count]
     ref: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    #: the other networks' TLS path-anomaly rates summed over ``ref_tls_n`` probes
+    ref_tls: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    ref_tls_n: NotRequired[Count]
     first: Ts | None
     last: Ts
     first_suspect: Ts | None
@@ -116,6 +120,8 @@ class _Group(Saved):
     last: Ts
     tz_label: Name
     accounts: list[Name]
+    #: address source -> the account source that reported forged answers from it
+    owners: dict[Name, Name] = Field(default_factory=dict)
     cells: list[tuple[Name, Port, Hour, _Cell]]
     tls: list[tuple[Name, Hour, _Cell]]
     bad: list[tuple[Name, Port, Hour]]
@@ -133,3 +139,6 @@ def check_cells_state(state: Any) -> None:
         if any(c["k"] > c["n"] for c in cells):
             raise StateInvalid(f"injection_cells state: group {key[:80]!r}: a cell with more "
                                "suspect probes than probes")
+        if any(c.get("ref_tls", 0.0) > c.get("ref_tls_n", 0) for c in cells):
+            raise StateInvalid(f"injection_cells state: group {key[:80]!r}: borrowed TLS rates "
+                               "summing to more than one per probe")
