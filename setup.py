@@ -33,6 +33,8 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 #: what is compiled (the package ``pathsentry.native`` lists the same)
 COMPILED = ["pathsentry/engine.py", "pathsentry/detectors", "pathsentry/enrich"]
+#: module -> SHA-256 of the source mypyc compiled
+MANIFEST: dict[str, str] = {}
 #: commands that build extensions (metadata, sdist and editable builds do not)
 BUILDING = {"bdist_wheel", "build", "build_ext", "install"}
 
@@ -75,6 +77,8 @@ def _ext_modules() -> list[Any]:
     except ImportError:
         _warn("mypyc (from mypy) is not installed")
         return []
+    # the sources as mypyc reads them (what the extensions are built from)
+    MANIFEST.update({_module(s): hashlib.sha256(s.read_bytes()).hexdigest() for s in _sources()})
     cwd = os.getcwd()
     os.chdir(ROOT)  # mypy reads its configuration from pyproject.toml here
     try:
@@ -102,10 +106,9 @@ class OptionalBuildExt(build_ext):
                 Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
             _warn(f"compiling the engine failed ({e})")
             return
-        manifest = {_module(s): hashlib.sha256(s.read_bytes()).hexdigest() for s in _sources()}
         pkg = ROOT / "pathsentry" if self.inplace else Path(self.build_lib) / "pathsentry"
         pkg.mkdir(parents=True, exist_ok=True)
-        (pkg / "_compiled.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        (pkg / "_compiled.json").write_text(json.dumps(MANIFEST, indent=1, sort_keys=True) + "\n")
 
 
 setup(ext_modules=_ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

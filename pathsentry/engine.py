@@ -18,6 +18,7 @@ from typing import Any
 from pathsentry.config import Config
 from pathsentry.detectors import Detector, DetectorContext, Enriched, Findings, build_detectors
 from pathsentry.detectors.crosscheck import CrossCheck, CrossCheckSettings
+from pathsentry.detectors.saved import check_ts
 from pathsentry.enrich import GeoResolver, build_resolver
 from pathsentry.enrich.enricher import Enricher
 from pathsentry.schemas import AccountLabel, AnyEvent, AnyFeedback, Interaction
@@ -81,7 +82,10 @@ class GroupStage:
         return {"ts": self.ts, "detectors": {d.name: d.state() for d in self.detectors}}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.ts = max(self.ts, float(state.get("ts", 0.0)))
+        """Restore :meth:`state`: the clock no later than a day past the wall clock
+        (:class:`~pathsentry.detectors.saved.StateInvalid` otherwise), each detector's
+        part as that detector checks it."""
+        self.ts = max(self.ts, check_ts(state.get("ts") or 0.0, "group stage clock"))
         dets = state.get("detectors", {})
         for d in self.detectors:
             if d.name in dets:

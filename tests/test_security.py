@@ -4,16 +4,24 @@ printed: TLS/SASL reach both aiokafka and Faust, secrets stay out of reprs."""
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import subprocess
+import sys
+from pathlib import Path
 
 import faust
 import pytest
+import yaml  # type: ignore[import-untyped]
 
 from pathsentry.config import load_config
+from pathsentry.infra.broker import EmbeddedBroker
 from pathsentry.infra.clickhouse import connect
 from pathsentry.infra.redact import redact_text
 from pathsentry.report.commands import describe_url
 from pathsentry.streams.kafka import client_kwargs, faust_credentials
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sasl_ssl_from_environment_reaches_both_clients() -> None:
@@ -61,3 +69,32 @@ def test_no_password_in_messages_or_reprs(caplog: pytest.LogCaptureFixture) -> N
         logging.getLogger("pathsentry.test").warning("clickhouse: %s", redact_text(
             f"Code: 210. connect to clickhouse://soc:{secret}@ch:9000/db?password={secret} failed"))
     assert secret not in caplog.text and "clickhouse://soc:***@ch:9000" in caplog.text
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
+def test_compose_worker_sasl_settings_reach_kafka_and_stay_out_of_the_log(
+        tmp_path: Path, embedded_broker: EmbeddedBroker, mechanism: str) -> None:
+    """The worker's environment from docker-compose.yml (its password variable filled in)
+    makes the worker authenticate: the embedded broker, which takes no SASL, refuses the
+    handshake and the worker stops with an error, its debug log full of Kafka client
+    detail, and the password is nowhere in what it printed."""
+    secret = "k-sasl-pw-91d2-never-logged"
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = {k: str(v) for k, v in compose["services"]["worker"]["environment"].items()
+           if k.startswith("PATHSENTRY_KAFKA_")}
+    assert env["PATHSENTRY_KAFKA_SASL_PASSWORD"] == "${KAFKA_WORKER_PASSWORD}"
+    env.update(PATHSENTRY_KAFKA_SASL_PASSWORD=secret, PATHSENTRY_KAFKA_URL=embedded_broker.url,
+               PATHSENTRY_KAFKA_SASL_MECHANISM=mechanism)
+    cfg = load_config(text="", env=env)
+    kw = client_kwargs(cfg)
+    assert (kw["security_protocol"], kw["sasl_mechanism"], kw["sasl_plain_username"],
+            kw["sasl_plain_password"]) == ("SASL_PLAINTEXT", mechanism, "pathsentry", secret)
+    creds = faust_credentials(cfg)
+    assert isinstance(creds, faust.SASLCredentials) and creds.password == secret
+    r = subprocess.run([sys.executable, "-m", "pathsentry", "worker", "--loglevel", "debug"],
+                       env={**os.environ, **env, "PATHSENTRY_DATA_DIR": str(tmp_path)},
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Sasl" in out, out[-2000:]
+    assert secret not in out

@@ -68,6 +68,7 @@ from pathsentry.detectors.injection_profile import (
     ProfileSettings,
     features_of,
 )
+from pathsentry.detectors.injection_saved import check_profiles
 from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
@@ -432,9 +433,12 @@ class InjectionDetector(Detector):
         net = f"AS{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}"
         host = t.host.lower()
         anomaly = _anomaly(probe, verdict, content)
-        self.window.add(host, net, ev.ts, anomaly, verdict.suspect)
+        path_anomaly = verdict.path_score >= s.flag_score
+        self.window.add(host, net, ev.ts, anomaly, verdict.suspect, tls=verdict.tls,
+                        tls_anomaly=path_anomaly)
         origin_wide = anomaly is not None and self.window.origin_wide(host, anomaly, ev.ts)
         others = self.window.others(host, net, ev.ts)
+        others_tls = None if verdict.tls else self.window.others_tls(host, net, ev.ts)
         suspect = verdict.suspect and not origin_wide
         if not verdict.suspect:
             ratio = (probe.ttfb_ms / probe.connect_ms
@@ -447,11 +451,12 @@ class InjectionDetector(Detector):
             "suspect": suspect,
             "score": round(verdict.score, 4),
             "tls": verdict.tls,
-            "path_anomaly": verdict.path_score >= s.flag_score,
+            "path_anomaly": path_anomaly,
             "ttl_delta": _delta(probe),
             "status": probe.status,
             "origin_wide": origin_wide,
             "others": None if others is None else round(others, 4),
+            "others_tls": others_tls,
             "content": [e.code for e in content],
         }
         if not suspect:
@@ -487,12 +492,22 @@ class InjectionDetector(Detector):
         return {"profiles": self.profiles.to_json()}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`; refused whole (:class:`~.saved.StateInvalid`) unless
+        every field is as a save writes it."""
+        self._check(state)
         self.profiles.load(state.get("profiles", {}))
+
+    @staticmethod
+    def _check(state: dict[str, Any]) -> None:
+        profiles = state.get("profiles", {})
+        if isinstance(profiles, dict) and profiles.get("version") == 1:
+            check_profiles(profiles)
 
     def learned_state(self) -> dict[str, Any]:
         return self.state()
 
     def load_learned(self, state: dict[str, Any]) -> None:
+        self._check(state)
         self.profiles.load(state.get("profiles", {}), only_new=True)
 
 

@@ -11,8 +11,10 @@ judge, so coarser views help, judged by the same rule:
 - ``("*", port, all day)``: the whole ASN all day, for boxes whose forgeries are too
   sparse for any of the above;
 - ``("*", any port, all day)``: the whole ASN on every plaintext port all day, for a box
-  whose few forgeries are spread over the ports it inspects. It names the ports on
-  which ``min_hour_sources`` distinct sources got forged answers.
+  whose few forgeries are spread over the ports it inspects, and ``("*", any port,
+  hour)`` for one whose few forgeries fall in one hour over several ports. They name
+  the ports on which ``min_hour_sources`` distinct sources got forged answers (every
+  port with one when none has that many).
 
 An all-day cell that is bad names the hours in which at least ``min_hour_sources``
 distinct sources got forged answers on its port(s) (all the hours with a forged answer
@@ -23,13 +25,22 @@ A cell is *confidently bad* when
 
 - it holds at least ``min_probes`` plaintext probes, and suspect ones from at least
   ``min_suspect_clients`` distinct sources (the account of a client report, else the
-  address): two accounts cannot frame an ISP, however many probes they send;
+  address; an address from which an account reported a forged answer counts as that
+  account: the same subscriber, not another witness): see *Framing* below;
 - the Wilson lower bound of its suspect rate reaches ``min_rate`` (an optional floor,
   0 by default: an ISP that forges one answer in a thousand is still forging, and the
   contrasts below, not a share, tell a forging box from noise);
 - TLS probes on the same line and hour (the control: an on-path box cannot forge
   them) do not show the same path anomalies: once there are ``min_tls_probes`` of
-  them, the plaintext suspect rate must be above their anomaly rate; and
+  them, the plaintext suspect rate must be above their anomaly rate. A control smaller
+  than the plaintext cell it is compared with borrows strength from the other ASNs
+  (``tls_borrow``): it is topped up to the cell's ``n`` with the other networks' TLS
+  path-anomaly rate (``notes["injection"]["others_tls"]``, averaged over the cell's
+  probes), a prior worth the probes it lacks, unless the ISP's own TLS anomaly rate
+  (its Wilson lower bound) is above the others': then its path is not like theirs and
+  its own control stands alone. Five forged answers in 63 plaintext probes against
+  0 of 53 TLS ones prove nothing (0/53 allows a TLS rate up to 7 %); against a
+  control of 63 with the other ISPs' TLS rate (0 %) for the ten it lacks, they do; and
 - the other ASNs at the same time do not show it either: each probe carries the
   median flagged rate of the other networks that reached the same origin in the same minutes
   (``notes["injection"]["others"]``, from :mod:`pathsentry.detectors.injection_window`);
@@ -44,13 +55,24 @@ A cell is *confidently bad* when
 is positive. Asking instead that the two Wilson intervals do not overlap tests at about
 z·√2 and needs some eight suspects even when TLS and the other ASNs show none, so an
 ISP whose box forged a few answers each for six or seven subscribers went unnamed.
-The guard against framing is the count of distinct sources, not the rate: with the
-per-probe flags resting on path marks (TTL, missing origin headers, an answer faster
-than the RTT), suspects from ``min_suspect_clients`` unrelated sources in one ISP are
-not chance, and fewer sources, however many probes they send, name nobody. The TLS
-control stays a test of two rates: six forged answers in 545 plaintext probes against
-0 of 319 TLS ones are not enough (TLS could be marked at 1 % as well), so a box that
-forged that little is named only once the TLS probes or its forgeries are more.
+
+**Framing.** The guard against framing is the count of distinct sources, not the rate
+nor the path marks: a client report's TTLs, headers and timings are numbers its
+sender writes, so a colluder can give them any box's signature, on any ports and in
+any hours, as consistently as a box would. What colluders cannot multiply cheaply is
+themselves: an account per colluder, and each account's addresses count as it (an
+address becomes an account's once it reports a forged answer from it, so the same
+subscriber's reports without an account, or a sensor's, are not more witnesses).
+``min_suspect_clients`` is therefore the number of colluders an ISP is protected
+against, plus one: the default 5 means up to four colluding accounts, each with any
+number of its own addresses, name nobody, however many probes they send (the issue
+raised with two; the tests frame with two and three). An injector whose forged answers
+reached fewer than that many sources cannot be told from framing by any rule that
+resists it: ``pathsentry evaluate`` reports such injectors apart (named / nameable /
+all). Reports without an account from addresses no account used are counted by
+address; where anyone can send them (a launcher's anonymous line check),
+``anonymous_sources = "line"`` makes each vouch for its /24 only, at the cost of the
+many genuine victims that share a line.
 
 Cells are re-judged whenever their plaintext or TLS counts move. A cell dropped from
 state (idle longer than ``idle_ttl_s``, or beyond ``max_cells``) is no longer bad, and
@@ -63,8 +85,10 @@ which is re-emitted with ``version + 1`` when its ports, hours or prefixes chang
 (and, on idle ticks, at most every ``refresh_s`` when its counts moved). Should
 every cell clear again, the last version stands. The evidence contrasts the bad hours
 with the other hours and with TLS, and each bad cell with the suspects the other ASNs'
-rate predicts (``other_asns_expected``). The counts themselves, their bounded tables and
-the Wilson bounds are in :mod:`pathsentry.detectors.injection_counts`.
+rate predicts (``other_asns_expected``). The counts themselves, their bounded tables,
+the Wilson bounds and the borrowed control are in
+:mod:`pathsentry.detectors.injection_counts`. (This module is past 600 lines for its
+docstring: the rules and the framing argument belong beside the code they govern.)
 
 >>> round(wilson_lower(9, 10), 3), round(wilson_upper(0, 40), 3)
 (0.596, 0.088)
@@ -87,6 +111,7 @@ from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findi
 from pathsentry.detectors.injection import NOTES_KEY
 from pathsentry.detectors.injection_counts import (
     Cell,
+    borrowed_control,
     distinct_at_least,
     expire,
     format_hours,
@@ -97,6 +122,7 @@ from pathsentry.detectors.injection_counts import (
     wilson_lower,
     wilson_upper,
 )
+from pathsentry.detectors.injection_saved import check_cells_state
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import Alert, HttpProbe, make_alert_id, severity_for
 
@@ -125,8 +151,12 @@ class CellSettings:
     """Thresholds and bounds (``[detectors.injection_cells]`` in ``pathsentry.toml``)."""
 
     min_probes: int = 10
-    #: distinct sources (accounts of client reports, else addresses) of suspect probes
+    #: distinct sources (accounts of client reports, else addresses) of suspect probes;
+    #: the framing bound, see the module docstring
     min_suspect_clients: int = 5
+    #: what a report without an account (or a sensor's) vouches for: ``address`` or
+    #: ``line`` (its /24), for operators who cannot trust such reports' addresses
+    anonymous_sources: str = "address"
     #: floor on the Wilson lower bound of a cell's suspect rate (0: the contrasts decide)
     min_rate: float = 0.0
     #: sources with forged answers in an hour (a port) that name it, when only all-day
@@ -134,6 +164,9 @@ class CellSettings:
     min_hour_sources: int = 2
     #: TLS probes on a line from which the TLS contrast applies.
     min_tls_probes: int = 3
+    #: top a TLS control smaller than its plaintext cell up with the other networks'
+    #: TLS path-anomaly rate at the same times (see the module docstring)
+    tls_borrow: bool = True
     z: float = 1.96
     #: IANA zone for "hour of day"; empty: the offset each event's ``ts`` carries.
     timezone: str = ""
@@ -168,6 +201,8 @@ class _Group:
     #: The lines the pooled cells were last judged over (not persisted: re-judged).
     pooled: frozenset[str] = frozenset()
     accounts: list[str] = field(default_factory=list)
+    #: address source -> the account source that reported forged answers from it
+    owners: dict[str, str] = field(default_factory=dict)
     published: _Published | None = None
     last: float = 0.0
     tz_label: str = ""
@@ -191,6 +226,7 @@ class _Group:
         return {
             "asn": self.asn, "as_name": self.as_name, "last": self.last,
             "tz_label": self.tz_label, "accounts": list(self.accounts),
+            "owners": dict(self.owners),
             "cells": [[*k, c.to_json()] for k, c in self.cells.items()],
             "tls": [[*k, c.to_json()] for k, c in self.tls.items()],
             "bad": sorted([list(k) for k in self.bad]),
@@ -203,7 +239,7 @@ class _Group:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _Group:
         g = cls(asn=d["asn"], as_name=d["as_name"], last=d["last"], tz_label=d["tz_label"],
-                accounts=list(d["accounts"]))
+                accounts=list(d["accounts"]), owners=dict(d.get("owners", {})))
         for p, port, hour, c in d["cells"]:
             g.cells[(p, port, hour)] = Cell.from_json(c)
         for p, hour, c in d["tls"]:
@@ -224,11 +260,17 @@ def _union(a: Signature, b: Signature) -> Signature:
             tuple(sorted({*a[2], *b[2]})))
 
 
-def source_of(probe: HttpProbe, account: str | None) -> str:
-    """Who vouches for a probe: the account of a client report, else its address."""
+def source_of(probe: HttpProbe, account: str | None, line: str | None = None) -> str:
+    """Who vouches for a probe: the account of a client report, else its address (its
+    ``line``, the /24, when given: see ``anonymous_sources``)."""
     if probe.reporter == "client" and account:
         return "acct:" + account
-    return "ip:" + ip_text(probe.src_ip)
+    return anonymous_source(probe, line)
+
+
+def anonymous_source(probe: HttpProbe, line: str | None) -> str:
+    """What a report without an account vouches for: its address, or its ``line``."""
+    return "line:" + line if line is not None else "ip:" + ip_text(probe.src_ip)
 
 
 class InjectionCellDetector(Detector):
@@ -241,6 +283,8 @@ class InjectionCellDetector(Detector):
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
         (self.settings,) = load_settings(self.name, ctx.settings(self.name), CellSettings)
+        if self.settings.anonymous_sources not in ("address", "line"):
+            raise ValueError("[detectors.injection_cells] anonymous_sources: address or line")
         zone = self.settings.timezone
         self.tz: tzinfo | None = ZoneInfo(zone) if zone else None
         self.groups: OrderedDict[str, _Group] = OrderedDict()
@@ -266,7 +310,8 @@ class InjectionCellDetector(Detector):
         group = self._group(key, ev, ts)
         local = probe.ts.astimezone(self.tz) if self.tz is not None else probe.ts
         group.tz_label = s.timezone or self._tz_label(local)
-        hour, client = local.hour, source_of(probe, ev.account)
+        line = ev.prefix if s.anonymous_sources == "line" else None
+        hour, client = local.hour, source_of(probe, ev.account, line)
         touched: list[CellKey] = []
         evicted: list[CellKey] = []
         if verdict["tls"]:
@@ -277,18 +322,16 @@ class InjectionCellDetector(Detector):
         else:
             suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
             ref = float(verdict.get("others") or 0.0)
-            if suspect and ev.account and ev.account not in group.accounts \
-                    and len(group.accounts) < s.max_alert_accounts:
-                group.accounts.append(ev.account)
-            for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
-                cell_key = (p, probe.target.port, h)
+            ref_tls = _rate(verdict.get("others_tls"))
+            if suspect:
+                self._vouch(group, probe, client, ev.account, line)
+            keys = [(p, probe.target.port, h) for p, h in (
+                (ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR))]
+            keys += [(ALL, ANY_PORT, ANY_HOUR), (ALL, ANY_PORT, hour)]
+            for cell_key in keys:
                 touch(group.cells, cell_key, s.max_cells, evicted).add(
-                    client, suspect, ts, probe.event_id, s, ref)
+                    client, suspect, ts, probe.event_id, s, ref, ref_tls)
                 touched.append(cell_key)
-            cell_key = (ALL, ANY_PORT, ANY_HOUR)
-            touch(group.cells, cell_key, s.max_cells, evicted).add(
-                client, suspect, ts, probe.event_id, s, ref)
-            touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
         self._judge(group, touched, set())
@@ -317,6 +360,19 @@ class InjectionCellDetector(Detector):
             if group.published.signature == signature:
                 return None
         return Findings(alerts=[self._publish(key, group, ts, signature)])
+
+    def _vouch(self, group: _Group, probe: HttpProbe, client: str, account: str | None,
+               line: str | None) -> None:
+        """Note who vouches for a suspect probe: its account for the alert, and the
+        address an account reported from, so that reports without an account (or a
+        sensor's) from that address count as the same source, not another."""
+        s = self.settings
+        if account and account not in group.accounts and len(group.accounts) < s.max_alert_accounts:
+            group.accounts.append(account)
+        if client.startswith("acct:"):
+            addr = anonymous_source(probe, line)
+            if addr not in group.owners and len(group.owners) < s.max_clients:
+                group.owners[addr] = client
 
     def _tz_label(self, local: datetime) -> str:
         off = local.utcoffset()
@@ -389,7 +445,7 @@ class InjectionCellDetector(Detector):
             cells = [one] if one is not None else []
         n, k = sum_cells(cells)
         if n <= 0 or n < s.min_probes or not distinct_at_least(
-                (c.suspect_clients.keys() for c in cells), s.min_suspect_clients):
+                (c.suspect_clients.keys() for c in cells), s.min_suspect_clients, group.owners):
             return False
         if wilson_lower(k, n, s.z) < s.min_rate:
             return False
@@ -399,6 +455,10 @@ class InjectionCellDetector(Detector):
             n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
         else:
             n_tls, k_tls = sum_cells([group.tls.get((prefix, hour))])
+        borrowed = None if not s.tls_borrow else borrowed_control(
+            n, n_tls, k_tls, sum(c.ref_tls for c in cells), sum(c.ref_tls_n for c in cells), s.z)
+        if borrowed is not None:
+            return rate_above(k, n, borrowed[1], borrowed[0], s.z) > 0.0
         return n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z) > 0.0
 
     # -- the alert --------------------------------------------------------------------
@@ -407,10 +467,9 @@ class InjectionCellDetector(Detector):
         all_ports = {k[1] for k in group.bad}
         if ANY_PORT in all_ports:  # the all-port cell: the ports forged answers came on
             all_ports.discard(ANY_PORT)
-            all_ports.update(self._named({
+            all_ports.update(self._named(group, {
                 port: c.suspect_clients.keys() for (p, port, hour), c in group.cells.items()
-                if p == ALL and hour == ANY_HOUR and port != ANY_PORT and c.suspect_clients},
-                thin=False))
+                if p == ALL and hour == ANY_HOUR and port != ANY_PORT and c.suspect_clients}))
         hours = {k[2] for k in group.bad if k[2] != ANY_HOUR}
         all_day = {k[1] for k in group.bad if k[2] == ANY_HOUR}
         if ANY_PORT in all_day:
@@ -427,16 +486,18 @@ class InjectionCellDetector(Detector):
         for (p, port, hour), c in group.cells.items():
             if p == ALL and hour != ANY_HOUR and port in ports and c.suspect_clients:
                 per.setdefault(hour, set()).update(c.suspect_clients)
-        return self._named(per, thin=True)
+        return self._named(group, per)
 
-    def _named(self, per: Mapping[int, Collection[str]], thin: bool) -> tuple[int, ...]:
+    def _named(self, group: _Group, per: Mapping[int, Collection[str]]) -> tuple[int, ...]:
         """The hours (ports) with forged answers from ``min_hour_sources`` distinct
-        sources; with ``thin``, when none has that many, every one with a forgery (the
-        bad cell they describe was judged on its own sources: a box's few forgeries
-        spread over many hours still need their hours named)."""
+        sources; when none has that many, every one with a forgery (the bad cell they
+        describe was judged on its own sources: a box's few forgeries spread over many
+        hours or ports still need them named)."""
+        same = group.owners
         named = tuple(sorted(h for h, who in per.items()
-                             if len(who) >= self.settings.min_hour_sources))
-        return named or (tuple(sorted(per)) if thin else ())
+                             if len({same.get(w, w) for w in who})
+                             >= self.settings.min_hour_sources))
+        return named or tuple(sorted(per))
 
     def _prefixes(self, group: _Group, ports: set[int], hours: set[int]) -> list[str]:
         """Without a bad line (only ASN-wide roll-ups are bad): the prefixes with
@@ -541,12 +602,20 @@ class InjectionCellDetector(Detector):
         return {"groups": {k: g.to_json() for k, g in self.groups.items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`; refused whole (:class:`~.saved.StateInvalid`) unless
+        every field is as a save writes it."""
+        check_cells_state(state)
         self.groups = OrderedDict(
             (k, _Group.from_json(g)) for k, g in state.get("groups", {}).items()
         )
         for group in self.groups.values():
             # a bad cell the snapshot does not hold cannot be shown: drop it
             self._drop(group, [k for k in group.bad if k[0] != LINES and k not in group.cells])
+
+
+def _rate(x: Any) -> float | None:
+    """A rate from a note: a number in [0, 1], else none."""
+    return float(x) if isinstance(x, (int, float)) and 0.0 <= x <= 1.0 else None
 
 
 def _dt(ts: float) -> datetime:

@@ -4,8 +4,9 @@ A :class:`Cell` counts ``k`` suspect probes of ``n`` (for TLS probes: path-anoma
 the distinct sources (of all probes, of the suspect ones), the suspects the other ASNs'
 rate at the same times predicts (``ref``), first and last times and a few example event
 ids; bounded tables of cells are kept least recently used first. The Wilson score
-bounds say how far a rate over few probes can be trusted. The judging and the alert
-live in :mod:`pathsentry.detectors.injection_cells`.
+bounds say how far a rate over few probes can be trusted; :func:`borrowed_control`
+tops a small TLS control up with the other networks' TLS rate. The judging and the
+alert live in :mod:`pathsentry.detectors.injection_cells`.
 
 Whether one rate exceeds another is judged on the interval of their *difference*
 (Newcombe's hybrid score interval, built from the two Wilson intervals), not on whether
@@ -25,12 +26,12 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Caps", "Cell", "distinct_at_least", "expire", "format_hours", "merge", "rate_above",
-           "sum_cells", "touch", "wilson_lower", "wilson_upper"]
+__all__ = ["Caps", "Cell", "borrowed_control", "distinct_at_least", "expire", "format_hours",
+           "merge", "rate_above", "sum_cells", "touch", "wilson_lower", "wilson_upper"]
 
 
 class Caps(Protocol):
@@ -78,6 +79,25 @@ def rate_above(k: int, n: int, k_ref: float, n_ref: int, z: float = 1.96) -> flo
     return p - p_ref - math.sqrt(below * below + max(above, 0.0) ** 2)
 
 
+def borrowed_control(n: int, n_tls: int, k_tls: int, ref_sum: float, ref_n: int,
+                     z: float = 1.96) -> tuple[int, float] | None:
+    """A TLS control of ``k_tls`` anomalous in ``n_tls`` topped up to the ``n`` plaintext
+    probes it is compared with: for each probe it lacks, the other networks' TLS
+    path-anomaly rate (``ref_sum / ref_n``, their rates at the times of ``ref_n``
+    probes). ``None`` (the own control stands): nothing to borrow, the control is as
+    large as the cell, or its own rate's Wilson lower bound is above the others' rate.
+
+    >>> borrowed_control(63, 53, 0, 0.0, 63), borrowed_control(63, 20, 6, 0.0, 63)
+    ((63, 0.0), None)
+    """
+    if n_tls >= n or ref_n <= 0:
+        return None
+    rate = ref_sum / ref_n
+    if n_tls and wilson_lower(k_tls, n_tls, z) > rate:
+        return None
+    return n, k_tls + rate * (n - n_tls)
+
+
 def format_hours(hours: Iterable[int]) -> str:
     """Hours of day as ranges, end exclusive, wrapping past midnight."""
     hs = sorted(set(hours))
@@ -115,6 +135,10 @@ class Cell:
     suspect_clients: dict[str, int] = field(default_factory=dict)
     #: suspect probes expected from the other networks' rate at the same times
     ref: float = 0.0
+    #: the other networks' TLS path-anomaly rates at the times of ``ref_tls_n`` probes,
+    #: summed (the control borrowed when the ISP's own TLS control is small)
+    ref_tls: float = 0.0
+    ref_tls_n: int = 0
     first: float = math.inf
     last: float = 0.0
     first_suspect: float = math.inf
@@ -122,9 +146,12 @@ class Cell:
     examples: list[str] = field(default_factory=list)
 
     def add(self, client: str, bad: bool, ts: float, event_id: str, s: Caps,
-            ref: float = 0.0) -> None:
+            ref: float = 0.0, ref_tls: float | None = None) -> None:
         self.n += 1
         self.ref += ref
+        if ref_tls is not None:
+            self.ref_tls += ref_tls
+            self.ref_tls_n += 1
         self.first, self.last = min(self.first, ts), max(self.last, ts)
         if len(self.clients) < s.max_clients:
             self.clients.add(client)
@@ -144,6 +171,7 @@ class Cell:
         return {
             "n": self.n, "k": self.k, "clients": sorted(self.clients),
             "suspect_clients": dict(sorted(self.suspect_clients.items())), "ref": self.ref,
+            "ref_tls": self.ref_tls, "ref_tls_n": self.ref_tls_n,
             "first": _finite(self.first),
             "last": self.last, "first_suspect": _finite(self.first_suspect),
             "last_suspect": self.last_suspect, "examples": list(self.examples),
@@ -155,7 +183,8 @@ class Cell:
         return cls(
             n=d["n"], k=d["k"], clients=set(d["clients"]),
             suspect_clients=dict(by) if isinstance(by, dict) else dict.fromkeys(by, 1),
-            ref=float(d.get("ref", 0.0)), first=_inf(d["first"]), last=d["last"],
+            ref=float(d.get("ref", 0.0)), ref_tls=float(d.get("ref_tls", 0.0)),
+            ref_tls_n=int(d.get("ref_tls_n", 0)), first=_inf(d["first"]), last=d["last"],
             first_suspect=_inf(d["first_suspect"]), last_suspect=d["last_suspect"],
             examples=list(d["examples"]),
         )
@@ -193,6 +222,7 @@ def merge(cells: Iterable[Cell | None]) -> Cell:
         if c is None:
             continue
         out.n, out.k, out.ref = out.n + c.n, out.k + c.k, out.ref + c.ref
+        out.ref_tls, out.ref_tls_n = out.ref_tls + c.ref_tls, out.ref_tls_n + c.ref_tls_n
         out.clients |= c.clients
         for who, count in c.suspect_clients.items():
             out.suspect_clients[who] = out.suspect_clients.get(who, 0) + count
@@ -211,13 +241,21 @@ def sum_cells(cells: Iterable[Cell | None]) -> tuple[int, int]:
     return n, k
 
 
-def distinct_at_least(sets: Iterable[Set[str]], m: int) -> bool:
-    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does)."""
+def distinct_at_least(sets: Iterable[Set[str]], m: int,
+                      same: Mapping[str, str] | None = None) -> bool:
+    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does);
+    an item ``same`` maps is counted as what it maps to (an address as the account
+    that reported from it).
+
+    >>> distinct_at_least([{"ip:a", "acct:x"}, {"ip:b"}], 3, {"ip:a": "acct:x"})
+    False
+    """
     if m <= 0:
         return True
+    same = same or {}
     seen: set[str] = set()
     for x in sets:
-        seen.update(x)
+        seen.update(same.get(who, who) for who in x)
         if len(seen) >= m:
             return True
     return False

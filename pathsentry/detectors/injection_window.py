@@ -11,7 +11,13 @@ does not normally answer with, a missing mark, ...). For one answer it tells
   ``window_s``, saw the same anomaly;
 - the typical flagged rate of the **other** networks at the same time: the median of
   their rates, so that other injecting ISPs (a few networks) do not raise it while an
-  origin failure (every network) does. The cell stage weighs each ISP's cells against it.
+  origin failure (every network) does. The cell stage weighs each ISP's cells against it;
+- the **other** networks' TLS path-anomaly rate (their TLS answers pooled, counts
+  decayed with a half-life of ``tls_half_life_s``: TLS answers are a small share of a
+  network's probes, too few in ``window_s`` to say anything, and a path's anomalies
+  change slowly): what an ISP's TLS control would show were its path like the
+  others'. The cell stage borrows it when an ISP's own TLS control is smaller than the
+  plaintext cell it is compared with.
 
 Time is event time; buckets older than the window behind the newest event are dropped.
 
@@ -23,6 +29,10 @@ Time is event time; buckets older than the window behind the newest event are dr
 (True, False)
 >>> w.others("www", "AS1", 100.0), w.others("www", "AS1", 100.0 + 3600)
 (0.0, None)
+>>> for asn in ("AS1", "AS2", "AS3", "AS4"):
+...     w.add("www", asn, 100.0, None, flagged=False, tls=True, tls_anomaly=asn == "AS4")
+>>> w.others_tls("www", "AS1", 100.0), w.others_tls("www", "AS4", 100.0)
+(0.3333, 0.0)
 """
 
 from __future__ import annotations
@@ -43,6 +53,8 @@ class WindowSettings:
     min_networks: int = 4
     #: ...and the share of the networks reaching the origin they must make up
     outage_share: float = 0.5
+    #: half-life of the TLS path-anomaly counts per network (``others_tls``)
+    tls_half_life_s: float = 6 * 3600.0
     max_entries: int = 8192
 
 
@@ -62,11 +74,17 @@ class NetworkWindow:
         self.buckets: dict[int, dict[str, dict[str, _Net]]] = {}
         self.newest = -(2**62)
         self.entries = 0
+        #: origin -> network -> [TLS answers, anomalous ones, time], decayed
+        self.tls: dict[str, dict[str, list[float]]] = {}
+        self.tls_entries = 0
 
     def _bucket(self, ts: float) -> int:
         return int(ts // self.s.bucket_s)
 
-    def add(self, origin: str, net: str, ts: float, anomaly: str | None, flagged: bool) -> None:
+    def add(self, origin: str, net: str, ts: float, anomaly: str | None, flagged: bool,
+            tls: bool = False, tls_anomaly: bool = False) -> None:
+        """Count one answer (``tls``: a TLS one, also counted apart with whether it
+        showed path anomalies)."""
         b = self._bucket(ts)
         if b > self.newest:
             self.newest = b
@@ -80,10 +98,27 @@ class NetworkWindow:
                 return
             c = per_origin[net] = _Net()
             self.entries += 1
+        if tls:
+            self._add_tls(origin, net, ts, tls_anomaly)
         c.n += 1
         c.flagged += flagged
         if anomaly is not None:
             c.anomalies[anomaly] = c.anomalies.get(anomaly, 0) + 1
+
+    def _decayed(self, row: list[float], ts: float) -> tuple[float, float]:
+        keep = 0.5 ** (max(0.0, ts - row[2]) / self.s.tls_half_life_s)
+        return row[0] * keep, row[1] * keep
+
+    def _add_tls(self, origin: str, net: str, ts: float, anomalous: bool) -> None:
+        per = self.tls.setdefault(origin, {})
+        row = per.get(net)
+        if row is None:
+            if self.tls_entries >= self.s.max_entries:
+                return
+            row = per[net] = [0.0, 0.0, ts]
+            self.tls_entries += 1
+        n, k = self._decayed(row, ts)
+        row[:] = [n + 1.0, k + anomalous, max(ts, row[2])]
 
     def _span(self) -> int:
         return max(1, int(self.s.window_s // self.s.bucket_s))
@@ -126,3 +161,15 @@ class NetworkWindow:
             return None
         mid = len(rates) // 2
         return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+
+    def others_tls(self, origin: str, net: str, ts: float) -> float | None:
+        """The TLS path-anomaly rate of the networks other than ``net`` that reached
+        ``origin`` over TLS, their decayed counts pooled (``None``: fewer than
+        ``min_networks`` of them)."""
+        n = k = 0.0
+        nets = 0
+        for other, row in self.tls.get(origin, {}).items():
+            if other != net:
+                dn, dk = self._decayed(row, ts)
+                n, k, nets = n + dn, k + dk, nets + 1
+        return round(k / n, 4) if nets >= self.s.min_networks and n > 0 else None

@@ -76,6 +76,7 @@ from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import DetectorContext, Enriched, Findings, SessionTable
 from pathsentry.detectors.bounded import AlertBook, remember
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
+from pathsentry.detectors.route_saved import check_route_share, check_route_state
 from pathsentry.detectors.settings import settings_dict
 from pathsentry.enrich.geo import GeoInfo, prefix_of
 from pathsentry.schemas import FlaggedEvent, Login, Traceroute
@@ -467,11 +468,23 @@ class RouteDetector(SessionTable):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (refused whole, :class:`~.saved.StateInvalid`, before
+        anything changes unless every field is as a save writes it)."""
         if state.get("version") != 1:
             return
+        check_route_state(state, self.name)
         self.sessions.clear()
-        self.load_sessions(state)
+        self._load_rows(state)
         self.alerts.load_state(state.get("alerts", []))
+
+    def load_sessions(self, state: Any) -> None:
+        if isinstance(state, dict) and state.get("version") == 1:
+            check_route_share(state)
+            self._load_rows(state)
+
+    def _load_rows(self, state: dict[str, Any]) -> None:
+        for row in state.get("sessions", []):
+            self._load_session_row(row)
 
     def _session_table(self) -> OrderedDict[str, _Session]:
         return self.sessions

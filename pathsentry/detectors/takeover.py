@@ -61,12 +61,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, ip_network
-from typing import Any, ClassVar
+from typing import Any
 
 from pathsentry.detectors import register
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
 from pathsentry.detectors.physics import great_circle_km
 from pathsentry.detectors.settings import load_settings
+from pathsentry.detectors.takeover_saved import check_takeover_state
 from pathsentry.schemas import Alert, FlaggedEvent, Login, make_alert_id, severity_for
 
 __all__ = ["TakeoverDetector", "TakeoverSettings"]
@@ -122,6 +123,11 @@ def _subnet(ip: IPv4Address | IPv6Address | None) -> str | None:
     return str(ip_network(f"{ip}/{24 if ip.version == 4 else 64}", strict=False))
 
 
+#: the history's per-kind maps, by attribute name (a module constant: the compiled
+#: dataclass would take a class attribute for a field)
+_HISTORY_MAPS = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
+
+
 @dataclass(slots=True)
 class _History:
     logins: int = 0
@@ -137,18 +143,17 @@ class _History:
     last_country: str | None = None
     last_device: str | None = None
 
-    _MAPS: ClassVar[tuple[str, ...]] = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
 
     def row(self) -> dict[str, Any]:
         """A JSON snapshot (``summary`` is for people, this is for restarts)."""
-        return {"logins": self.logins, **{m: list(getattr(self, m).items()) for m in self._MAPS},
+        return {"logins": self.logins, **{m: list(getattr(self, m).items()) for m in _HISTORY_MAPS},
                 "last": [self.last_ts, self.last_lat, self.last_lon, self.last_country,
                          self.last_device]}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> _History:
         h = cls(logins=int(row.get("logins", 0)))
-        for m in cls._MAPS:
+        for m in _HISTORY_MAPS:
             getattr(h, m).update((k, float(t)) for k, t in row.get(m, []))
         h.last_ts, h.last_lat, h.last_lon, h.last_country, h.last_device = row.get("last", [None] * 5)
         return h
@@ -274,6 +279,7 @@ class TakeoverDetector(Detector):
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("version") != 1:
             return
+        check_takeover_state(state)  # (before anything is cleared)
         self._accounts.clear()
         self._devices = _DeviceAccounts(self.settings.max_devices,
                                         self.settings.max_accounts_per_device)
@@ -285,9 +291,11 @@ class TakeoverDetector(Detector):
         return self.state()
 
     def load_learned(self, state: dict[str, Any]) -> None:
-        """The histories and devices this detector does not know yet (its own stay)."""
+        """The histories and devices this detector does not know yet (its own stay);
+        refused whole unless every field is as a save writes it."""
         if state.get("version") != 1:
             return
+        check_takeover_state(state)
         for account, row in state.get("accounts", []):
             if account not in self._accounts and len(self._accounts) < self.settings.max_accounts:
                 self._accounts[account] = _History.from_row(row)

@@ -19,6 +19,7 @@ import ipaddress
 from pathsentry.config import AllowEntry, Config
 from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.bounded import remember
+from pathsentry.detectors.saved import AllowList
 from pathsentry.enrich.geo import GeoInfo, GeoResolver, prefix_of
 from pathsentry.schemas import AnyEvent, Login, RttProbe, Traceroute
 
@@ -34,16 +35,11 @@ class Enricher:
     def __init__(self, config: Config, geo: GeoResolver) -> None:
         self.config = config
         self.geo = geo
-        self._allow = [
-            (ipaddress.ip_network(a.cidr, strict=False), a) for a in config.allow
-        ]
+        self._allow = AllowList(config)
         self._by_ip: dict[IpAddr, tuple[GeoInfo, str, AllowEntry | None]] = {}
 
     def allowed(self, ip: IpAddr) -> AllowEntry | None:
-        for net, entry in self._allow:
-            if ip.version == net.version and ip in net:
-                return entry
-        return None
+        return self._allow.entry(ip)
 
     def source(self, ip: IpAddr) -> tuple[GeoInfo, str, AllowEntry | None]:
         """Geo, aggregation prefix and allow-list entry of a source address (cached)."""

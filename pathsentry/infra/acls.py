@@ -8,11 +8,14 @@ broker with an authorizer and authenticated principals). Principals:
   topics (sessions, groups, state) and Faust's own (a PREFIXED grant on the app id), write
   ``alerts`` and ``dead-letter``;
 - the event producers (the game backend, sensors): write the input topics only;
-- the alert consumers (the SOC): read ``alerts`` and ``dead-letter`` only.
+- the alert consumers (the SOC): read ``alerts`` and ``dead-letter`` only, in consumer
+  groups named ``<prefix>soc…``.
 
 Nobody but the workers may write the internal topics: whoever can feeds the group stage
-and the saved state. ``python -m pathsentry.infra.acls [--bootstrap HOST:PORT]`` prints the
-commands for the configuration in ``PATHSENTRY_CONFIG``.
+and the saved state. ``python -m pathsentry.infra.acls [--bootstrap HOST:PORT]
+[--command-config FILE] [--kafka-acls PATH] [--out FILE]`` prints (or writes) the commands
+for the configuration in ``PATHSENTRY_CONFIG``; the compose file's ``acl-gen`` service runs
+it and its ``acl-init`` service runs what it wrote.
 
 >>> from pathsentry.config import KafkaConfig
 >>> from pathsentry.streams.topics import Topics
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from pathsentry.streams.topics import Topics
 
@@ -59,24 +63,35 @@ def acl_plan(topics: Topics, *, worker: str = "User:pathsentry", producer: str =
             for op in ops]
     out += [Grant(producer, "Write", "topic", t) for t in inputs]
     out += [Grant(reader, "Read", "topic", t) for t in (topics.alerts, topics.dead_letter)]
+    out.append(Grant(reader, "Read", "group", f"{prefix}soc", "prefixed"))
     return out
 
 
 def acl_commands(plan: list[Grant], bootstrap: str = "kafka:9092",
-                 command_config: str = "/etc/kafka/admin.properties") -> list[str]:
-    """``kafka-acls.sh`` command lines that create ``plan``."""
-    return [f"kafka-acls.sh --bootstrap-server {bootstrap} --command-config {command_config} "
+                 command_config: str = "/etc/kafka/admin.properties",
+                 kafka_acls: str = "kafka-acls.sh") -> list[str]:
+    """``kafka-acls.sh`` command lines that create ``plan`` (``kafka_acls``: the script's path)."""
+    return [f"{kafka_acls} --bootstrap-server {bootstrap} --command-config {command_config} "
             f"--add --allow-principal {g.principal} --operation {g.operation} "
             f"--{g.kind} '{g.resource}' --resource-pattern-type {g.pattern}" for g in plan]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from pathsentry.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bootstrap", default="kafka:9092")
-    args = ap.parse_args()
-    print("\n".join(acl_commands(acl_plan(Topics(load_config().kafka)), args.bootstrap)))
+    ap.add_argument("--command-config", default="/etc/kafka/admin.properties",
+                    help="the admin client's properties file, where the commands run")
+    ap.add_argument("--kafka-acls", default="kafka-acls.sh", help="path of kafka-acls.sh there")
+    ap.add_argument("--out", help="write the commands to this file (default: print them)")
+    args = ap.parse_args(argv)
+    text = "\n".join(acl_commands(acl_plan(Topics(load_config().kafka)), args.bootstrap,
+                                  args.command_config, args.kafka_acls)) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,19 @@ false-positive rate per hard-negative class.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pathsentry.config import Config
 from pathsentry.detectors import Findings
+from pathsentry.detectors.injection_cells import CellSettings
+from pathsentry.detectors.settings import load_settings
 from pathsentry.engine import Engine
 from pathsentry.schemas import AnyEvent, AnyFeedback
-from pathsentry.sim.score import score_all
+from pathsentry.sim.score import forged_sources, score_all
 from pathsentry.sim.truth import Truth
 
 __all__ = ["TimedEngine", "evaluate_world", "fmt_cell", "markdown_table", "render_markdown"]
@@ -78,6 +83,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                         [[g, i["label"], i["members"], i["best_share"], i["found"],
                           i["ttd_from_fifth_login_s"], i.get("to_80pct_s")]
                          for g, i in farm["detail"].items()])
+    cells = dets.get("injection_cell", {})
+    nm = cells.get("nameable", {})
+    if nm.get("measured"):
+        lines += ["", f"Injection cells: {cells['positives'] - cells['fn']}/{cells['positives']} "
+                      f"injecting ASNs named; {nm['found']}/{nm['planted']} of those whose forged "
+                      f"answers came from at least {nm['min_sources']} independent sources "
+                      "(nameable: fewer could be as many colluding accounts)."]
     names = [n for n in _DETECTOR_ORDER if n in dets]
     lines += ["", "## Recall per attack class", ""]
     lines += markdown_table(["attack class", *names],
@@ -117,6 +129,16 @@ class TimedEngine(Engine):
         return out
 
 
+def _http_probes(path: Path) -> Iterator[dict[str, Any]]:
+    """The ``http_probe`` events of a world's events file, as JSON objects."""
+    with path.open("rb") as fh:
+        for line in fh:
+            if b'"http_probe"' in line:
+                ev = orjson.loads(line)
+                if isinstance(ev, dict) and ev.get("kind") == "http_probe":
+                    yield ev
+
+
 def evaluate_world(world_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Replay ``world_dir``'s events with its config, score them, write the reports."""
     from pathsentry.config import load_config
@@ -129,8 +151,12 @@ def evaluate_world(world_dir: str | Path, out_dir: str | Path | None = None) -> 
     res = replay([wd / "events.jsonl"], cfg, engine)
     write_outputs(res, out)
     truth = Truth.load(wd / "truth.jsonl")
+    cell_settings: CellSettings
+    (cell_settings,) = load_settings("injection_cells", cfg.detector_settings("injection_cells"),
+                                     CellSettings)
     report = score_all(truth, list(res.flags.values()), list(res.alerts.values()),
-                       engine.timeline)
+                       engine.timeline, forged_sources(truth, _http_probes(wd / "events.jsonl")),
+                       cell_settings.min_suspect_clients)
     from pathsentry.detectors import registered
 
     report["world"] = truth.meta

@@ -22,6 +22,7 @@ see are neutral (counted neither way). A farm group is found when one
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import statistics
@@ -40,6 +41,7 @@ __all__ = [
     "Timeline",
     "cell_matches",
     "flag",
+    "forged_sources",
     "parse_hours",
     "score_all",
     "score_cells",
@@ -311,14 +313,57 @@ def cell_matches(subject: dict[str, Any], cell: CellTruth) -> bool:
     return not prefixes or any(p in cell.prefixes for p in prefixes)
 
 
-def score_cells(truth: Truth, alerts: Sequence[Alert], timeline: Timeline | None = None
+def forged_sources(truth: Truth, probes: Iterable[Mapping[str, Any]]) -> dict[int, int]:
+    """Per planted cell's ASN, how many independent sources its forged answers came from,
+    counted as the cell detector counts them: the account of a client report, else the
+    address; an address from which an account reported a forged answer counts as that
+    account (the same subscriber line, not another witness). ``probes`` are the world's
+    ``http_probe`` events (those the truth labels ``injection`` are counted).
+
+    >>> from pathsentry.sim.truth import EventTruth
+    >>> t = Truth(cells=[CellTruth(4766, ("14.32.0.0/24",), (80,), (9,))])
+    >>> t.events = {e: EventTruth(e, "http_probe", "injection", "injection", (), a)
+    ...             for e, a in (("1", "kim"), ("2", None), ("3", None))}
+    >>> forged_sources(t, [{"event_id": "1", "src_ip": "14.32.0.7", "reporter": "client"},
+    ...                    {"event_id": "2", "src_ip": "14.32.0.7", "reporter": "sensor"},
+    ...                    {"event_id": "3", "src_ip": "14.32.0.8"}])
+    {4766: 2}
+    """
+    nets = [(ipaddress.ip_network(p, strict=False), c.asn) for c in truth.cells for p in c.prefixes]
+    who: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for ev in probes:
+        t = truth.events.get(str(ev.get("event_id")))
+        if t is None or t.label != "injection":
+            continue
+        ip = ipaddress.ip_address(str(ev["src_ip"]))
+        asn = next((a for net, a in nets if ip in net), None)
+        if asn is None:
+            continue
+        client = ev.get("reporter", "client") == "client" and t.account
+        who[asn].append(("ip:" + str(ip), "acct:" + t.account if client and t.account else ""))
+    out: dict[int, int] = {}
+    for asn, pairs in who.items():
+        owner = {addr: acct for addr, acct in pairs if acct}
+        out[asn] = len({acct or owner.get(addr, addr) for addr, acct in pairs})
+    return out
+
+
+def score_cells(truth: Truth, alerts: Sequence[Alert], timeline: Timeline | None = None,
+                sources: Mapping[int, int] | None = None, min_sources: int = 0
                 ) -> dict[str, Any]:
-    """Injection-cell alerts: right when they match a planted cell; TTD from the first forgery."""
+    """Injection-cell alerts: right when they match a planted cell; TTD from the first
+    forgery. With ``sources`` (:func:`forged_sources`), a planted cell is *nameable* when
+    its forged answers came from at least ``min_sources`` independent sources (the cell
+    detector's ``min_suspect_clients``): fewer could be as many colluding accounts framing
+    an ISP, and no detector that resists framing names them."""
     cells = [a for a in alerts if a.kind == "injection_cell"]
     first_injected = min((e.ts for e in truth.events.values() if e.label == "injection"),
                          default=None)
     right = [a for a in cells if any(cell_matches(a.subject, c) for c in truth.cells)]
-    found = sum(1 for c in truth.cells if any(cell_matches(a.subject, c) for a in cells))
+    named = [c for c in truth.cells if any(cell_matches(a.subject, c) for a in cells)]
+    found = len(named)
+    nameable = [c for c in truth.cells
+                if sources is not None and sources.get(c.asn, 0) >= min_sources]
     ttd = None
     if right and first_injected is not None:
         ttd = round(min(_versions(a, timeline)[0][0] for a in right) - first_injected, 1)
@@ -329,6 +374,8 @@ def score_cells(truth: Truth, alerts: Sequence[Alert], timeline: Timeline | None
         "recall": _ratio(found, len(truth.cells)),
         "by_class": {"injection": {"positives": len(truth.cells), "found": found,
                                    "recall": _ratio(found, len(truth.cells))}},
+        "nameable": {"planted": len(nameable), "found": sum(c in named for c in nameable),
+                     "min_sources": min_sources, "measured": sources is not None},
         "fp_rate": {},
         "alerts_per_hour": _alerts_per_hour(alerts, "injection_cell", truth.hours),
         "ttd": {"entities": len(truth.cells), "detected": found, "median_s": ttd, "max_s": ttd},
@@ -395,13 +442,15 @@ def score_crosscheck(truth: Truth, alerts: Sequence[Alert]) -> dict[str, Any]:
 
 
 def score_all(truth: Truth, flags: Sequence[FlaggedEvent], alerts: Sequence[Alert],
-              timeline: Timeline | None = None) -> dict[str, Any]:
-    """Every detector's score plus the attack-class recall and hard-negative FP tables."""
+              timeline: Timeline | None = None, sources: Mapping[int, int] | None = None,
+              min_sources: int = 0) -> dict[str, Any]:
+    """Every detector's score plus the attack-class recall and hard-negative FP tables
+    (``sources``, ``min_sources``: see :func:`score_cells`)."""
     detectors: dict[str, dict[str, Any]] = {
         kind: score_events(truth, flags, kind, alerts) for kind in EVENT_DETECTORS
     }
     detectors["farm_member"] = score_farms(truth, flags, alerts, timeline)
-    detectors["injection_cell"] = score_cells(truth, alerts, timeline)
+    detectors["injection_cell"] = score_cells(truth, alerts, timeline, sources, min_sources)
     attack: dict[str, dict[str, float | None]] = {}
     for label in ATTACK_LABELS:
         row = {name: d["by_class"][label]["recall"] for name, d in detectors.items()

@@ -162,7 +162,9 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
                         "pure": farm["pure_alerts"], "by_family": fam, "by_pacing": pace,
                         "ttd_from_fifth_login_s": sorted(ttds)},
         "cells": {"planted": cells["positives"], "found": cells["positives"] - cells["fn"],
-                  "alerts": cells["flagged"], "right": cells["tp"]},
+                  "alerts": cells["flagged"], "right": cells["tp"],
+                  "nameable": {**{k: cells["nameable"][k] for k in ("planted", "found")},
+                               "min_sources": [cells["nameable"]["min_sources"]]}},
         "crosscheck": report.get("crosscheck", {}),
     })
 
@@ -306,8 +308,14 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
             for by in ("family", "pacing") for k, v in sorted(fg[f"by_{by}"].items())]
     lines += markdown_table(["farm groups by", "planted", "found", "recall", "worst recall"], rows)
     c, wc = pooled["cells"], bad.get("cells", {})
+    nm, wnm = c.get("nameable", {}), wc.get("nameable", {})
+    least = "/".join(str(m) for m in sorted(set(nm.get("min_sources", [])))) or "?"
     lines += ["", f"Injection cells: {c['found']}/{c['planted']} injecting ASNs named (worst "
-                  f"{_w(wc, 'recall')}); {c['alerts']} cell alerts, {c['alerts'] - c['right']} on "
+                  f"{_w(wc, 'recall')}); of the {nm.get('planted')} nameable ones (forged "
+                  f"answers from at least {least} independent sources: fewer could be as many "
+                  f"colluding accounts), "
+                  f"{nm.get('found')} named (worst {_w(wnm, 'recall')}); {c['alerts']} cell "
+                  f"alerts, {c['alerts'] - c['right']} on "
                   f"a clean ASN or outside the cell's ports and hours (precision "
                   f"{fmt_cell(c.get('precision'))}, "
                   f"worst {_w(wc, 'precision')}).", "", "## Recall per attack class", ""]

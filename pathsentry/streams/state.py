@@ -57,6 +57,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pathsentry.detectors.saved import StateInvalid, check_ts
 from pathsentry.streams.signing import Signer
 
 __all__ = [
@@ -206,9 +207,16 @@ def decode_state(records: dict[bytes, bytes | None], partition: int,
     except orjson.JSONDecodeError:
         raise StateRefused(f"state {kind}:{partition} is not JSON") from None
     try:
-        SavedState.model_validate(doc)
+        saved = SavedState.model_validate(doc)
     except ValidationError as e:
         raise StateRefused(f"state {kind}:{partition} refused: {_first_error(e)}") from None
+    try:  # no clock of a save past the reader's wall clock (and a day of skew)
+        for name, v in (("saved_at", manifest.saved_at), ("document saved_at", saved.saved_at),
+                        ("ts", saved.ts)):
+            if v is not None:
+                check_ts(v, name)
+    except StateInvalid as e:
+        raise StateRefused(f"state {kind}:{partition} refused: {e}") from None
     state: dict[str, Any] = doc
     return state
 

@@ -43,7 +43,9 @@ def _through_partitions(config: Path, events: list[dict[str, Any]]) -> dict[str,
     return alerts
 
 
-@pytest.mark.parametrize("seed", [5, 6])
+# seed 217 holds a name-less farm on a hosting range whose logins the relay detector
+# flags only in part: its foreign-routed and its flagged accounts meet in one partition
+@pytest.mark.parametrize("seed", [5, 6, 217])
 def test_every_planted_farm_is_one_alert_across_partitions(seed: int, tmp_path: Path) -> None:
     config, events, planted = _world(seed, tmp_path)
     groups = [set(g["members"]) for g in planted]

@@ -62,7 +62,8 @@ def test_genuine_upgrade_with_cdn_headers(h: Harness) -> None:
     assert flag is None
     assert ev.notes["injection"] == {
         "suspect": False, "score": 0.0, "tls": False, "path_anomaly": False, "ttl_delta": 0,
-        "status": 101, "origin_wide": False, "others": None, "content": []}
+        "status": 101, "origin_wide": False, "others": None, "others_tls": None,
+        "content": []}
 
 
 def test_injected_200_one_hop_nearer(h: Harness) -> None:

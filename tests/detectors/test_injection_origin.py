@@ -73,10 +73,23 @@ class World:
     injectors: dict[int, Injector] = field(default_factory=dict)
     #: accounts of one KT line reporting forged answers every few minutes all day
     framers: int = 0
+    #: addresses each framer reports from (over KT's lines); from each, after its
+    #: account's report, also reports without an account and a sensor's report
+    framer_addresses: int = 1
+    #: ...the reports without an account from other addresses of the same lines instead
+    framer_fresh: bool = False
+    #: what each subscriber probes, one at random each time
+    targets: tuple[tuple[str, int, str, str], ...] = TARGETS
+    #: the hours and ports the framers forge on (a box's signature: TTL +1, no marks)
+    framer_hours: range = range(24)
+    framer_ports: tuple[int, ...] = (80,)
     #: KT subscribers each forged once by a sparse box: the i-th on its first probe to
     #: port ``sparse_ports[i % len]`` from 09 + i o'clock (a tiny share of KT's answers)
     sparse: int = 0
     sparse_ports: tuple[int, ...] = (80,)
+    #: the box forges the first ``sparse`` subscribers probing ``sparse_ports`` in this
+    #: hour, once each (None: the i-th victim from 09 + i o'clock, as above)
+    sparse_hour: int | None = None
     seed: int = 1
 
 
@@ -124,6 +137,12 @@ def forge(ev: dict[str, Any], inj: Injector, rng: random.Random) -> None:
 
 def sparse_victim(w: World, src: str, ts: datetime, port: int, done: set[str]) -> bool:
     """Is this probe the one the sparse box forges for its subscriber ``src``?"""
+    if w.sparse_hour is not None:  # the first subscribers on those ports in that hour
+        if (src in done or len(done) >= w.sparse or ts.hour != w.sparse_hour
+                or port not in w.sparse_ports):
+            return False
+        done.add(src)
+        return True
     hosts = [f"{line}.{h}" for h in range(1, w.hosts + 1) for line in lines_of(KT)]
     victims = hosts[: w.sparse]
     if src not in victims or src in done:
@@ -145,7 +164,7 @@ def events(w: World) -> Iterator[dict[str, Any]]:
                 for host_no in range(1, w.hosts + 1):
                     n += 1
                     ts = DAY0 + timedelta(minutes=minute + rng.uniform(0, w.every_min))
-                    target = rng.choice(TARGETS)
+                    target = rng.choice(w.targets)
                     ev = probe(n, f"{line}.{host_no}", f"u{line}.{host_no}", ts, target, rng)
                     genuine(ev, w, minute, rng)
                     if (inj is not None and ts.hour in inj.hours and target[1] in inj.ports
@@ -154,17 +173,39 @@ def events(w: World) -> Iterator[dict[str, Any]]:
                     elif asn == KT and sparse_victim(w, ev["src_ip"], ts, target[1], done):
                         forge(ev, Injector((80, 8080), range(24), "block", 1), rng)
                     yield ev
-        for k in range(w.framers):
+        for ev in framed(w, minute, rng, n):
             n += 1
-            ts = DAY0 + timedelta(minutes=minute + k)
-            ev = probe(n, f"{lines_of(KT)[0]}.{100 + k}", f"framer{k}", ts, TARGETS[1], rng)
-            genuine(ev, w, minute, rng)
-            forge(ev, Injector((80,), range(24), "page", 1), rng)
             yield ev
 
 
-def run(w: World) -> tuple[list[Alert], list[FlaggedEvent]]:
-    cfg = load_config(text=CDN_ORIGINS, env={})
+def framed(w: World, minute: int, rng: random.Random, n: int) -> Iterator[dict[str, Any]]:
+    """The framers' reports in the slot at ``minute``: each framer from its next
+    address, on the next of its ports, when the hour is one of theirs; its account's
+    report first, then from the same address (``framer_fresh``: from another of the
+    line's, one its account never used) one without an account and a sensor's."""
+    slot = minute // w.every_min
+    ts0 = DAY0 + timedelta(minutes=minute)
+    if ts0.hour not in w.framer_hours:
+        return
+    for k in range(w.framers):
+        j = slot % w.framer_addresses
+        line, host = lines_of(KT)[j % 2], 100 + 10 * k + j
+        port = w.framer_ports[slot % len(w.framer_ports)]
+        target = next(t for t in TARGETS if t[1] == port)
+        for i, (account, reporter) in enumerate(
+                ((f"framer{k}", "client"), (None, "client"), (None, "sensor"))
+                if w.framer_addresses > 1 else ((f"framer{k}", "client"),)):
+            n += 1
+            addr = f"{line}.{host + 100 if w.framer_fresh and not account else host}"
+            ev = probe(n, addr, f"framer{k}", ts0 + timedelta(seconds=10 * k + i), target, rng)
+            ev.update(account=account, reporter=reporter)
+            genuine(ev, w, minute, rng)
+            forge(ev, Injector((port,), range(24), "page", 1), rng)
+            yield ev
+
+
+def run(w: World, extra: str = "") -> tuple[list[Alert], list[FlaggedEvent]]:
+    cfg = load_config(text=CDN_ORIGINS + extra, env={})
     geo = GeoResolver([CsvPrefixTable.from_lines(io.StringIO(GEO))])
     dets = build_detectors(DetectorContext(cfg, geo), only=["injection", "injection_cells"])
     eng = Engine(cfg, geo=geo, detectors=dets)
@@ -304,3 +345,52 @@ def test_forgeries_of_every_kind_are_flagged_and_nothing_else(
     assert skb.evidence["ttl_delta"]["delta"] == 2
     assert skb.evidence["ttl_delta"]["expected_deltas"] == [0]
     assert skb.evidence["fast_answer"]["ttfb_ms"] < skb.evidence["fast_answer"]["expected_min_ms"]
+
+
+@pytest.mark.parametrize("framers", [2, 3])
+def test_colluding_accounts_with_many_addresses_cannot_frame_an_isp(framers: int) -> None:
+    """Two (three) colluding accounts forge a box's telemetry against a clean KT: TTL
+    one higher, none of the CDN's marks, a fast answer, on both plaintext ports, in the
+    same evening hours, each from four addresses over both of KT's lines, and from each
+    address also a report without an account and a sensor's. Many forged-looking
+    answers from 8 (12) addresses on two lines are still 2 (3) sources."""
+    alerts, flags = run(World(framers=framers, framer_addresses=4, framer_hours=range(18, 23),
+                              framer_ports=(80, 8080)))
+    assert len(flags) == 45 * framers
+    assert len({f.src_ip for f in flags}) == 4 * framers
+    assert {f.evidence["reporter"] for f in flags} == {"client", "sensor"}
+    assert {f.account for f in flags} == {None, *(f"framer{k}" for k in range(framers))}
+    assert alerts == []
+
+
+def test_a_sparse_box_forging_five_subscribers_in_one_hour_is_named() -> None:
+    """Five subscribers on both KT lines forged once each between 14:00 and 15:00, on
+    ports 80 and 8080, in an ISP whose subscribers probe mostly plaintext (a quarter
+    TLS): no port's cell has five sources, and the ASN's own TLS probes are about a third
+    as many as its plaintext ones, too few to tell five forged answers in hundreds
+    from a path that marks TLS as often. Topped up with the other ISPs' TLS answers
+    (none anomalous), the control is as large as the cell, and KT is named; with the
+    ISP's own TLS alone it is not."""
+    plain = tuple(t for t in TARGETS if t[1] != 443)
+    w = World(sparse=5, sparse_ports=(80, 8080), sparse_hour=14, seed=3,
+              targets=plain * 2 + TARGETS[3:])
+    alert = sparse_alert(w)
+    assert (alert.subject["ports"], alert.subject["hours"]) == ([80, 8080], "14–15")
+    assert len(alert.subject["prefixes"]) == 2
+    alerts, _ = run(w, "[detectors.injection_cells]\ntls_borrow = false\n")
+    assert alerts == []
+
+
+@pytest.mark.parametrize("framers", [2, 3])
+def test_reports_without_an_account_vouch_for_their_line_when_configured(framers: int) -> None:
+    """The framers send their reports without an account from addresses their accounts
+    never used: counted by address (the default), each address is one more source and
+    KT is framed; with ``anonymous_sources = "line"`` they vouch for their line, the
+    line for the account that reported from it, and no ISP is named."""
+    w = World(framers=framers, framer_addresses=4, framer_hours=range(18, 23),
+              framer_ports=(80, 8080), framer_fresh=True)
+    alerts, flags = run(w)
+    assert len({f.src_ip for f in flags}) == 8 * framers
+    assert list(final(alerts)) == [KT]
+    alerts, _ = run(w, '[detectors.injection_cells]\nanonymous_sources = "line"\n')
+    assert alerts == []

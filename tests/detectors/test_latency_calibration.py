@@ -129,7 +129,10 @@ def test_missing_tcp_rtt_compares_the_app_figure_less_the_learned_overhead() -> 
     assert out.flags, ev.notes["relay"]
     ev_ = out.flags[0].evidence
     assert ev_["gap"]["verdict"].startswith("no tcp_rtt")
-    assert ev_["physics"]["measured_source"] == "app_rtt less learned overhead"
+    # an app figure less the learned overhead: the fastest sample less the cost and the
+    # phase, or the slowest less the cost and one whole tick, whichever proves more
+    assert ev_["physics"]["measured_source"] in ("app_rtt less learned overhead",
+                                                 "slowest app sample less cost and one tick")
     assert ev_["physics"]["measured_ms"] < min(ev.event.app_rtt_ms) - 5.0  # cost + phase off
 
 
@@ -259,17 +262,18 @@ def test_learned_overhead_survives_a_snapshot_and_a_new_worker() -> None:
 
 
 def test_app_probes_from_the_login_server_tighten_the_phase_bound() -> None:
-    """Two login samples on a 60 ms tick hide a 30 ms leg; ten more app probes from
-    the login server in the same session do not."""
+    """One login sample on a 60 ms tick hides a 35 ms leg (neither the fastest nor the
+    slowest sample bounds it); ten more app probes from the login server in the same
+    session do not."""
     w = make_world(seed=20)
     loop = GameLoop(cost=4.0, tick=60.0)
     assert warm(w, loop, n=100) == 0
-    ev, out = l4_relay(w, loop, "45.65.7.20", k=2, client_leg=35.0)
+    ev, out = l4_relay(w, loop, "45.65.7.20", k=1, client_leg=35.0)
     sid = ev.event.session_id or ""
     late = w.probe("45.65.7.20", sid, "kr-sel-1", loop.samples(w, 35.5, 10))
     assert not out.flags and late.flags
     gap = late.flags[0].evidence["gap"]
-    assert gap["app_rtt_samples"] == 12 and gap["verdict"] == "relay"
+    assert gap["app_rtt_samples"] == 11 and gap["verdict"] == "relay"
 
 
 def test_registration_and_public_imports_still_work() -> None:

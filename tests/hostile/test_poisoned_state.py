@@ -205,3 +205,66 @@ def test_worker_given_poisoned_state_keeps_running(tmp_path: Path, embedded_brok
         log = worker.log_path.read_text(errors="replace")
         assert log.count("saved state refused") >= 2 and "PanicException" in log
         assert worker.stop(timeout=60) == 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_worker_refuses_well_formed_but_hostile_detector_state(tmp_path: Path,
+                                                               embedded_broker: EmbeddedBroker) -> None:
+    """Saves that have the shape of a save but whose detector parts no detector could have
+    written (a session flagged without a login, a joined login at 1e12, a farm clock at
+    1e12, a negative login count, a stage clock ten days ahead) are refused by the detectors,
+    counted and logged; the worker keeps running and detecting."""
+    spec = recent_world(seed=33, accounts=200)
+    config = write_world(tmp_path, spec)
+    with worker_process(config, embedded_broker.url, tmp_path / "chdb", loglevel="info") as worker:
+        topics = worker.topics
+        ensure_topics(worker.bootstrap, topics)
+        now = time.time()
+        poison: list[tuple[int, bytes, bytes]] = []
+        for p, kind, state in (
+            (0, "g", {"ts": now + 10 * 86_400, "detectors": {}}),
+            (1, "g", {"ts": 1.7e9, "detectors": {"farm": {"now": 1e12, "partitions": []}}}),
+            (0, "s", {"saved_at": now, "ts": 1.7e9, "detectors": {"latency": {"version": 1, "sessions": [
+                {"id": "ghost", "login": None, "score": 0.99, "flagged": True, "probes": []}]}}}),
+            (1, "s", {"saved_at": now, "ts": 1.7e9, "detectors": {"route": {"version": 1, "sessions": [
+                ["s1", {"account": "a", "route": None, "flag": None, "extra": {"login_ts": 1e12}}]]}}}),
+            (0, "l", {"saved_at": now, "ts": 1.7e9, "worker": "x", "detectors": {"takeover": {
+                "version": 1, "accounts": [["a", {"logins": -3}]], "devices": []}}}),
+        ):
+            poison += [(p, k, v) for k, v in encode_state(p, state, f"e{time.time_ns()}", kind=kind)]
+        asyncio.run(_send_state(worker.bootstrap, topics.state, poison))
+
+        worker.start(timeout=90)
+        want = {"group_state_refused": 2, "session_state_refused": 2, "learned_state_refused": 1,
+                "snapshot_state_refused": 0}
+
+        def refused() -> dict[str, int]:
+            st = worker.stats()
+            return {k: st.get(k) for k in want}
+
+        def counted() -> bool:
+            assert worker.alive, "worker died:\n" + worker.log_tail()
+            return refused() == want
+
+        wait_for(counted, 90, "every hostile detector state refused and counted",
+                 on_timeout=lambda: f"{refused()}\n{worker.log_tail()}")
+        with urllib.request.urlopen(worker.base + "/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        for key, n in want.items():
+            assert f'pathsentry_{key}_total{{worker="worker-1"}} {float(n)}' in metrics, key
+        st = worker.stats()
+        assert st["group_state_restored"] == [] and st["session_state_restored"] == []
+        assert not st["learned_state_loaded"]
+
+        events = sim_events(spec, 1500)
+        produce(worker.bootstrap, route_events(events, topics))
+        wait_for(lambda: worker.stats()["events_detected"] >= len(events), 120,
+                 "the events after the hostile state to be processed", on_timeout=worker.log_tail)
+        assert worker.alive
+        log = worker.log_path.read_text(errors="replace")
+        for why in ("flagged without a login", "login_ts", "farm state", "takeover state",
+                    "past the wall clock"):
+            assert why in log, why
+        assert log.count("StateInvalid") >= 4
+        assert worker.stop(timeout=60) == 0

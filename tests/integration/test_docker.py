@@ -40,3 +40,42 @@ def test_pipeline_on_kafka_and_clickhouse_server(tmp_path: Path) -> None:
     with kafka_container() as kafka_url, clickhouse_container() as ch_url, \
             running_worker(tmp_path, kafka_url, ch_url) as worker:
         run_scenario(worker)
+
+
+def test_analyst_sql_on_clickhouse_server_is_read_only(tmp_path: Path) -> None:
+    """The same attack corpus as on chDB (``tests/test_query_policy.py``) against
+    clickhouse-server: every statement refused, nothing changed, nothing written; and the
+    analyst connection refuses writes and table functions on its own (``readonly=1``)."""
+    require_docker()
+    from pathsentry.infra.clickhouse import ALERT_COLUMNS, NativeClickHouse, connect
+    from pathsentry.infra.querypolicy import QueryLimits, QueryRefused
+    from tests.test_query_policy import ROW, attacks
+
+    with clickhouse_container() as url:
+        ch = connect(url, QueryLimits(max_execution_time_s=5, max_result_rows=1000))
+        assert isinstance(ch, NativeClickHouse)
+        ch.apply_ddl(30)
+        ch.query(f"INSERT INTO pathsentry.alerts ({', '.join(ALERT_COLUMNS)}) VALUES {ROW}", read_only=False)
+
+        def state() -> list[tuple[object, ...]]:
+            sql = "SELECT alert_id, version, kind FROM pathsentry.alerts ORDER BY alert_id, version"
+            return ch.query(sql, read_only=False)[1]
+
+        before = state()
+        passed = []
+        for sql in attacks(tmp_path):
+            try:
+                ch.query(sql)
+            except QueryRefused:
+                continue
+            passed.append(sql)
+        assert passed == []
+        assert state() == before == [("a-real", 3, "farm_group")]
+        assert ch.query("SELECT alert_id FROM alerts")[1] == [("a-real",)]
+        for sql in ["INSERT INTO pathsentry.alerts (alert_id, version) VALUES ('forged', 1)",
+                    "SELECT count() FROM url('http://127.0.0.1:9/x', 'LineAsString')",
+                    "DROP TABLE pathsentry.alerts"]:
+            with pytest.raises(Exception, match=r"readonly|READONLY"):
+                ch._analyst().execute(sql)
+        assert state() == before
+        ch.close()

@@ -13,6 +13,7 @@ from pathsentry.sim.evaluate import render_markdown
 from pathsentry.sim.score import (
     cell_matches,
     flag,
+    forged_sources,
     score_all,
     score_cells,
     score_events,
@@ -161,6 +162,40 @@ def test_injection_cells_match_asn_ports_and_hours() -> None:
     assert s["ttd"]["median_s"] == 600.0
     assert s["alerts_per_hour"] == 0.3
     assert not cell_matches({"asn": 4766, "ports": [80], "prefix": "58.224.0.0/24"}, t.cells[0])
+
+
+def test_injectors_nameable_from_their_independent_sources() -> None:
+    """KT's forged answers come from five subscribers (one of them also reporting without
+    its account, and through a sensor, from its own address): nameable, and named.
+    SK Broadband's from two accounts and one address that one of them used: two
+    sources, not nameable, and not named; both count in the recall over all injectors."""
+    t = Truth(hours=1.0)
+    t.cells = [CellTruth(4766, ("14.32.0.0/24",), (80,), (9,)),
+               CellTruth(9318, ("1.224.0.0/24",), (8080,), (9,))]
+    probes: list[dict[str, Any]] = []
+
+    def forged(src: str, account: str | None, reporter: str = "client") -> None:
+        eid = f"f{len(probes)}"
+        t.events[eid] = _ev(eid, "http_probe", "injection", "injection", ("path_injection",),
+                            account)
+        probes.append({"event_id": eid, "src_ip": src, "reporter": reporter})
+
+    for i in range(1, 6):
+        forged(f"14.32.0.{i}", f"kt{i}")
+    forged("14.32.0.1", None)
+    forged("14.32.0.1", None, "sensor")
+    forged("1.224.0.1", "skb1")
+    forged("1.224.0.2", "skb2")
+    forged("1.224.0.1", None)
+    t.events["tls"] = _ev("tls", "http_probe", "benign", "tls")
+    probes.append({"event_id": "tls", "src_ip": "14.32.0.9", "reporter": "client"})
+    sources = forged_sources(t, probes)
+    assert sources == {4766: 5, 9318: 2}
+    alerts = [_alert("c1", "injection_cell", subject={"asn": 4766, "ports": [80], "hours": "09–10"})]
+    s = score_cells(t, alerts, sources=sources, min_sources=5)
+    assert (s["by_class"]["injection"]["found"], s["positives"]) == (1, 2)
+    assert {k: s["nameable"][k] for k in ("planted", "found")} == {"planted": 1, "found": 1}
+    assert score_cells(t, alerts, sources=sources, min_sources=6)["nameable"]["planted"] == 0
 
 
 def test_truth_file_round_trip(tmp_path: Path) -> None:

@@ -35,12 +35,15 @@ one group meet on one worker):
     with both (a batch spread over several exits); the batch's members through
     other exits join by their serials.
 ``route:<signature>``
-    sessions whose route has a foreign origin, relay-flagged ones excepted. A group
+    sessions whose route has a foreign origin, relay-flagged ones and those through
+    a hosting network excepted (``net:AS…`` takes them). A group
     is a burst of at least ``min_size_unnamed`` accounts along one signature inside
     one RTT band, names not required.
 ``net:<exit>``
     relay-flagged logins (and traceroutes) by exit: ``AS<asn>`` of a hosting or
-    relay network, the /24 of a subscriber network (residential, mobile, campus,
+    relay network (with its accounts whose traceroute shows a foreign route, flagged
+    or not: one farm whose logins the relay detector flags only in part is one
+    candidate), the /24 of a subscriber network (residential, mobile, campus,
     business), whose other logins count in the partition's background. A group is
     a burst of relay-flagged accounts behind one exit inside one RTT band, sharing
     /24s or machines (client device ids).
@@ -65,7 +68,8 @@ candidate.
 One farm, one alert: the ``route:``/``net:`` partitions leave out accounts whose
 family reaches ``min_size`` in the candidate (2 in ``route:``: traceroutes may be
 sampled) -- the family partition sees every login of those; ``route:`` leaves out
-relay-flagged accounts, which are ``net:``'s. A group seen again (members
+relay-flagged accounts and those through a hosting network, which are ``net:``'s.
+A group seen again (members
 overlapping by half) is the same group: its alert is re-emitted with
 ``version + 1``, and its members' later logins are flagged under it. The alert id
 is ``make_alert_id("farm", "farm_group", key|pattern|anchor)`` (anchor: the first
@@ -89,7 +93,8 @@ Farms and crowds -- which signal separates each hard negative:
   band that stands out of the exit's other users:
   :func:`~pathsentry.detectors.farm.exits.stands_out`; their TCP handshake RTTs
   differ), each from its own machine and mostly its own /24 (a candidate keeps the
-  members that share a /24 or a machine; one paced minutes apart must crowd onto
+  members that share a machine or an address, or a /24 with two others -- two of the
+  range's users meeting in one of its /24s is chance; one paced minutes apart must crowd onto
   few machines or addresses; a late joiner must use one of the group's machines, or
   one of its /24s inside its band). The few that share a machine (a household) do
   so at the rate the exit's background has taught (:mod:`.machines`), so their
@@ -100,18 +105,30 @@ Farms and crowds -- which signal separates each hard negative:
   and they carry no relay or foreign-route evidence.
 - **Family names** (``minsu_kim``/``minsu_park``): no mark, no family.
 
-Known limits: in the detector's first ``2 * window_s`` a name-less farm is judged
-at the ``burst_s`` scale only (no background yet, machine share unknown: 0.5), so a
-slowly paced one waits for its next burst; a name-less farm on residential proxies
-of several ISPs is one group per exit, and one whose logins the relay detector
-flags only in part is split between ``route:`` and ``net:`` (partitions on
-different workers: groups are merged only within a partition); the machine judge
-does not apply to a /24 exit (its unflagged logins are background only, their
-machines unknown); a farm whose logins are neither relay-flagged nor routed through
-a foreign origin, with names that share no family, has nothing left to be found
-by; a farm that
-reuses a popular stem (``shadow…``) can take an honest ``shadow`` player whose
-number happens to continue its serials.
+Cold partitions. A partition with little history (the detector's first hour, an
+exit met for the first time) is judged against its class's prior: the arrival rate
+and machine share pooled over the partitions of its class (hosting AS, subscriber
+/24, route; :class:`~pathsentry.detectors.farm.model.Pool`), shrunk toward its own
+history as that grows (:mod:`.background`, :mod:`.machines`), so a slowly paced
+name-less farm is judged at both scales from the first minutes instead of waiting
+for its next burst. A name family's consecutive serials all through one hosting AS
+are a batch without relay flags (the exit kind stands for flags the relay detector
+missed), and a family's batch spread over residential exits of several ISPs (none
+with ``min_size`` of it) is one when its serials run and it crowds onto few machines.
+
+Known limits: a name-less farm on residential proxies of several ISPs is one group
+per exit (partitions on different workers: groups are merged only within a
+partition); on a hosting exit, an account known only from its traceroute (the
+route note came after its login) carries no machine, so the machine judge sees
+fewer of the farm's accounts there; the prior is learned per worker (the
+partitions of a class that one worker holds), so a cold partition's expectation
+depends on which partitions share its worker until its own history outweighs
+the prior; the machine judge does not apply to a /24 exit (its unflagged logins
+are background only, their machines unknown); a farm whose logins are neither
+relay-flagged nor routed through a foreign origin, with names that share no
+family, has nothing left to be found by; a farm that reuses a popular stem
+(``shadow…``) can take an honest ``shadow`` player whose number happens to
+continue its serials.
 
 Bounds: at most ``max_keys`` partitions (least recently used evicted), at most
 ``max_members`` members per partition (members older than ``2 * window_s`` go

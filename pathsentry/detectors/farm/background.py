@@ -8,17 +8,35 @@ group is a burst only when the Poisson probability of at least that many arrival
 (:func:`poisson_tail`) stays below ``max_burst_p``. The same judge covers every
 pacing: logins seconds apart are judged over ``burst_s``, logins minutes apart over
 ``window_s`` -- a busy VPN exit or a popular route needs a real surge at either
-scale, a quiet hosting range does not. With no history yet (a partition's first
-minutes) the expectation is zero and the other signals (RTT band, names) decide.
+scale, a quiet hosting range does not.
+
+A cold partition (the detector's first hour, an exit met for the first time) does
+not start from nothing: the partitions of its class (a hosting AS, a subscriber /24,
+a route: :func:`~pathsentry.detectors.farm.model.pool_class`) share a
+:class:`~pathsentry.detectors.farm.model.Pool` of their arrivals, and the slow
+expectation is the partition's own rate shrunk toward the population's mean rate
+per partition, the prior weighing as ``background_prior_s`` seconds of the
+partition's own observation (a Gamma prior on the Poisson rate): a partition young
+against that weight is judged as a typical one of its class, an old one by its own
+history. Only before the first arrivals of the whole class is the expectation zero
+(then the RTT band, the machines and the names decide).
+
+>>> from pathsentry.detectors.farm.model import FarmSettings, Partition, Pool
+>>> s, pool = FarmSettings(), Pool()
+>>> busy, cold = Partition(key="net:AS1", pool=pool), Partition(key="net:AS2", pool=pool)
+>>> pool.parts = 2
+>>> for t in range(0, 3600, 60): arrive(busy, float(t), 21600.0, 3600.0)
+>>> round(expected(busy, 0, 300.0, s), 1), round(expected(cold, 0, 300.0, s), 1)
+(5.1, 2.3)
 """
 
 from __future__ import annotations
 
 import math
 
-from pathsentry.detectors.farm.model import FarmSettings, Partition
+from pathsentry.detectors.farm.model import FarmSettings, Partition, Pool
 
-__all__ = ["arrive", "burst_p", "expected", "no_burst", "poisson_tail"]
+__all__ = ["arrive", "burst_p", "expected", "no_burst", "poisson_tail", "prior_rate"]
 
 _LN2 = math.log(2)
 
@@ -32,6 +50,26 @@ def arrive(part: Partition, ts: float, half_life: float, fast_half_life: float) 
     part.rate_count = part.rate_count * 0.5 ** (dt / half_life) + 1.0
     part.rate_fast = part.rate_fast * 0.5 ** (dt / fast_half_life) + 1.0
     part.rate_ts = ts if ts > rate_ts else rate_ts
+    pool = part.pool
+    if pool is not None:
+        dt = ts - pool.ts
+        if dt > 0.0:
+            pool.count = pool.count * 0.5 ** (dt / half_life) + 1.0
+            pool.ts = ts
+        else:
+            pool.count += 1.0
+
+
+def prior_rate(pool: Pool | None, n: int, span: float, half_life: float) -> float:
+    """The population's mean arrival rate per partition (per second) at its latest
+    arrival, over the pool's observed life (at least ``span``), the ``n`` arrivals under
+    judgement taken out; 0 without a pool or partitions."""
+    if pool is None or pool.parts <= 0:
+        return 0.0
+    tau = half_life / _LN2
+    life = max(span, pool.ts - pool.first_ts)
+    count = max(0.0, pool.count - n)
+    return float(count / (pool.parts * tau * -math.expm1(-life / tau)))
 
 
 def expected(part: Partition, n: int, span: float, s: FarmSettings) -> float:
@@ -42,14 +80,22 @@ def expected(part: Partition, n: int, span: float, s: FarmSettings) -> float:
     (``tau * (1 - exp(-life / tau))``, ``tau = half_life / ln 2``). Two counts, a
     slow one (``background_half_life_s``) and a fast one
     (``background_fast_half_life_s``), and the larger expectation wins: a campus's
-    evening is busier than its day's average.
+    evening is busier than its day's average. The slow one is shrunk toward the
+    population prior (:func:`prior_rate`, weight ``background_prior_s``).
     """
     life = max(span, part.rate_ts - part.first_ts)
+    weight = s.background_prior_s
     lam = 0.0
-    for count, half_life in ((part.rate_count, s.background_half_life_s),
-                             (part.rate_fast, s.background_fast_half_life_s)):
+    for count, half_life, prior in ((part.rate_count, s.background_half_life_s, True),
+                                    (part.rate_fast, s.background_fast_half_life_s, False)):
         tau = half_life / _LN2
-        x = max(0.0, count - n) * span / (tau * -math.expm1(-life / tau))
+        decayed_life = tau * -math.expm1(-life / tau)
+        own = max(0.0, count - n)
+        if prior and weight > 0.0:
+            rate = prior_rate(part.pool, n, span, half_life)
+            x = (own + rate * weight) * span / (decayed_life + weight)
+        else:
+            x = own * span / decayed_life
         lam = x if x > lam else lam
     return lam
 

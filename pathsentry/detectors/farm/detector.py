@@ -24,6 +24,7 @@ from pathsentry.detectors.farm.exits import (
     dict_note,
     exit_of,
     foreign_sig,
+    hosted_exit,
     jitter,
     network_of,
     patterns_of,
@@ -41,11 +42,14 @@ from pathsentry.detectors.farm.model import (
     TPL,
     Member,
     Partition,
+    Pool,
     _add_to_index,
     _TimeIndex,
     part_kind,
+    pool_class,
     settings_from,
 )
+from pathsentry.detectors.farm.saved import check_farm_state
 from pathsentry.detectors.farm.state import restore, snapshot
 from pathsentry.detectors.names import normalise
 from pathsentry.schemas import Login, Traceroute
@@ -92,6 +96,9 @@ class FarmDetector(Detector, Grouping):
         #: the first event's time: every partition's background is observed from here
         #: (a key met for the first time had no arrivals before)
         self.started: float | None = None
+        #: the population prior of each partition class (:class:`Pool`), shared by its
+        #: live partitions; rebuilt from them on a restore
+        self.pools: dict[str, Pool] = {}
 
     # ------------------------------------------------------------------ routing
 
@@ -105,17 +112,20 @@ class FarmDetector(Detector, Grouping):
             skel = family(fields["account"])[0]
             keys = [_TPL_ + skel] if skel else []
             route = notes.get("route")
+            foreign = False
             if isinstance(route, dict) and route.get("foreign_origin") is True:  # _foreign_sig
                 sig = route.get("signature")
                 if isinstance(sig, str) and sig:
                     keys.append(_ROUTE_ + sig)
+                    foreign = True
             relay = notes.get("relay")
             if isinstance(relay, dict) and ev.allowed is None:
-                # relay-flagged logins by exit; the others of a /24 exit (a subscriber
-                # network: a proxy's line, a campus or PC bang address) only count in
-                # its background, a crowd's relay-flag noise is judged against
+                # relay-flagged logins by exit, and a hosting exit's foreign-routed ones;
+                # the others of a /24 exit (a subscriber network: a proxy's line, a
+                # campus or PC bang address) only count in its background, a crowd's
+                # relay-flag noise is judged against
                 exit = exit_of(ev.geo.asn, ev.prefix, ev.geo.kind)
-                if relay.get("flagged") is True or not exit.startswith("AS"):
+                if relay.get("flagged") is True or not exit.startswith("AS") or foreign:
                     keys.append(_NET_ + exit)
             return keys
         if isinstance(event, Traceroute):
@@ -156,11 +166,15 @@ class FarmDetector(Detector, Grouping):
         part = parts.get(key)
         if part is not None:
             parts.move_to_end(key)
-        elif is_login or part_kind(key) != NET:
+        elif is_login or part_kind(key) != NET or (
+                hosted_exit(key) and self._route_facts(dict_note(ev, "route"))[0]):
+            # a traceroute opens a hosting exit's partition when its route is foreign
+            # (the exit takes its foreign-routed accounts from ``route:``)
             part = self._new_partition(key)
         else:
             return None
-        if is_login and part.kind == NET and not _flagged(ev):  # background only
+        if is_login and part.kind == NET and not _flagged(ev) and not (
+                hosted_exit(key) and self._login_sig(ev)):  # background only
             arrive(part, ts, self._half_life, self._fast_half_life)
             assert isinstance(event, Login)
             part.bg_rtts.append(event.min_app_rtt)  # and the RTTs a band must stand out of
@@ -208,12 +222,24 @@ class FarmDetector(Detector, Grouping):
 
     def _new_partition(self, key: str) -> Partition:
         started = self.now if self.started is None else self.started
-        part = Partition(key=key, first_ts=started, rate_ts=self.now)
+        pool = self.pools.get(pool_class(key))
+        if pool is None:
+            pool = self.pools[pool_class(key)] = Pool(ts=self.now, first_ts=started)
+        part = Partition(key=key, first_ts=started, rate_ts=self.now, pool=pool)
+        pool.parts += 1
         self.parts[key] = part
         while len(self.parts) > self.settings.max_keys:
-            old, _ = self.parts.popitem(last=False)
+            old, gone = self.parts.popitem(last=False)
+            self._gone(gone)
             self._bumped.pop(old, None)
         return part
+
+    @staticmethod
+    def _gone(part: Partition) -> None:
+        """A partition evicted: one fewer of its class (its arrivals stay in the pool)."""
+        if part.pool is not None:
+            part.pool.parts -= 1
+            part.pool = None
 
     def _upsert_login(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
         event = ev.event
@@ -269,7 +295,7 @@ class FarmDetector(Detector, Grouping):
         elif kind == ROUTE:
             pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()
         else:
-            pats = (part.key,) if flagged else ()
+            pats = (part.key,) if flagged or (sig and hosted_exit(part.key)) else ()
         skel, serial_no, _ = family(account)
         m = Member(
             sid, account, ts, fields["event_id"], None, ip_text(fields["src_ip"]), prefix,
@@ -320,6 +346,11 @@ class FarmDetector(Detector, Grouping):
             return None, False
         self._reindex(part, m)
         return m, False
+
+    def _login_sig(self, ev: Enriched) -> str | None:
+        """The foreign-origin signature of a login's route note, if it has one."""
+        route = ev.notes.get("route")
+        return self._route_facts(route)[0] if isinstance(route, dict) and route else None
 
     def _route_facts(self, route: Mapping[str, Any]) -> tuple[str | None, list[str] | None]:
         """The foreign-origin signature and country path (at most 16) of a route note."""
@@ -411,7 +442,8 @@ class FarmDetector(Detector, Grouping):
                     if part.accounts.get(acct) == gid:
                         del part.accounts[acct]
         if not members and not groups:
-            self.parts.pop(part.key, None)
+            if self.parts.pop(part.key, None) is not None:
+                self._gone(part)
             self._bumped.pop(part.key, None)
 
     # ------------------------------------------------------------------ grouping
@@ -474,12 +506,26 @@ class FarmDetector(Detector, Grouping):
         return {**snapshot(self.now, self.parts), "started": self.started}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`; refused whole (:class:`~pathsentry.detectors.saved.StateInvalid`)
+        before anything changes unless every field is as a save writes it."""
+        check_farm_state(state)
         self.now, parts = restore(state, self._reindex)
         started = state.get("started")
         self.started = float(started) if isinstance(started, int | float) else min(
             (p.first_ts for p in parts.values()), default=None)
         self.parts.clear()
         self.parts.update(parts)
+        # the pools: what the restored partitions hold (the evicted ones' arrivals are gone)
+        self.pools = {}
+        for p in parts.values():
+            pool = self.pools.setdefault(pool_class(p.key), Pool(ts=self.now,
+                                                                 first_ts=self.started or 0.0))
+            pool.parts += 1
+            pool.count += p.rate_count * 0.5 ** (max(0.0, self.now - p.rate_ts)
+                                                 / self.settings.background_half_life_s)
+            pool.seen += p.bg_seen
+            pool.shared += p.bg_shared
+            p.pool = pool
         self._ev = self._ev_route = None
         self._sort_out_bumped()
 

@@ -50,7 +50,7 @@ from pathsentry.detectors.farm.model import (
 )
 
 __all__ = ["MIN_BACKGROUND", "SHARED_EXIT_KINDS", "Band", "band", "dict_note", "exit_of",
-           "foreign_sig", "jitter", "machine_centred", "mad", "network_of", "patterns_of",
+           "foreign_sig", "hosted_exit", "jitter", "machine_centred", "mad", "network_of", "patterns_of",
            "relay_facts", "stands_out"]
 
 _MAD_SIGMA = 1.4826
@@ -145,7 +145,20 @@ def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
     if kind == ROUTE:
         return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()
     assert kind == NET
-    return (part.key,) if m.relay else ()
+    # a hosting exit's foreign-routed accounts are its members too (one farm's logins
+    # the relay detector flagged only in part, in one partition: :func:`hosted_exit`)
+    return (part.key,) if m.relay or (m.sig and hosted_exit(part.key)) else ()
+
+
+def hosted_exit(key: str) -> bool:
+    """Whether a ``net:`` partition key is a hosting (or relay) network's AS: the
+    partition that takes its exit's relay-flagged *and* foreign-routed accounts, which
+    ``route:`` leaves to it.
+
+    >>> hosted_exit("net:AS64600"), hosted_exit("net:203.0.113.0/24")
+    (True, False)
+    """
+    return key.startswith(_NET_ + "AS")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,11 @@ around the new member's login, in a window. In a family partition (``tpl:``) the
 window is ``window_s`` and the candidate needs ``min_size`` members sharing a
 foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
 that run consecutively (``min_regularity``) on accounts crowded onto few machines or
-addresses (:func:`_crowded`); the whole family in the window is a candidate too (a
-batch spread over several exits) with both regular serials and that evidence.
+addresses (:func:`_crowded`) or all through one hosting network (:func:`_hosted`);
+the whole family in the window is a candidate too (a batch spread over several
+exits) with regular serials and either that evidence or accounts crowded onto few
+machines (:func:`_on_few_machines`: residential proxies
+of several ISPs, no exit with ``min_size`` of the batch, no relay flag).
 Consecutive default names handed to a crowd that signed up together
 (``player10231``, ``player10232``…) come from homes all over an ISP, each on its
 own machine, and carry little relay evidence. In a
@@ -14,9 +17,10 @@ name-less partition (``route:``, ``net:``) the window is tried at two scales,
 ``burst_s`` (logins seconds apart) and ``window_s`` (minutes apart, where the
 accounts must also crowd onto few machines or exit addresses: :func:`_crowded`);
 the candidate keeps the members inside its RTT band
-(:mod:`~pathsentry.detectors.farm.exits`) that share a /24 or a machine with
-another of them (:func:`_kindred`), must stand out of the pattern's other
-accounts by that band, and must be a burst against the partition's own background
+(:mod:`~pathsentry.detectors.farm.exits`) that share a machine or an address with
+another of them, or a /24 (with two others in a hosting range: :func:`_kindred`),
+must stand out of the pattern's other accounts by that band, and must be a burst
+against the partition's own background
 (:mod:`~pathsentry.detectors.farm.background`) thinned to the band: the expected
 count is the background's times the share of its RTTs that fall inside the band
 (a busy VPN exit is busy with users from everywhere; few of them share one room's
@@ -67,34 +71,62 @@ from pathsentry.schemas import make_alert_id
 __all__ = ["Grouping"]
 
 
-def _kindred(ms: list[Member]) -> list[Member]:
-    """The members that share their /24 or their machine (client device id) with
-    another member: a room's accounts share exits and machines, a VPN user passing
-    by shares neither."""
+_NET_AS = _NET_ + "AS"
+
+
+def _kindred(ms: list[Member], pattern: str) -> list[Member]:
+    """The members that share their machine (client device id), their exit address or
+    their /24 with another member: a room's accounts share exits and machines, a VPN
+    user passing by shares neither. In a hosting range (``net:AS…``) a /24 counts when
+    two others share it: the range's many unrelated users meet in its /24s by chance
+    (two of them within the hour is common), along a route they come from their own."""
+    crowd = 2 if pattern.startswith(_NET_AS) else 1
     prefixes = Counter([x.prefix for x in ms])
+    addresses = Counter([x.src_ip for x in ms])
     devices = Counter([x.device for x in ms if x.device])
-    return [x for x in ms if prefixes[x.prefix] > 1 or (x.device and devices[x.device] > 1)]
+    return [x for x in ms if prefixes[x.prefix] > crowd or addresses[x.src_ip] > 1
+            or (x.device and devices[x.device] > 1)]
+
+
+def _exits_elsewhere(x: Member) -> bool:
+    """Whether a ``route:`` partition leaves ``x`` to its exit's ``net:`` partition: a
+    relay-flagged account, or one through a hosting network (whose ``net:AS…``
+    partition takes its foreign-routed accounts too: a farm whose logins the relay
+    detector flags only in part is one candidate there, not two)."""
+    return x.relay or x.exit.startswith("AS")
+
+
+def _on_few_machines(ms: list[Member]) -> bool:
+    """Whether the accounts crowd onto few machines: at least three accounts per two
+    client-reported devices (a household's two players do not; a room's dozen accounts
+    on four machines do)."""
+    devices = [x.device for x in ms if x.device]
+    return len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices))
 
 
 def _crowded(ms: list[Member]) -> bool:
-    """Whether the accounts crowd onto few machines or addresses: at least three
-    accounts per two client-reported devices, or per two addresses.
+    """Whether the accounts crowd onto few machines (:func:`_on_few_machines`) or
+    addresses: at least three accounts per two addresses.
 
     A burst paced minutes apart is a weak coincidence on its own (a quiet exit's few
     unrelated users clump by chance); a farm room runs many accounts per machine
     behind few exit hosts.
     """
-    devices = [x.device for x in ms if x.device]
-    if len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices)):
-        return True
-    return 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
+    return _on_few_machines(ms) or 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
+
+
+def _hosted(ms: list[Member]) -> bool:
+    """Whether every account came through a hosting (or relay) network, an exit that is
+    a whole AS (:func:`~pathsentry.detectors.farm.exits.exit_of`): a batch of
+    consecutive serials rented out of one data centre, its relay flags missed. Players
+    handed consecutive default names log in from homes; the few through a VPN spread
+    over many services."""
+    return bool(ms) and all(x.exit.startswith("AS") for x in ms)
 
 
 def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
     """Whether ``serial`` is at most two apart from a serial of ``ms``."""
     return any(x.serial_no is not None and abs(x.serial_no - serial) <= 2 for x in ms)
-
-_NET_AS = _NET_ + "AS"
 
 
 @trait  # a mixin: the compiled build takes it beside its one non-trait base
@@ -107,21 +139,20 @@ class Grouping:
     dirty: dict[tuple[str, str], None]
 
     def _spans(self, part: Partition, t: float) -> tuple[float, ...]:
-        """The windows a candidate around ``t`` is looked for in. A name-less partition
-        tries ``window_s`` only once the detector has watched traffic for twice that
-        (a key first met after that had no arrivals before): in the detector's first
-        minutes only a dense burst (``burst_s``) is judged."""
+        """The windows a candidate around ``t`` is looked for in: ``window_s`` in a family
+        partition, ``burst_s`` and ``window_s`` in a name-less one -- from the detector's
+        first minutes, a cold partition's background starting from its class's prior
+        (:mod:`~pathsentry.detectors.farm.background`)."""
         s = self.settings
         if part.kind == TPL:
             return (s.window_s,)
-        if part.first_ts <= t - 2 * s.window_s:
-            return (s.burst_s, s.window_s)
-        return (s.burst_s,)
+        return (s.burst_s, s.window_s)
 
     def _covered(self, part: Partition, cand: list[Member]) -> set[str]:
         """Members the family partition takes: two of one family in the candidate (the
         family partition sees every login of the family and takes the batch when it is
-        one). Relay-flagged members are ``net:``'s and never ``route:``'s."""
+        one). Relay-flagged members, and those through a hosting network, are
+        ``net:``'s and never ``route:``'s (:func:`_exits_elsewhere`)."""
         kind = part.kind
         if kind == TPL:
             return set()
@@ -145,7 +176,7 @@ class Grouping:
         kind = part.kind
         if not free:
             return [x for x in sids.values() if abs(x.ts - t) <= w
-                    and not (kind == ROUTE and x.relay)]
+                    and not (kind == ROUTE and _exits_elsewhere(x))]
         if kind == TPL:
             return [x for x in sids.values() if x.group is None and abs(x.ts - t) <= w]
         # name-less: by time (``part.times``), not in indexing order (``_seq_order``)
@@ -154,7 +185,8 @@ class Grouping:
         else:
             near = list(sids.values())
         if kind == ROUTE:  # relay-flagged members are the ``net:`` partition's (eligible)
-            return [x for x in near if x.group is None and abs(x.ts - t) <= w and not x.relay]
+            return [x for x in near if x.group is None and abs(x.ts - t) <= w
+                    and not _exits_elsewhere(x)]
         return [x for x in near if x.group is None and abs(x.ts - t) <= w]
 
     @staticmethod
@@ -165,7 +197,7 @@ class Grouping:
 
     def _consider(self, part: Partition, m: Member) -> Findings | None:
         kind = part.kind
-        if m.group is not None or (kind == ROUTE and m.relay):  # not eligible
+        if m.group is not None or (kind == ROUTE and _exits_elsewhere(m)):  # not eligible
             return None
         # ``patterns_of(part, m)``: the member was (re)indexed just before
         patterns = m.indexed
@@ -260,7 +292,7 @@ class Grouping:
         share = 1.0
         if kind != TPL and n >= minimum:
             b = band(cand, s)
-            inside = _kindred([x for x in cand if b.holds(x)])
+            inside = _kindred([x for x in cand if b.holds(x)], pattern)
             # a machine of the room with another access latency: its device is the link
             devices = {x.device for x in inside if x.device}
             inside += [x for x in cand if x.device in devices and x not in inside]
@@ -283,10 +315,15 @@ class Grouping:
             with_evidence = evidence_accounts(cand)
             evidence = with_evidence >= s.min_size and 2 * with_evidence >= n
             regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
-            if pattern == part.key:  # the whole family, no shared exit: both
-                if not (regular and evidence):
+            if pattern == part.key:
+                # the whole family, no shared exit: serials that run, and relay/route
+                # evidence or few machines (a batch on residential proxies of several
+                # ISPs, each exit below ``min_size``; a crowd handed consecutive default
+                # names brings one machine each, a CGNAT crowd shares addresses only)
+                if not (regular and (evidence or _on_few_machines(cand))):
                     return None
-            elif not (pattern.startswith("route:") or evidence or (regular and _crowded(cand))):
+            elif not (pattern.startswith("route:") or evidence
+                      or (regular and (_crowded(cand) or _hosted(cand)))):
                 return None
         elif not self._burst(part, pattern, cand, span, share):
             return None
@@ -320,7 +357,8 @@ class Grouping:
         if not self._machine_judged(part, pattern, cand):
             return False
         k = len(on_shared_machines(cand))
-        return burst_p(k, lam * machine_share(part)) <= self.settings.max_burst_p
+        share = machine_share(part, {x.sid for x in cand})
+        return burst_p(k, lam * share) <= self.settings.max_burst_p
 
     def _room(self, part: Partition, pattern: str, cand: list[Member], inside: list[Member]
               ) -> list[Member]:

@@ -7,10 +7,12 @@ name-less partition (``route:``, ``net:``) keeps the members it indexes by devic
 (:func:`put`, :func:`drop`; a member another account met on its machine is marked
 ``on_shared``), and counts the members
 that left its window in no group (:func:`leave`): how many of them shared their
-machine with another account. That learned share (Laplace-smoothed,
-:func:`machine_share`) is the probability that a background arrival is on a
-shared machine; the burst judge thins the background's expected count by it when
-it counts only the candidate's accounts on shared machines
+machine with another account. That learned share (:func:`machine_share`) is the
+probability that a background arrival is on a shared machine; a cold partition
+starts from its class's pooled share (the
+:class:`~pathsentry.detectors.farm.model.Pool`, worth :data:`PRIOR_SEEN` members;
+0.5 before the class has any history). The burst judge thins the background's
+expected count by it when it counts only the candidate's accounts on shared machines
 (:func:`on_shared_machines`). A busy exit whose users arrive as fast as a farm logs
 in is still told apart: its users do not crowd onto machines.
 
@@ -32,14 +34,16 @@ traffic; memory is two numbers and one list per live device).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pathsentry.detectors.farm.model import Member, Partition
 
-__all__ = ["MAX_SEEN", "drop", "leave", "machine_share", "on_shared_machines", "put"]
+__all__ = ["MAX_SEEN", "PRIOR_SEEN", "drop", "leave", "machine_share", "on_shared_machines", "put"]
 
 #: background members counted before both counts are halved
 MAX_SEEN = 1024.0
+#: the weight, in background members, of the class's pooled share in a partition's
+PRIOR_SEEN = 2.0
 
 
 def _apart(a: Member, b: Member) -> bool:
@@ -88,12 +92,31 @@ def leave(part: Partition, m: Member) -> None:
     if part.bg_seen > MAX_SEEN:
         part.bg_seen /= 2.0
         part.bg_shared /= 2.0
+    pool = part.pool
+    if pool is not None:
+        pool.seen += 1.0
+        pool.shared += float(m.on_shared)
+        if pool.seen > MAX_SEEN:
+            pool.seen /= 2.0
+            pool.shared /= 2.0
 
 
-def machine_share(part: Partition) -> float:
-    """The share of the background's accounts on a machine shared with another account
-    (Laplace-smoothed: 0.5 with no history)."""
-    return (part.bg_shared + 1.0) / (part.bg_seen + 2.0)
+def machine_share(part: Partition, live: Collection[str] | None = None) -> float:
+    """The share of the background's accounts on a machine shared with another account,
+    smoothed toward the class's pooled share (itself Laplace-smoothed: 0.5 with no
+    history at all). With ``live`` (the session ids under judgement), the members in
+    the window now but not in ``live`` count too: a partition younger than its window
+    has no member that left it yet, and its current users are its background."""
+    pool = part.pool
+    prior = 0.5 if pool is None else (pool.shared + 1.0) / (pool.seen + 2.0)
+    seen, shared = part.bg_seen, part.bg_shared
+    if live is not None:
+        for ms in part.machines.values():
+            for x in ms:
+                if x.sid not in live:
+                    seen += 1.0
+                    shared += float(x.on_shared)
+    return (shared + PRIOR_SEEN * prior) / (seen + PRIOR_SEEN)
 
 
 def on_shared_machines(ms: Sequence[Member]) -> list[Member]:

@@ -25,7 +25,7 @@ from pathsentry.detectors.settings import load_settings
 BACKGROUND_RTTS = 64
 
 __all__ = ["BACKGROUND_RTTS", "NET", "ROUTE", "TPL", "Assessment", "FarmSettings", "Group",
-           "Member", "Partition", "part_kind", "settings_from"]
+           "Member", "Partition", "Pool", "part_kind", "pool_class", "settings_from"]
 
 TPL, ROUTE, NET = "tpl", "route", "net"
 _TPL_, _ROUTE_, _NET_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:"
@@ -47,6 +47,9 @@ class FarmSettings:
     rtt_background_ratio: float = 0.5
     background_half_life_s: float = 6 * 3600.0
     background_fast_half_life_s: float = 3600.0
+    #: the weight of the population prior in a partition's background rate, in seconds
+    #: of the partition's own observation (:func:`.background.expected`)
+    background_prior_s: float = 3600.0
     group_ttl_s: float = 86400.0
     max_keys: int = 100_000
     max_members: int = 512
@@ -219,6 +222,23 @@ class Group:
 
 
 @dataclass(slots=True)
+class Pool:
+    """What the partitions of one class (:func:`pool_class`) have taught together: the
+    population prior of a cold partition (:mod:`.background`, :mod:`.machines`).
+
+    ``count``: their arrivals since ``first_ts``, decayed with ``background_half_life_s``
+    (at ``ts``); ``parts``: the live partitions of the class; ``seen``/``shared``: their
+    background members counted, and of them those on a shared machine."""
+
+    count: float = 0.0
+    ts: float = 0.0
+    first_ts: float = 0.0
+    parts: int = 0
+    seen: float = 0.0
+    shared: float = 0.0
+
+
+@dataclass(slots=True)
 class Partition:
     key: str
     #: the partition family: ``tpl``, ``route`` or ``net``
@@ -247,6 +267,8 @@ class Partition:
     machines: dict[str, list[Member]] = field(default_factory=dict)
     bg_seen: float = 0.0
     bg_shared: float = 0.0
+    #: the population prior shared by the partitions of its class (set by the detector)
+    pool: Pool | None = None
 
     def __post_init__(self) -> None:
         self.kind = part_kind(self.key)
@@ -304,6 +326,19 @@ def _add_to_index(index: dict[str, dict[str, Member]], patterns: Iterable[str], 
 def _top(counter: Counter[str], k: int) -> list[list[Any]]:
     return [[v, c] for v, c in sorted(counter.items(), key=lambda x: (-x[1], x[0]))[:k]]
 
+
+
+def pool_class(key: str) -> str:
+    """The class whose partitions share a :class:`Pool`: the kind, and for ``net:`` a
+    hosting AS apart from a subscriber /24.
+
+    >>> pool_class("net:AS64500"), pool_class("net:203.0.113.0/24"), pool_class("route:ab")
+    ('net:AS', 'net:/24', 'route')
+    """
+    kind = part_kind(key)
+    if kind != NET:
+        return kind
+    return "net:AS" if key.startswith("net:AS") else "net:/24"
 
 
 def part_kind(key: str) -> str:

@@ -25,7 +25,10 @@ of the same session) the detector weighs five kinds of evidence:
     great-circle distance apart; light in fibre needs ``km / 100`` ms of RTT,
     routed paths about twice that, plus the access network's share. The
     measurement is a network RTT: the kernel TCP RTT, or the app minimum less the
-    server's learned overhead (never a raw app figure). What it exceeds beyond
+    server's learned overhead, or the slowest app sample less the cost and one
+    whole tick (an honest client's samples all land within one tick of its round
+    trip, so a relay leg hidden in the fastest sample's phase shows in the
+    slowest); never a raw app figure. What it exceeds beyond
     that (and a per-access-kind tolerance) is the detour, expressed in ms and in
     km (100 km per ms of RTT).
 ``vantage``
@@ -33,9 +36,11 @@ of the same session) the detector weighs five kinds of evidence:
     ``RTT x 100 km`` around every probing vantage. A claimed point outside a
     disk is violated; the disks' intersection is the rough feasible region.
 ``route`` / ``model``
-    A foreign-origin route found by the route detector for the same session,
-    and a River :class:`~river.anomaly.HalfSpaceTrees` model over squashed
-    residual features (gap, baseline z, physics excess, vantage violation).
+    A foreign-origin route found by the route detector for the same session
+    (its traceroute before the login, or after it: then the login is
+    re-assessed with the route, so both orders give the same verdict), and a
+    River :class:`~river.anomaly.HalfSpaceTrees` model over squashed residual
+    features (gap, baseline z, physics excess, vantage violation).
 
 The components are combined as a noisy-OR of weighted scores, then adjusted by
 the account's bounded history: one noisy session on an otherwise clean account
@@ -64,7 +69,8 @@ Modules: :mod:`.state` (bounded tables, alert book, the session record),
 (distances, expectations, RTT disks), :mod:`.model` (the anomaly model),
 :mod:`.scoring` (component strengths, history, combination), :mod:`.prefixes` (what
 an exit prefix's recent logins show together), :mod:`.evidence`
-(flags put into words) and :mod:`.detector` (events, learning, snapshots).
+(flags put into words), :mod:`.snapshots` (state as JSON and back) and
+:mod:`.detector` (events, learning).
 
 Memory is bounded (least-recently-used keys are evicted): ``baseline_keys_max``
 baselines (three P² quantile sketches and a count), ``sessions_max`` sessions,

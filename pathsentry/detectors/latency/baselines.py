@@ -16,9 +16,15 @@ the whole client-relay leg to the gap. The estimators, all robust to a relayed
 minority and windowed so that a patch day is absorbed:
 
 ``tick``
-    median over multi-sample logins of ``spread * (k + 1) / (k - 1)`` (``spread`` =
-    max - min of the app samples, whose expectation is ``tick * (k - 1) / (k + 1)``).
-    A relay does not change the server's tick, so this is not skewed by relays.
+    median over multi-sample logins of ``spread / m_k`` (``spread`` = max - min of
+    the app samples; ``spread / tick`` follows ``Beta(k - 1, 2)``, whose median is
+    ``m_k``, so every vote's median is the tick whatever its ``k``: the mean-based
+    ``(k + 1) / (k - 1)`` would put two-sample votes' median 12 % low). A relay does
+    not change the server's tick, so the tick keeps one vote per login (not per
+    exit prefix) and ``TICK_WINDOW`` times as many votes as the cost: one login's
+    spread says little (a two-sample vote spreads
+    from 0 to 3 ticks), and 40 such votes let the median wander by a tenth of the
+    tick, which the cost (the gap less the tick's share) would inherit.
 ``cost``
     median of the phase-corrected gap ``gap - tick * (1 - 0.5 ** (1 / k))``
     (less the phase's median). Relays only add to the gap, so a relayed share
@@ -58,7 +64,33 @@ from typing import Any, ClassVar
 
 from river._river_rust.stats import RsQuantile
 
-__all__ = ["Baseline", "Overhead", "OverheadBook", "phase_quantile"]
+__all__ = ["TICK_WINDOW", "Baseline", "Overhead", "OverheadBook", "phase_quantile", "spread_median"]
+
+#: the tick keeps this many times ``overhead_window`` votes (see the module docstring)
+TICK_WINDOW = 4
+
+_SPREAD_MEDIANS: dict[int, float] = {}
+
+
+def spread_median(k: int) -> float:
+    """The median of the spread (max - min) of ``k >= 2`` uniform(0, 1) phases, i.e.
+    of ``Beta(k - 1, 2)``: the root of ``m ** (k - 1) * (k - (k - 1) * m) = 1 / 2``.
+
+    >>> round(spread_median(2), 4), round(spread_median(3), 4)
+    (0.2929, 0.5)
+    """
+    m = _SPREAD_MEDIANS.get(k)
+    if m is None:
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            mid = (lo + hi) / 2.0
+            if mid ** (k - 1) * (k - (k - 1) * mid) < 0.5:
+                lo = mid
+            else:
+                hi = mid
+        m = _SPREAD_MEDIANS[k] = (lo + hi) / 2.0
+    return m
+
 
 def phase_quantile(k: int, alpha: float) -> float:
     """The ``1 - alpha`` quantile of the minimum of ``k`` uniform(0, 1) phases.
@@ -126,7 +158,7 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_cost", "_figures", "_tick", "_u", "key", "n")
+    __slots__ = ("_cost", "_figures", "_seq", "_tick", "_u", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -135,7 +167,9 @@ class Overhead:
         self.key = key
         #: logins with a TCP RTT learned (the cost's evidence), over all time
         self.n = 0
-        self._tick = _Votes(window)
+        self._tick = _Votes(TICK_WINDOW * window)
+        #: the tick's votes are one per login, not per exit prefix (see :meth:`update`)
+        self._seq = 0
         self._cost = _Votes(window)
         #: standardised gap residuals (clipped to +-3), one per exit prefix
         self._u = _Votes(window)
@@ -193,7 +227,11 @@ class Overhead:
         if u is not None:
             self._u.add(source, u)
         if k >= 2:
-            self._tick.add(source, spread * (k + 1) / (k - 1))
+            # one vote per login: a relay or a farm does not change the game loop's
+            # tick, so its logins' spreads are as good as anyone's, and a server whose
+            # players share a few /24s would otherwise keep a few dozen votes
+            self._seq += 1
+            self._tick.add(f"#{self._seq}", spread / spread_median(k))
         if gap is not None:
             self.n += 1
             t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
@@ -209,7 +247,9 @@ class Overhead:
     def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
         o = cls(key, window)
         o.n = int(snap["n"])
-        o._tick = _Votes(window, snap["tick"])
+        o._tick = _Votes(TICK_WINDOW * window, snap["tick"])
+        o._seq = len(o._tick) + max((int(k[1:]) for k in o._tick.votes
+                                     if k.startswith("#") and k[1:].isdigit()), default=0)
         o._cost = _Votes(window, snap["cost"])
         o._u = _Votes(window, snap.get("u", []))
         return o
@@ -267,17 +307,19 @@ class OverheadBook:
         s = lower[len(lower) // 2] / 0.674
         return (s if s > floor else floor), len(lower)
 
-    def spike(self, kind: str) -> float:
-        """How far (ms) one app sample of this access kind may spike: the 90th percentile
-        of the samples' spread beyond the tick's share, ``spread - tick * (k - 1) / (k +
-        1)``, over multi-sample logins (0 before ``MIN_NOISE_VOTES``). A radio link
-        spikes single samples by tens of ms; the minimum of several filters that out,
-        a login with one or two samples cannot. Relays do not widen a login's spread,
+    def spike(self, kind: str, q: float = 0.9) -> float:
+        """How far (ms) one app sample of this access kind may spike: the ``q`` quantile
+        (default the 90th percentile) of the samples' spread beyond the tick's share,
+        ``spread - tick * (k - 1) / (k + 1)``, over multi-sample logins (0 before
+        ``MIN_NOISE_VOTES``). A radio link spikes single samples by tens of ms; the
+        minimum of several filters that out, a login with one or two samples cannot:
+        the gap of such a login is allowed the largest spread seen (``q = 1``), as its
+        only sample may carry the largest spike. Relays do not widen a login's spread,
         so this upper-side figure is learned from every login, relays' included."""
         w = self.jitter.get(kind)
         if w is None or len(w) < self.MIN_NOISE_VOTES:
             return 0.0
-        x = w.quantile(0.9)
+        x = w.quantile(q)
         return x if x > 0.0 else 0.0
 
     def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float,

@@ -1,35 +1,36 @@
-"""The relay detector itself: event handling, learning, alerts and snapshots.
+"""The relay detector itself: event handling, learning and alerts.
 
 :class:`LatencyDetector` (registered as ``latency``) keeps one :class:`~.state.Session`
 per game session, assesses a login once with :class:`~.scoring.Scoring` and
-re-assesses it when a late probe could add evidence, teaches the baselines, the
+re-assesses it when a late probe or a late foreign-origin traceroute could add
+evidence, or when its exit prefix comes to carry evidence; teaches the baselines, the
 servers' application overheads and the anomaly model, and puts flags into words
-with :class:`~.evidence.Evidence`. See the package docstring for the evidence and
-the costs.
+with :class:`~.evidence.Evidence`; its snapshots are :class:`~.snapshots.Snapshots`.
+See the package docstring for the evidence and the costs.
 """
 
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
-from dataclasses import asdict
 from typing import Any, ClassVar
 
 from river import anomaly
 
 from pathsentry.config import AllowEntry, Server
 from pathsentry.detectors import register
-from pathsentry.detectors.base import DetectorContext, Enriched, Findings, SessionTable
+from pathsentry.detectors.base import DetectorContext, Enriched, Findings
 from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
 from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
 from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, noisy_or
+from pathsentry.detectors.latency.snapshots import Snapshots
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
 from pathsentry.detectors.physics import KM_PER_MS_RTT
+from pathsentry.detectors.saved import AllowList
 from pathsentry.detectors.settings import settings_dict
 from pathsentry.enrich.geo import GeoInfo
-from pathsentry.schemas import FlaggedEvent, Login, RttProbe, parse_event
+from pathsentry.schemas import FlaggedEvent, Login, RttProbe, Traceroute
 
 __all__ = ["LatencyDetector"]
 
@@ -39,11 +40,11 @@ _intern = sys.intern
 _OVERHEAD_SKIPS = frozenset({"gap"})
 
 
-class LatencyDetector(SessionTable, Evidence):
+class LatencyDetector(Snapshots, Evidence):
     """Relayed connections from latency physics, baselines and multi-vantage RTTs."""
 
     name = "latency"
-    consumes = frozenset({"login", "rtt_probe"})
+    consumes = frozenset({"login", "rtt_probe", "traceroute"})
     _model_features: ClassVar[tuple[str, ...]] = (
         "gap_ratio", "gap", "baseline_z", "physics_excess", "vantage_violation",
     )
@@ -88,6 +89,8 @@ class LatencyDetector(SessionTable, Evidence):
         self.hst = QueuedHalfSpaceTrees(self.model)
         self._server = ctx.config.server
         self.geometry = Geometry(self._server, int(cfg["distances_max"]))
+        #: where a loaded session's allow-list mark comes from
+        self._allow = AllowList(ctx.config)
 
     def server_of(self, server_id: str) -> Server | None:
         return self._server(server_id)
@@ -102,30 +105,6 @@ class LatencyDetector(SessionTable, Evidence):
             seed=int(self.cfg["seed"]),
         )
 
-    def _model_state(self) -> dict[str, Any]:
-        self.hst.sync()
-        m = self.model
-        return {
-            "features": sorted(self._model_features) if m.trees else [],
-            "counter": m.counter,
-            "first_window": m._first_window,
-            "mass": [[[n.l_mass, n.r_mass] for n in nodes] for nodes in m._tree_nodes],
-        }
-
-    def _load_model(self, snap: dict[str, Any]) -> None:
-        # Tree structure is a pure function of the seed and the feature names, so
-        # rebuilding with the same seed and overwriting the node masses restores it.
-        self.model = self._new_model()
-        self.hst = QueuedHalfSpaceTrees(self.model)
-        if not snap.get("features"):
-            return
-        self.model.learn_one({f: 0.5 for f in snap["features"]})  # type: ignore[no-untyped-call]
-        for nodes, masses in zip(self.model._tree_nodes, snap["mass"], strict=True):
-            for node, (lm, rm) in zip(nodes, masses, strict=True):
-                node.l_mass, node.r_mass = lm, rm
-        self.model.counter = int(snap["counter"])
-        self.model._first_window = bool(snap["first_window"])
-
     # -- event handling ----------------------------------------------------------
 
     def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
@@ -134,7 +113,25 @@ class LatencyDetector(SessionTable, Evidence):
             return self._on_probe(event)
         if isinstance(event, Login):
             return self._on_login(ev, event)
+        if isinstance(event, Traceroute):
+            return self._on_route(ev, event)
         return None
+
+    def _on_route(self, ev: Enriched, trace: Traceroute) -> Findings | None:
+        """A traceroute the route detector (earlier in the pipeline) found to start
+        abroad, arriving after its session's login: the login gets the route component
+        it would have had, had the traceroute come first, and is re-assessed. (A login
+        arriving after its traceroute gets the route from the route detector's notes.)"""
+        route = ev.notes.get("route")
+        if trace.session_id is None or not isinstance(route, dict) or not route.get("foreign_origin"):
+            return None
+        sess = self.sessions.peek(trace.session_id)
+        if sess is None or sess.event_id is None or sess.route is not None:
+            return None
+        sess.route = route
+        if sess.allowed is not None:
+            return None
+        return self._reassess(sess)
 
     def _session_of(self, event: RttProbe | Login) -> tuple[str, Session]:
         """The session an event belongs to (created, or refreshed in the LRU)."""
@@ -263,30 +260,36 @@ class LatencyDetector(SessionTable, Evidence):
         # a flag is explained with what was learned before this login taught anything
         assert model is not None
         assessed = self._assessment(sess, base, comps or {}, model) if flagged else None
+        proven = False
         if allowed is None:
-            self.learn_prefix(sess, gv, comps, self.prefix_history)
+            proven = self.learn_prefix(sess, gv, comps, self.prefix_history)
             if comps is None or self._teaches(comps, level):
                 self._learn(sess, feats or features(*raw, sess.phys_feat))
             # The overhead learns from every login without other relay evidence, its own
             # gap verdict included: a patch day moves every login's gap, and the medians
             # over one vote per exit prefix it keeps are not moved by a relayed minority.
-            if comps is None or self._teaches(comps, "", _OVERHEAD_SKIPS):
-                self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
-                                    None if sess.tcp is None else sess.app_min - sess.tcp,
-                                    sess.app_n, sess.app_spread,
-                                    None if gv is None or gv.bound is None else gv.u_raw)
+            # The samples' spread (the tick, the spikes) is learned from every login: a
+            # relay does not change it, and leaving out the logins whose slowest sample
+            # stood out would teach a tick shorter than the server's.
+            teaches = comps is None or self._teaches(comps, "", _OVERHEAD_SKIPS)
+            self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
+                                None if sess.tcp is None or not teaches else sess.app_min - sess.tcp,
+                                sess.app_n, sess.app_spread,
+                                None if gv is None or gv.bound is None or not teaches else gv.u_raw)
         if assessed is None:
             self._remember(login.account, sess, base if allowed is None else 0.0)
             out = None
         else:
             out = self._emit(sess, assessed, score, history_note)
-        if comps is not None and ("prefix_gap" in comps or "prefix_relays" in comps):
+        if proven or (comps is not None and ("prefix_gap" in comps or "prefix_relays" in comps)):
             out = self._revisit_prefix(sess, out)
         return out
 
     def _revisit_prefix(self, sess: Session, out: Findings | None) -> Findings | None:
         """Re-assess the exit prefix's other recent, unflagged sessions once it carries
-        evidence: the first logins through a relay's exit came before the evidence did.
+        evidence (or this login's own physics proved it relayed, which may be what makes
+        the prefix a known exit): the first logins through a relay's exit came before the
+        evidence did.
         Their flags are late, like those a late probe raises, and name their own login."""
         hist = self.prefix_gaps.peek(sess.prefix)
         if hist is None:
@@ -451,132 +454,6 @@ class LatencyDetector(SessionTable, Evidence):
             alert_id=alert_id, detector=self.name,
         ))
         return out
-
-    # -- snapshots ------------------------------------------------------------------
-
-    def state(self) -> dict[str, Any]:
-        """A JSON snapshot. A session's login is kept as a minimal login event (its
-        minimum and maximum app RTT as the only samples) plus the 10th percentile, sample
-        count and overhead key."""
-        sessions = [self._session_row(sid, s) for sid, s in self.sessions.items()]
-        return {
-            "version": 1,
-            "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
-            "overhead": self.overhead.snapshot(),
-            "prefix_gaps": [[k, list(v)] for k, v in self.prefix_gaps.items()],
-            "sessions": sessions,
-            "accounts": self._accounts_rows(),
-            "alerts": self.alerts.state(),
-            "model": self._model_state(),
-        }
-
-    def _session_table(self) -> OrderedDict[str, Session]:
-        return self.sessions._d
-
-    def learned_state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "baselines": [[k, b.snapshot()] for k, b in self.baselines.items()],
-            "overhead": self.overhead.snapshot(),
-            "prefix_gaps": [[k, list(v)] for k, v in self.prefix_gaps.items()],
-            "accounts": self._accounts_rows(),
-            "model": self._model_state(),
-        }
-
-    def load_learned(self, state: dict[str, Any]) -> None:
-        """Baselines, server overheads and account histories this detector lacks (while it
-        has room), and the model when its own has learned nothing yet."""
-        if state.get("version") != 1:
-            return
-        for key, snap in state.get("baselines", []):
-            if self.baselines.peek(key) is None and len(self.baselines) < self.baselines.cap:
-                self.baselines.put(key, Baseline.restore(snap, key))
-        self.overhead.load(state.get("overhead", {}), only_new=True)
-        for key, rows in state.get("prefix_gaps", []):
-            if self.prefix_gaps.peek(key) is None and len(self.prefix_gaps) < self.prefix_gaps.cap:
-                self.prefix_gaps.put(key, tuple(rows))
-        self._load_accounts(state.get("accounts", []), only_new=True)
-        if not self.model.trees:
-            self._load_model(state.get("model", {}))
-
-    def _accounts_rows(self) -> list[list[Any]]:
-        return [[k, {"recent": [(a[i], a[i + 1]) for i in range(1, len(a), 2)], "flagged": a[0]}]
-                for k, a in self.accounts.items()]
-
-    def _load_accounts(self, rows: list[list[Any]], *, only_new: bool = False) -> None:
-        keep = 2 * self.history_len
-        for key, acc in rows:
-            if only_new and (self.accounts.peek(key) is not None or len(self.accounts) >= self.accounts.cap):
-                continue
-            recent: list[Any] = []
-            for s, v in acc["recent"]:
-                recent += (s, float(v))
-            if len(recent) > keep:
-                recent = recent[len(recent) - keep:] if keep > 0 else []
-            self.accounts.put(key, (int(acc["flagged"]), *recent))
-
-    def _session_row(self, sid: str, s: Session) -> dict[str, Any]:
-        login = None
-        if s.event_id is not None:
-            login = {
-                "event": {
-                    "kind": "login", "event_id": s.event_id, "ts": s.ts.isoformat(),
-                    "src_ip": str(s.src_ip), "session_id": s.session_id, "account": s.account,
-                    "server_id": s.server_id, "tcp_rtt_ms": s.tcp,
-                    "app_rtt_ms": [s.app_min, s.app_min + s.app_spread] if s.app_spread else [s.app_min],
-                },
-                "app_rtt_p10_ms": s.app_p10, "app_rtt_samples": s.app_n, "overhead_key": s.oh_key,
-                "geo": asdict(s.geo), "prefix": s.prefix,
-                "allowed": s.allowed.model_dump() if s.allowed else None,
-                "notes": {} if s.route is None else {"route": s.route},
-            }
-        probes = s.probes or []
-        return {"id": sid, "login": login, "score": s.score, "flagged": s.flagged,
-                "probes": [{"vantage": probes[i], "method": probes[i + 1],
-                            "min_ms": probes[i + 2], "samples": probes[i + 3]}
-                           for i in range(0, len(probes), 4)]}
-
-    def _load_session_row(self, row: dict[str, Any]) -> None:
-        sess = Session()
-        sess.score, sess.flagged = row["score"], row["flagged"]
-        probes: list[Any] = []
-        for p in row["probes"]:
-            probes += (_intern(p["vantage"]), _intern(p["method"]), p["min_ms"], p["samples"])
-        sess.probes = probes or None
-        key = row["id"]
-        snap = row["login"]
-        if snap is not None:
-            event = parse_event(snap["event"])
-            assert isinstance(event, Login)
-            self._set_login(
-                sess, key, event, GeoInfo(**snap["geo"]), snap["prefix"],
-                self._server(event.server_id),
-                AllowEntry(**snap["allowed"]) if snap["allowed"] else None,
-                (snap.get("notes") or {}).get("route"),
-            )
-            if "app_rtt_p10_ms" in snap:  # a minimal event: the full samples' figures
-                sess.app_p10, sess.app_n = snap["app_rtt_p10_ms"], int(snap["app_rtt_samples"])
-                sess.oh_key = _intern(snap.get("overhead_key") or sess.server_id)
-                self._judge_physics(sess)
-        self.sessions.put(key, sess)
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != 1:
-            return
-        self.baselines.clear()
-        for key, snap in state.get("baselines", []):
-            self.baselines.put(key, Baseline.restore(snap, key))
-        self.overhead.load(state.get("overhead", {}))
-        self.prefix_gaps.clear()
-        for key, rows in state.get("prefix_gaps", []):
-            self.prefix_gaps.put(key, tuple(rows))
-        self.sessions.clear()
-        for row in state.get("sessions", []):
-            self._load_session_row(row)
-        self.accounts.clear()
-        self._load_accounts(state.get("accounts", []))
-        self.alerts.load_state(state.get("alerts", []))
-        self._load_model(state.get("model", {}))
 
 
 register(LatencyDetector)

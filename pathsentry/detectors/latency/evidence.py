@@ -191,6 +191,20 @@ class Evidence(Scoring):
         }
         if geo.precision == "country":
             out["note"] = "claimed point is the country's reference point"
+        if source == "slowest app sample less cost and one tick":
+            o = self.overhead.get(sess.oh_key)
+            if o is not None:
+                cost, tick = o.figures()[:2]
+                kind_key = geo.kind or "?"
+                out["slowest_sample"] = {
+                    "app_rtt_max_ms": round(sess.app_min + sess.app_spread, 2),
+                    "samples": sess.app_n, "learned_cost_ms": round(cost, 2),
+                    "learned_tick_ms": round(tick, 2),
+                    "noise_ms": round(self.overhead.noise_scale(
+                        kind_key, self.noise_floor(geo.kind or ""))[0], 2),
+                    "noise_scales": self.gap_z,
+                    "spike_allowance_ms": round(self.overhead.spike(kind_key), 2),
+                }
         if s > 0:
             reasons.append(
                 f"network RTT {measured:.1f} ms ({source}) vs {expected:.1f} ms expected for a "

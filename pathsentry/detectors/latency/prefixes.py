@@ -125,8 +125,10 @@ class ExitPrefixes:
         exits carry many clients, and the ones on long-tick servers or without a TCP
         RTT show little on their own. Strength ramps over the share of the prefix's
         recent logins (other sessions) that were proven, between ``prefix_share``
-        (default 0.2 and 0.5), once ``prefix_proven_accounts`` (3) distinct accounts
-        were proven: a CGNAT or campus prefix with one odd session is not an exit.
+        (default 0.2 and 0.5), once ``prefix_proven_accounts`` (2) distinct accounts
+        were proven: a CGNAT or campus prefix with one odd session is not an exit (an
+        honest login is proven relayed about once in 5,000, so two accounts of one /24's
+        last 16 logins are next to never both honest).
         """
         hist = self.prefix_gaps.peek(sess.prefix)
         if hist is None:
@@ -148,12 +150,14 @@ class ExitPrefixes:
         return (0.0 if x <= lo else 1.0 if x >= hi else (x - lo) / (hi - lo)), len(proven), n
 
     def learn_prefix(self, sess: Session, gv: GapVerdict | None, comps: dict[str, float] | None,
-                     keep: int) -> None:
+                     keep: int) -> bool:
         """Put this login into its exit prefix's history: its gap (with its server,
         sample count and access kind; ``None`` without a gap verdict), its account and
-        whether its own physics proved a relay."""
+        whether its own physics proved a relay; returns the latter (a proven login may
+        be what turns its prefix into a known exit, so the prefix's earlier sessions
+        are worth re-assessing)."""
         if keep <= 0:
-            return
+            return False
         sid = sess.session_id or sess.event_id
         hist = self.prefix_gaps.peek(sess.prefix) or ()
         rows: list[Any] = []
@@ -169,4 +173,5 @@ class ExitPrefixes:
         rows += (sid, sess.oh_key, gap, 0 if gv is None else gv.k, sess.geo.kind or "?",
                  sess.account, proven)
         self.prefix_gaps.put(sess.prefix, tuple(rows[-_ROW * keep:]))
+        return bool(proven)
 

@@ -7,7 +7,9 @@ application overhead (:class:`~.baselines.Overhead`): a login is only evidence w
 its gap exceeds ``cost + tick * q_k + gap_z * noise`` (see :mod:`.baselines`), so a
 game loop with a 100 ms tick does not look like a relay. Physics judges a network
 RTT: the kernel TCP RTT, or the app minimum less the learned overhead (cost and the
-``1 - phase_alpha`` quantile of the phase), never a raw app figure. The prefix
+``1 - phase_alpha`` quantile of the phase), or the slowest app sample less the cost,
+one whole tick, ``gap_z`` noise scales and the spike allowance
+(:meth:`Scoring.slowest_bound`), never a raw app figure. The prefix
 baselines hold app minima and are compared with app minima. A server not warmed up
 (gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
 physics: the evidence says so and the other components carry the decision.
@@ -20,7 +22,7 @@ share below about 40 % of the window's prefixes does not move the medians),
 phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
 logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
 combined z-scores of 4.5 and 6.5 (``prefix_z``); a prefix whose recent logins were
-proven relays by their own physics (``proven_min`` 0.5) from at least 3 accounts
+proven relays by their own physics (``proven_min`` 0.5) from at least 2 accounts
 (``prefix_proven_accounts``) lends its other logins evidence ramping over the
 proven share between 0.2 and 0.5 (``prefix_share``).
 """
@@ -92,7 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "prefix_z": [4.5, 6.5],
     "proven_min": 0.5,
     "prefix_share": [0.2, 0.5],
-    "prefix_proven_accounts": 3,
+    "prefix_proven_accounts": 2,
     "suspicious_history": 0.55,
     "hst_trees": 10,
     "hst_height": 6,
@@ -208,7 +210,7 @@ class Scoring(ExitPrefixes):
 
         Strength is ``ramp(excess, 0, width) * ramp(1 - ratio, 0.5, 0.75)``: ``excess`` is
         the gap beyond the honest bound ``cost + tick * q_k + gap_z * noise`` (+ the access
-        kind's spike allowance for one or two samples), ``width``
+        kind's largest learned spike for one or two samples), ``width``
         ``max(gap_full_ms - gap_min_ms, 2 * noise)``, and ``ratio`` the network RTT over the
         app minimum less the expected overhead (TCP covering at most half of the path the
         game's packets travel); the gap must also exceed ``gap_min_ms`` (500 km).
@@ -229,7 +231,7 @@ class Scoring(ExitPrefixes):
         v.expected = v.cost + v.tick / (k + 1)
         least = self.noise_floor(sess.geo.kind or "")
         v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
-        v.spike = self.overhead.spike(sess.geo.kind or "?") if k <= 2 else 0.0
+        v.spike = self.overhead.spike(sess.geo.kind or "?", 1.0) if k <= 2 else 0.0
         v.bound = (v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
                    + v.spike)
         v.excess = excess = v.gap - v.bound
@@ -263,6 +265,10 @@ class Scoring(ExitPrefixes):
         cost, tick = o.figures()[:2]
         app_lo = (sess.app_min - cost - tick * phase_quantile(sess.app_n, self.phase_alpha)
                   - self.spike_allowance(sess))
+        label = "app_rtt less learned overhead"
+        slowest = self.slowest_bound(sess, cost, tick)
+        if slowest is not None and slowest > app_lo:
+            app_lo, label = slowest, "slowest app sample less cost and one tick"
         if tcp is not None:
             # the phase is never negative: the network RTT is at most the app minimum less
             # the cost (and the noise); a TCP RTT above that is a spike of that one figure
@@ -273,7 +279,22 @@ class Scoring(ExitPrefixes):
                 tcp = app_hi
             if tcp >= app_lo:
                 return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
-        return app_lo, "app_rtt less learned overhead"
+        return app_lo, label
+
+    def slowest_bound(self, sess: Session, cost: float, tick: float) -> float | None:
+        """The network RTT (ms) the login's slowest app sample proves at least: a game
+        loop answers within ``cost + tick`` of the network round trip, so the slowest
+        of ``k >= 2`` samples less the cost, one whole tick, ``gap_z`` noise scales and the
+        access kind's spike allowance (one sample may spike however many there are) is
+        a lower bound of the network RTT an honest client cannot exceed. On a long tick
+        this bound is far tighter than the minimum's: a relay leg hidden in the phase
+        of the fastest sample still shows in the slowest (``None`` with one sample)."""
+        if sess.app_n < 2:
+            return None
+        kind = sess.geo.kind or "?"
+        noise = self.overhead.noise_scale(kind, self.noise_floor(sess.geo.kind or ""))[0]
+        return (sess.app_min + sess.app_spread - cost - tick - self.gap_z * noise
+                - self.overhead.spike(kind))
 
     @staticmethod
     def residual(o: Overhead, gap: float, k: int, noise: float) -> tuple[float, float]:
@@ -386,6 +407,11 @@ class Scoring(ExitPrefixes):
             return comps, "warm-up", gv, excess, level, raw, None
         if comps is None:
             return comps, "not scored: no other evidence", gv, excess, level, raw, None
+        if level != "prefix" and len(comps) == 1 and "baseline" in comps:
+            # a fallback (ASN, country) baseline alone stays below the flag threshold (a
+            # rural line is slower than its ISP's city lines without any relay): the
+            # model sharpens physical evidence, it must not tip this over
+            return comps, "not scored: a fallback baseline alone", gv, excess, level, raw, None
         if not ask_model:
             return comps, None, gv, excess, level, raw, None
         feats = features(*raw, sess.phys_feat)
