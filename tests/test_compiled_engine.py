@@ -60,8 +60,9 @@ def _engine(site: Path, payloads: Path, config: Path, *, pure: bool, cwd: Path) 
     proc = subprocess.run(
         [sys.executable, "-m", "pathsentry.bench.engine", "--payloads", str(payloads), "--config",
          str(config)],
-        env=env, cwd=cwd, capture_output=True, check=True, timeout=1800,
+        env=env, cwd=cwd, capture_output=True, check=False, timeout=1800,
     )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     result: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
