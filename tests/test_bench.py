@@ -44,3 +44,24 @@ def test_decode_measure_times_both_decoders_on_the_same_messages() -> None:
     assert "parse_event (orjson + pydantic)" in text and "compiled (msgspec)" in text
     r = BenchResult(events=1000, partitions=4, decode_reference_us=7.5, decode_compiled_us=4.25)
     assert re.search(r"decode CPU: parse_event / compiled +7\.5 / 4\.25 µs per event", format_result(r))
+
+
+def test_engine_measure_runs_the_engine_in_its_own_process(tmp_path: object) -> None:
+    """In this (editable, pure) install the measure runs the pure engine only, says so,
+    and finds something on the simulated events; the report shows both engines' line."""
+    from pathlib import Path
+
+    from pathsentry.bench.engine import format_engine, measure_engine
+    from pathsentry.bench.run import bench_world, world_payloads
+    from pathsentry.native import is_compiled
+
+    config = bench_world(300, 7, str(tmp_path))
+    assert isinstance(config, Path) and config.exists()
+    fig = measure_engine(world_payloads(3000, 300, 7), config, rounds=1)
+    assert fig.compiled_available == is_compiled()
+    assert fig.events == 3000 and fig.flags > 0 and fig.same_findings
+    assert fig.pure_us[0] > 0 and fig.validate_us[0] > 0
+    assert "engine, pure Python" in format_engine(fig)
+    r = BenchResult(events=1000, partitions=4, engine_pure_us=(40.0, 44.5), engine_compiled_us=(30.0, 30.0))
+    assert re.search(r"engine pure / compiled \(best-worst\) +40\.0-44\.5 / 30\.0 µs per event, "
+                     r"findings identical", format_result(r))

@@ -19,6 +19,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(dec.as_dict(), indent=2) if args.json else format_decode(dec))
         return 0
 
+    if args.engine_only:
+        from pathsentry.bench.engine import format_engine, measure_engine
+        from pathsentry.bench.run import bench_world, world_payloads
+
+        config = bench_world(args.accounts, args.seed, args.workdir)
+        eng = measure_engine(world_payloads(args.events, args.accounts, args.seed), config,
+                             rounds=args.rounds)
+        print(json.dumps(eng.as_dict(), indent=2) if args.json else format_engine(eng))
+        return 0 if eng.same_findings else 1
+
     res = run_bench(
         args.events, accounts=args.accounts, seed=args.seed, partitions=args.partitions,
         rate=args.rate, latency_seconds=args.latency_seconds, workdir=args.workdir,
@@ -47,4 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--decode-only", action="store_true",
                    help="only time decoding (parse_event and the compiled decoder) in this process")
+    p.add_argument("--engine-only", action="store_true",
+                   help="only time validation and the engine, pure and compiled, each in its own process")
+    p.add_argument("--rounds", type=int, default=2, help="--engine-only: runs of each engine")
     p.set_defaults(func=cmd_bench)

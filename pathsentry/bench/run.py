@@ -39,7 +39,7 @@ import orjson
 
 from pathsentry.infra.broker import EmbeddedBroker, create_topics, free_port
 
-__all__ = ["BenchResult", "format_result", "run_bench"]
+__all__ = ["BenchResult", "bench_world", "format_result", "run_bench", "world_payloads"]
 
 Record = tuple[str, bytes, bytes]
 
@@ -49,9 +49,15 @@ class BenchResult:
     events: int
     partitions: int
     raw_rate: float = 0.0
-    #: in-process on the preloaded events: contract validation and the engine, µs per event
+    #: on the preloaded events, each in a process of its own, µs of CPU per event (best run):
+    #: contract validation, and the engine this install runs (compiled when it has it)
     validate_us: float = 0.0
     engine_us: float = 0.0
+    #: the engine pure and compiled, (best, worst) over the rounds ((0, 0): not compiled)
+    engine_pure_us: tuple[float, float] = (0.0, 0.0)
+    engine_compiled_us: tuple[float, float] = (0.0, 0.0)
+    #: both engines gave the same findings in every run
+    engine_same_findings: bool = True
     naive_rate: float = 0.0
     pipeline_rate: float = 0.0
     offered_rate: float = 0.0
@@ -101,6 +107,18 @@ def world_payloads(n: int, accounts: int, seed: int) -> list[bytes]:
     """The first ``n`` messages of the bench's simulated world (as the producers send them)."""
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
     return [v for _, _, v in itertools.islice(_world_records(seed, accounts, "", start), n)]
+
+
+def bench_world(accounts: int, seed: int, workdir: str | None = None) -> Path:
+    """Write the bench world's files (geo tables, servers) under ``workdir`` (default: a
+    temp dir) and return its ``pathsentry.toml``."""
+    from pathsentry.sim.model import WorldSpec
+    from pathsentry.sim.world import write_world_files
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="pathsentry-bench-")) / "world"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    write_world_files(WorldSpec(seed=seed, accounts=accounts, hours=24.0, start=start), root)
+    return root / "pathsentry.toml"
 
 
 def _world_records(seed: int, accounts: int, prefix: str, start: datetime) -> Iterator[Record]:
@@ -351,9 +369,14 @@ def run_bench(
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    res.validate_us, res.engine_us = _in_process(preload, root / "world" / "pathsentry.toml")
-    log(f"[bench] in-process on the preloaded events: validation {res.validate_us:.1f} µs, "
-        f"engine {res.engine_us:.1f} µs per event")
+    from pathsentry.bench.engine import format_engine, measure_engine
+
+    eng = measure_engine([value for _, _, value in preload], root / "world" / "pathsentry.toml")
+    res.validate_us = eng.validate_us[0]
+    res.engine_pure_us, res.engine_compiled_us = eng.pure_us, eng.compiled_us
+    res.engine_us = eng.compiled_us[0] if eng.compiled_available else eng.pure_us[0]
+    res.engine_same_findings = eng.same_findings
+    log("[bench] " + format_engine(eng))
     from pathsentry.bench.decode import format_decode, measure_decode
 
     dec = measure_decode([value for _, _, value in preload])
@@ -369,33 +392,8 @@ def run_bench(
     return res
 
 
-def _in_process(records: list[Record], config_path: Path) -> tuple[float, float]:
-    """Contract validation and the engine (enrichment and every detector) on ``records``,
-    in this process: µs per event of each (what caps one worker before any I/O). Python's
-    automatic collections are off while it runs, as in a worker (``GcSchedule``)."""
-    import gc
-
-    from pathsentry.config import load_config
-    from pathsentry.engine import Engine
-    from pathsentry.schemas import parse_event
-
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        events = [parse_event(value) for _, _, value in records]
-        t1 = time.perf_counter()
-        engine = Engine(load_config(config_path, env={}))
-        t2 = time.perf_counter()
-        for ev in events:
-            engine.process(ev)
-        t3 = time.perf_counter()
-    finally:
-        gc.enable()
-        gc.unfreeze()
-    n = max(1, len(records))
-    return round((t1 - t0) / n * 1e6, 1), round((t3 - t2) / n * 1e6, 1)
+def _span(s: tuple[float, float]) -> str:
+    return f"{s[0]}" if s[0] == s[1] else f"{s[0]}-{s[1]}"
 
 
 def format_result(r: BenchResult) -> str:
@@ -408,6 +406,9 @@ def format_result(r: BenchResult) -> str:
         ("partitions", f"{r.partitions:>12}"),
         ("raw aiokafka consume", rate(r.raw_rate)),
         ("in-process validation / engine", f"{r.validate_us:>5} / {r.engine_us} µs per event"),
+        ("engine pure / compiled (best-worst)",
+         f"{_span(r.engine_pure_us):>5} / {_span(r.engine_compiled_us) if r.engine_compiled_us[0] else '-'} "
+         f"µs per event, findings {'identical' if r.engine_same_findings else 'DIFFERENT'}"),
         ("decode CPU: parse_event / compiled",
          f"{r.decode_reference_us:>5} / {r.decode_compiled_us} µs per event"),
         ("naive Faust per-event loop", rate(r.naive_rate)),

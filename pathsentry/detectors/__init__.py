@@ -1,6 +1,6 @@
 """Detection logic: pure Python over enriched events (no Kafka, no ClickHouse).
 
-Detectors register themselves with :func:`register`; :func:`build_detectors`
+Detector modules register their class with :func:`register`; :func:`build_detectors`
 instantiates the enabled ones in pipeline order (session stage first).
 """
 
@@ -36,7 +36,8 @@ _REGISTRY: dict[str, type[Detector]] = {}
 
 
 def register(cls: type[Detector]) -> type[Detector]:
-    """Class decorator: make a detector available to the pipeline."""
+    """Make a detector available to the pipeline (each module calls it after its class:
+    a class decorator would leave the class uncompiled in the mypyc build)."""
     _REGISTRY[cls.name] = cls
     return cls
 

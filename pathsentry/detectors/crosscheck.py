@@ -56,6 +56,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import BAD_LABELS, AccountLabel, Alert, Interaction, severity_for
 
@@ -111,6 +113,7 @@ class CrossCheckSettings:
         return out  # type: ignore[no-any-return]
 
 
+@mypyc_attr(native_class=False)  # compiled, a subclass of a dict type crashes the collector
 class _Lru(OrderedDict[str, Any]):
     """An ordered dict that drops its least recently touched key beyond ``cap``."""
 

@@ -399,7 +399,6 @@ def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str
     return None
 
 
-@register
 class InjectionDetector(Detector):
     """Session stage: flag ``http_probe`` events whose answer was forged on the path."""
 
@@ -510,3 +509,6 @@ class InjectionDetector(Detector):
     def load_learned(self, state: dict[str, Any]) -> None:
         self._check(state)
         self.profiles.load(state.get("profiles", {}), only_new=True)
+
+
+register(InjectionDetector)

@@ -273,7 +273,6 @@ def anonymous_source(probe: HttpProbe, line: str | None) -> str:
     return "line:" + line if line is not None else "ip:" + ip_text(probe.src_ip)
 
 
-@register
 class InjectionCellDetector(Detector):
     """Group stage: alert ``injection_cell`` when an ISP's lines are confidently forged."""
 
@@ -621,3 +620,6 @@ def _rate(x: Any) -> float | None:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
+
+
+register(InjectionCellDetector)

@@ -73,7 +73,7 @@ from typing import Any
 from pathsentry.config import Server
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
-from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, SessionTable
+from pathsentry.detectors.base import DetectorContext, Enriched, Findings, SessionTable
 from pathsentry.detectors.bounded import AlertBook, remember
 from pathsentry.detectors.physics import KM_PER_MS_RTT, great_circle_km, median
 from pathsentry.detectors.route_saved import check_route_share, check_route_state
@@ -200,8 +200,7 @@ class _Session:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@register
-class RouteDetector(SessionTable, Detector):
+class RouteDetector(SessionTable):
     """Foreign-origin routes behind home-country addresses, with RTT-gated hops."""
 
     name = "route"
@@ -496,3 +495,6 @@ class RouteDetector(SessionTable, Detector):
     def _load_session_row(self, row: list[Any]) -> None:
         key, r = row
         self._put(key, _Session(r["account"], r["route"], r["flag"], dict(r.get("extra") or {})))
+
+
+register(RouteDetector)

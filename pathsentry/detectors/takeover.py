@@ -123,6 +123,11 @@ def _subnet(ip: IPv4Address | IPv6Address | None) -> str | None:
     return str(ip_network(f"{ip}/{24 if ip.version == 4 else 64}", strict=False))
 
 
+#: the history's per-kind maps, by attribute name (a module constant: the compiled
+#: dataclass would take a class attribute for a field)
+_HISTORY_MAPS = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
+
+
 @dataclass(slots=True)
 class _History:
     logins: int = 0
@@ -138,18 +143,17 @@ class _History:
     last_country: str | None = None
     last_device: str | None = None
 
-    _MAPS = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
 
     def row(self) -> dict[str, Any]:
         """A JSON snapshot (``summary`` is for people, this is for restarts)."""
-        return {"logins": self.logins, **{m: list(getattr(self, m).items()) for m in self._MAPS},
+        return {"logins": self.logins, **{m: list(getattr(self, m).items()) for m in _HISTORY_MAPS},
                 "last": [self.last_ts, self.last_lat, self.last_lon, self.last_country,
                          self.last_device]}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> _History:
         h = cls(logins=int(row.get("logins", 0)))
-        for m in cls._MAPS:
+        for m in _HISTORY_MAPS:
             getattr(h, m).update((k, float(t)) for k, t in row.get(m, []))
         h.last_ts, h.last_lat, h.last_lon, h.last_country, h.last_device = row.get("last", [None] * 5)
         return h
@@ -219,7 +223,6 @@ class _DeviceAccounts:
         return len(self.hist) - 1
 
 
-@register
 class TakeoverDetector(Detector):
     """Logins that break their account's own device and place history."""
 
@@ -426,3 +429,6 @@ class TakeoverDetector(Detector):
             detector=self.name, first_seen=datetime.fromtimestamp(first, UTC),
             last_seen=login.ts, version=version + 1,
         )
+
+
+register(TakeoverDetector)

@@ -63,8 +63,7 @@ def _flagged(ev: Enriched) -> bool:
     return isinstance(relay, dict) and relay.get("flagged") is True and ev.allowed is None
 
 
-@register
-class FarmDetector(Grouping, Detector):
+class FarmDetector(Detector, Grouping):
     """Farm groups (alert ``farm_group``) and their members (flag ``farm_member``)."""
 
     name = "farm"
@@ -529,3 +528,6 @@ class FarmDetector(Grouping, Detector):
             p.pool = pool
         self._ev = self._ev_route = None
         self._sort_out_bumped()
+
+
+register(FarmDetector)

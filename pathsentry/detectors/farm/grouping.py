@@ -46,6 +46,8 @@ from collections.abc import Iterable
 from itertools import pairwise
 from typing import ClassVar
 
+from mypy_extensions import trait
+
 from pathsentry.detectors.base import Findings
 from pathsentry.detectors.farm.background import burst_p, expected, no_burst
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
@@ -126,6 +128,8 @@ def _adjacent(serial: int, ms: Iterable[Member]) -> bool:
     """Whether ``serial`` is at most two apart from a serial of ``ms``."""
     return any(x.serial_no is not None and abs(x.serial_no - serial) <= 2 for x in ms)
 
+
+@trait  # a mixin: the compiled build takes it beside its one non-trait base
 class Grouping:
     """The grouping half of :class:`~pathsentry.detectors.farm.detector.FarmDetector`."""
 

@@ -18,7 +18,7 @@ from river import anomaly
 
 from pathsentry.config import AllowEntry, Server
 from pathsentry.detectors import register
-from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.base import DetectorContext, Enriched, Findings
 from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
 from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
@@ -40,8 +40,7 @@ _intern = sys.intern
 _OVERHEAD_SKIPS = frozenset({"gap"})
 
 
-@register
-class LatencyDetector(Snapshots, Evidence, Detector):
+class LatencyDetector(Snapshots, Evidence):
     """Relayed connections from latency physics, baselines and multi-vantage RTTs."""
 
     name = "latency"
@@ -455,3 +454,6 @@ class LatencyDetector(Snapshots, Evidence, Detector):
             alert_id=alert_id, detector=self.name,
         ))
         return out
+
+
+register(LatencyDetector)

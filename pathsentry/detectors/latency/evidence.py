@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mypy_extensions import trait
+
 from pathsentry.config import Server
 from pathsentry.detectors.latency.geometry import DEFAULT_TOLERANCE_MS, KIND_TOLERANCE_MS, PRECISION_SLACK_KM
 from pathsentry.detectors.latency.scoring import DEFAULT_MIN_SPREAD_MS, MIN_SPREAD_MS, Scoring, noisy_or
@@ -41,6 +43,7 @@ class Assessment:
     disks: list[tuple[float, float, float]]
 
 
+@trait  # a mixin: the compiled build takes it beside its one non-trait base
 class Evidence(Scoring):
     """Explanations of :class:`~.scoring.Scoring`'s numbers (mixed into the detector)."""
 

@@ -112,9 +112,12 @@ class QueuedHalfSpaceTrees:
             return
         if self._row is None:
             self._build()
-            assert self._row is not None
+        # read after the branch: inside it the compiled build keeps the attribute narrowed
+        # to None across the call that sets it
+        row_of = self._row
+        assert row_of is not None
         try:
-            row = self._row(x)
+            row = row_of(x)
         except KeyError:  # routed by the current window's masses: learn it now
             self.sync()
             m.learn_one(x)  # type: ignore[no-untyped-call]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import trait
+
 from pathsentry.detectors.latency.baselines import OverheadBook
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
@@ -32,6 +34,7 @@ def clip3(u: float) -> float:
 _INTRINSIC = ("gap", "physics", "vantage")
 
 
+@trait  # a mixin: the compiled build takes it beside its one non-trait base
 class ExitPrefixes:
     """Exit-prefix histories and the two components they give (mixed into scoring)."""
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+from mypy_extensions import trait
+
 from pathsentry.detectors.latency.baselines import (
     Baseline,
     Overhead,
@@ -146,6 +148,7 @@ class GapVerdict:
         self.cold = ""
 
 
+@trait  # a mixin: the compiled build takes it beside its one non-trait base
 class Scoring(ExitPrefixes):
     """Component strengths, history and the combined score (mixed into the detector)."""
 

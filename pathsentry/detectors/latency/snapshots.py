@@ -40,7 +40,7 @@ _intern = sys.intern
 
 
 class Snapshots(SessionTable):
-    """JSON snapshots of the detector's tables and model (mixed into the detector)."""
+    """JSON snapshots of the detector's tables and model (the detector's base class)."""
 
     name: ClassVar[str]
     _model_features: ClassVar[tuple[str, ...]]
