@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pathsentry.config import load_config
-from pathsentry.infra.clickhouse import ALERT_COLUMNS, ChdbClickHouse, ChdbReader, connect
+from pathsentry.infra.clickhouse import ALERT_COLUMNS, ChdbClickHouse, ChdbReader, ClickHouse, connect
 from pathsentry.infra.querypolicy import (
     QueryLimits,
     QueryRefused,
@@ -118,17 +118,22 @@ def _state(ch: ChdbClickHouse) -> list[tuple[object, ...]]:
                     read_only=False)[1]
 
 
-def test_every_attack_is_refused_and_changes_nothing(ch: ChdbClickHouse, tmp_path: Path) -> None:
-    before = _state(ch)
-    tables = ch.query("SHOW TABLES FROM pathsentry", read_only=False)[1]
+def not_refused(ch: ClickHouse, tmp: Path) -> list[str]:
+    """The attacks (:func:`attacks`) that ``ch`` ran as analyst SQL instead of refusing."""
     passed = []
-    for sql in attacks(tmp_path):
+    for sql in attacks(tmp):
         try:
             ch.query(sql)
         except QueryRefused:
             continue
         passed.append(sql)
-    assert passed == []
+    return passed
+
+
+def test_every_attack_is_refused_and_changes_nothing(ch: ChdbClickHouse, tmp_path: Path) -> None:
+    before = _state(ch)
+    tables = ch.query("SHOW TABLES FROM pathsentry", read_only=False)[1]
+    assert not_refused(ch, tmp_path) == []
     assert _state(ch) == before == [("a-real", 3, "farm_group")]
     assert ch.query("SHOW TABLES FROM pathsentry", read_only=False)[1] == tables
     assert not any(tmp_path.glob("out*.txt"))

@@ -32,6 +32,7 @@ from pathsentry.streams.state import (
     manifest_key,
 )
 from tests.faults.support import (
+    WorkerProcess,
     ensure_topics,
     produce,
     recent_world,
@@ -161,26 +162,7 @@ def test_worker_given_poisoned_state_keeps_running(tmp_path: Path, embedded_brok
         snapshot.write_bytes(b'{"latency": {"baselines": ')  # truncated
 
         worker.start(timeout=90)
-        want = {"group_state_refused": 2, "session_state_refused": 2, "learned_state_refused": 1,
-                "snapshot_state_refused": 1}
-
-        def refused() -> dict[str, int]:
-            st = worker.stats()
-            return {k: st.get(k) for k in want}
-
-        def counted() -> bool:
-            assert worker.alive, "worker died:\n" + worker.log_tail()
-            return refused() == want
-
-        wait_for(counted, 90, "every poisoned state refused and counted",
-                 on_timeout=lambda: f"{refused()}\n{worker.log_tail()}")
-        with urllib.request.urlopen(worker.base + "/metrics", timeout=10) as r:
-            metrics = r.read().decode()
-        for key, n in want.items():
-            assert f'pathsentry_{key}_total{{worker="worker-1"}} {float(n)}' in metrics, key
-        st = worker.stats()
-        assert st["group_state_restored"] == [] and st["session_state_restored"] == []
-        assert not st["learned_state_loaded"]
+        _expect_refused(worker, snapshot=1, what="every poisoned state refused and counted")
 
         # forged group-stage envelopes: a note no detector writes, a clock out of range, a
         # route to a detector that does not exist
@@ -236,26 +218,7 @@ def test_worker_refuses_well_formed_but_hostile_detector_state(tmp_path: Path,
         asyncio.run(_send_state(worker.bootstrap, topics.state, poison))
 
         worker.start(timeout=90)
-        want = {"group_state_refused": 2, "session_state_refused": 2, "learned_state_refused": 1,
-                "snapshot_state_refused": 0}
-
-        def refused() -> dict[str, int]:
-            st = worker.stats()
-            return {k: st.get(k) for k in want}
-
-        def counted() -> bool:
-            assert worker.alive, "worker died:\n" + worker.log_tail()
-            return refused() == want
-
-        wait_for(counted, 90, "every hostile detector state refused and counted",
-                 on_timeout=lambda: f"{refused()}\n{worker.log_tail()}")
-        with urllib.request.urlopen(worker.base + "/metrics", timeout=10) as r:
-            metrics = r.read().decode()
-        for key, n in want.items():
-            assert f'pathsentry_{key}_total{{worker="worker-1"}} {float(n)}' in metrics, key
-        st = worker.stats()
-        assert st["group_state_restored"] == [] and st["session_state_restored"] == []
-        assert not st["learned_state_loaded"]
+        _expect_refused(worker, snapshot=0, what="every hostile detector state refused and counted")
 
         events = sim_events(spec, 1500)
         produce(worker.bootstrap, route_events(events, topics))
@@ -268,3 +231,28 @@ def test_worker_refuses_well_formed_but_hostile_detector_state(tmp_path: Path,
             assert why in log, why
         assert log.count("StateInvalid") >= 4
         assert worker.stop(timeout=60) == 0
+
+
+def _expect_refused(worker: WorkerProcess, *, snapshot: int, what: str) -> None:
+    """The worker refused and counted two group saves, two session saves, the learned
+    state and ``snapshot`` snapshot files (in /stats and /metrics), stays alive, and
+    started every partition empty."""
+    want = {"group_state_refused": 2, "session_state_refused": 2, "learned_state_refused": 1,
+            "snapshot_state_refused": snapshot}
+
+    def refused() -> dict[str, int]:
+        st = worker.stats()
+        return {k: st.get(k) for k in want}
+
+    def counted() -> bool:
+        assert worker.alive, "worker died:\n" + worker.log_tail()
+        return refused() == want
+
+    wait_for(counted, 90, what, on_timeout=lambda: f"{refused()}\n{worker.log_tail()}")
+    with urllib.request.urlopen(worker.base + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    for key, n in want.items():
+        assert f'pathsentry_{key}_total{{worker="worker-1"}} {float(n)}' in metrics, key
+    st = worker.stats()
+    assert st["group_state_restored"] == [] and st["session_state_restored"] == []
+    assert not st["learned_state_loaded"]
