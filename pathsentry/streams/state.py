@@ -34,7 +34,8 @@ True
 Everything read back is refused unless it has the shape a save writes
 (:class:`StateRefused`, the reason in its message): the manifest and the state document
 are typed models (:class:`Manifest`, :class:`SavedState`) with no unknown field and every
-number in range (an event clock past :data:`MAX_TS` is refused), the chunks' total and the
+number in range (a save time or event clock more than a day past the reader's wall clock
+is refused), the chunks' total and the
 inflated size are bounded (:data:`MAX_STATE_BYTES`; a small chunk that would inflate past
 it is refused without inflating it all). What detectors make of their own part is theirs.
 
@@ -57,7 +58,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pathsentry.detectors.saved import StateInvalid, check_ts
+from pathsentry.detectors.saved import Ts
 from pathsentry.streams.signing import Signer
 
 __all__ = [
@@ -124,7 +125,7 @@ class Manifest(BaseModel):
     chunks: int = Field(ge=1, le=MAX_STATE_BYTES // (64 << 10))
     bytes: int = Field(ge=0, le=MAX_STATE_BYTES)
     worker: str = Field(max_length=200)
-    saved_at: float = Field(ge=0, le=MAX_TS, allow_inf_nan=False)
+    saved_at: Ts
     ts: float | None = Field(default=None, ge=0, le=MAX_TS, allow_inf_nan=False)
 
 
@@ -135,8 +136,8 @@ class SavedState(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ts: float | None = Field(default=None, ge=0, le=MAX_TS, allow_inf_nan=False)
-    saved_at: float | None = Field(default=None, ge=0, le=MAX_TS, allow_inf_nan=False)
+    ts: Ts | None = None
+    saved_at: Ts | None = None
     worker: str | None = Field(default=None, max_length=200)
     detectors: dict[str, Any] = Field(default_factory=dict)
 
@@ -207,16 +208,9 @@ def decode_state(records: dict[bytes, bytes | None], partition: int,
     except orjson.JSONDecodeError:
         raise StateRefused(f"state {kind}:{partition} is not JSON") from None
     try:
-        saved = SavedState.model_validate(doc)
+        SavedState.model_validate(doc)
     except ValidationError as e:
         raise StateRefused(f"state {kind}:{partition} refused: {_first_error(e)}") from None
-    try:  # no clock of a save past the reader's wall clock (and a day of skew)
-        for name, v in (("saved_at", manifest.saved_at), ("document saved_at", saved.saved_at),
-                        ("ts", saved.ts)):
-            if v is not None:
-                check_ts(v, name)
-    except StateInvalid as e:
-        raise StateRefused(f"state {kind}:{partition} refused: {e}") from None
     state: dict[str, Any] = doc
     return state
 
