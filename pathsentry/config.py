@@ -161,6 +161,14 @@ class WorkerConfig(BaseModel):
     learned_save_burst_events: int = Field(default=100_000, ge=1)
     #: ...but never within this many seconds of the last one (bounds the cost on the loop)
     learned_save_min_gap_s: float = Field(default=5.0, ge=0)
+    #: those periodic saves (snapshot file and ``l:0``) are built, serialised and
+    #: compressed in a forked child process, a copy-on-write image of the worker at the
+    #: save's instant, while the event loop goes on; false (or no ``os.fork``, or too
+    #: little free memory for the child): on the event loop, which stalls every event
+    save_in_child: bool = True
+    #: ...a child still running after this many seconds is killed (the save is counted as
+    #: failed; the next one forks again)
+    save_child_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class Config(BaseModel):

@@ -12,7 +12,8 @@ Phases (one broker, one simulated event mix):
    to the last detection;
 5. **latency**: the bench then offers fresh events at a fixed rate and reads the
    worker's produce-to-flag latency (Kafka create time to flag stored in
-   ClickHouse) for events produced during the phase, and the worker's peak RSS.
+   ClickHouse) for events produced during the phase, the worker's peak RSS, and the
+   cost of its last periodic save (:data:`SAVE_STATS`).
 
 Phases 4 and 5 also report the CPU time the worker and the broker used (all their
 threads): the broker shares the machine with the worker here, not in production.
@@ -42,6 +43,11 @@ from pathsentry.infra.broker import EmbeddedBroker, create_topics, free_port
 __all__ = ["BenchResult", "bench_world", "format_result", "run_bench", "world_payloads"]
 
 Record = tuple[str, bytes, bytes]
+
+#: the worker's /stats keys on its last periodic session-stage save that the bench reports
+SAVE_STATS = ("snapshot_serialise_ms", "snapshot_bytes", "learned_state_save_ms",
+              "learned_state_save_bytes", "save_loop_ms", "save_fork_ms", "save_child_private_mib",
+              "save_child_peak_rss_mib", "save_child_saves", "save_child_failures")
 
 
 @dataclass
@@ -77,6 +83,8 @@ class BenchResult:
     latency_cpu_cores: tuple[float, float] = (0.0, 0.0)
     #: the worker's garbage-collector pauses during the latency phase, per generation
     gc_pauses: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the worker's last periodic session-stage save, from its /stats (``SAVE_STATS``)
+    saves: dict[str, float] = field(default_factory=dict)
     flagged: int = 0
     alerts: int = 0
     state_accounts: int = 0
@@ -360,6 +368,7 @@ def run_bench(
                     k: (v["p50"], v["p99"]) for k, v in st.get("produce_to_stage_ms", {}).items()}
                 res.flagged, res.alerts = st["flagged"], st["alerts"]
                 res.gc_pauses = st.get("gc_pauses", {})
+                res.saves = {k: st[k] for k in SAVE_STATS if k in st}
                 res.worker_peak_rss_mb = _peak_rss_mb(proc.pid)
                 log(f"[bench] produce-to-flag p50 {lat['p50']} ms, p99 {lat['p99']} ms "
                     f"over {lat['n']} flags; worker peak RSS {res.worker_peak_rss_mb:.0f} MiB")
@@ -433,6 +442,8 @@ def format_result(r: BenchResult) -> str:
         ("CPU during the latency phase: worker / broker",
          f"{r.latency_cpu_cores[0]:>5} / {r.latency_cpu_cores[1]} cores"),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
+        ("last session-stage save (/stats)", ""),
+        *((f"  {k}", f"{v!s:>12}") for k, v in r.saves.items()),
         ("flagged / alerts", f"{r.flagged:>7,} / {r.alerts:,}"),
     ]
     if r.state_accounts:

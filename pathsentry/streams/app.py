@@ -297,16 +297,13 @@ def create_app(
         if why is None or pipe.producer is None:
             return
         learned_policy.saved(time.monotonic(), events, why)
-        try:
-            t0 = time.perf_counter()
-            data = pipe.snapshot_bytes()
-            pipe.snapshot_save_ms = (time.perf_counter() - t0) * 1000  # on the event loop
-            pipe.snapshot_save_bytes = len(data)
-            await asyncio.get_running_loop().run_in_executor(None, pipe.write_snapshot, data)
+        try:  # the snapshot file and l:0 of one instant, built off the loop when it can be
+            built = await pipe.save_session_stage()
         except Exception:
             log.exception("detector state snapshot failed")
-        if pipe.accepting():
-            await _save_learned(why)
+            return
+        if built is not None and pipe.accepting():
+            await _save("learned state", why, lambda: pipe.save_learned(built))
 
     add_pages(app, pipe, web_access)
 

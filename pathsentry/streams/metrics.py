@@ -111,8 +111,14 @@ _GAUGES: dict[str, str] = {
     "learned_state_loaded": "1 when the learned state was loaded from the state topic",
     "learned_state_save_ms": "duration of the last learned-state save to the state topic (ms)",
     "learned_state_save_bytes": "size of the last learned-state save, compressed (bytes)",
-    "snapshot_serialise_ms": "event-loop time of the last snapshot file's serialisation (ms)",
+    "snapshot_serialise_ms": "build and serialisation time of the last snapshot file (ms; in the "
+                             "save's child process unless it ran on the event loop)",
     "snapshot_bytes": "size of the last snapshot file (bytes)",
+    "save_loop_ms": "event-loop time of the last periodic session-stage save (ms: the fork, or "
+                    "the whole build when it ran on the loop)",
+    "save_fork_ms": "time the event loop spent forking the last save's child process (ms)",
+    "save_child_private_mib": "private (copied or new) memory of the last save's child at its end (MiB)",
+    "save_child_peak_rss_mib": "peak resident memory of the last save's child, shared pages included (MiB)",
 }
 #: ... and as ``pathsentry_<key>_total`` (counts that only grow).
 _GAUGE_COUNTERS: dict[str, str] = {
@@ -125,6 +131,8 @@ _GAUGE_COUNTERS: dict[str, str] = {
     "session_state_loads": "loads of session partition states from the state topic",
     "session_state_load_failures": "loads of session partition states that failed (started empty)",
     "learned_state_saves": "learned-state saves to the state topic",
+    "save_child_saves": "periodic session-stage saves built in a child process",
+    "save_child_failures": "save child processes that failed, were killed or timed out (nothing published)",
     "learned_state_load_failures": "loads of the learned state that failed",
     "group_state_refused": "saved group partition states refused (malformed or hostile; started empty)",
     "session_state_refused": "saved session partition states refused (malformed or hostile; started empty)",

@@ -12,6 +12,24 @@ app's revoke and stop handlers and its timers do, the learned state's with
 or send anything but state: the stages and the outputs are in
 :mod:`pathsentry.streams.pipeline`, the state topic's format in
 :mod:`pathsentry.streams.state`.
+
+The periodic save of the session stage (:meth:`StatePersistence.save_session_stage`:
+the snapshot file, then ``l:0``) is the large one: building the two documents is
+Python code over every baseline and session (hundreds of ms at 10,000 accounts),
+and serialising them is ``orjson``, which holds the GIL. Done on the event loop it
+stalled every event behind it for about a second, which set the p99. It is
+therefore built in a forked child (:mod:`pathsentry.streams.forksave`): the fork
+is the save's instant, so both documents are of one state, exactly as the loop would
+have built them there (the tests compare the bytes), and the loop only forks, renames
+the child's file and publishes the child's compressed ``l:0`` bytes. Measured
+alternatives: moving ``orjson`` and ``zlib`` to a thread does not help (``zlib``
+releases the GIL, ``orjson`` does not, and the build is Python), and a build in
+slices with yields between them would mix states of different instants under one
+event clock. A failed child leaves the previous snapshot file and publishes nothing
+(the next save forks again); with ``[worker] save_in_child = false``, without
+``os.fork``, or when memory is short, the save runs on the loop as before. The
+saves at a revoke and at shutdown stay on the loop: the partitions' next owners
+wait for them anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +39,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +48,29 @@ import orjson
 from pathsentry.config import Config
 from pathsentry.engine import Engine, GroupStage
 from pathsentry.streams.envelopes import partition_for
+from pathsentry.streams.forksave import ForkSaver
 from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, client_kwargs
 from pathsentry.streams.signing import Signer
-from pathsentry.streams.state import MAX_STATE_BYTES, StateRefused, StateStore
+from pathsentry.streams.state import MAX_STATE_BYTES, StateRefused, StateStore, compress_state
 from pathsentry.streams.topics import Topics
 
-__all__ = ["StatePersistence", "session_handover"]
+__all__ = ["LearnedSave", "StatePersistence", "session_handover"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LearnedSave:
+    """An ``l:0`` save built at one instant, not yet published."""
+
+    #: the compressed document (:func:`~pathsentry.streams.state.compress_state`); None:
+    #: nothing learned yet, nothing to publish
+    data: bytes | None
+    #: the session stage's event clock and the wall time at that instant
+    ts: float
+    saved_at: float
+    #: time its build, serialisation and compression took (ms)
+    build_ms: float
 
 
 class StatePersistence:
@@ -87,6 +121,15 @@ class StatePersistence:
         self.learned_save_bytes = 0
         #: wall time of the last ``l:0`` save this worker made (0: none)
         self.learned_saved_at = 0.0
+        #: builds the periodic saves in a forked child (``[worker] save_in_child``)
+        self.fork_saver = ForkSaver(self.config.worker.save_child_timeout_s,
+                                    enabled=self.config.worker.save_in_child)
+        self._save_seq = 0
+        #: the event loop's share of the last periodic save (the fork, or the whole build
+        #: and serialisation when it ran on the loop), the fork's alone, and the child's memory
+        self.save_loop_ms = 0.0
+        self.save_fork_ms = 0.0
+        self.save_child_memory: dict[str, float] = {}
 
     def load_snapshot(self) -> None:
         """Restore the session stage's detectors from this worker's last snapshot (the
@@ -151,6 +194,83 @@ class StatePersistence:
 
     def save_snapshot(self) -> None:
         self.write_snapshot(self.snapshot_bytes())
+
+    def learned_document(self, saved_at: float) -> dict[str, Any] | None:
+        """The ``l:0`` document of what the session stage learned (None: nothing yet)."""
+        state = self.engine.learned_state()
+        if not state:
+            return None
+        return {"saved_at": saved_at, "ts": self.engine.session_ts, "worker": self.worker_id,
+                "detectors": state}
+
+    async def save_session_stage(self) -> LearnedSave | None:
+        """The periodic save of the session stage: write its snapshot file and build its
+        ``l:0`` save (:meth:`save_learned` publishes it), both of the state at this
+        instant. In a forked child (:mod:`pathsentry.streams.forksave`) unless
+        ``[worker] save_in_child`` is off, fork is missing or memory is short: then on
+        the loop. None when the save failed (logged and counted; nothing is published
+        and the snapshot file stays the previous one)."""
+        saved_at, ts = time.time(), self.engine.session_ts
+        if not (self.fork_saver.available and self.fork_saver.fits()):
+            return await self._save_session_stage_here(saved_at, ts)
+        self._save_seq += 1
+        base = self.state_path.parent / f".{self.state_path.stem}.save-{self._save_seq}"
+        snap_tmp, learned_tmp = base.with_suffix(".json.tmp"), base.with_suffix(".l0.tmp")
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            res = await self.fork_saver.run(lambda: self._build_in_child(snap_tmp, learned_tmp, saved_at))
+            self.save_fork_ms, self.save_loop_ms = res.fork_ms, res.fork_ms
+            self.save_child_memory = dict(res.report.get("memory", {}),
+                                          parent_rss_mib=round(res.parent_rss_mib, 1))
+            if not res.ok:
+                return None
+            self.snapshot_save_ms = float(res.report["snapshot_ms"])
+            self.snapshot_save_bytes = int(res.report["snapshot_bytes"])
+            os.replace(snap_tmp, self.state_path)
+            if not res.report["learned_bytes"]:
+                return LearnedSave(None, ts, saved_at, 0.0)
+            data = await asyncio.get_running_loop().run_in_executor(None, learned_tmp.read_bytes)
+            return LearnedSave(data, ts, saved_at, float(res.report["learned_ms"]))
+        finally:
+            for tmp in (snap_tmp, learned_tmp):
+                tmp.unlink(missing_ok=True)
+
+    def _build_in_child(self, snap_tmp: Path, learned_tmp: Path, saved_at: float) -> dict[str, Any]:
+        """The save's work in the child (pure Python state and files only): the
+        snapshot file's bytes, then the compressed ``l:0`` document, each to its file."""
+        t0 = time.perf_counter()
+        data = self.snapshot_bytes()
+        snap_tmp.write_bytes(data)
+        t1 = time.perf_counter()
+        doc = self.learned_document(saved_at)
+        blob = compress_state(doc) if doc is not None else b""
+        learned_tmp.write_bytes(blob)
+        return {"snapshot_ms": (t1 - t0) * 1000, "snapshot_bytes": len(data),
+                "learned_ms": (time.perf_counter() - t1) * 1000, "learned_bytes": len(blob)}
+
+    async def _save_session_stage_here(self, saved_at: float, ts: float) -> LearnedSave | None:
+        """:meth:`save_session_stage` on the event loop (only the file write and the
+        compression are in a thread)."""
+        loop = asyncio.get_running_loop()
+        self.save_fork_ms = 0.0
+        try:
+            t0 = time.perf_counter()
+            data = self.snapshot_bytes()
+            self.snapshot_save_ms = (time.perf_counter() - t0) * 1000
+            self.snapshot_save_bytes = len(data)
+            await loop.run_in_executor(None, self.write_snapshot, data)
+        except Exception:
+            log.exception("detector state snapshot failed")
+            return None
+        t1 = time.perf_counter()
+        doc = self.learned_document(saved_at)
+        built_ms = (time.perf_counter() - t1) * 1000
+        self.save_loop_ms = self.snapshot_save_ms + built_ms
+        if doc is None:
+            return LearnedSave(None, ts, saved_at, 0.0)
+        t2 = time.perf_counter()
+        blob = await loop.run_in_executor(None, compress_state, doc)
+        return LearnedSave(blob, ts, saved_at, built_ms + (time.perf_counter() - t2) * 1000)
 
     # -- group partitions' state ----------------------------------------------------
 
@@ -258,26 +378,43 @@ class StatePersistence:
             log.info("session stage warm-started from the state %s saved (%.0f ms)",
                      saved.get("worker", "?"), (time.perf_counter() - t0) * 1000)
 
-    async def save_learned(self) -> None:
+    async def save_learned(self, built: LearnedSave | None = None) -> None:
         """Save what the session stage learned (``l:0`` of the state topic) for the next
-        worker that starts without a snapshot."""
+        worker that starts without a snapshot: ``built`` by :meth:`save_session_stage`,
+        else built now on the loop."""
         t0 = time.perf_counter()
-        state = self.engine.learned_state()
-        if state:
+        if built is None:
             now = time.time()
-            self.learned_save_bytes = await _save_states(self.learned_store, {0: {
-                "saved_at": now, "ts": self.engine.session_ts, "worker": self.worker_id,
-                "detectors": state}}, "learned state, partition")
-            self.learned_save_ms = (time.perf_counter() - t0) * 1000
-            self.learned_saved_at = now
+            doc = self.learned_document(now)
+            if doc is not None:
+                self.learned_save_bytes = await _save_states(self.learned_store, {0: doc},
+                                                             "learned state, partition")
+                self.learned_save_ms = (time.perf_counter() - t0) * 1000
+                self.learned_saved_at = now
+            return
+        if built.data is None:
+            return
+        size = await self.learned_store.save_compressed(0, built.data, built.ts)
+        log.info("learned state, partition [0]: state saved (%d KiB) in %.0f ms (built in %.0f ms)",
+                 size >> 10, (time.perf_counter() - t0) * 1000, built.build_ms)
+        self.learned_save_bytes = size
+        self.learned_save_ms = built.build_ms + (time.perf_counter() - t0) * 1000
+        self.learned_saved_at = built.saved_at
 
     def learned_save_stats(self) -> dict[str, float]:
         """The cost of the last saves of what the session stage learned (/stats)."""
+        mem = self.save_child_memory
         return {"learned_state_save_ms": round(self.learned_save_ms, 1),
                 "learned_state_save_bytes": self.learned_save_bytes,
                 "learned_state_saved_at": round(self.learned_saved_at, 3),
                 "snapshot_serialise_ms": round(self.snapshot_save_ms, 1),
-                "snapshot_bytes": self.snapshot_save_bytes}
+                "snapshot_bytes": self.snapshot_save_bytes,
+                "save_loop_ms": round(self.save_loop_ms, 1),
+                "save_fork_ms": round(self.save_fork_ms, 1),
+                "save_child_private_mib": mem.get("private_mib", 0.0),
+                "save_child_peak_rss_mib": mem.get("peak_rss_mib", 0.0),
+                "save_child_saves": self.fork_saver.saves,
+                "save_child_failures": self.fork_saver.failures}
 
     async def save_sessions(self, partitions: Iterable[int]) -> None:
         """Save the sessions in progress of these owned session partitions to the state topic."""

@@ -69,7 +69,9 @@ __all__ = [
     "SavedState",
     "StateRefused",
     "StateStore",
+    "compress_state",
     "decode_state",
+    "encode_compressed",
     "encode_state",
     "manifest_key",
 ]
@@ -99,14 +101,28 @@ def _chunk_key(partition: int, epoch: str, i: int, kind: str) -> bytes:
     return b"%s:%d:%s:%d" % (kind.encode(), partition, epoch.encode(), i)
 
 
+def compress_state(state: dict[str, Any]) -> bytes:
+    """The compressed JSON of one state document, as its chunks carry it (built where the
+    state is read: on the loop, or in a save's child process)."""
+    return zlib.compress(orjson.dumps(state, default=str), 1)
+
+
 def encode_state(partition: int, state: dict[str, Any], epoch: str, *,
                  chunk_bytes: int = CHUNK_BYTES, worker: str = "",
                  kind: str = "g") -> list[tuple[bytes, bytes]]:
     """The records of one save, in the order they must be written (manifest last)."""
-    data = zlib.compress(orjson.dumps(state, default=str), 1)
+    return encode_compressed(partition, compress_state(state), state.get("ts"), epoch,
+                             chunk_bytes=chunk_bytes, worker=worker, kind=kind)
+
+
+def encode_compressed(partition: int, data: bytes, ts: float | None, epoch: str, *,
+                      chunk_bytes: int = CHUNK_BYTES, worker: str = "",
+                      kind: str = "g") -> list[tuple[bytes, bytes]]:
+    """The records of one save of an already compressed state (:func:`compress_state`)
+    whose event clock is ``ts``."""
     chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
     manifest = {"epoch": epoch, "chunks": len(chunks), "bytes": len(data), "worker": worker,
-                "saved_at": time.time(), "ts": state.get("ts")}
+                "saved_at": time.time(), "ts": ts}
     recs = [(_chunk_key(partition, epoch, i, kind), c) for i, c in enumerate(chunks)]
     recs.append((manifest_key(partition, kind), orjson.dumps(manifest)))
     return recs
@@ -249,11 +265,16 @@ class StateStore:
     async def save(self, partition: int, state: dict[str, Any]) -> int:
         """Write ``state`` as the newest state of ``partition``; return its size in bytes
         once every record is acknowledged."""
+        data = await asyncio.get_running_loop().run_in_executor(None, compress_state, state)
+        return await self.save_compressed(partition, data, state.get("ts"))
+
+    async def save_compressed(self, partition: int, data: bytes, ts: float | None) -> int:
+        """Write a state already compressed (:func:`compress_state`; its event clock
+        ``ts``) as the newest state of ``partition``; its size once acknowledged."""
         self._seq += 1
         epoch = f"{self.worker}-{time.time_ns()}-{self._seq}"
-        recs = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: encode_state(partition, state, epoch, worker=self.worker, kind=self.kind))
-        *chunks, manifest = recs
+        *chunks, manifest = encode_compressed(partition, data, ts, epoch, worker=self.worker,
+                                              kind=self.kind)
         sign = self.signer.sign
         for fut in [await self._send(partition, k, v, sign(b"state", k, v)) for k, v in chunks]:
             await fut
