@@ -29,6 +29,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(eng.as_dict(), indent=2) if args.json else format_engine(eng))
         return 0 if eng.same_findings else 1
 
+    if args.saves_only:
+        from pathsentry.bench.run import bench_world, world_payloads
+        from pathsentry.bench.saves import format_saves, measure_saves
+
+        config = bench_world(args.accounts, args.seed, args.workdir)
+        sav = measure_saves(world_payloads(args.events, args.accounts, args.seed), config,
+                            rounds=args.rounds, workdir=args.workdir)
+        print(json.dumps(sav.as_dict(), indent=2) if args.json else format_saves(sav))
+        return 0 if all(r["ok"] for rs in sav.rounds.values() for r in rs) else 1
+
     res = run_bench(
         args.events, accounts=args.accounts, seed=args.seed, partitions=args.partitions,
         rate=args.rate, latency_seconds=args.latency_seconds, workdir=args.workdir,
@@ -59,5 +69,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="only time decoding (parse_event and the compiled decoder) in this process")
     p.add_argument("--engine-only", action="store_true",
                    help="only time validation and the engine, pure and compiled, each in its own process")
-    p.add_argument("--rounds", type=int, default=2, help="--engine-only: runs of each engine")
+    p.add_argument("--saves-only", action="store_true",
+                   help="only time the periodic session-stage save, on the event loop and in a "
+                        "forked child, and the loop's longest stall during each")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="--engine-only: runs of each engine; --saves-only: saves of each way")
     p.set_defaults(func=cmd_bench)

@@ -24,8 +24,9 @@ the fork stays locked there; ``work`` must therefore touch only pure Python stat
 files (no Kafka client, no chDB, no logging). The child resets the signals the
 worker handles (a ``SIGTERM`` to the process group ends it instead of reaching the
 parent's loop through the inherited wakeup fd), turns off the garbage collector (a
-collection would touch, and so copy, every tracked object) and leaves with
-``os._exit`` (no ``atexit``, no buffered output flushed twice).
+collection would touch, and so copy, every tracked object), lowers its scheduling
+priority (:data:`CHILD_NICE`: on cores it shares with the worker, the worker goes first)
+and leaves with ``os._exit`` (no ``atexit``, no buffered output flushed twice).
 
 Memory is accounted honestly: the child reports its private (copied or new) memory
 just before it exits, when what it built is still alive (``Private_Dirty`` +
@@ -59,6 +60,10 @@ import orjson
 __all__ = ["ChildResult", "ForkSaver", "available_mib", "rss_mib"]
 
 log = logging.getLogger(__name__)
+
+#: The child's scheduling niceness: a save is not urgent, the worker's own threads (and
+#: the broker beside it) are, on the cores they share.
+CHILD_NICE = 10
 
 
 @dataclass
@@ -171,6 +176,8 @@ def _child_main(work: Callable[[], dict[str, Any]], w: int) -> None:  # pragma: 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         gc.disable()
+        with contextlib.suppress(OSError):
+            os.nice(CHILD_NICE)
         report = dict(work())
         report["memory"] = _memory()
         payload = orjson.dumps({"ok": True, "report": report}, default=str)

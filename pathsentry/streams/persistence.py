@@ -211,7 +211,11 @@ class StatePersistence:
         the loop. None when the save failed (logged and counted; nothing is published
         and the snapshot file stays the previous one)."""
         saved_at, ts = time.time(), self.engine.session_ts
-        if not (self.fork_saver.available and self.fork_saver.fits()):
+        if not self.fork_saver.available:
+            return await self._save_session_stage_here(saved_at, ts)
+        if not self.fork_saver.fits():
+            log.warning("too little free memory for a save child: the session stage is saved "
+                        "on the event loop")
             return await self._save_session_stage_here(saved_at, ts)
         self._save_seq += 1
         base = self.state_path.parent / f".{self.state_path.stem}.save-{self._save_seq}"
