@@ -65,3 +65,22 @@ def test_engine_measure_runs_the_engine_in_its_own_process(tmp_path: object) -> 
     r = BenchResult(events=1000, partitions=4, engine_pure_us=(40.0, 44.5), engine_compiled_us=(30.0, 30.0))
     assert re.search(r"engine pure / compiled \(best-worst\) +40\.0-44\.5 / 30\.0 µs per event, "
                      r"findings identical", format_result(r))
+
+
+def test_save_measure_saves_the_same_state_on_the_loop_and_in_a_child(tmp_path: object) -> None:
+    """Both ways save the same snapshot of the same state; the child's way reports its
+    fork and its memory (what the loop's longest stall is, is the run's to say)."""
+    from pathlib import Path
+
+    from pathsentry.bench.run import bench_world, world_payloads
+    from pathsentry.bench.saves import format_saves, measure_saves
+
+    config = bench_world(300, 7, str(tmp_path))
+    fig = measure_saves(world_payloads(3000, 300, 7), config, rounds=1, workdir=str(Path(str(tmp_path))))
+    (on_loop,), (child,) = fig.rounds["loop"], fig.rounds["child"]
+    assert on_loop["ok"] and child["ok"]
+    assert on_loop["snapshot_bytes"] == child["snapshot_bytes"] > 0
+    assert on_loop["learned_bytes"] > 0 and child["learned_bytes"] > 0
+    assert child["save_fork_ms"] > 0 and child["save_child_private_mib"] > 0
+    assert "save_fork_ms" not in on_loop
+    assert re.search(r"child: loop stalled +[\d.]+ ms .*fork [\d.]+ ms, child private", format_saves(fig))

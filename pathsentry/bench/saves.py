@@ -81,6 +81,7 @@ def measure_saves(payloads: list[bytes], config_path: Path, rounds: int = 2,
     root = Path(workdir or tempfile.mkdtemp(prefix="pathsentry-saves-"))
     config = load_config(config_path, env={"PATHSENTRY_DATA_DIR": str(root / "var")})
     engine = Engine(config)
+    collecting = gc.isenabled()
     gc.disable()
     for raw in payloads:
         engine.session_stage(parse_event(raw))
@@ -97,6 +98,9 @@ def measure_saves(payloads: list[bytes], config_path: Path, rounds: int = 2,
         return out
     finally:
         ch.close()
+        gc.unfreeze()
+        if collecting:
+            gc.enable()
 
 
 def format_saves(f: SaveFigures) -> str:
