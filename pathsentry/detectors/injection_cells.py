@@ -21,12 +21,14 @@ distinct sources got forged answers on its port(s) (all the hours with a forged 
 when the box's forgeries are too thin for any hour to have that many: the cell was
 judged on its ``min_suspect_clients`` sources already).
 
-A cell is *confidently bad* when
+A cell is *bad* when
 
 - it holds at least ``min_probes`` plaintext probes, and suspect ones from at least
-  ``min_suspect_clients`` distinct sources (the account of a client report, else the
+  ``min_suspected_sources`` distinct sources (the account of a client report, else the
   address; an address from which an account reported a forged answer counts as that
-  account: the same subscriber, not another witness): see *Framing* below;
+  account: the same subscriber, not another witness); it is *confirmed* from
+  ``min_suspect_clients`` sources, or with ``min_sensor_witnesses`` among them, and
+  *suspected* otherwise: see *Framing* below;
 - the Wilson lower bound of its suspect rate reaches ``min_rate`` (an optional floor,
   0 by default: an ISP that forges one answer in a thousand is still forging, and the
   contrasts below, not a share, tell a forging box from noise);
@@ -65,14 +67,28 @@ address becomes an account's once it reports a forged answer from it, so the sam
 subscriber's reports without an account, or a sensor's, are not more witnesses).
 ``min_suspect_clients`` is therefore the number of colluders an ISP is protected
 against, plus one: the default 5 means up to four colluding accounts, each with any
-number of its own addresses, name nobody, however many probes they send (the issue
-raised with two; the tests frame with two and three). An injector whose forged answers
-reached fewer than that many sources cannot be told from framing by any rule that
-resists it: ``pathsentry evaluate`` reports such injectors apart (named / nameable /
-all). Reports without an account from addresses no account used are counted by
-address; where anyone can send them (a launcher's anonymous line check),
-``anonymous_sources = "line"`` makes each vouch for its /24 only, at the cost of the
-many genuine victims that share a line.
+number of its own addresses, confirm nothing, however many probes they send.
+
+Fewer sources are told apart by what no account writes: a **sensor witness**, a forged
+answer that the operator's passive sensor (or an edge), not a client, saw on an
+address (with ``anonymous_sources = "line"``: a line) from which no account reported a
+forged answer. The sensor saw the packets (their TTLs, a sequence race) itself, on a
+line the colluders' accounts never reported from; a colluder's own lines are his
+account's and witness nothing (to make one, he must run a forging box on the path of
+another line, one his account never reports from: packets, not a report). A cell whose
+``min_suspected_sources`` (3) or more sources hold ``min_sensor_witnesses`` (1) such
+witnesses is confirmed. Without one it is only *suspected*: an alert of severity
+``low``, ``evidence.level = "suspected"``, whose summary gives its count of sources
+and says it could be collusion; it rises to confirmed (same alert, next version) when
+a fifth source or a witness arrives, and a confirmed alert stays confirmed. So two
+colluding accounts raise nothing, three or four at most a suspected alert (the tests
+frame with two and three, with their own sensor reports). An injector whose forged
+answers reached fewer than three sources cannot be told from two colluders:
+``pathsentry evaluate`` reports injectors named, named at the confirmed level and
+*nameable* (five sources or more) apart. Reports without an account from addresses no
+account used are counted by address; where anyone can send them (a launcher's
+anonymous line check), ``anonymous_sources = "line"`` makes each vouch for its /24
+only, at the cost of the many genuine victims that share a line.
 
 Cells are re-judged whenever their plaintext or TLS counts move. A cell dropped from
 state (idle longer than ``idle_ttl_s``, or beyond ``max_cells``) is no longer bad, and

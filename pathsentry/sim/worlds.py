@@ -164,7 +164,8 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
         "cells": {"planted": cells["positives"], "found": cells["positives"] - cells["fn"],
                   "alerts": cells["flagged"], "right": cells["tp"],
                   "nameable": {**{k: cells["nameable"][k] for k in ("planted", "found")},
-                               "min_sources": [cells["nameable"]["min_sources"]]}},
+                               "min_sources": [cells["nameable"]["min_sources"]]},
+                  "confirmed": dict(cells.get("confirmed", {"planted": 0, "found": 0}))},
         "crosscheck": report.get("crosscheck", {}),
     })
 
@@ -314,7 +315,10 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
                   f"{_w(wc, 'recall')}); of the {nm.get('planted')} nameable ones (forged "
                   f"answers from at least {least} independent sources: fewer could be as many "
                   f"colluding accounts), "
-                  f"{nm.get('found')} named (worst {_w(wnm, 'recall')}); {c['alerts']} cell "
+                  f"{nm.get('found')} named (worst {_w(wnm, 'recall')}); "
+                  f"{c.get('confirmed', {}).get('found')} named at the confirmed level, the "
+                  f"rest suspected (worst {_w(wc.get('confirmed', {}), 'recall')}); "
+                  f"{c['alerts']} cell "
                   f"alerts, {c['alerts'] - c['right']} on "
                   f"a clean ASN or outside the cell's ports and hours (precision "
                   f"{fmt_cell(c.get('precision'))}, "
