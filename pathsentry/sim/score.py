@@ -381,6 +381,8 @@ def score_cells(truth: Truth, alerts: Sequence[Alert], timeline: Timeline | None
         "nameable": {"planted": len(nameable), "found": sum(c in named for c in nameable),
                      "min_sources": min_sources, "measured": sources is not None},
         "confirmed": {"planted": len(truth.cells), "found": len(sure)},
+        "missed": [{"asn": c.asn, "sources": (sources or {}).get(c.asn, 0)}
+                   for c in truth.cells if c not in named],
         "fp_rate": {},
         "alerts_per_hour": _alerts_per_hour(alerts, "injection_cell", truth.hours),
         "ttd": {"entities": len(truth.cells), "detected": found, "median_s": ttd, "max_s": ttd},

@@ -7,6 +7,7 @@ A small world of eight ISPs reaching one CDN origin (``ws.example.com`` and
 from __future__ import annotations
 
 import io
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ class World:
     sparse_hour: int | None = None
     #: the injectors forge only for the first N subscribers of each ASN's first line (0: all)
     victims: int = 0
+    #: ...each from this hour (by host number; none: from the injector's first hour)
+    victims_from: tuple[int, ...] = ()
     #: subscribers (host numbers) of KT's first line whose probes the sensor reports
     #: instead of the client (without an account)
     sensor_hosts: tuple[int, ...] = ()
@@ -174,7 +177,9 @@ def events(w: World) -> Iterator[dict[str, Any]]:
                     genuine(ev, w, minute, rng)
                     if asn == KT and line == lines_of(KT)[0] and host_no in w.sensor_hosts:
                         ev.update(reporter="sensor", account=None)
-                    victim = not w.victims or (line == lines_of(asn)[0] and host_no <= w.victims)
+                    victim = not w.victims or (
+                        line == lines_of(asn)[0] and host_no <= w.victims
+                        and ts.hour >= dict(enumerate(w.victims_from, 1)).get(host_no, 0))
                     if (inj is not None and victim and ts.hour in inj.hours
                             and target[1] in inj.ports and rng.random() < inj.rate):
                         forge(ev, inj, rng)
@@ -212,14 +217,25 @@ def framed(w: World, minute: int, rng: random.Random, n: int) -> Iterator[dict[s
             yield ev
 
 
-def run(w: World, extra: str = "") -> tuple[list[Alert], list[FlaggedEvent]]:
+def run(w: World, extra: str = "", restart_at: int | None = None
+        ) -> tuple[list[Alert], list[FlaggedEvent]]:
+    """Both injection stages over the world's events; with ``restart_at``, their state
+    is saved (as JSON) before that event and loaded into a new engine that goes on."""
     cfg = load_config(text=CDN_ORIGINS + extra, env={})
     geo = GeoResolver([CsvPrefixTable.from_lines(io.StringIO(GEO))])
-    dets = build_detectors(DetectorContext(cfg, geo), only=["injection", "injection_cells"])
-    eng = Engine(cfg, geo=geo, detectors=dets)
+
+    def engine() -> Engine:
+        dets = build_detectors(DetectorContext(cfg, geo), only=["injection", "injection_cells"])
+        return Engine(cfg, geo=geo, detectors=dets)
+
+    eng = engine()
     alerts: list[Alert] = []
     flags: list[FlaggedEvent] = []
-    for raw in sorted(events(w), key=lambda e: e["ts"]):
+    for i, raw in enumerate(sorted(events(w), key=lambda e: e["ts"])):
+        if i == restart_at:
+            saved = json.loads(json.dumps(eng.state()))
+            eng = engine()
+            eng.load_state(saved)
         found = eng.process(parse_event(raw))
         alerts.extend(found.alerts)
         flags.extend(found.flags)
@@ -420,6 +436,20 @@ def test_a_sensor_witness_among_three_sources_confirms_the_isp() -> None:
                                         "witnesses_to_confirm": 1}
     assert (last.subject["ports"], last.subject["hours"]) == ([80, 8080], "10–18")
     assert len({a.alert_id for a in alerts}) == 1
+
+
+def test_the_level_and_the_witnesses_survive_a_restart() -> None:
+    """Three subscribers' clients report forged answers from 10 o'clock (suspected); the
+    box forges for a fourth, whose probes the sensor reports, from 14 (confirmed). Saved
+    at noon, between the two, the restored stages go on to the same versions."""
+    w = World(injectors={KT: Injector((80, 8080), range(10, 18), "block", 1, rate=1.0)},
+              victims=4, victims_from=(10, 10, 10, 14), sensor_hosts=(4,), seed=5)
+    whole, _ = run(w)
+    noon = sum(1 for e in events(w) if datetime.fromisoformat(e["ts"]).hour < 12)
+    restarted, _ = run(w, restart_at=noon)
+    levels = [(a.version, a.evidence["level"], a.subject["hours"]) for a in whole]
+    assert [(a.version, a.evidence["level"], a.subject["hours"]) for a in restarted] == levels
+    assert levels[0][1] == "suspected" and levels[-1][1] == "confirmed"
 
 
 def test_two_subscribers_forged_name_nobody_even_with_a_sensor_witness() -> None:

@@ -220,3 +220,5 @@ def test_suspected_cell_alerts_name_but_do_not_confirm() -> None:
     s = score_cells(t, alerts)
     assert (s["by_class"]["injection"]["found"], s["confirmed"]) == (
         2, {"planted": 2, "found": 1})
+    s = score_cells(t, alerts[:1], sources={4766: 7, 9318: 2})
+    assert s["missed"] == [{"asn": 9318, "sources": 2}]
