@@ -602,9 +602,11 @@ class InjectionCellDetector(Detector):
         asn_txt = f"AS{group.asn}" if group.asn is not None else key
         prefixes = list(signature[2]) or self._prefixes(group, ports, hours)
         port_txt = ", ".join(str(p) for p in sorted(ports))
+        witness_txt = (f", or with {s.min_sensor_witnesses} seen by a sensor"
+                       if s.min_sensor_witnesses else "")
         doubt = "" if level == "confirmed" else (
-            f"suspected, {len(sources)} sources (confirmed from {s.min_suspect_clients}, or "
-            f"{s.min_sensor_witnesses} seen by a sensor), could be collusion: ")
+            f"suspected, {len(sources)} sources (confirmed from {s.min_suspect_clients}"
+            f"{witness_txt}), could be collusion: ")
         summary = (
             f"{doubt}{asn_txt} ({group.as_name or 'unknown AS'}): plaintext answers forged on the "
             f"path, port {port_txt}, {hours_txt} ({group.tz_label}); on {where} "

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Caps", "Cell", "borrowed_control", "distinct_at_least", "distinct_sources", "expire",
+__all__ = ["Caps", "Cell", "borrowed_control", "distinct_sources", "expire",
            "format_hours", "merge", "rate_above", "sum_cells", "touch", "wilson_lower", "wilson_upper"]
 
 
@@ -239,26 +239,6 @@ def sum_cells(cells: Iterable[Cell | None]) -> tuple[int, int]:
         if c is not None:
             n, k = n + c.n, k + c.k
     return n, k
-
-
-def distinct_at_least(sets: Iterable[Set[str]], m: int,
-                      same: Mapping[str, str] | None = None) -> bool:
-    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does);
-    an item ``same`` maps is counted as what it maps to (an address as the account
-    that reported from it).
-
-    >>> distinct_at_least([{"ip:a", "acct:x"}, {"ip:b"}], 3, {"ip:a": "acct:x"})
-    False
-    """
-    if m <= 0:
-        return True
-    same = same or {}
-    seen: set[str] = set()
-    for x in sets:
-        seen.update(same.get(who, who) for who in x)
-        if len(seen) >= m:
-            return True
-    return False
 
 
 def distinct_sources(sets: Iterable[Set[str]], cap: int,
