@@ -46,6 +46,7 @@ __all__ = [
     "pace_band",
     "pool",
     "render_worlds_markdown",
+    "ttd_table",
     "with_ratios",
     "world_spec",
     "worst",
@@ -143,15 +144,19 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
     fam: dict[str, dict[str, int]] = {}
     pace: dict[str, dict[str, int]] = {}
     ttds: list[float] = []
+    ttd_by: dict[str, dict[str, list[float]]] = {"family": {}, "pacing": {}}
     for gid, info in farm["detail"].items():
         g = truth.groups.get(gid)
-        for key, table in ((g.family if g and g.family else "serial_end", fam),
-                           (pace_band(g.pace_s if g else None), pace)):
+        ttd = info["ttd_from_fifth_login_s"]
+        for by, key, table in (("family", g.family if g and g.family else "serial_end", fam),
+                               ("pacing", pace_band(g.pace_s if g else None), pace)):
             row = table.setdefault(key, {"groups": 0, "found": 0})
             row["groups"] += 1
             row["found"] += int(info["found"])
-        if info["ttd_from_fifth_login_s"] is not None:
-            ttds.append(float(info["ttd_from_fifth_login_s"]))
+            if ttd is not None:
+                ttd_by[by].setdefault(key, []).append(float(ttd))
+        if ttd is not None:
+            ttds.append(float(ttd))
     cells = dets["injection_cell"]
     return with_ratios({
         "detectors": detectors,
@@ -160,7 +165,9 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
         "benign": benign,
         "farm_groups": {"planted": farm["planted"], "found": farm["found"], "alerts": farm["alerts"],
                         "pure": farm["pure_alerts"], "by_family": fam, "by_pacing": pace,
-                        "ttd_from_fifth_login_s": sorted(ttds)},
+                        "ttd_from_fifth_login_s": sorted(ttds),
+                        "ttd_by": {by: {k: sorted(v) for k, v in t.items()}
+                                   for by, t in ttd_by.items()}},
         "cells": {"planted": cells["positives"], "found": cells["positives"] - cells["fn"],
                   "alerts": cells["flagged"], "right": cells["tp"],
                   "nameable": {**{k: cells["nameable"][k] for k in ("planted", "found")},
@@ -258,8 +265,25 @@ def evaluate_worlds(n: int, seed: int, accounts: int, hours: float, *, jobs: int
     ttd = pooled["farm_groups"].get("ttd_from_fifth_login_s", [])
     pooled["farm_groups"]["ttd_median_s"] = statistics.median(ttd) if ttd else None
     pooled["farm_groups"]["ttd_max_s"] = max(ttd) if ttd else None
+    pooled["farm_groups"]["ttd_table"] = ttd_table(pooled["farm_groups"].get("ttd_by", {}))
     return {"accounts": accounts, "hours": hours, "worlds": worlds, "pooled": pooled,
             "worst": worst([(w["seed"], w["metrics"]) for w in worlds])}
+
+
+def ttd_table(ttd_by: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
+    """Per name family and pacing band, the found groups' times from the 5th member's
+    login to the alert: count, median, max, and how many came after that login.
+
+    >>> ttd_table({"pacing": {"<15 s": [0.0, 0.0, 12.5]}})["pacing <15 s"]
+    {'groups': 3, 'median_s': 0.0, 'max_s': 12.5, 'late': 1}
+    """
+    return {f"{by} {k}": {"groups": len(v), "median_s": statistics.median(v) if v else None,
+                          "max_s": max(v) if v else None, "late": sum(1 for x in v if x > 0)}
+            for by in ("family", "pacing") for k, v in sorted(ttd_by.get(by, {}).items())}
+
+
+def _secs(v: float | None) -> str:
+    return "NA" if v is None else f"{v:,.0f}"
 
 
 def _w(block: dict[str, Any] | None, key: str) -> str:
@@ -307,6 +331,13 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
     rows = [[f"{by} {k}", v["groups"], v["found"], v["recall"], _w(wfg.get(f"by_{by}", {}).get(k), "recall")]
             for by in ("family", "pacing") for k, v in sorted(fg[f"by_{by}"].items())]
     lines += markdown_table(["farm groups by", "planted", "found", "recall", "worst recall"], rows)
+    table = fg.get("ttd_table") or ttd_table(fg.get("ttd_by", {}))
+    if table:
+        lines += ["", "Time from the 5th member's login to the alert (found groups; late: after "
+                      "that login):", ""]
+        lines += markdown_table(["farm groups by", "found", "median (s)", "max (s)", "late"],
+                                [[k, v["groups"], _secs(v["median_s"]), _secs(v["max_s"]),
+                                  v["late"]] for k, v in table.items()])
     c, wc = pooled["cells"], bad.get("cells", {})
     nm, wnm = c.get("nameable", {}), wc.get("nameable", {})
     least = "/".join(str(m) for m in sorted(set(nm.get("min_sources", [])))) or "?"
