@@ -27,9 +27,7 @@
   candidate (or a background of at least :data:`MIN_BACKGROUND` accounts that left
   the window in no group), the candidate's spread must stay below
   ``rtt_background_ratio`` times theirs -- a relay service's unrelated users come
-  from everywhere, a farm from one room. On a server whose tick spreads every
-  login's application RTT, the TCP handshake RTTs may show it instead, where the
-  others' spread (through an L3 tunnel, to each client) gives them something to say.
+  from everywhere, a farm from one room.
 """
 
 from __future__ import annotations
@@ -242,8 +240,7 @@ def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Seq
                s: FarmSettings) -> bool:
     """Whether the candidate's RTT spread is tight beside the pattern's other accounts:
     the ``background`` (accounts that left the window in no group) and the ungrouped
-    ``others`` in the window now -- by the minimum application RTTs, or else by the TCP
-    handshake RTTs (:func:`_tcp_stands_out`).
+    ``others`` in the window now.
 
     Too few to judge (fewer than the candidate, and fewer than :data:`MIN_BACKGROUND`
     in the background): ``True``.
@@ -252,33 +249,4 @@ def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Seq
     ours = machine_centred(cand)
     if len(theirs) < max(2, min(len(ours), MIN_BACKGROUND)):
         return True
-    if mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / _MAD_SIGMA:
-        return True
-    return _tcp_stands_out(cand, others, s)
-
-
-def _tcp_stands_out(cand: Sequence[Member], others: Sequence[Member], s: FarmSettings) -> bool:
-    """Whether the candidate's TCP handshake RTTs are tight beside the other accounts':
-    the server's kernel RTT carries no game-loop tick, so on a server whose tick spreads
-    every login's application RTT by tens of ms it still tells a room from a crowd. It
-    counts only where the others' TCP RTTs spread (``rtt_background_ratio`` times their
-    robust spread at least ``rtt_tolerance_ms``): through an L3 tunnel the TCP RTT runs to
-    each client, and a relay service's users come from everywhere; through an L4 relay
-    it ends at the relay for everyone and tells nothing. At least half the candidate and
-    as many of the others as :func:`stands_out` needs must carry one.
-
-    >>> room = [Member(str(i), f"a{i}", 0.0, None, None, "", "", rtt=80.0 + 40 * (i % 2),
-    ...                tcp=55.0 + 0.5 * i) for i in range(6)]
-    >>> crowd = [Member(f"o{i}", f"o{i}", 0.0, None, None, "", "", rtt=90.0, tcp=20.0 + 25 * i)
-    ...          for i in range(6)]
-    >>> s = FarmSettings()
-    >>> _tcp_stands_out(room, crowd, s), _tcp_stands_out(crowd[:5], room, s)
-    (True, False)
-    """
-    tcp_ours = [x.tcp for x in cand if x.tcp is not None]
-    tcp_theirs = [x.tcp for x in others if x.tcp is not None]
-    if 2 * len(tcp_ours) < len(cand) or len(tcp_theirs) < max(2, min(len(tcp_ours),
-                                                                     MIN_BACKGROUND)):
-        return False
-    spread = s.rtt_background_ratio * mad(tcp_theirs)
-    return spread >= s.rtt_tolerance_ms and mad(tcp_ours) <= spread
+    return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / _MAD_SIGMA
