@@ -336,6 +336,21 @@ def test_a_members_network_kind_survives_a_snapshot() -> None:
     assert {m.sid: m.access for p in again.parts.values() for m in p.members.values()} == kinds
 
 
+@pytest.mark.parametrize("kind", ["residential", "cable/dsl"])
+def test_a_batch_crowding_onto_two_home_line_addresses_of_one_isp_is_found(kind: str) -> None:
+    """Consecutive serials through two proxy addresses on home lines of one ISP (the prefix
+    table's kind, or MaxMind's connection type), each account on its own machine: the
+    addresses carry the batch one account after another -- a group by the 5th login."""
+    rng = random.Random(59)
+    names = [f"小白_{i:02d}" for i in range(1, 9)]
+    batch = [login(n, 3600 + i * 45.0, ("121.130.9.77", "121.130.9.78")[i % 2], KT,
+                   samples(rng, 48.0, 6.0), kind=kind) for i, n in enumerate(names)]
+    events = homes(rng, 60, 3) + batch
+    _, by_fifth = run([e for e in events if e.ts <= batch[4].ts])
+    (g,) = farm_alerts(by_fifth)
+    assert set(g.accounts) == set(names[:5]) and g.subject["pattern"] == "net:AS4766"
+
+
 @pytest.mark.parametrize(("where", "asn", "kind", "addresses"), [
     ("mobile CGNAT", SKT, "mobile", [f"223.38.7.{k}" for k in range(1, 17)]),
     ("PC bang", KT, "business", ["211.234.50.20"]),

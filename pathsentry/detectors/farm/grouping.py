@@ -106,10 +106,12 @@ def _on_few_machines(ms: list[Member]) -> bool:
     return len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices))
 
 
-#: the geo kind of an address that carries one subscriber line (a home): several
+#: the geo kinds of an address that carries one subscriber line (a home): several
 #: accounts on one such address are one household or a proxy, never a crowd sharing a
-#: NAT (mobile CGNAT, a campus, a PC bang -- other kinds)
-_LINE_KINDS = frozenset({"residential"})
+#: NAT (mobile CGNAT, a campus, a PC bang, a satellite ISP -- other kinds). The prefix
+#: table's ``residential``, and MaxMind's connection type ``Cable/DSL`` (lower-cased
+#: by :mod:`pathsentry.enrich.geo`)
+_LINE_KINDS = frozenset({"residential", "cable/dsl"})
 
 
 def _on_few_lines(ms: list[Member]) -> bool:
