@@ -41,6 +41,7 @@ from pathsentry.sim.truth import Truth
 
 __all__ = [
     "evaluate_worlds",
+    "exit_kind",
     "fit_params",
     "metrics_of",
     "pace_band",
@@ -126,8 +127,25 @@ def with_ratios(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
-    """The compact, count-based metrics of one world's evaluation report."""
+def exit_kind(params: WorldParams | None, group_id: str) -> str | None:
+    """Where a drawn world's farm ``group_id`` (``farm_serial-2``: the second drawn farm)
+    leaves: ``residential`` proxies or a ``hosting`` range (``None``: not a drawn farm).
+
+    >>> p = draw_params(5, 6.0)
+    >>> exit_kind(p, "farm_serial-1") in ("residential", "hosting"), exit_kind(p, "x-99")
+    (True, None)
+    """
+    farms = params.farms if params is not None else None
+    number = group_id.rpartition("-")[2]
+    if not farms or not number.isdigit() or not 0 < int(number) <= len(farms):
+        return None
+    return "residential" if farms[int(number) - 1].relay == "resi" else "hosting"
+
+
+def metrics_of(report: dict[str, Any], truth: Truth,
+               params: WorldParams | None = None) -> dict[str, Any]:
+    """The compact, count-based metrics of one world's evaluation report (``params``: the
+    drawn world's, for the farms' exit kinds)."""
     dets = report["detectors"]
     detectors = {name: {"tp": d["tp"], "fp": d["fp"], "fn": d["fn"]} for name, d in dets.items()}
     recall: dict[str, dict[str, Any]] = {}
@@ -144,7 +162,7 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
     fam: dict[str, dict[str, int]] = {}
     pace: dict[str, dict[str, int]] = {}
     ttds: list[float] = []
-    ttd_by: dict[str, dict[str, list[float]]] = {"family": {}, "pacing": {}}
+    ttd_by: dict[str, dict[str, list[float]]] = {"family": {}, "pacing": {}, "exit": {}}
     for gid, info in farm["detail"].items():
         g = truth.groups.get(gid)
         ttd = info["ttd_from_fifth_login_s"]
@@ -155,6 +173,9 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
             row["found"] += int(info["found"])
             if ttd is not None:
                 ttd_by[by].setdefault(key, []).append(float(ttd))
+        where = exit_kind(params, gid)
+        if where is not None and ttd is not None:
+            ttd_by["exit"].setdefault(where, []).append(float(ttd))
         if ttd is not None:
             ttds.append(float(ttd))
     cells = dets["injection_cell"]
@@ -242,7 +263,7 @@ def _one(job: tuple[int, int, float, str | None, str | None, bool]) -> dict[str,
         write_world(spec, wd)
         report = evaluate_world(wd, wd)
         truth = Truth.load(wd / "truth.jsonl")
-    return {"seed": seed, "params": params.to_dict(), "metrics": metrics_of(report, truth),
+    return {"seed": seed, "params": params.to_dict(), "metrics": metrics_of(report, truth, params),
             "events": report["replay"]["events"]}
 
 
@@ -271,15 +292,15 @@ def evaluate_worlds(n: int, seed: int, accounts: int, hours: float, *, jobs: int
 
 
 def ttd_table(ttd_by: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
-    """Per name family and pacing band, the found groups' times from the 5th member's
-    login to the alert: count, median, max, and how many came after that login.
+    """Per name family, pacing band and exit kind, the found groups' times from the 5th
+    member's login to the alert: count, median, max, and how many came after that login.
 
     >>> ttd_table({"pacing": {"<15 s": [0.0, 0.0, 12.5]}})["pacing <15 s"]
     {'groups': 3, 'median_s': 0.0, 'max_s': 12.5, 'late': 1}
     """
     return {f"{by} {k}": {"groups": len(v), "median_s": statistics.median(v) if v else None,
                           "max_s": max(v) if v else None, "late": sum(1 for x in v if x > 0)}
-            for by in ("family", "pacing") for k, v in sorted(ttd_by.get(by, {}).items())}
+            for by in ("family", "pacing", "exit") for k, v in sorted(ttd_by.get(by, {}).items())}
 
 
 def _secs(v: float | None) -> str:

@@ -205,9 +205,10 @@ def test_evaluate_worlds_json(capsys: pytest.CaptureFixture[str]) -> None:
     fg = result["pooled"]["farm_groups"]
     ttds = sorted(x for w in worlds for x in w["metrics"]["farm_groups"]["ttd_from_fifth_login_s"])
     assert fg["ttd_from_fifth_login_s"] == ttds
-    for by in ("family", "pacing"):
+    for by in ("family", "pacing", "exit"):
         table = fg["ttd_by"][by]
         assert sorted(x for v in table.values() for x in v) == ttds
+        assert by != "exit" or set(table) <= {"residential", "hosting"}
         for key, v in table.items():
             row = fg["ttd_table"][f"{by} {key}"]
             assert (row["groups"], row["max_s"], row["late"]) == (len(v), max(v),
