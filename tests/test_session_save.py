@@ -123,3 +123,8 @@ def test_a_failed_child_keeps_the_previous_snapshot_and_the_next_save_works(
     assert _save(a) is not None
     assert a.state_path.read_bytes() == a.snapshot_bytes() != first
     assert (a.fork_saver.saves, a.fork_saver.failures) == (2, 1)
+    # a worker killed while its child saved leaves the child's files; the restart removes them
+    stale = a.state_path.parent / f".{a.state_path.stem}.save-999-1.json.tmp"
+    stale.write_bytes(b"{")
+    a.load_snapshot()
+    assert not stale.exists() and a.state_refusals()["snapshot_state_refused"] == 0

@@ -135,6 +135,9 @@ class StatePersistence:
         """Restore the session stage's detectors from this worker's last snapshot (the
         group stage's state comes from the state topic, partition by partition, and so
         do the sessions of a session partition when its save there is newer)."""
+        if self.state_path.parent.is_dir():  # a killed worker's save child may have left these
+            for stale in self.state_path.parent.glob(f"{self._save_prefix()}*.tmp"):
+                stale.unlink(missing_ok=True)
         if not self.state_path.exists():
             return
         try:
@@ -218,7 +221,7 @@ class StatePersistence:
                         "on the event loop")
             return await self._save_session_stage_here(saved_at, ts)
         self._save_seq += 1
-        base = self.state_path.parent / f".{self.state_path.stem}.save-{self._save_seq}"
+        base = self.state_path.parent / f"{self._save_prefix()}{os.getpid()}-{self._save_seq}"
         snap_tmp, learned_tmp = base.with_suffix(".json.tmp"), base.with_suffix(".l0.tmp")
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -238,6 +241,10 @@ class StatePersistence:
         finally:
             for tmp in (snap_tmp, learned_tmp):
                 tmp.unlink(missing_ok=True)
+
+    def _save_prefix(self) -> str:
+        """The start of the names of a save child's files beside the snapshot file."""
+        return f".{self.state_path.stem}.save-"
 
     def _build_in_child(self, snap_tmp: Path, learned_tmp: Path, saved_at: float) -> dict[str, Any]:
         """The save's work in the child (pure Python state and files only): the
