@@ -264,19 +264,19 @@ class StatePersistence:
         compression are in a thread)."""
         loop = asyncio.get_running_loop()
         self.save_fork_ms = 0.0
+        t0 = time.perf_counter()
+        data = self.snapshot_bytes()
+        t1 = time.perf_counter()
+        doc = self.learned_document(saved_at)  # before any await: of the same instant
+        built_ms = (time.perf_counter() - t1) * 1000
+        self.snapshot_save_ms = (t1 - t0) * 1000
+        self.snapshot_save_bytes = len(data)
+        self.save_loop_ms = self.snapshot_save_ms + built_ms
         try:
-            t0 = time.perf_counter()
-            data = self.snapshot_bytes()
-            self.snapshot_save_ms = (time.perf_counter() - t0) * 1000
-            self.snapshot_save_bytes = len(data)
             await loop.run_in_executor(None, self.write_snapshot, data)
         except Exception:
             log.exception("detector state snapshot failed")
             return None
-        t1 = time.perf_counter()
-        doc = self.learned_document(saved_at)
-        built_ms = (time.perf_counter() - t1) * 1000
-        self.save_loop_ms = self.snapshot_save_ms + built_ms
         if doc is None:
             return LearnedSave(None, ts, saved_at, 0.0)
         t2 = time.perf_counter()
