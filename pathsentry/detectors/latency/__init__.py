@@ -62,7 +62,12 @@ is within reach with the model's full weight. The model scores on flattened tree
 (memoised until its window pivots) and learns in queued, vectorised batches. A
 login whose exit prefix carries evidence re-assesses the prefix's unflagged recent
 sessions (at most ``prefix_history``); any login costs one pass over its prefix's
-history.
+history. What a prefix's history gives (its logins' standardised gap residuals, its
+proven accounts) is worked out once per history and kept while the overheads it was
+taken against stay the same (:class:`~.prefixes.PrefixView`, for the last
+``PREFIX_VIEWS_MAX`` = 4,096 prefixes asked, about 5 KiB each with 16 logins: at most
+about 21 MiB), so a probe does not repeat the pass; noise scales are kept until their
+access kind's residuals change, and the overheads' votes are kept in order as they come.
 
 Modules: :mod:`.state` (bounded tables, alert book, the session record),
 :mod:`.baselines` (prefix baselines, learned server overheads), :mod:`.geometry`

@@ -227,15 +227,18 @@ class Scoring(ExitPrefixes):
             v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
                       "learned, no gap verdict")
             return v
-        v.cost, v.tick, centre, scale = o.figures()
-        v.expected = v.cost + v.tick / (k + 1)
-        least = self.noise_floor(sess.geo.kind or "")
-        v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
-        v.spike = self.overhead.spike(sess.geo.kind or "?", 1.0) if k <= 2 else 0.0
-        v.bound = (v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
-                   + v.spike)
+        cost, tick, centre, scale = o.figures()
+        v.cost, v.tick = cost, tick
+        v.expected = cost + tick / (k + 1)
+        kind = sess.geo.kind
+        noise, v.noise_n = self.overhead.noise_scale(kind or "?", self.noise_floor(kind or ""))
+        v.noise = noise
+        v.spike = self.overhead.spike(kind or "?", 1.0) if k <= 2 else 0.0
+        v.bound = cost + tick * phase_quantile(k, self.gap_alpha) + self.gap_z * noise + v.spike
         v.excess = excess = v.gap - v.bound
-        v.residual, v.variance = self.residual(o, v.gap, k, v.noise)
+        # :meth:`residual`, inlined
+        v.residual = v.gap - cost - tick / (k + 1)
+        v.variance = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise
         v.u_raw = clip3(v.residual / math.sqrt(v.variance)) if v.variance > 0.0 else 0.0
         v.u = (v.u_raw - centre) / scale
         path = app_min - v.expected
@@ -333,7 +336,7 @@ class Scoring(ExitPrefixes):
         least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS)
         return excess, excess / (least if least > hi - lo else hi - lo)
 
-    def _score(self, sess: Session, ask_model: bool = True) -> tuple[
+    def _score(self, sess: Session, ask_model: bool = True, verdict: GapVerdict | None = None) -> tuple[
         dict[str, float] | None, float | str | None, GapVerdict | None, float | None, str,
         tuple[float | None, float | None, float | None, float | None], tuple[float, ...] | None,
     ]:
@@ -343,12 +346,13 @@ class Scoring(ExitPrefixes):
         verdict, ``None`` if it would be asked but ``ask_model`` is false; the gap
         verdict; the baseline excess ms; the level of the baseline used; what
         :func:`~.model.features` makes the model features of; the features if the model
-        was asked). Ramps: ``ramp(x, lo, hi)`` is ``0 if x <= lo, 1 if x >= hi,
+        was asked). ``verdict``: the session's gap verdict, if the caller just took it.
+        Ramps: ``ramp(x, lo, hi)`` is ``0 if x <= lo, 1 if x >= hi,
         (x - lo) / (hi - lo)``.
         """
         probes = sess.probes
         comps: dict[str, float] | None = None
-        gv = self.gap_verdict(sess)
+        gv = self.gap_verdict(sess) if verdict is None else verdict
         gap_excess = x_gap = None
         if gv is not None and gv.excess is not None:
             gap_excess, x_gap = gv.excess, 1.0 - gv.ratio
