@@ -108,3 +108,34 @@ def test_mobile_lines_on_a_long_tick_with_few_samples_are_not_relays() -> None:
     flagged = [honest(w, LOOP, 400 + i, k=1 + i % 3, mobile=True, jitter=3.0, spike_p=0.2)
                for i in range(200)]
     assert sum(f for f, _ in flagged) == 0
+
+
+def test_a_one_sample_radio_spike_before_the_kind_learned_its_spikes_is_not_a_relay() -> None:
+    """LTE logins with one sample, each spiked by 10-60 ms, before the mobile kind has
+    ``spike_warmup`` learned spreads: the gap clears the bound (no spike allowance yet),
+    but a single sample on a kind whose spikes are unknown gives no verdict of its own."""
+    w = make_world(seed=37)
+    assert warm(w, LOOP, n=120) == 0
+    notes = [honest(w, LOOP, 600 + i, k=1, mobile=True, jitter=3.0, spike_p=1.0) for i in range(20)]
+    assert not any(f for f, _ in notes)
+    assert any((n["gap_excess_ms"] or 0.0) > 0 for _, n in notes)
+
+
+def test_a_one_sample_relay_is_judged_once_its_exits_kind_learned_its_spikes() -> None:
+    """The same foreign leg with one sample: through a home line (the residential kind's
+    spreads were learned from the 120 honest logins) the gap flags it; through a hosting
+    exit no honest login taught, the gap gives no verdict of its own and says why, and
+    the physics of the hosting claim carries the flag."""
+    w = make_world(seed=38)
+    assert warm(w, LOOP, n=120) == 0
+    leg = leg_ms(SEOUL, SHANGHAI) + 3.0 + 60.0
+    home, _ = _resi_l4(w, "58.120.66.20", "far_home", leg, k=1)
+    assert home
+    tcp = 0.5
+    ev, out = w.login("far_vps", "45.65.9.20", LOOP.samples(w, tcp + leg, 1), tcp)
+    assert out.flags, ev.notes["relay"]
+    evidence = out.flags[0].evidence
+    assert "gap" not in evidence["components"] and evidence["components"]["physics"] > 0
+    assert evidence["gap"]["excess_ms"] > 0
+    assert evidence["gap"]["overhead"]["spike_logins"] < w.det.spike_warmup
+    assert "no verdict of its own" in evidence["gap"]["verdict"]

@@ -11,10 +11,11 @@ of the same session) the detector weighs five kinds of evidence:
     But a game answers its ping on its game loop (a fixed cost plus a uniform
     phase of its tick), so the gap is judged against each server's learned
     application overhead (:mod:`.baselines`), never against a constant; a server
-    not warmed up gives no gap verdict. An ICMP/TCP probe from the login server
-    that is answered far faster than the application is the same signal one
-    layer down (the VPN endpoint answers for the client); it is ignored for
-    mobile access, where the carrier gateway answers pings.
+    not warmed up gives no gap verdict, nor does a login with one or two samples
+    before its access kind's spikes were learned from ``spike_warmup`` logins. An
+    ICMP/TCP probe from the login server that is answered far faster than the
+    application is the same signal one layer down (the VPN endpoint answers for the
+    client); it is ignored for mobile access, where the carrier gateway answers pings.
 ``baseline``
     Online baselines of the session's minimum app RTT per (server, /24 or /48),
     falling back to (server, ASN) and (server, country, access kind): River

@@ -364,6 +364,11 @@ class OverheadBook:
         x = w.quantile(q)
         return x if x > 0.0 else 0.0
 
+    def spike_votes(self, kind: str) -> int:
+        """Logins (exit prefixes) the access kind's spike allowance rests on."""
+        w = self.jitter.get(kind)
+        return 0 if w is None else len(w)
+
     def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float,
               u: float | None = None) -> None:
         """Learn one login of server (and platform) ``key`` from exit prefix ``source``

@@ -69,6 +69,7 @@ class LatencyDetector(Snapshots, Evidence):
         self.gap_alpha = float(cfg["gap_alpha"])
         self.phase_alpha = float(cfg["phase_alpha"])
         self.overhead_warmup = int(cfg["overhead_warmup"])
+        self.spike_warmup = int(cfg["spike_warmup"])
         self.by_platform = bool(cfg["overhead_by_platform"])
         self.overhead = OverheadBook(int(cfg["overhead_window"]), self.overhead_warmup)
         self.prefix_history = int(cfg["prefix_history"])
