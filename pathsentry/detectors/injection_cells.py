@@ -306,7 +306,7 @@ class InjectionCellDetector(Detector):
             return None
         key = key if key is not None else next(iter(self.group_keys(ev)))
         s = self.settings
-        ts = probe.ts.timestamp()
+        ts = ev.ts
         group = self._group(key, ev, ts)
         local = probe.ts.astimezone(self.tz) if self.tz is not None else probe.ts
         group.tz_label = s.timezone or self._tz_label(local)
@@ -444,8 +444,13 @@ class InjectionCellDetector(Detector):
             one = group.cells.get(key)
             cells = [one] if one is not None else []
         n, k = sum_cells(cells)
-        if n <= 0 or n < s.min_probes or not distinct_at_least(
-                (c.suspect_clients.keys() for c in cells), s.min_suspect_clients, group.owners):
+        if n <= 0 or n < s.min_probes:
+            return False
+        # (the sources counted apart are at most the cells' own: the union needs no set
+        # when they are fewer than ``min_suspect_clients``)
+        if sum(len(c.suspect_clients) for c in cells) < s.min_suspect_clients or not \
+                distinct_at_least((c.suspect_clients.keys() for c in cells),
+                                  s.min_suspect_clients, group.owners):
             return False
         if wilson_lower(k, n, s.z) < s.min_rate:
             return False

@@ -28,6 +28,9 @@ __all__ = ["Enricher"]
 IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+Source = tuple[GeoInfo, str, AllowEntry | None]
+
+
 class Enricher:
     #: Source addresses whose (geo, prefix, allow-list) answer is kept; cleared when full.
     CACHE_SIZE = 262_144
@@ -36,18 +39,24 @@ class Enricher:
         self.config = config
         self.geo = geo
         self._allow = AllowList(config)
-        self._by_ip: dict[IpAddr, tuple[GeoInfo, str, AllowEntry | None]] = {}
+        #: ``id()`` of a source address object -> (the object, its answer). The event
+        #: parser hands out one object per distinct address, and hashing an address
+        #: object is slow pure Python; the entry holds the object, so that its id is not
+        #: reused while the entry lives (another object of the same address only costs
+        #: a lookup again)
+        self._by_id: dict[int, tuple[IpAddr, Source]] = {}
 
     def allowed(self, ip: IpAddr) -> AllowEntry | None:
         return self._allow.entry(ip)
 
-    def source(self, ip: IpAddr) -> tuple[GeoInfo, str, AllowEntry | None]:
+    def source(self, ip: IpAddr) -> Source:
         """Geo, aggregation prefix and allow-list entry of a source address (cached)."""
-        hit = self._by_ip.get(ip)
-        if hit is None:
-            hit = remember(self._by_ip, ip, (self.geo.lookup(ip), prefix_of(ip), self.allowed(ip)),
-                           self.CACHE_SIZE)
-        return hit
+        hit = self._by_id.get(id(ip))
+        if hit is not None and hit[0] is ip:
+            return hit[1]
+        answer = (self.geo.lookup(ip), prefix_of(ip), self.allowed(ip))
+        remember(self._by_id, id(ip), (ip, answer), self.CACHE_SIZE)
+        return answer
 
     def enrich(self, event: AnyEvent) -> Enriched:
         # (a field the model lacks is not looked up by name: a miss costs a pydantic exception)
