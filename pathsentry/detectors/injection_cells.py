@@ -442,7 +442,9 @@ class InjectionCellDetector(Detector):
             cells = [c for c in (group.cells.get((p, port, hour)) for p in lines) if c is not None]
         else:
             one = group.cells.get(key)
-            cells = [one] if one is not None else []
+            if one is None:
+                return False  # no probe
+            cells = [one]
         n, k = sum_cells(cells)
         if n <= 0 or n < s.min_probes:
             return False

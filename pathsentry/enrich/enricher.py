@@ -21,7 +21,7 @@ from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.bounded import remember
 from pathsentry.detectors.saved import AllowList
 from pathsentry.enrich.geo import GeoInfo, GeoResolver, prefix_of
-from pathsentry.schemas import AnyEvent, Login, RttProbe, Traceroute
+from pathsentry.schemas import AnyEvent
 
 __all__ = ["Enricher"]
 
@@ -59,18 +59,15 @@ class Enricher:
         return answer
 
     def enrich(self, event: AnyEvent) -> Enriched:
-        # (a field the model lacks is not looked up by name: a miss costs a pydantic exception)
-        if isinstance(event, Login):
+        # The kind tag tells the models apart (``isinstance`` on a pydantic model class
+        # runs pydantic's own check, in Python); a field the model lacks is not looked
+        # up by name: a miss costs a pydantic exception.
+        if event.kind == "login":
             server_id: str | None = event.server_id
-        elif isinstance(event, RttProbe | Traceroute):
+        elif event.kind == "rtt_probe" or event.kind == "traceroute":
             server_id = event.vantage_id
         else:
             server_id = None
         geo, prefix, allowed = self.source(event.src_ip)
-        return Enriched(
-            event=event,
-            geo=geo,
-            prefix=prefix,
-            server=self.config.server(server_id) if server_id else None,
-            allowed=allowed,
-        )
+        server = self.config.server(server_id) if server_id else None
+        return Enriched(event, geo, prefix, server, allowed)
