@@ -41,11 +41,13 @@ from pathsentry.sim.truth import Truth
 
 __all__ = [
     "evaluate_worlds",
+    "exit_kind",
     "fit_params",
     "metrics_of",
     "pace_band",
     "pool",
     "render_worlds_markdown",
+    "ttd_table",
     "with_ratios",
     "world_spec",
     "worst",
@@ -125,8 +127,25 @@ def with_ratios(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
-    """The compact, count-based metrics of one world's evaluation report."""
+def exit_kind(params: WorldParams | None, group_id: str) -> str | None:
+    """Where a drawn world's farm ``group_id`` (``farm_serial-2``: the second drawn farm)
+    leaves: ``residential`` proxies or a ``hosting`` range (``None``: not a drawn farm).
+
+    >>> p = draw_params(5, 6.0)
+    >>> exit_kind(p, "farm_serial-1") in ("residential", "hosting"), exit_kind(p, "x-99")
+    (True, None)
+    """
+    farms = params.farms if params is not None else None
+    number = group_id.rpartition("-")[2]
+    if not farms or not number.isdigit() or not 0 < int(number) <= len(farms):
+        return None
+    return "residential" if farms[int(number) - 1].relay == "resi" else "hosting"
+
+
+def metrics_of(report: dict[str, Any], truth: Truth,
+               params: WorldParams | None = None) -> dict[str, Any]:
+    """The compact, count-based metrics of one world's evaluation report (``params``: the
+    drawn world's, for the farms' exit kinds)."""
     dets = report["detectors"]
     detectors = {name: {"tp": d["tp"], "fp": d["fp"], "fn": d["fn"]} for name, d in dets.items()}
     recall: dict[str, dict[str, Any]] = {}
@@ -143,15 +162,22 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
     fam: dict[str, dict[str, int]] = {}
     pace: dict[str, dict[str, int]] = {}
     ttds: list[float] = []
+    ttd_by: dict[str, dict[str, list[float]]] = {"family": {}, "pacing": {}, "exit": {}}
     for gid, info in farm["detail"].items():
         g = truth.groups.get(gid)
-        for key, table in ((g.family if g and g.family else "serial_end", fam),
-                           (pace_band(g.pace_s if g else None), pace)):
+        ttd = info["ttd_from_fifth_login_s"]
+        for by, key, table in (("family", g.family if g and g.family else "serial_end", fam),
+                               ("pacing", pace_band(g.pace_s if g else None), pace)):
             row = table.setdefault(key, {"groups": 0, "found": 0})
             row["groups"] += 1
             row["found"] += int(info["found"])
-        if info["ttd_from_fifth_login_s"] is not None:
-            ttds.append(float(info["ttd_from_fifth_login_s"]))
+            if ttd is not None:
+                ttd_by[by].setdefault(key, []).append(float(ttd))
+        where = exit_kind(params, gid)
+        if where is not None and ttd is not None:
+            ttd_by["exit"].setdefault(where, []).append(float(ttd))
+        if ttd is not None:
+            ttds.append(float(ttd))
     cells = dets["injection_cell"]
     return with_ratios({
         "detectors": detectors,
@@ -160,11 +186,17 @@ def metrics_of(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
         "benign": benign,
         "farm_groups": {"planted": farm["planted"], "found": farm["found"], "alerts": farm["alerts"],
                         "pure": farm["pure_alerts"], "by_family": fam, "by_pacing": pace,
-                        "ttd_from_fifth_login_s": sorted(ttds)},
+                        "ttd_from_fifth_login_s": sorted(ttds),
+                        "ttd_by": {by: {k: sorted(v) for k, v in t.items()}
+                                   for by, t in ttd_by.items()}},
         "cells": {"planted": cells["positives"], "found": cells["positives"] - cells["fn"],
                   "alerts": cells["flagged"], "right": cells["tp"],
                   "nameable": {**{k: cells["nameable"][k] for k in ("planted", "found")},
-                               "min_sources": [cells["nameable"]["min_sources"]]}},
+                               "min_sources": [cells["nameable"]["min_sources"]]},
+                  "confirmed": dict(cells.get("confirmed", {"planted": 0, "found": 0})),
+                  # seed, ASN and independent sources of each injector not named
+                  "missed": [f"seed {truth.meta.get('seed')} AS{m['asn']}: {m['sources']}"
+                             for m in cells.get("missed", [])]},
         "crosscheck": report.get("crosscheck", {}),
     })
 
@@ -235,7 +267,7 @@ def _one(job: tuple[int, int, float, str | None, str | None, bool]) -> dict[str,
         write_world(spec, wd)
         report = evaluate_world(wd, wd)
         truth = Truth.load(wd / "truth.jsonl")
-    return {"seed": seed, "params": params.to_dict(), "metrics": metrics_of(report, truth),
+    return {"seed": seed, "params": params.to_dict(), "metrics": metrics_of(report, truth, params),
             "events": report["replay"]["events"]}
 
 
@@ -258,8 +290,25 @@ def evaluate_worlds(n: int, seed: int, accounts: int, hours: float, *, jobs: int
     ttd = pooled["farm_groups"].get("ttd_from_fifth_login_s", [])
     pooled["farm_groups"]["ttd_median_s"] = statistics.median(ttd) if ttd else None
     pooled["farm_groups"]["ttd_max_s"] = max(ttd) if ttd else None
+    pooled["farm_groups"]["ttd_table"] = ttd_table(pooled["farm_groups"].get("ttd_by", {}))
     return {"accounts": accounts, "hours": hours, "worlds": worlds, "pooled": pooled,
             "worst": worst([(w["seed"], w["metrics"]) for w in worlds])}
+
+
+def ttd_table(ttd_by: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
+    """Per name family, pacing band and exit kind, the found groups' times from the 5th
+    member's login to the alert: count, median, max, and how many came after that login.
+
+    >>> ttd_table({"pacing": {"<15 s": [0.0, 0.0, 12.5]}})["pacing <15 s"]
+    {'groups': 3, 'median_s': 0.0, 'max_s': 12.5, 'late': 1}
+    """
+    return {f"{by} {k}": {"groups": len(v), "median_s": statistics.median(v) if v else None,
+                          "max_s": max(v) if v else None, "late": sum(1 for x in v if x > 0)}
+            for by in ("family", "pacing", "exit") for k, v in sorted(ttd_by.get(by, {}).items())}
+
+
+def _secs(v: float | None) -> str:
+    return "NA" if v is None else f"{v:,.0f}"
 
 
 def _w(block: dict[str, Any] | None, key: str) -> str:
@@ -307,6 +356,13 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
     rows = [[f"{by} {k}", v["groups"], v["found"], v["recall"], _w(wfg.get(f"by_{by}", {}).get(k), "recall")]
             for by in ("family", "pacing") for k, v in sorted(fg[f"by_{by}"].items())]
     lines += markdown_table(["farm groups by", "planted", "found", "recall", "worst recall"], rows)
+    table = fg.get("ttd_table") or ttd_table(fg.get("ttd_by", {}))
+    if table:
+        lines += ["", "Time from the 5th member's login to the alert (found groups; late: after "
+                      "that login):", ""]
+        lines += markdown_table(["farm groups by", "found", "median (s)", "max (s)", "late"],
+                                [[k, v["groups"], _secs(v["median_s"]), _secs(v["max_s"]),
+                                  v["late"]] for k, v in table.items()])
     c, wc = pooled["cells"], bad.get("cells", {})
     nm, wnm = c.get("nameable", {}), wc.get("nameable", {})
     least = "/".join(str(m) for m in sorted(set(nm.get("min_sources", [])))) or "?"
@@ -314,11 +370,16 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
                   f"{_w(wc, 'recall')}); of the {nm.get('planted')} nameable ones (forged "
                   f"answers from at least {least} independent sources: fewer could be as many "
                   f"colluding accounts), "
-                  f"{nm.get('found')} named (worst {_w(wnm, 'recall')}); {c['alerts']} cell "
+                  f"{nm.get('found')} named (worst {_w(wnm, 'recall')}); "
+                  f"{c.get('confirmed', {}).get('found')} named at the confirmed level, the "
+                  f"rest suspected (worst {_w(wc.get('confirmed', {}), 'recall')}); "
+                  f"{c['alerts']} cell "
                   f"alerts, {c['alerts'] - c['right']} on "
                   f"a clean ASN or outside the cell's ports and hours (precision "
                   f"{fmt_cell(c.get('precision'))}, "
-                  f"worst {_w(wc, 'precision')}).", "", "## Recall per attack class", ""]
+                  f"worst {_w(wc, 'precision')}).",
+              f"Injectors not named (seed, ASN: independent sources of their forged answers): "
+              f"{', '.join(c.get('missed', [])) or 'none'}.", "", "## Recall per attack class", ""]
     rows = [[label, det, v["positives"], v["recall"],
              _w(bad.get("recall", {}).get(label, {}).get(det), "recall")]
             for label, dets in pooled["recall"].items() for det, v in dets.items() if v["positives"]]

@@ -4,6 +4,7 @@ honest players sharing a popular stem)."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,7 +15,7 @@ from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.farm.families import family, family_template, serial_regularity
 from pathsentry.enrich.geo import GeoInfo, prefix_of
 from pathsentry.schemas import parse_event
-from tests.detectors.test_farm import PLAYERS, T0, farm_alerts, random_names, run
+from tests.detectors.test_farm import PLAYERS, T0, detector, farm_alerts, random_names, run
 
 HOSTING = 64600  # a hosting AS: the farm's exits, and a VPN service's
 KT, SKB, SKT, KREONET = 4766, 9318, 9644, 17579
@@ -22,16 +23,18 @@ KT, SKB, SKT, KREONET = 4766, 9318, 9644, 17579
 
 def login(account: str, t: float, ip: str, asn: int, rtts: list[float], *,
           relay: bool = False, route: str | None = None, server: str = "kr-sel-1",
-          device: str | None = None) -> Enriched:
+          device: str | None = None, kind: str | None = None) -> Enriched:
     """A login ``t`` s after T0 from ``ip`` in ``asn`` with application RTT samples ``rtts``
-    (from the client device ``device``; by default one of the account's own)."""
+    (from the client device ``device``; by default one of the account's own), the
+    address of the network kind ``kind`` (by default the ASN's)."""
     sid = f"s-{account}-{t:.0f}"
     ev = parse_event({
         "kind": "login", "event_id": f"L-{sid}", "ts": (T0 + timedelta(seconds=t)).isoformat(),
         "src_ip": ip, "session_id": sid, "account": account, "server_id": server,
         "app_rtt_ms": rtts, "tcp_rtt_ms": max(0.5, min(rtts) - (30.0 if relay else 0.2)),
         "client": {"device_id": device or f"dev-{account}"}})
-    kind = {HOSTING: "hosting", SKT: "mobile", KREONET: "education"}.get(asn, "residential")
+    kind = kind or {HOSTING: "hosting", SKT: "mobile", KREONET: "education"}.get(asn,
+                                                                                "residential")
     e = Enriched(ev, GeoInfo(country="KR", asn=asn, kind=kind, precision="city"), prefix_of(ip))
     e.notes["relay"] = {"score": 0.9 if relay else 0.1, "flagged": relay,
                         "exit_prefix": e.prefix, "gap_ms": 30.0 if relay else 0.2,
@@ -277,3 +280,87 @@ def test_honest_players_of_a_popular_stem_in_one_isp_are_never_a_group() -> None
     events += [login(f"shadow_{rng.randint(1, 9999)}", 7200 + i * 40, f"121.130.4.{i}", KT,
                      samples(rng, 4.0, 1.0)) for i in range(8)]
     assert run(events) == ({}, {})
+
+
+# ------------------------------------------- a family's batch on home lines of several ISPs
+
+
+def proxied_batch(names: list[str], t0: float, pacing: float, rng: random.Random) -> list[Enriched]:
+    """A farm room abroad behind residential proxies of three ISPs (one address each,
+    taken in turn), a machine per account, no relay flag, no foreign route."""
+    proxies = [("121.130.9.77", KT), ("175.223.4.12", SKB), ("118.235.2.40", KT)]
+    out = []
+    for i, name in enumerate(names):
+        ip, asn = proxies[i % len(proxies)]
+        out.append(login(name, t0 + i * pacing * rng.uniform(0.8, 1.2), ip, asn,
+                         samples(rng, 48.0 + 3 * (i % 2), 6.0)))
+    return out
+
+
+def homes(rng: random.Random, n: int, hours: float) -> list[Enriched]:
+    """Unrelated players at home, one address each, over ``hours``."""
+    return [login(name, rng.uniform(0, hours * 3600),
+                  f"121.{rng.randint(128, 191)}.{rng.randint(0, 255)}.{rng.randint(1, 250)}",
+                  rng.choice((KT, SKB)), samples(rng, rng.uniform(2, 12), 2.0))
+            for name in random_names(rng, n)]
+
+
+def test_a_batch_member_ahead_of_its_neighbouring_serials_joins_with_them() -> None:
+    """Home-line proxies of two ISPs: the KT accounts crowd onto two proxy addresses and
+    form the group, the SK Broadband ones join by their serials -- ``작업장11`` logs in
+    before ``작업장9`` and ``작업장10`` link it to the batch, and joins with them."""
+    rng = random.Random(51)
+    names = [f"작업장{i}" for i in range(1, 13)]
+    events = homes(rng, 60, 3) + proxied_batch(names, 3600, 20.0, rng)
+    order = [e.account for e in sorted(events, key=lambda e: e.ts) if e.account in names]
+    assert order.index("작업장11") < order.index("작업장10")
+    flags, alerts = run(events)
+    (g,) = farm_alerts(alerts)
+    assert sorted(g.accounts) == sorted(names)
+    assert {f.account for f in flags.values()} == set(names)
+    assert {e["exit"] for e in g.evidence["exits"]} == {
+        "121.130.9.0/24", "175.223.4.0/24", "118.235.2.0/24"}
+
+
+def test_a_members_network_kind_survives_a_snapshot() -> None:
+    """The kind of each member's address (what tells a home line from a NAT) is saved
+    and restored with it."""
+    rng = random.Random(54)
+    det = detector()
+    run([login("goldbot1", 0.0, "223.38.7.1", SKT, samples(rng, 20.0, 2.0), relay=True),
+         login("goldbot2", 9.0, "121.130.9.77", KT, samples(rng, 20.0, 2.0), relay=True)], [det])
+    kinds = {m.sid: m.access for p in det.parts.values() for m in p.members.values()}
+    assert set(kinds.values()) == {"mobile", "residential"}
+    again = detector()
+    again.load_state(json.loads(json.dumps(det.state())))
+    assert {m.sid: m.access for p in again.parts.values() for m in p.members.values()} == kinds
+
+
+@pytest.mark.parametrize("kind", ["residential", "cable/dsl"])
+def test_a_batch_crowding_onto_two_home_line_addresses_of_one_isp_is_found(kind: str) -> None:
+    """Consecutive serials through two proxy addresses on home lines of one ISP (the prefix
+    table's kind, or MaxMind's connection type), each account on its own machine: the
+    addresses carry the batch one account after another -- a group by the 5th login."""
+    rng = random.Random(59)
+    names = [f"小白_{i:02d}" for i in range(1, 9)]
+    batch = [login(n, 3600 + i * 45.0, ("121.130.9.77", "121.130.9.78")[i % 2], KT,
+                   samples(rng, 48.0, 6.0), kind=kind) for i, n in enumerate(names)]
+    events = homes(rng, 60, 3) + batch
+    _, by_fifth = run([e for e in events if e.ts <= batch[4].ts])
+    (g,) = farm_alerts(by_fifth)
+    assert set(g.accounts) == set(names[:5]) and g.subject["pattern"] == "net:AS4766"
+
+
+@pytest.mark.parametrize(("where", "asn", "kind", "addresses"), [
+    ("mobile CGNAT", SKT, "mobile", [f"223.38.7.{k}" for k in range(1, 17)]),
+    ("PC bang", KT, "business", ["211.234.50.20"]),
+    ("campus NAT", KREONET, "education", ["134.75.0.9", "134.75.0.10"]),
+])
+def test_consecutive_default_names_behind_a_shared_address_are_never_a_group(
+        where: str, asn: int, kind: str, addresses: list[str]) -> None:
+    """A crowd that signed up together (``player10231``, ``player10232``…) logging in
+    through the addresses a crowd shares: many accounts per address is what a NAT does."""
+    rng = random.Random(53)
+    events = [login(f"player{10231 + i}", 600 + i * 30.0, rng.choice(addresses), asn,
+                    samples(rng, rng.uniform(3, 25), 4.0), kind=kind) for i in range(40)]
+    assert run(events) == ({}, {}), where

@@ -23,7 +23,7 @@ from pathsentry.sim.params import (
     fixed_params,
 )
 from pathsentry.sim.world import World, WorldSpec
-from pathsentry.sim.worlds import pace_band, world_spec
+from pathsentry.sim.worlds import pace_band, render_worlds_markdown, world_spec
 
 DRAWN = [draw_params(seed, 6.0) for seed in range(200)]
 
@@ -201,5 +201,19 @@ def test_evaluate_worlds_json(capsys: pytest.CaptureFixture[str]) -> None:
     worst = result["worst"]["detectors"]["vpn_relay"]["recall"]
     assert worst["value"] == min(v for v in vals if v is not None)
     assert "fpr" in result["pooled"]["fpr"]["normal"]["vpn_relay"]
+    # time to detect, pooled and broken down by name family and by pacing band
+    fg = result["pooled"]["farm_groups"]
+    ttds = sorted(x for w in worlds for x in w["metrics"]["farm_groups"]["ttd_from_fifth_login_s"])
+    assert fg["ttd_from_fifth_login_s"] == ttds
+    for by in ("family", "pacing", "exit"):
+        table = fg["ttd_by"][by]
+        assert sorted(x for v in table.values() for x in v) == ttds
+        assert by != "exit" or set(table) <= {"residential", "hosting"}
+        for key, v in table.items():
+            row = fg["ttd_table"][f"{by} {key}"]
+            assert (row["groups"], row["max_s"], row["late"]) == (len(v), max(v),
+                                                                 sum(x > 0 for x in v))
+    text = render_worlds_markdown(result)
+    assert all(f"| {k} |" in text for k in fg["ttd_table"])
     assert WorldParams.from_dict(worlds[0]["params"]) == world_spec(
         5, 300, 3.0, draw_params(5, 3.0)).params

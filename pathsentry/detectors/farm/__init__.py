@@ -115,6 +115,9 @@ for its next burst. A name family's consecutive serials all through one hosting 
 are a batch without relay flags (the exit kind stands for flags the relay detector
 missed), and a family's batch spread over residential exits of several ISPs (none
 with ``min_size`` of it) is one when its serials run and it crowds onto few machines.
+Within one exit network, a family's consecutive serials crowding onto few addresses
+count only on home lines (residential): a mobile CGNAT, campus or PC-bang address is
+a crowd's, a launch-day crowd handed consecutive default names among it.
 
 Known limits: a name-less farm on residential proxies of several ISPs is one group
 per exit (partitions on different workers: groups are merged only within a

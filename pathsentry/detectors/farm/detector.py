@@ -270,6 +270,7 @@ class FarmDetector(Detector, Grouping):
                     g.retime(m, old_ts)
             m.country, m.asn = geo.country, geo.asn
             m.exit = exit_of(geo.asn, ev.prefix, geo.kind)
+            m.access = geo.kind
             m.rtt, m.server = event.min_app_rtt, event.server_id
             m.tcp = event.tcp_rtt_ms
             m.jitter = jitter(event.app_rtt_ms)
@@ -304,7 +305,7 @@ class FarmDetector(Detector, Grouping):
             client.device_id if client is not None else None,
             part.names.assign(account, normalise(account)), None, skel, serial_no, pats,
             jitter=jitter(event.app_rtt_ms), exit=exit_of(geo.asn, prefix, geo.kind),
-            tcp=fields["tcp_rtt_ms"],
+            tcp=fields["tcp_rtt_ms"], access=geo.kind,
         )
         members[sid] = m
         if pats:
@@ -332,7 +333,7 @@ class FarmDetector(Detector, Grouping):
                 sid, account, ts, login_id if isinstance(login_id, str) else None,
                 event.event_id, ip_text(event.src_ip), ev.prefix, geo.country, geo.asn,
                 sig, () if path is None else path, True, skel=skel, serial_no=serial_no,
-                exit=exit_of(geo.asn, ev.prefix, geo.kind),
+                exit=exit_of(geo.asn, ev.prefix, geo.kind), access=geo.kind,
             )
             login_ts = ev.notes.get("login_ts")
             if m.event_id is not None and isinstance(login_ts, int | float):

@@ -4,8 +4,10 @@ A candidate is the ungrouped members sharing one pattern (an exit or a route)
 around the new member's login, in a window. In a family partition (``tpl:``) the
 window is ``window_s`` and the candidate needs ``min_size`` members sharing a
 foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
-that run consecutively (``min_regularity``) on accounts crowded onto few machines or
-addresses (:func:`_crowded`) or all through one hosting network (:func:`_hosted`);
+that run consecutively (``min_regularity``) on accounts crowded onto few machines
+(:func:`_on_few_machines`) or home-line addresses (:func:`_on_few_lines`: a CGNAT,
+campus or PC-bang address is a crowd's) or all through one hosting network
+(:func:`_hosted`);
 the whole family in the window is a candidate too (a batch spread over several
 exits) with regular serials and either that evidence or accounts crowded onto few
 machines (:func:`_on_few_machines`: residential proxies
@@ -102,6 +104,24 @@ def _on_few_machines(ms: list[Member]) -> bool:
     on four machines do)."""
     devices = [x.device for x in ms if x.device]
     return len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices))
+
+
+#: the geo kinds of an address that carries one subscriber line (a home): several
+#: accounts on one such address are one household or a proxy, never a crowd sharing a
+#: NAT (mobile CGNAT, a campus, a PC bang, a satellite ISP -- other kinds). The prefix
+#: table's ``residential``, and MaxMind's connection type ``Cable/DSL`` (lower-cased
+#: by :mod:`pathsentry.enrich.geo`)
+_LINE_KINDS = frozenset({"residential", "cable/dsl"})
+
+
+def _on_few_lines(ms: list[Member]) -> bool:
+    """Whether the accounts on home lines (:data:`_LINE_KINDS`) crowd onto few of their
+    addresses: at least three such accounts, three per two addresses. A CGNAT, campus
+    or PC-bang address is shared by a crowd (a launch-day crowd handed consecutive
+    default names among it) and does not count; a residential proxy's address carries
+    the batch's accounts one after another."""
+    lines = [x.src_ip for x in ms if x.access in _LINE_KINDS]
+    return len(lines) >= 3 and 2 * len(lines) >= 3 * len(set(lines))
 
 
 def _crowded(ms: list[Member]) -> bool:
@@ -214,11 +234,12 @@ class Grouping:
                     cand = self._window(part, g.pattern, m.ts, self.settings.window_s,
                                         free=False)
                     if m.sid not in self._covered(part, cand):
-                        return self._join(part, g, [m, *self._mates(part, g, m)])
+                        return self._join(part, g, [m, *self._mates(part, g, m),
+                                                    *self._late_kin(part, g, m)])
             if kind == TPL and m.serial_no is not None:  # the batch on another exit
                 for g in groups.values():
                     if self._may_join(part, g, m) and _adjacent(m.serial_no, g.members.values()):
-                        return self._join(part, g, [m])
+                        return self._join(part, g, [m, *self._late_kin(part, g, m)])
         s = self.settings
         minimum = s.min_size if kind == TPL else s.min_size_unnamed
         index = part.index
@@ -319,11 +340,13 @@ class Grouping:
                 # the whole family, no shared exit: serials that run, and relay/route
                 # evidence or few machines (a batch on residential proxies of several
                 # ISPs, each exit below ``min_size``; a crowd handed consecutive default
-                # names brings one machine each, a CGNAT crowd shares addresses only)
+                # names brings one machine each -- friends who signed up together share
+                # their homes' addresses, two or three to a home)
                 if not (regular and (evidence or _on_few_machines(cand))):
                     return None
             elif not (pattern.startswith("route:") or evidence
-                      or (regular and (_crowded(cand) or _hosted(cand)))):
+                      or (regular and (_on_few_machines(cand) or _on_few_lines(cand)
+                                       or _hosted(cand)))):
                 return None
         elif not self._burst(part, pattern, cand, span, share):
             return None
@@ -449,6 +472,14 @@ class Grouping:
                     serials.add(n)
                     grown = True
         return kin
+
+    def _late_kin(self, part: Partition, g: Group, m: Member) -> list[Member]:
+        """The family's ungrouped members whose serials ``m`` joins to the group's batch
+        (:meth:`_kin` of the group with ``m``): a batch member that logged in before the
+        serial between it and the group did (none in a name-less partition)."""
+        if part.kind != TPL or m.serial_no is None:
+            return []
+        return self._kin(part, [m, *g.members.values()])
 
     def _join(self, part: Partition, g: Group, ms: list[Member]) -> Findings:
         added: list[Member] = []

@@ -107,6 +107,9 @@ class Member:
     #: another account (not of its name family) used its machine while it was indexed
     #: in a name-less partition (:mod:`.machines`)
     on_shared: bool = False
+    #: the geo source's kind of network of its address (``residential``, ``mobile``,
+    #: ``business``, ``hosting``…): a residential address is one subscriber line
+    access: str | None = None
 
     @property
     def flag_event_id(self) -> str:

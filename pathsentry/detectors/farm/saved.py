@@ -61,6 +61,7 @@ class _Member(Record):
     tcp: NotRequired[Ms | None]
     jitter: NotRequired[Ms | None]
     on_shared: NotRequired[bool]
+    access: NotRequired[Name | None]
 
 
 class _Group(Saved):
