@@ -11,10 +11,11 @@ of the same session) the detector weighs five kinds of evidence:
     But a game answers its ping on its game loop (a fixed cost plus a uniform
     phase of its tick), so the gap is judged against each server's learned
     application overhead (:mod:`.baselines`), never against a constant; a server
-    not warmed up gives no gap verdict. An ICMP/TCP probe from the login server
-    that is answered far faster than the application is the same signal one
-    layer down (the VPN endpoint answers for the client); it is ignored for
-    mobile access, where the carrier gateway answers pings.
+    not warmed up gives no gap verdict, nor does a login with one or two samples
+    before its access kind's spikes were learned from ``spike_warmup`` logins. An
+    ICMP/TCP probe from the login server that is answered far faster than the
+    application is the same signal one layer down (the VPN endpoint answers for the
+    client); it is ignored for mobile access, where the carrier gateway answers pings.
 ``baseline``
     Online baselines of the session's minimum app RTT per (server, /24 or /48),
     falling back to (server, ASN) and (server, country, access kind): River
@@ -62,7 +63,12 @@ is within reach with the model's full weight. The model scores on flattened tree
 (memoised until its window pivots) and learns in queued, vectorised batches. A
 login whose exit prefix carries evidence re-assesses the prefix's unflagged recent
 sessions (at most ``prefix_history``); any login costs one pass over its prefix's
-history.
+history. What a prefix's history gives (its logins' standardised gap residuals, its
+proven accounts) is worked out once per history and kept while the overheads it was
+taken against stay the same (:class:`~.prefixes.PrefixView`, for the last
+``PREFIX_VIEWS_MAX`` = 4,096 prefixes asked, about 5 KiB each with 16 logins: at most
+about 21 MiB), so a probe does not repeat the pass; noise scales are kept until their
+access kind's residuals change, and the overheads' votes are kept in order as they come.
 
 Modules: :mod:`.state` (bounded tables, alert book, the session record),
 :mod:`.baselines` (prefix baselines, learned server overheads), :mod:`.geometry`

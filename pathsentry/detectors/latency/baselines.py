@@ -59,6 +59,7 @@ JSON snapshot is the votes themselves.
 from __future__ import annotations
 
 import base64
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 from typing import Any, ClassVar
 
@@ -98,42 +99,59 @@ def phase_quantile(k: int, alpha: float) -> float:
     >>> round(phase_quantile(1, 0.001), 3), round(phase_quantile(10, 0.001), 3)
     (0.999, 0.499)
     """
-    return 1.0 - float(alpha ** (1.0 / max(1, k)))
+    key = (k, alpha)
+    q = _PHASE_QUANTILES.get(key)
+    if q is None:
+        q = 1.0 - float(alpha ** (1.0 / max(1, k)))
+        if len(_PHASE_QUANTILES) < _PHASE_MEMO_MAX:
+            _PHASE_QUANTILES[key] = q
+    return q
+
+
+#: (samples, alpha) -> :func:`phase_quantile`: a few sample counts and the detector's
+#: two alphas, bounded (a session's probes can add samples without end)
+_PHASE_QUANTILES: dict[tuple[int, float], float] = {}
+_PHASE_MEMO_MAX = 4096
 
 
 class _Votes:
     """One vote per source (the latest value of each exit prefix), at most ``cap``
-    sources (the least recently heard from is dropped), and their quantiles (sorted
-    once per change). A farm behind one or a few /24s casts one or a few votes however
-    many of its accounts log in, so it cannot drag a median the honest population
-    sets."""
+    sources (the least recently heard from is dropped), and their quantiles. A farm
+    behind one or a few /24s casts one or a few votes however many of its accounts log
+    in, so it cannot drag a median the honest population sets. The votes are kept
+    sorted as they change (a binary search and one insertion per vote), so a quantile
+    is two list reads: the tick's 160 votes are asked for their median at every login."""
 
     __slots__ = ("_sorted", "cap", "votes")
 
     def __init__(self, cap: int, votes: list[list[Any]] | None = None) -> None:
         self.cap = max(2, cap)
         self.votes: OrderedDict[str, float] = OrderedDict()
+        self._sorted: list[float] = []
         for source, x in votes or ():
             self.add(str(source), float(x))
-        self._sorted: list[float] | None = None
 
     def add(self, source: str, x: float) -> None:
         votes = self.votes
-        if source in votes:
-            del votes[source]
+        s = self._sorted
+        old = votes.pop(source, None)
+        if old is not None:
+            del s[bisect_left(s, old)]
         votes[source] = x
+        insort(s, x)
         if len(votes) > self.cap:
-            votes.popitem(last=False)
-        self._sorted = None
+            del s[bisect_left(s, votes.popitem(last=False)[1])]
 
     def __len__(self) -> int:
         return len(self.votes)
 
+    def ordered(self) -> list[float]:
+        """The votes in ascending order (the list itself: do not change it)."""
+        return self._sorted
+
     def quantile(self, q: float) -> float:
         """Linear-interpolated quantile of the votes (0.0 when there are none)."""
         s = self._sorted
-        if s is None:
-            s = self._sorted = sorted(self.votes.values())
         if not s:
             return 0.0
         pos = q * (len(s) - 1)
@@ -188,7 +206,7 @@ class Overhead:
         if f is None:
             u = self._u
             if len(u) >= self.MIN_TICK_LOGINS:
-                values = sorted(u.votes.values())
+                values = u.ordered()
                 cut = len(values) // 10
                 kept = values[cut:len(values) - cut]
                 centre = sum(kept) / len(kept)
@@ -273,8 +291,9 @@ class OverheadBook:
         self.noise: dict[str, _Votes] = {}
         #: access kind -> votes of the app samples' spread beyond what the tick explains
         self.jitter: dict[str, _Votes] = {}
-        #: noise scales until the next login is learned
-        self._noise_memo: dict[tuple[str, float], tuple[float, int]] = {}
+        #: noise scales until the residuals they rest on change: (kind, floor) -> (scale,
+        #: residuals, whether every kind's residuals were pooled)
+        self._noise_memo: dict[tuple[str, float], tuple[float, int, bool]] = {}
 
     @staticmethod
     def key(server_id: str, platform: str | None) -> str:
@@ -294,18 +313,41 @@ class OverheadBook:
         hit = self._noise_memo.get(key)
         if hit is None:
             hit = self._noise_memo[key] = self._noise_scale(kind, floor)
-        return hit
+        return hit[0], hit[1]
 
-    def _noise_scale(self, kind: str, floor: float) -> tuple[float, int]:
+    def _noise_scale(self, kind: str, floor: float) -> tuple[float, int, bool]:
         w = self.noise.get(kind)
-        lower = [] if w is None else [-x for x in w.votes.values() if x <= 0.0]
-        if len(lower) < self.MIN_NOISE_VOTES:
-            lower = [-x for v in self.noise.values() for x in v.votes.values() if x <= 0.0]
-        if len(lower) < self.MIN_NOISE_VOTES:
-            return floor, len(lower)
-        lower.sort()
-        s = lower[len(lower) // 2] / 0.674
-        return (s if s > floor else floor), len(lower)
+        pooled = False
+        if w is None:
+            m = 0
+        else:  # the residuals at or below zero: the head of the ordered votes
+            s = w.ordered()
+            m = bisect_right(s, 0.0)
+        if m >= self.MIN_NOISE_VOTES:
+            assert w is not None
+            # the median magnitude: ``sorted(-x for x <= 0)[m // 2]``
+            median = -s[m - 1 - m // 2]
+        else:
+            pooled = True
+            # every kind's residuals at or below zero, in ascending order
+            low: list[float] = []
+            for v in self.noise.values():
+                s = v.ordered()
+                low += s[:bisect_right(s, 0.0)]
+            low.sort()
+            m = len(low)
+            if m < self.MIN_NOISE_VOTES:
+                return floor, m, pooled
+            median = -low[m - 1 - m // 2]
+        scale = median / 0.674
+        return (scale if scale > floor else floor), m, pooled
+
+    def _noise_changed(self, kind: str) -> None:
+        """Forget the noise scales a change of ``kind``'s residuals may move: the kind's
+        own, and every scale that pooled all kinds."""
+        memo = self._noise_memo
+        for key in [k for k, hit in memo.items() if k[0] == kind or hit[2]]:
+            del memo[key]
 
     def spike(self, kind: str, q: float = 0.9) -> float:
         """How far (ms) one app sample of this access kind may spike: the ``q`` quantile
@@ -322,11 +364,15 @@ class OverheadBook:
         x = w.quantile(q)
         return x if x > 0.0 else 0.0
 
+    def spike_votes(self, kind: str) -> int:
+        """Logins (exit prefixes) the access kind's spike allowance rests on."""
+        w = self.jitter.get(kind)
+        return 0 if w is None else len(w)
+
     def learn(self, key: str, source: str, kind: str, gap: float | None, k: int, spread: float,
               u: float | None = None) -> None:
         """Learn one login of server (and platform) ``key`` from exit prefix ``source``
         (``u``: its standardised gap residual, when the server was warm)."""
-        self._noise_memo.clear()
         o = self.overheads.get(key)
         if o is None:
             if len(self.overheads) >= self.keys_max:
@@ -341,6 +387,7 @@ class OverheadBook:
                     w = self.noise[kind] = _Votes(2 * self.window)
             if w is not None:
                 w.add(source, gap - o.figures()[0])
+                self._noise_changed(kind)
         if k >= 2 and o.sources() >= self.warm:
             j = self.jitter.get(kind)
             if j is None and len(self.jitter) < self.keys_max:

@@ -23,7 +23,8 @@ from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
 from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
-from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, noisy_or
+from pathsentry.detectors.latency.prefixes import PREFIX_VIEWS_MAX, PrefixView
+from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, GapVerdict, noisy_or
 from pathsentry.detectors.latency.snapshots import Snapshots
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
 from pathsentry.detectors.physics import KM_PER_MS_RTT
@@ -68,6 +69,7 @@ class LatencyDetector(Snapshots, Evidence):
         self.gap_alpha = float(cfg["gap_alpha"])
         self.phase_alpha = float(cfg["phase_alpha"])
         self.overhead_warmup = int(cfg["overhead_warmup"])
+        self.spike_warmup = int(cfg["spike_warmup"])
         self.by_platform = bool(cfg["overhead_by_platform"])
         self.overhead = OverheadBook(int(cfg["overhead_window"]), self.overhead_warmup)
         self.prefix_history = int(cfg["prefix_history"])
@@ -79,6 +81,8 @@ class LatencyDetector(Snapshots, Evidence):
         self.prefix_proven_accounts = int(cfg["prefix_proven_accounts"])
         self.proven_min = float(cfg["proven_min"])
         self.prefix_gaps: BoundedLRU[str, tuple[Any, ...]] = BoundedLRU(cfg["prefixes_max"])
+        self.prefix_views: BoundedLRU[str, PrefixView] = BoundedLRU(
+            min(int(cfg["prefixes_max"]), PREFIX_VIEWS_MAX))
         self.baselines: BoundedLRU[str, Baseline] = BoundedLRU(cfg["baseline_keys_max"])
         self.sessions: BoundedLRU[str, Session] = BoundedLRU(cfg["sessions_max"])
         #: account -> (flagged sessions, session id, score, session id, score, ...): the
@@ -187,21 +191,22 @@ class LatencyDetector(Snapshots, Evidence):
         # baseline or model learning: the login already taught them). Most sessions
         # are clean: a look at what every component needs to be non-zero (the same
         # comparisons :meth:`_score` makes) ends their probes here.
+        gv = None
         if self.prune and self.flag_threshold > 0.0 and not sess.phys_s > 0 \
                 and sess.route is None and not sess.worst_km > 100.0:
             gv = self.gap_verdict(sess)
-            if (gv is None or not gv.strength > 0) and not self.prefix_evidence(sess, gv)[0] > 0 \
-                    and not self.prefix_relays(sess)[0] > 0:
+            if (gv is None or not gv.strength > 0) and not self.prefix_relays(sess)[0] > 0 \
+                    and not self.prefix_evidence(sess, gv)[0] > 0:
                 b = self.best_baseline(sess)[1]
                 if b is None:
                     return None
                 excess, z = self.baseline_z(sess, b)
                 if not excess > 5.0 or not z > 2.0:
                     return None
-        return self._reassess(sess)
+        return self._reassess(sess, gv)
 
-    def _reassess(self, sess: Session) -> Findings | None:
-        comps, model, _, _, _, raw, _ = self._score(sess, False)
+    def _reassess(self, sess: Session, verdict: GapVerdict | None = None) -> Findings | None:
+        comps, model, _, _, _, raw, _ = self._score(sess, False, verdict)
         if comps is None:
             if self.flag_threshold > 0.0:
                 return None  # no evidence at all: score 0

@@ -117,10 +117,16 @@ class Evidence(Scoring):
             noise_logins=v.noise_n, spike_allowance_ms=round(v.spike, 2),
             honest_bound_ms=round(v.bound, 2),
         )
+        cold_kind = 0 <= v.spike_n < self.spike_warmup
+        if v.spike_n >= 0:
+            out["overhead"]["spike_logins"] = v.spike_n
         out.update(excess_ms=round(v.excess, 2),
                    excess_km=round(max(0.0, v.excess) * KM_PER_MS_RTT),
                    ratio=round(v.ratio, 3),
-                   verdict="relay" if v.strength > 0.5 else "consistent")
+                   verdict="relay" if v.strength > 0.5 else
+                   (f"{v.k} sample(s) on {sess.geo.kind or '?'} access whose spikes are learned "
+                    f"from {v.spike_n} < {self.spike_warmup} logins: no verdict of its own"
+                    if cold_kind and v.excess > 0 else "consistent"))
         if v.strength > 0:
             what = "TCP terminates" if v.source == "tcp_rtt" else "the network layer answers"
             reasons.append(

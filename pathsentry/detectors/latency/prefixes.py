@@ -21,13 +21,69 @@ from pathsentry.detectors.latency.state import BoundedLRU, Session
 if TYPE_CHECKING:
     from pathsentry.detectors.latency.scoring import GapVerdict
 
-__all__ = ["PREFIX_ROW", "ExitPrefixes", "clip3"]
+__all__ = ["PREFIX_ROW", "PREFIX_VIEWS_MAX", "ExitPrefixes", "PrefixView", "clip3"]
 
 #: fields per login in an exit prefix's history (see :meth:`ExitPrefixes.learn_prefix`)
 PREFIX_ROW = _ROW = 7
+#: exit prefixes whose worked-out history (:class:`PrefixView`) is kept: the ones whose
+#: sessions are live (a probe follows its login within the session)
+PREFIX_VIEWS_MAX = 4096
+
+
 def clip3(u: float) -> float:
     """A standardised residual limited to [-3, 3]."""
     return -3.0 if u < -3.0 else 3.0 if u > 3.0 else u
+
+
+class PrefixView:
+    """One exit prefix's history worked out: per login (session id) whether its own
+    physics proved it relayed and its account, the proven accounts' login counts, and
+    (once asked, against the overheads in ``figs``) each login's standardised gap
+    residual. Built once per history tuple (a login replaces the tuple), so a probe of
+    an unchanged prefix costs a look at the overheads, not a pass over its logins."""
+
+    __slots__ = ("figs", "gapped", "hist", "hits", "keys", "logins", "proven", "rows", "terms")
+
+    def __init__(self, hist: tuple[Any, ...]) -> None:
+        self.hist = hist
+        #: session id -> (its logins, the accounts of its proven ones): one login per
+        #: session, but a loaded history is taken as it comes
+        self.rows: dict[Any, tuple[int, list[str]]] = {}
+        #: proven account -> its proven logins
+        self.proven: dict[str, int] = {}
+        rows = self.rows
+        proven = self.proven
+        sids = hist[0::_ROW]
+        self.logins = len(sids)
+        hits = 0
+        for sid, account, flag in zip(sids, hist[5::_ROW], hist[6::_ROW], strict=True):
+            got = rows.get(sid)
+            n, accounts = (0, []) if got is None else got
+            if flag:
+                accounts.append(account)
+                hits += 1
+                proven[account] = proven.get(account, 0) + 1
+            rows[sid] = (n + 1, accounts)
+        self.hits = hits
+        #: the (overhead key, access kind) groups of the logins with a gap, and those
+        #: logins: (session id, group, gap ms, app samples)
+        self.keys: list[tuple[str, str]] = []
+        self.gapped: list[tuple[Any, int, float, int]] = []
+        groups: dict[tuple[str, str], int] = {}
+        for sid, oh_key, gap, k, kind in zip(sids, hist[1::_ROW], hist[2::_ROW], hist[3::_ROW],
+                                             hist[4::_ROW], strict=True):
+            if gap is None:
+                continue
+            key = (oh_key, kind)
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = len(self.keys)
+                self.keys.append(key)
+            self.gapped.append((sid, g, gap, k))
+        #: the figures the terms were taken against; the terms: session id, standardised
+        #: residual, ...
+        self.figs: list[tuple[tuple[float, float, float, float], float] | None] | None = None
+        self.terms: list[Any] | None = None
 
 
 #: components that prove a relay from the login's own physics
@@ -43,6 +99,8 @@ class ExitPrefixes:
     #: exit prefix -> (session id, overhead key, gap ms, app samples, access kind, account,
     #: proven, ...) of its last ``prefix_history`` logins
     prefix_gaps: BoundedLRU[str, tuple[Any, ...]]
+    #: exit prefix -> its history worked out (:class:`PrefixView`), for the recent ones
+    prefix_views: BoundedLRU[str, PrefixView]
     prefix_min_logins: int
     prefix_z: tuple[float, float]
     prefix_share: tuple[float, float]
@@ -52,6 +110,27 @@ class ExitPrefixes:
     def noise_floor(self, kind: str) -> float:
         """The smallest noise scale (ms) of an access kind (:mod:`.scoring`)."""
         raise NotImplementedError
+
+    def prefix_view(self, prefix: str) -> PrefixView | None:
+        """What the exit prefix's history gives, worked out once per history and
+        overheads (``None`` without a history)."""
+        hist = self.prefix_gaps.peek(prefix)
+        if hist is None:
+            return None
+        views = self.prefix_views
+        view = views._d.get(prefix)
+        if view is None or view.hist is not hist:
+            view = PrefixView(hist)
+            views.put(prefix, view)
+        return view
+
+    def _group_figures(self, key: tuple[str, str]) -> tuple[tuple[float, float, float, float], float] | None:
+        """(overhead figures, noise scale) of one (overhead key, access kind) of a prefix's
+        history, ``None`` while that server is cold."""
+        o = self.overhead.get(key[0])
+        if o is None or o.sources() < self.overhead_warmup:
+            return None
+        return o.figures(), self.overhead.noise_scale(key[1], self.noise_floor(key[1]))[0]
 
     def prefix_evidence(self, sess: Session, gv: GapVerdict | None) -> tuple[float, int, float]:
         """(strength, logins, z) of the exit prefix's own gap evidence.
@@ -74,40 +153,27 @@ class ExitPrefixes:
         tail because honest prefixes are not all alike: the lines behind one /24 can
         share an app-vs-TCP offset of a few ms (a home router, a line type), which a
         sum over many logins turns into a z-score of 5 or so.
+        The standardised residuals are worked out once per history and overheads
+        (:class:`PrefixView`): a probe re-asks this of an unchanged prefix.
         """
-        hist = self.prefix_gaps.peek(sess.prefix)
-        sid = sess.session_id or sess.event_id
+        view = self.prefix_view(sess.prefix)
         total = 0.0
         n = 0
-        if hist is not None:
-            book = self.overhead
-            warm = self.overhead_warmup
-            #: (overhead key, access kind) -> (cost, tick, noise^2), read once per call
-            seen: dict[tuple[str, str], tuple[float, float, float, float, float] | None] = {}
-            for i in range(0, len(hist), _ROW):
-                gap = hist[i + 2]
-                if gap is None or hist[i] == sid:
-                    continue
-                key = (hist[i + 1], hist[i + 4])
-                if key in seen:
-                    fig = seen[key]
-                else:
-                    o = book.get(key[0])
-                    if o is None or o.sources() < warm:
-                        fig = None
-                    else:
-                        least = self.noise_floor(key[1])
-                        noise = book.noise_scale(key[1], least)[0]
-                        fig = (*o.figures(), noise * noise)
-                    seen[key] = fig
-                if fig is None:
-                    continue
-                cost, tick, centre, scale, noise2 = fig  # :meth:`residual`, inlined
-                k = hist[i + 3]
-                v = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise2
-                u = clip3((gap - cost - tick / (k + 1)) / math.sqrt(v)) if v > 0.0 else 0.0
-                total += (u - centre) / scale
-                n += 1
+        if view is not None:
+            terms = view.terms
+            figs = view.figs
+            if terms is None or figs is None:
+                terms = self._terms(view)
+            else:
+                for g, key in enumerate(view.keys):
+                    if self._group_figures(key) != figs[g]:
+                        terms = self._terms(view)
+                        break
+            sid = sess.session_id or sess.event_id
+            for i in range(0, len(terms), 2):
+                if terms[i] != sid:
+                    total += terms[i + 1]
+                    n += 1
         if gv is not None and gv.bound is not None:
             total += gv.u
             n += 1
@@ -116,6 +182,31 @@ class ExitPrefixes:
         z = total / math.sqrt(n)
         lo, hi = self.prefix_z
         return (0.0 if z <= lo else 1.0 if z >= hi else (z - lo) / (hi - lo)), n, z
+
+    def _terms(self, view: PrefixView) -> list[Any]:
+        """Standardise the history's gaps against the overheads as they are now (and keep
+        the figures they were taken against in ``view``)."""
+        figs = view.figs = [self._group_figures(key) for key in view.keys]
+        #: (group, samples) -> (the phase's expected share, the honest residual's scale)
+        shares: dict[tuple[int, int], tuple[float, float]] = {}
+        terms: list[Any] = []
+        for sid, g, gap, k in view.gapped:  # :meth:`residual`, inlined
+            got = figs[g]
+            if got is None:
+                continue
+            cost, tick, centre, scale = got[0]
+            share = shares.get((g, k))
+            if share is None:
+                v = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + got[1] * got[1]
+                share = shares[(g, k)] = (tick / (k + 1), math.sqrt(v) if v > 0.0 else 0.0)
+            if share[1] > 0.0:
+                u = (gap - cost - share[0]) / share[1]
+                u = -3.0 if u < -3.0 else 3.0 if u > 3.0 else u  # clip3
+            else:
+                u = 0.0
+            terms += (sid, (u - centre) / scale)
+        view.terms = terms
+        return terms
 
     def prefix_relays(self, sess: Session) -> tuple[float, int, int]:
         """(strength, accounts proven relayed, logins) of the exit prefix's recent logins.
@@ -130,24 +221,24 @@ class ExitPrefixes:
         honest login is proven relayed about once in 5,000, so two accounts of one /24's
         last 16 logins are next to never both honest).
         """
-        hist = self.prefix_gaps.peek(sess.prefix)
-        if hist is None:
+        view = self.prefix_view(sess.prefix)
+        if view is None:
             return 0.0, 0, 0
         sid = sess.session_id or sess.event_id
-        proven: set[str] = set()
-        n = hits = 0
-        for i in range(0, len(hist), _ROW):
-            if hist[i] == sid:
-                continue
-            n += 1
-            if hist[i + 6]:
-                hits += 1
-                proven.add(hist[i + 5])
-        if len(proven) < self.prefix_proven_accounts:
-            return 0.0, len(proven), n
+        n, hits = view.logins, view.hits
+        proven = len(view.proven)
+        own = view.rows.get(sid)
+        if own is not None:  # the other sessions' logins only
+            n -= own[0]
+            hits -= len(own[1])
+            for account in set(own[1]):
+                if view.proven[account] == own[1].count(account):
+                    proven -= 1
+        if proven < self.prefix_proven_accounts:
+            return 0.0, proven, n
         x = hits / n
         lo, hi = self.prefix_share
-        return (0.0 if x <= lo else 1.0 if x >= hi else (x - lo) / (hi - lo)), len(proven), n
+        return (0.0 if x <= lo else 1.0 if x >= hi else (x - lo) / (hi - lo)), proven, n
 
     def learn_prefix(self, sess: Session, gv: GapVerdict | None, comps: dict[str, float] | None,
                      keep: int) -> bool:

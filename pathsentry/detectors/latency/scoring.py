@@ -17,7 +17,10 @@ physics: the evidence says so and the other components carry the decision.
 Defaults (``[detectors.latency]``): ``overhead_window`` 40 exit prefixes per server
 (a patch day is absorbed within about 20 logins from distinct prefixes; a relayed
 share below about 40 % of the window's prefixes does not move the medians),
-``overhead_warmup`` 8 prefixes, ``gap_z`` 3.0 noise scales above the phase bound,
+``overhead_warmup`` 8 prefixes, ``spike_warmup`` 40 logins of an access kind before a
+login with one or two app samples of that kind has a gap verdict of its own (its only
+sample may carry a radio spike larger than any of the kind's few learned spreads; its
+residual still counts toward its exit prefix's), ``gap_z`` 3.0 noise scales above the phase bound,
 ``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
 phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
 logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
@@ -88,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
     "overhead_window": 40,
     "overhead_warmup": 8,
     "overhead_by_platform": True,
+    "spike_warmup": 40,
     "prefix_history": 16,
     "prefixes_max": 20_000,
     "prefix_min_logins": 4,
@@ -128,7 +132,7 @@ class GapVerdict:
     """The cross-layer gap of one login against the server's learned overhead."""
 
     __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
-                 "noise_n", "ratio", "residual", "source", "spike", "strength", "tick",
+                 "noise_n", "ratio", "residual", "source", "spike", "spike_n", "strength", "tick",
                  "u", "u_raw", "variance")
 
     def __init__(self, net: float, source: str, gap: float) -> None:
@@ -145,6 +149,8 @@ class GapVerdict:
         #: the residual standardised, clipped, and set against the server's population
         self.u = self.u_raw = 0.0
         self.n = self.noise_n = 0
+        #: logins the access kind's spike allowance rests on (-1: not needed, 3+ samples)
+        self.spike_n = -1
         self.cold = ""
 
 
@@ -163,6 +169,7 @@ class Scoring(ExitPrefixes):
     gap_alpha: float
     phase_alpha: float
     overhead_warmup: int
+    spike_warmup: int
     baselines: BoundedLRU[str, Baseline]
     overhead: OverheadBook
     accounts: BoundedLRU[str, tuple[Any, ...]]
@@ -227,20 +234,31 @@ class Scoring(ExitPrefixes):
             v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
                       "learned, no gap verdict")
             return v
-        v.cost, v.tick, centre, scale = o.figures()
-        v.expected = v.cost + v.tick / (k + 1)
-        least = self.noise_floor(sess.geo.kind or "")
-        v.noise, v.noise_n = self.overhead.noise_scale(sess.geo.kind or "?", least)
-        v.spike = self.overhead.spike(sess.geo.kind or "?", 1.0) if k <= 2 else 0.0
-        v.bound = (v.cost + v.tick * phase_quantile(k, self.gap_alpha) + self.gap_z * v.noise
-                   + v.spike)
+        cost, tick, centre, scale = o.figures()
+        v.cost, v.tick = cost, tick
+        v.expected = cost + tick / (k + 1)
+        kind = sess.geo.kind
+        noise, v.noise_n = self.overhead.noise_scale(kind or "?", self.noise_floor(kind or ""))
+        v.noise = noise
+        if k <= 2:
+            v.spike = self.overhead.spike(kind or "?", 1.0)
+            v.spike_n = self.overhead.spike_votes(kind or "?")
+        else:
+            v.spike = 0.0
+        v.bound = cost + tick * phase_quantile(k, self.gap_alpha) + self.gap_z * noise + v.spike
         v.excess = excess = v.gap - v.bound
-        v.residual, v.variance = self.residual(o, v.gap, k, v.noise)
+        # :meth:`residual`, inlined
+        v.residual = v.gap - cost - tick / (k + 1)
+        v.variance = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise
         v.u_raw = clip3(v.residual / math.sqrt(v.variance)) if v.variance > 0.0 else 0.0
         v.u = (v.u_raw - centre) / scale
         path = app_min - v.expected
         v.ratio = ratio = net / path if path > 0 else 1.0
-        if excess > 0.0 and v.gap > self.gap_min_ms:
+        # one or two samples: a radio spike the kind's few learned spreads have not shown
+        # yet can look like a leg, so the login has no verdict of its own until
+        # ``spike_warmup`` logins of its access kind taught the allowance (its residual
+        # still counts toward its exit prefix's)
+        if excess > 0.0 and v.gap > self.gap_min_ms and (v.spike_n < 0 or v.spike_n >= self.spike_warmup):
             width = self.gap_full_ms - self.gap_min_ms
             width = width if width > 2.0 * v.noise else 2.0 * v.noise
             x = 1.0 - ratio
@@ -333,7 +351,7 @@ class Scoring(ExitPrefixes):
         least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS)
         return excess, excess / (least if least > hi - lo else hi - lo)
 
-    def _score(self, sess: Session, ask_model: bool = True) -> tuple[
+    def _score(self, sess: Session, ask_model: bool = True, verdict: GapVerdict | None = None) -> tuple[
         dict[str, float] | None, float | str | None, GapVerdict | None, float | None, str,
         tuple[float | None, float | None, float | None, float | None], tuple[float, ...] | None,
     ]:
@@ -343,12 +361,13 @@ class Scoring(ExitPrefixes):
         verdict, ``None`` if it would be asked but ``ask_model`` is false; the gap
         verdict; the baseline excess ms; the level of the baseline used; what
         :func:`~.model.features` makes the model features of; the features if the model
-        was asked). Ramps: ``ramp(x, lo, hi)`` is ``0 if x <= lo, 1 if x >= hi,
+        was asked). ``verdict``: the session's gap verdict, if the caller just took it.
+        Ramps: ``ramp(x, lo, hi)`` is ``0 if x <= lo, 1 if x >= hi,
         (x - lo) / (hi - lo)``.
         """
         probes = sess.probes
         comps: dict[str, float] | None = None
-        gv = self.gap_verdict(sess)
+        gv = self.gap_verdict(sess) if verdict is None else verdict
         gap_excess = x_gap = None
         if gv is not None and gv.excess is not None:
             gap_excess, x_gap = gv.excess, 1.0 - gv.ratio
