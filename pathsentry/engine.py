@@ -21,7 +21,7 @@ from pathsentry.detectors.crosscheck import CrossCheck, CrossCheckSettings
 from pathsentry.detectors.saved import check_ts
 from pathsentry.enrich import GeoResolver, build_resolver
 from pathsentry.enrich.enricher import Enricher
-from pathsentry.schemas import AccountLabel, AnyEvent, AnyFeedback, Interaction
+from pathsentry.schemas import AnyEvent, AnyFeedback
 
 __all__ = ["Engine", "GroupStage", "tune_gc"]
 
@@ -156,7 +156,8 @@ class Engine:
 
     def process(self, event: AnyEvent | AnyFeedback) -> Findings:
         """One event through both stages (a label or an interaction: :meth:`feedback`)."""
-        if isinstance(event, AccountLabel | Interaction):
+        # (by the kind tag: ``isinstance`` on a pydantic model class runs Python code)
+        if event.kind == "account_label" or event.kind == "interaction":
             return self.feedback(event)
         ev, out = self.session_stage(event)
         for name, key in self.group_routes(ev):

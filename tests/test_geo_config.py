@@ -86,3 +86,50 @@ def test_config_file_env_overrides_and_geo_paths(tmp_path: Path) -> None:
     assert cfg.detector_settings("latency") == {"min_samples": 30}
     with pytest.raises(ValueError):
         load_config(text='[[allow]]\ncidr = "not-a-net"\nreason = "x"\n', env={})
+
+
+def test_enrichment_answers_each_address_object_for_itself(tmp_path: Path) -> None:
+    """The enricher's memo is keyed by address object: distinct objects of one address get
+    the same answer, and an entry left under an object's id by another object is not
+    taken for it."""
+    import ipaddress
+
+    from pathsentry.enrich.enricher import Enricher
+
+    f = tmp_path / "geo.csv"
+    f.write_text(CSV)
+    cfg = load_config(text='[[allow]]\ncidr = "203.0.113.128/25"\nreason = "relay"\n', env={})
+    enricher = Enricher(cfg, build_resolver([f"csv:{f}"]))
+    for text, asn, prefix, allowed in [
+        ("203.0.113.9", 64500, "203.0.113.0/24", False),
+        ("203.0.113.200", 64501, "203.0.113.0/24", True),
+        ("2001:db8:1:2::5", 64502, "2001:db8:1::/48", False),
+        ("10.1.2.3", None, "10.1.2.0/24", False),
+    ]:
+        a, b = ipaddress.ip_address(text), ipaddress.ip_address(text)
+        assert a is not b
+        for ip in (a, b, a):
+            geo, got_prefix, entry = enricher.source(ip)
+            assert (geo.asn, got_prefix, entry is not None) == (asn, prefix, allowed)
+            assert got_prefix == str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}",
+                                                          strict=False))
+    ip = ipaddress.ip_address("203.0.113.9")
+    other = ipaddress.ip_address("203.0.113.200")
+    enricher._by_id[id(ip)] = (other, enricher.source(other))
+    assert enricher.source(ip)[0].asn == 64500
+
+
+_V4 = ["0.0.0.0", "255.255.255.255", "203.0.113.77", "10.0.0.1"]
+_V6 = ["::", "::1", "2001:db8:1:2::5", "fe80::1:2:3:4", "::ffff:203.0.113.7",
+       "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+
+
+@pytest.mark.parametrize(("text", "bits"), [(t, b) for t in _V4 for b in (1, 8, 24, 31, 32)]
+                         + [(t, b) for t in _V6 for b in (1, 24, 48, 64, 127, 128)])
+def test_network_text_is_the_parsed_networks_text(text: str, bits: int) -> None:
+    import ipaddress
+
+    from pathsentry.enrich.geo import network_text
+
+    addr = ipaddress.ip_address(text)
+    assert network_text(addr, bits) == str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))

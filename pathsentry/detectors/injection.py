@@ -414,11 +414,10 @@ class InjectionDetector(Detector):
         self.window = NetworkWindow(window)
         self._priors: dict[str, frozenset[str] | None] = {}
 
-    def _prior(self, host: str, origin: Origin | None) -> set[str] | None:
+    def _prior(self, host: str, origin: Origin | None) -> frozenset[str] | None:
         if host not in self._priors:
             self._priors[host] = _frozen(prior_marks(origin))
-        got = self._priors[host]
-        return None if got is None else set(got)
+        return self._priors[host]
 
     def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
         probe = ev.event

@@ -359,7 +359,7 @@ class InjectionCellDetector(Detector):
             return None
         key = key if key is not None else next(iter(self.group_keys(ev)))
         s = self.settings
-        ts = probe.ts.timestamp()
+        ts = ev.ts
         group = self._group(key, ev, ts)
         local = probe.ts.astimezone(self.tz) if self.tz is not None else probe.ts
         group.tz_label = s.timezone or self._tz_label(local)
@@ -499,9 +499,15 @@ class InjectionCellDetector(Detector):
             cells = [c for c in (group.cells.get((p, port, hour)) for p in lines) if c is not None]
         else:
             one = group.cells.get(key)
-            cells = [one] if one is not None else []
+            if one is None:
+                return CLEAN  # no probe
+            cells = [one]
         n, k = sum_cells(cells)
         if n <= 0 or n < s.min_probes:
+            return CLEAN
+        # (the sources counted apart are at most the cells' own: the union needs no set
+        # when they are fewer than ``suspected_from``)
+        if sum(len(c.suspect_clients) for c in cells) < s.suspected_from:
             return CLEAN
         sources = distinct_sources((c.suspect_clients.keys() for c in cells),
                                    s.min_suspect_clients, group.owners)

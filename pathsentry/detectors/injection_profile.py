@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,7 +270,7 @@ class OriginProfiles:
             out = (out or set()) | self._vote(voters, 0.5)
         return out
 
-    def expect(self, key: str, status: int | None, prior: set[str] | None = None) -> Expectation:
+    def expect(self, key: str, status: int | None, prior: Set[str] | None = None) -> Expectation:
         """What an answer of ``status`` from origin ``key`` should carry. ``prior``: the
         configured marks, used until enough is learned (the same for every call with
         ``key``). Recomputed after every ``_REFRESH`` answers learned of the origin."""
@@ -283,7 +283,7 @@ class OriginProfiles:
         remember(self._cache, (key, status), (epoch, got), 4 * self.s.max_origins * self.s.max_statuses)
         return got
 
-    def _expect(self, key: str, status: int | None, prior: set[str] | None) -> Expectation:
+    def _expect(self, key: str, status: int | None, prior: Set[str] | None) -> Expectation:
         s = self.s
         o = self.origins.get(key)
         features: set[str] | None = None

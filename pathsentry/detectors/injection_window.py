@@ -20,6 +20,8 @@ does not normally answer with, a missing mark, ...). For one answer it tells
   plaintext cell it is compared with.
 
 Time is event time; buckets older than the window behind the newest event are dropped.
+The buckets held are summed per origin and network as they come and go, so the
+window that ends at the newest bucket (every in-order answer's) is read, not summed.
 
 >>> w = NetworkWindow(WindowSettings(min_networks=3))
 >>> for asn in ("AS1", "AS2", "AS3", "AS4"):
@@ -64,6 +66,26 @@ class _Net:
     flagged: int = 0
     anomalies: dict[str, int] = field(default_factory=dict)
 
+    def count(self, flagged: bool, anomaly: str | None) -> None:
+        """One more answer (``flagged`` or not, showing ``anomaly`` or none)."""
+        self.n += 1
+        self.flagged += flagged
+        if anomaly is not None:
+            self.anomalies[anomaly] = self.anomalies.get(anomaly, 0) + 1
+
+    def merge(self, other: _Net, sign: int = 1) -> None:
+        """Add (``sign = -1``: take away) ``other``'s counts; an anomaly whose count
+        falls to zero goes."""
+        self.n += sign * other.n
+        self.flagged += sign * other.flagged
+        anomalies = self.anomalies
+        for a, k in other.anomalies.items():
+            left = anomalies.get(a, 0) + sign * k
+            if left:
+                anomalies[a] = left
+            else:
+                del anomalies[a]
+
 
 class NetworkWindow:
     """Per origin, per time bucket, per network: answers, flags, anomalies."""
@@ -74,6 +96,9 @@ class NetworkWindow:
         self.buckets: dict[int, dict[str, dict[str, _Net]]] = {}
         self.newest = -(2**62)
         self.entries = 0
+        #: origin -> network -> counts summed over every bucket held: the window that
+        #: ends at the newest bucket (a network is listed while it has answers in it)
+        self.totals: dict[str, dict[str, _Net]] = {}
         #: origin -> network -> [TLS answers, anomalous ones, time], decayed
         self.tls: dict[str, dict[str, list[float]]] = {}
         self.tls_entries = 0
@@ -100,10 +125,12 @@ class NetworkWindow:
             self.entries += 1
         if tls:
             self._add_tls(origin, net, ts, tls_anomaly)
-        c.n += 1
-        c.flagged += flagged
-        if anomaly is not None:
-            c.anomalies[anomaly] = c.anomalies.get(anomaly, 0) + 1
+        c.count(flagged, anomaly)
+        per_net = self.totals.setdefault(origin, {})
+        total = per_net.get(net)
+        if total is None:
+            total = per_net[net] = _Net()
+        total.count(flagged, anomaly)
 
     def _decayed(self, row: list[float], ts: float) -> tuple[float, float]:
         keep = 0.5 ** (max(0.0, ts - row[2]) / self.s.tls_half_life_s)
@@ -126,21 +153,31 @@ class NetworkWindow:
     def _expire(self) -> None:
         horizon = self.newest - self._span()
         for b in [b for b in self.buckets if b < horizon]:
-            self.entries -= sum(len(v) for v in self.buckets.pop(b).values())
+            gone = self.buckets.pop(b)
+            self.entries -= sum(len(v) for v in gone.values())
+            for origin, nets in gone.items():
+                per_net = self.totals[origin]
+                for net, c in nets.items():
+                    total = per_net[net]
+                    total.merge(c, -1)
+                    if not total.n:
+                        del per_net[net]
+                if not per_net:
+                    del self.totals[origin]
 
     def _nets(self, origin: str, ts: float) -> dict[str, _Net]:
-        """The networks that reached ``origin`` in the window ending at ``ts``, summed."""
+        """The networks that reached ``origin`` in the window ending at ``ts``, summed
+        (read only: the window ending at the newest bucket is :attr:`totals`' own)."""
         end = self._bucket(ts)
+        if end == self.newest:  # the buckets held are the window
+            return self.totals.get(origin) or {}
         out: dict[str, _Net] = {}
         for b in range(end - self._span(), end + 1):
             for net, c in self.buckets.get(b, {}).get(origin, {}).items():
                 acc = out.get(net)
                 if acc is None:
                     acc = out[net] = _Net()
-                acc.n += c.n
-                acc.flagged += c.flagged
-                for a, k in c.anomalies.items():
-                    acc.anomalies[a] = acc.anomalies.get(a, 0) + k
+                acc.merge(c)
         return out
 
     def spread(self, origin: str, anomaly: str, ts: float) -> tuple[int, int]:

@@ -60,7 +60,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pathsentry.detectors import register
@@ -68,6 +68,7 @@ from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findi
 from pathsentry.detectors.physics import great_circle_km
 from pathsentry.detectors.settings import load_settings
 from pathsentry.detectors.takeover_saved import check_takeover_state
+from pathsentry.enrich.geo import network_text
 from pathsentry.schemas import Alert, FlaggedEvent, Login, make_alert_id, severity_for
 
 __all__ = ["TakeoverDetector", "TakeoverSettings"]
@@ -120,7 +121,7 @@ def _remember(values: OrderedDict[Any, float], value: Any, ts: float, cap: int) 
 def _subnet(ip: IPv4Address | IPv6Address | None) -> str | None:
     if ip is None:
         return None
-    return str(ip_network(f"{ip}/{24 if ip.version == 4 else 64}", strict=False))
+    return network_text(ip, 24 if ip.version == 4 else 64)
 
 
 #: the history's per-kind maps, by attribute name (a module constant: the compiled
@@ -212,7 +213,8 @@ class _DeviceAccounts:
     def quantile(self, q: float, leave_out: int = 0) -> int:
         """The ``q`` quantile of accounts per device over the devices remembered (0: none),
         one device with ``leave_out`` accounts left out (the device being judged)."""
-        total = sum(self.hist) - (1 if leave_out else 0)
+        # every device remembered is in ``hist`` once: ``len(self._devices) == sum(self.hist)``
+        total = len(self._devices) - (1 if leave_out else 0)
         if total <= 0:
             return 0
         need, seen = q * total, 0

@@ -21,11 +21,14 @@ from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.bounded import remember
 from pathsentry.detectors.saved import AllowList
 from pathsentry.enrich.geo import GeoInfo, GeoResolver, prefix_of
-from pathsentry.schemas import AnyEvent, Login, RttProbe, Traceroute
+from pathsentry.schemas import AnyEvent
 
 __all__ = ["Enricher"]
 
 IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+Source = tuple[GeoInfo, str, AllowEntry | None]
 
 
 class Enricher:
@@ -36,32 +39,35 @@ class Enricher:
         self.config = config
         self.geo = geo
         self._allow = AllowList(config)
-        self._by_ip: dict[IpAddr, tuple[GeoInfo, str, AllowEntry | None]] = {}
+        #: ``id()`` of a source address object -> (the object, its answer). The event
+        #: parser hands out one object per distinct address, and hashing an address
+        #: object is slow pure Python; the entry holds the object, so that its id is not
+        #: reused while the entry lives (another object of the same address only costs
+        #: a lookup again)
+        self._by_id: dict[int, tuple[IpAddr, Source]] = {}
 
     def allowed(self, ip: IpAddr) -> AllowEntry | None:
         return self._allow.entry(ip)
 
-    def source(self, ip: IpAddr) -> tuple[GeoInfo, str, AllowEntry | None]:
+    def source(self, ip: IpAddr) -> Source:
         """Geo, aggregation prefix and allow-list entry of a source address (cached)."""
-        hit = self._by_ip.get(ip)
-        if hit is None:
-            hit = remember(self._by_ip, ip, (self.geo.lookup(ip), prefix_of(ip), self.allowed(ip)),
-                           self.CACHE_SIZE)
-        return hit
+        hit = self._by_id.get(id(ip))
+        if hit is not None and hit[0] is ip:
+            return hit[1]
+        answer = (self.geo.lookup(ip), prefix_of(ip), self.allowed(ip))
+        remember(self._by_id, id(ip), (ip, answer), self.CACHE_SIZE)
+        return answer
 
     def enrich(self, event: AnyEvent) -> Enriched:
-        # (a field the model lacks is not looked up by name: a miss costs a pydantic exception)
-        if isinstance(event, Login):
+        # The kind tag tells the models apart (``isinstance`` on a pydantic model class
+        # runs pydantic's own check, in Python); a field the model lacks is not looked
+        # up by name: a miss costs a pydantic exception.
+        if event.kind == "login":
             server_id: str | None = event.server_id
-        elif isinstance(event, RttProbe | Traceroute):
+        elif event.kind == "rtt_probe" or event.kind == "traceroute":
             server_id = event.vantage_id
         else:
             server_id = None
         geo, prefix, allowed = self.source(event.src_ip)
-        return Enriched(
-            event=event,
-            geo=geo,
-            prefix=prefix,
-            server=self.config.server(server_id) if server_id else None,
-            allowed=allowed,
-        )
+        server = self.config.server(server_id) if server_id else None
+        return Enriched(event, geo, prefix, server, allowed)

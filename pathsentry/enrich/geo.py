@@ -41,6 +41,7 @@ __all__ = [
     "GeoSource",
     "MmdbSource",
     "build_resolver",
+    "network_text",
     "prefix_of",
 ]
 
@@ -69,6 +70,23 @@ class GeoInfo:
 UNKNOWN = GeoInfo()
 
 
+def network_text(addr: IpLike, bits: int) -> str:
+    """The network of ``addr`` that is ``bits`` long, as text: what
+    ``str(ip_network(f"{addr}/{bits}", strict=False))`` gives, from the address's
+    integer instead of its text parsed again.
+
+    >>> network_text(ipaddress.ip_address("203.0.113.77"), 24)
+    '203.0.113.0/24'
+    >>> network_text(ipaddress.ip_address("2001:db8:1:2::5"), 64)
+    '2001:db8:1:2::/64'
+    """
+    width = 32 if addr.version == 4 else 128
+    net = int(addr) >> (width - bits) << (width - bits)
+    if width == 32:
+        return f"{net >> 24}.{(net >> 16) & 255}.{(net >> 8) & 255}.{net & 255}/{bits}"
+    return str(ipaddress.IPv6Network((net, bits)))
+
+
 def prefix_of(ip: str | IpLike) -> str:
     """The aggregation prefix of an address: /24 for IPv4, /48 for IPv6.
 
@@ -76,8 +94,7 @@ def prefix_of(ip: str | IpLike) -> str:
     ('203.0.113.0/24', '2001:db8:1::/48')
     """
     addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-    bits = 24 if addr.version == 4 else 48
-    return str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
+    return network_text(addr, 24 if addr.version == 4 else 48)
 
 
 class GeoSource(Protocol):
@@ -224,12 +241,13 @@ class BundledSource:
         )
 
 
-_INTERNAL = tuple(
-    ipaddress.ip_network(n)
-    for n in (
+#: (IP version, netmask, network address) of the internal ranges, as integers
+_INTERNAL: tuple[tuple[int, int, int], ...] = tuple(
+    (n.version, int(n.netmask), int(n.network_address))
+    for n in map(ipaddress.ip_network, (
         "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
         "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/4", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
-    )
+    ))
 )
 
 
@@ -238,8 +256,14 @@ def _is_internal(addr: IpLike) -> bool:
 
     Documentation ranges (TEST-NET, 2001:db8::/32) are *not* internal here, so
     simulations and examples can use them as public space.
+
+    >>> _is_internal(ipaddress.ip_address("100.64.1.2")), _is_internal(ipaddress.ip_address("fe80::1"))
+    (True, True)
+    >>> _is_internal(ipaddress.ip_address("203.0.113.9")), _is_internal(ipaddress.ip_address("2001:db8::1"))
+    (False, False)
     """
-    return any(addr.version == n.version and addr in n for n in _INTERNAL)
+    version, value = addr.version, int(addr)
+    return any(version == v and value & mask == net for v, mask, net in _INTERNAL)
 
 
 class GeoResolver:
