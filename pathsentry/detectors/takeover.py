@@ -111,11 +111,14 @@ class TakeoverSettings:
         return out  # type: ignore[no-any-return]
 
 
-def _remember(values: OrderedDict[Any, float], value: Any, ts: float, cap: int) -> None:
+def _remember(values: dict[Any, float], value: Any, ts: float, cap: int) -> None:
+    """Put ``value`` last in ``values`` (a plain dict keeps insertion order and costs
+    about 60 % of an ``OrderedDict``: these maps are per account, so that is most of the
+    detector's memory) and forget the oldest beyond ``cap``."""
+    values.pop(value, None)
     values[value] = ts
-    values.move_to_end(value)
     while len(values) > cap:
-        values.popitem(last=False)
+        del values[next(iter(values))]
 
 
 def _subnet(ip: IPv4Address | IPv6Address | None) -> str | None:
@@ -132,12 +135,12 @@ _HISTORY_MAPS = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
 @dataclass(slots=True)
 class _History:
     logins: int = 0
-    devices: OrderedDict[str, float] = field(default_factory=OrderedDict)
-    subnets: OrderedDict[str, float] = field(default_factory=OrderedDict)
-    oses: OrderedDict[str, float] = field(default_factory=OrderedDict)
-    countries: OrderedDict[str, float] = field(default_factory=OrderedDict)
-    asns: OrderedDict[int, float] = field(default_factory=OrderedDict)
-    prefixes: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    devices: dict[str, float] = field(default_factory=dict)
+    subnets: dict[str, float] = field(default_factory=dict)
+    oses: dict[str, float] = field(default_factory=dict)
+    countries: dict[str, float] = field(default_factory=dict)
+    asns: dict[int, float] = field(default_factory=dict)
+    prefixes: dict[str, float] = field(default_factory=dict)
     last_ts: float | None = None
     last_lat: float | None = None
     last_lon: float | None = None
@@ -179,13 +182,14 @@ class _DeviceAccounts:
     which the shared-device threshold is read as a quantile."""
 
     def __init__(self, max_devices: int, per_device: int) -> None:
-        self._devices: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        #: device -> its accounts, oldest first (plain dicts per device, see ``_remember``)
+        self._devices: OrderedDict[str, dict[str, None]] = OrderedDict()
         self.max_devices = max(1, max_devices)
         self.per_device = max(2, per_device)
         #: hist[n] = devices with n accounts (n <= per_device)
         self.hist = [0] * (self.per_device + 1)
 
-    def items(self) -> Iterator[tuple[str, OrderedDict[str, None]]]:
+    def items(self) -> Iterator[tuple[str, dict[str, None]]]:
         return iter(self._devices.items())
 
     def count(self, device: str) -> int:
@@ -195,12 +199,12 @@ class _DeviceAccounts:
     def add(self, device: str, account: str) -> None:
         accs = self._devices.get(device)
         if accs is None:
-            accs = self._devices[device] = OrderedDict()
+            accs = self._devices[device] = {}
         before = len(accs)
+        accs.pop(account, None)
         accs[account] = None
-        accs.move_to_end(account)
         while len(accs) > self.per_device:
-            accs.popitem(last=False)
+            del accs[next(iter(accs))]
         self._devices.move_to_end(device)
         if len(accs) != before:
             if before:
