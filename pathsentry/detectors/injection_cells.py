@@ -21,12 +21,14 @@ distinct sources got forged answers on its port(s) (all the hours with a forged 
 when the box's forgeries are too thin for any hour to have that many: the cell was
 judged on its ``min_suspect_clients`` sources already).
 
-A cell is *confidently bad* when
+A cell is *bad* when
 
 - it holds at least ``min_probes`` plaintext probes, and suspect ones from at least
-  ``min_suspect_clients`` distinct sources (the account of a client report, else the
+  ``min_suspected_sources`` distinct sources (the account of a client report, else the
   address; an address from which an account reported a forged answer counts as that
-  account: the same subscriber, not another witness): see *Framing* below;
+  account: the same subscriber, not another witness); it is *confirmed* from
+  ``min_suspect_clients`` sources, or with ``min_sensor_witnesses`` among them, and
+  *suspected* otherwise: see *Framing* below;
 - the Wilson lower bound of its suspect rate reaches ``min_rate`` (an optional floor,
   0 by default: an ISP that forges one answer in a thousand is still forging, and the
   contrasts below, not a share, tell a forging box from noise);
@@ -65,14 +67,28 @@ address becomes an account's once it reports a forged answer from it, so the sam
 subscriber's reports without an account, or a sensor's, are not more witnesses).
 ``min_suspect_clients`` is therefore the number of colluders an ISP is protected
 against, plus one: the default 5 means up to four colluding accounts, each with any
-number of its own addresses, name nobody, however many probes they send (the issue
-raised with two; the tests frame with two and three). An injector whose forged answers
-reached fewer than that many sources cannot be told from framing by any rule that
-resists it: ``pathsentry evaluate`` reports such injectors apart (named / nameable /
-all). Reports without an account from addresses no account used are counted by
-address; where anyone can send them (a launcher's anonymous line check),
-``anonymous_sources = "line"`` makes each vouch for its /24 only, at the cost of the
-many genuine victims that share a line.
+number of its own addresses, confirm nothing, however many probes they send.
+
+Fewer sources are told apart by what no account writes: a **sensor witness**, a forged
+answer that the operator's passive sensor (or an edge), not a client, saw on an
+address (with ``anonymous_sources = "line"``: a line) from which no account reported a
+forged answer. The sensor saw the packets (their TTLs, a sequence race) itself, on a
+line the colluders' accounts never reported from; a colluder's own lines are his
+account's and witness nothing (to make one, he must run a forging box on the path of
+another line, one his account never reports from: packets, not a report). A cell whose
+``min_suspected_sources`` (3) or more sources hold ``min_sensor_witnesses`` (1) such
+witnesses is confirmed. Without one it is only *suspected*: an alert of severity
+``low``, ``evidence.level = "suspected"``, whose summary gives its count of sources
+and says it could be collusion; it rises to confirmed (same alert, next version) when
+a fifth source or a witness arrives, and a confirmed alert stays confirmed. So two
+colluding accounts raise nothing, three or four at most a suspected alert (the tests
+frame with two and three, with their own sensor reports). An injector whose forged
+answers reached fewer than three sources cannot be told from two colluders:
+``pathsentry evaluate`` reports injectors named, named at the confirmed level and
+*nameable* (five sources or more) apart. Reports without an account from addresses no
+account used are counted by address; where anyone can send them (a launcher's
+anonymous line check), ``anonymous_sources = "line"`` makes each vouch for its /24
+only, at the cost of the many genuine victims that share a line.
 
 Cells are re-judged whenever their plaintext or TLS counts move. A cell dropped from
 state (idle longer than ``idle_ttl_s``, or beyond ``max_cells``) is no longer bad, and
@@ -112,7 +128,7 @@ from pathsentry.detectors.injection import NOTES_KEY
 from pathsentry.detectors.injection_counts import (
     Cell,
     borrowed_control,
-    distinct_at_least,
+    distinct_sources,
     expire,
     format_hours,
     merge,
@@ -144,6 +160,9 @@ ANY_PORT = -1
 CellKey = tuple[str, int, int]  # (prefix or "*", port, hour)
 TlsKey = tuple[str, int]  # (prefix or "*", hour)
 Signature = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]  # ports, hours, prefixes
+#: How bad a cell is: not, suspected (could be collusion), confirmed.
+CLEAN, SUSPECTED, CONFIRMED = 0, 1, 2
+LEVELS = {SUSPECTED: "suspected", CONFIRMED: "confirmed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +173,12 @@ class CellSettings:
     #: distinct sources (accounts of client reports, else addresses) of suspect probes;
     #: the framing bound, see the module docstring
     min_suspect_clients: int = 5
+    #: distinct sources from which a cell is *suspected* (a ``low`` alert saying it could
+    #: be collusion); 0, or ``min_suspect_clients`` or more: no suspected level
+    min_suspected_sources: int = 3
+    #: sensor witnesses (forged answers the operator's sensor or edge saw on a line no
+    #: reporting account used) that make a suspected cell confirmed (0: never)
+    min_sensor_witnesses: int = 1
     #: what a report without an account (or a sensor's) vouches for: ``address`` or
     #: ``line`` (its /24), for operators who cannot trust such reports' addresses
     anonymous_sources: str = "address"
@@ -168,6 +193,12 @@ class CellSettings:
     #: TLS path-anomaly rate at the same times (see the module docstring)
     tls_borrow: bool = True
     z: float = 1.96
+
+    @property
+    def suspected_from(self) -> int:
+        """The distinct sources a cell needs to be bad at all."""
+        low = self.min_suspected_sources
+        return min(low, self.min_suspect_clients) if low > 0 else self.min_suspect_clients
     #: IANA zone for "hour of day"; empty: the offset each event's ``ts`` carries.
     timezone: str = ""
     max_groups: int = 20_000
@@ -189,6 +220,7 @@ class _Published:
     ts: float
     signature: Signature
     suspects: int
+    level: str = "confirmed"
 
 
 @dataclass(slots=True)
@@ -198,6 +230,11 @@ class _Group:
     cells: OrderedDict[CellKey, Cell] = field(default_factory=OrderedDict)
     tls: OrderedDict[TlsKey, Cell] = field(default_factory=OrderedDict)
     bad: set[CellKey] = field(default_factory=set)
+    #: the bad cells at the confirmed level (the rest of ``bad`` are suspected)
+    sure: set[CellKey] = field(default_factory=set)
+    #: anonymous sources (addresses, or lines) on which a sensor or an edge, not a
+    #: client, saw a forged answer
+    witnesses: set[str] = field(default_factory=set)
     #: The lines the pooled cells were last judged over (not persisted: re-judged).
     pooled: frozenset[str] = frozenset()
     accounts: list[str] = field(default_factory=list)
@@ -211,27 +248,39 @@ class _Group:
     #: ``bad`` changed since the alert signature was last looked at (not persisted)
     moved: bool = True
 
-    def mark_bad(self, key: CellKey, bad: bool) -> None:
-        if bad == (key in self.bad):
+    def mark_bad(self, key: CellKey, level: int) -> None:
+        was = CONFIRMED if key in self.sure else SUSPECTED if key in self.bad else CLEAN
+        if level == was:
             return
-        if bad:
+        if level:
             self.bad.add(key)
         else:
             self.bad.discard(key)
-        self.lines = None
+        if level == CONFIRMED:
+            self.sure.add(key)
+        else:
+            self.sure.discard(key)
+        if not level or not was:
+            self.lines = None
         self.moved = True
+
+    @property
+    def level(self) -> int:
+        return CONFIRMED if self.sure else SUSPECTED if self.bad else CLEAN
 
     def to_json(self) -> dict[str, Any]:
         pub = self.published
         return {
             "asn": self.asn, "as_name": self.as_name, "last": self.last,
             "tz_label": self.tz_label, "accounts": list(self.accounts),
-            "owners": dict(self.owners),
+            "owners": dict(self.owners), "witnesses": sorted(self.witnesses),
             "cells": [[*k, c.to_json()] for k, c in self.cells.items()],
             "tls": [[*k, c.to_json()] for k, c in self.tls.items()],
             "bad": sorted([list(k) for k in self.bad]),
+            "sure": sorted([list(k) for k in self.sure]),
             "published": None if pub is None else {
                 "version": pub.version, "ts": pub.ts, "suspects": pub.suspects,
+                "level": pub.level,
                 "signature": [list(x) for x in pub.signature],
             },
         }
@@ -239,18 +288,22 @@ class _Group:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _Group:
         g = cls(asn=d["asn"], as_name=d["as_name"], last=d["last"], tz_label=d["tz_label"],
-                accounts=list(d["accounts"]), owners=dict(d.get("owners", {})))
+                accounts=list(d["accounts"]), owners=dict(d.get("owners", {})),
+                witnesses=set(d.get("witnesses", ())))
         for p, port, hour, c in d["cells"]:
             g.cells[(p, port, hour)] = Cell.from_json(c)
         for p, hour, c in d["tls"]:
             g.tls[(p, hour)] = Cell.from_json(c)
         g.bad = {(p, port, hour) for p, port, hour in d["bad"]}
+        # saves without levels held confirmed cells only
+        g.sure = ({(p, port, hour) for p, port, hour in d["sure"]} if "sure" in d
+                  else set(g.bad))
         pub = d["published"]
         if pub is not None:
             ports, hours, prefixes = pub["signature"]
             g.published = _Published(pub["version"], pub["ts"],
                                      (tuple(ports), tuple(hours), tuple(prefixes)),
-                                     pub["suspects"])
+                                     pub["suspects"], pub.get("level", "confirmed"))
         return g
 
 
@@ -357,7 +410,8 @@ class InjectionCellDetector(Detector):
             return None
         if group.published is not None:
             signature = _union(group.published.signature, signature)
-            if group.published.signature == signature:
+            if (group.published.signature == signature
+                    and group.published.level == _alert_level(group)):
                 return None
         return Findings(alerts=[self._publish(key, group, ts, signature)])
 
@@ -373,6 +427,8 @@ class InjectionCellDetector(Detector):
             addr = anonymous_source(probe, line)
             if addr not in group.owners and len(group.owners) < s.max_clients:
                 group.owners[addr] = client
+        elif probe.reporter != "client" and len(group.witnesses) < s.max_clients:
+            group.witnesses.add(client)
 
     def _tz_label(self, local: datetime) -> str:
         off = local.utcoffset()
@@ -394,13 +450,13 @@ class InjectionCellDetector(Detector):
 
     def _judge(self, group: _Group, keys: Iterable[CellKey], lines: Set[str]) -> None:
         for cell_key in keys:
-            group.mark_bad(cell_key, self._bad(group, cell_key, lines))
+            group.mark_bad(cell_key, self._level(group, cell_key, lines))
 
     def _drop(self, group: _Group, gone: Iterable[CellKey]) -> None:
         """Cells no longer held (evicted, expired) are no longer bad; the bad pooled
         cells, whose sums may have lost members or whole lines, are judged again."""
         for key in gone:
-            group.mark_bad(key, False)
+            group.mark_bad(key, CLEAN)
         self._judge(group, [k for k in group.bad if k[0] == LINES], self._lines(group))
 
     @staticmethod
@@ -430,8 +486,9 @@ class InjectionCellDetector(Detector):
             group.lines = frozenset(k[0] for k in group.bad if k[0] not in (ALL, LINES))
         return group.lines
 
-    def _bad(self, group: _Group, key: CellKey, lines: Set[str]) -> bool:
-        """Is the cell at ``key`` confidently bad (``LINES``: pooled over ``lines``)?
+    def _level(self, group: _Group, key: CellKey, lines: Set[str]) -> int:
+        """How bad the cell at ``key`` is (``LINES``: pooled over ``lines``): ``CLEAN``,
+        ``SUSPECTED`` or ``CONFIRMED`` (see *Framing* in the module docstring).
 
         Counts are summed (never merged into a new cell) and the cheapest test
         goes first: most cells fail on their probe count.
@@ -444,13 +501,16 @@ class InjectionCellDetector(Detector):
             one = group.cells.get(key)
             cells = [one] if one is not None else []
         n, k = sum_cells(cells)
-        if n <= 0 or n < s.min_probes or not distinct_at_least(
-                (c.suspect_clients.keys() for c in cells), s.min_suspect_clients, group.owners):
-            return False
+        if n <= 0 or n < s.min_probes:
+            return CLEAN
+        sources = distinct_sources((c.suspect_clients.keys() for c in cells),
+                                   s.min_suspect_clients, group.owners)
+        if len(sources) < s.suspected_from:
+            return CLEAN
         if wilson_lower(k, n, s.z) < s.min_rate:
-            return False
+            return CLEAN
         if rate_above(k, n, sum(c.ref for c in cells), n, s.z) <= 0.0:
-            return False  # the other networks saw as much at the same times
+            return CLEAN  # the other networks saw as much at the same times
         if prefix == LINES:
             n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
         else:
@@ -458,8 +518,15 @@ class InjectionCellDetector(Detector):
         borrowed = None if not s.tls_borrow else borrowed_control(
             n, n_tls, k_tls, sum(c.ref_tls for c in cells), sum(c.ref_tls_n for c in cells), s.z)
         if borrowed is not None:
-            return rate_above(k, n, borrowed[1], borrowed[0], s.z) > 0.0
-        return n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z) > 0.0
+            above = rate_above(k, n, borrowed[1], borrowed[0], s.z) > 0.0
+        else:
+            above = n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z) > 0.0
+        if not above:
+            return CLEAN
+        if len(sources) >= s.min_suspect_clients:
+            return CONFIRMED
+        witnessed = sum(1 for w in sources if w in group.witnesses)
+        return CONFIRMED if 0 < s.min_sensor_witnesses <= witnessed else SUSPECTED
 
     # -- the alert --------------------------------------------------------------------
 
@@ -522,6 +589,10 @@ class InjectionCellDetector(Detector):
         (n_in, k_in), (n_out, k_out), (n_tls, k_tls) = self._contrast(group, ports, hours)
         where = "the alerted lines" if lines else "the whole AS"
         score = max((wilson_lower(c.k, c.n, s.z) for _, c in bad_cells), default=0.0)
+        level = _alert_level(group)
+        sources = distinct_sources((c.suspect_clients.keys() for _, c in bad_cells),
+                                   s.max_clients, group.owners)
+        witnessed = sum(1 for w in sources if w in group.witnesses)
         events: list[str] = []
         for _, c in bad_cells:
             events.extend(e for e in c.examples if e not in events)
@@ -531,19 +602,24 @@ class InjectionCellDetector(Detector):
         asn_txt = f"AS{group.asn}" if group.asn is not None else key
         prefixes = list(signature[2]) or self._prefixes(group, ports, hours)
         port_txt = ", ".join(str(p) for p in sorted(ports))
+        witness_txt = (f", or with {s.min_sensor_witnesses} seen by a sensor"
+                       if s.min_sensor_witnesses else "")
+        doubt = "" if level == "confirmed" else (
+            f"suspected, {len(sources)} sources (confirmed from {s.min_suspect_clients}"
+            f"{witness_txt}), could be collusion: ")
         summary = (
-            f"{asn_txt} ({group.as_name or 'unknown AS'}): plaintext answers forged on the "
+            f"{doubt}{asn_txt} ({group.as_name or 'unknown AS'}): plaintext answers forged on the "
             f"path, port {port_txt}, {hours_txt} ({group.tz_label}); on {where} "
             f"{k_in}/{n_in} plaintext probes suspect in those hours vs {k_out}/{n_out} "
             f"outside, TLS {k_tls}/{n_tls} anomalous; {len(prefixes)} prefix(es)"
         )
         version = 1 if group.published is None else group.published.version + 1
-        group.published = _Published(version, ts, signature, k_in)
+        group.published = _Published(version, ts, signature, k_in, level)
         return Alert(
             alert_id=make_alert_id(self.name, "injection_cell", key),
             ts=_dt(ts),
             kind="injection_cell",
-            severity=severity_for(score),
+            severity=severity_for(score) if level == "confirmed" else "low",
             score=round(score, 4),
             subject={
                 "asn": group.asn, "as_name": group.as_name, "prefixes": prefixes,
@@ -562,6 +638,11 @@ class InjectionCellDetector(Detector):
                      "rate_lower": round(wilson_lower(c.k, c.n, s.z), 4)}
                     for (p, port, h), c in bad_cells
                 ],
+                "level": level,
+                "sources": {"distinct": len(sources), "sensor_witnesses": witnessed,
+                            "confirmed_from": s.min_suspect_clients,
+                            "suspected_from": s.suspected_from,
+                            "witnesses_to_confirm": s.min_sensor_witnesses},
                 "contrast_on": where,
                 "in_hours": {"probes": n_in, "suspect": k_in},
                 "off_hours": {"probes": n_out, "suspect": k_out},
@@ -594,7 +675,8 @@ class InjectionCellDetector(Detector):
                 continue  # no cell is bad any more: the last version stands
             signature = _union(pub.signature, self._signature(group))
             (_, k_in), _, _ = self._contrast(group, set(signature[0]), set(signature[1]))
-            if k_in != pub.suspects or signature != pub.signature:
+            if (k_in != pub.suspects or signature != pub.signature
+                    or pub.level != _alert_level(group)):
                 out.alerts.append(self._publish(key, group, now, signature))
         return out or None
 
@@ -611,6 +693,14 @@ class InjectionCellDetector(Detector):
         for group in self.groups.values():
             # a bad cell the snapshot does not hold cannot be shown: drop it
             self._drop(group, [k for k in group.bad if k[0] != LINES and k not in group.cells])
+
+
+def _alert_level(group: _Group) -> str:
+    """The alert's level: confirmed once any of its cells was (like its subject, it only
+    rises), else suspected."""
+    if group.level == CONFIRMED or (group.published and group.published.level == "confirmed"):
+        return "confirmed"
+    return "suspected"
 
 
 def _rate(x: Any) -> float | None:

@@ -30,8 +30,8 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Caps", "Cell", "borrowed_control", "distinct_at_least", "expire", "format_hours",
-           "merge", "rate_above", "sum_cells", "touch", "wilson_lower", "wilson_upper"]
+__all__ = ["Caps", "Cell", "borrowed_control", "distinct_sources", "expire",
+           "format_hours", "merge", "rate_above", "sum_cells", "touch", "wilson_lower", "wilson_upper"]
 
 
 class Caps(Protocol):
@@ -241,21 +241,21 @@ def sum_cells(cells: Iterable[Cell | None]) -> tuple[int, int]:
     return n, k
 
 
-def distinct_at_least(sets: Iterable[Set[str]], m: int,
-                      same: Mapping[str, str] | None = None) -> bool:
-    """Whether the union of ``sets`` holds at least ``m`` items (stops once it does);
-    an item ``same`` maps is counted as what it maps to (an address as the account
-    that reported from it).
+def distinct_sources(sets: Iterable[Set[str]], cap: int,
+                     same: Mapping[str, str] | None = None) -> set[str]:
+    """The distinct items of the union of ``sets``, each counted as what ``same`` maps it
+    to (an address as the account that reported from it); collecting stops once ``cap``
+    are found (all of them are returned when fewer).
 
-    >>> distinct_at_least([{"ip:a", "acct:x"}, {"ip:b"}], 3, {"ip:a": "acct:x"})
-    False
+    >>> sorted(distinct_sources([{"ip:a", "acct:x"}, {"ip:b"}], 5, {"ip:a": "acct:x"}))
+    ['acct:x', 'ip:b']
+    >>> len(distinct_sources([{"ip:a", "ip:b"}, {"ip:c"}], 2))
+    2
     """
-    if m <= 0:
-        return True
     same = same or {}
     seen: set[str] = set()
     for x in sets:
         seen.update(same.get(who, who) for who in x)
-        if len(seen) >= m:
-            return True
-    return False
+        if len(seen) >= cap:
+            break
+    return seen

@@ -9,7 +9,8 @@ within the histogram) and
 of what ``injection_cells`` saves of its groups (cells of a prefix, port and hour with
 ``k`` suspect of ``n`` probes and the other networks' TLS rates at most one per probe
 they were summed over, their times no later than a day past the wall clock, the
-published alert's version and signature, the addresses' owning accounts).
+published alert's version, level and signature, the addresses' owning accounts, the
+sensor witnesses, the confirmed cells among the bad ones).
 
 >>> from pathsentry.detectors.saved import StateInvalid
 >>> cell = {"n": 2, "k": 3, "clients": [], "suspect_clients": {}, "ref": 0.0, "first": 1.0,
@@ -111,6 +112,7 @@ class _Published(Saved):
     version: Count
     ts: Ts
     suspects: Count
+    level: Literal["confirmed", "suspected"] = "confirmed"
     signature: tuple[list[Port], list[Hour], list[Name]]
 
 
@@ -122,9 +124,13 @@ class _Group(Saved):
     accounts: list[Name]
     #: address source -> the account source that reported forged answers from it
     owners: dict[Name, Name] = Field(default_factory=dict)
+    #: anonymous sources on which a sensor or an edge saw a forged answer
+    witnesses: list[Name] = Field(default_factory=list)
     cells: list[tuple[Name, Port, Hour, _Cell]]
     tls: list[tuple[Name, Hour, _Cell]]
     bad: list[tuple[Name, Port, Hour]]
+    #: the bad cells at the confirmed level (absent: all of them)
+    sure: list[tuple[Name, Port, Hour]] | None = None
     published: _Published | None
 
 
@@ -139,6 +145,9 @@ def check_cells_state(state: Any) -> None:
         if any(c["k"] > c["n"] for c in cells):
             raise StateInvalid(f"injection_cells state: group {key[:80]!r}: a cell with more "
                                "suspect probes than probes")
+        if g.sure is not None and not set(g.sure) <= set(g.bad):
+            raise StateInvalid(f"injection_cells state: group {key[:80]!r}: a confirmed cell "
+                               "that is not bad")
         if any(c.get("ref_tls", 0.0) > c.get("ref_tls_n", 0) for c in cells):
             raise StateInvalid(f"injection_cells state: group {key[:80]!r}: borrowed TLS rates "
                                "summing to more than one per probe")

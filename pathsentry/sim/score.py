@@ -355,13 +355,17 @@ def score_cells(truth: Truth, alerts: Sequence[Alert], timeline: Timeline | None
     forgery. With ``sources`` (:func:`forged_sources`), a planted cell is *nameable* when
     its forged answers came from at least ``min_sources`` independent sources (the cell
     detector's ``min_suspect_clients``): fewer could be as many colluding accounts framing
-    an ISP, and no detector that resists framing names them."""
+    an ISP, and no detector that resists framing names them. ``confirmed``: the planted
+    cells named by an alert at the confirmed level (not ``suspected``, see
+    :mod:`pathsentry.detectors.injection_cells`)."""
     cells = [a for a in alerts if a.kind == "injection_cell"]
     first_injected = min((e.ts for e in truth.events.values() if e.label == "injection"),
                          default=None)
     right = [a for a in cells if any(cell_matches(a.subject, c) for c in truth.cells)]
     named = [c for c in truth.cells if any(cell_matches(a.subject, c) for a in cells)]
     found = len(named)
+    sure = [c for c in truth.cells if any(cell_matches(a.subject, c) for a in cells
+                                          if a.evidence.get("level") != "suspected")]
     nameable = [c for c in truth.cells
                 if sources is not None and sources.get(c.asn, 0) >= min_sources]
     ttd = None
@@ -376,6 +380,9 @@ def score_cells(truth: Truth, alerts: Sequence[Alert], timeline: Timeline | None
                                    "recall": _ratio(found, len(truth.cells))}},
         "nameable": {"planted": len(nameable), "found": sum(c in named for c in nameable),
                      "min_sources": min_sources, "measured": sources is not None},
+        "confirmed": {"planted": len(truth.cells), "found": len(sure)},
+        "missed": [{"asn": c.asn, "sources": (sources or {}).get(c.asn, 0)}
+                   for c in truth.cells if c not in named],
         "fp_rate": {},
         "alerts_per_hour": _alerts_per_hour(alerts, "injection_cell", truth.hours),
         "ttd": {"entities": len(truth.cells), "detected": found, "median_s": ttd, "max_s": ttd},

@@ -192,7 +192,11 @@ def metrics_of(report: dict[str, Any], truth: Truth,
         "cells": {"planted": cells["positives"], "found": cells["positives"] - cells["fn"],
                   "alerts": cells["flagged"], "right": cells["tp"],
                   "nameable": {**{k: cells["nameable"][k] for k in ("planted", "found")},
-                               "min_sources": [cells["nameable"]["min_sources"]]}},
+                               "min_sources": [cells["nameable"]["min_sources"]]},
+                  "confirmed": dict(cells.get("confirmed", {"planted": 0, "found": 0})),
+                  # seed, ASN and independent sources of each injector not named
+                  "missed": [f"seed {truth.meta.get('seed')} AS{m['asn']}: {m['sources']}"
+                             for m in cells.get("missed", [])]},
         "crosscheck": report.get("crosscheck", {}),
     })
 
@@ -366,11 +370,16 @@ def render_worlds_markdown(result: dict[str, Any]) -> str:
                   f"{_w(wc, 'recall')}); of the {nm.get('planted')} nameable ones (forged "
                   f"answers from at least {least} independent sources: fewer could be as many "
                   f"colluding accounts), "
-                  f"{nm.get('found')} named (worst {_w(wnm, 'recall')}); {c['alerts']} cell "
+                  f"{nm.get('found')} named (worst {_w(wnm, 'recall')}); "
+                  f"{c.get('confirmed', {}).get('found')} named at the confirmed level, the "
+                  f"rest suspected (worst {_w(wc.get('confirmed', {}), 'recall')}); "
+                  f"{c['alerts']} cell "
                   f"alerts, {c['alerts'] - c['right']} on "
                   f"a clean ASN or outside the cell's ports and hours (precision "
                   f"{fmt_cell(c.get('precision'))}, "
-                  f"worst {_w(wc, 'precision')}).", "", "## Recall per attack class", ""]
+                  f"worst {_w(wc, 'precision')}).",
+              f"Injectors not named (seed, ASN: independent sources of their forged answers): "
+              f"{', '.join(c.get('missed', [])) or 'none'}.", "", "## Recall per attack class", ""]
     rows = [[label, det, v["positives"], v["recall"],
              _w(bad.get("recall", {}).get(label, {}).get(det), "recall")]
             for label, dets in pooled["recall"].items() for det, v in dets.items() if v["positives"]]

@@ -123,6 +123,11 @@ HOSTILE: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
      lambda s: next(iter(s["groups"].values()))["cells"][0][3].update(ref_tls=5.0, ref_tls_n=2)),
     ("injection_cells", "an address owned by a number",
      lambda s: next(iter(s["groups"].values())).update(owners={"ip:1.2.3.4": 7})),
+    ("injection_cells", "a confirmed cell that is not bad",
+     lambda s: next(iter(s["groups"].values())).update(sure=[["*", 80, 3]], bad=[])),
+    ("injection_cells", "an alert level it does not have",
+     lambda s: next(g for g in s["groups"].values() if g["published"])["published"].update(
+         level="certain")),
     ("farm", "the clock at 1e12", lambda s: s.update(now=1e12)),
     ("farm", "a negative member RTT",
      lambda s: next(m for p in s["partitions"] for g in p["groups"] for m in g["members"]).update(rtt=-5.0)),

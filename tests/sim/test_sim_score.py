@@ -209,3 +209,16 @@ def test_truth_file_round_trip(tmp_path: Path) -> None:
     t = Truth.load(p)
     assert t.hours == 2.0 and t.cells[0].ports == (80,)
     assert t.groups["g"].first_login_ts == E0 and t.groups["g"].fifth_login_ts is None
+
+
+def test_suspected_cell_alerts_name_but_do_not_confirm() -> None:
+    t = Truth(cells=[CellTruth(4766, ("14.32.0.0/24",), (80,), (9,)),
+                     CellTruth(9318, ("1.224.0.0/24",), (8080,), (20,))])
+    alerts = [_alert("c1", "injection_cell", subject={"asn": 4766, "ports": [80]}),
+              _alert("c2", "injection_cell", subject={"asn": 9318, "ports": [8080]})]
+    alerts[1] = alerts[1].model_copy(update={"evidence": {"level": "suspected"}})
+    s = score_cells(t, alerts)
+    assert (s["by_class"]["injection"]["found"], s["confirmed"]) == (
+        2, {"planted": 2, "found": 1})
+    s = score_cells(t, alerts[:1], sources={4766: 7, 9318: 2})
+    assert s["missed"] == [{"asn": 9318, "sources": 2}]
