@@ -58,3 +58,16 @@ def test_every_planted_farm_is_one_alert_across_partitions(seed: int, tmp_path: 
         assert best >= 0.8 * len(members), (sorted(members)[:3], best, len(members))
     for a in alerts:  # every alert is a farm's
         assert len(set(a.accounts) & farm_accounts) * 2 > len(a.accounts), a.accounts
+
+
+def test_a_name_less_farm_on_home_line_proxies_is_one_alert_per_24(tmp_path: Path) -> None:
+    """Seed 216's name-less farm logs in through residential proxies of two /24s, no
+    relay flag, no foreign route: each /24's home lines carry it, one alert per /24
+    (its partition), holding only the farm's accounts."""
+    config, events, planted = _world(216, tmp_path)
+    (farm,) = [set(g["members"]) for g in planted if g.get("family") == "none"]
+    alerts = [a for a in _through_partitions(config, events).values() if a.kind == "farm_group"]
+    lines = [a for a in alerts if a.subject["pattern"].startswith("line:")]
+    assert len({a.subject["key"] for a in lines}) == len(lines) == 2
+    assert all(set(a.accounts) <= farm for a in lines)
+    assert len(set().union(*(set(a.accounts) for a in lines))) >= 0.9 * len(farm)

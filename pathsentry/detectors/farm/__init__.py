@@ -17,6 +17,8 @@ Modules, one concern each:
   arrival rate, the judge of a burst at any pacing;
 - :mod:`~pathsentry.detectors.farm.machines` -- which accounts share a client
   machine, and the share of the partition's background that does;
+- :mod:`~pathsentry.detectors.farm.lines` -- accounts per home line against the
+  learned rate (a farm on residential proxies, no relay flag, no foreign route);
 - :mod:`~pathsentry.detectors.farm.grouping` -- when a candidate is a farm;
 - :mod:`~pathsentry.detectors.farm.evidence` -- features, score, alert and flags;
 - :mod:`~pathsentry.detectors.farm.state` -- snapshot and restore;
@@ -46,7 +48,12 @@ one group meet on one worker):
     candidate), the /24 of a subscriber network (residential, mobile, campus,
     business), whose other logins count in the partition's background. A group is
     a burst of relay-flagged accounts behind one exit inside one RTT band, sharing
-    /24s or machines (client device ids).
+    /24s or machines (client device ids). In a subscriber /24, every login on a home
+    line (residential, Cable/DSL) is a member too, under the pattern ``line:<24>``: a
+    group is the accounts on addresses that carried, within ``window_s``, at least
+    the limit learned from the class's home lines (never below
+    ``home_accounts + 1``), with the accounts of the /24's other addresses on their
+    machines, crowded onto few machines (:mod:`.lines`).
 
 Machines. A farm room runs several accounts per machine; a VPN exit's or a
 route's unrelated users bring one machine each. In ``route:`` and ``net:AS…`` (every
@@ -100,6 +107,10 @@ Farms and crowds -- which signal separates each hard negative:
   so at the rate the exit's background has taught (:mod:`.machines`), so their
   clumps are no burst of shared machines either. Allow-listed game relays and cloud
   gaming never reach ``net:``.
+- **A family at home, friends on two ISPs** (a home line's accounts): a household
+  stays within the learned accounts-per-line limit; friends each bring their own
+  line and machine; a residential proxy service's unrelated users crowd one address
+  but each from its own machine (:mod:`.lines`).
 - **Honest players sharing a popular stem** (``shadow123``, ``shadow_77``): one
   family, but spread over exits and hours, their serials do not run consecutively,
   and they carry no relay or foreign-route evidence.
@@ -119,9 +130,10 @@ Within one exit network, a family's consecutive serials crowding onto few addres
 count only on home lines (residential): a mobile CGNAT, campus or PC-bang address is
 a crowd's, a launch-day crowd handed consecutive default names among it.
 
-Known limits: a name-less farm on residential proxies of several ISPs is one group
-per exit (partitions on different workers: groups are merged only within a
-partition); on a hosting exit, an account known only from its traceroute (the
+Known limits: a name-less farm on residential proxies of several /24s is one group
+per /24 (partitions on different workers: groups are merged only within a
+partition), and one whose proxy addresses each carry no more accounts than a
+household is not found by its lines; on a hosting exit, an account known only from its traceroute (the
 route note came after its login) carries no machine, so the machine judge sees
 fewer of the farm's accounts there; the prior is learned per worker (the
 partitions of a class that one worker holds), so a cold partition's expectation
@@ -129,9 +141,9 @@ depends on which partitions share its worker until its own history outweighs
 the prior; the machine judge does not apply to a /24 exit (its unflagged logins
 are background only, their machines unknown); a farm whose logins are neither
 relay-flagged nor routed through a foreign origin, with names that share no
-family, has nothing left to be found by; a farm that reuses a popular stem
-(``shadow…``) can take an honest ``shadow`` player whose number happens to
-continue its serials.
+family, has nothing left to be found by but its accounts per home line; a farm
+that reuses a popular stem (``shadow…``) can take an honest ``shadow`` player whose
+number happens to continue its serials.
 
 Bounds: at most ``max_keys`` partitions (least recently used evicted), at most
 ``max_members`` members per partition (members older than ``2 * window_s`` go

@@ -24,6 +24,7 @@ from pathsentry.detectors.farm.exits import (
     dict_note,
     exit_of,
     foreign_sig,
+    home_line,
     hosted_exit,
     jitter,
     network_of,
@@ -32,6 +33,7 @@ from pathsentry.detectors.farm.exits import (
 )
 from pathsentry.detectors.farm.families import family
 from pathsentry.detectors.farm.grouping import Grouping
+from pathsentry.detectors.farm.lines import is_line, record
 from pathsentry.detectors.farm.model import (
     _NET_,
     _ROUTE_,
@@ -180,15 +182,19 @@ class FarmDetector(Detector, Grouping):
             part.bg_rtts.append(event.min_app_rtt)  # and the RTTs a band must stand out of
             if len(part.bg_rtts) > BACKGROUND_RTTS:
                 del part.bg_rtts[0]
-            if self.now > part.last_ts:
-                part.last_ts = self.now
-            if self._bumped:
-                self._bumped.pop(key, None)
-            return None
+            if not home_line(key, ev.geo.kind):  # a home line's logins are members too
+                if self.now > part.last_ts:
+                    part.last_ts = self.now
+                if self._bumped:
+                    self._bumped.pop(key, None)
+                return None
+            counted = True
+        else:
+            counted = False
         m, new = self._upsert_login(part, ev, ts) if is_login else self._upsert_trace(part, ev, ts)
         out = None
         if m is not None:
-            if new:  # the decayed arrival count (m.ts == ts)
+            if new and not counted:  # the decayed arrival count (m.ts == ts)
                 arrive(part, ts, self._half_life, self._fast_half_life)
             if m.group is not None:  # evidence of a member grew: refresh on the next tick
                 self.dirty[(part.key, m.group)] = None
@@ -297,6 +303,7 @@ class FarmDetector(Detector, Grouping):
             pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()
         else:
             pats = (part.key,) if flagged or (sig and hosted_exit(part.key)) else ()
+            pats += home_line(part.key, geo.kind)
         skel, serial_no, _ = family(account)
         m = Member(
             sid, account, ts, fields["event_id"], None, ip_text(fields["src_ip"]), prefix,
@@ -310,8 +317,10 @@ class FarmDetector(Detector, Grouping):
         members[sid] = m
         if pats:
             _add_to_index(part.index, pats, m)
-            if kind != TPL:
+            if kind != TPL and pats[0] == part.key:
                 self._stamp(part, m)
+            if kind == NET and is_line(pats[-1]):
+                record(part, pats[-1], m, self.settings.window_s)
         return m, True
 
     def _upsert_trace(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
@@ -401,7 +410,7 @@ class FarmDetector(Detector, Grouping):
         """Index an unindexed member under its ``_patterns``."""
         pats = m.indexed = patterns_of(part, m)
         _add_to_index(part.index, pats, m)
-        if pats and part.kind != TPL:  # the one pattern is the key
+        if pats and part.kind != TPL and pats[0] == part.key:  # the key (and a home line)
             self._stamp(part, m)
 
     def _stamp(self, part: Partition, m: Member) -> None:
@@ -427,7 +436,7 @@ class FarmDetector(Detector, Grouping):
                 if m.ts >= cutoff and len(members) <= cap:
                     break
                 members.popitem(last=False)
-                if m.indexed and m.group is None:
+                if m.indexed and m.group is None and (part.kind != NET or part.key in m.indexed):
                     if m.rtt is not None:
                         part.bg_rtts.append(m.rtt)
                         if len(part.bg_rtts) > BACKGROUND_RTTS:

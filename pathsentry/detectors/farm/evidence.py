@@ -18,6 +18,7 @@ from typing import Any
 from pathsentry.detectors.farm.background import burst_p, expected
 from pathsentry.detectors.farm.exits import band, mad
 from pathsentry.detectors.farm.families import family, serial_regularity
+from pathsentry.detectors.farm.lines import is_line, line_evidence
 from pathsentry.detectors.farm.model import (
     TPL,
     FarmSettings,
@@ -139,6 +140,10 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
     }
     tpl = templates.most_common(1)[0][0] if part.kind == TPL else None
     what = f"template {tpl}" if tpl else f"shared {g.pattern.partition(':')[0]} pattern"
+    if is_line(g.pattern):
+        lines = evidence["home_lines"] = line_evidence(part, ms, s)
+        what = (f"up to {lines['accounts_per_address'][0][1]} accounts per home line "
+                f"(learned limit {lines['learned_limit_accounts_per_address']})")
     where = paths.most_common(1)[0][0] if paths else g.pattern.partition(":")[2]
     summary = (
         f"{len(ms)} accounts with {what} logged in within {feats['span_s'] / 60:.0f} min "

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pathsentry.detectors.base import Enriched
+from pathsentry.detectors.farm.lines import LINE_KINDS, line_pattern
 from pathsentry.detectors.farm.model import (
     _NET_,
     _ROUTE_,
@@ -147,7 +148,17 @@ def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
     assert kind == NET
     # a hosting exit's foreign-routed accounts are its members too (one farm's logins
     # the relay detector flagged only in part, in one partition: :func:`hosted_exit`)
-    return (part.key,) if m.relay or (m.sig and hosted_exit(part.key)) else ()
+    pats: tuple[str, ...] = (part.key,) if m.relay or (m.sig and hosted_exit(part.key)) else ()
+    return pats + home_line(part.key, m.access)
+
+
+def home_line(key: str, access: str | None) -> tuple[str, ...]:
+    """The home-line pattern a login on a home line (:data:`.lines.LINE_KINDS`) is
+    indexed under in a subscriber /24's partition ``key`` (:mod:`.lines`), if any."""
+    if access not in LINE_KINDS:
+        return ()
+    line = line_pattern(key)
+    return (line,) if line else ()
 
 
 def hosted_exit(key: str) -> bool:

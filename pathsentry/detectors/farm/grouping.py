@@ -5,12 +5,12 @@ around the new member's login, in a window. In a family partition (``tpl:``) the
 window is ``window_s`` and the candidate needs ``min_size`` members sharing a
 foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
 that run consecutively (``min_regularity``) on accounts crowded onto few machines
-(:func:`_on_few_machines`) or home-line addresses (:func:`_on_few_lines`: a CGNAT,
+(:func:`on_few_machines`) or home-line addresses (:func:`_on_few_lines`: a CGNAT,
 campus or PC-bang address is a crowd's) or all through one hosting network
 (:func:`_hosted`);
 the whole family in the window is a candidate too (a batch spread over several
 exits) with regular serials and either that evidence or accounts crowded onto few
-machines (:func:`_on_few_machines`: residential proxies
+machines (:func:`on_few_machines`: residential proxies
 of several ISPs, no exit with ``min_size`` of the batch, no relay flag).
 Consecutive default names handed to a crowd that signed up together
 (``player10231``, ``player10232``…) come from homes all over an ISP, each on its
@@ -31,7 +31,9 @@ Where every login of the pattern is a member (``route:``, ``net:AS…``), a
 candidate with ``min_size_unnamed`` accounts on shared machines is judged as a room
 (:meth:`Grouping._room`, :meth:`Grouping._machine_burst`): its accounts on shared
 machines against the background thinned by the share of its accounts that shared
-a machine (:mod:`~pathsentry.detectors.farm.machines`).
+a machine (:mod:`~pathsentry.detectors.farm.machines`). A subscriber /24's home-line
+pattern (``line:``) is judged by :meth:`Grouping._home_lines` instead: accounts per
+address against the learned limit (:mod:`~pathsentry.detectors.farm.lines`).
 
 In a family partition a group also takes the members of its batch that came
 through other exits: ungrouped members whose serials continue the group's
@@ -55,7 +57,8 @@ from pathsentry.detectors.farm.background import burst_p, expected, no_burst
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
 from pathsentry.detectors.farm.exits import MIN_BACKGROUND, band, patterns_of, stands_out
 from pathsentry.detectors.farm.families import serial_regularity
-from pathsentry.detectors.farm.machines import machine_share, on_shared_machines
+from pathsentry.detectors.farm.lines import LINE_KINDS, crowd, is_line
+from pathsentry.detectors.farm.machines import machine_share, on_few_machines, on_shared_machines
 from pathsentry.detectors.farm.model import (
     _NET_,
     NET,
@@ -98,41 +101,25 @@ def _exits_elsewhere(x: Member) -> bool:
     return x.relay or x.exit.startswith("AS")
 
 
-def _on_few_machines(ms: list[Member]) -> bool:
-    """Whether the accounts crowd onto few machines: at least three accounts per two
-    client-reported devices (a household's two players do not; a room's dozen accounts
-    on four machines do)."""
-    devices = [x.device for x in ms if x.device]
-    return len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices))
-
-
-#: the geo kinds of an address that carries one subscriber line (a home): several
-#: accounts on one such address are one household or a proxy, never a crowd sharing a
-#: NAT (mobile CGNAT, a campus, a PC bang, a satellite ISP -- other kinds). The prefix
-#: table's ``residential``, and MaxMind's connection type ``Cable/DSL`` (lower-cased
-#: by :mod:`pathsentry.enrich.geo`)
-_LINE_KINDS = frozenset({"residential", "cable/dsl"})
-
-
 def _on_few_lines(ms: list[Member]) -> bool:
-    """Whether the accounts on home lines (:data:`_LINE_KINDS`) crowd onto few of their
+    """Whether the accounts on home lines (:data:`LINE_KINDS`) crowd onto few of their
     addresses: at least three such accounts, three per two addresses. A CGNAT, campus
     or PC-bang address is shared by a crowd (a launch-day crowd handed consecutive
     default names among it) and does not count; a residential proxy's address carries
     the batch's accounts one after another."""
-    lines = [x.src_ip for x in ms if x.access in _LINE_KINDS]
+    lines = [x.src_ip for x in ms if x.access in LINE_KINDS]
     return len(lines) >= 3 and 2 * len(lines) >= 3 * len(set(lines))
 
 
 def _crowded(ms: list[Member]) -> bool:
-    """Whether the accounts crowd onto few machines (:func:`_on_few_machines`) or
+    """Whether the accounts crowd onto few machines (:func:`on_few_machines`) or
     addresses: at least three accounts per two addresses.
 
     A burst paced minutes apart is a weak coincidence on its own (a quiet exit's few
     unrelated users clump by chance); a farm room runs many accounts per machine
     behind few exit hosts.
     """
-    return _on_few_machines(ms) or 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
+    return on_few_machines(ms) or 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
 
 
 def _hosted(ms: list[Member]) -> bool:
@@ -226,7 +213,9 @@ class Grouping:
         groups = part.groups
         if groups:
             known = groups.get(part.accounts.get(m.account, ""))
-            if known is not None and (kind == TPL or self._may_join(part, known, m)):
+            if known is not None and (kind == TPL or (
+                    (kind != NET or any(p in patterns for p in known.patterns))
+                    and self._may_join(part, known, m))):
                 return self._join(part, known, [m])  # a known member's next session
             for g in groups.values():
                 if any(p in patterns for p in g.patterns) and self._may_join(part, g, m):
@@ -248,6 +237,11 @@ class Grouping:
             # out covered members only shrinks it)
             if len(index[p]) < minimum:
                 continue
+            if is_line(p):  # a subscriber /24's home lines (:mod:`.lines`)
+                a = self._home_lines(part, p, m)
+                if a is not None:
+                    return self._form(part, p, a)
+                continue
             for span in self._spans(part, m.ts):
                 cand = self._window(part, p, m.ts, span)
                 # (the cheap bound holds only without the RTT thinning of ``_assess``)
@@ -267,6 +261,19 @@ class Grouping:
                     return self._form(part, p, a)
         return None
 
+    def _home_lines(self, part: Partition, pattern: str, m: Member) -> Assessment | None:
+        """A farm on a /24's home lines around ``m`` (:func:`~.lines.crowd`)."""
+        s = self.settings
+        cand = self._window(part, pattern, m.ts, s.window_s)
+        covered = self._covered(part, cand)
+        if m.sid in covered:
+            return None
+        ms = crowd(part, [x for x in cand if x.sid not in covered], s)
+        if ms is None:
+            return None
+        f = features(part, ms, s)
+        return Assessment(ms, score(part.kind, f), f)
+
     def _may_join(self, part: Partition, g: Group, m: Member) -> bool:
         """Family groups take late joiners for ``join_window_s``; a name-less group only
         while its burst lasts (within three of its own median gaps, at least ``burst_s``,
@@ -277,6 +284,10 @@ class Grouping:
         s = self.settings
         if part.kind == TPL:
             return m.ts <= g.last_seen + s.join_window_s
+        if is_line(g.pattern):  # a home-line farm: one of its machines or addresses
+            ms = g.members.values()
+            return m.ts <= g.last_seen + s.join_window_s and m.access in LINE_KINDS and any(
+                x.src_ip == m.src_ip or (m.device and x.device == m.device) for x in ms)
         near = g.near(m.ts, s.window_s)
         if len(near) < s.min_size_unnamed - 1:
             return False
@@ -342,10 +353,10 @@ class Grouping:
                 # ISPs, each exit below ``min_size``; a crowd handed consecutive default
                 # names brings one machine each -- friends who signed up together share
                 # their homes' addresses, two or three to a home)
-                if not (regular and (evidence or _on_few_machines(cand))):
+                if not (regular and (evidence or on_few_machines(cand))):
                     return None
             elif not (pattern.startswith("route:") or evidence
-                      or (regular and (_on_few_machines(cand) or _on_few_lines(cand)
+                      or (regular and (on_few_machines(cand) or _on_few_lines(cand)
                                        or _hosted(cand)))):
                 return None
         elif not self._burst(part, pattern, cand, span, share):
@@ -430,7 +441,8 @@ class Grouping:
         if seen and seen.most_common(1)[0][1] >= again:
             g = part.groups[seen.most_common(1)[0][0]]
         else:
-            g = self._same_room(part, a.members) or part.groups.setdefault(g.gid, g)
+            g = (self._same_room(part, a.members) or self._same_lines(part, pattern, anchor)
+                 or part.groups.setdefault(g.gid, g))
         kin = self._kin(part, a.members) if part.kind == TPL else []
         return self._join(part, g, a.members + kin)
 
@@ -448,6 +460,19 @@ class Grouping:
             if k > best[0]:
                 best = (k, g)
         return best[1] if 2 * best[0] >= len(ms) else None
+
+    def _same_lines(self, part: Partition, pattern: str, anchor: float) -> Group | None:
+        """The home-line group of ``part`` seen within ``window_s`` of ``anchor``: a /24
+        whose home lines carry more accounts than any household, on two addresses
+        within the hour, is one farm's proxies (a room whose machines each keep to one
+        proxy address shares no machine between them)."""
+        if not is_line(pattern):
+            return None
+        w = self.settings.window_s
+        for g in part.groups.values():
+            if g.pattern == pattern and g.last_seen >= anchor - w:
+                return g
+        return None
 
     def _kin(self, part: Partition, ms: list[Member]) -> list[Member]:
         """Ungrouped members of a family partition, within ``window_s`` of the group

@@ -127,3 +127,11 @@ def on_shared_machines(ms: Sequence[Member]) -> list[Member]:
             accts.setdefault(x.device, set()).add(x.account)
     shared = Counter({d: len(a) for d, a in accts.items()})
     return [x for x in ms if x.device and shared[x.device] > 1]
+
+
+def on_few_machines(ms: Sequence[Member]) -> bool:
+    """Whether the accounts crowd onto few machines: at least three accounts per two
+    client-reported devices (a household's two players do not; a room's dozen accounts
+    on four machines do)."""
+    devices = [x.device for x in ms if x.device]
+    return len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices))

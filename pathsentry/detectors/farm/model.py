@@ -55,6 +55,9 @@ class FarmSettings:
     max_members: int = 512
     max_group_members: int = 1000
     max_evidence_items: int = 10
+    #: the most accounts an honest household logs in on one home line within
+    #: ``window_s`` (the floor of the learned limit, :func:`.lines.line_limit`)
+    home_accounts: int = 5
 
 
 def settings_from(raw: Mapping[str, Any]) -> FarmSettings:
@@ -231,7 +234,8 @@ class Pool:
 
     ``count``: their arrivals since ``first_ts``, decayed with ``background_half_life_s``
     (at ``ts``); ``parts``: the live partitions of the class; ``seen``/``shared``: their
-    background members counted, and of them those on a shared machine."""
+    background members counted, and of them those on a shared machine; ``lines``:
+    the accounts per home-line address (:mod:`.lines`)."""
 
     count: float = 0.0
     ts: float = 0.0
@@ -239,6 +243,9 @@ class Pool:
     parts: int = 0
     seen: float = 0.0
     shared: float = 0.0
+    #: home-line addresses that reached their k-th account in a window, at ``k - 1``
+    #: (:mod:`.lines`)
+    lines: list[float] = field(default_factory=list)
 
 
 @dataclass(slots=True)
