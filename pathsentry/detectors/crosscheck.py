@@ -51,6 +51,7 @@ Pure Python; no Kafka, no ClickHouse.
 
 from __future__ import annotations
 
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -196,7 +197,24 @@ class InteractionGraph:
 
 class AlertIndex:
     """The alerts the cross-check enriched: the detector's own latest version of each
-    (bounded), the version last emitted, and account → alert ids (bounded per account)."""
+    (bounded), the version last emitted, and account → alert ids (bounded per account).
+
+    An alert is kept as its compressed JSON, not as the model: its evidence is the
+    larger part of it, and as Python objects one alert takes about 6 KiB where its
+    compressed JSON takes a few hundred bytes. It is decoded again only when a late
+    label or interaction re-versions it, which is rare next to emitting alerts.
+
+    >>> from datetime import datetime, timezone
+    >>> t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    >>> a = Alert(alert_id="a1", ts=t, kind="vpn_relay", severity="high", score=0.9,
+    ...           subject={"account": "x"}, accounts=["x"], event_ids=["e1"],
+    ...           evidence={"gap": {"gap_ms": 31.5, "samples": [1, 2]}}, summary="s",
+    ...           detector="latency", first_seen=t, last_seen=t, version=2)
+    >>> index = AlertIndex(max_alerts=10, per_account=4)
+    >>> index.remember(a, 3)
+    >>> index.alerts_of("x") == [a], index.last_version("a1")
+    (True, 3)
+    """
 
     def __init__(self, max_alerts: int, per_account: int) -> None:
         self._alerts = _Lru(max_alerts)
@@ -204,7 +222,8 @@ class AlertIndex:
         self.per_account = max(1, per_account)
 
     def remember(self, base: Alert, emitted_version: int) -> None:
-        self._alerts.touch(base.alert_id, (base, emitted_version))
+        self._alerts.touch(base.alert_id, (zlib.compress(base.model_dump_json().encode(), 1),
+                                           emitted_version))
         for acc in base.accounts:
             ids: list[str] = self._by_account.get(acc) or []
             if base.alert_id not in ids:
@@ -220,7 +239,7 @@ class AlertIndex:
         for aid in self._by_account.get(account) or []:
             got = self._alerts.get(aid)
             if got is not None:
-                out.append(got[0])
+                out.append(Alert.model_validate_json(zlib.decompress(got[0])))
         return out
 
 
