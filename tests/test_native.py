@@ -41,21 +41,23 @@ def test_extension_without_record_is_refused(tmp_path: Path) -> None:
         check(pkg)
 
 
-def test_extension_matching_its_source_is_listed(tmp_path: Path) -> None:
+def _built_pair(tmp_path: Path) -> Path:
+    """A package with the engine and the detectors package built, both recorded."""
     pkg = _package(tmp_path)
     (pkg / f"engine{SUFFIX}").write_bytes(b"")
     (pkg / "detectors" / f"__init__{SUFFIX}").write_bytes(b"")
     _record(pkg, {"pathsentry.engine": pkg / "engine.py",
                   "pathsentry.detectors": pkg / "detectors" / "__init__.py"})
+    return pkg
+
+
+def test_extension_matching_its_source_is_listed(tmp_path: Path) -> None:
+    pkg = _built_pair(tmp_path)
     assert check(pkg) == ["pathsentry.detectors", "pathsentry.engine"]
 
 
 def test_source_edited_after_the_build_is_refused(tmp_path: Path) -> None:
-    pkg = _package(tmp_path)
-    (pkg / f"engine{SUFFIX}").write_bytes(b"")
-    (pkg / "detectors" / f"__init__{SUFFIX}").write_bytes(b"")
-    _record(pkg, {"pathsentry.engine": pkg / "engine.py",
-                  "pathsentry.detectors": pkg / "detectors" / "__init__.py"})
+    pkg = _built_pair(tmp_path)
     (pkg / "detectors" / "__init__.py").write_text("Y = 3\n")
     with pytest.raises(StaleExtensionError) as info:
         check(pkg)
