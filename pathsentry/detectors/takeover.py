@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -111,14 +111,26 @@ class TakeoverSettings:
         return out  # type: ignore[no-any-return]
 
 
-def _remember(values: dict[Any, float], value: Any, ts: float, cap: int) -> None:
-    """Put ``value`` last in ``values`` (a plain dict keeps insertion order and costs
-    about 60 % of an ``OrderedDict``: these maps are per account, so that is most of the
-    detector's memory) and forget the oldest beyond ``cap``."""
-    values.pop(value, None)
-    values[value] = ts
-    while len(values) > cap:
-        del values[next(iter(values))]
+def _values(seen: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The values of a history map, oldest first (see :class:`_History`)."""
+    return seen[: len(seen) >> 1]
+
+
+def _remember(seen: tuple[Any, ...], value: Any, ts: float, cap: int) -> tuple[Any, ...]:
+    """``seen`` with ``value`` put last at time ``ts`` and the oldest beyond ``cap``
+    forgotten: the order and eviction of an insertion-ordered dict whose key is moved to
+    the end when it is set again."""
+    n = len(seen) >> 1
+    if n == 1 and seen[0] == value:  # the usual case: the same value again
+        return (seen[0], ts)
+    values, times = seen[:n], seen[n:]
+    if value in values:
+        i = values.index(value)
+        values, times = values[:i] + values[i + 1:], times[:i] + times[i + 1:]
+    values, times = (*values, value), (*times, ts)
+    if len(values) > cap:
+        values, times = values[-cap:], times[-cap:]
+    return values + times
 
 
 def _subnet(ip: IPv4Address | IPv6Address | None) -> str | None:
@@ -134,40 +146,51 @@ _HISTORY_MAPS = ("devices", "subnets", "oses", "countries", "asns", "prefixes")
 
 @dataclass(slots=True)
 class _History:
+    """One account's history. Each map (devices, subnets, OSes, countries, ASNs,
+    prefixes) is one flat tuple ``(value, ..., value, ts, ..., ts)``: the values oldest
+    first, then the time each was last seen. A history is kept per account, so its maps
+    are most of the detector's memory: an empty map is the shared empty tuple and a map
+    of one value a tuple of two (a dict would take 64 and about 180 bytes)."""
+
     logins: int = 0
-    devices: dict[str, float] = field(default_factory=dict)
-    subnets: dict[str, float] = field(default_factory=dict)
-    oses: dict[str, float] = field(default_factory=dict)
-    countries: dict[str, float] = field(default_factory=dict)
-    asns: dict[int, float] = field(default_factory=dict)
-    prefixes: dict[str, float] = field(default_factory=dict)
+    devices: tuple[Any, ...] = ()
+    subnets: tuple[Any, ...] = ()
+    oses: tuple[Any, ...] = ()
+    countries: tuple[Any, ...] = ()
+    asns: tuple[Any, ...] = ()
+    prefixes: tuple[Any, ...] = ()
     last_ts: float | None = None
     last_lat: float | None = None
     last_lon: float | None = None
     last_country: str | None = None
     last_device: str | None = None
 
-
     def row(self) -> dict[str, Any]:
         """A JSON snapshot (``summary`` is for people, this is for restarts)."""
-        return {"logins": self.logins, **{m: list(getattr(self, m).items()) for m in _HISTORY_MAPS},
-                "last": [self.last_ts, self.last_lat, self.last_lon, self.last_country,
-                         self.last_device]}
+        out: dict[str, Any] = {"logins": self.logins}
+        for m in _HISTORY_MAPS:
+            seen = getattr(self, m)
+            n = len(seen) >> 1
+            out[m] = list(zip(seen[:n], seen[n:], strict=True))
+        out["last"] = [self.last_ts, self.last_lat, self.last_lon, self.last_country,
+                       self.last_device]
+        return out
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> _History:
         h = cls(logins=int(row.get("logins", 0)))
         for m in _HISTORY_MAPS:
-            getattr(h, m).update((k, float(t)) for k, t in row.get(m, []))
+            got = {k: float(t) for k, t in row.get(m, [])}  # (a repeated value: its last time)
+            setattr(h, m, (*got, *got.values()))
         h.last_ts, h.last_lat, h.last_lon, h.last_country, h.last_device = row.get("last", [None] * 5)
         return h
 
     def summary(self) -> dict[str, Any]:
         return {
             "logins": self.logins,
-            "devices": list(self.devices), "local_subnets": list(self.subnets),
-            "oses": list(self.oses), "countries": list(self.countries), "asns": list(self.asns),
-            "prefixes": list(self.prefixes),
+            "devices": list(_values(self.devices)), "local_subnets": list(_values(self.subnets)),
+            "oses": list(_values(self.oses)), "countries": list(_values(self.countries)),
+            "asns": list(_values(self.asns)), "prefixes": list(_values(self.prefixes)),
             "last_login": {
                 "ts": None if self.last_ts is None
                 else datetime.fromtimestamp(self.last_ts, UTC).isoformat(),
@@ -182,7 +205,7 @@ class _DeviceAccounts:
     which the shared-device threshold is read as a quantile."""
 
     def __init__(self, max_devices: int, per_device: int) -> None:
-        #: device -> its accounts, oldest first (plain dicts per device, see ``_remember``)
+        #: device -> its accounts, oldest first (an insertion-ordered plain dict per device)
         self._devices: OrderedDict[str, dict[str, None]] = OrderedDict()
         self.max_devices = max(1, max_devices)
         self.per_device = max(2, per_device)
@@ -315,16 +338,16 @@ class TakeoverDetector(Detector):
         cap, geo = self.settings.max_values, ev.geo
         hist.logins += 1
         if device:
-            _remember(hist.devices, device, ts, cap)
+            hist.devices = _remember(hist.devices, device, ts, cap)
         if subnet:
-            _remember(hist.subnets, subnet, ts, cap)
+            hist.subnets = _remember(hist.subnets, subnet, ts, cap)
         if os_name:
-            _remember(hist.oses, os_name, ts, cap)
+            hist.oses = _remember(hist.oses, os_name, ts, cap)
         if geo.country:
-            _remember(hist.countries, geo.country, ts, cap)
+            hist.countries = _remember(hist.countries, geo.country, ts, cap)
         if geo.asn is not None:
-            _remember(hist.asns, geo.asn, ts, cap)
-        _remember(hist.prefixes, ev.prefix, ts, cap)
+            hist.asns = _remember(hist.asns, geo.asn, ts, cap)
+        hist.prefixes = _remember(hist.prefixes, ev.prefix, ts, cap)
         hist.last_ts, hist.last_country, hist.last_device = ts, geo.country, device
         if geo.located:
             hist.last_lat, hist.last_lon = geo.lat, geo.lon
@@ -348,16 +371,16 @@ class TakeoverDetector(Detector):
                subnet: str | None, os_name: str | None, device_accounts: int, expected: int,
                threshold: int) -> Findings | None:
         geo = ev.geo
-        new_device = device is not None and device not in hist.devices
+        new_device = device is not None and device not in _values(hist.devices)
         new_country = geo.country is not None and bool(hist.countries) \
-            and geo.country not in hist.countries
+            and geo.country not in _values(hist.countries)
         relay = ev.notes.get("relay")
         relayed = isinstance(relay, dict) and bool(relay.get("flagged"))
         travel = self._travel(hist, ev, device)
         breaks: list[str] = []
         if new_device and new_country:
             breaks.append("new_device_new_country")
-        if new_device and relayed and ev.prefix not in hist.prefixes:
+        if new_device and relayed and ev.prefix not in _values(hist.prefixes):
             breaks.append("new_device_relay")
         if new_device and device_accounts >= threshold:
             breaks.append("shared_device")
@@ -366,11 +389,11 @@ class TakeoverDetector(Detector):
         if not breaks:
             return None
         support = []
-        if geo.asn is not None and hist.asns and geo.asn not in hist.asns:
+        if geo.asn is not None and hist.asns and geo.asn not in _values(hist.asns):
             support.append("new_asn")
-        if subnet is not None and hist.subnets and subnet not in hist.subnets:
+        if subnet is not None and hist.subnets and subnet not in _values(hist.subnets):
             support.append("new_local_subnet")
-        if os_name is not None and hist.oses and os_name not in hist.oses:
+        if os_name is not None and hist.oses and os_name not in _values(hist.oses):
             support.append("new_os")
         keep = 1.0
         for b in breaks:

@@ -183,7 +183,7 @@ def test_histories_are_bounded() -> None:
     assert len(det._accounts) == 10
     for d in range(6):
         login(det, "a49", 1.0 + d, f"x{d}", SEOUL)
-    assert list(det._accounts["a49"].devices) == ["x3", "x4", "x5"]
+    assert det._accounts["a49"].summary()["devices"] == ["x3", "x4", "x5"]
 
 
 # ------------------------------------------------------------------- through the engine
