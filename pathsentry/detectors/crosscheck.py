@@ -51,6 +51,7 @@ Pure Python; no Kafka, no ClickHouse.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -225,9 +226,9 @@ class AlertIndex:
         self._alerts.touch(base.alert_id, (zlib.compress(base.model_dump_json().encode(), 1),
                                            emitted_version))
         for acc in base.accounts:
-            ids: list[str] = self._by_account.get(acc) or []
+            ids: tuple[str, ...] = self._by_account.get(acc) or ()
             if base.alert_id not in ids:
-                ids = [*ids, base.alert_id][-self.per_account:]
+                ids = (*ids, base.alert_id)[-self.per_account:]
             self._by_account.touch(acc, ids)
 
     def last_version(self, alert_id: str) -> int:
@@ -264,7 +265,9 @@ class FeedbackTally:
 
     def __init__(self, labels: LabelStore, cap: int) -> None:
         self.labels = labels
-        #: account -> {"detector/kind": first flagged (epoch s)}
+        #: account -> ("detector/kind", first flagged (epoch s), ...): one flat tuple per
+        #: account (kept for every flagged account: a dict each would take about 180 bytes
+        #: more), the keys interned
         self._first = _Lru(cap)
         self.counts: dict[str, dict[str, int]] = {}
 
@@ -282,33 +285,41 @@ class FeedbackTally:
             c[st] += sign
 
     def flagged(self, detector: str, kind: str, accounts: Iterable[str], first_seen: float) -> None:
-        key = f"{detector}/{kind}"
+        key = sys.intern(f"{detector}/{kind}")
         for acc in accounts:
-            keys: dict[str, float] | None = self._first.get(acc)
-            if keys is None:
-                keys = {}
-            old = keys.get(key)
+            keys: tuple[Any, ...] = self._first.get(acc) or ()
+            try:
+                i = keys.index(key, 0, len(keys) - 1)
+            except ValueError:
+                i = -1
+            old: float | None = None if i < 0 else keys[i + 1]
             if old is None or first_seen < old:
                 if old is not None:
                     self._add(key, acc, old, -1)
-                keys[key] = first_seen
+                    keys = (*keys[:i], key, first_seen, *keys[i + 2:])
+                else:
+                    keys = (*keys, key, first_seen)
                 self._add(key, acc, first_seen, +1)
             if len(self._first) >= self._first.cap and acc not in self._first:
                 gone, gone_keys = next(iter(self._first.items()))
-                for k, since in gone_keys.items():
+                for k, since in _pairs(gone_keys):
                     self._add(k, gone, since, -1)
             self._first.touch(acc, keys)
 
     def relabelled(self, account: str, before: AccountLabel | None = None) -> None:
         """``account``'s latest label changed (``before``: its previous one)."""
-        keys: dict[str, float] | None = self._first.get(account)
-        for key, since in (keys or {}).items():
+        for key, since in _pairs(self._first.get(account) or ()):
             c = self.counts[key]
             if before is not None and before.ts.timestamp() >= since:
                 c["labelled_bad" if before.label in BAD_LABELS else "cleared"] -= 1
             st = self._status(account, since)
             if st is not None:
                 c[st] += 1
+
+
+def _pairs(flat: tuple[Any, ...]) -> Iterator[tuple[str, float]]:
+    """``(key, value)`` pairs of a flat ``(key, value, key, value, ...)`` tuple."""
+    return zip(flat[::2], flat[1::2], strict=True)
 
 
 def handles(alert: Alert) -> list[str]:
