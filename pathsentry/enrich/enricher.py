@@ -15,6 +15,7 @@ the event refers to, and the allow-list entry it falls in.
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 from pathsentry.config import AllowEntry, Config
 from pathsentry.detectors.base import Enriched
@@ -54,7 +55,9 @@ class Enricher:
         hit = self._by_id.get(id(ip))
         if hit is not None and hit[0] is ip:
             return hit[1]
-        answer = (self.geo.lookup(ip), prefix_of(ip), self.allowed(ip))
+        # (the prefix text is shared by the addresses of a prefix, and by the state
+        # every detector keys by it)
+        answer = (self.geo.lookup(ip), sys.intern(prefix_of(ip)), self.allowed(ip))
         remember(self._by_id, id(ip), (ip, answer), self.CACHE_SIZE)
         return answer
 

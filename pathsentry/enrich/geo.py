@@ -273,6 +273,10 @@ class GeoResolver:
         self.sources = list(sources)
         self._cache: OrderedDict[tuple[int, int], GeoInfo] = OrderedDict()
         self._cache_size = cache_size
+        #: one shared instance per distinct answer: the addresses of a network get equal
+        #: answers, and the cache and the detectors' per-session state hold one each
+        #: (emptied when it holds ``cache_size`` answers)
+        self._shared: dict[GeoInfo, GeoInfo] = {}
 
     def lookup(self, ip: str | IpLike) -> GeoInfo:
         addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
@@ -287,7 +291,12 @@ class GeoResolver:
         for src in self.sources:
             found = src.lookup(addr)
             if found is not None:
-                info = found
+                shared = self._shared.get(found)
+                if shared is None:
+                    if len(self._shared) >= self._cache_size:
+                        self._shared.clear()
+                    shared = self._shared[found] = found
+                info = shared
                 break
         self._cache[key] = info
         if len(self._cache) > self._cache_size:
