@@ -34,7 +34,10 @@ Source = tuple[GeoInfo, str, AllowEntry | None]
 
 class Enricher:
     #: Source addresses whose (geo, prefix, allow-list) answer is kept; cleared when full.
-    CACHE_SIZE = 262_144
+    #: An entry (with the address object it keeps alive) takes about 0.3 KiB; the memo
+    #: is for the events of sessions in progress (a login, its probes, its traceroute),
+    #: which this many addresses cover, not for every address ever seen.
+    CACHE_SIZE = 65_536
 
     def __init__(self, config: Config, geo: GeoResolver) -> None:
         self.config = config

@@ -269,7 +269,11 @@ def _is_internal(addr: IpLike) -> bool:
 class GeoResolver:
     """Stacked sources with a bounded LRU cache and a private-range guard."""
 
-    def __init__(self, sources: Sequence[GeoSource], cache_size: int = 200_000) -> None:
+    #: Addresses whose answer is kept (about 0.2 KiB each with the key): the
+    #: enricher's own memo answers most repeats before this cache is asked.
+    CACHE_SIZE = 65_536
+
+    def __init__(self, sources: Sequence[GeoSource], cache_size: int = CACHE_SIZE) -> None:
         self.sources = list(sources)
         self._cache: OrderedDict[tuple[int, int], GeoInfo] = OrderedDict()
         self._cache_size = cache_size
