@@ -202,8 +202,11 @@ class AlertIndex:
 
     An alert is kept as its compressed JSON, not as the model: its evidence is the
     larger part of it, and as Python objects one alert takes about 6 KiB where its
-    compressed JSON takes a few hundred bytes. It is decoded again only when a late
-    label or interaction re-versions it, which is rare next to emitting alerts.
+    compressed JSON takes a few hundred bytes. The JSON of the first alert of each kind
+    is the preset dictionary its later alerts are compressed with (alerts of a kind
+    share most of their keys and phrasing: about half the size of compressing each on
+    its own). It is decoded again only when a late label or interaction re-versions
+    it, which is rare next to emitting alerts.
 
     >>> from datetime import datetime, timezone
     >>> t = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -213,18 +216,29 @@ class AlertIndex:
     ...           detector="latency", first_seen=t, last_seen=t, version=2)
     >>> index = AlertIndex(max_alerts=10, per_account=4)
     >>> index.remember(a, 3)
-    >>> index.alerts_of("x") == [a], index.last_version("a1")
-    (True, 3)
+    >>> b = a.model_copy(update={"alert_id": "a2", "accounts": ["x", "y"], "score": 0.7})
+    >>> index.remember(b, 1)
+    >>> index.alerts_of("x") == [a, b], index.alerts_of("y") == [b], index.last_version("a1")
+    (True, True, 3)
     """
 
     def __init__(self, max_alerts: int, per_account: int) -> None:
+        #: alert id -> (compressed JSON, version last emitted, kind)
         self._alerts = _Lru(max_alerts)
         self._by_account = _Lru(max_alerts * 4)
         self.per_account = max(1, per_account)
+        #: alert kind -> the preset dictionary its alerts are compressed with
+        self._zdicts: dict[str, bytes] = {}
 
     def remember(self, base: Alert, emitted_version: int) -> None:
-        self._alerts.touch(base.alert_id, (zlib.compress(base.model_dump_json().encode(), 1),
-                                           emitted_version))
+        raw = base.model_dump_json().encode()
+        kind = sys.intern(base.kind)
+        zdict = self._zdicts.get(kind)
+        if zdict is None:
+            zdict = self._zdicts[kind] = raw
+        packer = zlib.compressobj(1, zdict=zdict)
+        self._alerts.touch(base.alert_id, (packer.compress(raw) + packer.flush(),
+                                           emitted_version, kind))
         for acc in base.accounts:
             ids: tuple[str, ...] = self._by_account.get(acc) or ()
             if base.alert_id not in ids:
@@ -240,7 +254,8 @@ class AlertIndex:
         for aid in self._by_account.get(account) or []:
             got = self._alerts.get(aid)
             if got is not None:
-                out.append(Alert.model_validate_json(zlib.decompress(got[0])))
+                unpacker = zlib.decompressobj(zdict=self._zdicts[got[2]])
+                out.append(Alert.model_validate_json(unpacker.decompress(got[0]) + unpacker.flush()))
         return out
 
 
