@@ -62,7 +62,10 @@ MAX_HEADERS = 128
 #: A round-trip time in ms: finite, non-negative, at most 60 s (checked in pydantic-core).
 Rtt = Annotated[float, Field(ge=0.0, le=60_000.0, allow_inf_nan=False)]
 RttSamples = Annotated[list[Rtt], Field(min_length=1, max_length=MAX_RTT_SAMPLES)]
-@lru_cache(maxsize=262_144)
+#: Address texts whose parsed object is kept (about 0.25 KiB each with the object): the
+#: events of sessions in progress, the span the enrichment's memo (by address
+#: object) covers too.
+@lru_cache(maxsize=65_536)
 def _ip_from_str(value: str) -> IPv4Address | IPv6Address:
     return ip_address(value)
 
