@@ -5,8 +5,8 @@ accounts and prefixes in state. Run as a process (so its peak RSS is its own)::
 
 Logins (and one rtt_probe per session) from ``accounts`` distinct accounts spread over
 ``prefixes`` distinct /24s go through the full detector engine in-process; the
-script prints one JSON line with the events, the seconds and the process's RSS
-before and at peak (``VmHWM``).
+script prints one JSON line with the events, the seconds, the process's RSS
+before and at peak (``VmHWM``), the flags by kind and the accounts flagged.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from pathsentry.schemas import parse_event
 from pathsentry.sim import WorldSpec, write_world_files
 
 __all__ = ["main", "synthetic_events"]
+
+#: the synthetic accounts' names: this and the account's number
+_ACCOUNT = "player"
 
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
@@ -53,7 +56,7 @@ def synthetic_events(
         sid = f"s{i}"
         rtt = 3.0 + (i % 17) * 0.5
         yield {"kind": "login", "event_id": f"l{i}", "ts": ts, "src_ip": ip, "session_id": sid,
-               "account": f"player{i:07d}", "server_id": servers[0],
+               "account": f"{_ACCOUNT}{i:07d}", "server_id": servers[0],
                "app_rtt_ms": [rtt, rtt + 0.4, rtt + 0.2], "tcp_rtt_ms": rtt - 0.1}
         yield {"kind": "rtt_probe", "event_id": f"p{i}", "ts": ts, "src_ip": ip, "session_id": sid,
                "vantage_id": servers[1], "method": "icmp", "rtt_ms": [rtt + 3.5, rtt + 3.9]}
@@ -73,15 +76,20 @@ def main(argv: list[str] | None = None) -> None:
     before = _rss_kib("VmRSS")
     t0 = time.perf_counter()
     n = 0
+    flags: dict[str, int] = {}
+    # accounts flagged, one byte per account (a set of their names would add to the RSS)
+    flagged = bytearray(args.accounts)
     for raw in synthetic_events(args.accounts, args.prefixes, time.time() - 86_400, servers):
-        engine.process(parse_event(raw))
+        for f in engine.process(parse_event(raw)).flags:
+            flags[f.kind] = flags.get(f.kind, 0) + 1
+            flagged[int((f.account or "").removeprefix(_ACCOUNT))] = 1
         n += 1
     engine.flush()
     secs = time.perf_counter() - t0
     sys.stdout.write(orjson.dumps({
         "accounts": args.accounts, "prefixes": args.prefixes, "events": n, "seconds": secs,
         "rss_before_mb": before / 1024, "rss_peak_mb": _rss_kib("VmHWM") / 1024,
-        "rss_end_mb": _rss_kib("VmRSS") / 1024,
+        "rss_end_mb": _rss_kib("VmRSS") / 1024, "flags": flags, "flagged_accounts": sum(flagged),
     }).decode() + "\n")
 
 
