@@ -83,6 +83,8 @@ class BenchResult:
     #: as the worker's /stats counts them (``detect_cpu_s``, ``decode_cpu_s``)
     drain_detect_us: float = 0.0
     drain_decode_us: float = 0.0
+    #: the worker's garbage-collector pauses over the drain (all generations), µs per event
+    drain_gc_us: float = 0.0
     #: CPU used during the latency phase, cores: worker, broker
     latency_cpu_cores: tuple[float, float] = (0.0, 0.0)
     #: the worker's garbage-collector pauses during the latency phase, per generation
@@ -249,6 +251,11 @@ class _Cpu:
         return round(worker / wall, 2), round(broker / wall, 2)
 
 
+def _gc_ms(stats: dict[str, Any]) -> float:
+    """The worker's garbage-collector pauses since its start, ms (all generations)."""
+    return float(sum(g["total_ms"] for g in stats.get("gc_pauses", {}).values()))
+
+
 def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[bytes], what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -359,6 +366,7 @@ def run_bench(
                 res.drain_cpu_us = (round(worker_s / n * 1e6, 1), round(broker_s / n * 1e6, 1))
                 res.drain_detect_us, res.drain_decode_us = (
                     round((st[k] - st0[k]) / n * 1e6, 1) for k in ("detect_cpu_s", "decode_cpu_s"))
+                res.drain_gc_us = round((_gc_ms(st) - _gc_ms(st0)) / n * 1e3, 1)
                 end = max(st["last_event_at"], st["last_group_at"] or 0)
                 res.pipeline_rate = n / (end - st["first_ingest_at"])
                 log(f"[bench] full pipeline: {res.pipeline_rate:,.0f} events/s per worker process")
@@ -459,6 +467,7 @@ def format_result(r: BenchResult) -> str:
         ("  of the worker's: detection / decoding",
          f"{r.drain_detect_us:>5} / {r.drain_decode_us} µs"),
         ("pipeline µs per event outside detection", f"{r.pipeline_own_us:>5} µs"),
+        ("  of which garbage-collector pauses", f"{r.drain_gc_us:>5} µs"),
         ("CPU during the latency phase: worker / broker",
          f"{r.latency_cpu_cores[0]:>5} / {r.latency_cpu_cores[1]} cores"),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),

@@ -37,6 +37,7 @@ def test_bench_reports_every_phase_and_writes_only_to_its_workdir(tmp_path: Path
     # the worker counts its detection and decoding CPU: both a part of its own CPU
     assert 0 < r["drain_detect_us"] < r["drain_cpu_us"][0]
     assert 0 < r["drain_decode_us"] < r["drain_cpu_us"][0]
+    assert r["drain_gc_us"] >= 0
     assert r["pipeline_own_us"] == round(
         r["drain_cpu_us"][0] - r["drain_detect_us"] - r["drain_decode_us"], 1)
     assert r["worker_peak_rss_mb"] > 0
