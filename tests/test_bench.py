@@ -37,7 +37,7 @@ def test_pipeline_cost_outside_detection_is_the_drain_cpu_less_detection_and_dec
     text = format_result(r)
     assert re.search(r"of the worker's: detection / decoding +90\.25 / 4\.5 µs", text)
     assert re.search(r"pipeline µs per event outside detection +35\.2 µs", text)
-    assert re.search(r"of which garbage-collector pauses +20\.5 µs", text)
+    assert re.search(r"of which garbage collections +20\.5 µs", text)
     # not measured (no drain, or a worker that does not count its detection): no figure
     assert BenchResult(events=1, partitions=1, drain_detect_us=90.0).pipeline_own_us == 0.0
     assert BenchResult(events=1, partitions=1, drain_cpu_us=(130.0, 1.0)).pipeline_own_us == 0.0

@@ -83,7 +83,7 @@ class BenchResult:
     #: as the worker's /stats counts them (``detect_cpu_s``, ``decode_cpu_s``)
     drain_detect_us: float = 0.0
     drain_decode_us: float = 0.0
-    #: the worker's garbage-collector pauses over the drain (all generations), µs per event
+    #: the worker's garbage collections over the drain (all generations), CPU µs per event
     drain_gc_us: float = 0.0
     #: CPU used during the latency phase, cores: worker, broker
     latency_cpu_cores: tuple[float, float] = (0.0, 0.0)
@@ -252,8 +252,8 @@ class _Cpu:
 
 
 def _gc_ms(stats: dict[str, Any]) -> float:
-    """The worker's garbage-collector pauses since its start, ms (all generations)."""
-    return float(sum(g["total_ms"] for g in stats.get("gc_pauses", {}).values()))
+    """The worker's garbage collections since its start, CPU ms (all generations)."""
+    return float(sum(g.get("total_cpu_ms", 0.0) for g in stats.get("gc_pauses", {}).values()))
 
 
 def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[bytes], what: str) -> Any:
@@ -467,7 +467,7 @@ def format_result(r: BenchResult) -> str:
         ("  of the worker's: detection / decoding",
          f"{r.drain_detect_us:>5} / {r.drain_decode_us} µs"),
         ("pipeline µs per event outside detection", f"{r.pipeline_own_us:>5} µs"),
-        ("  of which garbage-collector pauses", f"{r.drain_gc_us:>5} µs"),
+        ("  of which garbage collections", f"{r.drain_gc_us:>5} µs"),
         ("CPU during the latency phase: worker / broker",
          f"{r.latency_cpu_cores[0]:>5} / {r.latency_cpu_cores[1]} cores"),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
