@@ -4,6 +4,7 @@ class's background logins that carry one -- and its hard negatives."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -127,3 +128,17 @@ def test_counts_and_the_beta_binomial_tail() -> None:
     assert tail(5, 5, 0.0, 0.0) == pytest.approx(1 / 6)  # no history: 5 of 5 as likely as any count
     assert tail(5, 5, 9.0, 90.0) < 1e-4 < tail(3, 5, 9.0, 90.0)
     assert suspected(pool, ms[10:15], 1e-4)[:2] == (False, 1)
+
+
+def test_a_restored_member_is_not_taken_out_of_counts_that_never_held_it() -> None:
+    """The class's counts are not saved: a restored login must not leave them when it
+    joins a group later."""
+    rng = random.Random(75)
+    det = detector()
+    run(_background(rng, 50, 20), [det])
+    again = detector()
+    again.load_state(json.loads(json.dumps(det.state())))
+    members = [m for p in again.parts.values() for m in p.members.values()]
+    assert members and not any(m.in_background for m in members)
+    assert all(m.in_background for p in det.parts.values() for m in p.members.values()
+               if p.kind == "tpl" and m.group is None)
