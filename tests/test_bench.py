@@ -84,3 +84,16 @@ def test_save_measure_saves_the_same_state_on_the_loop_and_in_a_child(tmp_path: 
     assert child["save_fork_ms"] > 0 and child["save_child_private_mib"] > 0
     assert "save_fork_ms" not in on_loop
     assert re.search(r"child: loop stalled +[\d.]+ ms .*fork [\d.]+ ms, child private", format_saves(fig))
+
+
+def test_in_process_world_is_the_same_for_every_run_of_a_day() -> None:
+    """The in-process measurements replay a day-aligned world, so two runs of one UTC day
+    (or the code before and after a change) see the same events and can compare digests."""
+    from datetime import UTC, datetime
+
+    from pathsentry.bench.run import world_start
+
+    morning = datetime(2026, 3, 5, 0, 0, 1, tzinfo=UTC)
+    evening = datetime(2026, 3, 5, 23, 59, 59, 999_000, tzinfo=UTC)
+    assert world_start(morning) == world_start(evening) == datetime(2026, 3, 3, tzinfo=UTC)
+    assert world_start(datetime(2026, 3, 6, 0, 0, 0, tzinfo=UTC)) == datetime(2026, 3, 4, tzinfo=UTC)

@@ -111,9 +111,18 @@ class BenchResult:
         return d
 
 
+def world_start(now: datetime | None = None) -> datetime:
+    """Start of the world the in-process measurements replay: midnight UTC two days before
+    ``now``. Day-aligned, so every run of one UTC day replays the same events and the
+    findings digests of two runs (or of code before and after a change) can be compared."""
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+
+
 def world_payloads(n: int, accounts: int, seed: int) -> list[bytes]:
-    """The first ``n`` messages of the bench's simulated world (as the producers send them)."""
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    """The first ``n`` messages of the bench's simulated world (as the producers send them),
+    starting at :func:`world_start`."""
+    start = world_start()
     return [v for _, _, v in itertools.islice(_world_records(seed, accounts, "", start), n)]
 
 
@@ -124,7 +133,7 @@ def bench_world(accounts: int, seed: int, workdir: str | None = None) -> Path:
     from pathsentry.sim.world import write_world_files
 
     root = Path(workdir or tempfile.mkdtemp(prefix="pathsentry-bench-")) / "world"
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    start = world_start()
     write_world_files(WorldSpec(seed=seed, accounts=accounts, hours=24.0, start=start), root)
     return root / "pathsentry.toml"
 
