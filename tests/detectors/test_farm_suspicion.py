@@ -118,8 +118,8 @@ def test_a_grouped_batch_leaves_the_background_count() -> None:
 
 def test_counts_and_the_beta_binomial_tail() -> None:
     pool = Pool()
-    ms = [Member(f"s{i}", f"a{i}", 0.0, None, None, "", "", relay_score=float(i % 10 == 0))
-          for i in range(100)]
+    ms = [Member(f"s{i}", f"a{i}", 0.0, None, None, "", "", relay_score=float(i % 10 == 0),
+                 access="residential") for i in range(100)]
     for m in ms:
         count(pool, m)
     assert (pool.rs_seen, pool.rs_scored) == (100.0, 10.0)
@@ -128,6 +128,9 @@ def test_counts_and_the_beta_binomial_tail() -> None:
     assert tail(5, 5, 0.0, 0.0) == pytest.approx(1 / 6)  # no history: 5 of 5 as likely as any count
     assert tail(5, 5, 9.0, 90.0) < 1e-4 < tail(3, 5, 9.0, 90.0)
     assert suspected(pool, ms[10:15], 1e-4)[:2] == (False, 1)
+    natted = [Member(f"n{i}", f"n{i}", 0.0, None, None, "", "", relay_score=0.5,
+                     access="business") for i in range(5)]
+    assert suspected(pool, natted, 1e-4)[:2] == (False, 0)  # a NAT's scores do not count
 
 
 def test_a_restored_member_is_not_taken_out_of_counts_that_never_held_it() -> None:
@@ -142,3 +145,14 @@ def test_a_restored_member_is_not_taken_out_of_counts_that_never_held_it() -> No
     assert members and not any(m.in_background for m in members)
     assert all(m.in_background for p in det.parts.values() for m in p.members.values()
                if p.kind == "tpl" and m.group is None)
+
+
+def test_consecutive_default_names_at_a_pc_bang_each_with_a_relay_score_are_no_group() -> None:
+    """A crowd that signed up together logging in behind a PC bang's NAT, whose
+    latency the relay detector scores on every login: the scores are the address's,
+    not a relay's (only home lines and hosting exits count them)."""
+    rng = random.Random(76)
+    crowd = [_scored(login(f"player{10231 + i}", 7200 + i * 30.0, "211.234.50.20", KT,
+                           samples(rng, rng.uniform(3, 25), 4.0), kind="business"), 0.4)
+             for i in range(12)]
+    assert farm_alerts(run(_background(rng, 300, 20) + crowd)[1]) == []

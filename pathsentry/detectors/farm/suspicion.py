@@ -9,7 +9,9 @@ logins of the class's background mostly carry none.
 
 The class's background (the name-family partitions a worker holds, their
 :class:`~pathsentry.detectors.farm.model.Pool`) counts every login it takes
-(:func:`count`), and of them those with a relay score above zero; a login that joins
+(:func:`count`), and of them those with a relay score above zero on a home line or a
+hosting exit (:data:`SCORED_KINDS`: a NAT'ed crowd's address is scored for its own
+latency, every login of it alike); a login that joins
 a group leaves the count again (:func:`uncount`): a farm found is no background. A
 candidate of ``n`` logins, ``k`` of them with a score, is *suspected* when the
 probability of at least ``k`` such logins among ``n`` of the background (the
@@ -26,11 +28,12 @@ nothing until the class has taught its share).
 >>> from pathsentry.detectors.farm.model import Member, Pool
 >>> pool = Pool()
 >>> for i in range(400):
-...     count(pool, Member(f"s{i}", f"a{i}", 0.0, None, None, "", "",
+...     count(pool, Member(f"s{i}", f"a{i}", 0.0, None, None, "", "", access="residential",
 ...                        relay_score=0.9 * (i % 20 == 0)))
 >>> pool.rs_seen, pool.rs_scored
 (400.0, 20.0)
->>> batch = [Member(f"b{i}", f"b{i}", 0.0, None, None, "", "", relay_score=0.5) for i in range(5)]
+>>> batch = [Member(f"b{i}", f"b{i}", 0.0, None, None, "", "", relay_score=0.5,
+...                 access="residential") for i in range(5)]
 >>> suspected(pool, batch, 1e-4)
 (True, 5, 0.0522, 5.92e-07)
 >>> plain = [Member(f"c{i}", f"c{i}", 0.0, None, None, "", "") for i in range(3)]
@@ -45,16 +48,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pathsentry.detectors.farm.exits import SHARED_EXIT_KINDS
+from pathsentry.detectors.farm.lines import LINE_KINDS
 from pathsentry.detectors.farm.model import Member, Pool
 
-__all__ = ["MAX_SEEN", "count", "suspected", "tail", "uncount"]
+__all__ = ["MAX_SEEN", "SCORED_KINDS", "count", "suspected", "tail", "uncount"]
 
 #: logins counted before both counts are halved
 MAX_SEEN = 4096.0
 
 
+#: the network kinds whose logins' relay scores count: a home line (one subscriber) and
+#: a hosting or relay network (a rented host) -- behind a mobile CGNAT, a campus or a
+#: PC bang's NAT (or an address of unknown kind) the latency the relay detector scores
+#: is the crowd's address's, on every login of it
+SCORED_KINDS = LINE_KINDS | SHARED_EXIT_KINDS
+
+
 def _scored(m: Member) -> float:
-    return 1.0 if m.relay_score > 0.0 else 0.0
+    return 1.0 if m.relay_score > 0.0 and m.access in SCORED_KINDS else 0.0
 
 
 def count(pool: Pool | None, m: Member) -> None:
