@@ -29,6 +29,20 @@ def test_report_shows_the_cpu_of_worker_and_broker() -> None:
     assert re.search(r"CPU during the latency phase: worker / broker +0\.55 / 0\.42 cores", text)
 
 
+def test_pipeline_cost_outside_detection_is_the_drain_cpu_less_detection_and_decoding() -> None:
+    r = BenchResult(events=1000, partitions=4, drain_cpu_us=(130.0, 12.0),
+                    drain_detect_us=90.25, drain_decode_us=4.5, drain_gc_us=20.5)
+    assert r.pipeline_own_us == 35.2  # 130 - 90.25 - 4.5, rounded
+    assert r.as_dict()["pipeline_own_us"] == 35.2
+    text = format_result(r)
+    assert re.search(r"of the worker's: detection / decoding +90\.25 / 4\.5 µs", text)
+    assert re.search(r"pipeline µs per event outside detection +35\.2 µs", text)
+    assert re.search(r"of which garbage collections +20\.5 µs", text)
+    # not measured (no drain, or a worker that does not count its detection): no figure
+    assert BenchResult(events=1, partitions=1, drain_detect_us=90.0).pipeline_own_us == 0.0
+    assert BenchResult(events=1, partitions=1, drain_cpu_us=(130.0, 1.0)).pipeline_own_us == 0.0
+
+
 def test_decode_measure_times_both_decoders_on_the_same_messages() -> None:
     from pathsentry.bench.decode import format_decode, measure_decode
     from pathsentry.bench.run import world_payloads
