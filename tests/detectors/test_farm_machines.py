@@ -125,3 +125,32 @@ def test_two_name_less_farms_on_one_route_sharing_no_account_stay_two() -> None:
             events += [lg, trace(lg, 4.0, "sigCN9")]
     _, alerts = run(events)
     assert sorted(len(a.accounts) for a in farm_alerts(alerts)) == [8, 8]
+
+
+# ------------------------------- a relay exit's unrelated users beside a farm
+
+
+def test_a_busy_relay_exits_users_do_not_join_a_name_less_farm_on_its_hosts() -> None:
+    """A hosting range of four /24s whose VPN users (one every few minutes, each from
+    its own machine and address, RTTs spread over the range's) keep logging in while a
+    name-less farm leaves through three of its hosts, several accounts per address,
+    each account from a fresh machine id, paced minutes apart. Users meeting the
+    farm's /24s by chance are no members: they share neither a machine nor an address;
+    the farm's crowding onto three hosts stands out of how seldom the range's users
+    share one."""
+    rng = random.Random(71)
+    users: list[Enriched] = []
+    t = 0.0
+    for name in random_names(random.Random(72), 60):
+        t += rng.expovariate(1 / 240.0)
+        users.append(login(name, t, f"43.200.{rng.randint(0, 3)}.{rng.randint(1, 250)}",
+                           HOSTING, samples(rng, rng.uniform(25.0, 60.0), 2.0), relay=True))
+    names = random_names(random.Random(73), 10)
+    hosts = ["43.200.3.178", "43.200.3.65", "43.200.2.174"]
+    farm = [login(name, 2 * 3600.0 + i * 110.0, hosts[i % 3], HOSTING,
+                  samples(rng, (32.0, 34.0, 36.5)[i % 3], 2.0), relay=True)
+            for i, name in enumerate(names)]
+    flags, alerts = run(users + farm)
+    (alert,) = farm_alerts(alerts)
+    assert set(alert.accounts) == set(names)
+    assert {f.account for f in flags.values()} == set(names)

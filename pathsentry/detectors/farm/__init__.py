@@ -103,14 +103,18 @@ Farms and crowds -- which signal separates each hard negative:
   thinned to the candidate's RTT band), from everywhere (their RTTs do not form a
   band that stands out of the exit's other users:
   :func:`~pathsentry.detectors.farm.exits.stands_out`; their TCP handshake RTTs
-  differ), each from its own machine and mostly its own /24 (a candidate keeps the
-  members that share a machine or an address, or a /24 with two others -- two of the
-  range's users meeting in one of its /24s is chance; one paced minutes apart must crowd onto
-  few machines or addresses; a late joiner must use one of the group's machines, or
-  one of its /24s inside its band). The few that share a machine (a household) do
-  so at the rate the exit's background has taught (:mod:`.machines`), so their
-  clumps are no burst of shared machines either. Allow-listed game relays and cloud
-  gaming never reach ``net:``.
+  differ), each from its own machine and its own exit address (a candidate keeps the
+  members that share a machine or an address, and those whose machine is unknown --
+  known from a traceroute alone -- that share a /24 with two others: the range's users
+  meet in its few /24s by chance, so a /24 ties no account seen on a machine of its
+  own; one paced minutes apart must crowd onto few machines or addresses; a late
+  joiner must use one of the group's machines, or inside its band one of its exit
+  addresses -- one of its /24s if its machine is unknown). The few that share a
+  machine (a household) or an address do so at the rate the exit's background has
+  taught (:mod:`.machines`, :func:`~pathsentry.detectors.farm.exits.address_share`),
+  so their clumps are no burst of shared machines or hosts either, while a room's
+  accounts crowded onto a few hosts of the range are one even when the exit is busy.
+  Allow-listed game relays and cloud gaming never reach ``net:``.
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
   stays within the learned accounts-per-line limit; friends each bring their own
   line and machine; a residential proxy service's unrelated users crowd one address
