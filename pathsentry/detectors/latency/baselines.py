@@ -302,6 +302,22 @@ class OverheadBook:
     def get(self, key: str) -> Overhead | None:
         return self.overheads.get(key)
 
+    def warm_figures(self, key: str, warm: int) -> tuple[float, float, float, float] | None:
+        """:meth:`Overhead.figures` of ``key`` once its cost rests on ``warm`` exit
+        prefixes (``None`` before, or for an unknown key)."""
+        o = self.overheads.get(key)
+        if o is None or len(o._cost.votes) < warm:
+            return None
+        f = o._figures
+        return o.figures() if f is None else f
+
+    def noise_of(self, kind: str, floor: float) -> float:
+        """:meth:`noise_scale` without the residuals' count."""
+        hit = self._noise_memo.get((kind, floor))
+        if hit is None:
+            hit = self._noise_memo[(kind, floor)] = self._noise_scale(kind, floor)
+        return hit[0]
+
     def noise_scale(self, kind: str, floor: float) -> tuple[float, int]:
         """(noise scale ms, residuals it rests on) of an access kind: the median
         magnitude of the kind's residuals ``gap - cost`` at or below zero, over 0.674 (a normal
