@@ -42,10 +42,10 @@ class PrefixView:
     residual. Built once per history tuple (a login replaces the tuple), so a probe of
     an unchanged prefix costs a look at the overheads, not a pass over its logins; the
     last session asked keeps its sum over the other sessions' residuals while the
-    residuals stay."""
+    residuals stay, and its relay figures."""
 
-    __slots__ = ("figs", "gapped", "hist", "hits", "keys", "logins", "own", "proven", "rows",
-                 "sum_n", "sum_sid", "sum_total", "terms")
+    __slots__ = ("figs", "gapped", "hist", "hits", "keys", "logins", "own", "proven", "relays",
+                 "relays_sid", "rows", "sum_n", "sum_sid", "sum_total", "terms")
 
     def __init__(self, hist: tuple[Any, ...]) -> None:
         if len(hist) % _ROW:
@@ -72,46 +72,49 @@ class PrefixView:
                 rows[sid] += 1
         own = self.own
         proven = self.proven
+        hits = 0
+        if any(hist[6::_ROW]):
+            for sid, account, flag in zip(sids, hist[5::_ROW], hist[6::_ROW], strict=True):
+                if flag:
+                    accounts = own.get(sid)
+                    if accounts is None:
+                        own[sid] = [account]
+                    else:
+                        accounts.append(account)
+                    hits += 1
+                    proven[account] = proven.get(account, 0) + 1
         keys = self.keys
         gapped = self.gapped
         groups: dict[tuple[str, str], int] = {}
-        hits = 0
-        last: tuple[str, str] | None = None
+        last_key: Any = None
+        last_kind: Any = None
         g = 0
-        for i in range(0, len(hist), _ROW):
-            if hist[i + 6]:
-                sid = hist[i]
-                account = hist[i + 5]
-                accounts = own.get(sid)
-                if accounts is None:
-                    own[sid] = [account]
-                else:
-                    accounts.append(account)
-                hits += 1
-                proven[account] = proven.get(account, 0) + 1
-            gap = hist[i + 2]
+        for sid, oh_key, gap, k, kind in zip(sids, hist[1::_ROW], hist[2::_ROW], hist[3::_ROW],
+                                             hist[4::_ROW], strict=True):
             if gap is None:
                 continue
-            key = (hist[i + 1], hist[i + 4])
-            if key != last:  # most of a prefix's logins share one group
+            if oh_key is not last_key or kind is not last_kind:  # mostly one group
+                key = (oh_key, kind)
                 got = groups.get(key)
                 if got is None:
                     got = groups[key] = len(keys)
                     keys.append(key)
-                last, g = key, got
-            k = hist[i + 3]
-            gapped.append((hist[i], g, gap, k, (k + 1) * (k + 1) * (k + 2)))
+                last_key, last_kind, g = oh_key, kind, got
+            gapped.append((sid, g, gap, k, (k + 1) * (k + 1) * (k + 2)))
         self.logins = len(hist) // _ROW
         self.hits = hits
         #: the figures the terms were taken against, two per group (the overhead's
-        #: figures and the noise scale, ``None`` for a cold server); the terms: session
-        #: id, standardised residual, ...
+        #: figures and the noise scale, ``None`` for a cold server); the terms: each
+        #: gapped login's standardised residual (``None`` on a cold server)
         self.figs: list[Any] | None = None
-        self.terms: list[Any] | None = None
+        self.terms: list[float | None] | None = None
         #: the session last asked and its (sum, count) over the other sessions' terms
         self.sum_sid: Any = None
         self.sum_total = 0.0
         self.sum_n = 0
+        #: the session last asked and its :meth:`ExitPrefixes.prefix_relays`
+        self.relays_sid: Any = None
+        self.relays: tuple[float, int, int] = (0.0, 0, 0)
 
 
 #: components that prove a relay from the login's own physics
@@ -199,10 +202,9 @@ class ExitPrefixes:
             if view.terms is None or figs != view.figs:
                 self._terms(view, figs, sid)
             elif view.sum_sid != sid:
-                terms = view.terms
-                for i in range(0, len(terms), 2):
-                    if terms[i] != sid:
-                        total += terms[i + 1]
+                for entry, u in zip(view.gapped, view.terms, strict=True):
+                    if u is not None and entry[0] != sid:
+                        total += u
                         n += 1
                 view.sum_sid, view.sum_total, view.sum_n = sid, total, n
             total, n = view.sum_total, view.sum_n
@@ -220,16 +222,25 @@ class ExitPrefixes:
         kept in ``view`` with the terms), and sum those of the sessions other than
         ``sid``."""
         view.figs = figs
-        terms: list[Any] = []
+        terms: list[float | None] = []
         total = 0.0
         n = 0
+        last = -1
+        cold = True
+        cost = tick = centre = scale = tick2 = noise2 = 0.0
         for other, g, gap, k, den in view.gapped:  # :meth:`residual`, inlined
-            got = figs[2 * g]
-            if got is None:
+            if g != last:
+                last = g
+                got = figs[2 * g]
+                cold = got is None
+                if got is not None:
+                    cost, tick, centre, scale = got
+                    noise = figs[2 * g + 1]
+                    tick2, noise2 = tick * tick, noise * noise
+            if cold:
+                terms.append(None)
                 continue
-            cost, tick, centre, scale = got
-            noise = figs[2 * g + 1]
-            v = tick * tick * k / den + noise * noise
+            v = tick2 * k / den + noise2
             sd = math.sqrt(v) if v > 0.0 else 0.0
             if sd > 0.0:
                 u = (gap - cost - tick / (k + 1)) / sd
@@ -237,7 +248,7 @@ class ExitPrefixes:
             else:
                 u = 0.0
             u = (u - centre) / scale
-            terms += (other, u)
+            terms.append(u)
             if other != sid:
                 total += u
                 n += 1
@@ -261,6 +272,14 @@ class ExitPrefixes:
         if view is None:
             return 0.0, 0, 0
         sid = sess.session_id or sess.event_id
+        if view.relays_sid == sid and view.relays_sid is not None:
+            return view.relays
+        view.relays_sid = sid
+        view.relays = out = self._relays(view, sid)
+        return out
+
+    def _relays(self, view: PrefixView, sid: Any) -> tuple[float, int, int]:
+        """:meth:`prefix_relays` worked out for session ``sid``."""
         n, hits = view.logins, view.hits
         proven = len(view.proven)
         own = view.rows.get(sid)
