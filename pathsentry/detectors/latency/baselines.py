@@ -99,18 +99,23 @@ def phase_quantile(k: int, alpha: float) -> float:
     >>> round(phase_quantile(1, 0.001), 3), round(phase_quantile(10, 0.001), 3)
     (0.999, 0.499)
     """
-    key = (k, alpha)
-    q = _PHASE_QUANTILES.get(key)
+    memo = _PHASE_QUANTILES.get(alpha)
+    if memo is None:
+        memo = {}
+        if len(_PHASE_QUANTILES) < _PHASE_ALPHAS_MAX:
+            _PHASE_QUANTILES[alpha] = memo
+    q = memo.get(k)
     if q is None:
         q = 1.0 - float(alpha ** (1.0 / max(1, k)))
-        if len(_PHASE_QUANTILES) < _PHASE_MEMO_MAX:
-            _PHASE_QUANTILES[key] = q
+        if len(memo) < _PHASE_MEMO_MAX:
+            memo[k] = q
     return q
 
 
-#: (samples, alpha) -> :func:`phase_quantile`: a few sample counts and the detector's
-#: two alphas, bounded (a session's probes can add samples without end)
-_PHASE_QUANTILES: dict[tuple[int, float], float] = {}
+#: alpha -> samples -> :func:`phase_quantile`: the detector's two alphas and a few sample
+#: counts, bounded (a session's probes can add samples without end)
+_PHASE_QUANTILES: dict[float, dict[int, float]] = {}
+_PHASE_ALPHAS_MAX = 16
 _PHASE_MEMO_MAX = 4096
 
 
