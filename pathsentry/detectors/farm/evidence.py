@@ -30,6 +30,7 @@ from pathsentry.detectors.farm.model import (
     _top,
     _utc,
 )
+from pathsentry.detectors.farm.suspicion import suspected
 from pathsentry.detectors.names import cohesion, consecutive_runs
 from pathsentry.schemas import Alert, FlaggedEvent, severity_for
 
@@ -138,6 +139,10 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
         "names": {k2: feats[k2] for k2 in ("serial_regularity", "name_cohesion",
                                            "largest_name_cluster")},
     }
+    if part.kind == TPL:  # relay scores beside the share the class's background shows
+        _, scored, share, tail_p = suspected(part.pool, ms, s.max_burst_p)
+        evidence["relay"].update({"scored_accounts": scored,
+                                  "learned_scored_share": share, "scored_tail_p": tail_p})
     tpl = templates.most_common(1)[0][0] if part.kind == TPL else None
     what = f"template {tpl}" if tpl else f"shared {g.pattern.partition(':')[0]} pattern"
     if is_line(g.pattern):

@@ -3,7 +3,9 @@
 A candidate is the ungrouped members sharing one pattern (an exit or a route)
 around the new member's login, in a window. In a family partition (``tpl:``) the
 window is ``window_s`` and the candidate needs ``min_size`` members sharing a
-foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
+foreign route, or relay/route evidence on ``min_size`` and half of them (or, with
+serials that run, relay scores on more of them than the class's background explains:
+:mod:`~pathsentry.detectors.farm.suspicion`), or serials
 that run consecutively (``min_regularity``) on accounts crowded onto few machines
 (:func:`on_few_machines`) or home-line addresses (:func:`_on_few_lines`: a CGNAT,
 campus or PC-bang address is a crowd's) or all through one hosting network
@@ -53,6 +55,7 @@ from typing import ClassVar
 from mypy_extensions import trait
 
 from pathsentry.detectors.base import Findings
+from pathsentry.detectors.farm import suspicion
 from pathsentry.detectors.farm.background import burst_p, expected, no_burst
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
 from pathsentry.detectors.farm.exits import MIN_BACKGROUND, band, patterns_of, stands_out
@@ -347,6 +350,10 @@ class Grouping:
             with_evidence = evidence_accounts(cand)
             evidence = with_evidence >= s.min_size and 2 * with_evidence >= n
             regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
+            # beside serials that run: relay scores on more of them than the class's
+            # background explains stand for the flags (:mod:`.suspicion`)
+            evidence = evidence or (regular and suspicion.suspected(
+                part.pool, cand, s.max_burst_p)[0])
             if pattern == part.key:
                 # the whole family, no shared exit: serials that run, and relay/route
                 # evidence or few machines (a batch on residential proxies of several
@@ -513,6 +520,9 @@ class Grouping:
             if m.account not in g.members and len(g.members) >= self.settings.max_group_members:
                 continue
             m.group = g.gid
+            if m.in_background:  # a farm's login, no background (:mod:`.suspicion`)
+                suspicion.uncount(part.pool, m)
+                m.in_background = False
             (again if m.account in g.members else added).append(m)
             g.put(m)
             part.accounts[m.account] = g.gid
