@@ -8,7 +8,7 @@ import random
 from datetime import timedelta
 
 from pathsentry.detectors.base import Enriched
-from pathsentry.detectors.farm.exits import machine_centred, mad
+from pathsentry.detectors.farm.exits import address_share, machine_centred, mad, on_shared_addresses
 from pathsentry.detectors.farm.machines import drop, leave, machine_share, on_shared_machines, put
 from pathsentry.detectors.farm.model import Member, Partition
 from tests.detectors.test_farm import T0, farm_alerts, random_names, run, trace
@@ -154,3 +154,21 @@ def test_a_busy_relay_exits_users_do_not_join_a_name_less_farm_on_its_hosts() ->
     (alert,) = farm_alerts(alerts)
     assert set(alert.accounts) == set(names)
     assert {f.account for f in flags.values()} == set(names)
+    hosts = alert.evidence["exit_hosts"]  # three hosts, where the range's users share few
+    assert hosts["addresses"] == 3 and hosts["accounts_on_shared_addresses"] == 10
+    assert hosts["learned_shared_address_share"] < 0.2
+
+
+def test_the_share_of_an_exits_users_on_a_shared_address_is_learned_from_its_others() -> None:
+    part = Partition(key="net:AS64600")
+    ms = [Member(f"s{i}", f"a{i}", float(i), None, None, f"43.200.0.{i if i < 6 else 6}",
+                 "43.200.0.0/24") for i in range(8)]  # six own hosts, one host for two
+    room = [Member(f"r{i}", f"r{i}", 100.0 + i, None, None, "43.200.3.7", "43.200.3.0/24")
+            for i in range(5)]
+    part.index["net:AS64600"] = {x.sid: x for x in ms + room}
+    assert [x.account for x in on_shared_addresses(ms)] == ["a6", "a7"]
+    live = {x.sid for x in room}  # the candidate under judgement is not its background
+    assert address_share(part, "net:AS64600", live) == (2 + 1) / (8 + 2)
+    ms[6].group = "g"  # a grouped account is a farm's, not the background's
+    assert address_share(part, "net:AS64600", live) == (0 + 1) / (7 + 2)
+    assert address_share(Partition(key="net:AS1"), "net:AS1", set()) == 0.5
