@@ -205,8 +205,10 @@ class NetworkWindow:
         ``min_networks`` of them)."""
         n = k = 0.0
         nets = 0
+        half_life = self.s.tls_half_life_s
         for other, row in self.tls.get(origin, {}).items():
-            if other != net:
-                dn, dk = self._decayed(row, ts)
-                n, k, nets = n + dn, k + dk, nets + 1
+            if other != net:  # (``_decayed``, inline: once per network per answer)
+                age = ts - row[2]
+                keep = 0.5 ** ((age if age > 0.0 else 0.0) / half_life)
+                n, k, nets = n + row[0] * keep, k + row[1] * keep, nets + 1
         return round(k / n, 4) if nets >= self.s.min_networks and n > 0 else None
