@@ -521,9 +521,10 @@ class InjectionCellDetector(Detector):
                                    s.min_suspect_clients, group.owners, exact=True)
         if len(sources) < self._suspected_from:
             return CLEAN
-        if wilson_lower(k, n, s.z) < s.min_rate:
+        lower = wilson_lower(k, n, s.z)
+        if lower < s.min_rate:
             return CLEAN
-        if rate_above(k, n, sum(c.ref for c in cells), n, s.z) <= 0.0:
+        if rate_above(k, n, sum(c.ref for c in cells), n, s.z, lower) <= 0.0:
             return CLEAN  # the other networks saw as much at the same times
         if prefix == LINES:
             n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
@@ -532,9 +533,9 @@ class InjectionCellDetector(Detector):
         borrowed = None if not s.tls_borrow else borrowed_control(
             n, n_tls, k_tls, sum(c.ref_tls for c in cells), sum(c.ref_tls_n for c in cells), s.z)
         if borrowed is not None:
-            above = rate_above(k, n, borrowed[1], borrowed[0], s.z) > 0.0
+            above = rate_above(k, n, borrowed[1], borrowed[0], s.z, lower) > 0.0
         else:
-            above = n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z) > 0.0
+            above = n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z, lower) > 0.0
         if not above:
             return CLEAN
         if len(sources) >= s.min_suspect_clients:

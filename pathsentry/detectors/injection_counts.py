@@ -64,17 +64,19 @@ def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
     return _wilson(k, n, z, 1.0)
 
 
-def rate_above(k: int, n: int, k_ref: float, n_ref: int, z: float = 1.96) -> float:
+def rate_above(k: int, n: int, k_ref: float, n_ref: int, z: float = 1.96,
+               lower: float | None = None) -> float:
     """Lower bound of ``k / n - k_ref / n_ref`` (Newcombe's hybrid score interval, method
     10 of Newcombe 1998): positive when the first rate is above the reference at ``z``.
 
     ``k_ref`` may be fractional (an expected count); its Wilson bound uses it rounded.
+    ``lower``: ``wilson_lower(k, n, z)``, when the caller has it already.
     """
     if n <= 0:
         return -1.0
     p = k / n
     p_ref = k_ref / n_ref if n_ref > 0 else 0.0
-    below = p - wilson_lower(k, n, z)
+    below = p - (wilson_lower(k, n, z) if lower is None else lower)
     above = wilson_upper(round(k_ref), n_ref, z) - min(p_ref, 1.0)
     return p - p_ref - math.sqrt(below * below + max(above, 0.0) ** 2)
 
