@@ -715,9 +715,11 @@ class InjectionCellDetector(Detector):
 
 
 def _asn_wide(group: _Group) -> list[tuple[int, int, Cell]]:
-    """``(port, hour, cell)`` of the ASN-wide cells with suspect probes, in table order
-    (one pass over the table for both of :meth:`InjectionCellDetector._signature`'s uses)."""
-    return [(port, hour, c) for (p, port, hour), c in group.cells.items()
+    """``(port, hour, cell)`` of the ASN-wide cells with suspect probes (one pass over the
+    table for both of :meth:`InjectionCellDetector._signature`'s uses, which do not
+    depend on the order: the table is read as the plain dict it also is, several times
+    faster than in its recency order, which looks every key up again)."""
+    return [(port, hour, c) for (p, port, hour), c in dict.items(group.cells)
             if p == ALL and c.suspect_clients]
 
 
