@@ -163,6 +163,7 @@ Signature = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]  # ports, h
 #: How bad a cell is: not, suspected (could be collusion), confirmed.
 CLEAN, SUSPECTED, CONFIRMED = 0, 1, 2
 LEVELS = {SUSPECTED: "suspected", CONFIRMED: "confirmed"}
+_NO_LINES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +389,7 @@ class InjectionCellDetector(Detector):
                 touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
-        self._judge(group, touched, set())
+        self._judge(group, touched, _NO_LINES)  # (no pooled cell among them)
         lines = self._lines(group)
         if lines != group.pooled:  # other lines: re-judge every pooled cell
             group.pooled = lines
