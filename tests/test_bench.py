@@ -29,6 +29,20 @@ def test_report_shows_the_cpu_of_worker_and_broker() -> None:
     assert re.search(r"CPU during the latency phase: worker / broker +0\.55 / 0\.42 cores", text)
 
 
+def test_pipeline_cost_outside_detection_is_the_drain_cpu_less_detection_and_decoding() -> None:
+    r = BenchResult(events=1000, partitions=4, drain_cpu_us=(130.0, 12.0),
+                    drain_detect_us=90.25, drain_decode_us=4.5, drain_gc_us=20.5)
+    assert r.pipeline_own_us == 35.2  # 130 - 90.25 - 4.5, rounded
+    assert r.as_dict()["pipeline_own_us"] == 35.2
+    text = format_result(r)
+    assert re.search(r"of the worker's: detection / decoding +90\.25 / 4\.5 µs", text)
+    assert re.search(r"pipeline µs per event outside detection +35\.2 µs", text)
+    assert re.search(r"of which garbage collections +20\.5 µs", text)
+    # not measured (no drain, or a worker that does not count its detection): no figure
+    assert BenchResult(events=1, partitions=1, drain_detect_us=90.0).pipeline_own_us == 0.0
+    assert BenchResult(events=1, partitions=1, drain_cpu_us=(130.0, 1.0)).pipeline_own_us == 0.0
+
+
 def test_decode_measure_times_both_decoders_on_the_same_messages() -> None:
     from pathsentry.bench.decode import format_decode, measure_decode
     from pathsentry.bench.run import world_payloads
@@ -84,3 +98,16 @@ def test_save_measure_saves_the_same_state_on_the_loop_and_in_a_child(tmp_path: 
     assert child["save_fork_ms"] > 0 and child["save_child_private_mib"] > 0
     assert "save_fork_ms" not in on_loop
     assert re.search(r"child: loop stalled +[\d.]+ ms .*fork [\d.]+ ms, child private", format_saves(fig))
+
+
+def test_in_process_world_is_the_same_for_every_run_of_a_day() -> None:
+    """The in-process measurements replay a day-aligned world, so two runs of one UTC day
+    (or the code before and after a change) see the same events and can compare digests."""
+    from datetime import UTC, datetime
+
+    from pathsentry.bench.run import world_start
+
+    morning = datetime(2026, 3, 5, 0, 0, 1, tzinfo=UTC)
+    evening = datetime(2026, 3, 5, 23, 59, 59, 999_000, tzinfo=UTC)
+    assert world_start(morning) == world_start(evening) == datetime(2026, 3, 3, tzinfo=UTC)
+    assert world_start(datetime(2026, 3, 6, 0, 0, 0, tzinfo=UTC)) == datetime(2026, 3, 4, tzinfo=UTC)

@@ -63,3 +63,30 @@ def test_idempotent_batches_and_alert_updates(chdb_dir: Path) -> None:
         ch.query("DROP TABLE pathsentry.alerts")
     sink.close()
     ch.close()
+
+
+def test_rows_keep_their_times_to_the_millisecond_whatever_their_shape(chdb_dir: Path) -> None:
+    """A row built by ``flag_row`` is written as it is; one with its columns in another
+    order, or with more keys, is cut to the columns first. Times are stored in UTC,
+    truncated to the millisecond, whatever zone they came in."""
+    from datetime import timedelta, timezone
+
+    from pathsentry.infra.clickhouse import FLAG_COLUMNS, flag_row
+
+    ch = connect(f"chdb://{chdb_dir}")
+    ch.apply_ddl(30)
+    seoul = timezone(timedelta(hours=9))
+    f = _flag(1)
+    as_built = flag_row(f.model_copy(update={
+        "event_id": "built", "ts": datetime(2026, 11, 22, 21, 0, 1, 123987, tzinfo=seoul)}))
+    assert tuple(as_built) == FLAG_COLUMNS
+    reordered = dict(reversed(flag_row(f.model_copy(update={
+        "event_id": "reordered", "ts": datetime(2026, 11, 22, 12, 0, 2, 999999, tzinfo=UTC)}))
+        .items()))
+    extra = {**flag_row(f.model_copy(update={"event_id": "extra"})), "not_a_column": 1}
+    ch.insert("flagged_events", FLAG_COLUMNS, [as_built, reordered, extra], "t-shapes")
+    _, rows = ch.query("SELECT event_id, toString(ts), detector FROM pathsentry.flagged_events "
+                       "ORDER BY event_id")
+    assert rows == [("built", "2026-11-22 12:00:01.123", "latency"),
+                    ("extra", "2026-11-22 12:00:01.000", "latency"),
+                    ("reordered", "2026-11-22 12:00:02.999", "latency")]

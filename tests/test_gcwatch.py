@@ -26,10 +26,12 @@ def test_pauses_are_counted_per_generation_and_windowed_by_time() -> None:
     assert s["gen0"]["n"] >= 1
     assert s["gen2"]["n"] == 2
     assert s["gen2"]["total_ms"] >= s["gen2"]["max_ms"] >= 0.0
+    assert s["gen2"]["total_cpu_ms"] >= 0.0
     later = watch.summary(since_s=mid)
     assert later["gen2"]["n_since"] == 1 and later["gen2"]["n"] == 2
     assert watch.summary(since_s=time.time() + 1)["gen2"] == {
-        "n": 2, "total_ms": s["gen2"]["total_ms"], "n_since": 0, "max_ms": 0.0}
+        "n": 2, "total_ms": s["gen2"]["total_ms"], "total_cpu_ms": s["gen2"]["total_cpu_ms"],
+        "n_since": 0, "max_ms": 0.0}
 
 
 class _Node:

@@ -79,6 +79,12 @@ class BenchResult:
     worker_peak_rss_mb: float = 0.0
     #: CPU time per preloaded event while the worker drained them, µs: worker, broker
     drain_cpu_us: tuple[float, float] = (0.0, 0.0)
+    #: of the worker's, µs per event: inside the engine (detection) and the ingest's decoding,
+    #: as the worker's /stats counts them (``detect_cpu_s``, ``decode_cpu_s``)
+    drain_detect_us: float = 0.0
+    drain_decode_us: float = 0.0
+    #: the worker's garbage collections over the drain (all generations), CPU µs per event
+    drain_gc_us: float = 0.0
     #: CPU used during the latency phase, cores: worker, broker
     latency_cpu_cores: tuple[float, float] = (0.0, 0.0)
     #: the worker's garbage-collector pauses during the latency phase, per generation
@@ -104,16 +110,35 @@ class BenchResult:
     def pipeline_vs_naive(self) -> float:
         return self.pipeline_rate / self.naive_rate if self.naive_rate else 0.0
 
+    @property
+    def pipeline_own_us(self) -> float:
+        """The worker's CPU per drained event outside detection and decoding, µs: all of
+        its threads' CPU less what its event-loop thread spent in the engine and in the
+        ingest's decoder, in the same process over the same drain (0 when not measured)."""
+        if not (self.drain_cpu_us[0] and self.drain_detect_us):
+            return 0.0
+        return round(self.drain_cpu_us[0] - self.drain_detect_us - self.drain_decode_us, 1)
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["pipeline_vs_raw"] = round(self.pipeline_vs_raw, 3)
         d["pipeline_vs_naive"] = round(self.pipeline_vs_naive, 2)
+        d["pipeline_own_us"] = self.pipeline_own_us
         return d
 
 
+def world_start(now: datetime | None = None) -> datetime:
+    """Start of the world the in-process measurements replay: midnight UTC two days before
+    ``now``. Day-aligned, so every run of one UTC day replays the same events and the
+    findings digests of two runs (or of code before and after a change) can be compared."""
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+
+
 def world_payloads(n: int, accounts: int, seed: int) -> list[bytes]:
-    """The first ``n`` messages of the bench's simulated world (as the producers send them)."""
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    """The first ``n`` messages of the bench's simulated world (as the producers send them),
+    starting at :func:`world_start`."""
+    start = world_start()
     return [v for _, _, v in itertools.islice(_world_records(seed, accounts, "", start), n)]
 
 
@@ -124,7 +149,7 @@ def bench_world(accounts: int, seed: int, workdir: str | None = None) -> Path:
     from pathsentry.sim.world import write_world_files
 
     root = Path(workdir or tempfile.mkdtemp(prefix="pathsentry-bench-")) / "world"
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    start = world_start()
     write_world_files(WorldSpec(seed=seed, accounts=accounts, hours=24.0, start=start), root)
     return root / "pathsentry.toml"
 
@@ -235,6 +260,11 @@ class _Cpu:
         return round(worker / wall, 2), round(broker / wall, 2)
 
 
+def _gc_ms(stats: dict[str, Any]) -> float:
+    """The worker's garbage collections since its start, CPU ms (all generations)."""
+    return float(sum(g.get("total_cpu_ms", 0.0) for g in stats.get("gc_pauses", {}).values()))
+
+
 def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[bytes], what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -339,9 +369,13 @@ def run_bench(
                 # from the first event in (the worker's start-up is not counted)
                 _wait_for(lambda: _http_json(counters)["events_in"] > 0, 600, proc, "the first event")
                 cpu = _Cpu(proc.pid, broker.proc.pid if broker.proc else None)
+                st0 = _http_json(counters)
                 st = _wait_for(drained, 1800, proc, "the preloaded events")
                 worker_s, broker_s = cpu.seconds()
                 res.drain_cpu_us = (round(worker_s / n * 1e6, 1), round(broker_s / n * 1e6, 1))
+                res.drain_detect_us, res.drain_decode_us = (
+                    round((st[k] - st0[k]) / n * 1e6, 1) for k in ("detect_cpu_s", "decode_cpu_s"))
+                res.drain_gc_us = round((_gc_ms(st) - _gc_ms(st0)) / n * 1e3, 1)
                 end = max(st["last_event_at"], st["last_group_at"] or 0)
                 res.pipeline_rate = n / (end - st["first_ingest_at"])
                 log(f"[bench] full pipeline: {res.pipeline_rate:,.0f} events/s per worker process")
@@ -439,6 +473,10 @@ def format_result(r: BenchResult) -> str:
         *((f"  {g}", f"{v['n_since']:>7,} / {v['max_ms']} ms") for g, v in sorted(r.gc_pauses.items())),
         ("CPU per event while draining: worker / broker",
          f"{r.drain_cpu_us[0]:>5} / {r.drain_cpu_us[1]} µs"),
+        ("  of the worker's: detection / decoding",
+         f"{r.drain_detect_us:>5} / {r.drain_decode_us} µs"),
+        ("pipeline µs per event outside detection", f"{r.pipeline_own_us:>5} µs"),
+        ("  of which garbage collections", f"{r.drain_gc_us:>5} µs"),
         ("CPU during the latency phase: worker / broker",
          f"{r.latency_cpu_cores[0]:>5} / {r.latency_cpu_cores[1]} cores"),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),

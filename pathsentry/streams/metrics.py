@@ -166,6 +166,11 @@ class Stats:
     batches: int = 0
     last_batch_ms: float = 0.0
     group_events: int = 0
+    #: CPU time (s) of the worker's event-loop thread inside the engine (both stages'
+    #: detection, the detectors' flushes) and inside the ingest's decoding: the rest of
+    #: its CPU time is the pipeline's own
+    detect_cpu_s: float = 0.0
+    decode_cpu_s: float = 0.0
     first_ingest_at: float | None = None
     first_event_at: float | None = None
     last_event_at: float | None = None

@@ -117,9 +117,11 @@ class Pipeline(StatePersistence):
     def flush_detectors(self) -> Findings:
         """Let the session stage and every group partition close what their event time
         has passed."""
+        c0 = time.thread_time()
         out = self.engine.flush_sessions()
         for stage in self.group_stages.values():
             out.extend(stage.flush())
+        self.stats.detect_cpu_s += time.thread_time() - c0
         return out
 
     # -- Kafka output -------------------------------------------------------------
@@ -269,7 +271,10 @@ class Pipeline(StatePersistence):
         records = list(records)
         raws = [m.value if m.value is not None else b"" for m in records]
         # one compiled pass over the batch; anything it would not take as is goes to parse_event
-        for m, raw, ev in zip(records, raws, decode_events(raws), strict=True):
+        c0 = time.thread_time()
+        decoded = decode_events(raws)
+        self.stats.decode_cpu_s += time.thread_time() - c0
+        for m, raw, ev in zip(records, raws, decoded, strict=True):
             if isinstance(ev, EventError):
                 dead.append(await self.dead_letter(m.value, ev, m))
                 continue
@@ -368,6 +373,8 @@ class Pipeline(StatePersistence):
         forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
         triggers: list[tuple[str, int]] = []
         self.stats.mark_stage("session", (t for (t, _, _), _ in released))
+        routed: list[tuple[int, bytes | dict[str, Any], Enriched, list[tuple[str, str]]]] = []
+        c0 = time.thread_time()
         for (t, raw, event), _ in released:
             produced[event.event_id] = t
             enriched, found = engine.session_stage(event)
@@ -375,8 +382,10 @@ class Pipeline(StatePersistence):
                 triggers.extend((a.kind, t) for a in found.alerts)
             out.extend(found)
             routes = engine.group_routes(enriched)
-            if not routes:
-                continue
+            if routes:
+                routed.append((t, raw, enriched, routes))
+        self.stats.detect_cpu_s += time.thread_time() - c0
+        for t, raw, enriched, routes in routed:
             # one item per destination partition, carrying every (detector, key) bound there
             by_part: dict[int, list[tuple[str, str]]] = {}
             for det, key in routes:
@@ -439,6 +448,7 @@ class Pipeline(StatePersistence):
         triggers: list[tuple[str, int]] = []
         stages = self.group_stages
         self.stats.mark_stage("group", (t for (t, _, _), _ in released))
+        c0 = time.thread_time()
         for (t, routes, enriched), held in released:
             produced[enriched.event.event_id] = t
             stage = stages[held.partition]
@@ -447,6 +457,7 @@ class Pipeline(StatePersistence):
                 if found.alerts:
                     triggers.extend((a.kind, t) for a in found.alerts)
                 out.extend(found)
+        self.stats.detect_cpu_s += time.thread_time() - c0
         await self.emit(out, produced, on_durable=_ack_all(h for _, h in released), stage="group",
                         events=len(released), triggers=triggers)
 

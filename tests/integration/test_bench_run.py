@@ -34,6 +34,14 @@ def test_bench_reports_every_phase_and_writes_only_to_its_workdir(tmp_path: Path
     assert set(r["stage_latency_ms"]) == {"ingest", "session", "group"}
     assert r["flagged"] > 0 and r["alerts"] > 0
     assert all(v > 0 for v in r["drain_cpu_us"])
+    # the worker counts its detection and decoding CPU: both a part of its own CPU (the
+    # drain is timed from the first event forwarded: at this size the ingest may have
+    # decoded every event by then)
+    assert 0 < r["drain_detect_us"] < r["drain_cpu_us"][0]
+    assert 0 <= r["drain_decode_us"] < r["drain_cpu_us"][0]
+    assert r["drain_gc_us"] >= 0
+    assert r["pipeline_own_us"] == round(
+        r["drain_cpu_us"][0] - r["drain_detect_us"] - r["drain_decode_us"], 1)
     assert r["worker_peak_rss_mb"] > 0
     # Faust's data directory of the naive baseline, logs and chDB: all under --workdir
     assert list(cwd.iterdir()) == []
