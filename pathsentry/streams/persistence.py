@@ -121,6 +121,9 @@ class StatePersistence:
         self.learned_save_bytes = 0
         #: wall time of the last ``l:0`` save this worker made (0: none)
         self.learned_saved_at = 0.0
+        #: the session stage's event clock in the snapshot file this process last wrote
+        #: (0: none yet): a SIGKILLed worker restarts from the learning up to there
+        self.snapshot_ts = 0.0
         #: builds the periodic saves in a forked child (``[worker] save_in_child``)
         self.fork_saver = ForkSaver(self.config.worker.save_child_timeout_s,
                                     enabled=self.config.worker.save_in_child)
@@ -234,6 +237,7 @@ class StatePersistence:
             self.snapshot_save_ms = float(res.report["snapshot_ms"])
             self.snapshot_save_bytes = int(res.report["snapshot_bytes"])
             os.replace(snap_tmp, self.state_path)
+            self.snapshot_ts = ts
             if not res.report["learned_bytes"]:
                 return LearnedSave(None, ts, saved_at, 0.0)
             data = await asyncio.get_running_loop().run_in_executor(None, learned_tmp.read_bytes)
@@ -277,6 +281,7 @@ class StatePersistence:
         except Exception:
             log.exception("detector state snapshot failed")
             return None
+        self.snapshot_ts = ts
         if doc is None:
             return LearnedSave(None, ts, saved_at, 0.0)
         t2 = time.perf_counter()
@@ -413,13 +418,16 @@ class StatePersistence:
         self.learned_saved_at = built.saved_at
 
     def learned_save_stats(self) -> dict[str, float]:
-        """The cost of the last saves of what the session stage learned (/stats)."""
+        """The cost of the last saves of what the session stage learned, and the event
+        clocks of the last snapshot file and of the session stage now (/stats)."""
         mem = self.save_child_memory
         return {"learned_state_save_ms": round(self.learned_save_ms, 1),
                 "learned_state_save_bytes": self.learned_save_bytes,
                 "learned_state_saved_at": round(self.learned_saved_at, 3),
                 "snapshot_serialise_ms": round(self.snapshot_save_ms, 1),
                 "snapshot_bytes": self.snapshot_save_bytes,
+                "snapshot_ts": round(self.snapshot_ts, 3),
+                "session_ts": round(self.engine.session_ts, 3),
                 "save_loop_ms": round(self.save_loop_ms, 1),
                 "save_fork_ms": round(self.save_fork_ms, 1),
                 "save_child_private_mib": mem.get("private_mib", 0.0),

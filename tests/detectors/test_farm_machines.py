@@ -8,7 +8,7 @@ import random
 from datetime import timedelta
 
 from pathsentry.detectors.base import Enriched
-from pathsentry.detectors.farm.exits import machine_centred, mad
+from pathsentry.detectors.farm.exits import address_share, machine_centred, mad, on_shared_addresses
 from pathsentry.detectors.farm.machines import drop, leave, machine_share, on_shared_machines, put
 from pathsentry.detectors.farm.model import Member, Partition
 from tests.detectors.test_farm import T0, farm_alerts, random_names, run, trace
@@ -125,3 +125,50 @@ def test_two_name_less_farms_on_one_route_sharing_no_account_stay_two() -> None:
             events += [lg, trace(lg, 4.0, "sigCN9")]
     _, alerts = run(events)
     assert sorted(len(a.accounts) for a in farm_alerts(alerts)) == [8, 8]
+
+
+# ------------------------------- a relay exit's unrelated users beside a farm
+
+
+def test_a_busy_relay_exits_users_do_not_join_a_name_less_farm_on_its_hosts() -> None:
+    """A hosting range of four /24s whose VPN users (one every few minutes, each from
+    its own machine and address, RTTs spread over the range's) keep logging in while a
+    name-less farm leaves through three of its hosts, several accounts per address,
+    each account from a fresh machine id, paced minutes apart. Users meeting the
+    farm's /24s by chance are no members: they share neither a machine nor an address;
+    the farm's crowding onto three hosts stands out of how seldom the range's users
+    share one."""
+    rng = random.Random(71)
+    users: list[Enriched] = []
+    t = 0.0
+    for name in random_names(random.Random(72), 60):
+        t += rng.expovariate(1 / 240.0)
+        users.append(login(name, t, f"43.200.{rng.randint(0, 3)}.{rng.randint(1, 250)}",
+                           HOSTING, samples(rng, rng.uniform(25.0, 60.0), 2.0), relay=True))
+    names = random_names(random.Random(73), 10)
+    hosts = ["43.200.3.178", "43.200.3.65", "43.200.2.174"]
+    farm = [login(name, 2 * 3600.0 + i * 110.0, hosts[i % 3], HOSTING,
+                  samples(rng, (32.0, 34.0, 36.5)[i % 3], 2.0), relay=True)
+            for i, name in enumerate(names)]
+    flags, alerts = run(users + farm)
+    (alert,) = farm_alerts(alerts)
+    assert set(alert.accounts) == set(names)
+    assert {f.account for f in flags.values()} == set(names)
+    hosts = alert.evidence["exit_hosts"]  # three hosts, where the range's users share few
+    assert hosts["addresses"] == 3 and hosts["accounts_on_shared_addresses"] == 10
+    assert hosts["learned_shared_address_share"] < 0.2
+
+
+def test_the_share_of_an_exits_users_on_a_shared_address_is_learned_from_its_others() -> None:
+    part = Partition(key="net:AS64600")
+    ms = [Member(f"s{i}", f"a{i}", float(i), None, None, f"43.200.0.{i if i < 6 else 6}",
+                 "43.200.0.0/24") for i in range(8)]  # six own hosts, one host for two
+    room = [Member(f"r{i}", f"r{i}", 100.0 + i, None, None, "43.200.3.7", "43.200.3.0/24")
+            for i in range(5)]
+    part.index["net:AS64600"] = {x.sid: x for x in ms + room}
+    assert [x.account for x in on_shared_addresses(ms)] == ["a6", "a7"]
+    live = {x.sid for x in room}  # the candidate under judgement is not its background
+    assert address_share(part, "net:AS64600", live) == (2 + 1) / (8 + 2)
+    ms[6].group = "g"  # a grouped account is a farm's, not the background's
+    assert address_share(part, "net:AS64600", live) == (0 + 1) / (7 + 2)
+    assert address_share(Partition(key="net:AS1"), "net:AS1", set()) == 0.5

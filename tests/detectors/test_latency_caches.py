@@ -98,3 +98,48 @@ def test_prefix_residuals_follow_a_patch_day_and_new_logins() -> None:
     assert checked > 400
     # the prefix did collect evidence, so the comparison is not between zeros
     assert max(_kept(w, sid)[0][2] for sid in sids) > 2.0
+
+
+def test_prefix_view_of_a_loaded_history_with_repeated_sessions_and_groups() -> None:
+    """A loaded history can hold a session more than once and logins of several
+    (server, access kind) groups, interleaved, some without a gap: the view counts each
+    session's logins and proven accounts, and the relay figures it gives each session
+    are the other sessions' (asked twice: the kept answer is the same)."""
+    from pathsentry.detectors.latency.prefixes import PREFIX_ROW, PrefixView
+    from pathsentry.detectors.latency.state import Session
+
+    rows = [  # session, overhead key, gap, samples, kind, account, proven
+        ("s1", "a", 12.5, 3, "residential", "x", 1),
+        ("s2", "b", 30.0, 1, "mobile", "y", 0),
+        ("s1", "a", None, 0, "residential", "x", 1),
+        ("s3", "a", 8.0, 5, "residential", "z", 1),
+        ("s4", "b", 9.0, 2, "mobile", "x", 1),
+        ("s2", "a", 14.0, 4, "residential", "y", 1),
+    ]
+    hist = tuple(v for row in rows for v in row)
+    view = PrefixView(hist)
+    assert view.logins == len(rows) == len(hist) // PREFIX_ROW
+    assert view.rows == {"s1": 2, "s2": 2, "s3": 1, "s4": 1}
+    assert view.own == {"s1": ["x", "x"], "s3": ["z"], "s4": ["x"], "s2": ["y"]}
+    assert view.proven == {"x": 3, "z": 1, "y": 1} and view.hits == 5
+    assert view.keys == [("a", "residential"), ("b", "mobile")]
+    assert [(sid, view.keys[g], gap, k) for sid, g, gap, k, _ in view.gapped] == [
+        (r[0], (r[1], r[4]), r[2], r[3]) for r in rows if r[2] is not None]
+    assert all(den == (k + 1) ** 2 * (k + 2) for _, _, _, k, den in view.gapped)
+
+    w = make_world(seed=4)
+    det = w.det
+    det.prefix_gaps.put("198.51.100.0/24", hist)
+    for sid in ("s1", "s2", "s3", "s4", "s1"):
+        sess = Session()
+        sess.prefix, sess.session_id, sess.event_id = "198.51.100.0/24", sid, f"e-{sid}"
+        others = [r for r in rows if r[0] != sid]
+        accounts = {r[5] for r in others if r[6]}
+        hits = sum(r[6] for r in others)
+        lo, hi = det.prefix_share
+        x = hits / len(others)
+        strength = (0.0 if len(accounts) < det.prefix_proven_accounts else
+                    0.0 if x <= lo else 1.0 if x >= hi else (x - lo) / (hi - lo))
+        expected = (strength, len(accounts), len(others))
+        assert det.prefix_relays(sess) == expected, sid
+        assert det.prefix_relays(sess) == expected, sid

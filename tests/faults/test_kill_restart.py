@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def run_with_kills(tmp_path: Path, broker: EmbeddedBroker, accounts: int, kills:
     expected = expected_flags(events, config, STABLE_KINDS)
     assert expected, "the world raised no stable flags: nothing to check"
     kill_log: list[dict[str, Any]] = []
+    saved_ts = 0.0  # the session stage's event clock in the newest snapshot file (0: none)
     with worker_process(config, broker.url, tmp_path / "chdb") as worker:
         records = route_events(events, worker.topics)
         chunks = _chunks(records, kills + 1)
@@ -82,17 +84,24 @@ def run_with_kills(tmp_path: Path, broker: EmbeddedBroker, accounts: int, kills:
             time.sleep(rng.uniform(0.0, 2.0))
             st = worker.stats()
             worker.kill()
+            # the restart resumes from that snapshot: what was learned after it and committed
+            # is not learned again (event time, as the session stage's clock)
+            saved_ts = st["snapshot_ts"] or saved_ts
             kill_log.append({"after_s": round(st["uptime_s"], 1), "events_in": st["events_in"],
-                             "events_detected": st["events_detected"], "flagged": st["flagged"]})
+                             "events_detected": st["events_detected"], "flagged": st["flagged"],
+                             "saved_ts": saved_ts, "kill_ts": max(st["session_ts"], saved_ts)})
             worker.start()
         worker.wait_drained(timeout=240)
         figures = check_outputs(worker, expected)
         per_kind = dict(worker.query(
             "SELECT kind, count() FROM pathsentry.flagged_events FINAL GROUP BY kind ORDER BY kind"))
+        relay = worker.query("SELECT event_id, account, toFloat64(ts) FROM pathsentry.flagged_events "
+                             "FINAL WHERE kind = 'vpn_relay' ORDER BY ts")
         assert worker.stop() == 0, worker.log_tail()
     result = {"seed": seed, "events": len(events), "kills": len(kill_log), "kill_points": kill_log,
               **figures, "flags_per_kind": per_kind}
     print("kill-restart run:", orjson.dumps(result).decode())
+    result["relay"] = [(str(e), str(a), float(t)) for e, a, t in relay]
     return result
 
 
@@ -118,8 +127,26 @@ def test_worker_sigkill_100k_events(tmp_path: Path, embedded_broker: EmbeddedBro
 @pytest.mark.timeout(900)
 def test_kill_run_flags_against_fault_free_run(tmp_path: Path, embedded_broker: EmbeddedBroker) -> None:
     """The flags of every kind a run with three SIGKILLs stores, against a run of the same
-    events without faults (the figure in the README's fault table): a restarted worker
-    resumes from a learned save at most ``learned_save_interval_s`` old."""
+    events without faults (the figure in the README's fault table).
+
+    The session stage's learned verdicts (``vpn_relay``) are bounded by what the kills can
+    take away. A restarted worker resumes from its newest snapshot file (the session
+    stage's state at one instant, written once warmed up and then every
+    ``learned_save_interval_s``), and its consumer groups from their last commits (every
+    ``commit_interval_s``, 0.5 s). What the stage learned from events after the snapshot
+    whose offsets were committed before the kill is therefore not learned again: baselines,
+    server overheads, account and prefix histories miss it, and later verdicts that
+    depended on it differ (one account's missing suspicious session can cost every later
+    flag of that account). That is the design (a restart replays at most
+    ``commit_interval_s`` of input, not ``learned_save_interval_s``), not a loss of saved
+    state: a stage restored from a snapshot and given every event after it flags exactly
+    as the saved one (``tests/test_session_save.py``). A window is the event time between
+    the snapshot a kill left (``/stats`` ``snapshot_ts``; the previous incarnation's when
+    the killed one had not saved yet, none before the first save) and the session stage's
+    clock at the kill (``session_ts``). The bound: the kill run may lose, net, at most as
+    many ``vpn_relay`` flags as the fault-free run raised on events inside those windows.
+    It is loose when a kill precedes the incarnation's first save (the window then
+    reaches back to the previous save, or to the start)."""
     spec = recent_world(seed=11, accounts=2500)  # the same events in both runs
     clean = run_with_kills(tmp_path / "clean", embedded_broker, accounts=2500, kills=0, spec=spec)
     killed = run_with_kills(tmp_path / "killed", embedded_broker, accounts=2500, kills=3, spec=spec)
@@ -129,10 +156,15 @@ def test_kill_run_flags_against_fault_free_run(tmp_path: Path, embedded_broker: 
     print("flags per kind, kill run minus fault-free run:", diff)
     assert clean["flags_per_kind"], "the fault-free run stored no flags"
     assert killed["kills"] == 3
-    # the session stage's learned verdicts: a restart from a recent learned save loses
-    # (almost) none of them (from a cold start, 21-22 of about 370 were lost)
+    windows = [(k["saved_ts"], k["kill_ts"]) for k in killed["kill_points"]]
+    unlearned = sum(1 for _, _, t in clean["relay"] if any(s < t <= e for s, e in windows))
+    kept = {e for e, _, _ in killed["relay"]}
+    lost_accounts = Counter(a for e, a, _ in clean["relay"] if e not in kept)
     relay = clean["flags_per_kind"].get("vpn_relay", 0)
-    assert relay > 0 and diff.get("vpn_relay", 0) >= -0.02 * relay, diff
+    print(f"vpn_relay: {relay} without faults, {diff.get('vpn_relay', 0):+d} net with kills; "
+          f"{unlearned} of them inside the windows between a kill's snapshot and the kill "
+          f"{windows}; missing per account {dict(lost_accounts)}")
+    assert relay > 0 and diff.get("vpn_relay", 0) >= -unlearned, (diff, unlearned, windows)
 
 
 @pytest.mark.integration

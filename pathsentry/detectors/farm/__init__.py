@@ -19,6 +19,8 @@ Modules, one concern each:
   machine, and the share of the partition's background that does;
 - :mod:`~pathsentry.detectors.farm.lines` -- accounts per home line against the
   learned rate (a farm on residential proxies, no relay flag, no foreign route);
+- :mod:`~pathsentry.detectors.farm.suspicion` -- logins with a relay score below the
+  relay detector's flag, against the share the class's background shows;
 - :mod:`~pathsentry.detectors.farm.grouping` -- when a candidate is a farm;
 - :mod:`~pathsentry.detectors.farm.evidence` -- features, score, alert and flags;
 - :mod:`~pathsentry.detectors.farm.state` -- snapshot and restore;
@@ -32,8 +34,10 @@ one group meet on one worker):
     logins and traceroutes of names with a family (serial anywhere, rotating letter
     affix; see :func:`~pathsentry.detectors.farm.families.family`). A group is at
     least ``min_size`` accounts of one family within ``window_s`` sharing an AS or a
-    foreign route, with relay/route evidence on ``min_size`` of them, or with serials
-    (or affix letters) that run consecutively -- or the whole family in the window
+    foreign route, with relay/route evidence on ``min_size`` of them (or, beside
+    serials that run, relay scores on more of them than the class's background
+    explains: :mod:`.suspicion`), or with serials (or affix letters) that run
+    consecutively -- or the whole family in the window
     with both (a batch spread over several exits); the batch's members through
     other exits join by their serials.
 ``route:<signature>``
@@ -99,21 +103,30 @@ Farms and crowds -- which signal separates each hard negative:
   thinned to the candidate's RTT band), from everywhere (their RTTs do not form a
   band that stands out of the exit's other users:
   :func:`~pathsentry.detectors.farm.exits.stands_out`; their TCP handshake RTTs
-  differ), each from its own machine and mostly its own /24 (a candidate keeps the
-  members that share a machine or an address, or a /24 with two others -- two of the
-  range's users meeting in one of its /24s is chance; one paced minutes apart must crowd onto
-  few machines or addresses; a late joiner must use one of the group's machines, or
-  one of its /24s inside its band). The few that share a machine (a household) do
-  so at the rate the exit's background has taught (:mod:`.machines`), so their
-  clumps are no burst of shared machines either. Allow-listed game relays and cloud
-  gaming never reach ``net:``.
+  differ), each from its own machine and its own exit address (a candidate keeps the
+  members that share a machine or an address, and those whose machine is unknown --
+  known from a traceroute alone -- that share a /24 with two others: the range's users
+  meet in its few /24s by chance, so a /24 ties no account seen on a machine of its
+  own; one paced minutes apart must crowd onto few machines or addresses; a late
+  joiner must use one of the group's machines, or inside its band one of its exit
+  addresses -- one of its /24s if its machine is unknown). The few that share a
+  machine (a household) or an address do so at the rate the exit's background has
+  taught (:mod:`.machines`, :func:`~pathsentry.detectors.farm.exits.address_share`),
+  so their clumps are no burst of shared machines or hosts either, while a room's
+  accounts crowded onto a few hosts of the range are one even when the exit is busy.
+  Allow-listed game relays and cloud gaming never reach ``net:``.
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
   stays within the learned accounts-per-line limit; friends each bring their own
   line and machine; a residential proxy service's unrelated users crowd one address
   but each from its own machine (:mod:`.lines`).
 - **Honest players sharing a popular stem** (``shadow123``, ``shadow_77``): one
   family, but spread over exits and hours, their serials do not run consecutively,
-  and they carry no relay or foreign-route evidence.
+  and they carry no relay or foreign-route evidence (relay scores below the flag count
+  only beside serials that run).
+- **Friends who signed up together** (consecutive default names, each at home on a
+  machine of their own): serials run, but nothing is shared but an address or two, and
+  their logins carry relay scores no more often than the class's background
+  (:mod:`.suspicion`; a class with little history suspects nothing).
 - **Family names** (``minsu_kim``/``minsu_park``): no mark, no family.
 
 Cold partitions. A partition with little history (the detector's first hour, an

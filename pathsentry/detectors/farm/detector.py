@@ -17,7 +17,7 @@ from typing import Any
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
-from pathsentry.detectors.farm import machines
+from pathsentry.detectors.farm import machines, suspicion
 from pathsentry.detectors.farm.background import arrive
 from pathsentry.detectors.farm.exits import (
     NO_RELAY,
@@ -315,6 +315,9 @@ class FarmDetector(Detector, Grouping):
             tcp=fields["tcp_rtt_ms"], access=geo.kind,
         )
         members[sid] = m
+        if kind == TPL:  # the class's background share of logins with a relay score
+            suspicion.count(part.pool, m)
+            m.in_background = True
         if pats:
             _add_to_index(part.index, pats, m)
             if kind != TPL and pats[0] == part.key:

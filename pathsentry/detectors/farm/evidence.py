@@ -3,9 +3,11 @@
 The alert carries the members (account, login time, address, route, relay), the
 name template (:func:`~pathsentry.detectors.farm.families.family`) and the names'
 n-gram similarity, the exits (AS and the /24s used), the route, the RTT band (median,
-range, robust spread, the noise of a login's minimum and the learned tolerance), and the timing
+range, robust spread, the noise of a login's minimum and the learned tolerance), the timing
 (span, median gap, the background's expected count over the group's span and the
-Poisson probability of the burst).
+Poisson probability of the burst), and in a hosting range the exit hosts (addresses,
+accounts on an address another account used, beside the learned share of the exit's
+other accounts that did).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pathsentry.detectors.farm.background import burst_p, expected
-from pathsentry.detectors.farm.exits import band, mad
+from pathsentry.detectors.farm.exits import address_share, band, mad, on_shared_addresses
 from pathsentry.detectors.farm.families import family, serial_regularity
 from pathsentry.detectors.farm.lines import is_line, line_evidence
 from pathsentry.detectors.farm.model import (
+    _NET_,
     TPL,
     FarmSettings,
     Group,
@@ -30,6 +33,7 @@ from pathsentry.detectors.farm.model import (
     _top,
     _utc,
 )
+from pathsentry.detectors.farm.suspicion import suspected
 from pathsentry.detectors.names import cohesion, consecutive_runs
 from pathsentry.schemas import Alert, FlaggedEvent, severity_for
 
@@ -138,6 +142,16 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
         "names": {k2: feats[k2] for k2 in ("serial_regularity", "name_cohesion",
                                            "largest_name_cluster")},
     }
+    if part.kind == TPL:  # relay scores beside the share the class's background shows
+        _, scored, share, tail_p = suspected(part.pool, ms, s.max_burst_p)
+        evidence["relay"].update({"scored_accounts": scored,
+                                  "learned_scored_share": share, "scored_tail_p": tail_p})
+    if g.pattern.startswith(_NET_ + "AS"):  # a hosting range: its hosts beside its users'
+        evidence["exit_hosts"] = {
+            "addresses": len({x.src_ip for x in ms}),
+            "accounts_on_shared_addresses": len(on_shared_addresses(ms)),
+            "learned_shared_address_share": round(
+                address_share(part, g.pattern, {x.sid for x in ms}), 3)}
     tpl = templates.most_common(1)[0][0] if part.kind == TPL else None
     what = f"template {tpl}" if tpl else f"shared {g.pattern.partition(':')[0]} pattern"
     if is_line(g.pattern):

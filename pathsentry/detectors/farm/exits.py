@@ -28,12 +28,18 @@
   the window in no group), the candidate's spread must stay below
   ``rtt_background_ratio`` times theirs -- a relay service's unrelated users come
   from everywhere, a farm from one room.
+- **Exit addresses.** A farm room leaves through a few hosts of its relay, several
+  accounts per address; a relay service's unrelated users are spread over its
+  address pool. How often the pattern's other accounts in the window share their
+  exit address with another account (:func:`address_share`) is the chance that a
+  background arrival does; the burst judge thins the background by it when it
+  counts the candidate's accounts on shared addresses (:func:`on_shared_addresses`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +56,26 @@ from pathsentry.detectors.farm.model import (
     Partition,
 )
 
-__all__ = ["MIN_BACKGROUND", "SHARED_EXIT_KINDS", "Band", "band", "dict_note", "exit_of",
-           "foreign_sig", "hosted_exit", "jitter", "machine_centred", "mad", "network_of", "patterns_of",
-           "relay_facts", "stands_out"]
+__all__ = [
+    "MIN_BACKGROUND",
+    "SHARED_EXIT_KINDS",
+    "Band",
+    "address_share",
+    "band",
+    "dict_note",
+    "exit_of",
+    "foreign_sig",
+    "hosted_exit",
+    "jitter",
+    "kindred",
+    "machine_centred",
+    "mad",
+    "network_of",
+    "on_shared_addresses",
+    "patterns_of",
+    "relay_facts",
+    "stands_out",
+]
 
 _MAD_SIGMA = 1.4826
 #: Network kinds (``GeoInfo.kind``) whose exits are whole ASes (:func:`exit_of`).
@@ -261,3 +284,45 @@ def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Seq
     if len(theirs) < max(2, min(len(ours), MIN_BACKGROUND)):
         return True
     return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / _MAD_SIGMA
+
+
+def on_shared_addresses(ms: Sequence[Member]) -> list[Member]:
+    """The members of ``ms`` whose exit address another account of ``ms`` also used."""
+    accts: dict[str, set[str]] = {}
+    for x in ms:
+        accts.setdefault(x.src_ip, set()).add(x.account)
+    return [x for x in ms if len(accts[x.src_ip]) > 1]
+
+
+def address_share(part: Partition, pattern: str, live: Collection[str]) -> float:
+    """The share of the pattern's ungrouped accounts in the partition now, those in
+    ``live`` (the session ids under judgement) excepted, that shared their exit address
+    with another of them, Laplace-smoothed (0.5 with none): the chance that an
+    unrelated user of the exit lands on an address another one uses."""
+    others = [x for x in part.index.get(pattern, {}).values()
+              if x.sid not in live and x.group is None]
+    shared = len(on_shared_addresses(others))
+    return (shared + 1.0) / (len(others) + 2.0)
+
+
+def kindred(ms: list[Member], pattern: str) -> list[Member]:
+    """The members that share their machine (client device id), their exit address or
+    their /24 with another member: a room's accounts share exits and machines, a VPN
+    user passing by shares neither. In a hosting range (``net:AS…``) a /24 counts when
+    two others share it, and only for an account whose machine is unknown (known from
+    its traceroute alone): the range's many unrelated users meet in its few /24s by
+    chance, each from a machine of its own, so an account seen on its own machine
+    through its own address is a passer-by whatever /24 it shares (and does not count
+    toward a /24's crowd); along a route they come from their own /24s."""
+    addresses = Counter([x.src_ip for x in ms])
+    devices = Counter([x.device for x in ms if x.device])
+
+    def shares(x: Member) -> bool:
+        return addresses[x.src_ip] > 1 or bool(x.device and devices[x.device] > 1)
+
+    crowd = 1
+    if pattern.startswith(_NET_ + "AS"):
+        crowd = 2
+        ms = [x for x in ms if not x.device or shares(x)]
+    prefixes = Counter([x.prefix for x in ms])
+    return [x for x in ms if prefixes[x.prefix] > crowd or shares(x)]

@@ -3,7 +3,9 @@
 A candidate is the ungrouped members sharing one pattern (an exit or a route)
 around the new member's login, in a window. In a family partition (``tpl:``) the
 window is ``window_s`` and the candidate needs ``min_size`` members sharing a
-foreign route, or relay/route evidence on ``min_size`` and half of them, or serials
+foreign route, or relay/route evidence on ``min_size`` and half of them (or, with
+serials that run, relay scores on more of them than the class's background explains:
+:mod:`~pathsentry.detectors.farm.suspicion`), or serials
 that run consecutively (``min_regularity``) on accounts crowded onto few machines
 (:func:`on_few_machines`) or home-line addresses (:func:`_on_few_lines`: a CGNAT,
 campus or PC-bang address is a crowd's) or all through one hosting network
@@ -20,7 +22,8 @@ name-less partition (``route:``, ``net:``) the window is tried at two scales,
 accounts must also crowd onto few machines or exit addresses: :func:`_crowded`);
 the candidate keeps the members inside its RTT band
 (:mod:`~pathsentry.detectors.farm.exits`) that share a machine or an address with
-another of them, or a /24 (with two others in a hosting range: :func:`_kindred`),
+another of them, or a /24 (with two others in a hosting range, and there only when
+their machine is unknown: :func:`~pathsentry.detectors.farm.exits.kindred`),
 must stand out of the pattern's other accounts by that band, and must be a burst
 against the partition's own background
 (:mod:`~pathsentry.detectors.farm.background`) thinned to the band: the expected
@@ -31,7 +34,9 @@ Where every login of the pattern is a member (``route:``, ``net:AS…``), a
 candidate with ``min_size_unnamed`` accounts on shared machines is judged as a room
 (:meth:`Grouping._room`, :meth:`Grouping._machine_burst`): its accounts on shared
 machines against the background thinned by the share of its accounts that shared
-a machine (:mod:`~pathsentry.detectors.farm.machines`). A subscriber /24's home-line
+a machine (:mod:`~pathsentry.detectors.farm.machines`); in a hosting range, its
+accounts on shared exit addresses against the background thinned by the share of the
+exit's other accounts that shared one (:meth:`Grouping._address_burst`). A subscriber /24's home-line
 pattern (``line:``) is judged by :meth:`Grouping._home_lines` instead: accounts per
 address against the learned limit (:mod:`~pathsentry.detectors.farm.lines`).
 
@@ -53,9 +58,18 @@ from typing import ClassVar
 from mypy_extensions import trait
 
 from pathsentry.detectors.base import Findings
+from pathsentry.detectors.farm import suspicion
 from pathsentry.detectors.farm.background import burst_p, expected, no_burst
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
-from pathsentry.detectors.farm.exits import MIN_BACKGROUND, band, patterns_of, stands_out
+from pathsentry.detectors.farm.exits import (
+    MIN_BACKGROUND,
+    address_share,
+    band,
+    kindred,
+    on_shared_addresses,
+    patterns_of,
+    stands_out,
+)
 from pathsentry.detectors.farm.families import serial_regularity
 from pathsentry.detectors.farm.lines import LINE_KINDS, crowd, is_line
 from pathsentry.detectors.farm.machines import machine_share, on_few_machines, on_shared_machines
@@ -77,20 +91,6 @@ __all__ = ["Grouping"]
 
 
 _NET_AS = _NET_ + "AS"
-
-
-def _kindred(ms: list[Member], pattern: str) -> list[Member]:
-    """The members that share their machine (client device id), their exit address or
-    their /24 with another member: a room's accounts share exits and machines, a VPN
-    user passing by shares neither. In a hosting range (``net:AS…``) a /24 counts when
-    two others share it: the range's many unrelated users meet in its /24s by chance
-    (two of them within the hour is common), along a route they come from their own."""
-    crowd = 2 if pattern.startswith(_NET_AS) else 1
-    prefixes = Counter([x.prefix for x in ms])
-    addresses = Counter([x.src_ip for x in ms])
-    devices = Counter([x.device for x in ms if x.device])
-    return [x for x in ms if prefixes[x.prefix] > crowd or addresses[x.src_ip] > 1
-            or (x.device and devices[x.device] > 1)]
 
 
 def _exits_elsewhere(x: Member) -> bool:
@@ -224,6 +224,7 @@ class Grouping:
                                         free=False)
                     if m.sid not in self._covered(part, cand):
                         return self._join(part, g, [m, *self._mates(part, g, m),
+                                                    *self._host_mates(part, g, m),
                                                     *self._late_kin(part, g, m)])
             if kind == TPL and m.serial_no is not None:  # the batch on another exit
                 for g in groups.values():
@@ -247,7 +248,8 @@ class Grouping:
                 # (the cheap bound holds only without the RTT thinning of ``_assess``)
                 if len(cand) < minimum or (kind != TPL and len(part.bg_rtts) < MIN_BACKGROUND
                                            and no_burst(part, len(cand), span, s)
-                                           and not self._machine_judged(part, p, cand)):
+                                           and not self._machine_judged(part, p, cand)
+                                           and not self._address_judged(p, cand)):
                     continue
                 covered = self._covered(part, cand)
                 if m.sid in covered:
@@ -280,7 +282,12 @@ class Grouping:
         of its latest member), from one of the machines (client device ids) it already
         uses, or inside its RTT band through one of its /24s -- a VPN user of the same
         hosting range comes through another /24 and from its own machine (a group
-        whose recent members crowd onto shared machines takes no new machine)."""
+        whose recent members crowd onto shared machines takes no new machine). In a
+        hosting range an account on a machine of its own must come through one of the
+        group's exit addresses, or through one of its /24s on a host or a machine that
+        carried another ungrouped account (both join; a machine has its own access
+        latency, so the band does not tie it): the range's users meet its few /24s by
+        chance, each on a machine and a host of its own."""
         s = self.settings
         if part.kind == TPL:
             return m.ts <= g.last_seen + s.join_window_s
@@ -302,6 +309,11 @@ class Grouping:
         if m.device and len(on_shared_machines(near)) >= s.min_size_unnamed \
                 and not self._mates(part, g, m):
             return False  # a machine of its own beside a room of shared machines
+        if m.device and g.pattern.startswith(_NET_AS):  # a hosting range: its hosts
+            if any(x.prefix == m.prefix for x in ms) and self._mates(part, g, m):
+                return True  # a new machine of the room, with its second account
+            return band(near, s).holds(m) and (any(x.src_ip == m.src_ip for x in ms) or (
+                any(x.prefix == m.prefix for x in ms) and bool(self._host_mates(part, g, m))))
         return band(near, s).holds(m) and any(x.prefix == m.prefix for x in ms)
 
     def _mates(self, part: Partition, g: Group, m: Member) -> list[Member]:
@@ -315,6 +327,16 @@ class Grouping:
         return [x for x in self._window(part, g.pattern, m.ts, w)
                 if x.device == m.device and x.account != m.account and x.sid != m.sid]
 
+    def _host_mates(self, part: Partition, g: Group, m: Member) -> list[Member]:
+        """Ungrouped members of a hosting range's partition within ``window_s`` of ``m``
+        on ``m``'s exit address under other accounts: a new host of a room joins with
+        its second account, and its first comes along (none elsewhere)."""
+        if not g.pattern.startswith(_NET_AS):
+            return []
+        w = self.settings.window_s
+        return [x for x in self._window(part, g.pattern, m.ts, w)
+                if x.src_ip == m.src_ip and x.account != m.account and x.sid != m.sid]
+
     def _assess(self, part: Partition, pattern: str, cand: list[Member], span: float
                 ) -> Assessment | None:
         s = self.settings
@@ -324,7 +346,7 @@ class Grouping:
         share = 1.0
         if kind != TPL and n >= minimum:
             b = band(cand, s)
-            inside = _kindred([x for x in cand if b.holds(x)], pattern)
+            inside = kindred([x for x in cand if b.holds(x)], pattern)
             # a machine of the room with another access latency: its device is the link
             devices = {x.device for x in inside if x.device}
             inside += [x for x in cand if x.device in devices and x not in inside]
@@ -347,6 +369,10 @@ class Grouping:
             with_evidence = evidence_accounts(cand)
             evidence = with_evidence >= s.min_size and 2 * with_evidence >= n
             regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
+            # beside serials that run: relay scores on more of them than the class's
+            # background explains stand for the flags (:mod:`.suspicion`)
+            evidence = evidence or (regular and suspicion.suspected(
+                part.pool, cand, s.max_burst_p)[0])
             if pattern == part.key:
                 # the whole family, no shared exit: serials that run, and relay/route
                 # evidence or few machines (a batch on residential proxies of several
@@ -373,7 +399,8 @@ class Grouping:
         s = self.settings
         n = len(cand)
         lam = share * expected(part, n, span, s)
-        if burst_p(n, lam) > s.max_burst_p and not self._machine_burst(part, pattern, cand, lam):
+        if burst_p(n, lam) > s.max_burst_p and not self._machine_burst(part, pattern, cand, lam) \
+                and not self._address_burst(part, pattern, cand, lam):
             return False
         if part.kind == NET and not pattern.startswith(_NET_AS) \
                 and len({x.src_ip for x in cand}) * 2 > n:
@@ -393,6 +420,26 @@ class Grouping:
         k = len(on_shared_machines(cand))
         share = machine_share(part, {x.sid for x in cand})
         return burst_p(k, lam * share) <= self.settings.max_burst_p
+
+    def _address_burst(self, part: Partition, pattern: str, cand: list[Member],
+                       lam: float) -> bool:
+        """Whether the candidate's accounts on shared exit addresses are a burst on their
+        own: at least ``min_size_unnamed`` of them against the background's expected
+        count ``lam`` thinned by the share of the exit's other accounts that shared an
+        address (:func:`~pathsentry.detectors.farm.exits.address_share`). Only in a
+        hosting range (``net:AS…``), whose every login is a member: a relay service's
+        users spread over its address pool, a room's accounts crowd onto a few hosts."""
+        if not self._address_judged(pattern, cand):
+            return False
+        k = len(on_shared_addresses(cand))
+        share = address_share(part, pattern, {x.sid for x in cand})
+        return burst_p(k, lam * share) <= self.settings.max_burst_p
+
+    def _address_judged(self, pattern: str, cand: list[Member]) -> bool:
+        """Whether :meth:`_address_burst` may take ``cand``: a hosting range and
+        ``min_size_unnamed`` accounts of ``cand`` on shared exit addresses."""
+        return pattern.startswith(_NET_AS) and \
+            len(on_shared_addresses(cand)) >= self.settings.min_size_unnamed
 
     def _room(self, part: Partition, pattern: str, cand: list[Member], inside: list[Member]
               ) -> list[Member]:
@@ -513,6 +560,9 @@ class Grouping:
             if m.account not in g.members and len(g.members) >= self.settings.max_group_members:
                 continue
             m.group = g.gid
+            if m.in_background:  # a farm's login, no background (:mod:`.suspicion`)
+                suspicion.uncount(part.pool, m)
+                m.in_background = False
             (again if m.account in g.members else added).append(m)
             g.put(m)
             part.accounts[m.account] = g.gid

@@ -113,6 +113,8 @@ class Member:
     #: the geo source's kind of network of its address (``residential``, ``mobile``,
     #: ``business``, ``hosting``…): a residential address is one subscriber line
     access: str | None = None
+    #: its login is counted in its class's background (:mod:`.suspicion`)
+    in_background: bool = False
 
     @property
     def flag_event_id(self) -> str:
@@ -230,7 +232,8 @@ class Group:
 @dataclass(slots=True)
 class Pool:
     """What the partitions of one class (:func:`pool_class`) have taught together: the
-    population prior of a cold partition (:mod:`.background`, :mod:`.machines`).
+    population prior of a cold partition (:mod:`.background`, :mod:`.machines`,
+    :mod:`.suspicion`).
 
     ``count``: their arrivals since ``first_ts``, decayed with ``background_half_life_s``
     (at ``ts``); ``parts``: the live partitions of the class; ``seen``/``shared``: their
@@ -246,6 +249,10 @@ class Pool:
     #: home-line addresses that reached their k-th account in a window, at ``k - 1``
     #: (:mod:`.lines`)
     lines: list[float] = field(default_factory=list)
+    #: the logins of its family partitions counted (those that joined a group taken
+    #: out again), and of them those with a relay score above zero (:mod:`.suspicion`)
+    rs_seen: float = 0.0
+    rs_scored: float = 0.0
 
 
 @dataclass(slots=True)

@@ -62,6 +62,7 @@ class _Member(Record):
     jitter: NotRequired[Ms | None]
     on_shared: NotRequired[bool]
     access: NotRequired[Name | None]
+    in_background: NotRequired[bool]
 
 
 class _Group(Saved):

@@ -61,6 +61,7 @@ def member(raw: Mapping[str, Any]) -> Member:
     """A member from its :func:`snapshot` form (name facts recomputed)."""
     m = Member(**{k: v for k, v in raw.items() if k in _FIELDS})
     m.skel, m.serial_no, _ = family(m.account)
+    m.in_background = False  # the class's login counts are not saved (:mod:`.suspicion`)
     return m
 
 

@@ -66,8 +66,9 @@ sessions (at most ``prefix_history``); any login costs one pass over its prefix'
 history. What a prefix's history gives (its logins' standardised gap residuals, its
 proven accounts) is worked out once per history and kept while the overheads it was
 taken against stay the same (:class:`~.prefixes.PrefixView`, for the last
-``PREFIX_VIEWS_MAX`` = 4,096 prefixes asked, about 5 KiB each with 16 logins: at most
-about 21 MiB), so a probe does not repeat the pass; noise scales are kept until their
+``PREFIX_VIEWS_MAX`` = 4,096 prefixes asked, about 4 KiB each with 16 logins: at most
+about 17 MiB), so a probe does not repeat the pass (nor, for the session last asked,
+the sum over the other sessions' residuals); noise scales are kept until their
 access kind's residuals change, and the overheads' votes are kept in order as they come.
 
 Modules: :mod:`.state` (bounded tables, alert book, the session record),

@@ -99,18 +99,23 @@ def phase_quantile(k: int, alpha: float) -> float:
     >>> round(phase_quantile(1, 0.001), 3), round(phase_quantile(10, 0.001), 3)
     (0.999, 0.499)
     """
-    key = (k, alpha)
-    q = _PHASE_QUANTILES.get(key)
+    memo = _PHASE_QUANTILES.get(alpha)
+    if memo is None:
+        memo = {}
+        if len(_PHASE_QUANTILES) < _PHASE_ALPHAS_MAX:
+            _PHASE_QUANTILES[alpha] = memo
+    q = memo.get(k)
     if q is None:
         q = 1.0 - float(alpha ** (1.0 / max(1, k)))
-        if len(_PHASE_QUANTILES) < _PHASE_MEMO_MAX:
-            _PHASE_QUANTILES[key] = q
+        if len(memo) < _PHASE_MEMO_MAX:
+            memo[k] = q
     return q
 
 
-#: (samples, alpha) -> :func:`phase_quantile`: a few sample counts and the detector's
-#: two alphas, bounded (a session's probes can add samples without end)
-_PHASE_QUANTILES: dict[tuple[int, float], float] = {}
+#: alpha -> samples -> :func:`phase_quantile`: the detector's two alphas and a few sample
+#: counts, bounded (a session's probes can add samples without end)
+_PHASE_QUANTILES: dict[float, dict[int, float]] = {}
+_PHASE_ALPHAS_MAX = 16
 _PHASE_MEMO_MAX = 4096
 
 
@@ -301,6 +306,22 @@ class OverheadBook:
 
     def get(self, key: str) -> Overhead | None:
         return self.overheads.get(key)
+
+    def warm_figures(self, key: str, warm: int) -> tuple[float, float, float, float] | None:
+        """:meth:`Overhead.figures` of ``key`` once its cost rests on ``warm`` exit
+        prefixes (``None`` before, or for an unknown key)."""
+        o = self.overheads.get(key)
+        if o is None or len(o._cost.votes) < warm:
+            return None
+        f = o._figures
+        return o.figures() if f is None else f
+
+    def noise_of(self, kind: str, floor: float) -> float:
+        """:meth:`noise_scale` without the residuals' count."""
+        hit = self._noise_memo.get((kind, floor))
+        if hit is None:
+            hit = self._noise_memo[(kind, floor)] = self._noise_scale(kind, floor)
+        return hit[0]
 
     def noise_scale(self, kind: str, floor: float) -> tuple[float, int]:
         """(noise scale ms, residuals it rests on) of an access kind: the median

@@ -36,54 +36,85 @@ def clip3(u: float) -> float:
 
 
 class PrefixView:
-    """One exit prefix's history worked out: per login (session id) whether its own
-    physics proved it relayed and its account, the proven accounts' login counts, and
+    """One exit prefix's history worked out: per login (session id) how many logins it
+    has and the accounts of its proven ones, the proven accounts' login counts, and
     (once asked, against the overheads in ``figs``) each login's standardised gap
     residual. Built once per history tuple (a login replaces the tuple), so a probe of
-    an unchanged prefix costs a look at the overheads, not a pass over its logins."""
+    an unchanged prefix costs a look at the overheads, not a pass over its logins; the
+    last session asked keeps its sum over the other sessions' residuals while the
+    residuals stay, and its relay figures."""
 
-    __slots__ = ("figs", "gapped", "hist", "hits", "keys", "logins", "proven", "rows", "terms")
+    __slots__ = ("figs", "gapped", "hist", "hits", "keys", "logins", "own", "proven", "relays",
+                 "relays_sid", "rows", "sum_n", "sum_sid", "sum_total", "terms")
 
     def __init__(self, hist: tuple[Any, ...]) -> None:
+        if len(hist) % _ROW:
+            raise ValueError(f"an exit prefix's history holds rows of {_ROW} fields")
         self.hist = hist
-        #: session id -> (its logins, the accounts of its proven ones): one login per
-        #: session, but a loaded history is taken as it comes
-        self.rows: dict[Any, tuple[int, list[str]]] = {}
+        #: session id -> its logins (one login per session, but a loaded history is
+        #: taken as it comes)
+        self.rows: dict[Any, int]
+        #: session id -> the accounts of its proven logins (sessions with one only)
+        self.own: dict[Any, list[str]] = {}
         #: proven account -> its proven logins
         self.proven: dict[str, int] = {}
-        rows = self.rows
-        proven = self.proven
-        sids = hist[0::_ROW]
-        self.logins = len(sids)
-        hits = 0
-        for sid, account, flag in zip(sids, hist[5::_ROW], hist[6::_ROW], strict=True):
-            got = rows.get(sid)
-            n, accounts = (0, []) if got is None else got
-            if flag:
-                accounts.append(account)
-                hits += 1
-                proven[account] = proven.get(account, 0) + 1
-            rows[sid] = (n + 1, accounts)
-        self.hits = hits
         #: the (overhead key, access kind) groups of the logins with a gap, and those
-        #: logins: (session id, group, gap ms, app samples)
+        #: logins: (session id, group, gap ms, app samples,
+        #: ``(k + 1) ** 2 * (k + 2)``: the denominator of their phase's variance)
         self.keys: list[tuple[str, str]] = []
-        self.gapped: list[tuple[Any, int, float, int]] = []
+        self.gapped: list[tuple[Any, int, float, int, int]] = []
+        sids = hist[0::_ROW]
+        rows = self.rows = dict.fromkeys(sids, 1)
+        if len(rows) != len(sids):  # a session with more than one login
+            for sid in rows:
+                rows[sid] = 0
+            for sid in sids:
+                rows[sid] += 1
+        own = self.own
+        proven = self.proven
+        hits = 0
+        if any(hist[6::_ROW]):
+            for sid, account, flag in zip(sids, hist[5::_ROW], hist[6::_ROW], strict=True):
+                if flag:
+                    accounts = own.get(sid)
+                    if accounts is None:
+                        own[sid] = [account]
+                    else:
+                        accounts.append(account)
+                    hits += 1
+                    proven[account] = proven.get(account, 0) + 1
+        keys = self.keys
+        gapped = self.gapped
         groups: dict[tuple[str, str], int] = {}
+        last_key: Any = None
+        last_kind: Any = None
+        g = 0
         for sid, oh_key, gap, k, kind in zip(sids, hist[1::_ROW], hist[2::_ROW], hist[3::_ROW],
                                              hist[4::_ROW], strict=True):
             if gap is None:
                 continue
-            key = (oh_key, kind)
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = len(self.keys)
-                self.keys.append(key)
-            self.gapped.append((sid, g, gap, k))
-        #: the figures the terms were taken against; the terms: session id, standardised
-        #: residual, ...
-        self.figs: list[tuple[tuple[float, float, float, float], float] | None] | None = None
-        self.terms: list[Any] | None = None
+            if oh_key is not last_key or kind is not last_kind:  # mostly one group
+                key = (oh_key, kind)
+                got = groups.get(key)
+                if got is None:
+                    got = groups[key] = len(keys)
+                    keys.append(key)
+                last_key, last_kind, g = oh_key, kind, got
+            gapped.append((sid, g, gap, k, (k + 1) * (k + 1) * (k + 2)))
+        self.logins = len(hist) // _ROW
+        self.hits = hits
+        #: the figures the terms were taken against, two per group (the overhead's
+        #: figures and the noise scale, ``None`` for a cold server); the terms: each
+        #: gapped login's standardised residual (``None`` on a cold server)
+        self.figs: list[Any] | None = None
+        self.terms: list[float | None] | None = None
+        #: the session last asked and its (sum, count) over the other sessions' terms
+        self.sum_sid: Any = None
+        self.sum_total = 0.0
+        self.sum_n = 0
+        #: the session last asked and its :meth:`ExitPrefixes.prefix_relays`
+        self.relays_sid: Any = None
+        self.relays: tuple[float, int, int] = (0.0, 0, 0)
 
 
 #: components that prove a relay from the login's own physics
@@ -114,7 +145,7 @@ class ExitPrefixes:
     def prefix_view(self, prefix: str) -> PrefixView | None:
         """What the exit prefix's history gives, worked out once per history and
         overheads (``None`` without a history)."""
-        hist = self.prefix_gaps.peek(prefix)
+        hist = self.prefix_gaps._d.get(prefix)
         if hist is None:
             return None
         views = self.prefix_views
@@ -124,13 +155,19 @@ class ExitPrefixes:
             views.put(prefix, view)
         return view
 
-    def _group_figures(self, key: tuple[str, str]) -> tuple[tuple[float, float, float, float], float] | None:
-        """(overhead figures, noise scale) of one (overhead key, access kind) of a prefix's
-        history, ``None`` while that server is cold."""
-        o = self.overhead.get(key[0])
-        if o is None or o.sources() < self.overhead_warmup:
-            return None
-        return o.figures(), self.overhead.noise_scale(key[1], self.noise_floor(key[1]))[0]
+    def _group_figures(self, view: PrefixView) -> list[Any]:
+        """Per (overhead key, access kind) of a prefix's history: the overhead figures
+        and the noise scale, ``None`` and ``None`` while that server is cold."""
+        book = self.overhead
+        warm = self.overhead_warmup
+        figs: list[Any] = []
+        for oh_key, kind in view.keys:
+            f = book.warm_figures(oh_key, warm)
+            if f is None:
+                figs += (None, None)
+            else:
+                figs += (f, book.noise_of(kind, self.noise_floor(kind)))
+        return figs
 
     def prefix_evidence(self, sess: Session, gv: GapVerdict | None) -> tuple[float, int, float]:
         """(strength, logins, z) of the exit prefix's own gap evidence.
@@ -160,20 +197,17 @@ class ExitPrefixes:
         total = 0.0
         n = 0
         if view is not None:
-            terms = view.terms
-            figs = view.figs
-            if terms is None or figs is None:
-                terms = self._terms(view)
-            else:
-                for g, key in enumerate(view.keys):
-                    if self._group_figures(key) != figs[g]:
-                        terms = self._terms(view)
-                        break
             sid = sess.session_id or sess.event_id
-            for i in range(0, len(terms), 2):
-                if terms[i] != sid:
-                    total += terms[i + 1]
-                    n += 1
+            figs = self._group_figures(view)
+            if view.terms is None or figs != view.figs:
+                self._terms(view, figs, sid)
+            elif view.sum_sid != sid:
+                for entry, u in zip(view.gapped, view.terms, strict=True):
+                    if u is not None and entry[0] != sid:
+                        total += u
+                        n += 1
+                view.sum_sid, view.sum_total, view.sum_n = sid, total, n
+            total, n = view.sum_total, view.sum_n
         if gv is not None and gv.bound is not None:
             total += gv.u
             n += 1
@@ -183,30 +217,43 @@ class ExitPrefixes:
         lo, hi = self.prefix_z
         return (0.0 if z <= lo else 1.0 if z >= hi else (z - lo) / (hi - lo)), n, z
 
-    def _terms(self, view: PrefixView) -> list[Any]:
-        """Standardise the history's gaps against the overheads as they are now (and keep
-        the figures they were taken against in ``view``)."""
-        figs = view.figs = [self._group_figures(key) for key in view.keys]
-        #: (group, samples) -> (the phase's expected share, the honest residual's scale)
-        shares: dict[tuple[int, int], tuple[float, float]] = {}
-        terms: list[Any] = []
-        for sid, g, gap, k in view.gapped:  # :meth:`residual`, inlined
-            got = figs[g]
-            if got is None:
+    def _terms(self, view: PrefixView, figs: list[Any], sid: Any) -> None:
+        """Standardise the history's gaps against the overheads as they are now (``figs``,
+        kept in ``view`` with the terms), and sum those of the sessions other than
+        ``sid``."""
+        view.figs = figs
+        terms: list[float | None] = []
+        total = 0.0
+        n = 0
+        last = -1
+        cold = True
+        cost = tick = centre = scale = tick2 = noise2 = 0.0
+        for other, g, gap, k, den in view.gapped:  # :meth:`residual`, inlined
+            if g != last:
+                last = g
+                got = figs[2 * g]
+                cold = got is None
+                if got is not None:
+                    cost, tick, centre, scale = got
+                    noise = figs[2 * g + 1]
+                    tick2, noise2 = tick * tick, noise * noise
+            if cold:
+                terms.append(None)
                 continue
-            cost, tick, centre, scale = got[0]
-            share = shares.get((g, k))
-            if share is None:
-                v = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + got[1] * got[1]
-                share = shares[(g, k)] = (tick / (k + 1), math.sqrt(v) if v > 0.0 else 0.0)
-            if share[1] > 0.0:
-                u = (gap - cost - share[0]) / share[1]
+            v = tick2 * k / den + noise2
+            sd = math.sqrt(v) if v > 0.0 else 0.0
+            if sd > 0.0:
+                u = (gap - cost - tick / (k + 1)) / sd
                 u = -3.0 if u < -3.0 else 3.0 if u > 3.0 else u  # clip3
             else:
                 u = 0.0
-            terms += (sid, (u - centre) / scale)
+            u = (u - centre) / scale
+            terms.append(u)
+            if other != sid:
+                total += u
+                n += 1
         view.terms = terms
-        return terms
+        view.sum_sid, view.sum_total, view.sum_n = sid, total, n
 
     def prefix_relays(self, sess: Session) -> tuple[float, int, int]:
         """(strength, accounts proven relayed, logins) of the exit prefix's recent logins.
@@ -225,15 +272,25 @@ class ExitPrefixes:
         if view is None:
             return 0.0, 0, 0
         sid = sess.session_id or sess.event_id
+        if view.relays_sid == sid and view.relays_sid is not None:
+            return view.relays
+        view.relays_sid = sid
+        view.relays = out = self._relays(view, sid)
+        return out
+
+    def _relays(self, view: PrefixView, sid: Any) -> tuple[float, int, int]:
+        """:meth:`prefix_relays` worked out for session ``sid``."""
         n, hits = view.logins, view.hits
         proven = len(view.proven)
         own = view.rows.get(sid)
         if own is not None:  # the other sessions' logins only
-            n -= own[0]
-            hits -= len(own[1])
-            for account in set(own[1]):
-                if view.proven[account] == own[1].count(account):
-                    proven -= 1
+            n -= own
+            accounts = view.own.get(sid)
+            if accounts is not None:
+                hits -= len(accounts)
+                for account in set(accounts):
+                    if view.proven[account] == accounts.count(account):
+                        proven -= 1
         if proven < self.prefix_proven_accounts:
             return 0.0, proven, n
         x = hits / n
@@ -250,19 +307,22 @@ class ExitPrefixes:
         if keep <= 0:
             return False
         sid = sess.session_id or sess.event_id
-        hist = self.prefix_gaps.peek(sess.prefix) or ()
-        rows: list[Any] = []
-        for i in range(0, len(hist), _ROW):
-            if hist[i] != sid:
-                rows += hist[i:i + _ROW]
+        hist: tuple[Any, ...] = self.prefix_gaps._d.get(sess.prefix) or ()
+        if sid in hist[0::_ROW]:  # a session's login again: its earlier row goes
+            rows: list[Any] = []
+            for i in range(0, len(hist), _ROW):
+                if hist[i] != sid:
+                    rows += hist[i:i + _ROW]
+            hist = tuple(rows)
         gap = None if gv is None or gv.bound is None else round(gv.gap, 3)
         keep_p = 1.0
-        for name in _INTRINSIC:
-            v = 0.0 if comps is None else comps.get(name, 0.0)
-            keep_p *= 1.0 - (v if v < 1.0 else 1.0)
+        if comps is not None:
+            for name in _INTRINSIC:
+                v = comps.get(name, 0.0)
+                keep_p *= 1.0 - (v if v < 1.0 else 1.0)
         proven = 1 if 1.0 - keep_p >= self.proven_min else 0
-        rows += (sid, sess.oh_key, gap, 0 if gv is None else gv.k, sess.geo.kind or "?",
+        hist += (sid, sess.oh_key, gap, 0 if gv is None else gv.k, sess.geo.kind or "?",
                  sess.account, proven)
-        self.prefix_gaps.put(sess.prefix, tuple(rows[-_ROW * keep:]))
+        self.prefix_gaps.put(sess.prefix, hist[-_ROW * keep:])
         return bool(proven)
 

@@ -45,7 +45,7 @@ from pathsentry.detectors.latency.baselines import (
 )
 from pathsentry.detectors.latency.geometry import Geometry
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
-from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes, clip3
+from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
 __all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "WEIGHTS", "GapVerdict",
@@ -118,6 +118,8 @@ def noisy_or(components: dict[str, float]) -> float:
 
 #: Probe methods the network layer (or a VPN endpoint) answers.
 NET_METHODS = frozenset({"icmp", "tcp"})
+#: each of them -> the gap verdict's source label
+_NET_LABELS: dict[str, str] = {m: f"{m} probe" for m in NET_METHODS}
 _W_GAP = WEIGHTS["gap"]
 _W_PREFIX = WEIGHTS["prefix_gap"]
 _W_RELAYS = WEIGHTS["prefix_relays"]
@@ -181,36 +183,32 @@ class Scoring(ExitPrefixes):
         return MIN_SPREAD_MS.get(kind, DEFAULT_MIN_SPREAD_MS) / 2.0
 
     @staticmethod
-    def network_rtt(sess: Session) -> tuple[float | None, str]:
-        """The lowest network-layer RTT of the connection: kernel TCP or a probe from the
-        login server (not for mobile access, where the carrier gateway answers pings)."""
+    def probe_figures(sess: Session) -> tuple[float | None, str, float, int]:
+        """The lowest network-layer RTT of the connection and its source: kernel TCP or a
+        probe from the login server (not for mobile access, where the carrier gateway
+        answers pings); and (minimum, sample count) of the application round trips to the
+        login server: the login's samples and the app probes the login server sent in
+        the session. Each sample is one more phase of the same game loop, so together
+        they bound the phase tighter than the login's alone."""
         net: float | None = sess.tcp
         label = "tcp_rtt"
-        probes = sess.probes
-        if probes is not None and sess.geo.kind != "mobile":
-            for i in range(0, len(probes), 4):
-                if probes[i] == sess.server_id and probes[i + 1] in NET_METHODS and (
-                    net is None or probes[i + 2] < net
-                ):
-                    net, label = probes[i + 2], f"{probes[i + 1]} probe"
-        return net, label
-
-    @staticmethod
-    def app_figures(sess: Session) -> tuple[float, int]:
-        """(minimum, sample count) of the application round trips to the login server:
-        the login's samples and the app probes the login server sent in the session.
-        Each sample is one more phase of the same game loop, so together they bound the
-        phase tighter than the login's alone."""
         app_min, k = sess.app_min, sess.app_n
         probes = sess.probes
         if probes is not None:
             server_id = sess.server_id
+            layer = sess.geo.kind != "mobile"
             for i in range(0, len(probes), 4):
-                if probes[i] == server_id and probes[i + 1] == "app":
+                if probes[i] != server_id:
+                    continue
+                method = probes[i + 1]
+                lo = probes[i + 2]
+                if method == "app":
                     k += probes[i + 3]
-                    if probes[i + 2] < app_min:
-                        app_min = probes[i + 2]
-        return app_min, k
+                    if lo < app_min:
+                        app_min = lo
+                elif layer and method in _NET_LABELS and (net is None or lo < net):
+                    net, label = lo, _NET_LABELS[method]
+        return net, label, app_min, k
 
     def gap_verdict(self, sess: Session) -> GapVerdict | None:
         """The gap's verdict (``None`` without a network-layer RTT).
@@ -222,45 +220,51 @@ class Scoring(ExitPrefixes):
         app minimum less the expected overhead (TCP covering at most half of the path the
         game's packets travel); the gap must also exceed ``gap_min_ms`` (500 km).
         """
-        net, source = self.network_rtt(sess)
+        net, source, app_min, k = self.probe_figures(sess)
         if net is None:
             return None
-        app_min, k = self.app_figures(sess)
         v = GapVerdict(net, source, app_min - net)
         v.k = k
-        o = self.overhead.get(sess.oh_key)
-        v.n = 0 if o is None else o.sources()
+        book = self.overhead
+        o = book.overheads.get(sess.oh_key)
+        v.n = 0 if o is None else len(o._cost.votes)  # :meth:`~.baselines.Overhead.sources`
         if o is None or v.n < self.overhead_warmup:
             v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
                       "learned, no gap verdict")
             return v
         cost, tick, centre, scale = o.figures()
-        v.cost, v.tick = cost, tick
-        v.expected = cost + tick / (k + 1)
         kind = sess.geo.kind
-        noise, v.noise_n = self.overhead.noise_scale(kind or "?", self.noise_floor(kind or ""))
-        v.noise = noise
+        noise, v.noise_n = book.noise_scale(kind or "?", self.noise_floor(kind or ""))
         if k <= 2:
-            v.spike = self.overhead.spike(kind or "?", 1.0)
-            v.spike_n = self.overhead.spike_votes(kind or "?")
+            v.spike = spike = book.spike(kind or "?", 1.0)
+            v.spike_n = spike_n = book.spike_votes(kind or "?")
         else:
-            v.spike = 0.0
-        v.bound = cost + tick * phase_quantile(k, self.gap_alpha) + self.gap_z * noise + v.spike
-        v.excess = excess = v.gap - v.bound
+            spike = 0.0
+            spike_n = -1
+        gap = v.gap
+        share = tick / (k + 1)
+        v.cost, v.tick, v.noise = cost, tick, noise
+        v.expected = expected = cost + share
+        v.bound = bound = cost + tick * phase_quantile(k, self.gap_alpha) + self.gap_z * noise + spike
+        v.excess = excess = gap - bound
         # :meth:`residual`, inlined
-        v.residual = v.gap - cost - tick / (k + 1)
-        v.variance = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise
-        v.u_raw = clip3(v.residual / math.sqrt(v.variance)) if v.variance > 0.0 else 0.0
-        v.u = (v.u_raw - centre) / scale
-        path = app_min - v.expected
+        v.residual = residual = gap - cost - share
+        v.variance = variance = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise
+        if variance > 0.0:
+            u = residual / math.sqrt(variance)
+            v.u_raw = u = -3.0 if u < -3.0 else 3.0 if u > 3.0 else u  # clip3
+        else:
+            u = 0.0
+        v.u = (u - centre) / scale
+        path = app_min - expected
         v.ratio = ratio = net / path if path > 0 else 1.0
         # one or two samples: a radio spike the kind's few learned spreads have not shown
         # yet can look like a leg, so the login has no verdict of its own until
         # ``spike_warmup`` logins of its access kind taught the allowance (its residual
         # still counts toward its exit prefix's)
-        if excess > 0.0 and v.gap > self.gap_min_ms and (v.spike_n < 0 or v.spike_n >= self.spike_warmup):
+        if excess > 0.0 and gap > self.gap_min_ms and (spike_n < 0 or spike_n >= self.spike_warmup):
             width = self.gap_full_ms - self.gap_min_ms
-            width = width if width > 2.0 * v.noise else 2.0 * v.noise
+            width = width if width > 2.0 * noise else 2.0 * noise
             x = 1.0 - ratio
             v.strength = ((1.0 if excess >= width else excess / width)
                           * (0.0 if x <= 0.5 else 1.0 if x >= 0.75 else (x - 0.5) / 0.25))
@@ -277,10 +281,10 @@ class Scoring(ExitPrefixes):
         ``None`` without either (a raw app figure carries the game loop and is not
         comparable)."""
         tcp = sess.tcp
-        o = self.overhead.get(sess.oh_key)
-        if o is None or o.sources() < self.overhead_warmup:
+        figures = self.overhead.warm_figures(sess.oh_key, self.overhead_warmup)
+        if figures is None:
             return None if tcp is None else (tcp, "tcp_rtt")
-        cost, tick = o.figures()[:2]
+        cost, tick = figures[0], figures[1]
         app_lo = (sess.app_min - cost - tick * phase_quantile(sess.app_n, self.phase_alpha)
                   - self.spike_allowance(sess))
         label = "app_rtt less learned overhead"
@@ -291,8 +295,8 @@ class Scoring(ExitPrefixes):
             # the phase is never negative: the network RTT is at most the app minimum less
             # the cost (and the noise); a TCP RTT above that is a spike of that one figure
             least = self.noise_floor(sess.geo.kind or "")
-            app_hi = sess.app_min - cost + self.gap_z * self.overhead.noise_scale(
-                sess.geo.kind or "?", least)[0]
+            app_hi = sess.app_min - cost + self.gap_z * self.overhead.noise_of(
+                sess.geo.kind or "?", least)
             if tcp > app_hi:
                 tcp = app_hi
             if tcp >= app_lo:
@@ -310,7 +314,7 @@ class Scoring(ExitPrefixes):
         if sess.app_n < 2:
             return None
         kind = sess.geo.kind or "?"
-        noise = self.overhead.noise_scale(kind, self.noise_floor(sess.geo.kind or ""))[0]
+        noise = self.overhead.noise_of(kind, self.noise_floor(sess.geo.kind or ""))
         return (sess.app_min + sess.app_spread - cost - tick - self.gap_z * noise
                 - self.overhead.spike(kind))
 

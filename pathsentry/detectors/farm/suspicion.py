@@ -1,0 +1,128 @@
+"""Relay suspicion: more of a family's accounts than the learned rate explains carry
+some relay score.
+
+The relay detector flags a login once its score passes its threshold; a farm behind
+residential proxies often stays below it, each login with a middling score (its
+proxy's access and the room's latency blur together). What the flags miss, the scores
+still say: a family's batch whose every account carries *some* relay score, where the
+logins of the class's background mostly carry none.
+
+The class's background (the name-family partitions a worker holds, their
+:class:`~pathsentry.detectors.farm.model.Pool`) counts every login it takes
+(:func:`count`), and of them those with a relay score above zero on a home line or a
+hosting exit (:data:`SCORED_KINDS`: a NAT'ed crowd's address is scored for its own
+latency, every login of it alike); a login that joins
+a group leaves the count again (:func:`uncount`): a farm found is no background. A
+candidate of ``n`` logins, ``k`` of them with a score, is *suspected* when the
+probability of at least ``k`` such logins among ``n`` of the background (the
+beta-binomial tail of :func:`tail`: the share learned from the counts, the candidate's
+own logins taken out, its uncertainty included -- a class with little history
+suspects nothing) stays below ``max_burst_p`` (:func:`suspected`). It stands for relay evidence
+only beside serials that run consecutively (:mod:`.grouping`): honest players of a
+popular stem through one VPN carry scores too, and their numbers do not run.
+
+The counts are halved once they pass :data:`MAX_SEEN`; they are learned per worker and
+not saved (a restarted worker starts from the uninformed prior, which suspects
+nothing until the class has taught its share).
+
+>>> from pathsentry.detectors.farm.model import Member, Pool
+>>> pool = Pool()
+>>> for i in range(400):
+...     count(pool, Member(f"s{i}", f"a{i}", 0.0, None, None, "", "", access="residential",
+...                        relay_score=0.9 * (i % 20 == 0)))
+>>> pool.rs_seen, pool.rs_scored
+(400.0, 20.0)
+>>> batch = [Member(f"b{i}", f"b{i}", 0.0, None, None, "", "", relay_score=0.5,
+...                 access="residential") for i in range(5)]
+>>> suspected(pool, batch, 1e-4)
+(True, 5, 0.0522, 5.92e-07)
+>>> plain = [Member(f"c{i}", f"c{i}", 0.0, None, None, "", "") for i in range(3)]
+>>> suspected(pool, batch[:2] + plain, 1e-4)[:2]
+(False, 2)
+>>> suspected(Pool(), batch, 1e-4)[:2]
+(False, 5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pathsentry.detectors.farm.exits import SHARED_EXIT_KINDS
+from pathsentry.detectors.farm.lines import LINE_KINDS
+from pathsentry.detectors.farm.model import Member, Pool
+
+__all__ = ["MAX_SEEN", "SCORED_KINDS", "count", "suspected", "tail", "uncount"]
+
+#: logins counted before both counts are halved
+MAX_SEEN = 4096.0
+
+
+#: the network kinds whose logins' relay scores count: a home line (one subscriber) and
+#: a hosting or relay network (a rented host) -- behind a mobile CGNAT, a campus or a
+#: PC bang's NAT (or an address of unknown kind) the latency the relay detector scores
+#: is the crowd's address's, on every login of it
+SCORED_KINDS = LINE_KINDS | SHARED_EXIT_KINDS
+
+
+def _scored(m: Member) -> float:
+    return 1.0 if m.relay_score > 0.0 and m.access in SCORED_KINDS else 0.0
+
+
+def count(pool: Pool | None, m: Member) -> None:
+    """Count the login of ``m`` (a family partition's new member) in its class."""
+    if pool is None:
+        return
+    pool.rs_seen += 1.0
+    pool.rs_scored += _scored(m)
+    if pool.rs_seen > MAX_SEEN:
+        pool.rs_seen /= 2.0
+        pool.rs_scored /= 2.0
+
+
+def uncount(pool: Pool | None, m: Member) -> None:
+    """Undo :func:`count` (``m`` joined a group: a farm's login, no background)."""
+    if pool is None or pool.rs_seen < 1.0:
+        return
+    pool.rs_seen -= 1.0
+    pool.rs_scored = max(0.0, pool.rs_scored - _scored(m))
+
+
+def tail(k: int, n: int, scored: float, unscored: float) -> float:
+    """P(X >= k) of ``n`` logins with a relay score, their share unknown but learned from
+    ``scored`` and ``unscored`` logins (the beta-binomial predictive tail, uniform prior):
+    with no history, even ``n`` of ``n`` is no surprise (``1 / (n + 1)``).
+
+    >>> tail(0, 5, 10.0, 90.0), round(tail(5, 5, 0.0, 0.0), 4), tail(6, 5, 1.0, 1.0)
+    (1.0, 0.1667, 0.0)
+    >>> round(tail(5, 5, 70.0, 930.0), 7)  # about 0.07 ** 5
+    2e-06
+    """
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    a, b = scored + 1.0, unscored + 1.0
+    log_beta_ab = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    total = 0.0
+    for j in range(k, n + 1):
+        total += math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
+                          + math.lgamma(j + a) + math.lgamma(n - j + b)
+                          - math.lgamma(n + a + b) - log_beta_ab)
+    return float(min(1.0, total))
+
+
+def suspected(pool: Pool | None, ms: Sequence[Member], max_p: float
+              ) -> tuple[bool, int, float, float]:
+    """Whether the logins ``ms`` carry a relay score more often than the class's
+    background does: ``(suspected, k, learned share, tail probability)``."""
+    n = len(ms)
+    k = int(sum(_scored(x) for x in ms))
+    seen = pool.rs_seen if pool is not None else 0.0
+    scored = pool.rs_scored if pool is not None else 0.0
+    # the candidate's own counted logins are in the counts (not grouped yet): out
+    mine = [x for x in ms if x.in_background]
+    seen = max(0.0, seen - len(mine))
+    scored = min(seen, max(0.0, scored - sum(_scored(x) for x in mine)))
+    p = tail(k, n, scored, seen - scored)
+    return p <= max_p, k, round((scored + 1.0) / (seen + 2.0), 4), float(f"{p:.3g}")
