@@ -71,9 +71,15 @@ class GroupStage:
         self.ts = 0.0
 
     def process(self, ev: Enriched, detector: str, key: str) -> Findings:
-        self.ts = max(self.ts, ev.ts)
+        return _checked(self.crosscheck, self.found(ev, detector, key))
+
+    def found(self, ev: Enriched, detector: str, key: str) -> Findings | None:
+        """What :meth:`process` returns, unchecked, and ``None`` for nothing found (no
+        empty :class:`Findings` made per event)."""
+        if ev.ts > self.ts:
+            self.ts = ev.ts
         det = self._by_name.get(detector)
-        return _checked(self.crosscheck, (det.process(ev, key) if det is not None else None))
+        return det.process(ev, key) if det is not None else None
 
     def flush(self) -> Findings:
         return _checked(self.crosscheck, _flush(self.detectors, self.ts))
@@ -135,19 +141,23 @@ class Engine:
         if ts > self.session_ts:
             self.session_ts = ts
         out = Findings()
+        flags, alerts = out.flags, out.alerts
         for det in self._session_for.get(event.kind, ()):
             found = det.process(ev)
             if found is not None:
-                out.flags.extend(found.flags)
-                out.alerts.extend(found.alerts)
-        return ev, _checked(self.crosscheck, out)
+                flags.extend(found.flags)
+                alerts.extend(found.alerts)
+        if alerts:  # (``_checked``, inline)
+            out.alerts = self.crosscheck.enrich_all(alerts)
+        return ev, out
 
     def group_routes(self, ev: Enriched) -> list[tuple[str, str]]:
         """(detector name, key) pairs this event must be delivered to in the group stage."""
         routes: list[tuple[str, str]] = []
         for det in self._group_for.get(ev.event.kind, ()):
             name = det.name
-            routes.extend((name, k) for k in det.group_keys(ev))
+            for k in det.group_keys(ev):
+                routes.append((name, k))
         return routes
 
     def feedback(self, event: AnyFeedback) -> Findings:
@@ -160,8 +170,11 @@ class Engine:
         if event.kind == "account_label" or event.kind == "interaction":
             return self.feedback(event)
         ev, out = self.session_stage(event)
+        groups = self.groups
         for name, key in self.group_routes(ev):
-            out.extend(self.groups.process(ev, name, key))
+            found = groups.found(ev, name, key)
+            if found is not None:  # (``GroupStage.process`` without the empty findings)
+                out.extend(_checked(groups.crosscheck, found))
         return out
 
     def flush_sessions(self) -> Findings:

@@ -251,9 +251,11 @@ def _origin_marks(p: HttpProbe, origin: Origin | None, x: Expectation,
         return None
     seen = features_of(p.header_names, None)
     server = (p.server_header or "").lower()
-    missing = sorted(m for m in x.features if not _mark_present(m, seen, server))
+    # (``seen`` holds header marks only: a server mark is never in it)
+    missing = [m for m in x.features - seen if not _mark_present(m, seen, server)]
     if not missing:
         return None
+    missing.sort()
     share = len(missing) / len(x.features)
     full = s.marks_full_share if x.exact or x.source == "configured" else s.marks_full_share_other
     weight = s.w_origin_marks * min(1.0, share / full)
@@ -427,10 +429,10 @@ class InjectionDetector(Detector):
         t = probe.target
         origin = self.ctx.config.origin(t.host)
         pkey = profile_key(probe)
-        expect = self.profiles.expect(pkey, probe.status, self._prior(t.host.lower(), origin))
+        host = t.host.lower()
+        expect = self.profiles.expect(pkey, probe.status, self._prior(host, origin))
         verdict, content = _weigh(probe, origin, expect, s)
         net = f"AS{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}"
-        host = t.host.lower()
         anomaly = _anomaly(probe, verdict, content)
         path_anomaly = verdict.path_score >= s.flag_score
         self.window.add(host, net, ev.ts, anomaly, verdict.suspect, tls=verdict.tls,
@@ -439,19 +441,20 @@ class InjectionDetector(Detector):
         others = self.window.others(host, net, ev.ts)
         others_tls = None if verdict.tls else self.window.others_tls(host, net, ev.ts)
         suspect = verdict.suspect and not origin_wide
+        delta = _delta(probe)
         if not verdict.suspect:
             ratio = (probe.ttfb_ms / probe.connect_ms
                      if probe.ttfb_ms is not None and probe.connect_ms is not None
                      and probe.connect_ms >= s.min_connect_ms else None)
             self.profiles.learn(pkey, tls=verdict.tls, net=net, status=probe.status,
                                 headers=probe.header_names, server=probe.server_header,
-                                delta=_delta(probe), ratio=ratio)
+                                delta=delta, ratio=ratio)
         ev.notes[NOTES_KEY] = {
             "suspect": suspect,
             "score": round(verdict.score, 4),
             "tls": verdict.tls,
             "path_anomaly": path_anomaly,
-            "ttl_delta": _delta(probe),
+            "ttl_delta": delta,
             "status": probe.status,
             "origin_wide": origin_wide,
             "others": None if others is None else round(others, 4),

@@ -163,6 +163,7 @@ Signature = tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]  # ports, h
 #: How bad a cell is: not, suspected (could be collusion), confirmed.
 CLEAN, SUSPECTED, CONFIRMED = 0, 1, 2
 LEVELS = {SUSPECTED: "suspected", CONFIRMED: "confirmed"}
+_NO_LINES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +343,7 @@ class InjectionCellDetector(Detector):
         self.tz: tzinfo | None = ZoneInfo(zone) if zone else None
         self.groups: OrderedDict[str, _Group] = OrderedDict()
         self._tz_labels: dict[timedelta | None, str] = {}
+        self._suspected_from = self.settings.suspected_from
 
     # -- partitioning -------------------------------------------------------------
 
@@ -371,7 +373,7 @@ class InjectionCellDetector(Detector):
             for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
                 touch(group.tls, (p, h), s.max_cells).add(
                     client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
-                touched.extend(k for k in group.bad if (k[0], k[2]) == (p, h))
+                touched.extend([k for k in group.bad if k[0] == p and k[2] == h])
         else:
             suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
             ref = float(verdict.get("others") or 0.0)
@@ -387,7 +389,7 @@ class InjectionCellDetector(Detector):
                 touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
-        self._judge(group, touched, set())
+        self._judge(group, touched, _NO_LINES)  # (no pooled cell among them)
         lines = self._lines(group)
         if lines != group.pooled:  # other lines: re-judge every pooled cell
             group.pooled = lines
@@ -497,25 +499,33 @@ class InjectionCellDetector(Detector):
         prefix, port, hour = key
         if prefix == LINES:
             cells = [c for c in (group.cells.get((p, port, hour)) for p in lines) if c is not None]
+            n, k = sum_cells(cells)
+            if n <= 0 or n < s.min_probes:
+                return CLEAN
+            held = sum(len(c.suspect_clients) for c in cells)
         else:
             one = group.cells.get(key)
             if one is None:
                 return CLEAN  # no probe
+            n, k = one.n, one.k
+            if n <= 0 or n < s.min_probes:
+                return CLEAN
             cells = [one]
-        n, k = sum_cells(cells)
-        if n <= 0 or n < s.min_probes:
-            return CLEAN
+            held = len(one.suspect_clients)
         # (the sources counted apart are at most the cells' own: the union needs no set
         # when they are fewer than ``suspected_from``)
-        if sum(len(c.suspect_clients) for c in cells) < s.suspected_from:
+        if held < self._suspected_from:
             return CLEAN
+        # (collecting stops at ``min_suspect_clients``: more confirm nothing more, and
+        # the witnesses are only counted among fewer, all of them then)
         sources = distinct_sources((c.suspect_clients.keys() for c in cells),
-                                   s.min_suspect_clients, group.owners)
-        if len(sources) < s.suspected_from:
+                                   s.min_suspect_clients, group.owners, exact=True)
+        if len(sources) < self._suspected_from:
             return CLEAN
-        if wilson_lower(k, n, s.z) < s.min_rate:
+        lower = wilson_lower(k, n, s.z)
+        if lower < s.min_rate:
             return CLEAN
-        if rate_above(k, n, sum(c.ref for c in cells), n, s.z) <= 0.0:
+        if rate_above(k, n, sum(c.ref for c in cells), n, s.z, lower) <= 0.0:
             return CLEAN  # the other networks saw as much at the same times
         if prefix == LINES:
             n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
@@ -524,9 +534,9 @@ class InjectionCellDetector(Detector):
         borrowed = None if not s.tls_borrow else borrowed_control(
             n, n_tls, k_tls, sum(c.ref_tls for c in cells), sum(c.ref_tls_n for c in cells), s.z)
         if borrowed is not None:
-            above = rate_above(k, n, borrowed[1], borrowed[0], s.z) > 0.0
+            above = rate_above(k, n, borrowed[1], borrowed[0], s.z, lower) > 0.0
         else:
-            above = n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z) > 0.0
+            above = n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z, lower) > 0.0
         if not above:
             return CLEAN
         if len(sources) >= s.min_suspect_clients:
@@ -538,26 +548,30 @@ class InjectionCellDetector(Detector):
 
     def _signature(self, group: _Group) -> Signature:
         all_ports = {k[1] for k in group.bad}
+        asn_wide = None
         if ANY_PORT in all_ports:  # the all-port cell: the ports forged answers came on
+            asn_wide = _asn_wide(group)
             all_ports.discard(ANY_PORT)
             all_ports.update(self._named(group, {
-                port: c.suspect_clients.keys() for (p, port, hour), c in group.cells.items()
-                if p == ALL and hour == ANY_HOUR and port != ANY_PORT and c.suspect_clients}))
+                port: c.suspect_clients.keys() for port, hour, c in asn_wide
+                if hour == ANY_HOUR and port != ANY_PORT}))
         hours = {k[2] for k in group.bad if k[2] != ANY_HOUR}
         all_day = {k[1] for k in group.bad if k[2] == ANY_HOUR}
         if ANY_PORT in all_day:
             all_day = all_ports
         if all_day:
-            hours.update(self._suspect_hours(group, all_day))
+            hours.update(self._suspect_hours(group, all_day, asn_wide))
         prefixes = tuple(sorted(self._lines(group))[: self.settings.max_prefixes])
         return tuple(sorted(all_ports)), tuple(sorted(hours)), prefixes
 
-    def _suspect_hours(self, group: _Group, ports: set[int]) -> tuple[int, ...]:
+    def _suspect_hours(self, group: _Group, ports: set[int],
+                       asn_wide: list[tuple[int, int, Cell]] | None = None) -> tuple[int, ...]:
         """The hours in which ``min_hour_sources`` distinct sources got forged answers on
-        ``ports`` (ASN-wide hourly cells); see :meth:`_named`."""
+        ``ports`` (ASN-wide hourly cells; ``asn_wide``: :func:`_asn_wide` of ``group``,
+        when already listed); see :meth:`_named`."""
         per: dict[int, set[str]] = {}
-        for (p, port, hour), c in group.cells.items():
-            if p == ALL and hour != ANY_HOUR and port in ports and c.suspect_clients:
+        for port, hour, c in (asn_wide if asn_wide is not None else _asn_wide(group)):
+            if hour != ANY_HOUR and port in ports:
                 per.setdefault(hour, set()).update(c.suspect_clients)
         return self._named(group, per)
 
@@ -699,6 +713,15 @@ class InjectionCellDetector(Detector):
         for group in self.groups.values():
             # a bad cell the snapshot does not hold cannot be shown: drop it
             self._drop(group, [k for k in group.bad if k[0] != LINES and k not in group.cells])
+
+
+def _asn_wide(group: _Group) -> list[tuple[int, int, Cell]]:
+    """``(port, hour, cell)`` of the ASN-wide cells with suspect probes (one pass over the
+    table for both of :meth:`InjectionCellDetector._signature`'s uses, which do not
+    depend on the order: the table is read as the plain dict it also is, several times
+    faster than in its recency order, which looks every key up again)."""
+    return [(port, hour, c) for (p, port, hour), c in dict.items(group.cells)
+            if p == ALL and c.suspect_clients]
 
 
 def _alert_level(group: _Group) -> str:

@@ -64,17 +64,19 @@ def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
     return _wilson(k, n, z, 1.0)
 
 
-def rate_above(k: int, n: int, k_ref: float, n_ref: int, z: float = 1.96) -> float:
+def rate_above(k: int, n: int, k_ref: float, n_ref: int, z: float = 1.96,
+               lower: float | None = None) -> float:
     """Lower bound of ``k / n - k_ref / n_ref`` (Newcombe's hybrid score interval, method
     10 of Newcombe 1998): positive when the first rate is above the reference at ``z``.
 
     ``k_ref`` may be fractional (an expected count); its Wilson bound uses it rounded.
+    ``lower``: ``wilson_lower(k, n, z)``, when the caller has it already.
     """
     if n <= 0:
         return -1.0
     p = k / n
     p_ref = k_ref / n_ref if n_ref > 0 else 0.0
-    below = p - wilson_lower(k, n, z)
+    below = p - (wilson_lower(k, n, z) if lower is None else lower)
     above = wilson_upper(round(k_ref), n_ref, z) - min(p_ref, 1.0)
     return p - p_ref - math.sqrt(below * below + max(above, 0.0) ** 2)
 
@@ -152,16 +154,21 @@ class Cell:
         if ref_tls is not None:
             self.ref_tls += ref_tls
             self.ref_tls_n += 1
-        self.first, self.last = min(self.first, ts), max(self.last, ts)
+        # (``min``/``max`` as comparisons: an equal time keeps the held one, as they do)
+        if ts < self.first:
+            self.first = ts
+        if ts > self.last:
+            self.last = ts
         if len(self.clients) < s.max_clients:
             self.clients.add(client)
         if not bad:
             return
         seen = self.suspect_clients.get(client, 0)
         self.k += 1
-        self.first_suspect, self.last_suspect = min(self.first_suspect, ts), max(
-            self.last_suspect, ts
-        )
+        if ts < self.first_suspect:
+            self.first_suspect = ts
+        if ts > self.last_suspect:
+            self.last_suspect = ts
         if seen or len(self.suspect_clients) < s.max_clients:
             self.suspect_clients[client] = seen + 1
         if len(self.examples) < s.max_examples:
@@ -242,18 +249,29 @@ def sum_cells(cells: Iterable[Cell | None]) -> tuple[int, int]:
 
 
 def distinct_sources(sets: Iterable[Set[str]], cap: int,
-                     same: Mapping[str, str] | None = None) -> set[str]:
+                     same: Mapping[str, str] | None = None, *, exact: bool = False) -> set[str]:
     """The distinct items of the union of ``sets``, each counted as what ``same`` maps it
     to (an address as the account that reported from it); collecting stops once ``cap``
-    are found (all of them are returned when fewer).
+    are found, after the set that reached it (all of them are returned when fewer).
+    ``exact``: stops at the item that reaches ``cap``, so exactly ``cap`` are returned
+    then (a test of "at least ``cap``" needs no more; the same when fewer).
 
     >>> sorted(distinct_sources([{"ip:a", "acct:x"}, {"ip:b"}], 5, {"ip:a": "acct:x"}))
     ['acct:x', 'ip:b']
-    >>> len(distinct_sources([{"ip:a", "ip:b"}, {"ip:c"}], 2))
-    2
+    >>> len(distinct_sources([{"ip:a", "ip:b"}, {"ip:c"}], 1)), len(distinct_sources(
+    ...     [{"ip:a", "ip:b"}, {"ip:c"}], 1, exact=True))
+    (2, 1)
     """
     same = same or {}
     seen: set[str] = set()
+    if exact:
+        get, add = same.get, seen.add
+        for x in sets:
+            for who in x:
+                add(get(who, who))
+                if len(seen) >= cap:
+                    return seen
+        return seen
     for x in sets:
         seen.update(same.get(who, who) for who in x)
         if len(seen) >= cap:

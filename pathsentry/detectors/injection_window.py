@@ -116,7 +116,13 @@ class NetworkWindow:
             self._expire()
         if b < self.newest - self._span():
             return
-        per_origin = self.buckets.setdefault(b, {}).setdefault(origin, {})
+        # (looked up before made: ``setdefault(key, {})`` makes a dict every answer)
+        per_bucket = self.buckets.get(b)
+        if per_bucket is None:
+            per_bucket = self.buckets[b] = {}
+        per_origin = per_bucket.get(origin)
+        if per_origin is None:
+            per_origin = per_bucket[origin] = {}
         c = per_origin.get(net)
         if c is None:
             if self.entries >= self.s.max_entries:
@@ -126,7 +132,9 @@ class NetworkWindow:
         if tls:
             self._add_tls(origin, net, ts, tls_anomaly)
         c.count(flagged, anomaly)
-        per_net = self.totals.setdefault(origin, {})
+        per_net = self.totals.get(origin)
+        if per_net is None:
+            per_net = self.totals[origin] = {}
         total = per_net.get(net)
         if total is None:
             total = per_net[net] = _Net()
@@ -137,7 +145,9 @@ class NetworkWindow:
         return row[0] * keep, row[1] * keep
 
     def _add_tls(self, origin: str, net: str, ts: float, anomalous: bool) -> None:
-        per = self.tls.setdefault(origin, {})
+        per = self.tls.get(origin)
+        if per is None:
+            per = self.tls[origin] = {}
         row = per.get(net)
         if row is None:
             if self.tls_entries >= self.s.max_entries:
@@ -205,8 +215,10 @@ class NetworkWindow:
         ``min_networks`` of them)."""
         n = k = 0.0
         nets = 0
+        half_life = self.s.tls_half_life_s
         for other, row in self.tls.get(origin, {}).items():
-            if other != net:
-                dn, dk = self._decayed(row, ts)
-                n, k, nets = n + dn, k + dk, nets + 1
+            if other != net:  # (``_decayed``, inline: once per network per answer)
+                age = ts - row[2]
+                keep = 0.5 ** ((age if age > 0.0 else 0.0) / half_life)
+                n, k, nets = n + row[0] * keep, k + row[1] * keep, nets + 1
         return round(k / n, 4) if nets >= self.s.min_networks and n > 0 else None
