@@ -266,14 +266,17 @@ def _is_internal(addr: IpLike) -> bool:
     return any(version == v and value & mask == net for v, mask, net in _INTERNAL)
 
 
+#: Addresses whose answer a :class:`GeoResolver` keeps (about 0.2 KiB each with the key):
+#: the enricher's own memo answers most repeats before this cache is asked. (A module
+#: constant, not a class attribute: the compiled build cannot read a class attribute in
+#: a default argument of its own class.)
+GEO_CACHE_SIZE = 65_536
+
+
 class GeoResolver:
     """Stacked sources with a bounded LRU cache and a private-range guard."""
 
-    #: Addresses whose answer is kept (about 0.2 KiB each with the key): the
-    #: enricher's own memo answers most repeats before this cache is asked.
-    CACHE_SIZE = 65_536
-
-    def __init__(self, sources: Sequence[GeoSource], cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, sources: Sequence[GeoSource], cache_size: int = GEO_CACHE_SIZE) -> None:
         self.sources = list(sources)
         self._cache: OrderedDict[tuple[int, int], GeoInfo] = OrderedDict()
         self._cache_size = cache_size
