@@ -147,9 +147,7 @@ class Engine:
             if found is not None:
                 flags.extend(found.flags)
                 alerts.extend(found.alerts)
-        if alerts:  # (``_checked``, inline)
-            out.alerts = self.crosscheck.enrich_all(alerts)
-        return ev, out
+        return ev, _checked(self.crosscheck, out)
 
     def group_routes(self, ev: Enriched) -> list[tuple[str, str]]:
         """(detector name, key) pairs this event must be delivered to in the group stage."""
