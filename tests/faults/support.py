@@ -25,13 +25,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 import pytest
 
+from pathsentry.bench.run import world_start
 from pathsentry.config import Config, load_config
 from pathsentry.infra.broker import create_topics, free_port
 from pathsentry.replay import ReplayResult, replay
@@ -95,8 +95,11 @@ def wait_for(
 
 
 def recent_world(seed: int, accounts: int, hours: float = 24.0) -> WorldSpec:
-    """A world that ends now: flags older than the tables' TTL (180 days) would be dropped on insert."""
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours)
+    """A recent world (flags older than the tables' TTL of 180 days would be dropped on insert)
+    that starts at midnight UTC two days before now: day-aligned, so a test sees the same
+    events (and the same hours of the day, which the hour-keyed detectors read) whenever it
+    runs, and the world has ended before now for any ``hours`` up to 48."""
+    start = world_start()
     return WorldSpec(seed=seed, accounts=accounts, hours=hours, start=start)
 
 
