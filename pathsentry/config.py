@@ -149,6 +149,10 @@ class WorkerConfig(BaseModel):
     gc_full_interval_s: float = Field(default=3600.0, gt=0)
     #: ...or as soon as the resident memory has grown this much since the last one
     gc_full_growth_mib: float = Field(default=256.0, gt=0)
+    #: ...or, when larger, this share of what it was at the last one (a full collection
+    #: walks everything alive: growth proportional to the heap keeps its cost per byte
+    #: allocated bounded, as Go's ``GOGC=100`` does)
+    gc_full_growth_ratio: float = Field(default=1.0, ge=0)
     #: the session stage's learned state (baselines, model, account histories) is saved to
     #: the snapshot file and to ``l:0`` of the state topic about this often while it
     #: changes: a worker killed with SIGKILL loses at most about this much learning

@@ -80,3 +80,23 @@ def test_memory_growth_brings_the_full_collection_forward() -> None:
         assert sched.tick(3.0) == "freeze"
     finally:
         sched.stop()
+
+
+def test_the_growth_valve_scales_with_the_memory_at_the_last_full_collection() -> None:
+    rss = [600.0]
+    sched = GcSchedule(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
+                       full_growth_ratio=1.0, now=0.0, rss_mib=lambda: rss[0])
+    try:
+        assert sched.tick(0.5) is None  # takes over at 600 MiB: the valve is at 1200 MiB
+        rss[0] = 1000.0
+        assert sched.tick(1.0) == "freeze", "400 MiB grown: past the fixed amount, below the share"
+        rss[0] = 1200.0
+        assert sched.tick(2.0) == "full" and sched.last_full_reason == "600 MiB grown"
+        rss[0] = 1300.0  # from 1200 MiB on, the valve is at 2400 MiB
+        assert sched.tick(3.0) == "freeze"
+    finally:
+        sched.stop()
+    small = GcSchedule(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
+                       full_growth_ratio=1.0, now=0.0, rss_mib=lambda: 100.0)
+    small.stop()
+    assert small.growth_mib(100.0) == 256.0, "a small heap keeps the fixed amount"

@@ -274,6 +274,7 @@ def create_app(
         gc_schedule = GcSchedule(freeze_interval_s=config.worker.gc_freeze_interval_s,
                                  full_interval_s=config.worker.gc_full_interval_s,
                                  full_growth_mib=config.worker.gc_full_growth_mib,
+                                 full_growth_ratio=config.worker.gc_full_growth_ratio,
                                  now=time.monotonic())
 
         @app.timer(interval=config.worker.gc_freeze_interval_s)

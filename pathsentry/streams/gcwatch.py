@@ -9,7 +9,11 @@ of ms, and collections cost about a tenth of the worker's time. Almost nothing a
 allocates is cyclic garbage (a full collection every few seconds frees a few hundred
 objects), so :class:`GcSchedule` leaves freeing to reference counting: it moves
 everything out of the collector's way every second and runs one full collection at a
-long interval, or when the memory has grown. ``/stats`` shows the pauses.
+long interval, or when the memory has grown. A full collection walks everything alive,
+so the growth that brings it forward is a share of the memory at the last one (as Go's
+``GOGC`` does), not only a fixed amount: a worker whose state fills up from 500 MiB to
+1 GiB walks it once, not once per 256 MiB, and the collector's cost per byte allocated
+stays bounded however large the state. ``/stats`` shows the pauses.
 
 >>> import gc
 >>> watch = GcPauses()
@@ -101,14 +105,18 @@ class GcSchedule:
     >>> sched.tick(0.5) is None, sched.tick(1.0), sched.tick(61.0)
     (True, 'freeze', 'full')
     >>> sched.stop()
+    >>> GcSchedule(freeze_interval_s=1.0, full_interval_s=60.0, full_growth_mib=256.0,
+    ...            full_growth_ratio=1.0, now=0.0).growth_mib(600.0)
+    600.0
     """
 
     def __init__(self, *, freeze_interval_s: float, full_interval_s: float,
-                 full_growth_mib: float, now: float,
+                 full_growth_mib: float, now: float, full_growth_ratio: float = 0.0,
                  rss_mib: Callable[[], float] | None = None) -> None:
         self.freeze_interval_s = freeze_interval_s
         self.full_interval_s = full_interval_s
         self.full_growth_mib = full_growth_mib
+        self.full_growth_ratio = full_growth_ratio
         self._rss_mib = rss_mib or resident_mib
         self._frozen_at = self._full_at = now
         self._rss_at_full = 0.0
@@ -116,6 +124,10 @@ class GcSchedule:
         self.last_full_freed = 0
         self.last_full_ms = 0.0
         self.last_full_reason = ""
+
+    def growth_mib(self, rss_at_full: float) -> float:
+        """Growth (MiB) past ``rss_at_full`` that brings the next full collection forward."""
+        return max(self.full_growth_mib, self.full_growth_ratio * rss_at_full)
 
     def stop(self) -> None:
         """Give the process back to Python's own collector."""
@@ -131,9 +143,9 @@ class GcSchedule:
             return None
         rss = self._rss_mib()
         grown = rss - self._rss_at_full
-        if now - self._full_at >= self.full_interval_s or grown >= self.full_growth_mib:
-            self.last_full_reason = (f"{grown:.0f} MiB grown" if grown >= self.full_growth_mib
-                                     else "interval")
+        valve = self.growth_mib(self._rss_at_full)
+        if now - self._full_at >= self.full_interval_s or grown >= valve:
+            self.last_full_reason = f"{grown:.0f} MiB grown" if grown >= valve else "interval"
             t0 = time.perf_counter()
             gc.unfreeze()
             self.last_full_freed = gc.collect()
