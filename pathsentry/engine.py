@@ -46,6 +46,14 @@ def _checked(crosscheck: CrossCheck | None, found: Findings | None) -> Findings:
     return found
 
 
+def _append_checked(crosscheck: CrossCheck | None, found: Findings, out: Findings) -> None:
+    """Append ``found`` to ``out``, its alerts cross-checked."""
+    if found.flags:
+        out.flags.extend(found.flags)
+    if found.alerts:
+        out.alerts.extend(crosscheck.enrich_all(found.alerts) if crosscheck is not None else found.alerts)
+
+
 def _flush(detectors: list[Detector], ts: float) -> Findings:
     """What ``detectors`` close at event time ``ts`` (nothing before the first event)."""
     out = Findings()
@@ -72,6 +80,12 @@ class GroupStage:
 
     def process(self, ev: Enriched, detector: str, key: str) -> Findings:
         return _checked(self.crosscheck, self.found(ev, detector, key))
+
+    def process_into(self, ev: Enriched, detector: str, key: str, out: Findings) -> None:
+        """:meth:`process`, its flags and alerts appended to ``out`` (no findings made per call)."""
+        found = self.found(ev, detector, key)
+        if found is not None:
+            _append_checked(self.crosscheck, found, out)
 
     def found(self, ev: Enriched, detector: str, key: str) -> Findings | None:
         """What :meth:`process` returns, unchecked, and ``None`` for nothing found (no
@@ -125,7 +139,7 @@ class Engine:
         # who consumes each event kind, in detector order (``wants`` is fixed per class)
         kinds = {k for d in self.detectors for k in d.consumes}
         self._session_for = {k: [d for d in self.session_detectors if d.wants(k)] for k in kinds}
-        self._group_for = {k: [d for d in self.group_detectors if d.wants(k)] for k in kinds}
+        self._group_for = {k: [(d.name, d) for d in self.group_detectors if d.wants(k)] for k in kinds}
 
     @property
     def last_ts(self) -> float:
@@ -136,24 +150,33 @@ class Engine:
         return GroupStage([type(d)(self.ctx) for d in self.group_detectors], self.crosscheck)
 
     def session_stage(self, event: AnyEvent) -> tuple[Enriched, Findings]:
+        out = Findings()
+        return self.session_into(event, out), out
+
+    def session_into(self, event: AnyEvent, out: Findings) -> Enriched:
+        """:meth:`session_stage`, its flags and alerts (cross-checked) appended to ``out``:
+        the stream runs a batch of events into one :class:`Findings`, none made per event."""
         ev = self.enricher.enrich(event)
         ts = ev.ts
         if ts > self.session_ts:
             self.session_ts = ts
-        out = Findings()
         flags, alerts = out.flags, out.alerts
+        first = len(alerts)
         for det in self._session_for.get(event.kind, ()):
             found = det.process(ev)
             if found is not None:
-                flags.extend(found.flags)
-                alerts.extend(found.alerts)
-        return ev, _checked(self.crosscheck, out)
+                if found.flags:
+                    flags.extend(found.flags)
+                if found.alerts:
+                    alerts.extend(found.alerts)
+        if len(alerts) > first and self.crosscheck is not None:
+            alerts[first:] = self.crosscheck.enrich_all(alerts[first:])
+        return ev
 
     def group_routes(self, ev: Enriched) -> list[tuple[str, str]]:
         """(detector name, key) pairs this event must be delivered to in the group stage."""
         routes: list[tuple[str, str]] = []
-        for det in self._group_for.get(ev.event.kind, ()):
-            name = det.name
+        for name, det in self._group_for.get(ev.event.kind, ()):
             for k in det.group_keys(ev):
                 routes.append((name, k))
         return routes
@@ -167,12 +190,11 @@ class Engine:
         # (by the kind tag: ``isinstance`` on a pydantic model class runs Python code)
         if event.kind == "account_label" or event.kind == "interaction":
             return self.feedback(event)
-        ev, out = self.session_stage(event)
+        out = Findings()
+        ev = self.session_into(event, out)
         groups = self.groups
         for name, key in self.group_routes(ev):
-            found = groups.found(ev, name, key)
-            if found is not None:  # (``GroupStage.process`` without the empty findings)
-                out.extend(_checked(groups.crosscheck, found))
+            groups.process_into(ev, name, key, out)
         return out
 
     def flush_sessions(self) -> Findings:

@@ -10,7 +10,7 @@ acknowledge anything itself, nor hold state: pure functions and one record type.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,14 +83,23 @@ def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-def envelope(items: Iterable[bytes]) -> bytes:
-    """Join already-serialised JSON items into one JSON array message.
+def envelope(items: Sequence[bytes]) -> bytes:
+    """Join already-serialised JSON items into one JSON array message. The brackets go on
+    the first and last items, so that the message (up to ``MAX_ENVELOPE_BYTES``) is
+    copied once, by the join, not once more for each bracket.
 
     >>> import orjson
-    >>> orjson.loads(envelope([b'{"a":1}', b'{"b":2}']))
-    [{'a': 1}, {'b': 2}]
+    >>> orjson.loads(envelope([b'{"a":1}', b'{"b":2}', b'{"c":3}']))
+    [{'a': 1}, {'b': 2}, {'c': 3}]
+    >>> envelope([b'{"a":1}']), envelope([])
+    (b'[{"a":1}]', b'[]')
     """
-    return b"[" + b",".join(items) + b"]"
+    if len(items) < 2:
+        return b"[" + (items[0] if items else b"") + b"]"
+    parts = list(items)  # (references only)
+    parts[0] = b"[" + parts[0]
+    parts[-1] += b"]"
+    return b",".join(parts)
 
 
 def chunked(items: list[Any], wire: list[bytes], max_bytes: int) -> Iterator[tuple[list[Any], list[bytes]]]:

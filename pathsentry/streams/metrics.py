@@ -241,12 +241,13 @@ class Stats:
         self.last_batch_ms = round(ms, 2)
         self._h_batch.observe("", ms)
 
-    def mark_stage(self, stage: str, produced_ms: Iterable[int]) -> None:
-        """Record, for one event in ``STAGE_SAMPLE``, the time from its produce to now,
-        when ``stage`` runs it."""
+    def mark_stage(self, stage: str, sampled_ms: Iterable[int]) -> None:
+        """Record the time from produce to now of the events ``stage`` runs now, given the
+        produce times of one event in ``STAGE_SAMPLE`` (the caller samples: going over every
+        event of a batch here would cost as much as recording them)."""
         ran_ms = time.time() * 1000
         observe = self._h_stage.series(stage)
-        for t in itertools.islice(produced_ms, 0, None, STAGE_SAMPLE):
+        for t in sampled_ms:
             self.stage_latencies_ms.append((t, ran_ms - t, stage))
             observe(ran_ms - t)
 

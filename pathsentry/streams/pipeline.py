@@ -51,7 +51,7 @@ from pathsentry.streams.envelopes import (
 from pathsentry.streams.gcwatch import GcPauses
 from pathsentry.streams.handoff import Handoff
 from pathsentry.streams.kafka import METADATA_MAX_AGE_MS, bootstrap_servers, client_kwargs
-from pathsentry.streams.metrics import Stats
+from pathsentry.streams.metrics import STAGE_SAMPLE, Stats
 from pathsentry.streams.outbox import Delivery, Outbox, Pending
 from pathsentry.streams.persistence import StatePersistence
 from pathsentry.streams.sinks import ClickHouseSink
@@ -280,7 +280,7 @@ class Pipeline(StatePersistence):
                 continue
             parts.setdefault(partition_for(session_key(ev), n_parts), []).append((m.timestamp, raw, ev))
             valid += 1
-        self.stats.mark_stage("ingest", (t for items in parts.values() for t, _, _ in items))
+        self.stats.mark_stage("ingest", [t for items in parts.values() for t, _, _ in items[::STAGE_SAMPLE]])
         headers = encode_claims(claims, claims if idle else ()) if claims else None
         sent: list[Delivery] = []
         for p in range(n_parts) if headers else parts:
@@ -372,16 +372,18 @@ class Pipeline(StatePersistence):
         n_parts = await self.partitions(self.topics.groups)
         forward: dict[int, tuple[list[GroupItem], list[bytes]]] = {}
         triggers: list[tuple[str, int]] = []
-        self.stats.mark_stage("session", (t for (t, _, _), _ in released))
+        self.stats.mark_stage("session", [t for (t, _, _), _ in released[::STAGE_SAMPLE]])
         routed: list[tuple[int, bytes | dict[str, Any], Enriched, list[tuple[str, str]]]] = []
+        alerts = out.alerts
+        session_into, group_routes = engine.session_into, engine.group_routes
         c0 = time.thread_time()
         for (t, raw, event), _ in released:
             produced[event.event_id] = t
-            enriched, found = engine.session_stage(event)
-            if found.alerts:
-                triggers.extend((a.kind, t) for a in found.alerts)
-            out.extend(found)
-            routes = engine.group_routes(enriched)
+            first = len(alerts)
+            enriched = session_into(event, out)
+            if len(alerts) > first:
+                triggers.extend((a.kind, t) for a in alerts[first:])
+            routes = group_routes(enriched)
             if routes:
                 routed.append((t, raw, enriched, routes))
         self.stats.detect_cpu_s += time.thread_time() - c0
@@ -447,16 +449,17 @@ class Pipeline(StatePersistence):
         produced: dict[str, int] = {}
         triggers: list[tuple[str, int]] = []
         stages = self.group_stages
-        self.stats.mark_stage("group", (t for (t, _, _), _ in released))
+        self.stats.mark_stage("group", [t for (t, _, _), _ in released[::STAGE_SAMPLE]])
+        alerts = out.alerts
         c0 = time.thread_time()
         for (t, routes, enriched), held in released:
             produced[enriched.event.event_id] = t
             stage = stages[held.partition]
+            first = len(alerts)
             for det, key in routes:
-                found = stage.process(enriched, det, key)
-                if found.alerts:
-                    triggers.extend((a.kind, t) for a in found.alerts)
-                out.extend(found)
+                stage.process_into(enriched, det, key, out)
+            if len(alerts) > first:
+                triggers.extend((a.kind, t) for a in alerts[first:])
         self.stats.detect_cpu_s += time.thread_time() - c0
         await self.emit(out, produced, on_durable=_ack_all(h for _, h in released), stage="group",
                         events=len(released), triggers=triggers)
