@@ -47,9 +47,10 @@ one group meet on one worker):
     one RTT band, names not required.
 ``net:<exit>``
     relay-flagged logins (and traceroutes) by exit: ``AS<asn>`` of a hosting or
-    relay network (with its accounts whose traceroute shows a foreign route, flagged
-    or not: one farm whose logins the relay detector flags only in part is one
-    candidate), the /24 of a subscriber network (residential, mobile, campus,
+    relay network (with every login through it, flagged or not -- a datacenter
+    address is no home, the exit kind stands for a flag the relay detector missed,
+    and one farm whose logins it flags only in part, or not at all, is one candidate;
+    allow-listed ranges never reach it), the /24 of a subscriber network (residential, mobile, campus,
     business), whose other logins count in the partition's background. A group is
     a burst of relay-flagged accounts behind one exit inside one RTT band, sharing
     /24s or machines (client device ids). In a subscriber /24, every login on a home
@@ -97,7 +98,8 @@ Farms and crowds -- which signal separates each hard negative:
 - **Mobile CGNAT** (thousands of subscribers on a few addresses): the same -- the
   address's background is the whole crowd; what they share is an address, never a
   family with consecutive serials or a foreign route.
-- **A relay service with many unrelated users** (a VPN exit or hosting range):
+- **A relay service with many unrelated users** (a VPN exit or hosting range, or a
+  datacenter service on no allow list whose logins the relay detector does not flag):
   they do reach ``net:AS…``, but they arrive at the exit's own background rate (the
   Poisson judge of :mod:`~pathsentry.detectors.farm.background` at both scales,
   thinned to the candidate's RTT band), from everywhere (their RTTs do not form a
@@ -151,7 +153,9 @@ route note came after its login) carries no machine, so the machine judge sees
 fewer of the farm's accounts there; the prior is learned per worker (the
 partitions of a class that one worker holds), so a cold partition's expectation
 depends on which partitions share its worker until its own history outweighs
-the prior; the machine judge does not apply to a /24 exit (its unflagged logins
+the prior; in a busy hosting exit, households whose second account shares their machine within
+the window join a room found there (the room takes every account on a machine shared
+in the window); the machine judge does not apply to a /24 exit (its unflagged logins
 are background only, their machines unknown); a farm whose logins are neither
 relay-flagged nor routed through a foreign origin, with names that share no
 family, has nothing left to be found by but its accounts per home line; a farm

@@ -96,8 +96,8 @@ _NET_AS = _NET_ + "AS"
 def _exits_elsewhere(x: Member) -> bool:
     """Whether a ``route:`` partition leaves ``x`` to its exit's ``net:`` partition: a
     relay-flagged account, or one through a hosting network (whose ``net:AS…``
-    partition takes its foreign-routed accounts too: a farm whose logins the relay
-    detector flags only in part is one candidate there, not two)."""
+    partition takes every account through it: a farm whose logins the relay detector
+    flags only in part is one candidate there, not two)."""
     return x.relay or x.exit.startswith("AS")
 
 
