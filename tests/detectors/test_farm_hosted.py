@@ -77,3 +77,72 @@ def test_a_datacenters_unrelated_unflagged_users_are_never_a_group() -> None:
     rng = random.Random(74)
     _, alerts = run(_datacenter_users(rng, 400, 8 * 3600.0, households=True))
     assert farm_alerts(alerts) == []
+
+
+# ---------------------------------------- a room through /24s of its own (:mod:`.ranges`)
+
+
+def _service_users(rng: random.Random, t_end: float, every: float, subnets: list[int]
+                   ) -> list[Enriched]:
+    """A VPN service's users in a hosting range, relay-flagged, one every ``every`` s on
+    average, each on a machine and an exit host of its own in one of ``subnets``
+    (``45.76.<k>.0/24``), RTTs from all over."""
+    out, t = [], 0.0
+    while True:
+        t += rng.expovariate(1 / every)
+        if t >= t_end:
+            return out
+        out.append(login(random_names(rng, 1)[0], t,
+                         f"45.76.{rng.choice(subnets)}.{rng.randint(1, 250)}", HOSTING,
+                         samples(rng, rng.uniform(20.0, 200.0), 2.0), relay=True))
+
+
+def _own_hosts_room(rng: random.Random, t0: float, names: list[str], pace: float
+                    ) -> list[Enriched]:
+    """A name-less farm renting six hosts in /24s of its own in the same range
+    (``45.76.70-72.0/24``), its accounts round-robin over five machines -- its first
+    five each on a machine and a host of its own -- relay-flagged, a few ms apart."""
+    return [login(name, t0 + i * pace, f"45.76.{70 + i % 3}.{10 + i % 6}", HOSTING,
+                  samples(rng, 30.0 + 0.4 * (i % 3), 0.5), relay=True, device=f"rig-{i % 5}")
+            for i, name in enumerate(names)]
+
+
+def test_a_room_through_24s_the_services_users_never_use_is_found_by_the_fifth_login() -> None:
+    """Eight accounts 30 s apart, the first five each on its own machine and host --
+    nothing shared yet -- but through three /24s none of the service's users came
+    through in two hours; the later ones join on the room's machines."""
+    rng = random.Random(75)
+    names = random_names(random.Random(76), 8)
+    service = _service_users(rng, 3 * 3600.0, 180.0, [1, 2])
+    room = _own_hosts_room(rng, 7200.0, names, 30.0)
+    _, by_fifth = run([e for e in service + room if e.ts <= room[4].ts])
+    (alert,) = farm_alerts(by_fifth)
+    assert set(alert.accounts) == set(names[:5])
+    unused = alert.evidence["exit_prefixes"]
+    assert unused["accounts_on_unused_prefixes"] == 5 and unused["other_accounts"] >= 20
+    assert unused["learned_unused_prefix_share"] < 0.1
+    flags, alerts = run(service + room)
+    (alert,) = farm_alerts(alerts)
+    assert set(alert.accounts) == set(names) == {f.account for f in flags.values()}
+
+
+def test_the_same_room_in_the_exits_first_minutes_is_no_evidence_of_its_24s() -> None:
+    """The room's first logins meet three of the service's users: a handful of others'
+    /24s teaches nothing about the range (the beta-binomial tail), and nothing else ties
+    the room's accounts yet."""
+    rng = random.Random(77)
+    names = random_names(random.Random(78), 5)
+    service = _service_users(rng, 600.0, 100.0, [1, 2])[:3]
+    room = _own_hosts_room(rng, 600.0, names, 30.0)
+    assert len(service) == 3
+    _, alerts = run(service + room)
+    assert farm_alerts(alerts) == []
+
+
+def test_a_service_spread_over_many_24s_is_never_a_group() -> None:
+    """A VPN service whose users come through sixty /24s of the range, one every 40 s on
+    average for six hours: many of their /24s are seen once, so an arrival through an
+    unused /24 is no surprise, however they clump."""
+    rng = random.Random(79)
+    _, alerts = run(_service_users(rng, 6 * 3600.0, 40.0, list(range(1, 61))))
+    assert farm_alerts(alerts) == []
