@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from pathsentry.detectors.farm.background import burst_p, expected
 from pathsentry.detectors.farm.exits import Band
@@ -93,14 +94,15 @@ def private_judged(part: Partition, pattern: str, cand: Sequence[Member], s: Far
     return len(on_unused(cand, others)) >= s.min_size_unnamed
 
 
+@dataclass(frozen=True, slots=True)
 class PrivateBurst:
     """What :func:`private_burst` found: the members, the learned unused share, the
     expected count it was judged against and the tail probability."""
 
-    __slots__ = ("expected", "members", "p", "share")
-
-    def __init__(self, members: list[Member], share: float, lam: float, p: float) -> None:
-        self.members, self.share, self.expected, self.p = members, share, lam, p
+    members: list[Member]
+    share: float
+    expected: float
+    p: float
 
 
 def private_burst(part: Partition, pattern: str, inside: Sequence[Member], b: Band,
