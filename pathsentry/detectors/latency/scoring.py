@@ -9,7 +9,9 @@ game loop with a 100 ms tick does not look like a relay. Physics judges a networ
 RTT: the kernel TCP RTT, or the app minimum less the learned overhead (cost and the
 ``1 - phase_alpha`` quantile of the phase), or the slowest app sample less the cost,
 one whole tick, ``gap_z`` noise scales and the spike allowance
-(:meth:`Scoring.slowest_bound`), never a raw app figure. The prefix
+(:meth:`Scoring.slowest_bound`), never a raw app figure; an app probe from another
+vantage is judged the same way against that vantage's learned overhead
+(:meth:`Scoring.probe_net`). The prefix
 baselines hold app minima and are compared with app minima. A server not warmed up
 (gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
 physics: the evidence says so and the other components carry the decision.
