@@ -270,7 +270,10 @@ class Partition:
     rate_count: float = 0.0
     rate_fast: float = 0.0
     rate_ts: float = 0.0
-    names: NameIndex = field(default_factory=lambda: NameIndex(max_clusters=256))
+    #: the members' name clusters, made with the first member named (:meth:`name_index`):
+    #: most partitions of a busy worker are exits and routes whose members come and go,
+    #: and an empty index costs about 0.4 KiB
+    names: NameIndex | None = None
     #: name-less partitions (one pattern, the key): the indexed members by time, and
     #: each one's indexing sequence number (the order of ``index[key]``)
     times: _TimeIndex | None = None
@@ -289,6 +292,13 @@ class Partition:
 
     def __post_init__(self) -> None:
         self.kind = part_kind(self.key)
+
+    def name_index(self) -> NameIndex:
+        """:attr:`names`, made if there is none yet."""
+        names = self.names
+        if names is None:
+            names = self.names = NameIndex(max_clusters=256)
+        return names
 
 
 @dataclass(slots=True)

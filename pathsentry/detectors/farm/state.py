@@ -80,7 +80,7 @@ def restore(state: Mapping[str, Any], index: Callable[[Partition, Member], None]
         )
         for md in raw["members"]:
             m = member(md)
-            p.names.assign(m.account)
+            p.name_index().assign(m.account)
             p.members[m.sid] = m
             index(p, m)
         for gd in raw["groups"]:
