@@ -240,10 +240,18 @@ class AlertIndex:
         self._alerts.touch(base.alert_id, (packer.compress(raw) + packer.flush(),
                                            emitted_version, kind))
         for acc in base.accounts:
-            ids: tuple[str, ...] = self._by_account.get(acc) or ()
+            ids = self._ids(acc)
             if base.alert_id not in ids:
                 ids = (*ids, base.alert_id)[-self.per_account:]
-            self._by_account.touch(acc, ids)
+            # one alert id (most accounts): the id itself, not a tuple of one
+            self._by_account.touch(acc, ids[0] if len(ids) == 1 else ids)
+
+    def _ids(self, account: str) -> tuple[str, ...]:
+        """The ids of the alerts ``account`` is in, oldest first."""
+        got = self._by_account.get(account)
+        if got is None:
+            return ()
+        return (got,) if isinstance(got, str) else tuple(got)
 
     def last_version(self, alert_id: str) -> int:
         got = self._alerts.get(alert_id)
@@ -251,7 +259,7 @@ class AlertIndex:
 
     def alerts_of(self, account: str) -> list[Alert]:
         out = []
-        for aid in self._by_account.get(account) or []:
+        for aid in self._ids(account):
             got = self._alerts.get(aid)
             if got is not None:
                 unpacker = zlib.decompressobj(zdict=self._zdicts[got[2]])
