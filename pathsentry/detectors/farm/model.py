@@ -8,9 +8,10 @@ account session as a partition knows it. Nothing here decides anything.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -280,7 +281,9 @@ class Partition:
     stamps: dict[str, int] = field(default_factory=dict)
     #: minimum RTTs of the pattern's members that left the window in no group: the
     #: background an RTT band must stand out of (the latest ``BACKGROUND_RTTS``)
-    bg_rtts: list[float] = field(default_factory=list)
+    #: (packed doubles: every exit partition keeps up to ``BACKGROUND_RTTS``, which as
+    #: float objects in a list would take about four times the memory)
+    bg_rtts: MutableSequence[float] = field(default_factory=lambda: array("d"))
     #: name-less partitions: the accounts on each device of the indexed members, and
     #: the background members (left the window in no group) counted, and of them those
     #: on a machine shared with another account (:mod:`.machines`)
