@@ -229,3 +229,23 @@ def test_the_tick_is_learned_from_every_login_not_one_per_prefix() -> None:
     o = w.det.overhead.get("kr-sel-1")
     assert o is not None and len(o._tick) == 160
     assert o.tick() == pytest.approx(90.0, rel=0.08)
+
+
+def test_cost_votes_cast_before_the_tick_was_learned_are_corrected_once_it_is() -> None:
+    """A quiet server on a 90 ms tick: its first logins (one sample each) vote before a
+    tick is known, and their prefixes stay in the window. Their votes are taken at the
+    tick as it is now, not left a third of a tick high; a snapshot keeps that."""
+    import json
+    import random
+
+    rng = random.Random(5)
+    o = Overhead("srv", window=40)
+    for i in range(15):  # one sample: no spread, no tick yet
+        o.update(f"early{i}", 5.0 + rng.uniform(0.0, 90.0), 1, 0.0)
+    for i in range(25):
+        phases = [rng.uniform(0.0, 90.0) for _ in range(8)]
+        o.update(f"late{i}", 5.0 + min(phases), 8, max(phases) - min(phases))
+    assert o.sources() == 40 and o.tick() == pytest.approx(90.0, rel=0.15)
+    assert o.cost() == pytest.approx(5.0, abs=6.0)
+    restored = Overhead.restore(json.loads(json.dumps(o.snapshot())), "srv", 40)
+    assert restored.cost() == o.cost()

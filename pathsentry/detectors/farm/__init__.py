@@ -17,6 +17,8 @@ Modules, one concern each:
   arrival rate, the judge of a burst at any pacing;
 - :mod:`~pathsentry.detectors.farm.machines` -- which accounts share a client
   machine, and the share of the partition's background that does;
+- :mod:`~pathsentry.detectors.farm.ranges` -- which /24s of a hosting range the
+  exit's other users come through, and a burst through the ones they do not;
 - :mod:`~pathsentry.detectors.farm.lines` -- accounts per home line against the
   learned rate (a farm on residential proxies, no relay flag, no foreign route);
 - :mod:`~pathsentry.detectors.farm.suspicion` -- logins with a relay score below the
@@ -47,17 +49,23 @@ one group meet on one worker):
     one RTT band, names not required.
 ``net:<exit>``
     relay-flagged logins (and traceroutes) by exit: ``AS<asn>`` of a hosting or
-    relay network (with its accounts whose traceroute shows a foreign route, flagged
-    or not: one farm whose logins the relay detector flags only in part is one
-    candidate), the /24 of a subscriber network (residential, mobile, campus,
-    business), whose other logins count in the partition's background. A group is
-    a burst of relay-flagged accounts behind one exit inside one RTT band, sharing
-    /24s or machines (client device ids). In a subscriber /24, every login on a home
+    relay network (with every login through it, flagged or not -- a datacenter
+    address is no home, the exit kind stands for a flag the relay detector missed,
+    and one farm whose logins it flags only in part, or not at all, is one candidate;
+    allow-listed ranges never reach it), the /24 of a subscriber network
+    (residential, mobile, campus, business), whose other logins count in the
+    partition's background. A group is a burst of relay-flagged accounts behind one
+    exit inside one RTT band, sharing /24s or machines (client device ids) -- or, in
+    a hosting range, through /24s the exit's other users did not use, at least
+    ``min_size_unnamed`` of them both against the /24s the others used (a
+    beta-binomial tail) and against the exit's background thinned by that learned
+    share (:mod:`.ranges`: a room renting hosts of its own, each of its first accounts
+    on a machine and a host of its own). In a subscriber /24, every login on a home
     line (residential, Cable/DSL) is a member too, under the pattern ``line:<24>``: a
     group is the accounts on addresses that carried, within ``window_s``, at least
     the limit learned from the class's home lines (never below
     ``home_accounts + 1``), with the accounts of the /24's other addresses on their
-    machines, crowded onto few machines (:mod:`.lines`).
+machines, crowded onto few machines (:mod:`.lines`).
 
 Machines. A farm room runs several accounts per machine; a VPN exit's or a
 route's unrelated users bring one machine each. In ``route:`` and ``net:AS…`` (every
@@ -97,7 +105,8 @@ Farms and crowds -- which signal separates each hard negative:
 - **Mobile CGNAT** (thousands of subscribers on a few addresses): the same -- the
   address's background is the whole crowd; what they share is an address, never a
   family with consecutive serials or a foreign route.
-- **A relay service with many unrelated users** (a VPN exit or hosting range):
+- **A relay service with many unrelated users** (a VPN exit or hosting range, or a
+  datacenter service on no allow list whose logins the relay detector does not flag):
   they do reach ``net:AS…``, but they arrive at the exit's own background rate (the
   Poisson judge of :mod:`~pathsentry.detectors.farm.background` at both scales,
   thinned to the candidate's RTT band), from everywhere (their RTTs do not form a
@@ -114,7 +123,12 @@ Farms and crowds -- which signal separates each hard negative:
   taught (:mod:`.machines`, :func:`~pathsentry.detectors.farm.exits.address_share`),
   so their clumps are no burst of shared machines or hosts either, while a room's
   accounts crowded onto a few hosts of the range are one even when the exit is busy.
-  Allow-listed game relays and cloud gaming never reach ``net:``.
+  Their /24s are the service's: the few its users share teach a small chance of an
+  unused one, so a room through /24s of its own stands out from its first logins,
+  while a service spread over many /24s (many seen once) teaches a large one and no
+  clump of its users through unused /24s surprises (:mod:`.ranges`; a handful of
+  other users' /24s teaches nothing). Allow-listed game relays and cloud gaming never
+  reach ``net:``.
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
   stays within the learned accounts-per-line limit; friends each bring their own
   line and machine; a residential proxy service's unrelated users crowd one address
@@ -151,7 +165,9 @@ route note came after its login) carries no machine, so the machine judge sees
 fewer of the farm's accounts there; the prior is learned per worker (the
 partitions of a class that one worker holds), so a cold partition's expectation
 depends on which partitions share its worker until its own history outweighs
-the prior; the machine judge does not apply to a /24 exit (its unflagged logins
+the prior; in a busy hosting exit, households whose second account shares their machine within
+the window join a room found there (the room takes every account on a machine shared
+in the window); the machine judge does not apply to a /24 exit (its unflagged logins
 are background only, their machines unknown); a farm whose logins are neither
 relay-flagged nor routed through a foreign origin, with names that share no
 family, has nothing left to be found by but its accounts per home line; a farm

@@ -114,21 +114,18 @@ class FarmDetector(Detector, Grouping):
             skel = family(fields["account"])[0]
             keys = [_TPL_ + skel] if skel else []
             route = notes.get("route")
-            foreign = False
             if isinstance(route, dict) and route.get("foreign_origin") is True:  # _foreign_sig
                 sig = route.get("signature")
                 if isinstance(sig, str) and sig:
                     keys.append(_ROUTE_ + sig)
-                    foreign = True
             relay = notes.get("relay")
             if isinstance(relay, dict) and ev.allowed is None:
-                # relay-flagged logins by exit, and a hosting exit's foreign-routed ones;
-                # the others of a /24 exit (a subscriber network: a proxy's line, a
-                # campus or PC bang address) only count in its background, a crowd's
+                # every login by exit: a hosting exit's are its members (the exit kind
+                # stands for a relay flag the relay detector missed); of a /24 exit (a
+                # subscriber network: a proxy's line, a campus or PC bang address) the
+                # relay-flagged ones, the others count in its background, a crowd's
                 # relay-flag noise is judged against
-                exit = exit_of(ev.geo.asn, ev.prefix, ev.geo.kind)
-                if relay.get("flagged") is True or not exit.startswith("AS") or foreign:
-                    keys.append(_NET_ + exit)
+                keys.append(_NET_ + exit_of(ev.geo.asn, ev.prefix, ev.geo.kind))
             return keys
         if isinstance(event, Traceroute):
             account = ev.account
@@ -175,8 +172,8 @@ class FarmDetector(Detector, Grouping):
             part = self._new_partition(key)
         else:
             return None
-        if is_login and part.kind == NET and not _flagged(ev) and not (
-                hosted_exit(key) and self._login_sig(ev)):  # background only
+        if is_login and part.kind == NET and not _flagged(ev) and not hosted_exit(key):
+            # background only
             arrive(part, ts, self._half_life, self._fast_half_life)
             assert isinstance(event, Login)
             part.bg_rtts.append(event.min_app_rtt)  # and the RTTs a band must stand out of
@@ -302,7 +299,7 @@ class FarmDetector(Detector, Grouping):
         elif kind == ROUTE:
             pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()
         else:
-            pats = (part.key,) if flagged or (sig and hosted_exit(part.key)) else ()
+            pats = (part.key,) if flagged or hosted_exit(part.key) else ()
             pats += home_line(part.key, geo.kind)
         skel, serial_no, _ = family(account)
         m = Member(
@@ -359,11 +356,6 @@ class FarmDetector(Detector, Grouping):
             return None, False
         self._reindex(part, m)
         return m, False
-
-    def _login_sig(self, ev: Enriched) -> str | None:
-        """The foreign-origin signature of a login's route note, if it has one."""
-        route = ev.notes.get("route")
-        return self._route_facts(route)[0] if isinstance(route, dict) and route else None
 
     def _route_facts(self, route: Mapping[str, Any]) -> tuple[str | None, list[str] | None]:
         """The foreign-origin signature and country path (at most 16) of a route note."""

@@ -33,6 +33,7 @@ from pathsentry.detectors.farm.model import (
     _top,
     _utc,
 )
+from pathsentry.detectors.farm.ranges import on_unused, others_of, unused_share
 from pathsentry.detectors.farm.suspicion import suspected
 from pathsentry.detectors.names import cohesion, consecutive_runs
 from pathsentry.schemas import Alert, FlaggedEvent, severity_for
@@ -152,6 +153,11 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
             "accounts_on_shared_addresses": len(on_shared_addresses(ms)),
             "learned_shared_address_share": round(
                 address_share(part, g.pattern, {x.sid for x in ms}), 3)}
+        others = others_of(part, g.pattern, {x.sid for x in ms})
+        evidence["exit_prefixes"] = {  # /24s the exit's other users did not use (:mod:`.ranges`)
+            "accounts_on_unused_prefixes": len(on_unused(ms, others)),
+            "other_accounts": len(others),
+            "learned_unused_prefix_share": round(unused_share(others), 3)}
     tpl = templates.most_common(1)[0][0] if part.kind == TPL else None
     what = f"template {tpl}" if tpl else f"shared {g.pattern.partition(':')[0]} pattern"
     if is_line(g.pattern):

@@ -169,9 +169,9 @@ def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
     if kind == ROUTE:
         return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()
     assert kind == NET
-    # a hosting exit's foreign-routed accounts are its members too (one farm's logins
-    # the relay detector flagged only in part, in one partition: :func:`hosted_exit`)
-    pats: tuple[str, ...] = (part.key,) if m.relay or (m.sig and hosted_exit(part.key)) else ()
+    # a hosting exit's every account is its member (one farm's logins the relay
+    # detector flagged only in part, or not at all, in one partition: :func:`hosted_exit`)
+    pats: tuple[str, ...] = (part.key,) if m.relay or hosted_exit(part.key) else ()
     return pats + home_line(part.key, m.access)
 
 
@@ -186,8 +186,8 @@ def home_line(key: str, access: str | None) -> tuple[str, ...]:
 
 def hosted_exit(key: str) -> bool:
     """Whether a ``net:`` partition key is a hosting (or relay) network's AS: the
-    partition that takes its exit's relay-flagged *and* foreign-routed accounts, which
-    ``route:`` leaves to it.
+    partition that takes every login through its exit, relay-flagged or not (the
+    foreign-routed ones too, which ``route:`` leaves to it).
 
     >>> hosted_exit("net:AS64600"), hosted_exit("net:203.0.113.0/24")
     (True, False)

@@ -19,7 +19,7 @@ Consecutive default names handed to a crowd that signed up together
 own machine, and carry little relay evidence. In a
 name-less partition (``route:``, ``net:``) the window is tried at two scales,
 ``burst_s`` (logins seconds apart) and ``window_s`` (minutes apart, where the
-accounts must also crowd onto few machines or exit addresses: :func:`_crowded`);
+accounts must also crowd onto few machines or exit addresses: :func:`.machines.crowded`);
 the candidate keeps the members inside its RTT band
 (:mod:`~pathsentry.detectors.farm.exits`) that share a machine or an address with
 another of them, or a /24 (with two others in a hosting range, and there only when
@@ -72,7 +72,12 @@ from pathsentry.detectors.farm.exits import (
 )
 from pathsentry.detectors.farm.families import serial_regularity
 from pathsentry.detectors.farm.lines import LINE_KINDS, crowd, is_line
-from pathsentry.detectors.farm.machines import machine_share, on_few_machines, on_shared_machines
+from pathsentry.detectors.farm.machines import (
+    crowded,
+    machine_share,
+    on_few_machines,
+    on_shared_machines,
+)
 from pathsentry.detectors.farm.model import (
     _NET_,
     NET,
@@ -85,6 +90,7 @@ from pathsentry.detectors.farm.model import (
     Partition,
     _utc,
 )
+from pathsentry.detectors.farm.ranges import private_burst, private_judged
 from pathsentry.schemas import make_alert_id
 
 __all__ = ["Grouping"]
@@ -96,8 +102,8 @@ _NET_AS = _NET_ + "AS"
 def _exits_elsewhere(x: Member) -> bool:
     """Whether a ``route:`` partition leaves ``x`` to its exit's ``net:`` partition: a
     relay-flagged account, or one through a hosting network (whose ``net:AS…``
-    partition takes its foreign-routed accounts too: a farm whose logins the relay
-    detector flags only in part is one candidate there, not two)."""
+    partition takes every account through it: a farm whose logins the relay detector
+    flags only in part is one candidate there, not two)."""
     return x.relay or x.exit.startswith("AS")
 
 
@@ -109,17 +115,6 @@ def _on_few_lines(ms: list[Member]) -> bool:
     the batch's accounts one after another."""
     lines = [x.src_ip for x in ms if x.access in LINE_KINDS]
     return len(lines) >= 3 and 2 * len(lines) >= 3 * len(set(lines))
-
-
-def _crowded(ms: list[Member]) -> bool:
-    """Whether the accounts crowd onto few machines (:func:`on_few_machines`) or
-    addresses: at least three accounts per two addresses.
-
-    A burst paced minutes apart is a weak coincidence on its own (a quiet exit's few
-    unrelated users clump by chance); a farm room runs many accounts per machine
-    behind few exit hosts.
-    """
-    return on_few_machines(ms) or 2 * len(ms) >= 3 * len({x.src_ip for x in ms})
 
 
 def _hosted(ms: list[Member]) -> bool:
@@ -249,7 +244,8 @@ class Grouping:
                 if len(cand) < minimum or (kind != TPL and len(part.bg_rtts) < MIN_BACKGROUND
                                            and no_burst(part, len(cand), span, s)
                                            and not self._machine_judged(part, p, cand)
-                                           and not self._address_judged(p, cand)):
+                                           and not self._address_judged(p, cand)
+                                           and not private_judged(part, p, cand, s)):
                     continue
                 covered = self._covered(part, cand)
                 if m.sid in covered:
@@ -357,6 +353,11 @@ class Grouping:
                 if not stands_out(inside, others, part.bg_rtts, s):
                     return None
                 share = b.share(part.bg_rtts)
+            elif pattern.startswith(_NET_AS):  # a room through /24s of its own
+                pb = private_burst(part, pattern, [x for x in cand if b.holds(x)], b, span, s)
+                if pb is not None:
+                    f = features(part, pb.members, s)
+                    return Assessment(pb.members, score(kind, f), f)
             cand = inside
             n = len(cand)
         if n < minimum:
@@ -395,7 +396,7 @@ class Grouping:
         """Whether a name-less candidate (``share``: its RTT band's share of the
         background) is a farm's burst: surprising against the background; on a /24
         exit (a residential proxy), crowded onto few addresses; paced minutes apart,
-        crowded onto few machines or addresses (:func:`_crowded`)."""
+        crowded onto few machines or addresses (:func:`.machines.crowded`)."""
         s = self.settings
         n = len(cand)
         lam = share * expected(part, n, span, s)
@@ -405,7 +406,7 @@ class Grouping:
         if part.kind == NET and not pattern.startswith(_NET_AS) \
                 and len({x.src_ip for x in cand}) * 2 > n:
             return False
-        return span <= s.burst_s or _crowded(cand)
+        return span <= s.burst_s or crowded(cand)
 
     def _machine_burst(self, part: Partition, pattern: str, cand: list[Member],
                        lam: float) -> bool:

@@ -38,7 +38,8 @@ from collections.abc import Collection, Sequence
 
 from pathsentry.detectors.farm.model import Member, Partition
 
-__all__ = ["MAX_SEEN", "PRIOR_SEEN", "drop", "leave", "machine_share", "on_shared_machines", "put"]
+__all__ = ["MAX_SEEN", "PRIOR_SEEN", "crowded", "drop", "leave", "machine_share", "on_few_machines",
+           "on_shared_machines", "put"]
 
 #: background members counted before both counts are halved
 MAX_SEEN = 1024.0
@@ -135,3 +136,14 @@ def on_few_machines(ms: Sequence[Member]) -> bool:
     on four machines do)."""
     devices = [x.device for x in ms if x.device]
     return len(devices) >= 3 and 2 * len(devices) >= 3 * len(set(devices))
+
+
+def crowded(ms: Sequence[Member]) -> bool:
+    """Whether the accounts crowd onto few machines (:func:`on_few_machines`) or
+    addresses: at least three accounts per two addresses.
+
+    A burst paced minutes apart is a weak coincidence on its own (a quiet exit's few
+    unrelated users clump by chance); a farm room runs many accounts per machine
+    behind few exit hosts.
+    """
+    return on_few_machines(ms) or 2 * len(ms) >= 3 * len({x.src_ip for x in ms})

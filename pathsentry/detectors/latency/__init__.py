@@ -29,7 +29,12 @@ of the same session) the detector weighs five kinds of evidence:
     server's learned overhead, or the slowest app sample less the cost and one
     whole tick (an honest client's samples all land within one tick of its round
     trip, so a relay leg hidden in the fastest sample's phase shows in the
-    slowest); never a raw app figure. What it exceeds beyond
+    slowest); never a raw app figure. The session's app probes from other
+    vantages are judged the same way against each vantage's own learned overhead:
+    an application round trip reaches the client whatever the relay, so a leg the
+    login server's long tick hides shows on a vantage with a short tick or none,
+    and a login proven relayed by a late probe marks its exit prefix (whose
+    earlier sessions are re-assessed). What it exceeds beyond
     that (and a per-access-kind tolerance) is the detour, expressed in ms and in
     km (100 km per ms of RTT).
 ``vantage``

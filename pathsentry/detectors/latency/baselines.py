@@ -27,7 +27,11 @@ minority and windowed so that a patch day is absorbed:
     tick, which the cost (the gap less the tick's share) would inherit.
 ``cost``
     median of the phase-corrected gap ``gap - tick * (1 - 0.5 ** (1 / k))``
-    (less the phase's median). Relays only add to the gap, so a relayed share
+    (less the phase's median), with the tick as it is now: a vote keeps its gap
+    and its phase's share, not a figure corrected once, so the votes cast before
+    the tick was learned (uncorrected: on a 90 ms tick a third of a tick high) do
+    not keep the cost high for as long as their prefixes stay in the window, which
+    on a quiet server is hours. Relays only add to the gap, so a relayed share
     below about 40 % of the window leaves the median near the honest one (the high
     quantiles would not be: the relays sit there).
 ``noise``
@@ -188,7 +192,7 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_cost", "_figures", "_seq", "_tick", "_u", "key", "n")
+    __slots__ = ("_cost", "_figures", "_phase", "_seq", "_tick", "_u", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -200,7 +204,10 @@ class Overhead:
         self._tick = _Votes(TICK_WINDOW * window)
         #: the tick's votes are one per login, not per exit prefix (see :meth:`update`)
         self._seq = 0
+        #: the gaps (ms), one per exit prefix, and each one's phase share ``1 - 0.5 ** (1 /
+        #: k)``: the tick's fraction its phase-corrected figure takes off
         self._cost = _Votes(window)
+        self._phase: dict[str, float] = {}
         #: standardised gap residuals (clipped to +-3), one per exit prefix
         self._u = _Votes(window)
         self._figures: tuple[float, float, float, float] | None = None
@@ -243,8 +250,17 @@ class Overhead:
         return len(self._cost)
 
     def cost(self) -> float:
-        """The fixed cost (ms): median phase-corrected gap."""
-        return self._cost.quantile(0.5)
+        """The fixed cost (ms): the median of the gaps less their phase's median at the
+        tick as it is now (none before ``MIN_TICK_LOGINS`` multi-sample logins)."""
+        t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
+        phase = self._phase
+        if not t or not phase:
+            return self._cost.quantile(0.5)
+        s = sorted(v - t * phase.get(source, 0.0) for source, v in self._cost.votes.items())
+        pos = 0.5 * (len(s) - 1)
+        i = int(pos)
+        j = min(i + 1, len(s) - 1)
+        return s[i] + (s[j] - s[i]) * (pos - i)
 
     def expected(self, k: int) -> float:
         """Expected gap (ms) of a login with ``k`` app samples."""
@@ -264,14 +280,20 @@ class Overhead:
             self._tick.add(f"#{self._seq}", spread / spread_median(k))
         if gap is not None:
             self.n += 1
-            t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
             # less the phase's median (not its mean: the minimum of k phases is skewed,
-            # so the median of ``gap - tick / (k + 1)`` would sit below the cost)
-            self._cost.add(source, gap - t * (1.0 - 0.5 ** (1.0 / max(1, k))))
+            # so the median of ``gap - tick / (k + 1)`` would sit below the cost), taken
+            # at the tick :meth:`cost` reads
+            votes = self._cost
+            votes.add(source, gap)
+            phase = self._phase
+            phase[source] = 1.0 - 0.5 ** (1.0 / max(1, k))
+            if len(phase) > len(votes.votes):  # the window dropped its oldest prefix
+                for gone in [s for s in phase if s not in votes.votes]:
+                    del phase[gone]
 
     def snapshot(self) -> dict[str, Any]:
         return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot(),
-                "u": self._u.snapshot()}
+                "phase": [[k, v] for k, v in self._phase.items()], "u": self._u.snapshot()}
 
     @classmethod
     def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
@@ -281,6 +303,8 @@ class Overhead:
         o._seq = len(o._tick) + max((int(k[1:]) for k in o._tick.votes
                                      if k.startswith("#") and k[1:].isdigit()), default=0)
         o._cost = _Votes(window, snap["cost"])
+        # a vote without its phase share was saved corrected already
+        o._phase = {str(k): float(v) for k, v in snap.get("phase", []) if k in o._cost.votes}
         o._u = _Votes(window, snap.get("u", []))
         return o
 

@@ -156,24 +156,29 @@ class LatencyDetector(Snapshots, Evidence):
         vantage = probe.vantage_id
         probes = sess.probes
         changed = True
+        at = 0  # where the probe's (vantage, method) entry is
         if probes is None:
             sess.probes = probes = [_intern(vantage), _intern(probe.method), lo, len(rtt)]
         else:
             method = probe.method
-            for i in range(0, len(probes), 4):
-                if probes[i] == vantage and probes[i + 1] == method:
-                    probes[i + 3] += len(rtt)  # more samples: a tighter phase bound
-                    if lo < probes[i + 2]:  # the disk shrinks
-                        probes[i + 2] = lo
+            for at in range(0, len(probes), 4):
+                if probes[at] == vantage and probes[at + 1] == method:
+                    probes[at + 3] += len(rtt)  # more samples: a tighter phase bound
+                    if lo < probes[at + 2]:  # the disk shrinks
+                        probes[at + 2] = lo
                     else:
                         changed = False
                     break
             else:
                 if len(probes) >= 4 * MAX_VANTAGES:
                     return None
+                at = len(probes)
                 sess.probes = probes = [*probes, _intern(vantage), _intern(probe.method), lo, len(rtt)]
         if sess.event_id is None:
             return None  # the login will assess the probes
+        # physics on the app round trip from this vantage (its samples so far)
+        stronger = probe.method == "app" and \
+            self._judge_probe(sess, vantage, probes[at + 2], probes[at + 3]) is not None
         if changed:
             geo = sess.geo
             d = self.geometry.distances.get((vantage, geo.lat, geo.lon))
@@ -203,7 +208,11 @@ class LatencyDetector(Snapshots, Evidence):
                 excess, z = self.baseline_z(sess, b)
                 if not excess > 5.0 or not z > 2.0:
                     return None
-        return self._reassess(sess, gv)
+        out = self._reassess(sess, gv)
+        if stronger and self.proves(self._score(sess, False, gv)[0]) and self.prove_login(sess):
+            # the login is proven relayed after the fact: its exit may now be a known one
+            out = self._revisit_prefix(sess, out)
+        return out
 
     def _reassess(self, sess: Session, verdict: GapVerdict | None = None) -> Findings | None:
         comps, model, _, _, _, raw, _ = self._score(sess, False, verdict)
@@ -379,25 +388,61 @@ class LatencyDetector(Snapshots, Evidence):
         return excess
 
     def _judge_physics(self, sess: Session) -> float | None:
-        """Physics, fixed for the session, on a network RTT (never a raw app figure);
-        returns the excess over the claim's expectation (ms, ``None`` without a located
-        claim, a known server or a network RTT)."""
+        """Physics, fixed for the session, on a network RTT (never a raw app figure): the
+        login's, or an app probe's from another vantage where that one shows a larger
+        excess (:meth:`_judge_probe`); returns the excess over the claim's expectation
+        (ms, ``None`` without a located claim, a known server or a network RTT)."""
         geo, server = sess.geo, sess.server
-        lat, lon = geo.lat, geo.lon
         excess: float | None = None
+        sess.phys_at = None
         phys = sess.phys_net = None if server is None else self.physics_net(sess)
-        if phys is None or lat is None or lon is None:
-            sess.phys_s = sess.phys_feat = 0.0
-        else:
+        sess.phys_s = sess.phys_feat = 0.0
+        if phys is not None and geo.lat is not None and geo.lon is not None:
             assert server is not None
-            expected, tol, slack_ms, hi = self.geometry.expectation(server, geo, lat, lon)
-            excess = phys[0] - expected
-            x = excess - tol - slack_ms
-            sess.phys_s = 0.0 if x <= 0.0 else 1.0 if x >= hi else x / (hi - 0.0)  # ramp(x, 0, hi)
-            x = excess - tol
-            x = x if x > 0.0 else 0.0
-            sess.phys_feat = x / (x + 20.0) if x else 0.0  # squash(excess - tol, 20), one shared zero
+            excess = self._physics_of(sess, server, phys[0])
+        probes = sess.probes
+        if probes is not None:
+            for i in range(0, len(probes), 4):
+                if probes[i + 1] == "app":
+                    got = self._judge_probe(sess, probes[i], probes[i + 2], probes[i + 3])
+                    if got is not None:
+                        excess = got
         return excess
+
+    def _physics_of(self, sess: Session, server: Server, net: float) -> float:
+        """Set the session's physics strength and model feature from network RTT ``net``
+        (ms) to ``server``; returns the excess over the claim's expectation (ms)."""
+        geo = sess.geo
+        assert geo.lat is not None and geo.lon is not None
+        expected, tol, slack_ms, hi = self.geometry.expectation(server, geo, geo.lat, geo.lon)
+        excess = net - expected
+        x = excess - tol - slack_ms
+        sess.phys_s = 0.0 if x <= 0.0 else 1.0 if x >= hi else x / (hi - 0.0)  # ramp(x, 0, hi)
+        x = excess - tol
+        x = x if x > 0.0 else 0.0
+        sess.phys_feat = x / (x + 20.0) if x else 0.0  # squash(excess - tol, 20), one shared zero
+        return excess
+
+    def _judge_probe(self, sess: Session, vantage: str, app_min: float, k: int) -> float | None:
+        """Physics on an app probe from ``vantage`` (:meth:`~.scoring.Scoring.probe_net`),
+        taken as the session's physics when its excess beyond the access kind's tolerance
+        is larger than what physics judged so far; returns that excess (ms), ``None`` when
+        it is not larger (or there is no figure: a cold vantage, an unlocated claim)."""
+        geo = sess.geo
+        if geo.lat is None or geo.lon is None:
+            return None
+        server = self._server(vantage)
+        net = None if server is None else self.probe_net(sess, vantage, app_min, k)
+        if net is None:
+            return None
+        assert server is not None
+        expected, tol = self.geometry.expectation(server, geo, geo.lat, geo.lon)[:2]
+        x = net - expected - tol
+        if not x > 0.0 or x / (x + 20.0) <= sess.phys_feat:
+            return None
+        sess.phys_at = vantage
+        sess.phys_net = (net, f"app probe from {vantage} less learned overhead")
+        return self._physics_of(sess, server, net)
 
     def _learn(self, sess: Session, feats: tuple[float, ...]) -> None:
         value = sess.app_min

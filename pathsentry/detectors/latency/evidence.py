@@ -168,7 +168,8 @@ class Evidence(Scoring):
         return out
 
     def _explain_physics(self, sess: Session, reasons: list[str]) -> dict[str, Any]:
-        geo, server = sess.geo, sess.server
+        geo = sess.geo
+        server = sess.server if sess.phys_at is None else self.server_of(sess.phys_at)
         if server is None or geo.lat is None or geo.lon is None:
             return {"verdict": "no located claim or unknown server"}
         phys = sess.phys_net
@@ -197,6 +198,8 @@ class Evidence(Scoring):
         }
         if geo.precision == "country":
             out["note"] = "claimed point is the country's reference point"
+        if sess.phys_at is not None:
+            out["app_probe"] = self._probe_figures(sess, sess.phys_at)
         if source == "slowest app sample less cost and one tick":
             o = self.overhead.get(sess.oh_key)
             if o is not None:
@@ -217,6 +220,22 @@ class Evidence(Scoring):
                 f"{kind} client {dist:.0f} km from {server.id}: {excess:.0f} ms ≈ "
                 f"{excess * KM_PER_MS_RTT:.0f} km of detour"
             )
+        return out
+
+    def _probe_figures(self, sess: Session, vantage: str) -> dict[str, Any]:
+        """What physics took from the session's app probe of ``vantage``: its minimum and
+        sample count beside the vantage's learned overhead."""
+        probes = sess.probes or []
+        out: dict[str, Any] = {"vantage": vantage}
+        for i in range(0, len(probes), 4):
+            if probes[i] == vantage and probes[i + 1] == "app":
+                out.update(app_rtt_min_ms=round(probes[i + 2], 2), samples=probes[i + 3])
+        figures = self.overhead.warm_figures(self.vantage_key(sess, vantage), self.overhead_warmup)
+        if figures is not None:
+            out.update(learned_cost_ms=round(figures[0], 2), learned_tick_ms=round(figures[1], 2),
+                       phase_quantile=1.0 - self.phase_alpha,
+                       spike_allowance_ms=round(
+                           self.spike_allowance_of(sess.geo.kind, out.get("samples", 0)), 2))
         return out
 
     def _explain_baseline(

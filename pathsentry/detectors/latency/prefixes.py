@@ -315,14 +315,34 @@ class ExitPrefixes:
                     rows += hist[i:i + _ROW]
             hist = tuple(rows)
         gap = None if gv is None or gv.bound is None else round(gv.gap, 3)
-        keep_p = 1.0
-        if comps is not None:
-            for name in _INTRINSIC:
-                v = comps.get(name, 0.0)
-                keep_p *= 1.0 - (v if v < 1.0 else 1.0)
-        proven = 1 if 1.0 - keep_p >= self.proven_min else 0
+        proven = 1 if self.proves(comps) else 0
         hist += (sid, sess.oh_key, gap, 0 if gv is None else gv.k, sess.geo.kind or "?",
                  sess.account, proven)
         self.prefix_gaps.put(sess.prefix, hist[-_ROW * keep:])
         return bool(proven)
+
+    def proves(self, comps: dict[str, float] | None) -> bool:
+        """Whether a login's own physics (gap, physics, vantage components) proves it
+        relayed: their noisy-OR is at least ``proven_min``."""
+        if comps is None:
+            return False
+        keep_p = 1.0
+        for name in _INTRINSIC:
+            v = comps.get(name, 0.0)
+            keep_p *= 1.0 - (v if v < 1.0 else 1.0)
+        return 1.0 - keep_p >= self.proven_min
+
+    def prove_login(self, sess: Session) -> bool:
+        """Mark the session's login proven relayed in its exit prefix's history (evidence
+        that came after the login: an app probe's physics); returns whether the mark is
+        new (the prefix's other sessions are then worth re-assessing)."""
+        hist = self.prefix_gaps._d.get(sess.prefix)
+        if hist is None:
+            return False
+        sid = sess.session_id or sess.event_id
+        for i in range(0, len(hist), _ROW):
+            if hist[i] == sid and not hist[i + 6]:
+                self.prefix_gaps._d[sess.prefix] = (*hist[:i + 6], 1, *hist[i + _ROW:])
+                return True
+        return False
 

@@ -68,6 +68,9 @@ class _Overhead(Saved):
     n: Count
     tick: Votes
     cost: Votes
+    #: each cost vote's phase share ``1 - 0.5 ** (1 / k)`` (absent: saved corrected)
+    phase: list[tuple[Name, Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]]] = \
+        Field(default_factory=list)
     u: list[tuple[Name, Residual]] = Field(default_factory=list)
 
 

@@ -9,7 +9,9 @@ game loop with a 100 ms tick does not look like a relay. Physics judges a networ
 RTT: the kernel TCP RTT, or the app minimum less the learned overhead (cost and the
 ``1 - phase_alpha`` quantile of the phase), or the slowest app sample less the cost,
 one whole tick, ``gap_z`` noise scales and the spike allowance
-(:meth:`Scoring.slowest_bound`), never a raw app figure. The prefix
+(:meth:`Scoring.slowest_bound`), never a raw app figure; an app probe from another
+vantage is judged the same way against that vantage's learned overhead
+(:meth:`Scoring.probe_net`). The prefix
 baselines hold app minima and are compared with app minima. A server not warmed up
 (gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
 physics: the evidence says so and the other components carry the decision.
@@ -303,6 +305,30 @@ class Scoring(ExitPrefixes):
                 return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
         return app_lo, label
 
+    def probe_net(self, sess: Session, vantage: str, app_min: float, k: int) -> float | None:
+        """The network RTT (ms) from the client to ``vantage`` an app probe of the session
+        shows: its minimum over ``k`` samples less the vantage's learned cost and the ``1 -
+        phase_alpha`` quantile of its phase (and the access kind's spike allowance for one
+        or two samples), the login's own figure arithmetic (:meth:`physics_net`). The
+        vantage answers on its own game loop, learned from its own logins (with the
+        login's platform where it names one); ``None`` while that overhead is cold, and
+        for one or two samples before ``spike_warmup`` logins of the access kind taught
+        its spike allowance. An application round trip goes all the way to the client
+        whatever the relay, so on a vantage with a short tick (or none) a client-relay
+        leg the login server's long tick hides shows here."""
+        figures = self.overhead.warm_figures(self.vantage_key(sess, vantage), self.overhead_warmup)
+        if figures is None or (k <= 2 and self.overhead.spike_votes(sess.geo.kind or "?")
+                               < self.spike_warmup):
+            return None
+        return (app_min - figures[0] - figures[1] * phase_quantile(k, self.phase_alpha)
+                - self.spike_allowance_of(sess.geo.kind, k))
+
+    @staticmethod
+    def vantage_key(sess: Session, vantage: str) -> str:
+        """The overhead key of ``vantage`` for the session's platform (as its login's)."""
+        oh_key, server_id = sess.oh_key, sess.server_id
+        return vantage if oh_key == server_id else vantage + oh_key[len(server_id):]
+
     def slowest_bound(self, sess: Session, cost: float, tick: float) -> float | None:
         """The network RTT (ms) the login's slowest app sample proves at least: a game
         loop answers within ``cost + tick`` of the network round trip, so the slowest
@@ -345,7 +371,11 @@ class Scoring(ExitPrefixes):
     def spike_allowance(self, sess: Session) -> float:
         """What one or two app samples of the login's access kind may carry in spikes
         (:meth:`~.baselines.OverheadBook.spike`; 0 for three samples or more)."""
-        return self.overhead.spike(sess.geo.kind or "?") if sess.app_n <= 2 else 0.0
+        return self.spike_allowance_of(sess.geo.kind, sess.app_n)
+
+    def spike_allowance_of(self, kind: str | None, k: int) -> float:
+        """What ``k`` app samples of access ``kind`` may carry in spikes (0 for ``k >= 3``)."""
+        return self.overhead.spike(kind or "?") if k <= 2 else 0.0
 
     def baseline_z(self, sess: Session, b: Baseline) -> tuple[float, float]:
         """(excess ms over the baseline's p90, less the spike allowance of a login with

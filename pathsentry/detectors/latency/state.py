@@ -39,7 +39,7 @@ class Session:
 
     __slots__ = (
         "account", "allowed", "app_min", "app_n", "app_p10", "app_spread", "event_id", "flagged",
-        "geo", "k_asn", "k_country", "k_prefix", "oh_key", "phys_feat", "phys_net", "phys_s",
+        "geo", "k_asn", "k_country", "k_prefix", "oh_key", "phys_at", "phys_feat", "phys_net", "phys_s",
         "prefix", "probes", "route", "score", "server", "server_id", "session_id", "src_ip", "tcp",
         "ts", "worst_km",
     )
@@ -64,6 +64,8 @@ class Session:
     phys_feat: float
     #: the network RTT estimate physics judged (ms) and where it came from
     phys_net: tuple[float, str] | None
+    #: the vantage whose app probe that estimate came from (``None``: the login itself)
+    phys_at: str | None
     prefix: str
     #: the session's route notes, kept only when the route has a foreign origin
     route: dict[str, Any] | None

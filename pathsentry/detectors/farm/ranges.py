@@ -1,0 +1,134 @@
+"""A hosting range's /24s: which of them the exit's other users come through, and a
+burst through the ones they do not.
+
+A VPN service's users leave a hosting network through the few /24s its exit hosts sit
+in, so they meet there: a /24 shared by a range's users ties nothing
+(:func:`~pathsentry.detectors.farm.exits.kindred`). A farm renting hosts of its own in
+the same network comes through /24s the service's users do not use, from its first
+logins, before any of its machines or hosts carries a second account.
+
+How often an arrival comes through a /24 the exit's other users did not use is
+learned from them (the pattern's ungrouped accounts in the partition now, the
+candidate's excepted): the Good-Turing estimate of an unseen kind, the /24s used by
+exactly one of the ``N`` others plus one, over ``N + 1`` (:func:`unused_share`; 1
+with no other account -- nothing is thinned -- and at least ``1 / (N + 1)``). A
+service spread over many /24s shows many /24s used once, and its share stays high; one
+whose users crowd a few /24s teaches a small one.
+
+The judge (:func:`private_burst`): the candidate's members inside its RTT band that
+came through unused /24s (:func:`on_unused`), at least ``min_size_unnamed`` of them,
+must be that many against the others' /24s -- the beta-binomial tail
+(:func:`~pathsentry.detectors.farm.suspicion.tail`) of so many of the band's members
+through unused /24s, the share learned from the others' /24s seen once, its
+uncertainty included (a handful of others teaches nothing), below ``max_burst_p`` --
+and are a burst when the Poisson probability of that many arrivals against the exit's
+expected count (:func:`~pathsentry.detectors.farm.background.expected`, thinned by the
+band's share of the others' RTTs and by the unused share) stays below
+``max_burst_p``; paced minutes apart (``window_s``) they must also crowd onto few
+machines or addresses, as every name-less candidate must. A partition whose background
+predicts no arrival at all (no history, no class prior) gives no verdict: a first
+hour's few users are no evidence of a rate.
+
+>>> from pathsentry.detectors.farm.model import Member
+>>> def m(i, prefix): return Member(f"s{i}", f"a{i}", 0.0, None, None, "", prefix)
+>>> others = [m(1, "45.76.1.0/24"), m(2, "45.76.1.0/24"), m(3, "45.76.2.0/24")]
+>>> unused_share(others), unused_share([]), unused_share(others[:2])
+(0.5, 1.0, 0.3333333333333333)
+>>> [x.account for x in on_unused([m(4, "43.200.7.0/24"), m(5, "45.76.2.0/24")], others)]
+['a4']
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from pathsentry.detectors.farm.background import burst_p, expected
+from pathsentry.detectors.farm.exits import Band
+from pathsentry.detectors.farm.machines import crowded
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
+from pathsentry.detectors.farm.suspicion import tail
+
+__all__ = ["PrivateBurst", "on_unused", "others_of", "private_burst", "private_judged",
+           "unused_share"]
+
+_NET_AS = "net:AS"
+
+
+def others_of(part: Partition, pattern: str, live: Collection[str]) -> list[Member]:
+    """The pattern's ungrouped accounts in the partition now, those in ``live`` (the
+    session ids under judgement) excepted: the exit's other users."""
+    return [x for x in part.index.get(pattern, {}).values()
+            if x.sid not in live and x.group is None]
+
+
+def _once(others: Sequence[Member]) -> int:
+    """How many /24s exactly one of ``others`` used."""
+    return sum(1 for c in Counter([x.prefix for x in others]).values() if c == 1)
+
+
+def unused_share(others: Sequence[Member]) -> float:
+    """The learned chance that an arrival comes through a /24 none of ``others`` used
+    (see the module docstring)."""
+    n = len(others)
+    if not n:
+        return 1.0
+    return min(1.0, (_once(others) + 1.0) / (n + 1.0))
+
+
+def on_unused(ms: Sequence[Member], others: Sequence[Member]) -> list[Member]:
+    """The members of ``ms`` that came through a /24 none of ``others`` used."""
+    used = {x.prefix for x in others}
+    return [x for x in ms if x.prefix not in used]
+
+
+def private_judged(part: Partition, pattern: str, cand: Sequence[Member], s: FarmSettings
+                   ) -> bool:
+    """Whether :func:`private_burst` may take ``cand``: a hosting range, and
+    ``min_size_unnamed`` of its members through /24s the exit's other users did not use
+    (else the burst bound without thinning holds for it too)."""
+    if not pattern.startswith(_NET_AS):
+        return False
+    others = others_of(part, pattern, {x.sid for x in cand})
+    return len(on_unused(cand, others)) >= s.min_size_unnamed
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateBurst:
+    """What :func:`private_burst` found: the members, the learned unused share, the
+    expected count it was judged against and the tail probability."""
+
+    members: list[Member]
+    share: float
+    expected: float
+    p: float
+
+
+def private_burst(part: Partition, pattern: str, inside: Sequence[Member], b: Band,
+                  span: float, s: FarmSettings) -> PrivateBurst | None:
+    """The band's members ``inside`` that came through /24s the exit's other users did
+    not use, when they are a burst (see the module docstring); else ``None``."""
+    live = {x.sid for x in inside}
+    others = others_of(part, pattern, live)
+    ms = on_unused(inside, others)
+    n = len(ms)
+    if n < s.min_size_unnamed:
+        return None
+    # the /24s first: this many of the band's members through unused /24s, against the
+    # others' /24s seen once among them (the beta-binomial tail: its uncertainty
+    # included, a handful of others is no evidence)
+    if tail(n, len(inside), float(_once(others)), float(len(others) - _once(others))) \
+            > s.max_burst_p:
+        return None
+    share = unused_share(others)
+    lam = expected(part, n, span, s)
+    if lam <= 0.0:
+        return None
+    lam *= share * b.share([*part.bg_rtts, *(x.rtt for x in others if x.rtt is not None)])
+    p = burst_p(n, lam)
+    if p > s.max_burst_p:
+        return None
+    if span > s.burst_s and not crowded(ms):
+        return None
+    return PrivateBurst(ms, round(share, 4), round(lam, 4), p)
