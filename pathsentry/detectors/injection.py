@@ -440,6 +440,8 @@ class InjectionDetector(Detector):
         origin_wide = anomaly is not None and self.window.origin_wide(host, anomaly, ev.ts)
         others = self.window.others(host, net, ev.ts)
         others_tls = None if verdict.tls else self.window.others_tls(host, net, ev.ts)
+        base = None if verdict.tls else self.window.baseline(net, ev.ts)
+        base_tls = None if verdict.tls else self.window.tls_baseline(net, ev.ts)
         suspect = verdict.suspect and not origin_wide
         delta = _delta(probe)
         if not verdict.suspect:
@@ -459,6 +461,10 @@ class InjectionDetector(Detector):
             "origin_wide": origin_wide,
             "others": None if others is None else round(others, 4),
             "others_tls": others_tls,
+            "baseline": None if base is None else base[0],
+            "baseline_n": None if base is None else base[1],
+            "baseline_tls": None if base_tls is None else base_tls[0],
+            "baseline_tls_n": None if base_tls is None else base_tls[1],
             "content": [e.code for e in content],
         }
         if not suspect:

@@ -58,6 +58,25 @@ is positive. Asking instead that the two Wilson intervals do not overlap tests a
 z·√2 and needs some eight suspects even when TLS and the other ASNs show none, so an
 ISP whose box forged a few answers each for six or seven subscribers went unnamed.
 
+**Exact tails.** Both intervals take the reference's uncertainty to be that of the
+cell's own ``n`` probes, so three forged answers in a few dozen are never above
+anything. A cell that fails them is judged again on the *baselines* its probes carry
+(``notes["injection"]["baseline"]``, ``["baseline_tls"]``, from
+:meth:`~pathsentry.detectors.injection_window.NetworkWindow.baseline`): the median
+other network's flagged rate and its TLS path-anomaly rate over their answers to every
+origin in the last hours, with the answers they rest on. It is above them when both
+beta-binomial tails -- ``k`` suspects or more in ``n`` probes at a rate drawn from the
+reference's Jeffreys posterior -- are at most ``alpha`` (0.001: z = 1.96's one-sided
+0.025 shared among a day's 24 hours). The rate against the other networks is the
+larger of their baseline and their rate in the same minutes (``ref``), so an origin
+failure still raises it; the TLS reference is the ISP's own TLS control topped up
+with the others' TLS baseline unless its own rate is above theirs (``tls_borrow``).
+``min_probes`` still applies: the first minutes of an outage, before the other
+networks' answers show it, hold a few flagged answers and nothing to contrast them
+with. Only the contrasts change; the sources needed do not (see *Framing*): the tails
+name injectors of three or four sources at the suspected level, or confirmed with a
+sensor witness, and ``alpha = 0`` turns them off.
+
 **Framing.** The guard against framing is the count of distinct sources, not the rate
 nor the path marks: a client report's TTLs, headers and timings are numbers its
 sender writes, so a colluder can give them any box's signature, on any ports and in
@@ -127,6 +146,7 @@ from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findi
 from pathsentry.detectors.injection import NOTES_KEY
 from pathsentry.detectors.injection_counts import (
     Cell,
+    beta_binomial_sf,
     borrowed_control,
     distinct_sources,
     expire,
@@ -194,6 +214,10 @@ class CellSettings:
     #: TLS path-anomaly rate at the same times (see the module docstring)
     tls_borrow: bool = True
     z: float = 1.96
+    #: the exact tails' level: a cell whose probes carry the other networks' baseline is
+    #: above it and above TLS when both tails are at most ``alpha`` (the default 0.001 is
+    #: z = 1.96's one-sided 0.025 shared among a day's 24 hours); 0: Newcombe at ``z``
+    alpha: float = 0.001
 
     @property
     def suspected_from(self) -> int:
@@ -377,7 +401,9 @@ class InjectionCellDetector(Detector):
         else:
             suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
             ref = float(verdict.get("others") or 0.0)
-            ref_tls = _rate(verdict.get("others_tls"))
+            ref_tls = _pool(verdict.get("others_tls"), 0.0)
+            base = _pool(verdict.get("baseline"), verdict.get("baseline_n"))
+            tbase = _pool(verdict.get("baseline_tls"), verdict.get("baseline_tls_n"))
             if suspect:
                 self._vouch(group, probe, client, ev.account, line)
             keys = [(p, probe.target.port, h) for p, h in (
@@ -385,7 +411,8 @@ class InjectionCellDetector(Detector):
             keys += [(ALL, ANY_PORT, ANY_HOUR), (ALL, ANY_PORT, hour)]
             for cell_key in keys:
                 touch(group.cells, cell_key, s.max_cells, evicted).add(
-                    client, suspect, ts, probe.event_id, s, ref, ref_tls)
+                    client, suspect, ts, probe.event_id, s, ref,
+                    None if ref_tls is None else ref_tls[0], base, tbase)
                 touched.append(cell_key)
         if evicted:
             self._drop(group, evicted)
@@ -525,26 +552,74 @@ class InjectionCellDetector(Detector):
         lower = wilson_lower(k, n, s.z)
         if lower < s.min_rate:
             return CLEAN
-        if rate_above(k, n, sum(c.ref for c in cells), n, s.z, lower) <= 0.0:
-            return CLEAN  # the other networks saw as much at the same times
-        if prefix == LINES:
-            n_tls, k_tls = sum_cells(group.tls.get((p, hour)) for p in lines)
-        else:
-            n_tls, k_tls = sum_cells([group.tls.get((prefix, hour))])
-        borrowed = None if not s.tls_borrow else borrowed_control(
-            n, n_tls, k_tls, sum(c.ref_tls for c in cells), sum(c.ref_tls_n for c in cells), s.z)
-        if borrowed is not None:
-            above = rate_above(k, n, borrowed[1], borrowed[0], s.z, lower) > 0.0
-        else:
-            above = n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z, lower) > 0.0
-        if not above:
-            return CLEAN
+        n_tls, k_tls = self._tls_of(group, key, lines)
+        if not (rate_above(k, n, sum(c.ref for c in cells), n, s.z, lower) > 0.0
+                and self._above_tls(k, n, cells, n_tls, k_tls, lower)):
+            # (not above the other networks at the same times, or TLS, at ``z``: the
+            # exact tails against their baselines may still tell)
+            tails = self._tails(k, n, cells, n_tls, k_tls, s.alpha)
+            if tails is None or max(tails) > s.alpha:
+                return CLEAN
         if len(sources) >= s.min_suspect_clients:
             return CONFIRMED
         witnessed = sum(1 for w in sources if w in group.witnesses)
         return CONFIRMED if 0 < s.min_sensor_witnesses <= witnessed else SUSPECTED
 
+    @staticmethod
+    def _tls_of(group: _Group, key: CellKey, lines: Set[str]) -> tuple[int, int]:
+        """(probes, path-anomalous) of the TLS control of the cell at ``key``."""
+        prefix, _, hour = key
+        if prefix == LINES:
+            return sum_cells(group.tls.get((p, hour)) for p in lines)
+        return sum_cells([group.tls.get((prefix, hour))])
+
+    def _above_tls(self, k: int, n: int, cells: list[Cell], n_tls: int, k_tls: int,
+                   lower: float) -> bool:
+        """The cell's rate is above its TLS control's (Newcombe, the borrowed control
+        when it applies): the rule for cells without a baseline."""
+        s = self.settings
+        borrowed = None if not s.tls_borrow else borrowed_control(
+            n, n_tls, k_tls, sum(c.ref_tls for c in cells), sum(c.ref_tls_n for c in cells), s.z)
+        if borrowed is not None:
+            return rate_above(k, n, borrowed[1], borrowed[0], s.z, lower) > 0.0
+        return n_tls < s.min_tls_probes or rate_above(k, n, k_tls, n_tls, s.z, lower) > 0.0
+
+    def _tails(self, k: int, n: int, cells: list[Cell], n_tls: int, k_tls: int,
+               stop: float = 1.0) -> tuple[float, float] | None:
+        """The exact tails of ``k`` suspects in ``n`` probes against the other networks
+        and against TLS (see *exact tails* in the module docstring); ``None``: no probe
+        of the cells had a baseline (or ``alpha`` is 0), the Newcombe rules apply.
+        ``stop``: a tail above it is only known to be (see ``beta_binomial_sf``)."""
+        s = self.settings
+        count = sum(c.base_c for c in cells)
+        if count <= 0 or s.alpha <= 0.0:
+            return None
+        size = sum(c.base_n for c in cells) / count
+        rate = min(1.0, max(sum(c.base for c in cells) / count, sum(c.ref for c in cells) / n))
+        others = beta_binomial_sf(k, n, rate * size + 0.5, (1.0 - rate) * size + 0.5, stop)
+        a, b = k_tls + 0.5, n_tls - k_tls + 0.5
+        borrowed = sum(c.tbase_c for c in cells)
+        rate_tls = sum(c.tbase for c in cells) / borrowed if borrowed else 0.0
+        if s.tls_borrow and borrowed and (
+                not n_tls or wilson_lower(k_tls, n_tls, s.z) <= rate_tls):
+            size_tls = sum(c.tbase_n for c in cells) / borrowed
+            a, b = a + rate_tls * size_tls, b + (1.0 - rate_tls) * size_tls
+        elif n_tls < s.min_tls_probes:
+            return others, 0.0  # no control to speak of: the other networks decide
+        return others, beta_binomial_sf(k, n, a, b, stop)
+
     # -- the alert --------------------------------------------------------------------
+
+    def _baseline_evidence(self, group: _Group, key: CellKey, c: Cell,
+                           lines: Set[str]) -> dict[str, Any]:
+        """The other networks' baseline beside the cell's rate, and the exact tails."""
+        if not c.base_c:
+            return {}
+        tails = self._tails(c.k, c.n, [c], *self._tls_of(group, key, lines))
+        return {"baseline_rate": round(c.base / c.base_c, 6),
+                "baseline_answers": round(c.base_n / c.base_c, 1),
+                "tail_other_asns": None if tails is None else float(f"{tails[0]:.3g}"),
+                "tail_tls": None if tails is None else float(f"{tails[1]:.3g}")}
 
     def _signature(self, group: _Group) -> Signature:
         all_ports = {k[1] for k in group.bad}
@@ -655,7 +730,8 @@ class InjectionCellDetector(Detector):
                      "other_asns_expected": round(c.ref, 2),
                      "suspect_clients": len(c.suspect_clients),
                      "rate": round(c.k / c.n, 4),
-                     "rate_lower": round(wilson_lower(c.k, c.n, s.z), 4)}
+                     "rate_lower": round(wilson_lower(c.k, c.n, s.z), 4),
+                     **self._baseline_evidence(group, (p, port, h), c, lines)}
                     for (p, port, h), c in bad_cells
                 ],
                 "level": level,
@@ -732,9 +808,13 @@ def _alert_level(group: _Group) -> str:
     return "suspected"
 
 
-def _rate(x: Any) -> float | None:
-    """A rate from a note: a number in [0, 1], else none."""
-    return float(x) if isinstance(x, (int, float)) and 0.0 <= x <= 1.0 else None
+def _pool(rate: Any, size: Any) -> tuple[float, float] | None:
+    """(rate, size) from a note's rate in [0, 1] and the answers it rests on (a
+    non-negative number; none: 0, the rate alone), else none."""
+    if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+        return None
+    ok = isinstance(size, (int, float)) and 0.0 <= size < float("inf")
+    return float(rate), float(size) if ok else 0.0
 
 
 def _dt(ts: float) -> datetime:

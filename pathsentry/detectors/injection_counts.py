@@ -14,10 +14,20 @@ the two intervals overlap: two 95 % intervals that just touch already differ at 
 z·√2 (p ≈ 0.006), so the overlap rule asks for roughly eight suspects even when the
 reference saw none, whatever the sample sizes.
 
+That interval takes the reference's uncertainty to be that of the cell's own ``n``
+probes. When the reference's real size is known (the other networks' answers over
+the last hour or so, pooled: hundreds or thousands), the exact tail
+:func:`beta_binomial_sf` is used instead: the chance that ``n`` probes at a rate drawn
+from the reference's Jeffreys posterior ``Beta(k_ref + ½, n_ref - k_ref + ½)`` hold
+``k`` suspects or more. Three forged answers in 13 probes are nothing to a Wilson
+interval against 0 of 13, and a tail of 4e-6 against 0 of 500.
+
 >>> round(wilson_lower(9, 10), 3), round(wilson_upper(0, 40), 3)
 (0.596, 0.088)
 >>> round(rate_above(6, 54, 0, 39), 4), round(rate_above(2, 54, 0, 39), 4)
 (0.0037, -0.0566)
+>>> f"{beta_binomial_sf(3, 13, 0.5, 500.5):.1e}", round(beta_binomial_sf(1, 13, 0.5, 500.5), 4)
+('4.0e-06', 0.0127)
 >>> format_hours(range(9, 18)), format_hours([22, 23, 0, 1]), format_hours([3, 9, 10])
 ('09–18', '22–02', '03–04, 09–11')
 """
@@ -30,7 +40,7 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Caps", "Cell", "borrowed_control", "distinct_sources", "expire",
+__all__ = ["Caps", "Cell", "beta_binomial_sf", "borrowed_control", "distinct_sources", "expire",
            "format_hours", "merge", "rate_above", "sum_cells", "touch", "wilson_lower", "wilson_upper"]
 
 
@@ -79,6 +89,33 @@ def rate_above(k: int, n: int, k_ref: float, n_ref: int, z: float = 1.96,
     below = p - (wilson_lower(k, n, z) if lower is None else lower)
     above = wilson_upper(round(k_ref), n_ref, z) - min(p_ref, 1.0)
     return p - p_ref - math.sqrt(below * below + max(above, 0.0) ** 2)
+
+
+def beta_binomial_sf(k: int, n: int, a: float, b: float, stop: float = 1.0) -> float:
+    """``P(X >= k)`` for ``X`` beta-binomial: ``n`` trials at a rate drawn from
+    ``Beta(a, b)`` (``a, b > 0``). Summed upward from ``k``; the sum stops once it
+    passes ``stop`` (then it is a lower bound of the tail, above ``stop``: enough to
+    tell a tail from a threshold) or its terms no longer count.
+
+    >>> round(beta_binomial_sf(0, 5, 1.0, 1.0), 6), round(beta_binomial_sf(5, 5, 1.0, 1.0), 6)
+    (1.0, 0.166667)
+    """
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    lg = math.lgamma
+    term = math.exp(lg(n + 1) - lg(k + 1) - lg(n - k + 1) + lg(k + a) + lg(n - k + b)
+                    - lg(n + a + b) + lg(a + b) - lg(a) - lg(b))
+    total = 0.0
+    mean = n * a / (a + b)
+    x = k
+    while True:
+        total += term
+        if total > stop or x >= n or (x > mean and term < 1e-12 * total):
+            return min(total, 1.0)
+        term *= (n - x) / (x + 1) * (x + a) / (n - x - 1 + b)
+        x += 1
 
 
 def borrowed_control(n: int, n_tls: int, k_tls: int, ref_sum: float, ref_n: int,
@@ -141,6 +178,16 @@ class Cell:
     #: summed (the control borrowed when the ISP's own TLS control is small)
     ref_tls: float = 0.0
     ref_tls_n: int = 0
+    #: the other networks' baselines (median flagged rate, answers pooled; see
+    #: :meth:`~pathsentry.detectors.injection_window.NetworkWindow.baseline`) at the
+    #: times of ``base_c`` probes, summed; and their TLS baselines (``tls_baseline``)
+    #: at the times of ``tbase_c`` probes
+    base: float = 0.0
+    base_n: float = 0.0
+    base_c: int = 0
+    tbase: float = 0.0
+    tbase_n: float = 0.0
+    tbase_c: int = 0
     first: float = math.inf
     last: float = 0.0
     first_suspect: float = math.inf
@@ -148,12 +195,22 @@ class Cell:
     examples: list[str] = field(default_factory=list)
 
     def add(self, client: str, bad: bool, ts: float, event_id: str, s: Caps,
-            ref: float = 0.0, ref_tls: float | None = None) -> None:
+            ref: float = 0.0, ref_tls: float | None = None,
+            base: tuple[float, float] | None = None,
+            tbase: tuple[float, float] | None = None) -> None:
         self.n += 1
         self.ref += ref
         if ref_tls is not None:
             self.ref_tls += ref_tls
             self.ref_tls_n += 1
+        if base is not None:
+            self.base += base[0]
+            self.base_n += base[1]
+            self.base_c += 1
+        if tbase is not None:
+            self.tbase += tbase[0]
+            self.tbase_n += tbase[1]
+            self.tbase_c += 1
         # (``min``/``max`` as comparisons: an equal time keeps the held one, as they do)
         if ts < self.first:
             self.first = ts
@@ -179,6 +236,8 @@ class Cell:
             "n": self.n, "k": self.k, "clients": sorted(self.clients),
             "suspect_clients": dict(sorted(self.suspect_clients.items())), "ref": self.ref,
             "ref_tls": self.ref_tls, "ref_tls_n": self.ref_tls_n,
+            "base": self.base, "base_n": self.base_n, "base_c": self.base_c,
+            "tbase": self.tbase, "tbase_n": self.tbase_n, "tbase_c": self.tbase_c,
             "first": _finite(self.first),
             "last": self.last, "first_suspect": _finite(self.first_suspect),
             "last_suspect": self.last_suspect, "examples": list(self.examples),
@@ -191,7 +250,11 @@ class Cell:
             n=d["n"], k=d["k"], clients=set(d["clients"]),
             suspect_clients=dict(by) if isinstance(by, dict) else dict.fromkeys(by, 1),
             ref=float(d.get("ref", 0.0)), ref_tls=float(d.get("ref_tls", 0.0)),
-            ref_tls_n=int(d.get("ref_tls_n", 0)), first=_inf(d["first"]), last=d["last"],
+            ref_tls_n=int(d.get("ref_tls_n", 0)),
+            base=float(d.get("base", 0.0)), base_n=float(d.get("base_n", 0.0)),
+            base_c=int(d.get("base_c", 0)), tbase=float(d.get("tbase", 0.0)),
+            tbase_n=float(d.get("tbase_n", 0.0)), tbase_c=int(d.get("tbase_c", 0)),
+            first=_inf(d["first"]), last=d["last"],
             first_suspect=_inf(d["first_suspect"]), last_suspect=d["last_suspect"],
             examples=list(d["examples"]),
         )
@@ -230,6 +293,9 @@ def merge(cells: Iterable[Cell | None]) -> Cell:
             continue
         out.n, out.k, out.ref = out.n + c.n, out.k + c.k, out.ref + c.ref
         out.ref_tls, out.ref_tls_n = out.ref_tls + c.ref_tls, out.ref_tls_n + c.ref_tls_n
+        out.base, out.base_n, out.base_c = out.base + c.base, out.base_n + c.base_n, out.base_c + c.base_c
+        out.tbase, out.tbase_n = out.tbase + c.tbase, out.tbase_n + c.tbase_n
+        out.tbase_c += c.tbase_c
         out.clients |= c.clients
         for who, count in c.suspect_clients.items():
             out.suspect_clients[who] = out.suspect_clients.get(who, 0) + count

@@ -101,6 +101,13 @@ class _Cell(Record):
     #: the other networks' TLS path-anomaly rates summed over ``ref_tls_n`` probes
     ref_tls: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
     ref_tls_n: NotRequired[Count]
+    #: the other networks' plaintext and TLS baselines (rates, sizes), summed
+    base: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    base_n: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    base_c: NotRequired[Count]
+    tbase: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    tbase_n: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    tbase_c: NotRequired[Count]
     first: Ts | None
     last: Ts
     first_suspect: Ts | None
@@ -148,6 +155,8 @@ def check_cells_state(state: Any) -> None:
         if g.sure is not None and not set(g.sure) <= set(g.bad):
             raise StateInvalid(f"injection_cells state: group {key[:80]!r}: a confirmed cell "
                                "that is not bad")
-        if any(c.get("ref_tls", 0.0) > c.get("ref_tls_n", 0) for c in cells):
+        if any(c.get("ref_tls", 0.0) > c.get("ref_tls_n", 0)
+               or c.get("base", 0.0) > c.get("base_c", 0)
+               or c.get("tbase", 0.0) > c.get("tbase_c", 0) for c in cells):
             raise StateInvalid(f"injection_cells state: group {key[:80]!r}: borrowed TLS rates "
                                "summing to more than one per probe")

@@ -17,7 +17,17 @@ does not normally answer with, a missing mark, ...). For one answer it tells
   network's probes, too few in ``window_s`` to say anything, and a path's anomalies
   change slowly): what an ISP's TLS control would show were its path like the
   others'. The cell stage borrows it when an ISP's own TLS control is smaller than the
-  plaintext cell it is compared with.
+  plaintext cell it is compared with;
+- the **baseline** of the other networks: their plaintext answers and flagged ones
+  to every origin, counts decayed with a half-life of ``plain_half_life_s``, as the
+  median network's flagged rate and the pooled answers it is measured over
+  (:meth:`NetworkWindow.baseline`), and their TLS answers and path-anomalous ones the
+  same way (:meth:`NetworkWindow.tls_baseline`). The window's minutes hold too few
+  networks and answers to be a reference for a few forged answers, and one origin's
+  answers too few; how often a network's answers look forged is its path's, not the
+  origin's (whose own failures the same minutes tell). The cell stage tests each
+  cell's count against them exactly (a beta-binomial tail, see
+  :func:`~pathsentry.detectors.injection_counts.beta_binomial_sf`).
 
 Time is event time; buckets older than the window behind the newest event are dropped.
 The buckets held are summed per origin and network as they come and go, so the
@@ -35,13 +45,18 @@ window that ends at the newest bucket (every in-order answer's) is read, not sum
 ...     w.add("www", asn, 100.0, None, flagged=False, tls=True, tls_anomaly=asn == "AS4")
 >>> w.others_tls("www", "AS1", 100.0), w.others_tls("www", "AS4", 100.0)
 (0.3333, 0.0)
+>>> w.baseline("AS1", 100.0), w.baseline("AS5", 100.0), w.tls_baseline("AS1", 100.0)
+((0.0, 4.0), (0.0, 4.0), (0.3333, 3.0))
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["NetworkWindow", "WindowSettings"]
+__all__ = ["ANY", "NetworkWindow", "WindowSettings"]
+
+#: The origin key of the tables summed over every origin.
+ANY = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,9 @@ class WindowSettings:
     outage_share: float = 0.5
     #: half-life of the TLS path-anomaly counts per network (``others_tls``)
     tls_half_life_s: float = 6 * 3600.0
+    #: half-life of the answer counts per network over every origin (``baseline``,
+    #: ``tls_baseline``)
+    plain_half_life_s: float = 6 * 3600.0
     max_entries: int = 8192
 
 
@@ -101,7 +119,11 @@ class NetworkWindow:
         self.totals: dict[str, dict[str, _Net]] = {}
         #: origin -> network -> [TLS answers, anomalous ones, time], decayed
         self.tls: dict[str, dict[str, list[float]]] = {}
-        self.tls_entries = 0
+        #: network -> [plaintext answers to every origin, flagged ones, time], decayed
+        #: (one table, under the origin ``ANY``), and the same for TLS in ``tls[ANY]``
+        self.plain: dict[str, dict[str, list[float]]] = {}
+        #: rows of the decayed tables (``tls`` and ``plain``: at most ``2 * max_entries``)
+        self.decayed_entries = 0
 
     def _bucket(self, ts: float) -> int:
         return int(ts // self.s.bucket_s)
@@ -130,7 +152,10 @@ class NetworkWindow:
             c = per_origin[net] = _Net()
             self.entries += 1
         if tls:
-            self._add_tls(origin, net, ts, tls_anomaly)
+            self._add_decayed(self.tls, origin, net, ts, tls_anomaly, self.s.tls_half_life_s)
+            self._add_decayed(self.tls, ANY, net, ts, tls_anomaly, self.s.plain_half_life_s)
+        else:
+            self._add_decayed(self.plain, ANY, net, ts, flagged, self.s.plain_half_life_s)
         c.count(flagged, anomaly)
         per_net = self.totals.get(origin)
         if per_net is None:
@@ -140,22 +165,20 @@ class NetworkWindow:
             total = per_net[net] = _Net()
         total.count(flagged, anomaly)
 
-    def _decayed(self, row: list[float], ts: float) -> tuple[float, float]:
-        keep = 0.5 ** (max(0.0, ts - row[2]) / self.s.tls_half_life_s)
-        return row[0] * keep, row[1] * keep
-
-    def _add_tls(self, origin: str, net: str, ts: float, anomalous: bool) -> None:
-        per = self.tls.get(origin)
+    def _add_decayed(self, table: dict[str, dict[str, list[float]]], origin: str, net: str,
+                     ts: float, hit: bool, half_life: float) -> None:
+        """One more answer (``hit``: anomalous, flagged) in a decayed table."""
+        per = table.get(origin)
         if per is None:
-            per = self.tls[origin] = {}
+            per = table[origin] = {}
         row = per.get(net)
         if row is None:
-            if self.tls_entries >= self.s.max_entries:
+            if self.decayed_entries >= 2 * self.s.max_entries:
                 return
             row = per[net] = [0.0, 0.0, ts]
-            self.tls_entries += 1
-        n, k = self._decayed(row, ts)
-        row[:] = [n + 1.0, k + anomalous, max(ts, row[2])]
+            self.decayed_entries += 1
+        keep = 0.5 ** (max(0.0, ts - row[2]) / half_life)
+        row[:] = [row[0] * keep + 1.0, row[1] * keep + hit, max(ts, row[2])]
 
     def _span(self) -> int:
         return max(1, int(self.s.window_s // self.s.bucket_s))
@@ -213,12 +236,45 @@ class NetworkWindow:
         """The TLS path-anomaly rate of the networks other than ``net`` that reached
         ``origin`` over TLS, their decayed counts pooled (``None``: fewer than
         ``min_networks`` of them)."""
+        pool = self._pooled(origin, net, ts, self.s.tls_half_life_s)
+        return None if pool is None else pool[0]
+
+    def _pooled(self, origin: str, net: str, ts: float,
+                half_life: float) -> tuple[float, float] | None:
+        """(rate, decayed answers) of the TLS rows of ``origin`` but ``net``, pooled."""
         n = k = 0.0
         nets = 0
-        half_life = self.s.tls_half_life_s
         for other, row in self.tls.get(origin, {}).items():
-            if other != net:  # (``_decayed``, inline: once per network per answer)
+            if other != net:  # (the decay, inline: once per network per answer)
                 age = ts - row[2]
                 keep = 0.5 ** ((age if age > 0.0 else 0.0) / half_life)
                 n, k, nets = n + row[0] * keep, k + row[1] * keep, nets + 1
-        return round(k / n, 4) if nets >= self.s.min_networks and n > 0 else None
+        if nets < self.s.min_networks or n <= 0:
+            return None
+        return round(k / n, 4), round(n, 3)
+
+    def baseline(self, net: str, ts: float) -> tuple[float, float] | None:
+        """(the median flagged rate, the answers pooled) of the networks other than
+        ``net``, over their plaintext answers to every origin, counts decayed with
+        ``plain_half_life_s`` (``None``: fewer than ``min_networks`` of them)."""
+        half_life = self.s.plain_half_life_s
+        rates: list[float] = []
+        n = 0.0
+        for other, row in self.plain.get(ANY, {}).items():
+            if other != net and row[0] > 0.0:
+                age = ts - row[2]
+                keep = 0.5 ** ((age if age > 0.0 else 0.0) / half_life)
+                rates.append(row[1] / row[0])
+                n += row[0] * keep
+        if len(rates) < self.s.min_networks:
+            return None
+        rates.sort()
+        mid = len(rates) // 2
+        rate = rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+        return round(rate, 6), round(n, 3)
+
+    def tls_baseline(self, net: str, ts: float) -> tuple[float, float] | None:
+        """(the path-anomaly rate, the answers pooled) of the networks other than
+        ``net``, over their TLS answers to every origin, decayed with
+        ``plain_half_life_s`` (``None``: fewer than ``min_networks`` of them)."""
+        return self._pooled(ANY, net, ts, self.s.plain_half_life_s)

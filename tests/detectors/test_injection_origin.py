@@ -312,10 +312,13 @@ def test_a_sparse_box_forging_once_for_each_of_six_subscribers_is_named() -> Non
 
 def test_a_sparse_box_spread_over_two_ports_is_named_on_both() -> None:
     """Eight subscribers forged once each, four on port 80 and four on 8080: no port
-    has five sources, the ASN's all-port cell has eight."""
+    has five sources, the ASN's all-port cell has eight (the cells of fewer sources
+    that the exact tails find are there too, each under five: suspected only)."""
     alert = sparse_alert(World(sparse=8, sparse_ports=(80, 8080)))
-    assert [(c["prefix"], c["port"], c["hour"]) for c in alert.evidence["cells"]] == [
-        ("*", None, None)]
+    cells = {(c["prefix"], c["port"], c["hour"]): c for c in alert.evidence["cells"]}
+    assert cells[("*", None, None)]["suspect_clients"] >= 5
+    assert all(c["suspect_clients"] < 5 for k, c in cells.items() if k != ("*", None, None))
+    assert alert.evidence["level"] == "confirmed"
 
 
 def hour_runs(text: str) -> list[tuple[int, int]]:
@@ -323,10 +326,15 @@ def hour_runs(text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in (r.split("–") for r in text.split(", "))]
 
 
-def test_four_subscribers_forged_once_each_name_nobody() -> None:
-    """Under ``min_suspect_clients`` (5) distinct sources the count proves nothing."""
+def test_four_subscribers_forged_once_each_are_suspected_at_most() -> None:
+    """Under ``min_suspect_clients`` (5) distinct sources, and no sensor witness, the
+    count confirms nothing: four forged answers the other ISPs' baselines cannot
+    explain are a suspected alert at most (low, "could be collusion")."""
     alerts, flags = run(World(sparse=4))
-    assert len(flags) == 4 and alerts == []
+    assert len(flags) == 4
+    assert {a.evidence["level"] for a in alerts} <= {"suspected"}
+    assert {a.severity for a in alerts} <= {"low"}
+    assert all("could be collusion" in a.summary for a in alerts)
 
 
 INJECTORS = {
@@ -463,14 +471,14 @@ def test_a_sparse_box_forging_five_subscribers_in_one_hour_is_named() -> None:
     as many as its plaintext ones, too few to tell five forged answers in hundreds
     from a path that marks TLS as often. Topped up with the other ISPs' TLS answers
     (none anomalous), the control is as large as the cell, and KT is named; with the
-    ISP's own TLS alone it is not."""
+    ISP's own TLS alone and Newcombe's interval only (no exact tails) it is not."""
     plain = tuple(t for t in TARGETS if t[1] != 443)
     w = World(sparse=5, sparse_ports=(80, 8080), sparse_hour=14, seed=3,
               targets=plain * 2 + TARGETS[3:])
     alert = sparse_alert(w)
     assert (alert.subject["ports"], alert.subject["hours"]) == ([80, 8080], "14–15")
     assert len(alert.subject["prefixes"]) == 2
-    alerts, _ = run(w, "[detectors.injection_cells]\ntls_borrow = false\n")
+    alerts, _ = run(w, "[detectors.injection_cells]\ntls_borrow = false\nalpha = 0.0\n")
     assert alerts == []
 
 
@@ -487,3 +495,47 @@ def test_reports_without_an_account_vouch_for_their_line_when_configured(framers
     assert list(final(alerts)) == [KT]
     alerts, _ = run(w, '[detectors.injection_cells]\nanonymous_sources = "line"\n')
     framed_at_most_suspected(alerts, framers)
+
+
+def three_in_one_hour(sensor_hosts: tuple[int, ...] = ()) -> Alert:
+    """KT's box forges one answer each for three subscribers of one line between 14:00
+    and 15:00: three of KT's hundreds of plaintext answers that day, too few for
+    Newcombe's interval against the other ISPs and TLS taken at the cell's own size,
+    and far above the other ISPs' baselines (none flagged) in the exact tails."""
+    w = World(sparse=3, sparse_ports=(80, 8080), sparse_hour=14, seed=3,
+              sensor_hosts=sensor_hosts)
+    alerts, flags = run(w)
+    assert len(flags) == 3 == len({f.src_ip for f in flags})
+    assert run(w, "[detectors.injection_cells]\nalpha = 0.0\n")[0] == []
+    last = final(alerts)[KT]
+    assert (last.subject["ports"], last.subject["hours"]) == ([80], "14–15")
+    return last
+
+
+def test_three_subscribers_forged_once_in_one_hour_are_suspected_by_the_exact_tails() -> None:
+    last = three_in_one_hour()
+    assert (last.evidence["level"], last.severity) == ("suspected", "low")
+    assert last.evidence["sources"]["distinct"] == 3
+    assert "could be collusion" in last.summary
+
+
+def test_three_subscribers_forged_once_with_a_sensor_witness_are_confirmed() -> None:
+    """The same three, on a line whose probes the operator's sensor reports (no account
+    reported from it): each is a witness, and KT is confirmed."""
+    last = three_in_one_hour(sensor_hosts=tuple(range(1, 7)))
+    assert last.evidence["level"] == "confirmed"
+    assert last.evidence["sources"]["sensor_witnesses"] == 3
+
+
+def test_an_outage_flagging_three_subscribers_of_one_isp_names_nobody() -> None:
+    """A 40-minute outage without the CDN's marks, every ISP probing every 5 minutes:
+    before it is seen everywhere, the first answers of several ISPs are flagged, three
+    subscribers' of one ISP among them. Enough sources for a suspected alert, yet the
+    other ISPs at the same minutes show the same: nobody is named."""
+    alerts, flags = run(World(outages=[(600, 40, 502, False)], every_min=5))
+    sources: dict[int | None, set[str | None]] = {}
+    for f in flags:
+        sources.setdefault(f.asn, set()).add(f.src_ip)
+    assert max(len(s) for s in sources.values()) >= 3 and len(sources) >= 3
+    assert {f.ts.astimezone(KST).hour for f in flags} == {10}
+    assert alerts == []

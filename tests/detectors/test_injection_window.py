@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings, _Net
 
 
@@ -54,3 +56,28 @@ def test_a_network_whose_answers_all_left_the_window_is_not_among_the_others() -
     assert w.spread("www", "status:503", 200.0) == (0, 1)
     assert w.others("www", "AS9", 200.0) == 0.0
     assert "www" in w.totals and set(w.totals["www"]) == {"AS2"}
+
+
+def test_the_baseline_is_the_typical_other_network_over_every_origin() -> None:
+    """Ten networks answer two origins in plaintext, one of them flagged half the time
+    (an injecting ISP): the others' baseline is the median network's rate (0), over
+    all their answers to both origins, without the asking network's own."""
+    w = NetworkWindow(WindowSettings(min_networks=4))
+    for i in range(200):
+        net = f"AS{i % 10}"
+        w.add("www" if i % 2 else "ws", net, 100.0 + i, None, flagged=net == "AS0" and i % 20 == 0)
+    assert w.baseline("AS9", 300.0) == (0.0, pytest.approx(180.0, rel=0.01))
+    assert w.baseline("AS0", 300.0) == (0.0, pytest.approx(180.0, rel=0.01))
+    few = NetworkWindow(WindowSettings(min_networks=4))
+    for net in ("AS1", "AS2", "AS3", "AS4"):
+        few.add("www", net, 100.0, None, flagged=False)
+    assert few.baseline("AS1", 100.0) is None and few.baseline("AS9", 100.0) == (0.0, 4.0)
+
+
+def test_the_baseline_decays_with_its_half_life() -> None:
+    w = NetworkWindow(WindowSettings(min_networks=1, plain_half_life_s=3600.0))
+    w.add("www", "AS1", 0.0, None, flagged=True)
+    w.add("www", "AS1", 0.0, None, flagged=False)
+    assert w.baseline("AS9", 3600.0) == (0.5, 1.0)
+    w.add("www", "AS2", 0.0, None, flagged=False, tls=True, tls_anomaly=True)
+    assert w.tls_baseline("AS9", 7200.0) == (1.0, 0.25)
