@@ -133,3 +133,30 @@ def test_network_text_is_the_parsed_networks_text(text: str, bits: int) -> None:
 
     addr = ipaddress.ip_address(text)
     assert network_text(addr, bits) == str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
+
+
+def test_bundled_tables_packed_answer_as_the_lists_did() -> None:
+    """The bundled data set's tables, packed into arrays, give every lookup the answer
+    the library's own lists give (the tables reloaded from the file, unpacked)."""
+    import ipaddress
+    import random
+    from array import array
+
+    import geoip2fast.geoip2fast as tables
+
+    from pathsentry.enrich.geopack import TABLES, pack_tables
+
+    src = BundledSource()
+    assert any(isinstance(c, array) for c in tables.mainListFirstIP)
+    rng = random.Random(7)
+    ips = [".".join(str(rng.randrange(256)) for _ in range(4)) for _ in range(3000)]
+    ips += [f"2001:{rng.randrange(1 << 16):x}::{rng.randrange(1 << 16):x}" for _ in range(300)]
+    ips += ["1.0.0.1", "223.255.255.254", "255.255.255.255", "0.0.0.0", "::1"]
+    packed = [src.lookup(ipaddress.ip_address(ip)) for ip in ips]
+    src._g.reload_data()  # the library's own lists again
+    assert not any(isinstance(c, array) for name in TABLES for c in getattr(tables, name))
+    try:
+        assert [src.lookup(ipaddress.ip_address(ip)) for ip in ips] == packed
+        assert sum(a is not None for a in packed) > 1000
+    finally:
+        assert pack_tables(tables) > 0

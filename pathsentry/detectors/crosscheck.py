@@ -240,10 +240,18 @@ class AlertIndex:
         self._alerts.touch(base.alert_id, (packer.compress(raw) + packer.flush(),
                                            emitted_version, kind))
         for acc in base.accounts:
-            ids: tuple[str, ...] = self._by_account.get(acc) or ()
+            ids = self._ids(acc)
             if base.alert_id not in ids:
                 ids = (*ids, base.alert_id)[-self.per_account:]
-            self._by_account.touch(acc, ids)
+            # one alert id (most accounts): the id itself, not a tuple of one
+            self._by_account.touch(acc, ids[0] if len(ids) == 1 else ids)
+
+    def _ids(self, account: str) -> tuple[str, ...]:
+        """The ids of the alerts ``account`` is in, oldest first."""
+        got = self._by_account.get(account)
+        if got is None:
+            return ()
+        return (got,) if isinstance(got, str) else tuple(got)
 
     def last_version(self, alert_id: str) -> int:
         got = self._alerts.get(alert_id)
@@ -251,7 +259,7 @@ class AlertIndex:
 
     def alerts_of(self, account: str) -> list[Alert]:
         out = []
-        for aid in self._by_account.get(account) or []:
+        for aid in self._ids(account):
             got = self._alerts.get(aid)
             if got is not None:
                 unpacker = zlib.decompressobj(zdict=self._zdicts[got[2]])
@@ -282,9 +290,26 @@ class FeedbackTally:
         self.labels = labels
         #: account -> ("detector/kind", first flagged (epoch s), ...): one flat tuple per
         #: account (kept for every flagged account: a dict each would take about 180 bytes
-        #: more), the keys interned
+        #: more), the keys interned; an account flagged only under :attr:`_solo` (the
+        #: first key the tally met, the usual case) keeps the bare time instead, 56 bytes
+        #: less again (:meth:`_keys`)
         self._first = _Lru(cap)
+        self._solo = ""
         self.counts: dict[str, dict[str, int]] = {}
+
+    def _keys(self, account: str) -> tuple[Any, ...]:
+        """The account's flat ``(key, first flagged, ...)`` tuple (empty if unknown)."""
+        return self._unpack(self._first.get(account))
+
+    def _unpack(self, got: Any) -> tuple[Any, ...]:
+        if got is None:
+            return ()
+        if isinstance(got, tuple):
+            return got
+        return (self._solo, got)
+
+    def _pack(self, keys: tuple[Any, ...]) -> Any:
+        return keys[1] if len(keys) == 2 and keys[0] == self._solo else keys
 
     def _status(self, account: str, since: float) -> str | None:
         lab = self.labels.get(account)
@@ -301,8 +326,10 @@ class FeedbackTally:
 
     def flagged(self, detector: str, kind: str, accounts: Iterable[str], first_seen: float) -> None:
         key = sys.intern(f"{detector}/{kind}")
+        if not self._solo:
+            self._solo = key
         for acc in accounts:
-            keys: tuple[Any, ...] = self._first.get(acc) or ()
+            keys = self._keys(acc)
             try:
                 i = keys.index(key, 0, len(keys) - 1)
             except ValueError:
@@ -317,13 +344,13 @@ class FeedbackTally:
                 self._add(key, acc, first_seen, +1)
             if len(self._first) >= self._first.cap and acc not in self._first:
                 gone, gone_keys = next(iter(self._first.items()))
-                for k, since in _pairs(gone_keys):
+                for k, since in _pairs(self._unpack(gone_keys)):
                     self._add(k, gone, since, -1)
-            self._first.touch(acc, keys)
+            self._first.touch(acc, self._pack(keys))
 
     def relabelled(self, account: str, before: AccountLabel | None = None) -> None:
         """``account``'s latest label changed (``before``: its previous one)."""
-        for key, since in _pairs(self._first.get(account) or ()):
+        for key, since in _pairs(self._keys(account)):
             c = self.counts[key]
             if before is not None and before.ts.timestamp() >= since:
                 c["labelled_bad" if before.label in BAD_LABELS else "cleared"] -= 1

@@ -192,12 +192,41 @@ class _Hop:
     distance_km: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
 class _Session:
-    account: str | None = None
-    route: dict[str, Any] | None = None
-    flag: dict[str, Any] | None = None  # the emitted flag, re-emitted once the account is known
-    extra: dict[str, Any] = field(default_factory=dict)
+    """One session's memory: its account, route note, flag, and what its login said
+    (fields, not a dict per session; ``joined``: the login was seen)."""
+
+    __slots__ = ("account", "flag", "joined", "login_event_id", "login_ts", "route", "server_id")
+
+    def __init__(self, account: str | None = None, route: dict[str, Any] | None = None,
+                 flag: dict[str, Any] | None = None) -> None:
+        self.account = account
+        self.route = route
+        #: the emitted flag, re-emitted once the account is known
+        self.flag = flag
+        self.joined = False
+        self.server_id: str | None = None
+        self.login_event_id: str | None = None
+        self.login_ts: float | None = None
+
+    def extra(self) -> dict[str, Any]:
+        """What the login said, as saved: every field once the login was seen, before
+        that the ones a loaded state set."""
+        if self.joined:
+            return {"server_id": self.server_id, "login_event_id": self.login_event_id,
+                    "login_ts": self.login_ts}
+        out: dict[str, Any] = {}
+        if self.server_id is not None:
+            out["server_id"] = self.server_id
+        if self.login_ts is not None:
+            out["login_ts"] = self.login_ts
+        return out
+
+    def load_extra(self, extra: dict[str, Any]) -> None:
+        self.joined = "login_event_id" in extra
+        self.server_id = extra.get("server_id")
+        self.login_event_id = extra.get("login_event_id")
+        self.login_ts = extra.get("login_ts")
 
 
 class RouteDetector(SessionTable):
@@ -229,10 +258,10 @@ class RouteDetector(SessionTable):
                 return None
             sess = self._session(sid)
             sess.account = account = fields["account"]
-            extra = sess.extra
-            extra["server_id"] = fields["server_id"]
-            extra["login_event_id"] = fields["event_id"]
-            extra["login_ts"] = ev.ts
+            sess.joined = True
+            sess.server_id = fields["server_id"]
+            sess.login_event_id = fields["event_id"]
+            sess.login_ts = ev.ts
             if sess.route is not None:
                 ev.notes["route"] = sess.route
             if sess.flag is not None and sess.flag.get("account") is None:
@@ -244,9 +273,9 @@ class RouteDetector(SessionTable):
         sess = self._session(sid) if sid else _Session()
         if sess.account is not None:
             ev.notes["account"] = sess.account
-        if "login_event_id" in sess.extra:
-            ev.notes["login_event_id"] = sess.extra["login_event_id"]
-            ev.notes["login_ts"] = sess.extra.get("login_ts")
+        if sess.joined:
+            ev.notes["login_event_id"] = sess.login_event_id
+            ev.notes["login_ts"] = sess.login_ts
         account = event.account or sess.account
         route, hops, flagged_as = self._analyse(ev, event, sess)
         ev.notes["route"] = route
@@ -297,7 +326,7 @@ class RouteDetector(SessionTable):
         # a client-run traceroute names its destination in an extra ``server_id``
         # field, or the session's login does
         extra = tr.model_extra or {}
-        dest = extra.get("server_id") or sess.extra.get("server_id") or ""
+        dest = extra.get("server_id") or sess.server_id or ""
         server = ev.server or self.ctx.config.server(str(dest))
         if server is None:
             return None, "none"
@@ -490,11 +519,13 @@ class RouteDetector(SessionTable):
         return self.sessions
 
     def _session_row(self, sid: str, s: _Session) -> list[Any]:
-        return [sid, {"account": s.account, "route": s.route, "flag": s.flag, "extra": s.extra}]
+        return [sid, {"account": s.account, "route": s.route, "flag": s.flag, "extra": s.extra()}]
 
     def _load_session_row(self, row: list[Any]) -> None:
         key, r = row
-        self._put(key, _Session(r["account"], r["route"], r["flag"], dict(r.get("extra") or {})))
+        sess = _Session(r["account"], r["route"], r["flag"])
+        sess.load_extra(r.get("extra") or {})
+        self._put(key, sess)
 
 
 register(RouteDetector)

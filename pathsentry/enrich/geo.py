@@ -224,9 +224,14 @@ class BundledSource:
     name = "bundled"
 
     def __init__(self) -> None:
+        import geoip2fast.geoip2fast as tables
         from geoip2fast import GeoIP2Fast
 
+        from pathsentry.enrich.geopack import pack_tables
+
         self._g = GeoIP2Fast(geoip2fast_data_file="geoip2fast-asn-ipv6.dat.gz", verbose=False)
+        # its tables as arrays: the same answers for about half the memory (see geopack)
+        pack_tables(tables)
 
     def lookup(self, ip: IpLike) -> GeoInfo | None:
         r = self._g.lookup(str(ip))

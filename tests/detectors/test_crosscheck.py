@@ -183,3 +183,35 @@ def test_replay_reads_labels_and_interactions_mixed_with_events(tmp_path: Path) 
         assert e.reason == "invalid" and "peer" in e.detail
     else:
         raise AssertionError("an interaction without a peer was accepted")
+
+
+def test_feedback_tally_counts_mixed_kinds_and_evictions_as_per_key_records() -> None:
+    """Accounts flagged under the tally's first key keep a bare time, the others a flat
+    tuple: the counts are what a record of every (account, key) says, through earlier
+    re-flags, a second key and the least recently flagged accounts' eviction."""
+    from datetime import UTC, datetime
+
+    from pathsentry.detectors.crosscheck import FeedbackTally, LabelStore
+    from pathsentry.schemas import AccountLabel
+
+    labels = LabelStore(100)
+    tally = FeedbackTally(labels, cap=4)
+    tally.flagged("latency", "vpn_relay", ["a", "b"], 100.0)
+    tally.flagged("farm", "farm_group", ["b", "c"], 90.0)
+    tally.flagged("latency", "vpn_relay", ["b"], 50.0)  # earlier: b's time moves back
+    t = datetime.fromtimestamp(80.0, UTC)
+    for acc in ("a", "b", "c"):
+        labels.set(AccountLabel(kind="account_label", event_id=f"l{acc}", ts=t, account=acc,
+                                label="bot", source="ban"))
+        tally.relabelled(acc)
+    # labelled at 80: after b's latency flag (50), before a's (100) and b's, c's farm (90)
+    assert tally.counts["latency/vpn_relay"] == {"flagged_accounts": 2, "labelled_bad": 1, "cleared": 0}
+    assert tally.counts["farm/farm_group"] == {"flagged_accounts": 2, "labelled_bad": 0, "cleared": 0}
+    tally.flagged("latency", "vpn_relay", ["d", "e"], 200.0)  # a (least recent) goes
+    assert tally.counts["latency/vpn_relay"] == {"flagged_accounts": 3, "labelled_bad": 1, "cleared": 0}
+    tally.flagged("latency", "vpn_relay", ["f"], 200.0)  # then c (b was flagged after it)
+    assert tally.counts["latency/vpn_relay"] == {"flagged_accounts": 4, "labelled_bad": 1, "cleared": 0}
+    assert tally.counts["farm/farm_group"] == {"flagged_accounts": 1, "labelled_bad": 0, "cleared": 0}
+    tally.flagged("latency", "vpn_relay", ["g"], 200.0)  # then b, with both of its keys
+    assert tally.counts["latency/vpn_relay"] == {"flagged_accounts": 4, "labelled_bad": 0, "cleared": 0}
+    assert tally.counts["farm/farm_group"] == {"flagged_accounts": 0, "labelled_bad": 0, "cleared": 0}

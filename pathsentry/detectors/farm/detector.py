@@ -307,7 +307,7 @@ class FarmDetector(Detector, Grouping):
             geo.country, geo.asn, sig, () if path is None else path, route is not None,
             flagged, score, gap, excess, event.min_app_rtt, fields["server_id"],
             client.device_id if client is not None else None,
-            part.names.assign(account, normalise(account)), None, skel, serial_no, pats,
+            part.name_index().assign(account, normalise(account)), None, skel, serial_no, pats,
             jitter=jitter(event.app_rtt_ms), exit=exit_of(geo.asn, prefix, geo.kind),
             tcp=fields["tcp_rtt_ms"], access=geo.kind,
         )
@@ -377,7 +377,7 @@ class FarmDetector(Detector, Grouping):
     # ----------------------------------------------------------------- indexing
 
     def _add(self, part: Partition, m: Member) -> None:
-        m.cluster = part.names.assign(m.account, normalise(m.account))
+        m.cluster = part.name_index().assign(m.account, normalise(m.account))
         part.members[m.sid] = m
         self._index(part, m)
 

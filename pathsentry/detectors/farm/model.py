@@ -8,9 +8,10 @@ account session as a partition knows it. Nothing here decides anything.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -270,14 +271,19 @@ class Partition:
     rate_count: float = 0.0
     rate_fast: float = 0.0
     rate_ts: float = 0.0
-    names: NameIndex = field(default_factory=lambda: NameIndex(max_clusters=256))
+    #: the members' name clusters, made with the first member named (:meth:`name_index`):
+    #: most partitions of a busy worker are exits and routes whose members come and go,
+    #: and an empty index costs about 0.4 KiB
+    names: NameIndex | None = None
     #: name-less partitions (one pattern, the key): the indexed members by time, and
     #: each one's indexing sequence number (the order of ``index[key]``)
     times: _TimeIndex | None = None
     stamps: dict[str, int] = field(default_factory=dict)
     #: minimum RTTs of the pattern's members that left the window in no group: the
     #: background an RTT band must stand out of (the latest ``BACKGROUND_RTTS``)
-    bg_rtts: list[float] = field(default_factory=list)
+    #: (packed doubles: every exit partition keeps up to ``BACKGROUND_RTTS``, which as
+    #: float objects in a list would take about four times the memory)
+    bg_rtts: MutableSequence[float] = field(default_factory=lambda: array("d"))
     #: name-less partitions: the accounts on each device of the indexed members, and
     #: the background members (left the window in no group) counted, and of them those
     #: on a machine shared with another account (:mod:`.machines`)
@@ -289,6 +295,13 @@ class Partition:
 
     def __post_init__(self) -> None:
         self.kind = part_kind(self.key)
+
+    def name_index(self) -> NameIndex:
+        """:attr:`names`, made if there is none yet."""
+        names = self.names
+        if names is None:
+            names = self.names = NameIndex(max_clusters=256)
+        return names
 
 
 @dataclass(slots=True)

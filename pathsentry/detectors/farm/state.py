@@ -10,6 +10,7 @@ fields a member did not have when it was saved take their defaults.
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,7 +39,7 @@ def snapshot(now: float, parts: Mapping[str, Partition]) -> dict[str, Any]:
                 "rate_count": p.rate_count,
                 "rate_fast": p.rate_fast,
                 "rate_ts": p.rate_ts,
-                "bg_rtts": p.bg_rtts,
+                "bg_rtts": list(p.bg_rtts),
                 "bg_seen": p.bg_seen,
                 "bg_shared": p.bg_shared,
                 "members": [_dump(m) for m in p.members.values()],
@@ -75,12 +76,12 @@ def restore(state: Mapping[str, Any], index: Callable[[Partition, Member], None]
             key=raw["key"], last_ts=raw["last_ts"], first_ts=raw["first_ts"],
             rate_count=raw["rate_count"], rate_ts=raw["rate_ts"],
             rate_fast=float(raw.get("rate_fast", raw["rate_count"])),
-            bg_rtts=[float(x) for x in raw.get("bg_rtts", [])],
+            bg_rtts=array("d", [float(x) for x in raw.get("bg_rtts", [])]),
             bg_seen=float(raw.get("bg_seen", 0.0)), bg_shared=float(raw.get("bg_shared", 0.0)),
         )
         for md in raw["members"]:
             m = member(md)
-            p.names.assign(m.account)
+            p.name_index().assign(m.account)
             p.members[m.sid] = m
             index(p, m)
         for gd in raw["groups"]:

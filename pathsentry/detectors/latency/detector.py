@@ -457,11 +457,7 @@ class LatencyDetector(Snapshots, Evidence):
                 baselines.put(key, b)
             else:
                 table.move_to_end(key)
-            b.n += 1  # Baseline.update, inlined
-            b._lo = None
-            b._q10.update(value)
-            b._q50.update(value)
-            b._q90.update(value)
+            b.update(value)
         self.hst.learn_row(FEATURES, feats)
 
     # -- output -------------------------------------------------------------------
