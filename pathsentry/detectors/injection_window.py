@@ -18,8 +18,10 @@ does not normally answer with, a missing mark, ...). For one answer it tells
   change slowly): what an ISP's TLS control would show were its path like the
   others'. The cell stage borrows it when an ISP's own TLS control is smaller than the
   plaintext cell it is compared with;
-- the **baseline** of the other networks: their plaintext answers and flagged ones
-  to every origin, counts decayed with a half-life of ``plain_half_life_s``, as the
+- the **baseline** of the other networks (the ``baseline_networks`` heard from most
+  recently, so a probe reads a bounded number of rows however many networks were
+  seen): their plaintext answers and flagged ones to every origin, counts decayed
+  with a half-life of ``plain_half_life_s``, as the
   median network's flagged rate and the pooled answers it is measured over
   (:meth:`NetworkWindow.baseline`), and their TLS answers and path-anomalous ones the
   same way (:meth:`NetworkWindow.tls_baseline`). The window's minutes hold too few
@@ -51,7 +53,9 @@ window that ends at the newest bucket (every in-order answer's) is read, not sum
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 __all__ = ["ANY", "NetworkWindow", "WindowSettings"]
 
@@ -75,6 +79,9 @@ class WindowSettings:
     #: half-life of the answer counts per network over every origin (``baseline``,
     #: ``tls_baseline``)
     plain_half_life_s: float = 6 * 3600.0
+    #: the networks heard from most recently that a baseline is taken over: reading
+    #: it costs this many rows per probe, not one per network ever seen
+    baseline_networks: int = 256
     max_entries: int = 8192
 
 
@@ -171,12 +178,13 @@ class NetworkWindow:
         per = table.get(origin)
         if per is None:
             per = table[origin] = {}
-        row = per.get(net)
+        row = per.pop(net, None)  # re-inserted: the table runs from least to most recent
         if row is None:
             if self.decayed_entries >= 2 * self.s.max_entries:
                 return
-            row = per[net] = [0.0, 0.0, ts]
+            row = [0.0, 0.0, ts]
             self.decayed_entries += 1
+        per[net] = row
         keep = 0.5 ** (max(0.0, ts - row[2]) / half_life)
         row[:] = [row[0] * keep + 1.0, row[1] * keep + hit, max(ts, row[2])]
 
@@ -244,7 +252,7 @@ class NetworkWindow:
         """(rate, decayed answers) of the TLS rows of ``origin`` but ``net``, pooled."""
         n = k = 0.0
         nets = 0
-        for other, row in self.tls.get(origin, {}).items():
+        for other, row in self._recent(self.tls.get(origin)):
             if other != net:  # (the decay, inline: once per network per answer)
                 age = ts - row[2]
                 keep = 0.5 ** ((age if age > 0.0 else 0.0) / half_life)
@@ -253,6 +261,10 @@ class NetworkWindow:
             return None
         return round(k / n, 4), round(n, 3)
 
+    def _recent(self, per: dict[str, list[float]] | None) -> Iterator[tuple[str, list[float]]]:
+        """The rows of the ``baseline_networks`` networks heard from most recently."""
+        return islice(reversed(per.items()), self.s.baseline_networks) if per else iter(())
+
     def baseline(self, net: str, ts: float) -> tuple[float, float] | None:
         """(the median flagged rate, the answers pooled) of the networks other than
         ``net``, over their plaintext answers to every origin, counts decayed with
@@ -260,7 +272,7 @@ class NetworkWindow:
         half_life = self.s.plain_half_life_s
         rates: list[float] = []
         n = 0.0
-        for other, row in self.plain.get(ANY, {}).items():
+        for other, row in self._recent(self.plain.get(ANY)):
             if other != net and row[0] > 0.0:
                 age = ts - row[2]
                 keep = 0.5 ** ((age if age > 0.0 else 0.0) / half_life)

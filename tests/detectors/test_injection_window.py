@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings, _Net
+from pathsentry.detectors.injection_window import ANY, NetworkWindow, WindowSettings, _Net
 
 
 def summed(w: NetworkWindow, origin: str, ts: float) -> dict[str, tuple[int, int, dict[str, int]]]:
@@ -81,3 +81,26 @@ def test_the_baseline_decays_with_its_half_life() -> None:
     assert w.baseline("AS9", 3600.0) == (0.5, 1.0)
     w.add("www", "AS2", 0.0, None, flagged=False, tls=True, tls_anomaly=True)
     assert w.tls_baseline("AS9", 7200.0) == (1.0, 0.25)
+
+
+def test_the_baseline_is_taken_over_the_networks_heard_from_most_recently() -> None:
+    """Ten networks forged every answer long ago, then ten clean ones answered; with a
+    baseline over the 10 most recent networks the old ones are not read, and a clean
+    network answering again moves back among the recent ones."""
+    w = NetworkWindow(WindowSettings(min_networks=3, baseline_networks=10))
+    for i in range(10):
+        w.add("www", f"OLD{i}", 100.0 + i, None, flagged=True)
+    for i in range(10):
+        w.add("www", f"NEW{i}", 200.0 + i, None, flagged=False)
+    assert w.baseline("X", 300.0) == (0.0, pytest.approx(10.0, rel=0.01))
+    wide = NetworkWindow(WindowSettings(min_networks=3, baseline_networks=20))
+    for i in range(10):
+        wide.add("www", f"OLD{i}", 100.0 + i, None, flagged=True)
+    for i in range(10):
+        wide.add("www", f"NEW{i}", 200.0 + i, None, flagged=False)
+    rate, _ = wide.baseline("X", 300.0) or (None, None)
+    assert rate == 0.5
+    w.add("www", "OLD0", 400.0, None, flagged=True)  # OLD0 is recent again, NEW0 is not
+    rate, answers = w.baseline("X", 400.0) or (None, None)
+    assert rate == 0.0 and answers == pytest.approx(9 + 2, rel=0.01)  # OLD0's two, NEW1-9
+    assert [net for net, _ in w._recent(w.plain[ANY])][:2] == ["OLD0", "NEW9"]

@@ -104,11 +104,19 @@ def tail(k: int, n: int, scored: float, unscored: float) -> float:
         return 0.0
     a, b = scored + 1.0, unscored + 1.0
     log_beta_ab = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-    total = 0.0
-    for j in range(k, n + 1):
-        total += math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
-                          + math.lgamma(j + a) + math.lgamma(n - j + b)
-                          - math.lgamma(n + a + b) - log_beta_ab)
+    # the first term's logarithm exactly, the next ones' by the ratio of neighbours;
+    # past the mode the terms only fall, so the sum stops once they no longer change it
+    log_term = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                + math.lgamma(k + a) + math.lgamma(n - k + b)
+                - math.lgamma(n + a + b) - log_beta_ab)
+    total = math.exp(log_term)
+    mode = (n + 1) * (a - 1.0) / (a + b - 2.0) if a + b > 2.0 else 0.0
+    for j in range(k, n):
+        log_term += math.log((n - j) * (j + a) / ((j + 1) * (n - j - 1 + b)))
+        before = total
+        total += math.exp(log_term)
+        if total == before and total > 0.0 and j + 1 > mode:
+            break
     return float(min(1.0, total))
 
 
