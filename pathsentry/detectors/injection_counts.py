@@ -105,16 +105,19 @@ def beta_binomial_sf(k: int, n: int, a: float, b: float, stop: float = 1.0) -> f
     if k > n:
         return 0.0
     lg = math.lgamma
-    term = math.exp(lg(n + 1) - lg(k + 1) - lg(n - k + 1) + lg(k + a) + lg(n - k + b)
-                    - lg(n + a + b) + lg(a + b) - lg(a) - lg(b))
+    # the terms' logarithms, by the ratio of neighbours: a first term below the smallest
+    # double (far below the mode) must not make every later one zero
+    log_term = (lg(n + 1) - lg(k + 1) - lg(n - k + 1) + lg(k + a) + lg(n - k + b)
+                - lg(n + a + b) + lg(a + b) - lg(a) - lg(b))
     total = 0.0
     mean = n * a / (a + b)
     x = k
     while True:
+        term = math.exp(log_term)
         total += term
         if total > stop or x >= n or (x > mean and term < 1e-12 * total):
             return min(total, 1.0)
-        term *= (n - x) / (x + 1) * (x + a) / (n - x - 1 + b)
+        log_term += math.log((n - x) / (x + 1) * (x + a) / (n - x - 1 + b))
         x += 1
 
 

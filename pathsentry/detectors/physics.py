@@ -84,9 +84,17 @@ def quantile(values: list[float], q: float) -> float:
     >>> quantile([1.0, 2.0, 3.0, 4.0], 0.5)
     2.5
     """
-    s = sorted(values)
-    if len(s) == 1:
-        return s[0]
+    return interpolated(sorted(values), q)
+
+
+def interpolated(s: list[float], q: float) -> float:
+    """Linear-interpolated ``q`` quantile of the ascending list ``s`` (0.0 when empty).
+
+    >>> interpolated([1.0, 2.0, 3.0, 4.0], 0.25), interpolated([], 0.5)
+    (1.75, 0.0)
+    """
+    if not s:
+        return 0.0
     pos = q * (len(s) - 1)
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)

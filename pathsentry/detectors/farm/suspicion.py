@@ -45,12 +45,12 @@ nothing until the class has taught its share).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from pathsentry.detectors.farm.exits import SHARED_EXIT_KINDS
 from pathsentry.detectors.farm.lines import LINE_KINDS
 from pathsentry.detectors.farm.model import Member, Pool
+from pathsentry.detectors.injection_counts import beta_binomial_sf
 
 __all__ = ["MAX_SEEN", "SCORED_KINDS", "count", "suspected", "tail", "uncount"]
 
@@ -98,26 +98,7 @@ def tail(k: int, n: int, scored: float, unscored: float) -> float:
     >>> round(tail(5, 5, 70.0, 930.0), 7)  # about 0.07 ** 5
     2e-06
     """
-    if k <= 0:
-        return 1.0
-    if k > n:
-        return 0.0
-    a, b = scored + 1.0, unscored + 1.0
-    log_beta_ab = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-    # the first term's logarithm exactly, the next ones' by the ratio of neighbours;
-    # past the mode the terms only fall, so the sum stops once they no longer change it
-    log_term = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-                + math.lgamma(k + a) + math.lgamma(n - k + b)
-                - math.lgamma(n + a + b) - log_beta_ab)
-    total = math.exp(log_term)
-    mode = (n + 1) * (a - 1.0) / (a + b - 2.0) if a + b > 2.0 else 0.0
-    for j in range(k, n):
-        log_term += math.log((n - j) * (j + a) / ((j + 1) * (n - j - 1 + b)))
-        before = total
-        total += math.exp(log_term)
-        if total == before and total > 0.0 and j + 1 > mode:
-            break
-    return float(min(1.0, total))
+    return beta_binomial_sf(k, n, scored + 1.0, unscored + 1.0)
 
 
 def suspected(pool: Pool | None, ms: Sequence[Member], max_p: float

@@ -70,6 +70,8 @@ from typing import Any, ClassVar
 
 from river._river_rust.stats import RsQuantile
 
+from pathsentry.detectors.physics import interpolated
+
 __all__ = [
     "RAW_SAMPLES", "TICK_WINDOW", "Baseline", "Overhead", "OverheadBook", "phase_quantile", "spread_median",
 ]
@@ -167,13 +169,7 @@ class _Votes:
 
     def quantile(self, q: float) -> float:
         """Linear-interpolated quantile of the votes (0.0 when there are none)."""
-        s = self._sorted
-        if not s:
-            return 0.0
-        pos = q * (len(s) - 1)
-        i = int(pos)
-        j = min(i + 1, len(s) - 1)
-        return s[i] + (s[j] - s[i]) * (pos - i)
+        return interpolated(self._sorted, q)
 
     def snapshot(self) -> list[list[Any]]:
         return [[k, v] for k, v in self.votes.items()]
@@ -256,11 +252,8 @@ class Overhead:
         phase = self._phase
         if not t or not phase:
             return self._cost.quantile(0.5)
-        s = sorted(v - t * phase.get(source, 0.0) for source, v in self._cost.votes.items())
-        pos = 0.5 * (len(s) - 1)
-        i = int(pos)
-        j = min(i + 1, len(s) - 1)
-        return s[i] + (s[j] - s[i]) * (pos - i)
+        return interpolated(sorted(v - t * phase.get(source, 0.0)
+                                   for source, v in self._cost.votes.items()), 0.5)
 
     def expected(self, k: int) -> float:
         """Expected gap (ms) of a login with ``k`` app samples."""
