@@ -68,13 +68,13 @@ def _once(others: Sequence[Member]) -> int:
     return sum(1 for c in Counter([x.prefix for x in others]).values() if c == 1)
 
 
-def unused_share(others: Sequence[Member]) -> float:
+def unused_share(others: Sequence[Member], once: int | None = None) -> float:
     """The learned chance that an arrival comes through a /24 none of ``others`` used
-    (see the module docstring)."""
+    (see the module docstring; ``once``: :func:`_once` of ``others``, when known)."""
     n = len(others)
     if not n:
         return 1.0
-    return min(1.0, (_once(others) + 1.0) / (n + 1.0))
+    return min(1.0, ((_once(others) if once is None else once) + 1.0) / (n + 1.0))
 
 
 def on_unused(ms: Sequence[Member], others: Sequence[Member]) -> list[Member]:
@@ -118,10 +118,10 @@ def private_burst(part: Partition, pattern: str, inside: Sequence[Member], b: Ba
     # the /24s first: this many of the band's members through unused /24s, against the
     # others' /24s seen once among them (the beta-binomial tail: its uncertainty
     # included, a handful of others is no evidence)
-    if tail(n, len(inside), float(_once(others)), float(len(others) - _once(others))) \
-            > s.max_burst_p:
+    once = _once(others)
+    if tail(n, len(inside), float(once), float(len(others) - once)) > s.max_burst_p:
         return None
-    share = unused_share(others)
+    share = unused_share(others, once)
     lam = expected(part, n, span, s)
     if lam <= 0.0:
         return None
