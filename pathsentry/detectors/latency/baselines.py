@@ -252,8 +252,14 @@ class Overhead:
         phase = self._phase
         if not t or not phase:
             return self._cost.quantile(0.5)
-        return interpolated(sorted(v - t * phase.get(source, 0.0)
-                                   for source, v in self._cost.votes.items()), 0.5)
+        votes = self._cost.votes
+        if len(phase) == len(votes):  # every vote has its share (the phase's keys are votes')
+            corrected = [v - t * phase[source] for source, v in votes.items()]
+        else:  # restored votes saved corrected already
+            get = phase.get
+            corrected = [v - t * get(source, 0.0) for source, v in votes.items()]
+        corrected.sort()
+        return interpolated(corrected, 0.5)
 
     def expected(self, k: int) -> float:
         """Expected gap (ms) of a login with ``k`` app samples."""
