@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 
 from pathsentry.detectors.latency import OverheadBook
-from pathsentry.detectors.latency.baselines import _Votes
+from pathsentry.detectors.latency.baselines import Overhead, _Votes
 from pathsentry.detectors.latency.state import BoundedLRU
+from pathsentry.detectors.physics import interpolated
 from tests.detectors.test_latency import World, make_world
 from tests.detectors.test_latency_calibration import GameLoop, honest, l4_relay, warm
 
@@ -29,6 +30,36 @@ def test_votes_stay_ordered_through_replacements_and_evictions() -> None:
         i = int(pos)
         j = min(i + 1, len(ref) - 1)
         assert votes.quantile(q) == ref[i] + (ref[j] - ref[i]) * (pos - i)
+
+
+def _cost_per_vote(o: Overhead) -> float:
+    """:meth:`Overhead.cost` worked out vote by vote from the snapshot: each gap less the
+    tick's median times its own phase share (none for a vote saved without one)."""
+    snap = o.snapshot()
+    tick = o.tick() if len(snap["tick"]) >= Overhead.MIN_TICK_LOGINS else 0.0
+    phase = dict(snap["phase"])
+    gaps = [gap - tick * phase.get(source, 0.0) for source, gap in snap["cost"]]
+    if not tick or not phase:
+        gaps = [gap for _, gap in snap["cost"]]
+    return interpolated(sorted(gaps), 0.5)
+
+
+def test_cost_by_phase_share_is_the_per_vote_median() -> None:
+    """The cost corrects its gaps by phase share (one product per share): the same
+    median as correcting each vote, as prefixes vote again with other sample counts, the
+    window drops its oldest, and after a restore that lacks some votes' shares."""
+    rng = random.Random(11)
+    o = Overhead("srv", window=15)
+    for i in range(900):
+        k = rng.randint(1, 7)
+        o.update(f"p{rng.randrange(40)}", round(rng.uniform(-2.0, 40.0), 2), k, rng.uniform(0.0, 33.0))
+        if i % 7 == 0:
+            assert o.cost() == _cost_per_vote(o), i
+        if i % 150 == 149:
+            snap = o.snapshot()
+            snap["phase"] = snap["phase"][: len(snap["phase"]) // 2]  # half saved corrected
+            o = Overhead.restore(snap, "srv", 15)
+            assert o.cost() == _cost_per_vote(o), i
 
 
 def test_noise_scales_are_forgotten_when_their_residuals_change() -> None:

@@ -149,7 +149,8 @@ class _Votes:
         for source, x in votes or ():
             self.add(str(source), float(x))
 
-    def add(self, source: str, x: float) -> None:
+    def add(self, source: str, x: float) -> str | None:
+        """Put ``source``'s vote; returns the source dropped to keep to ``cap``, if one was."""
         votes = self.votes
         s = self._sorted
         old = votes.pop(source, None)
@@ -158,7 +159,10 @@ class _Votes:
         votes[source] = x
         insort(s, x)
         if len(votes) > self.cap:
-            del s[bisect_left(s, votes.popitem(last=False)[1])]
+            gone, y = votes.popitem(last=False)
+            del s[bisect_left(s, y)]
+            return gone
+        return None
 
     def __len__(self) -> int:
         return len(self.votes)
@@ -188,7 +192,7 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_cost", "_figures", "_phase", "_seq", "_tick", "_u", "key", "n")
+    __slots__ = ("_by_share", "_cost", "_figures", "_phase", "_seq", "_tick", "_u", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -204,6 +208,9 @@ class Overhead:
         #: k)``: the tick's fraction its phase-corrected figure takes off
         self._cost = _Votes(window)
         self._phase: dict[str, float] = {}
+        #: the same gaps by their phase share (0 for a vote saved corrected already): one
+        #: product ``tick * share`` per share, not per vote, when :meth:`cost` corrects them
+        self._by_share: dict[float, dict[str, float]] = {}
         #: standardised gap residuals (clipped to +-3), one per exit prefix
         self._u = _Votes(window)
         self._figures: tuple[float, float, float, float] | None = None
@@ -252,12 +259,10 @@ class Overhead:
         phase = self._phase
         if not t or not phase:
             return self._cost.quantile(0.5)
-        votes = self._cost.votes
-        if len(phase) == len(votes):  # every vote has its share (the phase's keys are votes')
-            corrected = [v - t * phase[source] for source, v in votes.items()]
-        else:  # restored votes saved corrected already
-            get = phase.get
-            corrected = [v - t * get(source, 0.0) for source, v in votes.items()]
+        corrected: list[float] = []
+        for share, gaps in self._by_share.items():
+            ts = t * share
+            corrected += [v - ts for v in gaps.values()]
         corrected.sort()
         return interpolated(corrected, 0.5)
 
@@ -283,12 +288,30 @@ class Overhead:
             # so the median of ``gap - tick / (k + 1)`` would sit below the cost), taken
             # at the tick :meth:`cost` reads
             votes = self._cost
-            votes.add(source, gap)
+            if source in votes.votes:
+                self._unshare(source)
+            gone = votes.add(source, gap)
             phase = self._phase
-            phase[source] = 1.0 - 0.5 ** (1.0 / max(1, k))
-            if len(phase) > len(votes.votes):  # the window dropped its oldest prefix
-                for gone in [s for s in phase if s not in votes.votes]:
-                    del phase[gone]
+            if gone is not None:  # the window dropped its oldest prefix
+                self._unshare(gone)
+                phase.pop(gone, None)
+            phase[source] = share = 1.0 - 0.5 ** (1.0 / max(1, k))
+            self._share(source, share, gap)
+
+    def _share(self, source: str, share: float, gap: float) -> None:
+        """Put ``source``'s gap under its phase share (:attr:`_by_share`)."""
+        gaps = self._by_share.get(share)
+        if gaps is None:
+            gaps = self._by_share[share] = {}
+        gaps[source] = gap
+
+    def _unshare(self, source: str) -> None:
+        """Take ``source``'s gap from under its phase share (before its share changes)."""
+        share = self._phase.get(source, 0.0)
+        gaps = self._by_share[share]
+        del gaps[source]
+        if not gaps:
+            del self._by_share[share]
 
     def snapshot(self) -> dict[str, Any]:
         return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot(),
@@ -304,6 +327,8 @@ class Overhead:
         o._cost = _Votes(window, snap["cost"])
         # a vote without its phase share was saved corrected already
         o._phase = {str(k): float(v) for k, v in snap.get("phase", []) if k in o._cost.votes}
+        for source, gap in o._cost.votes.items():
+            o._share(source, o._phase.get(source, 0.0), gap)
         o._u = _Votes(window, snap.get("u", []))
         return o
 
