@@ -65,7 +65,6 @@ from __future__ import annotations
 import base64
 from array import array
 from bisect import bisect_left, bisect_right, insort
-from collections import OrderedDict
 from typing import Any, ClassVar
 
 from river._river_rust.stats import RsQuantile
@@ -144,7 +143,9 @@ class _Votes:
 
     def __init__(self, cap: int, votes: list[list[Any]] | None = None) -> None:
         self.cap = max(2, cap)
-        self.votes: OrderedDict[str, float] = OrderedDict()
+        #: source -> vote, least recently heard from first (a plain dict keeps insertion
+        #: order, and a vote again is popped and put back: cheaper than an ``OrderedDict``)
+        self.votes: dict[str, float] = {}
         self._sorted: list[float] = []
         for source, x in votes or ():
             self.add(str(source), float(x))
@@ -159,8 +160,8 @@ class _Votes:
         votes[source] = x
         insort(s, x)
         if len(votes) > self.cap:
-            gone, y = votes.popitem(last=False)
-            del s[bisect_left(s, y)]
+            gone = next(iter(votes))
+            del s[bisect_left(s, votes.pop(gone))]
             return gone
         return None
 
