@@ -174,3 +174,37 @@ def test_prefix_view_of_a_loaded_history_with_repeated_sessions_and_groups() -> 
         expected = (strength, len(accounts), len(others))
         assert det.prefix_relays(sess) == expected, sid
         assert det.prefix_relays(sess) == expected, sid
+
+
+def test_prefix_view_advanced_by_a_login_is_the_view_built_afresh() -> None:
+    """A view moved on by a login (the oldest rows dropped, one added) holds what a view
+    built from the new history holds, through sessions logging in again, proven logins,
+    logins without a gap, a second (server, access kind) group and shorter keeps; and
+    it is asked again from nothing (no residuals or relay figures kept)."""
+    from pathsentry.detectors.latency.prefixes import PREFIX_ROW, PrefixView
+
+    rng = random.Random(8)
+    hist: tuple[object, ...] = ()
+    view = PrefixView(hist)
+    advanced = 0
+    for i in range(3000):
+        sid = f"s{rng.randrange(40)}"
+        group = ("a", "residential") if rng.random() < 0.93 else ("b", "mobile")
+        gap = None if rng.random() < 0.15 else round(rng.uniform(-3.0, 40.0), 2)
+        row = (sid, group[0], gap, rng.randint(0, 6), group[1], f"acct{rng.randrange(25)}",
+               1 if rng.random() < 0.2 else 0)
+        if rng.random() < 0.1:  # the session's earlier row goes (as ``learn_prefix`` does)
+            hist = tuple(v for j in range(0, len(hist), PREFIX_ROW) if hist[j] != sid
+                         for v in hist[j:j + PREFIX_ROW])
+        keep = 16 if rng.random() < 0.95 else rng.randint(1, 16)
+        hist = (hist + row)[-PREFIX_ROW * keep:]
+        view.terms, view.relays_sid = [], "asked"
+        if view.advance(hist):
+            advanced += 1
+        else:
+            view = PrefixView(hist)
+        fresh = PrefixView(hist)
+        for field in ("hist", "rows", "own", "proven", "hits", "keys", "gapped", "logins", "figs",
+                      "terms", "sum_sid", "sum_total", "sum_n", "relays_sid", "relays"):
+            assert getattr(view, field) == getattr(fresh, field), (i, field)
+    assert advanced > 1000

@@ -116,6 +116,64 @@ class PrefixView:
         self.relays_sid: Any = None
         self.relays: tuple[float, int, int] = (0.0, 0, 0)
 
+    def advance(self, hist: tuple[Any, ...]) -> bool:
+        """Become the view of ``hist`` when it is this view's history less some first rows
+        and plus one row (a login through the prefix, the oldest dropped), with every
+        gap in one (overhead key, access kind) group: the rows dropped and added are
+        counted in and out, not the whole history worked out again. Returns whether it
+        did (else nothing changed: build a view of ``hist``)."""
+        old = self.hist
+        keep = len(hist) - _ROW  # the new history's rows before its last
+        if keep < 0 or keep > len(old) or len(self.keys) > 1 or (
+                keep and hist[:keep] != old[len(old) - keep:]):
+            return False
+        sid, oh_key, gap, k, kind, account, flag = hist[keep:]
+        keys = self.keys
+        if gap is not None and keys and keys[0] != (oh_key, kind):
+            return False
+        rows, own, proven, gapped = self.rows, self.own, self.proven, self.gapped
+        for i in range(0, len(old) - keep, _ROW):  # the oldest rows, dropped
+            gone, gone_gap, gone_account, gone_flag = old[i], old[i + 2], old[i + 5], old[i + 6]
+            n = rows[gone] - 1
+            if n:
+                rows[gone] = n
+            else:
+                del rows[gone]
+            if gone_flag:
+                first = own[gone]
+                del first[0]  # its first proven login is the history's first row
+                if not first:
+                    del own[gone]
+                self.hits -= 1
+                n = proven[gone_account] - 1
+                if n:
+                    proven[gone_account] = n
+                else:
+                    del proven[gone_account]
+            if gone_gap is not None:
+                del gapped[0]
+        if not gapped:
+            keys.clear()
+        rows[sid] = rows.get(sid, 0) + 1
+        if flag:
+            accounts = own.get(sid)
+            if accounts is None:
+                own[sid] = [account]
+            else:
+                accounts.append(account)
+            self.hits += 1
+            proven[account] = proven.get(account, 0) + 1
+        if gap is not None:
+            if not keys:
+                keys.append((oh_key, kind))
+            gapped.append((sid, 0, gap, k, (k + 1) * (k + 1) * (k + 2)))
+        self.hist = hist
+        self.logins = len(hist) // _ROW
+        self.figs = self.terms = None
+        self.sum_sid, self.sum_total, self.sum_n = None, 0.0, 0
+        self.relays_sid, self.relays = None, (0.0, 0, 0)
+        return True
+
 
 #: components that prove a relay from the login's own physics
 _INTRINSIC = ("gap", "physics", "vantage")
@@ -151,8 +209,11 @@ class ExitPrefixes:
         views = self.prefix_views
         view = views._d.get(prefix)
         if view is None or view.hist is not hist:
-            view = PrefixView(hist)
-            views.put(prefix, view)
+            if view is not None and view.advance(hist):  # a login more
+                views._d.move_to_end(prefix)
+            else:
+                view = PrefixView(hist)
+                views.put(prefix, view)
         return view
 
     def _group_figures(self, view: PrefixView) -> list[Any]:
