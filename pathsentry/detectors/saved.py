@@ -219,13 +219,19 @@ class AllowList:
     """
 
     def __init__(self, config: Config) -> None:
-        self._nets = [(ipaddress.ip_network(a.cidr, strict=False), a) for a in config.allow]
+        #: (IP version, netmask, network address) of each range as integers, and its entry:
+        #: ``ip in network`` on integers (``ipaddress`` answers it in Python, for every
+        #: address enrichment meets)
+        self._ranges = [(n.version, int(n.netmask), int(n.network_address), a)
+                        for n, a in ((ipaddress.ip_network(a.cidr, strict=False), a)
+                                     for a in config.allow)]
 
     def entry(self, ip: Any) -> AllowEntry | None:
         """The entry ``ip`` (an address or its text) falls in, ``None`` if none."""
         if isinstance(ip, str):
             ip = ipaddress.ip_address(ip)
-        for net, entry in self._nets:
-            if ip.version == net.version and ip in net:
+        version, value = ip.version, int(ip)
+        for v, mask, net, entry in self._ranges:
+            if v == version and value & mask == net:
                 return entry
         return None
