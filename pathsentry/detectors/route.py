@@ -288,7 +288,7 @@ class RouteDetector(SessionTable):
         score, reasons = flagged_as
         flag = {
             "event_id": event.event_id, "ts": event.ts.isoformat(), "account": account,
-            "session_id": sid, "src_ip": str(event.src_ip), "country": ev.geo.country,
+            "session_id": sid, "src_ip": ip_text(event.src_ip), "country": ev.geo.country,
             "asn": ev.geo.asn, "score": score, "reasons": reasons, "prefix": ev.prefix,
             "evidence": {
                 "country_path": route["country_path"], "asn_path": route["asn_path"],

@@ -18,6 +18,7 @@ from river import anomaly
 
 from pathsentry.config import AllowEntry, Server
 from pathsentry.detectors import register
+from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import DetectorContext, Enriched, Findings
 from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
 from pathsentry.detectors.latency.evidence import Assessment, Evidence
@@ -495,7 +496,7 @@ class LatencyDetector(Snapshots, Evidence):
             alert_id = alert.alert_id
         out.flags.append(FlaggedEvent(
             event_id=sess.event_id, ts=sess.ts, kind="vpn_relay", account=account,
-            session_id=sess.session_id, src_ip=str(sess.src_ip), country=sess.geo.country,
+            session_id=sess.session_id, src_ip=ip_text(sess.src_ip), country=sess.geo.country,
             asn=sess.geo.asn, score=final if score <= 1.0 else 1.0, reasons=reasons, evidence=evidence,
             alert_id=alert_id, detector=self.name,
         ))

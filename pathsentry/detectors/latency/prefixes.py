@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mypy_extensions import trait
 
+from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.latency.baselines import OverheadBook
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
@@ -208,7 +209,7 @@ class ExitPrefixes:
         hosting range, a CGNAT pool, a campus), or its address on residential access,
         where a /24 holds unrelated subscribers and a residential proxy is one of them
         (its neighbours' logins show nothing of its clients' leg)."""
-        return str(sess.src_ip) if sess.geo.kind in ADDRESS_EXITS else sess.prefix
+        return ip_text(sess.src_ip) if sess.geo.kind in ADDRESS_EXITS else sess.prefix
 
     def prefix_view(self, prefix: str) -> PrefixView | None:
         """What the exit prefix's history gives, worked out once per history and
