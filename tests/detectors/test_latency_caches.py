@@ -166,6 +166,8 @@ def test_prefix_view_of_a_loaded_history_with_repeated_sessions_and_groups() -> 
         sess = Session()
         sess.prefix, sess.session_id, sess.event_id = "198.51.100.0/24", sid, f"e-{sid}"
         sess.geo = GeoInfo(kind="hosting")  # a hosting /24 is one exit
+        sess.exit = det.exit_of(sess)  # (as the login sets it)
+        assert sess.exit == "198.51.100.0/24"
         others = [r for r in rows if r[0] != sid]
         accounts = {r[5] for r in others if r[6]}
         hits = sum(r[6] for r in others)

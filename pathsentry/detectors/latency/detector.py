@@ -306,7 +306,7 @@ class LatencyDetector(Snapshots, Evidence):
         the prefix a known exit): the first logins through a relay's exit came before the
         evidence did.
         Their flags are late, like those a late probe raises, and name their own login."""
-        hist = self.prefix_gaps.peek(self.exit_of(sess))
+        hist = self.prefix_gaps.peek(sess.exit)
         if hist is None:
             return out
         table = self.sessions._d
@@ -357,6 +357,7 @@ class LatencyDetector(Snapshots, Evidence):
         sess.tcp = login.tcp_rtt_ms
         sess.geo = geo
         sess.prefix = prefix
+        sess.exit = self.exit_of(sess)
         sess.allowed = allowed
         sess.route = route if isinstance(route, dict) and route.get("foreign_origin") else None
         # the baseline keys, as the baselines' own strings where they exist

@@ -146,7 +146,7 @@ class Evidence(Scoring):
         _, n, z = self.prefix_evidence(sess, self.gap_verdict(sess))
         _, proven, logins = self.prefix_relays(sess)
         lo, hi = self.prefix_z
-        exit_key = self.exit_of(sess)
+        exit_key = sess.exit
         out: dict[str, Any] = {
             "prefix": sess.prefix, "exit": exit_key,
             "gap_logins": n, "gap_z": round(z, 2), "gap_z_ramp": [lo, hi],

@@ -208,7 +208,8 @@ class ExitPrefixes:
         """The exit a login's relay evidence is gathered under: its /24 (a VPN's or a
         hosting range, a CGNAT pool, a campus), or its address on residential access,
         where a /24 holds unrelated subscribers and a residential proxy is one of them
-        (its neighbours' logins show nothing of its clients' leg)."""
+        (its neighbours' logins show nothing of its clients' leg). Worked out with the
+        login (:attr:`Session.exit`)."""
         return ip_text(sess.src_ip) if sess.geo.kind in ADDRESS_EXITS else sess.prefix
 
     def prefix_view(self, prefix: str) -> PrefixView | None:
@@ -265,7 +266,7 @@ class ExitPrefixes:
         The standardised residuals are worked out once per history and overheads
         (:class:`PrefixView`): a probe re-asks this of an unchanged prefix.
         """
-        view = self.prefix_view(self.exit_of(sess))
+        view = self.prefix_view(sess.exit)
         total = 0.0
         n = 0
         if view is not None:
@@ -340,7 +341,7 @@ class ExitPrefixes:
         honest login is proven relayed about once in 5,000, so two accounts of one /24's
         last 16 logins are next to never both honest).
         """
-        view = self.prefix_view(self.exit_of(sess))
+        view = self.prefix_view(sess.exit)
         if view is None:
             return 0.0, 0, 0
         sid = sess.session_id or sess.event_id
@@ -379,7 +380,7 @@ class ExitPrefixes:
         if keep <= 0:
             return False
         sid = sess.session_id or sess.event_id
-        exit_key = self.exit_of(sess)
+        exit_key = sess.exit
         hist: tuple[Any, ...] = self.prefix_gaps._d.get(exit_key) or ()
         if sid in hist[0::_ROW]:  # a session's login again: its earlier row goes
             rows: list[Any] = []
@@ -409,7 +410,7 @@ class ExitPrefixes:
         """Mark the session's login proven relayed in its exit prefix's history (evidence
         that came after the login: an app probe's physics); returns whether the mark is
         new (the prefix's other sessions are then worth re-assessing)."""
-        exit_key = self.exit_of(sess)
+        exit_key = sess.exit
         hist = self.prefix_gaps._d.get(exit_key)
         if hist is None:
             return False

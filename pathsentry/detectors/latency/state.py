@@ -38,7 +38,7 @@ class Session:
     """
 
     __slots__ = (
-        "account", "allowed", "app_min", "app_n", "app_p10", "app_spread", "event_id", "flagged",
+        "account", "allowed", "app_min", "app_n", "app_p10", "app_spread", "event_id", "exit", "flagged",
         "geo", "k_asn", "k_country", "k_prefix", "oh_key", "phys_at", "phys_feat", "phys_net", "phys_s",
         "prefix", "probes", "route", "score", "server", "server_id", "session_id", "src_ip", "tcp",
         "ts", "worst_km",
@@ -67,6 +67,9 @@ class Session:
     #: the vantage whose app probe that estimate came from (``None``: the login itself)
     phys_at: str | None
     prefix: str
+    #: the exit its relay evidence is gathered under (``ExitPrefixes.exit_of``, set with
+    #: the login: every probe's and re-assessment's prefix evidence reads it)
+    exit: str
     #: the session's route notes, kept only when the route has a foreign origin
     route: dict[str, Any] | None
     server: Server | None
