@@ -391,8 +391,10 @@ class Grouping:
             regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
             # beside serials that run: relay scores on more of them than the class's
             # background explains stand for the flags (:mod:`.suspicion`)
-            evidence = evidence or (regular and suspicion.suspected(
-                part.pool, cand, s.max_burst_p)[0])
+            evidence = evidence or (regular and (
+                suspicion.suspected(part.pool, cand, s.max_burst_p)[0]
+                or suspicion.rtt_suspected(part.pool, cand, s.excess_quantile,
+                                           s.max_burst_p)[0]))
             if pattern == part.key:
                 # the whole family, no shared exit: serials that run, and relay/route
                 # evidence or few machines (a batch on residential proxies of several

@@ -66,6 +66,9 @@ class FarmSettings:
     #: of two /24s within ``window_s``, and its weight in machines (:mod:`.hops`)
     hop_prior_share: float = 0.01
     hop_prior_devices: float = 100.0
+    #: a login's RTT excess is in its class's tail above this learned quantile of the
+    #: class's excesses (:func:`.suspicion.rtt_suspected`)
+    excess_quantile: float = 0.95
 
 
 def settings_from(raw: Mapping[str, Any]) -> FarmSettings:
@@ -261,6 +264,10 @@ class Pool:
     #: out again), and of them those with a relay score above zero (:mod:`.suspicion`)
     rs_seen: float = 0.0
     rs_scored: float = 0.0
+    #: of those logins on home lines and hosting exits, the relay detector's RTT excess
+    #: (ms over what the exit's place and history explain), 1-ms bins (:mod:`.suspicion`)
+    excess: list[float] = field(default_factory=list)
+    excess_seen: float = 0.0
 
 
 @dataclass(slots=True)
