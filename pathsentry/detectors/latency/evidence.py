@@ -17,7 +17,7 @@ from mypy_extensions import trait
 
 from pathsentry.config import Server
 from pathsentry.detectors.latency.geometry import DEFAULT_TOLERANCE_MS, KIND_TOLERANCE_MS, PRECISION_SLACK_KM
-from pathsentry.detectors.latency.scoring import DEFAULT_MIN_SPREAD_MS, MIN_SPREAD_MS, Scoring, noisy_or
+from pathsentry.detectors.latency.scoring import Scoring, noisy_or
 from pathsentry.detectors.latency.state import Session
 from pathsentry.detectors.physics import (
     ACCESS_FLOOR_MS,
@@ -256,16 +256,14 @@ class Evidence(Scoring):
                 continue
             lo, mid, hi = b.quantiles()
             # the verdict is taken on the 0.01 ms figures the evidence shows
-            lo_ms, hi_ms = b.bounds()
-            spike = self.spike_allowance(sess)
-            excess = sess.app_min - hi_ms - spike
-            spread = max(hi_ms - lo_ms, MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS))
+            excess, spread, spike, tick = self.baseline_terms(sess, b)
             z = excess / spread
             levels.append({"level": level, "key": key, "samples": n,
                            "p10_ms": round(lo, 2), "p50_ms": round(mid, 2), "p90_ms": round(hi, 2),
                            "excess_ms": round(excess, 2),
                            "excess_km": round(max(0.0, excess) * KM_PER_MS_RTT),
                            "spike_allowance_ms": round(spike, 2),
+                           "tick_allowance_ms": round(tick, 2),
                            "z": round(z, 2), "spread_ms": round(spread, 2)})
             if "baseline" in components:
                 reasons.append(
