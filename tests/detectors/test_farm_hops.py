@@ -4,12 +4,13 @@ not form a group there."""
 
 from __future__ import annotations
 
+import json
 import random
 
 from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.farm.hops import hop_share
 from pathsentry.detectors.farm.model import FarmSettings, Partition, Sightings
-from tests.detectors.test_farm import farm_alerts, random_names, run
+from tests.detectors.test_farm import detector, farm_alerts, random_names, run
 from tests.detectors.test_farm_families import KT, SKB, homes, login, samples
 
 #: a room's proxy exits: one home line on each of two /24s of two ISPs
@@ -152,3 +153,33 @@ def test_the_share_of_machines_that_hop_is_learned_and_leaves_the_room_out() -> 
     # a room's own twelve hopping machines are no background of itself
     p.hops = Sightings(seen=1_000.0, hopped=12.0)
     assert hop_share(p, s, 12) < hop_share(p, s)
+
+
+def test_a_room_found_keeps_its_alert_across_a_restore() -> None:
+    """A worker hands the partition over mid-burst: the sightings are not saved, but
+    the room's members and group are, and its machines' next logins join the same
+    alert."""
+    rng = random.Random(105)
+    names = random_names(random.Random(106), 20)
+    room = hopping_room(names, 3600, 60.0, rng)
+    det = detector()
+    _, first = run(homes(rng, 60, 1) + room[:12], [det])  # the homes before the room
+    (g,) = hop_alerts(first)
+    again = detector()
+    again.load_state(json.loads(json.dumps(det.state())))
+    _, later = run(room[12:], [again])
+    (g2,) = hop_alerts(later)
+    assert g2.alert_id == g.alert_id and g2.version > g.version
+    assert set(g.accounts) < set(g2.accounts) == set(names)
+
+
+def test_sightings_stay_bounded() -> None:
+    """A machine count over ``hop_max_devices``: the least recently seen leave first."""
+    det = detector(hop_max_devices=50)
+    rng = random.Random(107)
+    events = [login(n, 60.0 * i, f"121.131.{i // 200}.{1 + i % 200}", KT, samples(rng, 5.0, 2.0))
+              for i, n in enumerate(random_names(random.Random(108), 300))]
+    run(events, [det])
+    view = det.parts["hop:KR"].hops
+    assert view is not None and len(view.devices) <= 50 and len(view.addresses) <= 50
+    assert view.seen == 300.0 and view.hopped == 0.0

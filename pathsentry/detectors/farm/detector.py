@@ -246,6 +246,8 @@ class FarmDetector(Detector, Grouping):
                     del part.members[m.sid]
                 live = hops.sight(part, m, s)
                 for x in live:
+                    if not x.cluster:
+                        x.cluster = part.name_index().assign(x.account, normalise(x.account))
                     part.members[x.sid] = x
                     self._index(part, x)
             if m.indexed:
@@ -347,7 +349,9 @@ class FarmDetector(Detector, Grouping):
             geo.country, geo.asn, sig, () if path is None else path, route is not None,
             flagged, score, gap, excess, event.min_app_rtt, fields["server_id"],
             client.device_id if client is not None else None,
-            part.name_index().assign(account, normalise(account)), None, skel, serial_no, pats,
+            # (a ``hop:`` sighting is named when its machine hops: :meth:`_hop`)
+            part.name_index().assign(account, normalise(account)) if pats or kind != HOP else "",
+            None, skel, serial_no, pats,
             jitter=jitter(event.app_rtt_ms), exit=exit_of(geo.asn, prefix, geo.kind),
             tcp=fields["tcp_rtt_ms"], access=geo.kind,
         )
