@@ -9,8 +9,8 @@ import random
 
 from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.farm.model import Member, Pool
-from pathsentry.detectors.farm.suspicion import count, rtt_suspected, uncount
-from tests.detectors.test_farm import farm_alerts, run
+from pathsentry.detectors.farm.suspicion import count_excess, excess_bin, rtt_suspected
+from tests.detectors.test_farm import detector, farm_alerts, random_names, run
 from tests.detectors.test_farm_families import KT, SKB, login, samples
 
 _CONS, _VOW = "bcdfghjklmnpqrstvwxz", "aeiou"
@@ -89,23 +89,33 @@ def test_a_batch_in_the_excess_tail_with_no_history_is_not_suspected() -> None:
     assert _by_fifth(batch, batch) == []
 
 
-def test_the_histogram_counts_and_uncounts_and_the_threshold_is_a_learned_quantile() -> None:
+def test_the_histogram_counts_home_lines_and_the_threshold_is_a_learned_quantile() -> None:
     pool = Pool()
     ms = [Member(f"s{i}", f"a{i}", 0.0, None, None, "", "", relay_excess_ms=float(i % 100),
                  access="residential") for i in range(1000)]
     for m in ms:
-        count(pool, m)
+        count_excess(pool, excess_bin(m.access, m.relay_excess_ms))
+    count_excess(pool, excess_bin("hosting", 99.0))  # a hosting exit's users: relayed by nature
+    count_excess(pool, excess_bin("residential", None))  # no excess given
     assert pool.excess_seen == 1000.0 and sum(pool.excess) == 1000.0
-    uncount(pool, ms[0])
-    assert pool.excess_seen == 999.0
     high = [Member(f"h{i}", f"h{i}", 0.0, None, None, "", "", relay_excess_ms=99.0,
                    access="residential") for i in range(5)]
     ok, k, threshold, share, p = rtt_suspected(pool, high, 0.95, 1e-4)
-    # at most 5 % of the 999 lie at or above it: 96-99 ms (40), not 95-99 (50)
-    assert ok and k == 5 and threshold == 96 and 0.03 < share < 0.05 and p < 1e-4
+    # the candidate's own five taken out: 45 of the 995 (at most 5 %) lie at or above 95 ms
+    assert ok and k == 5 and threshold == 95 and 0.03 < share < 0.05 and p < 1e-4
     ok, k, _, _, _ = rtt_suspected(pool, high[:2] + ms[10:13], 0.95, 1e-4)
     assert not ok and k == 2
     natted = [Member(f"n{i}", f"n{i}", 0.0, None, None, "", "", relay_excess_ms=99.0,
                      access="business") for i in range(5)]
     assert rtt_suspected(pool, natted, 0.95, 1e-4)[:2] == (False, 0)  # a NAT's own latency
     assert rtt_suspected(Pool(), high, 0.95, 1e-4)[:2] == (False, 0)
+
+
+def test_the_background_is_every_home_line_of_the_worker() -> None:
+    """Players without a family name count too: their logins reach the exits."""
+    rng = random.Random(85)
+    det = detector()
+    run(_background(rng, 40, 4.0) + [_excess(login(n, 100.0 * i, f"121.150.{i}.9", KT,
+                                                    samples(rng, 5.0, 2.0)), 1.0)
+                                     for i, n in enumerate(random_names(rng, 30))], [det])
+    assert det.pools["tpl"].excess_seen == 70.0

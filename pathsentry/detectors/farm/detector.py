@@ -182,6 +182,11 @@ class FarmDetector(Detector, Grouping):
             return None
         if part.kind == HOP:
             return self._hop(part, ev, ts) if is_login else None
+        if is_login and part.kind == NET:  # every login reaches one exit: the excesses
+            relay = ev.notes.get("relay")
+            if isinstance(relay, dict):
+                suspicion.count_excess(self._family_pool(),
+                                       suspicion.excess_bin(ev.geo.kind, relay.get("excess_ms")))
         if is_login and part.kind == NET and not _flagged(ev) and not hosted_exit(key):
             # background only
             arrive(part, ts, self._half_life, self._fast_half_life)
@@ -261,6 +266,15 @@ class FarmDetector(Detector, Grouping):
         elif self._bumped:
             self._bumped.pop(part.key, None)
         return out
+
+    def _family_pool(self) -> Pool:
+        """The family partitions' class pool (made before its first partition: the RTT
+        excesses it judges by are counted from the exits, :mod:`.suspicion`)."""
+        pool = self.pools.get(TPL)
+        if pool is None:
+            started = self.now if self.started is None else self.started
+            pool = self.pools[TPL] = Pool(ts=self.now, first_ts=started)
+        return pool
 
     def _new_partition(self, key: str) -> Partition:
         started = self.now if self.started is None else self.started

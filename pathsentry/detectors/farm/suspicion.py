@@ -21,16 +21,20 @@ suspects nothing) stays below ``max_burst_p`` (:func:`suspected`). It stands for
 only beside serials that run consecutively (:mod:`.grouping`): honest players of a
 popular stem through one VPN carry scores too, and their numbers do not run.
 
-The same batch's latency says it too: a room abroad behind a proxy on a home line shows
-more RTT than the exit's place and history explain (the relay detector's ``excess_ms``),
-on login after login. The class's counted logins on those kinds also keep a histogram
-of their excesses (1-ms bins); :func:`rtt_suspected` takes the lowest bin above which at
-most ``1 - excess_quantile`` of them lie (documented default: the 0.95 quantile), the
-candidate's own logins taken out, and judges the candidate's logins at or above it by
-the same beta-binomial tail. It too stands for relay evidence only beside serials that
-run. Friends who signed up together carry the class's own excesses (a few in its tail
-by chance, never five of five), and a population whose every line is slow (rural DSL)
-teaches a tail above them; a class with little history suspects nothing.
+The same batch's latency says it too: a room abroad behind a proxy on a home line
+shows more RTT than the exit's place and history explain (the relay detector's
+``excess_ms``), on login after login. Every login on a home line that the worker's
+exit partitions take (``net:``: each login reaches exactly one) is counted in a
+histogram of excesses (1-ms bins, :func:`count_excess`, kept in the family class's
+pool: the background is every home line the worker sees, not only names with a family;
+a hosting exit's users are relayed by nature); :func:`rtt_suspected` takes the lowest
+bin above which at most ``1 - excess_quantile`` of them lie (documented default: the
+0.95 quantile), the candidate's own logins taken out, and judges the candidate's
+logins at or above it by the same beta-binomial tail. It too stands for relay evidence
+only beside serials that run. Friends who signed up together carry the class's own
+excesses (a few in its tail by chance, never five of five), and a population whose
+every line is slow (rural DSL) teaches a tail above them; a class with little history
+suspects nothing.
 
 The counts are halved once they pass :data:`MAX_SEEN`; they are learned per worker and
 not saved (a restarted worker starts from the uninformed prior, which suspects
@@ -64,8 +68,8 @@ from pathsentry.detectors.farm.lines import LINE_KINDS
 from pathsentry.detectors.farm.model import Member, Pool
 from pathsentry.detectors.injection_counts import beta_binomial_sf
 
-__all__ = ["EXCESS_BINS", "EXCESS_LO_MS", "MAX_SEEN", "SCORED_KINDS", "count", "rtt_suspected",
-           "suspected", "tail", "uncount"]
+__all__ = ["EXCESS_BINS", "EXCESS_LO_MS", "MAX_SEEN", "SCORED_KINDS", "count", "count_excess",
+           "excess_bin", "rtt_suspected", "suspected", "tail", "uncount"]
 
 #: logins counted before both counts are halved
 MAX_SEEN = 4096.0
@@ -86,13 +90,32 @@ def _scored(m: Member) -> float:
     return 1.0 if m.relay_score > 0.0 and m.access in SCORED_KINDS else 0.0
 
 
-def _excess_bin(m: Member) -> int | None:
-    """The histogram bin of ``m``'s RTT excess (none off a scored kind of network, or
-    when the relay detector had no excess to give)."""
-    x = m.relay_excess_ms
-    if not isinstance(x, int | float) or not math.isfinite(x) or m.access not in SCORED_KINDS:
+def excess_bin(access: str | None, x: object) -> int | None:
+    """The histogram bin of an RTT excess of ``x`` ms on a network of kind ``access``
+    (none off a home line -- a hosting exit's users are relayed by nature, a NAT'ed
+    crowd's address has its own latency -- or when the relay detector had no excess to
+    give)."""
+    if not isinstance(x, int | float) or not math.isfinite(x) or access not in LINE_KINDS:
         return None
     return min(EXCESS_BINS - 1, max(0, math.floor(x) - EXCESS_LO_MS))
+
+
+def _excess_bin(m: Member) -> int | None:
+    return excess_bin(m.access, m.relay_excess_ms)
+
+
+def count_excess(pool: Pool, b: int | None) -> None:
+    """Count one login's RTT excess (its bin ``b``) in the histogram of ``pool``."""
+    if b is None:
+        return
+    h = pool.excess
+    if not h:
+        h.extend([0.0] * EXCESS_BINS)
+    h[b] += 1.0
+    pool.excess_seen += 1.0
+    if pool.excess_seen > MAX_SEEN:
+        pool.excess = [v / 2.0 for v in h]
+        pool.excess_seen /= 2.0
 
 
 def count(pool: Pool | None, m: Member) -> None:
@@ -104,16 +127,6 @@ def count(pool: Pool | None, m: Member) -> None:
     if pool.rs_seen > MAX_SEEN:
         pool.rs_seen /= 2.0
         pool.rs_scored /= 2.0
-    b = _excess_bin(m)
-    if b is not None:
-        h = pool.excess
-        if not h:
-            h.extend([0.0] * EXCESS_BINS)
-        h[b] += 1.0
-        pool.excess_seen += 1.0
-        if pool.excess_seen > MAX_SEEN:
-            pool.excess = [v / 2.0 for v in h]
-            pool.excess_seen /= 2.0
 
 
 def uncount(pool: Pool | None, m: Member) -> None:
@@ -122,10 +135,6 @@ def uncount(pool: Pool | None, m: Member) -> None:
         return
     pool.rs_seen -= 1.0
     pool.rs_scored = max(0.0, pool.rs_scored - _scored(m))
-    b = _excess_bin(m)
-    if b is not None and pool.excess and pool.excess[b] >= 1.0:
-        pool.excess[b] -= 1.0
-        pool.excess_seen = max(0.0, pool.excess_seen - 1.0)
 
 
 def tail(k: int, n: int, scored: float, unscored: float) -> float:
@@ -169,8 +178,8 @@ def rtt_suspected(pool: Pool | None, ms: Sequence[Member], q: float, max_p: floa
     if pool is None or not pool.excess:
         return False, 0, None, 0.0, 1.0
     h = list(pool.excess)
-    for x in ms:
-        b = _excess_bin(x) if x.in_background else None
+    for x in ms:  # the candidate's own logins, counted through their exits: out
+        b = _excess_bin(x)
         if b is not None and h[b] >= 1.0:
             h[b] -= 1.0
     total = sum(h)
