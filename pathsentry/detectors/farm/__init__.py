@@ -190,14 +190,18 @@ farm that reuses a popular stem (``shadow…``) can take an honest ``shadow`` pl
 whose number happens to continue its serials.
 
 Bounds: at most ``max_keys`` partitions (least recently used evicted), at most
-``max_members`` members per partition (members older than ``2 * window_s`` go
-first), at most ``max_group_members`` per group; an idle group is kept
-``group_ttl_s`` for late joiners. Per event: one dictionary lookup per key, a scan
-of the members sharing one pattern in one window, O(bands) for the MinHash name
-index (:class:`~pathsentry.detectors.names.NameIndex`, whose clusters the evidence
-shows). River's DBSTREAM was considered for the clustering; its ``predict_one``
-walks every micro-cluster, and every dimension but time is categorical here, so
-exact keys plus the family rules do the job in bounded time.
+``max_members`` members per partition (members older than ``2 * window_s`` go first),
+at most ``max_group_members`` per group; an idle group is kept ``group_ttl_s`` for
+late joiners. Per event: one dictionary lookup per key, a scan of the members sharing
+one pattern in one window, O(bands) for the MinHash name index
+(:class:`~pathsentry.detectors.names.NameIndex`, whose clusters the evidence shows);
+in a ``hop:`` partition a login of a machine not seen hopping costs its machine's
+sightings (at most :data:`~.hops.MAX_PER_DEVICE`) and is neither named nor indexed,
+and its sightings hold at most ``hop_max_devices`` machines and addresses; the RTT-
+excess histogram is a fixed 320 bins per worker. River's DBSTREAM was considered for
+the clustering; its ``predict_one`` walks every micro-cluster, and every dimension but
+time is categorical here, so exact keys plus the family rules do the job in bounded
+time.
 
 >>> settings_from({"window_s": "600", "unknown": 1}).window_s
 600.0
