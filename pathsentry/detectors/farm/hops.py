@@ -49,8 +49,10 @@ as addresses, in step) never hops and is left to the /24s' home-line judges; a r
 on several /24s found here also keeps its /24s' home-line alerts (partitions on other
 workers), so it can show in more than one alert; the sightings are learned per worker
 and not saved (a restarted worker sees hops again from its next logins); the key is
-a country's, so in a very busy country the window of machines in view is bounded by
-``hop_max_devices`` rather than ``window_s``.
+a country's, so one worker takes every home-line login of a country (a hot partition:
+its cost per login is bounded, its share of the logins is not), and in a very busy
+country the window of machines in view is bounded by ``hop_max_devices`` rather than
+``window_s``.
 
 >>> from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 >>> s, p = FarmSettings(), Partition(key="hop:KR")
