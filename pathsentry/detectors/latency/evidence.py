@@ -146,20 +146,21 @@ class Evidence(Scoring):
         _, n, z = self.prefix_evidence(sess, self.gap_verdict(sess))
         _, proven, logins = self.prefix_relays(sess)
         lo, hi = self.prefix_z
+        exit_key = self.exit_of(sess)
         out: dict[str, Any] = {
-            "prefix": sess.prefix,
+            "prefix": sess.prefix, "exit": exit_key,
             "gap_logins": n, "gap_z": round(z, 2), "gap_z_ramp": [lo, hi],
             "recent_logins": logins, "proven_relay_accounts": proven,
         }
         if "prefix_gap" in components:
             reasons.append(
-                f"{n} recent logins through {sess.prefix} answer the game {z:.1f} standard "
+                f"{n} recent logins through {exit_key} answer the game {z:.1f} standard "
                 f"errors slower than the servers' learned overhead allows: the same "
                 f"client-relay leg in every login through this exit"
             )
         if "prefix_relays" in components:
             reasons.append(
-                f"{proven} accounts' recent logins through {sess.prefix} were proven relayed "
+                f"{proven} accounts' recent logins through {exit_key} were proven relayed "
                 f"by their own latency physics ({logins} logins): a relay exit"
             )
         out["verdict"] = ("relay exit" if "prefix_gap" in components or "prefix_relays" in components
