@@ -183,3 +183,15 @@ def test_sightings_stay_bounded() -> None:
     view = det.parts["hop:KR"].hops
     assert view is not None and len(view.devices) <= 50 and len(view.addresses) <= 50
     assert view.seen == 300.0 and view.hopped == 0.0
+
+
+def test_a_room_across_workers_is_one_alert() -> None:
+    """Three workers, each owning the partitions its keys hash to: the room's logins of
+    both ISPs meet in the country's partition, wherever their /24s' partitions live."""
+    rng = random.Random(109)
+    names = random_names(random.Random(110), 14)
+    dets = [detector(), detector(), detector()]
+    flags, alerts = run(homes(rng, 80, 3) + hopping_room(names, 3600, 75.0, rng), dets)
+    (g,) = farm_alerts(alerts)
+    assert g.subject["key"] == "hop:KR" and sorted(g.accounts) == sorted(names)
+    assert {f.account for f in flags.values()} == set(names)
