@@ -189,9 +189,23 @@ def test_a_room_across_workers_is_one_alert() -> None:
     """Three workers, each owning the partitions its keys hash to: the room's logins of
     both ISPs meet in the country's partition, wherever their /24s' partitions live."""
     rng = random.Random(109)
-    names = random_names(random.Random(110), 14)
+    names = random_names(random.Random(110), 10)
     dets = [detector(), detector(), detector()]
     flags, alerts = run(homes(rng, 80, 3) + hopping_room(names, 3600, 75.0, rng), dets)
     (g,) = farm_alerts(alerts)
     assert g.subject["key"] == "hop:KR" and sorted(g.accounts) == sorted(names)
     assert {f.account for f in flags.values()} == set(names)
+
+
+def test_a_room_crowding_its_lines_keeps_their_alerts_beside_its_own() -> None:
+    """The known limit: seven accounts per proxy line pass the household limit, so each
+    /24's home-line judge finds its half too (other partitions, other workers); the
+    machines' alert holds the whole room."""
+    rng = random.Random(109)
+    names = random_names(random.Random(110), 14)
+    _, alerts = run(homes(rng, 80, 3) + hopping_room(names, 3600, 75.0, rng),
+                    [detector(), detector(), detector()])
+    by_key = {a.subject["key"]: set(a.accounts) for a in farm_alerts(alerts)}
+    assert by_key.pop("hop:KR") == set(names)
+    assert sorted(len(v) for v in by_key.values()) == [7, 7]
+    assert set().union(*by_key.values()) == set(names)
