@@ -44,7 +44,10 @@ Crowds that are not rooms, and why they form no group here:
 - **PC bangs, campus NAT, mobile CGNAT, cloud gaming, game relays, VPN ranges**: not
   home lines (``business``, ``education``, ``mobile``, ``hosting``…), never keyed here.
 
-Known limits: a room whose every machine keeps to one proxy address (as many machines
+Known limits: the friends' case is cleared by the learned share -- in a population
+whose machines never hop, three friends each carrying a main and an alt account on a
+laptop between two homes within the hour (six accounts, three machines) are a tail
+event; a room whose every machine keeps to one proxy address (as many machines
 as addresses, in step) never hops and is left to the /24s' home-line judges; a room
 on several /24s found here also keeps its /24s' home-line alerts (partitions on other
 workers), so it can show in more than one alert; the sightings are learned per worker
