@@ -107,6 +107,7 @@ def test_prefix_view_of_a_loaded_history_with_repeated_sessions_and_groups() -> 
     are the other sessions' (asked twice: the kept answer is the same)."""
     from pathsentry.detectors.latency.prefixes import PREFIX_ROW, PrefixView
     from pathsentry.detectors.latency.state import Session
+    from pathsentry.enrich.geo import GeoInfo
 
     rows = [  # session, overhead key, gap, samples, kind, account, proven
         ("s1", "a", 12.5, 3, "residential", "x", 1),
@@ -133,6 +134,7 @@ def test_prefix_view_of_a_loaded_history_with_repeated_sessions_and_groups() -> 
     for sid in ("s1", "s2", "s3", "s4", "s1"):
         sess = Session()
         sess.prefix, sess.session_id, sess.event_id = "198.51.100.0/24", sid, f"e-{sid}"
+        sess.geo = GeoInfo(kind="hosting")  # a hosting /24 is one exit
         others = [r for r in rows if r[0] != sid]
         accounts = {r[5] for r in others if r[6]}
         hits = sum(r[6] for r in others)

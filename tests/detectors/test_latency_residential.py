@@ -139,3 +139,33 @@ def test_a_one_sample_relay_is_judged_once_its_exits_kind_learned_its_spikes() -
     assert evidence["gap"]["excess_ms"] > 0
     assert evidence["gap"]["overhead"]["spike_logins"] < w.det.spike_warmup
     assert "no verdict of its own" in evidence["gap"]["verdict"]
+
+
+def _neighbours_of_a_proxy(exit_net: str) -> tuple[World, list[bool], bool]:
+    """Foreign clients through one proxy address of ``exit_net`` (each proven by its own
+    gap), then honest households at other addresses of the same /24. Returns the
+    world, the proxied logins' flags and whether any household login was flagged."""
+    w = make_world(seed=34)
+    assert warm(w, LOOP, n=120) == 0
+    leg = leg_ms(SEOUL, SHANGHAI) + 3.0 + 30.0
+    proxied = [_resi_l4(w, f"{exit_net}.174", f"rented{i}", leg)[0] for i in range(8)]
+    homes = [_honest_line(w, f"{exit_net}.{20 + i % 3}", f"family{i % 3}", w.rng.uniform(0.5, 4.0))[0]
+             for i in range(12)]
+    return w, proxied, any(homes)
+
+
+def test_a_residential_proxy_does_not_taint_its_neighbours_on_the_same_24() -> None:
+    """A home line rented out as a proxy sits among unrelated subscribers of its /24:
+    its clients' logins prove the address a relay exit, and lend their evidence to the
+    later logins through that address only. Households at the /24's other addresses,
+    whose own gap and physics are clean, are not flagged."""
+    w, proxied, homes_flagged = _neighbours_of_a_proxy("58.120.66")
+    assert all(proxied)
+    assert not homes_flagged
+    # the address, not the /24, holds the exit's history
+    assert w.det.prefix_gaps.peek("58.120.66.174") is not None
+    assert w.det.prefix_gaps.peek("58.120.66.0/24") is None
+    # a hosting /24 is a relay service's range: its other addresses are lent the evidence
+    w, proxied, hosted_flagged = _neighbours_of_a_proxy("45.65.66")
+    assert all(proxied) and hosted_flagged
+    assert w.det.prefix_gaps.peek("45.65.66.0/24") is not None

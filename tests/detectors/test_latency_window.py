@@ -249,3 +249,45 @@ def test_cost_votes_cast_before_the_tick_was_learned_are_corrected_once_it_is() 
     assert o.cost() == pytest.approx(5.0, abs=6.0)
     restored = Overhead.restore(json.loads(json.dumps(o.snapshot())), "srv", 40)
     assert restored.cost() == o.cost()
+
+
+def _prefix_with_a_late_phase(tick: float, leg: float) -> dict:
+    """Thirty honest 10-sample logins from one /24 teach its baseline on a server whose
+    game loop has ``tick``; then one login from that /24 whose three samples all land
+    late in the tick (an honest draw about one in 300) after a detour of ``leg`` ms.
+    Returns that login's assessment (components and evidence)."""
+    w = make_world(seed=61)
+    loop = GameLoop(cost=5.0, tick=tick)
+    assert warm(w, loop, n=120) == 0  # the server's overhead, from distinct prefixes
+    for i in range(30):
+        rtt = 3.0 + w.rng.uniform(0.0, 1.0)
+        _, out = w.login(f"home{i}", f"58.121.7.{10 + i}", loop.samples(w, rtt, 10),
+                         round(rtt + 0.2, 3))
+        assert out.flags == []
+    rtt = 3.5 + leg
+    app = [round(rtt + loop.cost + tick * phase, 3) for phase in (0.85, 0.9, 0.95)]
+    ev, _ = w.login("late", "58.121.7.99", app, None if leg else round(rtt + 0.2, 3))
+    sess = w.det.sessions.peek(ev.event.session_id or "")
+    assert sess is not None
+    a = w.det._assess(sess)
+    return {"components": a.components, "baseline": a.evidence["baseline"]}
+
+
+def test_a_late_phase_in_every_sample_is_not_a_detour_from_the_prefix_baseline() -> None:
+    """The prefix baseline holds app minima, each with a phase of the loop in it: an
+    honest login with three samples on a 50 ms tick may sit 40 ms above the /24's p90
+    for the loop alone. The baseline's verdict allows the learned tick's phase spread."""
+    honest_late = _prefix_with_a_late_phase(tick=50.0, leg=0.0)
+    level = honest_late["baseline"]["levels"][0]
+    assert level["level"] == "prefix" and level["samples"] >= 20
+    # 50 ms x (0.9 - 0.536): the 0.999 and 0.9 quantiles of the minimum of 3 phases
+    assert level["tick_allowance_ms"] == pytest.approx(50.0 * (0.9 - 0.5358), abs=3.0)
+    assert "baseline" not in honest_late["components"]
+    # no loop (the learned tick is the jitter's), no allowance: 40 ms over the /24's
+    # p90 is a detour
+    no_loop = _prefix_with_a_late_phase(tick=0.0, leg=40.0)
+    assert no_loop["baseline"]["levels"][0]["tick_allowance_ms"] < 1.0
+    assert no_loop["components"].get("baseline", 0.0) > 0.5
+    # a 60 ms leg on the same loop still stands out of the allowance
+    relayed = _prefix_with_a_late_phase(tick=50.0, leg=60.0)
+    assert relayed["components"].get("baseline", 0.0) > 0.5

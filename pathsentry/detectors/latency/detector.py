@@ -305,7 +305,7 @@ class LatencyDetector(Snapshots, Evidence):
         the prefix a known exit): the first logins through a relay's exit came before the
         evidence did.
         Their flags are late, like those a late probe raises, and name their own login."""
-        hist = self.prefix_gaps.peek(sess.prefix)
+        hist = self.prefix_gaps.peek(self.exit_of(sess))
         if hist is None:
             return out
         table = self.sessions._d

@@ -17,7 +17,7 @@ from mypy_extensions import trait
 
 from pathsentry.config import Server
 from pathsentry.detectors.latency.geometry import DEFAULT_TOLERANCE_MS, KIND_TOLERANCE_MS, PRECISION_SLACK_KM
-from pathsentry.detectors.latency.scoring import DEFAULT_MIN_SPREAD_MS, MIN_SPREAD_MS, Scoring, noisy_or
+from pathsentry.detectors.latency.scoring import Scoring, noisy_or
 from pathsentry.detectors.latency.state import Session
 from pathsentry.detectors.physics import (
     ACCESS_FLOOR_MS,
@@ -146,20 +146,21 @@ class Evidence(Scoring):
         _, n, z = self.prefix_evidence(sess, self.gap_verdict(sess))
         _, proven, logins = self.prefix_relays(sess)
         lo, hi = self.prefix_z
+        exit_key = self.exit_of(sess)
         out: dict[str, Any] = {
-            "prefix": sess.prefix,
+            "prefix": sess.prefix, "exit": exit_key,
             "gap_logins": n, "gap_z": round(z, 2), "gap_z_ramp": [lo, hi],
             "recent_logins": logins, "proven_relay_accounts": proven,
         }
         if "prefix_gap" in components:
             reasons.append(
-                f"{n} recent logins through {sess.prefix} answer the game {z:.1f} standard "
+                f"{n} recent logins through {exit_key} answer the game {z:.1f} standard "
                 f"errors slower than the servers' learned overhead allows: the same "
                 f"client-relay leg in every login through this exit"
             )
         if "prefix_relays" in components:
             reasons.append(
-                f"{proven} accounts' recent logins through {sess.prefix} were proven relayed "
+                f"{proven} accounts' recent logins through {exit_key} were proven relayed "
                 f"by their own latency physics ({logins} logins): a relay exit"
             )
         out["verdict"] = ("relay exit" if "prefix_gap" in components or "prefix_relays" in components
@@ -256,16 +257,14 @@ class Evidence(Scoring):
                 continue
             lo, mid, hi = b.quantiles()
             # the verdict is taken on the 0.01 ms figures the evidence shows
-            lo_ms, hi_ms = b.bounds()
-            spike = self.spike_allowance(sess)
-            excess = sess.app_min - hi_ms - spike
-            spread = max(hi_ms - lo_ms, MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS))
+            excess, spread, spike, tick = self.baseline_terms(sess, b)
             z = excess / spread
             levels.append({"level": level, "key": key, "samples": n,
                            "p10_ms": round(lo, 2), "p50_ms": round(mid, 2), "p90_ms": round(hi, 2),
                            "excess_ms": round(excess, 2),
                            "excess_km": round(max(0.0, excess) * KM_PER_MS_RTT),
                            "spike_allowance_ms": round(spike, 2),
+                           "tick_allowance_ms": round(tick, 2),
                            "z": round(z, 2), "spread_ms": round(spread, 2)})
             if "baseline" in components:
                 reasons.append(

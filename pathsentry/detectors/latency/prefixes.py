@@ -21,10 +21,12 @@ from pathsentry.detectors.latency.state import BoundedLRU, Session
 if TYPE_CHECKING:
     from pathsentry.detectors.latency.scoring import GapVerdict
 
-__all__ = ["PREFIX_ROW", "PREFIX_VIEWS_MAX", "ExitPrefixes", "PrefixView", "clip3"]
+__all__ = ["ADDRESS_EXITS", "PREFIX_ROW", "PREFIX_VIEWS_MAX", "ExitPrefixes", "PrefixView", "clip3"]
 
 #: fields per login in an exit prefix's history (see :meth:`ExitPrefixes.learn_prefix`)
 PREFIX_ROW = _ROW = 7
+#: access kinds whose /24 holds unrelated subscribers: a relay's exit there is its address
+ADDRESS_EXITS = frozenset({"residential"})
 #: exit prefixes whose worked-out history (:class:`PrefixView`) is kept: the ones whose
 #: sessions are live (a probe follows its login within the session)
 PREFIX_VIEWS_MAX = 4096
@@ -142,6 +144,14 @@ class ExitPrefixes:
         """The smallest noise scale (ms) of an access kind (:mod:`.scoring`)."""
         raise NotImplementedError
 
+    @staticmethod
+    def exit_of(sess: Session) -> str:
+        """The exit a login's relay evidence is gathered under: its /24 (a VPN's or a
+        hosting range, a CGNAT pool, a campus), or its address on residential access,
+        where a /24 holds unrelated subscribers and a residential proxy is one of them
+        (its neighbours' logins show nothing of its clients' leg)."""
+        return str(sess.src_ip) if sess.geo.kind in ADDRESS_EXITS else sess.prefix
+
     def prefix_view(self, prefix: str) -> PrefixView | None:
         """What the exit prefix's history gives, worked out once per history and
         overheads (``None`` without a history)."""
@@ -193,7 +203,7 @@ class ExitPrefixes:
         The standardised residuals are worked out once per history and overheads
         (:class:`PrefixView`): a probe re-asks this of an unchanged prefix.
         """
-        view = self.prefix_view(sess.prefix)
+        view = self.prefix_view(self.exit_of(sess))
         total = 0.0
         n = 0
         if view is not None:
@@ -268,7 +278,7 @@ class ExitPrefixes:
         honest login is proven relayed about once in 5,000, so two accounts of one /24's
         last 16 logins are next to never both honest).
         """
-        view = self.prefix_view(sess.prefix)
+        view = self.prefix_view(self.exit_of(sess))
         if view is None:
             return 0.0, 0, 0
         sid = sess.session_id or sess.event_id
@@ -307,7 +317,8 @@ class ExitPrefixes:
         if keep <= 0:
             return False
         sid = sess.session_id or sess.event_id
-        hist: tuple[Any, ...] = self.prefix_gaps._d.get(sess.prefix) or ()
+        exit_key = self.exit_of(sess)
+        hist: tuple[Any, ...] = self.prefix_gaps._d.get(exit_key) or ()
         if sid in hist[0::_ROW]:  # a session's login again: its earlier row goes
             rows: list[Any] = []
             for i in range(0, len(hist), _ROW):
@@ -318,7 +329,7 @@ class ExitPrefixes:
         proven = 1 if self.proves(comps) else 0
         hist += (sid, sess.oh_key, gap, 0 if gv is None else gv.k, sess.geo.kind or "?",
                  sess.account, proven)
-        self.prefix_gaps.put(sess.prefix, hist[-_ROW * keep:])
+        self.prefix_gaps.put(exit_key, hist[-_ROW * keep:])
         return bool(proven)
 
     def proves(self, comps: dict[str, float] | None) -> bool:
@@ -336,13 +347,14 @@ class ExitPrefixes:
         """Mark the session's login proven relayed in its exit prefix's history (evidence
         that came after the login: an app probe's physics); returns whether the mark is
         new (the prefix's other sessions are then worth re-assessing)."""
-        hist = self.prefix_gaps._d.get(sess.prefix)
+        exit_key = self.exit_of(sess)
+        hist = self.prefix_gaps._d.get(exit_key)
         if hist is None:
             return False
         sid = sess.session_id or sess.event_id
         for i in range(0, len(hist), _ROW):
             if hist[i] == sid and not hist[i + 6]:
-                self.prefix_gaps._d[sess.prefix] = (*hist[:i + 6], 1, *hist[i + _ROW:])
+                self.prefix_gaps._d[exit_key] = (*hist[:i + 6], 1, *hist[i + _ROW:])
                 return True
         return False
 

@@ -377,13 +377,36 @@ class Scoring(ExitPrefixes):
         """What ``k`` app samples of access ``kind`` may carry in spikes (0 for ``k >= 3``)."""
         return self.overhead.spike(kind or "?") if k <= 2 else 0.0
 
-    def baseline_z(self, sess: Session, b: Baseline) -> tuple[float, float]:
-        """(excess ms over the baseline's p90, less the spike allowance of a login with
-        one or two samples; z: that excess over the p10-p90 spread)."""
+    def tick_allowance(self, sess: Session) -> float:
+        """How far (ms) an honest login's app minimum may sit above a baseline's p90 for
+        the game loop alone: the server's learned tick times the distance between the
+        ``1 - gap_alpha`` and the 0.9 quantiles of the phase of the login's ``k``
+        samples (the baseline's p90 holds a p90 phase; a login with few samples on a long
+        tick can draw a late phase in every sample). 0 on a server whose overhead is
+        cold or which answers without a loop."""
+        figures = self.overhead.warm_figures(sess.oh_key, self.overhead_warmup)
+        if figures is None or not figures[1] > 0.0:
+            return 0.0
+        k = sess.app_n if sess.app_n > 1 else 1
+        return figures[1] * (phase_quantile(k, self.gap_alpha) - phase_quantile(k, 0.1))
+
+    def baseline_terms(self, sess: Session, b: Baseline) -> tuple[float, float, float, float]:
+        """(excess ms of the app minimum over the baseline's p90, less the spike allowance
+        of a login with one or two samples and the :meth:`tick_allowance`; the spread it
+        is measured against: p10-p90, at least the access kind's ``MIN_SPREAD_MS``; the
+        spike allowance; the tick allowance)."""
         lo, hi = b.bounds()
-        excess = sess.app_min - hi - self.spike_allowance(sess)
+        spike = self.spike_allowance(sess)
+        tick = self.tick_allowance(sess)
         least = MIN_SPREAD_MS.get(sess.geo.kind or "", DEFAULT_MIN_SPREAD_MS)
-        return excess, excess / (least if least > hi - lo else hi - lo)
+        return (sess.app_min - hi - spike - tick, least if least > hi - lo else hi - lo,
+                spike, tick)
+
+    def baseline_z(self, sess: Session, b: Baseline) -> tuple[float, float]:
+        """(excess ms over the baseline's p90 (:meth:`baseline_terms`); z: that excess
+        over the spread)."""
+        excess, spread = self.baseline_terms(sess, b)[:2]
+        return excess, excess / spread
 
     def _score(self, sess: Session, ask_model: bool = True, verdict: GapVerdict | None = None) -> tuple[
         dict[str, float] | None, float | str | None, GapVerdict | None, float | None, str,
