@@ -442,9 +442,11 @@ class InjectionCellDetector(Detector):
             keys += [(ALL, ANY_PORT, ANY_HOUR), (ALL, ANY_PORT, hour)]
             if suspect:
                 self._vouch(group, probe, client, ev.account, line)
-                if s.settle_s > 0.0:
-                    for cell_key in (*keys, (LINES, probe.target.port, hour)):
+                if s.settle_s > 0.0:  # (pending cells are held ones, or pooled over them)
+                    for cell_key in keys:
                         group.pending.setdefault(cell_key, ts)
+                    if ev.prefix in self._lines(group):
+                        group.pending.setdefault((LINES, probe.target.port, hour), ts)
             for cell_key in keys:
                 touch(group.cells, cell_key, s.max_cells, evicted).add(
                     client, suspect, ts, probe.event_id, s, ref,
@@ -561,10 +563,15 @@ class InjectionCellDetector(Detector):
     def _drop(self, group: _Group, gone: Iterable[CellKey], now: float) -> None:
         """Cells no longer held (evicted, expired) are no longer bad; the bad pooled
         cells, whose sums may have lost members or whole lines, are judged again."""
+        pending = group.pending
         for key in gone:
             group.mark_bad(key, CLEAN)
-            group.pending.pop(key, None)
-        self._judge(group, [k for k in group.bad if k[0] == LINES], self._lines(group), now)
+            pending.pop(key, None)
+        lines = self._lines(group)
+        for key in [k for k in pending if k[0] == LINES and not any(
+                (p, k[1], k[2]) in group.cells for p in lines)]:
+            del pending[key]  # (no line's cell left to pool)
+        self._judge(group, [k for k in group.bad if k[0] == LINES], lines, now)
 
     @staticmethod
     def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> Cell:

@@ -45,7 +45,7 @@ def detector(**settings: Any) -> InjectionCellDetector:
 def probe(n: int, host: int, ts: datetime, port: int, suspect: bool = False,
           notes: dict[str, Any] | None = None) -> Enriched:
     """A probe of subscriber ``host`` of KT's line as the session stage leaves it."""
-    target = next(t for t in TARGETS if t[1] == port)
+    target = next((t for t in TARGETS if t[1] == port), ("www.example.com", port, "http", "get"))
     tls = port == 443
     ev = parse_event(make_probe(n, LINE, host, ts, target, forged=suspect))
     verdict = {"tls": tls, "suspect": suspect, "path_anomaly": False, "origin_wide": False,
@@ -205,3 +205,22 @@ def test_an_outage_seen_first_by_five_subscribers_of_one_isp_names_nobody() -> N
                                            seed=12))
     assert max(len(s) for s in sources.values()) == 5
     assert alerts == []
+
+
+def test_cells_awaiting_judgement_stay_within_the_cell_cap() -> None:
+    """A bad line, then a flood of suspect answers on hundreds of ports of it: the
+    cells awaiting judgement are held cells, or pooled over held line cells, however
+    many ports the reports name."""
+    det = detector(max_cells=60)
+    nine = DAY0 + timedelta(hours=9)
+    feed(det, [probe(i, 1 + i % 6, nine + timedelta(minutes=i), 80) for i in range(12)])
+    feed(det, burst(nine + timedelta(minutes=20), range(1, 5), BASELINE))
+    assert feed(det, [probe(50, 9, nine + timedelta(minutes=40), 80)])  # the line is bad
+    group = det.groups["asn:4766"]
+    assert group.lines
+    for i in range(600):
+        det.process(probe(1000 + i, 1 + i % 6, nine + timedelta(minutes=41, seconds=i),
+                          1024 + i, suspect=True))
+    assert len(group.cells) <= 60
+    assert len(group.pending) <= len(group.cells) + 24
+    assert all(k in group.cells or k[0] == "+" for k in group.pending)
