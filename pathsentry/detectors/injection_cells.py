@@ -70,12 +70,28 @@ reference's Jeffreys posterior -- are at most ``alpha`` (0.001: z = 1.96's one-s
 0.025 shared among a day's 24 hours). The rate against the other networks is the
 larger of their baseline and their rate in the same minutes (``ref``), so an origin
 failure still raises it; the TLS reference is the ISP's own TLS control topped up
-with the others' TLS baseline unless its own rate is above theirs (``tls_borrow``).
-``min_probes`` still applies: the first minutes of an outage, before the other
+with the others' baselines unless its own rate is above theirs (``tls_borrow``): their
+TLS answers and, with ``tls_borrow_plain``, their plaintext ones at their flagged rate
+(which bounds their path-anomaly rate from above). "A path like the others'" is
+measured on every answer they sent: 0 of some 75 TLS answers alone leaves a TLS rate
+of a few percent possible, and three forged answers in 24 probes of one line then
+prove nothing (tail 2e-3), while 0 of those 75 and of their 150 plaintext answers do
+(2e-4). ``min_probes`` still applies: the first minutes of an outage, before the other
 networks' answers show it, hold a few flagged answers and nothing to contrast them
 with. Only the contrasts change; the sources needed do not (see *Framing*): the tails
 name injectors of three or four sources at the suspected level, or confirmed with a
 sensor witness, and ``alpha = 0`` turns them off.
+
+**Settling.** The other networks' rate in the same minutes is read from the window
+*before* each probe, so the first answers of an origin failure, before the other
+networks' answers show it, carry none of it, and their baselines (hours of answers)
+none either: judged at once, three or four subscribers of one ISP whose answers came
+first would name it. A cell is therefore judged ``settle_s`` (600 s, the injection
+stage's ``window_s``) after the first suspect it received since it was last judged,
+at the ISP's next probe or the next tick; until then it keeps its level. By then a
+failure that every network sees is marked origin-wide, and the ISP's answers since
+carry the other networks' rate at those minutes into the same cells. An ISP that sent
+no answer in those minutes is judged on what it has (see the README's limits).
 
 **Framing.** The guard against framing is the count of distinct sources, not the rate
 nor the path marks: a client report's TTLs, headers and timings are numbers its
@@ -191,6 +207,14 @@ class CellSettings:
     """Thresholds and bounds (``[detectors.injection_cells]`` in ``pathsentry.toml``)."""
 
     min_probes: int = 10
+    #: a cell is judged this long after the first suspect probe it received since it
+    #: was last judged (0: at once). The other networks' rate in the same minutes is
+    #: read from before each probe, so the first answers of an origin failure carry
+    #: none of it; after the injection stage's ``window_s`` (600 s) a failure that
+    #: every network sees is marked origin-wide, and the ISP's probes since then carry
+    #: the other networks' rate at those minutes into the same cells (keep it at least
+    #: ``window_s``)
+    settle_s: float = 600.0
     #: distinct sources (accounts of client reports, else addresses) of suspect probes;
     #: the framing bound, see the module docstring
     min_suspect_clients: int = 5
@@ -213,6 +237,10 @@ class CellSettings:
     #: top a TLS control smaller than its plaintext cell up with the other networks'
     #: TLS path-anomaly rate at the same times (see the module docstring)
     tls_borrow: bool = True
+    #: the exact TLS tail's borrowed control also counts the other networks' plaintext
+    #: answers at their flagged rate (a bound of their path-anomaly rate from above):
+    #: "a path like the others'" is measured on all their answers, not TLS alone
+    tls_borrow_plain: bool = True
     z: float = 1.96
     #: the exact tails' level: a cell whose probes carry the other networks' baseline is
     #: above it and above TLS when both tails are at most ``alpha`` (the default 0.001 is
@@ -272,6 +300,9 @@ class _Group:
     lines: frozenset[str] | None = None
     #: ``bad`` changed since the alert signature was last looked at (not persisted)
     moved: bool = True
+    #: cells awaiting judgement -> the time of the first suspect probe each received
+    #: since it was last judged (see ``CellSettings.settle_s``)
+    pending: dict[CellKey, float] = field(default_factory=dict)
 
     def mark_bad(self, key: CellKey, level: int) -> None:
         was = CONFIRMED if key in self.sure else SUSPECTED if key in self.bad else CLEAN
@@ -303,6 +334,7 @@ class _Group:
             "tls": [[*k, c.to_json()] for k, c in self.tls.items()],
             "bad": sorted([list(k) for k in self.bad]),
             "sure": sorted([list(k) for k in self.sure]),
+            "pending": sorted([[*k, t] for k, t in self.pending.items()]),
             "published": None if pub is None else {
                 "version": pub.version, "ts": pub.ts, "suspects": pub.suspects,
                 "level": pub.level,
@@ -320,6 +352,7 @@ class _Group:
         for p, hour, c in d["tls"]:
             g.tls[(p, hour)] = Cell.from_json(c)
         g.bad = {(p, port, hour) for p, port, hour in d["bad"]}
+        g.pending = {(p, port, hour): t for p, port, hour, t in d.get("pending", ())}
         # saves without levels held confirmed cells only
         g.sure = ({(p, port, hour) for p, port, hour in d["sure"]} if "sure" in d
                   else set(g.bad))
@@ -404,32 +437,41 @@ class InjectionCellDetector(Detector):
             ref_tls = _pool(verdict.get("others_tls"), 0.0)
             base = _pool(verdict.get("baseline"), verdict.get("baseline_n"))
             tbase = _pool(verdict.get("baseline_tls"), verdict.get("baseline_tls_n"))
-            if suspect:
-                self._vouch(group, probe, client, ev.account, line)
             keys = [(p, probe.target.port, h) for p, h in (
                 (ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR))]
             keys += [(ALL, ANY_PORT, ANY_HOUR), (ALL, ANY_PORT, hour)]
+            if suspect:
+                self._vouch(group, probe, client, ev.account, line)
+                if s.settle_s > 0.0:  # (pending cells are held ones, or pooled over them)
+                    for cell_key in keys:
+                        group.pending.setdefault(cell_key, ts)
+                    if ev.prefix in self._lines(group):
+                        group.pending.setdefault((LINES, probe.target.port, hour), ts)
             for cell_key in keys:
                 touch(group.cells, cell_key, s.max_cells, evicted).add(
                     client, suspect, ts, probe.event_id, s, ref,
                     None if ref_tls is None else ref_tls[0], base, tbase)
                 touched.append(cell_key)
         if evicted:
-            self._drop(group, evicted)
-        self._judge(group, touched, _NO_LINES)  # (no pooled cell among them)
+            self._drop(group, evicted, ts)
+        due = self._due(group, ts)
+        # (no pooled cell among them)
+        self._judge(group, touched + [k for k in due if k[0] != LINES], _NO_LINES, ts)
         lines = self._lines(group)
         if lines != group.pooled:  # other lines: re-judge every pooled cell
-            group.pooled = lines
-            pooled = {(LINES, p, h) for p_, p, h in group.cells
-                      if p_ in lines and h != ANY_HOUR and p != ANY_PORT}
-            pooled.update(k for k in group.bad if k[0] == LINES)  # also those of lines gone
+            pooled = self._repool(group, lines)
         elif not lines:
             pooled = set()
         elif verdict["tls"]:
             pooled = {(LINES, k[1], hour) for k in group.bad}
         else:
             pooled = {(LINES, probe.target.port, hour)}
-        self._judge(group, pooled, lines)
+        pooled.update(k for k in due if k[0] == LINES)
+        self._judge(group, pooled, lines, ts)
+        return self._emit(key, group, ts)
+
+    def _emit(self, key: str, group: _Group, ts: float) -> Findings | None:
+        """The alert's next version, when the bad cells moved its subject or level."""
         if not group.moved:
             # the bad cells are those of the last look: an alert already covers them
             return None
@@ -477,16 +519,59 @@ class InjectionCellDetector(Detector):
         group.last = max(group.last, ts)
         return group
 
-    def _judge(self, group: _Group, keys: Iterable[CellKey], lines: Set[str]) -> None:
+    def _judge(self, group: _Group, keys: Iterable[CellKey], lines: Set[str],
+               now: float) -> None:
+        """Judge the cells at ``keys``, except those with a suspect probe younger than
+        ``settle_s`` since they were last judged: they keep their level until then."""
+        settle, pending = self.settings.settle_s, group.pending
         for cell_key in keys:
+            since = pending.get(cell_key)
+            if since is not None:
+                if now < since + settle:
+                    continue
+                del pending[cell_key]
             group.mark_bad(cell_key, self._level(group, cell_key, lines))
 
-    def _drop(self, group: _Group, gone: Iterable[CellKey]) -> None:
+    def _due(self, group: _Group, now: float) -> list[CellKey]:
+        """The pending cells whose first suspect since their last judgement has settled."""
+        if not group.pending:
+            return []
+        settled = now - self.settings.settle_s
+        return [k for k, since in group.pending.items() if since <= settled]
+
+    def _repool(self, group: _Group, lines: frozenset[str]) -> set[CellKey]:
+        """Other lines are bad: every pooled cell is to be judged again."""
+        group.pooled = lines
+        pooled = {(LINES, p, h) for p_, p, h in group.cells
+                  if p_ in lines and h != ANY_HOUR and p != ANY_PORT}
+        pooled.update(k for k in group.bad if k[0] == LINES)  # also those of lines gone
+        return pooled
+
+    def _settle(self, key: str, group: _Group, now: float) -> Findings | None:
+        """Judge the cells that settled by ``now`` (a tick: no probe came to do it)."""
+        due = self._due(group, now)
+        if not due:
+            return None
+        self._judge(group, [k for k in due if k[0] != LINES], _NO_LINES, now)
+        lines = self._lines(group)
+        pooled = {k for k in due if k[0] == LINES}
+        if lines != group.pooled:
+            pooled |= self._repool(group, lines)
+        self._judge(group, pooled, lines, now)
+        return self._emit(key, group, now)
+
+    def _drop(self, group: _Group, gone: Iterable[CellKey], now: float) -> None:
         """Cells no longer held (evicted, expired) are no longer bad; the bad pooled
         cells, whose sums may have lost members or whole lines, are judged again."""
+        pending = group.pending
         for key in gone:
             group.mark_bad(key, CLEAN)
-        self._judge(group, [k for k in group.bad if k[0] == LINES], self._lines(group))
+            pending.pop(key, None)
+        lines = self._lines(group)
+        for key in [k for k in pending if k[0] == LINES and not any(
+                (p, k[1], k[2]) in group.cells for p in lines)]:
+            del pending[key]  # (no line's cell left to pool)
+        self._judge(group, [k for k in group.bad if k[0] == LINES], lines, now)
 
     @staticmethod
     def _cell_at(group: _Group, key: CellKey, lines: Set[str]) -> Cell:
@@ -599,10 +684,15 @@ class InjectionCellDetector(Detector):
         others = beta_binomial_sf(k, n, rate * size + 0.5, (1.0 - rate) * size + 0.5, stop)
         a, b = k_tls + 0.5, n_tls - k_tls + 0.5
         borrowed = sum(c.tbase_c for c in cells)
-        rate_tls = sum(c.tbase for c in cells) / borrowed if borrowed else 0.0
+        rate_tls = size_tls = 0.0
+        if borrowed:
+            rate_tls, size_tls = sum(c.tbase for c in cells) / borrowed, sum(
+                c.tbase_n for c in cells) / borrowed
+        if s.tls_borrow_plain and borrowed:  # their plaintext answers: the same paths
+            rate_tls = (rate_tls * size_tls + rate * size) / (size_tls + size or 1.0)
+            size_tls += size
         if s.tls_borrow and borrowed and (
                 not n_tls or wilson_lower(k_tls, n_tls, s.z) <= rate_tls):
-            size_tls = sum(c.tbase_n for c in cells) / borrowed
             a, b = a + rate_tls * size_tls, b + (1.0 - rate_tls) * size_tls
         elif n_tls < s.min_tls_probes:
             return others, 0.0  # no control to speak of: the other networks decide
@@ -755,7 +845,8 @@ class InjectionCellDetector(Detector):
     # -- time, state ------------------------------------------------------------------
 
     def flush(self, now: float) -> Findings | None:
-        """Drop idle groups and cells; refresh alerts whose counts moved."""
+        """Drop idle groups and cells; judge the cells that settled; refresh alerts
+        whose counts moved."""
         s = self.settings
         out = Findings()
         horizon = now - s.idle_ttl_s
@@ -765,7 +856,10 @@ class InjectionCellDetector(Detector):
             gone = expire(group.cells, horizon)
             expire(group.tls, horizon)
             if gone:
-                self._drop(group, gone)
+                self._drop(group, gone, now)
+            settled = self._settle(key, group, now)
+            if settled is not None:
+                out.alerts.extend(settled.alerts)
             pub = group.published
             if pub is None or now - pub.ts < s.refresh_s or not group.bad:
                 continue  # no cell is bad any more: the last version stands
@@ -788,7 +882,10 @@ class InjectionCellDetector(Detector):
         )
         for group in self.groups.values():
             # a bad cell the snapshot does not hold cannot be shown: drop it
-            self._drop(group, [k for k in group.bad if k[0] != LINES and k not in group.cells])
+            group.pending = {k: t for k, t in group.pending.items()
+                             if k[0] == LINES or k in group.cells}
+            self._drop(group, [k for k in group.bad if k[0] != LINES and k not in group.cells],
+                       group.last)
 
 
 def _asn_wide(group: _Group) -> list[tuple[int, int, Cell]]:

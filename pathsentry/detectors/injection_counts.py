@@ -22,8 +22,8 @@ from the reference's Jeffreys posterior ``Beta(k_ref + ½, n_ref - k_ref + ½)``
 ``k`` suspects or more. Three forged answers in 13 probes are nothing to a Wilson
 interval against 0 of 13, and a tail of 4e-6 against 0 of 500.
 
->>> round(wilson_lower(9, 10), 3), round(wilson_upper(0, 40), 3)
-(0.596, 0.088)
+>>> round(wilson_lower(9, 10), 3), round(wilson_upper(0, 40), 3), wilson_lower(0, 22)
+(0.596, 0.088, 0.0)
 >>> round(rate_above(6, 54, 0, 39), 4), round(rate_above(2, 54, 0, 39), 4)
 (0.0037, -0.0566)
 >>> f"{beta_binomial_sf(3, 13, 0.5, 500.5):.1e}", round(beta_binomial_sf(1, 13, 0.5, 500.5), 4)
@@ -57,6 +57,13 @@ class Caps(Protocol):
 def _wilson(k: int, n: int, z: float, sign: float) -> float:
     if n <= 0:
         return 0.0 if sign < 0 else 1.0
+    # at the ends the bound is exact: ``centre - spread`` of 0 of ``n`` is 0 in exact
+    # arithmetic, and 1e-17 in floating point for some ``n``, which is "above" a
+    # reference rate of exactly 0
+    if k <= 0 and sign < 0:
+        return 0.0
+    if k >= n and sign > 0:
+        return 1.0
     p = k / n
     z2 = z * z
     centre = p + z2 / (2 * n)

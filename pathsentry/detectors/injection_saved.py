@@ -138,6 +138,8 @@ class _Group(Saved):
     bad: list[tuple[Name, Port, Hour]]
     #: the bad cells at the confirmed level (absent: all of them)
     sure: list[tuple[Name, Port, Hour]] | None = None
+    #: cells awaiting judgement, with the time of their first suspect since the last
+    pending: list[tuple[Name, Port, Hour, Ts]] = Field(default_factory=list)
     published: _Published | None
 
 

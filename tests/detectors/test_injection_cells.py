@@ -222,8 +222,9 @@ LINE_A, LINE_B, LINE_C = "203.0.113", "198.51.100", "100.64.1"
 
 
 def cell_detector(**settings: float | int | str) -> InjectionCellDetector:
-    """A cell detector; these scenarios use two sources per line."""
-    settings = {"min_suspect_clients": 2, **settings}
+    """A cell detector; these scenarios use two sources per line, and judge each cell
+    as its probes come (no ``settle_s``) unless told."""
+    settings = {"min_suspect_clients": 2, "settle_s": 0, **settings}
     extra = "[detectors.injection_cells]\n" + "".join(
         f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
     cfg = load_config(text=CONFIG + extra, env={})

@@ -82,3 +82,12 @@ def test_a_larger_reference_makes_the_same_count_less_likely() -> None:
     the reference's zero rests on, the smaller the tail."""
     tails = [beta_binomial_sf(3, 13, 0.5, m + 0.5) for m in (13, 50, 200, 1000)]
     assert tails == sorted(tails, reverse=True) and tails[0] > 0.01 > 1e-3 > tails[2]
+
+
+@pytest.mark.parametrize("n", range(1, 200))
+def test_no_suspect_has_a_lower_bound_of_exactly_zero(n: int) -> None:
+    """0 of ``n`` is no evidence of any rate: a bound above 0 (floating-point residue,
+    1e-17 for n = 11, 22, 27, ...) is "above" a reference rate of 0 and once refused a
+    small TLS control its top-up with the other networks' TLS answers."""
+    assert wilson_lower(0, n) == 0.0
+    assert wilson_lower(1, n) > 0.0

@@ -21,8 +21,11 @@ Modules, one concern each:
   exit's other users come through, and a burst through the ones they do not;
 - :mod:`~pathsentry.detectors.farm.lines` -- accounts per home line against the
   learned rate (a farm on residential proxies, no relay flag, no foreign route);
+- :mod:`~pathsentry.detectors.farm.hops` -- machines carrying several accounts through
+  home lines of several /24s (a room on residential proxies of several ISPs);
 - :mod:`~pathsentry.detectors.farm.suspicion` -- logins with a relay score below the
-  relay detector's flag, against the share the class's background shows;
+  relay detector's flag, or an RTT excess in the class's learned tail, against the
+  share the class's background shows;
 - :mod:`~pathsentry.detectors.farm.grouping` -- when a candidate is a farm;
 - :mod:`~pathsentry.detectors.farm.evidence` -- features, score, alert and flags;
 - :mod:`~pathsentry.detectors.farm.state` -- snapshot and restore;
@@ -66,6 +69,14 @@ one group meet on one worker):
     the limit learned from the class's home lines (never below
     ``home_accounts + 1``), with the accounts of the /24's other addresses on their
 machines, crowded onto few machines (:mod:`.lines`).
+``hop:<country>``
+    every login on a home line from a known machine, by its exit's country (the key a
+    room's proxies on several ISPs share). A machine becomes a member only when it
+    *hops* -- two accounts through home lines of two /24s within ``window_s`` -- and
+    the others stay bounded sightings; a group is the component of hopping machines
+    joined by a shared machine or proxy address, ``min_size_unnamed`` accounts crowded
+    onto few machines, when that many of the machines seen on its addresses hopping
+    is a tail event against the learned share of machines that hop (:mod:`.hops`).
 
 Machines. A farm room runs several accounts per machine; a VPN exit's or a
 route's unrelated users bring one machine each. In ``route:`` and ``net:AS…`` (every
@@ -130,9 +141,11 @@ Farms and crowds -- which signal separates each hard negative:
   other users' /24s teaches nothing). Allow-listed game relays and cloud gaming never
   reach ``net:``.
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
-  stays within the learned accounts-per-line limit; friends each bring their own
-  line and machine; a residential proxy service's unrelated users crowd one address
-  but each from its own machine (:mod:`.lines`).
+  stays within the learned accounts-per-line limit and its machines never leave its
+  line; friends each bring their own line and machine (a laptop carried to a friend's
+  with a second account hops alone: no tail event); a residential proxy service's
+  unrelated users crowd one address, or rotate over many, but each from its own
+  machine with its own account (:mod:`.lines`, :mod:`.hops`).
 - **Honest players sharing a popular stem** (``shadow123``, ``shadow_77``): one
   family, but spread over exits and hours, their serials do not run consecutively,
   and they carry no relay or foreign-route evidence (relay scores below the flag count
@@ -158,31 +171,37 @@ count only on home lines (residential): a mobile CGNAT, campus or PC-bang addres
 a crowd's, a launch-day crowd handed consecutive default names among it.
 
 Known limits: a name-less farm on residential proxies of several /24s is one group
-per /24 (partitions on different workers: groups are merged only within a
-partition), and one whose proxy addresses each carry no more accounts than a
-household is not found by its lines; on a hosting exit, an account known only from its traceroute (the
-route note came after its login) carries no machine, so the machine judge sees
-fewer of the farm's accounts there; the prior is learned per worker (the
-partitions of a class that one worker holds), so a cold partition's expectation
-depends on which partitions share its worker until its own history outweighs
-the prior; in a busy hosting exit, households whose second account shares their machine within
-the window join a room found there (the room takes every account on a machine shared
-in the window); the machine judge does not apply to a /24 exit (its unflagged logins
-are background only, their machines unknown); a farm whose logins are neither
-relay-flagged nor routed through a foreign origin, with names that share no
-family, has nothing left to be found by but its accounts per home line; a farm
-that reuses a popular stem (``shadow…``) can take an honest ``shadow`` player whose
-number happens to continue its serials.
+across them only through machines that hop (:mod:`.hops`); a room whose machines each
+keep to one proxy address is one group per /24 (partitions on different workers:
+groups are merged only within a partition), and one whose proxy addresses each carry
+no more accounts than a household is not found by its lines; a room found across its
+/24s keeps its /24s' home-line alerts beside that one; on a hosting exit, an account
+known only from its traceroute (the route note came after its login) carries no
+machine, so the machine judge sees fewer of the farm's accounts there; the prior is
+learned per worker (the partitions of a class that one worker holds), so a cold
+partition's expectation depends on which partitions share its worker until its own
+history outweighs the prior; in a busy hosting exit, households whose second account
+shares their machine within the window join a room found there (the room takes every
+account on a machine shared in the window); the machine judge does not apply to a /24
+exit (its unflagged logins are background only, their machines unknown); a farm whose
+logins are neither relay-flagged nor routed through a foreign origin, with names that
+share no family, has nothing left to be found by but its accounts per home line; a
+farm that reuses a popular stem (``shadow…``) can take an honest ``shadow`` player
+whose number happens to continue its serials.
 
 Bounds: at most ``max_keys`` partitions (least recently used evicted), at most
-``max_members`` members per partition (members older than ``2 * window_s`` go
-first), at most ``max_group_members`` per group; an idle group is kept
-``group_ttl_s`` for late joiners. Per event: one dictionary lookup per key, a scan
-of the members sharing one pattern in one window, O(bands) for the MinHash name
-index (:class:`~pathsentry.detectors.names.NameIndex`, whose clusters the evidence
-shows). River's DBSTREAM was considered for the clustering; its ``predict_one``
-walks every micro-cluster, and every dimension but time is categorical here, so
-exact keys plus the family rules do the job in bounded time.
+``max_members`` members per partition (members older than ``2 * window_s`` go first),
+at most ``max_group_members`` per group; an idle group is kept ``group_ttl_s`` for
+late joiners. Per event: one dictionary lookup per key, a scan of the members sharing
+one pattern in one window, O(bands) for the MinHash name index
+(:class:`~pathsentry.detectors.names.NameIndex`, whose clusters the evidence shows);
+in a ``hop:`` partition a login of a machine not seen hopping costs its machine's
+sightings (at most :data:`~.hops.MAX_PER_DEVICE`) and is neither named nor indexed,
+and its sightings hold at most ``hop_max_devices`` machines and addresses; the RTT-
+excess histogram is a fixed 320 bins per worker. River's DBSTREAM was considered for
+the clustering; its ``predict_one`` walks every micro-cluster, and every dimension but
+time is categorical here, so exact keys plus the family rules do the job in bounded
+time.
 
 >>> settings_from({"window_s": "600", "unknown": 1}).window_s
 600.0

@@ -17,7 +17,7 @@ from typing import Any
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
-from pathsentry.detectors.farm import machines, suspicion
+from pathsentry.detectors.farm import hops, machines, suspicion
 from pathsentry.detectors.farm.background import arrive
 from pathsentry.detectors.farm.exits import (
     NO_RELAY,
@@ -39,6 +39,7 @@ from pathsentry.detectors.farm.model import (
     _ROUTE_,
     _TPL_,
     BACKGROUND_RTTS,
+    HOP,
     NET,
     ROUTE,
     TPL,
@@ -93,7 +94,8 @@ class FarmDetector(Detector, Grouping):
         self._max_members = s.max_members
         self._half_life = s.background_half_life_s
         self._fast_half_life = s.background_fast_half_life_s
-        self._minimum = {TPL: s.min_size, ROUTE: s.min_size_unnamed, NET: s.min_size_unnamed}
+        self._minimum = {TPL: s.min_size, ROUTE: s.min_size_unnamed, NET: s.min_size_unnamed,
+                         HOP: s.min_size_unnamed}
         self._seq = 0  # indexing order in name-less partitions (Partition.stamps)
         #: the first event's time: every partition's background is observed from here
         #: (a key met for the first time had no arrivals before)
@@ -126,6 +128,12 @@ class FarmDetector(Detector, Grouping):
                 # relay-flagged ones, the others count in its background, a crowd's
                 # relay-flag noise is judged against
                 keys.append(_NET_ + exit_of(ev.geo.asn, ev.prefix, ev.geo.kind))
+            if ev.allowed is None:  # a machine on home lines of several /24s (:mod:`.hops`)
+                client = fields["client"]
+                hop = hops.hop_key(ev.geo.country, ev.geo.kind,
+                                   client.device_id if client is not None else None)
+                if hop:
+                    keys.append(hop)
             return keys
         if isinstance(event, Traceroute):
             account = ev.account
@@ -172,6 +180,13 @@ class FarmDetector(Detector, Grouping):
             part = self._new_partition(key)
         else:
             return None
+        if part.kind == HOP:
+            return self._hop(part, ev, ts) if is_login else None
+        if is_login and part.kind == NET:  # every login reaches one exit: the excesses
+            relay = ev.notes.get("relay")
+            if isinstance(relay, dict):
+                suspicion.count_excess(self._family_pool(),
+                                       suspicion.excess_bin(ev.geo.kind, relay.get("excess_ms")))
         if is_login and part.kind == NET and not _flagged(ev) and not hosted_exit(key):
             # background only
             arrive(part, ts, self._half_life, self._fast_half_life)
@@ -222,6 +237,44 @@ class FarmDetector(Detector, Grouping):
         elif self._bumped:
             self._bumped.pop(key, None)
         return out
+
+    def _hop(self, part: Partition, ev: Enriched, ts: float) -> Findings | None:
+        """A login on a home line in a ``hop:`` partition (:mod:`.hops`): a member when
+        its machine hops (with the machine's logins in view), else a sighting."""
+        s = self.settings
+        m = self._upsert_login(part, ev, ts)[0]
+        out = None
+        if m is not None:
+            hops.note(part, m, s)
+            if not m.indexed:  # a machine not seen hopping: into the sightings
+                if part.members.get(m.sid) is m:
+                    del part.members[m.sid]
+                live = hops.sight(part, m, s)
+                for x in live:
+                    if not x.cluster:
+                        x.cluster = part.name_index().assign(x.account, normalise(x.account))
+                    part.members[x.sid] = x
+                    self._index(part, x)
+            if m.indexed:
+                if m.group is not None:
+                    self.dirty[(part.key, m.group)] = None
+                else:
+                    out = self._consider(part, m)
+        self._evict(part)
+        if part.last_ts > self.now:
+            self._bumped[part.key] = None
+        elif self._bumped:
+            self._bumped.pop(part.key, None)
+        return out
+
+    def _family_pool(self) -> Pool:
+        """The family partitions' class pool (made before its first partition: the RTT
+        excesses it judges by are counted from the exits, :mod:`.suspicion`)."""
+        pool = self.pools.get(TPL)
+        if pool is None:
+            started = self.now if self.started is None else self.started
+            pool = self.pools[TPL] = Pool(ts=self.now, first_ts=started)
+        return pool
 
     def _new_partition(self, key: str) -> Partition:
         started = self.now if self.started is None else self.started
@@ -298,6 +351,9 @@ class FarmDetector(Detector, Grouping):
             pats = (net, _ROUTE_ + sig, part.key) if sig else (net, part.key)
         elif kind == ROUTE:
             pats = (part.key,) if sig and part.key == _ROUTE_ + sig else ()
+        elif kind == HOP:  # a machine seen hopping (:mod:`.hops`): else in the sightings
+            device = client.device_id if client is not None else None
+            pats = (part.key,) if device in part.machines else ()
         else:
             pats = (part.key,) if flagged or hosted_exit(part.key) else ()
             pats += home_line(part.key, geo.kind)
@@ -307,7 +363,9 @@ class FarmDetector(Detector, Grouping):
             geo.country, geo.asn, sig, () if path is None else path, route is not None,
             flagged, score, gap, excess, event.min_app_rtt, fields["server_id"],
             client.device_id if client is not None else None,
-            part.name_index().assign(account, normalise(account)), None, skel, serial_no, pats,
+            # (a ``hop:`` sighting is named when its machine hops: :meth:`_hop`)
+            part.name_index().assign(account, normalise(account)) if pats or kind != HOP else "",
+            None, skel, serial_no, pats,
             jitter=jitter(event.app_rtt_ms), exit=exit_of(geo.asn, prefix, geo.kind),
             tcp=fields["tcp_rtt_ms"], access=geo.kind,
         )
@@ -446,7 +504,10 @@ class FarmDetector(Detector, Grouping):
                 for acct in groups.pop(gid).members:
                     if part.accounts.get(acct) == gid:
                         del part.accounts[acct]
-        if not members and not groups:
+        if part.hops is not None:
+            hops.expire(part, now - self.settings.window_s)
+        if not members and not groups and not (part.hops and (part.hops.devices
+                                                                or part.hops.addresses)):
             if self.parts.pop(part.key, None) is not None:
                 self._gone(part)
             self._bumped.pop(part.key, None)

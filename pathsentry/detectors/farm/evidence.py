@@ -20,9 +20,11 @@ from typing import Any
 from pathsentry.detectors.farm.background import burst_p, expected
 from pathsentry.detectors.farm.exits import address_share, band, mad, on_shared_addresses
 from pathsentry.detectors.farm.families import family, serial_regularity
+from pathsentry.detectors.farm.hops import hop_evidence, judge
 from pathsentry.detectors.farm.lines import is_line, line_evidence
 from pathsentry.detectors.farm.model import (
     _NET_,
+    HOP,
     TPL,
     FarmSettings,
     Group,
@@ -34,7 +36,7 @@ from pathsentry.detectors.farm.model import (
     _utc,
 )
 from pathsentry.detectors.farm.ranges import on_unused, others_of, unused_share
-from pathsentry.detectors.farm.suspicion import suspected
+from pathsentry.detectors.farm.suspicion import rtt_suspected, suspected
 from pathsentry.detectors.names import cohesion, consecutive_runs
 from pathsentry.schemas import Alert, FlaggedEvent, severity_for
 
@@ -58,14 +60,19 @@ def features(part: Partition, members: Iterable[Member], s: FarmSettings) -> dic
     n = len(ms)
     tss = sorted([x.ts for x in ms])
     clusters = Counter([x.cluster for x in ms])
-    lam = expected(part, n, group_span(tss, s), s)
+    if part.kind == HOP:  # the machines that hop, against the learned share (:mod:`.hops`)
+        j = judge(part, ms, s)
+        k, lam, p = j.machines, j.expected, j.p
+    else:
+        lam = expected(part, n, group_span(tss, s), s)
+        k, p = n, burst_p(n, lam)
     return {
         "size": n,
         "span_s": tss[-1] - tss[0],
         "median_gap_s": _median_gap(tss),
         "expected_in_window": round(lam, 2),
-        "burst_ratio": round(n / max(1.0, lam), 2),
-        "burst_p": burst_p(n, lam),
+        "burst_ratio": round(k / max(1.0, lam), 2),
+        "burst_p": p,
         "serial_regularity": serial_regularity([x.serial_no for x in ms]),
         "name_cohesion": round(cohesion([x.account for x in ms]), 3),
         "largest_name_cluster": clusters.most_common(1)[0][1] / n,
@@ -147,6 +154,12 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
         _, scored, share, tail_p = suspected(part.pool, ms, s.max_burst_p)
         evidence["relay"].update({"scored_accounts": scored,
                                   "learned_scored_share": share, "scored_tail_p": tail_p})
+        _, high, limit, share, tail_p = rtt_suspected(part.pool, ms, s.excess_quantile,
+                                                      s.max_burst_p)
+        evidence["relay"].update({"excess_tail_accounts": high,
+                                  "learned_excess_threshold_ms": limit,
+                                  "learned_excess_tail_share": share,
+                                  "excess_tail_p": tail_p})
     if g.pattern.startswith(_NET_ + "AS"):  # a hosting range: its hosts beside its users'
         evidence["exit_hosts"] = {
             "addresses": len({x.src_ip for x in ms}),
@@ -160,6 +173,11 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
             "learned_unused_prefix_share": round(unused_share(others), 3)}
     tpl = templates.most_common(1)[0][0] if part.kind == TPL else None
     what = f"template {tpl}" if tpl else f"shared {g.pattern.partition(':')[0]} pattern"
+    if part.kind == HOP:
+        hopping = evidence["machines_across_lines"] = hop_evidence(part, ms, s)
+        what = (f"{hopping['machines']} machines each on home lines of up to "
+                f"{hopping['prefixes_per_machine_max']} /24s (learned share of machines that "
+                f"do {hopping['learned_hop_share']})")
     if is_line(g.pattern):
         lines = evidence["home_lines"] = line_evidence(part, ms, s)
         what = (f"up to {lines['accounts_per_address'][0][1]} accounts per home line "

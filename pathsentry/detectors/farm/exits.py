@@ -48,6 +48,7 @@ from pathsentry.detectors.farm.lines import LINE_KINDS, line_pattern
 from pathsentry.detectors.farm.model import (
     _NET_,
     _ROUTE_,
+    HOP,
     NET,
     ROUTE,
     TPL,
@@ -168,6 +169,8 @@ def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
         return (ex, _ROUTE_ + m.sig, part.key) if m.sig else (ex, part.key)
     if kind == ROUTE:
         return (part.key,) if m.sig and part.key == _ROUTE_ + m.sig else ()
+    if kind == HOP:  # its members are the machines seen hopping (:mod:`.hops`)
+        return (part.key,)
     assert kind == NET
     # a hosting exit's every account is its member (one farm's logins the relay
     # detector flagged only in part, or not at all, in one partition: :func:`hosted_exit`)

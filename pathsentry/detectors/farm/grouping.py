@@ -58,7 +58,7 @@ from typing import ClassVar
 from mypy_extensions import trait
 
 from pathsentry.detectors.base import Findings
-from pathsentry.detectors.farm import suspicion
+from pathsentry.detectors.farm import hops, suspicion
 from pathsentry.detectors.farm.background import burst_p, expected, no_burst
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
 from pathsentry.detectors.farm.exits import (
@@ -80,6 +80,7 @@ from pathsentry.detectors.farm.machines import (
 )
 from pathsentry.detectors.farm.model import (
     _NET_,
+    HOP,
     NET,
     ROUTE,
     TPL,
@@ -238,6 +239,11 @@ class Grouping:
                 if a is not None:
                     return self._form(part, p, a)
                 continue
+            if kind == HOP:  # machines on home lines of several /24s (:mod:`.hops`)
+                a = self._hop_room(part, p, m)
+                if a is not None:
+                    return self._form(part, p, a)
+                continue
             for span in self._spans(part, m.ts):
                 cand = self._window(part, p, m.ts, span)
                 # (the cheap bound holds only without the RTT thinning of ``_assess``)
@@ -272,6 +278,19 @@ class Grouping:
         f = features(part, ms, s)
         return Assessment(ms, score(part.kind, f), f)
 
+    def _hop_room(self, part: Partition, pattern: str, m: Member) -> Assessment | None:
+        """A room of machines hopping over home lines around ``m`` (:func:`.hops.room`)."""
+        s = self.settings
+        cand = self._window(part, pattern, m.ts, s.window_s)
+        covered = self._covered(part, cand)
+        if m.sid in covered:
+            return None
+        ms = hops.room(part, [x for x in cand if x.sid not in covered], m, s)
+        if ms is None:
+            return None
+        f = features(part, ms, s)
+        return Assessment(ms, score(part.kind, f), f)
+
     def _may_join(self, part: Partition, g: Group, m: Member) -> bool:
         """Family groups take late joiners for ``join_window_s``; a name-less group only
         while its burst lasts (within three of its own median gaps, at least ``burst_s``,
@@ -287,7 +306,7 @@ class Grouping:
         s = self.settings
         if part.kind == TPL:
             return m.ts <= g.last_seen + s.join_window_s
-        if is_line(g.pattern):  # a home-line farm: one of its machines or addresses
+        if is_line(g.pattern) or part.kind == HOP:  # home lines: its machines, addresses
             ms = g.members.values()
             return m.ts <= g.last_seen + s.join_window_s and m.access in LINE_KINDS and any(
                 x.src_ip == m.src_ip or (m.device and x.device == m.device) for x in ms)
@@ -372,8 +391,10 @@ class Grouping:
             regular = serial_regularity([x.serial_no for x in cand]) >= s.min_regularity
             # beside serials that run: relay scores on more of them than the class's
             # background explains stand for the flags (:mod:`.suspicion`)
-            evidence = evidence or (regular and suspicion.suspected(
-                part.pool, cand, s.max_burst_p)[0])
+            evidence = evidence or (regular and (
+                suspicion.suspected(part.pool, cand, s.max_burst_p)[0]
+                or suspicion.rtt_suspected(part.pool, cand, s.excess_quantile,
+                                           s.max_burst_p)[0]))
             if pattern == part.key:
                 # the whole family, no shared exit: serials that run, and relay/route
                 # evidence or few machines (a batch on residential proxies of several

@@ -25,11 +25,11 @@ from pathsentry.detectors.settings import load_settings
 #: RTTs of a partition's background kept (:attr:`Partition.bg_rtts`)
 BACKGROUND_RTTS = 64
 
-__all__ = ["BACKGROUND_RTTS", "NET", "ROUTE", "TPL", "Assessment", "FarmSettings", "Group",
-           "Member", "Partition", "Pool", "part_kind", "pool_class", "settings_from"]
+__all__ = ["BACKGROUND_RTTS", "HOP", "NET", "ROUTE", "TPL", "Assessment", "FarmSettings", "Group",
+           "Member", "Partition", "Pool", "Sightings", "part_kind", "pool_class", "settings_from"]
 
-TPL, ROUTE, NET = "tpl", "route", "net"
-_TPL_, _ROUTE_, _NET_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:"
+TPL, ROUTE, NET, HOP = "tpl", "route", "net", "hop"
+_TPL_, _ROUTE_, _NET_, _HOP_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:", f"{HOP}:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,16 @@ class FarmSettings:
     #: the most accounts an honest household logs in on one home line within
     #: ``window_s`` (the floor of the learned limit, :func:`.lines.line_limit`)
     home_accounts: int = 5
+    #: machines (client device ids) and home-line addresses a ``hop:`` partition keeps
+    #: in view (least recently seen dropped first; :mod:`.hops`)
+    hop_max_devices: int = 65_536
+    #: the prior share of a class's machines that carry two accounts through home lines
+    #: of two /24s within ``window_s``, and its weight in machines (:mod:`.hops`)
+    hop_prior_share: float = 0.01
+    hop_prior_devices: float = 100.0
+    #: a login's RTT excess is in its class's tail above this learned quantile of the
+    #: class's excesses (:func:`.suspicion.rtt_suspected`)
+    excess_quantile: float = 0.95
 
 
 def settings_from(raw: Mapping[str, Any]) -> FarmSettings:
@@ -254,12 +264,31 @@ class Pool:
     #: out again), and of them those with a relay score above zero (:mod:`.suspicion`)
     rs_seen: float = 0.0
     rs_scored: float = 0.0
+    #: of those logins on home lines and hosting exits, the relay detector's RTT excess
+    #: (ms over what the exit's place and history explain), 1-ms bins (:mod:`.suspicion`)
+    excess: list[float] = field(default_factory=list)
+    excess_seen: float = 0.0
+
+
+@dataclass(slots=True)
+class Sightings:
+    """A ``hop:`` partition's view of the machines on home lines (:mod:`.hops`).
+
+    ``devices``: each machine not yet seen on two /24s, its logins within the window
+    (least recently seen first); ``addresses``: each home-line address, the machines
+    seen on it and when; ``seen``/``hopped``: machines counted as they came into view,
+    and of them those that carried two accounts through two /24s."""
+
+    devices: OrderedDict[str, list[Member]] = field(default_factory=OrderedDict)
+    addresses: OrderedDict[str, dict[str, float]] = field(default_factory=OrderedDict)
+    seen: float = 0.0
+    hopped: float = 0.0
 
 
 @dataclass(slots=True)
 class Partition:
     key: str
-    #: the partition family: ``tpl``, ``route`` or ``net``
+    #: the partition family: ``tpl``, ``route``, ``net`` or ``hop``
     kind: str = field(init=False)
     members: OrderedDict[str, Member] = field(default_factory=OrderedDict)
     #: pattern -> the members indexed under it (by session id, in indexing order)
@@ -292,6 +321,8 @@ class Partition:
     bg_shared: float = 0.0
     #: the population prior shared by the partitions of its class (set by the detector)
     pool: Pool | None = None
+    #: a ``hop:`` partition's machines and addresses in view (:mod:`.hops`)
+    hops: Sightings | None = None
 
     def __post_init__(self) -> None:
         self.kind = part_kind(self.key)

@@ -1,5 +1,5 @@
 """Relay suspicion: more of a family's accounts than the learned rate explains carry
-some relay score.
+some relay score, or an RTT excess in the class's learned tail.
 
 The relay detector flags a login once its score passes its threshold; a farm behind
 residential proxies often stays below it, each login with a middling score (its
@@ -20,6 +20,21 @@ own logins taken out, its uncertainty included -- a class with little history
 suspects nothing) stays below ``max_burst_p`` (:func:`suspected`). It stands for relay evidence
 only beside serials that run consecutively (:mod:`.grouping`): honest players of a
 popular stem through one VPN carry scores too, and their numbers do not run.
+
+The same batch's latency says it too: a room abroad behind a proxy on a home line
+shows more RTT than the exit's place and history explain (the relay detector's
+``excess_ms``), on login after login. Every login on a home line that the worker's
+exit partitions take (``net:``: each login reaches exactly one) is counted in a
+histogram of excesses (1-ms bins, :func:`count_excess`, kept in the family class's
+pool: the background is every home line the worker sees, not only names with a family;
+a hosting exit's users are relayed by nature); :func:`rtt_suspected` takes the lowest
+bin above which at most ``1 - excess_quantile`` of them lie (documented default: the
+0.95 quantile), the candidate's own logins taken out, and judges the candidate's
+logins at or above it by the same beta-binomial tail. It too stands for relay evidence
+only beside serials that run. Friends who signed up together carry the class's own
+excesses (a few in its tail by chance, never five of five), and a population whose
+every line is slow (rural DSL) teaches a tail above them; a class with little history
+suspects nothing.
 
 The counts are halved once they pass :data:`MAX_SEEN`; they are learned per worker and
 not saved (a restarted worker starts from the uninformed prior, which suspects
@@ -45,6 +60,7 @@ nothing until the class has taught its share).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pathsentry.detectors.farm.exits import SHARED_EXIT_KINDS
@@ -52,10 +68,15 @@ from pathsentry.detectors.farm.lines import LINE_KINDS
 from pathsentry.detectors.farm.model import Member, Pool
 from pathsentry.detectors.injection_counts import beta_binomial_sf
 
-__all__ = ["MAX_SEEN", "SCORED_KINDS", "count", "suspected", "tail", "uncount"]
+__all__ = ["EXCESS_BINS", "EXCESS_LO_MS", "MAX_SEEN", "SCORED_KINDS", "count", "count_excess",
+           "excess_bin", "rtt_suspected", "suspected", "tail", "uncount"]
 
 #: logins counted before both counts are halved
 MAX_SEEN = 4096.0
+#: the RTT excess histogram: 1-ms bins from ``EXCESS_LO_MS`` on, values beyond either end
+#: counted in the end bins
+EXCESS_LO_MS = -64
+EXCESS_BINS = 320
 
 
 #: the network kinds whose logins' relay scores count: a home line (one subscriber) and
@@ -67,6 +88,34 @@ SCORED_KINDS = LINE_KINDS | SHARED_EXIT_KINDS
 
 def _scored(m: Member) -> float:
     return 1.0 if m.relay_score > 0.0 and m.access in SCORED_KINDS else 0.0
+
+
+def excess_bin(access: str | None, x: object) -> int | None:
+    """The histogram bin of an RTT excess of ``x`` ms on a network of kind ``access``
+    (none off a home line -- a hosting exit's users are relayed by nature, a NAT'ed
+    crowd's address has its own latency -- or when the relay detector had no excess to
+    give)."""
+    if not isinstance(x, int | float) or not math.isfinite(x) or access not in LINE_KINDS:
+        return None
+    return min(EXCESS_BINS - 1, max(0, math.floor(x) - EXCESS_LO_MS))
+
+
+def _excess_bin(m: Member) -> int | None:
+    return excess_bin(m.access, m.relay_excess_ms)
+
+
+def count_excess(pool: Pool, b: int | None) -> None:
+    """Count one login's RTT excess (its bin ``b``) in the histogram of ``pool``."""
+    if b is None:
+        return
+    h = pool.excess
+    if not h:
+        h.extend([0.0] * EXCESS_BINS)
+    h[b] += 1.0
+    pool.excess_seen += 1.0
+    if pool.excess_seen > MAX_SEEN:
+        pool.excess = [v / 2.0 for v in h]
+        pool.excess_seen /= 2.0
 
 
 def count(pool: Pool | None, m: Member) -> None:
@@ -115,3 +164,35 @@ def suspected(pool: Pool | None, ms: Sequence[Member], max_p: float
     scored = min(seen, max(0.0, scored - sum(_scored(x) for x in mine)))
     p = tail(k, n, scored, seen - scored)
     return p <= max_p, k, round((scored + 1.0) / (seen + 2.0), 4), float(f"{p:.3g}")
+
+
+def rtt_suspected(pool: Pool | None, ms: Sequence[Member], q: float, max_p: float
+                  ) -> tuple[bool, int, int | None, float, float]:
+    """Whether more of the logins ``ms`` carry an RTT excess in the class's learned tail
+    than the class's background does: ``(suspected, k, threshold ms, learned share at or
+    above it, tail probability)``. The threshold is the lowest 1-ms bin above which at
+    most ``1 - q`` of the class's excesses lie (the candidate's own counted logins taken
+    out); ``k`` of the ``n`` logins at or above it are judged by the beta-binomial tail
+    of :func:`tail` on the learned share -- a class with little history suspects
+    nothing, and one whose excesses are all alike has no tail to be in."""
+    if pool is None or not pool.excess:
+        return False, 0, None, 0.0, 1.0
+    h = list(pool.excess)
+    for x in ms:  # the candidate's own logins, counted through their exits: out
+        b = _excess_bin(x)
+        if b is not None and h[b] >= 1.0:
+            h[b] -= 1.0
+    total = sum(h)
+    limit, above, t = (1.0 - q) * total, 0.0, EXCESS_BINS
+    for b in range(EXCESS_BINS - 1, -1, -1):
+        if above + h[b] > limit:
+            break
+        above += h[b]
+        t = b
+    k = 0
+    for x in ms:
+        b = _excess_bin(x)
+        k += b is not None and b >= t
+    p = tail(k, len(ms), above, total - above)
+    threshold = t + EXCESS_LO_MS if t < EXCESS_BINS else None
+    return p <= max_p, k, threshold, round((above + 1.0) / (total + 2.0), 4), float(f"{p:.3g}")
