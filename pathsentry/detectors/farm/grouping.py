@@ -37,7 +37,7 @@ machines against the background thinned by the share of its accounts that shared
 a machine (:mod:`~pathsentry.detectors.farm.machines`); in a hosting range, its
 accounts on shared exit addresses against the background thinned by the share of the
 exit's other accounts that shared one (:meth:`Grouping._address_burst`). A subscriber /24's home-line
-pattern (``line:``) is judged by :meth:`Grouping._home_lines` instead: accounts per
+pattern (``line:``) is judged by :func:`~.lines.crowd` instead: accounts per
 address against the learned limit (:mod:`~pathsentry.detectors.farm.lines`).
 
 In a family partition a group also takes the members of its batch that came
@@ -51,7 +51,7 @@ re-emits its alert instead of a new one.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import pairwise
 from typing import ClassVar
 
@@ -235,12 +235,12 @@ class Grouping:
             if len(index[p]) < minimum:
                 continue
             if is_line(p):  # a subscriber /24's home lines (:mod:`.lines`)
-                a = self._home_lines(part, p, m)
+                a = self._judged(part, p, m, lambda c: crowd(part, c, s))
                 if a is not None:
                     return self._form(part, p, a)
                 continue
             if kind == HOP:  # machines on home lines of several /24s (:mod:`.hops`)
-                a = self._hop_room(part, p, m)
+                a = self._judged(part, p, m, lambda c: hops.room(part, c, m, s))
                 if a is not None:
                     return self._form(part, p, a)
                 continue
@@ -265,27 +265,17 @@ class Grouping:
                     return self._form(part, p, a)
         return None
 
-    def _home_lines(self, part: Partition, pattern: str, m: Member) -> Assessment | None:
-        """A farm on a /24's home lines around ``m`` (:func:`~.lines.crowd`)."""
+    def _judged(self, part: Partition, pattern: str, m: Member,
+                judge: Callable[[list[Member]], list[Member] | None]) -> Assessment | None:
+        """The farm ``judge`` finds among the ungrouped members of ``pattern`` in the
+        ``window_s`` around ``m``: a subscriber /24's home lines (:func:`~.lines.crowd`)
+        or machines hopping over home lines (:func:`.hops.room`)."""
         s = self.settings
         cand = self._window(part, pattern, m.ts, s.window_s)
         covered = self._covered(part, cand)
         if m.sid in covered:
             return None
-        ms = crowd(part, [x for x in cand if x.sid not in covered], s)
-        if ms is None:
-            return None
-        f = features(part, ms, s)
-        return Assessment(ms, score(part.kind, f), f)
-
-    def _hop_room(self, part: Partition, pattern: str, m: Member) -> Assessment | None:
-        """A room of machines hopping over home lines around ``m`` (:func:`.hops.room`)."""
-        s = self.settings
-        cand = self._window(part, pattern, m.ts, s.window_s)
-        covered = self._covered(part, cand)
-        if m.sid in covered:
-            return None
-        ms = hops.room(part, [x for x in cand if x.sid not in covered], m, s)
+        ms = judge([x for x in cand if x.sid not in covered])
         if ms is None:
             return None
         f = features(part, ms, s)

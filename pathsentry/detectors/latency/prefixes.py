@@ -73,19 +73,11 @@ class PrefixView:
                 rows[sid] = 0
             for sid in sids:
                 rows[sid] += 1
-        own = self.own
-        proven = self.proven
-        hits = 0
+        self.hits = 0
         if any(hist[6::_ROW]):
             for sid, account, flag in zip(sids, hist[5::_ROW], hist[6::_ROW], strict=True):
                 if flag:
-                    accounts = own.get(sid)
-                    if accounts is None:
-                        own[sid] = [account]
-                    else:
-                        accounts.append(account)
-                    hits += 1
-                    proven[account] = proven.get(account, 0) + 1
+                    self._proven_login(sid, account)
         keys = self.keys
         gapped = self.gapped
         groups: dict[tuple[str, str], int] = {}
@@ -105,7 +97,6 @@ class PrefixView:
                 last_key, last_kind, g = oh_key, kind, got
             gapped.append((sid, g, gap, k, (k + 1) * (k + 1) * (k + 2)))
         self.logins = len(hist) // _ROW
-        self.hits = hits
         #: the figures the terms were taken against, two per group (the overhead's
         #: figures and the noise scale, ``None`` for a cold server); the terms: each
         #: gapped login's standardised residual (``None`` on a cold server)
@@ -118,6 +109,16 @@ class PrefixView:
         #: the session last asked and its :meth:`ExitPrefixes.prefix_relays`
         self.relays_sid: Any = None
         self.relays: tuple[float, int, int] = (0.0, 0, 0)
+
+    def _proven_login(self, sid: Any, account: str) -> None:
+        """Count a proven login of session ``sid`` by ``account``."""
+        accounts = self.own.get(sid)
+        if accounts is None:
+            self.own[sid] = [account]
+        else:
+            accounts.append(account)
+        self.hits += 1
+        self.proven[account] = self.proven.get(account, 0) + 1
 
     def advance(self, hist: tuple[Any, ...]) -> bool:
         """Become the view of ``hist`` when it is this view's history less some first rows
@@ -159,13 +160,7 @@ class PrefixView:
             keys.clear()
         rows[sid] = rows.get(sid, 0) + 1
         if flag:
-            accounts = own.get(sid)
-            if accounts is None:
-                own[sid] = [account]
-            else:
-                accounts.append(account)
-            self.hits += 1
-            proven[account] = proven.get(account, 0) + 1
+            self._proven_login(sid, account)
         if gap is not None:
             if not keys:
                 keys.append((oh_key, kind))
