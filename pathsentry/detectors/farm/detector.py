@@ -231,11 +231,7 @@ class FarmDetector(Detector, Grouping):
             break
         else:
             self._evict(part)
-        # most recently used, ``last_ts = now``: in order again
-        if part.last_ts > now:
-            self._bumped[key] = None
-        elif self._bumped:
-            self._bumped.pop(key, None)
+        self._reorder(part)
         return out
 
     def _hop(self, part: Partition, ev: Enriched, ts: float) -> Findings | None:
@@ -261,11 +257,16 @@ class FarmDetector(Detector, Grouping):
                 else:
                     out = self._consider(part, m)
         self._evict(part)
+        self._reorder(part)
+        return out
+
+    def _reorder(self, part: Partition) -> None:
+        """After a partition's event: most recently used, ``last_ts = now`` puts it in
+        order again; a later ``last_ts`` is kept among the bumped ones."""
         if part.last_ts > self.now:
             self._bumped[part.key] = None
         elif self._bumped:
             self._bumped.pop(part.key, None)
-        return out
 
     def _family_pool(self) -> Pool:
         """The family partitions' class pool (made before its first partition: the RTT
