@@ -140,6 +140,9 @@ class _Group(Saved):
     sure: list[tuple[Name, Port, Hour]] | None = None
     #: cells awaiting judgement, with the time of their first suspect since the last
     pending: list[tuple[Name, Port, Hour, Ts]] = Field(default_factory=list)
+    #: recent suspect probes: time, origin, anomaly, prefix, port, hour, source, event id
+    suspects: list[tuple[Ts, Name, Name, Name, Port, Hour, Name, Name]] = Field(
+        default_factory=list)
     published: _Published | None
 
 

@@ -191,9 +191,6 @@ def test_an_outage_seen_by_three_or_four_subscribers_of_one_isp_first_names_nobo
         assert eager
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: five first answers of one ISP in an "
-                   "origin failure, and too few of its answers after them in the same "
-                   "cells to carry the other networks' rate, confirm it")
 def test_an_outage_seen_first_by_five_subscribers_of_one_isp_names_nobody() -> None:
     """Probing every 30 minutes, the failure's first answers of SK Telecom are five
     subscribers' within three minutes, all to one origin on port 80; its next answer in
