@@ -72,7 +72,7 @@ from pathsentry.detectors.injection_profile import (
     ProfileSettings,
     features_of,
 )
-from pathsentry.detectors.injection_saved import check_profiles
+from pathsentry.detectors.injection_saved import check_onsets, check_profiles
 from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
@@ -445,6 +445,9 @@ class InjectionDetector(Detector):
         origin_wide = anomaly is not None and self.window.origin_wide(host, anomaly, ev.ts)
         if origin_wide and anomaly is not None:
             self.onsets.seen(host, anomaly, ev.ts, self.window.onset(host, anomaly, ev.ts))
+            if verdict.tls and path_anomaly:  # the origin's failure, not this path's
+                self.window.unmark_tls(host, net)
+                path_anomaly = False
         others = self.window.others(host, net, ev.ts)
         others_tls = None if verdict.tls else self.window.others_tls(host, net, ev.ts)
         base = None if verdict.tls else self.window.baseline(net, ev.ts)
@@ -503,16 +506,18 @@ class InjectionDetector(Detector):
         )
         return Findings(flags=[flag])
 
-    # -- state: what was learned of the origins -----------------------------------------
+    # -- state: what was learned of the origins, the failures seen lately ---------------
 
     def state(self) -> dict[str, Any]:
-        return {"profiles": self.profiles.to_json()}
+        return {"profiles": self.profiles.to_json(), "onsets": self.onsets.to_json()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state`; refused whole (:class:`~.saved.StateInvalid`) unless
         every field is as a save writes it."""
         self._check(state)
+        check_onsets(state.get("onsets", []))
         self.profiles.load(state.get("profiles", {}))
+        self.onsets.load(state.get("onsets", []))
 
     @staticmethod
     def _check(state: dict[str, Any]) -> None:
@@ -521,7 +526,7 @@ class InjectionDetector(Detector):
             check_profiles(profiles)
 
     def learned_state(self) -> dict[str, Any]:
-        return self.state()
+        return {"profiles": self.profiles.to_json()}
 
     def load_learned(self, state: dict[str, Any]) -> None:
         self._check(state)

@@ -153,16 +153,19 @@ class InjectionCellDetector(Detector):
         evicted: list[CellKey] = []
         onsets = onsets_of(verdict)
         retracted = self._retract(group, onsets, touched) if onsets else set()
+        host = probe.target.host.lower()
+        anomaly = verdict.get("anomaly")
+        anomaly = anomaly if isinstance(anomaly, str) else None
         if verdict["tls"]:
+            # (a path anomaly of an origin failure named since is the origin's)
+            anomalous = bool(verdict["path_anomaly"]) and not covered(onsets, host, anomaly, ts)
             for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
                 touch(group.tls, (p, h), s.max_cells).add(
-                    client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
+                    client, anomalous, ts, probe.event_id, s)
                 touched.extend([k for k in group.bad if k[0] == p and k[2] == h])
         else:
-            anomaly = verdict.get("anomaly")
             suspect = (bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
-                       and not covered(onsets, probe.target.host.lower(),
-                                       anomaly if isinstance(anomaly, str) else None, ts))
+                       and not covered(onsets, host, anomaly, ts))
             ref = float(verdict.get("others") or 0.0)
             ref_tls = pool(verdict.get("others_tls"), 0.0)
             base = pool(verdict.get("baseline"), verdict.get("baseline_n"))

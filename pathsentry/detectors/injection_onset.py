@@ -96,6 +96,16 @@ class FailureOnsets:
         return [[o, a, row[0]] for (o, a), row in table.items() if row[1] + self.hold_s >= ts]
 
 
+    def to_json(self) -> list[list[Any]]:
+        return [[o, a, row[0], row[1]] for (o, a), row in self.table.items()]
+
+    def load(self, rows: Iterable[list[Any]]) -> None:
+        """Restore :meth:`to_json` (checked by the caller)."""
+        self.table = OrderedDict(((o, a), [float(t0), float(t1)]) for o, a, t0, t1 in rows)
+        while len(self.table) > self.cap:
+            self.table.popitem(last=False)
+
+
 def onsets_of(verdict: dict[str, Any]) -> Onsets:
     """The onsets an answer's notes carry; entries not as the session stage writes them
     are ignored."""

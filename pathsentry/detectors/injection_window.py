@@ -195,6 +195,14 @@ class NetworkWindow:
         keep = 0.5 ** (max(0.0, ts - row[2]) / half_life)
         row[:] = [row[0] * keep + 1.0, row[1] * keep + hit, max(ts, row[2])]
 
+    def unmark_tls(self, origin: str, net: str) -> None:
+        """The TLS answer just counted as path-anomalous showed the origin's failure
+        (origin-wide), not its path's: it counts as a plain answer."""
+        for table in (self.tls.get(origin), self.tls.get(ANY)):
+            row = None if table is None else table.get(net)
+            if row is not None:
+                row[1] = max(0.0, row[1] - 1.0)
+
     def _span(self) -> int:
         return max(1, int(self.s.window_s // self.s.bucket_s))
 
