@@ -21,6 +21,11 @@ distinct sources got forged answers on its port(s) (all the hours with a forged 
 when the box's forgeries are too thin for any hour to have that many: the cell was
 judged on its ``min_suspect_clients`` sources already).
 
+A suspect probe is kept, with its origin and anomaly, for twice ``settle_s``: when a
+later probe of the ISP names the onset of that origin's failure with that anomaly
+(``notes["injection"]["onsets"]``), it is the origin's and is taken out of its cells
+(:mod:`pathsentry.detectors.injection_onset`).
+
 A cell is *bad* -- suspected, or confirmed -- when its suspect probes come from enough
 distinct sources and its rate of them stands above the other networks' at the same
 times and above TLS on the same line; it is judged once it has settled. The rules, and
