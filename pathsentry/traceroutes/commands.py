@@ -54,29 +54,57 @@ def _write(events: Iterator[dict[str, Any]], fh: IO[bytes]) -> int:
     return n
 
 
+def _target(text: str | None) -> Any:
+    from pathsentry.traceroutes.check import Target
+
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        lat, lon, country = float(parts[0]), float(parts[1]), parts[2].strip().upper()
+    except (IndexError, ValueError):
+        raise ValueError(f"--target {text!r}: expected LAT,LON,CC") from None
+    if len(parts) != 3 or not -90 <= lat <= 90 or not -180 <= lon <= 180 or len(country) != 2:
+        raise ValueError(f"--target {text!r}: expected LAT,LON,CC")
+    return Target(lat, lon, country)
+
+
+def _summary(label: str, verdicts: list[Any]) -> str:
+    judged = [v for v in verdicts if not v.skipped]
+    homes = Counter(v.home or "?" for v in judged)
+    countries = ", ".join(f"{c} {n}" for c, n in sorted(homes.items(), key=lambda kv: (-kv[1], kv[0])))
+    flagged = sum(v.flagged for v in judged)
+    return (f"{label}: judged {len(judged)} traceroutes from {len(homes)} countries "
+            f"({countries}); flagged route_anomaly: {flagged}")
+
+
 def _check(args: argparse.Namespace, events: Iterator[dict[str, Any]]) -> None:
     from pathsentry.enrich.geo import build_resolver
-    from pathsentry.traceroutes.check import check_routes
+    from pathsentry.traceroutes.check import check_routes, synthetic_relays
 
     cfg = load_config(args.config, geo=args.geo)
     geo = build_resolver(cfg.geo)
-    homes: Counter[str] = Counter()
-    skipped: Counter[str] = Counter()
-    flagged = judged = 0
+    target = _target(args.target)
+    converted = list(events)
     out = sys.stdout.buffer
-    for verdict in check_routes(events, cfg, geo):
+    verdicts = []
+    for verdict in check_routes(converted, cfg, geo, target, args.silence):
         out.write(orjson.dumps(verdict.as_dict()) + b"\n")
-        if verdict.skipped:
-            skipped[verdict.skipped] += 1
-            continue
-        judged += 1
-        homes[verdict.home or "?"] += 1
-        flagged += verdict.flagged
-    countries = ", ".join(f"{c} {n}" for c, n in sorted(homes.items(), key=lambda kv: (-kv[1], kv[0])))
-    print(f"judged {judged} traceroutes from {len(homes)} countries ({countries}); "
-          f"flagged route_anomaly: {flagged}", file=sys.stderr)
+        verdicts.append(verdict)
+    print(_summary("as measured", [v for v in verdicts if not v.silenced]), file=sys.stderr)
+    skipped = Counter(v.skipped.split(" (")[0] for v in verdicts if v.skipped)
     if skipped:
         print("skipped: " + ", ".join(f"{r} {n}" for r, n in skipped.most_common()),
+              file=sys.stderr)
+    for k in range(1, args.silence + 1):
+        print(_summary(f"first {k} answering hops silent", [v for v in verdicts if v.silenced == k]),
+              file=sys.stderr)
+    if args.relays:
+        relays = []
+        for verdict in synthetic_relays(converted, cfg, geo, target):
+            out.write(orjson.dumps({**verdict.as_dict(), "relay": True}) + b"\n")
+            relays.append(verdict)
+        print(f"synthetic relays: {sum(v.flagged for v in relays)} of {len(relays)} flagged",
               file=sys.stderr)
 
 
@@ -103,7 +131,7 @@ def cmd_traceroutes(args: argparse.Namespace) -> int:
             print(f"wrote {n} traceroute events to {args.out}", file=sys.stderr)
         else:
             _write(events, sys.stdout.buffer)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         print(f"pathsentry traceroutes: {e}", file=sys.stderr)
         return 2
     for error in errors:
@@ -131,6 +159,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dest.add_argument("--check", action="store_true",
                       help="run the route detector over them, each with its source's "
                       "country as home and a server at its target, and print the verdicts")
+    p.add_argument("--target", metavar="LAT,LON,CC",
+                   help="--check: where the traceroutes' target really is (default: where "
+                   "each target geolocates)")
+    p.add_argument("--silence", type=int, default=0, metavar="K",
+                   help="--check: judge each traceroute again with its first 1..K answering "
+                   "public hops silent")
+    p.add_argument("--relays", action="store_true",
+                   help="--check: also judge synthetic relays made of the traceroutes' hops")
     p.add_argument("--server-id", help="the server the traceroutes' target is (added as server_id)")
     p.add_argument("--src-ip", help="mtr: the public address the reports were run from")
     p.add_argument("--ts", help="mtr: when the reports were run (ISO 8601; default: now)")
