@@ -14,11 +14,16 @@ the classic gold-farm pattern. The detector:
    farther from the destination server D than ``(median + median(D)) x 100 km``
    (both lie within their RTT radius of the client). A hop that breaks the bound
    is squatted or mis-geolocated: it is marked ``gated`` and its country is
-   ignored. Hops with fewer samples are ``unverified`` and ignored as well;
-4. compresses the surviving hops to a country path and an ASN path and flags a
+   ignored. Hops with fewer samples, and hops whose country has no location to
+   check (no reference point), are ``unverified`` and ignored as well;
+4. checks the relay leg: a foreign hop before the first home-country hop (the
+   exit) lies on the exit's path, so within the later one's RTT radius of it; a
+   foreign hop out of that reach (a transit router registered abroad answering in
+   the same milliseconds as the home routers after it) is ``gated`` too;
+5. compresses the surviving hops to a country path and an ASN path and flags a
    foreign origin before a home-country exit when ``src_ip`` geolocates to a
    home country (allow-listed ranges are never flagged);
-5. emits a route signature, a hash of the compressed country and ASN paths and
+6. emits a route signature, a hash of the compressed country and ASN paths and
    the /24 of the last foreign hop, which the farm detector groups on.
 
 ``Enriched.notes["route"]`` carries ``signature``, ``country_path``,

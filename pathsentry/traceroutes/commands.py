@@ -97,8 +97,8 @@ def _check(args: argparse.Namespace, events: Iterator[dict[str, Any]]) -> None:
         print("skipped: " + ", ".join(f"{r} {n}" for r, n in skipped.most_common()),
               file=sys.stderr)
     for k in range(1, args.silence + 1):
-        print(_summary(f"first {k} answering hops silent", [v for v in verdicts if v.silenced == k]),
-              file=sys.stderr)
+        label = f"first {k} answering hop{'s' if k > 1 else ''} silent"
+        print(_summary(label, [v for v in verdicts if v.silenced == k]), file=sys.stderr)
     if args.relays:
         relays = []
         for verdict in synthetic_relays(converted, cfg, geo, target):
