@@ -15,9 +15,9 @@ the reason, as is one whose source or target does not geolocate.
 
 Two derived checks reuse the real hops:
 
-- ``silence=K``: each traceroute again with its first 1..K answering public hops
-  made silent, as routers that do not answer ICMP leave them: the shape that puts
-  a transit router registered abroad first;
+- ``silence=K``: each traceroute again with the routers of its first 1..K answering
+  public hops made silent wherever they answer, as routers that do not answer ICMP
+  leave them: the shape that puts a transit router registered abroad first;
 - :func:`synthetic_relays`: the first home-country hops of one probe (the relay's
   client, abroad) before another probe's public hops delayed by the leg between
   their countries, claimed from the second probe's address: each must be flagged.
@@ -137,17 +137,16 @@ def _judge(event: dict[str, Any], home: str, server: Server, base: Config,
 
 
 def _silenced(event: dict[str, Any], k: int, geo: GeoResolver) -> dict[str, Any] | None:
-    """``event`` with its first ``k`` answering public hops silent (``None``: it has
-    fewer)."""
-    hops, done = [], 0
+    """``event`` with the routers of its first ``k`` answering public hops silent,
+    wherever they answer again (``None``: it has fewer)."""
+    quiet: set[str] = set()
     for hop in event["hops"]:
-        if done < k and hop["ip"] is not None and geo.lookup(hop["ip"]).kind != "private":
-            hops.append({"ttl": hop["ttl"], "ip": None, "rtt_ms": []})
-            done += 1
-        else:
-            hops.append(hop)
-    if done < k:
+        if len(quiet) < k and hop["ip"] is not None and geo.lookup(hop["ip"]).kind != "private":
+            quiet.add(hop["ip"])
+    if len(quiet) < k:
         return None
+    hops = [{"ttl": hop["ttl"], "ip": None, "rtt_ms": []} if hop["ip"] in quiet else hop
+            for hop in event["hops"]]
     return {**event, "event_id": f"{event['event_id']}-s{k}", "hops": hops}
 
 

@@ -203,3 +203,14 @@ def test_synthetic_relays_from_real_shapes_are_flagged() -> None:
     assert all(v.flagged for v in relays)
     it_gb = next(v for v in relays if v.event_id == "relay-IT-GB")
     assert it_gb.home == "GB" and it_gb.country_path[:2] == ["IT", "GB"]
+
+
+def test_a_silenced_router_stays_silent_where_it_answers_again() -> None:
+    # the probe's access router answers TTL 2 and, once the path dies, TTL 6 again
+    looped = _event("212.66.97.165", "193.0.14.129", [
+        ("192.168.1.1", 0.5), ("151.6.84.152", 21.0), ("62.115.12.45", 25.0),
+        ("62.115.12.46", 34.0), ("62.115.12.47", 34.5), ("151.6.84.152", 21.5)], prb=4)
+    verdicts = list(check_routes([looped], load_config(text="", env={}), _geo(), silence=1))
+    assert [(v.silenced, v.flagged) for v in verdicts] == [(0, False), (1, False)]
+    assert verdicts[0].country_path == ["IT", "SE", "IT"]
+    assert verdicts[1].country_path == ["SE"]  # not SE → IT: the router is silent twice
