@@ -379,11 +379,12 @@ class RouteDetector(SessionTable):
         path = " → ".join(country_path)
         reasons = [f"foreign origin before a home-country exit: {path}"]
         for v in map(HopVerdict._make, foreign):
+            network = f" (AS{v.asn})" if v.asn is not None else ""
             reasons.append(
-                f"hop {v.ttl} {v.ip} in {v.country} (AS{v.asn}) at {v.median_ms:.1f} ms "
+                f"hop {v.ttl} {v.ip} in {v.country}{network} at {v.median_ms:.1f} ms "
                 f"median: within its {v.bound_km:.0f} km RTT bound"
                 if v.median_ms is not None and v.bound_km is not None else
-                f"hop {v.ttl} {v.ip} in {v.country} (AS{v.asn})"
+                f"hop {v.ttl} {v.ip} in {v.country}{network}"
             )
         hop_verdicts = [HopVerdict._make(v) for v in verdicts]
         gated = [v for v in hop_verdicts if v.status == "gated"]

@@ -37,21 +37,22 @@ GEO = """cidr,country,asn,as_name,lat,lon,kind
 """
 
 
-def _detector(home: str, server_cc: str, *, with_server: bool = True) -> tuple[RouteDetector, Enricher]:
+def _detector(home: str, server_cc: str, *, with_server: bool = True,
+              geo_csv: str = GEO) -> tuple[RouteDetector, Enricher]:
     lat, lon = COUNTRY_POINTS[server_cc]
     text = f'home_countries = ["{home}"]\n'
     if with_server:
         text += f'[[server]]\nid = "t"\nlat = {lat}\nlon = {lon}\ncountry = "{server_cc}"\n'
     cfg = load_config(text=text, env={})
-    geo = GeoResolver([CsvPrefixTable.from_lines(io.StringIO(GEO))])
+    geo = GeoResolver([CsvPrefixTable.from_lines(io.StringIO(geo_csv))])
     return RouteDetector(DetectorContext(cfg, geo)), Enricher(cfg, geo)
 
 
 def _run(home: str, server_cc: str, src: str, hops: list[tuple[str | None, float]],
-         *, with_server: bool = True) -> tuple[Enriched, Findings]:
+         *, with_server: bool = True, geo: str = GEO) -> tuple[Enriched, Findings]:
     """A client-run traceroute from ``src``; each hop (address or ``None`` for ``*``)
     answers three probes around its RTT."""
-    det, enricher = _detector(home, server_cc, with_server=with_server)
+    det, enricher = _detector(home, server_cc, with_server=with_server, geo_csv=geo)
     raw: dict[str, Any] = {
         "kind": "traceroute", "event_id": "t1", "ts": "2013-10-15T08:10:08Z",
         "src_ip": src, "session_id": "s1", "vantage_id": "client",
@@ -132,3 +133,16 @@ def test_a_relay_from_russia_into_the_us_is_flagged_with_its_leg() -> None:
     ev, out = _run("US", "US", "216.66.30.82", hops)
     assert [f.kind for f in out.flags] == ["route_anomaly"]
     assert ev.notes["route"]["gated_hops"] == []
+
+
+def test_a_hop_without_an_as_number_is_named_without_one() -> None:
+    # geo data without AS numbers (the bundled set holds none for some networks)
+    leg_ms = great_circle_km(*COUNTRY_POINTS["RU"], *COUNTRY_POINTS["US"]) / 100.0
+    hops = [("195.239.1.1", 3.0), ("64.71.130.1", 4.0 + leg_ms)]
+    _, out = _run("US", "US", "216.66.30.82", hops,
+                  geo=GEO.replace("195.239.0.0/16,RU,3216,", "195.239.0.0/16,RU,,"))
+    [flag] = out.flags
+    hop = next(r for r in flag.reasons if r.startswith("hop 1 "))
+    assert "in RU at 3.0 ms" in hop and "AS" not in hop
+    _, out = _run("US", "US", "216.66.30.82", hops)
+    assert any("in RU (AS3216) at 3.0 ms" in r for r in out.flags[0].reasons)
