@@ -30,6 +30,17 @@ origins                     genuine 4xx/5xx answers 0-3 %; 0-2 outages of 5-40 m
                             plaintext requests redirected to https; an API origin off the
                             CDN (60 %) whose answers' TTL differs from its SYN-ACK's by
                             -2..+1 on every line (a TCP proxy in front of it)
+unmarked failures           drawn from a stream of their own (every other draw of a
+                            world is unchanged): each outage is unmarked with the
+                            world's share, 0 % (30 % of worlds), 100 % (20 %) or 0-100 %:
+                            DNS or anycast fails the origin over to a box of its own that
+                            answers without the CDN's marks (no cf-ray, ``server`` nginx,
+                            openresty or Apache, its own header set and page); it hits
+                            ws, www or both (the other host keeps the CDN's error), sits
+                            at kr-sel-1, kr-pus-1 or jp-tyo-1 (the connect RTT is its),
+                            0-6 hops farther than the edge (its SYN-ACK's TTL), answers
+                            TTL -2..+1 from its SYN-ACK's (0 in half: the box answers
+                            both) and a first byte x0.3-3 the edge's after the connect
 injectors                   1-3 ISPs (KT, SK Broadband, LG Uplus, SK Telecom mobile), each
                             on 1-4 lines, port 80 and/or 8080, a 3-10 h window that meets
                             the world's span, 30-100 % of matching flows, answering with
@@ -65,6 +76,7 @@ from typing import Any
 __all__ = [
     "DIURNAL",
     "FARM_FAMILIES",
+    "Failover",
     "FarmParams",
     "InjectorParams",
     "OriginWindow",
@@ -127,6 +139,23 @@ class OriginWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class Failover:
+    """Outage ``outage`` (an index of :attr:`WorldParams.outages`) without the CDN's marks:
+    the ``hosts`` (``ws``, ``www``) fail over to a box of the origin's own at ``site``
+    (a game server's data centre), ``hops`` farther than the CDN's edge, answering
+    with ``server`` and its own page, its answer's TTL ``ttl_delta`` from its SYN-ACK's
+    and its time to first byte after the connect ``ttfb_scale`` times the edge's."""
+
+    outage: int
+    hosts: tuple[str, ...]
+    server: str
+    site: str
+    hops: int
+    ttl_delta: int
+    ttfb_scale: float
+
+
+@dataclass(frozen=True, slots=True)
 class InjectorParams:
     """One ISP's on-path box: where, when and what it forges."""
 
@@ -178,6 +207,8 @@ class WorldParams:
     maintenance: tuple[OriginWindow, ...] = ()
     api_origin: bool = False
     api_ttl_delta: int = 0
+    unmarked_share: float = 0.0
+    failovers: tuple[Failover, ...] = ()
     injectors: tuple[InjectorParams, ...] | None = None
     farms: tuple[FarmParams, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -211,6 +242,8 @@ class WorldParams:
                     raise ValueError(f"servers: {len(_SERVERS)} entries expected ({', '.join(_SERVERS)})")
             elif k in ("outages", "maintenance"):
                 kw[k] = tuple(OriginWindow(**w) for w in v)
+            elif k == "failovers":
+                kw[k] = tuple(Failover(**{**f, "hosts": tuple(f["hosts"])}) for f in v)
             elif k == "injectors":
                 kw[k] = None if v is None else tuple(
                     InjectorParams(**{**i, "ports": tuple(i["ports"]), "hours": tuple(i["hours"])})
@@ -244,9 +277,14 @@ class WorldParams:
             raise ValueError("app_samples: 1 <= low <= high <= 20 expected")
         if not 1.0 <= self.inflation[0] <= self.inflation[1]:
             raise ValueError("inflation: 1 <= low <= high expected")
-        for name in ("tcp_missing", "origin_error_rate", "origin_redirect"):
+        for name in ("tcp_missing", "origin_error_rate", "origin_redirect", "unmarked_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: a share in [0, 1] expected")
+        for fo in self.failovers:
+            if not 0 <= fo.outage < len(self.outages) or not fo.hosts or not set(fo.hosts) <= {"ws", "www"}:
+                raise ValueError("failover: the index of an outage and hosts from ws/www expected")
+            if fo.site not in _SERVERS or fo.hops < 0 or fo.ttfb_scale <= 0:
+                raise ValueError(f"failover: site in {_SERVERS}, hops >= 0, ttfb_scale > 0")
         for inj in self.injectors or ():
             if inj.isp not in INJECTOR_ISPS or inj.answer not in ("page", "redirect", "block"):
                 raise ValueError(f"injector: isp in {INJECTOR_ISPS}, answer page|redirect|block")
@@ -327,6 +365,28 @@ def _farm(rng: random.Random) -> FarmParams:
         relay=rng.choices(("l4", "l3", "resi"), (45, 35, 20))[0])
 
 
+def _failovers(seed: int, outages: int) -> tuple[float, tuple[Failover, ...]]:
+    """The share of a world's outages without the CDN's marks, and those outages' boxes.
+
+    Drawn from a stream of their own, so that every other parameter of the world, and
+    every event but the unmarked outages' answers, is what it was without them.
+    """
+    rng = random.Random(f"{seed}:unmarked")
+    kind = rng.random()
+    share = 0.0 if kind < 0.3 else 1.0 if kind < 0.5 else round(rng.uniform(0.0, 1.0), 3)
+    out = []
+    for k in range(outages):
+        if rng.random() >= share:
+            continue
+        out.append(Failover(
+            outage=k, hosts=rng.choice((("ws",), ("www",), ("ws", "www"), ("ws", "www"))),
+            server=rng.choice(("nginx", "openresty", "Apache")),
+            site=rng.choice(("kr-sel-1", "kr-pus-1", "jp-tyo-1")),
+            hops=rng.randint(0, 6), ttl_delta=rng.choice((0, 0, 0, -2, -1, 1)),
+            ttfb_scale=round(math.exp(rng.uniform(math.log(0.3), math.log(3.0))), 3)))
+    return share, tuple(out)
+
+
 def draw_params(seed: int, hours: float = 24.0) -> WorldParams:
     """Draw one world's parameters from the documented ranges (same seed, same world)."""
     rng = random.Random(f"{seed}:params")
@@ -342,7 +402,7 @@ def draw_params(seed: int, hours: float = 24.0) -> WorldParams:
         return tuple(OriginWindow(round(rng.uniform(0.05, 0.9), 3), round(rng.uniform(lo, hi), 1),
                                   rng.choice((502, 503, 504))) for _ in range(k))
 
-    return WorldParams(
+    p = WorldParams(
         name="random", start_hour=start_hour, servers=servers,
         app_extra_ms=(0.05, round(rng.uniform(0.3, 1.5), 2)),
         app_samples=(s_lo, rng.randint(max(s_lo, 2), 10)),
@@ -361,3 +421,5 @@ def draw_params(seed: int, hours: float = 24.0) -> WorldParams:
         injectors=tuple(_injector(rng, isp, start_hour, hours) for isp in isps),
         farms=tuple(_farm(rng) for _ in range(rng.randint(2, 5))),
     )
+    share, failovers = _failovers(seed, len(p.outages))
+    return replace(p, unmarked_share=share, failovers=failovers)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pathsentry.sim.model import KST, Account, GameServer, WorldPlan
 from pathsentry.sim.network import GAMEDC, KT, NTT, Prefix, Router
+from pathsentry.sim.params import Failover
 from pathsentry.sim.physics import (
     ACCESS,
     AccessProfile,
@@ -60,6 +61,12 @@ _CDN_ERROR_HEADERS = ["server", "date", "content-type", "content-length", "cf-ra
 _REDIRECT_HEADERS = ["server", "date", "location", "content-length", "cf-ray"]
 _API_HEADERS = ["server", "date", "content-type", "content-length", "x-request-id"]
 _FORGED_HEADERS = ["content-type", "content-length", "connection"]
+#: A box of the origin's own answering its failure without the CDN, per server software.
+_FALLBACK_HEADERS: dict[str, list[str]] = {
+    "nginx": ["server", "date", "content-type", "content-length", "connection"],
+    "openresty": ["server", "date", "content-type", "content-length", "connection", "retry-after"],
+    "Apache": ["date", "server", "content-length", "connection", "content-type"],
+}
 #: What a box forges, per answer kind: status, header names, body hash, body length.
 _FORGERIES: dict[str, tuple[int, list[str], str | None, int]] = {
     "page": (200, _FORGED_HEADERS, INJECTED_BODY_SHA256, 1187),
@@ -123,9 +130,16 @@ class Builder:
         self.outages = [(plan.spec.start_ms + int(w.at * span),
                          plan.spec.start_ms + int(w.at * span + w.minutes * 60_000), w.status)
                         for w in self.params.outages]
+        self.failovers = {fo.outage: fo for fo in self.params.failovers}
         self.maintenance = [(plan.spec.start_ms + int(w.at * span),
                              plan.spec.start_ms + int(w.at * span + w.minutes * 60_000))
                             for w in self.params.maintenance]
+
+    def failover(self, ts: int, host: str) -> Failover | None:
+        """The box of the origin's own answering ``host`` at ``ts`` (an unmarked outage)."""
+        k = next((k for k, (lo, hi, _) in enumerate(self.outages) if lo <= ts < hi), None)
+        fo = None if k is None else self.failovers.get(k)
+        return fo if fo is not None and host in fo.hosts else None
 
     # -- physics -------------------------------------------------------------
     def direct_ms(self, p: Prefix, dst: Point, dst_name: str) -> float:
@@ -312,10 +326,12 @@ class Builder:
         injected = (cell is not None and not encrypted and port in cell.ports and in_hours
                     and rng.random() < cell.rate)
         api = host == "api"
+        fo = None if api else self.failover(ts, host)
         dst, dst_name = ((self.plan.servers["kr-sel-1"].point, "api-origin") if api
-                         else (_EDGE, "cdn-edge-seoul"))
+                         else (_EDGE, "cdn-edge-seoul") if fo is None
+                         else (self.plan.servers[fo.site].point, f"fallback-{fo.site}"))
         connect = sample_rtts(rng, self.direct_ms(home, dst, dst_name), home.access, 1)[0]
-        syn_ack = 64 - (6 + int(inflation_for(self.seed, home.cidr, "ttl") * 4) % 6)
+        syn_ack = 64 - (6 + int(inflation_for(self.seed, home.cidr, "ttl") * 4) % 6) - (fo.hops if fo else 0)
         ev: dict[str, Any] = {
             "kind": "http_probe", "event_id": _eid(self.key, "http", *key), "ts": fmt_ts(ts),
             **base, "src_ip": src,
@@ -347,7 +363,7 @@ class Builder:
                       body_len=0 if ws else 18432, connect_ms=connect,
                       ttfb_ms=round(connect + rng.uniform(1.5, 12.0 if ws else 40.0), 3),
                       ttl={"syn_ack": syn_ack, "response": syn_ack})
-            origin_klass = self.origin_answer(ev, ts, rng, encrypted, ws)
+            origin_klass = self.origin_answer(ev, ts, rng, encrypted, ws, fo)
         if not sees_payload:
             for f in ("status", "header_names", "server_header", "body_sha256", "body_len", "ttfb_ms"):
                 ev[f] = None
@@ -370,14 +386,24 @@ class Builder:
         return ev, truth
 
     def origin_answer(self, ev: dict[str, Any], ts: int, rng: random.Random, encrypted: bool,
-                      ws: bool) -> str | None:
+                      ws: bool, fo: Failover | None = None) -> str | None:
         """The CDN origin's own failures: outages, maintenance, errors, redirects to https.
 
         Each is the origin's genuine answer: its own headers, its own TTL, a normal
-        time to first byte. Returns the hard-negative class, or None for a normal answer.
+        time to first byte; during an unmarked outage (``fo``) the answer of the box
+        the origin failed over to, without the CDN's marks (``origin_failover``).
+        Returns the hard-negative class, or None for a normal answer.
         """
         p = self.params
         down = next((status for lo, hi, status in self.outages if lo <= ts < hi), None)
+        if down is not None and fo is not None:
+            connect, syn_ack = ev["connect_ms"], ev["ttl"]["syn_ack"]
+            ev.update(status=down, header_names=list(_FALLBACK_HEADERS[fo.server]), server_header=fo.server,
+                      body_sha256=hashlib.sha256(f"{fo.server} {down}".encode()).hexdigest(),
+                      body_len=150 + 3 * len(fo.server) + down % 7,
+                      ttfb_ms=round(connect + (ev["ttfb_ms"] - connect) * fo.ttfb_scale, 3),
+                      ttl={"syn_ack": syn_ack, "response": syn_ack + fo.ttl_delta})
+            return "origin_failover"
         if down is not None:
             ev.update(status=down, header_names=list(_CDN_ERROR_HEADERS), server_header="cloudflare",
                       body_sha256=_CDN_ERROR_BODY[down], body_len=4_620)

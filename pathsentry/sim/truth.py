@@ -22,7 +22,8 @@ One JSON object per line, each with a ``"type"``:
     events ``klass`` is the hard-negative class (the account's population, or a
     per-event one: ``icmp_spike``, ``squatted_hop``, ``tls``, ``isp_off_hours``, the
     origin's own answers ``origin_outage``, ``origin_error``, ``origin_redirect``,
-    ``maintenance``, and ``api_origin`` for the origin off the CDN);
+    ``maintenance``, ``origin_failover`` (an outage answered by a box of the origin's
+    own, without the CDN's marks), and ``api_origin`` for the origin off the CDN);
     ``expect`` lists the flag kinds a perfect detector raises on it.
 ``group`` (one per farm group, after the events)
     ``{group_id, label: farm_serial|farm_route, members: [...], template, relay,

@@ -317,6 +317,21 @@ def _w(block: dict[str, Any] | None, key: str) -> str:
     return f"{fmt_cell(block[key]['value'])} (seed {block[key]['seed']})"
 
 
+def _unmarked(params: dict[str, Any]) -> str:
+    """The outages without the CDN's marks: the hosts the box answers, where and how.
+
+    >>> _unmarked({"unmarked_share": 0.5, "failovers": [{"outage": 1, "hosts": ["www"],
+    ...     "server": "nginx", "site": "jp-tyo-1", "hops": 3, "ttl_delta": 0, "ttfb_scale": 1.5}]})
+    ' (unmarked 50%: #2 www nginx at jp-tyo-1 +3 hops TTL+0 TTFB x1.50)'
+    """
+    fos = params.get("failovers") or []
+    if not fos:
+        return ""
+    return (f" (unmarked {params.get('unmarked_share', 0.0):.0%}: " + "; ".join(
+        f"#{f['outage'] + 1} {'/'.join(f['hosts'])} {f['server']} at {f['site']} +{f['hops']} hops "
+        f"TTL{f['ttl_delta']:+d} TTFB x{f['ttfb_scale']:.2f}" for f in fos) + ")")
+
+
 def _summary(params: dict[str, Any]) -> str:
     """One line on the parameters that most often decide a world's difficulty."""
     ticks = ", ".join(f"{s['cost_ms']:.1f}+{s['tick_ms']:.0f}" for s in params["servers"])
@@ -328,7 +343,8 @@ def _summary(params: dict[str, Any]) -> str:
             f"samples {params['app_samples'][0]}-{params['app_samples'][1]}, TCP RTT missing "
             f"{params['tcp_missing']:.0%}; access x{params['access_scale']:.2f}, jitter "
             f"x{params['jitter_scale']:.2f}; "
-            f"outages {len(params['outages'])}, errors {params['origin_error_rate']:.1%}, redirects "
+            f"outages {len(params['outages'])}{_unmarked(params)}, "
+            f"errors {params['origin_error_rate']:.1%}, redirects "
             f"{params['origin_redirect']:.0%}; injectors: {inj}; farms: {farms}")
 
 

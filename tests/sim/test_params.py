@@ -15,6 +15,7 @@ from pathsentry.cli import main
 from pathsentry.sim.names import farm_family_names
 from pathsentry.sim.params import (
     FARM_FAMILIES,
+    Failover,
     InjectorParams,
     OriginWindow,
     ServerPing,
@@ -157,6 +158,43 @@ def test_origin_outage_answers_from_the_cdn_itself() -> None:
         assert e["status"] == 503 and e["server_header"] == "cloudflare" and "cf-ray" in e["header_names"]
         if e["ttl"]:
             assert e["ttl"]["response"] == e["ttl"]["syn_ack"]
+
+
+def test_unmarked_outage_answers_from_the_origins_own_box() -> None:
+    """A failed-over host answers without the CDN's marks, from the box's place and TTL;
+    every other event of the world, the other host in the same minutes included, is
+    byte for byte the marked outage's."""
+    down = replace(fixed_params(), outages=(OriginWindow(0.3, 120.0, 502),))
+    box = Failover(0, ("www",), "openresty", "jp-tyo-1", 4, -1, 2.0)
+    marked, unmarked = _events(down), _events(replace(down, unmarked_share=1.0, failovers=(box,)))
+    assert len(marked) == len(unmarked)
+    changed = [(a, b, tb) for (a, _), (b, tb) in zip(marked, unmarked, strict=True) if a != b]
+    assert changed
+    for a, b, tb in changed:
+        assert b["kind"] == "http_probe" and b["target"]["host"].startswith("www.")
+        assert a["connect_ms"] < b["connect_ms"]  # Tokyo, not the Seoul edge
+        if tb["label"] == "injection":
+            continue  # the box on the path forges the answer; its SYN-ACK is the fallback's
+        assert tb["klass"] == "origin_failover" and a["status"] == b["status"]
+        if b["status"] is not None:
+            assert a["server_header"] == "cloudflare" and "cf-ray" in a["header_names"]
+            assert b["server_header"] == "openresty" and "cf-ray" not in b["header_names"]
+            assert b["ttfb_ms"] > b["connect_ms"]
+        if b["ttl"]:
+            assert b["ttl"]["syn_ack"] == a["ttl"]["syn_ack"] - 4
+            assert b["ttl"]["response"] - b["ttl"]["syn_ack"] == -1
+    ws = [t for _, t in unmarked if t["klass"] == "origin_outage"]
+    assert ws  # the host that did not fail over keeps the CDN's error
+
+
+def test_unmarked_outages_drawn_from_a_stream_of_their_own() -> None:
+    drawn = [p for p in DRAWN if p.failovers]
+    assert len(drawn) > 30 and any(not p.failovers and p.outages for p in DRAWN)
+    for p in drawn:
+        assert all(0 <= f.outage < len(p.outages) for f in p.failovers) and 0 < p.unmarked_share <= 1
+        assert WorldParams.from_json(p.to_json()) == p
+    with pytest.raises(ValueError, match="failover"):
+        replace(fixed_params(), failovers=(Failover(0, ("www",), "nginx", "kr-sel-1", 0, 0, 1.0),)).validate()
 
 
 def test_injectors_forge_their_own_answer_and_ttl() -> None:
