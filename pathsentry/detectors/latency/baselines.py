@@ -58,6 +58,9 @@ means a minority of prefixes, which relays rarely outnumber. A patch day moves e
 prefix's vote at its next login: the median follows once half the window's
 prefixes have logged in again. The figures are exact quantiles of the votes and a
 JSON snapshot is the votes themselves.
+
+About 650 lines: the prefix baselines and the overheads share the vote store and the
+snapshot format; a cold server's bounds (:mod:`.prior`) read the overhead's own votes.
 """
 
 from __future__ import annotations

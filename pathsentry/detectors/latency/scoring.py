@@ -13,23 +13,31 @@ one whole tick, ``gap_z`` noise scales and the spike allowance
 vantage is judged the same way against that vantage's learned overhead
 (:meth:`Scoring.probe_net`). The prefix
 baselines hold app minima and are compared with app minima. A server not warmed up
-(gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
-physics: the evidence says so and the other components carry the decision.
+(gaps from fewer than ``overhead_warmup`` distinct exit prefixes) is judged, gap and
+app-derived physics alike, with the largest cost and tick its prior and its logins so
+far allow (:mod:`.prior`); its residuals are neither learned nor counted toward an exit
+prefix, and the evidence says which basis a verdict used.
 
-Defaults (``[detectors.latency]``): ``overhead_window`` 40 exit prefixes per server
-(a patch day is absorbed within about 20 logins from distinct prefixes; a relayed
-share below about 40 % of the window's prefixes does not move the medians),
-``overhead_warmup`` 8 prefixes, ``spike_warmup`` 40 logins of an access kind before a
-login with one or two app samples of that kind has a gap verdict of its own (its only
-sample may carry a radio spike larger than any of the kind's few learned spreads; its
-residual still counts toward its exit prefix's), ``gap_z`` 3.0 noise scales above the phase bound,
-``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
-phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
-logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
-combined z-scores of 4.5 and 6.5 (``prefix_z``); a prefix whose recent logins were
-proven relays by their own physics (``proven_min`` 0.5) from at least 2 accounts
-(``prefix_proven_accounts``) lends its other logins evidence ramping over the
-proven share between 0.2 and 0.5 (``prefix_share``).
+Defaults (``[detectors.latency]``): ``overhead_window`` 40 exit prefixes per server (a
+patch day is absorbed within about 20 logins from distinct prefixes; a relayed share
+below about 40 % of the window's prefixes does not move the medians),
+``overhead_warmup`` 8 prefixes, the cold prior ``overhead_prior_cost_ms`` 30 and
+``overhead_prior_tick_ms`` 200 (the most a server's fixed cost and tick may be before
+its logins narrow them: a server answering slower must raise them), ``spike_warmup`` 40
+logins of an access kind before a login with one or two app samples of that kind has a
+gap verdict of its own (its only sample may carry a radio spike larger than any of the
+kind's few learned spreads; its residual still counts toward its exit prefix's),
+``gap_z`` 3.0 noise scales above the phase bound, ``gap_alpha`` 0.001 (the phase
+quantile a gap must exceed), ``phase_alpha`` 0.01 (the phase quantile subtracted where
+an app figure meets physics), ``prefix_history`` 16 logins per exit prefix combined,
+from ``prefix_min_logins`` 4, ramping between combined z-scores of 4.5 and 6.5
+(``prefix_z``); a prefix whose recent logins were proven relays by their own physics
+(``proven_min`` 0.5) from at least 2 accounts (``prefix_proven_accounts``) lends its
+other logins evidence ramping over the proven share between 0.2 and 0.5
+(``prefix_share``).
+
+About 650 lines: every component's strength reads the same overhead figures (learned,
+or a cold server's bounds), and they are kept beside the one verdict that sets them.
 """
 
 from __future__ import annotations
