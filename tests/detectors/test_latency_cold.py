@@ -21,6 +21,8 @@ from pathsentry.sim.world import write_world
 from pathsentry.sim.worlds import world_spec
 from tests.detectors.test_latency import GANGWON, SEOUL, SHANGHAI, World, leg_ms, make_world
 from tests.detectors.test_latency_calibration import GameLoop
+from tests.detectors.test_latency_vantages import Servers, relay, warm_vantage
+from tests.detectors.test_latency_vantages import honest as honest_session
 
 #: a Shanghai client's leg to a Seoul exit (the relay leg an L4 relay hides from TCP)
 SHANGHAI_LEG_MS = leg_ms(SEOUL, SHANGHAI) + 3.0
@@ -167,3 +169,23 @@ def test_small_cold_world_farm_on_a_loopless_server(tmp_path: Path) -> None:
     relay = report["detectors"]["vpn_relay"]
     assert relay["fp"] == 0
     assert relay["by_class"]["farm_serial"]["found"] >= 5, relay["by_class"]
+
+
+def test_a_cold_vantage_shows_a_leg_against_its_prior() -> None:
+    """The login server's 100 ms tick hides a Shanghai client's leg; the Busan vantage
+    answers off its loop and has heard from three honest players only. Its app probe,
+    less the largest cost and tick its prior and those logins allow, still shows the
+    leg; honest players probed from it stay clean."""
+
+    w = make_world(seed=77)
+    s = Servers(GameLoop(cost=5.0, tick=100.0), GameLoop(cost=3.0, tick=0.0))
+    warm_vantage(w, s, n=3)
+    assert sum(honest_session(w, s, i) for i in range(3)) == 0
+    o = w.det.overhead.get("kr-pus-1")
+    assert o is not None and o.sources() < w.det.overhead_warmup
+    eid, _, flags = relay(w, s, "45.65.20.20", "xiaopai001")
+    assert [f.event_id for f in flags] == [eid]
+    phys = flags[0].evidence["physics"]
+    assert phys["measured_source"] == ("app probe from kr-pus-1 less the largest overhead "
+                                       "the cold prior allows")
+    assert phys["app_probe"]["basis"] == "prior" and phys["verdict"] == "detour"

@@ -445,7 +445,9 @@ class LatencyDetector(Snapshots, Evidence):
         if not x > 0.0 or x / (x + 20.0) <= sess.phys_feat:
             return None
         sess.phys_at = vantage
-        sess.phys_net = (net, f"app probe from {vantage} less learned overhead")
+        cold = self.overhead.warm_figures(self.vantage_key(sess, vantage), self.overhead_warmup) is None
+        sess.phys_net = (net, f"app probe from {vantage} less "
+                         + ("the largest overhead the cold prior allows" if cold else "learned overhead"))
         return self._physics_of(sess, server, net)
 
     def _learn(self, sess: Session, feats: tuple[float, ...]) -> None:

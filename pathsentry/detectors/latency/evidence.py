@@ -240,8 +240,10 @@ class Evidence(Scoring):
         for i in range(0, len(probes), 4):
             if probes[i] == vantage and probes[i + 1] == "app":
                 out.update(app_rtt_min_ms=round(probes[i + 2], 2), samples=probes[i + 3])
-        figures = self.overhead.warm_figures(self.vantage_key(sess, vantage), self.overhead_warmup)
+        figures = self.app_overhead(sess, self.vantage_key(sess, vantage), out.get("samples", 0))
         if figures is not None:
+            if figures[2]:  # a cold vantage: the largest cost and tick still possible
+                out["basis"] = "prior"
             out.update(learned_cost_ms=round(figures[0], 2), learned_tick_ms=round(figures[1], 2),
                        phase_quantile=1.0 - self.phase_alpha,
                        spike_allowance_ms=round(

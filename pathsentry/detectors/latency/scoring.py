@@ -347,18 +347,21 @@ class Scoring(ExitPrefixes):
                 return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
         return app_lo, label
 
-    def app_overhead(self, sess: Session) -> tuple[float, float, bool] | None:
-        """(cost, tick, whether from the cold prior) the login's app figures are corrected
+    def app_overhead(self, sess: Session, key: str | None = None,
+                     k: int = 0) -> tuple[float, float, bool] | None:
+        """(cost, tick, whether from the cold prior) the app figures of ``k`` samples
+        (default: the login's) to server key ``key`` (default: the login's) are corrected
         with: the server's learned overhead once warm; before, the largest cost and tick
         the prior and the server's logins so far allow (:mod:`.prior`), for one or two
         samples only once ``spike_warmup`` logins of the access kind taught its spikes;
         ``None`` otherwise (and before the server's first login)."""
-        figures = self.overhead.warm_figures(sess.oh_key, self.overhead_warmup)
+        key = sess.oh_key if key is None else key
+        figures = self.overhead.warm_figures(key, self.overhead_warmup)
         if figures is not None:
             return figures[0], figures[1], False
-        o = self.overhead.overheads.get(sess.oh_key)
+        o = self.overhead.overheads.get(key)
         kind = sess.geo.kind or "?"
-        if o is None or (sess.app_n <= 2 and self.overhead.spike_votes(kind) < self.spike_warmup):
+        if o is None or ((k or sess.app_n) <= 2 and self.overhead.spike_votes(kind) < self.spike_warmup):
             return None
         noise = self.overhead.noise_of(kind, self.noise_floor(sess.geo.kind or ""))
         cost, tick = o.prior_bounds(self.prior_cost, self.prior_tick, self.gap_alpha,
@@ -371,12 +374,13 @@ class Scoring(ExitPrefixes):
         phase_alpha`` quantile of its phase (and the access kind's spike allowance for one
         or two samples), the login's own figure arithmetic (:meth:`physics_net`). The
         vantage answers on its own game loop, learned from its own logins (with the
-        login's platform where it names one); ``None`` while that overhead is cold, and
-        for one or two samples before ``spike_warmup`` logins of the access kind taught
-        its spike allowance. An application round trip goes all the way to the client
-        whatever the relay, so on a vantage with a short tick (or none) a client-relay
-        leg the login server's long tick hides shows here."""
-        figures = self.overhead.warm_figures(self.vantage_key(sess, vantage), self.overhead_warmup)
+        login's platform where it names one), or while it is cold the largest overhead
+        its prior and its logins so far allow (:meth:`app_overhead`); ``None`` before the
+        vantage's first login, and for one or two samples before ``spike_warmup`` logins
+        of the access kind taught its spike allowance. An application round trip goes all
+        the way to the client whatever the relay, so on a vantage with a short tick (or
+        none) a client-relay leg the login server's long tick hides shows here."""
+        figures = self.app_overhead(sess, self.vantage_key(sess, vantage), k)
         if figures is None or (k <= 2 and self.overhead.spike_votes(sess.geo.kind or "?")
                                < self.spike_warmup):
             return None
