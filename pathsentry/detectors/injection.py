@@ -73,7 +73,7 @@ from pathsentry.detectors.injection_profile import (
     features_of,
 )
 from pathsentry.detectors.injection_saved import check_onsets, check_profiles
-from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings
+from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings, signature
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
 
@@ -405,6 +405,22 @@ def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str
     return None
 
 
+#: Path marks of a box nearer than the origin (a TTL delta above the origin's is one too).
+NEARER = frozenset({"fast_answer", "seq_conflict", "retransmits"})
+
+
+def _far(verdict: Verdict) -> bool:
+    """Whether the answer shows no mark of a box nearer than the origin: its TTL at the
+    origin's relation or farther, its first byte no sooner than the round trip allows,
+    no race (missing marks alone say another box answered, not where it sits)."""
+    for e in verdict.evidence:
+        if e.code in NEARER:
+            return False
+        if e.code == "ttl_delta" and e.detail["delta"] > max(e.detail["expected_deltas"]):
+            return False
+    return True
+
+
 class InjectionDetector(Detector):
     """Session stage: flag ``http_probe`` events whose answer was forged on the path."""
 
@@ -441,8 +457,13 @@ class InjectionDetector(Detector):
         anomaly = _anomaly(probe, verdict, content)
         path_anomaly = verdict.path_score >= s.flag_score
         self.window.add(host, net, ev.ts, anomaly, verdict.suspect, tls=verdict.tls,
-                        tls_anomaly=path_anomaly)
-        origin_wide = anomaly is not None and self.window.origin_wide(host, anomaly, ev.ts)
+                        tls_anomaly=path_anomaly, far=_far(verdict))
+        sig = signature(probe.status, probe.server_header, probe.header_names)
+        if verdict.tls and anomaly is not None and sig is not None:
+            self.window.add_tls_signature(host, net, ev.ts, sig)
+        witness = None if anomaly is None else self.window.tls_witness(host, net, ev.ts, sig)
+        origin_wide = anomaly is not None and (
+            witness is not None or self.window.origin_wide(host, anomaly, ev.ts))
         if origin_wide and anomaly is not None:
             self.onsets.seen(host, anomaly, ev.ts, self.window.onset(host, anomaly, ev.ts))
             if verdict.tls and path_anomaly:  # the origin's failure, not this path's
@@ -469,6 +490,7 @@ class InjectionDetector(Detector):
             "ttl_delta": delta,
             "status": probe.status,
             "origin_wide": origin_wide,
+            "tls_witness": witness,
             "anomaly": anomaly,
             "onsets": self.onsets.carried(ev.ts),
             "others": None if others is None else round(others, 4),

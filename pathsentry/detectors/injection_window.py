@@ -9,6 +9,22 @@ does not normally answer with, a missing mark, ...). For one answer it tells
 - whether its anomaly is **origin-wide**: at least ``min_networks`` networks, and at
   least ``outage_share`` of the networks that reached the origin in the last
   ``window_s``, saw the same anomaly;
+- whether the answer's own signature (status, ``server`` value, header set) was
+  answered **over TLS** by the origin to another network in the window
+  (:meth:`NetworkWindow.tls_witness`): a box on one network's path cannot answer
+  inside another network's TLS session, so an answer that the origin's side gave
+  over TLS is the origin's, however few networks reached it in those minutes (a
+  failover box of the origin's own, which lacks the CDN's marks);
+- whether the networks that saw the anomaly, each in answers with no mark of a
+  nearer box (no TTL nearer than the origin's relation, no first byte sooner than the
+  round trip allows, no race), are too many for their own paths: each network's
+  chance of showing a forged answer by its path is its own rate of answers flagged
+  with a mark of a nearer box (the marks a box on its path leaves; decayed plaintext
+  counts, the window's answers taken out, Jeffreys' prior ``(k + 0.5) / (n + 1)``),
+  and when the product of those chances over at least two
+  networks is below ``paths_alpha`` the anomaly is the origin's
+  (:meth:`NetworkWindow.unlikely_paths`): a fallback box of the origin's own, seen by
+  the few networks that reached it in those minutes;
 - the typical flagged rate of the **other** networks at the same time: the median of
   their rates, so that other injecting ISPs (a few networks) do not raise it while an
   origin failure (every network) does. The cell stage weighs each ISP's cells against it;
@@ -53,14 +69,31 @@ window that ends at the newest bucket (every in-order answer's) is read, not sum
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
-__all__ = ["ANY", "NetworkWindow", "WindowSettings"]
+__all__ = ["ANY", "FAR", "NetworkWindow", "Signature", "WindowSettings", "signature"]
+
+#: What an answer looks like whatever path it took: status, ``server`` value, header set.
+Signature = tuple[int | None, str, frozenset[str]]
+
+
+def signature(status: int | None, server: str | None,
+              headers: Iterable[str] | None) -> Signature | None:
+    """An answer's signature (``None``: its headers were not seen).
+
+    >>> signature(502, "Openresty", ["Server", "date"]) == (502, "openresty", frozenset({"server", "date"}))
+    True
+    """
+    if headers is None:
+        return None
+    return status, (server or "").lower(), frozenset(h.lower() for h in headers)
 
 #: The origin key of the tables summed over every origin.
 ANY = "*"
+#: The prefix of an anomaly's count among answers with no mark of a nearer box.
+FAR = "far "
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +107,14 @@ class WindowSettings:
     min_networks: int = 4
     #: ...and the share of the networks reaching the origin they must make up
     outage_share: float = 0.5
+    #: whether an answer the origin gave another network over TLS with the same
+    #: signature makes an anomaly the origin's (:meth:`NetworkWindow.tls_witness`; off
+    #: where the TLS probes' headers are not the origin's own, behind a TLS proxy)
+    tls_witness: bool = True
+    #: the chance, below which an anomaly seen "far" (no mark of a nearer box) by
+    #: several networks is the origin's: the product of each network's own chance of
+    #: a forged answer (:meth:`NetworkWindow.unlikely_paths`)
+    paths_alpha: float = 0.001
     #: half-life of the TLS path-anomaly counts per network (``others_tls``)
     tls_half_life_s: float = 6 * 3600.0
     #: half-life of the answer counts per network over every origin (``baseline``,
@@ -98,12 +139,17 @@ class _Net:
     flagged: int = 0
     anomalies: dict[str, int] = field(default_factory=dict)
 
-    def count(self, flagged: bool, anomaly: str | None) -> None:
-        """One more answer (``flagged`` or not, showing ``anomaly`` or none)."""
+    def count(self, flagged: bool, anomaly: str | None, far: bool = False) -> None:
+        """One more answer (``flagged`` or not, showing ``anomaly`` or none; ``far``:
+        with no mark of a box nearer than the origin, also counted under
+        ``FAR + anomaly``)."""
         self.n += 1
         self.flagged += flagged
         if anomaly is not None:
             self.anomalies[anomaly] = self.anomalies.get(anomaly, 0) + 1
+            if far:
+                key = FAR + anomaly
+                self.anomalies[key] = self.anomalies.get(key, 0) + 1
 
     def merge(self, other: _Net, sign: int = 1) -> None:
         """Add (``sign = -1``: take away) ``other``'s counts; an anomaly whose count
@@ -138,14 +184,18 @@ class NetworkWindow:
         self.plain: dict[str, dict[str, list[float]]] = {}
         #: rows of the decayed tables (``tls`` and ``plain``: at most ``2 * max_entries``)
         self.decayed_entries = 0
+        #: bucket -> origin -> signature of a TLS answer -> the networks that got it
+        #: (a signature is kept only with an anomaly: at most ``max_entries`` in all)
+        self.tls_sigs: dict[int, dict[str, dict[Signature, set[str]]]] = {}
+        self.sig_entries = 0
 
     def _bucket(self, ts: float) -> int:
         return int(ts // self.s.bucket_s)
 
     def add(self, origin: str, net: str, ts: float, anomaly: str | None, flagged: bool,
-            tls: bool = False, tls_anomaly: bool = False) -> None:
+            tls: bool = False, tls_anomaly: bool = False, far: bool = False) -> None:
         """Count one answer (``tls``: a TLS one, also counted apart with whether it
-        showed path anomalies)."""
+        showed path anomalies; ``far``: its anomaly shows no mark of a nearer box)."""
         b = self._bucket(ts)
         if b > self.newest:
             self.newest = b
@@ -169,19 +219,21 @@ class NetworkWindow:
             self._add_decayed(self.tls, origin, net, ts, tls_anomaly, self.s.tls_half_life_s)
             self._add_decayed(self.tls, ANY, net, ts, tls_anomaly, self.s.plain_half_life_s)
         else:
-            self._add_decayed(self.plain, ANY, net, ts, flagged, self.s.plain_half_life_s)
-        c.count(flagged, anomaly)
+            self._add_decayed(self.plain, ANY, net, ts, flagged, self.s.plain_half_life_s,
+                              near=flagged and not far)
+        c.count(flagged, anomaly, far)
         per_net = self.totals.get(origin)
         if per_net is None:
             per_net = self.totals[origin] = {}
         total = per_net.get(net)
         if total is None:
             total = per_net[net] = _Net()
-        total.count(flagged, anomaly)
+        total.count(flagged, anomaly, far)
 
     def _add_decayed(self, table: dict[str, dict[str, list[float]]], origin: str, net: str,
-                     ts: float, hit: bool, half_life: float) -> None:
-        """One more answer (``hit``: anomalous, flagged) in a decayed table."""
+                     ts: float, hit: bool, half_life: float, near: bool = False) -> None:
+        """One more answer (``hit``: anomalous, flagged; ``near``: flagged with a mark
+        of a nearer box) in a decayed table: ``[answers, hits, time, near hits]``."""
         per = table.get(origin)
         if per is None:
             per = table[origin] = {}
@@ -189,11 +241,35 @@ class NetworkWindow:
         if row is None:
             if self.decayed_entries >= 2 * self.s.max_entries:
                 return
-            row = [0.0, 0.0, ts]
+            row = [0.0, 0.0, ts, 0.0]
             self.decayed_entries += 1
         per[net] = row
         keep = 0.5 ** (max(0.0, ts - row[2]) / half_life)
-        row[:] = [row[0] * keep + 1.0, row[1] * keep + hit, max(ts, row[2])]
+        row[:] = [row[0] * keep + 1.0, row[1] * keep + hit, max(ts, row[2]), row[3] * keep + near]
+
+    def add_tls_signature(self, origin: str, net: str, ts: float, sig: Signature) -> None:
+        """A TLS answer of ``net`` to ``origin`` with signature ``sig`` (one that showed
+        an anomaly: the origin's normal answers need no witness)."""
+        b = self._bucket(ts)
+        if b < self.newest - self._span() or self.sig_entries >= self.s.max_entries:
+            return
+        nets = self.tls_sigs.setdefault(b, {}).setdefault(origin, {}).setdefault(sig, set())
+        if net not in nets:
+            nets.add(net)
+            self.sig_entries += 1
+
+    def tls_witness(self, origin: str, net: str, ts: float, sig: Signature | None) -> str | None:
+        """A network other than ``net`` whose TLS answers from ``origin`` in the window
+        ending at ``ts`` had signature ``sig`` (``None``: none)."""
+        if sig is None or not self.tls_sigs or not self.s.tls_witness:
+            return None
+        end = self._bucket(ts)
+        for b in range(end, end - self._span() - 1, -1):
+            nets = self.tls_sigs.get(b, {}).get(origin, {}).get(sig)
+            for other in sorted(nets or ()):
+                if other != net:
+                    return other
+        return None
 
     def unmark_tls(self, origin: str, net: str) -> None:
         """The TLS answer just counted as path-anomalous showed the origin's failure
@@ -208,6 +284,9 @@ class NetworkWindow:
 
     def _expire(self) -> None:
         horizon = self.newest - self._span()
+        for b in [b for b in self.tls_sigs if b < horizon]:
+            self.sig_entries -= sum(len(v) for sigs in self.tls_sigs.pop(b).values()
+                                    for v in sigs.values())
         for b in [b for b in self.buckets if b < horizon]:
             gone = self.buckets.pop(b)
             self.entries -= sum(len(v) for v in gone.values())
@@ -258,7 +337,45 @@ class NetworkWindow:
 
     def origin_wide(self, origin: str, anomaly: str, ts: float) -> bool:
         seen, total = self.spread(origin, anomaly, ts)
-        return seen >= self.s.min_networks and seen >= self.s.outage_share * total
+        if seen >= self.s.min_networks and seen >= self.s.outage_share * total:
+            return True
+        p = self.unlikely_paths(origin, anomaly, ts)
+        return p is not None and p < self.s.paths_alpha
+
+    def unlikely_paths(self, origin: str, anomaly: str, ts: float) -> float | None:
+        """The chance that the networks which saw ``anomaly`` "far" in the window each
+        got it from a box on their own path: the product over them of ``1 - (1 -
+        r)^m``, ``m`` their far answers showing it, ``r`` their own rate of answers
+        flagged with a mark of a nearer box (``None``: fewer than two networks saw it far, or fewer than
+        ``outage_share`` of those reaching the origin).
+
+        >>> w = NetworkWindow(WindowSettings())
+        >>> for k in range(200):  # two networks' clean answers, then a failure both see
+        ...     for net in ("AS1", "AS2"):
+        ...         w.add("www", net, float(k), None, flagged=False)
+        >>> for net in ("AS1", "AS2"):
+        ...     w.add("www", net, 900.0, "status 502", flagged=True, far=True)
+        >>> round(w.unlikely_paths("www", "status 502", 900.0), 6)
+        7e-06
+        >>> w.add("www", "AS3", 900.0, None, flagged=False)
+        >>> w.add("www", "AS4", 900.0, None, flagged=False)
+        >>> w.add("www", "AS5", 900.0, None, flagged=False)
+        >>> w.unlikely_paths("www", "status 502", 900.0) is None  # 2 of 5 networks
+        True
+        """
+        nets = self._nets(origin, ts)
+        key = FAR + anomaly
+        far = [(net, c) for net, c in nets.items() if c.anomalies.get(key)]
+        if len(far) < 2 or len(far) < self.s.outage_share * len(nets):
+            return None
+        plain = self.plain.get(ANY) or {}
+        p = 1.0
+        for net, c in far:
+            row = plain.get(net)
+            n = max(0.0, (row[0] if row else 0.0) - c.n)
+            r = ((row[3] if row else 0.0) + 0.5) / (n + 1.0)
+            p *= 1.0 - (1.0 - r) ** c.anomalies[key]
+        return p
 
     def others(self, origin: str, net: str, ts: float) -> float | None:
         """The median flagged rate of the networks other than ``net`` that reached

@@ -62,7 +62,8 @@ def test_genuine_upgrade_with_cdn_headers(h: Harness) -> None:
     assert flag is None
     assert ev.notes["injection"] == {
         "suspect": False, "score": 0.0, "tls": False, "path_anomaly": False, "ttl_delta": 0,
-        "status": 101, "origin_wide": False, "anomaly": None, "onsets": [], "others": None,
+        "status": 101, "origin_wide": False, "tls_witness": None, "anomaly": None, "onsets": [],
+        "others": None,
         "others_tls": None, "baseline": None, "baseline_n": None, "baseline_tls": None,
         "baseline_tls_n": None, "content": []}
 

@@ -159,10 +159,11 @@ def test_a_pending_cell_survives_a_restart() -> None:
     assert [a.model_dump() for a in restored.alerts] == [a.model_dump() for a in whole]
 
 
-def outage_sources(w: World) -> tuple[list[Alert], dict[tuple[int | None, int], set[str]]]:
+def outage_sources(w: World, extra: str = "") -> tuple[
+        list[Alert], dict[tuple[int | None, int], set[str]]]:
     """Both stages over ``w``: the alerts, and the sources of the flagged answers per
     (ASN, hour)."""
-    alerts, flags = run(w)
+    alerts, flags = run(w, extra)
     sources: dict[tuple[int | None, int], set[str]] = defaultdict(set)
     for f in flags:
         sources[(f.asn, f.ts.astimezone(KST).hour)].add(str(f.src_ip))
@@ -198,12 +199,17 @@ def test_an_outage_seen_first_by_five_subscribers_of_one_isp_names_nobody() -> N
     which is too little against five suspects in ten. The failure's onset as the
     session stage saw it (the minute from which some network saw the anomaly), carried
     to the ISP's later answers, tells them apart: nothing is named. Without it
-    (``max_failures = 0``) SK Telecom is confirmed."""
+    (``max_failures = 0``) SK Telecom is confirmed. (The fallback box's TLS answers to
+    other networks in those minutes make most of the five the origin's at once; without
+    that witness, ``tls_witness = false``, as behind a TLS proxy, the five are flagged.)"""
     w = World(outages=[(615, 30, 502, False)], every_min=30, seed=12)
-    alerts, sources = outage_sources(w)
+    no_witness = "[detectors.injection]\ntls_witness = false\n"
+    alerts, sources = outage_sources(w, no_witness)
     assert max(len(s) for s in sources.values()) == 5
     assert alerts == []
-    off, _ = run(w, "[detectors.injection]\nmax_failures = 0\n")
+    _, witnessed = outage_sources(w)
+    assert max(len(s) for s in witnessed.values()) < 5
+    off, _ = run(w, no_witness + "max_failures = 0\n")
     assert [(a.subject["asn"], a.evidence["level"]) for a in off] == [(9644, "confirmed")]
 
 

@@ -68,6 +68,8 @@ class World:
     outages: list[tuple[int, int, int, bool]] = field(default_factory=list)
     #: the hosts the outages hit (none: every host)
     outage_hosts: tuple[str, ...] = ()
+    #: the unmarked box's answer TTL from its SYN-ACK's (+1: as a box one hop nearer)
+    unmarked_ttl_delta: int = 1
     maintenance: tuple[int, int] | None = None
     error_rate: float = 0.0
     redirect_rate: float = 0.0
@@ -117,7 +119,8 @@ def genuine(ev: dict[str, Any], w: World, minute: int, rng: random.Random) -> No
                 ev.update(status=status, header_names=list(CDN_ERROR), body_sha256="11" * 32)
             else:  # a box of the origin's own answering without the CDN
                 ev.update(status=status, header_names=["content-type"], server_header="nginx",
-                          body_sha256="12" * 32, ttl={"syn_ack": 52, "response": 53})
+                          body_sha256="12" * 32,
+                          ttl={"syn_ack": 52, "response": 52 + w.unmarked_ttl_delta})
             return
     if w.maintenance and w.maintenance[0] <= minute < sum(w.maintenance):
         ev.update(status=503, header_names=[*WWW_HEADERS, "retry-after"], body_sha256="33" * 32)

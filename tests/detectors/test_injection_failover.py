@@ -1,0 +1,96 @@
+"""An origin's outage answered by a box of its own, without the CDN's marks.
+
+The failover box's answers miss the CDN's headers and ``server`` value on every line,
+like a forged answer; when few networks reach the origin in the same minutes, the
+count of networks seeing it cannot say it is the origin's. Two things can: the same
+answer given over TLS to another network (a box on one path cannot answer inside
+another network's TLS session), and answers that show no mark of a nearer box seen by
+networks whose own paths show no forging box (each one's learned rate of answers
+flagged with such marks). Both stages are run, with each switched off for contrast.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from pathsentry.sim.evaluate import evaluate_world
+from pathsentry.sim.params import draw_params
+from pathsentry.sim.world import write_world
+from pathsentry.sim.worlds import world_spec
+from tests.detectors.test_injection_origin import ISPS, TARGETS, World, events, lines_of, run
+
+NO_WITNESS = "[detectors.injection]\ntls_witness = false\n"
+NO_PATHS = "[detectors.injection]\npaths_alpha = 0.0\n"
+
+
+def asn_of(src: str) -> int:
+    return next(asn for asn in ISPS if src.startswith(tuple(lines_of(asn))))
+
+
+def witnessed(w: World) -> set[str]:
+    """The plaintext outage answers that another network's TLS outage answer from the
+    same host preceded within 9 minutes (the same box, the same status and headers)."""
+    seen: list[tuple[datetime, int, str]] = []
+    out = set()
+    for ev in sorted(events(w), key=lambda e: e["ts"]):
+        if ev["server_header"] != "nginx":
+            continue
+        ts, asn, host = datetime.fromisoformat(ev["ts"]), asn_of(ev["src_ip"]), ev["target"]["host"]
+        if ev["target"]["port"] == 443:
+            seen.append((ts, asn, host))
+        elif any(a != asn and h == host and ts - timedelta(minutes=9) <= t <= ts for t, a, h in seen):
+            out.add(ev["event_id"])
+    return out
+
+
+def test_an_unmarked_outage_answered_over_tls_to_another_network_is_the_origins() -> None:
+    """Two subscribers per line probing every 30 minutes: about five networks reach the
+    origin in ten minutes, so the failover box's answers (one hop nearer than its
+    SYN-ACK, as a forging box's) are not seen by enough of them at first. Those after
+    another network's TLS answer showed the same status and headers are not flagged."""
+    w = World(outages=[(600, 90, 502, False)], hosts=2, every_min=30)
+    alerts, flags = run(w)
+    _, without = run(w, NO_WITNESS)
+    after = witnessed(w)
+    assert len(after) >= 5
+    assert not after & {f.event_id for f in flags}
+    assert after & {f.event_id for f in without}
+    assert len(flags) < len(without) and alerts == []
+
+
+def test_an_unmarked_outage_from_no_nearer_box_is_the_origins() -> None:
+    """Plaintext probes only (no TLS witness), the box answering at its SYN-ACK's TTL and
+    no sooner than the round trip: two or three clean networks seeing it far is too
+    much for their own paths (none of them ever showed a nearer box's answer)."""
+    plain = tuple(t for t in TARGETS if t[1] != 443)
+    w = World(outages=[(600, 90, 502, False)], hosts=2, every_min=30, unmarked_ttl_delta=0,
+              targets=plain)
+    alerts, flags = run(w)
+    _, without = run(w, NO_PATHS)
+    assert len(flags) * 3 < len(without) and alerts == []
+    # one hop nearer, the same answers are a nearer box's: the paths test leaves them
+    near = World(outages=[(600, 90, 502, False)], hosts=2, every_min=30, targets=plain)
+    assert len(run(near)[1]) == len(run(near, NO_PATHS)[1])
+
+
+@pytest.mark.parametrize("seed", [224, 243])
+def test_a_simulated_failover_names_no_clean_isp(seed: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Simulated worlds whose outages a box of the origin's own answers: without the
+    two tests, a clean ISP is named (and, in 243, the injector is not); with them, the
+    injector alone."""
+    spec = world_spec(seed, 1500, 6.0, draw_params(seed, 6.0))
+    assert spec.params.failovers
+    found = {}
+    for name, extra in (("on", ""), ("off", "tls_witness = false\npaths_alpha = 0.0\n")):
+        wd = tmp_path / name
+        write_world(spec, wd)
+        if extra:
+            toml = wd / "pathsentry.toml"
+            toml.write_text(toml.read_text() + "\n[detectors.injection]\n" + extra)
+        report = evaluate_world(wd, wd)
+        cells = report["detectors"]["injection_cell"]
+        found[name] = (cells["tp"], cells["fp"])
+    assert found["on"][1] == 0 and found["on"][0] >= 1
+    assert found["off"][1] >= 1
