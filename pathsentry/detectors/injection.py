@@ -409,10 +409,15 @@ def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str
 NEARER = frozenset({"fast_answer", "seq_conflict", "retransmits"})
 
 
-def _far(verdict: Verdict) -> bool:
-    """Whether the answer shows no mark of a box nearer than the origin: its TTL at the
-    origin's relation or farther, its first byte no sooner than the round trip allows,
-    no race (missing marks alone say another box answered, not where it sits)."""
+def _far(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
+    """Whether the answer shows where it came from, and no box nearer than the origin:
+    its TTLs seen and at the origin's relation or farther, its first byte timed on a
+    handshake of at least ``min_connect_ms`` and no sooner than the round trip allows,
+    no race (missing marks alone say another box answered, not where it sits; an
+    answer without TTLs or with a handshake too short to time says neither)."""
+    if _delta(probe) is None or probe.ttfb_ms is None or probe.connect_ms is None \
+            or probe.connect_ms < s.min_connect_ms:
+        return False
     for e in verdict.evidence:
         if e.code in NEARER:
             return False
@@ -457,7 +462,7 @@ class InjectionDetector(Detector):
         anomaly = _anomaly(probe, verdict, content)
         path_anomaly = verdict.path_score >= s.flag_score
         self.window.add(host, net, ev.ts, anomaly, verdict.suspect, tls=verdict.tls,
-                        tls_anomaly=path_anomaly, far=_far(verdict))
+                        tls_anomaly=path_anomaly, far=_far(probe, verdict, s))
         sig = signature(probe.status, probe.server_header, probe.header_names)
         if verdict.tls and anomaly is not None and sig is not None:
             self.window.add_tls_signature(host, net, ev.ts, sig)
@@ -475,7 +480,9 @@ class InjectionDetector(Detector):
         base_tls = None if verdict.tls else self.window.tls_baseline(net, ev.ts)
         suspect = verdict.suspect and not origin_wide
         delta = _delta(probe)
-        if not verdict.suspect:
+        # (a failure answered by another box, without the origin's marks, teaches nothing
+        # of the origin's own: its fallback's marks are not what its next errors carry)
+        if not verdict.suspect and not (origin_wide and verdict.path_score >= s.flag_score):
             ratio = (probe.ttfb_ms / probe.connect_ms
                      if probe.ttfb_ms is not None and probe.connect_ms is not None
                      and probe.connect_ms >= s.min_connect_ms else None)

@@ -15,9 +15,10 @@ does not normally answer with, a missing mark, ...). For one answer it tells
   inside another network's TLS session, so an answer that the origin's side gave
   over TLS is the origin's, however few networks reached it in those minutes (a
   failover box of the origin's own, which lacks the CDN's marks);
-- whether the networks that saw the anomaly, each in answers with no mark of a
-  nearer box (no TTL nearer than the origin's relation, no first byte sooner than the
-  round trip allows, no race), are too many for their own paths: each network's
+- whether the networks that saw the anomaly, each in answers that show where they
+  came from and no box nearer than the origin (TTLs seen, none nearer than the
+  origin's relation; a first byte timed and no sooner than the round trip allows; no
+  race), are too many for their own paths: each network's
   chance of showing a forged answer by its path is its own rate of answers flagged
   with a mark of a nearer box (the marks a box on its path leaves; decayed plaintext
   counts, the window's answers taken out, Jeffreys' prior ``(k + 0.5) / (n + 1)``),

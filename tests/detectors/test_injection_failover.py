@@ -94,3 +94,15 @@ def test_a_simulated_failover_names_no_clean_isp(seed: int, tmp_path) -> None:  
         found[name] = (cells["tp"], cells["fp"])
     assert found["on"][1] == 0 and found["on"][0] >= 1
     assert found["off"][1] >= 1
+
+
+def test_the_failover_boxs_answers_teach_nothing_of_the_origins_errors() -> None:
+    """The fallback box answers 502 over TLS too, for 90 minutes; afterwards the CDN's own
+    502s (its headers, its ``server``) are the origin's again and are not flagged: the
+    box's marks were not learned as the origin's for that status."""
+    w = World(outages=[(600, 90, 502, False)], error_rate=0.05, hosts=3)
+    _, flags = run(w)
+    cdn_502 = {e["event_id"] for e in events(w) if e["status"] == 502
+               and e["server_header"] == "cloudflare" and e["target"]["port"] != 443}
+    assert len(cdn_502) >= 10
+    assert not cdn_502 & {f.event_id for f in flags}
