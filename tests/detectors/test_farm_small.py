@@ -8,7 +8,8 @@ import random
 
 from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.farm.background import arrive, depart, expected, prior_rate
-from pathsentry.detectors.farm.model import FarmSettings, Partition, Pool
+from pathsentry.detectors.farm.machines import machine_share, put
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool
 from tests.detectors.test_farm import farm_alerts, random_names, run
 from tests.detectors.test_farm_cold import _feed
 from tests.detectors.test_farm_families import login, samples
@@ -123,3 +124,57 @@ def test_a_quiet_ranges_unrelated_users_minutes_apart_in_a_small_world_are_no_gr
               for i, name in enumerate(random_names(rng, 8))]
     _, alerts = run(events + _named_farm(15, 0.0, 60.0))
     assert all(a.startswith("longwang") for g in farm_alerts(alerts) for a in g.accounts)
+
+
+# ------------------------------------------------- a room's machines, one /24 each
+
+
+def _room_of_own_24s(names: list[str], t0: float, pace: float) -> list[Enriched]:
+    """A name-less room on four machines, each through a rented host on a /24 of its
+    own in one hosting AS, round-robin seconds to a minute apart; each machine has its
+    own access latency (the fourth's far from the others')."""
+    rng = random.Random(len(names) + 1)
+    base = [64.0, 60.0, 55.0, 86.0]
+    return [login(name, t0 + i * pace, f"43.200.{2 + i % 4}.{35 + i % 4}", ROOM_AS,
+                  samples(rng, base[i % 4], 0.5), relay=True, device=f"room-{i % 4}",
+                  kind="hosting")
+            for i, name in enumerate(names)]
+
+
+def test_a_rooms_machine_through_a_24_of_its_own_joins_the_room() -> None:
+    """The room forms before its fourth machine carries a second account; that machine's
+    accounts, through a /24 none of the others uses, join as it carries more: in a quiet
+    range they are no background's."""
+    names = random_names(random.Random(75), 15)
+    room = _room_of_own_24s(names, 600.0, 45.0)
+    _, alerts = run(room + _named_farm(15, 0.0, 60.0))
+    (alert,) = [a for a in farm_alerts(alerts) if set(a.accounts) & set(names)]
+    assert len(set(alert.accounts)) >= 14 and set(alert.accounts) <= set(names)
+    assert {n for i, n in enumerate(names) if i % 4 == 3 and i > 3} <= set(alert.accounts)
+
+
+def test_a_busy_exits_households_on_other_24s_do_not_join_a_room() -> None:
+    """A busy VPN exit whose every fifth machine carries two accounts, and a room on
+    its shared machines: the households' pairs, on /24s the room does not use, are as
+    common as the exit has taught and stay out of its alert."""
+    rng = random.Random(76)
+    users = _vpn_users(rng, 160, 4 * 3600.0, pairs=True)
+    names = random_names(random.Random(77), 15)
+    room = _room_of_own_24s(names, 3 * 3600.0, 45.0)
+    flags, alerts = run(users + room)
+    groups = farm_alerts(alerts)
+    assert groups and all(set(a.accounts) <= set(names) for a in groups)
+    assert {f.account for f in flags.values()} <= set(names)
+
+
+def test_a_found_rooms_accounts_teach_the_young_exit_no_machine_share() -> None:
+    """In a partition younger than its window the accounts in it are its background --
+    but not those of a room found there, which share their machines by nature."""
+    part = Partition(key="net:AS1", pool=Pool())
+    room = [Member(f"r{i}", f"r{i}", float(i), None, None, "10.0.0.1", "10.0.0.0/24",
+                   device=f"m{i % 2}", group="g1") for i in range(10)]
+    users = [Member(f"u{i}", f"u{i}", float(i), None, None, "10.0.1.1", "10.0.1.0/24",
+                    device=f"own{i}") for i in range(10)]
+    for x in room + users:
+        put(part, x)
+    assert machine_share(part, {"u0"}) < 0.1
