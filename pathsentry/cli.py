@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pathsentry.streams.commands",
     "pathsentry.sim.commands",
     "pathsentry.sensor.commands",
+    "pathsentry.traceroutes.commands",
     "pathsentry.bench.commands",
     "pathsentry.report.commands",
 )

@@ -14,11 +14,16 @@ the classic gold-farm pattern. The detector:
    farther from the destination server D than ``(median + median(D)) x 100 km``
    (both lie within their RTT radius of the client). A hop that breaks the bound
    is squatted or mis-geolocated: it is marked ``gated`` and its country is
-   ignored. Hops with fewer samples are ``unverified`` and ignored as well;
-4. compresses the surviving hops to a country path and an ASN path and flags a
+   ignored. Hops with fewer samples, and hops whose country has no location to
+   check (no reference point), are ``unverified`` and ignored as well;
+4. checks the relay leg: a foreign hop before the first home-country hop (the
+   exit) lies on the exit's path, so within the later one's RTT radius of it; a
+   foreign hop out of that reach (a transit router registered abroad answering in
+   the same milliseconds as the home routers after it) is ``gated`` too;
+5. compresses the surviving hops to a country path and an ASN path and flags a
    foreign origin before a home-country exit when ``src_ip`` geolocates to a
    home country (allow-listed ranges are never flagged);
-5. emits a route signature, a hash of the compressed country and ASN paths and
+6. emits a route signature, a hash of the compressed country and ASN paths and
    the /24 of the last foreign hop, which the farm detector groups on.
 
 ``Enriched.notes["route"]`` carries ``signature``, ``country_path``,
@@ -350,6 +355,8 @@ class RouteDetector(SessionTable):
                     dest_ms = median(list(h.rtt_ms))
                     break
         walk = self._gate(hops, anchor, dest_ms)
+        if walk.first_home:
+            self._check_leg(walk)
         verdicts, trusted, first_home = walk.verdicts, walk.trusted, walk.first_home
         country_path, asn_path = walk.country_path, walk.asn_path
         foreign = trusted[:first_home] if first_home is not None else []
@@ -372,11 +379,12 @@ class RouteDetector(SessionTable):
         path = " → ".join(country_path)
         reasons = [f"foreign origin before a home-country exit: {path}"]
         for v in map(HopVerdict._make, foreign):
+            network = f" (AS{v.asn})" if v.asn is not None else ""
             reasons.append(
-                f"hop {v.ttl} {v.ip} in {v.country} (AS{v.asn}) at {v.median_ms:.1f} ms "
+                f"hop {v.ttl} {v.ip} in {v.country}{network} at {v.median_ms:.1f} ms "
                 f"median: within its {v.bound_km:.0f} km RTT bound"
                 if v.median_ms is not None and v.bound_km is not None else
-                f"hop {v.ttl} {v.ip} in {v.country} (AS{v.asn})"
+                f"hop {v.ttl} {v.ip} in {v.country}{network}"
             )
         hop_verdicts = [HopVerdict._make(v) for v in verdicts]
         gated = [v for v in hop_verdicts if v.status == "gated"]
@@ -434,8 +442,13 @@ class RouteDetector(SessionTable):
                 hi = lo + 1 if lo + 1 < n - 1 else n - 1  # min(lo + 1, n - 1)
                 median_ms = srt[lo] + (srt[hi] - srt[lo]) * (pos - lo)
             v: _Verdict
-            if anchor is None or geo.lat is None or geo.lon is None:
+            if anchor is None:
                 v = (ttl, text, country, asn, median_ms, n, "ok", None, None)
+            elif geo.lat is None or geo.lon is None:
+                # a country the RTT cannot be checked against: as unverified as a hop
+                # without enough samples
+                out.append((ttl, text, country, asn, median_ms, n, "unverified", None, None))
+                continue
             else:
                 bound_km = (median_ms + dest_ms) * KM_PER_MS_RTT + HOP_SLACK_KM.get(
                     geo.precision, 1000.0
@@ -459,6 +472,48 @@ class RouteDetector(SessionTable):
             if asn is not None and (not apath or apath[-1] != asn):
                 apath.append(asn)
         return walk
+
+    def _check_leg(self, walk: _Walk) -> None:
+        """Gate the foreign hops the home-country exit is out of reach of.
+
+        Of a foreign hop and the exit (the first trusted home-country hop), the one
+        probed first (the lower TTL) is on the other's forward path, so the two lie
+        within the RTT radius of the later one: at most ``median x 100 km`` plus both
+        geolocations' slack (the exit's median in a client-run traceroute, the
+        foreign hop's in one from a vantage). A foreign hop farther than that (a
+        transit router registered abroad, answering in the same milliseconds as the
+        home routers after it) is mis-geolocated, not the origin of a relay leg: it
+        is gated and the paths are made again without it. A relay's international
+        leg passes: the later hop answers only after the leg.
+        """
+        lookup = self.ctx.geo.lookup
+        exit_hop = walk.trusted[walk.first_home or 0]
+        exit_geo = lookup(exit_hop[1] or "")
+        if exit_geo.lat is None or exit_geo.lon is None:
+            return
+        slack = HOP_SLACK_KM.get(exit_geo.precision, 1000.0)
+        dropped: dict[int, tuple[float, float]] = {}
+        for v in walk.trusted[:walk.first_home]:
+            geo = lookup(v[1] or "")
+            later_ms = v[4] if v[0] > exit_hop[0] else exit_hop[4]
+            if geo.lat is None or geo.lon is None or later_ms is None:
+                continue
+            bound = later_ms * KM_PER_MS_RTT + slack + HOP_SLACK_KM.get(geo.precision, 1000.0)
+            dist = great_circle_km(exit_geo.lat, exit_geo.lon, geo.lat, geo.lon)
+            if dist > bound:
+                dropped[v[0]] = (bound, dist)
+        if not dropped:
+            return
+        kept = [v for v in walk.trusted if v[0] not in dropped]
+        walk.verdicts = [
+            v[:6] + ("gated",) + dropped[v[0]] if v[0] in dropped and v[6] == "ok" else v
+            for v in walk.verdicts
+        ]
+        walk.gated = sorted(walk.gated + list(dropped))
+        walk.trusted = kept
+        walk.first_home = next((i for i, v in enumerate(kept) if v[2] in self.home), None)
+        walk.country_path = compress([v[2] for v in kept])
+        walk.asn_path = compress([v[3] for v in kept if v[3] is not None])
 
     # -- output -------------------------------------------------------------------
 

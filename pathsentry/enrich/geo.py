@@ -236,7 +236,8 @@ class BundledSource:
     def lookup(self, ip: IpLike) -> GeoInfo | None:
         r = self._g.lookup(str(ip))
         cc = getattr(r, "country_code", "") or ""
-        if getattr(r, "is_private", False) or len(cc) != 2:
+        # (``--``: a network the data set holds without a country)
+        if getattr(r, "is_private", False) or len(cc) != 2 or not cc.isalpha():
             return None
         as_name = getattr(r, "asn_name", "") or None
         network = getattr(r, "asn_cidr", "") or getattr(r, "cidr", "") or None
