@@ -49,7 +49,8 @@ class FarmSettings:
     background_half_life_s: float = 6 * 3600.0
     background_fast_half_life_s: float = 3600.0
     #: the weight of the population prior in a partition's background rate, in seconds
-    #: of the partition's own observation (:func:`.background.expected`)
+    #: of the partition's own observation (:func:`.background.expected`), and of the
+    #: default rate in the population's (:func:`.background.prior_rate`)
     background_prior_s: float = 3600.0
     #: the documented default arrival rate of one partition (logins per hour) that the
     #: class's pooled rate is shrunk toward, weighted as ``background_prior_s`` seconds
