@@ -25,7 +25,10 @@ Each piece of evidence has a weight in ``[0, 1]``; ``path_score`` is the noisy-O
 ``path_score`` reaches ``path_gate``; the probe is flagged ``path_injection`` when the
 score reaches ``flag_score``. An anomaly that many unrelated networks see in the same
 minutes is the origin's (:mod:`pathsentry.detectors.injection_window`): not flagged,
-marked ``origin_wide`` for the cell stage. TLS probes (``https``/``wss``, or the
+marked ``origin_wide`` for the cell stage, and the failure's onset (when some network
+first saw it) is carried in the notes of later answers, so that the cell stage can tell
+the first answers of an ISP that saw it before the others
+(:mod:`pathsentry.detectors.injection_onset`). TLS probes (``https``/``wss``, or the
 ``protocol`` the reporter saw: TLS on port 80 is TLS, a forged non-TLS segment racing
 on port 443 is not) are the control
 and the origin's teachers: never flagged, their path evidence is recorded so the cell
@@ -62,13 +65,14 @@ from pathsentry.config import Origin
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.injection_onset import FailureOnsets
 from pathsentry.detectors.injection_profile import (
     Expectation,
     OriginProfiles,
     ProfileSettings,
     features_of,
 )
-from pathsentry.detectors.injection_saved import check_profiles
+from pathsentry.detectors.injection_saved import check_onsets, check_profiles
 from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
@@ -414,6 +418,7 @@ class InjectionDetector(Detector):
             self.name, ctx.settings(self.name), InjectionSettings, ProfileSettings, WindowSettings)
         self.profiles = OriginProfiles(profile, pinned=(o.host for o in ctx.config.origins))
         self.window = NetworkWindow(window)
+        self.onsets = FailureOnsets(window.onset_hold_s, window.max_failures)
         self._priors: dict[str, frozenset[str] | None] = {}
 
     def _prior(self, host: str, origin: Origin | None) -> frozenset[str] | None:
@@ -438,6 +443,11 @@ class InjectionDetector(Detector):
         self.window.add(host, net, ev.ts, anomaly, verdict.suspect, tls=verdict.tls,
                         tls_anomaly=path_anomaly)
         origin_wide = anomaly is not None and self.window.origin_wide(host, anomaly, ev.ts)
+        if origin_wide and anomaly is not None:
+            self.onsets.seen(host, anomaly, ev.ts, self.window.onset(host, anomaly, ev.ts))
+            if verdict.tls and path_anomaly:  # the origin's failure, not this path's
+                self.window.unmark_tls(host, net)
+                path_anomaly = False
         others = self.window.others(host, net, ev.ts)
         others_tls = None if verdict.tls else self.window.others_tls(host, net, ev.ts)
         base = None if verdict.tls else self.window.baseline(net, ev.ts)
@@ -459,6 +469,8 @@ class InjectionDetector(Detector):
             "ttl_delta": delta,
             "status": probe.status,
             "origin_wide": origin_wide,
+            "anomaly": anomaly,
+            "onsets": self.onsets.carried(ev.ts),
             "others": None if others is None else round(others, 4),
             "others_tls": others_tls,
             "baseline": None if base is None else base[0],
@@ -494,16 +506,18 @@ class InjectionDetector(Detector):
         )
         return Findings(flags=[flag])
 
-    # -- state: what was learned of the origins -----------------------------------------
+    # -- state: what was learned of the origins, the failures seen lately ---------------
 
     def state(self) -> dict[str, Any]:
-        return {"profiles": self.profiles.to_json()}
+        return {"profiles": self.profiles.to_json(), "onsets": self.onsets.to_json()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state`; refused whole (:class:`~.saved.StateInvalid`) unless
         every field is as a save writes it."""
         self._check(state)
+        check_onsets(state.get("onsets", []))
         self.profiles.load(state.get("profiles", {}))
+        self.onsets.load(state.get("onsets", []))
 
     @staticmethod
     def _check(state: dict[str, Any]) -> None:
@@ -512,7 +526,7 @@ class InjectionDetector(Detector):
             check_profiles(profiles)
 
     def learned_state(self) -> dict[str, Any]:
-        return self.state()
+        return {"profiles": self.profiles.to_json()}
 
     def load_learned(self, state: dict[str, Any]) -> None:
         self._check(state)

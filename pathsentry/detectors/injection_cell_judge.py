@@ -77,8 +77,13 @@ first would name it. A cell is therefore judged ``settle_s`` (600 s, the injecti
 stage's ``window_s``) after the first suspect it received since it was last judged,
 at the ISP's next probe or the next tick; until then it keeps its level. By then a
 failure that every network sees is marked origin-wide, and the ISP's answers since
-carry the other networks' rate at those minutes into the same cells. An ISP that sent
-no answer in those minutes is judged on what it has (see the README's limits).
+carry the other networks' rate at those minutes into the same cells. Five or more
+first answers outweigh the few that follow them, so the failure's onset, which the
+session stage finds once the failure is origin-wide and carries in every later
+answer's notes, takes the ISP's suspects of that origin and anomaly since the onset
+out of its cells before they are judged (:mod:`pathsentry.detectors.injection_onset`).
+An ISP that sent no answer in those minutes is judged on what it has (see the README's
+limits).
 
 **Framing.** The guard against framing is the count of distinct sources, not the rate
 nor the path marks: a client report's TTLs, headers and timings are numbers its

@@ -23,6 +23,7 @@ from typing import Any
 
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.injection_counts import Cell, merge
+from pathsentry.detectors.injection_onset import Retractable
 from pathsentry.schemas import HttpProbe
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "TlsKey",
     "anonymous_source",
     "cell_at",
+    "cell_keys",
     "lines_of",
     "pool",
     "source_of",
@@ -123,6 +125,10 @@ class CellSettings:
     max_cells: int = 4096
     max_clients: int = 512
     max_examples: int = 5
+    #: suspect probes an ISP keeps with their origin and anomaly, for twice
+    #: ``settle_s``, so that a failure's onset named later takes them out of its cells
+    #: (:mod:`~pathsentry.detectors.injection_onset`); the oldest go first
+    max_retractable: int = 512
     max_alert_events: int = 20
     max_alert_accounts: int = 50
     max_prefixes: int = 32
@@ -168,6 +174,8 @@ class CellGroup:
     #: cells awaiting judgement -> the time of the first suspect probe each received
     #: since it was last judged (see ``CellSettings.settle_s``)
     pending: dict[CellKey, float] = field(default_factory=dict)
+    #: its recent suspect probes, which an origin failure's onset may retract
+    retractable: Retractable = field(default_factory=Retractable)
 
     def mark_bad(self, key: CellKey, level: int) -> None:
         was = CONFIRMED if key in self.sure else SUSPECTED if key in self.bad else CLEAN
@@ -200,6 +208,7 @@ class CellGroup:
             "bad": sorted([list(k) for k in self.bad]),
             "sure": sorted([list(k) for k in self.sure]),
             "pending": sorted([[*k, t] for k, t in self.pending.items()]),
+            "suspects": self.retractable.to_json(),
             "published": None if pub is None else {
                 "version": pub.version, "ts": pub.ts, "suspects": pub.suspects,
                 "level": pub.level,
@@ -218,6 +227,7 @@ class CellGroup:
             g.tls[(p, hour)] = Cell.from_json(c)
         g.bad = {(p, port, hour) for p, port, hour in d["bad"]}
         g.pending = {(p, port, hour): t for p, port, hour, t in d.get("pending", ())}
+        g.retractable = Retractable.from_json(d.get("suspects", ()))
         # saves without levels held confirmed cells only
         g.sure = ({(p, port, hour) for p, port, hour in d["sure"]} if "sure" in d
                   else set(g.bad))
@@ -247,6 +257,14 @@ def source_of(probe: HttpProbe, account: str | None, line: str | None = None) ->
 def anonymous_source(probe: HttpProbe, line: str | None) -> str:
     """What a report without an account vouches for: its address, or its ``line``."""
     return "line:" + line if line is not None else "ip:" + ip_text(probe.src_ip)
+
+
+def cell_keys(prefix: str, port: int, hour: int) -> list[CellKey]:
+    """The cells a plaintext probe of ``prefix``, ``port`` and ``hour`` is counted in: its
+    line's hour and all day, the ASN's hour and all day on the port, the ASN's all-port
+    all day and hour (not the pooled ones, which sum the lines')."""
+    return [(prefix, port, hour), (ALL, port, hour), (ALL, port, ANY_HOUR),
+            (prefix, port, ANY_HOUR), (ALL, ANY_PORT, ANY_HOUR), (ALL, ANY_PORT, hour)]
 
 
 def lines_of(group: CellGroup) -> frozenset[str]:

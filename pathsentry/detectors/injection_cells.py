@@ -21,6 +21,11 @@ distinct sources got forged answers on its port(s) (all the hours with a forged 
 when the box's forgeries are too thin for any hour to have that many: the cell was
 judged on its ``min_suspect_clients`` sources already).
 
+A suspect probe is kept, with its origin and anomaly, for twice ``settle_s``: when a
+later probe of the ISP names the onset of that origin's failure with that anomaly
+(``notes["injection"]["onsets"]``), it is the origin's and is taken out of its cells
+(:mod:`pathsentry.detectors.injection_onset`).
+
 A cell is *bad* -- suspected, or confirmed -- when its suspect probes come from enough
 distinct sources and its rate of them stands above the other networks' at the same
 times and above TLS on the same line; it is judged once it has settled. The rules, and
@@ -79,6 +84,7 @@ from pathsentry.detectors.injection_cell_state import (
     CellSettings,
     anonymous_source,
     cell_at,
+    cell_keys,
     lines_of,
     pool,
     source_of,
@@ -91,6 +97,7 @@ from pathsentry.detectors.injection_counts import (
     wilson_lower,
     wilson_upper,
 )
+from pathsentry.detectors.injection_onset import Onsets, SuspectRecord, covered, onsets_of
 from pathsentry.detectors.injection_saved import check_cells_state
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import HttpProbe
@@ -149,22 +156,29 @@ class InjectionCellDetector(Detector):
         hour, client = local.hour, source_of(probe, ev.account, line)
         touched: list[CellKey] = []
         evicted: list[CellKey] = []
+        onsets = onsets_of(verdict)
+        retracted = self._retract(group, onsets, touched) if onsets else set()
+        host = probe.target.host.lower()
+        anomaly = verdict.get("anomaly")
+        anomaly = anomaly if isinstance(anomaly, str) else None
         if verdict["tls"]:
+            # (a path anomaly of an origin failure named since is the origin's)
+            anomalous = bool(verdict["path_anomaly"]) and not covered(onsets, host, anomaly, ts)
             for p, h in ((ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR)):
                 touch(group.tls, (p, h), s.max_cells).add(
-                    client, bool(verdict["path_anomaly"]), ts, probe.event_id, s)
+                    client, anomalous, ts, probe.event_id, s)
                 touched.extend([k for k in group.bad if k[0] == p and k[2] == h])
         else:
-            suspect = bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
+            suspect = (bool(verdict["suspect"]) and not verdict.get("origin_wide", False)
+                       and not covered(onsets, host, anomaly, ts))
             ref = float(verdict.get("others") or 0.0)
             ref_tls = pool(verdict.get("others_tls"), 0.0)
             base = pool(verdict.get("baseline"), verdict.get("baseline_n"))
             tbase = pool(verdict.get("baseline_tls"), verdict.get("baseline_tls_n"))
-            keys = [(p, probe.target.port, h) for p, h in (
-                (ev.prefix, hour), (ALL, hour), (ALL, ANY_HOUR), (ev.prefix, ANY_HOUR))]
-            keys += [(ALL, ANY_PORT, ANY_HOUR), (ALL, ANY_PORT, hour)]
+            keys = cell_keys(ev.prefix, probe.target.port, hour)
             if suspect:
                 self._vouch(group, probe, client, ev.account, line)
+                self._keep(group, probe, verdict, ev.prefix, hour, client, ts)
                 if s.settle_s > 0.0:  # (pending cells are held ones, or pooled over them)
                     for cell_key in keys:
                         group.pending.setdefault(cell_key, ts)
@@ -190,6 +204,8 @@ class InjectionCellDetector(Detector):
         else:
             pooled = {(LINES, probe.target.port, hour)}
         pooled.update(k for k in due if k[0] == LINES)
+        if lines:
+            pooled |= retracted
         self.judge.judge_cells(group, pooled, lines, ts)
         return self.alerting.emit(key, group, ts)
 
@@ -207,6 +223,40 @@ class InjectionCellDetector(Detector):
                 group.owners[addr] = client
         elif probe.reporter != "client" and len(group.witnesses) < s.max_clients:
             group.witnesses.add(client)
+
+    def _keep(self, group: CellGroup, probe: HttpProbe, verdict: dict[str, Any], prefix: str,
+              hour: int, client: str, ts: float) -> None:
+        """Keep a suspect probe that an origin failure's onset may retract (one whose
+        anomaly the session stage named; for twice ``settle_s``)."""
+        anomaly = verdict.get("anomaly")
+        keep_s = 2.0 * self.settings.settle_s
+        if not isinstance(anomaly, str) or keep_s <= 0.0:
+            return
+        group.retractable.add(SuspectRecord(ts, probe.target.host.lower(), anomaly, prefix,
+                                            probe.target.port, hour, client, probe.event_id),
+                              keep_s, self.settings.max_retractable)
+
+    @staticmethod
+    def _retract(group: CellGroup, onsets: Onsets, touched: list[CellKey]) -> set[CellKey]:
+        """Take the suspects that ``onsets`` cover out of their cells (see
+        :mod:`~pathsentry.detectors.injection_onset`); the cells are appended to
+        ``touched``, and the pooled cells they were summed into are returned."""
+        taken = group.retractable.take(onsets)
+        if not taken:
+            return set()
+        cells = group.cells
+        for r in taken:
+            for key in cell_keys(r.prefix, r.port, r.hour):
+                cell = cells.get(key)
+                if cell is not None:
+                    cell.uncount(r.client, r.event_id)
+                    touched.append(key)
+        everything = cells.get((ALL, ANY_PORT, ANY_HOUR))
+        gone = {r.client[5:] for r in taken if r.client.startswith("acct:")} - (
+            {c[5:] for c in everything.suspect_clients} if everything is not None else set())
+        if gone:
+            group.accounts = [a for a in group.accounts if a not in gone]
+        return {(LINES, r.port, r.hour) for r in taken}
 
     def _tz_label(self, local: datetime) -> str:
         off = local.utcoffset()

@@ -241,6 +241,22 @@ class Cell:
         if len(self.examples) < s.max_examples:
             self.examples.append(event_id)
 
+    def uncount(self, client: str, event_id: str) -> None:
+        """One of the suspect probes counted was not (the answer stays counted); the
+        times of the first and last suspect stay those of the suspects counted."""
+        if self.k <= 0:
+            return
+        self.k -= 1
+        seen = self.suspect_clients.get(client, 0)
+        if seen > 1:
+            self.suspect_clients[client] = seen - 1
+        elif seen:
+            del self.suspect_clients[client]
+        if event_id in self.examples:
+            self.examples.remove(event_id)
+        if not self.k:
+            self.first_suspect, self.last_suspect = math.inf, 0.0
+
     def to_json(self) -> dict[str, Any]:
         return {
             "n": self.n, "k": self.k, "clients": sorted(self.clients),

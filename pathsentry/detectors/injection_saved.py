@@ -32,7 +32,7 @@ from pydantic import Field
 
 from pathsentry.detectors.saved import Count, Name, Record, Saved, StateInvalid, Ts, check
 
-__all__ = ["check_cells_state", "check_profiles"]
+__all__ = ["check_cells_state", "check_onsets", "check_profiles"]
 
 #: an HTTP status as the contract takes it
 Status = Annotated[int, Field(ge=0, le=999)]
@@ -92,6 +92,16 @@ def check_profiles(state: Any) -> None:
             raise StateInvalid(f"{where}: more timed answers in the bins than in all")
 
 
+class _Onsets(Saved):
+    #: origin, anomaly, onset, last origin-wide answer
+    onsets: list[tuple[Name, Name, Ts, Ts]] = Field(default_factory=list, max_length=4096)
+
+
+def check_onsets(rows: Any) -> None:
+    """Refuse failure onsets not as saved (origin, anomaly, onset, last answer)."""
+    check(_Onsets, {"onsets": rows}, "injection failure onsets")
+
+
 class _Cell(Record):
     n: Count
     k: Count
@@ -140,6 +150,9 @@ class _Group(Saved):
     sure: list[tuple[Name, Port, Hour]] | None = None
     #: cells awaiting judgement, with the time of their first suspect since the last
     pending: list[tuple[Name, Port, Hour, Ts]] = Field(default_factory=list)
+    #: recent suspect probes: time, origin, anomaly, prefix, port, hour, source, event id
+    suspects: list[tuple[Ts, Name, Name, Name, Port, Hour, Name, Name]] = Field(
+        default_factory=list, max_length=65536)
     published: _Published | None
 
 

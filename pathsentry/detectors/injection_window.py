@@ -83,6 +83,13 @@ class WindowSettings:
     #: it costs this many rows per probe, not one per network ever seen
     baseline_networks: int = 256
     max_entries: int = 8192
+    #: how long after its last origin-wide answer a failure's onset is carried in the
+    #: notes of every answer (:mod:`~pathsentry.detectors.injection_onset`; keep it at
+    #: least the cell stage's ``settle_s``: a suspect of the failure's last minutes
+    #: waits that long before it is judged)
+    onset_hold_s: float = 600.0
+    #: failures whose onsets are held and carried at once (the most recently seen)
+    max_failures: int = 32
 
 
 @dataclass(slots=True)
@@ -188,6 +195,14 @@ class NetworkWindow:
         keep = 0.5 ** (max(0.0, ts - row[2]) / half_life)
         row[:] = [row[0] * keep + 1.0, row[1] * keep + hit, max(ts, row[2])]
 
+    def unmark_tls(self, origin: str, net: str) -> None:
+        """The TLS answer just counted as path-anomalous showed the origin's failure
+        (origin-wide), not its path's: it counts as a plain answer."""
+        for table in (self.tls.get(origin), self.tls.get(ANY)):
+            row = None if table is None else table.get(net)
+            if row is not None:
+                row[1] = max(0.0, row[1] - 1.0)
+
     def _span(self) -> int:
         return max(1, int(self.s.window_s // self.s.bucket_s))
 
@@ -225,6 +240,21 @@ class NetworkWindow:
         """(networks that saw ``anomaly``, networks that reached ``origin``) in the window."""
         nets = self._nets(origin, ts)
         return sum(1 for c in nets.values() if anomaly in c.anomalies), len(nets)
+
+    def onset(self, origin: str, anomaly: str, ts: float) -> float:
+        """The start of the earliest bucket of the run up to ``ts`` in which some network
+        saw ``anomaly`` in its answers to ``origin`` (within the window; a bucket whose
+        answers to it showed none of it ends the run, one without answers does not)."""
+        end = self._bucket(ts)
+        first = end
+        for b in range(end, end - self._span() - 1, -1):
+            nets = self.buckets.get(b, {}).get(origin)
+            if not nets:
+                continue
+            if not any(anomaly in c.anomalies for c in nets.values()):
+                break
+            first = b
+        return first * self.s.bucket_s
 
     def origin_wide(self, origin: str, anomaly: str, ts: float) -> bool:
         seen, total = self.spread(origin, anomaly, ts)

@@ -62,9 +62,9 @@ def test_genuine_upgrade_with_cdn_headers(h: Harness) -> None:
     assert flag is None
     assert ev.notes["injection"] == {
         "suspect": False, "score": 0.0, "tls": False, "path_anomaly": False, "ttl_delta": 0,
-        "status": 101, "origin_wide": False, "others": None, "others_tls": None,
-        "baseline": None, "baseline_n": None, "baseline_tls": None, "baseline_tls_n": None,
-        "content": []}
+        "status": 101, "origin_wide": False, "anomaly": None, "onsets": [], "others": None,
+        "others_tls": None, "baseline": None, "baseline_n": None, "baseline_tls": None,
+        "baseline_tls_n": None, "content": []}
 
 
 def test_injected_200_one_hop_nearer(h: Harness) -> None:

@@ -191,20 +191,20 @@ def test_an_outage_seen_by_three_or_four_subscribers_of_one_isp_first_names_nobo
         assert eager
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: five first answers of one ISP in an "
-                   "origin failure, and too few of its answers after them in the same "
-                   "cells to carry the other networks' rate, confirm it")
 def test_an_outage_seen_first_by_five_subscribers_of_one_isp_names_nobody() -> None:
     """Probing every 30 minutes, the failure's first answers of SK Telecom are five
     subscribers' within three minutes, all to one origin on port 80; its next answer in
     that cell, after ``settle_s``, carries the other networks' rate (a third flagged),
-    which is too little against five suspects in ten. Telling them apart needs the
-    failure's start as the session stage saw it (when the anomaly was first seen by
-    any network), carried to the ISP's later answers."""
-    alerts, sources = outage_sources(World(outages=[(615, 30, 502, False)], every_min=30,
-                                           seed=12))
+    which is too little against five suspects in ten. The failure's onset as the
+    session stage saw it (the minute from which some network saw the anomaly), carried
+    to the ISP's later answers, tells them apart: nothing is named. Without it
+    (``max_failures = 0``) SK Telecom is confirmed."""
+    w = World(outages=[(615, 30, 502, False)], every_min=30, seed=12)
+    alerts, sources = outage_sources(w)
     assert max(len(s) for s in sources.values()) == 5
     assert alerts == []
+    off, _ = run(w, "[detectors.injection]\nmax_failures = 0\n")
+    assert [(a.subject["asn"], a.evidence["level"]) for a in off] == [(9644, "confirmed")]
 
 
 def test_cells_awaiting_judgement_stay_within_the_cell_cap() -> None:

@@ -66,6 +66,8 @@ class World:
     every_min: int = 20
     #: (start minute, minutes, status, with the CDN's marks)
     outages: list[tuple[int, int, int, bool]] = field(default_factory=list)
+    #: the hosts the outages hit (none: every host)
+    outage_hosts: tuple[str, ...] = ()
     maintenance: tuple[int, int] | None = None
     error_rate: float = 0.0
     redirect_rate: float = 0.0
@@ -109,7 +111,8 @@ def genuine(ev: dict[str, Any], w: World, minute: int, rng: random.Random) -> No
     if rng.random() < w.lb_share:
         ev["ttl"] = {"syn_ack": 52, "response": 53}
     for start, length, status, marks in w.outages:
-        if start <= minute < start + length:
+        if start <= minute < start + length and (
+                not w.outage_hosts or ev["target"]["host"] in w.outage_hosts):
             if marks:
                 ev.update(status=status, header_names=list(CDN_ERROR), body_sha256="11" * 32)
             else:  # a box of the origin's own answering without the CDN

@@ -93,15 +93,19 @@ def test_patch_that_doubles_the_tick_is_absorbed() -> None:
 
 
 def test_cold_server_never_uses_the_slowest_sample() -> None:
-    """Before the overhead is learned there is no tick to subtract: no app figure meets
-    physics, however slow its samples."""
+    """Before the overhead is learned the tick is not known: an app figure meets physics
+    only less the largest cost and tick still possible, and the slowest sample (which
+    may carry a spike) not before the access kind's spikes are learned."""
     w = make_world(seed=54)
     loop = GameLoop(cost=8.0, tick=90.0)
     assert warm(w, loop, n=4, k=8) == 0
     ev, out = w.login("early", "58.120.200.9", [10.0, 40.0, 95.0, 99.0], None)
     assert not out.flags
     sess = w.det.sessions.peek(ev.event.session_id or "")
-    assert sess is not None and sess.phys_net is None
+    assert sess is not None and sess.phys_net is not None
+    net, source = sess.phys_net
+    assert source == "app_rtt less the largest overhead the cold prior allows"
+    assert net < 10.0 - 8.0 - 90.0 * 0.5  # at least the true cost and half the true tick off
 
 
 def test_a_proven_login_re_assesses_its_exits_earlier_sessions() -> None:

@@ -10,9 +10,12 @@ of the same session) the detector weighs five kinds of evidence:
     server-relay leg while ``app_rtt_ms`` covers the whole path: ``tcp << app``.
     But a game answers its ping on its game loop (a fixed cost plus a uniform
     phase of its tick), so the gap is judged against each server's learned
-    application overhead (:mod:`.baselines`), never against a constant; a server
-    not warmed up gives no gap verdict, nor does a login with one or two samples
-    before its access kind's spikes were learned from ``spike_warmup`` logins. An
+    application overhead (:mod:`.baselines`), never against a constant. A server
+    not warmed up is judged against the largest overhead its documented prior
+    (``overhead_prior_cost_ms``, ``overhead_prior_tick_ms``) and its logins so far
+    allow (:mod:`.prior`): a bound that holds whatever the overhead turns out to be.
+    A login with one or two samples has no verdict before its access kind's spikes
+    were learned from ``spike_warmup`` logins. An
     ICMP/TCP probe from the login server that is answered far faster than the
     application is the same signal one layer down (the VPN endpoint answers for the
     client); it is ignored for mobile access, where the carrier gateway answers pings.
@@ -77,7 +80,8 @@ the sum over the other sessions' residuals); noise scales are kept until their
 access kind's residuals change, and the overheads' votes are kept in order as they come.
 
 Modules: :mod:`.state` (bounded tables, alert book, the session record),
-:mod:`.baselines` (prefix baselines, learned server overheads), :mod:`.geometry`
+:mod:`.baselines` (prefix baselines, learned server overheads), :mod:`.prior` (a
+cold server's overhead bounds), :mod:`.geometry`
 (distances, expectations, RTT disks), :mod:`.model` (the anomaly model),
 :mod:`.scoring` (component strengths, history, combination), :mod:`.prefixes` (what
 an exit prefix's recent logins show together), :mod:`.evidence`

@@ -58,6 +58,9 @@ means a minority of prefixes, which relays rarely outnumber. A patch day moves e
 prefix's vote at its next login: the median follows once half the window's
 prefixes have logged in again. The figures are exact quantiles of the votes and a
 JSON snapshot is the votes themselves.
+
+About 650 lines: the prefix baselines and the overheads share the vote store and the
+snapshot format; a cold server's bounds (:mod:`.prior`) read the overhead's own votes.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from typing import Any, ClassVar
 
 from river._river_rust.stats import RsQuantile
 
+from pathsentry.detectors.latency.prior import cost_upper, tick_upper
 from pathsentry.detectors.physics import interpolated
 
 __all__ = [
@@ -193,7 +197,8 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_by_share", "_cost", "_figures", "_phase", "_seq", "_tick", "_u", "key", "n")
+    __slots__ = ("_by_share", "_cost", "_figures", "_phase", "_prior_tick", "_seq", "_tick", "_u",
+                 "_wired", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -214,7 +219,12 @@ class Overhead:
         self._by_share: dict[float, dict[str, float]] = {}
         #: standardised gap residuals (clipped to +-3), one per exit prefix
         self._u = _Votes(window)
+        #: the gaps of wired (not mobile) logins, one per exit prefix: what bounds the
+        #: cost from above while the server is cold (:mod:`.prior`)
+        self._wired = _Votes(window)
         self._figures: tuple[float, float, float, float] | None = None
+        #: (alpha, tick_max) -> the tick's upper bound while cold, until the votes change
+        self._prior_tick: tuple[float, float, float] | None = None
 
     def figures(self) -> tuple[float, float, float, float]:
         """(cost, tick, centre, scale), read once per change of the votes: ``centre`` is
@@ -267,23 +277,47 @@ class Overhead:
         corrected.sort()
         return interpolated(corrected, 0.5)
 
+    def prior_bounds(self, cost_max: float, tick_max: float, alpha: float,
+                     noise: float) -> tuple[float, float]:
+        """(cost, tick) upper bounds (ms) of a cold server: the prior's maxima narrowed
+        by the wired gaps (plus ``noise`` ms) and the app samples' spreads so far
+        (:func:`~.prior.cost_upper`, :func:`~.prior.tick_upper` over the latest
+        ``window`` tick votes)."""
+        memo = self._prior_tick
+        if memo is None or memo[0] != alpha or memo[1] != tick_max:
+            spreads: list[tuple[int, float]] = []
+            votes = self._tick.votes
+            skip = len(votes) - self._cost.cap
+            for key, v in votes.items():
+                skip -= 1
+                k = int(key.partition(":")[2] or 0)
+                if skip < 0 and k >= 2:
+                    spreads.append((k, v * spread_median(k)))
+            memo = self._prior_tick = (alpha, tick_max, tick_upper(spreads, alpha, tick_max))
+        return cost_upper(self._wired.ordered(), cost_max, noise), memo[2]
+
     def expected(self, k: int) -> float:
         """Expected gap (ms) of a login with ``k`` app samples."""
         return self.cost() + self.tick() / (k + 1)
 
     def update(self, source: str, gap: float | None, k: int, spread: float,
-               u: float | None = None) -> None:
-        """Learn one login from exit prefix ``source`` (``u``: its standardised residual)."""
+               u: float | None = None, wired: bool = False) -> None:
+        """Learn one login from exit prefix ``source`` (``u``: its standardised residual;
+        ``wired``: not a mobile line, so its gap may bound a cold server's cost)."""
         self._figures = None
         if u is not None:
             self._u.add(source, u)
         if k >= 2:
             # one vote per login: a relay or a farm does not change the game loop's
             # tick, so its logins' spreads are as good as anyone's, and a server whose
-            # players share a few /24s would otherwise keep a few dozen votes
+            # players share a few /24s would otherwise keep a few dozen votes (the key
+            # keeps the sample count: the cold bound reads the spread back)
             self._seq += 1
-            self._tick.add(f"#{self._seq}", spread / spread_median(k))
+            self._prior_tick = None
+            self._tick.add(f"#{self._seq}:{k}", spread / spread_median(k))
         if gap is not None:
+            if wired:
+                self._wired.add(source, gap)
             self.n += 1
             # less the phase's median (not its mean: the minimum of k phases is skewed,
             # so the median of ``gap - tick / (k + 1)`` would sit below the cost), taken
@@ -316,21 +350,23 @@ class Overhead:
 
     def snapshot(self) -> dict[str, Any]:
         return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot(),
-                "phase": [[k, v] for k, v in self._phase.items()], "u": self._u.snapshot()}
+                "phase": [[k, v] for k, v in self._phase.items()], "u": self._u.snapshot(),
+                "wired": self._wired.snapshot()}
 
     @classmethod
     def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
         o = cls(key, window)
         o.n = int(snap["n"])
         o._tick = _Votes(TICK_WINDOW * window, snap["tick"])
-        o._seq = len(o._tick) + max((int(k[1:]) for k in o._tick.votes
-                                     if k.startswith("#") and k[1:].isdigit()), default=0)
+        seqs = (k[1:].partition(":")[0] for k in o._tick.votes if k.startswith("#"))
+        o._seq = len(o._tick) + max((int(q) for q in seqs if q.isdigit()), default=0)
         o._cost = _Votes(window, snap["cost"])
         # a vote without its phase share was saved corrected already
         o._phase = {str(k): float(v) for k, v in snap.get("phase", []) if k in o._cost.votes}
         for source, gap in o._cost.votes.items():
             o._share(source, o._phase.get(source, 0.0), gap)
         o._u = _Votes(window, snap.get("u", []))
+        o._wired = _Votes(window, snap.get("wired", []))
         return o
 
 
@@ -471,7 +507,7 @@ class OverheadBook:
                 j = self.jitter[kind] = _Votes(2 * self.window)
             if j is not None:
                 j.add(source, spread - o.figures()[1] * (k - 1) / (k + 1))
-        o.update(source, gap, k, spread, u)
+        o.update(source, gap, k, spread, u, kind != "mobile")
 
     def snapshot(self) -> dict[str, Any]:
         return {"overheads": {k: o.snapshot() for k, o in self.overheads.items()},

@@ -71,6 +71,8 @@ class LatencyDetector(Snapshots, Evidence):
         self.phase_alpha = float(cfg["phase_alpha"])
         self.overhead_warmup = int(cfg["overhead_warmup"])
         self.spike_warmup = int(cfg["spike_warmup"])
+        self.prior_cost = float(cfg["overhead_prior_cost_ms"])
+        self.prior_tick = float(cfg["overhead_prior_tick_ms"])
         self.by_platform = bool(cfg["overhead_by_platform"])
         self.overhead = OverheadBook(int(cfg["overhead_window"]), self.overhead_warmup)
         self.prefix_history = int(cfg["prefix_history"])
@@ -290,7 +292,7 @@ class LatencyDetector(Snapshots, Evidence):
             self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
                                 None if sess.tcp is None or not teaches else sess.app_min - sess.tcp,
                                 sess.app_n, sess.app_spread,
-                                None if gv is None or gv.bound is None or not teaches else gv.u_raw)
+                                None if gv is None or not gv.learned() or not teaches else gv.u_raw)
         if assessed is None:
             self._remember(login.account, sess, base if allowed is None else 0.0)
             out = None
@@ -443,7 +445,9 @@ class LatencyDetector(Snapshots, Evidence):
         if not x > 0.0 or x / (x + 20.0) <= sess.phys_feat:
             return None
         sess.phys_at = vantage
-        sess.phys_net = (net, f"app probe from {vantage} less learned overhead")
+        cold = self.overhead.warm_figures(self.vantage_key(sess, vantage), self.overhead_warmup) is None
+        sess.phys_net = (net, f"app probe from {vantage} less "
+                         + ("the largest overhead the cold prior allows" if cold else "learned overhead"))
         return self._physics_of(sess, server, net)
 
     def _learn(self, sess: Session, feats: tuple[float, ...]) -> None:

@@ -17,7 +17,7 @@ from mypy_extensions import trait
 
 from pathsentry.config import Server
 from pathsentry.detectors.latency.geometry import DEFAULT_TOLERANCE_MS, KIND_TOLERANCE_MS, PRECISION_SLACK_KM
-from pathsentry.detectors.latency.scoring import Scoring, noisy_or
+from pathsentry.detectors.latency.scoring import PRIOR_APP, SLOWEST, Scoring, noisy_or
 from pathsentry.detectors.latency.state import Session
 from pathsentry.detectors.physics import (
     ACCESS_FLOOR_MS,
@@ -117,6 +117,8 @@ class Evidence(Scoring):
             noise_logins=v.noise_n, spike_allowance_ms=round(v.spike, 2),
             honest_bound_ms=round(v.bound, 2),
         )
+        if v.prior:  # cost and tick are the largest the prior and the logins so far allow
+            out["overhead"].update(basis="prior", cold=v.cold)
         cold_kind = 0 <= v.spike_n < self.spike_warmup
         if v.spike_n >= 0:
             out["overhead"]["spike_logins"] = v.spike_n
@@ -132,8 +134,11 @@ class Evidence(Scoring):
             reasons.append(
                 f"{v.source} {v.net:.1f} ms vs app_rtt {v.net + v.gap:.1f} ms "
                 f"(min of {v.k} samples): gap {v.gap:.0f} ms, {v.excess:.0f} ms above the "
-                f"{v.bound:.0f} ms an honest client of {sess.oh_key} shows (learned cost "
-                f"{v.cost:.1f} ms, tick {v.tick:.0f} ms): {what} "
+                f"{v.bound:.0f} ms an honest client of {sess.oh_key} shows ("
+                + (f"cold server, any overhead still possible: cost at most {v.cost:.1f} ms, "
+                   f"tick at most {v.tick:.0f} ms" if v.prior else
+                   f"learned cost {v.cost:.1f} ms, tick {v.tick:.0f} ms")
+                + f"): {what} "
                 f"≈ {v.excess * KM_PER_MS_RTT:.0f} km before the client"
             )
         return out
@@ -175,8 +180,9 @@ class Evidence(Scoring):
             return {"verdict": "no located claim or unknown server"}
         phys = sess.phys_net
         if phys is None:
-            return {"verdict": "no tcp_rtt and the server's overhead is not learned yet: "
-                               "a raw app figure is not compared with physics"}
+            return {"verdict": "no tcp_rtt, and no overhead to correct the app figure with "
+                               "(not learned, or one or two samples of an access kind whose "
+                               "spikes are not): a raw app figure is not compared with physics"}
         measured, source = phys
         dist = self.geometry.km(server, geo.lat, geo.lon)
         kind = geo.kind or "unknown"
@@ -201,20 +207,23 @@ class Evidence(Scoring):
             out["note"] = "claimed point is the country's reference point"
         if sess.phys_at is not None:
             out["app_probe"] = self._probe_figures(sess, sess.phys_at)
-        if source == "slowest app sample less cost and one tick":
-            o = self.overhead.get(sess.oh_key)
-            if o is not None:
-                cost, tick = o.figures()[:2]
-                kind_key = geo.kind or "?"
-                out["slowest_sample"] = {
-                    "app_rtt_max_ms": round(sess.app_min + sess.app_spread, 2),
-                    "samples": sess.app_n, "learned_cost_ms": round(cost, 2),
-                    "learned_tick_ms": round(tick, 2),
-                    "noise_ms": round(self.overhead.noise_scale(
-                        kind_key, self.noise_floor(geo.kind or ""))[0], 2),
-                    "noise_scales": self.gap_z,
-                    "spike_allowance_ms": round(self.overhead.spike(kind_key), 2),
-                }
+        figures = self.app_overhead(sess) if source in (SLOWEST, PRIOR_APP) else None
+        if figures is not None and figures[2]:
+            out["cold_overhead"] = {"cost_at_most_ms": round(figures[0], 2),
+                                    "tick_at_most_ms": round(figures[1], 2),
+                                    "samples": sess.app_n}
+        if figures is not None and source == SLOWEST:
+            cost, tick = figures[0], figures[1]
+            kind_key = geo.kind or "?"
+            out["slowest_sample"] = {
+                "app_rtt_max_ms": round(sess.app_min + sess.app_spread, 2),
+                "samples": sess.app_n, "learned_cost_ms": round(cost, 2),
+                "learned_tick_ms": round(tick, 2),
+                "noise_ms": round(self.overhead.noise_scale(
+                    kind_key, self.noise_floor(geo.kind or ""))[0], 2),
+                "noise_scales": self.gap_z,
+                "spike_allowance_ms": round(self.overhead.spike(kind_key), 2),
+            }
         if s > 0:
             reasons.append(
                 f"network RTT {measured:.1f} ms ({source}) vs {expected:.1f} ms expected for a "
@@ -231,8 +240,10 @@ class Evidence(Scoring):
         for i in range(0, len(probes), 4):
             if probes[i] == vantage and probes[i + 1] == "app":
                 out.update(app_rtt_min_ms=round(probes[i + 2], 2), samples=probes[i + 3])
-        figures = self.overhead.warm_figures(self.vantage_key(sess, vantage), self.overhead_warmup)
+        figures = self.app_overhead(sess, self.vantage_key(sess, vantage), out.get("samples", 0))
         if figures is not None:
+            if figures[2]:  # a cold vantage: the largest cost and tick still possible
+                out["basis"] = "prior"
             out.update(learned_cost_ms=round(figures[0], 2), learned_tick_ms=round(figures[1], 2),
                        phase_quantile=1.0 - self.phase_alpha,
                        spike_allowance_ms=round(

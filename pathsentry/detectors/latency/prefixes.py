@@ -276,7 +276,7 @@ class ExitPrefixes:
                         n += 1
                 view.sum_sid, view.sum_total, view.sum_n = sid, total, n
             total, n = view.sum_total, view.sum_n
-        if gv is not None and gv.bound is not None:
+        if gv is not None and gv.learned():
             total += gv.u
             n += 1
         if n < self.prefix_min_logins:
@@ -383,7 +383,7 @@ class ExitPrefixes:
                 if hist[i] != sid:
                     rows += hist[i:i + _ROW]
             hist = tuple(rows)
-        gap = None if gv is None or gv.bound is None else round(gv.gap, 3)
+        gap = None if gv is None or not gv.learned() else round(gv.gap, 3)
         proven = 1 if self.proves(comps) else 0
         hist += (sid, sess.oh_key, gap, 0 if gv is None else gv.k, sess.geo.kind or "?",
                  sess.account, proven)

@@ -72,6 +72,8 @@ class _Overhead(Saved):
     phase: list[tuple[Name, Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]]] = \
         Field(default_factory=list)
     u: list[tuple[Name, Residual]] = Field(default_factory=list)
+    #: the wired logins' gaps a cold server's cost bound reads (absent in an older format)
+    wired: Votes = Field(default_factory=list)
 
 
 class _OverheadBook(Saved):

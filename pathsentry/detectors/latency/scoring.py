@@ -13,23 +13,31 @@ one whole tick, ``gap_z`` noise scales and the spike allowance
 vantage is judged the same way against that vantage's learned overhead
 (:meth:`Scoring.probe_net`). The prefix
 baselines hold app minima and are compared with app minima. A server not warmed up
-(gaps from ``overhead_warmup`` distinct exit prefixes) gives no gap verdict and no app-derived
-physics: the evidence says so and the other components carry the decision.
+(gaps from fewer than ``overhead_warmup`` distinct exit prefixes) is judged, gap and
+app-derived physics alike, with the largest cost and tick its prior and its logins so
+far allow (:mod:`.prior`); its residuals are neither learned nor counted toward an exit
+prefix, and the evidence says which basis a verdict used.
 
-Defaults (``[detectors.latency]``): ``overhead_window`` 40 exit prefixes per server
-(a patch day is absorbed within about 20 logins from distinct prefixes; a relayed
-share below about 40 % of the window's prefixes does not move the medians),
-``overhead_warmup`` 8 prefixes, ``spike_warmup`` 40 logins of an access kind before a
-login with one or two app samples of that kind has a gap verdict of its own (its only
-sample may carry a radio spike larger than any of the kind's few learned spreads; its
-residual still counts toward its exit prefix's), ``gap_z`` 3.0 noise scales above the phase bound,
-``gap_alpha`` 0.001 (the phase quantile a gap must exceed), ``phase_alpha`` 0.01 (the
-phase quantile subtracted where an app figure meets physics), ``prefix_history`` 16
-logins per exit prefix combined, from ``prefix_min_logins`` 4, ramping between
-combined z-scores of 4.5 and 6.5 (``prefix_z``); a prefix whose recent logins were
-proven relays by their own physics (``proven_min`` 0.5) from at least 2 accounts
-(``prefix_proven_accounts``) lends its other logins evidence ramping over the
-proven share between 0.2 and 0.5 (``prefix_share``).
+Defaults (``[detectors.latency]``): ``overhead_window`` 40 exit prefixes per server (a
+patch day is absorbed within about 20 logins from distinct prefixes; a relayed share
+below about 40 % of the window's prefixes does not move the medians),
+``overhead_warmup`` 8 prefixes, the cold prior ``overhead_prior_cost_ms`` 30 and
+``overhead_prior_tick_ms`` 200 (the most a server's fixed cost and tick may be before
+its logins narrow them: a server answering slower must raise them), ``spike_warmup`` 40
+logins of an access kind before a login with one or two app samples of that kind has a
+gap verdict of its own (its only sample may carry a radio spike larger than any of the
+kind's few learned spreads; its residual still counts toward its exit prefix's),
+``gap_z`` 3.0 noise scales above the phase bound, ``gap_alpha`` 0.001 (the phase
+quantile a gap must exceed), ``phase_alpha`` 0.01 (the phase quantile subtracted where
+an app figure meets physics), ``prefix_history`` 16 logins per exit prefix combined,
+from ``prefix_min_logins`` 4, ramping between combined z-scores of 4.5 and 6.5
+(``prefix_z``); a prefix whose recent logins were proven relays by their own physics
+(``proven_min`` 0.5) from at least 2 accounts (``prefix_proven_accounts``) lends its
+other logins evidence ramping over the proven share between 0.2 and 0.5
+(``prefix_share``).
+
+About 650 lines: every component's strength reads the same overhead figures (learned,
+or a cold server's bounds), and they are kept beside the one verdict that sets them.
 """
 
 from __future__ import annotations
@@ -50,8 +58,8 @@ from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, f
 from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
-__all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "WEIGHTS", "GapVerdict",
-           "Scoring", "noisy_or"]
+__all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "PRIOR_APP", "SLOWEST", "WEIGHTS",
+           "GapVerdict", "Scoring", "noisy_or"]
 
 #: Smallest baseline spread (p90 - p10, ms) a z-score is measured against: a
 #: radio link can spike every sample of a short session (LTE: 15-60 ms), a
@@ -93,6 +101,8 @@ DEFAULTS: dict[str, Any] = {
     "overhead_window": 40,
     "overhead_warmup": 8,
     "overhead_by_platform": True,
+    "overhead_prior_cost_ms": 30.0,
+    "overhead_prior_tick_ms": 200.0,
     "spike_warmup": 40,
     "prefix_history": 16,
     "prefixes_max": 20_000,
@@ -118,6 +128,10 @@ def noisy_or(components: dict[str, float]) -> float:
     return 1.0 - p
 
 
+#: physics' sources for an app figure: on a cold server, and the slowest sample
+PRIOR_APP = "app_rtt less the largest overhead the cold prior allows"
+SLOWEST = "slowest app sample less cost and one tick"
+
 #: Probe methods the network layer (or a VPN endpoint) answers.
 NET_METHODS = frozenset({"icmp", "tcp"})
 #: each of them -> the gap verdict's source label
@@ -136,8 +150,8 @@ class GapVerdict:
     """The cross-layer gap of one login against the server's learned overhead."""
 
     __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
-                 "noise_n", "ratio", "residual", "source", "spike", "spike_n", "strength", "tick",
-                 "u", "u_raw", "variance")
+                 "noise_n", "prior", "ratio", "residual", "source", "spike", "spike_n", "strength",
+                 "tick", "u", "u_raw", "variance")
 
     def __init__(self, net: float, source: str, gap: float) -> None:
         self.net, self.source, self.gap = net, source, gap
@@ -155,7 +169,15 @@ class GapVerdict:
         self.n = self.noise_n = 0
         #: logins the access kind's spike allowance rests on (-1: not needed, 3+ samples)
         self.spike_n = -1
+        #: why the server's learned overhead is not used (``""``: it is)
         self.cold = ""
+        #: the bound is the cold prior's (:mod:`.prior`), not the learned overhead's
+        self.prior = False
+
+    def learned(self) -> bool:
+        """Whether the verdict rests on the server's learned overhead (its standardised
+        residual may be learned and counted toward its exit prefix)."""
+        return self.bound is not None and not self.prior
 
 
 @trait  # a mixin: the compiled build takes it beside its one non-trait base
@@ -173,6 +195,8 @@ class Scoring(ExitPrefixes):
     gap_alpha: float
     phase_alpha: float
     overhead_warmup: int
+    prior_cost: float
+    prior_tick: float
     spike_warmup: int
     baselines: BoundedLRU[str, Baseline]
     overhead: OverheadBook
@@ -220,7 +244,10 @@ class Scoring(ExitPrefixes):
         kind's largest learned spike for one or two samples), ``width``
         ``max(gap_full_ms - gap_min_ms, 2 * noise)``, and ``ratio`` the network RTT over the
         app minimum less the expected overhead (TCP covering at most half of the path the
-        game's packets travel); the gap must also exceed ``gap_min_ms`` (500 km).
+        game's packets travel); the gap must also exceed ``gap_min_ms`` (500 km). On a cold
+        server (gaps from fewer than ``overhead_warmup`` exit prefixes) cost and tick are
+        the largest the prior and the server's logins so far allow (:mod:`.prior`), and
+        the residual is not standardised (``u`` 0: no prefix evidence, nothing learned).
         """
         net, source, app_min, k = self.probe_figures(sess)
         if net is None:
@@ -230,13 +257,22 @@ class Scoring(ExitPrefixes):
         book = self.overhead
         o = book.overheads.get(sess.oh_key)
         v.n = 0 if o is None else len(o._cost.votes)  # :meth:`~.baselines.Overhead.sources`
-        if o is None or v.n < self.overhead_warmup:
-            v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
-                      "learned, no gap verdict")
+        if o is None:
+            v.cold = (f"cold server: no gaps learned, below the prior's bound (cost at most "
+                      f"{self.prior_cost:.0f} ms, tick at most {self.prior_tick:.0f} ms)")
             return v
-        cost, tick, centre, scale = o.figures()
         kind = sess.geo.kind
         noise, v.noise_n = book.noise_scale(kind or "?", self.noise_floor(kind or ""))
+        if v.n < self.overhead_warmup:
+            cost, tick = o.prior_bounds(self.prior_cost, self.prior_tick, self.gap_alpha,
+                                        self.gap_z * noise)
+            centre, scale = 0.0, 1.0
+            v.prior = True
+            v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
+                      f"learned; judged against the largest overhead the prior and its logins "
+                      f"allow (cost at most {cost:.1f} ms, tick at most {tick:.0f} ms)")
+        else:
+            cost, tick, centre, scale = o.figures()
         if k <= 2:
             v.spike = spike = book.spike(kind or "?", 1.0)
             v.spike_n = spike_n = book.spike_votes(kind or "?")
@@ -252,7 +288,7 @@ class Scoring(ExitPrefixes):
         # :meth:`residual`, inlined
         v.residual = residual = gap - cost - share
         v.variance = variance = tick * tick * k / ((k + 1) * (k + 1) * (k + 2)) + noise * noise
-        if variance > 0.0:
+        if variance > 0.0 and not v.prior:
             u = residual / math.sqrt(variance)
             v.u_raw = u = -3.0 if u < -3.0 else 3.0 if u > 3.0 else u  # clip3
         else:
@@ -278,21 +314,27 @@ class Scoring(ExitPrefixes):
         phase_alpha`` quantile of the phase (an honest client's app figure rarely lands
         above its network RTT after that, and less the access kind's spike allowance
         when it rests on one or two samples), the TCP RTT never counted above the app
-        minimum less the cost (the phase is never negative); the TCP RTT alone on a cold
-        server;
+        minimum less the cost (the phase is never negative). On a cold server the app
+        figures are corrected with the largest cost and tick the prior and the server's
+        logins so far allow (:meth:`app_overhead`), and the larger of the two is taken
+        as it is (that cost is a bound, not an estimate to clamp the TCP RTT with);
         ``None`` without either (a raw app figure carries the game loop and is not
         comparable)."""
         tcp = sess.tcp
-        figures = self.overhead.warm_figures(sess.oh_key, self.overhead_warmup)
+        figures = self.app_overhead(sess)
         if figures is None:
             return None if tcp is None else (tcp, "tcp_rtt")
-        cost, tick = figures[0], figures[1]
+        cost, tick, prior = figures
         app_lo = (sess.app_min - cost - tick * phase_quantile(sess.app_n, self.phase_alpha)
                   - self.spike_allowance(sess))
-        label = "app_rtt less learned overhead"
-        slowest = self.slowest_bound(sess, cost, tick)
+        label = PRIOR_APP if prior else "app_rtt less learned overhead"
+        # one sample of k may spike: on a cold server only once the kind's spikes are learned
+        slowest = None if prior and self.overhead.spike_votes(sess.geo.kind or "?") < \
+            self.spike_warmup else self.slowest_bound(sess, cost, tick)
         if slowest is not None and slowest > app_lo:
-            app_lo, label = slowest, "slowest app sample less cost and one tick"
+            app_lo, label = slowest, SLOWEST
+        if prior:
+            return (tcp, "tcp_rtt") if tcp is not None and tcp >= app_lo else (app_lo, label)
         if tcp is not None:
             # the phase is never negative: the network RTT is at most the app minimum less
             # the cost (and the noise); a TCP RTT above that is a spike of that one figure
@@ -305,18 +347,40 @@ class Scoring(ExitPrefixes):
                 return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
         return app_lo, label
 
+    def app_overhead(self, sess: Session, key: str | None = None,
+                     k: int = 0) -> tuple[float, float, bool] | None:
+        """(cost, tick, whether from the cold prior) the app figures of ``k`` samples
+        (default: the login's) to server key ``key`` (default: the login's) are corrected
+        with: the server's learned overhead once warm; before, the largest cost and tick
+        the prior and the server's logins so far allow (:mod:`.prior`), for one or two
+        samples only once ``spike_warmup`` logins of the access kind taught its spikes;
+        ``None`` otherwise (and before the server's first login)."""
+        key = sess.oh_key if key is None else key
+        figures = self.overhead.warm_figures(key, self.overhead_warmup)
+        if figures is not None:
+            return figures[0], figures[1], False
+        o = self.overhead.overheads.get(key)
+        kind = sess.geo.kind or "?"
+        if o is None or ((k or sess.app_n) <= 2 and self.overhead.spike_votes(kind) < self.spike_warmup):
+            return None
+        noise = self.overhead.noise_of(kind, self.noise_floor(sess.geo.kind or ""))
+        cost, tick = o.prior_bounds(self.prior_cost, self.prior_tick, self.gap_alpha,
+                                    self.gap_z * noise)
+        return cost, tick, True
+
     def probe_net(self, sess: Session, vantage: str, app_min: float, k: int) -> float | None:
         """The network RTT (ms) from the client to ``vantage`` an app probe of the session
         shows: its minimum over ``k`` samples less the vantage's learned cost and the ``1 -
         phase_alpha`` quantile of its phase (and the access kind's spike allowance for one
         or two samples), the login's own figure arithmetic (:meth:`physics_net`). The
         vantage answers on its own game loop, learned from its own logins (with the
-        login's platform where it names one); ``None`` while that overhead is cold, and
-        for one or two samples before ``spike_warmup`` logins of the access kind taught
-        its spike allowance. An application round trip goes all the way to the client
-        whatever the relay, so on a vantage with a short tick (or none) a client-relay
-        leg the login server's long tick hides shows here."""
-        figures = self.overhead.warm_figures(self.vantage_key(sess, vantage), self.overhead_warmup)
+        login's platform where it names one), or while it is cold the largest overhead
+        its prior and its logins so far allow (:meth:`app_overhead`); ``None`` before the
+        vantage's first login, and for one or two samples before ``spike_warmup`` logins
+        of the access kind taught its spike allowance. An application round trip goes all
+        the way to the client whatever the relay, so on a vantage with a short tick (or
+        none) a client-relay leg the login server's long tick hides shows here."""
+        figures = self.app_overhead(sess, self.vantage_key(sess, vantage), k)
         if figures is None or (k <= 2 and self.overhead.spike_votes(sess.geo.kind or "?")
                                < self.spike_warmup):
             return None
