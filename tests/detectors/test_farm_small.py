@@ -178,3 +178,22 @@ def test_a_found_rooms_accounts_teach_the_young_exit_no_machine_share() -> None:
     for x in room + users:
         put(part, x)
     assert machine_share(part, {"u0"}) < 0.1
+
+
+def test_a_found_rooms_logins_leave_the_background_of_the_next_room() -> None:
+    """Two name-less rooms on two hosting ASes of a small world: the first, fast on
+    shared machines, is found; its logins leave its class's background, so the second,
+    minutes apart, is judged against the default rate and found by its fifth login."""
+    fast_names = random_names(random.Random(78), 15)
+    rng = random.Random(79)
+    fast = [login(name, 60.0 + 20.0 * i, f"45.64.{2 + i % 3}.{10 + i % 3}", NAMED_AS,
+                  samples(rng, 60.0 + i % 3, 0.5), device=f"fast-{i % 3}", kind="hosting")
+            for i, name in enumerate(fast_names)]
+    names = random_names(random.Random(80), 10)
+    room = _slow_room(names, 1200.0, 330.0)
+    found = _feed(fast + room)
+    first_room = next((t for t, f in found if any(
+        set(a.accounts) & set(names) for a in f.alerts)), None)
+    assert first_room is not None and first_room <= room[4].ts
+    groups = farm_alerts(run(fast + room)[1])
+    assert sorted(len(set(a.accounts)) for a in groups) == [10, 15]
