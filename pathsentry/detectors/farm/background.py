@@ -28,7 +28,9 @@ learns a lower rate. A farm found is no background: the logins that join a group
 and in a name-less partition those of a name family's batch (its family partition's),
 leave the partition's counts and its class's again (:func:`depart`).
 
->>> from pathsentry.detectors.farm.model import FarmSettings, Partition, Pool
+>>> from collections.abc import Iterable
+
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool
 >>> s, pool = FarmSettings(), Pool()
 >>> busy, cold = Partition(key="net:AS1", pool=pool), Partition(key="net:AS2", pool=pool)
 >>> pool.parts = 2
@@ -40,10 +42,12 @@ leave the partition's counts and its class's again (:func:`depart`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
-from pathsentry.detectors.farm.model import FarmSettings, Partition, Pool
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool
 
-__all__ = ["arrive", "burst_p", "depart", "expected", "no_burst", "poisson_tail", "prior_rate"]
+__all__ = ["arrive", "burst_p", "depart", "expected", "no_burst", "poisson_tail", "prior_rate",
+           "unarrive"]
 
 _LN2 = math.log(2)
 
@@ -77,6 +81,17 @@ def depart(part: Partition, ts: float, half_life: float, fast_half_life: float) 
     pool = part.pool
     if pool is not None:
         pool.count = max(0.0, pool.count - 0.5 ** (max(0.0, pool.ts - ts) / half_life))
+
+
+def unarrive(part: Partition, ms: Iterable[Member], s: FarmSettings) -> None:
+    """Take the arrivals of ``ms`` (a farm's logins, or a name family's batch in a
+    name-less partition) out of the partition's and its class's counts (:func:`depart`),
+    each once: a farm found is no background, and in a small or young world the farms
+    would otherwise be most of what the class's prior has seen."""
+    for x in ms:
+        if x.arrived:
+            x.arrived = False
+            depart(part, x.ts, s.background_half_life_s, s.background_fast_half_life_s)
 
 
 def prior_rate(pool: Pool | None, n: int, span: float, half_life: float,

@@ -59,7 +59,7 @@ from mypy_extensions import trait
 
 from pathsentry.detectors.base import Findings
 from pathsentry.detectors.farm import hops, suspicion
-from pathsentry.detectors.farm.background import burst_p, depart, expected, no_burst
+from pathsentry.detectors.farm.background import burst_p, expected, no_burst, unarrive
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
 from pathsentry.detectors.farm.exits import (
     MIN_BACKGROUND,
@@ -256,7 +256,7 @@ class Grouping:
                     continue
                 covered = self._covered(part, cand)
                 if covered:  # a name family's batch: its family partition's, no background
-                    self._unarrive(part, [x for x in cand if x.sid in covered])
+                    unarrive(part, [x for x in cand if x.sid in covered], self.settings)
                 if m.sid in covered:
                     break
                 if covered:
@@ -267,17 +267,6 @@ class Grouping:
                 if a is not None:
                     return self._form(part, p, a)
         return None
-
-    def _unarrive(self, part: Partition, ms: Iterable[Member]) -> None:
-        """Take the arrivals of ``ms`` (a farm's logins, or a name family's batch in a
-        name-less partition) out of the partition's and its class's background rate: a
-        farm found is no background, and in a small or young world the farms would
-        otherwise be most of what the class's prior has seen."""
-        s = self.settings
-        for x in ms:
-            if x.arrived:
-                x.arrived = False
-                depart(part, x.ts, s.background_half_life_s, s.background_fast_half_life_s)
 
     def _judged(self, part: Partition, pattern: str, m: Member,
                 judge: Callable[[list[Member]], list[Member] | None]) -> Assessment | None:
@@ -593,7 +582,7 @@ class Grouping:
             if m.in_background:  # a farm's login, no background (:mod:`.suspicion`)
                 suspicion.uncount(part.pool, m)
                 m.in_background = False
-            self._unarrive(part, (m,))  # nor of the arrival rate (:mod:`.background`)
+            unarrive(part, (m,), self.settings)  # nor of the arrival rate (:mod:`.background`)
             (again if m.account in g.members else added).append(m)
             g.put(m)
             part.accounts[m.account] = g.gid
