@@ -36,8 +36,9 @@ def test_a_cold_partition_expects_its_classs_mean_rate_and_an_old_one_its_own() 
     assert expected(quiet, 0, 300.0, s) < 0.25 * lam_cold
 
 
-def test_without_a_pool_a_cold_partition_expects_nothing() -> None:
-    assert expected(Partition(key="route:x"), 0, 300.0, FarmSettings()) == 0.0
+def test_without_a_pool_or_a_default_rate_a_cold_partition_expects_nothing() -> None:
+    s = FarmSettings(background_prior_rate_h=0.0)
+    assert expected(Partition(key="route:x"), 0, 300.0, s) == 0.0
 
 
 def test_a_cold_partition_starts_from_its_classs_machine_share() -> None:

@@ -209,3 +209,44 @@ def test_a_room_crowding_its_lines_keeps_their_alerts_beside_its_own() -> None:
     assert by_key.pop("hop:KR") == set(names)
     assert sorted(len(v) for v in by_key.values()) == [7, 7]
     assert set().union(*by_key.values()) == set(names)
+
+
+#: a room's proxy exits on the home lines of four /24s of two ISPs
+FOUR = (("121.130.9.77", KT), ("175.223.4.21", SKB), ("121.130.12.5", KT),
+        ("175.223.8.40", SKB))
+
+
+def test_one_machine_through_the_home_lines_of_four_24s_is_a_room() -> None:
+    """One machine runs nine accounts seconds apart through residential proxies of four
+    /24s (two or three accounts a line, far under a household's): one hopping machine,
+    but three moves, each as rare as a laptop's one -- found by its fifth login."""
+    rng = random.Random(99)
+    names = random_names(random.Random(100), 9)
+    room = hopping_room(names, 3600, 9.0, rng, machines=1, proxies=FOUR)
+    events = homes(rng, 80, 3) + room
+    det = detector()
+    first = None
+    for ev in sorted(events, key=lambda e: e.ts):
+        for key in det.group_keys(ev):
+            out = det.process(ev, key)
+            if out and out.alerts and first is None:
+                first = ev.ts
+    assert first is not None and first <= sorted(e.ts for e in room)[4]
+    _, alerts = run(events)
+    (g,) = hop_alerts(alerts)
+    assert sorted(g.accounts) == sorted(names)
+    ev = g.evidence["machines_across_lines"]
+    assert ev["machines"] == 1 and ev["moves_across_24s"] == 3
+    assert ev["hop_tail_p"] <= FarmSettings().max_burst_p
+
+
+def test_a_laptop_back_and_forth_between_two_homes_is_one_move() -> None:
+    """A household's laptop carried between its home and a friend's and back, twice
+    within the hour, with five accounts: four changes of line, but two /24s -- one move,
+    no tail event."""
+    rng = random.Random(101)
+    names = random_names(random.Random(102), 5)
+    homes_of = (("121.130.9.30", KT), ("175.223.4.31", SKB))
+    laptop = [login(n, 3600 + 700 * i, homes_of[i % 2][0], homes_of[i % 2][1],
+                    samples(rng, 6.0, 2.0), device="laptop") for i, n in enumerate(names)]
+    assert run(homes(rng, 80, 3) + laptop) == ({}, {})

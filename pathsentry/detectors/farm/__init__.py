@@ -75,8 +75,9 @@ machines, crowded onto few machines (:mod:`.lines`).
     *hops* -- two accounts through home lines of two /24s within ``window_s`` -- and
     the others stay bounded sightings; a group is the component of hopping machines
     joined by a shared machine or proxy address, ``min_size_unnamed`` accounts crowded
-    onto few machines, when that many of the machines seen on its addresses hopping
-    is a tail event against the learned share of machines that hop (:mod:`.hops`).
+    onto few machines, when their moves (each hopping machine's /24s beyond its first)
+    among the machines seen on its addresses are a tail event against the learned
+    share of machines that hop (:mod:`.hops`).
 
 Machines. A farm room runs several accounts per machine; a VPN exit's or a
 route's unrelated users bring one machine each. In ``route:`` and ``net:AS…`` (every
@@ -162,10 +163,16 @@ and machine share pooled over the partitions of its class (hosting AS, subscribe
 /24, route; :class:`~pathsentry.detectors.farm.model.Pool`), shrunk toward its own
 history as that grows (:mod:`.background`, :mod:`.machines`), so a slowly paced
 name-less farm is judged at both scales from the first minutes instead of waiting
-for its next burst. A name family's consecutive serials all through one hosting AS
-are a batch without relay flags (the exit kind stands for flags the relay detector
-missed), and a family's batch spread over residential exits of several ISPs (none
-with ``min_size`` of it) is one when its serials run and it crowds onto few machines.
+for its next burst. The class's pooled rate is shrunk in turn toward the documented
+default ``background_prior_rate_h`` (1 login an hour per partition, weighted as
+``background_prior_s`` seconds of one partition's observation), and the logins of
+groups found (and of a name family's batch, in a name-less partition) leave the
+counts: in a small or young world the class's few arrivals are mostly the farms
+themselves, which would otherwise hide each other. A name family's consecutive
+serials all through one hosting AS are a batch without relay flags (the exit kind
+stands for flags the relay detector missed), and a family's batch spread over
+residential exits of several ISPs (none with ``min_size`` of it) is one when its
+serials run and it crowds onto few machines.
 Within one exit network, a family's consecutive serials crowding onto few addresses
 count only on home lines (residential): a mobile CGNAT, campus or PC-bang address is
 a crowd's, a launch-day crowd handed consecutive default names among it.

@@ -18,25 +18,36 @@ expectation is the partition's own rate shrunk toward the population's mean rate
 per partition, the prior weighing as ``background_prior_s`` seconds of the
 partition's own observation (a Gamma prior on the Poisson rate): a partition young
 against that weight is judged as a typical one of its class, an old one by its own
-history. Only before the first arrivals of the whole class is the expectation zero
-(then the RTT band, the machines and the names decide).
+history. The class's rate is itself an estimate from what its partitions have seen,
+and a young or small world has seen little -- mostly the farms themselves: it is
+shrunk toward the documented default ``background_prior_rate_h`` (logins per hour of
+one partition, default 1) weighted as ``background_prior_s`` seconds of one
+partition's observation (pseudo-observations of a Gamma prior), so a class that has
+seen nothing expects the default, and one whose partitions stayed silent for hours
+learns a lower rate. A farm found is no background: the logins that join a group,
+and in a name-less partition those of a name family's batch (its family partition's),
+leave the partition's counts and its class's again (:func:`depart`).
 
->>> from pathsentry.detectors.farm.model import FarmSettings, Partition, Pool
+>>> from collections.abc import Iterable
+
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool
 >>> s, pool = FarmSettings(), Pool()
 >>> busy, cold = Partition(key="net:AS1", pool=pool), Partition(key="net:AS2", pool=pool)
 >>> pool.parts = 2
 >>> for t in range(0, 3600, 60): arrive(busy, float(t), 21600.0, 3600.0)
 >>> round(expected(busy, 0, 300.0, s), 1), round(expected(cold, 0, 300.0, s), 1)
-(5.1, 2.3)
+(5.1, 1.6)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
-from pathsentry.detectors.farm.model import FarmSettings, Partition, Pool
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool
 
-__all__ = ["arrive", "burst_p", "expected", "no_burst", "poisson_tail", "prior_rate"]
+__all__ = ["arrive", "burst_p", "depart", "expected", "no_burst", "poisson_tail", "prior_rate",
+           "unarrive"]
 
 _LN2 = math.log(2)
 
@@ -60,16 +71,45 @@ def arrive(part: Partition, ts: float, half_life: float, fast_half_life: float) 
             pool.count += 1.0
 
 
-def prior_rate(pool: Pool | None, n: int, span: float, half_life: float) -> float:
+def depart(part: Partition, ts: float, half_life: float, fast_half_life: float) -> None:
+    """Undo :func:`arrive` of an arrival at ``ts`` (a farm's login, or a name family's
+    batch, is no background): its decayed weight out of the partition's two counts and
+    its class's pool."""
+    age = max(0.0, part.rate_ts - ts)
+    part.rate_count = max(0.0, part.rate_count - 0.5 ** (age / half_life))
+    part.rate_fast = max(0.0, part.rate_fast - 0.5 ** (age / fast_half_life))
+    pool = part.pool
+    if pool is not None:
+        pool.count = max(0.0, pool.count - 0.5 ** (max(0.0, pool.ts - ts) / half_life))
+
+
+def unarrive(part: Partition, ms: Iterable[Member], s: FarmSettings) -> None:
+    """Take the arrivals of ``ms`` (a farm's logins, or a name family's batch in a
+    name-less partition) out of the partition's and its class's counts (:func:`depart`),
+    each once: a farm found is no background, and in a small or young world the farms
+    would otherwise be most of what the class's prior has seen."""
+    for x in ms:
+        if x.arrived:
+            x.arrived = False
+            depart(part, x.ts, s.background_half_life_s, s.background_fast_half_life_s)
+
+
+def prior_rate(pool: Pool | None, n: int, span: float, half_life: float,
+               rate0: float = 0.0, weight0: float = 0.0) -> float:
     """The population's mean arrival rate per partition (per second) at its latest
     arrival, over the pool's observed life (at least ``span``), the ``n`` arrivals under
-    judgement taken out; 0 without a pool or partitions."""
+    judgement taken out, shrunk toward the documented default ``rate0`` weighted as
+    ``weight0`` seconds of one partition's observation (a Gamma prior: ``rate0 *
+    weight0`` pseudo-arrivals over ``weight0`` pseudo-seconds). A class that has seen
+    little (a young or small world) is judged by the default rather than by its few
+    arrivals; ``rate0`` without a pool or partitions."""
     if pool is None or pool.parts <= 0:
-        return 0.0
+        return rate0
     tau = half_life / _LN2
     life = max(span, pool.ts - pool.first_ts)
     count = max(0.0, pool.count - n)
-    return float(count / (pool.parts * tau * -math.expm1(-life / tau)))
+    exposure = pool.parts * tau * -math.expm1(-life / tau)
+    return float((count + rate0 * weight0) / (exposure + weight0))
 
 
 def expected(part: Partition, n: int, span: float, s: FarmSettings) -> float:
@@ -81,7 +121,8 @@ def expected(part: Partition, n: int, span: float, s: FarmSettings) -> float:
     slow one (``background_half_life_s``) and a fast one
     (``background_fast_half_life_s``), and the larger expectation wins: a campus's
     evening is busier than its day's average. The slow one is shrunk toward the
-    population prior (:func:`prior_rate`, weight ``background_prior_s``).
+    population prior (:func:`prior_rate`, weight ``background_prior_s``), itself
+    shrunk toward ``background_prior_rate_h`` with the same weight.
     """
     life = max(span, part.rate_ts - part.first_ts)
     weight = s.background_prior_s
@@ -92,7 +133,8 @@ def expected(part: Partition, n: int, span: float, s: FarmSettings) -> float:
         decayed_life = tau * -math.expm1(-life / tau)
         own = max(0.0, count - n)
         if prior and weight > 0.0:
-            rate = prior_rate(part.pool, n, span, half_life)
+            rate = prior_rate(part.pool, n, span, half_life,
+                              s.background_prior_rate_h / 3600.0, weight)
             x = (own + rate * weight) * span / (decayed_life + weight)
         else:
             x = own * span / decayed_life

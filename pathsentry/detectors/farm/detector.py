@@ -206,8 +206,10 @@ class FarmDetector(Detector, Grouping):
         m, new = self._upsert_login(part, ev, ts) if is_login else self._upsert_trace(part, ev, ts)
         out = None
         if m is not None:
-            if new and not counted:  # the decayed arrival count (m.ts == ts)
-                arrive(part, ts, self._half_life, self._fast_half_life)
+            if new:  # the decayed arrival count (m.ts == ts)
+                if not counted:
+                    arrive(part, ts, self._half_life, self._fast_half_life)
+                m.arrived = True
             if m.group is not None:  # evidence of a member grew: refresh on the next tick
                 self.dirty[(part.key, m.group)] = None
             elif part.groups:

@@ -59,7 +59,7 @@ from mypy_extensions import trait
 
 from pathsentry.detectors.base import Findings
 from pathsentry.detectors.farm import hops, suspicion
-from pathsentry.detectors.farm.background import burst_p, expected, no_burst
+from pathsentry.detectors.farm.background import burst_p, expected, no_burst, unarrive
 from pathsentry.detectors.farm.evidence import alert, evidence_accounts, features, flag, score
 from pathsentry.detectors.farm.exits import (
     MIN_BACKGROUND,
@@ -74,6 +74,7 @@ from pathsentry.detectors.farm.families import serial_regularity
 from pathsentry.detectors.farm.lines import LINE_KINDS, crowd, is_line
 from pathsentry.detectors.farm.machines import (
     crowded,
+    machine_joins,
     machine_share,
     on_few_machines,
     on_shared_machines,
@@ -254,6 +255,8 @@ class Grouping:
                                            and not private_judged(part, p, cand, s)):
                     continue
                 covered = self._covered(part, cand)
+                if covered:  # a name family's batch: its family partition's, no background
+                    unarrive(part, [x for x in cand if x.sid in covered], self.settings)
                 if m.sid in covered:
                     break
                 if covered:
@@ -291,8 +294,10 @@ class Grouping:
         hosting range an account on a machine of its own must come through one of the
         group's exit addresses, or through one of its /24s on a host or a machine that
         carried another ungrouped account (both join; a machine has its own access
-        latency, so the band does not tie it): the range's users meet its few /24s by
-        chance, each on a machine and a host of its own."""
+        latency, so the band does not tie it), or through a /24 of its own when its
+        accounts are improbable as the range's background (:func:`.machines.machine_joins`):
+        the range's users meet its few /24s by chance, each on a machine and a host of
+        its own."""
         s = self.settings
         if part.kind == TPL:
             return m.ts <= g.last_seen + s.join_window_s
@@ -315,8 +320,10 @@ class Grouping:
                 and not self._mates(part, g, m):
             return False  # a machine of its own beside a room of shared machines
         if m.device and g.pattern.startswith(_NET_AS):  # a hosting range: its hosts
-            if any(x.prefix == m.prefix for x in ms) and self._mates(part, g, m):
-                return True  # a new machine of the room, with its second account
+            mates = self._mates(part, g, m)  # a new machine of the room, its second account:
+            if mates and (any(x.prefix == m.prefix for x in ms)  # through one of its /24s,
+                          or machine_joins(part, [m, *mates], s)):  # or no background's
+                return True
             return band(near, s).holds(m) and (any(x.src_ip == m.src_ip for x in ms) or (
                 any(x.prefix == m.prefix for x in ms) and bool(self._host_mates(part, g, m))))
         return band(near, s).holds(m) and any(x.prefix == m.prefix for x in ms)
@@ -575,6 +582,7 @@ class Grouping:
             if m.in_background:  # a farm's login, no background (:mod:`.suspicion`)
                 suspicion.uncount(part.pool, m)
                 m.in_background = False
+            unarrive(part, (m,), self.settings)  # nor of the arrival rate (:mod:`.background`)
             (again if m.account in g.members else added).append(m)
             g.put(m)
             part.accounts[m.account] = g.gid

@@ -23,9 +23,11 @@ accounts in the window joined by a shared machine or a shared proxy address (its
 family members excepted: a named batch is its family partition's), with at least
 ``min_size_unnamed`` accounts crowded onto few machines
 (:func:`~pathsentry.detectors.farm.machines.on_few_machines`), and it must be
-improbable that so many of the machines seen on its addresses hop by chance: the
-Poisson tail of its ``h`` hopping machines against the machines seen on those
-addresses within the window times the learned share of the class's machines that hop
+improbable that so many of the machines seen on its addresses hop by chance, and that
+far: the Poisson tail of its ``h`` moves (each hopping machine's /24s beyond its first:
+one machine through four /24s is three moves, each taken to be as rare as a first hop)
+against the machines seen on those addresses within the window times the learned share
+of the class's machines that hop
 (:func:`hop_share`: the machines counted as they come into view and those that hop,
 the candidate's own taken out, smoothed toward ``hop_prior_share`` weighted as
 ``hop_prior_devices`` machines) stays
@@ -38,7 +40,7 @@ Crowds that are not rooms, and why they form no group here:
   never hops;
 - **friends who sign up together, friends on two ISPs**: each on a machine of their
   own; a laptop carried to a friend's with a sibling's account hops once, alone, and
-  one or two hopping machines are no tail event against the learned share;
+  one or two moves of one or two machines are no tail event against the learned share;
 - **a residential proxy service's unrelated users**: the service rotates their exits,
   but each user brings one account on a machine of their own -- no machine hops;
 - **PC bangs, campus NAT, mobile CGNAT, cloud gaming, game relays, VPN ranges**: not
@@ -47,7 +49,9 @@ Crowds that are not rooms, and why they form no group here:
 Known limits: the friends' case is cleared by the learned share -- in a population
 whose machines never hop, three friends each carrying a main and an alt account on a
 laptop between two homes within the hour (six accounts, three machines) are a tail
-event; a room whose every machine keeps to one proxy address (as many machines
+event, and so are a household's laptops carried through the home lines of three or
+more /24s within the hour with five accounts among them (each further /24 a move as
+rare as the first); a room whose every machine keeps to one proxy address (as many machines
 as addresses, in step) never hops and is left to the /24s' home-line judges; a room
 on several /24s found here also keeps its /24s' home-line alerts (partitions on other
 workers), so it can show in more than one alert; the sightings are learned per worker
@@ -212,9 +216,11 @@ def _component(cand: Sequence[Member], m: Member) -> list[Member]:
 
 @dataclass(frozen=True, slots=True)
 class HopJudgement:
-    """The tail test of a room's hopping machines (:func:`judge`)."""
+    """The tail test of a room's hopping machines (:func:`judge`): ``moves`` is their
+    /24s beyond each one's first (at least one per machine)."""
 
     machines: int
+    moves: int
     in_view: int
     share: float
     expected: float
@@ -222,11 +228,20 @@ class HopJudgement:
 
 
 def judge(part: Partition, ms: Iterable[Member], s: FarmSettings) -> HopJudgement:
-    """How improbable the hopping machines of ``ms`` are: their number against the
-    machines seen on their addresses within ``window_s`` of the latest login, times the
-    learned share (:func:`hop_share`)."""
+    """How improbable the hopping machines of ``ms`` are: their moves -- each machine's
+    /24s beyond its first -- against the machines seen on their addresses within
+    ``window_s`` of the latest login, times the learned share (:func:`hop_share`). Each
+    further move of a machine is taken to be as rare as its first (as a home line's
+    further accounts are as rare as its second: :mod:`.lines`), so one machine carrying
+    a room's accounts through the home lines of four /24s is a tail event on its own,
+    where a laptop carried to a friend's (one move) is not."""
     members = list(ms)
-    devices = {x.device for x in members if x.device}
+    per: dict[str, set[str]] = {}
+    for x in members:
+        if x.device:
+            per.setdefault(x.device, set()).add(x.prefix)
+    devices = set(per)
+    moves = sum(max(1, len(v) - 1) for v in per.values())
     t = max((x.ts for x in members), default=0.0)
     cutoff = t - s.window_s
     in_view = set(devices)
@@ -238,8 +253,8 @@ def judge(part: Partition, ms: Iterable[Member], s: FarmSettings) -> HopJudgemen
                 in_view.update(d for d, ts in seen.items() if ts >= cutoff)
     share = hop_share(part, s, len(devices))
     lam = len(in_view) * share
-    return HopJudgement(len(devices), len(in_view), round(share, 5), round(lam, 3),
-                        burst_p(len(devices), lam))
+    return HopJudgement(len(devices), moves, len(in_view), round(share, 5), round(lam, 3),
+                        burst_p(moves, lam))
 
 
 def room(part: Partition, cand: Sequence[Member], m: Member, s: FarmSettings
@@ -264,6 +279,7 @@ def hop_evidence(part: Partition, ms: Iterable[Member], s: FarmSettings) -> dict
             per.setdefault(x.device, set()).add(x.prefix)
     return {
         "machines": j.machines,
+        "moves_across_24s": j.moves,
         "accounts_per_machine": round(len(members) / j.machines, 2) if j.machines else None,
         "prefixes_per_machine_max": max((len(v) for v in per.values()), default=0),
         "prefixes": len({x.prefix for x in members}),

@@ -36,10 +36,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Sequence
 
-from pathsentry.detectors.farm.model import Member, Partition
+from pathsentry.detectors.farm.background import burst_p, expected
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 
-__all__ = ["MAX_SEEN", "PRIOR_SEEN", "crowded", "drop", "leave", "machine_share", "on_few_machines",
-           "on_shared_machines", "put"]
+__all__ = ["MAX_SEEN", "PRIOR_SEEN", "crowded", "drop", "leave", "machine_joins", "machine_share",
+           "on_few_machines", "on_shared_machines", "put"]
 
 #: background members counted before both counts are halved
 MAX_SEEN = 1024.0
@@ -107,17 +108,36 @@ def machine_share(part: Partition, live: Collection[str] | None = None) -> float
     smoothed toward the class's pooled share (itself Laplace-smoothed: 0.5 with no
     history at all). With ``live`` (the session ids under judgement), the members in
     the window now but not in ``live`` count too: a partition younger than its window
-    has no member that left it yet, and its current users are its background."""
+    has no member that left it yet, and its current users are its background -- those
+    of a group found excepted (a farm is no background, and a small world's room would
+    otherwise teach that most accounts share a machine)."""
     pool = part.pool
     prior = 0.5 if pool is None else (pool.shared + 1.0) / (pool.seen + 2.0)
     seen, shared = part.bg_seen, part.bg_shared
     if live is not None:
         for ms in part.machines.values():
             for x in ms:
-                if x.sid not in live:
+                if x.sid not in live and x.group is None:
                     seen += 1.0
                     shared += float(x.on_shared)
     return (shared + PRIOR_SEEN * prior) / (seen + PRIOR_SEEN)
+
+
+def machine_joins(part: Partition, ms: Sequence[Member], s: FarmSettings) -> bool:
+    """Whether the accounts ``ms`` of one machine new to a name-less room, logged in while
+    the room's burst lasts, are improbable as the partition's background: their number
+    against the background's expected count over their span (at least ``burst_s``)
+    thinned by the learned share of its accounts on a shared machine
+    (:func:`machine_share`). A room's next machine through a /24 of its own joins with
+    its second or third account in a quiet range; in a busy exit a household's two
+    accounts on one machine are as common as the exit has taught, and do not."""
+    k = len({x.account for x in ms})
+    if k < 2:
+        return False
+    tss = [x.ts for x in ms]
+    span = max(max(tss) - min(tss), s.burst_s)
+    lam = expected(part, k, span, s) * machine_share(part, {x.sid for x in ms})
+    return burst_p(k, lam) <= s.max_burst_p
 
 
 def on_shared_machines(ms: Sequence[Member]) -> list[Member]:

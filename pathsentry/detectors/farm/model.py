@@ -49,8 +49,14 @@ class FarmSettings:
     background_half_life_s: float = 6 * 3600.0
     background_fast_half_life_s: float = 3600.0
     #: the weight of the population prior in a partition's background rate, in seconds
-    #: of the partition's own observation (:func:`.background.expected`)
+    #: of the partition's own observation (:func:`.background.expected`), and of the
+    #: default rate in the population's (:func:`.background.prior_rate`)
     background_prior_s: float = 3600.0
+    #: the documented default arrival rate of one partition (logins per hour) that the
+    #: class's pooled rate is shrunk toward, weighted as ``background_prior_s`` seconds
+    #: of one partition's observation: what a cold class (a young or small world, whose
+    #: few arrivals are mostly the farms themselves) expects (:func:`.background.prior_rate`)
+    background_prior_rate_h: float = 1.0
     group_ttl_s: float = 86400.0
     max_keys: int = 100_000
     max_members: int = 512
@@ -126,6 +132,8 @@ class Member:
     access: str | None = None
     #: its login is counted in its class's background (:mod:`.suspicion`)
     in_background: bool = False
+    #: its login is counted in its partition's arrivals (:func:`.background.arrive`)
+    arrived: bool = False
 
     @property
     def flag_event_id(self) -> str:

@@ -63,6 +63,7 @@ class _Member(Record):
     on_shared: NotRequired[bool]
     access: NotRequired[Name | None]
     in_background: NotRequired[bool]
+    arrived: NotRequired[bool]
 
 
 class _Group(Saved):
