@@ -13,6 +13,7 @@ __all__ = ["main"]
 #: Modules that add subcommands: each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "pathsentry.commands.core",
+    "pathsentry.commands.settings",
     "pathsentry.streams.commands",
     "pathsentry.sim.commands",
     "pathsentry.sensor.commands",
@@ -40,9 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pathsentry.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    rc = args.func(args)
+    try:
+        rc = args.func(args)
+    except ConfigError as e:  # the key and why, no traceback (and never the value)
+        print(f"pathsentry {args.command}: configuration refused: {e}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

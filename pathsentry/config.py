@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pathsentry.infra.redact import redact_url
 
@@ -32,11 +32,29 @@ __all__ = [
     "AllowEntry",
     "ClickHouseConfig",
     "Config",
+    "ConfigError",
     "KafkaConfig",
     "Origin",
     "Server",
     "load_config",
 ]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be taken. The message names the file and the key
+    and says why, never the value given (it may be a secret).
+
+    >>> load_config(text="[kafka]\\nsasl_password = 12345\\n", env={})
+    Traceback (most recent call last):
+    ...
+    pathsentry.config.ConfigError: kafka.sasl_password: Input should be a valid string
+    """
+
+
+def _refusal(e: ValidationError) -> str:
+    """What a validation error refused, each key and reason, without the values given."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+                     for err in e.errors(include_input=False, include_url=False))
 
 
 class _UrlRedacted(BaseModel):
@@ -260,11 +278,19 @@ def load_config(
             candidate = "pathsentry.toml"
         if candidate is not None:
             source = str(Path(candidate).resolve())
-            with open(candidate, "rb") as fh:
-                data = tomllib.load(fh)
+            try:
+                with open(candidate, "rb") as fh:
+                    data = tomllib.load(fh)
+            except OSError as e:
+                raise ConfigError(f"{candidate}: cannot be read ({e.strerror})") from None
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{candidate}: not TOML ({e})") from None
     data = _apply_env(data, env)
     data["source_path"] = source
-    cfg = Config.model_validate(data)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError((f"{source}: " if source else "") + _refusal(e)) from None
     if geo:
         extra = [g if ":" in g or g == "bundled" else _guess_geo_kind(g) for g in geo]
         cfg = cfg.model_copy(update={"geo": extra + [g for g in cfg.geo if g not in extra]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings, Stage
+from pathsentry.detectors.settings import is_enabled
 
 __all__ = [
     "DETECTOR_MODULES",
@@ -59,7 +60,7 @@ def build_detectors(ctx: DetectorContext, only: list[str] | None = None) -> list
     for name, cls in registered().items():
         if only is not None and name not in only:
             continue
-        if ctx.settings(name).get("enabled", True) is False:
+        if not is_enabled(name, ctx.settings(name)):
             continue
         out.append(cls(ctx))
     out.sort(key=lambda d: 0 if d.stage == "session" else 1)

@@ -103,8 +103,9 @@ class CrossCheckSettings:
     max_members: int = 1_000
     #: accounts listed by name in the evidence
     max_listed: int = 10
-    #: alerts remembered for late labels, and alerts remembered per account
+    #: alerts remembered for late labels
     max_alerts: int = 50_000
+    #: alerts remembered per account
     alerts_per_account: int = 8
     #: exits / templates whose cleared accounts are counted
     max_handles: int = 20_000

@@ -92,9 +92,16 @@ __all__ = ["HopVerdict", "RouteDetector", "compress"]
 HOP_SLACK_KM: dict[str, float] = {"city": 100.0, "country": 600.0}
 
 DEFAULTS: dict[str, Any] = {
+    #: RTT samples a hop needs for its country to count (the median of three ignores one rate-limit
+    #: spike); fewer: unverified
     "min_samples": 3,
+    #: sessions remembered to join a traceroute and its login in either order (least recently used
+    #: dropped)
     "sessions_max": 100_000,
+    #: alert records kept (least recently used dropped)
     "alerts_max": 50_000,
+    #: geolocated hop addresses remembered, each looked up and measured once (least recently used
+    #: dropped)
     "hops_max": 100_000,
 }
 
@@ -242,7 +249,7 @@ class RouteDetector(SessionTable):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        cfg = settings_dict(self.name, ctx.settings(self.name), DEFAULTS)
+        cfg = settings_dict(self.name, ctx.settings(self.name), DEFAULTS, __name__)
         self.min_samples = max(1, int(cfg["min_samples"]))
         self.home = {c.upper() for c in ctx.config.home_countries}
         # session memory, least recently used first (bounded by ``sessions_max``)

@@ -92,7 +92,9 @@ class TakeoverSettings:
     min_history: int = 3
     #: values remembered per account and attribute (the most recent)
     max_values: int = 8
+    #: account histories kept (least recently used dropped)
     max_accounts: int = 200_000
+    #: device histories kept (least recently used dropped)
     max_devices: int = 200_000
     #: accounts remembered per device (at least ``min_device_accounts`` + 1)
     max_accounts_per_device: int = 64
@@ -100,9 +102,11 @@ class TakeoverSettings:
     device_quantile: float = 0.999
     #: floor of the shared-device threshold (a family shares a PC)
     min_device_accounts: int = 5
-    #: fastest plausible travel (an airliner), and the location error below which no jump counts
+    #: fastest plausible travel (km/h, an airliner)
     max_speed_kmh: float = 1000.0
+    #: location error (km) below which no jump counts
     geo_slack_km: float = 500.0
+    #: alert records kept (least recently used dropped)
     alerts_max: int = 50_000
 
     @classmethod

@@ -56,7 +56,8 @@ class LatencyDetector(Snapshots, Evidence):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        cfg = settings_dict(self.name, ctx.settings(self.name), DEFAULTS)
+        cfg = settings_dict(self.name, ctx.settings(self.name), DEFAULTS,
+                            "pathsentry.detectors.latency.scoring")
         self.cfg = cfg
         self.warmup = int(cfg["warmup_samples"])
         self.flag_threshold = float(cfg["flag_threshold"])

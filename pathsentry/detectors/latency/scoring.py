@@ -83,38 +83,76 @@ WEIGHTS: dict[str, float] = {
 }
 
 DEFAULTS: dict[str, Any] = {
+    #: samples an app-RTT baseline (per server and /24, ASN or country and access kind) needs
+    #: before it gives a verdict
     "warmup_samples": 20,
+    #: session score (noisy-OR of the components, 0-1) from which a login is flagged
     "flag_threshold": 0.6,
+    #: account score from which a vpn_relay alert is raised
     "alert_threshold": 0.85,
+    #: flagged sessions of one account that raise an alert whatever their score
     "alert_repeat": 2,
+    #: recent session scores kept per account (they boost or damp its next score)
     "history_len": 8,
+    #: app-RTT baselines kept (least recently used dropped)
     "baseline_keys_max": 100_000,
+    #: sessions kept (least recently used dropped)
     "sessions_max": 100_000,
+    #: account histories kept (least recently used dropped)
     "accounts_max": 200_000,
+    #: alert records kept (least recently used dropped)
     "alerts_max": 50_000,
+    #: memoised distances and expectations per claimed location (cleared when full)
     "distances_max": 100_000,
+    #: a gap excess below this many ms (about 500 km of fibre) is never a relay leg
     "gap_min_ms": 5.0,
+    #: gap excess (ms) at which the gap component is at full strength
     "gap_full_ms": 15.0,
+    #: noise scales above the learned honest bound a gap must clear
     "gap_z": 3.0,
+    #: tail probability of the tick's phase a gap must exceed (the bound's quantile is 1 -
+    #: gap_alpha)
     "gap_alpha": 0.001,
+    #: the 1 - phase_alpha quantile of the phase is subtracted where an app figure meets physics
     "phase_alpha": 0.01,
+    #: exit prefixes per server whose latest gaps vote on its learned cost, tick and noise (twice
+    #: that per access kind)
     "overhead_window": 40,
+    #: distinct exit prefixes a server needs before its learned overhead is used (until then the
+    #: prior bounds)
     "overhead_warmup": 8,
+    #: learn a server's overhead per client platform as well (when logins name it)
     "overhead_by_platform": True,
+    #: the most a cold server's fixed application cost may be (ms): a slower server must raise it
     "overhead_prior_cost_ms": 30.0,
+    #: the most a cold server's game-loop tick may be (ms): a slower server must raise it
     "overhead_prior_tick_ms": 200.0,
+    #: logins of an access kind before a login with one or two app samples of that kind has a gap
+    #: verdict of its own
     "spike_warmup": 40,
+    #: recent logins kept per exit prefix, combined into its z-score
     "prefix_history": 16,
+    #: exit-prefix histories kept (least recently used dropped)
     "prefixes_max": 20_000,
+    #: logins with a gap verdict an exit prefix needs before its combined z-score counts
     "prefix_min_logins": 4,
+    #: combined z-scores between which the exit prefix's evidence ramps from none to full
     "prefix_z": [4.5, 6.5],
+    #: evidence (gap, physics or vantage, 0-1) from which a login proves its exit prefix relays
     "proven_min": 0.5,
+    #: shares of an exit prefix's recent logins proven relayed between which its lent evidence ramps
     "prefix_share": [0.2, 0.5],
+    #: distinct accounts proven relayed before an exit prefix lends evidence to its other logins
     "prefix_proven_accounts": 2,
+    #: session score from which an account's earlier session counts as suspicious
     "suspicious_history": 0.55,
+    #: trees of the half-space-trees anomaly model (river)
     "hst_trees": 10,
+    #: height of each tree
     "hst_height": 6,
+    #: logins per reference window of the model
     "hst_window": 250,
+    #: the model's random seed (its trees are a function of it: saved state stays valid)
     "seed": 7,
 }
 
