@@ -119,3 +119,32 @@ def test_the_background_is_every_home_line_of_the_worker() -> None:
                                                     samples(rng, 5.0, 2.0)), 1.0)
                                      for i, n in enumerate(random_names(rng, 30))], [det])
     assert det.pools["tpl"].excess_seen == 70.0
+
+
+def _quiet_batch() -> list[Enriched]:
+    """Five letter-suffixed accounts 4-6 s apart on home lines of three ISPs (proxy
+    addresses, one machine on two of them), three of them relay-flagged and the other
+    two with a low relay score, each 30-60 ms over what its exit explains."""
+    plan = [("a", "58.224.2.10", SKB, "dev-1", 0.60, 47.5), ("b", "14.32.7.42", KT, "dev-2", 0.7, 55.9),
+            ("c", "106.240.5.46", 3786, "dev-3", 0.16, 31.7),
+            ("d", "58.224.2.10", SKB, "dev-4", 0.7, 59.2), ("e", "14.32.7.42", KT, "dev-1", 0.24, 34.4)]
+    out = []
+    for i, (suffix, ip, asn, device, score, excess) in enumerate(plan):
+        ev = login(f"zhanshi_{suffix}", 7200.0 + 5.0 * i, ip, asn, [66.0 + i, 70.0], device=device)
+        ev.notes["relay"] = {**ev.notes["relay"], "score": score, "flagged": score >= 0.5,
+                             "excess_ms": excess}
+        out.append(ev)
+    return out
+
+
+def test_a_batch_in_a_quiet_worlds_first_minutes_waits_for_the_history_to_judge_it() -> None:
+    """Three home-line logins before the batch (a quiet world's first hour): five of five
+    above them is a 1-in-56 chance whatever order they came in, no evidence at
+    ``max_burst_p``; after fifteen quiet logins (the beta-binomial tail of 5 of 5 above
+    0 of 15 is 4.9e-05; thirteen are the fewest that pass) the same batch is one group
+    by its fifth login."""
+    rng = random.Random(86)
+    batch = _quiet_batch()
+    assert _by_fifth(_background(rng, 3, 2.0, centre=-4.0) + batch, batch) == []
+    (alert,) = _by_fifth(_background(rng, 15, 2.0, centre=-4.0) + batch, batch)
+    assert set(alert.accounts) == {f"zhanshi_{c}" for c in "abcde"}

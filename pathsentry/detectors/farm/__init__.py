@@ -194,7 +194,17 @@ exit (its unflagged logins are background only, their machines unknown); a farm 
 logins are neither relay-flagged nor routed through a foreign origin, with names that
 share no family, has nothing left to be found by but its accounts per home line; a
 farm that reuses a popular stem (``shadow…``) can take an honest ``shadow`` player
-whose number happens to continue its serials.
+whose number happens to continue its serials; a family batch on home lines of several
+ISPs, relay-flagged on fewer than ``min_size`` of it and not crowded onto few machines,
+is found by the relay-score and RTT-excess tails alone (:mod:`.suspicion`), which need
+history: five of five above the class's home-line logins pass ``max_burst_p`` from 13
+of those on (the beta-binomial tail of 5 of 5 above 0 of 13 is 8.6e-05; above 3 of
+them it is 1 in 56 for any judge learned from the traffic alone, every order of the
+eight logins being equally likely for a crowd), so in a quiet world's first hour such
+a batch is no group -- no prior share or threshold in ms is assumed for it (a rural
+population's lines are all slow, a crowd's first logins may all carry a relay score);
+logins that failed are never members (a failed login opens no session), so a batch of
+five with one failed login is four accounts to the detector.
 
 Bounds: at most ``max_keys`` partitions (least recently used evicted), at most
 ``max_members`` members per partition (members older than ``2 * window_s`` go first),
