@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from typing import Any
 
 from pathsentry.config import Config, load_config
@@ -44,6 +45,18 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value), ensure_ascii=False)
+
+
+_ROLE = re.compile(r":\w+:`~?\.?([^`]+)`")
+
+
+def _plain(doc: str) -> str:
+    """A declaration's comment without its reStructuredText markup.
+
+    >>> _plain("the floor of :func:`.lines.line_limit` within ``window_s``")
+    'the floor of lines.line_limit within window_s'
+    """
+    return _ROLE.sub(r"\1", doc).replace("``", "")
 
 
 def settings_toml(cfg: Config) -> str:
@@ -70,7 +83,7 @@ def settings_toml(cfg: Config) -> str:
         for key, s in table.items():
             notes = [] if s.value == s.default else [f"default {_toml_value(s.default)}"]
             if s.doc:
-                notes.append(s.doc)
+                notes.append(_plain(s.doc))
             lines.append(f"{key} = {_toml_value(s.value)}" + (f"  # {'; '.join(notes)}" if notes else ""))
     return "\n".join(lines) + "\n"
 

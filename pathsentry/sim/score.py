@@ -161,7 +161,9 @@ def score_farms(truth: Truth, flags: Iterable[FlaggedEvent], alerts: Sequence[Al
 
     Only accounts that tried to log in during the world are scored (an account the world
     never showed can be neither found nor wrongly flagged), and a group counts as
-    planted once at least five of its members logged in.
+    planted once at least five of its members logged in successfully (a failed login
+    opens no session, so it makes nobody a member: a world's truth without a fifth
+    successful login, ``fifth_login_ts``, plants no group).
     """
     seen = {e.account for e in truth.events.values() if e.kind == "login" and e.account}
     if not seen:  # a truth without the world's logins (hand-built): every account counts
@@ -190,7 +192,7 @@ def score_farms(truth: Truth, flags: Iterable[FlaggedEvent], alerts: Sequence[Al
     delays: list[float] = []
     for g in truth.groups.values():
         members = set(g.members) & seen
-        if len(members) < 5:
+        if len(members) < 5 or (g.first_login_ts is not None and g.fifth_login_ts is None):
             continue
         best, best_share = None, 0.0
         for a in groups_alerts:

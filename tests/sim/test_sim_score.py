@@ -124,6 +124,21 @@ def test_farm_ttd_runs_to_five_members_and_80_percent_separately() -> None:
     assert (d["found"], d["ttd_from_fifth_login_s"], d["to_80pct_s"]) == (True, 1.0, 60.0)
 
 
+def test_a_group_without_a_fifth_successful_login_is_not_planted() -> None:
+    """Five members tried to log in, but the fifth one's login failed (the world's truth
+    gives the group no fifth login time): four sessions make no group to find."""
+    t = Truth(hours=1.0)
+    members = [f"dl{i:02d}" for i in range(1, 6)]
+    for m in members:
+        t.accounts[m] = AccountTruth(m, "farm_serial", "farm_serial", "g")
+    t.events = {f"e{i}": _ev(f"e{i}", "login", "farm_serial", "farm_serial", (), m, i)
+                for i, m in enumerate(members)}
+    t.groups = {"g": GroupTruth("g", "farm_serial", tuple(members), E0, None)}
+    assert score_farms(t, [], [], {})["groups"]["planted"] == 0
+    t.groups = {"g": GroupTruth("g", "farm_serial", tuple(members), E0, E0 + 4)}
+    assert score_farms(t, [], [], {})["groups"]["planted"] == 1
+
+
 def test_farm_groups_found_at_80_percent() -> None:
     t = _farm_truth()
     alerts = [

@@ -36,17 +36,30 @@ _TPL_, _ROUTE_, _NET_, _HOP_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:", f"{HOP}:"
 class FarmSettings:
     """Thresholds and bounds (``[detectors.farm]`` in ``pathsentry.toml``)."""
 
+    #: the window (s) a family's members, or a name-less burst paced minutes apart, are gathered in
     window_s: float = 3600.0
+    #: a found family group takes late joiners this long (s) after its last member
     join_window_s: float = 1800.0
+    #: accounts of one family a group needs
     min_size: int = 5
+    #: accounts a group without a shared name needs
     min_size_unnamed: int = 5
+    #: share of a family's serials that must run consecutively when regularity is its evidence
     min_regularity: float = 0.6
+    #: the most a burst's Poisson probability against the background may be
     max_burst_p: float = 1e-4
+    #: the shortest span (s) a burst is judged over (logins seconds apart)
     burst_s: float = 300.0
+    #: the floor of the RTT band one farm room's machines share (ms)
     rtt_tolerance_ms: float = 1.0
+    #: robust deviations (MAD x 1.4826) of its members' RTTs, or of a login's own noise, the band
+    #: spans
     rtt_spread_k: float = 3.0
+    #: the most a candidate's RTT spread may be, as a share of the pattern's other accounts'
     rtt_background_ratio: float = 0.5
+    #: half-life (s) of a partition's slow arrival-rate estimate
     background_half_life_s: float = 6 * 3600.0
+    #: half-life (s) of its fast one (the larger expectation wins: traffic has a time of day)
     background_fast_half_life_s: float = 3600.0
     #: the weight of the population prior in a partition's background rate, in seconds
     #: of the partition's own observation (:func:`.background.expected`), and of the
@@ -57,10 +70,15 @@ class FarmSettings:
     #: of one partition's observation: what a cold class (a young or small world, whose
     #: few arrivals are mostly the farms themselves) expects (:func:`.background.prior_rate`)
     background_prior_rate_h: float = 1.0
+    #: an idle group is kept this long (s) for late joiners
     group_ttl_s: float = 86400.0
+    #: partitions kept (least recently used dropped)
     max_keys: int = 100_000
+    #: members per partition (those older than 2 x window_s first dropped)
     max_members: int = 512
+    #: members per group
     max_group_members: int = 1000
+    #: items of each list in an alert's evidence (the counts say how many in all)
     max_evidence_items: int = 10
     #: the most accounts an honest household logs in on one home line within
     #: ``window_s`` (the floor of the learned limit, :func:`.lines.line_limit`)
@@ -69,8 +87,9 @@ class FarmSettings:
     #: in view (least recently seen dropped first; :mod:`.hops`)
     hop_max_devices: int = 65_536
     #: the prior share of a class's machines that carry two accounts through home lines
-    #: of two /24s within ``window_s``, and its weight in machines (:mod:`.hops`)
+    #: of two /24s within ``window_s`` (:mod:`.hops`)
     hop_prior_share: float = 0.01
+    #: the weight of that prior share, in machines
     hop_prior_devices: float = 100.0
     #: a login's RTT excess is in its class's tail above this learned quantile of the
     #: class's excesses (:func:`.suspicion.rtt_suspected`)
