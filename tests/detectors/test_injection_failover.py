@@ -106,3 +106,30 @@ def test_the_failover_boxs_answers_teach_nothing_of_the_origins_errors() -> None
                and e["server_header"] == "cloudflare" and e["target"]["port"] != 443}
     assert len(cdn_502) >= 10
     assert not cdn_502 & {f.event_id for f in flags}
+
+
+@pytest.mark.parametrize(("ttl", "connect_ms", "ttfb_ms", "second_flagged"), [
+    ({"syn_ack": 52, "response": 52}, 12.0, 25.0, False),  # seen far: the origin's box
+    (None, 12.0, 25.0, True),  # no TTLs: where it came from is not shown
+    ({"syn_ack": 52, "response": 52}, 1.0, 1.5, True),  # a handshake too short to time
+])
+def test_two_networks_see_an_answer_far_only_when_it_shows_where_it_came_from(
+        ttl: dict[str, int] | None, connect_ms: float, ttfb_ms: float, second_flagged: bool) -> None:
+    """Two networks with clean histories get the same answer without the origin's marks
+    in the same minute. Its TTLs at the SYN-ACK's and a first byte timed after the round
+    trip make the second one the origin's; two injecting ISPs forging the same page on
+    answers without TTLs, or on handshakes too short to time, stay flagged."""
+    from tests.detectors.test_injection import Harness
+
+    h = Harness()
+    nets = ("203.0.113.7", "198.51.100.7")
+    for k in range(40):
+        for src in nets:
+            h.run(event_id=f"c{k}{src}", src_ip=src, ts=f"2026-03-02T09:{k:02d}:00+09:00")
+    odd = {"status": 502, "header_names": ["server", "content-type"], "server_header": "nginx",
+           "ttl": ttl, "connect_ms": connect_ms, "ttfb_ms": ttfb_ms}
+    first, _ = h.run(event_id="f1", src_ip=nets[0], ts="2026-03-02T10:15:00+09:00", **odd)
+    second, ev = h.run(event_id="f2", src_ip=nets[1], ts="2026-03-02T10:15:20+09:00", **odd)
+    assert first is not None
+    assert (second is not None) == second_flagged
+    assert ev.notes["injection"]["origin_wide"] == (not second_flagged)
