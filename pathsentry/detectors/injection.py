@@ -34,6 +34,15 @@ on port 443 is not) are the control
 and the origin's teachers: never flagged, their path evidence is recorded so the cell
 stage can contrast them, and their answers teach the origin's marks.
 
+An on-path box forges an answer into a connection whose handshake is the real
+server's; a failover (or a DNS change) moves the whole connection. A suspect answer
+whose SYN-ACK came from farther than its network's usual one from that origin (fewer
+TTL left, a longer connect RTT; :mod:`pathsentry.detectors.injection_handshake`), and
+that shows no race and no answer sooner than the round trip, is another server's
+answer: not flagged, recorded in the notes (``moved``, ``handshake``: measured beside
+learned) and teaching nothing of the origin's marks. A network not heard from enough
+is judged as before.
+
 The verdict is left in ``Enriched.notes["injection"]`` for
 :mod:`pathsentry.detectors.injection_cells`.
 
@@ -65,6 +74,11 @@ from pathsentry.config import Origin
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.injection_handshake import (
+    HandshakeJudgement,
+    Handshakes,
+    HandshakeSettings,
+)
 from pathsentry.detectors.injection_onset import FailureOnsets
 from pathsentry.detectors.injection_profile import (
     Expectation,
@@ -72,7 +86,7 @@ from pathsentry.detectors.injection_profile import (
     ProfileSettings,
     features_of,
 )
-from pathsentry.detectors.injection_saved import check_onsets, check_profiles
+from pathsentry.detectors.injection_saved import check_handshakes, check_onsets, check_profiles
 from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings, signature
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
@@ -426,6 +440,22 @@ def _far(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
     return True
 
 
+def _moved(verdict: Verdict, hs: HandshakeJudgement | None, timed: bool) -> bool:
+    """Whether a suspect answer is another server's: its connection ended farther than
+    its line's usual SYN-ACK, and no mark of a nearer box says otherwise (a race, a
+    first byte sooner than the round trip). An answer TTL nearer than its own SYN-ACK's
+    by more than the origin's relation is the other box's own relation only when that
+    SYN-ACK's TTL says farther and the first byte was timed (``timed``: a handshake of
+    at least ``min_connect_ms``) and came no sooner than the round trip; else a box
+    on the path forged into the connection wherever it ended."""
+    if hs is None or not hs.moved or not verdict.suspect:
+        return False
+    relation_own = hs.ttl_farther and timed
+    return not any(e.code in NEARER or (e.code == "ttl_delta" and not relation_own and
+                                        e.detail["delta"] > max(e.detail["expected_deltas"]))
+                   for e in verdict.evidence)
+
+
 class InjectionDetector(Detector):
     """Session stage: flag ``http_probe`` events whose answer was forged on the path."""
 
@@ -435,8 +465,10 @@ class InjectionDetector(Detector):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        self.settings, profile, window = load_settings(
-            self.name, ctx.settings(self.name), InjectionSettings, ProfileSettings, WindowSettings)
+        self.settings, profile, window, handshake = load_settings(
+            self.name, ctx.settings(self.name), InjectionSettings, ProfileSettings, WindowSettings,
+            HandshakeSettings)
+        self.handshakes = Handshakes(handshake, self.settings.min_connect_ms)
         self.profiles = OriginProfiles(profile, pinned=(o.host for o in ctx.config.origins))
         self.window = NetworkWindow(window)
         self.onsets = FailureOnsets(window.onset_hold_s, window.max_failures)
@@ -461,7 +493,13 @@ class InjectionDetector(Detector):
         net = f"AS{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}"
         anomaly = _anomaly(probe, verdict, content)
         path_anomaly = verdict.path_score >= s.flag_score
-        self.window.add(host, net, ev.ts, anomaly, verdict.suspect, tls=verdict.tls,
+        syn_ack = None if probe.ttl is None else probe.ttl.syn_ack
+        hs = (self.handshakes.judge(host, ev.prefix, syn_ack, probe.connect_ms)
+              if self.handshakes.s.handshake_moves else None)
+        moved = _moved(verdict, hs, probe.ttfb_ms is not None and probe.connect_ms is not None
+                       and probe.connect_ms >= s.min_connect_ms)
+        flagged = verdict.suspect and not moved
+        self.window.add(host, net, ev.ts, anomaly, flagged, tls=verdict.tls,
                         tls_anomaly=path_anomaly, far=_far(probe, verdict, s))
         sig = signature(probe.status, probe.server_header, probe.header_names)
         if verdict.tls and anomaly is not None and sig is not None:
@@ -478,8 +516,11 @@ class InjectionDetector(Detector):
         others_tls = None if verdict.tls else self.window.others_tls(host, net, ev.ts)
         base = None if verdict.tls else self.window.baseline(net, ev.ts)
         base_tls = None if verdict.tls else self.window.tls_baseline(net, ev.ts)
-        suspect = verdict.suspect and not origin_wide
+        suspect = flagged and not origin_wide
         delta = _delta(probe)
+        if anomaly is None and not verdict.suspect and probe.status is not None \
+                and probe.header_names is not None:  # the origin's usual answer
+            self.handshakes.learn(host, ev.prefix, syn_ack, probe.connect_ms)
         # (a failure answered by another box, without the origin's marks, teaches nothing
         # of the origin's own: its fallback's marks are not what its next errors carry)
         if not verdict.suspect and not (origin_wide and verdict.path_score >= s.flag_score):
@@ -507,6 +548,8 @@ class InjectionDetector(Detector):
             "baseline_tls": None if base_tls is None else base_tls[0],
             "baseline_tls_n": None if base_tls is None else base_tls[1],
             "content": [e.code for e in content],
+            "moved": moved,
+            "handshake": None if hs is None else hs.detail(),
         }
         if not suspect:
             return None
@@ -517,6 +560,7 @@ class InjectionDetector(Detector):
             "origin_known": origin is not None,
             "prefix": ev.prefix,
             "as_name": ev.geo.as_name,
+            **({} if hs is None else {"handshake": hs.detail()}),
             **{e.code: e.detail for e in verdict.evidence},
         }
         flag = FlaggedEvent(
@@ -538,15 +582,19 @@ class InjectionDetector(Detector):
     # -- state: what was learned of the origins, the failures seen lately ---------------
 
     def state(self) -> dict[str, Any]:
-        return {"profiles": self.profiles.to_json(), "onsets": self.onsets.to_json()}
+        return {"profiles": self.profiles.to_json(), "onsets": self.onsets.to_json(),
+                "handshakes": self.handshakes.to_json()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state`; refused whole (:class:`~.saved.StateInvalid`) unless
         every field is as a save writes it."""
         self._check(state)
         check_onsets(state.get("onsets", []))
+        if "handshakes" in state:
+            check_handshakes(state["handshakes"])
         self.profiles.load(state.get("profiles", {}))
         self.onsets.load(state.get("onsets", []))
+        self.handshakes.load(state.get("handshakes", {}))
 
     @staticmethod
     def _check(state: dict[str, Any]) -> None:

@@ -5,7 +5,8 @@ detector saves of its origins' learned profiles
 (:meth:`~pathsentry.detectors.injection_profile.Profiles.to_json`: per source the marks
 seen per HTTP status and the TTL deltas, each count within its total, statuses from 0
 to 999 as the contract takes them, deltas whole numbers of hops, first-byte ratio bins
-within the histogram) and
+within the histogram; the learned SYN-ACKs, TTLs from 0 to 255 and connect RTTs
+within the ms bound) and
 of what ``injection_cells`` saves of its groups (cells of a prefix, port and hour with
 ``k`` suspect of ``n`` probes and the other networks' TLS rates at most one per probe
 they were summed over, their times no later than a day past the wall clock, the
@@ -30,9 +31,9 @@ from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import Field
 
-from pathsentry.detectors.saved import Count, Name, Record, Saved, StateInvalid, Ts, check
+from pathsentry.detectors.saved import Count, Ms, Name, Record, Saved, StateInvalid, Ts, check
 
-__all__ = ["check_cells_state", "check_onsets", "check_profiles"]
+__all__ = ["check_cells_state", "check_handshakes", "check_onsets", "check_profiles"]
 
 #: an HTTP status as the contract takes it
 Status = Annotated[int, Field(ge=0, le=999)]
@@ -100,6 +101,22 @@ class _Onsets(Saved):
 def check_onsets(rows: Any) -> None:
     """Refuse failure onsets not as saved (origin, anomaly, onset, last answer)."""
     check(_Onsets, {"onsets": rows}, "injection failure onsets")
+
+
+#: a SYN-ACK TTL as a client sees it
+Ttl = Annotated[int, Field(ge=0, le=255)]
+
+
+class _Handshakes(Saved):
+    """(origin host, prefix) and its last SYN-ACKs (TTL, connect ms)."""
+
+    version: Literal[1]
+    prefix: list[tuple[Name, list[tuple[Ttl | None, Ms | None]]]] = Field(max_length=1_000_000)
+
+
+def check_handshakes(state: Any) -> None:
+    """Refuse learned SYN-ACKs not as saved (TTLs 0-255, RTTs within the ms bound)."""
+    check(_Handshakes, state, "injection handshakes")
 
 
 class _Cell(Record):

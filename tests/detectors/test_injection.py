@@ -65,7 +65,7 @@ def test_genuine_upgrade_with_cdn_headers(h: Harness) -> None:
         "status": 101, "origin_wide": False, "tls_witness": None, "anomaly": None, "onsets": [],
         "others": None,
         "others_tls": None, "baseline": None, "baseline_n": None, "baseline_tls": None,
-        "baseline_tls_n": None, "content": []}
+        "baseline_tls_n": None, "content": [], "moved": False, "handshake": None}
 
 
 def test_injected_200_one_hop_nearer(h: Harness) -> None:

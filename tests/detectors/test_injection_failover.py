@@ -78,12 +78,15 @@ def test_an_unmarked_outage_from_no_nearer_box_is_the_origins() -> None:
 @pytest.mark.parametrize("seed", [224, 243])
 def test_a_simulated_failover_names_no_clean_isp(seed: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Simulated worlds whose outages a box of the origin's own answers: without the
-    two tests, a clean ISP is named (and, in 243, the injector is not); with them, the
-    injector alone."""
+    three tests (TLS witness, paths, the connection ending elsewhere than the line's
+    usual SYN-ACK), a clean ISP is named (and, in 243, the injector is not); with them,
+    or with the SYN-ACKs' alone, the injector alone."""
     spec = world_spec(seed, 1500, 6.0, draw_params(seed, 6.0))
     assert spec.params.failovers
     found = {}
-    for name, extra in (("on", ""), ("off", "tls_witness = false\npaths_alpha = 0.0\n")):
+    two = "tls_witness = false\npaths_alpha = 0.0\n"
+    for name, extra in (("on", ""), ("off", two + "handshake_moves = false\n"),
+                        ("handshake", two)):
         wd = tmp_path / name
         write_world(spec, wd)
         if extra:
@@ -93,6 +96,7 @@ def test_a_simulated_failover_names_no_clean_isp(seed: int, tmp_path) -> None:  
         cells = report["detectors"]["injection_cell"]
         found[name] = (cells["tp"], cells["fp"])
     assert found["on"][1] == 0 and found["on"][0] >= 1
+    assert found["handshake"][1] == 0 and found["handshake"][0] >= 1
     assert found["off"][1] >= 1
 
 

@@ -1,0 +1,179 @@
+"""Where the connection ended: each network's usual SYN-ACK from each origin.
+
+An on-path box forges an *answer* into a connection whose handshake is the real
+server's: the SYN-ACK (its IP TTL as the client sees it, and the connect RTT) is the one
+this network always sees from that origin. A failover, or a DNS change, moves the
+*whole connection* to another box: its SYN-ACK comes from farther (fewer TTL left, a
+longer handshake) than this network learned. This module learns, per (origin host,
+/24), the recent SYN-ACK TTLs and connect RTTs of the origin's normal answers and
+tells whether a SYN-ACK came from farther than usual.
+
+- **Learned** (:meth:`Handshakes.learn`) from answers the origin gave as usual (no
+  anomaly, status and headers seen: a TLS answer whose content the reporter could not
+  see may be a failover box's and teaches nothing), per /24 (the enrichment's
+  prefix): an ASN's lines sit at different hop counts and distances from the same
+  server, so an ASN's range says little of a line it has not heard from. Each keeps
+  its last ``handshake_samples`` (24) pairs; at most ``handshake_keys`` (20,000) keys,
+  the least recently heard dropped. Saved with the detector's state.
+- **Judged** (:meth:`Handshakes.judge`) once the prefix has ``handshake_min`` (2)
+  samples of what was measured, else not at all (a line seen for the first time: the
+  caller does what it did without this module). The usual TTLs are the
+  range of the learned values; a TTL is *farther* when it is below that range by more
+  than the range's own width (a load-balanced origin whose edges' SYN-ACKs differ by
+  one or two hops has learned that width), *nearer* when above it likewise. The usual
+  connect RTT is the samples' median; an RTT is *farther* above ``median +
+  handshake_rtt_z`` (4) ``* spread``, the spread the largest of the samples' scaled
+  MAD, their mean excess over their least (a jitter's tail is longer than its middle
+  shows) and ``handshake_rtt_share`` (0.1) of the median (the prior: a line's
+  handshake is taken to vary by a tenth at least), and never less than ``floor_ms``
+  above the median (the detector's ``min_connect_ms``, 2 ms: below it, timing jitter
+  dominates and a few samples of a 1 ms line do not make a 2 ms handshake a move).
+- **Moved** when the TTL or the RTT says farther and the TTL does not say nearer (a box
+  nearer than the server that terminated the handshake is a proxy on the path, not the
+  origin moving). A reporter that sees no TTLs is judged on the RTT alone.
+
+What it cannot tell: a failover box as far as the usual one (same hop count and
+round trip), and a proxy that terminates the handshake and delays its SYN-ACK and
+lowers its TTL to look far (the caller keeps every mark of a nearer box: a first byte
+sooner than the round trip, a race).
+
+>>> h = Handshakes(HandshakeSettings())
+>>> for ms in (10.0, 10.4, 10.2):
+...     h.learn("www", "58.1.2.0/24", 55, ms)
+>>> h.judge("www", "58.1.2.0/24", 55, 10.3).moved
+False
+>>> j = h.judge("www", "58.1.2.0/24", 53, 10.3)
+>>> j.moved, j.ttl_farther, j.detail()["expected_syn_ack_ttl"]
+(True, True, [55, 55])
+>>> h.judge("www", "58.1.2.0/24", None, 19.0).moved  # no TTLs: the RTT alone
+True
+>>> h.judge("www", "58.1.2.0/24", 57, 19.0).moved  # nearer: a proxy, not a move
+False
+>>> h.judge("www", "58.1.3.0/24", 50, 40.0) is None  # never heard from
+True
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+__all__ = ["HandshakeJudgement", "HandshakeSettings", "Handshakes"]
+
+#: one learned SYN-ACK: its TTL as seen (``None``: not seen) and the connect RTT (ms)
+Sample = tuple[int | None, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeSettings:
+    """``[detectors.injection]`` keys of the learned SYN-ACKs."""
+
+    #: whether a suspect answer on a connection that ended farther than usual is taken
+    #: for another server's (a failover box, a DNS change) rather than a forged one
+    handshake_moves: bool = True
+    #: SYN-ACKs kept per (origin host, network)
+    handshake_samples: int = 24
+    #: samples before a network's usual SYN-ACK is judged
+    handshake_min: int = 2
+    #: (origin host, network) keys kept per level, the least recently heard dropped
+    handshake_keys: int = 20_000
+    #: an RTT farther than the median by this many spreads is a handshake elsewhere
+    handshake_rtt_z: float = 4.0
+    #: the least spread of a network's connect RTT, a share of its median (the prior)
+    handshake_rtt_share: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeJudgement:
+    """One SYN-ACK against what its /24 learned from ``n`` samples."""
+
+    n: int
+    ttl: int | None
+    ttl_range: tuple[int, int] | None
+    connect_ms: float | None
+    usual_ms: float | None
+    limit_ms: float | None
+    ttl_farther: bool
+    ttl_nearer: bool
+    rtt_farther: bool
+
+    @property
+    def moved(self) -> bool:
+        """The connection ended farther than this network's usual server."""
+        return (self.ttl_farther or self.rtt_farther) and not self.ttl_nearer
+
+    def detail(self) -> dict[str, Any]:
+        """Measured beside learned, for notes and evidence."""
+        return {
+            "syn_ack_ttl": self.ttl,
+            "expected_syn_ack_ttl": None if self.ttl_range is None else list(self.ttl_range),
+            "connect_ms": self.connect_ms,
+            "expected_connect_ms": None if self.usual_ms is None else round(self.usual_ms, 3),
+            "connect_limit_ms": None if self.limit_ms is None else round(self.limit_ms, 3),
+            "ttl_farther": self.ttl_farther, "rtt_farther": self.rtt_farther,
+            "samples": self.n,
+        }
+
+
+class Handshakes:
+    """Recent SYN-ACKs per (origin host, prefix)."""
+
+    def __init__(self, settings: HandshakeSettings, floor_ms: float = 2.0) -> None:
+        self.s = settings
+        self.floor_ms = floor_ms
+        self._table: OrderedDict[str, list[Sample]] = OrderedDict()
+
+    def learn(self, host: str, prefix: str, ttl: int | None, connect_ms: float | None) -> None:
+        """One SYN-ACK of the origin's usual answer, seen from ``prefix``."""
+        if ttl is None and connect_ms is None:
+            return
+        key = f"{host}|{prefix}"
+        samples = self._table.pop(key, [])
+        samples.append((ttl, connect_ms))
+        del samples[:-self.s.handshake_samples]
+        self._table[key] = samples
+        while len(self._table) > self.s.handshake_keys:
+            self._table.popitem(last=False)
+
+    def judge(self, host: str, prefix: str, ttl: int | None,
+              connect_ms: float | None) -> HandshakeJudgement | None:
+        """This SYN-ACK against the prefix's learned ones (``None``: fewer than
+        ``handshake_min`` samples of what was measured)."""
+        samples = self._table.get(f"{host}|{prefix}")
+        if samples is None:
+            return None
+        s = self.s
+        ttls = [t for t, _ in samples if t is not None]
+        rtts = [r for _, r in samples if r is not None]
+        ttl_range = (min(ttls), max(ttls)) if len(ttls) >= s.handshake_min else None
+        farther = nearer = False
+        if ttl_range is not None and ttl is not None:
+            lo, hi = ttl_range
+            farther, nearer = ttl < lo - (hi - lo), ttl > hi + (hi - lo)
+        usual = limit = None
+        if len(rtts) >= s.handshake_min:
+            usual = median(rtts)
+            spread = max(1.4826 * median(abs(r - usual) for r in rtts),
+                         sum(rtts) / len(rtts) - min(rtts), s.handshake_rtt_share * usual)
+            limit = usual + max(s.handshake_rtt_z * spread, self.floor_ms)
+        rtt_farther = limit is not None and connect_ms is not None and connect_ms > limit
+        if (ttl_range is None or ttl is None) and (limit is None or connect_ms is None):
+            return None
+        return HandshakeJudgement(len(samples), ttl, ttl_range, connect_ms, usual, limit,
+                                  farther, nearer, rtt_farther)
+
+    # -- state -------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "prefix": [[k, [list(x) for x in v]] for k, v in self._table.items()]}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`to_json` (checked by the caller first)."""
+        table: OrderedDict[str, list[Sample]] = OrderedDict()
+        for key, samples in state.get("prefix", []):
+            table[key] = [(t, r) for t, r in samples][-self.s.handshake_samples:]
+        while len(table) > self.s.handshake_keys:
+            table.popitem(last=False)
+        self._table = table
