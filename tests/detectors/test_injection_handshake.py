@@ -1,0 +1,156 @@
+"""Where the connection ended: a line's usual SYN-ACK from an origin.
+
+A forging box answers inside a connection whose handshake is the real server's; a
+failover box of the origin's own takes the whole connection, its SYN-ACK from farther
+than the line learned. Each test lets one line learn its SYN-ACK from the origin's
+usual answers, then sends an answer without the origin's marks (as a failover box's
+502, or a forged page) on the handshake given.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pathsentry.detectors.injection import InjectionDetector
+from pathsentry.detectors.saved import StateInvalid
+from tests.detectors.test_injection import Harness
+
+LINE = "203.0.113.7"
+FALLBACK = {"status": 502, "header_names": ["server", "content-type"], "server_header": "nginx"}
+
+
+def learned(extra_toml: str = "", ttls: tuple[int | None, ...] = (52,), n: int = 6,
+            connect_ms: float = 12.0) -> Harness:
+    """A line that got ``n`` usual answers, their SYN-ACK TTLs taken in turn from
+    ``ttls`` (``None``: not seen) and their handshakes ``connect_ms``, 0.1 ms apart."""
+    h = Harness(extra_toml)
+    for k in range(n):
+        ttl = ttls[k % len(ttls)]
+        flag, _ = h.run(event_id=f"u{k}", src_ip=LINE, ts=f"2026-03-02T09:{k:02d}:00+09:00",
+                        connect_ms=connect_ms + 0.1 * (k % 3), ttfb_ms=connect_ms + 10,
+                        ttl=None if ttl is None else {"syn_ack": ttl, "response": ttl})
+        assert flag is None
+    return h
+
+
+def answer(h: Harness, syn_ack: int | None, connect_ms: float, src: str = LINE,
+           **kw: Any) -> tuple[Any, dict[str, Any]]:
+    ttl = None if syn_ack is None else {"syn_ack": syn_ack, "response": syn_ack}
+    fields: dict[str, Any] = {**FALLBACK, "ttl": ttl, "connect_ms": connect_ms,
+                              "ttfb_ms": connect_ms + 15, **kw}
+    flag, ev = h.run(event_id="x", src_ip=src, ts="2026-03-02T10:15:00+09:00", **fields)
+    return flag, ev.notes["injection"]
+
+
+@pytest.mark.parametrize(("syn_ack", "connect_ms", "why"), [
+    (49, 12.1, "ttl_farther"),  # three hops farther, the same distance
+    (52, 31.0, "rtt_farther"),  # as many hops, a longer handshake (another site)
+    (None, 31.0, "rtt_farther"),  # a reporter that sees no TTLs: the RTT alone
+])
+def test_a_connection_that_ended_farther_is_another_servers(
+        syn_ack: int | None, connect_ms: float, why: str) -> None:
+    """The answer without the origin's marks on a handshake farther than the line's
+    usual one is recorded, with the learned and measured SYN-ACK, not flagged; switched
+    off, or on a line never heard from, it is flagged as before."""
+    flag, notes = answer(learned(), syn_ack, connect_ms)
+    assert flag is None and notes["moved"] and not notes["suspect"]
+    hs = notes["handshake"]
+    assert hs[why] and hs["syn_ack_ttl"] == syn_ack and hs["connect_ms"] == connect_ms
+    assert hs["expected_syn_ack_ttl"] == [52, 52]
+    assert hs["expected_connect_ms"] == pytest.approx(12.1)
+    assert hs["samples"] == 6
+    off, notes = answer(learned("[detectors.injection]\nhandshake_moves = false\n"),
+                        syn_ack, connect_ms)
+    assert off is not None and not notes["moved"]
+    fresh, notes = answer(learned(), syn_ack, connect_ms, src="198.51.100.7")
+    assert fresh is not None and notes["handshake"] is None
+
+
+def test_a_forged_answer_on_the_usual_handshake_stays_flagged() -> None:
+    """An injector that sets its answer's TTL to the SYN-ACK's: the SYN-ACK is the real
+    server's, as usual, so the answer is judged on its marks and timing as before, the
+    learned handshake beside it in the evidence."""
+    flag, notes = answer(learned(), 52, 12.2, status=200, ttfb_ms=3.0,
+                         header_names=["content-type", "content-length"], server_header=None)
+    assert flag is not None and not notes["moved"]
+    assert flag.evidence["handshake"]["expected_syn_ack_ttl"] == [52, 52]
+    assert "fast_answer" in flag.evidence
+
+
+@pytest.mark.parametrize(("connect_ms", "kw"), [
+    (31.0, {"ttfb_ms": 8.0}),  # first byte sooner than the 31 ms round trip allows
+    (31.0, {"seq_conflict": True}),  # a race
+    (1.5, {"ttl": {"syn_ack": 49, "response": 50}, "ttfb_ms": 1.2}),  # +1, untimed
+])
+def test_a_mark_of_a_nearer_box_outweighs_a_moved_connection(connect_ms: float,
+                                                             kw: dict[str, Any]) -> None:
+    """A box on the path forges into a connection wherever it ended: a first byte
+    sooner than the round trip, a race, or an answer TTL nearer than its own SYN-ACK's
+    on a handshake too short to time keep the answer flagged."""
+    flag, notes = answer(learned(), 49, connect_ms, **kw)
+    assert flag is not None and not notes["moved"]
+    assert notes["handshake"]["ttl_farther"]
+
+
+def test_a_farther_box_may_answer_at_its_own_ttl_relation_when_timed() -> None:
+    """The failover box's answer leaves one hop nearer than its own SYN-ACK (its own
+    relation), its SYN-ACK three hops farther than the line's usual one and its first
+    byte after the round trip: another server's."""
+    flag, notes = answer(learned(), 49, 31.0, ttl={"syn_ack": 49, "response": 50})
+    assert flag is None and notes["moved"]
+
+
+def test_a_nearer_handshake_is_a_proxy_not_a_move() -> None:
+    """A SYN-ACK with more TTL left than the line's usual one came from a box nearer
+    than the server (a proxy on the path), however long the handshake."""
+    flag, notes = answer(learned(), 55, 31.0)
+    assert flag is not None and not notes["moved"]
+    assert notes["handshake"]["rtt_farther"] and not notes["handshake"]["ttl_farther"]
+
+
+def test_a_load_balancers_spread_of_syn_ack_ttls_is_learned() -> None:
+    """Two edges whose SYN-ACKs differ by two hops: a SYN-ACK one hop below the lower
+    is within the learned spread (the same handshake, a forged answer flagged); on a
+    line with one edge, the same SYN-ACK is farther than usual."""
+    lb = learned(ttls=(52, 54))
+    flag, notes = answer(lb, 51, 12.1)
+    assert flag is not None and not notes["moved"]
+    assert notes["handshake"]["expected_syn_ack_ttl"] == [52, 54]
+    assert answer(lb, 49, 12.1)[0] is None
+    assert answer(learned(), 51, 12.1)[0] is None
+
+
+def test_jitter_of_a_short_handshake_is_not_a_move() -> None:
+    """A line 1 ms from the edge: a handshake of 2.5 ms is timing jitter, not another
+    site (the tolerance never goes below ``min_connect_ms``)."""
+    h = learned(connect_ms=1.0)
+    flag, notes = answer(h, None, 2.5)
+    assert flag is not None and not notes["moved"]
+    assert notes["handshake"]["connect_limit_ms"] >= 3.0
+    assert answer(h, None, 9.0)[0] is None
+
+
+def test_the_failover_boxs_answers_teach_no_handshake() -> None:
+    """Answers of a failover box (without the origin's marks) are not learned as the
+    line's SYN-ACK, however many: the next one is still farther than usual."""
+    h = learned()
+    for _ in range(30):
+        answer(h, 49, 31.0)
+    assert answer(h, 49, 31.0)[1]["handshake"]["expected_syn_ack_ttl"] == [52, 52]
+
+
+def test_the_learned_handshakes_survive_a_restart_and_bad_ones_are_refused() -> None:
+    h = learned()
+    saved = json.loads(json.dumps(h.det.state()))
+    fresh = Harness()
+    fresh.det.load_state(saved)
+    flag, notes = answer(fresh, 49, 12.1)
+    assert flag is None and notes["moved"]
+    bad = json.loads(json.dumps(saved))
+    bad["handshakes"]["prefix"][0][1][0][0] = 300
+    with pytest.raises(StateInvalid):
+        Harness().det.load_state(bad)
+    assert isinstance(fresh.det, InjectionDetector)
