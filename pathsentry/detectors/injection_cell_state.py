@@ -73,6 +73,7 @@ NO_LINES: frozenset[str] = frozenset()
 class CellSettings:
     """Thresholds and bounds (``[detectors.injection_cells]`` in ``pathsentry.toml``)."""
 
+    #: plaintext probes a cell needs before it is judged
     min_probes: int = 10
     #: a cell is judged this long after the first suspect probe it received since it
     #: was last judged (0: at once). The other networks' rate in the same minutes is
@@ -108,6 +109,7 @@ class CellSettings:
     #: answers at their flagged rate (a bound of their path-anomaly rate from above):
     #: "a path like the others'" is measured on all their answers, not TLS alone
     tls_borrow_plain: bool = True
+    #: the normal quantile of the Wilson bounds and Newcombe intervals (where alpha is 0)
     z: float = 1.96
     #: the exact tails' level: a cell whose probes carry the other networks' baseline is
     #: above it and above TLS when both tails are at most ``alpha`` (the default 0.001 is
@@ -121,18 +123,27 @@ class CellSettings:
         return min(low, self.min_suspect_clients) if low > 0 else self.min_suspect_clients
     #: IANA zone for "hour of day"; empty: the offset each event's ``ts`` carries.
     timezone: str = ""
+    #: ASN groups kept (least recently used dropped)
     max_groups: int = 20_000
+    #: cells an ASN group keeps (least recently used dropped)
     max_cells: int = 4096
+    #: distinct sources remembered per group (accounts, report addresses, sensor witnesses)
     max_clients: int = 512
+    #: example probes kept per cell for the evidence
     max_examples: int = 5
     #: suspect probes an ISP keeps with their origin and anomaly, for twice
     #: ``settle_s``, so that a failure's onset named later takes them out of its cells
     #: (:mod:`~pathsentry.detectors.injection_onset`); the oldest go first
     max_retractable: int = 512
+    #: event ids an alert lists
     max_alert_events: int = 20
+    #: accounts an alert lists
     max_alert_accounts: int = 50
+    #: /24s an alert lists
     max_prefixes: int = 32
+    #: a cell idle this long (s) is dropped, and is no longer bad
     idle_ttl_s: float = 14 * 86400.0
+    #: an alert's next version on an idle tick comes at most this often (s), when its counts moved
     refresh_s: float = 3600.0
 
 
