@@ -34,14 +34,10 @@ on port 443 is not) are the control
 and the origin's teachers: never flagged, their path evidence is recorded so the cell
 stage can contrast them, and their answers teach the origin's marks.
 
-An on-path box forges an answer into a connection whose handshake is the real
-server's; a failover (or a DNS change) moves the whole connection. A suspect answer
-whose SYN-ACK came from farther than its network's usual one from that origin (fewer
-TTL left, a longer connect RTT; :mod:`pathsentry.detectors.injection_handshake`), and
-that shows no race and no answer sooner than the round trip, is another server's
-answer: not flagged, recorded in the notes (``moved``, ``handshake``: measured beside
-learned) and teaching nothing of the origin's marks. A network not heard from enough
-is judged as before.
+A suspect answer whose SYN-ACK came from farther than its line's usual one from that
+origin (:mod:`pathsentry.detectors.injection_handshake`: a failover moves the whole
+connection, a forging box only the answer), with no mark of a nearer box, is another
+server's: not flagged, recorded in the notes (``moved``, ``handshake``).
 
 The verdict is left in ``Enriched.notes["injection"]`` for
 :mod:`pathsentry.detectors.injection_cells`.
