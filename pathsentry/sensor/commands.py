@@ -13,12 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Iterable
-from typing import IO, Any
 
-import orjson
-
-from pathsentry.config import load_config
+from pathsentry.commands.events_out import add_output_args, send_events
 from pathsentry.sensor.decode import CaptureError
 from pathsentry.sensor.flows import IDLE_TIMEOUT_S, SensorSettings, capture_events
 from pathsentry.sensor.reader import check_captures
@@ -26,20 +22,12 @@ from pathsentry.sensor.reader import check_captures
 __all__ = ["register"]
 
 
-def _write_jsonl(events: Iterable[dict[str, Any]], fh: IO[bytes]) -> int:
-    n = 0
-    for event in events:
-        fh.write(orjson.dumps(event) + b"\n")
-        n += 1
-    return n
-
-
 def cmd_sensor(args: argparse.Namespace) -> int:
     settings = SensorSettings(idle_timeout_s=args.idle_timeout)
     skipped: Counter[str] = Counter()
     try:
         check_captures(args.pcaps)  # before any output is opened
-        _run(args, capture_events(args.pcaps, settings, skipped))
+        send_events(args, capture_events(args.pcaps, settings, skipped), "http_probe")
     except CaptureError as e:
         print(f"pathsentry sensor: {e}", file=sys.stderr)
         return 2
@@ -47,20 +35,6 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{reason} {n}" for reason, n in skipped.most_common())
         print(f"skipped: {counts}", file=sys.stderr)
     return 0
-
-
-def _run(args: argparse.Namespace, events: Iterable[dict[str, Any]]) -> None:
-    if args.to_kafka:
-        from pathsentry.streams.producer import produce_stream
-
-        n = produce_stream(load_config(args.config), events, rate=None)
-        print(f"sent {n} http_probe events", file=sys.stderr)
-    elif args.out:
-        with open(args.out, "wb") as fh:
-            n = _write_jsonl(events, fh)
-        print(f"wrote {n} http_probe events to {args.out}", file=sys.stderr)
-    else:
-        _write_jsonl(events, sys.stdout.buffer)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,11 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "connection holding a sequence conflict as a contract-v1 http_probe event.",
     )
     p.add_argument("pcaps", nargs="+", metavar="PCAP", help="pcap or pcapng capture files")
-    dest = p.add_mutually_exclusive_group()
-    dest.add_argument("--to-kafka", action="store_true",
-                      help="send the events to the network-telemetry topic")
-    dest.add_argument("--out", metavar="FILE", help="write the events as JSONL")
-    p.add_argument("--config", help="pathsentry.toml (for --to-kafka)")
+    add_output_args(p)
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S,
                    help="seconds of capture time after which a silent flow is reported")
     p.set_defaults(func=cmd_sensor)

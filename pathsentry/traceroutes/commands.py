@@ -16,10 +16,11 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
+from pathsentry.commands.events_out import add_output_args, send_events
 from pathsentry.config import load_config
 from pathsentry.traceroutes.records import RecordError, read_records
 
@@ -44,14 +45,6 @@ def _convert(args: argparse.Namespace, errors: list[str]) -> Iterator[dict[str, 
                     yield mtr_event(row.record, args.src_ip, args.ts, args.server_id)
             except RecordError as e:
                 errors.append(f"{row.where}: {e}")
-
-
-def _write(events: Iterator[dict[str, Any]], fh: IO[bytes]) -> int:
-    n = 0
-    for event in events:
-        fh.write(orjson.dumps(event) + b"\n")
-        n += 1
-    return n
 
 
 def _target(text: str | None) -> Any:
@@ -120,17 +113,8 @@ def cmd_traceroutes(args: argparse.Namespace) -> int:
     try:
         if args.check:
             _check(args, events)
-        elif args.to_kafka:
-            from pathsentry.streams.producer import produce_stream
-
-            n = produce_stream(load_config(args.config), events, rate=None)
-            print(f"sent {n} traceroute events", file=sys.stderr)
-        elif args.out:
-            with open(args.out, "wb") as fh:
-                n = _write(events, fh)
-            print(f"wrote {n} traceroute events to {args.out}", file=sys.stderr)
         else:
-            _write(events, sys.stdout.buffer)
+            send_events(args, events, "traceroute")
     except (OSError, ValueError) as e:
         print(f"pathsentry traceroutes: {e}", file=sys.stderr)
         return 2
@@ -152,10 +136,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="results files")
     p.add_argument("--format", choices=("atlas", "mtr"), default="atlas",
                    help="what the files hold (default: atlas)")
-    dest = p.add_mutually_exclusive_group()
-    dest.add_argument("--out", metavar="FILE", help="write the events as JSONL")
-    dest.add_argument("--to-kafka", action="store_true",
-                      help="send the events to the network-telemetry topic")
+    dest = add_output_args(p, "--to-kafka, --check")
     dest.add_argument("--check", action="store_true",
                       help="run the route detector over them, each with its source's "
                       "country as home and a server at its target, and print the verdicts")
@@ -170,7 +151,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--server-id", help="the server the traceroutes' target is (added as server_id)")
     p.add_argument("--src-ip", help="mtr: the public address the reports were run from")
     p.add_argument("--ts", help="mtr: when the reports were run (ISO 8601; default: now)")
-    p.add_argument("--config", help="pathsentry.toml (for --to-kafka, --check)")
     p.add_argument("--geo", action="append", default=[],
                    help="--check: geo source stacked first (CSV prefix table or .mmdb)")
     p.set_defaults(func=cmd_traceroutes)
