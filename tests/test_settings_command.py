@@ -12,7 +12,7 @@ import pytest
 from pathsentry.cli import main
 from pathsentry.commands.settings import settings_toml
 from pathsentry.config import load_config
-from pathsentry.detectors import registered
+from pathsentry.detectors import DetectorContext, registered
 from pathsentry.detectors.crosscheck import CrossCheckSettings
 from pathsentry.detectors.latency.scoring import DEFAULTS as LATENCY
 from pathsentry.detectors.settings import dict_docs, field_docs, recording
@@ -87,3 +87,18 @@ def test_a_configuration_refused_is_named_without_a_traceback_or_its_value(
     err = capsys.readouterr().err
     assert err.startswith("pathsentry settings: configuration refused: ") and said in err
     assert "Traceback" not in err and "987654321" not in err
+
+
+def test_every_setting_says_what_it_is() -> None:
+    """A new threshold without its ``#:`` comment fails here: the operator reading
+    ``pathsentry settings`` must see what each one does."""
+    from pathsentry.enrich.geo import GeoResolver
+
+    ctx = DetectorContext(load_config(text="", env={}), GeoResolver([]))
+    with recording() as seen:
+        for cls in registered().values():
+            cls(ctx)
+        CrossCheckSettings.from_settings({})
+    missing = [f"{section}.{key}" for section, table in seen.items()
+               for key, s in table.items() if not s.doc]
+    assert missing == []

@@ -67,8 +67,11 @@ class ProfileSettings:
     fast_quantile: float = 0.001
     #: TLS answers with both timings before the learned bound replaces ``fast_ratio``
     min_timings: int = 200
+    #: origins whose marks are learned (least recently heard dropped)
     max_origins: int = 256
+    #: networks per origin whose answers vote (least recently heard dropped)
     max_networks: int = 512
+    #: statuses learned per origin and network
     max_statuses: int = 32
 
 

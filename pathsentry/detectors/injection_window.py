@@ -103,6 +103,7 @@ class WindowSettings:
 
     #: how far back "the same minutes" reach
     window_s: float = 600.0
+    #: the width (s) of one time bucket of the cross-network counts
     bucket_s: float = 60.0
     #: networks that must see the same anomaly before it is the origin's
     min_networks: int = 4
@@ -124,6 +125,7 @@ class WindowSettings:
     #: the networks heard from most recently that a baseline is taken over: reading
     #: it costs this many rows per probe, not one per network ever seen
     baseline_networks: int = 256
+    #: rows of the cross-network counts kept (per table)
     max_entries: int = 8192
     #: how long after its last origin-wide answer a failure's onset is carried in the
     #: notes of every answer (:mod:`~pathsentry.detectors.injection_onset`; keep it at
