@@ -84,6 +84,15 @@ def _slow_room(names: list[str], t0: float, pace: float) -> list[Enriched]:
             for i, name in enumerate(names)]
 
 
+def assert_room_found_by_its_fifth_login(before: list[Enriched], room: list[Enriched],
+                                         names: list[str]) -> None:
+    """An alert naming the room's accounts comes by its fifth login, after ``before``."""
+    found = _feed(before + room)
+    first_room = next((t for t, f in found if any(
+        set(a.accounts) & set(names) for a in f.alerts)), None)
+    assert first_room is not None and first_room <= room[4].ts
+
+
 def test_a_slow_name_less_room_beside_a_named_farm_is_found_by_its_fifth_login() -> None:
     """A small world's hosting class has seen little but a named farm: its fifteen
     logins are no background for the room on the other exit, which is judged against
@@ -91,10 +100,7 @@ def test_a_slow_name_less_room_beside_a_named_farm_is_found_by_its_fifth_login()
     named = _named_farm(15, 0.0, 60.0)
     names = random_names(random.Random(71), 10)
     room = _slow_room(names, 1800.0, 330.0)
-    found = _feed(named + room)
-    first_room = next((t for t, f in found if any(
-        set(a.accounts) & set(names) for a in f.alerts)), None)
-    assert first_room is not None and first_room <= room[4].ts
+    assert_room_found_by_its_fifth_login(named, room, names)
     _, alerts = run(named + room)
     groups = farm_alerts(alerts)
     assert len(groups) == 2
@@ -191,9 +197,6 @@ def test_a_found_rooms_logins_leave_the_background_of_the_next_room() -> None:
             for i, name in enumerate(fast_names)]
     names = random_names(random.Random(80), 10)
     room = _slow_room(names, 1200.0, 330.0)
-    found = _feed(fast + room)
-    first_room = next((t for t, f in found if any(
-        set(a.accounts) & set(names) for a in f.alerts)), None)
-    assert first_room is not None and first_room <= room[4].ts
+    assert_room_found_by_its_fifth_login(fast, room, names)
     groups = farm_alerts(run(fast + room)[1])
     assert sorted(len(set(a.accounts)) for a in groups) == [10, 15]
