@@ -57,8 +57,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from statistics import median
 from typing import Any
+
+from pathsentry.detectors.physics import MAD_SIGMA, mad, median
 
 __all__ = ["HandshakeJudgement", "HandshakeSettings", "Handshakes"]
 
@@ -155,7 +156,7 @@ class Handshakes:
         usual = limit = None
         if len(rtts) >= s.handshake_min:
             usual = median(rtts)
-            spread = max(1.4826 * median(abs(r - usual) for r in rtts),
+            spread = max(MAD_SIGMA * mad(rtts),
                          sum(rtts) / len(rtts) - min(rtts), s.handshake_rtt_share * usual)
             limit = usual + max(s.handshake_rtt_z * spread, self.floor_ms)
         rtt_farther = limit is not None and connect_ms is not None and connect_ms > limit

@@ -15,6 +15,7 @@ great circle.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 __all__ = [
     "ACCESS_FLOOR_MS",
@@ -103,6 +104,24 @@ def interpolated(s: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return quantile(values, 0.5)
+
+
+#: a normal distribution's standard deviation per median absolute deviation
+MAD_SIGMA = 1.4826
+
+
+def mad(xs: Sequence[float]) -> float:
+    """Median absolute deviation from the median (0 when empty).
+
+    >>> mad([40.0, 41.0, 43.0, 90.0])
+    1.5
+    """
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    med = (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+    d = sorted(abs(x - med) for x in s)
+    return (d[(len(d) - 1) // 2] + d[len(d) // 2]) / 2
 
 
 def destination_point(

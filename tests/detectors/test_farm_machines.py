@@ -8,9 +8,10 @@ import random
 from datetime import timedelta
 
 from pathsentry.detectors.base import Enriched
-from pathsentry.detectors.farm.exits import address_share, machine_centred, mad, on_shared_addresses
+from pathsentry.detectors.farm.exits import address_share, machine_centred, on_shared_addresses
 from pathsentry.detectors.farm.machines import drop, leave, machine_share, on_shared_machines, put
 from pathsentry.detectors.farm.model import Member, Partition
+from pathsentry.detectors.physics import mad
 from tests.detectors.test_farm import T0, farm_alerts, random_names, run, trace
 from tests.detectors.test_farm import login as plain_login
 from tests.detectors.test_farm_families import HOSTING, login, samples

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pathsentry.detectors.farm.background import burst_p, expected
-from pathsentry.detectors.farm.exits import address_share, band, mad, on_shared_addresses
+from pathsentry.detectors.farm.exits import address_share, band, on_shared_addresses
 from pathsentry.detectors.farm.families import family, serial_regularity
 from pathsentry.detectors.farm.hops import hop_evidence, judge
 from pathsentry.detectors.farm.lines import is_line, line_evidence
@@ -38,6 +38,7 @@ from pathsentry.detectors.farm.model import (
 from pathsentry.detectors.farm.ranges import on_unused, others_of, unused_share
 from pathsentry.detectors.farm.suspicion import rtt_suspected, suspected
 from pathsentry.detectors.names import cohesion, consecutive_runs
+from pathsentry.detectors.physics import MAD_SIGMA, mad
 from pathsentry.schemas import Alert, FlaggedEvent, severity_for
 
 __all__ = ["alert", "evidence_accounts", "features", "flag", "group_span", "origin", "score"]
@@ -214,7 +215,7 @@ def origin(ms: list[Member], s: FarmSettings) -> dict[str, Any]:
     return {
         "median_app_rtt_ms": rtts[len(rtts) // 2] if rtts else None,
         "app_rtt_range_ms": [rtts[0], rtts[-1]] if rtts else None,
-        "app_rtt_spread_ms": round(mad(rtts) * 1.4826, 2) if rtts else None,
+        "app_rtt_spread_ms": round(mad(rtts) * MAD_SIGMA, 2) if rtts else None,
         "min_rtt_noise_ms": round(jits[len(jits) // 2], 2) if jits else None,
         "band_tolerance_ms": round(learned.tolerance, 2),
         "servers": _top(Counter([x.server for x in ms if x.server]),

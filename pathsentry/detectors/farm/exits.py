@@ -56,6 +56,7 @@ from pathsentry.detectors.farm.model import (
     Member,
     Partition,
 )
+from pathsentry.detectors.physics import MAD_SIGMA, mad
 
 __all__ = [
     "MIN_BACKGROUND",
@@ -70,7 +71,6 @@ __all__ = [
     "jitter",
     "kindred",
     "machine_centred",
-    "mad",
     "network_of",
     "on_shared_addresses",
     "patterns_of",
@@ -78,7 +78,6 @@ __all__ = [
     "stands_out",
 ]
 
-_MAD_SIGMA = 1.4826
 #: Network kinds (``GeoInfo.kind``) whose exits are whole ASes (:func:`exit_of`).
 SHARED_EXIT_KINDS = frozenset({"hosting", "datacenter", "relay"})
 #: Background RTTs enough to judge a band against, whatever the candidate's size.
@@ -145,20 +144,6 @@ def jitter(samples: Sequence[float]) -> float | None:
         return None
     xs = sorted(samples)
     return (xs[n // 2] - xs[0]) * 2 / (n - 1)
-
-
-def mad(xs: Sequence[float]) -> float:
-    """Median absolute deviation from the median (0 when empty).
-
-    >>> mad([40.0, 41.0, 43.0, 90.0])
-    1.5
-    """
-    if not xs:
-        return 0.0
-    s = sorted(xs)
-    med = (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
-    d = sorted(abs(x - med) for x in s)
-    return (d[(len(d) - 1) // 2] + d[len(d) // 2]) / 2
 
 
 def patterns_of(part: Partition, m: Member) -> tuple[str, ...]:
@@ -238,11 +223,11 @@ def band(ms: Sequence[Member], s: FarmSettings) -> Band:
     jits = sorted(x.jitter for x in ms if x.jitter is not None)
     servers = Counter([x.server for x in ms if x.server])
     med = rtts[len(rtts) // 2] if rtts else None
-    tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * _MAD_SIGMA * mad(rtts),
+    tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * MAD_SIGMA * mad(rtts),
               s.rtt_spread_k * (jits[len(jits) // 2] if jits else 0.0))
     tcps = sorted(x.tcp for x in ms if x.tcp is not None)
     tcp_med = tcps[len(tcps) // 2] if 2 * len(tcps) >= len(ms) else None
-    tcp_tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * _MAD_SIGMA * mad(tcps), tol / 2)
+    tcp_tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * MAD_SIGMA * mad(tcps), tol / 2)
     return Band(med, tol, servers.most_common(1)[0][0] if servers else None, tcp_med, tcp_tol)
 
 
@@ -286,7 +271,7 @@ def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Seq
     ours = machine_centred(cand)
     if len(theirs) < max(2, min(len(ours), MIN_BACKGROUND)):
         return True
-    return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / _MAD_SIGMA
+    return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / MAD_SIGMA
 
 
 def on_shared_addresses(ms: Sequence[Member]) -> list[Member]:
