@@ -1,7 +1,9 @@
 """RTT excess in the class's learned tail (:func:`pathsentry.detectors.farm.suspicion.rtt_suspected`):
 a family's batch on residential proxies whose logins each carry more latency than the
 exit's place and history explain, where the class's background rarely does -- and its
-hard negatives (friends who signed up together, a rural population, no history)."""
+hard negatives (friends who signed up together, a rural population, no history) -- and
+the documented prior that judges a class before its own logins have taught the tail
+(:func:`pathsentry.detectors.farm.suspicion.excess_prior`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,12 @@ import random
 
 from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.farm.model import Member, Pool
-from pathsentry.detectors.farm.suspicion import count_excess, excess_bin, rtt_suspected
+from pathsentry.detectors.farm.suspicion import (
+    count_excess,
+    excess_bin,
+    excess_prior,
+    rtt_suspected,
+)
 from tests.detectors.test_farm import detector, farm_alerts, random_names, run
 from tests.detectors.test_farm_families import KT, SKB, login, samples
 
@@ -46,8 +53,13 @@ def _batch(names: list[str], excess: float, rng: random.Random) -> list[Enriched
             for i, n in enumerate(names)]
 
 
-def _by_fifth(events: list[Enriched], batch: list[Enriched]) -> list:
-    return farm_alerts(run([e for e in events if e.ts <= batch[4].ts])[1])
+def _by_fifth(events: list[Enriched], batch: list[Enriched], **settings: object) -> list:
+    dets = [detector(**settings)] if settings else None
+    return farm_alerts(run([e for e in events if e.ts <= batch[4].ts], dets)[1])
+
+
+#: no prior: the class judges by its own logins alone
+NO_PRIOR = {"excess_prior_logins": 0}
 
 
 def test_a_batch_in_the_excess_tail_is_found_by_the_fifth_login() -> None:
@@ -83,10 +95,43 @@ def test_a_rural_population_whose_excesses_are_all_large_teaches_a_high_tail() -
     assert _by_fifth(_background(rng, 300, 4.0, centre=25.0) + batch, batch) == []
 
 
-def test_a_batch_in_the_excess_tail_with_no_history_is_not_suspected() -> None:
+def test_a_batch_in_the_excess_tail_with_no_history_is_judged_by_the_prior() -> None:
+    """The detector's first logins: five of a family 25 ms over what their exits explain
+    lie far in the prior's tail (an honest line's excess spread as its access latency
+    varies, 6 ms), so the batch is one group by its fifth login; without the prior a class
+    with no history suspects nothing."""
     rng = random.Random(84)
     batch = _batch(NAMES, 25.0, rng)
-    assert _by_fifth(batch, batch) == []
+    (alert,) = _by_fifth(batch, batch)
+    assert set(alert.accounts) == set(NAMES[:5])
+    relay = alert.evidence["relay"]
+    assert relay["flagged_accounts"] == 0 and relay["excess_tail_accounts"] == 5
+    assert 5 <= relay["learned_excess_threshold_ms"] <= 15
+    assert relay["excess_tail_p"] <= 1e-4
+    assert _by_fifth(batch, batch, **NO_PRIOR) == []
+
+
+def test_friends_with_no_history_are_inside_the_prior() -> None:
+    """Friends who signed up together in the detector's first minutes: their excesses
+    (a few ms either way) sit inside the prior, no group."""
+    rng = random.Random(87)
+    batch = _batch(NAMES, 0.0, rng)
+    assert farm_alerts(run(batch)[1]) == []
+
+
+def test_the_prior_fades_as_the_class_teaches_its_own_tail() -> None:
+    """A rural population, every line 25 ms over the physics: a hundred of its logins
+    outweigh the prior and the tail moves above them; the prior's own tail starts near
+    10 ms, what an honest access's variation reaches one login in twenty."""
+    rng = random.Random(88)
+    batch = _batch(NAMES, 25.0, rng)
+    assert _by_fifth(_background(rng, 100, 4.0, centre=25.0) + batch, batch) == []
+    pool = Pool()
+    high = [Member(f"h{i}", f"h{i}", 0.0, None, None, "", "", relay_excess_ms=12.0,
+                   access="residential") for i in range(5)]
+    ok, k, threshold, share, p = rtt_suspected(pool, high, 0.95, 1e-4, excess_prior(6.0, 100.0))
+    assert ok and k == 5 and threshold == 10 and 0.04 < share < 0.06 and p < 1e-4
+    assert rtt_suspected(pool, high, 0.95, 1e-4, excess_prior(6.0, 0.0))[:2] == (False, 0)
 
 
 def test_the_histogram_counts_home_lines_and_the_threshold_is_a_learned_quantile() -> None:
@@ -137,14 +182,17 @@ def _quiet_batch() -> list[Enriched]:
     return out
 
 
-def test_a_batch_in_a_quiet_worlds_first_minutes_waits_for_the_history_to_judge_it() -> None:
-    """Three home-line logins before the batch (a quiet world's first hour): five of five
-    above them is a 1-in-56 chance whatever order they came in, no evidence at
-    ``max_burst_p``; after fifteen quiet logins (the beta-binomial tail of 5 of 5 above
-    0 of 15 is 4.9e-05; thirteen are the fewest that pass) the same batch is one group
-    by its fifth login."""
+def test_a_batch_in_a_quiet_worlds_first_minutes_is_judged_by_the_prior() -> None:
+    """Three home-line logins before the batch (a quiet world's first hour): without the
+    prior, five of five above them is a 1-in-56 chance whatever order they came in, no
+    evidence at ``max_burst_p``, and the batch waits for fifteen quiet logins (the
+    beta-binomial tail of 5 of 5 above 0 of 15 is 4.9e-05; thirteen are the fewest that
+    pass); with it, the batch's 30-60 ms excesses lie in the prior's tail, one group by
+    its fifth login either way."""
     rng = random.Random(86)
     batch = _quiet_batch()
-    assert _by_fifth(_background(rng, 3, 2.0, centre=-4.0) + batch, batch) == []
-    (alert,) = _by_fifth(_background(rng, 15, 2.0, centre=-4.0) + batch, batch)
+    assert _by_fifth(_background(rng, 3, 2.0, centre=-4.0) + batch, batch, **NO_PRIOR) == []
+    (alert,) = _by_fifth(_background(rng, 15, 2.0, centre=-4.0) + batch, batch, **NO_PRIOR)
+    assert set(alert.accounts) == {f"zhanshi_{c}" for c in "abcde"}
+    (alert,) = _by_fifth(_background(rng, 3, 2.0, centre=-4.0) + batch, batch)
     assert set(alert.accounts) == {f"zhanshi_{c}" for c in "abcde"}

@@ -36,7 +36,7 @@ from pathsentry.detectors.farm.model import (
     _utc,
 )
 from pathsentry.detectors.farm.ranges import on_unused, others_of, unused_share
-from pathsentry.detectors.farm.suspicion import rtt_suspected, suspected
+from pathsentry.detectors.farm.suspicion import excess_prior, rtt_suspected, suspected
 from pathsentry.detectors.names import cohesion, consecutive_runs
 from pathsentry.detectors.physics import MAD_SIGMA, mad
 from pathsentry.schemas import Alert, FlaggedEvent, severity_for
@@ -155,8 +155,9 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
         _, scored, share, tail_p = suspected(part.pool, ms, s.max_burst_p)
         evidence["relay"].update({"scored_accounts": scored,
                                   "learned_scored_share": share, "scored_tail_p": tail_p})
-        _, high, limit, share, tail_p = rtt_suspected(part.pool, ms, s.excess_quantile,
-                                                      s.max_burst_p)
+        _, high, limit, share, tail_p = rtt_suspected(
+            part.pool, ms, s.excess_quantile, s.max_burst_p,
+            excess_prior(s.excess_prior_sd_ms, s.excess_prior_logins))
         evidence["relay"].update({"excess_tail_accounts": high,
                                   "learned_excess_threshold_ms": limit,
                                   "learned_excess_tail_share": share,

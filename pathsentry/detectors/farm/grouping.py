@@ -390,8 +390,9 @@ class Grouping:
             # background explains stand for the flags (:mod:`.suspicion`)
             evidence = evidence or (regular and (
                 suspicion.suspected(part.pool, cand, s.max_burst_p)[0]
-                or suspicion.rtt_suspected(part.pool, cand, s.excess_quantile,
-                                           s.max_burst_p)[0]))
+                or suspicion.rtt_suspected(part.pool, cand, s.excess_quantile, s.max_burst_p,
+                                           suspicion.excess_prior(s.excess_prior_sd_ms,
+                                                                  s.excess_prior_logins))[0]))
             if pattern == part.key:
                 # the whole family, no shared exit: serials that run, and relay/route
                 # evidence or few machines (a batch on residential proxies of several

@@ -94,6 +94,15 @@ class FarmSettings:
     #: a login's RTT excess is in its class's tail above this learned quantile of the
     #: class's excesses (:func:`.suspicion.rtt_suspected`)
     excess_quantile: float = 0.95
+    #: the deviation (ms) of an honest home line's RTT excess the class's prior assumes
+    #: before its own logins teach the tail: the relay detector's expectation holds a
+    #: home line's typical access latency, and a line's access varies around it by about
+    #: that much (:data:`pathsentry.detectors.physics.ACCESS_TYPICAL_MS`, residential:
+    #: 6 ms; the prior's tail at ``excess_quantile`` then starts near 10 ms)
+    excess_prior_sd_ms: float = 6.0
+    #: the weight of that prior, in logins of the class (0: no prior, a class with
+    #: little history suspects nothing; :func:`.suspicion.excess_prior`)
+    excess_prior_logins: float = 100.0
 
 
 def settings_from(raw: Mapping[str, Any]) -> FarmSettings:

@@ -60,8 +60,10 @@ nothing until the class has taught its share).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 
 from pathsentry.detectors.farm.exits import SHARED_EXIT_KINDS
 from pathsentry.detectors.farm.lines import LINE_KINDS
@@ -69,7 +71,7 @@ from pathsentry.detectors.farm.model import Member, Pool
 from pathsentry.detectors.injection_counts import beta_binomial_sf
 
 __all__ = ["EXCESS_BINS", "EXCESS_LO_MS", "MAX_SEEN", "SCORED_KINDS", "count", "count_excess",
-           "excess_bin", "rtt_suspected", "suspected", "tail", "uncount"]
+           "excess_bin", "excess_prior", "rtt_suspected", "suspected", "tail", "uncount"]
 
 #: logins counted before both counts are halved
 MAX_SEEN = 4096.0
@@ -166,22 +168,50 @@ def suspected(pool: Pool | None, ms: Sequence[Member], max_p: float
     return p <= max_p, k, round((scored + 1.0) / (seen + 2.0), 4), float(f"{p:.3g}")
 
 
-def rtt_suspected(pool: Pool | None, ms: Sequence[Member], q: float, max_p: float
-                  ) -> tuple[bool, int, int | None, float, float]:
+@functools.lru_cache(maxsize=8)
+def excess_prior(sd_ms: float, weight: float) -> tuple[float, ...]:
+    """The documented prior of a class's RTT excesses, as pseudo-counts of the histogram:
+    ``weight`` logins spread as a normal of mean 0 and deviation ``sd_ms`` (the relay
+    detector's expectation already holds a home line's typical access latency, and an
+    honest line's access varies around it by about as much as that latency: see
+    ``excess_prior_sd_ms``). Empty when ``weight`` or ``sd_ms`` is not positive.
+
+    >>> h = excess_prior(6.0, 50.0)
+    >>> round(sum(h), 6), round(sum(h[excess_bin("residential", 10.0):]), 2)
+    (50.0, 2.39)
+    """
+    if not (weight > 0.0 and sd_ms > 0.0):
+        return ()
+    root2 = math.sqrt(2.0) * sd_ms
+
+    def below(x: float) -> float:  # P(excess < x) under the prior
+        return 0.5 * (1.0 + math.erf(x / root2))
+
+    edges = [below(float(b + 1 + EXCESS_LO_MS)) for b in range(EXCESS_BINS - 1)]
+    cdf = [0.0, *edges, 1.0]
+    return tuple(weight * (hi - lo) for lo, hi in pairwise(cdf))
+
+
+def rtt_suspected(pool: Pool | None, ms: Sequence[Member], q: float, max_p: float,
+                  prior: Sequence[float] = ()) -> tuple[bool, int, int | None, float, float]:
     """Whether more of the logins ``ms`` carry an RTT excess in the class's learned tail
     than the class's background does: ``(suspected, k, threshold ms, learned share at or
     above it, tail probability)``. The threshold is the lowest 1-ms bin above which at
     most ``1 - q`` of the class's excesses lie (the candidate's own counted logins taken
-    out); ``k`` of the ``n`` logins at or above it are judged by the beta-binomial tail
-    of :func:`tail` on the learned share -- a class with little history suspects
-    nothing, and one whose excesses are all alike has no tail to be in."""
-    if pool is None or not pool.excess:
+    out; the ``prior`` pseudo-counts of :func:`excess_prior` added, whose weight the
+    class's own logins outgrow); ``k`` of the ``n`` logins at or above it are judged by
+    the beta-binomial tail of :func:`tail` on the learned share -- a class with little
+    history and no prior suspects nothing, and one whose excesses are all alike has no
+    tail to be in."""
+    if (pool is None or not pool.excess) and not prior:
         return False, 0, None, 0.0, 1.0
-    h = list(pool.excess)
+    h = list(pool.excess) if pool is not None and pool.excess else [0.0] * EXCESS_BINS
     for x in ms:  # the candidate's own logins, counted through their exits: out
         b = _excess_bin(x)
         if b is not None and h[b] >= 1.0:
             h[b] -= 1.0
+    if prior:
+        h = [a + b for a, b in zip(h, prior, strict=True)]
     total = sum(h)
     limit, above, t = (1.0 - q) * total, 0.0, EXCESS_BINS
     for b in range(EXCESS_BINS - 1, -1, -1):
