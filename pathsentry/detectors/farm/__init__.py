@@ -153,8 +153,10 @@ Farms and crowds -- which signal separates each hard negative:
   only beside serials that run).
 - **Friends who signed up together** (consecutive default names, each at home on a
   machine of their own): serials run, but nothing is shared but an address or two, and
-  their logins carry relay scores no more often than the class's background
-  (:mod:`.suspicion`; a class with little history suspects nothing).
+  their logins carry relay scores no more often than the class's background, and RTT
+  excesses in its tail no more often either (:mod:`.suspicion`; a class with little
+  history suspects nothing by relay score, and judges excesses by the documented prior
+  of an honest line's, a few ms either way).
 - **Family names** (``minsu_kim``/``minsu_park``): no mark, no family.
 
 Cold partitions. A partition with little history (the detector's first hour, an
@@ -196,13 +198,17 @@ share no family, has nothing left to be found by but its accounts per home line;
 farm that reuses a popular stem (``shadow…``) can take an honest ``shadow`` player
 whose number happens to continue its serials; a family batch on home lines of several
 ISPs, relay-flagged on fewer than ``min_size`` of it and not crowded onto few machines,
-is found by the relay-score and RTT-excess tails alone (:mod:`.suspicion`), which need
-history: five of five above the class's home-line logins pass ``max_burst_p`` from 13
-of those on (the beta-binomial tail of 5 of 5 above 0 of 13 is 8.6e-05; above 3 of
-them it is 1 in 56 for any judge learned from the traffic alone, every order of the
-eight logins being equally likely for a crowd), so in a quiet world's first hour such
-a batch is no group -- no prior share or threshold in ms is assumed for it (a rural
-population's lines are all slow, a crowd's first logins may all carry a relay score);
+is found by the relay-score and RTT-excess tails alone (:mod:`.suspicion`): the
+relay-score tail needs history (five of five above the class's home-line logins pass
+``max_burst_p`` from 13 of those on: the beta-binomial tail of 5 of 5 above 0 of 13 is
+8.6e-05; above 3 of them it is 1 in 56 for any judge learned from the traffic alone,
+every order of the eight logins being equally likely for a crowd -- no prior share is
+assumed for it, a crowd's first logins may all carry a relay score), while the excess
+tail starts from a documented prior of an honest line's excess (``excess_prior_sd_ms``,
+weighted as ``excess_prior_logins`` logins), so a batch far over its exits' expectation
+is judged in a quiet world's first hour -- and friends on rural lines, all 25 ms over,
+who sign up together in a class's first minutes are judged by that prior too, until a
+hundred or so of the class's logins have taught its tail;
 logins that failed are never members (a failed login opens no session), so a batch of
 five with one failed login is four accounts to the detector.
 

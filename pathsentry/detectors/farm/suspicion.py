@@ -33,12 +33,23 @@ bin above which at most ``1 - excess_quantile`` of them lie (documented default:
 logins at or above it by the same beta-binomial tail. It too stands for relay evidence
 only beside serials that run. Friends who signed up together carry the class's own
 excesses (a few in its tail by chance, never five of five), and a population whose
-every line is slow (rural DSL) teaches a tail above them; a class with little history
-suspects nothing.
+every line is slow (rural DSL) teaches a tail above them once its logins outweigh the
+prior.
+
+Before the class has taught its tail, a documented prior stands in for it
+(:func:`excess_prior`): pseudo-counts of the histogram, ``excess_prior_logins`` logins
+(default 100, the weight of the other priors) spread as a normal of deviation
+``excess_prior_sd_ms`` around 0 -- the relay detector's expectation already holds a home
+line's typical access latency (6 ms, :data:`~pathsentry.detectors.physics.ACCESS_TYPICAL_MS`)
+and an honest line's access varies around it by about that much, so the prior's tail
+at the 0.95 quantile starts near 10 ms. A batch far out of that (a room abroad, 15-60
+ms over on every login) is judged from the detector's first minutes; the class's own
+logins outgrow the prior (after a few hundred, the learned quantile is the class's).
 
 The counts are halved once they pass :data:`MAX_SEEN`; they are learned per worker and
-not saved (a restarted worker starts from the uninformed prior, which suspects
-nothing until the class has taught its share).
+not saved (a restarted worker starts from the priors: the relay-score share's
+uninformed one, which suspects nothing until the class has taught its share, and the
+excess prior above).
 
 >>> from pathsentry.detectors.farm.model import Member, Pool
 >>> pool = Pool()
