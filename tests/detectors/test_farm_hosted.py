@@ -146,3 +146,41 @@ def test_a_service_spread_over_many_24s_is_never_a_group() -> None:
     rng = random.Random(79)
     _, alerts = run(_service_users(rng, 6 * 3600.0, 40.0, list(range(1, 61))))
     assert farm_alerts(alerts) == []
+
+
+def _moved_users(rng: random.Random, t0: float, n: int, every: float, subnet: int
+                 ) -> list[Enriched]:
+    """``n`` of a VPN service's users arriving one every ``every`` s on average from
+    ``t0`` through ``45.76.<subnet>.0/24``, a /24 none of its users came through before
+    (the service moved them onto a new exit host), each on a machine and an exit address
+    of its own, RTTs from all over."""
+    out, t = [], t0
+    for i, name in enumerate(random_names(rng, n)):
+        t += rng.expovariate(1 / every)
+        out.append(login(name, t, f"45.76.{subnet}.{10 + i}", HOSTING,
+                         samples(rng, rng.uniform(20.0, 200.0), 2.0), relay=True))
+    return out
+
+
+def test_a_services_users_moved_onto_a_new_24_at_once_are_never_a_group() -> None:
+    """A failover: after two hours through two /24s, the service's users come through a
+    /24 of the range none of them used, eight within about four minutes -- as unused a /24
+    as a room's, and as sudden; but they come from everywhere (their RTTs spread as the
+    exit's other users' do), where a room's machines sit together."""
+    rng = random.Random(80)
+    service = _service_users(rng, 7200.0, 180.0, [1, 2])
+    moved = _moved_users(rng, 7200.0, 8, 25.0, 9)
+    assert moved[-1].ts - moved[0].ts < 300.0
+    _, alerts = run(service + moved)
+    assert farm_alerts(alerts) == []
+
+
+def test_a_busy_service_adding_a_24_to_its_rotation_is_never_a_group() -> None:
+    """A busy service (one user every 40 s) that starts sending its new users through a
+    /24 none of them used before: every arrival after the switch is through an unused
+    /24, at the exit's own rate, from everywhere."""
+    rng = random.Random(81)
+    service = _service_users(rng, 7200.0, 40.0, [1, 2])
+    moved = _moved_users(rng, 7200.0, 60, 40.0, 9)
+    _, alerts = run(service + moved)
+    assert farm_alerts(alerts) == []

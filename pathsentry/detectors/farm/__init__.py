@@ -139,7 +139,11 @@ Farms and crowds -- which signal separates each hard negative:
   unused one, so a room through /24s of its own stands out from its first logins,
   while a service spread over many /24s (many seen once) teaches a large one and no
   clump of its users through unused /24s surprises (:mod:`.ranges`; a handful of
-  other users' /24s teaches nothing). Allow-listed game relays and cloud gaming never
+  other users' /24s teaches nothing). A service that moves its users onto a /24 they
+  never used (a failover, a new exit host in its rotation) brings them through an unused
+  /24 in a burst, or at its own rate: they still come from everywhere, their RTTs spread
+  as the exit's other users' do, and the unused-/24 judge takes only members whose RTTs
+  stand out of those. Allow-listed game relays and cloud gaming never
   reach ``net:``.
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
   stays within the learned accounts-per-line limit and its machines never leave its

@@ -25,7 +25,19 @@ and are a burst when the Poisson probability of that many arrivals against the e
 expected count (:func:`~pathsentry.detectors.farm.background.expected`, thinned by the
 band's share of the others' RTTs and by the unused share) stays below
 ``max_burst_p``; paced minutes apart (``window_s``) they must also crowd onto few
-machines or addresses, as every name-less candidate must. A partition whose background
+machines or addresses, as every name-less candidate must; and their RTTs (each shared
+machine's centred, :func:`~pathsentry.detectors.farm.exits.machine_centred`) must stand
+out of the exit's other users' (:func:`~pathsentry.detectors.farm.exits.stands_out`: a
+spread at most ``rtt_background_ratio`` of theirs). An unused /24 is what a room rents,
+but also what a service's own users come through when it moves them onto a new exit host
+(a failover: a burst of its users, their sessions dropped at once) or adds a /24 to its
+rotation (every new user through it at the exit's own rate): the learned unused share,
+taught by the weeks before the move, then says nothing about the users after it, and
+only where they come from tells them apart -- from everywhere, spread as the exit's
+other users are, where a room's machines sit together. A room whose machines each have
+an access of their own as far apart as the service's users (tens of ms) is not taken by
+this judge; its machines or hosts repeating is (the machine and address judges). A
+partition whose background
 predicts no arrival at all (no history, no class prior) gives no verdict: a first
 hour's few users are no evidence of a rate.
 
@@ -45,7 +57,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from pathsentry.detectors.farm.background import burst_p, expected
-from pathsentry.detectors.farm.exits import Band
+from pathsentry.detectors.farm.exits import Band, stands_out
 from pathsentry.detectors.farm.machines import crowded
 from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 from pathsentry.detectors.farm.suspicion import tail
@@ -130,5 +142,9 @@ def private_burst(part: Partition, pattern: str, inside: Sequence[Member], b: Ba
     if p > s.max_burst_p:
         return None
     if span > s.burst_s and not crowded(ms):
+        return None
+    # a room's machines sit a few ms apart; a service's users moved onto a new /24 of the
+    # range at once (a failover, a new exit host) come from everywhere
+    if not stands_out(ms, others, part.bg_rtts, s):
         return None
     return PrivateBurst(ms, round(share, 4), round(lam, 4), p)
