@@ -484,25 +484,22 @@ def _far(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
     return _delta(probe) is not None and _quiet(probe, verdict, s)
 
 
-def _moved(verdict: Verdict, hs: HandshakeJudgement | None, timed: bool,
-           late: bool = False) -> bool:
+def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
     """Whether a suspect answer is another server's: its connection ended farther than
     its line's usual SYN-ACK, and no mark of a nearer box says otherwise (a race, a
     first byte sooner than the round trip). An answer TTL nearer than its own SYN-ACK's
-    by more than the origin's relation is the other box's own relation only when that
-    SYN-ACK's TTL says farther and the first byte was timed (``timed``: a handshake of
-    at least ``min_connect_ms``) and came no sooner than the round trip; else a box
-    on the path forged into the connection wherever it ended. A SYN-ACK judged only
-    against the origin's other lines (the line's own not learned: a line farther than
-    every line learned so far looks the same) counts only with a first byte that could
-    have shown a nearer box and came no sooner than the round trip (``late``,
-    :func:`_late`)."""
+    by more than the origin's relation is the other box's own relation only when the
+    first byte could have shown a nearer box and came no sooner than the round trip of
+    that farther handshake (``late``, :func:`_late`: a box nearer than where the
+    connection ended would have answered within its own, shorter, round trip); else
+    a box on the path forged into the connection wherever it ended. A SYN-ACK judged
+    only against the origin's other lines (the line's own not learned: a line farther
+    than every line learned so far looks the same) counts only on a ``late`` answer."""
     if hs is None or not hs.moved or not verdict.suspect:
         return False
     if hs.level != "line" and not late:
         return False
-    relation_own = hs.ttl_farther and timed
-    return not any(e.code in NEARER or (e.code == "ttl_delta" and not relation_own and
+    return not any(e.code in NEARER or (e.code == "ttl_delta" and not late and
                                         e.detail["delta"] > max(e.detail["expected_deltas"]))
                    for e in verdict.evidence)
 
@@ -548,8 +545,7 @@ class InjectionDetector(Detector):
         delta = _delta(probe)
         hs = (self.handshakes.judge(host, ev.prefix, syn_ack, probe.connect_ms)
               if self.handshakes.s.handshake_moves else None)
-        moved = _moved(verdict, hs, probe.ttfb_ms is not None and probe.connect_ms is not None
-                       and probe.connect_ms >= s.min_connect_ms, _late(probe, verdict, s))
+        moved = _moved(verdict, hs, _late(probe, verdict, s))
         quiet = _quiet(probe, verdict, s)
         # (no TTLs, a first byte no sooner than the round trip: nothing places the box)
         unplaced = verdict.suspect and quiet and delta is None and not s.flag_unplaced

@@ -105,6 +105,26 @@ def test_a_farther_box_may_answer_at_its_own_ttl_relation_when_timed() -> None:
     assert flag is None and notes["moved"]
 
 
+@pytest.mark.parametrize(("syn_ack", "connect_ms", "ttfb_ms", "moved"), [
+    (52, 31.0, 46.0, True),  # as many hops, a handshake 2.5 times longer, first byte after it
+    (52, 31.0, 8.0, False),  # ...first byte sooner than that round trip: a nearer box
+    (49, 1.0, 16.0, True),  # three hops farther on a 1 ms line, first byte 15 ms after it
+    (49, 1.0, 1.5, False),  # ...first byte within the jitter of that short handshake
+])
+def test_a_farther_box_answers_at_its_own_relation_after_its_round_trip(
+        syn_ack: int, connect_ms: float, ttfb_ms: float, moved: bool) -> None:
+    """An answer one TTL above its SYN-ACK's, on a connection that ended farther than
+    the line's usual one (by its TTL or its handshake's length): a box nearer than where
+    it ended would have answered within its own shorter round trip, so a first byte
+    after the whole round trip (on a handshake too short to time, later than it by
+    ``min_connect_ms``) makes it the far box's own relation; sooner, a forging box's."""
+    h = learned(connect_ms=12.0 if connect_ms > 2 else 1.0)
+    flag, notes = answer(h, syn_ack, connect_ms, ttfb_ms=ttfb_ms,
+                         ttl={"syn_ack": syn_ack, "response": syn_ack + 1})
+    assert (flag is None) == moved and notes["moved"] == moved
+    assert notes["handshake"]["ttl_farther"] or notes["handshake"]["rtt_farther"]
+
+
 def test_a_nearer_handshake_is_a_proxy_not_a_move() -> None:
     """A SYN-ACK with more TTL left than the line's usual one came from a box nearer
     than the server (a proxy on the path), however long the handshake."""
