@@ -34,6 +34,13 @@ on port 443 is not) are the control
 and the origin's teachers: never flagged, their path evidence is recorded so the cell
 stage can contrast them, and their answers teach the origin's marks.
 
+A suspect answer that shows no TTLs and whose first byte came no sooner than the round
+trip allows, with no race and no retransmission storm (``unplaced``), carries no path
+mark but the origin's missing marks: another box answered, and nothing says it sits
+nearer than the server (a forging box races the origin's answer; a box of the origin's
+own answers from where the server is or farther). It is recorded, not flagged
+(``flag_unplaced`` flags it); its signature is still a witness for other networks'.
+
 A suspect answer whose SYN-ACK came from farther than its line's usual one from that
 origin (:mod:`pathsentry.detectors.injection_handshake`: a failover moves the whole
 connection, a forging box only the answer), with no mark of a nearer box, is another
@@ -42,7 +49,7 @@ server's: not flagged, recorded in the notes (``moved``, ``handshake``).
 The verdict is left in ``Enriched.notes["injection"]`` for
 :mod:`pathsentry.detectors.injection_cells`.
 
-About 600 lines with the settings' comments: the evidence weights, the verdict and the
+About 670 lines with the settings' comments: the evidence weights, the verdict and the
 detector's consults of the learned tables (profiles, window, onsets, handshakes) are one
 decision, each table in a module of its own.
 
@@ -87,7 +94,13 @@ from pathsentry.detectors.injection_profile import (
     features_of,
 )
 from pathsentry.detectors.injection_saved import check_handshakes, check_onsets, check_profiles
-from pathsentry.detectors.injection_window import NetworkWindow, WindowSettings, signature
+from pathsentry.detectors.injection_window import (
+    QUIET,
+    TLS,
+    NetworkWindow,
+    WindowSettings,
+    signature,
+)
 from pathsentry.detectors.settings import load_settings
 from pathsentry.schemas import FlaggedEvent, HttpProbe
 
@@ -149,6 +162,10 @@ class InjectionSettings:
     min_connect_ms: float = 2.0
     #: This many retransmitted segments in one probe is a storm.
     retransmit_storm: int = 4
+    #: whether an answer without TTLs whose first byte came no sooner than the round trip
+    #: (no race, no storm) is flagged on the origin's missing marks and its content
+    #: alone: nothing places the box that answered nearer than the server
+    flag_unplaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,14 +450,23 @@ def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str
 NEARER = frozenset({"fast_answer", "seq_conflict", "retransmits"})
 
 
-def _far(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
-    """Whether the answer shows where it came from, and no box nearer than the origin:
-    its TTLs seen and at the origin's relation or farther, its first byte timed on a
-    handshake of at least ``min_connect_ms`` and no sooner than the round trip allows,
-    no race (missing marks alone say another box answered, not where it sits; an
-    answer without TTLs or with a handshake too short to time says neither)."""
-    if _delta(probe) is None or probe.ttfb_ms is None or probe.connect_ms is None \
-            or probe.connect_ms < s.min_connect_ms:
+def _late(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
+    """Whether the first byte was timed and came no sooner than the round trip allows:
+    on a handshake of at least ``min_connect_ms``, no ``fast_answer``; on a shorter one,
+    where timing jitter hides a nearer box's head start, later than the round trip by
+    ``min_connect_ms`` at least."""
+    if probe.ttfb_ms is None or probe.connect_ms is None:
+        return False
+    if probe.connect_ms < s.min_connect_ms:
+        return probe.ttfb_ms >= probe.connect_ms + s.min_connect_ms
+    return not any(e.code == "fast_answer" for e in verdict.evidence)
+
+
+def _quiet(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
+    """Whether the answer could have shown a box nearer than the origin and showed none:
+    :func:`_late`, no race, no retransmission storm, no TTL nearer than the origin's
+    relation."""
+    if not _late(probe, verdict, s):
         return False
     for e in verdict.evidence:
         if e.code in NEARER:
@@ -450,18 +476,30 @@ def _far(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
     return True
 
 
-def _moved(verdict: Verdict, hs: HandshakeJudgement | None, timed: bool) -> bool:
+def _far(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
+    """Whether the answer shows where it came from, and no box nearer than the origin:
+    :func:`_quiet`, its TTLs seen (missing marks alone say another box answered, not
+    where it sits; an answer without TTLs or with a handshake too short to time says
+    neither)."""
+    return _delta(probe) is not None and _quiet(probe, verdict, s)
+
+
+def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
     """Whether a suspect answer is another server's: its connection ended farther than
     its line's usual SYN-ACK, and no mark of a nearer box says otherwise (a race, a
     first byte sooner than the round trip). An answer TTL nearer than its own SYN-ACK's
-    by more than the origin's relation is the other box's own relation only when that
-    SYN-ACK's TTL says farther and the first byte was timed (``timed``: a handshake of
-    at least ``min_connect_ms``) and came no sooner than the round trip; else a box
-    on the path forged into the connection wherever it ended."""
+    by more than the origin's relation is the other box's own relation only when the
+    first byte could have shown a nearer box and came no sooner than the round trip of
+    that farther handshake (``late``, :func:`_late`: a box nearer than where the
+    connection ended would have answered within its own, shorter, round trip); else
+    a box on the path forged into the connection wherever it ended. A SYN-ACK judged
+    only against the origin's other lines (the line's own not learned: a line farther
+    than every line learned so far looks the same) counts only on a ``late`` answer."""
     if hs is None or not hs.moved or not verdict.suspect:
         return False
-    relation_own = hs.ttl_farther and timed
-    return not any(e.code in NEARER or (e.code == "ttl_delta" and not relation_own and
+    if hs.level != "line" and not late:
+        return False
+    return not any(e.code in NEARER or (e.code == "ttl_delta" and not late and
                                         e.detail["delta"] > max(e.detail["expected_deltas"]))
                    for e in verdict.evidence)
 
@@ -504,19 +542,27 @@ class InjectionDetector(Detector):
         anomaly = _anomaly(probe, verdict, content)
         path_anomaly = verdict.path_score >= s.flag_score
         syn_ack = None if probe.ttl is None else probe.ttl.syn_ack
+        delta = _delta(probe)
         hs = (self.handshakes.judge(host, ev.prefix, syn_ack, probe.connect_ms)
               if self.handshakes.s.handshake_moves else None)
-        moved = _moved(verdict, hs, probe.ttfb_ms is not None and probe.connect_ms is not None
-                       and probe.connect_ms >= s.min_connect_ms)
-        flagged = verdict.suspect and not moved
+        moved = _moved(verdict, hs, _late(probe, verdict, s))
+        quiet = _quiet(probe, verdict, s)
+        # (no TTLs, a first byte no sooner than the round trip: nothing places the box)
+        unplaced = verdict.suspect and quiet and delta is None and not s.flag_unplaced
+        flagged = verdict.suspect and not moved and not unplaced
         self.window.add(host, net, ev.ts, anomaly, flagged, tls=verdict.tls,
-                        tls_anomaly=path_anomaly, far=_far(probe, verdict, s))
+                        tls_anomaly=path_anomaly, far=quiet and delta is not None)
         sig = signature(probe.status, probe.server_header, probe.header_names)
-        if verdict.tls and anomaly is not None and sig is not None:
-            self.window.add_tls_signature(host, net, ev.ts, sig)
+        quiet = quiet and not verdict.tls  # (a TLS answer is a witness of its own)
+        if anomaly is not None and sig is not None and (verdict.tls or quiet):
+            self.window.add_signature(TLS if verdict.tls else QUIET, host, net, ev.ts, sig)
         witness = None if anomaly is None else self.window.tls_witness(host, net, ev.ts, sig)
+        quiet_witness = (self.window.witness(QUIET, host, net, ev.ts, sig)
+                         if anomaly is not None and quiet and self.window.s.quiet_witness
+                         else None)
         origin_wide = anomaly is not None and (
-            witness is not None or self.window.origin_wide(host, anomaly, ev.ts))
+            witness is not None or quiet_witness is not None
+            or self.window.origin_wide(host, anomaly, ev.ts))
         if origin_wide and anomaly is not None:
             self.onsets.seen(host, anomaly, ev.ts, self.window.onset(host, anomaly, ev.ts))
             if verdict.tls and path_anomaly:  # the origin's failure, not this path's
@@ -527,7 +573,6 @@ class InjectionDetector(Detector):
         base = None if verdict.tls else self.window.baseline(net, ev.ts)
         base_tls = None if verdict.tls else self.window.tls_baseline(net, ev.ts)
         suspect = flagged and not origin_wide
-        delta = _delta(probe)
         if anomaly is None and not verdict.suspect and probe.status is not None \
                 and probe.header_names is not None:  # the origin's usual answer
             self.handshakes.learn(host, ev.prefix, syn_ack, probe.connect_ms)
@@ -549,6 +594,7 @@ class InjectionDetector(Detector):
             "status": probe.status,
             "origin_wide": origin_wide,
             "tls_witness": witness,
+            "quiet_witness": quiet_witness,
             "anomaly": anomaly,
             "onsets": self.onsets.carried(ev.ts),
             "others": None if others is None else round(others, 4),
@@ -559,6 +605,7 @@ class InjectionDetector(Detector):
             "baseline_tls_n": None if base_tls is None else base_tls[1],
             "content": [e.code for e in content],
             "moved": moved,
+            "unplaced": unplaced,
             "handshake": None if hs is None else hs.detail(),
         }
         if not suspect:

@@ -28,12 +28,25 @@ tells whether a SYN-ACK came from farther than usual.
   handshake is taken to vary by a tenth at least), and never less than ``floor_ms``
   above the median (the detector's ``min_connect_ms``, 2 ms: below it, timing jitter
   dominates and a few samples of a 1 ms line do not make a 2 ms handshake a move).
+- **Borrowed from the origin** when the /24 has not learned ``handshake_min`` TTLs of
+  its own (a line heard from for the first time, or only by reporters that see no
+  TTLs): the SYN-ACK TTL is judged against the lowest of the lines of every network
+  that reached the origin (each line's lowest learned TTL, at least
+  ``handshake_lines`` (3) lines; the prior until then: not judged). A SYN-ACK below
+  every one of them came from farther than the origin's server has ever been from any
+  of its lines: the connection ended elsewhere. Only *farther* is borrowed: a line
+  nearer than the others is a near line, not a proxy, and a line's own connect RTT
+  (its distance and access) says nothing of another's, so the RTT is never borrowed.
 - **Moved** when the TTL or the RTT says farther and the TTL does not say nearer (a box
   nearer than the server that terminated the handshake is a proxy on the path, not the
   origin moving). A reporter that sees no TTLs is judged on the RTT alone.
 
 What it cannot tell: a failover box as far as the usual one (same hop count and
-round trip), and a proxy that terminates the handshake and delays its SYN-ACK and
+round trip; on a line not yet learned, one no farther than the origin's farthest
+line), a forging box on a line farther than every line learned so far whose own
+answers are not learned yet (its SYN-ACK is borrowed as a move: the caller keeps
+every mark of a nearer box, and a TTL above the origin's relation on an untimed
+handshake), and a proxy that terminates the handshake and delays its SYN-ACK and
 lowers its TTL to look far (the caller keeps every mark of a nearer box: a first byte
 sooner than the round trip, a race).
 
@@ -49,8 +62,15 @@ False
 True
 >>> h.judge("www", "58.1.2.0/24", 57, 19.0).moved  # nearer: a proxy, not a move
 False
->>> h.judge("www", "58.1.3.0/24", 50, 40.0) is None  # never heard from
+>>> h.judge("www", "58.1.3.0/24", 50, 40.0) is None  # never heard from, 1 line learned
 True
+>>> for k, ttl in enumerate((56, 57, 58)):  # the origin's other lines
+...     h.learn("www", f"58.9.{k}.0/24", ttl, 5.0)
+>>> j = h.judge("www", "58.1.3.0/24", 50, 40.0)  # below every line: borrowed, farther
+>>> j.moved, j.level, j.detail()["expected_syn_ack_ttl"]
+(True, 'origin', [55, 58])
+>>> h.judge("www", "58.1.3.0/24", 56, 40.0).moved  # within the origin's lines
+False
 """
 
 from __future__ import annotations
@@ -78,6 +98,9 @@ class HandshakeSettings:
     handshake_samples: int = 24
     #: samples before a network's usual SYN-ACK is judged
     handshake_min: int = 2
+    #: lines (/24s) of the origin with a learned SYN-ACK TTL before a line that has not
+    #: learned its own is judged against the lowest of theirs (only "farther" is borrowed)
+    handshake_lines: int = 3
     #: (origin host, network) keys kept per level, the least recently heard dropped
     handshake_keys: int = 20_000
     #: an RTT farther than the median by this many spreads is a handshake elsewhere
@@ -99,6 +122,9 @@ class HandshakeJudgement:
     ttl_farther: bool
     ttl_nearer: bool
     rtt_farther: bool
+    #: whose SYN-ACK TTLs it was judged against: the line's own (``line``) or, the line's
+    #: not learned yet, the lowest of the origin's lines (``origin``)
+    level: str = "line"
 
     @property
     def moved(self) -> bool:
@@ -114,7 +140,7 @@ class HandshakeJudgement:
             "expected_connect_ms": None if self.usual_ms is None else round(self.usual_ms, 3),
             "connect_limit_ms": None if self.limit_ms is None else round(self.limit_ms, 3),
             "ttl_farther": self.ttl_farther, "rtt_farther": self.rtt_farther,
-            "samples": self.n,
+            "samples": self.n, "level": self.level,
         }
 
 
@@ -125,6 +151,35 @@ class Handshakes:
         self.s = settings
         self.floor_ms = floor_ms
         self._table: OrderedDict[str, list[Sample]] = OrderedDict()
+        #: origin host -> each line's (lowest, highest) learned TTL
+        self._lines: dict[str, dict[str, tuple[int, int]]] = {}
+        #: origin host -> lowest TTL of a line -> lines; the same for the highest
+        self._lows: dict[str, dict[int, int]] = {}
+        self._highs: dict[str, dict[int, int]] = {}
+
+    def _line(self, key: str, samples: list[Sample] | None) -> None:
+        """Keep the origin-wide table of lines' TTL bounds in step with ``key``'s
+        samples (``None``: the key was dropped)."""
+        host, prefix = key.split("|", 1)
+        lines = self._lines.setdefault(host, {})
+        old = lines.pop(prefix, None)
+        if old is not None:
+            _count(self._lows, host, old[0], -1)
+            _count(self._highs, host, old[1], -1)
+        ttls = [t for t, _ in samples or () if t is not None]
+        if ttls:
+            new = lines[prefix] = (min(ttls), max(ttls))
+            _count(self._lows, host, new[0], 1)
+            _count(self._highs, host, new[1], 1)
+        if not lines:
+            del self._lines[host]
+
+    def origin_range(self, host: str) -> tuple[int, int] | None:
+        """(the lowest, the highest) SYN-ACK TTL of the origin's lines, each line's
+        learned bounds (``None``: fewer than ``handshake_lines`` lines learned one)."""
+        if len(self._lines.get(host, ())) < self.s.handshake_lines:
+            return None
+        return min(self._lows[host]), max(self._highs[host])
 
     def learn(self, host: str, prefix: str, ttl: int | None, connect_ms: float | None) -> None:
         """One SYN-ACK of the origin's usual answer, seen from ``prefix``."""
@@ -135,24 +190,28 @@ class Handshakes:
         samples.append((ttl, connect_ms))
         del samples[:-self.s.handshake_samples]
         self._table[key] = samples
+        self._line(key, samples)
         while len(self._table) > self.s.handshake_keys:
-            self._table.popitem(last=False)
+            self._line(self._table.popitem(last=False)[0], None)
 
     def judge(self, host: str, prefix: str, ttl: int | None,
               connect_ms: float | None) -> HandshakeJudgement | None:
         """This SYN-ACK against the prefix's learned ones (``None``: fewer than
         ``handshake_min`` samples of what was measured)."""
-        samples = self._table.get(f"{host}|{prefix}")
-        if samples is None:
-            return None
+        samples = self._table.get(f"{host}|{prefix}") or []
         s = self.s
         ttls = [t for t, _ in samples if t is not None]
         rtts = [r for _, r in samples if r is not None]
         ttl_range = (min(ttls), max(ttls)) if len(ttls) >= s.handshake_min else None
         farther = nearer = False
+        level = "line"
         if ttl_range is not None and ttl is not None:
             lo, hi = ttl_range
             farther, nearer = ttl < lo - (hi - lo), ttl > hi + (hi - lo)
+        elif ttl is not None:  # the line's own not learned: the origin's lines
+            ttl_range = self.origin_range(host)
+            if ttl_range is not None:
+                farther, level = ttl < ttl_range[0], "origin"
         usual = limit = None
         if len(rtts) >= s.handshake_min:
             usual = median(rtts)
@@ -163,7 +222,7 @@ class Handshakes:
         if (ttl_range is None or ttl is None) and (limit is None or connect_ms is None):
             return None
         return HandshakeJudgement(len(samples), ttl, ttl_range, connect_ms, usual, limit,
-                                  farther, nearer, rtt_farther)
+                                  farther, nearer, rtt_farther, level)
 
     # -- state -------------------------------------------------------------------------
 
@@ -178,3 +237,18 @@ class Handshakes:
         while len(table) > self.s.handshake_keys:
             table.popitem(last=False)
         self._table = table
+        self._lines, self._lows, self._highs = {}, {}, {}
+        for key, samples in table.items():
+            self._line(key, samples)
+
+
+def _count(table: dict[str, dict[int, int]], host: str, ttl: int, step: int) -> None:
+    """Add ``step`` lines to ``table[host][ttl]``; a count that falls to 0 goes."""
+    per = table.setdefault(host, {})
+    left = per.get(ttl, 0) + step
+    if left > 0:
+        per[ttl] = left
+    else:
+        per.pop(ttl, None)
+        if not per:
+            del table[host]

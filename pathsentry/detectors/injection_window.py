@@ -15,6 +15,14 @@ does not normally answer with, a missing mark, ...). For one answer it tells
   inside another network's TLS session, so an answer that the origin's side gave
   over TLS is the origin's, however few networks reached it in those minutes (a
   failover box of the origin's own, which lacks the CDN's marks);
+- whether the answer's signature was given to another network in the window by a box
+  that showed **no mark of a nearer one** there either (:meth:`NetworkWindow.witness`
+  with ``QUIET``: a first byte timed and no sooner than the round trip, no race, no TTL
+  nearer than the origin's relation; the caller records and asks only for such
+  answers): a forging box on one ISP's path answers its own subscribers, sooner than
+  the origin could; the same page, answered no sooner than the round trip on two
+  networks' handshakes, is the origin side's (what an injector spanning two ISPs
+  that delays its answers past the round trip would also show: documented, not told);
 - whether the networks that saw the anomaly, each in answers that show where they
   came from and no box nearer than the origin (TTLs seen, none nearer than the
   origin's relation; a first byte timed and no sooner than the round trip allows; no
@@ -74,7 +82,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
-__all__ = ["ANY", "FAR", "NetworkWindow", "Signature", "WindowSettings", "signature"]
+__all__ = ["ANY", "FAR", "QUIET", "TLS", "NetworkWindow", "Signature", "WindowSettings",
+           "signature"]
 
 #: What an answer looks like whatever path it took: status, ``server`` value, header set.
 Signature = tuple[int | None, str, frozenset[str]]
@@ -95,6 +104,10 @@ def signature(status: int | None, server: str | None,
 ANY = "*"
 #: The prefix of an anomaly's count among answers with no mark of a nearer box.
 FAR = "far "
+#: Channels of the answers' signatures: TLS answers with an anomaly, and plaintext ones
+#: timed with no mark of a nearer box (:meth:`NetworkWindow.witness`).
+TLS = "tls"
+QUIET = "quiet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +126,10 @@ class WindowSettings:
     #: signature makes an anomaly the origin's (:meth:`NetworkWindow.tls_witness`; off
     #: where the TLS probes' headers are not the origin's own, behind a TLS proxy)
     tls_witness: bool = True
+    #: whether a plaintext answer timed with no mark of a nearer box whose signature
+    #: another network got the same way in the window is the origin's
+    #: (:meth:`NetworkWindow.witness` with ``QUIET``)
+    quiet_witness: bool = True
     #: the chance, below which an anomaly seen "far" (no mark of a nearer box) by
     #: several networks is the origin's: the product of each network's own chance of
     #: a forged answer (:meth:`NetworkWindow.unlikely_paths`)
@@ -187,9 +204,9 @@ class NetworkWindow:
         self.plain: dict[str, dict[str, list[float]]] = {}
         #: rows of the decayed tables (``tls`` and ``plain``: at most ``2 * max_entries``)
         self.decayed_entries = 0
-        #: bucket -> origin -> signature of a TLS answer -> the networks that got it
-        #: (a signature is kept only with an anomaly: at most ``max_entries`` in all)
-        self.tls_sigs: dict[int, dict[str, dict[Signature, set[str]]]] = {}
+        #: channel -> bucket -> origin -> signature of an answer -> the networks that got
+        #: it (a signature is kept only with an anomaly: at most ``max_entries`` in all)
+        self.sigs: dict[str, dict[int, dict[str, dict[Signature, set[str]]]]] = {}
         self.sig_entries = 0
 
     def _bucket(self, ts: float) -> int:
@@ -253,10 +270,16 @@ class NetworkWindow:
     def add_tls_signature(self, origin: str, net: str, ts: float, sig: Signature) -> None:
         """A TLS answer of ``net`` to ``origin`` with signature ``sig`` (one that showed
         an anomaly: the origin's normal answers need no witness)."""
+        self.add_signature(TLS, origin, net, ts, sig)
+
+    def add_signature(self, channel: str, origin: str, net: str, ts: float,
+                      sig: Signature) -> None:
+        """An answer of ``net`` to ``origin`` with signature ``sig``, on ``channel``."""
         b = self._bucket(ts)
         if b < self.newest - self._span() or self.sig_entries >= self.s.max_entries:
             return
-        nets = self.tls_sigs.setdefault(b, {}).setdefault(origin, {}).setdefault(sig, set())
+        per = self.sigs.setdefault(channel, {}).setdefault(b, {}).setdefault(origin, {})
+        nets = per.setdefault(sig, set())
         if net not in nets:
             nets.add(net)
             self.sig_entries += 1
@@ -264,11 +287,29 @@ class NetworkWindow:
     def tls_witness(self, origin: str, net: str, ts: float, sig: Signature | None) -> str | None:
         """A network other than ``net`` whose TLS answers from ``origin`` in the window
         ending at ``ts`` had signature ``sig`` (``None``: none)."""
-        if sig is None or not self.tls_sigs or not self.s.tls_witness:
+        if not self.s.tls_witness:
+            return None
+        return self.witness(TLS, origin, net, ts, sig)
+
+    def witness(self, channel: str, origin: str, net: str, ts: float,
+                sig: Signature | None) -> str | None:
+        """A network other than ``net`` that got ``sig`` from ``origin`` on ``channel``
+        in the window ending at ``ts`` (``None``: none).
+
+        >>> w = NetworkWindow(WindowSettings())
+        >>> sig = signature(502, "nginx", ["server"])
+        >>> w.add_signature(QUIET, "www", "AS1", 100.0, sig)
+        >>> w.witness(QUIET, "www", "AS2", 160.0, sig), w.witness(QUIET, "www", "AS1", 160.0, sig)
+        ('AS1', None)
+        >>> w.witness(TLS, "www", "AS2", 160.0, sig), w.witness(QUIET, "www", "AS2", 900.0, sig)
+        (None, None)
+        """
+        table = self.sigs.get(channel)
+        if sig is None or not table:
             return None
         end = self._bucket(ts)
         for b in range(end, end - self._span() - 1, -1):
-            nets = self.tls_sigs.get(b, {}).get(origin, {}).get(sig)
+            nets = table.get(b, {}).get(origin, {}).get(sig)
             for other in sorted(nets or ()):
                 if other != net:
                     return other
@@ -287,9 +328,10 @@ class NetworkWindow:
 
     def _expire(self) -> None:
         horizon = self.newest - self._span()
-        for b in [b for b in self.tls_sigs if b < horizon]:
-            self.sig_entries -= sum(len(v) for sigs in self.tls_sigs.pop(b).values()
-                                    for v in sigs.values())
+        for table in self.sigs.values():
+            for b in [b for b in table if b < horizon]:
+                self.sig_entries -= sum(len(v) for sigs in table.pop(b).values()
+                                        for v in sigs.values())
         for b in [b for b in self.buckets if b < horizon]:
             gone = self.buckets.pop(b)
             self.entries -= sum(len(v) for v in gone.values())

@@ -62,10 +62,12 @@ def test_genuine_upgrade_with_cdn_headers(h: Harness) -> None:
     assert flag is None
     assert ev.notes["injection"] == {
         "suspect": False, "score": 0.0, "tls": False, "path_anomaly": False, "ttl_delta": 0,
-        "status": 101, "origin_wide": False, "tls_witness": None, "anomaly": None, "onsets": [],
+        "status": 101, "origin_wide": False, "tls_witness": None, "quiet_witness": None,
+        "anomaly": None, "onsets": [],
         "others": None,
         "others_tls": None, "baseline": None, "baseline_n": None, "baseline_tls": None,
-        "baseline_tls_n": None, "content": [], "moved": False, "handshake": None}
+        "baseline_tls_n": None, "content": [], "moved": False, "unplaced": False,
+        "handshake": None}
 
 
 def test_injected_200_one_hop_nearer(h: Harness) -> None:
@@ -108,15 +110,17 @@ def test_forged_page_on_plain_get(h: Harness) -> None:
 
 
 FORGERIES: dict[str, dict[str, Any]] = {
-    "302 redirect, no TTL": {"status": 302, "header_names": ["location", "content-length"],
-                             "server_header": None, "body_sha256": None, "ttl": None},
+    "302 redirect, no TTL, fast": {"status": 302, "header_names": ["location", "content-length"],
+                                   "server_header": None, "body_sha256": None, "ttl": None,
+                                   "ttfb_ms": 4.0},
     "block page 403, TTL +2": {"status": 403, "header_names": ["content-type"],
                                "server_header": "nginx", "body_sha256": "ef" * 32,
                                "ttl": {"syn_ack": 52, "response": 54}},
     "200 page, TTL 0": {"header_names": ["content-type", "content-length", "connection"],
                         "server_header": None, "body_sha256": "cd" * 32},
-    "200 page, no TTL, slow": {"header_names": ["content-type"], "server_header": None,
-                               "body_sha256": "cd" * 32, "ttl": None, "ttfb_ms": 40.0},
+    "200 page, no TTL, short handshake": {"header_names": ["content-type"], "server_header": None,
+                                          "body_sha256": "cd" * 32, "ttl": None,
+                                          "connect_ms": 1.2, "ttfb_ms": 2.0},
 }
 
 
@@ -280,10 +284,16 @@ def test_an_anomaly_many_networks_see_at_once_is_the_origins(h: Harness) -> None
                          ts=f"2026-03-02T10:{15 + i:02d}:00+09:00")
         flags.append(flag is not None)
         assert ev.notes["injection"]["origin_wide"] is (flag is None)
-    assert flags == [True] * 3 + [False] * 5
+    # the second network got the same page no sooner than the round trip, as the first
+    assert flags == [True] + [False] * 7
     # the same page from one network, an hour later: no other network sees it
     flag, ev = h.run(**page, src_ip="100.64.0.8", ts="2026-03-02T11:30:00+09:00")
     assert flag is not None and ev.notes["injection"]["origin_wide"] is False
+    # without that witness, four networks and half of those reaching the origin
+    h = Harness("[detectors.injection]\nquiet_witness = false\n")
+    flags = [h.run(**page, src_ip=f"100.{64 + i}.0.7", event_id=f"m{i}",
+                   ts=f"2026-03-02T10:{15 + i:02d}:00+09:00")[0] is not None for i in range(8)]
+    assert flags == [True] * 3 + [False] * 5
 
 
 def test_what_was_learned_survives_a_restart_and_warms_another_worker(h: Harness) -> None:
@@ -338,3 +348,28 @@ def test_what_the_reporter_saw_decides_tls_not_the_port(h: Harness) -> None:
                      reporter="sensor")
     assert flag is not None and ev.notes["injection"]["tls"] is False
     assert list(flag.evidence).count("seq_conflict") == 1
+
+
+@pytest.mark.parametrize(("connect_ms", "ttfb_ms", "unplaced"), [
+    (12.0, 40.0, True),  # no sooner than the round trip
+    (12.0, 4.0, False),  # sooner than the round trip allows: a nearer box
+    (1.2, 2.0, False),  # a handshake too short to time, the first byte within its jitter
+    (1.2, 9.0, True),  # ...and well after it
+])
+def test_an_answer_without_ttls_is_flagged_only_when_it_shows_a_nearer_box(
+        connect_ms: float, ttfb_ms: float, unplaced: bool) -> None:
+    """A page without the origin's marks and no TTLs seen: when its first byte came no
+    sooner than the round trip (and no race, no storm), nothing places the box that
+    answered nearer than the server: recorded as ``unplaced``, not flagged, not a
+    suspect; ``flag_unplaced = true`` flags it on the missing marks and content."""
+    page = {**WWW, "header_names": ["content-type"], "server_header": None,
+            "body_sha256": "cd" * 32, "ttl": None, "connect_ms": connect_ms, "ttfb_ms": ttfb_ms}
+    flag, ev = Harness().run(**page)
+    notes = ev.notes["injection"]
+    assert (flag is None) == unplaced and notes["unplaced"] == unplaced
+    assert notes["suspect"] == (not unplaced) and notes["anomaly"] == "status 200"
+    flag, ev = Harness("[detectors.injection]\nflag_unplaced = true\n").run(**page)
+    assert flag is not None and not ev.notes["injection"]["unplaced"]
+    # with a race seen, whatever the timing, a box on the path answered
+    flag, _ = Harness().run(**{**page, "seq_conflict": True})
+    assert flag is not None

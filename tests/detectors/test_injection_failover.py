@@ -22,7 +22,7 @@ from pathsentry.sim.worlds import world_spec
 from tests.detectors.test_injection_origin import ISPS, TARGETS, World, events, lines_of, run
 
 NO_WITNESS = "[detectors.injection]\ntls_witness = false\n"
-NO_PATHS = "[detectors.injection]\npaths_alpha = 0.0\n"
+NO_PATHS = "[detectors.injection]\npaths_alpha = 0.0\nquiet_witness = false\n"
 
 
 def asn_of(src: str) -> int:
@@ -84,7 +84,7 @@ def test_a_simulated_failover_names_no_clean_isp(seed: int, tmp_path) -> None:  
     spec = world_spec(seed, 1500, 6.0, draw_params(seed, 6.0))
     assert spec.params.failovers
     found = {}
-    two = "tls_witness = false\npaths_alpha = 0.0\n"
+    two = "tls_witness = false\npaths_alpha = 0.0\nquiet_witness = false\nflag_unplaced = true\n"
     for name, extra in (("on", ""), ("off", two + "handshake_moves = false\n"),
                         ("handshake", two)):
         wd = tmp_path / name
@@ -112,17 +112,22 @@ def test_the_failover_boxs_answers_teach_nothing_of_the_origins_errors() -> None
     assert not cdn_502 & {f.event_id for f in flags}
 
 
-@pytest.mark.parametrize(("ttl", "connect_ms", "ttfb_ms", "second_flagged"), [
-    ({"syn_ack": 52, "response": 52}, 12.0, 25.0, False),  # seen far: the origin's box
-    (None, 12.0, 25.0, True),  # no TTLs: where it came from is not shown
-    ({"syn_ack": 52, "response": 52}, 1.0, 1.5, True),  # a handshake too short to time
+@pytest.mark.parametrize(("ttl", "connect_ms", "ttfb_ms", "first_flagged", "second_flagged"), [
+    ({"syn_ack": 52, "response": 52}, 12.0, 25.0, True, False),  # seen far: the origin's box
+    (None, 12.0, 25.0, False, False),  # no TTLs, no sooner than the round trip: unplaced
+    (None, 12.0, 3.0, True, True),  # no TTLs, sooner than the round trip: a nearer box
+    ({"syn_ack": 52, "response": 52}, 1.0, 1.5, True, True),  # a handshake too short to time
+    ({"syn_ack": 52, "response": 52}, 1.0, 14.0, True, False),  # ...answered well after it
 ])
 def test_two_networks_see_an_answer_far_only_when_it_shows_where_it_came_from(
-        ttl: dict[str, int] | None, connect_ms: float, ttfb_ms: float, second_flagged: bool) -> None:
+        ttl: dict[str, int] | None, connect_ms: float, ttfb_ms: float, first_flagged: bool,
+        second_flagged: bool) -> None:
     """Two networks with clean histories get the same answer without the origin's marks
-    in the same minute. Its TTLs at the SYN-ACK's and a first byte timed after the round
-    trip make the second one the origin's; two injecting ISPs forging the same page on
-    answers without TTLs, or on handshakes too short to time, stay flagged."""
+    in the same minute. A first byte no sooner than the round trip (on a handshake too
+    short to time, later than it by ``min_connect_ms``) and no TTL nearer than the
+    SYN-ACK's make the second one the origin's; two injecting ISPs forging the same page
+    sooner than the round trip, or on handshakes too short to time, stay flagged. An
+    answer without TTLs and no sooner than the round trip is not flagged at all."""
     from tests.detectors.test_injection import Harness
 
     h = Harness()
@@ -134,6 +139,6 @@ def test_two_networks_see_an_answer_far_only_when_it_shows_where_it_came_from(
            "ttl": ttl, "connect_ms": connect_ms, "ttfb_ms": ttfb_ms}
     first, _ = h.run(event_id="f1", src_ip=nets[0], ts="2026-03-02T10:15:00+09:00", **odd)
     second, ev = h.run(event_id="f2", src_ip=nets[1], ts="2026-03-02T10:15:20+09:00", **odd)
-    assert first is not None
+    assert (first is not None) == first_flagged
     assert (second is not None) == second_flagged
     assert ev.notes["injection"]["origin_wide"] == (not second_flagged)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from pathsentry.detectors.injection import InjectionDetector
+from pathsentry.detectors.injection_handshake import Handshakes, HandshakeSettings
 from pathsentry.detectors.saved import StateInvalid
 from tests.detectors.test_injection import Harness
 
@@ -55,17 +56,18 @@ def test_a_connection_that_ended_farther_is_another_servers(
     """The answer without the origin's marks on a handshake farther than the line's
     usual one is recorded, with the learned and measured SYN-ACK, not flagged; switched
     off, or on a line never heard from, it is flagged as before."""
-    flag, notes = answer(learned(), syn_ack, connect_ms)
+    # (an answer without TTLs and no sooner than the round trip is not flagged anyway)
+    on = "[detectors.injection]\n" + ("flag_unplaced = true\n" if syn_ack is None else "")
+    flag, notes = answer(learned(on), syn_ack, connect_ms)
     assert flag is None and notes["moved"] and not notes["suspect"]
     hs = notes["handshake"]
     assert hs[why] and hs["syn_ack_ttl"] == syn_ack and hs["connect_ms"] == connect_ms
     assert hs["expected_syn_ack_ttl"] == [52, 52]
     assert hs["expected_connect_ms"] == pytest.approx(12.1)
     assert hs["samples"] == 6
-    off, notes = answer(learned("[detectors.injection]\nhandshake_moves = false\n"),
-                        syn_ack, connect_ms)
+    off, notes = answer(learned(on + "handshake_moves = false\n"), syn_ack, connect_ms)
     assert off is not None and not notes["moved"]
-    fresh, notes = answer(learned(), syn_ack, connect_ms, src="198.51.100.7")
+    fresh, notes = answer(learned(on), syn_ack, connect_ms, src="198.51.100.7")
     assert fresh is not None and notes["handshake"] is None
 
 
@@ -103,6 +105,26 @@ def test_a_farther_box_may_answer_at_its_own_ttl_relation_when_timed() -> None:
     assert flag is None and notes["moved"]
 
 
+@pytest.mark.parametrize(("syn_ack", "connect_ms", "ttfb_ms", "moved"), [
+    (52, 31.0, 46.0, True),  # as many hops, a handshake 2.5 times longer, first byte after it
+    (52, 31.0, 8.0, False),  # ...first byte sooner than that round trip: a nearer box
+    (49, 1.0, 16.0, True),  # three hops farther on a 1 ms line, first byte 15 ms after it
+    (49, 1.0, 1.5, False),  # ...first byte within the jitter of that short handshake
+])
+def test_a_farther_box_answers_at_its_own_relation_after_its_round_trip(
+        syn_ack: int, connect_ms: float, ttfb_ms: float, moved: bool) -> None:
+    """An answer one TTL above its SYN-ACK's, on a connection that ended farther than
+    the line's usual one (by its TTL or its handshake's length): a box nearer than where
+    it ended would have answered within its own shorter round trip, so a first byte
+    after the whole round trip (on a handshake too short to time, later than it by
+    ``min_connect_ms``) makes it the far box's own relation; sooner, a forging box's."""
+    h = learned(connect_ms=12.0 if connect_ms > 2 else 1.0)
+    flag, notes = answer(h, syn_ack, connect_ms, ttfb_ms=ttfb_ms,
+                         ttl={"syn_ack": syn_ack, "response": syn_ack + 1})
+    assert (flag is None) == moved and notes["moved"] == moved
+    assert notes["handshake"]["ttl_farther"] or notes["handshake"]["rtt_farther"]
+
+
 def test_a_nearer_handshake_is_a_proxy_not_a_move() -> None:
     """A SYN-ACK with more TTL left than the line's usual one came from a box nearer
     than the server (a proxy on the path), however long the handshake."""
@@ -126,7 +148,7 @@ def test_a_load_balancers_spread_of_syn_ack_ttls_is_learned() -> None:
 def test_jitter_of_a_short_handshake_is_not_a_move() -> None:
     """A line 1 ms from the edge: a handshake of 2.5 ms is timing jitter, not another
     site (the tolerance never goes below ``min_connect_ms``)."""
-    h = learned(connect_ms=1.0)
+    h = learned("[detectors.injection]\nflag_unplaced = true\n", connect_ms=1.0)
     flag, notes = answer(h, None, 2.5)
     assert flag is not None and not notes["moved"]
     assert notes["handshake"]["connect_limit_ms"] >= 3.0
@@ -154,3 +176,62 @@ def test_the_learned_handshakes_survive_a_restart_and_bad_ones_are_refused() -> 
     with pytest.raises(StateInvalid):
         Harness().det.load_state(bad)
     assert isinstance(fresh.det, InjectionDetector)
+
+
+def origin_lines(h: Harness, ttls: tuple[int, ...] = (55, 56, 58), n: int = 3) -> None:
+    """Other lines (one /24 each, other networks) learn their usual SYN-ACK TTLs."""
+    for k, ttl in enumerate(ttls):
+        for j in range(n):
+            flag, _ = h.run(event_id=f"o{k}-{j}", src_ip=f"100.{64 + k}.0.7",
+                            ts=f"2026-03-02T09:{10 * k + j:02d}:00+09:00", connect_ms=12.0,
+                            ttfb_ms=22.0, ttl={"syn_ack": ttl, "response": ttl})
+            assert flag is None
+
+
+@pytest.mark.parametrize(("syn_ack", "connect_ms", "ttfb_ms", "moved"), [
+    (52, 12.0, 27.0, True),  # below every line of the origin, answered after the round trip
+    (55, 12.0, 27.0, False),  # as far as the origin's farthest line
+    (52, 1.0, 0.4, False),  # below them, but a first byte before the round trip could end
+    (52, 1.0, 1.5, False),  # a handshake too short to time, the first byte within jitter
+])
+def test_a_line_not_learned_borrows_the_origins_lines(
+        syn_ack: int, connect_ms: float, ttfb_ms: float, moved: bool) -> None:
+    """A line heard from for the first time gets an answer without the origin's marks
+    (from a box of the origin's own, one hop nearer than its SYN-ACK as such a box may
+    answer). Its SYN-ACK is judged against the lowest of the origin's other lines'
+    (three learned): below all of them, with a first byte that could have shown a nearer
+    box and came no sooner than the round trip, the connection ended elsewhere. With
+    ``handshake_lines`` above the lines learned it is flagged."""
+    h = Harness()
+    origin_lines(h)
+    ttl = {"syn_ack": syn_ack, "response": syn_ack + 1}
+    fields: dict[str, Any] = {**FALLBACK, "ttl": ttl, "connect_ms": connect_ms,
+                              "ttfb_ms": ttfb_ms}
+    flag, ev = h.run(event_id="x", src_ip=LINE, ts="2026-03-02T10:15:00+09:00", **fields)
+    notes = ev.notes["injection"]
+    assert (flag is None) == moved and notes["moved"] == moved
+    assert notes["handshake"]["level"] == "origin"
+    assert notes["handshake"]["expected_syn_ack_ttl"] == [55, 58]
+    assert notes["handshake"]["ttl_farther"] == (syn_ack < 55)
+    few = Harness("[detectors.injection]\nhandshake_lines = 4\n")
+    origin_lines(few)
+    flag, ev = few.run(event_id="x", src_ip=LINE, ts="2026-03-02T10:15:00+09:00", **fields)
+    assert flag is not None and ev.notes["injection"]["handshake"] is None
+
+
+def test_the_origins_lines_follow_what_each_line_keeps() -> None:
+    """The origin-wide bounds are each kept line's own: a line dropped (the least
+    recently heard, beyond ``handshake_keys``) or restored from a save counts as kept."""
+    hs = Handshakes(HandshakeSettings(handshake_keys=3, handshake_lines=2))
+    for k, ttl in enumerate((50, 56, 57)):
+        hs.learn("www", f"10.0.{k}.0/24", ttl, 5.0)
+    assert hs.origin_range("www") == (50, 57)
+    hs.learn("www", "10.0.3.0/24", 58, 5.0)  # the 50 line is dropped
+    assert hs.origin_range("www") == (56, 58)
+    restored = Handshakes(HandshakeSettings(handshake_lines=2))
+    restored.load(json.loads(json.dumps(hs.to_json())))
+    assert restored.origin_range("www") == (56, 58)
+    assert restored.judge("www", "10.9.9.0/24", 55, None).ttl_farther  # type: ignore[union-attr]
+    assert restored.origin_range("api") is None
+    hs.learn("www", "10.0.1.0/24", None, 5.0)  # a line's TTLs not seen: its bounds stay
+    assert hs.origin_range("www") == (56, 58)
