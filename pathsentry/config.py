@@ -149,6 +149,12 @@ class ClickHouseConfig(_UrlRedacted):
     #: rows (flags + alerts) a worker holds while ClickHouse is slow or down; the stages keep
     #: detecting and publishing alerts until this many wait, then pause (back-pressure)
     buffer_rows: int = Field(default=50_000, ge=1)
+    #: least time between two inserts of a worker's outbox (s): rows queued meanwhile join the
+    #: next insert. Each insert costs ClickHouse a new part and its background merges whatever
+    #: its size, so small batches at a moderate rate cost far more per row than large ones;
+    #: a flag or alert waits at most this long more to be stored (0: insert as soon as a
+    #: stage batch is done)
+    min_insert_interval_s: float = Field(default=0.25, ge=0, le=60)
     #: limits of one analyst query (``/query``, ``pathsentry query``), enforced by the engine
     #: on a read-only connection of its own: wall time, rows returned, memory
     query_max_execution_time_s: float = Field(default=10.0, gt=0, le=3600)

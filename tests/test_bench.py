@@ -43,6 +43,54 @@ def test_pipeline_cost_outside_detection_is_the_drain_cpu_less_detection_and_dec
     assert BenchResult(events=1, partitions=1, drain_cpu_us=(130.0, 1.0)).pipeline_own_us == 0.0
 
 
+def test_latency_phase_is_split_as_the_drain_with_clickhouse_threads_and_inserts() -> None:
+    r = BenchResult(events=1000, partitions=4, latency_cpu_us=(300.0, 90.5), latency_detect_us=190.25,
+                    latency_decode_us=14.5, latency_gc_us=3.0, clickhouse_cpu_us=(4.5, 40.25),
+                    clickhouse_inserts_per_kevent=(0.33, 2.5))
+    assert r.latency_pipeline_own_us == 95.2  # 300 - 190.25 - 14.5, rounded
+    assert r.as_dict()["latency_pipeline_own_us"] == 95.2
+    text = format_result(r)
+    assert re.search(r"CPU per event in the latency phase: worker / broker +300\.0 / 90\.5 µs", text)
+    assert re.search(r"of the worker's: detection / decoding +190\.25 / 14\.5 µs", text)
+    assert re.search(r"outside detection / of which collections +95\.2 / 3\.0 µs", text)
+    assert re.search(r"ClickHouse's threads in the worker: drain / latency +4\.5 / 40\.25 µs per event", text)
+    assert re.search(r"ClickHouse inserts per 1,000 events: drain / latency +0\.33 / 2\.5", text)
+    assert BenchResult(events=1, partitions=1, latency_cpu_us=(130.0, 1.0)).latency_pipeline_own_us == 0.0
+
+
+def test_named_threads_are_told_from_the_process_own_threads() -> None:
+    """ClickHouse's threads name themselves; Python's keep the process's name: a thread
+    that renames itself and burns CPU is counted, this process's main thread is not."""
+    import ctypes
+    import threading
+
+    from pathsentry.bench.run import _named_threads_cpu
+
+    assert _named_threads_cpu(2**22 + 1) == 0.0  # no such process
+    base, cpu0 = _named_threads_cpu(os.getpid()), _cpu_seconds(os.getpid())
+    while _cpu_seconds(os.getpid()) - cpu0 < 0.3:  # this process's own (main) thread works
+        sum(range(100_000))
+    assert _named_threads_cpu(os.getpid()) - base < 0.1  # ... and is not counted
+    base = _named_threads_cpu(os.getpid())
+    stop = threading.Event()
+
+    def named_spin() -> None:
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, b"MergeMutate", 0, 0, 0)  # PR_SET_NAME, as ClickHouse names its threads
+        while not stop.is_set():
+            sum(range(10_000))
+    t = threading.Thread(target=named_spin)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30.0
+        while _named_threads_cpu(os.getpid()) - base < 0.3:
+            time.sleep(0.01)
+            assert time.monotonic() < deadline, "the named thread's CPU was never counted"
+    finally:
+        stop.set()
+        t.join()
+
+
 def test_decode_measure_times_both_decoders_on_the_same_messages() -> None:
     from pathsentry.bench.decode import format_decode, measure_decode
     from pathsentry.bench.run import world_payloads

@@ -149,3 +149,70 @@ def test_handoff_forgets_envelopes_nobody_took(monkeypatch: pytest.MonkeyPatch) 
     h.put([4])
     h.clear()
     assert len(h) == 0 and h.pending() == 0
+
+
+class Clock:
+    """A clock the test moves by hand (the outbox's pacing reads it)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _settle() -> None:
+    """Let every ready task run (the writer wakes on each put)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def test_inserts_are_paced_and_batches_arriving_meanwhile_join_the_next_insert() -> None:
+    async def main() -> tuple[Sink, list[int], list[int]]:
+        sink, clock, acked = Sink(), Clock(), []
+        box = Outbox(sink, min_insert_interval_s=3600.0, clock=clock)
+        writer = asyncio.create_task(box.run())
+
+        async def ack(i: int) -> None:
+            acked.append(i)
+        await box.put(Pending(flags=["f0"], on_durable=lambda: ack(0)))
+        await _settle()  # the first insert is not held: none before it
+        first = len(sink.inserts)
+        clock.now = 1.0
+        for i in (1, 2):
+            await box.put(Pending(flags=[f"f{i}"], alerts=[f"a{i}"], on_durable=lambda i=i: ack(i)))
+        await _settle()
+        held = len(sink.inserts)
+        clock.now = 3600.0
+        await box.put(Pending(flags=["f3"], on_durable=lambda: ack(3)))  # wakes the writer
+        await box.drain()
+        writer.cancel()
+        return sink, acked, [first, held]
+
+    sink, acked, (first, held) = _run(main())
+    assert (first, held) == (1, 1)  # the second and third batch waited for the interval
+    assert sink.inserts == [(["f0"], []), (["f1", "f2", "f3"], ["a1", "a2"])]
+    assert acked == [0, 1, 2, 3]
+
+
+def test_pacing_holds_neither_a_full_outbox_nor_batches_without_rows() -> None:
+    async def main() -> tuple[Sink, list[str]]:
+        sink, clock, acked = Sink(), Clock(), []
+        box = Outbox(sink, max_rows=3, min_insert_interval_s=3600.0, clock=clock)
+        writer = asyncio.create_task(box.run())
+
+        async def ack(what: str) -> None:
+            acked.append(what)
+        await box.put(Pending(flags=["f0"]))
+        await _settle()
+        clock.now = 1.0
+        await box.put(Pending(on_durable=lambda: ack("no rows"), events=10))
+        await _settle()  # acknowledged at once: nothing to insert, nothing to wait for
+        await box.put(Pending(flags=["f1", "f2", "f3"], on_durable=lambda: ack("full")))
+        await _settle()  # 3 rows wait: the outbox is full, the writer does not wait
+        writer.cancel()
+        return sink, acked
+
+    sink, acked = _run(main())
+    assert acked == ["no rows", "full"]
+    assert sink.inserts == [(["f0"], []), (["f1", "f2", "f3"], [])]

@@ -16,7 +16,10 @@ Phases (one broker, one simulated event mix):
    cost of its last periodic save (:data:`SAVE_STATS`).
 
 Phases 4 and 5 also report the CPU time the worker and the broker used (all their
-threads): the broker shares the machine with the worker here, not in production.
+threads): the broker shares the machine with the worker here, not in production. Both
+split the worker's CPU per event the same way: detection and decoding (the worker's own
+counters), garbage collections, the threads ClickHouse (chDB) runs in the worker's
+process (inserts, background merges), and the ClickHouse inserts made per 1,000 events.
 """
 
 from __future__ import annotations
@@ -87,6 +90,16 @@ class BenchResult:
     drain_gc_us: float = 0.0
     #: CPU used during the latency phase, cores: worker, broker
     latency_cpu_cores: tuple[float, float] = (0.0, 0.0)
+    #: the same split as the drain's over the latency phase, per event offered: CPU µs of
+    #: the worker and the broker; of the worker's, detection, decoding, garbage collections
+    latency_cpu_us: tuple[float, float] = (0.0, 0.0)
+    latency_detect_us: float = 0.0
+    latency_decode_us: float = 0.0
+    latency_gc_us: float = 0.0
+    #: CPU µs per event of the threads chDB runs in the worker (inserts, merges): drain, latency
+    clickhouse_cpu_us: tuple[float, float] = (0.0, 0.0)
+    #: ClickHouse inserts per 1,000 events: drain, latency phase (/stats ``clickhouse_inserts``)
+    clickhouse_inserts_per_kevent: tuple[float, float] = (0.0, 0.0)
     #: the worker's garbage-collector pauses during the latency phase, per generation
     gc_pauses: dict[str, dict[str, float]] = field(default_factory=dict)
     #: the worker's last periodic session-stage save, from its /stats (``SAVE_STATS``)
@@ -119,11 +132,19 @@ class BenchResult:
             return 0.0
         return round(self.drain_cpu_us[0] - self.drain_detect_us - self.drain_decode_us, 1)
 
+    @property
+    def latency_pipeline_own_us(self) -> float:
+        """The same as :attr:`pipeline_own_us` over the latency phase (0 when not measured)."""
+        if not (self.latency_cpu_us[0] and self.latency_detect_us):
+            return 0.0
+        return round(self.latency_cpu_us[0] - self.latency_detect_us - self.latency_decode_us, 1)
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["pipeline_vs_raw"] = round(self.pipeline_vs_raw, 3)
         d["pipeline_vs_naive"] = round(self.pipeline_vs_naive, 2)
         d["pipeline_own_us"] = self.pipeline_own_us
+        d["latency_pipeline_own_us"] = self.latency_pipeline_own_us
         return d
 
 
@@ -237,6 +258,29 @@ def _cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+def _named_threads_cpu(pid: int) -> float:
+    """CPU time (s) of a process's threads that named themselves: a thread inherits the
+    process's name unless it sets its own, as ClickHouse's (chDB's) threads do and
+    Python's do not (a thread that ends is no longer counted). 0 without /proc."""
+    def stat(path: str) -> tuple[bytes, float]:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        fields = raw.rsplit(b")", 1)[1].split()
+        return raw[raw.index(b"(") + 1:raw.rindex(b")")], (int(fields[11]) + int(fields[12]))
+    try:
+        own, _ = stat(f"/proc/{pid}/stat")
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    ticks = 0.0
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread may end meanwhile
+            name, used = stat(f"/proc/{pid}/task/{tid}/stat")
+            if name != own:
+                ticks += used
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class _Cpu:
     """CPU time of the worker and the broker since the last :meth:`mark`."""
 
@@ -247,11 +291,16 @@ class _Cpu:
     def mark(self) -> None:
         self.at = time.monotonic()
         self.used = tuple(_cpu_seconds(p) for p in self.pids)
+        self.named = _named_threads_cpu(self.pids[0])
 
     def seconds(self) -> tuple[float, float]:
         """CPU seconds of the worker and the broker since the mark."""
         return (_cpu_seconds(self.pids[0]) - self.used[0],
                 _cpu_seconds(self.pids[1]) - self.used[1])
+
+    def clickhouse_seconds(self) -> float:
+        """CPU seconds of the worker's named (ClickHouse's) threads since the mark."""
+        return _named_threads_cpu(self.pids[0]) - self.named
 
     def cores(self) -> tuple[float, float]:
         """The same, per second of wall time."""
@@ -263,6 +312,23 @@ class _Cpu:
 def _gc_ms(stats: dict[str, Any]) -> float:
     """The worker's garbage collections since its start, CPU ms (all generations)."""
     return float(sum(g.get("total_cpu_ms", 0.0) for g in stats.get("gc_pauses", {}).values()))
+
+
+def _split(cpu: _Cpu, st0: dict[str, Any], st: dict[str, Any], n: int,
+           ) -> tuple[tuple[float, float], float, float, float, float, float]:
+    """The worker's CPU since ``cpu``'s mark, per event of ``n``, from its /stats before
+    (``st0``) and after (``st``): (worker, broker) µs, detection µs, decoding µs, garbage
+    collections µs, ClickHouse's threads µs, and ClickHouse inserts per 1,000 events."""
+    n = max(1, n)
+    worker_s, broker_s = cpu.seconds()
+
+    def per_event(key: str) -> float:
+        return round(float(st.get(key, 0.0) - st0.get(key, 0.0)) / n * 1e6, 1)
+    return ((round(worker_s / n * 1e6, 1), round(broker_s / n * 1e6, 1)),
+            per_event("detect_cpu_s"), per_event("decode_cpu_s"),
+            round((_gc_ms(st) - _gc_ms(st0)) / n * 1e3, 1),
+            round(cpu.clickhouse_seconds() / n * 1e6, 1),
+            round(per_event("clickhouse_inserts") / 1e3, 2))
 
 
 def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[bytes], what: str) -> Any:
@@ -371,11 +437,8 @@ def run_bench(
                 cpu = _Cpu(proc.pid, broker.proc.pid if broker.proc else None)
                 st0 = _http_json(counters)
                 st = _wait_for(drained, 1800, proc, "the preloaded events")
-                worker_s, broker_s = cpu.seconds()
-                res.drain_cpu_us = (round(worker_s / n * 1e6, 1), round(broker_s / n * 1e6, 1))
-                res.drain_detect_us, res.drain_decode_us = (
-                    round((st[k] - st0[k]) / n * 1e6, 1) for k in ("detect_cpu_s", "decode_cpu_s"))
-                res.drain_gc_us = round((_gc_ms(st) - _gc_ms(st0)) / n * 1e3, 1)
+                drain = _split(cpu, st0, st, n)
+                res.drain_cpu_us, res.drain_detect_us, res.drain_decode_us, res.drain_gc_us = drain[:4]
                 end = max(st["last_event_at"], st["last_group_at"] or 0)
                 res.pipeline_rate = n / (end - st["first_ingest_at"])
                 log(f"[bench] full pipeline: {res.pipeline_rate:,.0f} events/s per worker process")
@@ -383,11 +446,17 @@ def run_bench(
                 since = int(time.time() * 1000)
                 log(f"[bench] offering {rate:,.0f} events/s for {latency_seconds:.0f} s")
                 cpu.mark()
+                st0 = _http_json(counters)
                 res.achieved_offered_rate = asyncio.run(_produce(bs, live, rate))
                 total = n + len(live)
                 st = _wait_for(lambda: (s := _http_json(counters))["events_detected"] >= total and s,
                                600, proc, "the live events")
                 res.latency_cpu_cores = cpu.cores()
+                lat_split = _split(cpu, st0, st, len(live))
+                res.latency_cpu_us, res.latency_detect_us, res.latency_decode_us, res.latency_gc_us = (
+                    lat_split[:4])
+                res.clickhouse_cpu_us = (drain[4], lat_split[4])
+                res.clickhouse_inserts_per_kevent = (drain[5], lat_split[5])
                 time.sleep(3.0)
                 st = _http_json(f"{base}?since_ms={since}")
                 lat = st["produce_to_flag_ms"]
@@ -479,6 +548,16 @@ def format_result(r: BenchResult) -> str:
         ("  of which garbage collections", f"{r.drain_gc_us:>5} µs"),
         ("CPU during the latency phase: worker / broker",
          f"{r.latency_cpu_cores[0]:>5} / {r.latency_cpu_cores[1]} cores"),
+        ("CPU per event in the latency phase: worker / broker",
+         f"{r.latency_cpu_us[0]:>5} / {r.latency_cpu_us[1]} µs"),
+        ("  of the worker's: detection / decoding",
+         f"{r.latency_detect_us:>5} / {r.latency_decode_us} µs"),
+        ("  outside detection / of which collections",
+         f"{r.latency_pipeline_own_us:>5} / {r.latency_gc_us} µs"),
+        ("ClickHouse's threads in the worker: drain / latency",
+         f"{r.clickhouse_cpu_us[0]:>5} / {r.clickhouse_cpu_us[1]} µs per event"),
+        ("ClickHouse inserts per 1,000 events: drain / latency",
+         f"{r.clickhouse_inserts_per_kevent[0]:>5} / {r.clickhouse_inserts_per_kevent[1]}"),
         ("worker peak RSS", f"{r.worker_peak_rss_mb:>12,.0f} MiB"),
         ("last session-stage save (/stats)", ""),
         *((f"  {k}", f"{v!s:>12}") for k, v in r.saves.items()),

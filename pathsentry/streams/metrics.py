@@ -122,6 +122,7 @@ _GAUGES: dict[str, str] = {
 }
 #: ... and as ``pathsentry_<key>_total`` (counts that only grow).
 _GAUGE_COUNTERS: dict[str, str] = {
+    "clickhouse_inserts": "inserts into ClickHouse that succeeded (flags, alerts, labels)",
     "handoff_hits": "stage inputs found in the in-process hand-off",
     "handoff_misses": "stage inputs decoded from the topic",
     "group_state_saves": "group partition states saved to the state topic",

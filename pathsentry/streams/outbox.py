@@ -11,6 +11,11 @@ callbacks. So:
   the insert);
 - no input offset is committed before its outputs are stored: a worker killed at any
   point re-reads what was not yet durable (at-least-once; the sinks are idempotent);
+- inserts are at least ``min_insert_interval_s`` apart (while the outbox is not full):
+  at a moderate rate a stage batch is small, and each insert costs ClickHouse a fixed
+  amount (a new part, its dedup entry, then background merges of the small parts) that
+  no longer depends on how many rows it carries; waiting lets the next batches' rows
+  join the same insert;
 - the stages never wait on ClickHouse while it keeps up, and a slow or unavailable
   ClickHouse does not stop alerts: the stages go on detecting and publishing while
   the rows wait here, up to ``max_rows``; past that the stages wait (back-pressure),
@@ -36,6 +41,7 @@ callbacks. So:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -95,13 +101,18 @@ class Outbox:
         max_rows: int = 50_000,
         max_batches: int = 10_000,
         max_insert_rows: int = 20_000,
+        min_insert_interval_s: float = 0.0,
         on_stored: Callable[[Pending, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sink = sink
         self.max_rows = max(1, max_rows)
         self.max_batches = max(1, max_batches)
         self.max_insert_rows = max(1, max_insert_rows)
+        self.min_insert_interval_s = max(0.0, min_insert_interval_s)
         self.on_stored = on_stored
+        self._clock = clock
+        self._inserted_at = -float("inf")
         self._queue: deque[Pending] = deque()
         self._rows = 0
         self._changed = asyncio.Event()
@@ -167,6 +178,7 @@ class Outbox:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            await self._pace()
             taken = self._take()
             for p in taken:
                 for d in p.deliveries:
@@ -174,6 +186,7 @@ class Outbox:
             flags = [f for p in taken for f in p.flags]
             alerts = [a for p in taken for a in p.alerts]
             if flags or alerts:
+                self._inserted_at = self._clock()
                 await self.sink.write(flags, alerts)
             stored_at = time.time() * 1000
             for p in taken:
@@ -187,6 +200,17 @@ class Outbox:
             self._rows -= n
             self.stored_rows += n
             self._changed.set()
+
+    async def _pace(self) -> None:
+        """Wait, when rows are queued, until ``min_insert_interval_s`` has passed since the
+        last insert began (not while the outbox is full: then the stages wait on it).
+        Batches without rows (acknowledgements only) are not held."""
+        wait = self.min_insert_interval_s - (self._clock() - self._inserted_at)
+        while self._rows and wait > 0 and not self._full():
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):  # woken early when the outbox fills
+                await asyncio.wait_for(self._changed.wait(), wait)
+            wait = self.min_insert_interval_s - (self._clock() - self._inserted_at)
 
 
 async def _delivered(d: Delivery) -> None:

@@ -85,6 +85,7 @@ class Pipeline(StatePersistence):
             self.sink,
             max_rows=config.clickhouse.buffer_rows,
             max_insert_rows=config.clickhouse.batch_size,
+            min_insert_interval_s=config.clickhouse.min_insert_interval_s,
             on_stored=self._stored,
         )
         self.session_handoff: Handoff[SessionItem] = Handoff()
@@ -203,6 +204,7 @@ class Pipeline(StatePersistence):
         how often a stage found its input in the local hand-off."""
         return {
             "clickhouse_healthy": self.sink.healthy,
+            "clickhouse_inserts": self.sink.inserts,
             "outbox_rows": self.outbox.rows,
             "outbox_batches": self.outbox.batches,
             "in_flight": self.in_flight(),

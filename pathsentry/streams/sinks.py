@@ -41,6 +41,8 @@ class ClickHouseSink:
         self.max_backoff_s = max_backoff_s
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.rows_written = 0
+        #: inserts that succeeded (each is one part for ClickHouse to store and merge)
+        self.inserts = 0
         self.failures = 0
         self.healthy = True
 
@@ -56,6 +58,7 @@ class ClickHouseSink:
                     log.warning("clickhouse: writes succeed again (%s, %d rows)", table, len(rows))
                 self.healthy = True
                 self.rows_written += len(rows)
+                self.inserts += 1
                 return
             except Exception as e:
                 self.failures += 1
