@@ -278,7 +278,7 @@ def _run(checks: tuple[Check, ...], p: HttpProbe, origin: Origin | None, x: Expe
 
 
 def weigh(probe: HttpProbe, origin: Origin | None, x: Expectation,
-           s: InjectionSettings) -> tuple[Verdict, list[Evidence]]:
+          s: InjectionSettings) -> tuple[Verdict, list[Evidence]]:
     """The verdict, and the content evidence (counted or not: recorded either way)."""
     path = _run(PATH_CHECKS, probe, origin, x, s)
     path_score = noisy_or([e.weight for e in path]) if path else 0.0
