@@ -50,7 +50,7 @@ def test_a_value_the_detector_refuses_is_refused_here_too() -> None:
 
 def test_comments_come_from_the_declarations() -> None:
     assert field_docs(TakeoverSettings)["min_history"].startswith("logins an account needs")
-    assert "1 - gap_alpha" in dict_docs("pathsentry.detectors.latency.scoring")["gap_alpha"]
+    assert "1 - gap_alpha" in dict_docs("pathsentry.detectors.latency.defaults")["gap_alpha"]
     # a comment spread over two lines is one
     assert dict_docs("pathsentry.detectors.route")["min_samples"].endswith("fewer: unverified")
     assert dict_docs("no.such.module") == {}

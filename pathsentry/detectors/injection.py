@@ -49,9 +49,11 @@ server's: not flagged, recorded in the notes (``moved``, ``handshake``).
 The verdict is left in ``Enriched.notes["injection"]`` for
 :mod:`pathsentry.detectors.injection_cells`.
 
-About 670 lines with the settings' comments: the evidence weights, the verdict and the
-detector's consults of the learned tables (profiles, window, onsets, handshakes) are one
-decision, each table in a module of its own.
+This module owns the detector: what it makes of a probe's verdict with the learned
+tables, its notes and flag, and its saved state. The evidence and its weighing are
+:mod:`pathsentry.detectors.injection_evidence`'s, the weights and thresholds
+:mod:`pathsentry.detectors.injection_settings`'s; each learned table is in a module of
+its own.
 
 >>> from pathsentry.config import Origin
 >>> from pathsentry.schemas import parse_event
@@ -73,14 +75,23 @@ decision, each table in a module of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pathsentry.config import Origin
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
+from pathsentry.detectors.injection_evidence import (
+    Evidence,
+    Verdict,
+    assess,
+    frozen_marks,
+    noisy_or,
+    prior_marks,
+    profile_key,
+    ttl_delta,
+    weigh,
+)
 from pathsentry.detectors.injection_handshake import (
     HandshakeJudgement,
     Handshakes,
@@ -91,9 +102,9 @@ from pathsentry.detectors.injection_profile import (
     Expectation,
     OriginProfiles,
     ProfileSettings,
-    features_of,
 )
 from pathsentry.detectors.injection_saved import check_handshakes, check_onsets, check_profiles
+from pathsentry.detectors.injection_settings import InjectionSettings
 from pathsentry.detectors.injection_window import (
     QUIET,
     TLS,
@@ -115,324 +126,6 @@ __all__ = [
 ]
 
 NOTES_KEY = "injection"
-
-
-
-@dataclass(frozen=True, slots=True)
-class InjectionSettings:
-    """Weights and thresholds (``[detectors.injection]`` in ``pathsentry.toml``; the
-    same table also holds :class:`ProfileSettings` and :class:`WindowSettings`)."""
-
-    #: score (noisy-OR of the evidence weights, 0-1) from which a probe is flagged
-    flag_score: float = 0.6
-    #: path score from which content evidence (status, body) joins the score
-    path_gate: float = 0.5
-    # -- path marks: each strong one flags on its own
-    #: weight of an answer TTL that differs from the SYN-ACK's as the origin's never do
-    w_ttl_delta: float = 0.6
-    #: a TTL delta while the origin's TTL relation is not learned yet (prior: 0)
-    w_ttl_unlearned: float = 0.45
-    #: a TTL delta below the origin's usual ones (a route change, another stack)
-    w_ttl_other: float = 0.25
-    #: weight of the origin's learned marks (header set, server value) missing
-    w_origin_marks: float = 0.6
-    #: share of the origin's marks missing for the full weight (less: in proportion)
-    marks_full_share: float = 0.5
-    #: the same for a status the origin was not learned with: its marks are then those
-    #: of other statuses, some of which belong to those statuses (``upgrade`` to a 101)
-    marks_full_share_other: float = 0.75
-    #: weight of a sequence race (overlapping segments with different bytes)
-    w_seq_conflict: float = 0.6
-    #: weight of a first byte sooner than a round trip to the server allows
-    w_fast_answer: float = 0.4
-    #: weight of the server retransmitting again and again (its answer was lost to a forged
-    #: one)
-    w_retransmits: float = 0.25
-    # -- content evidence: joins path marks, never flags alone
-    #: weight of a WebSocket upgrade not answered 101 (content: joins path marks only)
-    w_ws_status: float = 0.4
-    #: weight of a status other than the origin's (content: joins path marks only)
-    w_status: float = 0.3
-    #: weight of a body other than the origin's (content: joins path marks only)
-    w_body: float = 0.3
-    #: TTFB below ``fast_ratio * connect_ms`` (and below the origin's learned lowest
-    #: ratio) is faster than the server can answer.
-    fast_ratio: float = 0.6
-    #: Below this handshake RTT, timing jitter dominates and TTFB says nothing.
-    min_connect_ms: float = 2.0
-    #: This many retransmitted segments in one probe is a storm.
-    retransmit_storm: int = 4
-    #: whether an answer without TTLs whose first byte came no sooner than the round trip
-    #: (no race, no storm) is flagged on the origin's missing marks and its content
-    #: alone: nothing places the box that answered nearer than the server
-    flag_unplaced: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """One observation, its weight, and what it means in words."""
-
-    code: str
-    weight: float
-    reason: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The assessment of one probe.
-
-    ``score`` is the noisy-OR of the evidence that counts (0 for TLS probes, which are
-    never suspect); ``path_score`` the noisy-OR of the path marks alone, comparable
-    between plaintext and TLS probes.
-    """
-
-    score: float
-    path_score: float
-    suspect: bool
-    tls: bool
-    evidence: tuple[Evidence, ...]
-
-
-def noisy_or(weights: list[float]) -> float:
-    """Combine independent pieces of evidence: ``1 - prod(1 - w)``.
-
-    >>> noisy_or([]), noisy_or([0.5, 0.5])
-    (0.0, 0.75)
-    """
-    keep = 1.0
-    for w in weights:
-        w = 0.0 if w < 0.0 else w  # min(max(w, 0.0), 1.0), exactly, without the builtins
-        keep *= 1.0 - (1.0 if w > 1.0 else w)
-    return 1.0 - keep
-
-
-def _delta(p: HttpProbe) -> int | None:
-    ttl = p.ttl
-    if ttl is None or ttl.response is None or ttl.syn_ack is None:
-        return None
-    return ttl.response - ttl.syn_ack
-
-
-def prior_marks(origin: Origin | None) -> set[str] | None:
-    """The configured marks of ``origin`` (``None``: nothing configured).
-
-    >>> sorted(prior_marks(Origin(host="a", expect_server="cf", expect_headers=["CF-Ray"])))
-    ['h:cf-ray', 's:cf']
-    """
-    if origin is None or not (origin.expect_headers or origin.expect_server):
-        return None
-    return features_of(origin.expect_headers, origin.expect_server)
-
-
-def is_tls(p: HttpProbe) -> bool:
-    """Whether the answer travelled inside TLS: what the reporter saw (``protocol``: TLS
-    on a plaintext port is TLS; bytes that were neither HTTP nor TLS are not, whatever
-    the port), else the scheme."""
-    if p.protocol is not None:
-        return p.protocol == "tls"
-    return p.target.encrypted
-
-
-def profile_key(p: HttpProbe) -> str:
-    return f"{p.target.host.lower()}|{p.request}"
-
-
-Check = Callable[[HttpProbe, Origin | None, Expectation, InjectionSettings], Evidence | None]
-
-
-def _ws_status(p: HttpProbe, origin: Origin | None, x: Expectation,
-               s: InjectionSettings) -> Evidence | None:
-    if p.request != "ws_upgrade" or p.status is None:
-        return None
-    expected = origin.expect_ws_status if origin and origin.expect_ws_status else 101
-    if p.status == expected:
-        return None
-    whose = "the origin answers" if origin else "the protocol requires"
-    return Evidence(
-        "ws_status", s.w_ws_status,
-        f"WebSocket upgrade answered {p.status}, {whose} {expected}",
-        {"status": p.status, "expected": expected},
-    )
-
-
-def _status(p: HttpProbe, origin: Origin | None, x: Expectation,
-            s: InjectionSettings) -> Evidence | None:
-    if p.request != "get" or origin is None or origin.expect_status is None:
-        return None
-    if p.status is None or p.status == origin.expect_status:
-        return None
-    return Evidence(
-        "status", s.w_status,
-        f"answered {p.status}, the origin answers {origin.expect_status}",
-        {"status": p.status, "expected": origin.expect_status},
-    )
-
-
-def _body(p: HttpProbe, origin: Origin | None, x: Expectation,
-          s: InjectionSettings) -> Evidence | None:
-    if p.request != "get" or origin is None or origin.expect_body_sha256 is None:
-        return None
-    if p.body_sha256 is None or p.body_sha256.lower() == origin.expect_body_sha256.lower():
-        return None
-    return Evidence(
-        "body", s.w_body,
-        f"body hash {p.body_sha256[:12]}… ({p.body_len} bytes) is not the origin's "
-        f"{origin.expect_body_sha256[:12]}…",
-        {"body_sha256": p.body_sha256, "expected": origin.expect_body_sha256,
-         "body_len": p.body_len},
-    )
-
-
-def _mark_present(mark: str, seen: set[str], server: str) -> bool:
-    if mark.startswith("s:"):
-        return server.startswith(mark[2:])
-    return mark in seen
-
-
-def _origin_marks(p: HttpProbe, origin: Origin | None, x: Expectation,
-                  s: InjectionSettings) -> Evidence | None:
-    if x.features is None or not x.features or p.header_names is None:
-        return None
-    seen = features_of(p.header_names, None)
-    server = (p.server_header or "").lower()
-    # (``seen`` holds header marks only: a server mark is never in it)
-    missing = [m for m in x.features - seen if not _mark_present(m, seen, server)]
-    if not missing:
-        return None
-    missing.sort()
-    share = len(missing) / len(x.features)
-    full = s.marks_full_share if x.exact or x.source == "configured" else s.marks_full_share_other
-    weight = s.w_origin_marks * min(1.0, share / full)
-    headers = [m[2:] for m in missing if m.startswith("h:")]
-    servers = [m[2:] for m in missing if m.startswith("s:")]
-    parts = []
-    if headers:
-        parts.append("the origin's headers missing: " + ", ".join(headers))
-    if servers:
-        parts.append(f"server header {p.server_header!r}, the origin's is "
-                     + " or ".join(repr(v) for v in servers))
-    return Evidence(
-        "origin_marks", weight,
-        "; ".join(parts) + f" ({len(missing)} of {len(x.features)} marks, {x.source})",
-        {"missing": headers, "server_header": p.server_header,
-         "expected_server": servers or None,
-         "expected_headers": sorted(m[2:] for m in x.features if m.startswith("h:")),
-         "measured_headers": sorted(h.lower() for h in p.header_names),
-         "missing_share": round(share, 3), "learned_from": x.source},
-    )
-
-
-def _ttl_delta(p: HttpProbe, origin: Origin | None, x: Expectation,
-               s: InjectionSettings) -> Evidence | None:
-    delta = _delta(p)
-    if delta is None or delta in x.deltas:
-        return None
-    assert p.ttl is not None and p.ttl.response is not None and p.ttl.syn_ack is not None
-    usual = "/".join(f"{d:+d}" for d in x.deltas)
-    nearer = delta - max(x.deltas)
-    if nearer > 0:
-        hops = "hop" if nearer == 1 else "hops"
-        meaning = f"sent by a box {nearer} {hops} nearer than the server"
-        weight = s.w_ttl_delta if x.delta_source != "default" else s.w_ttl_unlearned
-    else:
-        meaning = "another route or IP stack"
-        weight = s.w_ttl_other
-    return Evidence(
-        "ttl_delta", weight,
-        f"response TTL {p.ttl.response} vs SYN-ACK {p.ttl.syn_ack} ({delta:+d}; the "
-        f"origin's answers show {usual}, {x.delta_source}): {meaning}",
-        {"syn_ack": p.ttl.syn_ack, "response": p.ttl.response, "delta": delta,
-         "expected_deltas": list(x.deltas), "learned_from": x.delta_source},
-    )
-
-
-def _fast_answer(p: HttpProbe, origin: Origin | None, x: Expectation,
-                 s: InjectionSettings) -> Evidence | None:
-    if p.connect_ms is None or p.ttfb_ms is None or p.connect_ms < s.min_connect_ms:
-        return None
-    ratio = s.fast_ratio if x.fast_ratio is None else min(s.fast_ratio, x.fast_ratio)
-    if p.ttfb_ms >= ratio * p.connect_ms:
-        return None
-    return Evidence(
-        "fast_answer", s.w_fast_answer,
-        f"first byte {p.ttfb_ms:.1f} ms after the request, sooner than the "
-        f"{p.connect_ms:.1f} ms round trip to the server allows (the origin's answers "
-        f"take at least {ratio * p.connect_ms:.1f} ms): something nearer answered",
-        {"ttfb_ms": p.ttfb_ms, "connect_ms": p.connect_ms,
-         "expected_min_ms": round(ratio * p.connect_ms, 3),
-         "learned_ratio": None if x.fast_ratio is None else round(x.fast_ratio, 4)},
-    )
-
-
-def _seq_conflict(p: HttpProbe, origin: Origin | None, x: Expectation,
-                  s: InjectionSettings) -> Evidence | None:
-    if not p.seq_conflict:
-        return None
-    return Evidence(
-        "seq_conflict", s.w_seq_conflict,
-        "two TCP segments carried different bytes for the same sequence range "
-        "(a forged answer raced the genuine one)",
-        {"seq_conflict": True},
-    )
-
-
-def _retransmits(p: HttpProbe, origin: Origin | None, x: Expectation,
-                 s: InjectionSettings) -> Evidence | None:
-    if p.retransmits is None or p.retransmits < s.retransmit_storm:
-        return None
-    return Evidence(
-        "retransmits", s.w_retransmits,
-        f"{p.retransmits} retransmitted segments (the genuine answer kept being dropped)",
-        {"retransmits": p.retransmits},
-    )
-
-
-#: Evidence from the answer's content: only ever adds to path marks.
-CONTENT_CHECKS: tuple[Check, ...] = (_ws_status, _status, _body)
-#: Marks of a box on the path: valid for TLS probes and unknown hosts too.
-PATH_CHECKS: tuple[Check, ...] = (_origin_marks, _ttl_delta, _fast_answer, _seq_conflict,
-                                  _retransmits)
-
-
-def _run(checks: tuple[Check, ...], p: HttpProbe, origin: Origin | None, x: Expectation,
-         s: InjectionSettings) -> list[Evidence]:
-    out = []
-    for check in checks:
-        e = check(p, origin, x, s)
-        if e is not None:
-            out.append(e)
-    return out
-
-
-def _weigh(probe: HttpProbe, origin: Origin | None, x: Expectation,
-           s: InjectionSettings) -> tuple[Verdict, list[Evidence]]:
-    """The verdict, and the content evidence (counted or not: recorded either way)."""
-    path = _run(PATH_CHECKS, probe, origin, x, s)
-    path_score = noisy_or([e.weight for e in path]) if path else 0.0
-    content = _run(CONTENT_CHECKS, probe, origin, x, s)
-    if is_tls(probe):
-        return Verdict(0.0, path_score, False, True, tuple(path)), content
-    if path_score < s.path_gate:
-        return Verdict(path_score, path_score, path_score >= s.flag_score, False,
-                       tuple(path)), content
-    evidence = path + content
-    score = noisy_or([e.weight for e in evidence])
-    return Verdict(score, path_score, score >= s.flag_score, False, tuple(evidence)), content
-
-
-def assess(probe: HttpProbe, origin: Origin | None, settings: InjectionSettings,
-           expect: Expectation | None = None) -> Verdict:
-    """Weigh the evidence of one probe against its origin's marks (``expect``; default:
-    the configured ``[[origin]]`` and a TTL delta of 0, nothing learned)."""
-    if expect is None:
-        expect = Expectation(_frozen(prior_marks(origin)), "configured", False, (0,), "default",
-                             None)
-    return _weigh(probe, origin, expect, settings)[0]
-
-
-def _frozen(marks: set[str] | None) -> frozenset[str] | None:
-    return None if marks is None else frozenset(marks)
 
 
 def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str | None:
@@ -481,7 +174,7 @@ def _far(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
     :func:`_quiet`, its TTLs seen (missing marks alone say another box answered, not
     where it sits; an answer without TTLs or with a handshake too short to time says
     neither)."""
-    return _delta(probe) is not None and _quiet(probe, verdict, s)
+    return ttl_delta(probe) is not None and _quiet(probe, verdict, s)
 
 
 def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
@@ -524,7 +217,7 @@ class InjectionDetector(Detector):
 
     def _prior(self, host: str, origin: Origin | None) -> frozenset[str] | None:
         if host not in self._priors:
-            self._priors[host] = _frozen(prior_marks(origin))
+            self._priors[host] = frozen_marks(prior_marks(origin))
         return self._priors[host]
 
     def process(self, ev: Enriched, key: str | None = None) -> Findings | None:
@@ -537,12 +230,12 @@ class InjectionDetector(Detector):
         pkey = profile_key(probe)
         host = t.host.lower()
         expect = self.profiles.expect(pkey, probe.status, self._prior(host, origin))
-        verdict, content = _weigh(probe, origin, expect, s)
+        verdict, content = weigh(probe, origin, expect, s)
         net = f"AS{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}"
         anomaly = _anomaly(probe, verdict, content)
         path_anomaly = verdict.path_score >= s.flag_score
         syn_ack = None if probe.ttl is None else probe.ttl.syn_ack
-        delta = _delta(probe)
+        delta = ttl_delta(probe)
         hs = (self.handshakes.judge(host, ev.prefix, syn_ack, probe.connect_ms)
               if self.handshakes.s.handshake_moves else None)
         moved = _moved(verdict, hs, _late(probe, verdict, s))

@@ -27,6 +27,8 @@ Modules, one concern each:
   relay detector's flag, or an RTT excess in the class's learned tail, against the
   share the class's background shows;
 - :mod:`~pathsentry.detectors.farm.grouping` -- when a candidate is a farm;
+- :mod:`~pathsentry.detectors.farm.groups` -- a farm group formed, found again, joined
+  and its alert emitted;
 - :mod:`~pathsentry.detectors.farm.evidence` -- features, score, alert and flags;
 - :mod:`~pathsentry.detectors.farm.state` -- snapshot and restore;
 - :mod:`~pathsentry.detectors.farm.model` -- settings and the data the others share;

@@ -80,10 +80,12 @@ the sum over the other sessions' residuals); noise scales are kept until their
 access kind's residuals change, and the overheads' votes are kept in order as they come.
 
 Modules: :mod:`.state` (bounded tables, alert book, the session record),
-:mod:`.baselines` (prefix baselines, learned server overheads), :mod:`.prior` (a
+:mod:`.defaults` (settings and component weights), :mod:`.prefix_baselines`
+(prefix baselines), :mod:`.baselines` (learned server overheads), :mod:`.prior` (a
 cold server's overhead bounds), :mod:`.geometry`
 (distances, expectations, RTT disks), :mod:`.model` (the anomaly model),
-:mod:`.scoring` (component strengths, history, combination), :mod:`.prefixes` (what
+:mod:`.scoring` (component strengths, combination), :mod:`.history` (account
+histories), :mod:`.prefixes` (what
 an exit prefix's recent logins show together), :mod:`.evidence`
 (flags put into words), :mod:`.snapshots` (state as JSON and back) and
 :mod:`.detector` (events, learning).

@@ -21,11 +21,12 @@ from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import DetectorContext, Enriched, Findings
 from pathsentry.detectors.latency.baselines import Baseline, OverheadBook
+from pathsentry.detectors.latency.defaults import DEFAULTS, WEIGHTS
 from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
 from pathsentry.detectors.latency.prefixes import PREFIX_VIEWS_MAX, PrefixView
-from pathsentry.detectors.latency.scoring import DEFAULTS, PREFIX_ROW, WEIGHTS, GapVerdict, noisy_or
+from pathsentry.detectors.latency.scoring import PREFIX_ROW, GapVerdict, noisy_or
 from pathsentry.detectors.latency.snapshots import Snapshots
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
 from pathsentry.detectors.physics import KM_PER_MS_RTT
@@ -57,7 +58,7 @@ class LatencyDetector(Snapshots, Evidence):
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
         cfg = settings_dict(self.name, ctx.settings(self.name), DEFAULTS,
-                            "pathsentry.detectors.latency.scoring")
+                            "pathsentry.detectors.latency.defaults")
         self.cfg = cfg
         self.warmup = int(cfg["warmup_samples"])
         self.flag_threshold = float(cfg["flag_threshold"])

@@ -1,5 +1,5 @@
-"""Scoring of the relay detector: each evidence component's strength, the account
-history's boost or damping, and the noisy-OR that combines them.
+"""Scoring of the relay detector: each evidence component's strength and the noisy-OR
+that combines them.
 
 Every latency rule compares like with like. The cross-layer gap (app minimum
 against kernel TCP or a network-layer probe) is judged against the server's learned
@@ -36,14 +36,16 @@ from ``prefix_min_logins`` 4, ramping between combined z-scores of 4.5 and 6.5
 other logins evidence ramping over the proven share between 0.2 and 0.5
 (``prefix_share``).
 
-About 650 lines: every component's strength reads the same overhead figures (learned,
-or a cold server's bounds), and they are kept beside the one verdict that sets them.
+Every component's strength reads the same overhead figures (learned, or a cold
+server's bounds), and they are kept here beside the one verdict that sets them. The
+settings and the components' weights are :mod:`.defaults`'s; the account history's
+boost or damping of a score is :mod:`.history`'s.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from mypy_extensions import trait
 
@@ -53,109 +55,21 @@ from pathsentry.detectors.latency.baselines import (
     OverheadBook,
     phase_quantile,
 )
+from pathsentry.detectors.latency.defaults import (
+    DEFAULT_MIN_SPREAD_MS,
+    DEFAULTS,
+    LEVEL_WEIGHT,
+    MIN_SPREAD_MS,
+    WEIGHTS,
+)
 from pathsentry.detectors.latency.geometry import Geometry
+from pathsentry.detectors.latency.history import AccountHistory
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
 from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
 __all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "PRIOR_APP", "SLOWEST", "WEIGHTS",
            "GapVerdict", "Scoring", "noisy_or"]
-
-#: Smallest baseline spread (p90 - p10, ms) a z-score is measured against: a
-#: radio link can spike every sample of a short session (LTE: 15-60 ms), a
-#: wired line cannot.
-MIN_SPREAD_MS: dict[str, float] = {"mobile": 8.0}
-DEFAULT_MIN_SPREAD_MS = 2.0
-#: How much a baseline verdict weighs by how specific the baseline is.
-#: A fallback baseline (ASN, country) alone stays below the flag threshold: a new
-#: rural DSL prefix is slower than its ISP's city prefixes without any relay.
-LEVEL_WEIGHT: dict[str, float] = {"prefix": 1.0, "asn": 0.6, "country": 0.5}
-#: Noisy-OR weight of each evidence component.
-WEIGHTS: dict[str, float] = {
-    "gap": 0.95,
-    "prefix_gap": 0.9,
-    "prefix_relays": 0.8,
-    "vantage": 0.85,
-    "baseline": 0.85,
-    "physics": 0.7,
-    "route": 0.5,
-    "model": 0.25,
-}
-
-DEFAULTS: dict[str, Any] = {
-    #: samples an app-RTT baseline (per server and /24, ASN or country and access kind) needs
-    #: before it gives a verdict
-    "warmup_samples": 20,
-    #: session score (noisy-OR of the components, 0-1) from which a login is flagged
-    "flag_threshold": 0.6,
-    #: account score from which a vpn_relay alert is raised
-    "alert_threshold": 0.85,
-    #: flagged sessions of one account that raise an alert whatever their score
-    "alert_repeat": 2,
-    #: recent session scores kept per account (they boost or damp its next score)
-    "history_len": 8,
-    #: app-RTT baselines kept (least recently used dropped)
-    "baseline_keys_max": 100_000,
-    #: sessions kept (least recently used dropped)
-    "sessions_max": 100_000,
-    #: account histories kept (least recently used dropped)
-    "accounts_max": 200_000,
-    #: alert records kept (least recently used dropped)
-    "alerts_max": 50_000,
-    #: memoised distances and expectations per claimed location (cleared when full)
-    "distances_max": 100_000,
-    #: a gap excess below this many ms (about 500 km of fibre) is never a relay leg
-    "gap_min_ms": 5.0,
-    #: gap excess (ms) at which the gap component is at full strength
-    "gap_full_ms": 15.0,
-    #: noise scales above the learned honest bound a gap must clear
-    "gap_z": 3.0,
-    #: tail probability of the tick's phase a gap must exceed (the bound's quantile is 1 -
-    #: gap_alpha)
-    "gap_alpha": 0.001,
-    #: the 1 - phase_alpha quantile of the phase is subtracted where an app figure meets physics
-    "phase_alpha": 0.01,
-    #: exit prefixes per server whose latest gaps vote on its learned cost, tick and noise (twice
-    #: that per access kind)
-    "overhead_window": 40,
-    #: distinct exit prefixes a server needs before its learned overhead is used (until then the
-    #: prior bounds)
-    "overhead_warmup": 8,
-    #: learn a server's overhead per client platform as well (when logins name it)
-    "overhead_by_platform": True,
-    #: the most a cold server's fixed application cost may be (ms): a slower server must raise it
-    "overhead_prior_cost_ms": 30.0,
-    #: the most a cold server's game-loop tick may be (ms): a slower server must raise it
-    "overhead_prior_tick_ms": 200.0,
-    #: logins of an access kind before a login with one or two app samples of that kind has a gap
-    #: verdict of its own
-    "spike_warmup": 40,
-    #: recent logins kept per exit prefix, combined into its z-score
-    "prefix_history": 16,
-    #: exit-prefix histories kept (least recently used dropped)
-    "prefixes_max": 20_000,
-    #: logins with a gap verdict an exit prefix needs before its combined z-score counts
-    "prefix_min_logins": 4,
-    #: combined z-scores between which the exit prefix's evidence ramps from none to full
-    "prefix_z": [4.5, 6.5],
-    #: evidence (gap, physics or vantage, 0-1) from which a login proves its exit prefix relays
-    "proven_min": 0.5,
-    #: shares of an exit prefix's recent logins proven relayed between which its lent evidence ramps
-    "prefix_share": [0.2, 0.5],
-    #: distinct accounts proven relayed before an exit prefix lends evidence to its other logins
-    "prefix_proven_accounts": 2,
-    #: session score from which an account's earlier session counts as suspicious
-    "suspicious_history": 0.55,
-    #: trees of the half-space-trees anomaly model (river)
-    "hst_trees": 10,
-    #: height of each tree
-    "hst_height": 6,
-    #: logins per reference window of the model
-    "hst_window": 250,
-    #: the model's random seed (its trees are a function of it: saved state stays valid)
-    "seed": 7,
-}
-
 
 
 def noisy_or(components: dict[str, float]) -> float:
@@ -219,14 +133,12 @@ class GapVerdict:
 
 
 @trait  # a mixin: the compiled build takes it beside its one non-trait base
-class Scoring(ExitPrefixes):
-    """Component strengths, history and the combined score (mixed into the detector)."""
+class Scoring(ExitPrefixes, AccountHistory):
+    """Component strengths and the combined score (mixed into the detector)."""
 
     name: ClassVar[str]
     warmup: int
     flag_threshold: float
-    suspicious_history: float
-    history_len: int
     gap_min_ms: float
     gap_full_ms: float
     gap_z: float
@@ -238,7 +150,6 @@ class Scoring(ExitPrefixes):
     spike_warmup: int
     baselines: BoundedLRU[str, Baseline]
     overhead: OverheadBook
-    accounts: BoundedLRU[str, tuple[Any, ...]]
     hst: QueuedHalfSpaceTrees
     geometry: Geometry
 
@@ -621,75 +532,3 @@ class Scoring(ExitPrefixes):
             v = v if v < 1.0 else 1.0
             keep *= 1.0 - (v if v > 0.0 else 0.0)
         return 1.0 - keep < 0.5
-
-    # -- per-account history -----------------------------------------------------
-
-    def _remember(self, account: str, sess: Session, base: float, first_flag: bool = False) -> int:
-        """Put the session's score into the account's history (replacing an earlier score
-        of the same session); returns the account's number of flagged sessions."""
-        accounts = self.accounts
-        table = accounts._d
-        acc = table.get(account)
-        sid = sess.session_id or sess.event_id
-        if acc is None:
-            flagged = 1 if first_flag else 0
-            accounts.put(account, (flagged, sid, base) if self.history_len > 0 else (flagged,))
-            return flagged
-        table.move_to_end(account)
-        flagged = int(acc[0]) + 1 if first_flag else int(acc[0])
-        recent: list[Any] = [flagged]
-        for i in range(1, len(acc), 2):
-            if acc[i] != sid:
-                recent += acc[i:i + 2]
-        recent += (sid, base)
-        keep = 2 * self.history_len
-        if len(recent) > keep + 1:
-            del recent[1:len(recent) - keep]
-        table[account] = tuple(recent)
-        return flagged
-
-    def _suspicious_before(self, sess: Session) -> int:
-        """How many of the account's other recent sessions were suspicious."""
-        acc = self.accounts.peek(sess.account)
-        if acc is None:
-            return 0
-        sid = sess.session_id or sess.event_id
-        threshold = self.suspicious_history
-        suspicious = 0
-        for i in range(1, len(acc), 2):
-            if acc[i + 1] >= threshold and acc[i] != sid:
-                suspicious += 1
-        return suspicious
-
-    def _with_history(self, account: str, sess: Session, base: float) -> tuple[float, str | None]:
-        if base <= 0.0:  # nothing to boost or damp
-            return base, None
-        acc = self.accounts.peek(account)
-        if acc is None:
-            return base, None
-        sid = sess.session_id or sess.event_id
-        threshold = self.suspicious_history
-        prior = suspicious = 0
-        top = 0.0
-        for i in range(1, len(acc), 2):
-            if acc[i] != sid:
-                v = acc[i + 1]
-                if not prior or v > top:
-                    top = v
-                prior += 1
-                if v >= threshold:
-                    suspicious += 1
-        if base >= 0.35 and suspicious:
-            boosted = base + (1.0 - base) * min(0.6, 0.2 * suspicious)
-            return boosted, (
-                f"{suspicious} of the account's last {prior} sessions were also "
-                f"suspicious: score {base:.2f} -> {boosted:.2f}"
-            )
-        if base < 0.8 and prior >= 3 and top < 0.3:
-            damped = base * 0.85
-            return damped, (
-                f"the account's last {prior} sessions were clean: one noisy session is "
-                f"not enough (score {base:.2f} -> {damped:.2f})"
-            )
-        return base, None
-
