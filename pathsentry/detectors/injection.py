@@ -155,26 +155,17 @@ def _late(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
     return not any(e.code == "fast_answer" for e in verdict.evidence)
 
 
-def _quiet(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
+def _nearer_ttl(e: Evidence) -> bool:
+    """Whether ``e`` is an answer TTL nearer than its SYN-ACK's by more than the origin's
+    relation allows (a box nearer than the server)."""
+    return e.code == "ttl_delta" and e.detail["delta"] > max(e.detail["expected_deltas"])
+
+
+def _quiet(verdict: Verdict, late: bool) -> bool:
     """Whether the answer could have shown a box nearer than the origin and showed none:
-    :func:`_late`, no race, no retransmission storm, no TTL nearer than the origin's
-    relation."""
-    if not _late(probe, verdict, s):
-        return False
-    for e in verdict.evidence:
-        if e.code in NEARER:
-            return False
-        if e.code == "ttl_delta" and e.detail["delta"] > max(e.detail["expected_deltas"]):
-            return False
-    return True
-
-
-def _far(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
-    """Whether the answer shows where it came from, and no box nearer than the origin:
-    :func:`_quiet`, its TTLs seen (missing marks alone say another box answered, not
-    where it sits; an answer without TTLs or with a handshake too short to time says
-    neither)."""
-    return ttl_delta(probe) is not None and _quiet(probe, verdict, s)
+    ``late`` (:func:`_late`), no race, no retransmission storm, no TTL nearer than the
+    origin's relation."""
+    return late and not any(e.code in NEARER or _nearer_ttl(e) for e in verdict.evidence)
 
 
 def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
@@ -192,9 +183,7 @@ def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
         return False
     if hs.level != "line" and not late:
         return False
-    return not any(e.code in NEARER or (e.code == "ttl_delta" and not late and
-                                        e.detail["delta"] > max(e.detail["expected_deltas"]))
-                   for e in verdict.evidence)
+    return not any(e.code in NEARER or (not late and _nearer_ttl(e)) for e in verdict.evidence)
 
 
 class InjectionDetector(Detector):
@@ -238,8 +227,9 @@ class InjectionDetector(Detector):
         delta = ttl_delta(probe)
         hs = (self.handshakes.judge(host, ev.prefix, syn_ack, probe.connect_ms)
               if self.handshakes.s.handshake_moves else None)
-        moved = _moved(verdict, hs, _late(probe, verdict, s))
-        quiet = _quiet(probe, verdict, s)
+        late = _late(probe, verdict, s)
+        moved = _moved(verdict, hs, late)
+        quiet = _quiet(verdict, late)
         # (no TTLs, a first byte no sooner than the round trip: nothing places the box)
         unplaced = verdict.suspect and quiet and delta is None and not s.flag_unplaced
         flagged = verdict.suspect and not moved and not unplaced
