@@ -143,6 +143,18 @@ def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str
 NEARER = frozenset({"fast_answer", "seq_conflict", "retransmits"})
 
 
+def _path_anomaly(verdict: Verdict, s: InjectionSettings) -> bool:
+    """Whether the answer's path marks reach ``flag_score``; for a TLS answer, besides,
+    whether one of them is more than the origin's headers missing. Nothing on the path
+    rewrites a TLS answer's headers: a TLS answer whose one mark is their absence, with
+    the origin's TTL relation and timing, is the origin's own (a fallback page), and a
+    control that counted it would hide a box that forges plaintext answers on the same
+    lines behind the origin's failures."""
+    if verdict.path_score < s.flag_score:
+        return False
+    return not verdict.tls or any(e.code != "origin_marks" for e in verdict.evidence)
+
+
 def _late(probe: HttpProbe, verdict: Verdict, s: InjectionSettings) -> bool:
     """Whether the first byte was timed and came no sooner than the round trip allows:
     on a handshake of at least ``min_connect_ms``, no ``fast_answer``; on a shorter one,
@@ -222,7 +234,7 @@ class InjectionDetector(Detector):
         verdict, content = weigh(probe, origin, expect, s)
         net = f"AS{ev.geo.asn}" if ev.geo.asn is not None else f"net:{ev.prefix}"
         anomaly = _anomaly(probe, verdict, content)
-        path_anomaly = verdict.path_score >= s.flag_score
+        path_anomaly = _path_anomaly(verdict, s)
         syn_ack = None if probe.ttl is None else probe.ttl.syn_ack
         delta = ttl_delta(probe)
         hs = (self.handshakes.judge(host, ev.prefix, syn_ack, probe.connect_ms)

@@ -21,7 +21,10 @@ A cell is *bad* when
   contrasts below, not a share, tell a forging box from noise);
 - TLS probes on the same line and hour (the control: an on-path box cannot forge
   them) do not show the same path anomalies: once there are ``min_tls_probes`` of
-  them, the plaintext suspect rate must be above their anomaly rate. A control smaller
+  them, the plaintext suspect rate must be above their anomaly rate (a TLS answer is
+  path-anomalous only with a mark besides the origin's headers missing: the origin's
+  fallback page is the origin's, :func:`pathsentry.detectors.injection._path_anomaly`).
+  A control smaller
   than the plaintext cell it is compared with borrows strength from the other ASNs
   (``tls_borrow``): it is topped up to the cell's ``n`` with the other networks' TLS
   path-anomaly rate (``notes["injection"]["others_tls"]``, averaged over the cell's
