@@ -219,7 +219,9 @@ FOUR = (("121.130.9.77", KT), ("175.223.4.21", SKB), ("121.130.12.5", KT),
 def test_one_machine_through_the_home_lines_of_four_24s_is_a_room() -> None:
     """One machine runs nine accounts seconds apart through residential proxies of four
     /24s (two or three accounts a line, far under a household's): one hopping machine,
-    but three moves, each as rare as a laptop's one -- found by its fifth login."""
+    but eight moves (a switch of /24 at every login, seconds apart: faster than a machine
+    is carried between homes), each as rare as a laptop's one -- found by its fifth
+    login."""
     rng = random.Random(99)
     names = random_names(random.Random(100), 9)
     room = hopping_room(names, 3600, 9.0, rng, machines=1, proxies=FOUR)
@@ -236,7 +238,7 @@ def test_one_machine_through_the_home_lines_of_four_24s_is_a_room() -> None:
     (g,) = hop_alerts(alerts)
     assert sorted(g.accounts) == sorted(names)
     ev = g.evidence["machines_across_lines"]
-    assert ev["machines"] == 1 and ev["moves_across_24s"] == 3
+    assert ev["machines"] == 1 and ev["moves_across_24s"] == 8
     assert ev["hop_tail_p"] <= FarmSettings().max_burst_p
 
 
@@ -250,3 +252,25 @@ def test_a_laptop_back_and_forth_between_two_homes_is_one_move() -> None:
     laptop = [login(n, 3600 + 700 * i, homes_of[i % 2][0], homes_of[i % 2][1],
                     samples(rng, 6.0, 2.0), device="laptop") for i, n in enumerate(names)]
     assert run(homes(rng, 80, 3) + laptop) == ({}, {})
+
+
+#: a room's proxy exits: three home lines of one ISP, on two /24s
+TWO_24S = (("14.32.1.30", KT), ("14.32.1.220", KT), ("14.32.2.166", KT))
+
+
+def test_two_machines_handed_two_24s_in_turn_seconds_apart_are_a_room() -> None:
+    """Two machines run thirteen accounts six seconds apart through three proxy
+    addresses of two /24s of one ISP (at most five accounts an address, a household's
+    limit): each machine's /24s beyond its first are one move, two for the room, no tail
+    event; but each switches /24 three or four times within a minute, which no laptop
+    carried between homes does."""
+    rng = random.Random(103)
+    names = random_names(random.Random(104), 13)
+    room = hopping_room(names, 3600, 6.0, rng, machines=2, proxies=TWO_24S)
+    _, alerts = run(homes(rng, 80, 3) + room)
+    (g,) = hop_alerts(alerts)
+    assert sorted(g.accounts) == sorted(names)
+    ev = g.evidence["machines_across_lines"]
+    assert ev["machines"] == 2 and ev["prefixes"] == 2 and ev["moves_across_24s"] >= 6
+    assert ev["hop_tail_p"] <= FarmSettings().max_burst_p
+

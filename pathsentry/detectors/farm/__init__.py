@@ -77,9 +77,10 @@ machines, crowded onto few machines (:mod:`.lines`).
     *hops* -- two accounts through home lines of two /24s within ``window_s`` -- and
     the others stay bounded sightings; a group is the component of hopping machines
     joined by a shared machine or proxy address, ``min_size_unnamed`` accounts crowded
-    onto few machines, when their moves (each hopping machine's /24s beyond its first)
-    among the machines seen on its addresses are a tail event against the learned
-    share of machines that hop (:mod:`.hops`).
+    onto few machines, when their moves (each hopping machine's /24s beyond its first,
+    or its switches of /24 faster than a machine is carried between homes) among the
+    machines seen on its addresses are a tail event against the learned share of
+    machines that hop (:mod:`.hops`).
 
 Machines. A farm room runs several accounts per machine; a VPN exit's or a
 route's unrelated users bring one machine each. In ``route:`` and ``net:AS…`` (every

@@ -24,8 +24,12 @@ family members excepted: a named batch is its family partition's), with at least
 ``min_size_unnamed`` accounts crowded onto few machines
 (:func:`~pathsentry.detectors.farm.machines.on_few_machines`), and it must be
 improbable that so many of the machines seen on its addresses hop by chance, and that
-far: the Poisson tail of its ``h`` moves (each hopping machine's /24s beyond its first:
-one machine through four /24s is three moves, each taken to be as rare as a first hop)
+far: the Poisson tail of its ``h`` moves (each hopping machine's /24s beyond its first,
+or, when more, its switches of /24 between consecutive logins sooner than
+``hop_travel_s``, the shortest time to carry a machine to another home: one machine
+through four /24s is three moves, and one handed two /24s' proxy addresses in turn
+seconds apart by seven accounts four or more, each taken to be as rare as a first hop;
+a laptop carried to a friend's and back within the hour is one)
 against the machines seen on those addresses within the window times the learned share
 of the class's machines that hop
 (:func:`hop_share`: the machines counted as they come into view and those that hop,
@@ -227,21 +231,48 @@ class HopJudgement:
     p: float
 
 
+def _moves(members: Sequence[Member], travel_s: float) -> tuple[dict[str, set[str]], int]:
+    """Each machine's /24s, and the machines' moves: for each machine, its /24s beyond
+    its first, or, when more, its switches from one /24 to another between consecutive
+    logins sooner than ``travel_s`` (no machine is carried between homes that fast: a
+    proxy handed it another exit); at least one per machine.
+
+    >>> from pathsentry.detectors.farm.model import Member
+    >>> def at(t, dev, prefix):
+    ...     return Member(f"s{t}", f"a{t}", float(t), None, None, "", prefix, device=dev)
+    >>> room = [at(0, "d1", "A"), at(20, "d1", "B"), at(40, "d1", "A"), at(60, "d1", "B")]
+    >>> laptop = [at(0, "d2", "A"), at(900, "d2", "B"), at(1800, "d2", "A")]
+    >>> _moves(room, 300.0)[1], _moves(laptop, 300.0)[1]
+    (3, 1)
+    """
+    per: dict[str, set[str]] = {}
+    last: dict[str, Member] = {}
+    fast: dict[str, int] = {}
+    for x in sorted(members, key=lambda x: (x.ts, x.sid)):
+        dev = x.device
+        if not dev:
+            continue
+        per.setdefault(dev, set()).add(x.prefix)
+        before = last.get(dev)
+        if before is not None and before.prefix != x.prefix and x.ts - before.ts < travel_s:
+            fast[dev] = fast.get(dev, 0) + 1
+        last[dev] = x
+    return per, sum(max(1, len(v) - 1, fast.get(d, 0)) for d, v in per.items())
+
+
 def judge(part: Partition, ms: Iterable[Member], s: FarmSettings) -> HopJudgement:
     """How improbable the hopping machines of ``ms`` are: their moves -- each machine's
-    /24s beyond its first -- against the machines seen on their addresses within
-    ``window_s`` of the latest login, times the learned share (:func:`hop_share`). Each
-    further move of a machine is taken to be as rare as its first (as a home line's
-    further accounts are as rare as its second: :mod:`.lines`), so one machine carrying
-    a room's accounts through the home lines of four /24s is a tail event on its own,
-    where a laptop carried to a friend's (one move) is not."""
+    /24s beyond its first, or its switches of /24 faster than a machine can be carried
+    between homes (:func:`_moves`) -- against the machines seen on their addresses
+    within ``window_s`` of the latest login, times the learned share (:func:`hop_share`).
+    Each further move of a machine is taken to be as rare as its first (as a home line's
+    further accounts are as rare as its second: :mod:`.lines`): one machine carrying a
+    room's accounts through the home lines of four /24s, or handed two /24s' proxy
+    addresses in turn seconds apart, is a tail event on its own, where a laptop carried
+    to a friend's and back (one /24 more, switches minutes apart) is not."""
     members = list(ms)
-    per: dict[str, set[str]] = {}
-    for x in members:
-        if x.device:
-            per.setdefault(x.device, set()).add(x.prefix)
+    per, moves = _moves(members, s.hop_travel_s)
     devices = set(per)
-    moves = sum(max(1, len(v) - 1) for v in per.values())
     t = max((x.ts for x in members), default=0.0)
     cutoff = t - s.window_s
     in_view = set(devices)
@@ -273,10 +304,7 @@ def hop_evidence(part: Partition, ms: Iterable[Member], s: FarmSettings) -> dict
     """The machines across home lines beside the learned share of machines that hop."""
     members = list(ms)
     j = judge(part, members, s)
-    per: dict[str, set[str]] = {}
-    for x in members:
-        if x.device:
-            per.setdefault(x.device, set()).add(x.prefix)
+    per, _ = _moves(members, s.hop_travel_s)
     return {
         "machines": j.machines,
         "moves_across_24s": j.moves,

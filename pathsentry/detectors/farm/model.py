@@ -91,6 +91,10 @@ class FarmSettings:
     hop_prior_share: float = 0.01
     #: the weight of that prior share, in machines
     hop_prior_devices: float = 100.0
+    #: the shortest time to carry a machine from one home to another and log in again:
+    #: a machine's switch of /24 between consecutive logins sooner than this is a move
+    #: of its own (a proxy handed it another exit), a slower one only a /24 more
+    hop_travel_s: float = 300.0
     #: a login's RTT excess is in its class's tail above this learned quantile of the
     #: class's excesses (:func:`.suspicion.rtt_suspected`)
     excess_quantile: float = 0.95
