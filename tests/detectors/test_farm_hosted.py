@@ -184,3 +184,30 @@ def test_a_busy_service_adding_a_24_to_its_rotation_is_never_a_group() -> None:
     moved = _moved_users(rng, 7200.0, 60, 40.0, 9)
     _, alerts = run(service + moved)
     assert farm_alerts(alerts) == []
+
+
+def test_a_room_beside_farms_found_on_its_exit_is_judged_against_the_exits_users() -> None:
+    """A small hosting exit whose logins in the hour are two family farms' batches (tight
+    RTTs, found by their families) and a name-less room: three machines, each handing
+    its accounts through four hosts of the farms' two /24s, 30-70 ms away by machine,
+    20 s apart, on a server whose game loop moves each login's lowest sample by up to
+    25 ms.
+    The exit's other users it must stand out of are not the farms beside it: judged
+    against their tight RTTs the room's spread looked like a service's users', and it
+    went unfound."""
+    rng = random.Random(75)
+    batches = [login(f"goldbot{i:02d}", 600.0 + 15 * i, f"43.200.1.{10 + i % 2}", HOSTING,
+                     samples(rng, 25.0, 1.0), relay=True, device=f"gb-{i % 2}")
+               for i in range(1, 9)]
+    batches += [login(f"miner_{c}", 900.0 + 20 * k, "43.200.5.7", HOSTING,
+                      samples(rng, 22.0, 1.0), relay=True, device=f"mn-{k % 2}")
+                for k, c in enumerate("abcdefgh")]
+    names = random_names(random.Random(76), 12)
+    room = [login(name, 1800.0 + 20 * i, f"43.200.{(1, 5)[i % 2]}.{60 + i % 4}", HOSTING,
+                  samples(rng, (34.0, 52.0, 68.0)[i % 3] + rng.uniform(0, 25), 2.0), relay=True,
+                  device=f"rig-{i % 3}")
+            for i, name in enumerate(names)]
+    _, alerts = run(batches + room)
+    rooms = [a for a in farm_alerts(alerts) if set(a.accounts) & set(names)]
+    assert len(rooms) == 1 and set(rooms[0].accounts) == set(names)
+    assert len(farm_alerts(alerts)) == 3

@@ -261,8 +261,9 @@ def machine_centred(ms: Sequence[Member]) -> list[float]:
 def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Sequence[float],
                s: FarmSettings) -> bool:
     """Whether the candidate's RTT spread is tight beside the pattern's other accounts:
-    the ``background`` (accounts that left the window in no group) and the ungrouped
-    ``others`` in the window now.
+    the ``background`` (accounts that left the window in no group) and the ``others``
+    in the window now that are neither in a group nor a name family's batch (the farms
+    beside it on a small exit are not its users).
 
     Too few to judge (fewer than the candidate, and fewer than :data:`MIN_BACKGROUND`
     in the background): ``True``.

@@ -357,7 +357,13 @@ class Grouping(GroupLife):
             inside = self._room(part, pattern, cand, inside)
             if len(inside) >= minimum:
                 ids = {x.sid for x in inside}
-                others = [x for x in part.index.get(pattern, {}).values() if x.sid not in ids]
+                # (the exit's other users: not the farms found there, nor a name
+                # family's batch, its family partition's)
+                others = [x for x in part.index.get(pattern, {}).values()
+                          if x.sid not in ids and x.group is None]
+                covered = self._covered(part, others)
+                if covered:
+                    others = [x for x in others if x.sid not in covered]
                 if not stands_out(inside, others, part.bg_rtts, s):
                     return None
                 share = b.share(part.bg_rtts)
