@@ -106,6 +106,7 @@ from pathsentry.detectors.injection_profile import (
 from pathsentry.detectors.injection_saved import check_handshakes, check_onsets, check_profiles
 from pathsentry.detectors.injection_settings import InjectionSettings
 from pathsentry.detectors.injection_window import (
+    LATE,
     QUIET,
     TLS,
     NetworkWindow,
@@ -166,6 +167,12 @@ def _quiet(verdict: Verdict, late: bool) -> bool:
     ``late`` (:func:`_late`), no race, no retransmission storm, no TTL nearer than the
     origin's relation."""
     return late and not any(e.code in NEARER or _nearer_ttl(e) for e in verdict.evidence)
+
+
+def _raced(verdict: Verdict) -> bool:
+    """Whether the answer shows a race or a retransmission storm (a box that answered
+    while the server's answer was under way)."""
+    return any(e.code in ("seq_conflict", "retransmits") for e in verdict.evidence)
 
 
 def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
@@ -237,14 +244,21 @@ class InjectionDetector(Detector):
                         tls_anomaly=path_anomaly, far=quiet and delta is not None)
         sig = signature(probe.status, probe.server_header, probe.header_names)
         quiet = quiet and not verdict.tls  # (a TLS answer is a witness of its own)
+        # (timed no sooner than the round trip, no race: whatever its TTLs say)
+        late_plain = late and not verdict.tls and not _raced(verdict)
         if anomaly is not None and sig is not None and (verdict.tls or quiet):
             self.window.add_signature(TLS if verdict.tls else QUIET, host, net, ev.ts, sig)
+        if anomaly is not None and sig is not None and late_plain:
+            self.window.add_signature(LATE, host, net, ev.ts, (sig, delta))
         witness = None if anomaly is None else self.window.tls_witness(host, net, ev.ts, sig)
         quiet_witness = (self.window.witness(QUIET, host, net, ev.ts, sig)
                          if anomaly is not None and quiet and self.window.s.quiet_witness
                          else None)
+        late_witness = (self.window.late_witness(host, net, ev.ts, sig, delta)
+                        if anomaly is not None and late_plain and quiet_witness is None
+                        else None)
         origin_wide = anomaly is not None and (
-            witness is not None or quiet_witness is not None
+            witness is not None or quiet_witness is not None or late_witness is not None
             or self.window.origin_wide(host, anomaly, ev.ts))
         if origin_wide and anomaly is not None:
             self.onsets.seen(host, anomaly, ev.ts, self.window.onset(host, anomaly, ev.ts))
@@ -278,6 +292,7 @@ class InjectionDetector(Detector):
             "origin_wide": origin_wide,
             "tls_witness": witness,
             "quiet_witness": quiet_witness,
+            "late_witness": late_witness,
             "anomaly": anomaly,
             "onsets": self.onsets.carried(ev.ts),
             "others": None if others is None else round(others, 4),
