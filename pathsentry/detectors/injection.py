@@ -162,6 +162,42 @@ def _nearer_ttl(e: Evidence) -> bool:
     return e.code == "ttl_delta" and e.detail["delta"] > max(e.detail["expected_deltas"])
 
 
+#: The initial TTLs IP stacks send with (a TTL seen came from the lowest one not below it).
+INITIAL_TTLS = (32, 64, 128, 255)
+
+
+def _initial(ttl: int) -> int:
+    """The initial TTL a packet seen with ``ttl`` left with."""
+    return next((t for t in INITIAL_TTLS if ttl <= t), INITIAL_TTLS[-1])
+
+
+def _answer_farther(verdict: Verdict) -> bool:
+    """Whether the answer's TTL is below its SYN-ACK's, and below the origin's relation,
+    both sent with the same initial TTL (their hop counts differ, not their IP stacks),
+    with no race, storm or first byte sooner than the round trip: the box that answered
+    is farther than the one that completed the handshake, which a box nearer than the
+    server is not (unless it lowers its TTL on purpose).
+
+    >>> from pathsentry.detectors.injection_evidence import Evidence
+    >>> def v(syn_ack: int, response: int, *more: Evidence) -> Verdict:
+    ...     d = {"syn_ack": syn_ack, "response": response, "delta": response - syn_ack,
+    ...          "expected_deltas": [0]}
+    ...     return Verdict(1.0, 1.0, True, False, (Evidence("ttl_delta", 0.25, "", d), *more))
+    >>> _answer_farther(v(51, 49)), _answer_farther(v(116, 60)), _answer_farther(v(51, 52))
+    (True, False, False)
+    >>> _answer_farther(v(51, 49, Evidence("seq_conflict", 0.6, "", {})))
+    False
+    """
+    if any(e.code in NEARER for e in verdict.evidence):
+        return False
+    for e in verdict.evidence:
+        if e.code == "ttl_delta":
+            d = e.detail
+            return (d["delta"] < min(0, *d["expected_deltas"])
+                    and _initial(d["syn_ack"]) == _initial(d["response"]))
+    return False
+
+
 def _quiet(verdict: Verdict, late: bool) -> bool:
     """Whether the answer could have shown a box nearer than the origin and showed none:
     ``late`` (:func:`_late`), no race, no retransmission storm, no TTL nearer than the
@@ -239,7 +275,9 @@ class InjectionDetector(Detector):
         quiet = _quiet(verdict, late)
         # (no TTLs, a first byte no sooner than the round trip: nothing places the box)
         unplaced = verdict.suspect and quiet and delta is None and not s.flag_unplaced
-        flagged = verdict.suspect and not moved and not unplaced
+        # (an answer TTL below its SYN-ACK's: sent from farther than the handshake's end)
+        farther = verdict.suspect and _answer_farther(verdict) and not s.flag_answer_farther
+        flagged = verdict.suspect and not moved and not unplaced and not farther
         self.window.add(host, net, ev.ts, anomaly, flagged, tls=verdict.tls,
                         tls_anomaly=path_anomaly, far=quiet and delta is not None)
         sig = signature(probe.status, probe.server_header, probe.header_names)
@@ -304,6 +342,7 @@ class InjectionDetector(Detector):
             "content": [e.code for e in content],
             "moved": moved,
             "unplaced": unplaced,
+            "answer_farther": farther,
             "handshake": None if hs is None else hs.detail(),
         }
         if not suspect:

@@ -68,6 +68,7 @@ def test_genuine_upgrade_with_cdn_headers(h: Harness) -> None:
         "others": None,
         "others_tls": None, "baseline": None, "baseline_n": None, "baseline_tls": None,
         "baseline_tls_n": None, "content": [], "moved": False, "unplaced": False,
+        "answer_farther": False,
         "handshake": None}
 
 
