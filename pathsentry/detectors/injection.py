@@ -24,7 +24,9 @@ Each piece of evidence has a weight in ``[0, 1]``; ``path_score`` is the noisy-O
 ``1 - prod(1 - w)`` of the path marks. Content evidence joins the score once
 ``path_score`` reaches ``path_gate``; the probe is flagged ``path_injection`` when the
 score reaches ``flag_score``. An anomaly that many unrelated networks see in the same
-minutes is the origin's (:mod:`pathsentry.detectors.injection_window`): not flagged,
+minutes, or that another network got the same way (over TLS; no sooner than the round
+trip with no mark of a nearer box, or with the same TTL relation), is the origin's
+(:mod:`pathsentry.detectors.injection_window`): not flagged,
 marked ``origin_wide`` for the cell stage, and the failure's onset (when some network
 first saw it) is carried in the notes of later answers, so that the cell stage can tell
 the first answers of an ISP that saw it before the others
@@ -40,6 +42,13 @@ mark but the origin's missing marks: another box answered, and nothing says it s
 nearer than the server (a forging box races the origin's answer; a box of the origin's
 own answers from where the server is or farther). It is recorded, not flagged
 (``flag_unplaced`` flags it); its signature is still a witness for other networks'.
+
+A suspect answer whose TTL is below its SYN-ACK's and below the origin's relation, both
+sent with the same initial TTL, with no race, storm or first byte sooner than the round
+trip (``answer_farther``), was sent from farther than the box that completed the
+handshake: a box nearer than the server is not, unless it lowers its TTL on purpose.
+It is recorded, not flagged (``flag_answer_farther`` flags it); on a handshake too
+short to time, the TTLs alone say so.
 
 A suspect answer whose SYN-ACK came from farther than its line's usual one from that
 origin (:mod:`pathsentry.detectors.injection_handshake`: a failover moves the whole
