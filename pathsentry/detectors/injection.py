@@ -136,6 +136,8 @@ __all__ = [
 ]
 
 NOTES_KEY = "injection"
+#: The key under which the configured origins' answers witness each other's.
+ORIGINS = "[[origin]]"
 
 
 def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str | None:
@@ -290,18 +292,20 @@ class InjectionDetector(Detector):
         self.window.add(host, net, ev.ts, anomaly, flagged, tls=verdict.tls,
                         tls_anomaly=path_anomaly, far=quiet and delta is not None)
         sig = signature(probe.status, probe.server_header, probe.header_names)
+        # (whose answers witness this one's: every configured origin's, one operator's)
+        seen = ORIGINS if origin is not None and self.window.s.witness_origins else host
         quiet = quiet and not verdict.tls  # (a TLS answer is a witness of its own)
         # (timed no sooner than the round trip, no race: whatever its TTLs say)
         late_plain = late and not verdict.tls and not _raced(verdict)
         if anomaly is not None and sig is not None and (verdict.tls or quiet):
-            self.window.add_signature(TLS if verdict.tls else QUIET, host, net, ev.ts, sig)
+            self.window.add_signature(TLS if verdict.tls else QUIET, seen, net, ev.ts, sig)
         if anomaly is not None and sig is not None and late_plain:
-            self.window.add_signature(LATE, host, net, ev.ts, (sig, delta))
-        witness = None if anomaly is None else self.window.tls_witness(host, net, ev.ts, sig)
-        quiet_witness = (self.window.witness(QUIET, host, net, ev.ts, sig)
+            self.window.add_signature(LATE, seen, net, ev.ts, (sig, delta))
+        witness = None if anomaly is None else self.window.tls_witness(seen, net, ev.ts, sig)
+        quiet_witness = (self.window.witness(QUIET, seen, net, ev.ts, sig)
                          if anomaly is not None and quiet and self.window.s.quiet_witness
                          else None)
-        late_witness = (self.window.late_witness(host, net, ev.ts, sig, delta)
+        late_witness = (self.window.late_witness(seen, net, ev.ts, sig, delta)
                         if anomaly is not None and late_plain and quiet_witness is None
                         else None)
         origin_wide = anomaly is not None and (

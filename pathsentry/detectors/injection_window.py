@@ -145,6 +145,10 @@ class WindowSettings:
     #: network got the same signature the same way in the window, with the same TTL
     #: delta or without TTLs (:meth:`NetworkWindow.witness` with ``LATE``)
     late_witness: bool = True
+    #: whether the witnesses (TLS, quiet, late) of a configured ``[[origin]]``'s answer
+    #: are every configured origin's answers: the operator's hosts, whose failover box
+    #: answers them alike (an unconfigured host's answers witness only its own)
+    witness_origins: bool = True
     #: the chance, below which an anomaly seen "far" (no mark of a nearer box) by
     #: several networks is the origin's: the product of each network's own chance of
     #: a forged answer (:meth:`NetworkWindow.unlikely_paths`)

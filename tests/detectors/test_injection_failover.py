@@ -21,7 +21,8 @@ from pathsentry.sim.world import write_world
 from pathsentry.sim.worlds import world_spec
 from tests.detectors.test_injection_origin import ISPS, TARGETS, World, events, lines_of, run
 
-NO_WITNESS = "[detectors.injection]\ntls_witness = false\n"
+# (no TLS witness, and each host's answers witness only its own)
+NO_WITNESS = "[detectors.injection]\ntls_witness = false\nwitness_origins = false\n"
 NO_PATHS = "[detectors.injection]\npaths_alpha = 0.0\nquiet_witness = false\nlate_witness = false\n"
 
 

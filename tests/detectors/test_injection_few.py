@@ -182,10 +182,11 @@ def test_an_outage_seen_by_three_or_four_subscribers_of_one_isp_first_names_nobo
     seen, nobody is named; judged at once (``settle_s = 0``), the ISP of the 30-minute
     world is (the hourly cells of the 60-minute one stay under ``min_probes``). (The
     box's answers one hop nearer than its SYN-ACK, no sooner than the round trip, are
-    the origin's once another network got them so, ``late_witness``: switched off here,
-    so that the first answers of each ISP stay flagged.)"""
+    the origin's once another network got them so, ``late_witness``, from either host,
+    ``witness_origins``: both switched off here, so that the first answers of each ISP
+    stay flagged.)"""
     w = World(outages=[(start, 30, 502, False)], every_min=every_min, seed=seed)
-    no_late = "[detectors.injection]\nlate_witness = false\n"
+    no_late = "[detectors.injection]\nlate_witness = false\nwitness_origins = false\n"
     alerts, sources = outage_sources(w, no_late)
     assert alerts == []
     hit = max(len(s) for s in sources.values())

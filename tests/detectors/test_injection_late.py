@@ -81,3 +81,17 @@ def test_the_same_network_is_no_witness_of_its_own() -> None:
     box in that network shows too."""
     _, second, notes = pair(learned(), NEAR_LATE, NEAR_LATE, second_src="203.0.113.99")
     assert second and notes["late_witness"] is None
+
+
+def test_the_configured_origins_witness_each_others_answers() -> None:
+    """The operator's failover box answers both configured hosts: its page on
+    ``www.example.com`` to one network witnesses the same page on ``ws.example.com`` to
+    another (``witness_origins``); switched off, each host's answers witness only its
+    own, and the ws answer is flagged."""
+    www = {"target": {"host": "www.example.com", "port": 8080, "scheme": "http"},
+           "request": "get", **NEAR_LATE}
+    first, second, notes = pair(learned(), www, NEAR_LATE)
+    assert first and not second and notes["late_witness"] == "net:203.0.113.0/24"
+    assert pair(learned("witness_origins = false\n"), www, NEAR_LATE)[1]
+    # from the same network, no witness either way
+    assert pair(learned(), www, NEAR_LATE, second_src="203.0.113.99")[1]
