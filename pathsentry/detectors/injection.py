@@ -24,7 +24,9 @@ Each piece of evidence has a weight in ``[0, 1]``; ``path_score`` is the noisy-O
 ``1 - prod(1 - w)`` of the path marks. Content evidence joins the score once
 ``path_score`` reaches ``path_gate``; the probe is flagged ``path_injection`` when the
 score reaches ``flag_score``. An anomaly that many unrelated networks see in the same
-minutes is the origin's (:mod:`pathsentry.detectors.injection_window`): not flagged,
+minutes, or that another network got the same way (over TLS; no sooner than the round
+trip with no mark of a nearer box, or with the same TTL relation), is the origin's
+(:mod:`pathsentry.detectors.injection_window`): not flagged,
 marked ``origin_wide`` for the cell stage, and the failure's onset (when some network
 first saw it) is carried in the notes of later answers, so that the cell stage can tell
 the first answers of an ISP that saw it before the others
@@ -40,6 +42,13 @@ mark but the origin's missing marks: another box answered, and nothing says it s
 nearer than the server (a forging box races the origin's answer; a box of the origin's
 own answers from where the server is or farther). It is recorded, not flagged
 (``flag_unplaced`` flags it); its signature is still a witness for other networks'.
+
+A suspect answer whose TTL is below its SYN-ACK's and below the origin's relation, both
+sent with the same initial TTL, with no race, storm or first byte sooner than the round
+trip (``answer_farther``), was sent from farther than the box that completed the
+handshake: a box nearer than the server is not, unless it lowers its TTL on purpose.
+It is recorded, not flagged (``flag_answer_farther`` flags it); on a handshake too
+short to time, the TTLs alone say so.
 
 A suspect answer whose SYN-ACK came from farther than its line's usual one from that
 origin (:mod:`pathsentry.detectors.injection_handshake`: a failover moves the whole
@@ -106,6 +115,7 @@ from pathsentry.detectors.injection_profile import (
 from pathsentry.detectors.injection_saved import check_handshakes, check_onsets, check_profiles
 from pathsentry.detectors.injection_settings import InjectionSettings
 from pathsentry.detectors.injection_window import (
+    LATE,
     QUIET,
     TLS,
     NetworkWindow,
@@ -126,6 +136,8 @@ __all__ = [
 ]
 
 NOTES_KEY = "injection"
+#: The key under which the configured origins' answers witness each other's.
+ORIGINS = "[[origin]]"
 
 
 def _anomaly(probe: HttpProbe, verdict: Verdict, content: list[Evidence]) -> str | None:
@@ -173,11 +185,53 @@ def _nearer_ttl(e: Evidence) -> bool:
     return e.code == "ttl_delta" and e.detail["delta"] > max(e.detail["expected_deltas"])
 
 
+#: The initial TTLs IP stacks send with (a TTL seen came from the lowest one not below it).
+INITIAL_TTLS = (32, 64, 128, 255)
+
+
+def _initial(ttl: int) -> int:
+    """The initial TTL a packet seen with ``ttl`` left with."""
+    return next((t for t in INITIAL_TTLS if ttl <= t), INITIAL_TTLS[-1])
+
+
+def _answer_farther(verdict: Verdict) -> bool:
+    """Whether the answer's TTL is below its SYN-ACK's, and below the origin's relation,
+    both sent with the same initial TTL (their hop counts differ, not their IP stacks),
+    with no race, storm or first byte sooner than the round trip: the box that answered
+    is farther than the one that completed the handshake, which a box nearer than the
+    server is not (unless it lowers its TTL on purpose).
+
+    >>> from pathsentry.detectors.injection_evidence import Evidence
+    >>> def v(syn_ack: int, response: int, *more: Evidence) -> Verdict:
+    ...     d = {"syn_ack": syn_ack, "response": response, "delta": response - syn_ack,
+    ...          "expected_deltas": [0]}
+    ...     return Verdict(1.0, 1.0, True, False, (Evidence("ttl_delta", 0.25, "", d), *more))
+    >>> _answer_farther(v(51, 49)), _answer_farther(v(116, 60)), _answer_farther(v(51, 52))
+    (True, False, False)
+    >>> _answer_farther(v(51, 49, Evidence("seq_conflict", 0.6, "", {})))
+    False
+    """
+    if any(e.code in NEARER for e in verdict.evidence):
+        return False
+    for e in verdict.evidence:
+        if e.code == "ttl_delta":
+            d = e.detail
+            return (d["delta"] < min(0, *d["expected_deltas"])
+                    and _initial(d["syn_ack"]) == _initial(d["response"]))
+    return False
+
+
 def _quiet(verdict: Verdict, late: bool) -> bool:
     """Whether the answer could have shown a box nearer than the origin and showed none:
     ``late`` (:func:`_late`), no race, no retransmission storm, no TTL nearer than the
     origin's relation."""
     return late and not any(e.code in NEARER or _nearer_ttl(e) for e in verdict.evidence)
+
+
+def _raced(verdict: Verdict) -> bool:
+    """Whether the answer shows a race or a retransmission storm (a box that answered
+    while the server's answer was under way)."""
+    return any(e.code in ("seq_conflict", "retransmits") for e in verdict.evidence)
 
 
 def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
@@ -244,19 +298,30 @@ class InjectionDetector(Detector):
         quiet = _quiet(verdict, late)
         # (no TTLs, a first byte no sooner than the round trip: nothing places the box)
         unplaced = verdict.suspect and quiet and delta is None and not s.flag_unplaced
-        flagged = verdict.suspect and not moved and not unplaced
+        # (an answer TTL below its SYN-ACK's: sent from farther than the handshake's end)
+        farther = verdict.suspect and _answer_farther(verdict) and not s.flag_answer_farther
+        flagged = verdict.suspect and not moved and not unplaced and not farther
         self.window.add(host, net, ev.ts, anomaly, flagged, tls=verdict.tls,
                         tls_anomaly=path_anomaly, far=quiet and delta is not None)
         sig = signature(probe.status, probe.server_header, probe.header_names)
+        # (whose answers witness this one's: every configured origin's, one operator's)
+        seen = ORIGINS if origin is not None and self.window.s.witness_origins else host
         quiet = quiet and not verdict.tls  # (a TLS answer is a witness of its own)
+        # (timed no sooner than the round trip, no race: whatever its TTLs say)
+        late_plain = late and not verdict.tls and not _raced(verdict)
         if anomaly is not None and sig is not None and (verdict.tls or quiet):
-            self.window.add_signature(TLS if verdict.tls else QUIET, host, net, ev.ts, sig)
-        witness = None if anomaly is None else self.window.tls_witness(host, net, ev.ts, sig)
-        quiet_witness = (self.window.witness(QUIET, host, net, ev.ts, sig)
+            self.window.add_signature(TLS if verdict.tls else QUIET, seen, net, ev.ts, sig)
+        if anomaly is not None and sig is not None and late_plain:
+            self.window.add_signature(LATE, seen, net, ev.ts, (sig, delta))
+        witness = None if anomaly is None else self.window.tls_witness(seen, net, ev.ts, sig)
+        quiet_witness = (self.window.witness(QUIET, seen, net, ev.ts, sig)
                          if anomaly is not None and quiet and self.window.s.quiet_witness
                          else None)
+        late_witness = (self.window.late_witness(seen, net, ev.ts, sig, delta)
+                        if anomaly is not None and late_plain and quiet_witness is None
+                        else None)
         origin_wide = anomaly is not None and (
-            witness is not None or quiet_witness is not None
+            witness is not None or quiet_witness is not None or late_witness is not None
             or self.window.origin_wide(host, anomaly, ev.ts))
         if origin_wide and anomaly is not None:
             self.onsets.seen(host, anomaly, ev.ts, self.window.onset(host, anomaly, ev.ts))
@@ -290,6 +355,7 @@ class InjectionDetector(Detector):
             "origin_wide": origin_wide,
             "tls_witness": witness,
             "quiet_witness": quiet_witness,
+            "late_witness": late_witness,
             "anomaly": anomaly,
             "onsets": self.onsets.carried(ev.ts),
             "others": None if others is None else round(others, 4),
@@ -301,6 +367,7 @@ class InjectionDetector(Detector):
             "content": [e.code for e in content],
             "moved": moved,
             "unplaced": unplaced,
+            "answer_farther": farther,
             "handshake": None if hs is None else hs.detail(),
         }
         if not suspect:

@@ -61,3 +61,9 @@ class InjectionSettings:
     #: (no race, no storm) is flagged on the origin's missing marks and its content
     #: alone: nothing places the box that answered nearer than the server
     flag_unplaced: bool = False
+    #: whether a suspect answer whose TTL is below its SYN-ACK's and below the origin's
+    #: relation, both sent with the same initial TTL (64, 128, 255: the hop counts
+    #: differ, not the IP stacks), with no race, storm or first byte sooner than the
+    #: round trip, is flagged: the box that answered is farther than the one that
+    #: completed the handshake
+    flag_answer_farther: bool = False

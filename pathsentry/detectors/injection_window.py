@@ -23,6 +23,13 @@ does not normally answer with, a missing mark, ...). For one answer it tells
   the origin could; the same page, answered no sooner than the round trip on two
   networks' handshakes, is the origin side's (what an injector spanning two ISPs
   that delays its answers past the round trip would also show: documented, not told);
+- whether the answer's signature and TTL relation were given to another network in the
+  window no sooner than the round trip, whatever that relation (``LATE``: a first byte
+  timed and no sooner than the round trip, no race, no storm; keyed by the signature
+  and the answer's TTL delta, ``None`` without TTLs): a box one hop in front of the
+  server whose answers show a TTL one above their SYN-ACK's on every network is the
+  origin side's front, on every network's path, not a box on one ISP's; a forging box
+  in one ISP answers its own subscribers only (the same limit as ``QUIET``);
 - whether the networks that saw the anomaly, each in answers that show where they
   came from and no box nearer than the origin (TTLs seen, none nearer than the
   origin's relation; a first byte timed and no sooner than the round trip allows; no
@@ -78,12 +85,12 @@ window that ends at the newest bucket (every in-order answer's) is read, not sum
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
-__all__ = ["ANY", "FAR", "QUIET", "TLS", "NetworkWindow", "Signature", "WindowSettings",
-           "signature"]
+__all__ = ["ANY", "FAR", "LATE", "QUIET", "TLS", "NetworkWindow", "Signature",
+           "WindowSettings", "signature"]
 
 #: What an answer looks like whatever path it took: status, ``server`` value, header set.
 Signature = tuple[int | None, str, frozenset[str]]
@@ -104,10 +111,13 @@ def signature(status: int | None, server: str | None,
 ANY = "*"
 #: The prefix of an anomaly's count among answers with no mark of a nearer box.
 FAR = "far "
-#: Channels of the answers' signatures: TLS answers with an anomaly, and plaintext ones
-#: timed with no mark of a nearer box (:meth:`NetworkWindow.witness`).
+#: Channels of the answers' signatures: TLS answers with an anomaly, plaintext ones
+#: timed with no mark of a nearer box (:meth:`NetworkWindow.witness`), and plaintext
+#: ones timed no sooner than the round trip whatever their TTLs, keyed by the signature
+#: and the TTL delta.
 TLS = "tls"
 QUIET = "quiet"
+LATE = "late"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,15 @@ class WindowSettings:
     #: another network got the same way in the window is the origin's
     #: (:meth:`NetworkWindow.witness` with ``QUIET``)
     quiet_witness: bool = True
+    #: whether a plaintext answer whose first byte came no sooner than the round trip
+    #: (no race, no storm), whatever its TTL relation, is the origin's when another
+    #: network got the same signature the same way in the window, with the same TTL
+    #: delta or without TTLs (:meth:`NetworkWindow.witness` with ``LATE``)
+    late_witness: bool = True
+    #: whether the witnesses (TLS, quiet, late) of a configured ``[[origin]]``'s answer
+    #: are every configured origin's answers: the operator's hosts, whose failover box
+    #: answers them alike (an unconfigured host's answers witness only its own)
+    witness_origins: bool = True
     #: the chance, below which an anomaly seen "far" (no mark of a nearer box) by
     #: several networks is the origin's: the product of each network's own chance of
     #: a forged answer (:meth:`NetworkWindow.unlikely_paths`)
@@ -206,7 +225,7 @@ class NetworkWindow:
         self.decayed_entries = 0
         #: channel -> bucket -> origin -> signature of an answer -> the networks that got
         #: it (a signature is kept only with an anomaly: at most ``max_entries`` in all)
-        self.sigs: dict[str, dict[int, dict[str, dict[Signature, set[str]]]]] = {}
+        self.sigs: dict[str, dict[int, dict[str, dict[Hashable, set[str]]]]] = {}
         self.sig_entries = 0
 
     def _bucket(self, ts: float) -> int:
@@ -273,7 +292,7 @@ class NetworkWindow:
         self.add_signature(TLS, origin, net, ts, sig)
 
     def add_signature(self, channel: str, origin: str, net: str, ts: float,
-                      sig: Signature) -> None:
+                      sig: Hashable) -> None:
         """An answer of ``net`` to ``origin`` with signature ``sig``, on ``channel``."""
         b = self._bucket(ts)
         if b < self.newest - self._span() or self.sig_entries >= self.s.max_entries:
@@ -291,8 +310,28 @@ class NetworkWindow:
             return None
         return self.witness(TLS, origin, net, ts, sig)
 
+    def late_witness(self, origin: str, net: str, ts: float, sig: Signature | None,
+                     delta: int | None) -> str | None:
+        """A network other than ``net`` that got ``sig`` from ``origin`` no sooner than
+        the round trip in the window ending at ``ts`` (``LATE``), with the TTL delta
+        ``delta`` or without TTLs (``None``: none, or ``late_witness`` off).
+
+        >>> w = NetworkWindow(WindowSettings())
+        >>> sig = signature(503, "nginx", ["server"])
+        >>> w.add_signature(LATE, "www", "AS1", 100.0, (sig, 1))
+        >>> w.late_witness("www", "AS2", 160.0, sig, 1), w.late_witness("www", "AS2", 160.0, sig, 2)
+        ('AS1', None)
+        >>> w.add_signature(LATE, "www", "AS3", 100.0, (sig, None))  # no TTLs seen there
+        >>> w.late_witness("www", "AS2", 160.0, sig, 2), w.late_witness("www", "AS1", 160.0, sig, 1)
+        ('AS3', 'AS3')
+        """
+        if not self.s.late_witness or sig is None:
+            return None
+        return (self.witness(LATE, origin, net, ts, (sig, delta))
+                or (None if delta is None else self.witness(LATE, origin, net, ts, (sig, None))))
+
     def witness(self, channel: str, origin: str, net: str, ts: float,
-                sig: Signature | None) -> str | None:
+                sig: Hashable | None) -> str | None:
         """A network other than ``net`` that got ``sig`` from ``origin`` on ``channel``
         in the window ending at ``ts`` (``None``: none).
 

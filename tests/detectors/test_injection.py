@@ -63,10 +63,12 @@ def test_genuine_upgrade_with_cdn_headers(h: Harness) -> None:
     assert ev.notes["injection"] == {
         "suspect": False, "score": 0.0, "tls": False, "path_anomaly": False, "ttl_delta": 0,
         "status": 101, "origin_wide": False, "tls_witness": None, "quiet_witness": None,
+        "late_witness": None,
         "anomaly": None, "onsets": [],
         "others": None,
         "others_tls": None, "baseline": None, "baseline_n": None, "baseline_tls": None,
         "baseline_tls_n": None, "content": [], "moved": False, "unplaced": False,
+        "answer_farther": False,
         "handshake": None}
 
 
@@ -289,8 +291,8 @@ def test_an_anomaly_many_networks_see_at_once_is_the_origins(h: Harness) -> None
     # the same page from one network, an hour later: no other network sees it
     flag, ev = h.run(**page, src_ip="100.64.0.8", ts="2026-03-02T11:30:00+09:00")
     assert flag is not None and ev.notes["injection"]["origin_wide"] is False
-    # without that witness, four networks and half of those reaching the origin
-    h = Harness("[detectors.injection]\nquiet_witness = false\n")
+    # without those witnesses, four networks and half of those reaching the origin
+    h = Harness("[detectors.injection]\nquiet_witness = false\nlate_witness = false\n")
     flags = [h.run(**page, src_ip=f"100.{64 + i}.0.7", event_id=f"m{i}",
                    ts=f"2026-03-02T10:{15 + i:02d}:00+09:00")[0] is not None for i in range(8)]
     assert flags == [True] * 3 + [False] * 5

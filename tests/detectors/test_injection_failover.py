@@ -21,8 +21,9 @@ from pathsentry.sim.world import write_world
 from pathsentry.sim.worlds import world_spec
 from tests.detectors.test_injection_origin import ISPS, TARGETS, World, events, lines_of, run
 
-NO_WITNESS = "[detectors.injection]\ntls_witness = false\n"
-NO_PATHS = "[detectors.injection]\npaths_alpha = 0.0\nquiet_witness = false\n"
+# (no TLS witness, and each host's answers witness only its own)
+NO_WITNESS = "[detectors.injection]\ntls_witness = false\nwitness_origins = false\n"
+NO_PATHS = "[detectors.injection]\npaths_alpha = 0.0\nquiet_witness = false\nlate_witness = false\n"
 
 
 def asn_of(src: str) -> int:
@@ -70,9 +71,13 @@ def test_an_unmarked_outage_from_no_nearer_box_is_the_origins() -> None:
     alerts, flags = run(w)
     _, without = run(w, NO_PATHS)
     assert len(flags) * 3 < len(without) and alerts == []
-    # one hop nearer, the same answers are a nearer box's: the paths test leaves them
+    # one hop nearer, the same answers are a nearer box's: the paths test leaves them;
+    # the same page with the same relation no sooner than the round trip on another
+    # network is the origin side's front box (late_witness)
     near = World(outages=[(600, 90, 502, False)], hosts=2, every_min=30, targets=plain)
-    assert len(run(near)[1]) == len(run(near, NO_PATHS)[1])
+    without_late = len(run(near, "[detectors.injection]\nlate_witness = false\n")[1])
+    assert without_late == len(run(near, NO_PATHS)[1])
+    assert len(run(near)[1]) * 3 < without_late
 
 
 @pytest.mark.parametrize("seed", [224, 243])
@@ -84,7 +89,8 @@ def test_a_simulated_failover_names_no_clean_isp(seed: int, tmp_path) -> None:  
     spec = world_spec(seed, 1500, 6.0, draw_params(seed, 6.0))
     assert spec.params.failovers
     found = {}
-    two = "tls_witness = false\npaths_alpha = 0.0\nquiet_witness = false\nflag_unplaced = true\n"
+    two = ("tls_witness = false\npaths_alpha = 0.0\nquiet_witness = false\nlate_witness = false\n"
+           "flag_unplaced = true\n")
     for name, extra in (("on", ""), ("off", two + "handshake_moves = false\n"),
                         ("handshake", two)):
         wd = tmp_path / name

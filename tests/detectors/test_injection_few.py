@@ -180,14 +180,19 @@ def test_an_outage_seen_by_three_or_four_subscribers_of_one_isp_first_names_nobo
     the same minutes show the failure: their rate in the window before them is 0, and
     the other ISPs' baselines show nothing. Judged once the same minutes have been
     seen, nobody is named; judged at once (``settle_s = 0``), the ISP of the 30-minute
-    world is (the hourly cells of the 60-minute one stay under ``min_probes``)."""
+    world is (the hourly cells of the 60-minute one stay under ``min_probes``). (The
+    box's answers one hop nearer than its SYN-ACK, no sooner than the round trip, are
+    the origin's once another network got them so, ``late_witness``, from either host,
+    ``witness_origins``: both switched off here, so that the first answers of each ISP
+    stay flagged.)"""
     w = World(outages=[(start, 30, 502, False)], every_min=every_min, seed=seed)
-    alerts, sources = outage_sources(w)
+    no_late = "[detectors.injection]\nlate_witness = false\nwitness_origins = false\n"
+    alerts, sources = outage_sources(w, no_late)
     assert alerts == []
     hit = max(len(s) for s in sources.values())
     assert 3 <= hit <= 4 and len({asn for asn, _ in sources}) >= 3
     assert {hour for _, hour in sources} == {10}
-    eager, _ = run(w, "[detectors.injection_cells]\nsettle_s = 0\n")
+    eager, _ = run(w, no_late + "[detectors.injection_cells]\nsettle_s = 0\n")
     if every_min == 30:  # (hourly cells of 60-minute probing are under ``min_probes``)
         assert eager
 
@@ -201,9 +206,11 @@ def test_an_outage_seen_first_by_five_subscribers_of_one_isp_names_nobody() -> N
     to the ISP's later answers, tells them apart: nothing is named. Without it
     (``max_failures = 0``) SK Telecom is confirmed. (The fallback box's TLS answers to
     other networks in those minutes make most of the five the origin's at once; without
-    that witness, ``tls_witness = false``, as behind a TLS proxy, the five are flagged.)"""
+    that witness, ``tls_witness = false``, as behind a TLS proxy, and without the other
+    networks' late answers one hop nearer, ``late_witness = false``, the five are
+    flagged.)"""
     w = World(outages=[(615, 30, 502, False)], every_min=30, seed=12)
-    no_witness = "[detectors.injection]\ntls_witness = false\n"
+    no_witness = "[detectors.injection]\ntls_witness = false\nlate_witness = false\n"
     alerts, sources = outage_sources(w, no_witness)
     assert max(len(s) for s in sources.values()) == 5
     assert alerts == []

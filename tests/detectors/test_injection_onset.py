@@ -150,12 +150,16 @@ def test_the_first_answers_stay_the_origins_across_a_restart() -> None:
     origin-wide, before its later answers: still nobody named. Without the onsets
     (``max_failures = 0``) an ISP is (the session stage's window does not survive a
     restart: the failure's first answers after it, some other ISP's, are suspect
-    until it is seen origin-wide again; the onset saved still covers them)."""
+    until it is seen origin-wide again; the onset saved still covers them). The other
+    networks' late answers one hop nearer (``late_witness``) and the other host's
+    answers (``witness_origins``) are no witness here, so that the failure's first
+    answers are flagged."""
     w = World(outages=[(615, 30, 502, False)], every_min=30, seed=12)
     ordered = sorted(events(w), key=lambda e: e["ts"])
     cut = TEN.replace(minute=40).astimezone(KST).isoformat()
     at = next(i for i, e in enumerate(ordered) if e["ts"] >= cut)
-    alerts, _ = run(w, restart_at=at)
+    no_late = "[detectors.injection]\nlate_witness = false\nwitness_origins = false\n"
+    alerts, _ = run(w, no_late, restart_at=at)
     assert alerts == []
-    off, _ = run(w, "[detectors.injection]\nmax_failures = 0\n", restart_at=at)
+    off, _ = run(w, no_late + "max_failures = 0\n", restart_at=at)
     assert off
