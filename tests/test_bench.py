@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 
-from pathsentry.bench.run import BenchResult, _cpu_seconds, format_result
+from pathsentry.bench.run import BenchResult, _cpu_seconds, _runqueue_wait_s, format_result
 
 
 def test_cpu_seconds_count_this_process_working_and_nothing_for_no_process() -> None:
@@ -27,6 +29,30 @@ def test_report_shows_the_cpu_of_worker_and_broker() -> None:
     text = format_result(r)
     assert re.search(r"CPU per event while draining: worker / broker +91\.5 / 20\.25 µs", text)
     assert re.search(r"CPU during the latency phase: worker / broker +0\.55 / 0\.42 cores", text)
+
+
+def test_runqueue_wait_is_the_time_the_main_thread_was_runnable_without_a_cpu() -> None:
+    """Sharing its one CPU with a busy process, this process's main thread waits for it;
+    the report prints the latency phase's share of such waiting."""
+    assert _runqueue_wait_s(2**22 + 1) == 0.0  # no such process
+    saved = os.sched_getaffinity(0)
+    cpu = min(saved)
+    os.sched_setaffinity(0, {cpu})
+    busy = subprocess.Popen([sys.executable, "-c",
+                             f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.3)  # the busy process is running
+        waited = _runqueue_wait_s(os.getpid())
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:
+            sum(range(10_000))
+        assert _runqueue_wait_s(os.getpid()) - waited > 0.2
+    finally:
+        busy.kill()
+        busy.wait()
+        os.sched_setaffinity(0, saved)
+    text = format_result(BenchResult(events=1, partitions=1, latency_loop_waited=0.45))
+    assert re.search(r"share of it the worker's event loop waited for a CPU +0\.45", text)
 
 
 def test_pipeline_cost_outside_detection_is_the_drain_cpu_less_detection_and_decoding() -> None:

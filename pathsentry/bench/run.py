@@ -90,6 +90,8 @@ class BenchResult:
     drain_gc_us: float = 0.0
     #: CPU used during the latency phase, cores: worker, broker
     latency_cpu_cores: tuple[float, float] = (0.0, 0.0)
+    #: share of the latency phase the worker's event loop waited, runnable, for a CPU
+    latency_loop_waited: float = 0.0
     #: the same split as the drain's over the latency phase, per event offered: CPU µs of
     #: the worker and the broker; of the worker's, detection, decoding, garbage collections
     latency_cpu_us: tuple[float, float] = (0.0, 0.0)
@@ -281,8 +283,19 @@ def _named_threads_cpu(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _runqueue_wait_s(pid: int) -> float:
+    """Time (s) the process's main thread (the worker's event loop) has spent runnable but
+    waiting for a CPU (``/proc/<pid>/schedstat``, second field; 0 without it)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class _Cpu:
-    """CPU time of the worker and the broker since the last :meth:`mark`."""
+    """CPU time of the worker and the broker since the last :meth:`mark`, and the time the
+    worker's event loop waited for a CPU."""
 
     def __init__(self, worker: int, broker: int | None) -> None:
         self.pids = (worker, broker)
@@ -292,6 +305,13 @@ class _Cpu:
         self.at = time.monotonic()
         self.used = tuple(_cpu_seconds(p) for p in self.pids)
         self.named = _named_threads_cpu(self.pids[0])
+        self.waited = _runqueue_wait_s(self.pids[0])
+
+    def loop_waited(self) -> float:
+        """Share of the wall time since the mark the worker's event loop was runnable but
+        not running (other processes had the cores)."""
+        wall = max(1e-9, time.monotonic() - self.at)
+        return round((_runqueue_wait_s(self.pids[0]) - self.waited) / wall, 2)
 
     def seconds(self) -> tuple[float, float]:
         """CPU seconds of the worker and the broker since the mark."""
@@ -452,6 +472,7 @@ def run_bench(
                 st = _wait_for(lambda: (s := _http_json(counters))["events_detected"] >= total and s,
                                600, proc, "the live events")
                 res.latency_cpu_cores = cpu.cores()
+                res.latency_loop_waited = cpu.loop_waited()
                 lat_split = _split(cpu, st0, st, len(live))
                 res.latency_cpu_us, res.latency_detect_us, res.latency_decode_us, res.latency_gc_us = (
                     lat_split[:4])
@@ -548,6 +569,8 @@ def format_result(r: BenchResult) -> str:
         ("  of which garbage collections", f"{r.drain_gc_us:>5} µs"),
         ("CPU during the latency phase: worker / broker",
          f"{r.latency_cpu_cores[0]:>5} / {r.latency_cpu_cores[1]} cores"),
+        ("  share of it the worker's event loop waited for a CPU",
+         f"{r.latency_loop_waited:>5}"),
         ("CPU per event in the latency phase: worker / broker",
          f"{r.latency_cpu_us[0]:>5} / {r.latency_cpu_us[1]} µs"),
         ("  of the worker's: detection / decoding",

@@ -111,8 +111,10 @@ def create_app(
     pipe.load_snapshot()
     topics = pipe.topics
     take_max = batch_size or max(1, config.clickhouse.batch_size // 100)
-    # the agents wait at most this long for a fuller batch: it bounds the added latency per stage
-    take_within = batch_within_s or min(0.05, config.clickhouse.flush_interval_s)
+    # the agents wait this long for a fuller batch after each one, unless it fills: at a
+    # moderate rate it adds to every hop through an internal topic
+    take_within = batch_within_s or min(config.kafka.stage_take_wait_ms / 1000,
+                                        config.clickhouse.flush_interval_s)
     session_timeout = config.kafka.session_timeout_s
 
     loop_ref: list[asyncio.AbstractEventLoop] = []
