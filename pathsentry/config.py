@@ -183,6 +183,10 @@ class WorkerConfig(BaseModel):
     #: walks everything alive: growth proportional to the heap keeps its cost per byte
     #: allocated bounded, as Go's ``GOGC=100`` does)
     gc_full_growth_ratio: float = Field(default=1.0, ge=0)
+    #: ...or at the first idle second (no event read since the last tick) once the memory
+    #: has grown by this share of that valve: the pause falls where no event waits for it
+    #: (0: only the valve and the interval)
+    gc_idle_growth_share: float = Field(default=0.25, ge=0, le=1)
     #: the session stage's learned state (baselines, model, account histories) is saved to
     #: the snapshot file and to ``l:0`` of the state topic about this often while it
     #: changes: a worker killed with SIGKILL loses at most about this much learning

@@ -100,3 +100,34 @@ def test_the_growth_valve_scales_with_the_memory_at_the_last_full_collection() -
                        full_growth_ratio=1.0, now=0.0, rss_mib=lambda: 100.0)
     small.stop()
     assert small.growth_mib(100.0) == 256.0, "a small heap keeps the fixed amount"
+
+
+def test_an_idle_second_brings_a_due_collection_forward_and_a_busy_one_does_not() -> None:
+    """Past a share of the valve's growth, the full collection runs at the first idle
+    tick, where its pause delays no event; busy ticks wait for the valve itself; below
+    the share an idle tick only freezes."""
+    rss = [600.0]
+    sched = GcSchedule(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
+                       full_growth_ratio=1.0, idle_growth_share=0.25, now=0.0,
+                       rss_mib=lambda: rss[0])
+    try:
+        assert sched.tick(0.5) is None  # takes over at 600 MiB: the valve is at 1200 MiB
+        rss[0] = 700.0
+        assert sched.tick(1.0, idle=True) == "freeze", "100 MiB: below a quarter of 600"
+        rss[0] = 800.0
+        assert sched.tick(2.0) == "freeze", "200 MiB grown, but events are arriving"
+        ref = _cycle()
+        assert sched.tick(3.0, idle=True) == "full"
+        assert sched.last_full_reason == "idle, 200 MiB grown" and ref() is None
+        rss[0] = 900.0  # from 800 MiB on: a quarter of the 800 MiB valve is 200
+        assert sched.tick(4.0, idle=True) == "freeze"
+    finally:
+        sched.stop()
+    off = GcSchedule(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
+                     now=0.0, rss_mib=lambda: rss[0])
+    try:
+        assert off.tick(0.5) is None
+        rss[0] = 1100.0
+        assert off.tick(1.0, idle=True) == "freeze", "idle_growth_share 0: the valve only"
+    finally:
+        off.stop()

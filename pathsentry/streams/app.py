@@ -277,11 +277,15 @@ def create_app(
                                  full_interval_s=config.worker.gc_full_interval_s,
                                  full_growth_mib=config.worker.gc_full_growth_mib,
                                  full_growth_ratio=config.worker.gc_full_growth_ratio,
+                                 idle_growth_share=config.worker.gc_idle_growth_share,
                                  now=time.monotonic())
+        events_seen = [-1]
 
         @app.timer(interval=config.worker.gc_freeze_interval_s)
         async def collect_garbage() -> None:
-            if gc_schedule.tick(time.monotonic()) == "full":
+            idle = pipe.stats.events_in == events_seen[0]
+            events_seen[0] = pipe.stats.events_in
+            if gc_schedule.tick(time.monotonic(), idle=idle) == "full":
                 log.info("gc: full collection (%s) freed %d objects in %.0f ms",
                          gc_schedule.last_full_reason, gc_schedule.last_full_freed,
                          gc_schedule.last_full_ms)

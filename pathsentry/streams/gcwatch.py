@@ -9,7 +9,9 @@ of ms, and collections cost about a tenth of the worker's time. Almost nothing a
 allocates is cyclic garbage (a full collection every few seconds frees a few hundred
 objects), so :class:`GcSchedule` leaves freeing to reference counting: it moves
 everything out of the collector's way every second and runs one full collection at a
-long interval, or when the memory has grown. A full collection walks everything alive,
+long interval, or when the memory has grown -- sooner, at a quiet moment, once it has
+grown by a share of that, so that the pause falls where no event waits for it (after a
+backlog is drained, between bursts). A full collection walks everything alive,
 so the growth that brings it forward is a share of the memory at the last one (as Go's
 ``GOGC`` does), not only a fixed amount: a worker whose state fills up from 500 MiB to
 1 GiB walks it once, not once per 256 MiB, and the collector's cost per byte allocated
@@ -94,7 +96,10 @@ class GcSchedule:
     moved out of the collector's way (``gc.freeze``, O(1)); one full collection every
     ``full_interval_s``, or sooner once the resident memory has grown by
     ``full_growth_mib`` since the last one (a safety valve against cyclic garbage piling
-    up). Call :meth:`tick` periodically, from one thread.
+    up); or at a tick the caller says is *idle* (no event arrived since the last) once it
+    has grown by ``idle_growth_share`` of that valve: the collection is due soon anyway,
+    and a quiet second is when its pause delays nothing. Call :meth:`tick` periodically,
+    from one thread.
 
     Objects that die after being frozen are still freed by reference counting; only
     cyclic garbage waits for the next full collection.
@@ -105,6 +110,14 @@ class GcSchedule:
     >>> sched.tick(0.5) is None, sched.tick(1.0), sched.tick(61.0)
     (True, 'freeze', 'full')
     >>> sched.stop()
+    >>> grown = iter([100.0, 100.0, 100.0, 170.0, 170.0])
+    >>> idle = GcSchedule(freeze_interval_s=1.0, full_interval_s=3600.0, full_growth_mib=256.0,
+    ...                   idle_growth_share=0.25, now=0.0, rss_mib=lambda: next(grown))
+    >>> idle.tick(1.0, idle=True), idle.tick(2.0), idle.tick(3.0, idle=True)
+    ('freeze', 'freeze', 'full')
+    >>> idle.last_full_reason
+    'idle, 70 MiB grown'
+    >>> idle.stop()
     >>> GcSchedule(freeze_interval_s=1.0, full_interval_s=60.0, full_growth_mib=256.0,
     ...            full_growth_ratio=1.0, now=0.0).growth_mib(600.0)
     600.0
@@ -112,11 +125,13 @@ class GcSchedule:
 
     def __init__(self, *, freeze_interval_s: float, full_interval_s: float,
                  full_growth_mib: float, now: float, full_growth_ratio: float = 0.0,
+                 idle_growth_share: float = 0.0,
                  rss_mib: Callable[[], float] | None = None) -> None:
         self.freeze_interval_s = freeze_interval_s
         self.full_interval_s = full_interval_s
         self.full_growth_mib = full_growth_mib
         self.full_growth_ratio = full_growth_ratio
+        self.idle_growth_share = idle_growth_share
         self._rss_mib = rss_mib or resident_mib
         self._frozen_at = self._full_at = now
         self._rss_at_full = 0.0
@@ -134,8 +149,9 @@ class GcSchedule:
         gc.unfreeze()
         gc.enable()
 
-    def tick(self, now: float) -> str | None:
-        """Run what is due at ``now`` (monotonic seconds): ``"full"``, ``"freeze"`` or None."""
+    def tick(self, now: float, *, idle: bool = False) -> str | None:
+        """Run what is due at ``now`` (monotonic seconds; ``idle``: no event arrived since
+        the last tick): ``"full"``, ``"freeze"`` or None."""
         if gc.isenabled():  # from the first tick on, collections are this schedule's
             gc.disable()
             self._rss_at_full = self._rss_mib()
@@ -144,8 +160,10 @@ class GcSchedule:
         rss = self._rss_mib()
         grown = rss - self._rss_at_full
         valve = self.growth_mib(self._rss_at_full)
-        if now - self._full_at >= self.full_interval_s or grown >= valve:
-            self.last_full_reason = f"{grown:.0f} MiB grown" if grown >= valve else "interval"
+        quiet = idle and self.idle_growth_share > 0.0 and grown >= self.idle_growth_share * valve
+        if now - self._full_at >= self.full_interval_s or grown >= valve or quiet:
+            self.last_full_reason = (f"{grown:.0f} MiB grown" if grown >= valve
+                                     else f"idle, {grown:.0f} MiB grown" if quiet else "interval")
             t0 = time.perf_counter()
             gc.unfreeze()
             self.last_full_freed = gc.collect()
