@@ -173,3 +173,22 @@ def test_the_share_of_an_exits_users_on_a_shared_address_is_learned_from_its_oth
     ms[6].group = "g"  # a grouped account is a farm's, not the background's
     assert address_share(part, "net:AS64600", live) == (0 + 1) / (7 + 2)
     assert address_share(Partition(key="net:AS1"), "net:AS1", set()) == 0.5
+
+
+def test_a_quiet_vpn_exits_players_each_with_an_alt_are_never_a_group() -> None:
+    """A quiet VPN exit of a hosting range: six users in six hours on machines of their
+    own, and, for two hours, a player every 15 min with a second account on the same
+    machine 5-20 s after the first, each from an address and an RTT of their own. Each
+    pair shares its machine and its address, but no pair shares anything with another:
+    not a room, however quiet the exit."""
+    rng = random.Random(5)
+    names = iter(random_names(random.Random(6), 40))
+    events = [login(next(names), rng.uniform(0, 6 * 3600), f"43.200.1.{rng.randint(1, 250)}",
+                    HOSTING, samples(rng, rng.uniform(5, 40), 2.0), relay=True,
+                    device=f"solo-{i}") for i in range(6)]
+    for k in range(8):
+        t, base, ip = 3600 + 900 * k, rng.uniform(5, 40), f"43.200.1.{10 + 20 * k}"
+        events += [login(next(names), t + j * rng.uniform(5, 20), ip, HOSTING,
+                         samples(rng, base, 2.0), relay=True, device=f"pair-{k}")
+                   for j in range(2)]
+    assert farm_alerts(run(events)[1]) == []

@@ -148,6 +148,11 @@ Farms and crowds -- which signal separates each hard negative:
   as the exit's other users' do, and the unused-/24 judge takes only members whose RTTs
   stand out of those. Allow-listed game relays and cloud gaming never
   reach ``net:``.
+- **Players who each bring an alt through a quiet VPN exit** (two accounts on one
+  machine and one exit address, a pair at a time): each pair shares its machine and
+  address, but no pair shares either with another, and every judge of shared machines
+  or addresses takes only accounts that are one room's -- three or more tied together
+  by a machine or an exit address they share (:func:`.machines.one_room`).
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
   stays within the learned accounts-per-line limit and its machines never leave its
   line; friends each bring their own line and machine (a laptop carried to a friend's

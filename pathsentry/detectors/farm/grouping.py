@@ -78,6 +78,7 @@ from pathsentry.detectors.farm.machines import (
     machine_share,
     on_few_machines,
     on_shared_machines,
+    one_room,
 )
 from pathsentry.detectors.farm.model import (
     _NET_,
@@ -355,6 +356,8 @@ class Grouping(GroupLife):
             devices = {x.device for x in inside if x.device}
             inside += [x for x in cand if x.device in devices and x not in inside]
             inside = self._room(part, pattern, cand, inside)
+            if len(inside) >= minimum and not one_room(inside):
+                return None  # players each with an alt on a machine of their own
             if len(inside) >= minimum:
                 ids = {x.sid for x in inside}
                 # (the exit's other users: not the farms found there, nor a name
@@ -455,9 +458,12 @@ class Grouping(GroupLife):
 
     def _address_judged(self, pattern: str, cand: list[Member]) -> bool:
         """Whether :meth:`_address_burst` may take ``cand``: a hosting range and
-        ``min_size_unnamed`` accounts of ``cand`` on shared exit addresses."""
-        return pattern.startswith(_NET_AS) and \
-            len(on_shared_addresses(cand)) >= self.settings.min_size_unnamed
+        ``min_size_unnamed`` accounts of ``cand`` on shared exit addresses that are one
+        room's (:func:`.machines.one_room`)."""
+        if not pattern.startswith(_NET_AS):
+            return False
+        shared = on_shared_addresses(cand)
+        return len(shared) >= self.settings.min_size_unnamed and one_room(shared)
 
     def _room(self, part: Partition, pattern: str, cand: list[Member], inside: list[Member]
               ) -> list[Member]:
@@ -476,6 +482,10 @@ class Grouping(GroupLife):
     def _machine_judged(self, part: Partition, pattern: str, cand: list[Member]) -> bool:
         """Whether the machine judge (:meth:`_machine_burst`) may take ``cand``: a
         pattern whose every login is a member, and ``min_size_unnamed`` accounts of
-        ``cand`` on shared machines (else :func:`no_burst`'s bound holds for it too)."""
-        return (part.kind == ROUTE or pattern.startswith(_NET_AS)) and \
-            len(on_shared_machines(cand)) >= self.settings.min_size_unnamed
+        ``cand`` on shared machines that are one room's (:func:`.machines.one_room`: not
+        players each with an alt on a machine of their own; else :func:`no_burst`'s bound
+        holds for it too)."""
+        if not (part.kind == ROUTE or pattern.startswith(_NET_AS)):
+            return False
+        shared = on_shared_machines(cand)
+        return len(shared) >= self.settings.min_size_unnamed and one_room(shared)

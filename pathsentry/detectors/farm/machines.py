@@ -40,7 +40,7 @@ from pathsentry.detectors.farm.background import burst_p, expected
 from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 
 __all__ = ["MAX_SEEN", "PRIOR_SEEN", "crowded", "drop", "leave", "machine_joins", "machine_share",
-           "on_few_machines", "on_shared_machines", "put"]
+           "on_few_machines", "on_shared_machines", "one_room", "put"]
 
 #: background members counted before both counts are halved
 MAX_SEEN = 1024.0
@@ -148,6 +148,42 @@ def on_shared_machines(ms: Sequence[Member]) -> list[Member]:
             accts.setdefault(x.device, set()).add(x.account)
     shared = Counter({d: len(a) for d, a in accts.items()})
     return [x for x in ms if x.device and shared[x.device] > 1]
+
+
+def one_room(ms: Sequence[Member]) -> bool:
+    """Whether accounts on shared machines or exit addresses ``ms`` are a room's, not
+    players' who each bring a second account on their own machine: three accounts or
+    more tied together by a machine or an exit address they share (a machine carrying a
+    third account, two machines meeting on one address; an account whose machine is
+    unknown, by its /24). Pairs that share nothing with each other are what a VPN
+    exit's players with an alt bring, one pair at a time.
+
+    >>> from pathsentry.detectors.farm.model import Member
+    >>> def on(i, dev, ip):
+    ...     return Member(f"s{i}", f"a{i}", float(i), None, None, ip, "", device=dev)
+    >>> pairs = [on(i, f"d{i // 2}", f"10.0.0.{i // 2}") for i in range(6)]
+    >>> one_room(pairs), one_room([*pairs, on(6, "d0", "10.0.0.7")])
+    (False, True)
+    >>> one_room([*pairs[:4], on(4, "d2", "10.0.0.1"), on(5, "d3", "10.0.0.9")])
+    True
+    """
+    parent: dict[str, str] = {}
+
+    def root(k: str) -> str:
+        while parent.setdefault(k, k) != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for x in ms:  # an account, its machine and its address (unknown machine: its /24)
+        a = root("a:" + x.account)
+        parent[root("i:" + x.src_ip)] = a
+        parent[root("d:" + x.device if x.device else "p:" + x.prefix)] = a
+    sizes: dict[str, int] = {}
+    for acct in {x.account for x in ms}:
+        r = root("a:" + acct)
+        sizes[r] = sizes.get(r, 0) + 1
+    return any(n >= 3 for n in sizes.values())
 
 
 def on_few_machines(ms: Sequence[Member]) -> bool:
