@@ -70,7 +70,10 @@ one group meet on one worker):
     group is the accounts on addresses that carried, within ``window_s``, at least
     the limit learned from the class's home lines (never below
     ``home_accounts + 1``), with the accounts of the /24's other addresses on their
-machines, crowded onto few machines (:mod:`.lines`).
+    machines, crowded onto few machines -- or the accounts on machines that each switch
+    to a new account within ``switch_s`` of their last, more than a household's and
+    tied into a room, their switches a tail event against the class's learned share of
+    home-line logins that switch (:mod:`.lines`).
 ``hop:<country>``
     every login on a home line from a known machine, by its exit's country (the key a
     room's proxies on several ISPs share). A machine becomes a member only when it
@@ -112,7 +115,9 @@ member's login second), deterministic for a replay or a retry.
 Farms and crowds -- which signal separates each hard negative:
 
 - **PC bang, campus NAT** (dozens of unrelated accounts behind one address, all
-  day): a domestic route and, mostly, no relay flag; the few logins the relay
+  day): not a home line (a PC bang's seat keeps one player an hour or more: it never
+  switches accounts within minutes as a room's machine does); a domestic route and,
+  mostly, no relay flag; the few logins the relay
   detector flags by mistake are judged against every login of that address (the
   /24's background, its arrival rate and its RTTs), so a handful of flags in a crowd
   is no burst, and their RTTs do not stand out of the crowd's. Their names share
@@ -155,7 +160,10 @@ Farms and crowds -- which signal separates each hard negative:
   by a machine or an exit address they share (:func:`.machines.one_room`).
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
   stays within the learned accounts-per-line limit and its machines never leave its
-  line; friends each bring their own line and machine (a laptop carried to a friend's
+  line; a family PC's two to five players take turns at long sessions and replay the
+  same accounts, where a room's machine switches to a new account every minute or so
+  (siblings switching within minutes are a pair on a PC of their own, which no room
+  ties: :mod:`.lines`); friends each bring their own line and machine (a laptop carried to a friend's
   with a second account hops alone: no tail event); a residential proxy service's
   unrelated users crowd one address, or rotate over many, but each from its own
   machine with its own account (:mod:`.lines`, :mod:`.hops`).
@@ -206,7 +214,10 @@ shares their machine within the window join a room found there (the room takes e
 account on a machine shared in the window); the machine judge does not apply to a /24
 exit (its unflagged logins are background only, their machines unknown); a farm whose
 logins are neither relay-flagged nor routed through a foreign origin, with names that
-share no family, has nothing left to be found by but its accounts per home line; a
+share no family, has nothing left to be found by but its accounts per home line and its
+machines switching accounts (one on several ISPs whose machines each keep to one proxy
+address is one group per /24, each /24's share of the room: nothing but their
+concurrent timing ties them); a
 farm that reuses a popular stem (``shadow…``) can take an honest ``shadow`` player
 whose number happens to continue its serials; a family batch on home lines of several
 ISPs, relay-flagged on fewer than ``min_size`` of it and not crowded onto few machines,

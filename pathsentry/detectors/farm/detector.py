@@ -17,7 +17,7 @@ from typing import Any
 from pathsentry.detectors import register
 from pathsentry.detectors.addresses import ip_text
 from pathsentry.detectors.base import Detector, DetectorContext, Enriched, Findings
-from pathsentry.detectors.farm import hops, machines, suspicion
+from pathsentry.detectors.farm import hops, lines, machines, suspicion
 from pathsentry.detectors.farm.background import arrive
 from pathsentry.detectors.farm.exits import (
     NO_RELAY,
@@ -33,7 +33,6 @@ from pathsentry.detectors.farm.exits import (
 )
 from pathsentry.detectors.farm.families import family
 from pathsentry.detectors.farm.grouping import Grouping
-from pathsentry.detectors.farm.lines import is_line, record
 from pathsentry.detectors.farm.model import (
     _NET_,
     _ROUTE_,
@@ -380,8 +379,8 @@ class FarmDetector(Detector, Grouping):
             _add_to_index(part.index, pats, m)
             if kind != TPL and pats[0] == part.key:
                 self._stamp(part, m)
-            if kind == NET and is_line(pats[-1]):
-                record(part, pats[-1], m, self.settings.window_s)
+            if kind == NET and lines.is_line(pats[-1]):
+                lines.record(part, pats[-1], m, self.settings)
         return m, True
 
     def _upsert_trace(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
@@ -499,6 +498,8 @@ class FarmDetector(Detector, Grouping):
                             del part.bg_rtts[0]
                     if m.sid in part.stamps:
                         machines.leave(part, m)
+                if m.group is None and m.indexed and lines.is_line(m.indexed[-1]):
+                    lines.leave(part, m)  # a home-line login: the class's switch share
                 self._unindex(part, m)
         groups = part.groups
         if groups:

@@ -71,7 +71,7 @@ from pathsentry.detectors.farm.exits import (
 )
 from pathsentry.detectors.farm.families import serial_regularity
 from pathsentry.detectors.farm.groups import GroupLife
-from pathsentry.detectors.farm.lines import LINE_KINDS, crowd, is_line
+from pathsentry.detectors.farm.lines import LINE_KINDS, crowd, is_line, switch_joins
 from pathsentry.detectors.farm.machines import (
     crowded,
     machine_joins,
@@ -296,8 +296,10 @@ class Grouping(GroupLife):
             return m.ts <= g.last_seen + s.join_window_s
         if is_line(g.pattern) or part.kind == HOP:  # home lines: its machines, addresses
             ms = g.members.values()
-            return m.ts <= g.last_seen + s.join_window_s and m.access in LINE_KINDS and any(
-                x.src_ip == m.src_ip or (m.device and x.device == m.device) for x in ms)
+            return m.ts <= g.last_seen + s.join_window_s and m.access in LINE_KINDS and (any(
+                x.src_ip == m.src_ip or (m.device and x.device == m.device) for x in ms) or (
+                is_line(g.pattern) and m.ts <= g.last_seen + s.switch_s
+                and switch_joins(m, self._mates(part, g, m))))
         near = g.near(m.ts, s.window_s)
         if len(near) < s.min_size_unnamed - 1:
             return False

@@ -19,6 +19,33 @@ accounts of that /24's home lines within ``window_s``:
   room whose machines each keep to one proxy address shares no machine across them);
   later logins join from the group's addresses and machines for ``join_window_s``.
 
+Machines that switch accounts. A room whose proxy hands its accounts out over several
+addresses of the /24 may leave no address above the limit (fifteen accounts over five
+addresses: three each); what it cannot hide is its machines, each logging in a *new*
+account a minute or so after the last (:func:`record` marks such a login ``switched``:
+its machine's previous login on the /24's home lines was another account's, less than
+``switch_s`` before, and the account had not used the machine before). The accounts on
+machines that switched are a group (:func:`switching`) when
+
+- they are tied into rooms of three or more by the machines and addresses they share
+  (:func:`~pathsentry.detectors.farm.machines.in_rooms`) and number more than a
+  household's ``home_accounts``, and
+- their switches are a tail event (Poisson, below ``max_burst_p``) against the /24's
+  logins on known machines in the window times the learned share of the class's
+  home-line logins that are switches (:func:`switch_share`: the logins that left their
+  window in no group, smoothed toward ``switch_prior_share`` weighted as
+  ``switch_prior_logins`` logins).
+
+A machine of the room whose first two accounts were a pair when the group formed joins
+it, with them, when it switches to its third within ``switch_s`` of the group's latest
+member (:func:`switch_joins`).
+
+A family PC carries two to five accounts, taking turns at sessions of an hour or more,
+and replays the same accounts each evening (a replayed account is no switch); siblings
+who switch within minutes do so a pair on a PC of their own, which no room ties; a PC
+bang's seat keeps one player an hour or more and is no home line anyway; a CGNAT's
+subscribers bring a machine each.
+
 The learned rate. Every home-line address of the class (the subscriber /24s a
 worker holds, :class:`~pathsentry.detectors.farm.model.Pool`) counts each time it
 reaches its k-th account within ``window_s`` (``Pool.lines[k - 1]``, decayed by
@@ -37,16 +64,18 @@ Crowds that are not homes, and why they form no group here:
 - a PC bang, a campus NAT, a mobile CGNAT address is not a home line (its kind is
   ``business``, ``education``, ``mobile``): not indexed; one mislabelled as
   residential brings one machine per player, never a few machines carrying a dozen;
-- a family at home: three to five accounts, under the limit;
+- a family at home: three to five accounts, under the limit, and its PC's players take
+  turns at long sessions, replaying the same accounts (no tail of switches);
 - friends on two ISPs, each on their own machine: one or two accounts per address;
 - a residential proxy service with unrelated users: many accounts on one exit
   address, but each from its own machine.
 
 Known limits: a farm on proxies of several /24s is one group per /24 (the partition
-key; the /24s' groups are not joined across partitions); a farm whose proxy
-addresses each carry no more than a household does is not found here; the
-histogram is learned per worker and not saved (a restarted worker starts from the
-prior).
+key; the /24s' groups are not joined across partitions), and a room whose machines each
+carry no more accounts than a household, on addresses under the limit, is not found
+here; a /24's switches are judged by the /24's own logins (a machine's previous login
+through another /24 is not seen); the histogram and the switch share are learned per
+worker and not saved (a restarted worker starts from the priors).
 """
 
 from __future__ import annotations
@@ -56,11 +85,13 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from pathsentry.detectors.farm.machines import on_few_machines
+from pathsentry.detectors.farm.background import burst_p
+from pathsentry.detectors.farm.machines import in_rooms, on_few_machines
 from pathsentry.detectors.farm.model import _NET_, FarmSettings, Member, Partition, Pool
 
-__all__ = ["LINE_KINDS", "LINE_PRIOR_ADDRESSES", "LINE_PRIOR_SHARE", "crowd", "line_evidence",
-           "line_limit", "line_pattern", "record"]
+__all__ = ["LINE_KINDS", "LINE_PRIOR_ADDRESSES", "LINE_PRIOR_SHARE", "crowd", "leave",
+           "line_evidence", "line_limit", "line_pattern", "record", "switch_joins", "switch_share",
+           "switching"]
 
 #: the geo kinds of an address that carries one subscriber line (a home): several
 #: accounts on one such address are one household or a proxy, never a crowd sharing a
@@ -102,13 +133,15 @@ def _on_address(part: Partition, pattern: str, m: Member, w: float) -> set[str]:
             if x.src_ip == m.src_ip and x.sid != m.sid and abs(x.ts - m.ts) <= w}
 
 
-def record(part: Partition, pattern: str, m: Member, w: float) -> None:
+def record(part: Partition, pattern: str, m: Member, s: FarmSettings) -> None:
     """Count ``m``'s address reaching its k-th account in the class's histogram (once per
-    account: a session of an account already on the address counts nothing)."""
+    account: a session of an account already on the address counts nothing), and mark
+    ``m`` ``switched`` when its machine switched to it, a new account (:func:`_switched`)."""
+    m.switched = _switched(part, pattern, m, s.switch_s)
     pool = part.pool
     if pool is None:
         return
-    others = _on_address(part, pattern, m, w)
+    others = _on_address(part, pattern, m, s.window_s)
     if m.account in others:
         return
     k = min(len(others) + 1, _MAX_K)
@@ -118,6 +151,24 @@ def record(part: Partition, pattern: str, m: Member, w: float) -> None:
     h[k - 1] += 1.0
     if h[0] > _MAX_SEEN:
         pool.lines = [v / 2.0 for v in h]
+
+
+def _switched(part: Partition, pattern: str, m: Member, switch_s: float) -> bool:
+    """Whether ``m``'s machine switched to a new account: its previous login under
+    ``pattern`` was another account's, less than ``switch_s`` before ``m``'s, and ``m``'s
+    account had not logged in on it in the partition's view (a family replaying its few
+    accounts every evening switches among the same ones)."""
+    if not m.device:
+        return False
+    prev: Member | None = None
+    for x in part.index.get(pattern, {}).values():
+        if x.device != m.device or x.sid == m.sid or x.ts > m.ts:
+            continue
+        if x.account == m.account:
+            return False
+        if prev is None or x.ts > prev.ts:
+            prev = x
+    return prev is not None and m.ts - prev.ts < switch_s
 
 
 def line_limit(pool: Pool | None, s: FarmSettings) -> tuple[int, float]:
@@ -139,16 +190,70 @@ def _per_address(ms: Iterable[Member]) -> dict[str, set[str]]:
     return per
 
 
+def switch_share(pool: Pool | None, s: FarmSettings) -> float:
+    """The share of the class's home-line logins on a known machine that switched account
+    on it (:func:`record`), smoothed toward ``switch_prior_share`` weighted as
+    ``switch_prior_logins`` logins."""
+    seen, switched = (pool.sw_seen, pool.sw_switched) if pool is not None else (0.0, 0.0)
+    return ((switched + s.switch_prior_share * s.switch_prior_logins)
+            / (seen + s.switch_prior_logins))
+
+
+def leave(part: Partition, m: Member) -> None:
+    """Count a home-line login on a known machine, leaving its window in no group, in
+    its class's switch share."""
+    pool = part.pool
+    if pool is None or not m.device:
+        return
+    pool.sw_seen += 1.0
+    pool.sw_switched += float(m.switched)
+    if pool.sw_seen > _MAX_SEEN:
+        pool.sw_seen /= 2.0
+        pool.sw_switched /= 2.0
+
+
+def switching(part: Partition, cand: list[Member], s: FarmSettings) -> list[Member]:
+    """The accounts of ``cand`` on machines that switched to new accounts within
+    ``switch_s`` (:func:`record`), tied into rooms of three or more
+    (:func:`~pathsentry.detectors.farm.machines.in_rooms`: not households each with a
+    pair of accounts on their own PC), when they are more than a household's
+    (``home_accounts``) and their switches are a tail event against the class's learned
+    share among ``cand``'s logins on known machines; else none."""
+    devices = {x.device for x in cand if x.switched}
+    if not devices:
+        return []
+    ms = in_rooms([x for x in cand if x.device in devices])
+    if len({x.account for x in ms}) <= s.home_accounts:
+        return []
+    known = sum(1 for x in cand if x.device)
+    switches = sum(1 for x in ms if x.switched)
+    if burst_p(switches, known * switch_share(part.pool, s)) > s.max_burst_p:
+        return []
+    return ms
+
+
+def switch_joins(m: Member, mates: list[Member]) -> bool:
+    """Whether ``m``, on a machine new to a home-line group within ``switch_s`` of its
+    latest member, joins it with its machine's ungrouped accounts ``mates``: ``m``
+    switched to a new account (:func:`record`) and the machine carried three accounts
+    or more -- a room's next machine, whose first two accounts looked like a
+    household's pair when the group formed."""
+    return m.switched and len({m.account, *(x.account for x in mates)}) >= 3
+
+
 def crowd(part: Partition, cand: list[Member], s: FarmSettings) -> list[Member] | None:
     """The farm among a /24's home-line accounts ``cand`` (see the module docstring),
     or ``None``."""
     limit = line_limit(part.pool, s)[0]
     hot = {ip for ip, accts in _per_address(cand).items() if len(accts) >= limit}
-    if not hot:
-        return None
     core = [x for x in cand if x.src_ip in hot]
+    ids = {x.sid for x in core}
+    core += [x for x in switching(part, cand, s) if x.sid not in ids]
+    if not core:
+        return None
+    ids = {x.sid for x in core}
     devices = {x.device for x in core if x.device}
-    ms = core + [x for x in cand if x.src_ip not in hot and x.device in devices]
+    ms = core + [x for x in cand if x.sid not in ids and x.device in devices]
     if len({x.account for x in ms}) < s.min_size_unnamed or not on_few_machines(ms):
         return None
     return ms
@@ -171,4 +276,6 @@ def line_evidence(part: Partition, ms: Iterable[Member], s: FarmSettings) -> dic
         "machines": len(devices),
         "accounts_per_machine": round(sum(devices.values()) / len(devices), 2) if devices else None,
         "span_s": round(tss[-1] - tss[0], 1) if tss else 0.0,
+        "account_switches": sum(1 for x in members if x.switched),
+        "learned_switch_share": round(switch_share(part.pool, s), 4),
     }

@@ -39,8 +39,8 @@ from collections.abc import Collection, Sequence
 from pathsentry.detectors.farm.background import burst_p, expected
 from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 
-__all__ = ["MAX_SEEN", "PRIOR_SEEN", "crowded", "drop", "leave", "machine_joins", "machine_share",
-           "on_few_machines", "on_shared_machines", "one_room", "put"]
+__all__ = ["MAX_SEEN", "PRIOR_SEEN", "crowded", "drop", "in_rooms", "leave", "machine_joins",
+           "machine_share", "on_few_machines", "on_shared_machines", "one_room", "put"]
 
 #: background members counted before both counts are halved
 MAX_SEEN = 1024.0
@@ -167,6 +167,13 @@ def one_room(ms: Sequence[Member]) -> bool:
     >>> one_room([*pairs[:4], on(4, "d2", "10.0.0.1"), on(5, "d3", "10.0.0.9")])
     True
     """
+    return bool(in_rooms(ms))
+
+
+def in_rooms(ms: Sequence[Member]) -> list[Member]:
+    """The members of ``ms`` that :func:`one_room` ties, three accounts or more together
+    by a machine or an exit address they share (an account whose machine is unknown, by
+    its /24); the pairs that share nothing with each other left out."""
     parent: dict[str, str] = {}
 
     def root(k: str) -> str:
@@ -183,7 +190,7 @@ def one_room(ms: Sequence[Member]) -> bool:
     for acct in {x.account for x in ms}:
         r = root("a:" + acct)
         sizes[r] = sizes.get(r, 0) + 1
-    return any(n >= 3 for n in sizes.values())
+    return [x for x in ms if sizes[root("a:" + x.account)] >= 3]
 
 
 def on_few_machines(ms: Sequence[Member]) -> bool:

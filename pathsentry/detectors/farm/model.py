@@ -83,6 +83,16 @@ class FarmSettings:
     #: the most accounts an honest household logs in on one home line within
     #: ``window_s`` (the floor of the learned limit, :func:`.lines.line_limit`)
     home_accounts: int = 5
+    #: a machine's login of a new account this soon (s) after its previous login, under
+    #: another account, on the /24's home lines is an account switch (:mod:`.lines`): a
+    #: room's machine cycles through its accounts a minute or so apart, a household's
+    #: players and a PC bang's seat take turns at sessions of an hour or more
+    switch_s: float = 300.0
+    #: the prior share of a class's home-line logins that are such a switch, before its
+    #: own logins teach it (:func:`.lines.switch_share`)
+    switch_prior_share: float = 0.01
+    #: the weight of that prior share, in logins
+    switch_prior_logins: float = 100.0
     #: machines (client device ids) and home-line addresses a ``hop:`` partition keeps
     #: in view (least recently seen dropped first; :mod:`.hops`)
     hop_max_devices: int = 65_536
@@ -166,6 +176,9 @@ class Member:
     in_background: bool = False
     #: its login is counted in its partition's arrivals (:func:`.background.arrive`)
     arrived: bool = False
+    #: on a home line, its machine's previous login on the /24's home lines was another
+    #: account's, less than ``switch_s`` before (:func:`.lines.record`)
+    switched: bool = False
 
     @property
     def flag_event_id(self) -> str:
@@ -289,7 +302,8 @@ class Pool:
     ``count``: their arrivals since ``first_ts``, decayed with ``background_half_life_s``
     (at ``ts``); ``parts``: the live partitions of the class; ``seen``/``shared``: their
     background members counted, and of them those on a shared machine; ``lines``:
-    the accounts per home-line address (:mod:`.lines`)."""
+    the accounts per home-line address, ``sw_seen``/``sw_switched`` the home-line logins
+    that switched account on their machine (:mod:`.lines`)."""
 
     count: float = 0.0
     ts: float = 0.0
@@ -300,6 +314,10 @@ class Pool:
     #: home-line addresses that reached their k-th account in a window, at ``k - 1``
     #: (:mod:`.lines`)
     lines: list[float] = field(default_factory=list)
+    #: home-line logins on a known machine that left their window in no group, and of
+    #: them those that switched account on their machine (:mod:`.lines`)
+    sw_seen: float = 0.0
+    sw_switched: float = 0.0
     #: the logins of its family partitions counted (those that joined a group taken
     #: out again), and of them those with a relay score above zero (:mod:`.suspicion`)
     rs_seen: float = 0.0

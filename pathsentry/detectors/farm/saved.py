@@ -64,6 +64,7 @@ class _Member(Record):
     access: NotRequired[Name | None]
     in_background: NotRequired[bool]
     arrived: NotRequired[bool]
+    switched: NotRequired[bool]
 
 
 class _Group(Saved):

@@ -1,0 +1,88 @@
+"""A name-less room on one /24's home lines found by its machines switching accounts
+within minutes, and the households whose machines take turns that must not form a group."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pathsentry.detectors.base import Enriched
+from pathsentry.detectors.farm.lines import switch_share
+from pathsentry.detectors.farm.model import FarmSettings, Pool
+from tests.detectors.test_farm import farm_alerts, random_names, run
+from tests.detectors.test_farm_families import KT, homes, login, samples
+from tests.detectors.test_farm_lines import NET24, neighbours
+
+
+def cycling_room(names: list[str], t0: float, rng: random.Random, *, machines: int = 3,
+                 addresses: int = 5, own: bool = False) -> list[Enriched]:
+    """A room whose ``machines`` each log in a new account every minute or so (12-23 s
+    between the room's logins), each account through one of ``addresses`` home lines
+    of the /24 in turn (``own``: each machine through two addresses of its own, which
+    no other machine uses): three accounts an address or fewer, under any household's
+    limit; each machine with its own access latency."""
+    out, t = [], t0
+    for i, n in enumerate(names):
+        host = 2 * (i % machines) + (i // machines) % 2 if own else i % addresses
+        out.append(login(n, t, f"{NET24}{10 + host}", KT,
+                         samples(rng, 18.0 + 3 * (i % machines), 0.5),
+                         device=f"room-{i % machines}"))
+        t += rng.uniform(12, 23)
+    return out
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_machines_cycling_accounts_on_a_quiet_24_are_one_room(own: bool) -> None:
+    """A small world (a few dozen logins in four hours): the /24's background is near
+    zero, no address carries more than a household, no relay flag, no foreign route, no
+    shared name -- three machines each switching to a new account every minute are.
+    With addresses of their own, no address ties the machines: the third joins when it
+    switches to its third account."""
+    rng = random.Random(91)
+    names = random_names(random.Random(92), 15)
+    room = cycling_room(names, 5400, rng, own=own)
+    _, alerts = run(homes(rng, 25, 4) + neighbours(rng, 6, 4) + room)
+    (g,) = farm_alerts(alerts)
+    assert sorted(g.accounts) == sorted(names)
+    lines = g.evidence["home_lines"]
+    assert lines["machines"] == 3
+    assert lines["account_switches"] >= 12
+    assert max(n for _, n in lines["accounts_per_address"]) < lines[
+        "learned_limit_accounts_per_address"]
+    # found by the eighth login: more accounts than a household, switches in the tail
+    early = [e for e in homes(random.Random(91), 25, 4) if e.ts <= room[7].ts] + room[:8]
+    assert len(farm_alerts(run(early)[1])) == 1
+
+
+def test_households_whose_machines_take_turns_are_never_a_group() -> None:
+    """One /24's homes: family PCs whose two or three players take turns hours apart,
+    siblings switching accounts within minutes on their own PC (a pair a home, four
+    homes in the same hour: more accounts than a household, but no room ties them), and a
+    family of five on two PCs logging in a minute apart every evening hour."""
+    rng = random.Random(93)
+    events = homes(rng, 40, 6) + neighbours(rng, 20, 6)
+    for h in range(4):  # family PCs: turns at sessions of an hour or more
+        family = random_names(random.Random(100 + h), 3)
+        events += [login(n, 1800 * (k + 1) + rng.uniform(0, 300), f"{NET24}{60 + h}", KT,
+                         samples(rng, 5.0, 2.0), device=f"pc-{h}") for k, n in enumerate(family)]
+    for h in range(4):  # siblings, a pair a home, minutes apart, all in one hour
+        pair = random_names(random.Random(200 + h), 2)
+        t = 9000 + rng.uniform(0, 2400)
+        events += [login(n, t + 90 * k, f"{NET24}{70 + h}", KT, samples(rng, 5.0, 2.0),
+                         device=f"sib-{h}") for k, n in enumerate(pair)]
+    family = random_names(random.Random(300), 5)
+    for hour in range(6):
+        events += [login(n, hour * 3600 + 60 * i + rng.uniform(0, 30), f"{NET24}50", KT,
+                         samples(rng, 5.0, 2.0), device=f"home-{i % 2}")
+                   for i, n in enumerate(family)]
+    assert run(events) == ({}, {})
+
+
+def test_the_switch_share_is_learned_from_the_class() -> None:
+    """No history: the documented prior. A class whose machines often switch account
+    (players sharing PCs) raises the share, and so the switches a room needs."""
+    s = FarmSettings()
+    assert switch_share(None, s) == s.switch_prior_share
+    assert switch_share(Pool(sw_seen=1000.0, sw_switched=200.0), s) > 0.15
+    assert switch_share(Pool(sw_seen=1000.0, sw_switched=0.0), s) < s.switch_prior_share
