@@ -16,6 +16,7 @@ from tests.detectors.test_latency import World, make_world
 from tests.detectors.test_latency_calibration import GameLoop, honest, l4_relay, warm
 
 SLOWEST = "slowest app sample less cost and one tick"
+SECOND_SLOWEST = "second-slowest app sample less cost and one tick"
 
 
 def test_spread_votes_are_median_unbiased_whatever_the_sample_count() -> None:
@@ -106,6 +107,37 @@ def test_cold_server_never_uses_the_slowest_sample() -> None:
     net, source = sess.phys_net
     assert source == "app_rtt less the largest overhead the cold prior allows"
     assert net < 10.0 - 8.0 - 90.0 * 0.5  # at least the true cost and half the true tick off
+
+
+def test_one_spike_of_a_kind_not_learned_yet_is_not_a_detour() -> None:
+    """A 90 ms-tick server warmed by wired players, then the first mobile logins: one of
+    six samples carries a 130 ms radio spike. The mobile kind's spikes are not learned
+    yet, and the slowest sample stands apart from the others by more than the loop's
+    phases explain: it proves nothing (it was taken for a 12,000 km detour), the
+    second-slowest, which one spike cannot lift, is judged instead and still shows a
+    leg hidden in the fastest sample's phase; without the spike the slowest is judged."""
+    w = make_world(seed=56)
+    loop = GameLoop(cost=3.0, tick=90.0)
+    assert warm(w, loop, n=120, k=6) == 0
+    assert w.det.overhead.spike_votes("mobile") < w.det.spike_warmup
+    rtt = 25.0 + 2.0
+    phases = (20.0, 35.0, 50.0, 60.0, 80.0, 88.0)
+    app = [round(rtt + 3.0 + p + (130.0 if p == 50.0 else 0.0), 3) for p in phases]
+    ev, out = w.login("silentember", "223.39.3.2", app, round(rtt + 55.0, 3))
+    assert not out.flags, ev.notes["relay"]
+    sess = w.det.sessions.peek(ev.event.session_id or "")
+    assert sess is not None and sess.app_second == sorted(app)[-2]
+    # a 150 ms leg hidden in the fastest sample's phase, with and without the spike
+    for i, spike in enumerate((130.0, 0.0)):
+        far = [round(rtt + 150.0 + 3.0 + p + (spike if p == 50.0 else 0.0), 3) for p in phases]
+        ev, out = w.login(f"detour{i}", f"223.39.{4 + i}.2", far, None)
+        assert [f.kind for f in out.flags] == ["vpn_relay"], ev.notes["relay"]
+        phys = out.flags[0].evidence["physics"]
+        assert phys["measured_source"] == (SECOND_SLOWEST if spike else SLOWEST)
+        assert phys["verdict"] == "detour"
+        slowest = phys["slowest_sample"]
+        assert slowest["app_rtt_judged_ms"] == pytest.approx(sorted(far)[-1 - bool(spike)], abs=0.01)
+        assert slowest["spike_logins"] < w.det.spike_warmup
 
 
 def test_a_proven_login_re_assesses_its_exits_earlier_sessions() -> None:

@@ -345,12 +345,13 @@ class LatencyDetector(Snapshots, Evidence):
         sess.server = server
         sess.app_n = n
         if n == 1:
-            sess.app_min = sess.app_p10 = app[0]
+            sess.app_min = sess.app_p10 = sess.app_second = app[0]
             sess.app_spread = 0.0
         else:  # physics.quantile(app, 0.1), inlined
             ordered = sorted(app)
             sess.app_min = ordered[0]
             sess.app_spread = ordered[-1] - ordered[0]
+            sess.app_second = ordered[-2] if n > 2 else ordered[0]
             pos = 0.1 * (n - 1)
             i = int(pos)
             j = min(i + 1, n - 1)

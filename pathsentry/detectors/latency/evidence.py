@@ -17,7 +17,7 @@ from mypy_extensions import trait
 
 from pathsentry.config import Server
 from pathsentry.detectors.latency.geometry import DEFAULT_TOLERANCE_MS, KIND_TOLERANCE_MS, PRECISION_SLACK_KM
-from pathsentry.detectors.latency.scoring import PRIOR_APP, SLOWEST, Scoring, noisy_or
+from pathsentry.detectors.latency.scoring import PRIOR_APP, SECOND_SLOWEST, SLOWEST, Scoring, noisy_or
 from pathsentry.detectors.latency.state import Session
 from pathsentry.detectors.physics import (
     ACCESS_FLOOR_MS,
@@ -207,16 +207,19 @@ class Evidence(Scoring):
             out["note"] = "claimed point is the country's reference point"
         if sess.phys_at is not None:
             out["app_probe"] = self._probe_figures(sess, sess.phys_at)
-        figures = self.app_overhead(sess) if source in (SLOWEST, PRIOR_APP) else None
+        figures = self.app_overhead(sess) if source in (SLOWEST, SECOND_SLOWEST, PRIOR_APP) else None
         if figures is not None and figures[2]:
             out["cold_overhead"] = {"cost_at_most_ms": round(figures[0], 2),
                                     "tick_at_most_ms": round(figures[1], 2),
                                     "samples": sess.app_n}
-        if figures is not None and source == SLOWEST:
+        if figures is not None and source in (SLOWEST, SECOND_SLOWEST):
             cost, tick = figures[0], figures[1]
             kind_key = geo.kind or "?"
             out["slowest_sample"] = {
                 "app_rtt_max_ms": round(sess.app_min + sess.app_spread, 2),
+                "app_rtt_judged_ms": round(sess.app_min + sess.app_spread if source == SLOWEST
+                                           else sess.app_second, 2),
+                "spike_logins": self.overhead.spike_votes(kind_key),
                 "samples": sess.app_n, "learned_cost_ms": round(cost, 2),
                 "learned_tick_ms": round(tick, 2),
                 "noise_ms": round(self.overhead.noise_scale(

@@ -68,8 +68,8 @@ from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, f
 from pathsentry.detectors.latency.prefixes import PREFIX_ROW, ExitPrefixes
 from pathsentry.detectors.latency.state import BoundedLRU, Session
 
-__all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "PRIOR_APP", "SLOWEST", "WEIGHTS",
-           "GapVerdict", "Scoring", "noisy_or"]
+__all__ = ["DEFAULTS", "LEVEL_WEIGHT", "MIN_SPREAD_MS", "PREFIX_ROW", "PRIOR_APP", "SECOND_SLOWEST",
+           "SLOWEST", "WEIGHTS", "GapVerdict", "Scoring", "noisy_or"]
 
 
 def noisy_or(components: dict[str, float]) -> float:
@@ -83,6 +83,8 @@ def noisy_or(components: dict[str, float]) -> float:
 #: physics' sources for an app figure: on a cold server, and the slowest sample
 PRIOR_APP = "app_rtt less the largest overhead the cold prior allows"
 SLOWEST = "slowest app sample less cost and one tick"
+#: ... and the second-slowest, while the access kind's spikes are not learned yet
+SECOND_SLOWEST = "second-slowest app sample less cost and one tick"
 
 #: Probe methods the network layer (or a VPN endpoint) answers.
 NET_METHODS = frozenset({"icmp", "tcp"})
@@ -278,10 +280,10 @@ class Scoring(ExitPrefixes, AccountHistory):
                   - self.spike_allowance(sess))
         label = PRIOR_APP if prior else "app_rtt less learned overhead"
         # one sample of k may spike: on a cold server only once the kind's spikes are learned
-        slowest = None if prior and self.overhead.spike_votes(sess.geo.kind or "?") < \
-            self.spike_warmup else self.slowest_bound(sess, cost, tick)
-        if slowest is not None and slowest > app_lo:
-            app_lo, label = slowest, SLOWEST
+        learned = self.overhead.spike_votes(sess.geo.kind or "?") >= self.spike_warmup
+        slowest = None if prior and not learned else self.slowest_bound(sess, cost, tick, learned)
+        if slowest is not None and slowest[0] > app_lo:
+            app_lo, label = slowest
         if prior:
             return (tcp, "tcp_rtt") if tcp is not None and tcp >= app_lo else (app_lo, label)
         if tcp is not None:
@@ -342,20 +344,33 @@ class Scoring(ExitPrefixes, AccountHistory):
         oh_key, server_id = sess.oh_key, sess.server_id
         return vantage if oh_key == server_id else vantage + oh_key[len(server_id):]
 
-    def slowest_bound(self, sess: Session, cost: float, tick: float) -> float | None:
-        """The network RTT (ms) the login's slowest app sample proves at least: a game
+    def slowest_bound(self, sess: Session, cost: float, tick: float,
+                      learned: bool = True) -> tuple[float, str] | None:
+        """The network RTT (ms) the login's slowest app sample proves at least, and its
+        source (:data:`SLOWEST` or :data:`SECOND_SLOWEST`): a game
         loop answers within ``cost + tick`` of the network round trip, so the slowest
         of ``k >= 2`` samples less the cost, one whole tick, ``gap_z`` noise scales and the
         access kind's spike allowance (one sample may spike however many there are) is
         a lower bound of the network RTT an honest client cannot exceed. On a long tick
         this bound is far tighter than the minimum's: a relay leg hidden in the phase
-        of the fastest sample still shows in the slowest (``None`` with one sample)."""
+        of the fastest sample still shows in the slowest (``None`` with one sample).
+        Until ``spike_warmup`` logins of the access kind taught its spikes (``learned``
+        false), its allowance is not known and a radio link's one spike of 100 ms and
+        more would pass for a detour: a slowest sample standing apart from the
+        second-slowest by more than the loop's phases and the noise explain is taken for
+        a spike, and the second-slowest sample, which one spike cannot lift, is judged
+        instead. The gap between the two largest of ``k`` uniform phases is distributed
+        as their minimum, so "more" is the tick times the ``1 - phase_alpha`` quantile
+        of that minimum (:func:`.baselines.phase_quantile`) plus ``gap_z`` noise scales."""
         if sess.app_n < 2:
             return None
         kind = sess.geo.kind or "?"
         noise = self.overhead.noise_of(kind, self.noise_floor(sess.geo.kind or ""))
-        return (sess.app_min + sess.app_spread - cost - tick - self.gap_z * noise
-                - self.overhead.spike(kind))
+        top, label = sess.app_min + sess.app_spread, SLOWEST
+        if not learned and top - sess.app_second > (
+                tick * phase_quantile(sess.app_n, self.phase_alpha) + self.gap_z * noise):
+            top, label = sess.app_second, SECOND_SLOWEST
+        return top - cost - tick - self.gap_z * noise - self.overhead.spike(kind), label
 
     @staticmethod
     def residual(o: Overhead, gap: float, k: int, noise: float) -> tuple[float, float]:

@@ -163,7 +163,8 @@ class Snapshots(SessionTable):
                     "kind": "login", "event_id": s.event_id, "ts": s.ts.isoformat(),
                     "src_ip": str(s.src_ip), "session_id": s.session_id, "account": s.account,
                     "server_id": s.server_id, "tcp_rtt_ms": s.tcp,
-                    "app_rtt_ms": [s.app_min, s.app_min + s.app_spread] if s.app_spread else [s.app_min],
+                    "app_rtt_ms": ([s.app_min, s.app_second, s.app_min + s.app_spread] if s.app_spread
+                                   else [s.app_min]),
                 },
                 "app_rtt_p10_ms": s.app_p10, "app_rtt_samples": s.app_n, "overhead_key": s.oh_key,
                 "geo": asdict(s.geo), "prefix": s.prefix,

@@ -38,19 +38,20 @@ class Session:
     """
 
     __slots__ = (
-        "account", "allowed", "app_min", "app_n", "app_p10", "app_spread", "event_id", "exit", "flagged",
-        "geo", "k_asn", "k_country", "k_prefix", "oh_key", "phys_at", "phys_feat", "phys_net", "phys_s",
-        "prefix", "probes", "route", "score", "server", "server_id", "session_id", "src_ip", "tcp",
+        "account", "allowed", "app_min", "app_n", "app_p10", "app_second", "app_spread", "event_id", "exit",
+        "flagged", "geo", "k_asn", "k_country", "k_prefix", "oh_key", "phys_at", "phys_feat", "phys_net",
+        "phys_s", "prefix", "probes", "route", "score", "server", "server_id", "session_id", "src_ip", "tcp",
         "ts", "worst_km",
     )
 
     account: str
     allowed: AllowEntry | None
     #: the login's minimum, 10th percentile, spread (max - min) and number of app RTT
-    #: samples
+    #: samples, and its second-largest sample (the minimum with fewer than three)
     app_min: float
     app_n: int
     app_p10: float
+    app_second: float
     app_spread: float
     #: the key of the server's learned application overhead (server, or server|platform)
     oh_key: str
