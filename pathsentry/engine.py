@@ -3,6 +3,8 @@
 The same engine runs inside the stream workers and in ``pathsentry replay``; the
 stream splits :meth:`Engine.session_stage` and the group stage (a :class:`GroupStage`
 per partition) across a repartition, a replay calls :meth:`Engine.process` which does both in-process.
+A replay's input ends: :meth:`Engine.finish` then moves event time past its end so that
+what the detectors still hold back is judged, where a live stream's later events would.
 
 Every alert of either stage leaves through the engine's
 :class:`~pathsentry.detectors.crosscheck.CrossCheck` (``farm_group`` and ``vpn_relay``
@@ -63,6 +65,16 @@ def _flush(detectors: list[Detector], ts: float) -> Findings:
     return out
 
 
+def _fire(detectors: list[Detector], ts: float) -> Findings:
+    """The final watermark at event time ``ts``: what ``detectors`` hold back for a later
+    clock (:meth:`~Detector.finish`)."""
+    out = Findings()
+    if ts:
+        for det in detectors:
+            out.extend(det.finish(ts))
+    return out
+
+
 class GroupStage:
     """The group-stage detectors of one group partition (a replay runs a single one).
 
@@ -97,6 +109,10 @@ class GroupStage:
 
     def flush(self) -> Findings:
         return _checked(self.crosscheck, _flush(self.detectors, self.ts))
+
+    def fire_pending(self) -> Findings:
+        """The final watermark of a bounded input (see :meth:`Engine.finish`)."""
+        return _checked(self.crosscheck, _fire(self.detectors, self.ts))
 
     def state(self) -> dict[str, Any]:
         return {"ts": self.ts, "detectors": {d.name: d.state() for d in self.detectors}}
@@ -205,6 +221,24 @@ class Engine:
         """Let every detector close what its own stage's event time has passed."""
         out = self.flush_sessions()
         out.extend(self.groups.flush())
+        return out
+
+    def finish(self) -> Findings:
+        """The end of a bounded input (a replay, ``pathsentry evaluate``): :meth:`flush`,
+        then :meth:`fire_pending`."""
+        out = self.flush()
+        out.extend(self.fire_pending())
+        return out
+
+    def fire_pending(self) -> Findings:
+        """The final watermark: event time moves past the end of the input, as a bounded
+        source's last watermark does, so that the judgements still held back fall due
+        by the same rules as in a live stream (each detector's
+        :meth:`~pathsentry.detectors.base.Detector.finish`, at its stage's last event
+        time). The stream never calls it: a live stream does not end, and its later
+        events move the clock."""
+        out = _checked(self.crosscheck, _fire(self.session_detectors, self.session_ts))
+        out.extend(self.groups.fire_pending())
         return out
 
     def state(self, *, groups: bool = True) -> dict[str, Any]:

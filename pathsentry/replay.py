@@ -5,6 +5,11 @@ simulator write them) is never held in memory, several files are merged lazily.
 Lines that are not valid contract-v1 events are counted with their reason and
 skipped, exactly as the stream sends them to the dead-letter topic. Labels and
 interactions (contract v1.1) may be mixed in: they reach the engine in ``ts`` order.
+
+The input ends, where a live stream does not: after its last event the engine is
+finished (:meth:`~pathsentry.engine.Engine.finish`), event time moved past the end as
+a bounded source's final watermark does, so that the judgements that wait for a later
+clock (an injection cell's ``settle_s``) fall due by the same rules as in the stream.
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ def replay(paths: Sequence[str | Path], config: Config, engine: Engine | None = 
         out = engine.process(ev)
         if out:
             absorb(out.flags, out.alerts)
-    tail = engine.flush()
+    tail = engine.finish()  # (the end of the input: what waits for a later clock falls due)
     absorb(tail.flags, tail.alerts)
     res.seconds = time.perf_counter() - t0
     return res

@@ -133,6 +133,14 @@ class Detector(ABC):
         """Called at end of input / on idle ticks with the latest event time."""
         return None
 
+    def finish(self, now: float) -> Findings | None:
+        """The end of a bounded input whose last event time is ``now`` (a replay): fire
+        what only a later event's time would, by the same rules as in a live stream,
+        whose later events move the clock (:meth:`~pathsentry.engine.Engine.finish`,
+        the final watermark). Called after :meth:`flush` at ``now``; detectors that
+        hold no judgement back keep this no-op."""
+        return None
+
     def state(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot of the detector's state (for restarts)."""
         return {}

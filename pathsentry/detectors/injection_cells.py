@@ -21,6 +21,11 @@ distinct sources got forged answers on its port(s) (all the hours with a forged 
 when the box's forgeries are too thin for any hour to have that many: the cell was
 judged on its ``min_suspect_clients`` sources already).
 
+A bounded input (a replay) ends: :meth:`InjectionCellDetector.finish` then does what
+each ISP's next answer and the clock would have done in a live stream -- the failures'
+onsets the last answer carried retract their suspects, and the cells still waiting are
+judged ``settle_s`` after the last event.
+
 A suspect probe is kept, with its origin and anomaly, for twice ``settle_s``: when a
 later probe of the ISP names the onset of that origin's failure with that anomaly
 (``notes["injection"]["onsets"]``), it is the origin's and is taken out of its cells
@@ -131,6 +136,10 @@ class InjectionCellDetector(Detector):
         self._tz_labels: dict[timedelta | None, str] = {}
         self.judge = CellJudge(self.settings)
         self.alerting = CellAlerts(self.name, self.settings, self.judge)
+        #: the failures' onsets the newest answer carried, and its time (for :meth:`finish`;
+        #: not saved: a live stream's next answers carry their own)
+        self._onsets: Onsets = {}
+        self._onsets_ts = 0.0
 
     # -- partitioning -------------------------------------------------------------
 
@@ -157,6 +166,8 @@ class InjectionCellDetector(Detector):
         touched: list[CellKey] = []
         evicted: list[CellKey] = []
         onsets = onsets_of(verdict)
+        if ts >= self._onsets_ts:
+            self._onsets, self._onsets_ts = onsets, ts
         retracted = self._retract(group, onsets, touched) if onsets else set()
         host = probe.target.host.lower()
         anomaly = verdict.get("anomaly")
@@ -314,6 +325,22 @@ class InjectionCellDetector(Detector):
             if refreshed is not None:
                 out.alerts.append(refreshed)
         return out or None
+
+    def finish(self, now: float) -> Findings | None:
+        """The end of a bounded input at ``now``: what each ISP's next answer would have
+        brought. The failures whose onsets the last answer carried (every answer carries
+        those the session stage holds) take their suspects out of every ISP's cells, as
+        its next answer would have, and the cells are judged ``settle_s`` later, when
+        every one still waiting has settled (:meth:`flush` at that time)."""
+        if self._onsets:
+            for group in self.groups.values():
+                touched: list[CellKey] = []
+                pooled = self._retract(group, self._onsets, touched)
+                if not lines_of(group):
+                    pooled.clear()
+                for key in [*touched, *pooled]:  # (judged with the cells that settle)
+                    group.pending.setdefault(key, now)
+        return self.flush(now + self.settings.settle_s)
 
     def state(self) -> dict[str, Any]:
         return {"groups": {k: g.to_json() for k, g in self.groups.items()}}

@@ -128,6 +128,12 @@ class TimedEngine(Engine):
         self._note(out, self.last_ts)
         return out
 
+    def fire_pending(self) -> Findings:
+        out = super().fire_pending()  # (each alert at its own time, past the input's end)
+        for a in out.alerts:
+            self._note(Findings(alerts=[a]), a.ts.timestamp())
+        return out
+
 
 def _http_probes(path: Path) -> Iterator[dict[str, Any]]:
     """The ``http_probe`` events of a world's events file, as JSON objects."""
