@@ -37,7 +37,9 @@ of the same session) the detector weighs five kinds of evidence:
     an application round trip reaches the client whatever the relay, so a leg the
     login server's long tick hides shows on a vantage with a short tick or none,
     and a login proven relayed by a late probe marks its exit prefix (whose
-    earlier sessions are re-assessed). What it exceeds beyond
+    earlier sessions are re-assessed). A cold vantage's bounds narrow as its logins
+    teach it, so each login it learns from judges again the app probes it answered
+    for its latest sessions (:meth:`~.detector.LatencyDetector._rejudge_cold`). What it exceeds beyond
     that (and a per-access-kind tolerance) is the detour, expressed in ms and in
     km (100 km per ms of RTT).
 ``vantage``

@@ -3,7 +3,8 @@
 :class:`LatencyDetector` (registered as ``latency``) keeps one :class:`~.state.Session`
 per game session, assesses a login once with :class:`~.scoring.Scoring` and
 re-assesses it when a late probe or a late foreign-origin traceroute could add
-evidence, or when its exit prefix comes to carry evidence; teaches the baselines, the
+evidence, when its exit prefix comes to carry evidence, or when a cold server that
+app-probed it narrows its bounds; teaches the baselines, the
 servers' application overheads and the anomaly model, and puts flags into words
 with :class:`~.evidence.Evidence`; its snapshots are :class:`~.snapshots.Snapshots`.
 See the package docstring for the evidence and the costs.
@@ -41,6 +42,9 @@ _W_MODEL = WEIGHTS["model"]
 _intern = sys.intern
 #: components the overhead learns despite (see :meth:`LatencyDetector._on_login`)
 _OVERHEAD_SKIPS = frozenset({"gap"})
+#: cold servers whose probed sessions are kept for re-judgement, and sessions kept per server
+COLD_SERVERS_KEPT = 1024
+COLD_SESSIONS_KEPT = 64
 
 
 class LatencyDetector(Snapshots, Evidence):
@@ -100,6 +104,10 @@ class LatencyDetector(Snapshots, Evidence):
         self.geometry = Geometry(self._server, int(cfg["distances_max"]))
         #: where a loaded session's allow-list mark comes from
         self._allow = AllowList(ctx.config)
+        #: cold server key -> (session key, vantage) of the latest sessions it answered an app
+        #: probe of: judged again as the server's cold bounds narrow (not saved: rebuilt
+        #: from the sessions a restored state holds)
+        self.cold_probes: BoundedLRU[str, list[tuple[str, str]]] = BoundedLRU(COLD_SERVERS_KEPT)
 
     def server_of(self, server_id: str) -> Server | None:
         return self._server(server_id)
@@ -155,7 +163,7 @@ class LatencyDetector(Snapshots, Evidence):
         return key, sess
 
     def _on_probe(self, probe: RttProbe) -> Findings | None:
-        _, sess = self._session_of(probe)
+        key, sess = self._session_of(probe)
         rtt = probe.rtt_ms
         lo = min(rtt)
         vantage = probe.vantage_id
@@ -181,6 +189,8 @@ class LatencyDetector(Snapshots, Evidence):
                 sess.probes = probes = [*probes, _intern(vantage), _intern(probe.method), lo, len(rtt)]
         if sess.event_id is None:
             return None  # the login will assess the probes
+        if probe.method == "app":
+            self._keep_cold_probe(key, sess, vantage)
         # physics on the app round trip from this vantage (its samples so far)
         stronger = probe.method == "app" and \
             self._judge_probe(sess, vantage, probes[at + 2], probes[at + 3]) is not None
@@ -295,6 +305,11 @@ class LatencyDetector(Snapshots, Evidence):
                                 None if sess.tcp is None or not teaches else sess.app_min - sess.tcp,
                                 sess.app_n, sess.app_spread,
                                 None if gv is None or not gv.learned() or not teaches else gv.u_raw)
+            probes = sess.probes
+            if probes is not None:  # app probes that came before the login
+                for i in range(0, len(probes), 4):
+                    if probes[i + 1] == "app":
+                        self._keep_cold_probe(key, sess, probes[i])
         if assessed is None:
             self._remember(login.account, sess, base if allowed is None else 0.0)
             out = None
@@ -302,6 +317,70 @@ class LatencyDetector(Snapshots, Evidence):
             out = self._emit(sess, assessed, score, history_note)
         if proven or (comps is not None and ("prefix_gap" in comps or "prefix_relays" in comps)):
             out = self._revisit_prefix(sess, out)
+        if allowed is None and sess.oh_key in self.cold_probes:
+            out = self._rejudge_cold(sess.oh_key, sess, out)
+        return out
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`~.snapshots.Snapshots.state`, and which of the restored sessions
+        cold servers answered app probes of (:meth:`_keep_cold_probe`)."""
+        super().load_state(state)
+        self.cold_probes.clear()
+        for key, sess in self.sessions.items():
+            probes = sess.probes
+            if probes is not None and sess.event_id is not None:
+                for i in range(0, len(probes), 4):
+                    if probes[i + 1] == "app":
+                        self._keep_cold_probe(key, sess, probes[i])
+
+    def _keep_cold_probe(self, key: str, sess: Session, vantage: str) -> None:
+        """Remember that the session was app-probed from ``vantage`` while that server is
+        cold (its latest ``COLD_SESSIONS_KEPT`` such sessions)."""
+        server = self.vantage_key(sess, vantage)
+        if self.overhead.warm_figures(server, self.overhead_warmup) is not None:
+            return
+        kept = self.cold_probes.get(server)
+        entry = (key, vantage)
+        if kept is None:
+            self.cold_probes.put(server, [entry])
+        elif entry not in kept:
+            kept.append(entry)
+            if len(kept) > COLD_SESSIONS_KEPT:
+                del kept[0]
+
+    def _rejudge_cold(self, server: str, sess: Session, out: Findings | None) -> Findings | None:
+        """A login taught cold server ``server`` (its bounds may have narrowed: a lower
+        second-lowest wired gap, a tick ruled out, or the learned overhead once warm):
+        judge again the app probes it answered for its recent sessions. The bound is the
+        one a session probed now would meet, so a relay leg that the first, looser bounds
+        hid is flagged late, naming its own login, and marks its exit. A warm server is
+        judged once more, then no longer tracked."""
+        kept = self.cold_probes.peek(server)
+        if self.overhead.warm_figures(server, self.overhead_warmup) is not None:
+            self.cold_probes._d.pop(server, None)
+        if not kept:
+            return out
+        table = self.sessions._d
+        for key, vantage in list(kept):
+            other = table.get(key)
+            if other is None or other is sess or other.flagged or other.event_id is None \
+                    or other.allowed is not None or other.probes is None:
+                continue
+            probes = other.probes
+            stronger = False
+            for i in range(0, len(probes), 4):
+                if probes[i] == vantage and probes[i + 1] == "app" and \
+                        self._judge_probe(other, vantage, probes[i + 2], probes[i + 3]) is not None:
+                    stronger = True
+            if not stronger:
+                continue
+            found = self._reassess(other)
+            if found:
+                out = found if out is None else out
+                if out is not found:
+                    out.extend(found)
+            if self.proves(self._score(other, False)[0]) and self.prove_login(other):
+                out = self._revisit_prefix(other, out)
         return out
 
     def _revisit_prefix(self, sess: Session, out: Findings | None) -> Findings | None:
