@@ -1,4 +1,5 @@
-"""Sessions probed from a cold server are judged again as its bounds narrow.
+"""A cold server's logins, and the sessions it app-probed, are judged again as its bounds
+narrow.
 
 A server heard from fewer than ``overhead_warmup`` exit prefixes judges an app figure
 against the largest overhead its prior and its logins so far allow (:mod:`~pathsentry.
@@ -89,3 +90,22 @@ def test_honest_sessions_probed_from_a_cold_server_stay_clean_as_it_warms() -> N
         _, out = w.login(f"local{i}", f"58.120.{100 + i}.10", app(w, rtt), round(rtt + 0.2, 3))
         late.extend(out)
     assert not late.flags, [f.reasons for f in late.flags]
+
+
+def test_a_relay_whose_own_gap_bounded_the_cold_cost_is_flagged_once_honest_lines_do() -> None:
+    """The relay's gap was the cold server's second-lowest: it bounded the cost at ~28 ms,
+    so its own login looked consistent. Two honest lines later bound the cost near 5 ms:
+    its gap and its app figure are judged again and prove the leg, late, by name."""
+    w = make_world(seed=7)
+    rtt = leg_ms(SEOUL, SEOUL) + 1.0
+    w.login("first", "58.120.1.10", app(w, rtt), round(rtt + 0.2, 3))
+    ev, out = w.login("relayed", "45.64.1.20", app(w, 0.5 + 23.0), 0.5)
+    assert not out.flags and ev.notes["relay"]["gap_excess_ms"] < 0
+    late = Findings()
+    for i in range(2):
+        _, found = w.login(f"local{i}", f"58.120.{30 + i}.10", app(w, rtt), round(rtt + 0.2, 3))
+        late.extend(found)
+    assert [f.event_id for f in late.flags] == [ev.event.event_id]
+    gap = late.flags[0].evidence["gap"]
+    assert gap["verdict"] == "relay" and gap["overhead"]["basis"] == "prior"
+    assert gap["overhead"]["cost_ms"] < 12.0 and gap["excess_ms"] > 5.0

@@ -27,6 +27,7 @@ from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
 from pathsentry.detectors.latency.prefixes import PREFIX_VIEWS_MAX, PrefixView
+from pathsentry.detectors.latency.rejudge import COLD_SERVERS_KEPT, ColdServers
 from pathsentry.detectors.latency.scoring import PREFIX_ROW, GapVerdict, noisy_or
 from pathsentry.detectors.latency.snapshots import Snapshots
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
@@ -42,12 +43,9 @@ _W_MODEL = WEIGHTS["model"]
 _intern = sys.intern
 #: components the overhead learns despite (see :meth:`LatencyDetector._on_login`)
 _OVERHEAD_SKIPS = frozenset({"gap"})
-#: cold servers whose probed sessions are kept for re-judgement, and sessions kept per server
-COLD_SERVERS_KEPT = 1024
-COLD_SESSIONS_KEPT = 64
 
 
-class LatencyDetector(Snapshots, Evidence):
+class LatencyDetector(Snapshots, ColdServers, Evidence):
     """Relayed connections from latency physics, baselines and multi-vantage RTTs."""
 
     name = "latency"
@@ -105,8 +103,8 @@ class LatencyDetector(Snapshots, Evidence):
         #: where a loaded session's allow-list mark comes from
         self._allow = AllowList(ctx.config)
         #: cold server key -> (session key, vantage) of the latest sessions it answered an app
-        #: probe of: judged again as the server's cold bounds narrow (not saved: rebuilt
-        #: from the sessions a restored state holds)
+        #: probe of, and (session key, ``""``) of its latest logins: judged again as the
+        #: server's cold bounds narrow (not saved: rebuilt from a restored state's sessions)
         self.cold_probes: BoundedLRU[str, list[tuple[str, str]]] = BoundedLRU(COLD_SERVERS_KEPT)
 
     def server_of(self, server_id: str) -> Server | None:
@@ -317,8 +315,10 @@ class LatencyDetector(Snapshots, Evidence):
             out = self._emit(sess, assessed, score, history_note)
         if proven or (comps is not None and ("prefix_gap" in comps or "prefix_relays" in comps)):
             out = self._revisit_prefix(sess, out)
-        if allowed is None and sess.oh_key in self.cold_probes:
-            out = self._rejudge_cold(sess.oh_key, sess, out)
+        if allowed is None:
+            if sess.oh_key in self.cold_probes:
+                out = self._rejudge_cold(sess.oh_key, sess, out)
+            self._keep_cold_probe(key, sess, "")
         return out
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -327,61 +327,14 @@ class LatencyDetector(Snapshots, Evidence):
         super().load_state(state)
         self.cold_probes.clear()
         for key, sess in self.sessions.items():
+            if sess.event_id is None or sess.allowed is not None:
+                continue
             probes = sess.probes
-            if probes is not None and sess.event_id is not None:
+            if probes is not None:
                 for i in range(0, len(probes), 4):
                     if probes[i + 1] == "app":
                         self._keep_cold_probe(key, sess, probes[i])
-
-    def _keep_cold_probe(self, key: str, sess: Session, vantage: str) -> None:
-        """Remember that the session was app-probed from ``vantage`` while that server is
-        cold (its latest ``COLD_SESSIONS_KEPT`` such sessions)."""
-        server = self.vantage_key(sess, vantage)
-        if self.overhead.warm_figures(server, self.overhead_warmup) is not None:
-            return
-        kept = self.cold_probes.get(server)
-        entry = (key, vantage)
-        if kept is None:
-            self.cold_probes.put(server, [entry])
-        elif entry not in kept:
-            kept.append(entry)
-            if len(kept) > COLD_SESSIONS_KEPT:
-                del kept[0]
-
-    def _rejudge_cold(self, server: str, sess: Session, out: Findings | None) -> Findings | None:
-        """A login taught cold server ``server`` (its bounds may have narrowed: a lower
-        second-lowest wired gap, a tick ruled out, or the learned overhead once warm):
-        judge again the app probes it answered for its recent sessions. The bound is the
-        one a session probed now would meet, so a relay leg that the first, looser bounds
-        hid is flagged late, naming its own login, and marks its exit. A warm server is
-        judged once more, then no longer tracked."""
-        kept = self.cold_probes.peek(server)
-        if self.overhead.warm_figures(server, self.overhead_warmup) is not None:
-            self.cold_probes._d.pop(server, None)
-        if not kept:
-            return out
-        table = self.sessions._d
-        for key, vantage in list(kept):
-            other = table.get(key)
-            if other is None or other is sess or other.flagged or other.event_id is None \
-                    or other.allowed is not None or other.probes is None:
-                continue
-            probes = other.probes
-            stronger = False
-            for i in range(0, len(probes), 4):
-                if probes[i] == vantage and probes[i + 1] == "app" and \
-                        self._judge_probe(other, vantage, probes[i + 2], probes[i + 3]) is not None:
-                    stronger = True
-            if not stronger:
-                continue
-            found = self._reassess(other)
-            if found:
-                out = found if out is None else out
-                if out is not found:
-                    out.extend(found)
-            if self.proves(self._score(other, False)[0]) and self.prove_login(other):
-                out = self._revisit_prefix(other, out)
-        return out
+            self._keep_cold_probe(key, sess, "")
 
     def _revisit_prefix(self, sess: Session, out: Findings | None) -> Findings | None:
         """Re-assess the exit prefix's other recent, unflagged sessions once it carries

@@ -1,0 +1,129 @@
+"""Judging again what a cold server saw, as its bounds narrow.
+
+A server heard from fewer than ``overhead_warmup`` exit prefixes judges a gap or an app
+figure against the largest overhead its prior and its logins so far allow
+(:mod:`.prior`): its cost at most the second-lowest gap of its wired exits, its tick
+at most the largest its logins' spreads do not rule out. While one of those two gaps
+is a relay's, the bound is loose and a relay leg hides under it; honest lines narrow
+it later. Owns :class:`ColdServers` (mixed into the detector): which recent logins and
+app-probed sessions each cold server saw (:meth:`ColdServers._keep_cold_probe`), and
+judging them again whenever the server learns from a login
+(:meth:`ColdServers._rejudge_cold`). The index is not saved: the detector rebuilds it
+from the sessions a restored state holds.
+"""
+
+from __future__ import annotations
+
+from mypy_extensions import trait
+
+from pathsentry.detectors.base import Findings
+from pathsentry.detectors.bounded import BoundedLRU
+from pathsentry.detectors.latency.scoring import GapVerdict, Scoring
+from pathsentry.detectors.latency.state import Session
+
+__all__ = ["COLD_SERVERS_KEPT", "COLD_SESSIONS_KEPT", "ColdServers"]
+
+#: cold servers (or server and platform) whose sessions are kept for judging again
+COLD_SERVERS_KEPT = 1024
+#: logins, and as many app-probed sessions, kept per cold server
+COLD_SESSIONS_KEPT = 64
+
+
+@trait  # a mixin: the compiled build takes it beside its one non-trait base
+class ColdServers(Scoring):
+    """The sessions each cold server saw, judged again as its bounds narrow."""
+
+    #: cold server key -> (session key, vantage) of the latest sessions it answered an app
+    #: probe of, and (session key, ``""``) of its latest logins
+    cold_probes: BoundedLRU[str, list[tuple[str, str]]]
+    sessions: BoundedLRU[str, Session]
+
+    def _judge_physics(self, sess: Session) -> float | None:
+        """The session's physics, judged again (the detector's)."""
+        raise NotImplementedError
+
+    def _judge_probe(self, sess: Session, vantage: str, app_min: float, k: int) -> float | None:
+        """Physics on an app probe from ``vantage`` (the detector's)."""
+        raise NotImplementedError
+
+    def _reassess(self, sess: Session, verdict: GapVerdict | None = None) -> Findings | None:
+        """The session's login assessed again (the detector's)."""
+        raise NotImplementedError
+
+    def _revisit_prefix(self, sess: Session, out: Findings | None) -> Findings | None:
+        """The exit prefix's other sessions assessed again (the detector's)."""
+        raise NotImplementedError
+
+    def _keep_cold_probe(self, key: str, sess: Session, vantage: str) -> None:
+        """Remember the session's login on its own server (``vantage`` ``""``), or that it
+        was app-probed from ``vantage``, while that server is cold: its latest
+        ``COLD_SESSIONS_KEPT`` logins and as many probed sessions."""
+        server = self.vantage_key(sess, vantage) if vantage else sess.oh_key
+        if self.overhead.warm_figures(server, self.overhead_warmup) is not None:
+            return
+        kept = self.cold_probes.get(server)
+        entry = (key, vantage)
+        if kept is None:
+            self.cold_probes.put(server, [entry])
+        elif entry not in kept:
+            kept.append(entry)
+            own = not vantage  # logins and probes are kept apart, each its latest
+            same = [i for i, e in enumerate(kept) if (not e[1]) is own]
+            if len(same) > COLD_SESSIONS_KEPT:
+                del kept[same[0]]
+
+    def _rejudge_cold(self, server: str, sess: Session, out: Findings | None) -> Findings | None:
+        """A login taught cold server ``server`` (its bounds may have narrowed: a lower
+        second-lowest wired gap, a tick ruled out, or the learned overhead once warm):
+        judge again its recent logins' gaps and app figures and the app probes it answered
+        for its recent sessions (a physics verdict is only replaced by a stronger one). The
+        bound is the one a login or probe now would meet, so a relay leg that the first,
+        looser bounds hid is flagged late, naming its own login. A probe that proves its
+        session relayed marks the exit; a login judged again on its own server does not
+        (its exit's gaps already voted on that server's overhead: marked, the exit's later
+        logins would stop replacing its old votes). A warm server is judged once more,
+        then no longer tracked."""
+        kept = self.cold_probes.peek(server)
+        if self.overhead.warm_figures(server, self.overhead_warmup) is not None:
+            self.cold_probes._d.pop(server, None)
+        if not kept:
+            return out
+        table = self.sessions._d
+        for key, vantage in list(kept):
+            other = table.get(key)
+            if other is None or other is sess or other.flagged or other.event_id is None \
+                    or other.allowed is not None:
+                continue
+            if not vantage:  # the login itself: its gap and physics on the bounds now
+                before = (other.phys_s, other.phys_feat, other.phys_net, other.phys_at)
+                self._judge_physics(other)
+                stronger = other.phys_s > before[0]
+                if not stronger:
+                    other.phys_s, other.phys_feat, other.phys_net, other.phys_at = before
+                gv = self.gap_verdict(other)
+                if not stronger and (gv is None or not gv.strength > 0):
+                    continue
+                found = self._reassess(other, gv)
+                if found:
+                    out = found if out is None else out
+                    if out is not found:
+                        out.extend(found)
+                continue
+            probes = other.probes
+            if probes is None:
+                continue
+            stronger = False
+            for i in range(0, len(probes), 4):
+                if probes[i] == vantage and probes[i + 1] == "app" and \
+                        self._judge_probe(other, vantage, probes[i + 2], probes[i + 3]) is not None:
+                    stronger = True
+            if not stronger:
+                continue
+            found = self._reassess(other)
+            if found:
+                out = found if out is None else out
+                if out is not found:
+                    out.extend(found)
+            if self.proves(self._score(other, False)[0]) and self.prove_login(other):
+                out = self._revisit_prefix(other, out)
+        return out
