@@ -61,15 +61,19 @@ def test_a_room_address_under_the_limit_joins_by_its_machines() -> None:
     assert sorted(g.accounts) == sorted(names)
 
 
+def family_evenings(rng: random.Random, family: list[str], hours: int = 6) -> list[Enriched]:
+    """A household's accounts on one home line (``.50`` of the /24), on two machines,
+    logging in one after another every hour."""
+    return [login(n, hour * 3600 + 60 * i + rng.uniform(0, 30), f"{NET24}50", KT,
+                  samples(rng, 5.0, 2.0), device=f"home-{i % 2}")
+            for hour in range(hours) for i, n in enumerate(family)]
+
+
 def test_a_family_at_home_is_never_a_group() -> None:
     """Five accounts of one household on one line, on two machines, every evening hour."""
     rng = random.Random(75)
     family = random_names(random.Random(76), 5)
-    events = homes(rng, 60, 6) + neighbours(rng, 20, 6)
-    for hour in range(6):
-        events += [login(n, hour * 3600 + 60 * i + rng.uniform(0, 30), f"{NET24}50", KT,
-                         samples(rng, 5.0, 2.0), device=f"home-{i % 2}")
-                   for i, n in enumerate(family)]
+    events = homes(rng, 60, 6) + neighbours(rng, 20, 6) + family_evenings(rng, family)
     assert run(events) == ({}, {})
 
 

@@ -12,7 +12,7 @@ from pathsentry.detectors.farm.lines import switch_share
 from pathsentry.detectors.farm.model import FarmSettings, Pool
 from tests.detectors.test_farm import farm_alerts, random_names, run
 from tests.detectors.test_farm_families import KT, homes, login, samples
-from tests.detectors.test_farm_lines import NET24, neighbours
+from tests.detectors.test_farm_lines import NET24, family_evenings, neighbours
 
 
 def cycling_room(names: list[str], t0: float, rng: random.Random, *, machines: int = 3,
@@ -71,11 +71,7 @@ def test_households_whose_machines_take_turns_are_never_a_group() -> None:
         t = 9000 + rng.uniform(0, 2400)
         events += [login(n, t + 90 * k, f"{NET24}{70 + h}", KT, samples(rng, 5.0, 2.0),
                          device=f"sib-{h}") for k, n in enumerate(pair)]
-    family = random_names(random.Random(300), 5)
-    for hour in range(6):
-        events += [login(n, hour * 3600 + 60 * i + rng.uniform(0, 30), f"{NET24}50", KT,
-                         samples(rng, 5.0, 2.0), device=f"home-{i % 2}")
-                   for i, n in enumerate(family)]
+    events += family_evenings(rng, random_names(random.Random(300), 5))
     assert run(events) == ({}, {})
 
 
