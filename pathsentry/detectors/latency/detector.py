@@ -303,11 +303,7 @@ class LatencyDetector(Snapshots, ColdServers, Evidence):
                                 None if sess.tcp is None or not teaches else sess.app_min - sess.tcp,
                                 sess.app_n, sess.app_spread,
                                 None if gv is None or not gv.learned() or not teaches else gv.u_raw)
-            probes = sess.probes
-            if probes is not None:  # app probes that came before the login
-                for i in range(0, len(probes), 4):
-                    if probes[i + 1] == "app":
-                        self._keep_cold_probe(key, sess, probes[i])
+            self._keep_cold_probes(key, sess)  # app probes that came before the login
         if assessed is None:
             self._remember(login.account, sess, base if allowed is None else 0.0)
             out = None
@@ -329,11 +325,7 @@ class LatencyDetector(Snapshots, ColdServers, Evidence):
         for key, sess in self.sessions.items():
             if sess.event_id is None or sess.allowed is not None:
                 continue
-            probes = sess.probes
-            if probes is not None:
-                for i in range(0, len(probes), 4):
-                    if probes[i + 1] == "app":
-                        self._keep_cold_probe(key, sess, probes[i])
+            self._keep_cold_probes(key, sess)
             self._keep_cold_probe(key, sess, "")
 
     def _revisit_prefix(self, sess: Session, out: Findings | None) -> Findings | None:

@@ -29,6 +29,16 @@ COLD_SERVERS_KEPT = 1024
 COLD_SESSIONS_KEPT = 64
 
 
+def _joined(out: Findings | None, found: Findings | None) -> Findings | None:
+    """``out`` with ``found`` added (either may be ``None``)."""
+    if not found:
+        return out
+    if out is None:
+        return found
+    out.extend(found)
+    return out
+
+
 @trait  # a mixin: the compiled build takes it beside its one non-trait base
 class ColdServers(Scoring):
     """The sessions each cold server saw, judged again as its bounds narrow."""
@@ -72,6 +82,14 @@ class ColdServers(Scoring):
             if len(same) > COLD_SESSIONS_KEPT:
                 del kept[same[0]]
 
+    def _keep_cold_probes(self, key: str, sess: Session) -> None:
+        """:meth:`_keep_cold_probe` for every vantage that app-probed the session so far."""
+        probes = sess.probes
+        if probes is not None:
+            for i in range(0, len(probes), 4):
+                if probes[i + 1] == "app":
+                    self._keep_cold_probe(key, sess, probes[i])
+
     def _rejudge_cold(self, server: str, sess: Session, out: Findings | None) -> Findings | None:
         """A login taught cold server ``server`` (its bounds may have narrowed: a lower
         second-lowest wired gap, a tick ruled out, or the learned overhead once warm):
@@ -103,11 +121,7 @@ class ColdServers(Scoring):
                 gv = self.gap_verdict(other)
                 if not stronger and (gv is None or not gv.strength > 0):
                     continue
-                found = self._reassess(other, gv)
-                if found:
-                    out = found if out is None else out
-                    if out is not found:
-                        out.extend(found)
+                out = _joined(out, self._reassess(other, gv))
                 continue
             probes = other.probes
             if probes is None:
@@ -119,11 +133,7 @@ class ColdServers(Scoring):
                     stronger = True
             if not stronger:
                 continue
-            found = self._reassess(other)
-            if found:
-                out = found if out is None else out
-                if out is not found:
-                    out.extend(found)
+            out = _joined(out, self._reassess(other))
             if self.proves(self._score(other, False)[0]) and self.prove_login(other):
                 out = self._revisit_prefix(other, out)
         return out
