@@ -192,3 +192,56 @@ def test_a_quiet_vpn_exits_players_each_with_an_alt_are_never_a_group() -> None:
                          samples(rng, base, 2.0), relay=True, device=f"pair-{k}")
                    for j in range(2)]
     assert farm_alerts(run(events)[1]) == []
+
+
+# ---------------------------------- a room cycling its machines slower than the window
+
+
+def _quiet_vpn(rng: random.Random, n: int, t_end: float) -> list[Enriched]:
+    """``n`` relay-flagged users of the same range, each on a machine and host of its own."""
+    return [login(name, rng.uniform(0.0, t_end), f"45.64.{rng.randint(2, 9)}.{rng.randint(1, 250)}",
+                  HOSTING, samples(rng, rng.uniform(8.0, 60.0), 2.0), relay=True,
+                  device=f"user-{i}")
+            for i, name in enumerate(random_names(rng, n))]
+
+
+def test_a_room_cycling_its_machines_slower_than_the_window_is_found() -> None:
+    """The machines' earlier accounts tie them: a machine carrying a third account in the
+    partition is a room's, and the room's earlier accounts join its alert."""
+    rng = random.Random(81)
+    names = random_names(random.Random(82), 30)
+    room = []
+    t = 3600.0
+    for i, name in enumerate(names):
+        room.append(login(name, t, f"45.64.{2 + i % 6 % 4}.{20 + 17 * (i % 6)}", HOSTING,
+                          samples(rng, rng.uniform(70.0, 110.0), 4.0), relay=True,
+                          device=f"slow-{i % 6}"))
+        t += rng.uniform(270.0, 590.0)
+    flags, alerts = run(_quiet_vpn(rng, 20, 6 * 3600.0) + room)
+    (alert,) = farm_alerts(alerts)
+    assert set(alert.accounts) <= set(names) and len(alert.accounts) >= 0.8 * len(names)
+    assert {f.account for f in flags.values()} <= set(names)
+    machines = alert.evidence["machines"]  # six machines, each carrying its third and more
+    assert machines["machines"] == 6 and machines["machines_with_three_accounts"] == 6
+    assert machines["accounts_per_machine_max"] >= 4
+    assert machines["learned_share_with_three_accounts"] < 0.05
+
+
+def test_a_quiet_exits_players_alternating_two_accounts_for_hours_are_never_a_group() -> None:
+    """Eight players of a quiet hosting range, each switching between a main and an alt on
+    a machine and host of their own every 20-50 minutes for five hours: each machine
+    carries two accounts however long it is watched -- a player's, not a room's."""
+    rng = random.Random(83)
+    names = iter(random_names(random.Random(84), 16))
+    events = _quiet_vpn(rng, 10, 6 * 3600.0)
+    for k in range(8):
+        pair, t, ip = [next(names), next(names)], rng.uniform(0, 1800), f"45.64.5.{30 + k}"
+        base = rng.uniform(8.0, 60.0)
+        j = 0
+        while t < 5 * 3600.0:
+            events.append(login(pair[j % 2], t, ip, HOSTING, samples(rng, base, 2.0),
+                                relay=True, device=f"player-{k}"))
+            t += rng.uniform(1200.0, 3000.0)
+            j += 1
+    assert farm_alerts(run(events)[1]) == []
+

@@ -157,7 +157,12 @@ Farms and crowds -- which signal separates each hard negative:
   machine and one exit address, a pair at a time): each pair shares its machine and
   address, but no pair shares either with another, and every judge of shared machines
   or addresses takes only accounts that are one room's -- three or more tied together
-  by a machine or an exit address they share (:func:`.machines.one_room`).
+  by a machine or an exit address they share (:func:`.machines.one_room`). A player
+  who switches between a main and an alt for hours still brings two accounts; a
+  room's machine that logs in a new account every half hour or more carries a third
+  within twice the window, which ties it (and makes it a *cycling* machine, judged
+  against the share of the exit's other machines that carry three:
+  :func:`.machines.cycling_burst`).
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
   stays within the learned accounts-per-line limit and its machines never leave its
   line; a family PC's two to five players take turns at long sessions and replay the

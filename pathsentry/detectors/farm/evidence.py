@@ -22,9 +22,12 @@ from pathsentry.detectors.farm.exits import address_share, band, on_shared_addre
 from pathsentry.detectors.farm.families import family, serial_regularity
 from pathsentry.detectors.farm.hops import hop_evidence, judge
 from pathsentry.detectors.farm.lines import is_line, line_evidence
+from pathsentry.detectors.farm.machines import cycling_share, room_machine
 from pathsentry.detectors.farm.model import (
     _NET_,
     HOP,
+    NET,
+    ROUTE,
     TPL,
     FarmSettings,
     Group,
@@ -41,7 +44,8 @@ from pathsentry.detectors.names import cohesion, consecutive_runs
 from pathsentry.detectors.physics import MAD_SIGMA, mad
 from pathsentry.schemas import Alert, FlaggedEvent, severity_for
 
-__all__ = ["alert", "evidence_accounts", "features", "flag", "group_span", "origin", "score"]
+__all__ = ["alert", "evidence_accounts", "features", "flag", "group_span", "machine_evidence",
+           "origin", "score"]
 
 
 def evidence_accounts(ms: Iterable[Member]) -> int:
@@ -173,6 +177,9 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
             "accounts_on_unused_prefixes": len(on_unused(ms, others)),
             "other_accounts": len(others),
             "learned_unused_prefix_share": round(unused_share(others), 3)}
+    if part.kind == ROUTE or (part.kind == NET and g.pattern.startswith(_NET_ + "AS")):
+        # a name-less room's machines (:mod:`.machines`)
+        evidence["machines"] = machine_evidence(part, ms, s)
     tpl = templates.most_common(1)[0][0] if part.kind == TPL else None
     what = f"template {tpl}" if tpl else f"shared {g.pattern.partition(':')[0]} pattern"
     if part.kind == HOP:
@@ -205,6 +212,18 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
         last_seen=_utc(g.last_seen),
         version=g.version,
     )
+
+
+def machine_evidence(part: Partition, ms: list[Member], s: FarmSettings) -> dict[str, Any]:
+    """A name-less room's machines: how many, the most accounts one carried in the group,
+    those that carried three accounts or more in the partition beside the learned share
+    of its other machines that did (:func:`~.machines.cycling_share`)."""
+    per = Counter([x.device for x in ms if x.device])
+    cycling = {x.device for x in ms if x.device and room_machine(part, x)}
+    return {"machines": len(per),
+            "accounts_per_machine_max": max(per.values(), default=0),
+            "machines_with_three_accounts": len(cycling),
+            "learned_share_with_three_accounts": round(cycling_share(part, s, cycling), 4)}
 
 
 def origin(ms: list[Member], s: FarmSettings) -> dict[str, Any]:

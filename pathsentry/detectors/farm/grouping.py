@@ -36,7 +36,11 @@ candidate with ``min_size_unnamed`` accounts on shared machines is judged as a r
 machines against the background thinned by the share of its accounts that shared
 a machine (:mod:`~pathsentry.detectors.farm.machines`); in a hosting range, its
 accounts on shared exit addresses against the background thinned by the share of the
-exit's other accounts that shared one (:meth:`Grouping._address_burst`). A subscriber /24's home-line
+exit's other accounts that shared one (:meth:`Grouping._address_burst`); its machines that
+each carried three accounts or more in the partition (a room cycling each machine slower
+than the window) against the share of the partition's other machines that did
+(:meth:`Grouping._cycles`), the earlier accounts of the room's machines joining the
+group. A subscriber /24's home-line
 pattern (``line:``) is judged by :func:`~.lines.crowd` instead: accounts per
 address against the learned limit (:mod:`~pathsentry.detectors.farm.lines`).
 
@@ -73,12 +77,16 @@ from pathsentry.detectors.farm.families import serial_regularity
 from pathsentry.detectors.farm.groups import GroupLife
 from pathsentry.detectors.farm.lines import LINE_KINDS, crowd, is_line, switch_joins
 from pathsentry.detectors.farm.machines import (
+    carried,
     crowded,
+    cycling_burst,
     machine_joins,
     machine_share,
     on_few_machines,
     on_shared_machines,
     one_room,
+    room_accounts,
+    room_machine,
 )
 from pathsentry.detectors.farm.model import (
     _NET_,
@@ -288,7 +296,8 @@ class Grouping(GroupLife):
         group's exit addresses, or through one of its /24s on a host or a machine that
         carried another ungrouped account (both join; a machine has its own access
         latency, so the band does not tie it), or through a /24 of its own when its
-        accounts are improbable as the range's background (:func:`.machines.machine_joins`):
+        accounts are improbable as the range's background (:func:`.machines.machine_joins`),
+        or on a machine carrying its third account (:func:`.machines.room_machine`):
         the range's users meet its few /24s by chance, each on a machine and a host of
         its own."""
         s = self.settings
@@ -317,7 +326,8 @@ class Grouping(GroupLife):
         if m.device and g.pattern.startswith(_NET_AS):  # a hosting range: its hosts
             mates = self._mates(part, g, m)  # a new machine of the room, its second account:
             if mates and (any(x.prefix == m.prefix for x in ms)  # through one of its /24s,
-                          or machine_joins(part, [m, *mates], s)):  # or no background's
+                          or machine_joins(part, [m, *mates], s)  # or no background's,
+                          or room_machine(part, m)):  # or its third account: a room's
                 return True
             return band(near, s).holds(m) and (any(x.src_ip == m.src_ip for x in ms) or (
                 any(x.prefix == m.prefix for x in ms) and bool(self._host_mates(part, g, m))))
@@ -358,7 +368,7 @@ class Grouping(GroupLife):
             devices = {x.device for x in inside if x.device}
             inside += [x for x in cand if x.device in devices and x not in inside]
             inside = self._room(part, pattern, cand, inside)
-            if len(inside) >= minimum and not one_room(inside):
+            if len(inside) >= minimum and not one_room(inside, part.machines):
                 return None  # players each with an alt on a machine of their own
             if len(inside) >= minimum:
                 ids = {x.sid for x in inside}
@@ -410,6 +420,8 @@ class Grouping(GroupLife):
                 return None
         elif not self._burst(part, pattern, cand, span, share):
             return None
+        else:  # the room's machines' accounts before the window (:func:`.machines.carried`)
+            cand = [*cand, *carried(part, room_accounts(part, cand))]
         f = features(part, cand, s)
         return Assessment(cand, score(kind, f), f)
 
@@ -418,17 +430,32 @@ class Grouping(GroupLife):
         """Whether a name-less candidate (``share``: its RTT band's share of the
         background) is a farm's burst: surprising against the background; on a /24
         exit (a residential proxy), crowded onto few addresses; paced minutes apart,
-        crowded onto few machines or addresses (:func:`.machines.crowded`)."""
+        crowded onto few machines or addresses (:func:`.machines.crowded`) -- or, where
+        the machine judge may take it, machines that each carried three accounts or
+        more, more of them than the partition's machines explain
+        (:func:`.machines.cycling_burst`: a room cycling each machine through a new
+        account every half hour or more is no burst of logins)."""
         s = self.settings
         n = len(cand)
         lam = share * expected(part, n, span, s)
+        cycles: bool | None = None
         if burst_p(n, lam) > s.max_burst_p and not self._machine_burst(part, pattern, cand, lam) \
                 and not self._address_burst(part, pattern, cand, lam):
-            return False
+            cycles = self._cycles(part, pattern, cand)
+            if not cycles:
+                return False
         if part.kind == NET and not pattern.startswith(_NET_AS) \
                 and len({x.src_ip for x in cand}) * 2 > n:
             return False
-        return span <= s.burst_s or crowded(cand)
+        if span <= s.burst_s or crowded(cand):
+            return True
+        return cycles if cycles is not None else self._cycles(part, pattern, cand)
+
+    def _cycles(self, part: Partition, pattern: str, cand: list[Member]) -> bool:
+        """Whether the candidate's cycling machines are a tail event
+        (:func:`.machines.cycling_burst`), where the machine judge may take it."""
+        return self._machine_judged(part, pattern, cand) and \
+            cycling_burst(part, cand, self.settings) is not None
 
     def _machine_burst(self, part: Partition, pattern: str, cand: list[Member],
                        lam: float) -> bool:
@@ -441,7 +468,7 @@ class Grouping(GroupLife):
         if not self._machine_judged(part, pattern, cand):
             return False
         k = len(on_shared_machines(cand))
-        share = machine_share(part, {x.sid for x in cand})
+        share = machine_share(part, cand)
         return burst_p(k, lam * share) <= self.settings.max_burst_p
 
     def _address_burst(self, part: Partition, pattern: str, cand: list[Member],
@@ -477,8 +504,7 @@ class Grouping(GroupLife):
         machines is a passer-by (a VPN user of the same /24). Else ``inside``."""
         if not self._machine_judged(part, pattern, cand):
             return inside
-        shared = on_shared_machines(cand)
-        ids = {x.sid for x in shared}
+        ids = {x.sid for x in room_accounts(part, cand)}
         return [x for x in cand if x.sid in ids or (not x.device and x in inside)]
 
     def _machine_judged(self, part: Partition, pattern: str, cand: list[Member]) -> bool:
@@ -489,5 +515,5 @@ class Grouping(GroupLife):
         holds for it too)."""
         if not (part.kind == ROUTE or pattern.startswith(_NET_AS)):
             return False
-        shared = on_shared_machines(cand)
-        return len(shared) >= self.settings.min_size_unnamed and one_room(shared)
+        shared = room_accounts(part, cand)
+        return len(shared) >= self.settings.min_size_unnamed and one_room(shared, part.machines)

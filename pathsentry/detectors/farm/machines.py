@@ -16,6 +16,22 @@ expected count by it when it counts only the candidate's accounts on shared mach
 (:func:`on_shared_machines`). A busy exit whose users arrive as fast as a farm logs
 in is still told apart: its users do not crowd onto machines.
 
+A room may cycle each machine slower than the window: six machines each logging in a
+new account every 40 minutes show two accounts per machine in any hour, what a VPN
+exit's players who each bring an alt show. The partition keeps each device's accounts
+for twice the window, and a machine that carried three accounts or more there is a
+room's (:func:`room_machine`; a player brings one, or a main and an alt, however long
+they play): it ties the room (:func:`one_room`), its accounts join the candidate
+(:func:`room_accounts`) and its earlier ones the group (:func:`carried`), and the
+number of such machines is judged against the background's expected accounts over
+twice the window times the share of the partition's other machines in view that carry
+three (:func:`cycling_burst`, smoothed toward ``cycle_prior_share`` worth
+``cycle_prior_machines`` machines). Known limit: a cloud-gaming range whose virtual
+machines each report one device id for the users they serve in turn puts every
+account of the exit on a machine that cycles, leaving no background to judge it
+against: such a range is a room here (as it is to the shared-machine judge), and
+belongs on the allow list.
+
 The counts are halved once they pass :data:`MAX_SEEN` (the share follows the
 traffic; memory is two numbers and one list per live device).
 
@@ -34,13 +50,16 @@ traffic; memory is two numbers and one list per live device).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from pathsentry.detectors.farm.background import burst_p, expected
 from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 
-__all__ = ["MAX_SEEN", "PRIOR_SEEN", "crowded", "drop", "in_rooms", "leave", "machine_joins",
-           "machine_share", "on_few_machines", "on_shared_machines", "one_room", "put"]
+__all__ = ["MAX_SEEN", "PRIOR_SEEN", "CycleJudgement", "carried", "crowded", "cycling_burst",
+           "cycling_share", "drop", "in_rooms", "leave",
+           "machine_joins", "machine_share", "on_few_machines", "on_shared_machines", "one_room",
+           "put", "room_accounts", "room_machine"]
 
 #: background members counted before both counts are halved
 MAX_SEEN = 1024.0
@@ -103,19 +122,25 @@ def leave(part: Partition, m: Member) -> None:
             pool.shared /= 2.0
 
 
-def machine_share(part: Partition, live: Collection[str] | None = None) -> float:
+def machine_share(part: Partition, judged: Sequence[Member] | None = None) -> float:
     """The share of the background's accounts on a machine shared with another account,
     smoothed toward the class's pooled share (itself Laplace-smoothed: 0.5 with no
-    history at all). With ``live`` (the session ids under judgement), the members in
-    the window now but not in ``live`` count too: a partition younger than its window
-    has no member that left it yet, and its current users are its background -- those
-    of a group found excepted (a farm is no background, and a small world's room would
-    otherwise teach that most accounts share a machine)."""
+    history at all). With ``judged`` (the members under judgement), the members in
+    the window now count too: a partition younger than its window has no member that
+    left it yet, and its current users are its background -- but not the judged
+    members, nor any on their machines (the room's own earlier accounts are the room,
+    not a background that shares machines), nor those of a group found (a farm is no
+    background, and a small world's room would otherwise teach that most accounts
+    share a machine)."""
     pool = part.pool
     prior = 0.5 if pool is None else (pool.shared + 1.0) / (pool.seen + 2.0)
     seen, shared = part.bg_seen, part.bg_shared
-    if live is not None:
-        for ms in part.machines.values():
+    if judged is not None:
+        devices = {x.device for x in judged if x.device}
+        live = {x.sid for x in judged}
+        for dev, ms in part.machines.items():
+            if dev in devices:
+                continue
             for x in ms:
                 if x.sid not in live and x.group is None:
                     seen += 1.0
@@ -136,7 +161,7 @@ def machine_joins(part: Partition, ms: Sequence[Member], s: FarmSettings) -> boo
         return False
     tss = [x.ts for x in ms]
     span = max(max(tss) - min(tss), s.burst_s)
-    lam = expected(part, k, span, s) * machine_share(part, {x.sid for x in ms})
+    lam = expected(part, k, span, s) * machine_share(part, ms)
     return burst_p(k, lam) <= s.max_burst_p
 
 
@@ -150,13 +175,18 @@ def on_shared_machines(ms: Sequence[Member]) -> list[Member]:
     return [x for x in ms if x.device and shared[x.device] > 1]
 
 
-def one_room(ms: Sequence[Member]) -> bool:
+def one_room(ms: Sequence[Member],
+             machines: Mapping[str, Sequence[Member]] | None = None) -> bool:
     """Whether accounts on shared machines or exit addresses ``ms`` are a room's, not
     players' who each bring a second account on their own machine: three accounts or
     more tied together by a machine or an exit address they share (a machine carrying a
     third account, two machines meeting on one address; an account whose machine is
     unknown, by its /24). Pairs that share nothing with each other are what a VPN
-    exit's players with an alt bring, one pair at a time.
+    exit's players with an alt bring, one pair at a time. With ``machines`` (the
+    partition's accounts on each device, kept for twice the window: :func:`put`), a
+    machine counts every account it carried there: a room that cycles each machine
+    through a new account every half hour or more shows two per machine in one window,
+    and a third one earlier (a player's alt is a second account, not a third).
 
     >>> from pathsentry.detectors.farm.model import Member
     >>> def on(i, dev, ip):
@@ -166,14 +196,18 @@ def one_room(ms: Sequence[Member]) -> bool:
     (False, True)
     >>> one_room([*pairs[:4], on(4, "d2", "10.0.0.1"), on(5, "d3", "10.0.0.9")])
     True
+    >>> one_room(pairs, {"d1": [on(9, "d1", "10.0.0.1"), *pairs[2:4]]})
+    True
     """
-    return bool(in_rooms(ms))
+    return bool(in_rooms(ms, machines))
 
 
-def in_rooms(ms: Sequence[Member]) -> list[Member]:
+def in_rooms(ms: Sequence[Member],
+             machines: Mapping[str, Sequence[Member]] | None = None) -> list[Member]:
     """The members of ``ms`` that :func:`one_room` ties, three accounts or more together
     by a machine or an exit address they share (an account whose machine is unknown, by
-    its /24); the pairs that share nothing with each other left out."""
+    its /24; with ``machines``, every account the machine carried in the partition);
+    the pairs that share nothing with each other left out."""
     parent: dict[str, str] = {}
 
     def root(k: str) -> str:
@@ -182,15 +216,113 @@ def in_rooms(ms: Sequence[Member]) -> list[Member]:
             k = parent[k]
         return k
 
+    accounts = {x.account for x in ms}
     for x in ms:  # an account, its machine and its address (unknown machine: its /24)
         a = root("a:" + x.account)
         parent[root("i:" + x.src_ip)] = a
-        parent[root("d:" + x.device if x.device else "p:" + x.prefix)] = a
+        dev = x.device
+        parent[root("d:" + dev if dev else "p:" + x.prefix)] = a
+        if dev and machines is not None:  # the machine's other accounts in the partition
+            for y in machines.get(dev, ()):
+                if _apart(x, y):
+                    accounts.add(y.account)
+                    parent[root("a:" + y.account)] = root("a:" + x.account)
     sizes: dict[str, int] = {}
-    for acct in {x.account for x in ms}:
+    for acct in accounts:
         r = root("a:" + acct)
         sizes[r] = sizes.get(r, 0) + 1
     return [x for x in ms if sizes[root("a:" + x.account)] >= 3]
+
+
+def carried(part: Partition, ms: Sequence[Member]) -> list[Member]:
+    """The partition's ungrouped members on the machines of ``ms`` under other accounts
+    (:func:`put` keeps them for twice the window): a room's machine's earlier
+    accounts, logged in before the window its burst was judged in."""
+    devices = {x.device for x in ms if x.device}
+    seen = {x.sid for x in ms}
+    out: list[Member] = []
+    for dev in devices:
+        for y in part.machines.get(dev, ()):
+            if y.group is None and y.sid not in seen and all(_apart(x, y) for x in ms
+                                                           if x.device == dev):
+                seen.add(y.sid)
+                out.append(y)
+    return out
+
+
+def _carries_three(m: Member, live: Sequence[Member]) -> bool:
+    accounts = {m.account}
+    for y in live:
+        if _apart(m, y):
+            accounts.add(y.account)
+            if len(accounts) >= 3:
+                return True
+    return False
+
+
+def room_machine(part: Partition, m: Member) -> bool:
+    """Whether ``m``'s machine carried three accounts or more in the partition (kept for
+    twice the window, :func:`put`), ``m``'s among them: a room's machine cycling through
+    its accounts, not a player's with an alt (:func:`one_room`)."""
+    dev = m.device
+    if not dev:
+        return False
+    return _carries_three(m, part.machines.get(dev, ()))
+
+
+def room_accounts(part: Partition, ms: Sequence[Member]) -> list[Member]:
+    """The members of ``ms`` on a machine another account of ``ms`` uses
+    (:func:`on_shared_machines`), or on a machine that carried three accounts or more in
+    the partition (:func:`room_machine`: a room cycling each machine slower than the
+    window shows one or two of its accounts in it)."""
+    shared = {x.sid for x in on_shared_machines(ms)}
+    return [x for x in ms if x.sid in shared or room_machine(part, x)]
+
+
+def cycling_share(part: Partition, s: FarmSettings, judged: Collection[str]) -> float:
+    """The share of the partition's machines in view (twice the window) that carry three
+    accounts or more, the ``judged`` devices taken out (a room is no background of
+    itself), smoothed toward ``cycle_prior_share`` weighted as ``cycle_prior_machines``
+    machines: a busy exit teaches its own share; a quiet one is judged by the prior."""
+    seen = cycled = 0
+    for dev, live in part.machines.items():
+        if dev in judged or not live:
+            continue
+        seen += 1
+        cycled += _carries_three(live[0], live)
+    return (cycled + s.cycle_prior_share * s.cycle_prior_machines) / (
+        seen + s.cycle_prior_machines)
+
+
+@dataclass(frozen=True, slots=True)
+class CycleJudgement:
+    """The tail test of a candidate's cycling machines (:func:`cycling_burst`)."""
+
+    machines: int
+    share: float
+    expected: float
+    p: float
+
+
+def cycling_burst(part: Partition, cand: Sequence[Member], s: FarmSettings
+                  ) -> CycleJudgement | None:
+    """Whether the candidate's machines that each carried three accounts or more in the
+    partition (:func:`room_machine`) are improbable as its background: their number
+    against the background's expected accounts over the span machines are kept in view
+    (twice ``window_s``; each background account brings a machine) times the learned
+    share of the partition's machines that carry three (:func:`cycling_share`). A room
+    whose machines each log in a new account every half hour or more shows two per
+    machine in one window, and no burst of logins; its machines' third accounts are the
+    tie. ``None`` when fewer than two of its machines cycle."""
+    devices = {x.device for x in cand if x.device and room_machine(part, x)}
+    k = len(devices)
+    if k < 2:
+        return None
+    n = sum(1 for x in cand if x.device in devices)
+    share = cycling_share(part, s, devices)
+    lam = expected(part, n, 2.0 * s.window_s, s) * share
+    p = burst_p(k, lam)
+    return CycleJudgement(k, share, lam, p) if p <= s.max_burst_p else None
 
 
 def on_few_machines(ms: Sequence[Member]) -> bool:

@@ -101,6 +101,12 @@ class FarmSettings:
     hop_prior_share: float = 0.01
     #: the weight of that prior share, in machines
     hop_prior_devices: float = 100.0
+    #: the prior share of a hosting range's or a route's machines that carry three
+    #: accounts or more within twice ``window_s`` (a room's machine cycling through its
+    #: accounts; a player brings one, or a main and an alt: :func:`.machines.cycling_burst`)
+    cycle_prior_share: float = 0.01
+    #: the weight of that prior share, in machines
+    cycle_prior_machines: float = 100.0
     #: the shortest time to carry a machine from one home to another and log in again:
     #: a machine's switch of /24 between consecutive logins sooner than this is a move
     #: of its own (a proxy handed it another exit), a slower one only a /24 more
