@@ -9,6 +9,9 @@ import random
 
 from pathsentry.config import AllowEntry
 from pathsentry.detectors.base import Enriched
+from pathsentry.detectors.farm.exits import band
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool
+from pathsentry.detectors.farm.ranges import private_burst
 from tests.detectors.test_farm import detector, farm_alerts, random_names, run
 from tests.detectors.test_farm_families import HOSTING, login, samples
 
@@ -211,3 +214,30 @@ def test_a_room_beside_farms_found_on_its_exit_is_judged_against_the_exits_users
     rooms = [a for a in farm_alerts(alerts) if set(a.accounts) & set(names)]
     assert len(rooms) == 1 and set(rooms[0].accounts) == set(names)
     assert len(farm_alerts(alerts)) == 3
+
+
+def test_a_vpn_user_through_another_unused_24_from_farther_away_is_no_member_of_the_room() -> None:
+    """A room of three machines 13 ms apart through /24s of its own, five accounts in
+    all, and a VPN user through another unused /24 of the range, 15 ms nearer than the
+    room's nearest machine: the window's band holds it, but the room's machines tied by
+    a machine or a host they share show where the room sits."""
+    s = FarmSettings()
+    part = Partition(key="net:AS64600", pool=Pool())
+    others = [Member(f"o{i}", f"o{i}", 100.0 * i, None, None, f"45.76.{1 + i % 2}.{i}",
+                     f"45.76.{1 + i % 2}.0/24", rtt=20.0 + 7.0 * i, device=f"own-{i}")
+              for i in range(16)]
+
+    def at(i, dev, ip, rtt, t):
+        return Member(f"r{i}", f"r{i}", 7200.0 + t, None, None, ip, ip.rsplit(".", 1)[0] + ".0/24",
+                      rtt=rtt, device=dev, jitter=0.5)
+    room = [at(0, "rig-0", "45.76.70.51", 94.5, 0), at(1, "rig-1", "45.76.71.30", 82.5, 236),
+            at(2, "rig-2", "45.76.72.197", 87.0, 410), at(3, "rig-0", "45.76.70.83", 95.0, 684),
+            at(4, "rig-1", "45.76.70.51", 82.0, 961)]
+    passer = at(5, "own-p", "45.76.80.226", 67.5, 1270)
+    far = at(6, "own-q", "45.76.81.9", 26.0, 3062)
+    part.index[part.key] = {x.sid: x for x in others + room + [passer, far]}
+    inside = [*room, passer, far]
+    b = band(inside, s)
+    assert b.holds(passer)  # the window's band is wide: the room's machines sit 13 ms apart
+    found = private_burst(part, part.key, [x for x in inside if b.holds(x)], b, 3600.0, s)
+    assert found is None or passer not in found.members

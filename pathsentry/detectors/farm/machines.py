@@ -281,13 +281,14 @@ def room_accounts(part: Partition, ms: Sequence[Member]) -> list[Member]:
 
 def cycling_share(part: Partition, s: FarmSettings, judged: Collection[str]) -> float:
     """The share of the partition's machines in view (twice the window) that carry three
-    accounts or more, the ``judged`` devices taken out (a room is no background of
-    itself), smoothed toward ``cycle_prior_share`` weighted as ``cycle_prior_machines``
-    machines: a busy exit teaches its own share; a quiet one is judged by the prior."""
+    accounts or more, the ``judged`` devices and those of groups found taken out (a room
+    is no background of itself, nor of the next room), smoothed toward
+    ``cycle_prior_share`` weighted as ``cycle_prior_machines`` machines: a busy exit
+    teaches its own share; a quiet one is judged by the prior."""
     seen = cycled = 0
     for dev, live in part.machines.items():
-        if dev in judged or not live:
-            continue
+        if dev in judged or not live or any(x.group is not None for x in live):
+            continue  # (a found room's machine is no background either)
         seen += 1
         cycled += _carries_three(live[0], live)
     return (cycled + s.cycle_prior_share * s.cycle_prior_machines) / (

@@ -57,13 +57,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from pathsentry.detectors.farm.background import burst_p, expected
-from pathsentry.detectors.farm.exits import Band, stands_out
-from pathsentry.detectors.farm.machines import crowded
+from pathsentry.detectors.farm.exits import Band, on_shared_addresses, stands_out
+from pathsentry.detectors.farm.machines import crowded, on_shared_machines
 from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 from pathsentry.detectors.farm.suspicion import tail
 
 __all__ = ["PrivateBurst", "on_unused", "others_of", "private_burst", "private_judged",
-           "unused_share"]
+           "unused_share", "within_tied"]
 
 _NET_AS = "net:AS"
 
@@ -95,6 +95,37 @@ def on_unused(ms: Sequence[Member], others: Sequence[Member]) -> list[Member]:
     return [x for x in ms if x.prefix not in used]
 
 
+def within_tied(inside: Sequence[Member], ms: Sequence[Member], s: FarmSettings
+                ) -> list[Member]:
+    """``inside`` without the accounts tied to no other that fall outside the RTT range
+    of the members of ``ms`` (those through unused /24s) tied by a machine or an exit
+    address they share, widened by the logins' own noise (``rtt_spread_k`` times the
+    median noise, at least ``rtt_tolerance_ms``): a room's machines sit together, and
+    once two of its machines show where, a VPN user passing through the range from
+    farther away (the candidate's band, learned from everything in the window, may be
+    wide) is no member. With fewer than two tied machines: ``inside``.
+
+    >>> def m(i, dev, ip, rtt):
+    ...     return Member(f"s{i}", f"a{i}", 0.0, None, None, ip, "", rtt=rtt, device=dev,
+    ...                   jitter=0.5)
+    >>> room = [m(0, "d0", "1", 94.0), m(1, "d0", "2", 95.0), m(2, "d1", "3", 83.0),
+    ...         m(3, "d1", "3", 82.0), m(4, "d2", "4", 87.0), m(5, "d3", "5", 67.5)]
+    >>> [x.account for x in within_tied(room, room, FarmSettings())]
+    ['a0', 'a1', 'a2', 'a3', 'a4']
+    >>> len(within_tied(room, room[2:], FarmSettings()))  # one tied machine: no range
+    6
+    """
+    tied = [x for x in ms if x in on_shared_machines(ms) or x in on_shared_addresses(ms)]
+    rtts = [x.rtt for x in tied if x.rtt is not None]
+    if len({x.device for x in tied if x.device}) < 2 or not rtts:
+        return list(inside)
+    jits = sorted(x.jitter for x in ms if x.jitter is not None)
+    tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * (jits[len(jits) // 2] if jits else 0.0))
+    lo, hi = min(rtts) - tol, max(rtts) + tol
+    ids = {x.sid for x in tied}
+    return [x for x in inside if x.sid in ids or x.rtt is None or lo <= x.rtt <= hi]
+
+
 def private_judged(part: Partition, pattern: str, cand: Sequence[Member], s: FarmSettings
                    ) -> bool:
     """Whether :func:`private_burst` may take ``cand``: a hosting range, and
@@ -123,6 +154,7 @@ def private_burst(part: Partition, pattern: str, inside: Sequence[Member], b: Ba
     not use, when they are a burst (see the module docstring); else ``None``."""
     live = {x.sid for x in inside}
     others = others_of(part, pattern, live)
+    inside = within_tied(inside, on_unused(inside, others), s)
     ms = on_unused(inside, others)
     n = len(ms)
     if n < s.min_size_unnamed:
