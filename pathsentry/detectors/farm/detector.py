@@ -380,7 +380,7 @@ class FarmDetector(Detector, Grouping):
             if kind != TPL and pats[0] == part.key:
                 self._stamp(part, m)
             if kind == NET and lines.is_line(pats[-1]):
-                lines.record(part, pats[-1], m, self.settings)
+                lines.record(part, m, self.settings)
         return m, True
 
     def _upsert_trace(self, part: Partition, ev: Enriched, ts: float) -> tuple[Member | None, bool]:
@@ -444,6 +444,7 @@ class FarmDetector(Detector, Grouping):
     def _unindex(self, part: Partition, m: Member) -> None:
         index = part.index
         sid = m.sid
+        lines.remove(part, m)
         for p in m.indexed:
             sids = index.get(p)
             if sids is not None:
@@ -465,6 +466,7 @@ class FarmDetector(Detector, Grouping):
         """Index an unindexed member under its ``_patterns``."""
         pats = m.indexed = patterns_of(part, m)
         _add_to_index(part.index, pats, m)
+        lines.add(part, m)
         if pats and part.kind != TPL and pats[0] == part.key:  # the key (and a home line)
             self._stamp(part, m)
 

@@ -87,11 +87,11 @@ from typing import Any
 
 from pathsentry.detectors.farm.background import burst_p
 from pathsentry.detectors.farm.machines import in_rooms, on_few_machines
-from pathsentry.detectors.farm.model import _NET_, FarmSettings, Member, Partition, Pool
+from pathsentry.detectors.farm.model import _NET_, FarmSettings, LineLogins, Member, Partition, Pool
 
-__all__ = ["LINE_KINDS", "LINE_PRIOR_ADDRESSES", "LINE_PRIOR_SHARE", "crowd", "leave",
-           "line_evidence", "line_limit", "line_pattern", "record", "switch_joins", "switch_share",
-           "switching"]
+__all__ = ["LINE_KINDS", "LINE_PRIOR_ADDRESSES", "LINE_PRIOR_SHARE", "add", "crowd", "leave",
+           "line_evidence", "line_limit", "line_pattern", "record", "remove", "switch_joins",
+           "switch_share", "switching"]
 
 #: the geo kinds of an address that carries one subscriber line (a home): several
 #: accounts on one such address are one household or a proxy, never a crowd sharing a
@@ -126,22 +126,67 @@ def is_line(pattern: str) -> bool:
     return pattern.startswith(_LINE_)
 
 
-def _on_address(part: Partition, pattern: str, m: Member, w: float) -> set[str]:
+def add(part: Partition, m: Member) -> None:
+    """``m`` just indexed: filed by machine and address if under its /24's home-line
+    pattern (the last of ``m.indexed``)."""
+    if not m.indexed or not is_line(m.indexed[-1]):
+        return
+    logins = part.lines
+    if logins is None:
+        logins = part.lines = LineLogins()
+    _file(logins.by_address, m.src_ip, m)
+    if m.device:
+        _file(logins.by_device, m.device, m)
+
+
+def remove(part: Partition, m: Member) -> None:
+    """``m`` about to be unindexed: out of the files :func:`add` put it in."""
+    logins = part.lines
+    if logins is not None and m.indexed and is_line(m.indexed[-1]):
+        _unfile(logins.by_address, m.src_ip, m.sid)
+        if m.device:
+            _unfile(logins.by_device, m.device, m.sid)
+
+
+def _file(table: dict[str, dict[str, Member]], key: str, m: Member) -> None:
+    sids = table.get(key)
+    if sids is None:
+        table[key] = {m.sid: m}
+    else:
+        sids[m.sid] = m
+
+
+def _unfile(table: dict[str, dict[str, Member]], key: str, sid: str) -> None:
+    sids = table.get(key)
+    if sids is not None:
+        sids.pop(sid, None)
+        if not sids:
+            del table[key]
+
+
+def _filed(table: dict[str, dict[str, Member]] | None, key: str) -> Iterable[Member]:
+    sids = table.get(key) if table is not None else None
+    return sids.values() if sids is not None else ()
+
+
+def _on_address(part: Partition, m: Member, w: float) -> set[str]:
     """The other accounts on ``m``'s address within ``w`` of it."""
-    sids = part.index.get(pattern, {})
-    return {x.account for x in sids.values()
-            if x.src_ip == m.src_ip and x.sid != m.sid and abs(x.ts - m.ts) <= w}
+    logins = part.lines
+    return {x.account for x in _filed(logins.by_address if logins else None, m.src_ip)
+            if x.sid != m.sid and abs(x.ts - m.ts) <= w}
 
 
-def record(part: Partition, pattern: str, m: Member, s: FarmSettings) -> None:
+def record(part: Partition, m: Member, s: FarmSettings) -> None:
     """Count ``m``'s address reaching its k-th account in the class's histogram (once per
     account: a session of an account already on the address counts nothing), and mark
-    ``m`` ``switched`` when its machine switched to it, a new account (:func:`_switched`)."""
-    m.switched = _switched(part, pattern, m, s.switch_s)
+    ``m`` ``switched`` when its machine switched to it, a new account (:func:`_switched`).
+    ``m`` is filed first (:func:`add`)."""
+    add(part, m)
+    m.switched = _switched(part, m, s.switch_s)
     pool = part.pool
     if pool is None:
         return
-    others = _on_address(part, pattern, m, s.window_s)
+    others = _on_address(part, m, s.window_s)
     if m.account in others:
         return
     k = min(len(others) + 1, _MAX_K)
@@ -153,16 +198,17 @@ def record(part: Partition, pattern: str, m: Member, s: FarmSettings) -> None:
         pool.lines = [v / 2.0 for v in h]
 
 
-def _switched(part: Partition, pattern: str, m: Member, switch_s: float) -> bool:
-    """Whether ``m``'s machine switched to a new account: its previous login under
-    ``pattern`` was another account's, less than ``switch_s`` before ``m``'s, and ``m``'s
+def _switched(part: Partition, m: Member, switch_s: float) -> bool:
+    """Whether ``m``'s machine switched to a new account: its previous login on the /24's
+    home lines was another account's, less than ``switch_s`` before ``m``'s, and ``m``'s
     account had not logged in on it in the partition's view (a family replaying its few
     accounts every evening switches among the same ones)."""
     if not m.device:
         return False
     prev: Member | None = None
-    for x in part.index.get(pattern, {}).values():
-        if x.device != m.device or x.sid == m.sid or x.ts > m.ts:
+    logins = part.lines
+    for x in _filed(logins.by_device if logins else None, m.device):
+        if x.sid == m.sid or x.ts > m.ts:
             continue
         if x.account == m.account:
             return False

@@ -26,7 +26,8 @@ from pathsentry.detectors.settings import load_settings
 BACKGROUND_RTTS = 64
 
 __all__ = ["BACKGROUND_RTTS", "HOP", "NET", "ROUTE", "TPL", "Assessment", "FarmSettings", "Group",
-           "Member", "Partition", "Pool", "Sightings", "part_kind", "pool_class", "settings_from"]
+           "LineLogins", "Member", "Partition", "Pool", "Sightings", "part_kind", "pool_class",
+           "settings_from"]
 
 TPL, ROUTE, NET, HOP = "tpl", "route", "net", "hop"
 _TPL_, _ROUTE_, _NET_, _HOP_ = f"{TPL}:", f"{ROUTE}:", f"{NET}:", f"{HOP}:"
@@ -335,6 +336,16 @@ class Pool:
 
 
 @dataclass(slots=True)
+class LineLogins:
+    """A subscriber /24's home-line members (those indexed under its ``line:`` pattern)
+    by machine (client device id) and by address, each by session id (:mod:`.lines`):
+    a login's machine and address are looked up, not found by a scan of the /24."""
+
+    by_device: dict[str, dict[str, Member]] = field(default_factory=dict)
+    by_address: dict[str, dict[str, Member]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Sightings:
     """A ``hop:`` partition's view of the machines on home lines (:mod:`.hops`).
 
@@ -387,6 +398,9 @@ class Partition:
     pool: Pool | None = None
     #: a ``hop:`` partition's machines and addresses in view (:mod:`.hops`)
     hops: Sightings | None = None
+    #: a subscriber /24's home-line members by machine and address (:mod:`.lines`),
+    #: made with the first one
+    lines: LineLogins | None = None
 
     def __post_init__(self) -> None:
         self.kind = part_kind(self.key)
