@@ -27,7 +27,7 @@ from pathsentry.detectors.latency.evidence import Assessment, Evidence
 from pathsentry.detectors.latency.geometry import PRECISION_SLACK_KM, Geometry, feasible_region
 from pathsentry.detectors.latency.model import FEATURES, QueuedHalfSpaceTrees, features
 from pathsentry.detectors.latency.prefixes import PREFIX_VIEWS_MAX, PrefixView
-from pathsentry.detectors.latency.rejudge import COLD_SERVERS_KEPT, ColdServers
+from pathsentry.detectors.latency.rejudge import COLD_SERVERS_KEPT, ColdServers, ColdSessions
 from pathsentry.detectors.latency.scoring import PREFIX_ROW, GapVerdict, noisy_or
 from pathsentry.detectors.latency.snapshots import Snapshots
 from pathsentry.detectors.latency.state import MAX_VANTAGES, AlertBook, BoundedLRU, Session
@@ -105,7 +105,7 @@ class LatencyDetector(Snapshots, ColdServers, Evidence):
         #: cold server key -> (session key, vantage) of the latest sessions it answered an app
         #: probe of, and (session key, ``""``) of its latest logins: judged again as the
         #: server's cold bounds narrow (not saved: rebuilt from a restored state's sessions)
-        self.cold_probes: BoundedLRU[str, list[tuple[str, str]]] = BoundedLRU(COLD_SERVERS_KEPT)
+        self.cold_probes: BoundedLRU[str, ColdSessions] = BoundedLRU(COLD_SERVERS_KEPT)
 
     def server_of(self, server_id: str) -> Server | None:
         return self._server(server_id)

@@ -8,11 +8,14 @@ is a relay's, the bound is loose and a relay leg hides under it; honest lines na
 it later. Owns :class:`ColdServers` (mixed into the detector): which recent logins and
 app-probed sessions each cold server saw (:meth:`ColdServers._keep_cold_probe`), and
 judging them again whenever the server learns from a login
-(:meth:`ColdServers._rejudge_cold`). The index is not saved: the detector rebuilds it
+(:meth:`ColdServers._rejudge_cold`); a server's kept sessions are a
+:class:`ColdSessions`. The index is not saved: the detector rebuilds it
 from the sessions a restored state holds.
 """
 
 from __future__ import annotations
+
+from operator import itemgetter
 
 from mypy_extensions import trait
 
@@ -21,7 +24,7 @@ from pathsentry.detectors.bounded import BoundedLRU
 from pathsentry.detectors.latency.scoring import GapVerdict, Scoring
 from pathsentry.detectors.latency.state import Session
 
-__all__ = ["COLD_SERVERS_KEPT", "COLD_SESSIONS_KEPT", "ColdServers"]
+__all__ = ["COLD_SERVERS_KEPT", "COLD_SESSIONS_KEPT", "ColdServers", "ColdSessions"]
 
 #: cold servers (or server and platform) whose sessions are kept for judging again
 COLD_SERVERS_KEPT = 1024
@@ -39,13 +42,54 @@ def _joined(out: Findings | None, found: Findings | None) -> Findings | None:
     return out
 
 
+class ColdSessions:
+    """One cold server's latest logins (``(session key, "")``) and sessions it answered an
+    app probe of (``(session key, vantage)``), at most ``COLD_SESSIONS_KEPT`` of each,
+    each kind by the order it was first kept: one look-up tells a session kept already.
+
+    >>> kept = ColdSessions()
+    >>> for e in [("s1", ""), ("s1", "v1"), ("s2", ""), ("s1", ""), ("s3", "v2")]:
+    ...     kept.keep(e)
+    >>> kept.entries(), len(kept)
+    ([('s1', ''), ('s1', 'v1'), ('s2', ''), ('s3', 'v2')], 4)
+    >>> for i in range(COLD_SESSIONS_KEPT):
+    ...     kept.keep((f"p{i}", "v1"))
+    >>> kept.entries()[:3], len(kept)  # the two oldest probed sessions gone, the logins kept
+    ([('s1', ''), ('s2', ''), ('p0', 'v1')], 66)
+    """
+
+    __slots__ = ("_logins", "_probed", "_seq")
+
+    def __init__(self) -> None:
+        self._logins: dict[tuple[str, str], int] = {}
+        self._probed: dict[tuple[str, str], int] = {}
+        self._seq = 0
+
+    def keep(self, entry: tuple[str, str]) -> None:
+        """Keep ``entry`` unless kept already; the oldest of its kind goes past the cap."""
+        kept = self._probed if entry[1] else self._logins
+        if entry not in kept:
+            self._seq += 1
+            kept[entry] = self._seq
+            if len(kept) > COLD_SESSIONS_KEPT:
+                del kept[next(iter(kept))]
+
+    def entries(self) -> list[tuple[str, str]]:
+        """Every entry kept, in the order they were first kept."""
+        both = sorted((*self._logins.items(), *self._probed.items()), key=itemgetter(1))
+        return [entry for entry, _ in both]
+
+    def __len__(self) -> int:
+        return len(self._logins) + len(self._probed)
+
+
 @trait  # a mixin: the compiled build takes it beside its one non-trait base
 class ColdServers(Scoring):
     """The sessions each cold server saw, judged again as its bounds narrow."""
 
-    #: cold server key -> (session key, vantage) of the latest sessions it answered an app
-    #: probe of, and (session key, ``""``) of its latest logins
-    cold_probes: BoundedLRU[str, list[tuple[str, str]]]
+    #: cold server key -> the latest sessions it answered an app probe of, and its latest
+    #: logins
+    cold_probes: BoundedLRU[str, ColdSessions]
     sessions: BoundedLRU[str, Session]
 
     def _judge_physics(self, sess: Session) -> float | None:
@@ -72,15 +116,10 @@ class ColdServers(Scoring):
         if self.overhead.warm_figures(server, self.overhead_warmup) is not None:
             return
         kept = self.cold_probes.get(server)
-        entry = (key, vantage)
         if kept is None:
-            self.cold_probes.put(server, [entry])
-        elif entry not in kept:
-            kept.append(entry)
-            own = not vantage  # logins and probes are kept apart, each its latest
-            same = [i for i, e in enumerate(kept) if (not e[1]) is own]
-            if len(same) > COLD_SESSIONS_KEPT:
-                del kept[same[0]]
+            kept = ColdSessions()
+            self.cold_probes.put(server, kept)
+        kept.keep((key, vantage))
 
     def _keep_cold_probes(self, key: str, sess: Session) -> None:
         """:meth:`_keep_cold_probe` for every vantage that app-probed the session so far."""
@@ -107,7 +146,7 @@ class ColdServers(Scoring):
         if not kept:
             return out
         table = self.sessions._d
-        for key, vantage in list(kept):
+        for key, vantage in kept.entries():
             other = table.get(key)
             if other is None or other is sess or other.flagged or other.event_id is None \
                     or other.allowed is not None:
