@@ -114,13 +114,16 @@ class GroupLife:
         grown = True
         while grown and rest:
             grown = False
-            for x in list(rest):
+            left: list[Member] = []  # (one pass keeps the rest: no ``remove`` per member)
+            for x in rest:
                 n = x.serial_no
                 if n is not None and any(n + d in serials for d in (-2, -1, 0, 1, 2)):
                     kin.append(x)
-                    rest.remove(x)
                     serials.add(n)
                     grown = True
+                else:
+                    left.append(x)
+            rest = left
         return kin
 
     def _late_kin(self, part: Partition, g: Group, m: Member) -> list[Member]:
