@@ -228,6 +228,17 @@ def _quiet(verdict: Verdict, late: bool) -> bool:
     return late and not any(e.code in NEARER or _nearer_ttl(e) for e in verdict.evidence)
 
 
+def _not_the_origins(verdict: Verdict, s: InjectionSettings) -> bool:
+    """Whether an answer of a failure seen origin-wide was sent by another box than the
+    origin's: its path marks reach ``flag_score``, or any of the origin's marks is
+    missing. A failover box answers without some of them (the CDN's headers, its
+    ``server`` value) however few are expected; taught as the origin's marks for its
+    status, they would strip the marks common to the origin's statuses, which an answer
+    of a status never learned is read against, down to those every web server sends."""
+    return verdict.path_score >= s.flag_score or any(
+        e.code == "origin_marks" for e in verdict.evidence)
+
+
 def _raced(verdict: Verdict) -> bool:
     """Whether the answer shows a race or a retransmission storm (a box that answered
     while the server's answer was under way)."""
@@ -338,7 +349,7 @@ class InjectionDetector(Detector):
             self.handshakes.learn(host, ev.prefix, syn_ack, probe.connect_ms)
         # (a failure answered by another box, without the origin's marks, teaches nothing
         # of the origin's own: its fallback's marks are not what its next errors carry)
-        if not verdict.suspect and not (origin_wide and verdict.path_score >= s.flag_score):
+        if not verdict.suspect and not (origin_wide and _not_the_origins(verdict, s)):
             ratio = (probe.ttfb_ms / probe.connect_ms
                      if probe.ttfb_ms is not None and probe.connect_ms is not None
                      and probe.connect_ms >= s.min_connect_ms else None)

@@ -148,3 +148,40 @@ def test_two_networks_see_an_answer_far_only_when_it_shows_where_it_came_from(
     assert (first is not None) == first_flagged
     assert (second is not None) == second_flagged
     assert ev.notes["injection"]["origin_wide"] == (not second_flagged)
+
+
+def test_the_failover_boxs_answers_leave_the_origins_marks_for_other_statuses() -> None:
+    """The fallback box answers 503 over TLS on six networks for twenty minutes, with its
+    own ``server`` and headers. Afterwards a box on one path forges a 403 block page (its
+    own headers, no ``server``, the SYN-ACK's TTL, on a handshake too short to time). No
+    403 of the origin's was ever seen, so the 403 is read against the marks common to the
+    origin's statuses: the box's 503s, had they taught the origin's marks for 503, would
+    have left only those every web server sends (``server``, ``date``, ...), and the
+    block page would miss too few of them to be flagged."""
+    from tests.detectors.test_injection import BODY, Harness
+
+    h = Harness()
+    cdn = ["server", "date", "content-type", "content-length", "cf-ray", "cf-cache-status"]
+    nets = [f"198.51.{k}.7" for k in range(6)]
+    page = {"target": {"host": "www.example.com", "port": 80, "scheme": "http"},
+            "request": "get", "status": 200, "header_names": cdn, "body_sha256": BODY}
+    tls = {**page, "target": {"host": "www.example.com", "port": 443, "scheme": "https"}}
+    for k in range(10):
+        for n, src in enumerate(nets):
+            for kind, ev in (("p", page), ("t", tls)):
+                flag, _ = h.run(event_id=f"{kind}{k}-{n}", src_ip=src,
+                                ts=f"2026-03-02T09:{k * 3:02d}:{n:02d}+09:00", **ev)
+                assert flag is None
+    box = {**tls, "status": 503, "server_header": "nginx", "body_sha256": None,
+           "header_names": ["server", "date", "content-type", "content-length", "connection"]}
+    for k in range(5):
+        for n, src in enumerate(nets):
+            h.run(event_id=f"f{k}-{n}", src_ip=src, ts=f"2026-03-02T10:{k * 4:02d}:{n:02d}+09:00",
+                  **box)
+    block = {**page, "status": 403, "server_header": None, "body_sha256": "ef" * 32,
+             "header_names": ["content-type", "content-length", "cache-control"],
+             "connect_ms": 1.0, "ttfb_ms": 0.3, "ttl": {"syn_ack": 55, "response": 55}}
+    flag, ev = h.run(event_id="b1", src_ip="203.0.113.7", ts="2026-03-02T11:30:00+09:00",
+                     **block)
+    assert flag is not None, ev.notes["injection"]
+    assert "cf-ray" in flag.evidence["origin_marks"]["missing"]
