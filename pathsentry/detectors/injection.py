@@ -55,6 +55,12 @@ origin (:mod:`pathsentry.detectors.injection_handshake`: a failover moves the wh
 connection, a forging box only the answer), with no mark of a nearer box, is another
 server's: not flagged, recorded in the notes (``moved``, ``handshake``).
 
+A suspect answer with no timed mark of a nearer box (no first byte sooner than the round
+trip, no race, no storm) is held before it is flagged, and dropped when another
+network's later answer witnesses it by the rules above
+(:mod:`pathsentry.detectors.injection_hold`): the first answers of a failover box's
+outage come before any witness.
+
 The verdict is left in ``Enriched.notes["injection"]`` for
 :mod:`pathsentry.detectors.injection_cells`.
 
@@ -106,13 +112,19 @@ from pathsentry.detectors.injection_handshake import (
     Handshakes,
     HandshakeSettings,
 )
+from pathsentry.detectors.injection_hold import Held, HeldFlags, HoldSettings
 from pathsentry.detectors.injection_onset import FailureOnsets
 from pathsentry.detectors.injection_profile import (
     Expectation,
     OriginProfiles,
     ProfileSettings,
 )
-from pathsentry.detectors.injection_saved import check_handshakes, check_onsets, check_profiles
+from pathsentry.detectors.injection_saved import (
+    check_handshakes,
+    check_held,
+    check_onsets,
+    check_profiles,
+)
 from pathsentry.detectors.injection_settings import InjectionSettings
 from pathsentry.detectors.injection_window import (
     LATE,
@@ -239,6 +251,13 @@ def _not_the_origins(verdict: Verdict, s: InjectionSettings) -> bool:
         e.code == "origin_marks" for e in verdict.evidence)
 
 
+def _timed_nearer(verdict: Verdict) -> bool:
+    """Whether the answer shows a timed mark of a box nearer than the origin: a first
+    byte sooner than the round trip, a race, a retransmission storm (a flag that a later
+    answer's witness could not clear is not held)."""
+    return any(e.code in NEARER for e in verdict.evidence)
+
+
 def _raced(verdict: Verdict) -> bool:
     """Whether the answer shows a race or a retransmission storm (a box that answered
     while the server's answer was under way)."""
@@ -272,13 +291,14 @@ class InjectionDetector(Detector):
 
     def __init__(self, ctx: DetectorContext) -> None:
         super().__init__(ctx)
-        self.settings, profile, window, handshake = load_settings(
+        self.settings, profile, window, handshake, hold = load_settings(
             self.name, ctx.settings(self.name), InjectionSettings, ProfileSettings, WindowSettings,
-            HandshakeSettings)
+            HandshakeSettings, HoldSettings)
         self.handshakes = Handshakes(handshake, self.settings.min_connect_ms)
         self.profiles = OriginProfiles(profile, pinned=(o.host for o in ctx.config.origins))
         self.window = NetworkWindow(window)
         self.onsets = FailureOnsets(window.onset_hold_s, window.max_failures)
+        self.held = HeldFlags(hold)
         self._priors: dict[str, frozenset[str] | None] = {}
 
     def _prior(self, host: str, origin: Origin | None) -> frozenset[str] | None:
@@ -324,6 +344,11 @@ class InjectionDetector(Detector):
             self.window.add_signature(TLS if verdict.tls else QUIET, seen, net, ev.ts, sig)
         if anomaly is not None and sig is not None and late_plain:
             self.window.add_signature(LATE, seen, net, ev.ts, (sig, delta))
+        ws = self.window.s
+        if anomaly is not None and sig is not None:  # (what it witnesses of the answers held)
+            self.held.witnessed(seen, net, ev.ts, sig, delta, tls=verdict.tls and ws.tls_witness,
+                                quiet=quiet and ws.quiet_witness,
+                                late=late_plain and ws.late_witness)
         witness = None if anomaly is None else self.window.tls_witness(seen, net, ev.ts, sig)
         quiet_witness = (self.window.witness(QUIET, seen, net, ev.ts, sig)
                          if anomaly is not None and quiet and self.window.s.quiet_witness
@@ -381,8 +406,20 @@ class InjectionDetector(Detector):
             "answer_farther": farther,
             "handshake": None if hs is None else hs.detail(),
         }
-        if not suspect:
-            return None
+        out = self.held.due(ev.ts)
+        if suspect:
+            flag = self._flag(ev, verdict, origin, hs)
+            if self.held.s.hold_s > 0 and sig is not None and not _timed_nearer(verdict):
+                out += self.held.hold(Held(flag, ev.ts, seen, net, sig, delta, quiet, late_plain))
+            else:
+                out.append(flag)
+        return Findings(flags=out) if out else None
+
+    def _flag(self, ev: Enriched, verdict: Verdict, origin: Origin | None,
+              hs: HandshakeJudgement | None) -> FlaggedEvent:
+        probe = ev.event
+        assert isinstance(probe, HttpProbe)
+        t = probe.target
         evidence: dict[str, Any] = {
             "target": f"{t.scheme}://{t.host}:{t.port}",
             "request": probe.request,
@@ -393,7 +430,7 @@ class InjectionDetector(Detector):
             **({} if hs is None else {"handshake": hs.detail()}),
             **{e.code: e.detail for e in verdict.evidence},
         }
-        flag = FlaggedEvent(
+        return FlaggedEvent(
             event_id=probe.event_id,
             ts=probe.ts,
             kind="path_injection",
@@ -407,13 +444,22 @@ class InjectionDetector(Detector):
             evidence=evidence,
             detector=self.name,
         )
-        return Findings(flags=[flag])
+
+    def flush(self, now: float) -> Findings | None:
+        """The flags held ``hold_s`` by ``now`` (:mod:`~.injection_hold`)."""
+        due = self.held.due(now)
+        return Findings(flags=due) if due else None
+
+    def finish(self, now: float) -> Findings | None:
+        """The end of a bounded input: event time moves ``hold_s`` past ``now``, and every
+        flag still held is released."""
+        return self.flush(now + self.held.s.hold_s)
 
     # -- state: what was learned of the origins, the failures seen lately ---------------
 
     def state(self) -> dict[str, Any]:
         return {"profiles": self.profiles.to_json(), "onsets": self.onsets.to_json(),
-                "handshakes": self.handshakes.to_json()}
+                "handshakes": self.handshakes.to_json(), "held": self.held.to_json()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state`; refused whole (:class:`~.saved.StateInvalid`) unless
@@ -422,9 +468,11 @@ class InjectionDetector(Detector):
         check_onsets(state.get("onsets", []))
         if "handshakes" in state:
             check_handshakes(state["handshakes"])
+        check_held(state.get("held", []))
         self.profiles.load(state.get("profiles", {}))
         self.onsets.load(state.get("onsets", []))
         self.handshakes.load(state.get("handshakes", {}))
+        self.held.load(state.get("held", []))
 
     @staticmethod
     def _check(state: dict[str, Any]) -> None:

@@ -32,8 +32,9 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import Field
 
 from pathsentry.detectors.saved import Count, Ms, Name, Record, Saved, StateInvalid, Ts, check
+from pathsentry.schemas import FlaggedEvent
 
-__all__ = ["check_cells_state", "check_handshakes", "check_onsets", "check_profiles"]
+__all__ = ["check_cells_state", "check_handshakes", "check_held", "check_onsets", "check_profiles"]
 
 #: an HTTP status as the contract takes it
 Status = Annotated[int, Field(ge=0, le=999)]
@@ -101,6 +102,30 @@ class _Onsets(Saved):
 def check_onsets(rows: Any) -> None:
     """Refuse failure onsets not as saved (origin, anomaly, onset, last answer)."""
     check(_Onsets, {"onsets": rows}, "injection failure onsets")
+
+
+#: a TTL delta, in hops
+Delta = Annotated[int, Field(ge=-255, le=255)]
+
+
+class _Held(Saved):
+    """A flag held for a witness: the flag, time, origin key, network, signature (status,
+    ``server`` value, header names), TTL delta, quiet, late."""
+
+    rows: list[tuple[dict[str, Any], Ts, Name, Name,
+                     tuple[Status | None, Name, list[Name]], Delta | None, bool, bool]] = Field(
+        max_length=65536)
+
+
+def check_held(rows: Any) -> None:
+    """Refuse held flags not as saved (each flag a valid one, of ``path_injection``)."""
+    for row in check(_Held, {"rows": rows}, "injection held flags").rows:
+        try:
+            flag = FlaggedEvent.model_validate(row[0])
+        except ValueError as e:
+            raise StateInvalid(f"injection held flags: {str(e)[:200]}") from None
+        if flag.kind != "path_injection":
+            raise StateInvalid("injection held flags: a flag of another kind")
 
 
 #: a SYN-ACK TTL as a client sees it

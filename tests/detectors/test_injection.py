@@ -45,9 +45,15 @@ class Harness:
         self.enricher = Enricher(cfg, geo)
 
     def run(self, **kw: Any) -> tuple[FlaggedEvent | None, Enriched]:
+        """The probe's flag, flagged at once or held for a witness (``injection_hold``:
+        the verdict at its time, whether or not a later answer then drops it)."""
         ev = self.enricher.enrich(parse_event(probe(**kw)))
+        before = self.det.held.held.get(ev.event.event_id)  # (an earlier probe's, same id)
         found = self.det.process(ev)
-        flags = found.flags if found else []
+        flags = [f for f in (found.flags if found else []) if f.event_id == ev.event.event_id]
+        held = self.det.held.held.get(ev.event.event_id)
+        if held is not None and held is not before:
+            flags.append(held.flag)
         assert len(flags) <= 1
         return (flags[0] if flags else None), ev
 
