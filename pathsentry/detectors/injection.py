@@ -53,7 +53,10 @@ short to time, the TTLs alone say so.
 A suspect answer whose SYN-ACK came from farther than its line's usual one from that
 origin (:mod:`pathsentry.detectors.injection_handshake`: a failover moves the whole
 connection, a forging box only the answer), with no mark of a nearer box, is another
-server's: not flagged, recorded in the notes (``moved``, ``handshake``).
+server's: not flagged, recorded in the notes (``moved``, ``handshake``); unless the far
+box's answers in the window (judged its own, over TLS, or the failure's seen
+origin-wide) show other TTL relations than this one's (the window's ``FAILED``
+channel): then a box on the path forged into the moved connection.
 
 A suspect answer with no timed mark of a nearer box (no first byte sooner than the round
 trip, no race, no storm) is held before it is flagged, and dropped when another
@@ -90,6 +93,7 @@ its own.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Set
 from typing import Any
 
 from pathsentry.config import Origin
@@ -127,6 +131,7 @@ from pathsentry.detectors.injection_saved import (
 )
 from pathsentry.detectors.injection_settings import InjectionSettings
 from pathsentry.detectors.injection_window import (
+    FAILED,
     LATE,
     QUIET,
     TLS,
@@ -264,7 +269,8 @@ def _raced(verdict: Verdict) -> bool:
     return any(e.code in ("seq_conflict", "retransmits") for e in verdict.evidence)
 
 
-def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
+def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool,
+           failing: Set[Hashable] = frozenset(), delta: int | None = None) -> bool:
     """Whether a suspect answer is another server's: its connection ended farther than
     its line's usual SYN-ACK, and no mark of a nearer box says otherwise (a race, a
     first byte sooner than the round trip). An answer TTL nearer than its own SYN-ACK's
@@ -274,10 +280,16 @@ def _moved(verdict: Verdict, hs: HandshakeJudgement | None, late: bool) -> bool:
     connection ended would have answered within its own, shorter, round trip); else
     a box on the path forged into the connection wherever it ended. A SYN-ACK judged
     only against the origin's other lines (the line's own not learned: a line farther
-    than every line learned so far looks the same) counts only on a ``late`` answer."""
+    than every line learned so far looks the same) counts only on a ``late`` answer.
+    While a failure is seen origin-wide, the box it moved connections to answers with
+    its own TTL relation on every network's path: ``failing`` holds the TTL deltas of
+    the failure's answers to the host in the window, and an answer whose delta is not
+    among them is not that box's (a box on the path forged into the moved connection)."""
     if hs is None or not hs.moved or not verdict.suspect:
         return False
     if hs.level != "line" and not late:
+        return False
+    if failing and delta is not None and delta not in failing:
         return False
     return not any(e.code in NEARER or (not late and _nearer_ttl(e)) for e in verdict.evidence)
 
@@ -325,7 +337,7 @@ class InjectionDetector(Detector):
         hs = (self.handshakes.judge(host, ev.prefix, syn_ack, probe.connect_ms)
               if self.handshakes.s.handshake_moves else None)
         late = _late(probe, verdict, s)
-        moved = _moved(verdict, hs, late)
+        moved = _moved(verdict, hs, late, self.window.keys(FAILED, host, ev.ts), delta)
         quiet = _quiet(verdict, late)
         # (no TTLs, a first byte no sooner than the round trip: nothing places the box)
         unplaced = verdict.suspect and quiet and delta is None and not s.flag_unplaced
@@ -359,6 +371,11 @@ class InjectionDetector(Detector):
         origin_wide = anomaly is not None and (
             witness is not None or quiet_witness is not None or late_witness is not None
             or self.window.origin_wide(host, anomaly, ev.ts))
+        # (the relation of the far box's answers: judged its own, or over TLS, or the
+        # failure's seen origin-wide)
+        if delta is not None and anomaly is not None and (
+                moved or origin_wide or (verdict.tls and hs is not None and hs.moved)):
+            self.window.add_signature(FAILED, host, net, ev.ts, delta)
         if origin_wide and anomaly is not None:
             self.onsets.seen(host, anomaly, ev.ts, self.window.onset(host, anomaly, ev.ts))
             if verdict.tls and path_anomaly:  # the origin's failure, not this path's

@@ -30,6 +30,9 @@ does not normally answer with, a missing mark, ...). For one answer it tells
   server whose answers show a TTL one above their SYN-ACK's on every network is the
   origin side's front, on every network's path, not a box on one ISP's; a forging box
   in one ISP answers its own subscribers only (the same limit as ``QUIET``);
+- the TTL deltas the far box of a failover answered with in the window (``FAILED``,
+  per host, :meth:`NetworkWindow.keys`): its own relation on every network's path,
+  which an answer on a connection moved to it must show to be its answer;
 - whether the networks that saw the anomaly, each in answers that show where they
   came from and no box nearer than the origin (TTLs seen, none nearer than the
   origin's relation; a first byte timed and no sooner than the round trip allows; no
@@ -89,7 +92,7 @@ from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
-__all__ = ["ANY", "FAR", "LATE", "QUIET", "TLS", "NetworkWindow", "Signature",
+__all__ = ["ANY", "FAILED", "FAR", "LATE", "QUIET", "TLS", "NetworkWindow", "Signature",
            "WindowSettings", "signature"]
 
 #: What an answer looks like whatever path it took: status, ``server`` value, header set.
@@ -118,6 +121,8 @@ FAR = "far "
 TLS = "tls"
 QUIET = "quiet"
 LATE = "late"
+#: The channel of the TTL deltas of a failure's answers seen origin-wide (keyed by host).
+FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +358,24 @@ class NetworkWindow:
                 if other != net:
                     return other
         return None
+
+    def keys(self, channel: str, origin: str, ts: float) -> frozenset[Hashable]:
+        """What any network got from ``origin`` on ``channel`` in the window ending at
+        ``ts`` (the signatures, or what the channel keeps).
+
+        >>> w = NetworkWindow(WindowSettings())
+        >>> w.add_signature(FAILED, "www", "AS1", 100.0, -1)
+        >>> sorted(w.keys(FAILED, "www", 160.0)), sorted(w.keys(FAILED, "www", 900.0))
+        ([-1], [])
+        """
+        table = self.sigs.get(channel)
+        if not table:
+            return frozenset()
+        end = self._bucket(ts)
+        out: set[Hashable] = set()
+        for b in range(end, end - self._span() - 1, -1):
+            out.update(table.get(b, {}).get(origin, {}))
+        return frozenset(out)
 
     def unmark_tls(self, origin: str, net: str) -> None:
         """The TLS answer just counted as path-anomalous showed the origin's failure

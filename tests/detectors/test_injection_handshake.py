@@ -235,3 +235,25 @@ def test_the_origins_lines_follow_what_each_line_keeps() -> None:
     assert restored.origin_range("api") is None
     hs.learn("www", "10.0.1.0/24", None, 5.0)  # a line's TTLs not seen: its bounds stay
     assert hs.origin_range("www") == (56, 58)
+
+
+def test_a_page_forged_into_a_moved_connection_is_not_the_far_boxs() -> None:
+    """A failover moves the line's connections to a box one hop farther, which answers
+    one hop below its SYN-ACK (its own relation, on every network's path). A box on the
+    line's path then forges a page into such a connection at the SYN-ACK's TTL, on a
+    handshake too short to time: the connection ended farther, but the answer does not
+    carry the far box's relation, so it is not that box's answer. The far box's own
+    answers are still another server's; with none of them seen yet, the forged page is
+    read as the far box's answer."""
+    page = {"status": 200, "header_names": ["content-type", "content-length"],
+            "server_header": None, "ttfb_ms": 0.4}
+    far = {"ttl": {"syn_ack": 51, "response": 50}}
+    h = learned(ttls=(52,), connect_ms=1.0)
+    box, notes = answer(h, 51, 1.0, **far)
+    assert box is None and notes["moved"]
+    forged, notes = answer(h, 51, 1.0, **page)
+    assert forged is not None and not notes["moved"]
+    box, notes = answer(h, 51, 1.0, **far)
+    assert box is None and notes["moved"]
+    alone, notes = answer(learned(ttls=(52,), connect_ms=1.0), 51, 1.0, **page)
+    assert alone is None and notes["moved"]
