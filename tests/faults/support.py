@@ -61,6 +61,9 @@ __all__ = [
 ]
 
 #: Worker settings for the tests: small batches, a short session timeout (fast rejoin on Tansu).
+#: ``path_injection`` is compared with the replay's as a per-event verdict, so its flags are
+#: not held for a later witness (``hold_s``: a held flag depends on the answers after it and
+#: lives in the learned state, which a kill may lose; the README's *Limits* say so).
 STREAM_SETTINGS = """
 [kafka]
 partitions = 2
@@ -69,6 +72,8 @@ max_in_flight = 2000
 [clickhouse]
 batch_size = 500
 flush_interval_s = 0.3
+[detectors.injection]
+hold_s = 0.0
 """
 
 #: Largest message the tests' producers may send (the 10 MB hostile payload fits).
