@@ -4,15 +4,24 @@ their own access latencies, and a farm's next burst joining its group."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import timedelta
 
 from pathsentry.detectors.base import Enriched
 from pathsentry.detectors.farm.exits import address_share, machine_centred, on_shared_addresses
-from pathsentry.detectors.farm.machines import drop, leave, machine_share, on_shared_machines, put
+from pathsentry.detectors.farm.machines import (
+    drop,
+    forget,
+    keep,
+    leave,
+    machine_share,
+    on_shared_machines,
+    put,
+)
 from pathsentry.detectors.farm.model import Member, Partition
 from pathsentry.detectors.physics import mad
-from tests.detectors.test_farm import T0, farm_alerts, random_names, run, trace
+from tests.detectors.test_farm import T0, detector, farm_alerts, random_names, run, summary, trace
 from tests.detectors.test_farm import login as plain_login
 from tests.detectors.test_farm_families import HOSTING, login, samples
 
@@ -245,3 +254,94 @@ def test_a_quiet_exits_players_alternating_two_accounts_for_hours_are_never_a_gr
             j += 1
     assert farm_alerts(run(events)[1]) == []
 
+
+
+def _slow_room() -> tuple[list[str], list[Enriched]]:
+    """Eleven machines taking turns on six hosts of a quiet range, each machine a new
+    account every 50-110 minutes, beside the range's other users."""
+    rng = random.Random(85)
+    names = random_names(random.Random(86), 45)
+    room = []
+    t = 1800.0
+    for i, name in enumerate(names):
+        room.append(login(name, t, f"45.64.{2 + i % 6 % 4}.{20 + 13 * (i % 6)}", HOSTING,
+                          samples(rng, rng.uniform(60.0, 110.0), 4.0), relay=True,
+                          device=f"slow-{i % 11}"))
+        t += rng.uniform(270.0, 590.0)
+    return names, _quiet_vpn(rng, 25, 7 * 3600.0) + room
+
+
+def test_a_room_cycling_each_machine_over_hours_is_found() -> None:
+    """No machine of :func:`_slow_room` carries a third account within two hours: the
+    partition keeps each machine's accounts for ``cycle_horizon_s``, so the machines'
+    third accounts, on hosts they share, tie the room, and the room's earlier accounts,
+    on every machine that joins, join its alert."""
+    names, events = _slow_room()
+    flags, alerts = run(events)
+    (alert,) = farm_alerts(alerts)
+    assert set(alert.accounts) <= set(names) and len(alert.accounts) >= 0.8 * len(names)
+    assert {f.account for f in flags.values()} <= set(names)
+    machines = alert.evidence["machines"]
+    assert machines["machines"] == 11 and machines["machines_with_three_accounts"] >= 10
+
+
+def test_a_slow_rooms_kept_accounts_survive_a_snapshot() -> None:
+    """The accounts kept on their machines past the window are saved and restored: a
+    worker restarting mid-room finds what one that never stopped finds."""
+    _, events = _slow_room()
+    events.sort(key=lambda e: e.ts)
+    cut = next(i for i, e in enumerate(events) if e.ts >= events[0].ts + 3.2 * 3600)
+    det = detector()
+    first = run(events[:cut], [det])
+    assert any(p.past for p in det.parts.values())
+    restored = detector()
+    restored.load_state(json.loads(json.dumps(det.state())))
+    assert sum(len(p.past or ()) for p in restored.parts.values()) == sum(
+        len(p.past or ()) for p in det.parts.values())
+    second = run(events[cut:], [restored])
+    merged = ({**first[0], **second[0]}, {**first[1], **second[1]})
+    assert summary(merged) == summary(run(events))
+
+
+def test_a_busy_exits_players_each_cycling_three_accounts_are_never_a_group() -> None:
+    """A busy hosting range: 80 users on machines of their own over six hours, and twelve
+    players each playing three accounts in turn on their machine, one every 40-120
+    minutes, from an address and an RTT of their own. Machines carrying three accounts
+    in six hours, each on an address of its own, are players', not a room's machines
+    taking turns on its hosts (:func:`~pathsentry.detectors.farm.machines.room_machine`)."""
+    rng = random.Random(87)
+    names = iter(random_names(random.Random(88), 36))
+    events = _quiet_vpn(rng, 80, 6 * 3600.0)
+    for k in range(12):
+        accounts, t = [next(names) for _ in range(3)], rng.uniform(0, 3600)
+        ip, base = f"45.64.{rng.randint(2, 9)}.{100 + k}", rng.uniform(8.0, 60.0)
+        for j in range(4):
+            if t > 6 * 3600.0:
+                break
+            events.append(login(accounts[j % 3], t, ip, HOSTING, samples(rng, base, 2.0),
+                                relay=True, device=f"alts-{k}"))
+            t += rng.uniform(2400.0, 7200.0)
+    assert farm_alerts(run(events)[1]) == []
+
+
+def test_members_leaving_the_window_stay_on_their_machines_for_the_horizon() -> None:
+    """:func:`keep` and :func:`forget`: a kept member ties machines (and addresses) only,
+    marks no account ``on_shared``, is no background of :func:`machine_share`, and is
+    forgotten, oldest first, past the horizon or the cap."""
+    p = Partition(key="net:AS64600")
+    old = [_member(i, f"a{i}", "d1") for i in range(2)]
+    for m in old:
+        put(p, m)
+    for m in old:
+        leave(p, m)
+        drop(p, m)
+        keep(p, m, 8, 0.0)
+    new = _member(10, "c", "d1")
+    put(p, new)
+    assert not new.on_shared and [x.account for x in p.machines["d1"]] == ["a0", "a1", "c"]
+    assert p.hosts == {"10.0.0.1": {"d1": 3}}
+    assert machine_share(p, [new]) == machine_share(p)  # the kept ones counted when they left
+    forget(p, 1.0)  # a0 logged in at 0
+    assert [x.account for x in p.machines["d1"]] == ["a1", "c"] and p.hosts["10.0.0.1"] == {"d1": 2}
+    keep(p, _member(11, "e", "d2"), 1, 0.0)  # the cap: a1 goes
+    assert [x.account for x in p.machines["d1"]] == ["c"] and list(p.machines["d2"]) and p.past

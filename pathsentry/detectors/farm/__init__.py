@@ -162,7 +162,10 @@ Farms and crowds -- which signal separates each hard negative:
   room's machine that logs in a new account every half hour or more carries a third
   within twice the window, which ties it (and makes it a *cycling* machine, judged
   against the share of the exit's other machines that carry three:
-  :func:`.machines.cycling_burst`).
+  :func:`.machines.cycling_burst`); one that takes a new account every hour or two
+  carries its third within ``cycle_horizon_s`` on an exit address another of the
+  room's machines used too -- a player playing three accounts in turn over hours
+  does so on a machine and an address of its own (:func:`.machines.room_machine`).
 - **A family at home, friends on two ISPs** (a home line's accounts): a household
   stays within the learned accounts-per-line limit and its machines never leave its
   line; a family PC's two to five players take turns at long sessions and replay the

@@ -5,6 +5,8 @@ keeps each partition's members and indexes them by connection pattern
 (:func:`~pathsentry.detectors.farm.exits.patterns_of`), hands new members to the
 grouping (:class:`~pathsentry.detectors.farm.grouping.Grouping`), evicts idle
 members, groups and partitions, and re-emits alerts whose evidence grew on a tick.
+(About 600 lines: a member's life in its partition -- made, indexed, evicted -- is one
+concern, and its per-event path stays inline.)
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class FarmDetector(Detector, Grouping):
         self._ev_route_facts: tuple[str | None, list[str] | None] = (None, None)
         # settings read on every event
         self._span = 2 * s.window_s
+        self._horizon = machines.horizon(s)
         self._max_members = s.max_members
         self._half_life = s.background_half_life_s
         self._fast_half_life = s.background_fast_half_life_s
@@ -502,7 +505,10 @@ class FarmDetector(Detector, Grouping):
                         machines.leave(part, m)
                 if m.group is None and m.indexed and lines.is_line(m.indexed[-1]):
                     lines.leave(part, m)  # a home-line login: the class's switch share
+                stamped = m.sid in part.stamps
                 self._unindex(part, m)
+                if stamped:  # on its machine, in a hosting range or a route (a slow room)
+                    machines.keep(part, m, cap, now - self._horizon)
         groups = part.groups
         if groups:
             ttl = self.settings.group_ttl_s

@@ -221,9 +221,13 @@ class Grouping(GroupLife):
                     cand = self._window(part, g.pattern, m.ts, self.settings.window_s,
                                         free=False)
                     if m.sid not in self._covered(part, cand):
-                        return self._join(part, g, [m, *self._mates(part, g, m),
-                                                    *self._host_mates(part, g, m),
-                                                    *self._late_kin(part, g, m)])
+                        ms = [m, *self._mates(part, g, m), *self._host_mates(part, g, m),
+                              *self._late_kin(part, g, m)]
+                        if kind != TPL:  # a room's machine: its accounts before the window
+                            sids = {x.sid for x in ms}
+                            ms += [y for y in carried(part, [x for x in ms if room_machine(part, x)])
+                                   if y.sid not in sids]
+                        return self._join(part, g, ms)
             if kind == TPL and m.serial_no is not None:  # the batch on another exit
                 for g in groups.values():
                     if self._may_join(part, g, m) and _adjacent(m.serial_no, g.members.values()):

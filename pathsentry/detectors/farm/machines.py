@@ -18,22 +18,35 @@ in is still told apart: its users do not crowd onto machines.
 
 A room may cycle each machine slower than the window: six machines each logging in a
 new account every 40 minutes show two accounts per machine in any hour, what a VPN
-exit's players who each bring an alt show. The partition keeps each device's accounts
-for twice the window, and a machine that carried three accounts or more there is a
-room's (:func:`room_machine`; a player brings one, or a main and an alt, however long
-they play): it ties the room (:func:`one_room`), its accounts join the candidate
-(:func:`room_accounts`) and its earlier ones the group (:func:`carried`), and the
-number of such machines is judged against the background's expected accounts over
-twice the window times the share of the partition's other machines in view that carry
+exit's players who each bring an alt show; eleven machines each taking a new account
+every 80 minutes show one or two in any two hours. A hosting range's or a route's
+partition keeps each device's accounts for ``cycle_horizon_s`` (six hours; the members
+that left the window stay on their machines, :func:`keep`, at most ``max_members`` of
+them, oldest dropped first, :func:`forget`), and a machine that carried three accounts
+or more there is a room's (:func:`room_machine`; a player brings one, or a main and an
+alt, however long they play): it ties the room (:func:`one_room`), its accounts join
+the candidate (:func:`room_accounts`) and its earlier ones the group (:func:`carried`),
+and the number of such machines is judged against the background's expected accounts
+over the horizon times the share of the partition's other machines in view that carry
 three (:func:`cycling_burst`, smoothed toward ``cycle_prior_share`` worth
-``cycle_prior_machines`` machines). Known limit: a cloud-gaming range whose virtual
-machines each report one device id for the users they serve in turn puts every
-account of the exit on a machine that cycles, leaving no background to judge it
-against: such a range is a room here (as it is to the shared-machine judge), and
-belongs on the allow list.
+``cycle_prior_machines`` machines). A member kept past the window ties machines only:
+it marks no account ``on_shared`` and is no background of :func:`machine_share` (it was
+counted when it left, :func:`leave`). A machine whose third account is older than twice
+the window counts only when an exit address it used carried another machine too
+(:func:`room_machine`): over six hours a busy exit's players may each play three
+accounts in turn, each on an address of its own, while a room's machines take turns
+on its few hosts.
+
+Known limits: on an exit that gives all its users one address, that tie is
+everyone's, and such players are judged by the count alone; a cloud-gaming range
+whose virtual machines each report one device id for the users they serve in turn
+puts every account of the exit on a machine that cycles, leaving no background to
+judge it against: such a range is a room here (as it is to the shared-machine judge),
+and belongs on the allow list.
 
 The counts are halved once they pass :data:`MAX_SEEN` (the share follows the
-traffic; memory is two numbers and one list per live device).
+traffic; memory is two numbers and one list per live device, and per exit address
+the machines it carried).
 
 >>> from pathsentry.detectors.farm.model import Member, Partition
 >>> p = Partition(key="net:AS64500")
@@ -49,15 +62,17 @@ traffic; memory is two numbers and one list per live device).
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from pathsentry.detectors.farm.background import burst_p, expected
-from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
+from pathsentry.detectors.farm.model import _NET_, ROUTE, FarmSettings, Member, Partition
+
+_NET_AS = _NET_ + "AS"
 
 __all__ = ["MAX_SEEN", "PRIOR_SEEN", "CycleJudgement", "carried", "crowded", "cycling_burst",
-           "cycling_share", "drop", "in_rooms", "leave",
+           "cycling_share", "drop", "forget", "horizon", "in_rooms", "keep", "leave",
            "machine_joins", "machine_share", "on_few_machines", "on_shared_machines", "one_room",
            "put", "room_accounts", "room_machine"]
 
@@ -81,9 +96,56 @@ def put(part: Partition, m: Member) -> None:
         return
     live = part.machines.setdefault(dev, [])
     for x in live:
-        if _apart(x, m):
+        if not x.kept and _apart(x, m):  # (one kept past the window ties machines only)
             x.on_shared = m.on_shared = True
     live.append(m)
+    _host(part, m, dev, 1)
+
+
+def _host(part: Partition, m: Member, dev: str, step: int) -> None:
+    """Count ``m`` (``step`` 1) or take it out (-1) of its exit address's machines."""
+    on = part.hosts.setdefault(m.src_ip, {})
+    n = on.get(dev, 0) + step
+    if n > 0:
+        on[dev] = n
+    else:
+        on.pop(dev, None)
+        if not on:
+            del part.hosts[m.src_ip]
+
+
+def horizon(s: FarmSettings) -> float:
+    """How long a machine's accounts are kept in view: ``cycle_horizon_s``, at least the
+    twice ``window_s`` its members are indexed for."""
+    return max(s.cycle_horizon_s, 2.0 * s.window_s)
+
+
+def keep(part: Partition, m: Member, cap: int, before: float) -> None:
+    """Keep ``m``, just unindexed as it left the window (:func:`drop` done), on its
+    machine in a hosting range's or a route's partition: a room's machine's earlier
+    accounts, for :func:`room_machine` and :func:`carried`. At most ``cap`` kept per
+    partition, the oldest dropped first, and none that logged in before ``before``
+    (:func:`forget`)."""
+    dev = m.device
+    if not dev or not (part.kind == ROUTE or part.key.startswith(_NET_AS)):
+        return
+    forget(part, before)
+    past = part.past
+    if past is None:
+        past = part.past = deque()
+    m.kept = True
+    part.machines.setdefault(dev, []).append(m)
+    _host(part, m, dev, 1)
+    past.append(m)
+    while len(past) > cap:
+        drop(part, past.popleft())
+
+
+def forget(part: Partition, before: float) -> None:
+    """Drop the members kept past the window that logged in before ``before``."""
+    past = part.past
+    while past and past[0].ts < before:
+        drop(part, past.popleft())
 
 
 def drop(part: Partition, m: Member) -> None:
@@ -95,6 +157,7 @@ def drop(part: Partition, m: Member) -> None:
     for i, x in enumerate(live):
         if x is m:
             del live[i]
+            _host(part, m, dev, -1)  # type: ignore[arg-type]
             break
     if not live:
         del part.machines[dev]  # type: ignore[arg-type]
@@ -142,7 +205,7 @@ def machine_share(part: Partition, judged: Sequence[Member] | None = None) -> fl
             if dev in devices:
                 continue
             for x in ms:
-                if x.sid not in live and x.group is None:
+                if not x.kept and x.sid not in live and x.group is None:
                     seen += 1.0
                     shared += float(x.on_shared)
     return (shared + PRIOR_SEEN * prior) / (seen + PRIOR_SEEN)
@@ -183,7 +246,7 @@ def one_room(ms: Sequence[Member],
     third account, two machines meeting on one address; an account whose machine is
     unknown, by its /24). Pairs that share nothing with each other are what a VPN
     exit's players with an alt bring, one pair at a time. With ``machines`` (the
-    partition's accounts on each device, kept for twice the window: :func:`put`), a
+    partition's accounts on each device, kept for ``cycle_horizon_s``: :func:`keep`), a
     machine counts every account it carried there: a room that cycles each machine
     through a new account every half hour or more shows two per machine in one window,
     and a third one earlier (a player's alt is a second account, not a third).
@@ -236,7 +299,7 @@ def in_rooms(ms: Sequence[Member],
 
 def carried(part: Partition, ms: Sequence[Member]) -> list[Member]:
     """The partition's ungrouped members on the machines of ``ms`` under other accounts
-    (:func:`put` keeps them for twice the window): a room's machine's earlier
+    (:func:`keep` keeps them for ``cycle_horizon_s``): a room's machine's earlier
     accounts, logged in before the window its burst was judged in."""
     devices = {x.device for x in ms if x.device}
     seen = {x.sid for x in ms}
@@ -262,12 +325,24 @@ def _carries_three(m: Member, live: Sequence[Member]) -> bool:
 
 def room_machine(part: Partition, m: Member) -> bool:
     """Whether ``m``'s machine carried three accounts or more in the partition (kept for
-    twice the window, :func:`put`), ``m``'s among them: a room's machine cycling through
+    ``cycle_horizon_s``, :func:`keep`), ``m``'s among them: a room's machine cycling through
     its accounts, not a player's with an alt (:func:`one_room`)."""
     dev = m.device
     if not dev:
         return False
-    return _carries_three(m, part.machines.get(dev, ()))
+    return _cycles(part, m, part.machines.get(dev, ()))
+
+
+def _cycles(part: Partition, m: Member, live: Sequence[Member]) -> bool:
+    """Whether ``m``'s machine, carrying the members ``live``, is a room's: three accounts
+    within twice the window (members still indexed), or within ``cycle_horizon_s``
+    (:func:`keep`) on a machine tied to another by an exit address both used -- over
+    hours, a player of a busy exit may play three accounts in turn on a machine and an
+    address of its own; a room's machines take turns on its few hosts."""
+    if _carries_three(m, [x for x in live if not x.kept]):
+        return True
+    hosts = part.hosts
+    return _carries_three(m, live) and any(len(hosts.get(x.src_ip, ())) > 1 for x in live)
 
 
 def room_accounts(part: Partition, ms: Sequence[Member]) -> list[Member]:
@@ -280,7 +355,7 @@ def room_accounts(part: Partition, ms: Sequence[Member]) -> list[Member]:
 
 
 def cycling_share(part: Partition, s: FarmSettings, judged: Collection[str]) -> float:
-    """The share of the partition's machines in view (twice the window) that carry three
+    """The share of the partition's machines in view (``cycle_horizon_s``) that carry three
     accounts or more, the ``judged`` devices and those of groups found taken out (a room
     is no background of itself, nor of the next room), smoothed toward
     ``cycle_prior_share`` weighted as ``cycle_prior_machines`` machines: a busy exit
@@ -290,7 +365,7 @@ def cycling_share(part: Partition, s: FarmSettings, judged: Collection[str]) -> 
         if dev in judged or not live or any(x.group is not None for x in live):
             continue  # (a found room's machine is no background either)
         seen += 1
-        cycled += _carries_three(live[0], live)
+        cycled += _cycles(part, live[0], live)
     return (cycled + s.cycle_prior_share * s.cycle_prior_machines) / (
         seen + s.cycle_prior_machines)
 
@@ -310,7 +385,7 @@ def cycling_burst(part: Partition, cand: Sequence[Member], s: FarmSettings
     """Whether the candidate's machines that each carried three accounts or more in the
     partition (:func:`room_machine`) are improbable as its background: their number
     against the background's expected accounts over the span machines are kept in view
-    (twice ``window_s``; each background account brings a machine) times the learned
+    (``cycle_horizon_s``; each background account brings a machine) times the learned
     share of the partition's machines that carry three (:func:`cycling_share`). A room
     whose machines each log in a new account every half hour or more shows two per
     machine in one window, and no burst of logins; its machines' third accounts are the
@@ -321,7 +396,7 @@ def cycling_burst(part: Partition, cand: Sequence[Member], s: FarmSettings
         return None
     n = sum(1 for x in cand if x.device in devices)
     share = cycling_share(part, s, devices)
-    lam = expected(part, n, 2.0 * s.window_s, s) * share
+    lam = expected(part, n, horizon(s), s) * share
     p = burst_p(k, lam)
     return CycleJudgement(k, share, lam, p) if p <= s.max_burst_p else None
 

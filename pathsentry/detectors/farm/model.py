@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,8 +102,12 @@ class FarmSettings:
     hop_prior_share: float = 0.01
     #: the weight of that prior share, in machines
     hop_prior_devices: float = 100.0
+    #: how long a hosting range's or a route's partition remembers which accounts each
+    #: machine carried (at least twice ``window_s``): a room cycling each machine through
+    #: a new account every three hours shows three on it within six (:mod:`.machines`)
+    cycle_horizon_s: float = 21600.0
     #: the prior share of a hosting range's or a route's machines that carry three
-    #: accounts or more within twice ``window_s`` (a room's machine cycling through its
+    #: accounts or more within ``cycle_horizon_s`` (a room's machine cycling through its
     #: accounts; a player brings one, or a main and an alt: :func:`.machines.cycling_burst`)
     cycle_prior_share: float = 0.01
     #: the weight of that prior share, in machines
@@ -186,6 +190,9 @@ class Member:
     #: on a home line, its machine's previous login on the /24's home lines was another
     #: account's, less than ``switch_s`` before (:func:`.lines.record`)
     switched: bool = False
+    #: left the window and kept on its machine (:func:`.machines.keep`): it ties machines
+    #: only
+    kept: bool = False
 
     @property
     def flag_event_id(self) -> str:
@@ -392,6 +399,12 @@ class Partition:
     #: the background members (left the window in no group) counted, and of them those
     #: on a machine shared with another account (:mod:`.machines`)
     machines: dict[str, list[Member]] = field(default_factory=dict)
+    #: hosting ranges and routes: the members that left the window, oldest first, kept
+    #: on their machines for ``cycle_horizon_s`` (:func:`.machines.keep`)
+    past: deque[Member] | None = None
+    #: name-less partitions: the machines each exit address carried (members on
+    #: :attr:`machines`, kept ones included), how many accounts each
+    hosts: dict[str, dict[str, int]] = field(default_factory=dict)
     bg_seen: float = 0.0
     bg_shared: float = 0.0
     #: the population prior shared by the partitions of its class (set by the detector)

@@ -65,6 +65,7 @@ class _Member(Record):
     in_background: NotRequired[bool]
     arrived: NotRequired[bool]
     switched: NotRequired[bool]
+    kept: NotRequired[bool]
 
 
 class _Group(Saved):
@@ -90,6 +91,7 @@ class _Partition(Saved):
     bg_seen: Rate = 0.0
     bg_shared: Rate = 0.0
     members: list[_Member]
+    past: list[_Member] = Field(default_factory=list)
     groups: list[_Group]
 
 

@@ -2,7 +2,8 @@
 
 A snapshot is what a worker hands over when a partition of the groups topic
 moves (see :mod:`pathsentry.streams.state`): each partition's members, its
-background arrival count and its groups with their members. Name facts (family,
+background arrival count, its members kept on their machines past the window
+(:func:`.machines.keep`) and its groups with their members. Name facts (family,
 serial) are recomputed on load, so a snapshot outlives a change of the family rules;
 fields a member did not have when it was saved take their defaults.
 """
@@ -10,12 +11,14 @@ fields a member did not have when it was saved take their defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from pathsentry.detectors.farm.families import family
+from pathsentry.detectors.farm.machines import keep
 from pathsentry.detectors.farm.model import Group, Member, Partition
 
 __all__ = ["restore", "snapshot"]
@@ -43,6 +46,7 @@ def snapshot(now: float, parts: Mapping[str, Partition]) -> dict[str, Any]:
                 "bg_seen": p.bg_seen,
                 "bg_shared": p.bg_shared,
                 "members": [_dump(m) for m in p.members.values()],
+                "past": [_dump(m) for m in p.past or ()],
                 "groups": [
                     {
                         "gid": g.gid, "pattern": g.pattern, "patterns": g.patterns,
@@ -84,6 +88,9 @@ def restore(state: Mapping[str, Any], index: Callable[[Partition, Member], None]
             p.name_index().assign(m.account)
             p.members[m.sid] = m
             index(p, m)
+        past = raw.get("past", [])
+        for md in past:  # (as saved: at most ``max_members``, oldest first)
+            keep(p, member(md), len(past), -math.inf)
         for gd in raw["groups"]:
             g = Group(
                 gid=gd["gid"], key=p.key, pattern=gd["pattern"], patterns=gd["patterns"],
