@@ -127,8 +127,9 @@ def test_serial_farm_through_a_shared_relay_is_one_alert() -> None:
     flags, alerts = run(events)
     (alert,) = farm_alerts(alerts)
     assert alert.accounts == [f"xiaopai{i:03d}" for i in range(1, 21)]
-    # formed at the 5th login, +1 per joiner, +1 on the tick after the last traceroute
-    assert alert.version == 17
+    # formed at the 5th login, +1 per join growing it by a tenth (6-11, 13, 15, 17, 19), +1
+    # on the tick after the last join and traceroute
+    assert alert.version == 12
     assert alert.subject["template"] == "xiaopai#"
     assert alert.evidence["templates"][0] == ["xiaopai#", 20]
     assert alert.evidence["serial_runs"] == [[1, 20]]
@@ -219,7 +220,8 @@ def test_late_joiners_update_the_same_alert() -> None:
             ev.notes["account"] = f"mofa{7 + i // 2:03d}"
     flags, alerts = run(early + late)
     (alert,) = farm_alerts(alerts)
-    assert len(alert.accounts) == 12 and alert.version == 9
+    # formed at the 5th login, +1 per join growing it by a tenth (6-11), +1 on the tick
+    assert len(alert.accounts) == 12 and alert.version == 8
     assert alert.first_seen == T0 and alert.last_seen == T0 + timedelta(seconds=1600)
     assert len({f.alert_id for f in flags.values()}) == 1 and len(flags) == 12
 
@@ -394,3 +396,24 @@ def test_bounded_state_evicts_cold_keys_and_members() -> None:
 def test_group_keys_cover_the_three_families(key: str) -> None:
     lg = login("xiaopai001", 0, "203.0.113.9", relay=True, route="sigCN1")
     assert key in FarmDetector.group_keys(detector(), lg)
+
+
+def test_a_large_farms_alert_is_re_emitted_as_it_grows_by_a_tenth_not_per_member() -> None:
+    """200 serial accounts joining one group: the alert is re-published when a join grows
+    it by ``alert_regrow_share`` (and on the tick), tens of versions rather than 200, while
+    every member's flag goes out with its login, naming the group's alert."""
+    events = serial_farm("gorae", 200, 0, "203.0.113.9", "sigCN1", spacing=5.0)
+    det = detector()
+    versions: list[int] = []
+    flagged: dict[str, str | None] = {}
+    for ev in sorted(events, key=lambda e: e.ts):
+        for key in det.group_keys(ev):
+            out = det.process(ev, key)
+            if out:
+                versions += [a.version for a in out.alerts if a.kind == "farm_group"]
+                flagged.update({f.account: f.alert_id for f in out.flags})
+    tick = det.flush(events[-1].ts + 1.0)
+    final = [a for a in (tick.alerts if tick else []) if a.kind == "farm_group"]
+    assert len(final) == 1 and len(final[0].accounts) == 200 and final[0].version == len(versions) + 1
+    assert 10 <= len(versions) <= 40 and versions == list(range(1, len(versions) + 1))
+    assert len(flagged) == 200 and set(flagged.values()) == {final[0].alert_id}

@@ -216,10 +216,10 @@ def alert(part: Partition, g: Group, feats: dict[str, Any], s: FarmSettings,
 
 def machine_evidence(part: Partition, ms: list[Member], s: FarmSettings) -> dict[str, Any]:
     """A name-less room's machines: how many, the most accounts one carried in the group,
-    those that carried three accounts or more in the partition beside the learned share
-    of its other machines that did (:func:`~.machines.cycling_share`)."""
+    those that carried three accounts or more in the group or in the partition beside
+    the learned share of its other machines that did (:func:`~.machines.cycling_share`)."""
     per = Counter([x.device for x in ms if x.device])
-    cycling = {x.device for x in ms if x.device and room_machine(part, x)}
+    cycling = {x.device for x in ms if x.device and (per[x.device] >= 3 or room_machine(part, x))}
     return {"machines": len(per),
             "accounts_per_machine_max": max(per.values(), default=0),
             "machines_with_three_accounts": len(cycling),

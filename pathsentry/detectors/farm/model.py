@@ -77,6 +77,10 @@ class FarmSettings:
     max_keys: int = 100_000
     #: members per partition (those older than 2 x window_s first dropped)
     max_members: int = 512
+    #: a found group's alert is re-emitted with a join that grows it by this share of its
+    #: members at its last version; a smaller join waits for the next flush (its members'
+    #: flags go out at once): a farm of n accounts costs O(n) of alert building, not O(n^2)
+    alert_regrow_share: float = 0.1
     #: members per group
     max_group_members: int = 1000
     #: items of each list in an alert's evidence (the counts say how many in all)
@@ -258,6 +262,8 @@ class Group:
     last_seen: float = 0.0
     version: int = 0
     score: float = 0.0
+    #: members at the last version emitted
+    emitted: int = 0
     #: ``template`` as of ``len(members)`` (accounts are only ever added to a group)
     _template: tuple[int, str] | None = field(default=None, init=False, repr=False,
                                               compare=False)
