@@ -217,9 +217,9 @@ def rtt_suspected(pool: Pool | None, ms: Sequence[Member], q: float, max_p: floa
     if (pool is None or not pool.excess) and not prior:
         return False, 0, None, 0.0, 1.0
     h = list(pool.excess) if pool is not None and pool.excess else [0.0] * EXCESS_BINS
-    for x in ms:  # the candidate's own logins, counted through their exits: out
-        b = _excess_bin(x)
-        if b is not None and h[b] >= 1.0:
+    bins = [b for b in map(_excess_bin, ms) if b is not None]
+    for b in bins:  # the candidate's own logins, counted through their exits: out
+        if h[b] >= 1.0:
             h[b] -= 1.0
     if prior:
         h = [a + b for a, b in zip(h, prior, strict=True)]
@@ -230,10 +230,7 @@ def rtt_suspected(pool: Pool | None, ms: Sequence[Member], q: float, max_p: floa
             break
         above += h[b]
         t = b
-    k = 0
-    for x in ms:
-        b = _excess_bin(x)
-        k += b is not None and b >= t
+    k = sum(1 for b in bins if b >= t)
     p = tail(k, len(ms), above, total - above)
     threshold = t + EXCESS_LO_MS if t < EXCESS_BINS else None
     return p <= max_p, k, threshold, round((above + 1.0) / (total + 2.0), 4), float(f"{p:.3g}")
