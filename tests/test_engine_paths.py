@@ -71,3 +71,21 @@ def test_a_batch_run_into_shared_findings_finds_what_one_event_at_a_time_finds(t
     # (the batch runs its group routes after its session stage: the same findings, each
     # stage's in its own order)
     assert sorted(_dump(got)) == sorted(_dump(want))
+
+
+def test_the_pipeline_order_does_not_depend_on_which_detector_module_was_imported_first() -> None:
+    """A detector module imported early (by a tool, a test, an analyst's notebook)
+    registers first; the pipeline still runs the detectors in ``DETECTOR_MODULES``
+    order, on which the findings depend."""
+    import pathsentry.detectors as dets
+
+    expected = list(dets.registered())
+    saved = dict(dets._REGISTRY)
+    try:
+        dets._REGISTRY.clear()
+        dets._REGISTRY.update(reversed(list(saved.items())))  # as if imported last-first
+        assert list(dets.registered()) == expected == [
+            "route", "latency", "injection", "injection_cells", "takeover", "farm"]
+    finally:
+        dets._REGISTRY.clear()
+        dets._REGISTRY.update(saved)

@@ -43,15 +43,24 @@ def register(cls: type[Detector]) -> type[Detector]:
     return cls
 
 
+def _rank(cls: type[Detector]) -> int:
+    """The place of ``cls``'s module in :data:`DETECTOR_MODULES` (others after them)."""
+    m = cls.__module__
+    return next((i for i, mod in enumerate(DETECTOR_MODULES)
+                 if m == mod or m.startswith(mod + ".")), len(DETECTOR_MODULES))
+
+
 def registered() -> dict[str, type[Detector]]:
-    """Import every detector module and return the registry in pipeline order."""
+    """Import every detector module and return the registry in pipeline order: the
+    order of :data:`DETECTOR_MODULES`, whichever of them something imported first (the
+    detectors of one stage see each event in this order, so it is part of the result)."""
     for mod in DETECTOR_MODULES:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if e.name is None or not mod.startswith(e.name):
                 raise
-    return dict(_REGISTRY)
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: _rank(kv[1])))
 
 
 def build_detectors(ctx: DetectorContext, only: list[str] | None = None) -> list[Detector]:
