@@ -39,6 +39,9 @@ minority and windowed so that a patch day is absorbed:
     below zero, as a normal-equivalent scale. The phase is never negative, so what
     lands below the cost is measurement noise (a phase-corrected residual would
     count the tick's spread as noise twice); and it is the side relays never reach.
+    Each residual is taken against its server's cost as it is now
+    (:mod:`.noise`), and a kind with too few of them borrows those of the kinds on
+    its own medium only: a radio link's TCP RTT spikes, a wired line's does not.
 
 ``spike``
     per access kind, the 90th percentile of the app samples' spread beyond the
@@ -64,9 +67,10 @@ A cold server's bounds (:mod:`.prior`) read the overhead's own votes.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, insort
 from typing import Any, ClassVar
 
+from pathsentry.detectors.latency.noise import NoiseVotes
 from pathsentry.detectors.latency.prefix_baselines import RAW_SAMPLES, Baseline
 from pathsentry.detectors.latency.prior import cost_upper, tick_upper
 from pathsentry.detectors.physics import interpolated
@@ -77,6 +81,9 @@ __all__ = [
 
 #: the tick keeps this many times ``overhead_window`` votes (see the module docstring)
 TICK_WINDOW = 4
+#: access kinds on a radio link: one sample, the kernel TCP RTT included, can spike by
+#: tens of ms, which no wired line shows (their noise is never pooled with a wired kind's)
+RADIO_KINDS = frozenset({"mobile"})
 
 _SPREAD_MEDIANS: dict[int, float] = {}
 
@@ -376,12 +383,13 @@ class OverheadBook:
         self.warm = warm
         self.keys_max = keys_max
         self.overheads: dict[str, Overhead] = {}
-        #: access kind -> votes of residuals ``gap - cost``
-        self.noise: dict[str, _Votes] = {}
+        #: access kind -> its exit prefixes' gaps and their servers (the residuals ``gap -
+        #: cost`` are taken against the costs as they are when asked)
+        self.noise: dict[str, NoiseVotes] = {}
         #: access kind -> votes of the app samples' spread beyond what the tick explains
         self.jitter: dict[str, _Votes] = {}
-        #: noise scales until the residuals they rest on change: (kind, floor) -> (scale,
-        #: residuals, whether every kind's residuals were pooled)
+        #: noise scales until a login is learned (it moves a cost or adds a gap): (kind,
+        #: floor) -> (scale, residuals, whether the medium's kinds were pooled)
         self._noise_memo: dict[tuple[str, float], tuple[float, int, bool]] = {}
 
     @staticmethod
@@ -423,36 +431,34 @@ class OverheadBook:
     def _noise_scale(self, kind: str, floor: float) -> tuple[float, int, bool]:
         w = self.noise.get(kind)
         pooled = False
-        if w is None:
-            m = 0
-        else:  # the residuals at or below zero: the head of the ordered votes
-            s = w.ordered()
-            m = bisect_right(s, 0.0)
-        if m >= self.MIN_NOISE_VOTES:
-            assert w is not None
-            # the median magnitude: ``sorted(-x for x <= 0)[m // 2]``
-            median = -s[m - 1 - m // 2]
-        else:
+        cost_of = self._cost_of
+        # the residuals at or below zero, ascending
+        low = [] if w is None else w.lower(cost_of)
+        m = len(low)
+        if m < self.MIN_NOISE_VOTES:
             pooled = True
-            # every kind's residuals at or below zero, in ascending order
-            low: list[float] = []
-            for v in self.noise.values():
-                s = v.ordered()
-                low += s[:bisect_right(s, 0.0)]
+            # every kind's on the same medium
+            radio = kind in RADIO_KINDS
+            low = []
+            for other, v in self.noise.items():
+                if (other in RADIO_KINDS) is radio:
+                    low += v.lower(cost_of)
             low.sort()
             m = len(low)
             if m < self.MIN_NOISE_VOTES:
                 return floor, m, pooled
-            median = -low[m - 1 - m // 2]
+        # the median magnitude: ``sorted(-x for x <= 0)[m // 2]``
+        median = -low[m - 1 - m // 2]
         scale = median / 0.674
         return (scale if scale > floor else floor), m, pooled
 
-    def _noise_changed(self, kind: str) -> None:
-        """Forget the noise scales a change of ``kind``'s residuals may move: the kind's
-        own, and every scale that pooled all kinds."""
-        memo = self._noise_memo
-        for key in [k for k, hit in memo.items() if k[0] == kind or hit[2]]:
-            del memo[key]
+    def _cost_of(self, key: str) -> float | None:
+        """The learned cost (ms) of server key ``key`` (``None`` if it is not known)."""
+        o = self.overheads.get(key)
+        if o is None:
+            return None
+        f = o._figures
+        return (o.figures() if f is None else f)[0]
 
     def spike(self, kind: str, q: float = 0.9) -> float:
         """How far (ms) one app sample of this access kind may spike: the ``q`` quantile
@@ -489,21 +495,22 @@ class OverheadBook:
                 if len(self.noise) >= self.keys_max:
                     w = None
                 else:
-                    w = self.noise[kind] = _Votes(2 * self.window)
+                    w = self.noise[kind] = NoiseVotes(2 * self.window)
             if w is not None:
-                w.add(source, gap - o.figures()[0])
-                self._noise_changed(kind)
+                w.add(source, key, gap)
         if k >= 2 and o.sources() >= self.warm:
             j = self.jitter.get(kind)
             if j is None and len(self.jitter) < self.keys_max:
                 j = self.jitter[kind] = _Votes(2 * self.window)
             if j is not None:
                 j.add(source, spread - o.figures()[1] * (k - 1) / (k + 1))
-        o.update(source, gap, k, spread, u, kind != "mobile")
+        o.update(source, gap, k, spread, u, kind not in RADIO_KINDS)
+        if gap is not None or k >= 2:  # a cost moved (or the tick it is corrected with)
+            self._noise_memo.clear()
 
     def snapshot(self) -> dict[str, Any]:
         return {"overheads": {k: o.snapshot() for k, o in self.overheads.items()},
-                "noise": {k: w.snapshot() for k, w in self.noise.items()},
+                "noise_gaps": {k: w.snapshot() for k, w in self.noise.items()},
                 "jitter": {k: w.snapshot() for k, w in self.jitter.items()}}
 
     def load(self, snap: dict[str, Any], only_new: bool = False) -> None:
@@ -515,9 +522,11 @@ class OverheadBook:
         for k, o in snap.get("overheads", {}).items():
             if k not in self.overheads:
                 self.overheads[k] = Overhead.restore(o, k, self.window)
-        for k, votes in snap.get("noise", {}).items():
+        # (an older format's ``noise`` held residuals against the costs of their time:
+        # they are not read, and the kinds learn their noise again)
+        for k, votes in snap.get("noise_gaps", {}).items():
             if k not in self.noise:
-                self.noise[k] = _Votes(2 * self.window, votes)
+                self.noise[k] = NoiseVotes(2 * self.window, votes)
         for k, votes in snap.get("jitter", {}).items():
             if k not in self.jitter:
                 self.jitter[k] = _Votes(2 * self.window, votes)

@@ -78,7 +78,10 @@ class _Overhead(Saved):
 
 class _OverheadBook(Saved):
     overheads: dict[Name, _Overhead] = Field(default_factory=dict)
+    #: an older format's residuals (not read: :meth:`~.baselines.OverheadBook.load`)
     noise: dict[Name, Votes] = Field(default_factory=dict)
+    #: per access kind, each exit prefix's gap and the server it was measured on
+    noise_gaps: dict[Name, list[tuple[Name, Name, Vote]]] = Field(default_factory=dict)
     jitter: dict[Name, Votes] = Field(default_factory=dict)
 
 
