@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from pathsentry.detectors.latency.baselines import phase_quantile
 from tests.detectors.test_latency import BUSAN, SEOUL, SHANGHAI, World, leg_ms, make_world
 from tests.detectors.test_latency_calibration import GameLoop
 
@@ -123,16 +124,37 @@ def test_a_game_loop_on_the_probing_vantage_is_not_a_relay() -> None:
         assert not out.flags and not late.flags, late.flags[0].reasons if late.flags else None
 
 
-def test_a_cold_vantage_gives_no_physics() -> None:
+def test_a_cold_vantage_is_judged_against_the_largest_overhead_it_allows() -> None:
     """A vantage without learned logins: its raw app figure carries a game loop nobody
-    has measured yet and is not compared with physics."""
+    has measured yet, so it is taken less the largest cost the prior allows (30 ms) and
+    the largest tick the spreads of the app probes it answered allow, which an 80 ms
+    loop keeps wide: a relay leg hidden in its tick gives no physics."""
     w = make_world(seed=34)
     s = Servers(GameLoop(cost=5.0, tick=100.0), GameLoop(cost=9.0, tick=80.0))
-    assert sum(honest(w, s, i) for i in range(60)) == 0  # nothing learned at kr-pus-1
+    assert sum(honest(w, s, i) for i in range(60)) == 0  # no login learned at kr-pus-1
     eid, at_login, flags = relay(w, s, "45.65.21.20", "quiet")
     sess = w.det.sessions.peek("r" + eid.removeprefix("login-"))
     assert sess is not None and sess.phys_at is None and not at_login and not flags
-    assert w.det.probe_net(sess, "kr-pus-1", 50.0, 3) is None
+    net = w.det.probe_net(sess, "kr-pus-1", 50.0, 3)
+    assert net is not None and net < 50.0 - 30.0 - 80.0 * phase_quantile(3, 0.01)
+
+
+def test_a_vantage_heard_only_through_app_probes_shows_a_leg() -> None:
+    """The Busan vantage hosts no login at all, answers off its loop, and app-probes
+    every session: the spreads of its probes' samples (jitter only) rule out any tick
+    beyond a few ms, so a 45 ms client leg that the login server's 100 ms tick hides
+    clears the cold prior's 30 ms cost there; honest sessions probed from it do not."""
+    w = make_world(seed=37)
+    s = Servers(GameLoop(cost=5.0, tick=100.0), GameLoop(cost=3.0, tick=0.0))
+    assert sum(honest(w, s, i) for i in range(150)) == 0
+    assert w.det.overhead.warm_figures("kr-pus-1", 1) is None  # no login learned there
+    eid, at_login, flags = relay(w, s, "45.65.23.20", "probed", leg=45.0)
+    assert not at_login
+    assert [f.event_id for f in flags] == [eid]
+    phys = flags[0].evidence["physics"]
+    assert phys["measured_source"] == \
+        "app probe from kr-pus-1 less the largest overhead the cold prior allows"
+    assert sum(honest(w, s, 200 + i) for i in range(150)) == 0
 
 
 def test_a_patch_day_on_the_vantage_is_absorbed() -> None:

@@ -39,7 +39,9 @@ of the same session) the detector weighs five kinds of evidence:
     and a login proven relayed by a late probe marks its exit prefix (whose
     earlier sessions are re-assessed). A cold vantage's bounds narrow as its logins
     teach it, so each login it learns from judges again the app probes it answered
-    for its latest sessions (:meth:`~.detector.LatencyDetector._rejudge_cold`). What it exceeds beyond
+    for its latest sessions (:meth:`~.detector.LatencyDetector._rejudge_cold`); until
+    its first login the spreads of the app probes it answers bound its tick, so a
+    vantage that hosts no login is judged against the prior's cost and that bound. What it exceeds beyond
     that (and a per-access-kind tolerance) is the detour, expressed in ms and in
     km (100 km per ms of RTT).
 ``vantage``

@@ -68,6 +68,7 @@ A cold server's bounds (:mod:`.prior`) read the overhead's own votes.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections import deque
 from typing import Any, ClassVar
 
 from pathsentry.detectors.latency.noise import NoiseVotes
@@ -196,7 +197,7 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_by_share", "_cost", "_figures", "_phase", "_prior_tick", "_seq", "_tick", "_u",
+    __slots__ = ("_by_share", "_cost", "_figures", "_phase", "_prior_tick", "_probed", "_seq", "_tick", "_u",
                  "_wired", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
@@ -224,6 +225,9 @@ class Overhead:
         self._figures: tuple[float, float, float, float] | None = None
         #: (alpha, tick_max) -> the tick's upper bound while cold, until the votes change
         self._prior_tick: tuple[float, float, float] | None = None
+        #: (samples, spread ms) of the latest ``window`` app probes this server answered
+        #: while cold: what narrows its tick bound before (or without) logins
+        self._probed: deque[tuple[int, float]] = deque(maxlen=window)
 
     def figures(self) -> tuple[float, float, float, float]:
         """(cost, tick, centre, scale), read once per change of the votes: ``centre`` is
@@ -281,7 +285,10 @@ class Overhead:
         """(cost, tick) upper bounds (ms) of a cold server: the prior's maxima narrowed
         by the wired gaps (plus ``noise`` ms) and the app samples' spreads so far
         (:func:`~.prior.cost_upper`, :func:`~.prior.tick_upper` over the latest
-        ``window`` tick votes)."""
+        ``window`` tick votes, or while no login has cast one the latest ``window`` app
+        probes it answered: the bound is at least the widest spread, so the many probes
+        of a server its logins have already bounded would only widen it with their
+        jitter)."""
         memo = self._prior_tick
         if memo is None or memo[0] != alpha or memo[1] != tick_max:
             spreads: list[tuple[int, float]] = []
@@ -292,8 +299,17 @@ class Overhead:
                 k = int(key.partition(":")[2] or 0)
                 if skip < 0 and k >= 2:
                     spreads.append((k, v * spread_median(k)))
+            if not spreads:  # no login's spread yet: the app probes it answered
+                spreads = list(self._probed)
             memo = self._prior_tick = (alpha, tick_max, tick_upper(spreads, alpha, tick_max))
         return cost_upper(self._wired.ordered(), cost_max, noise), memo[2]
+
+    def probed(self, k: int, spread: float) -> None:
+        """Learn the spread of ``k >= 2`` app samples of a probe this server answered
+        while cold (the tick bound's evidence until its first login's spread: the
+        learned tick is its logins')."""
+        self._probed.append((k, spread))
+        self._prior_tick = None
 
     def expected(self, k: int) -> float:
         """Expected gap (ms) of a login with ``k`` app samples."""
@@ -350,7 +366,7 @@ class Overhead:
     def snapshot(self) -> dict[str, Any]:
         return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot(),
                 "phase": [[k, v] for k, v in self._phase.items()], "u": self._u.snapshot(),
-                "wired": self._wired.snapshot()}
+                "wired": self._wired.snapshot(), "probed": [list(p) for p in self._probed]}
 
     @classmethod
     def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
@@ -366,6 +382,7 @@ class Overhead:
             o._share(source, o._phase.get(source, 0.0), gap)
         o._u = _Votes(window, snap.get("u", []))
         o._wired = _Votes(window, snap.get("wired", []))
+        o._probed.extend((int(k), float(v)) for k, v in snap.get("probed", []))
         return o
 
 
@@ -507,6 +524,20 @@ class OverheadBook:
         o.update(source, gap, k, spread, u, kind not in RADIO_KINDS)
         if gap is not None or k >= 2:  # a cost moved (or the tick it is corrected with)
             self._noise_memo.clear()
+
+    def learn_probe(self, key: str, k: int, spread: float) -> None:
+        """Learn the spread of an app probe's ``k >= 2`` samples answered by server (and
+        platform) ``key`` while it is cold (:meth:`Overhead.probed`): a vantage heard
+        from through app probes alone gets a tick bound, so its probes are judged
+        against the cold prior instead of giving no verdict."""
+        o = self.overheads.get(key)
+        if o is None:
+            if len(self.overheads) >= self.keys_max:
+                return
+            o = self.overheads[key] = Overhead(key, self.window)
+        elif len(o._tick):
+            return  # a login's spread bounds it already
+        o.probed(k, spread)
 
     def snapshot(self) -> dict[str, Any]:
         return {"overheads": {k: o.snapshot() for k, o in self.overheads.items()},

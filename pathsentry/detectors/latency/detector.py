@@ -188,6 +188,8 @@ class LatencyDetector(Snapshots, ColdServers, Evidence):
         if sess.event_id is None:
             return None  # the login will assess the probes
         if probe.method == "app":
+            if len(rtt) >= 2 and sess.allowed is None:
+                self._learn_probe_tick(sess, vantage, rtt)
             self._keep_cold_probe(key, sess, vantage)
         # physics on the app round trip from this vantage (its samples so far)
         stronger = probe.method == "app" and \
@@ -226,6 +228,19 @@ class LatencyDetector(Snapshots, ColdServers, Evidence):
             # the login is proven relayed after the fact: its exit may now be a known one
             out = self._revisit_prefix(sess, out)
         return out
+
+    def _learn_probe_tick(self, sess: Session, vantage: str, rtt: list[float]) -> None:
+        """Teach a cold vantage's tick bound the spread of an app probe's samples: each
+        one is a phase of the same game loop, as a login's are, and a relay does not
+        change it. A vantage that answers app probes but hosts no login yet gets its
+        tick bound from them (:func:`~.prior.tick_upper`), so its probes are judged
+        against the cold prior (cost at most ``overhead_prior_cost_ms``) instead of
+        giving no verdict until its logins come; once they do, the bound and the
+        learned tick are their spreads' (:meth:`~.baselines.Overhead.prior_bounds`)."""
+        vkey = self.vantage_key(sess, vantage)
+        if self.overhead.warm_figures(vkey, self.overhead_warmup) is not None:
+            return
+        self.overhead.learn_probe(vkey, len(rtt), max(rtt) - min(rtt))
 
     def _reassess(self, sess: Session, verdict: GapVerdict | None = None) -> Findings | None:
         comps, model, _, _, _, raw, _ = self._score(sess, False, verdict)

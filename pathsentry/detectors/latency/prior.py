@@ -21,7 +21,9 @@ logins only ever widen them:
     probabilities (:func:`spread_cdf`) exceeds the ``1 - alpha`` quantile of
     chi-squared with ``2 n`` degrees of freedom (``alpha``: ``gap_alpha``, 0.001). The
     largest tick not ruled out is :func:`tick_upper`. A relay's spreads carry its
-    client's jitter too, so they only raise the bound.
+    client's jitter too, so they only raise the bound. The app probes a cold server
+    answers are phases of the same loop: until a login's spread comes, theirs give
+    the bound, so a vantage heard from through app probes alone has one.
 ``cost``
     An honest gap is ``cost + phase + noise`` with a phase that is never negative, and
     a relay only adds to a gap: every gap is at least the cost less its noise. The

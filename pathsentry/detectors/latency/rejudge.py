@@ -3,7 +3,8 @@
 A server heard from fewer than ``overhead_warmup`` exit prefixes judges a gap or an app
 figure against the largest overhead its prior and its logins so far allow
 (:mod:`.prior`): its cost at most the second-lowest gap of its wired exits, its tick
-at most the largest its logins' spreads do not rule out. While one of those two gaps
+at most the largest its logins' spreads (before any, the app probes' it answered) do
+not rule out. While one of those two gaps
 is a relay's, the bound is loose and a relay leg hides under it; honest lines narrow
 it later. Owns :class:`ColdServers` (mixed into the detector): which recent logins and
 app-probed sessions each cold server saw (:meth:`ColdServers._keep_cold_probe`), and

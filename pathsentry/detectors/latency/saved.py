@@ -74,6 +74,8 @@ class _Overhead(Saved):
     u: list[tuple[Name, Residual]] = Field(default_factory=list)
     #: the wired logins' gaps a cold server's cost bound reads (absent in an older format)
     wired: Votes = Field(default_factory=list)
+    #: (samples, spread ms) of the app probes it answered while cold (absent: none)
+    probed: list[tuple[Annotated[int, Field(ge=2, le=10**6)], Ms]] = Field(default_factory=list)
 
 
 class _OverheadBook(Saved):
