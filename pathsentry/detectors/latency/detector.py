@@ -473,7 +473,8 @@ class LatencyDetector(Snapshots, ColdServers, Evidence):
         """Physics on an app probe from ``vantage`` (:meth:`~.scoring.Scoring.probe_net`),
         taken as the session's physics when its excess beyond the access kind's tolerance
         is larger than what physics judged so far; returns that excess (ms), ``None`` when
-        it is not larger (or there is no figure: a cold vantage, an unlocated claim)."""
+        it is not larger (or there is no figure: a vantage never heard from, an unlocated
+        claim)."""
         geo = sess.geo
         if geo.lat is None or geo.lon is None:
             return None

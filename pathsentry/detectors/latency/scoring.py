@@ -305,7 +305,7 @@ class Scoring(ExitPrefixes, AccountHistory):
         with: the server's learned overhead once warm; before, the largest cost and tick
         the prior and the server's logins so far allow (:mod:`.prior`), for one or two
         samples only once ``spike_warmup`` logins of the access kind taught its spikes;
-        ``None`` otherwise (and before the server's first login)."""
+        ``None`` otherwise (and before the server's first login or app probe)."""
         key = sess.oh_key if key is None else key
         figures = self.overhead.warm_figures(key, self.overhead_warmup)
         if figures is not None:
@@ -326,9 +326,11 @@ class Scoring(ExitPrefixes, AccountHistory):
         or two samples), the login's own figure arithmetic (:meth:`physics_net`). The
         vantage answers on its own game loop, learned from its own logins (with the
         login's platform where it names one), or while it is cold the largest overhead
-        its prior and its logins so far allow (:meth:`app_overhead`); ``None`` before the
-        vantage's first login, and for one or two samples before ``spike_warmup`` logins
-        of the access kind taught its spike allowance. An application round trip goes all
+        its prior and its logins so far allow (:meth:`app_overhead`; before its first
+        login, the spreads of the app probes it answered bound its tick); ``None`` before
+        the vantage's first login or app probe of two samples or more, and for one or two
+        samples before ``spike_warmup`` logins of the access kind taught its spike
+        allowance. An application round trip goes all
         the way to the client whatever the relay, so on a vantage with a short tick (or
         none) a client-relay leg the login server's long tick hides shows here."""
         figures = self.app_overhead(sess, self.vantage_key(sess, vantage), k)
