@@ -115,6 +115,12 @@ def _exits_elsewhere(x: Member) -> bool:
     return x.relay or x.exit.startswith("AS")
 
 
+def _machine_pattern(part: Partition, pattern: str) -> bool:
+    """Whether every login of ``pattern`` is a member (a route, a hosting exit
+    ``net:AS…``): where the machine judge may take a candidate."""
+    return part.kind == ROUTE or pattern.startswith(_NET_AS)
+
+
 def _on_few_lines(ms: list[Member]) -> bool:
     """Whether the accounts on home lines (:data:`LINE_KINDS`) crowd onto few of their
     addresses: at least three such accounts, three per two addresses. A CGNAT, campus
@@ -422,15 +428,17 @@ class Grouping(GroupLife):
                       or (regular and (on_few_machines(cand) or _on_few_lines(cand)
                                        or _hosted(cand)))):
                 return None
-        elif not self._burst(part, pattern, cand, span, share):
-            return None
-        else:  # the room's machines' accounts before the window (:func:`.machines.carried`)
-            cand = [*cand, *carried(part, room_accounts(part, cand))]
+        else:  # (the room, worked out once where the machine judge may ask for it)
+            room = room_accounts(part, cand) if _machine_pattern(part, pattern) else None
+            if not self._burst(part, pattern, cand, span, share, room):
+                return None
+            # the room's machines' accounts before the window (:func:`.machines.carried`)
+            cand = [*cand, *carried(part, room_accounts(part, cand) if room is None else room)]
         f = features(part, cand, s)
         return Assessment(cand, score(kind, f), f)
 
     def _burst(self, part: Partition, pattern: str, cand: list[Member], span: float,
-               share: float) -> bool:
+               share: float, room: list[Member] | None) -> bool:
         """Whether a name-less candidate (``share``: its RTT band's share of the
         background) is a farm's burst: surprising against the background; on a /24
         exit (a residential proxy), crowded onto few addresses; paced minutes apart,
@@ -438,39 +446,46 @@ class Grouping(GroupLife):
         the machine judge may take it, machines that each carried three accounts or
         more, more of them than the partition's machines explain
         (:func:`.machines.cycling_burst`: a room cycling each machine through a new
-        account every half hour or more is no burst of logins)."""
+        account every half hour or more is no burst of logins). ``room``: the
+        candidate's :func:`~.machines.room_accounts` where the machine judge may take it
+        (:meth:`_machine_judged`, asked at most once)."""
         s = self.settings
         n = len(cand)
         lam = share * expected(part, n, span, s)
         cycles: bool | None = None
-        if burst_p(n, lam) > s.max_burst_p and not self._machine_burst(part, pattern, cand, lam) \
-                and not self._address_burst(part, pattern, cand, lam):
-            cycles = self._cycles(part, pattern, cand)
-            if not cycles:
-                return False
+        judged: bool | None = None
+        if burst_p(n, lam) > s.max_burst_p:
+            judged = self._machine_judged(part, pattern, cand, room)
+            if not (judged and self._machine_burst(part, cand, lam)) \
+                    and not self._address_burst(part, pattern, cand, lam):
+                cycles = judged and self._cycles(part, cand)
+                if not cycles:
+                    return False
         if part.kind == NET and not pattern.startswith(_NET_AS) \
                 and len({x.src_ip for x in cand}) * 2 > n:
             return False
         if span <= s.burst_s or crowded(cand):
             return True
-        return cycles if cycles is not None else self._cycles(part, pattern, cand)
+        if cycles is not None:
+            return cycles
+        if judged is None:
+            judged = self._machine_judged(part, pattern, cand, room)
+        return judged and self._cycles(part, cand)
 
-    def _cycles(self, part: Partition, pattern: str, cand: list[Member]) -> bool:
+    def _cycles(self, part: Partition, cand: list[Member]) -> bool:
         """Whether the candidate's cycling machines are a tail event
-        (:func:`.machines.cycling_burst`), where the machine judge may take it."""
-        return self._machine_judged(part, pattern, cand) and \
-            cycling_burst(part, cand, self.settings) is not None
+        (:func:`.machines.cycling_burst`), where the machine judge may take it
+        (:meth:`_machine_judged`, the caller's)."""
+        return cycling_burst(part, cand, self.settings) is not None
 
-    def _machine_burst(self, part: Partition, pattern: str, cand: list[Member],
-                       lam: float) -> bool:
+    def _machine_burst(self, part: Partition, cand: list[Member], lam: float) -> bool:
         """Whether the candidate's accounts on shared machines are a burst on their own:
         at least ``min_size_unnamed`` of them against the background's expected count
         ``lam`` thinned by the share of its accounts that shared a machine
         (:func:`~pathsentry.detectors.farm.machines.machine_share`). Only where every
         login of the pattern is a member (a hosting exit ``net:AS…``, a route), so that
-        the share is learned from the whole background."""
-        if not self._machine_judged(part, pattern, cand):
-            return False
+        the share is learned from the whole background (:meth:`_machine_judged`, the
+        caller's)."""
         k = len(on_shared_machines(cand))
         share = machine_share(part, cand)
         return burst_p(k, lam * share) <= self.settings.max_burst_p
@@ -506,18 +521,23 @@ class Grouping(GroupLife):
         does not tie them), and of the band's members only those whose machine is
         unknown -- an account from a machine of its own beside a room of shared
         machines is a passer-by (a VPN user of the same /24). Else ``inside``."""
-        if not self._machine_judged(part, pattern, cand):
+        if not _machine_pattern(part, pattern):
             return inside
-        ids = {x.sid for x in room_accounts(part, cand)}
+        room = room_accounts(part, cand)
+        if not self._machine_judged(part, pattern, cand, room):
+            return inside
+        ids = {x.sid for x in room}
         return [x for x in cand if x.sid in ids or (not x.device and x in inside)]
 
-    def _machine_judged(self, part: Partition, pattern: str, cand: list[Member]) -> bool:
+    def _machine_judged(self, part: Partition, pattern: str, cand: list[Member],
+                        room: list[Member] | None = None) -> bool:
         """Whether the machine judge (:meth:`_machine_burst`) may take ``cand``: a
         pattern whose every login is a member, and ``min_size_unnamed`` accounts of
         ``cand`` on shared machines that are one room's (:func:`.machines.one_room`: not
         players each with an alt on a machine of their own; else :func:`no_burst`'s bound
-        holds for it too)."""
-        if not (part.kind == ROUTE or pattern.startswith(_NET_AS)):
+        holds for it too). ``room``: ``cand``'s :func:`~.machines.room_accounts`, when
+        the caller has them."""
+        if not _machine_pattern(part, pattern):
             return False
-        shared = room_accounts(part, cand)
+        shared = room_accounts(part, cand) if room is None else room
         return len(shared) >= self.settings.min_size_unnamed and one_room(shared, part.machines)
