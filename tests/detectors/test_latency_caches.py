@@ -62,6 +62,23 @@ def test_cost_by_phase_share_is_the_per_vote_median() -> None:
             assert o.cost() == _cost_per_vote(o), i
 
 
+def test_cost_kept_in_step_while_the_tick_stays_is_the_per_vote_median() -> None:
+    """Between moves of the tick (single-sample logins cast no tick vote) the cost's
+    sorted corrected gaps are kept in step vote by vote: asked after every login, as
+    prefixes vote again, the window drops its oldest and equal gaps repeat, the cost is
+    the one worked out vote by vote; and it is worked out afresh once the tick moves."""
+    rng = random.Random(5)
+    o = Overhead("srv", window=12)
+    kept = 0
+    for i in range(1500):
+        k = rng.choice([1, 1, 1, 1, 2, 3, 6])
+        o.update(f"p{rng.randrange(30)}", float(rng.randrange(-4, 30)), k, rng.uniform(0.0, 33.0))
+        before = o._corrected
+        assert o.cost() == _cost_per_vote(o), i
+        kept += before is not None and o._corrected is before
+    assert kept > 500  # most logins left the tick where it was: no pass over the gaps
+
+
 def test_noise_scales_are_forgotten_when_their_residuals_change() -> None:
     """A kept noise scale equals a fresh book's after every login, for a kind with its
     own residuals and for kinds that pool every kind's (too few of their own)."""

@@ -197,8 +197,8 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_by_share", "_cost", "_figures", "_phase", "_prior_tick", "_probed", "_seq", "_tick", "_u",
-                 "_wired", "key", "n")
+    __slots__ = ("_by_share", "_corrected", "_corrected_tick", "_cost", "_figures", "_phase",
+                 "_prior_tick", "_probed", "_seq", "_tick", "_u", "_wired", "key", "n")
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -223,6 +223,12 @@ class Overhead:
         #: cost from above while the server is cold (:mod:`.prior`)
         self._wired = _Votes(window)
         self._figures: tuple[float, float, float, float] | None = None
+        #: the phase-corrected gaps :meth:`cost` sorted at the tick ``_corrected_tick``,
+        #: kept in step as gaps come and go (:meth:`_share`, :meth:`_unshare`) until the
+        #: tick moves: a login that leaves the tick's median where it was costs a
+        #: binary search, not a pass over every prefix's gap and a sort
+        self._corrected: list[float] | None = None
+        self._corrected_tick = 0.0
         #: (alpha, tick_max) -> the tick's upper bound while cold, until the votes change
         self._prior_tick: tuple[float, float, float] | None = None
         #: (samples, spread ms) of the latest ``window`` app probes this server answered
@@ -273,11 +279,14 @@ class Overhead:
         phase = self._phase
         if not t or not phase:
             return self._cost.quantile(0.5)
-        corrected: list[float] = []
-        for share, gaps in self._by_share.items():
-            ts = t * share
-            corrected += [v - ts for v in gaps.values()]
-        corrected.sort()
+        corrected = self._corrected
+        if corrected is None or self._corrected_tick != t:
+            corrected = []
+            for share, gaps in self._by_share.items():
+                ts = t * share
+                corrected += [v - ts for v in gaps.values()]
+            corrected.sort()
+            self._corrected, self._corrected_tick = corrected, t
         return interpolated(corrected, 0.5)
 
     def prior_bounds(self, cost_max: float, tick_max: float, alpha: float,
@@ -354,12 +363,27 @@ class Overhead:
         if gaps is None:
             gaps = self._by_share[share] = {}
         gaps[source] = gap
+        corrected = self._corrected
+        if corrected is not None:  # (the same float operations as :meth:`cost`'s)
+            x = gap - self._corrected_tick * share
+            if x == x:
+                insort(corrected, x)
+            else:  # (not a number: sorted as :meth:`cost` sorts it, from scratch)
+                self._corrected = None
 
     def _unshare(self, source: str) -> None:
         """Take ``source``'s gap from under its phase share (before its share changes)."""
         share = self._phase.get(source, 0.0)
         gaps = self._by_share[share]
-        del gaps[source]
+        gap = gaps.pop(source)
+        corrected = self._corrected
+        if corrected is not None:
+            x = gap - self._corrected_tick * share
+            i = bisect_left(corrected, x)
+            if i < len(corrected) and corrected[i] == x:
+                del corrected[i]
+            else:
+                self._corrected = None
         if not gaps:
             del self._by_share[share]
 
