@@ -156,6 +156,9 @@ class Handshakes:
         #: origin host -> lowest TTL of a line -> lines; the same for the highest
         self._lows: dict[str, dict[int, int]] = {}
         self._highs: dict[str, dict[int, int]] = {}
+        #: key -> (lowest TTL, highest TTL, TTLs) of its samples, kept with them
+        #: (:meth:`_line`): a judgement reads the line's range without a pass over them
+        self._ttls: dict[str, tuple[int, int, int]] = {}
 
     def _line(self, key: str, samples: list[Sample] | None) -> None:
         """Keep the origin-wide table of lines' TTL bounds in step with ``key``'s
@@ -168,9 +171,13 @@ class Handshakes:
             _count(self._highs, host, old[1], -1)
         ttls = [t for t, _ in samples or () if t is not None]
         if ttls:
-            new = lines[prefix] = (min(ttls), max(ttls))
+            lo, hi = min(ttls), max(ttls)
+            new = lines[prefix] = (lo, hi)
             _count(self._lows, host, new[0], 1)
             _count(self._highs, host, new[1], 1)
+            self._ttls[key] = (lo, hi, len(ttls))
+        else:
+            self._ttls.pop(key, None)
         if not lines:
             del self._lines[host]
 
@@ -198,11 +205,12 @@ class Handshakes:
               connect_ms: float | None) -> HandshakeJudgement | None:
         """This SYN-ACK against the prefix's learned ones (``None``: fewer than
         ``handshake_min`` samples of what was measured)."""
-        samples = self._table.get(f"{host}|{prefix}") or []
+        key = f"{host}|{prefix}"
+        samples = self._table.get(key) or []
         s = self.s
-        ttls = [t for t, _ in samples if t is not None]
         rtts = [r for _, r in samples if r is not None]
-        ttl_range = (min(ttls), max(ttls)) if len(ttls) >= s.handshake_min else None
+        bounds = self._ttls.get(key)  # (the samples' TTLs: :meth:`_line`)
+        ttl_range = bounds[:2] if bounds is not None and bounds[2] >= s.handshake_min else None
         farther = nearer = False
         level = "line"
         if ttl_range is not None and ttl is not None:
@@ -237,7 +245,7 @@ class Handshakes:
         while len(table) > self.s.handshake_keys:
             table.popitem(last=False)
         self._table = table
-        self._lines, self._lows, self._highs = {}, {}, {}
+        self._lines, self._lows, self._highs, self._ttls = {}, {}, {}, {}
         for key, samples in table.items():
             self._line(key, samples)
 
