@@ -1,7 +1,9 @@
-"""Bounded state shared by the detectors: an LRU map, memo caches and the book of versioned alerts.
+"""Bounded state shared by the detectors: an LRU map, memo caches, nested counts and the
+book of versioned alerts.
 
 :class:`BoundedLRU` evicts its least-recently-used key beyond a cap (and counts what it
-evicted); :class:`AlertBook` gives every alert subject a deterministic id and re-emits
+evicted); :func:`count_in` keeps counts per key per item that leave no empty entry
+behind; :class:`AlertBook` gives every alert subject a deterministic id and re-emits
 the alert with ``version + 1`` as it grows, its records in a :class:`BoundedLRU`.
 """
 
@@ -15,13 +17,32 @@ from typing import Any, Generic, TypeVar
 
 from pathsentry.schemas import Alert, AlertKind, make_alert_id, severity_for
 
-__all__ = ["MAX_ALERT_EVENTS", "AlertBook", "BoundedLRU", "remember"]
+__all__ = ["MAX_ALERT_EVENTS", "AlertBook", "BoundedLRU", "count_in", "remember"]
 
 K = TypeVar("K")
 V = TypeVar("V")
+I = TypeVar("I")  # noqa: E741
 
 #: Event ids kept per alert (the most recent ones).
 MAX_ALERT_EVENTS = 50
+
+
+def count_in(table: dict[K, dict[I, int]], key: K, item: I, step: int) -> None:
+    """Add ``step`` to ``table[key][item]``; a count that falls to 0 goes, and a key left
+    with no item.
+
+    >>> t: dict[str, dict[int, int]] = {}
+    >>> count_in(t, "a", 1, 1); count_in(t, "a", 1, 1); count_in(t, "a", 1, -2); t
+    {}
+    """
+    per = table.setdefault(key, {})
+    left = per.get(item, 0) + step
+    if left > 0:
+        per[item] = left
+    else:
+        per.pop(item, None)
+        if not per:
+            del table[key]
 
 
 def remember(cache: dict[K, V], key: K, value: V, cap: int) -> V:

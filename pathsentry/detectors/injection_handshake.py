@@ -79,6 +79,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from pathsentry.detectors.bounded import count_in
 from pathsentry.detectors.physics import MAD_SIGMA, mad, median
 
 __all__ = ["HandshakeJudgement", "HandshakeSettings", "Handshakes"]
@@ -167,14 +168,14 @@ class Handshakes:
         lines = self._lines.setdefault(host, {})
         old = lines.pop(prefix, None)
         if old is not None:
-            _count(self._lows, host, old[0], -1)
-            _count(self._highs, host, old[1], -1)
+            count_in(self._lows, host, old[0], -1)
+            count_in(self._highs, host, old[1], -1)
         ttls = [t for t, _ in samples or () if t is not None]
         if ttls:
             lo, hi = min(ttls), max(ttls)
             new = lines[prefix] = (lo, hi)
-            _count(self._lows, host, new[0], 1)
-            _count(self._highs, host, new[1], 1)
+            count_in(self._lows, host, new[0], 1)
+            count_in(self._highs, host, new[1], 1)
             self._ttls[key] = (lo, hi, len(ttls))
         else:
             self._ttls.pop(key, None)
@@ -248,15 +249,3 @@ class Handshakes:
         self._lines, self._lows, self._highs, self._ttls = {}, {}, {}, {}
         for key, samples in table.items():
             self._line(key, samples)
-
-
-def _count(table: dict[str, dict[int, int]], host: str, ttl: int, step: int) -> None:
-    """Add ``step`` lines to ``table[host][ttl]``; a count that falls to 0 goes."""
-    per = table.setdefault(host, {})
-    left = per.get(ttl, 0) + step
-    if left > 0:
-        per[ttl] = left
-    else:
-        per.pop(ttl, None)
-        if not per:
-            del table[host]

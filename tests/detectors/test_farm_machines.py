@@ -219,13 +219,7 @@ def test_a_room_cycling_its_machines_slower_than_the_window_is_found() -> None:
     partition is a room's, and the room's earlier accounts join its alert."""
     rng = random.Random(81)
     names = random_names(random.Random(82), 30)
-    room = []
-    t = 3600.0
-    for i, name in enumerate(names):
-        room.append(login(name, t, f"45.64.{2 + i % 6 % 4}.{20 + 17 * (i % 6)}", HOSTING,
-                          samples(rng, rng.uniform(70.0, 110.0), 4.0), relay=True,
-                          device=f"slow-{i % 6}"))
-        t += rng.uniform(270.0, 590.0)
+    room = _cycling_room(rng, names, 6, 3600.0, (70.0, 110.0), 17)
     flags, alerts = run(_quiet_vpn(rng, 20, 6 * 3600.0) + room)
     (alert,) = farm_alerts(alerts)
     assert set(alert.accounts) <= set(names) and len(alert.accounts) >= 0.8 * len(names)
@@ -256,18 +250,25 @@ def test_a_quiet_exits_players_alternating_two_accounts_for_hours_are_never_a_gr
 
 
 
+def _cycling_room(rng: random.Random, names: list[str], machines: int, t: float,
+                  rtt: tuple[float, float], step: int) -> list[Enriched]:
+    """``names`` logging in one every 270-590 s from ``t`` on, in turn on ``machines``
+    machines and on six hosts (``step`` apart in the last octet) of a hosting range."""
+    room = []
+    for i, name in enumerate(names):
+        room.append(login(name, t, f"45.64.{2 + i % 6 % 4}.{20 + step * (i % 6)}", HOSTING,
+                          samples(rng, rng.uniform(*rtt), 4.0), relay=True,
+                          device=f"slow-{i % machines}"))
+        t += rng.uniform(270.0, 590.0)
+    return room
+
+
 def _slow_room() -> tuple[list[str], list[Enriched]]:
     """Eleven machines taking turns on six hosts of a quiet range, each machine a new
     account every 50-110 minutes, beside the range's other users."""
     rng = random.Random(85)
     names = random_names(random.Random(86), 45)
-    room = []
-    t = 1800.0
-    for i, name in enumerate(names):
-        room.append(login(name, t, f"45.64.{2 + i % 6 % 4}.{20 + 13 * (i % 6)}", HOSTING,
-                          samples(rng, rng.uniform(60.0, 110.0), 4.0), relay=True,
-                          device=f"slow-{i % 11}"))
-        t += rng.uniform(270.0, 590.0)
+    room = _cycling_room(rng, names, 11, 1800.0, (60.0, 110.0), 13)
     return names, _quiet_vpn(rng, 25, 7 * 3600.0) + room
 
 

@@ -66,6 +66,7 @@ from collections import Counter, deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from pathsentry.detectors.bounded import count_in
 from pathsentry.detectors.farm.background import burst_p, expected
 from pathsentry.detectors.farm.model import _NET_, ROUTE, FarmSettings, Member, Partition
 
@@ -104,14 +105,7 @@ def put(part: Partition, m: Member) -> None:
 
 def _host(part: Partition, m: Member, dev: str, step: int) -> None:
     """Count ``m`` (``step`` 1) or take it out (-1) of its exit address's machines."""
-    on = part.hosts.setdefault(m.src_ip, {})
-    n = on.get(dev, 0) + step
-    if n > 0:
-        on[dev] = n
-    else:
-        on.pop(dev, None)
-        if not on:
-            del part.hosts[m.src_ip]
+    count_in(part.hosts, m.src_ip, dev, step)
 
 
 def horizon(s: FarmSettings) -> float:
