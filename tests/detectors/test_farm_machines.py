@@ -17,7 +17,9 @@ from pathsentry.detectors.farm.machines import (
     leave,
     machine_share,
     on_shared_machines,
+    one_room,
     put,
+    room_machine,
 )
 from pathsentry.detectors.farm.model import Member, Partition
 from pathsentry.detectors.physics import mad
@@ -346,3 +348,30 @@ def test_members_leaving_the_window_stay_on_their_machines_for_the_horizon() -> 
     assert [x.account for x in p.machines["d1"]] == ["a1", "c"] and p.hosts["10.0.0.1"] == {"d1": 2}
     keep(p, _member(11, "e", "d2"), 1, 0.0)  # the cap: a1 goes
     assert [x.account for x in p.machines["d1"]] == ["c"] and list(p.machines["d2"]) and p.past
+
+
+def test_a_machines_kept_accounts_tie_a_room_only_through_an_address_it_shared() -> None:
+    """The "one room" gate counts a machine's accounts as a room's machine test does
+    (:func:`~pathsentry.detectors.farm.machines.counted`): two accounts that left the
+    window and a third now, on an address the machine has to itself, are a player's
+    accounts in turn; once another machine used that address, they are a room's."""
+    def on(i: int, account: str, device: str, ip: str) -> Member:
+        return Member(f"s{i}", account, float(i), None, None, ip, "10.0.0.0/24",
+                      device=device)
+
+    p = Partition(key="net:AS64600")
+    old = [on(0, "a0", "d1", "10.0.0.1"), on(1, "a1", "d1", "10.0.0.1")]
+    for m in old:
+        put(p, m)
+    for m in old:
+        leave(p, m)
+        drop(p, m)
+        keep(p, m, 8, 0.0)
+    live = [on(10, "c", "d1", "10.0.0.1"), on(11, "e", "d9", "10.0.0.9")]
+    for m in live:
+        put(p, m)
+    assert not room_machine(p, live[0])
+    assert not one_room(live, p.machines, p.hosts)
+    put(p, on(12, "f", "d2", "10.0.0.1"))
+    assert room_machine(p, live[0])
+    assert one_room(live, p.machines, p.hosts)

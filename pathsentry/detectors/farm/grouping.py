@@ -378,7 +378,7 @@ class Grouping(GroupLife):
             devices = {x.device for x in inside if x.device}
             inside += [x for x in cand if x.device in devices and x not in inside]
             inside = self._room(part, pattern, cand, inside)
-            if len(inside) >= minimum and not one_room(inside, part.machines):
+            if len(inside) >= minimum and not one_room(inside, part.machines, part.hosts):
                 return None  # players each with an alt on a machine of their own
             if len(inside) >= minimum:
                 ids = {x.sid for x in inside}
@@ -540,4 +540,4 @@ class Grouping(GroupLife):
         if not _machine_pattern(part, pattern):
             return False
         shared = room_accounts(part, cand) if room is None else room
-        return len(shared) >= self.settings.min_size_unnamed and one_room(shared, part.machines)
+        return len(shared) >= self.settings.min_size_unnamed and one_room(shared, part.machines, part.hosts)

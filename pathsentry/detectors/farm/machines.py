@@ -72,10 +72,10 @@ from pathsentry.detectors.farm.model import _NET_, ROUTE, FarmSettings, Member, 
 
 _NET_AS = _NET_ + "AS"
 
-__all__ = ["MAX_SEEN", "PRIOR_SEEN", "CycleJudgement", "carried", "crowded", "cycling_burst",
-           "cycling_share", "drop", "forget", "horizon", "in_rooms", "keep", "leave",
-           "machine_joins", "machine_share", "on_few_machines", "on_shared_machines", "one_room",
-           "put", "room_accounts", "room_machine"]
+__all__ = ["MAX_SEEN", "PRIOR_SEEN", "CycleJudgement", "carried", "counted", "crowded",
+           "cycling_burst", "cycling_share", "drop", "forget", "horizon", "in_rooms", "keep",
+           "leave", "machine_joins", "machine_share", "on_few_machines", "on_shared_machines",
+           "one_room", "put", "room_accounts", "room_machine"]
 
 #: background members counted before both counts are halved
 MAX_SEEN = 1024.0
@@ -233,7 +233,8 @@ def on_shared_machines(ms: Sequence[Member]) -> list[Member]:
 
 
 def one_room(ms: Sequence[Member],
-             machines: Mapping[str, Sequence[Member]] | None = None) -> bool:
+             machines: Mapping[str, Sequence[Member]] | None = None,
+             hosts: Mapping[str, Mapping[str, int]] | None = None) -> bool:
     """Whether accounts on shared machines or exit addresses ``ms`` are a room's, not
     players' who each bring a second account on their own machine: three accounts or
     more tied together by a machine or an exit address they share (a machine carrying a
@@ -241,7 +242,8 @@ def one_room(ms: Sequence[Member],
     unknown, by its /24). Pairs that share nothing with each other are what a VPN
     exit's players with an alt bring, one pair at a time. With ``machines`` (the
     partition's accounts on each device, kept for ``cycle_horizon_s``: :func:`keep`), a
-    machine counts every account it carried there: a room that cycles each machine
+    machine counts the accounts it carried there that :func:`counted` counts (``hosts``,
+    the partition's machines on each exit address): a room that cycles each machine
     through a new account every half hour or more shows two per machine in one window,
     and a third one earlier (a player's alt is a second account, not a third).
 
@@ -256,15 +258,17 @@ def one_room(ms: Sequence[Member],
     >>> one_room(pairs, {"d1": [on(9, "d1", "10.0.0.1"), *pairs[2:4]]})
     True
     """
-    return bool(in_rooms(ms, machines))
+    return bool(in_rooms(ms, machines, hosts))
 
 
 def in_rooms(ms: Sequence[Member],
-             machines: Mapping[str, Sequence[Member]] | None = None) -> list[Member]:
+             machines: Mapping[str, Sequence[Member]] | None = None,
+             hosts: Mapping[str, Mapping[str, int]] | None = None) -> list[Member]:
     """The members of ``ms`` that :func:`one_room` ties, three accounts or more together
     by a machine or an exit address they share (an account whose machine is unknown, by
-    its /24; with ``machines``, every account the machine carried in the partition);
-    the pairs that share nothing with each other left out."""
+    its /24; with ``machines``, the accounts the machine carried in the partition that
+    :func:`counted` counts, ``hosts`` being the partition's machines per address); the
+    pairs that share nothing with each other left out."""
     parent: dict[str, str] = {}
 
     def root(k: str) -> str:
@@ -280,7 +284,7 @@ def in_rooms(ms: Sequence[Member],
         dev = x.device
         parent[root("d:" + dev if dev else "p:" + x.prefix)] = a
         if dev and machines is not None:  # the machine's other accounts in the partition
-            for y in machines.get(dev, ()):
+            for y in counted(hosts or {}, machines.get(dev, ())):
                 if _apart(x, y):
                     accounts.add(y.account)
                     parent[root("a:" + y.account)] = root("a:" + x.account)
@@ -327,16 +331,23 @@ def room_machine(part: Partition, m: Member) -> bool:
     return _cycles(part, m, part.machines.get(dev, ()))
 
 
+def counted(hosts: Mapping[str, Mapping[str, int]], live: Sequence[Member]
+            ) -> Sequence[Member]:
+    """The accounts a machine carried (``live``, its members in the partition) that count
+    toward a room: those within twice the window (members still indexed), and those kept
+    for ``cycle_horizon_s`` (:func:`keep`) only when an exit address the machine used
+    carried another machine too (``hosts``: each address's machines) -- over hours, a
+    player of a busy exit may play three accounts in turn on a machine and an address of
+    its own; a room's machines take turns on its few hosts."""
+    if any(len(hosts.get(x.src_ip, ())) > 1 for x in live):
+        return live
+    return [x for x in live if not x.kept]
+
+
 def _cycles(part: Partition, m: Member, live: Sequence[Member]) -> bool:
     """Whether ``m``'s machine, carrying the members ``live``, is a room's: three accounts
-    within twice the window (members still indexed), or within ``cycle_horizon_s``
-    (:func:`keep`) on a machine tied to another by an exit address both used -- over
-    hours, a player of a busy exit may play three accounts in turn on a machine and an
-    address of its own; a room's machines take turns on its few hosts."""
-    if _carries_three(m, [x for x in live if not x.kept]):
-        return True
-    hosts = part.hosts
-    return _carries_three(m, live) and any(len(hosts.get(x.src_ip, ())) > 1 for x in live)
+    that :func:`counted` counts."""
+    return _carries_three(m, counted(part.hosts, live))
 
 
 def room_accounts(part: Partition, ms: Sequence[Member]) -> list[Member]:
