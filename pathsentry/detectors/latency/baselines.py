@@ -43,6 +43,9 @@ minority and windowed so that a patch day is absorbed:
     (:mod:`.noise`), and a kind with too few of them borrows those of the kinds on
     its own medium only: a radio link's TCP RTT spikes, a wired line's does not.
 
+An exit prefix whose login carries relay evidence beside its gap teaches none of these,
+and withdraws the gap it voted with before (:meth:`Overhead.forget`).
+
 ``spike``
     per access kind, the 90th percentile of the app samples' spread beyond the
     tick's share: how far one sample of a radio link may spike. It is added to the
@@ -168,6 +171,14 @@ class _Votes:
             del s[bisect_left(s, votes.pop(gone))]
             return gone
         return None
+
+    def discard(self, source: str) -> bool:
+        """Drop ``source``'s vote; returns whether it had one."""
+        old = self.votes.pop(source, None)
+        if old is None:
+            return False
+        del self._sorted[bisect_left(self._sorted, old)]
+        return True
 
     def __len__(self) -> int:
         return len(self.votes)
@@ -356,6 +367,23 @@ class Overhead:
                 phase.pop(gone, None)
             phase[source] = share = 1.0 - 0.5 ** (1.0 / max(1, k))
             self._share(source, share, gap)
+
+    def forget(self, source: str) -> bool:
+        """Withdraw exit prefix ``source``'s gap (and its residual): a login through it
+        carried relay evidence beside its gap, so the gap it voted with before is not
+        an honest line's either (the tick's votes stay: a relay does not change the
+        loop). Returns whether there was a vote."""
+        votes = self._cost
+        had = source in votes.votes
+        if had:
+            self._unshare(source)
+            votes.discard(source)
+            self._phase.pop(source, None)
+        had = self._u.discard(source) or had
+        had = self._wired.discard(source) or had
+        if had:
+            self._figures = None
+        return had
 
     def _share(self, source: str, share: float, gap: float) -> None:
         """Put ``source``'s gap under its phase share (:attr:`_by_share`)."""
@@ -547,6 +575,17 @@ class OverheadBook:
                 j.add(source, spread - o.figures()[1] * (k - 1) / (k + 1))
         o.update(source, gap, k, spread, u, kind not in RADIO_KINDS)
         if gap is not None or k >= 2:  # a cost moved (or the tick it is corrected with)
+            self._noise_memo.clear()
+
+    def forget(self, key: str, source: str, kind: str) -> None:
+        """Withdraw exit prefix ``source``'s gap from server (and platform) ``key``'s
+        overhead and from access ``kind``'s noise (:meth:`Overhead.forget`): relays do not
+        teach the honest figures, and a vote cast before its exit was known to relay is
+        no exception."""
+        o = self.overheads.get(key)
+        had = o is not None and o.forget(source)
+        w = self.noise.get(kind)
+        if (w is not None and w.discard(source)) or had:
             self._noise_memo.clear()
 
     def learn_probe(self, key: str, k: int, spread: float) -> None:

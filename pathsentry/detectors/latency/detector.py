@@ -314,6 +314,9 @@ class LatencyDetector(Snapshots, ColdServers, Evidence):
             # relay does not change it, and leaving out the logins whose slowest sample
             # stood out would teach a tick shorter than the server's.
             teaches = comps is None or self._teaches(comps, "", _OVERHEAD_SKIPS)
+            if not teaches:
+                # and the gap its exit voted with before it was known goes too
+                self.overhead.forget(sess.oh_key, sess.prefix, sess.geo.kind or "?")
             self.overhead.learn(sess.oh_key, sess.prefix, sess.geo.kind or "?",
                                 None if sess.tcp is None or not teaches else sess.app_min - sess.tcp,
                                 sess.app_n, sess.app_spread,

@@ -68,6 +68,14 @@ class NoiseVotes:
             gone = next(iter(self.votes))
             self._drop(*self.votes.pop(gone))
 
+    def discard(self, source: str) -> bool:
+        """Drop ``source``'s gap; returns whether it had one."""
+        old = self.votes.pop(source, None)
+        if old is None:
+            return False
+        self._drop(*old)
+        return True
+
     def _drop(self, key: str, gap: float) -> None:
         gaps = self._by_key[key]
         del gaps[bisect_left(gaps, gap)]
