@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from pathsentry.detectors.latency import OverheadBook
-from pathsentry.detectors.latency.baselines import Overhead, _Votes
+from pathsentry.detectors.latency.baselines import (
+    COST_Q,
+    MIN_WIRED_COST,
+    Overhead,
+    _Votes,
+    quantile_share,
+)
 from pathsentry.detectors.latency.state import BoundedLRU
 from pathsentry.detectors.physics import interpolated
 from tests.detectors.test_latency import World, make_world
@@ -33,36 +41,44 @@ def test_votes_stay_ordered_through_replacements_and_evictions() -> None:
 
 
 def _cost_per_vote(o: Overhead) -> float:
-    """:meth:`Overhead.cost` worked out vote by vote from the snapshot: each gap less the
-    tick's median times its own phase share (none for a vote saved without one)."""
+    """:meth:`Overhead.cost` worked out vote by vote from the snapshot: each wired gap
+    less the tick's median times its own phase share at ``COST_Q`` (none for a vote saved
+    without one), at that quantile; with fewer than ``MIN_WIRED_COST`` wired votes, every
+    gap less its median share, at the median."""
     snap = o.snapshot()
     tick = o.tick() if len(snap["tick"]) >= Overhead.MIN_TICK_LOGINS else 0.0
-    phase = dict(snap["phase"])
-    gaps = [gap - tick * phase.get(source, 0.0) for source, gap in snap["cost"]]
-    if not tick or not phase:
-        gaps = [gap for _, gap in snap["cost"]]
-    return interpolated(sorted(gaps), 0.5)
+    half = dict(snap["phase"])
+    if not tick or not half:
+        return interpolated(sorted(gap for _, gap in snap["cost"]), 0.5)
+    radio = set(snap.get("radio", []))
+    if len(snap["cost"]) - len(radio) < MIN_WIRED_COST:
+        gaps = [gap - tick * half.get(source, 0.0) for source, gap in snap["cost"]]
+        return interpolated(sorted(gaps), 0.5)
+    gaps = [gap - tick * quantile_share(half.get(source, 0.0)) for source, gap in snap["cost"]
+            if source not in radio]
+    return interpolated(sorted(gaps), COST_Q)
 
 
-def test_cost_by_phase_share_is_the_per_vote_median() -> None:
+def test_cost_by_phase_share_is_the_per_vote_quantile() -> None:
     """The cost corrects its gaps by phase share (one product per share): the same
-    median as correcting each vote, as prefixes vote again with other sample counts, the
+    quantile as correcting each vote, as prefixes vote again with other sample counts, the
     window drops its oldest, and after a restore that lacks some votes' shares."""
     rng = random.Random(11)
     o = Overhead("srv", window=15)
     for i in range(900):
         k = rng.randint(1, 7)
-        o.update(f"p{rng.randrange(40)}", round(rng.uniform(-2.0, 40.0), 2), k, rng.uniform(0.0, 33.0))
+        o.update(f"p{rng.randrange(40)}", round(rng.uniform(-2.0, 40.0), 2), k, rng.uniform(0.0, 33.0),
+                 wired=rng.random() < 0.8)
         if i % 7 == 0:
-            assert o.cost() == _cost_per_vote(o), i
+            assert o.cost() == pytest.approx(_cost_per_vote(o), abs=1e-9), i
         if i % 150 == 149:
             snap = o.snapshot()
             snap["phase"] = snap["phase"][: len(snap["phase"]) // 2]  # half saved corrected
             o = Overhead.restore(snap, "srv", 15)
-            assert o.cost() == _cost_per_vote(o), i
+            assert o.cost() == pytest.approx(_cost_per_vote(o), abs=1e-9), i
 
 
-def test_cost_kept_in_step_while_the_tick_stays_is_the_per_vote_median() -> None:
+def test_cost_kept_in_step_while_the_tick_stays_is_the_per_vote_quantile() -> None:
     """Between moves of the tick (single-sample logins cast no tick vote) the cost's
     sorted corrected gaps are kept in step vote by vote: asked after every login, as
     prefixes vote again, the window drops its oldest and equal gaps repeat, the cost is
@@ -72,9 +88,10 @@ def test_cost_kept_in_step_while_the_tick_stays_is_the_per_vote_median() -> None
     kept = 0
     for i in range(1500):
         k = rng.choice([1, 1, 1, 1, 2, 3, 6])
-        o.update(f"p{rng.randrange(30)}", float(rng.randrange(-4, 30)), k, rng.uniform(0.0, 33.0))
+        o.update(f"p{rng.randrange(30)}", float(rng.randrange(-4, 30)), k, rng.uniform(0.0, 33.0),
+                 wired=rng.random() < 0.8)
         before = o._corrected
-        assert o.cost() == _cost_per_vote(o), i
+        assert o.cost() == pytest.approx(_cost_per_vote(o), abs=1e-9), i
         kept += before is not None and o._corrected is before
     assert kept > 500  # most logins left the tick where it was: no pass over the gaps
 

@@ -85,7 +85,8 @@ access kind's residuals change, and the overheads' votes are kept in order as th
 
 Modules: :mod:`.state` (bounded tables, alert book, the session record),
 :mod:`.defaults` (settings and component weights), :mod:`.prefix_baselines`
-(prefix baselines), :mod:`.baselines` (learned server overheads), :mod:`.noise` (an access kind's
+(prefix baselines), :mod:`.baselines` (learned server overheads), :mod:`.votes` (their
+votes and phase arithmetic), :mod:`.noise` (an access kind's
 gaps, judged for noise against the costs as they are now), :mod:`.prior` (a
 cold server's overhead bounds), :mod:`.geometry`
 (distances, expectations, RTT disks), :mod:`.model` (the anomaly model),

@@ -26,25 +26,34 @@ minority and windowed so that a patch day is absorbed:
     from 0 to 3 ticks), and 40 such votes let the median wander by a tenth of the
     tick, which the cost (the gap less the tick's share) would inherit.
 ``cost``
-    median of the phase-corrected gap ``gap - tick * (1 - 0.5 ** (1 / k))``
-    (less the phase's median), with the tick as it is now: a vote keeps its gap
-    and its phase's share, not a figure corrected once, so the votes cast before
-    the tick was learned (uncorrected: on a 90 ms tick a third of a tick high) do
-    not keep the cost high for as long as their prefixes stay in the window, which
-    on a quiet server is hours. Relays only add to the gap, so a relayed share
-    below about 40 % of the window leaves the median near the honest one (the high
-    quantiles would not be: the relays sit there).
+    the ``COST_Q`` (0.25) quantile of the wired (not mobile) prefixes' phase-corrected
+    gaps ``gap - tick * (1 - (1 - COST_Q) ** (1 / k))``, each gap less its phase's own
+    quantile, with the tick as it is now: a vote keeps its gap and its phase's share,
+    not a figure corrected once, so the votes cast before the tick was learned
+    (uncorrected: on a 90 ms tick a third of a tick high) do not keep the cost high
+    for as long as their prefixes stay in the window, which on a quiet server is
+    hours. Relays only add to the gap: a low quantile stays on the honest lines until
+    relays hold three quarters of the votes, where the median already gave way to a
+    quarter (ten relayed votes of 40 lifted it by a quarter of their leg), and the
+    minimum of a few phases is densest near zero, so it is tighter than the median
+    too (a median of 40 two-sample votes on an 84 ms tick wandered by 7 ms). Mobile
+    gaps are left out: a radio link's kernel TCP RTT spikes, which pulls its gaps'
+    lower side far below the cost. With fewer than ``MIN_WIRED_COST`` wired votes,
+    the middle of every vote instead (:meth:`Overhead.middle`). An exit prefix whose
+    login carries relay evidence beside its gap withdraws the gap it voted with
+    before (:meth:`Overhead.forget`). What a low quantile gives up: a patch day that
+    raises the cost moves it once three quarters of the window voted again.
 ``noise``
-    per access kind, the median magnitude of the residuals ``gap - cost`` at or
-    below zero, as a normal-equivalent scale. The phase is never negative, so what
-    lands below the cost is measurement noise (a phase-corrected residual would
-    count the tick's spread as noise twice); and it is the side relays never reach.
-    Each residual is taken against its server's cost as it is now
+    per access kind, the median magnitude of the residuals ``gap - middle`` at or
+    below zero, as a normal-equivalent scale (``middle``: the median of every gap
+    less its phase's median, :meth:`Overhead.middle`, so that the residuals are the
+    lower half of the noise whatever quantile the cost is read at). The phase is
+    never negative, so what lands below the middle is measurement noise (a
+    phase-corrected residual would count the tick's spread as noise twice); and it is
+    the side relays never reach. Each residual is taken against its server's middle
+    as it is now
     (:mod:`.noise`), and a kind with too few of them borrows those of the kinds on
     its own medium only: a radio link's TCP RTT spikes, a wired line's does not.
-
-An exit prefix whose login carries relay evidence beside its gap teaches none of these,
-and withdraws the gap it voted with before (:meth:`Overhead.forget`).
 
 ``spike``
     per access kind, the 90th percentile of the app samples' spread beyond the
@@ -77,10 +86,21 @@ from typing import Any, ClassVar
 from pathsentry.detectors.latency.noise import NoiseVotes
 from pathsentry.detectors.latency.prefix_baselines import RAW_SAMPLES, Baseline
 from pathsentry.detectors.latency.prior import cost_upper, tick_upper
+from pathsentry.detectors.latency.votes import (
+    COST_Q,
+    MIN_WIRED_COST,
+    _Votes,
+    median_share,
+    phase_quantile,
+    phase_share,
+    quantile_share,
+    spread_median,
+)
 from pathsentry.detectors.physics import interpolated
 
 __all__ = [
-    "RAW_SAMPLES", "TICK_WINDOW", "Baseline", "Overhead", "OverheadBook", "phase_quantile", "spread_median",
+    "COST_Q", "MIN_WIRED_COST", "RAW_SAMPLES", "TICK_WINDOW", "Baseline", "Overhead", "OverheadBook",
+    "median_share", "phase_quantile", "phase_share", "quantile_share", "spread_median",
 ]
 
 #: the tick keeps this many times ``overhead_window`` votes (see the module docstring)
@@ -88,112 +108,6 @@ TICK_WINDOW = 4
 #: access kinds on a radio link: one sample, the kernel TCP RTT included, can spike by
 #: tens of ms, which no wired line shows (their noise is never pooled with a wired kind's)
 RADIO_KINDS = frozenset({"mobile"})
-
-_SPREAD_MEDIANS: dict[int, float] = {}
-
-
-def spread_median(k: int) -> float:
-    """The median of the spread (max - min) of ``k >= 2`` uniform(0, 1) phases, i.e.
-    of ``Beta(k - 1, 2)``: the root of ``m ** (k - 1) * (k - (k - 1) * m) = 1 / 2``.
-
-    >>> round(spread_median(2), 4), round(spread_median(3), 4)
-    (0.2929, 0.5)
-    """
-    m = _SPREAD_MEDIANS.get(k)
-    if m is None:
-        lo, hi = 0.0, 1.0
-        for _ in range(50):
-            mid = (lo + hi) / 2.0
-            if mid ** (k - 1) * (k - (k - 1) * mid) < 0.5:
-                lo = mid
-            else:
-                hi = mid
-        m = _SPREAD_MEDIANS[k] = (lo + hi) / 2.0
-    return m
-
-
-def phase_quantile(k: int, alpha: float) -> float:
-    """The ``1 - alpha`` quantile of the minimum of ``k`` uniform(0, 1) phases.
-
-    >>> round(phase_quantile(1, 0.001), 3), round(phase_quantile(10, 0.001), 3)
-    (0.999, 0.499)
-    """
-    memo = _PHASE_QUANTILES.get(alpha)
-    if memo is None:
-        memo = {}
-        if len(_PHASE_QUANTILES) < _PHASE_ALPHAS_MAX:
-            _PHASE_QUANTILES[alpha] = memo
-    q = memo.get(k)
-    if q is None:
-        q = 1.0 - float(alpha ** (1.0 / max(1, k)))
-        if len(memo) < _PHASE_MEMO_MAX:
-            memo[k] = q
-    return q
-
-
-#: alpha -> samples -> :func:`phase_quantile`: the detector's two alphas and a few sample
-#: counts, bounded (a session's probes can add samples without end)
-_PHASE_QUANTILES: dict[float, dict[int, float]] = {}
-_PHASE_ALPHAS_MAX = 16
-_PHASE_MEMO_MAX = 4096
-
-
-class _Votes:
-    """One vote per source (the latest value of each exit prefix), at most ``cap``
-    sources (the least recently heard from is dropped), and their quantiles. A farm
-    behind one or a few /24s casts one or a few votes however many of its accounts log
-    in, so it cannot drag a median the honest population sets. The votes are kept
-    sorted as they change (a binary search and one insertion per vote), so a quantile
-    is two list reads: the tick's 160 votes are asked for their median at every login."""
-
-    __slots__ = ("_sorted", "cap", "votes")
-
-    def __init__(self, cap: int, votes: list[list[Any]] | None = None) -> None:
-        self.cap = max(2, cap)
-        #: source -> vote, least recently heard from first (a plain dict keeps insertion
-        #: order, and a vote again is popped and put back: cheaper than an ``OrderedDict``)
-        self.votes: dict[str, float] = {}
-        self._sorted: list[float] = []
-        for source, x in votes or ():
-            self.add(str(source), float(x))
-
-    def add(self, source: str, x: float) -> str | None:
-        """Put ``source``'s vote; returns the source dropped to keep to ``cap``, if one was."""
-        votes = self.votes
-        s = self._sorted
-        old = votes.pop(source, None)
-        if old is not None:
-            del s[bisect_left(s, old)]
-        votes[source] = x
-        insort(s, x)
-        if len(votes) > self.cap:
-            gone = next(iter(votes))
-            del s[bisect_left(s, votes.pop(gone))]
-            return gone
-        return None
-
-    def discard(self, source: str) -> bool:
-        """Drop ``source``'s vote; returns whether it had one."""
-        old = self.votes.pop(source, None)
-        if old is None:
-            return False
-        del self._sorted[bisect_left(self._sorted, old)]
-        return True
-
-    def __len__(self) -> int:
-        return len(self.votes)
-
-    def ordered(self) -> list[float]:
-        """The votes in ascending order (the list itself: do not change it)."""
-        return self._sorted
-
-    def quantile(self, q: float) -> float:
-        """Linear-interpolated quantile of the votes (0.0 when there are none)."""
-        return interpolated(self._sorted, q)
-
-    def snapshot(self) -> list[list[Any]]:
-        return [[k, v] for k, v in self.votes.items()]
-
 
 class Overhead:
     """The learned application overhead of one game server (or server and platform).
@@ -208,8 +122,24 @@ class Overhead:
     (True, True)
     """
 
-    __slots__ = ("_by_share", "_corrected", "_corrected_tick", "_cost", "_figures", "_phase",
-                 "_prior_tick", "_probed", "_seq", "_tick", "_u", "_wired", "key", "n")
+    __slots__ = (
+        "_by_share",
+        "_corrected",
+        "_corrected_tick",
+        "_cost",
+        "_figures",
+        "_middle",
+        "_phase",
+        "_prior_tick",
+        "_probed",
+        "_radio",
+        "_seq",
+        "_tick",
+        "_u",
+        "_wired",
+        "key",
+        "n",
+    )
 
     #: multi-sample logins needed before the tick comes from the samples' spread
     MIN_TICK_LOGINS: ClassVar[int] = 5
@@ -233,7 +163,14 @@ class Overhead:
         #: the gaps of wired (not mobile) logins, one per exit prefix: what bounds the
         #: cost from above while the server is cold (:mod:`.prior`)
         self._wired = _Votes(window)
+        #: the exit prefixes whose latest gap came over a radio link: the cost is read
+        #: from the wired ones' gaps (a radio link's TCP RTT spikes, which pulls its gaps'
+        #: lower side far below the cost), from every gap while fewer than
+        #: ``MIN_WIRED_COST`` are wired
+        self._radio: set[str] = set()
         self._figures: tuple[float, float, float, float] | None = None
+        #: :meth:`middle` until the votes change
+        self._middle: float | None = None
         #: the phase-corrected gaps :meth:`cost` sorted at the tick ``_corrected_tick``,
         #: kept in step as gaps come and go (:meth:`_share`, :meth:`_unshare`) until the
         #: tick moves: a login that leaves the tick's median where it was costs a
@@ -284,21 +221,46 @@ class Overhead:
         return len(self._cost)
 
     def cost(self) -> float:
-        """The fixed cost (ms): the median of the gaps less their phase's median at the
-        tick as it is now (none before ``MIN_TICK_LOGINS`` multi-sample logins)."""
+        """The fixed cost (ms): the ``COST_Q`` quantile of the wired gaps less their
+        phase's own ``COST_Q`` quantile at the tick as it is now (every gap's while
+        fewer than ``MIN_WIRED_COST`` are wired; the median of the gaps as they are
+        before ``MIN_TICK_LOGINS`` multi-sample logins taught a tick)."""
         t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
         phase = self._phase
         if not t or not phase:
             return self._cost.quantile(0.5)
+        radio = self._radio
+        if len(self._cost.votes) - len(radio) < MIN_WIRED_COST:
+            return self.middle()
         corrected = self._corrected
         if corrected is None or self._corrected_tick != t:
             corrected = []
             for share, gaps in self._by_share.items():
                 ts = t * share
-                corrected += [v - ts for v in gaps.values()]
+                corrected += [v - ts for source, v in gaps.items() if source not in radio]
             corrected.sort()
             self._corrected, self._corrected_tick = corrected, t
-        return interpolated(corrected, 0.5)
+        return interpolated(corrected, COST_Q)
+
+    def middle(self) -> float:
+        """The median of every gap less its phase's median at the tick as it is now: the
+        middle of the gaps, where an access kind's noise is measured from
+        (:meth:`OverheadBook.noise_scale`: the residuals below it are the lower half of
+        the noise, whatever quantile the cost is read at)."""
+        m = self._middle
+        if m is None:
+            t = self._tick.quantile(0.5) if len(self._tick) >= self.MIN_TICK_LOGINS else 0.0
+            if not t or not self._phase:
+                m = self._cost.quantile(0.5)
+            else:
+                every: list[float] = []
+                for share, gaps in self._by_share.items():
+                    ts = t * median_share(share)
+                    every += [v - ts for v in gaps.values()]
+                every.sort()
+                m = interpolated(every, 0.5)
+            self._middle = m
+        return m
 
     def prior_bounds(self, cost_max: float, tick_max: float, alpha: float,
                      noise: float) -> tuple[float, float]:
@@ -339,7 +301,7 @@ class Overhead:
                u: float | None = None, wired: bool = False) -> None:
         """Learn one login from exit prefix ``source`` (``u``: its standardised residual;
         ``wired``: not a mobile line, so its gap may bound a cold server's cost)."""
-        self._figures = None
+        self._figures = self._middle = None
         if u is not None:
             self._u.add(source, u)
         if k >= 2:
@@ -360,12 +322,17 @@ class Overhead:
             votes = self._cost
             if source in votes.votes:
                 self._unshare(source)
+            if wired:
+                self._radio.discard(source)
+            else:
+                self._radio.add(source)
             gone = votes.add(source, gap)
             phase = self._phase
             if gone is not None:  # the window dropped its oldest prefix
                 self._unshare(gone)
                 phase.pop(gone, None)
-            phase[source] = share = 1.0 - 0.5 ** (1.0 / max(1, k))
+                self._radio.discard(gone)
+            phase[source] = share = phase_share(k)
             self._share(source, share, gap)
 
     def forget(self, source: str) -> bool:
@@ -379,10 +346,11 @@ class Overhead:
             self._unshare(source)
             votes.discard(source)
             self._phase.pop(source, None)
+            self._radio.discard(source)
         had = self._u.discard(source) or had
         had = self._wired.discard(source) or had
         if had:
-            self._figures = None
+            self._figures = self._middle = None
         return had
 
     def _share(self, source: str, share: float, gap: float) -> None:
@@ -392,7 +360,7 @@ class Overhead:
             gaps = self._by_share[share] = {}
         gaps[source] = gap
         corrected = self._corrected
-        if corrected is not None:  # (the same float operations as :meth:`cost`'s)
+        if corrected is not None and source not in self._radio:  # (as :meth:`cost` does it)
             x = gap - self._corrected_tick * share
             if x == x:
                 insort(corrected, x)
@@ -405,7 +373,7 @@ class Overhead:
         gaps = self._by_share[share]
         gap = gaps.pop(source)
         corrected = self._corrected
-        if corrected is not None:
+        if corrected is not None and source not in self._radio:
             x = gap - self._corrected_tick * share
             i = bisect_left(corrected, x)
             if i < len(corrected) and corrected[i] == x:
@@ -417,8 +385,10 @@ class Overhead:
 
     def snapshot(self) -> dict[str, Any]:
         return {"n": self.n, "tick": self._tick.snapshot(), "cost": self._cost.snapshot(),
-                "phase": [[k, v] for k, v in self._phase.items()], "u": self._u.snapshot(),
-                "wired": self._wired.snapshot(), "probed": [list(p) for p in self._probed]}
+                "phase": [[k, median_share(v)] for k, v in self._phase.items()],
+                "u": self._u.snapshot(),
+                "wired": self._wired.snapshot(), "probed": [list(p) for p in self._probed],
+                "radio": sorted(self._radio)}
 
     @classmethod
     def restore(cls, snap: dict[str, Any], key: str, window: int) -> Overhead:
@@ -429,7 +399,9 @@ class Overhead:
         o._seq = len(o._tick) + max((int(q) for q in seqs if q.isdigit()), default=0)
         o._cost = _Votes(window, snap["cost"])
         # a vote without its phase share was saved corrected already
-        o._phase = {str(k): float(v) for k, v in snap.get("phase", []) if k in o._cost.votes}
+        o._phase = {str(k): quantile_share(float(v)) for k, v in snap.get("phase", [])
+                    if k in o._cost.votes}
+        o._radio = {str(k) for k in snap.get("radio", []) if k in o._cost.votes}
         for source, gap in o._cost.votes.items():
             o._share(source, o._phase.get(source, 0.0), gap)
         o._u = _Votes(window, snap.get("u", []))
@@ -522,12 +494,13 @@ class OverheadBook:
         return (scale if scale > floor else floor), m, pooled
 
     def _cost_of(self, key: str) -> float | None:
-        """The learned cost (ms) of server key ``key`` (``None`` if it is not known)."""
+        """The middle of server key ``key``'s gaps (:meth:`Overhead.middle`; ``None`` if
+        it is not known): what its noise residuals are taken against."""
         o = self.overheads.get(key)
         if o is None:
             return None
-        f = o._figures
-        return (o.figures() if f is None else f)[0]
+        m = o._middle
+        return o.middle() if m is None else m
 
     def spike(self, kind: str, q: float = 0.9) -> float:
         """How far (ms) one app sample of this access kind may spike: the ``q`` quantile

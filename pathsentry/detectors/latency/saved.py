@@ -76,6 +76,8 @@ class _Overhead(Saved):
     wired: Votes = Field(default_factory=list)
     #: (samples, spread ms) of the app probes it answered while cold (absent: none)
     probed: list[tuple[Annotated[int, Field(ge=2, le=10**6)], Ms]] = Field(default_factory=list)
+    #: the exit prefixes whose latest gap came over a radio link (absent: none)
+    radio: list[Name] = Field(default_factory=list)
 
 
 class _OverheadBook(Saved):

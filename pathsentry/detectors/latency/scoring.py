@@ -192,8 +192,12 @@ class Scoring(ExitPrefixes, AccountHistory):
 
         Strength is ``ramp(excess, 0, width) * ramp(1 - ratio, 0.5, 0.75)``: ``excess`` is
         the gap beyond the honest bound ``cost + tick * q_k + gap_z * noise`` (+ the access
-        kind's largest learned spike for one or two samples), ``width``
-        ``max(gap_full_ms - gap_min_ms, 2 * noise)``, and ``ratio`` the network RTT over the
+        kind's largest learned spike for one or two samples), with ``cost`` there the larger
+        of the learned cost and the middle of the gaps (:meth:`~.baselines.Overhead.middle`):
+        the cost is read at the gaps' lower quartile, where relays do not reach, and a
+        quartile's phase share leaves more of a tick learned short (a few two-sample
+        spreads) in one login's bound than the median's; the residual is the learned
+        cost's. ``width`` ``max(gap_full_ms - gap_min_ms, 2 * noise)``, and ``ratio`` the network RTT over the
         app minimum less the expected overhead (TCP covering at most half of the path the
         game's packets travel); the gap must also exceed ``gap_min_ms`` (500 km). On a cold
         server (gaps from fewer than ``overhead_warmup`` exit prefixes) cost and tick are
@@ -217,6 +221,7 @@ class Scoring(ExitPrefixes, AccountHistory):
         if v.n < self.overhead_warmup:
             cost, tick = o.prior_bounds(self.prior_cost, self.prior_tick, self.gap_alpha,
                                         self.gap_z * noise)
+            top = cost
             centre, scale = 0.0, 1.0
             v.prior = True
             v.cold = (f"cold server: gaps from {v.n} < {self.overhead_warmup} exit prefixes "
@@ -224,6 +229,8 @@ class Scoring(ExitPrefixes, AccountHistory):
                       f"allow (cost at most {cost:.1f} ms, tick at most {tick:.0f} ms)")
         else:
             cost, tick, centre, scale = o.figures()
+            top = o.middle()
+            top = cost if cost > top else top
         if k <= 2:
             v.spike = spike = book.spike(kind or "?", 1.0)
             v.spike_n = spike_n = book.spike_votes(kind or "?")
@@ -234,7 +241,7 @@ class Scoring(ExitPrefixes, AccountHistory):
         share = tick / (k + 1)
         v.cost, v.tick, v.noise = cost, tick, noise
         v.expected = expected = cost + share
-        v.bound = bound = cost + tick * phase_quantile(k, self.gap_alpha) + self.gap_z * noise + spike
+        v.bound = bound = top + tick * phase_quantile(k, self.gap_alpha) + self.gap_z * noise + spike
         v.excess = excess = gap - bound
         # :meth:`residual`, inlined
         v.residual = residual = gap - cost - share
