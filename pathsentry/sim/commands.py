@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timedelta
 
 from pathsentry.sim.model import DEFAULT_START, KST, WorldSpec
+from pathsentry.sim.params import WorldParams
 
 __all__ = ["register"]
 
@@ -36,7 +37,17 @@ def _spec(args: argparse.Namespace) -> WorldSpec:
         start = DEFAULT_START
     if getattr(args, "social", False):
         params = with_social(params)
+    params = _overrun(params, args)
     return world_spec(args.seed, args.accounts, args.hours, params, start)
+
+
+def _overrun(params: WorldParams, args: argparse.Namespace) -> WorldParams:
+    from pathsentry.sim.params import with_overrun
+
+    try:
+        return with_overrun(params, args.loop_overrun)
+    except ValueError as e:
+        raise SystemExit(f"--loop-overrun: {e}") from None
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -102,7 +113,8 @@ def _evaluate_worlds(args: argparse.Namespace) -> int:
         raise SystemExit("evaluate: --worlds draws its own worlds; give no world directory")
     t0 = time.perf_counter()
     result = evaluate_worlds(args.worlds, args.seed, args.accounts, args.hours, jobs=args.jobs,
-                             start=_start(args), keep_dir=args.out, social=args.social)
+                             start=_start(args), keep_dir=args.out, social=args.social,
+                             overrun=args.loop_overrun)
     if args.json:
         print(json.dumps(result, default=str))
     else:
@@ -134,6 +146,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--social", action="store_true",
                    help="add the social layer: labels, interactions, planted account takeovers and "
                         "their hard negatives (new phone, travel, family PC)")
+    _overrun_arg(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("evaluate", help="replay a simulated world and score the detectors")
@@ -151,4 +164,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--social", action="store_true",
                    help="add the social layer: labels, interactions, planted account takeovers and "
                         "their hard negatives (new phone, travel, family PC)")
+    _overrun_arg(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _overrun_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loop-overrun", type=float, default=0.0, metavar="SHARE",
+                   help="the share of app pings the game servers answer one tick late, as a "
+                        "loop overrunning its tick under load (default 0: every answer within "
+                        "its tick)")

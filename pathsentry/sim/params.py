@@ -85,8 +85,10 @@ __all__ = [
     "demo_params",
     "draw_params",
     "fixed_params",
+    "loop_overrun",
     "parse_params",
     "server_ids",
+    "with_overrun",
 ]
 
 #: Relative login intensity per KST hour of the fixed world (evening peak, early-morning trough).
@@ -385,6 +387,25 @@ def _failovers(seed: int, outages: int) -> tuple[float, tuple[Failover, ...]]:
             hops=rng.randint(0, 6), ttl_delta=rng.choice((0, 0, 0, -2, -1, 1)),
             ttfb_scale=round(math.exp(rng.uniform(math.log(0.3), math.log(3.0))), 3)))
     return share, tuple(out)
+
+
+def loop_overrun(extra: dict[str, Any]) -> float:
+    """The share of app pings the servers answer one loop late (``extra["loop_overrun"]``;
+    0: every answer within its tick, the phase uniform over it)."""
+    v = extra.get("loop_overrun", 0.0)
+    return float(v) if isinstance(v, (int, float)) else 0.0
+
+
+def with_overrun(params: WorldParams, share: float) -> WorldParams:
+    """``params`` whose game servers answer ``share`` of the app pings one tick late, as
+    a loop that overran its tick under load does: the phase of such an answer is past
+    one tick, up to two (``pathsentry evaluate --loop-overrun``). A world without it is
+    the same, byte for byte."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"loop overrun share {share}: between 0 and 1 expected")
+    if not share:
+        return params
+    return replace(params, extra={**params.extra, "loop_overrun": share})
 
 
 def draw_params(seed: int, hours: float = 24.0) -> WorldParams:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pathsentry.sim.model import KST, Account, GameServer, WorldPlan
 from pathsentry.sim.network import GAMEDC, KT, NTT, Prefix, Router
-from pathsentry.sim.params import Failover
+from pathsentry.sim.params import Failover, loop_overrun
 from pathsentry.sim.physics import (
     ACCESS,
     AccessProfile,
@@ -125,6 +125,8 @@ class Builder:
         self.api_host = f"api.{plan.spec.domain}"
         self.home_countries = frozenset({"KR"})
         self.params = plan.spec.params
+        #: the share of app pings a server answers one loop late (:func:`.params.with_overrun`)
+        self.overrun = loop_overrun(self.params.extra)
         self.targets = _TARGETS + (_API_TARGETS if self.params.api_origin else ())
         span = plan.spec.end_ms - plan.spec.start_ms
         self.outages = [(plan.spec.start_ms + int(w.at * span),
@@ -154,12 +156,17 @@ class Builder:
         """Application ping samples as a server answers them: on its game loop.
 
         Each sample waits the server's fixed processing cost plus a uniform phase of
-        its tick (no change where the server answers off the loop).
+        its tick (no change where the server answers off the loop); with a loop overrun
+        share (``--loop-overrun``), that share of the samples waits one more tick (a loop
+        that overran its tick under load answers on the next).
         """
         ping = self.params.ping(server)
         if not ping.cost_ms and not ping.tick_ms:
             return samples
-        return [round(v + ping.cost_ms + (rng.uniform(0.0, ping.tick_ms) if ping.tick_ms else 0.0), 3)
+        tick = ping.tick_ms
+        over = self.overrun if tick else 0.0
+        return [round(v + ping.cost_ms + (rng.uniform(0.0, tick) if tick else 0.0)
+                      + (tick if over and rng.random() < over else 0.0), 3)
                 for v in samples]
 
     def full_ms(self, acct: Account, dst: Point, dst_name: str) -> float:

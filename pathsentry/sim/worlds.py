@@ -36,7 +36,7 @@ from typing import Any
 
 from pathsentry.sim.evaluate import fmt_cell, markdown_table
 from pathsentry.sim.model import DEFAULT_START, WorldSpec
-from pathsentry.sim.params import WorldParams, draw_params
+from pathsentry.sim.params import WorldParams, draw_params, with_overrun
 from pathsentry.sim.truth import Truth
 
 __all__ = [
@@ -251,14 +251,14 @@ def _prune(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _one(job: tuple[int, int, float, str | None, str | None, bool]) -> dict[str, Any]:
+def _one(job: tuple[int, int, float, str | None, str | None, bool, float]) -> dict[str, Any]:
     """Simulate, replay and score one world (runs in a worker process)."""
     from pathsentry.sim.evaluate import evaluate_world
     from pathsentry.sim.social import with_social
     from pathsentry.sim.world import write_world
 
-    seed, accounts, hours, start, keep, social = job
-    drawn = draw_params(seed, hours)
+    seed, accounts, hours, start, keep, social, overrun = job
+    drawn = with_overrun(draw_params(seed, hours), overrun)
     spec = world_spec(seed, accounts, hours, with_social(drawn) if social else drawn,
                       datetime.fromisoformat(start) if start else None)
     params = spec.params
@@ -273,14 +273,15 @@ def _one(job: tuple[int, int, float, str | None, str | None, bool]) -> dict[str,
 
 def evaluate_worlds(n: int, seed: int, accounts: int, hours: float, *, jobs: int | None = None,
                     start: datetime | None = None, keep_dir: str | Path | None = None,
-                    social: bool = False) -> dict[str, Any]:
-    """Evaluate ``n`` randomized worlds (``social``: with the social layer); returns
+                    social: bool = False, overrun: float = 0.0) -> dict[str, Any]:
+    """Evaluate ``n`` randomized worlds (``social``: with the social layer; ``overrun``:
+    the share of app pings answered one tick late, :func:`.params.with_overrun`); returns
     ``{"worlds", "pooled", "worst"}``."""
     if n < 1:
         raise ValueError("--worlds: at least one world")
     jobs = max(1, min(n, jobs or os.cpu_count() or 1))
     plan = [(seed + i, accounts, hours, start.isoformat() if start else None,
-             str(keep_dir) if keep_dir else None, social) for i in range(n)]
+             str(keep_dir) if keep_dir else None, social, overrun) for i in range(n)]
     if jobs == 1:
         worlds = [_one(j) for j in plan]
     else:

@@ -22,6 +22,7 @@ from pathsentry.sim.params import (
     WorldParams,
     draw_params,
     fixed_params,
+    with_overrun,
 )
 from pathsentry.sim.world import World, WorldSpec
 from pathsentry.sim.worlds import pace_band, render_worlds_markdown, world_spec
@@ -139,6 +140,22 @@ def test_game_loop_ping_adds_cost_and_a_phase_of_the_tick() -> None:
     assert 5.0 + 15.0 < statistics.median(gaps) < 5.0 + 35.0  # a uniform phase of 50 ms: median ~25
     many = replace(loop, app_samples=(10, 10))
     assert statistics.median(_gap(_events(many))) < statistics.median(gaps) - 10  # min of 10 samples
+
+
+def test_a_loop_overrun_answers_a_share_of_the_pings_one_tick_late() -> None:
+    """``--loop-overrun``: a share of the samples waits a second tick, so their phase is
+    past one tick; without it every sample stays within its tick, and the world is the
+    same as before byte for byte."""
+    loop = replace(fixed_params(), servers=tuple(ServerPing(5.0, 50.0) for _ in range(4)),
+                   app_samples=(1, 1))
+    assert with_overrun(loop, 0.0) is loop
+    within = _gap(_events(loop))
+    late = _gap(_events(with_overrun(loop, 0.3)))
+    assert max(within) < 5.0 + 50.0 + 10.0  # (the access line's jitter on top)
+    share = sum(g > 5.0 + 50.0 + 10.0 for g in late) / len(late)
+    assert 0.1 < share < 0.4 and max(late) < 5.0 + 100.0 + 10.0
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        with_overrun(loop, 1.0)
 
 
 def test_tcp_rtt_missing_for_a_share_of_clients() -> None:
