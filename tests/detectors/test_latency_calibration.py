@@ -23,10 +23,12 @@ CLIENT_LEG_MS = leg_ms(SEOUL, SHANGHAI) + 3.0
 
 @dataclass
 class GameLoop:
-    """A game server's ping path: a fixed cost and a tick (0: answered off the loop)."""
+    """A game server's ping path: a fixed cost and a tick (0: answered off the loop);
+    ``overrun``: the share of pings answered one tick late (a loop overrunning its tick)."""
 
     cost: float
     tick: float
+    overrun: float = 0.0
 
     def samples(self, w: World, rtt: float, k: int, jitter: float = 0.3,
                 spike_p: float = 0.0) -> list[float]:
@@ -35,7 +37,8 @@ class GameLoop:
             extra = w.rng.expovariate(1.0 / jitter) if jitter > 0 else 0.0
             if spike_p and w.rng.random() < spike_p:
                 extra += w.rng.uniform(10.0, 60.0)
-            out.append(round(rtt + extra + self.cost + w.rng.uniform(0.0, self.tick), 3))
+            late = self.tick if self.overrun and w.rng.random() < self.overrun else 0.0
+            out.append(round(rtt + extra + self.cost + w.rng.uniform(0.0, self.tick) + late, 3))
         return out
 
 
@@ -104,6 +107,29 @@ def test_l4_relay_is_caught_on_a_game_loop_server(tick: float, client_leg: float
     assert gap["excess_ms"] > 0 and gap["excess_km"] == round(gap["excess_ms"] * 100)
     assert gap["app_rtt_samples"] == 8
     assert "above the" in out.flags[0].reasons[0] and "learned cost" in out.flags[0].reasons[0]
+
+
+def test_a_loop_that_overruns_its_tick_is_no_relay_and_relays_still_show() -> None:
+    """A server answering one ping in ten a tick late (its loop overrunning under load),
+    beside one whose loop keeps its tick: a login whose slowest sample came a loop late
+    is honest, though it stands more than one tick above the network RTT. The wired
+    logins' spreads reach past the tick, and that server's bounds take the reach (the
+    expected gap keeps the tick); a relay's leg still shows."""
+    w = make_world(seed=17)
+    assert warm(w, GameLoop(cost=2.0, tick=30.0), n=300) == 0  # the access kind's spikes
+    loop = GameLoop(cost=3.0, tick=80.0, overrun=0.1)
+    assert sum(honest(w, loop, 400 + i, server="kr-pus-1")[0] for i in range(400)) == 0
+    sess = w.det.sessions.peek(f"h{w.n}")
+    assert sess is not None
+    gap = w.det._assess(sess).evidence["gap"]
+    assert 60.0 < gap["overhead"]["tick_ms"] < 100.0  # (the late answers lift its median)
+    assert gap["overhead"]["loop_reach_ms"] > gap["overhead"]["tick_ms"] + 20.0
+    late = GameLoop(cost=3.0, tick=80.0, overrun=0.5)  # a loop under heavier load
+    assert sum(honest(w, late, 900 + i, k=2, server="kr-pus-1")[0] for i in range(100)) == 0
+    rtt = 0.5 + CLIENT_LEG_MS  # an L3 tunnel from Shanghai: physics
+    _, out = w.login("wanderer", "45.65.2.31", loop.samples(w, rtt, 4), round(rtt + 0.2, 3),
+                     server="kr-pus-1")
+    assert out.flags and out.flags[0].evidence["physics"]["verdict"] == "detour"
 
 
 def test_l3_vpn_is_caught_by_physics_on_a_long_tick_server() -> None:

@@ -105,9 +105,19 @@ __all__ = [
 
 #: the tick keeps this many times ``overhead_window`` votes (see the module docstring)
 TICK_WINDOW = 4
+#: the quantile of the wired logins' app sample spreads that says how far past one tick a
+#: loop answers (:meth:`Overhead.reach`)
+REACH_QUANTILE = 0.99
 #: access kinds on a radio link: one sample, the kernel TCP RTT included, can spike by
 #: tens of ms, which no wired line shows (their noise is never pooled with a wired kind's)
 RADIO_KINDS = frozenset({"mobile"})
+
+def _vote_k(key: str) -> int:
+    """The sample count a tick vote's key ``#seq:k`` (``#seq:k:w`` from a wired line)
+    keeps."""
+    parts = key.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
 
 class Overhead:
     """The learned application overhead of one game server (or server and platform).
@@ -133,6 +143,7 @@ class Overhead:
         "_prior_tick",
         "_probed",
         "_radio",
+        "_reach",
         "_seq",
         "_tick",
         "_u",
@@ -182,6 +193,8 @@ class Overhead:
         #: (samples, spread ms) of the latest ``window`` app probes this server answered
         #: while cold: what narrows its tick bound before (or without) logins
         self._probed: deque[tuple[int, float]] = deque(maxlen=window)
+        #: :meth:`reach`, until the tick votes change
+        self._reach: float | None = None
 
     def figures(self) -> tuple[float, float, float, float]:
         """(cost, tick, centre, scale), read once per change of the votes: ``centre`` is
@@ -215,6 +228,23 @@ class Overhead:
         if len(self._cost) >= 2:
             return (self._cost.quantile(0.9) - self._cost.quantile(0.1)) / 0.8
         return 0.0
+
+    def reach(self) -> float:
+        """How far (ms) the loop's answers reach past the fastest: the ``REACH_QUANTILE``
+        quantile of the app sample spreads of the wired logins among the tick votes (0
+        before ``MIN_TICK_LOGINS`` of them). A loop that answers within its tick keeps it
+        below the tick (and the lines' jitter); one that overruns its tick under load,
+        answering some pings a loop late, or that queues them, shows spreads past it --
+        the bounds an honest login is held to take it then (:mod:`.scoring`). A relay
+        leg is common to every sample of a login, so relays cannot teach it; radio lines'
+        spikes are left out."""
+        r = self._reach
+        if r is None:
+            spreads = sorted(v * spread_median(k) for key, v in self._tick.votes.items()
+                             if key.endswith(":w") and (k := _vote_k(key)) >= 2)
+            r = self._reach = (interpolated(spreads, REACH_QUANTILE)
+                               if len(spreads) >= self.MIN_TICK_LOGINS else 0.0)
+        return r
 
     def sources(self) -> int:
         """Exit prefixes whose gap the cost is learned from (the warm-up measure)."""
@@ -278,7 +308,7 @@ class Overhead:
             skip = len(votes) - self._cost.cap
             for key, v in votes.items():
                 skip -= 1
-                k = int(key.partition(":")[2] or 0)
+                k = _vote_k(key)
                 if skip < 0 and k >= 2:
                     spreads.append((k, v * spread_median(k)))
             if not spreads:  # no login's spread yet: the app probes it answered
@@ -310,8 +340,8 @@ class Overhead:
             # players share a few /24s would otherwise keep a few dozen votes (the key
             # keeps the sample count: the cold bound reads the spread back)
             self._seq += 1
-            self._prior_tick = None
-            self._tick.add(f"#{self._seq}:{k}", spread / spread_median(k))
+            self._prior_tick = self._reach = None
+            self._tick.add(f"#{self._seq}:{k}{':w' if wired else ''}", spread / spread_median(k))
         if gap is not None:
             if wired:
                 self._wired.add(source, gap)

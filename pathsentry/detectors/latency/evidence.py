@@ -117,6 +117,8 @@ class Evidence(Scoring):
             noise_logins=v.noise_n, spike_allowance_ms=round(v.spike, 2),
             honest_bound_ms=round(v.bound, 2),
         )
+        if v.span > v.tick:  # the loop answers past its tick: the bound took its reach
+            out["overhead"]["loop_reach_ms"] = round(v.span, 2)
         if v.prior:  # cost and tick are the largest the prior and the logins so far allow
             out["overhead"].update(basis="prior", cold=v.cold)
         cold_kind = 0 <= v.spike_n < self.spike_warmup
@@ -222,6 +224,7 @@ class Evidence(Scoring):
                 "spike_logins": self.overhead.spike_votes(kind_key),
                 "samples": sess.app_n, "learned_cost_ms": round(cost, 2),
                 "learned_tick_ms": round(tick, 2),
+                **self._reach_of(sess.oh_key, tick),
                 "noise_ms": round(self.overhead.noise_scale(
                     kind_key, self.noise_floor(geo.kind or ""))[0], 2),
                 "noise_scales": self.gap_z,
@@ -234,6 +237,14 @@ class Evidence(Scoring):
                 f"{excess * KM_PER_MS_RTT:.0f} km of detour"
             )
         return out
+
+    def _reach_of(self, key: str, span: float) -> dict[str, Any]:
+        """The learned tick of server ``key`` and the loop's reach the bounds took in its
+        place (``span``), when they differ (:meth:`~.scoring.Scoring.loop_span`)."""
+        figures = self.overhead.warm_figures(key, self.overhead_warmup)
+        if figures is None or span <= figures[1]:
+            return {}
+        return {"learned_tick_ms": round(figures[1], 2), "loop_reach_ms": round(span, 2)}
 
     def _probe_figures(self, sess: Session, vantage: str) -> dict[str, Any]:
         """What physics took from the session's app probe of ``vantage``: its minimum and
@@ -251,6 +262,7 @@ class Evidence(Scoring):
                        phase_quantile=1.0 - self.phase_alpha,
                        spike_allowance_ms=round(
                            self.spike_allowance_of(sess.geo.kind, out.get("samples", 0)), 2))
+            out.update(self._reach_of(self.vantage_key(sess, vantage), figures[1]))
         return out
 
     def _explain_baseline(

@@ -104,8 +104,8 @@ class GapVerdict:
     """The cross-layer gap of one login against the server's learned overhead."""
 
     __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
-                 "noise_n", "prior", "ratio", "residual", "source", "spike", "spike_n", "strength",
-                 "tick", "u", "u_raw", "variance")
+                 "noise_n", "prior", "ratio", "residual", "source", "span", "spike", "spike_n",
+                 "strength", "tick", "u", "u_raw", "variance")
 
     def __init__(self, net: float, source: str, gap: float) -> None:
         self.net, self.source, self.gap = net, source, gap
@@ -114,6 +114,9 @@ class GapVerdict:
         self.bound: float | None = None
         self.excess: float | None = None
         self.expected = self.cost = self.tick = self.noise = self.ratio = self.spike = 0.0
+        #: the phase span the bound took: the tick, or the loop's reach past it
+        #: (:meth:`Scoring.loop_span`)
+        self.span = 0.0
         #: app samples the verdict rests on (login and the login server's app probes)
         self.k = 0
         #: ``gap - expected`` and its variance for an honest login (ms, ms^2)
@@ -231,6 +234,7 @@ class Scoring(ExitPrefixes, AccountHistory):
             cost, tick, centre, scale = o.figures()
             top = o.middle()
             top = cost if cost > top else top
+        span = tick if v.prior else self.loop_span(o, tick, noise)
         if k <= 2:
             v.spike = spike = book.spike(kind or "?", 1.0)
             v.spike_n = spike_n = book.spike_votes(kind or "?")
@@ -239,9 +243,9 @@ class Scoring(ExitPrefixes, AccountHistory):
             spike_n = -1
         gap = v.gap
         share = tick / (k + 1)
-        v.cost, v.tick, v.noise = cost, tick, noise
+        v.cost, v.tick, v.noise, v.span = cost, tick, noise, span
         v.expected = expected = cost + share
-        v.bound = bound = top + tick * phase_quantile(k, self.gap_alpha) + self.gap_z * noise + spike
+        v.bound = bound = top + span * phase_quantile(k, self.gap_alpha) + self.gap_z * noise + spike
         v.excess = excess = gap - bound
         # :meth:`residual`, inlined
         v.residual = residual = gap - cost - share
@@ -305,20 +309,33 @@ class Scoring(ExitPrefixes, AccountHistory):
                 return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
         return app_lo, label
 
+    def loop_span(self, o: Overhead, tick: float, noise: float) -> float:
+        """The span (ms) of the phase the honest bounds take on a warm server: its learned
+        tick, or the loop's reach (:meth:`~.baselines.Overhead.reach`, the wired logins'
+        spreads' high quantile) where the reach stands past the tick by more than
+        ``gap_z`` noise scales of each of a spread's two samples -- a loop that answers
+        some pings a tick late (overrunning under load) or queues them. The expected
+        gap and the residuals keep the tick: only how far an honest phase may reach
+        changes."""
+        r = o.reach()
+        return r if r > tick + 2.0 * self.gap_z * noise else tick
+
     def app_overhead(self, sess: Session, key: str | None = None,
                      k: int = 0) -> tuple[float, float, bool] | None:
         """(cost, tick, whether from the cold prior) the app figures of ``k`` samples
         (default: the login's) to server key ``key`` (default: the login's) are corrected
-        with: the server's learned overhead once warm; before, the largest cost and tick
+        with: the server's learned overhead once warm (the tick as the bounds take it,
+        :meth:`loop_span`); before, the largest cost and tick
         the prior and the server's logins so far allow (:mod:`.prior`), for one or two
         samples only once ``spike_warmup`` logins of the access kind taught its spikes;
         ``None`` otherwise (and before the server's first login or app probe)."""
         key = sess.oh_key if key is None else key
         figures = self.overhead.warm_figures(key, self.overhead_warmup)
-        if figures is not None:
-            return figures[0], figures[1], False
-        o = self.overhead.overheads.get(key)
         kind = sess.geo.kind or "?"
+        if figures is not None:
+            noise = self.overhead.noise_of(kind, self.noise_floor(sess.geo.kind or ""))
+            return figures[0], self.loop_span(self.overhead.overheads[key], figures[1], noise), False
+        o = self.overhead.overheads.get(key)
         if o is None or ((k or sess.app_n) <= 2 and self.overhead.spike_votes(kind) < self.spike_warmup):
             return None
         noise = self.overhead.noise_of(kind, self.noise_floor(sess.geo.kind or ""))
