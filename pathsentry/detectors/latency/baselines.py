@@ -60,9 +60,14 @@ minority and windowed so that a patch day is absorbed:
     tick's share: how far one sample of a radio link may spike. It is added to the
     bound of logins with one or two samples (the minimum of more filters spikes).
 
+``reach``
+    the 0.99 quantile of the wired logins' spreads (:meth:`Overhead.reach`): within the
+    tick on a loop that keeps it, past it on one that answers some pings a loop late.
+
 The honest upper bound of a login's gap is then ``cost + tick * q_k + z * noise
 (+ spike)``
-with ``q_k = 1 - alpha ** (1 / k)`` the ``1 - alpha`` quantile of ``B_k``; what the
+with ``q_k = 1 - alpha ** (1 / k)`` the ``1 - alpha`` quantile of ``B_k`` (the reach in
+the tick's place where it stands past it, :meth:`.scoring.Scoring.loop_span`); what the
 gap exceeds beyond it is the relay evidence (:mod:`.scoring`).
 
 Every estimate is a quantile over *votes*, one per exit prefix (its latest login),
@@ -74,7 +79,9 @@ prefix's vote at its next login: the median follows once half the window's
 prefixes have logged in again. The figures are exact quantiles of the votes and a
 JSON snapshot is the votes themselves.
 
-A cold server's bounds (:mod:`.prior`) read the overhead's own votes.
+A cold server's bounds (:mod:`.prior`) read the overhead's own votes. (About 630 lines:
+a server's overhead -- cost, tick, reach, noise, the cold bounds -- is one estimator
+whose figures read each other's votes; the vote arithmetic is :mod:`.votes`'.)
 """
 
 from __future__ import annotations
@@ -95,6 +102,7 @@ from pathsentry.detectors.latency.votes import (
     phase_share,
     quantile_share,
     spread_median,
+    tick_samples,
 )
 from pathsentry.detectors.physics import interpolated
 
@@ -111,12 +119,6 @@ REACH_QUANTILE = 0.99
 #: access kinds on a radio link: one sample, the kernel TCP RTT included, can spike by
 #: tens of ms, which no wired line shows (their noise is never pooled with a wired kind's)
 RADIO_KINDS = frozenset({"mobile"})
-
-def _vote_k(key: str) -> int:
-    """The sample count a tick vote's key ``#seq:k`` (``#seq:k:w`` from a wired line)
-    keeps."""
-    parts = key.split(":")
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
 
 class Overhead:
@@ -241,7 +243,7 @@ class Overhead:
         r = self._reach
         if r is None:
             spreads = sorted(v * spread_median(k) for key, v in self._tick.votes.items()
-                             if key.endswith(":w") and (k := _vote_k(key)) >= 2)
+                             if key.endswith(":w") and (k := tick_samples(key)) >= 2)
             r = self._reach = (interpolated(spreads, REACH_QUANTILE)
                                if len(spreads) >= self.MIN_TICK_LOGINS else 0.0)
         return r
@@ -308,7 +310,7 @@ class Overhead:
             skip = len(votes) - self._cost.cap
             for key, v in votes.items():
                 skip -= 1
-                k = _vote_k(key)
+                k = tick_samples(key)
                 if skip < 0 and k >= 2:
                     spreads.append((k, v * spread_median(k)))
             if not spreads:  # no login's spread yet: the app probes it answered

@@ -3,7 +3,8 @@
 Owns :class:`_Votes` (one vote per source, kept sorted, its quantiles), the phase
 quantiles of the minimum of ``k`` uniform phases (:func:`phase_quantile`,
 :func:`phase_share` at the quantile the cost is read at, ``COST_Q``, and the median's
-:func:`median_share`) and the median of their spread (:func:`spread_median`). Why the
+:func:`median_share`) and the median of their spread (:func:`spread_median`), and the
+sample count a tick vote's key keeps (:func:`tick_samples`). Why the
 cost is read at ``COST_Q`` is told in :mod:`.baselines`.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from pathsentry.detectors.physics import interpolated
 
 __all__ = ["COST_Q", "MIN_WIRED_COST", "median_share", "phase_quantile", "phase_share",
-           "quantile_share", "spread_median"]
+           "quantile_share", "spread_median", "tick_samples"]
 
 #: the quantile of the phase-corrected wired gaps the cost is read at (each gap less its
 #: phase's own quantile): the minimum of a few phases is densest near zero, so a low
@@ -152,3 +153,10 @@ class _Votes:
 
     def snapshot(self) -> list[list[Any]]:
         return [[k, v] for k, v in self.votes.items()]
+
+
+def tick_samples(key: str) -> int:
+    """The sample count a tick vote's key ``#seq:k`` (``#seq:k:w`` from a wired line)
+    keeps (0 for any other key)."""
+    parts = key.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
