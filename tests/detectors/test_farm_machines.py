@@ -327,18 +327,23 @@ def test_a_busy_exits_players_each_cycling_three_accounts_are_never_a_group() ->
     assert farm_alerts(run(events)[1]) == []
 
 
+def _left_the_window(p: Partition, ms: list[Member]) -> None:
+    """Index ``ms`` on their machines, then let them leave the window, kept for the
+    horizon (:func:`keep`, at most 8)."""
+    for m in ms:
+        put(p, m)
+    for m in ms:
+        leave(p, m)
+        drop(p, m)
+        keep(p, m, 8, 0.0)
+
+
 def test_members_leaving_the_window_stay_on_their_machines_for_the_horizon() -> None:
     """:func:`keep` and :func:`forget`: a kept member ties machines (and addresses) only,
     marks no account ``on_shared``, is no background of :func:`machine_share`, and is
     forgotten, oldest first, past the horizon or the cap."""
     p = Partition(key="net:AS64600")
-    old = [_member(i, f"a{i}", "d1") for i in range(2)]
-    for m in old:
-        put(p, m)
-    for m in old:
-        leave(p, m)
-        drop(p, m)
-        keep(p, m, 8, 0.0)
+    _left_the_window(p, [_member(i, f"a{i}", "d1") for i in range(2)])
     new = _member(10, "c", "d1")
     put(p, new)
     assert not new.on_shared and [x.account for x in p.machines["d1"]] == ["a0", "a1", "c"]
@@ -360,13 +365,7 @@ def test_a_machines_kept_accounts_tie_a_room_only_through_an_address_it_shared()
                       device=device)
 
     p = Partition(key="net:AS64600")
-    old = [on(0, "a0", "d1", "10.0.0.1"), on(1, "a1", "d1", "10.0.0.1")]
-    for m in old:
-        put(p, m)
-    for m in old:
-        leave(p, m)
-        drop(p, m)
-        keep(p, m, 8, 0.0)
+    _left_the_window(p, [on(0, "a0", "d1", "10.0.0.1"), on(1, "a1", "d1", "10.0.0.1")])
     live = [on(10, "c", "d1", "10.0.0.1"), on(11, "e", "d9", "10.0.0.9")]
     for m in live:
         put(p, m)
