@@ -92,3 +92,25 @@ def test_a_short_leg_behind_a_tick_is_caught_beside_noisy_radio_lines() -> None:
         assert flagged == 0
         assert det.overhead.noise_scale("hosting", 1.0)[0] < 3.0
         assert caught >= 9, (seed, caught)
+
+
+def test_a_radio_line_has_no_gap_verdict_of_its_own_before_its_medium_noise_is_learned() -> None:
+    """The first mobile logins of a world: the radio medium's noise rests on no residual
+    yet, and the floor it would take is no radio link's. A login whose one kernel TCP
+    RTT came 60 ms under the path its app samples took is held back (its verdict says
+    why), not flagged as a relay; wired lines keep their verdicts."""
+    w = make_world(seed=31)
+    loop = GameLoop(cost=COST, tick=TICK)
+    assert sum(honest(w, loop, i, k=K)[0] for i in range(300)) == 0
+    assert w.det.overhead.noise_scale("mobile", 4.0)[1] < OverheadBook.MIN_NOISE_VOTES
+    rtt = 20.0
+    app = [round(rtt + 60.0 + COST + w.rng.uniform(0.0, TICK), 3) for _ in range(K)]
+    _, out = w.login("commuter", "223.39.7.10", app, rtt, server="kr-sel-1")
+    assert not out.flags
+    sess = w.det.sessions.peek(f"s{w.n}")
+    assert sess is not None and sess.geo.kind == "mobile"
+    gap = w.det._assess(sess).evidence["gap"]
+    assert gap["excess_ms"] > 20.0
+    assert gap["verdict"].startswith("noise of mobile access learned from")
+    _, out = l4_relay(w, loop, "45.65.5.20", k=K, client_leg=60.0)  # a wired exit still shows
+    assert out.flags

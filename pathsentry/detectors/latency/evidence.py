@@ -124,13 +124,17 @@ class Evidence(Scoring):
         cold_kind = 0 <= v.spike_n < self.spike_warmup
         if v.spike_n >= 0:
             out["overhead"]["spike_logins"] = v.spike_n
+        least = self.overhead.MIN_NOISE_VOTES
         out.update(excess_ms=round(v.excess, 2),
                    excess_km=round(max(0.0, v.excess) * KM_PER_MS_RTT),
                    ratio=round(v.ratio, 3),
                    verdict="relay" if v.strength > 0.5 else
+                   "consistent" if v.excess <= 0 else
                    (f"{v.k} sample(s) on {sess.geo.kind or '?'} access whose spikes are learned "
                     f"from {v.spike_n} < {self.spike_warmup} logins: no verdict of its own"
-                    if cold_kind and v.excess > 0 else "consistent"))
+                    if cold_kind else
+                    f"noise of {sess.geo.kind or '?'} access learned from {v.noise_n} < {least} "
+                    f"residuals: no verdict of its own" if v.noise_unlearned else "consistent"))
         if v.strength > 0:
             what = "TCP terminates" if v.source == "tcp_rtt" else "the network layer answers"
             reasons.append(

@@ -50,6 +50,7 @@ from typing import ClassVar
 from mypy_extensions import trait
 
 from pathsentry.detectors.latency.baselines import (
+    RADIO_KINDS,
     Baseline,
     Overhead,
     OverheadBook,
@@ -104,8 +105,8 @@ class GapVerdict:
     """The cross-layer gap of one login against the server's learned overhead."""
 
     __slots__ = ("bound", "cold", "cost", "excess", "expected", "gap", "k", "n", "net", "noise",
-                 "noise_n", "prior", "ratio", "residual", "source", "span", "spike", "spike_n",
-                 "strength", "tick", "u", "u_raw", "variance")
+                 "noise_n", "noise_unlearned", "prior", "ratio", "residual", "source", "span",
+                 "spike", "spike_n", "strength", "tick", "u", "u_raw", "variance")
 
     def __init__(self, net: float, source: str, gap: float) -> None:
         self.net, self.source, self.gap = net, source, gap
@@ -124,6 +125,8 @@ class GapVerdict:
         #: the residual standardised, clipped, and set against the server's population
         self.u = self.u_raw = 0.0
         self.n = self.noise_n = 0
+        #: a radio link whose medium's noise rests on too few residuals (no verdict)
+        self.noise_unlearned = False
         #: logins the access kind's spike allowance rests on (-1: not needed, 3+ samples)
         self.spike_n = -1
         #: why the server's learned overhead is not used (``""``: it is)
@@ -206,6 +209,10 @@ class Scoring(ExitPrefixes, AccountHistory):
         server (gaps from fewer than ``overhead_warmup`` exit prefixes) cost and tick are
         the largest the prior and the server's logins so far allow (:mod:`.prior`), and
         the residual is not standardised (``u`` 0: no prefix evidence, nothing learned).
+        A login on a radio link whose medium's noise rests on fewer than
+        ``MIN_NOISE_VOTES`` residuals has no verdict of its own either (its residual
+        still counts toward its exit's): a radio link's kernel TCP RTT can sit tens of
+        ms below the path its app samples took, and the floor is no radio link's noise.
         """
         net, source, app_min, k = self.probe_figures(sess)
         if net is None:
@@ -262,7 +269,11 @@ class Scoring(ExitPrefixes, AccountHistory):
         # yet can look like a leg, so the login has no verdict of its own until
         # ``spike_warmup`` logins of its access kind taught the allowance (its residual
         # still counts toward its exit prefix's)
-        if excess > 0.0 and gap > self.gap_min_ms and (spike_n < 0 or spike_n >= self.spike_warmup):
+        # nor, on a radio link, while its medium's noise rests on fewer than
+        # ``MIN_NOISE_VOTES`` residuals: the floor it takes then is no radio link's
+        v.noise_unlearned = quiet = v.noise_n < book.MIN_NOISE_VOTES and kind in RADIO_KINDS
+        if excess > 0.0 and gap > self.gap_min_ms and (spike_n < 0 or spike_n >= self.spike_warmup) \
+                and not quiet:
             width = self.gap_full_ms - self.gap_min_ms
             width = width if width > 2.0 * noise else 2.0 * noise
             x = 1.0 - ratio
