@@ -135,6 +135,31 @@ def test_each_family_is_found_once_at_each_pacing(kind: str, pacing: float) -> N
     found(names, farm(names, 3600, pacing, seed=len(kind)))
 
 
+@pytest.mark.parametrize("kind", ["letter_prefix", "serial_end_plain", "hangul_stem"])
+def test_a_batch_whose_serials_broke_off_at_failed_logins_is_one_group(kind: str) -> None:
+    """A batch of fifteen on residential proxies of three ISPs, three machines taking
+    turns, 13 s apart: serials 6 and 7 failed to log in (a failed login opens no
+    session, so it is nobody's member), so the batch's serials break off between 5 and
+    8, farther apart than its kin reach. The rest, on the first five's machines a
+    minute later, is the same farm: one alert, not two."""
+    rng = random.Random(11)
+    proxies = [("106.240.0.177", 3786), ("14.32.0.125", KT), ("58.224.5.51", SKB),
+               ("58.224.6.211", SKB)]
+    names = [FAMILIES[kind](i) for i in range(1, 16)]
+    kept = [n for i, n in enumerate(names) if i not in (5, 6)]
+    events = []
+    for i, name in enumerate(names):
+        ip, asn = proxies[i % 4]
+        if name in kept:
+            events.append(login(name, 3600 + 13.0 * i, ip, asn, samples(rng, 55.0 + 4 * (i % 4), 4.0),
+                                relay=True, device=f"room-{i % 3}"))
+    flags, alerts = run(events)
+    groups = farm_alerts(alerts)
+    assert len(groups) == 1, [sorted(g.accounts) for g in groups]
+    assert set(groups[0].accounts) == set(kept)
+    assert {f.account for f in flags.values()} == set(kept)
+
+
 @pytest.mark.parametrize("pacing", [4.0, 45.0, 150.0])
 def test_a_family_farm_without_relay_flags_is_found_by_its_regular_serials(pacing: float) -> None:
     names = [FAMILIES["serial_end_padded"](i) for i in range(1, 13)]

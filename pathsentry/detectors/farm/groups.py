@@ -75,11 +75,12 @@ class GroupLife:
         return self._join(part, g, a.members + kin)
 
     def _same_room(self, part: Partition, ms: list[Member]) -> Group | None:
-        """The name-less group of ``part`` whose machines (client device ids) carry at
-        least half of ``ms``: the same room on another burst, its accounts seen this time
-        not the ones seen the last (a route's traceroutes are sampled, a relay flag
-        missed) -- one farm, one alert."""
-        if part.kind == TPL or not part.groups:
+        """The group of ``part`` whose machines (client device ids) carry at least half
+        of ``ms``: the same room on another burst, its accounts seen this time not the
+        ones seen the last (a route's traceroutes are sampled, a relay flag missed), or
+        in a family partition the rest of a batch whose serials broke off (logins that
+        failed between them) -- one farm, one alert."""
+        if not part.groups:
             return None
         best: tuple[int, Group | None] = (0, None)
         for g in part.groups.values():
