@@ -189,3 +189,22 @@ def test_a_cold_vantage_shows_a_leg_against_its_prior() -> None:
     assert phys["measured_source"] == ("app probe from kr-pus-1 less the largest overhead "
                                        "the cold prior allows")
     assert phys["app_probe"]["basis"] == "prior" and phys["verdict"] == "detour"
+
+
+def test_a_radio_tcp_rtt_spiking_past_every_app_sample_is_no_detour_while_cold() -> None:
+    """A mobile login on a cold server whose one kernel TCP RTT (146 ms) came in a radio
+    spike, twice its fastest app sample (71 ms): the network RTT physics may judge is at
+    most the app minimum itself (the phase and the cost are never negative, whatever the
+    server's cost turns out to be), not the spike's 11,000 km of detour."""
+    w = make_world(seed=41)
+    loop = GameLoop(cost=6.0, tick=40.0)
+    assert sum(wired(w, loop, i) for i in range(3)) == 0  # cold: 3 prefixes
+    rtt = 25.0
+    app = [round(rtt + loop.cost + 40.0 + p, 3) for p in (0.0, 18.0, 35.0, 60.0)]
+    _, out = w.login("commuter", "223.39.9.10", app, 146.0)
+    assert not out.flags
+    sess = w.det.sessions.peek(f"s{w.n}")
+    assert sess is not None and sess.geo.kind == "mobile"
+    physics = w.det._assess(sess).evidence["physics"]
+    assert physics["measured_ms"] <= min(app) + 15.0
+    assert physics["verdict"] != "detour"

@@ -289,8 +289,9 @@ class Scoring(ExitPrefixes, AccountHistory):
         when it rests on one or two samples), the TCP RTT never counted above the app
         minimum less the cost (the phase is never negative). On a cold server the app
         figures are corrected with the largest cost and tick the prior and the server's
-        logins so far allow (:meth:`app_overhead`), and the larger of the two is taken
-        as it is (that cost is a bound, not an estimate to clamp the TCP RTT with);
+        logins so far allow (:meth:`app_overhead`), and the TCP RTT is counted at most
+        the app minimum itself (that cost is a bound, not an estimate to clamp the TCP
+        RTT with; a radio link's one TCP RTT spiking past every app sample is no path);
         ``None`` without either (a raw app figure carries the game loop and is not
         comparable)."""
         tcp = sess.tcp
@@ -306,18 +307,19 @@ class Scoring(ExitPrefixes, AccountHistory):
         slowest = None if prior and not learned else self.slowest_bound(sess, cost, tick, learned)
         if slowest is not None and slowest[0] > app_lo:
             app_lo, label = slowest
-        if prior:
-            return (tcp, "tcp_rtt") if tcp is not None and tcp >= app_lo else (app_lo, label)
         if tcp is not None:
             # the phase is never negative: the network RTT is at most the app minimum less
-            # the cost (and the noise); a TCP RTT above that is a spike of that one figure
+            # the cost (and the noise); a TCP RTT above that is a spike of that one figure.
+            # A cold server's cost is a bound, not an estimate: the app minimum itself
+            # (a cost of none) bounds its TCP RTT
             least = self.noise_floor(sess.geo.kind or "")
-            app_hi = sess.app_min - cost + self.gap_z * self.overhead.noise_of(
+            app_hi = sess.app_min - (0.0 if prior else cost) + self.gap_z * self.overhead.noise_of(
                 sess.geo.kind or "?", least)
             if tcp > app_hi:
                 tcp = app_hi
             if tcp >= app_lo:
-                return tcp, "tcp_rtt" if tcp < app_hi else "app_rtt less learned cost"
+                return tcp, "tcp_rtt" if tcp < app_hi else (
+                    "app_rtt" if prior else "app_rtt less learned cost")
         return app_lo, label
 
     def loop_span(self, o: Overhead, tick: float, noise: float) -> float:
