@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from pathsentry.detectors.latency import LatencyDetector
+from pathsentry.detectors.latency.baselines import Overhead
 from tests.detectors.test_latency import SEOUL, SHANGHAI, TOKYO, World, leg_ms, make_world
 
 #: where the network RTT of a Shanghai client behind a Seoul exit comes from
@@ -109,6 +110,40 @@ def test_l4_relay_is_caught_on_a_game_loop_server(tick: float, client_leg: float
     assert "above the" in out.flags[0].reasons[0] and "learned cost" in out.flags[0].reasons[0]
 
 
+def test_the_tick_ceiling_is_the_widest_tick_the_spreads_allow_and_comes_down_to_the_tick(
+) -> None:
+    """Eight two-sample spreads, most of them short: their median puts a 90 ms tick
+    below the widest spread; the ceiling is above it, the more so the smaller
+    ``tick_alpha``. Two hundred logins of three to eight samples later the median is
+    within a tenth of the tick and the ceiling is no longer worked out."""
+    import random
+
+    o = Overhead("srv", window=40)
+    for i, s in enumerate([4.0, 7.0, 10.0, 14.0, 19.0, 28.0, 40.0, 58.0]):
+        o.update(f"p{i}", 20.0, 2, s, wired=True)
+    assert o.tick() < 58.0 < o.ceiling(0.5, 200.0) < o.ceiling(0.2, 200.0)
+    rng = random.Random(5)
+    for i in range(200):
+        phases = [rng.uniform(0.0, 90.0) for _ in range(rng.randint(3, 8))]
+        o.update(f"q{i % 60}", 2.0 + min(phases), len(phases), max(phases) - min(phases),
+                 wired=True)
+    # sixteen wired spreads and more: the median holds, and the ceiling steps aside
+    assert o.ceiling(0.5, 200.0) == 0.0 and abs(o.tick() - 90.0) < 9.0
+
+
+
+def test_a_server_answering_off_its_loop_takes_no_tick_ceiling() -> None:
+    """Spreads of line jitter (a server that answers off its loop): their median is no
+    tick, and the widest of them would widen every bound of the server's logins and app
+    probes by the line's worst jitter; the phase span stays the learned tick."""
+    o = Overhead("off-loop", window=40)
+    for i, s in enumerate([0.4, 0.9, 1.3, 2.0, 2.6, 3.1, 5.8, 0.7]):
+        o.update(f"p{i}", 3.0, 4, s, wired=True)
+    det = make_world(seed=2).det
+    tick = o.tick()
+    assert det.loop_span(o, tick, 1.0) == tick < 5.8 <= o.ceiling(det.tick_alpha, 200.0)
+
+
 def test_a_loop_that_overruns_its_tick_is_no_relay_and_relays_still_show() -> None:
     """A server answering one ping in ten a tick late (its loop overrunning under load),
     beside one whose loop keeps its tick: a login whose slowest sample came a loop late
@@ -130,6 +165,47 @@ def test_a_loop_that_overruns_its_tick_is_no_relay_and_relays_still_show() -> No
     _, out = w.login("wanderer", "45.65.2.31", loop.samples(w, rtt, 4), round(rtt + 0.2, 3),
                      server="kr-pus-1")
     assert out.flags and out.flags[0].evidence["physics"]["verdict"] == "detour"
+
+
+def test_a_just_warm_server_whose_first_spreads_ran_short_holds_logins_to_its_tick_ceiling(
+) -> None:
+    """A server on a 90 ms tick whose first eight lines logged in with two app samples
+    each: the median of their spreads (and of the next login's) puts the tick near half
+    of what it is, and none of them stands past it by the noise. An honest login whose
+    three samples all came late in the tick then stands past ``cost + median tick``
+    (flagged as a relay when the bounds took the median); the bound takes the largest
+    tick those spreads do not rule out (the ceiling) and the login is no relay. As the
+    server's logins grow, the median comes to the tick, the ceiling steps aside and a
+    relay's leg shows."""
+    w = make_world(seed=23)
+    assert warm(w, GameLoop(cost=2.0, tick=30.0), n=300) == 0  # the access kind's spikes
+    cost, tick = 2.0, 90.0
+    rtt = 3.0 + leg_ms(SEOUL, SEOUL)
+    for i, (first, spread) in enumerate([(25.0, 4.0), (35.0, 7.0), (18.0, 10.0), (40.0, 14.0),
+                                         (22.0, 19.0), (30.0, 28.0), (15.0, 40.0), (28.0, 58.0)]):
+        _, out = w.login(f"early{i}", f"61.72.{i}.10",
+                         [round(rtt + cost + first + spread, 3), round(rtt + cost + first, 3)],
+                         round(rtt + 0.2, 3), server="kr-pus-1")
+        assert not out.flags
+    late = [round(rtt + cost + p, 3) for p in (76.0, 83.0, 89.0)]
+    _, out = w.login("nightowl", "61.72.40.10", late, round(rtt + 0.2, 3), server="kr-pus-1")
+    sess = w.det.sessions.peek(f"s{w.n}")
+    assert sess is not None
+    gap = w.det._assess(sess).evidence["gap"]
+    assert gap["overhead"]["tick_ms"] < 60.0  # the median of the short spreads
+    # the span the bounds take: the ceiling, or the reach once the widest spreads stand
+    # past the short median (both about the widest spread here)
+    overhead = gap["overhead"]
+    assert max(overhead.get("tick_ceiling_ms", 0.0), overhead.get("loop_reach_ms", 0.0)) > 56.0
+    assert not out.flags
+    loop = GameLoop(cost=cost, tick=tick)
+    assert sum(honest(w, loop, 500 + i, k=w.rng.randint(3, 8), server="kr-pus-1")[0]
+               for i in range(200)) == 0
+    o = w.det.overhead.get("kr-pus-1")
+    assert o is not None and o.ceiling(w.det.tick_alpha, 200.0) == 0.0
+    assert abs(o.tick() - tick) < 0.1 * tick
+    _, out = l4_relay(w, loop, "45.65.9.20", k=8, client_leg=60.0)
+    assert out.flags
 
 
 def test_l3_vpn_is_caught_by_physics_on_a_long_tick_server() -> None:

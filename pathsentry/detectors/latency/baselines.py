@@ -63,11 +63,18 @@ minority and windowed so that a patch day is absorbed:
 ``reach``
     the 0.99 quantile of the wired logins' spreads (:meth:`Overhead.reach`): within the
     tick on a loop that keeps it, past it on one that answers some pings a loop late.
+``ceiling``
+    while fewer than ``CEILING_SPREADS`` (16) wired spreads are among the tick votes,
+    the widest of them or the largest tick those narrower than it do not rule out at
+    ``tick_alpha`` (:meth:`Overhead.ceiling`), whichever is larger: the median of five
+    two-sample votes stands below 0.4 of the tick one time in ten, and the bounds of a
+    just-warm server with a loop take the ceiling while its median may be that short.
 
 The honest upper bound of a login's gap is then ``cost + tick * q_k + z * noise
 (+ spike)``
-with ``q_k = 1 - alpha ** (1 / k)`` the ``1 - alpha`` quantile of ``B_k`` (the reach in
-the tick's place where it stands past it, :meth:`.scoring.Scoring.loop_span`); what the
+with ``q_k = 1 - alpha ** (1 / k)`` the ``1 - alpha`` quantile of ``B_k`` (the reach or
+the ceiling in the tick's place where they stand past it,
+:meth:`.scoring.Scoring.loop_span`); what the
 gap exceeds beyond it is the relay evidence (:mod:`.scoring`).
 
 Every estimate is a quantile over *votes*, one per exit prefix (its latest login),
@@ -79,8 +86,8 @@ prefix's vote at its next login: the median follows once half the window's
 prefixes have logged in again. The figures are exact quantiles of the votes and a
 JSON snapshot is the votes themselves.
 
-A cold server's bounds (:mod:`.prior`) read the overhead's own votes. (About 630 lines:
-a server's overhead -- cost, tick, reach, noise, the cold bounds -- is one estimator
+A cold server's bounds (:mod:`.prior`) read the overhead's own votes. (About 670 lines:
+a server's overhead -- cost, tick, reach, ceiling, noise, the cold bounds -- is one estimator
 whose figures read each other's votes; the vote arithmetic is :mod:`.votes`'.)
 """
 
@@ -92,7 +99,7 @@ from typing import Any, ClassVar
 
 from pathsentry.detectors.latency.noise import NoiseVotes
 from pathsentry.detectors.latency.prefix_baselines import RAW_SAMPLES, Baseline
-from pathsentry.detectors.latency.prior import cost_upper, tick_upper
+from pathsentry.detectors.latency.prior import cost_upper, tick_fit, tick_upper
 from pathsentry.detectors.latency.votes import (
     COST_Q,
     MIN_WIRED_COST,
@@ -116,6 +123,10 @@ TICK_WINDOW = 4
 #: the quantile of the wired logins' app sample spreads that says how far past one tick a
 #: loop answers (:meth:`Overhead.reach`)
 REACH_QUANTILE = 0.99
+#: the tick ceiling's precision, a share of the tick (:meth:`Overhead.ceiling`)
+CEILING_TOL = 0.002
+#: wired spreads from which the median of the tick votes stands without a ceiling
+CEILING_SPREADS = 16
 #: access kinds on a radio link: one sample, the kernel TCP RTT included, can spike by
 #: tens of ms, which no wired line shows (their noise is never pooled with a wired kind's)
 RADIO_KINDS = frozenset({"mobile"})
@@ -148,6 +159,7 @@ class Overhead:
         "_reach",
         "_seq",
         "_tick",
+        "_tick_hi",
         "_u",
         "_wired",
         "key",
@@ -197,6 +209,8 @@ class Overhead:
         self._probed: deque[tuple[int, float]] = deque(maxlen=window)
         #: :meth:`reach`, until the tick votes change
         self._reach: float | None = None
+        #: :meth:`ceiling`: (alpha, tick_max, tick votes cast then, wired spreads, value)
+        self._tick_hi: tuple[float, float, int, int, float] | None = None
 
     def figures(self) -> tuple[float, float, float, float]:
         """(cost, tick, centre, scale), read once per change of the votes: ``centre`` is
@@ -247,6 +261,33 @@ class Overhead:
             r = self._reach = (interpolated(spreads, REACH_QUANTILE)
                                if len(spreads) >= self.MIN_TICK_LOGINS else 0.0)
         return r
+
+    def ceiling(self, alpha: float, tick_max: float) -> float:
+        """While fewer than ``CEILING_SPREADS`` wired logins' app sample spreads are among
+        the tick votes, the larger of the widest of them and the largest tick their
+        spreads narrower than it do not rule out at level ``alpha``
+        (:func:`~.prior.tick_fit`): what an honest phase may span while the median of a
+        few spreads stands short (five two-sample votes put it below 0.4 of the tick one
+        time in ten). 0 before ``MIN_TICK_LOGINS`` of them, and from ``CEILING_SPREADS``
+        on, where the median holds. A spread past the tick (a loop overrunning it) is no
+        evidence of a longer tick; the bounds take :meth:`reach` once the spreads reach
+        past the median, and neither on a server answering off its loop
+        (:meth:`.scoring.Scoring.loop_span`)."""
+        memo = self._tick_hi
+        seq = self._seq
+        if memo is not None and (memo[3] >= CEILING_SPREADS or (
+                memo[0] == alpha and memo[1] == tick_max and memo[2] == seq)):
+            return memo[4]
+        spreads = [(k, v * spread_median(k)) for key, v in self._tick.votes.items()
+                   if key.endswith(":w") and (k := tick_samples(key)) >= 2]
+        n = len(spreads)
+        value = 0.0
+        if self.MIN_TICK_LOGINS <= n < CEILING_SPREADS:
+            widest = max(s for _, s in spreads)
+            fit = tick_fit(spreads, alpha, tick_max, CEILING_TOL)
+            value = widest if widest > fit else fit
+        self._tick_hi = (alpha, tick_max, seq, n, value)
+        return value
 
     def sources(self) -> int:
         """Exit prefixes whose gap the cost is learned from (the warm-up measure)."""

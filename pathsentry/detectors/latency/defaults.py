@@ -66,6 +66,11 @@ DEFAULTS: dict[str, Any] = {
     #: tail probability of the tick's phase a gap must exceed (the bound's quantile is 1 -
     #: gap_alpha)
     "gap_alpha": 0.001,
+    #: while fewer than 16 wired logins' app sample spreads are in, a server with a loop holds
+    #: honest logins to at least the largest tick the spreads narrower than it do not rule out
+    #: at this level (0.5: where they look typical), and the widest spread: the median of a few
+    #: two-sample spreads stands short
+    "tick_alpha": 0.5,
     #: the 1 - phase_alpha quantile of the phase is subtracted where an app figure meets physics
     "phase_alpha": 0.01,
     #: exit prefixes per server whose latest gaps vote on its learned cost, tick and noise (twice

@@ -72,6 +72,7 @@ class LatencyDetector(Snapshots, ColdServers, Evidence):
         self.gap_full_ms = float(cfg["gap_full_ms"])
         self.gap_z = float(cfg["gap_z"])
         self.gap_alpha = float(cfg["gap_alpha"])
+        self.tick_alpha = float(cfg["tick_alpha"])
         self.phase_alpha = float(cfg["phase_alpha"])
         self.overhead_warmup = int(cfg["overhead_warmup"])
         self.spike_warmup = int(cfg["spike_warmup"])

@@ -117,8 +117,8 @@ class Evidence(Scoring):
             noise_logins=v.noise_n, spike_allowance_ms=round(v.spike, 2),
             honest_bound_ms=round(v.bound, 2),
         )
-        if v.span > v.tick:  # the loop answers past its tick: the bound took its reach
-            out["overhead"]["loop_reach_ms"] = round(v.span, 2)
+        if v.span > v.tick:  # the bound took the loop's reach or the spreads' tick ceiling
+            out["overhead"][self._span_name(sess.oh_key, v.span)] = round(v.span, 2)
         if v.prior:  # cost and tick are the largest the prior and the logins so far allow
             out["overhead"].update(basis="prior", cold=v.cold)
         cold_kind = 0 <= v.spike_n < self.spike_warmup
@@ -243,12 +243,20 @@ class Evidence(Scoring):
         return out
 
     def _reach_of(self, key: str, span: float) -> dict[str, Any]:
-        """The learned tick of server ``key`` and the loop's reach the bounds took in its
-        place (``span``), when they differ (:meth:`~.scoring.Scoring.loop_span`)."""
+        """The learned tick of server ``key`` and the span the bounds took in its place
+        (``span``: the loop's reach or the tick ceiling), when they differ
+        (:meth:`~.scoring.Scoring.loop_span`)."""
         figures = self.overhead.warm_figures(key, self.overhead_warmup)
         if figures is None or span <= figures[1]:
             return {}
-        return {"learned_tick_ms": round(figures[1], 2), "loop_reach_ms": round(span, 2)}
+        return {"learned_tick_ms": round(figures[1], 2), self._span_name(key, span): round(span, 2)}
+
+    def _span_name(self, key: str, span: float) -> str:
+        """What made the phase span of server ``key`` longer than its learned tick: the
+        loop's reach, or the tick ceiling of a server just warm
+        (:meth:`~.scoring.Scoring.loop_span`)."""
+        o = self.overhead.overheads.get(key)
+        return "loop_reach_ms" if o is not None and span == o.reach() else "tick_ceiling_ms"
 
     def _probe_figures(self, sess: Session, vantage: str) -> dict[str, Any]:
         """What physics took from the session's app probe of ``vantage``: its minimum and

@@ -33,6 +33,12 @@ logins only ever widen them:
     are left out: a radio link's one kernel TCP RTT can sit tens of ms above the path
     its app samples took.
 
+A warm server's tick is the median of its spreads' votes (:mod:`.baselines`), which a
+few two-sample spreads can put far short; until 16 wired spreads are in, its
+bounds take at least the widest of them or :func:`tick_fit`, the largest tick the
+spreads narrower than it do not rule out at ``tick_alpha`` (0.5), a spread past it
+counting for nothing (a loop answering late widens a few).
+
 The honest bound of a cold server is then ``cost_up + tick_up * q_k + gap_z * noise``
 (and the spike allowance for one or two samples), the warm bound's formula at the
 upper ends of what is still possible; a gap beyond it is a relay leg whatever the
@@ -45,6 +51,9 @@ overhead turns out to be.
 >>> tight = tick_upper([(5, 1.0)] * 10, 0.001, 200.0)  # no loop: every spread about 1 ms
 >>> 1.0 < tight < 5.0, tick_upper([], 0.001, 200.0)
 (True, 200.0)
+>>> late = [(4, 60.0)] * 9 + [(4, 150.0)]  # one spread a loop late
+>>> tick_upper(late, 0.5, 300.0), 100.0 < tick_fit(late, 0.5, 300.0, 0.002) < 150.0
+(150.0, True)
 >>> cost_upper([9.0, 4.0, 30.0], 30.0, 1.0), cost_upper([4.0], 30.0, 1.0)
 (10.0, 30.0)
 """
@@ -54,7 +63,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-__all__ = ["COST_RANK", "chi2_half_quantile", "cost_upper", "spread_cdf", "tick_upper"]
+__all__ = ["COST_RANK", "chi2_half_quantile", "cost_upper", "spread_cdf", "tick_fit", "tick_upper"]
 
 #: which lowest wired gap (1-based) bounds a cold server's cost: the second, so that one
 #: gap measured low (a TCP RTT spike) does not bound it
@@ -122,10 +131,33 @@ def tick_upper(spreads: Iterable[tuple[int, float]], alpha: float, tick_max: flo
         return tick_max
     if _rejection(data, lo) > limit:
         return lo  # narrower than any tick at all allows: the widest spread is the tick
-    if _rejection(data, tick_max) <= limit:
+    return _largest(data, limit, lo, tick_max, 0.0)
+
+
+def tick_fit(spreads: Iterable[tuple[int, float]], alpha: float, tick_max: float,
+             rel_tol: float) -> float:
+    """The largest tick (ms, at most ``tick_max``) the spreads narrower than it do not
+    rule out at level ``alpha``: :func:`tick_upper` without its floor at the widest
+    spread, a spread wider than the tick counting as no evidence either way (a loop
+    answering some pings a tick late widens a few spreads past it, which says nothing
+    of the tick); ``rel_tol``: the bracket's width it stops at, a share of the tick."""
+    data = [(k, s) for k, s in spreads if k >= 2 and s > 0.0]
+    if not data:
         return tick_max
-    hi = tick_max
+    lo = min(s for _, s in data)  # every spread at least as wide: no evidence at all
+    return _largest(data, chi2_half_quantile(len(data), alpha), lo, tick_max, rel_tol)
+
+
+def _largest(data: list[tuple[int, float]], limit: float, lo: float, hi: float,
+             rel_tol: float) -> float:
+    """The largest tick in ``[lo, hi]`` whose :func:`_rejection` stays at most ``limit``
+    (``lo`` within it), to ``rel_tol`` of the tick (0: 40 halvings)."""
+    if lo >= hi or _rejection(data, hi) <= limit:
+        return hi
+    narrow = 1.0 + rel_tol
     for _ in range(40):  # geometric bisection: the rejection grows with the tick
+        if hi <= lo * narrow:
+            break
         mid = math.sqrt(lo * hi)
         if _rejection(data, mid) > limit:
             hi = mid

@@ -151,6 +151,7 @@ class Scoring(ExitPrefixes, AccountHistory):
     gap_full_ms: float
     gap_z: float
     gap_alpha: float
+    tick_alpha: float
     phase_alpha: float
     overhead_warmup: int
     prior_cost: float
@@ -329,9 +330,20 @@ class Scoring(ExitPrefixes, AccountHistory):
         ``gap_z`` noise scales of each of a spread's two samples -- a loop that answers
         some pings a tick late (overrunning under load) or queues them. The expected
         gap and the residuals keep the tick: only how far an honest phase may reach
-        changes."""
+        changes. Else, on a server just warm whose median tick is a loop's (past
+        ``gap_z`` noise scales of a spread's two samples, as the reach is judged), the
+        span is at least its tick ceiling (:meth:`~.baselines.Overhead.ceiling`: the
+        widest of its few wired spreads, or the largest tick those narrower do not rule
+        out at ``tick_alpha``), where the median of a few spreads may stand short; a
+        server answering off its loop has spreads of line jitter, no tick to widen."""
         r = o.reach()
-        return r if r > tick + 2.0 * self.gap_z * noise else tick
+        least = 2.0 * self.gap_z * noise
+        if r > tick + least:
+            return r
+        if tick <= least:
+            return tick
+        hi = o.ceiling(self.tick_alpha, self.prior_tick)
+        return hi if hi > tick else tick
 
     def app_overhead(self, sess: Session, key: str | None = None,
                      k: int = 0) -> tuple[float, float, bool] | None:
