@@ -390,3 +390,30 @@ def test_registration_and_public_imports_still_work() -> None:
     assert registered()["latency"] is LatencyDetector
     assert callable(feasible_region) and AlertBook and Baseline and BoundedLRU
     assert TOKYO  # the shared geometry of the relay tests
+
+
+def test_a_loop_answering_a_loop_late_allows_its_slowest_answer_two_ticks() -> None:
+    """A server just warm whose loop overruns its tick: one of its first twelve logins
+    had an answer a loop late, so its spreads reach past the median tick (the bounds
+    take the reach). A spread runs from the fastest answer, whose own phase may take up
+    to a tick: an honest login whose slowest answer came almost two ticks out is no
+    detour by "slowest app sample less cost and one loop" (the reach alone took it for
+    one of about 5,000 km)."""
+    w = make_world(seed=29)
+    assert warm(w, GameLoop(cost=2.0, tick=30.0), n=300) == 0  # the access kind's spikes
+    cost = 3.0
+    rtt = 3.0 + leg_ms(SEOUL, SEOUL)
+    firsts = [20.0, 35.0, 10.0, 45.0, 25.0, 30.0, 15.0, 40.0, 5.0, 12.0, 50.0, 22.0]
+    spreads = [10.0, 15.0, 20.0, 22.0, 24.0, 25.0, 28.0, 35.0, 40.0, 100.0, 18.0, 30.0]
+    for i, (first, spread) in enumerate(zip(firsts, spreads, strict=True)):
+        _, out = w.login(f"early{i}", f"58.120.{i}.77",
+                         [round(rtt + cost + first + spread, 3), round(rtt + cost + first, 3)],
+                         round(rtt + 0.2, 3), server="kr-pus-1")
+        assert not out.flags
+    late = [round(rtt + cost + p, 3) for p in (10.0, 30.0, 165.0)]
+    _, out = w.login("overrun", "58.120.40.77", late, round(rtt + 0.2, 3), server="kr-pus-1")
+    sess = w.det.sessions.peek(f"s{w.n}")
+    assert sess is not None
+    ev = w.det._assess(sess).evidence
+    assert ev["gap"]["overhead"]["loop_reach_ms"] > ev["gap"]["overhead"]["tick_ms"]
+    assert not out.flags, ev["physics"]

@@ -229,6 +229,8 @@ class Evidence(Scoring):
                 "samples": sess.app_n, "learned_cost_ms": round(cost, 2),
                 "learned_tick_ms": round(tick, 2),
                 **self._reach_of(sess.oh_key, tick),
+                "slowest_span_ms": round(tick if figures[2] else self.slowest_span(
+                    sess.oh_key, tick), 2),
                 "noise_ms": round(self.overhead.noise_scale(
                     kind_key, self.noise_floor(geo.kind or ""))[0], 2),
                 "noise_scales": self.gap_z,

@@ -305,7 +305,8 @@ class Scoring(ExitPrefixes, AccountHistory):
         label = PRIOR_APP if prior else "app_rtt less learned overhead"
         # one sample of k may spike: on a cold server only once the kind's spikes are learned
         learned = self.overhead.spike_votes(sess.geo.kind or "?") >= self.spike_warmup
-        slowest = None if prior and not learned else self.slowest_bound(sess, cost, tick, learned)
+        slowest = None if prior and not learned else self.slowest_bound(
+            sess, cost, tick if prior else self.slowest_span(sess.oh_key, tick), learned)
         if slowest is not None and slowest[0] > app_lo:
             app_lo, label = slowest
         if tcp is not None:
@@ -394,6 +395,19 @@ class Scoring(ExitPrefixes, AccountHistory):
         """The overhead key of ``vantage`` for the session's platform (as its login's)."""
         oh_key, server_id = sess.oh_key, sess.server_id
         return vantage if oh_key == server_id else vantage + oh_key[len(server_id):]
+
+    def slowest_span(self, key: str, span: float) -> float:
+        """How far past the network round trip (less the cost) the slowest answer of
+        warm server ``key`` may come, given the phase span its bounds take: the span
+        itself on a loop that keeps its tick; on one whose spreads reach past it (the
+        span is its reach: :meth:`loop_span`), the learned tick more, for a spread
+        runs from the fastest answer, whose own phase may take up to a tick (a loop
+        answering some pings a loop late puts its slowest up to two ticks out)."""
+        o = self.overhead.overheads.get(key)
+        if o is None or span != o.reach():
+            return span
+        figures = o.figures()
+        return span + figures[1] if span > figures[1] else span
 
     def slowest_bound(self, sess: Session, cost: float, tick: float,
                       learned: bool = True) -> tuple[float, str] | None:
