@@ -68,6 +68,30 @@ def l4_relay(w: World, loop: GameLoop, exit_ip: str, k: int = 5, account: str = 
     return w.login(account, exit_ip, loop.samples(w, tcp + client_leg, k), tcp)
 
 
+def early_pairs(w: World, cost: float, pairs: list[tuple[float, float]], net: str,
+                server: str = "kr-pus-1") -> None:
+    """Honest logins from their own lines of ``net`` (``a.b`` of ``a.b.i.x``), two app
+    samples each: ``(first phase, spread)`` per login, a 3 ms line, none flagged."""
+    rtt = 3.0 + leg_ms(SEOUL, SEOUL)
+    for i, (first, spread) in enumerate(pairs):
+        _, out = w.login(f"early{i}", f"{net}.{i}.77",
+                         [round(rtt + cost + first + spread, 3), round(rtt + cost + first, 3)],
+                         round(rtt + 0.2, 3), server=server)
+        assert not out.flags
+
+
+def phased_login(w: World, account: str, ip: str, cost: float, phases: tuple[float, ...],
+                 server: str = "kr-pus-1") -> tuple[bool, dict]:
+    """An honest login on a 3 ms line whose app samples came at ``phases`` of the loop:
+    (flagged, its evidence)."""
+    rtt = 3.0 + leg_ms(SEOUL, SEOUL)
+    _, out = w.login(account, ip, [round(rtt + cost + p, 3) for p in phases],
+                     round(rtt + 0.2, 3), server=server)
+    sess = w.det.sessions.peek(f"s{w.n}")
+    assert sess is not None
+    return bool(out.flags), w.det._assess(sess).evidence
+
+
 def warm(w: World, loop: GameLoop, n: int = 60, **kw: object) -> int:
     """``n`` honest logins; returns how many were flagged."""
     return sum(honest(w, loop, i, **kw)[0] for i in range(n))  # type: ignore[arg-type]
@@ -180,24 +204,16 @@ def test_a_just_warm_server_whose_first_spreads_ran_short_holds_logins_to_its_ti
     w = make_world(seed=23)
     assert warm(w, GameLoop(cost=2.0, tick=30.0), n=300) == 0  # the access kind's spikes
     cost, tick = 2.0, 90.0
-    rtt = 3.0 + leg_ms(SEOUL, SEOUL)
-    for i, (first, spread) in enumerate([(25.0, 4.0), (35.0, 7.0), (18.0, 10.0), (40.0, 14.0),
-                                         (22.0, 19.0), (30.0, 28.0), (15.0, 40.0), (28.0, 58.0)]):
-        _, out = w.login(f"early{i}", f"61.72.{i}.10",
-                         [round(rtt + cost + first + spread, 3), round(rtt + cost + first, 3)],
-                         round(rtt + 0.2, 3), server="kr-pus-1")
-        assert not out.flags
-    late = [round(rtt + cost + p, 3) for p in (76.0, 83.0, 89.0)]
-    _, out = w.login("nightowl", "61.72.40.10", late, round(rtt + 0.2, 3), server="kr-pus-1")
-    sess = w.det.sessions.peek(f"s{w.n}")
-    assert sess is not None
-    gap = w.det._assess(sess).evidence["gap"]
+    early_pairs(w, cost, [(25.0, 4.0), (35.0, 7.0), (18.0, 10.0), (40.0, 14.0),
+                          (22.0, 19.0), (30.0, 28.0), (15.0, 40.0), (28.0, 58.0)], "61.72")
+    flagged, ev = phased_login(w, "nightowl", "61.72.40.77", cost, (76.0, 83.0, 89.0))
+    gap = ev["gap"]
     assert gap["overhead"]["tick_ms"] < 60.0  # the median of the short spreads
     # the span the bounds take: the ceiling, or the reach once the widest spreads stand
     # past the short median (both about the widest spread here)
     overhead = gap["overhead"]
     assert max(overhead.get("tick_ceiling_ms", 0.0), overhead.get("loop_reach_ms", 0.0)) > 56.0
-    assert not out.flags
+    assert not flagged
     loop = GameLoop(cost=cost, tick=tick)
     assert sum(honest(w, loop, 500 + i, k=w.rng.randint(3, 8), server="kr-pus-1")[0]
                for i in range(200)) == 0
@@ -401,19 +417,9 @@ def test_a_loop_answering_a_loop_late_allows_its_slowest_answer_two_ticks() -> N
     one of about 5,000 km)."""
     w = make_world(seed=29)
     assert warm(w, GameLoop(cost=2.0, tick=30.0), n=300) == 0  # the access kind's spikes
-    cost = 3.0
-    rtt = 3.0 + leg_ms(SEOUL, SEOUL)
     firsts = [20.0, 35.0, 10.0, 45.0, 25.0, 30.0, 15.0, 40.0, 5.0, 12.0, 50.0, 22.0]
     spreads = [10.0, 15.0, 20.0, 22.0, 24.0, 25.0, 28.0, 35.0, 40.0, 100.0, 18.0, 30.0]
-    for i, (first, spread) in enumerate(zip(firsts, spreads, strict=True)):
-        _, out = w.login(f"early{i}", f"58.120.{i}.77",
-                         [round(rtt + cost + first + spread, 3), round(rtt + cost + first, 3)],
-                         round(rtt + 0.2, 3), server="kr-pus-1")
-        assert not out.flags
-    late = [round(rtt + cost + p, 3) for p in (10.0, 30.0, 165.0)]
-    _, out = w.login("overrun", "58.120.40.77", late, round(rtt + 0.2, 3), server="kr-pus-1")
-    sess = w.det.sessions.peek(f"s{w.n}")
-    assert sess is not None
-    ev = w.det._assess(sess).evidence
+    early_pairs(w, 3.0, list(zip(firsts, spreads, strict=True)), "58.120")
+    flagged, ev = phased_login(w, "overrun", "58.120.40.77", 3.0, (10.0, 30.0, 165.0))
     assert ev["gap"]["overhead"]["loop_reach_ms"] > ev["gap"]["overhead"]["tick_ms"]
-    assert not out.flags, ev["physics"]
+    assert not flagged, ev["physics"]
