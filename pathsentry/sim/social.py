@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pathsentry.sim.model import Account
+from pathsentry.sim.network import Prefix
 from pathsentry.sim.params import WorldParams
 from pathsentry.sim.sessions import _eid, fmt_ts
 
@@ -164,11 +165,24 @@ class SocialLayer:
     def _traveller(self) -> None:
         acct = self._account("traveller")
         n = self._history(acct, until=0.5)
-        away = replace(acct, home=self.rng.choice(self.japan), host=self.rng.randrange(250),
-                       local_ip="192.168.1.20")
+        away = replace(acct, home=self._home_line(self.rng.choice(self.japan)),
+                       host=self.rng.randrange(250), local_ip="192.168.1.20")
         t = self._later()
         self.sessions.append(_Session(t, away, n))
         self.sessions.append(_Session(t + 3 * 3_600_000, away, n + 1))
+
+    def _home_line(self, drawn: Prefix) -> Prefix:
+        """The residential line a traveller plays from: ``drawn`` (a JP prefix) when it
+        is one, else the next residential JP prefix in the list (a datacenter address is
+        no traveller's; taken without another draw, so that every other event of the
+        world stays as it was)."""
+        if drawn.kind == "residential":
+            return drawn
+        i = self.japan.index(drawn)
+        for p in self.japan[i + 1:] + self.japan[:i]:
+            if p.kind == "residential":
+                return p
+        return drawn
 
     def _family(self) -> None:
         first = self._account("family_pc")

@@ -69,3 +69,23 @@ def test_the_takeover_detector_on_a_social_world(tmp_path: Path) -> None:
         assert d["fp_rate"][klass]["negatives"] > 0 and d["fp_rate"][klass]["flagged"] == 0
     cc = report["crosscheck"]["farm_group"]
     assert cc["alerts"] == cc["with_crosscheck"]
+
+
+
+def test_a_traveller_plays_from_a_home_line_abroad_never_a_datacenter() -> None:
+    """A traveller's line in Japan is a residential one (a draw that lands on a hosting
+    range takes the next home line, without another draw): a datacenter address is no
+    honest player's, and the relay detector rightly holds it to a datacenter's RTT."""
+    abroad = 0
+    for seed in range(1, 13):
+        world = World(_spec(seed=seed))
+        prefixes = {p.cidr: p for p in world.plan.net.prefixes}
+        for s in world.stream():
+            ev = s.event
+            if ev["kind"] != "login" or s.truth.get("klass") != "traveller":
+                continue
+            p = prefixes[ev["src_ip"].rsplit(".", 1)[0] + ".0/24"]
+            if p.country == "JP":
+                abroad += 1
+                assert p.kind == "residential", (seed, p.cidr, p.kind)
+    assert abroad >= 12
