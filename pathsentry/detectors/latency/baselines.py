@@ -67,8 +67,9 @@ minority and windowed so that a patch day is absorbed:
     while fewer than ``CEILING_SPREADS`` (16) wired spreads are among the tick votes,
     the widest of them or the largest tick those narrower than it do not rule out at
     ``tick_alpha`` (:meth:`Overhead.ceiling`), whichever is larger: the median of five
-    two-sample votes stands below 0.4 of the tick one time in ten, and the bounds of a
-    just-warm server with a loop take the ceiling while its median may be that short.
+    two-sample votes stands below 0.4 of the tick one time in thirteen (:mod:`.prior`),
+    and the bounds of a just-warm server with a loop take the ceiling while its median
+    may be that short.
 
 The honest upper bound of a login's gap is then ``cost + tick * q_k + z * noise
 (+ spike)``
@@ -256,11 +257,15 @@ class Overhead:
         spikes are left out."""
         r = self._reach
         if r is None:
-            spreads = sorted(v * spread_median(k) for key, v in self._tick.votes.items()
-                             if key.endswith(":w") and (k := tick_samples(key)) >= 2)
+            spreads = sorted(s for _, s in self._wired_spreads())
             r = self._reach = (interpolated(spreads, REACH_QUANTILE)
                                if len(spreads) >= self.MIN_TICK_LOGINS else 0.0)
         return r
+
+    def _wired_spreads(self) -> list[tuple[int, float]]:
+        """``(k, spread ms)`` of the wired multi-sample logins among the tick votes."""
+        return [(k, v * spread_median(k)) for key, v in self._tick.votes.items()
+                if key.endswith(":w") and (k := tick_samples(key)) >= 2]
 
     def ceiling(self, alpha: float, tick_max: float) -> float:
         """While fewer than ``CEILING_SPREADS`` wired logins' app sample spreads are among
@@ -268,7 +273,7 @@ class Overhead:
         spreads narrower than it do not rule out at level ``alpha``
         (:func:`~.prior.tick_fit`): what an honest phase may span while the median of a
         few spreads stands short (five two-sample votes put it below 0.4 of the tick one
-        time in ten). 0 before ``MIN_TICK_LOGINS`` of them, and from ``CEILING_SPREADS``
+        time in thirteen). 0 before ``MIN_TICK_LOGINS`` of them, and from ``CEILING_SPREADS``
         on, where the median holds. A spread past the tick (a loop overrunning it) is no
         evidence of a longer tick; the bounds take :meth:`reach` once the spreads reach
         past the median, and neither on a server answering off its loop
@@ -278,8 +283,7 @@ class Overhead:
         if memo is not None and (memo[3] >= CEILING_SPREADS or (
                 memo[0] == alpha and memo[1] == tick_max and memo[2] == seq)):
             return memo[4]
-        spreads = [(k, v * spread_median(k)) for key, v in self._tick.votes.items()
-                   if key.endswith(":w") and (k := tick_samples(key)) >= 2]
+        spreads = self._wired_spreads()
         n = len(spreads)
         value = 0.0
         if self.MIN_TICK_LOGINS <= n < CEILING_SPREADS:

@@ -34,10 +34,12 @@ logins only ever widen them:
     its app samples took.
 
 A warm server's tick is the median of its spreads' votes (:mod:`.baselines`), which a
-few two-sample spreads can put far short; until 16 wired spreads are in, its
-bounds take at least the widest of them or :func:`tick_fit`, the largest tick the
-spreads narrower than it do not rule out at ``tick_alpha`` (0.5), a spread past it
-counting for nothing (a loop answering late widens a few).
+few two-sample spreads can put far short (five of them below 0.4 of the tick one
+time in thirteen: each vote falls there with :func:`spread_cdf`'s probability); until
+16 wired spreads are in, its bounds take at least the widest of them or
+:func:`tick_fit`, the largest tick the spreads narrower than it do not rule out at
+``tick_alpha`` (0.5), a spread past it counting for nothing (a loop answering late
+widens a few).
 
 The honest bound of a cold server is then ``cost_up + tick_up * q_k + gap_z * noise``
 (and the spike allowance for one or two samples), the warm bound's formula at the
@@ -51,6 +53,10 @@ overhead turns out to be.
 >>> tight = tick_upper([(5, 1.0)] * 10, 0.001, 200.0)  # no loop: every spread about 1 ms
 >>> 1.0 < tight < 5.0, tick_upper([], 0.001, 200.0)
 (True, 200.0)
+>>> from pathsentry.detectors.latency.votes import spread_median
+>>> p = spread_cdf(2, 0.4 * spread_median(2))  # one two-sample vote under 0.4 of the tick
+>>> round(sum(math.comb(5, j) * p ** j * (1 - p) ** (5 - j) for j in (3, 4, 5)), 3)
+0.075
 >>> late = [(4, 60.0)] * 9 + [(4, 150.0)]  # one spread a loop late
 >>> tick_upper(late, 0.5, 300.0), 100.0 < tick_fit(late, 0.5, 300.0, 0.002) < 150.0
 (150.0, True)
