@@ -1,5 +1,6 @@
 """A name-less room on one /24's home lines found by its machines switching accounts
-within minutes, and the households whose machines take turns that must not form a group."""
+within minutes -- or within the window, with the marks of a path that is no home's --
+and the households whose machines take turns that must not form a group."""
 
 from __future__ import annotations
 
@@ -82,3 +83,73 @@ def test_the_switch_share_is_learned_from_the_class() -> None:
     assert switch_share(None, s) == s.switch_prior_share
     assert switch_share(Pool(sw_seen=1000.0, sw_switched=200.0), s) > 0.15
     assert switch_share(Pool(sw_seen=1000.0, sw_switched=0.0), s) < s.switch_prior_share
+
+
+def slow_room(names: list[str], t0: float, rng: random.Random, *, machines: int = 6,
+              marked: bool = True) -> list[Enriched]:
+    """A room of ``machines`` machines, each on a home line of its own in the /24,
+    logging in one account every three to six minutes in turn: each machine takes a new
+    account every twenty to thirty minutes (two or three an hour, under any household's
+    limit and far slower than ``switch_s``). ``marked``: half the logins relay-flagged and
+    a third with a foreign-origin route, at random (the relay detector and the sampled
+    traceroutes see some of them, not all)."""
+    out, t = [], t0
+    for i, n in enumerate(names):
+        out.append(login(n, t, f"{NET24}{20 + i % machines}", KT,
+                         samples(rng, 40.0 + 3 * (i % machines), 4.0),
+                         relay=marked and rng.random() < 0.5,
+                         route="cn-kr" if marked and rng.random() < 0.33 else None,
+                         device=f"slow-{i % machines}"))
+        t += rng.uniform(160, 370)
+    return out
+
+
+def test_machines_taking_a_new_account_every_half_hour_behind_a_relay_are_one_room() -> None:
+    """Six machines, one address each, a new account on each every twenty-odd minutes,
+    half the logins relay-flagged: no address crowded, no switch within ``switch_s``, no
+    shared name -- their slow switches, against the class's learned share of those, and
+    the marks of the path are. Each machine's later accounts join the group."""
+    rng = random.Random(95)
+    names = random_names(random.Random(96), 30)
+    room = slow_room(names, 3600, rng)
+    _, alerts = run(homes(rng, 40, 6) + neighbours(rng, 10, 6) + room)
+    (g,) = farm_alerts(alerts)
+    assert len(set(g.accounts) & set(names)) >= 0.8 * len(names)
+    assert set(g.accounts) <= set(names)
+    lines = g.evidence["home_lines"]
+    assert lines["machines"] == 6
+    assert lines["account_slow_switches"] > lines["account_switches"]
+    assert 0 < lines["learned_slow_switch_share"] < 0.1
+
+
+def test_the_same_pace_from_home_without_a_mark_of_the_path_is_no_group() -> None:
+    """The same six machines and pace with no relay flag and a domestic route -- as
+    households whose PCs take turns every twenty minutes look, two or three of them on
+    one /24 -- form no group: a slow switch is common at home."""
+    rng = random.Random(97)
+    room = slow_room(random_names(random.Random(98), 30), 3600, rng, marked=False)
+    assert run(homes(rng, 40, 6) + neighbours(rng, 10, 6) + room) == ({}, {})
+
+
+def test_two_families_each_with_three_accounts_on_one_phone_are_no_group() -> None:
+    """Two homes of one /24, each phone taking its three accounts in turn ten to twenty
+    minutes apart and replaying them all evening: six accounts, slow switches, no mark of
+    a relay or a foreign route."""
+    rng = random.Random(99)
+    events = homes(rng, 40, 6) + neighbours(rng, 10, 6)
+    for h in range(2):
+        family = random_names(random.Random(400 + h), 3)
+        t = 1800.0 + 300 * h
+        for k in range(12):
+            events.append(login(family[k % 3], t, f"{NET24}{80 + h}", KT,
+                                samples(rng, 6.0, 2.0), device=f"phone-{h}"))
+            t += rng.uniform(600, 1200)
+    assert run(events) == ({}, {})
+
+
+def test_the_slow_switch_share_is_learned_apart() -> None:
+    """The slow switches' share has its own count in the class and the same prior."""
+    s = FarmSettings()
+    assert switch_share(None, s, slow=True) == s.switch_prior_share
+    pool = Pool(sw_seen=1000.0, sw_switched=5.0, sw_slow=150.0)
+    assert switch_share(pool, s, slow=True) > 0.1 > switch_share(pool, s)

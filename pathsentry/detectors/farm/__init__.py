@@ -73,7 +73,9 @@ one group meet on one worker):
     machines, crowded onto few machines -- or the accounts on machines that each switch
     to a new account within ``switch_s`` of their last, more than a household's and
     tied into a room, their switches a tail event against the class's learned share of
-    home-line logins that switch (:mod:`.lines`).
+    home-line logins that switch (:mod:`.lines`) -- or the same within ``window_s``
+    (slow switches, against their own learned share) when a relay flag or a foreign
+    route marks half of the accounts.
 ``hop:<country>``
     every login on a home line from a known machine, by its exit's country (the key a
     room's proxies on several ISPs share). A machine becomes a member only when it

@@ -317,8 +317,8 @@ class Grouping(GroupLife):
             ms = g.members.values()
             return m.ts <= g.last_seen + s.join_window_s and m.access in LINE_KINDS and (any(
                 x.src_ip == m.src_ip or (m.device and x.device == m.device) for x in ms) or (
-                is_line(g.pattern) and m.ts <= g.last_seen + s.switch_s
-                and switch_joins(m, self._mates(part, g, m))))
+                is_line(g.pattern) and m.ts <= g.last_seen + s.window_s
+                and switch_joins(m, self._mates(part, g, m), m.ts <= g.last_seen + s.switch_s)))
         near = g.near(m.ts, s.window_s)
         if len(near) < s.min_size_unnamed - 1:
             return False

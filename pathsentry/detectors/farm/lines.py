@@ -40,6 +40,15 @@ A machine of the room whose first two accounts were a pair when the group formed
 it, with them, when it switches to its third within ``switch_s`` of the group's latest
 member (:func:`switch_joins`).
 
+Machines that switch slowly. A room whose machines each take a new account every twenty
+minutes or so switches no faster than a family PC whose players take turns: a new
+account on a machine within ``window_s`` of its last login under another is a *slow
+switch* (``Member.switch_gap``), judged as above against the class's learned share of
+slow switches (``Pool.sw_slow``, the same prior), and a group only when the accounts
+carry the marks of a path that is no home's -- a relay flag or a foreign-origin route on
+``min_size_unnamed`` of them and half. A machine joins such a group later with a slow
+switch to its third account when one of its accounts carries such a mark.
+
 A family PC carries two to five accounts, taking turns at sessions of an hour or more,
 and replays the same accounts each evening (a replayed account is no switch); siblings
 who switch within minutes do so a pair on a PC of their own, which no room ties; a PC
@@ -65,7 +74,9 @@ Crowds that are not homes, and why they form no group here:
   ``business``, ``education``, ``mobile``): not indexed; one mislabelled as
   residential brings one machine per player, never a few machines carrying a dozen;
 - a family at home: three to five accounts, under the limit, and its PC's players take
-  turns at long sessions, replaying the same accounts (no tail of switches);
+  turns at long sessions, replaying the same accounts (no tail of switches); two homes
+  whose phones take their three accounts in turn every quarter hour switch slowly, but
+  log in from home: no relay flag, a domestic route;
 - friends on two ISPs, each on their own machine: one or two accounts per address;
 - a residential proxy service with unrelated users: many accounts on one exit
   address, but each from its own machine.
@@ -182,7 +193,9 @@ def record(part: Partition, m: Member, s: FarmSettings) -> None:
     ``m`` ``switched`` when its machine switched to it, a new account (:func:`_switched`).
     ``m`` is filed first (:func:`add`)."""
     add(part, m)
-    m.switched = _switched(part, m, s.switch_s)
+    gap = _switch_gap(part, m)
+    m.switched = gap is not None and gap < s.switch_s
+    m.switch_gap = gap if gap is not None and gap < s.window_s else None
     pool = part.pool
     if pool is None:
         return
@@ -198,23 +211,23 @@ def record(part: Partition, m: Member, s: FarmSettings) -> None:
         pool.lines = [v / 2.0 for v in h]
 
 
-def _switched(part: Partition, m: Member, switch_s: float) -> bool:
-    """Whether ``m``'s machine switched to a new account: its previous login on the /24's
-    home lines was another account's, less than ``switch_s`` before ``m``'s, and ``m``'s
-    account had not logged in on it in the partition's view (a family replaying its few
-    accounts every evening switches among the same ones)."""
+def _switch_gap(part: Partition, m: Member) -> float | None:
+    """How long before ``m`` its machine's previous login on the /24's home lines was,
+    under another account, when ``m``'s account had not logged in on the machine in the
+    partition's view (a family replaying its few accounts every evening switches among
+    the same ones); ``None`` when it is no switch."""
     if not m.device:
-        return False
+        return None
     prev: Member | None = None
     logins = part.lines
     for x in _filed(logins.by_device if logins else None, m.device):
         if x.sid == m.sid or x.ts > m.ts:
             continue
         if x.account == m.account:
-            return False
+            return None
         if prev is None or x.ts > prev.ts:
             prev = x
-    return prev is not None and m.ts - prev.ts < switch_s
+    return None if prev is None else m.ts - prev.ts
 
 
 def line_limit(pool: Pool | None, s: FarmSettings) -> tuple[int, float]:
@@ -236,11 +249,12 @@ def _per_address(ms: Iterable[Member]) -> dict[str, set[str]]:
     return per
 
 
-def switch_share(pool: Pool | None, s: FarmSettings) -> float:
+def switch_share(pool: Pool | None, s: FarmSettings, slow: bool = False) -> float:
     """The share of the class's home-line logins on a known machine that switched account
-    on it (:func:`record`), smoothed toward ``switch_prior_share`` weighted as
-    ``switch_prior_logins`` logins."""
-    seen, switched = (pool.sw_seen, pool.sw_switched) if pool is not None else (0.0, 0.0)
+    on it (:func:`record`; with ``slow``, within ``window_s``), smoothed toward
+    ``switch_prior_share`` weighted as ``switch_prior_logins`` logins."""
+    seen, switched = (0.0, 0.0) if pool is None else (
+        pool.sw_seen, pool.sw_slow if slow else pool.sw_switched)
     return ((switched + s.switch_prior_share * s.switch_prior_logins)
             / (seen + s.switch_prior_logins))
 
@@ -253,9 +267,11 @@ def leave(part: Partition, m: Member) -> None:
         return
     pool.sw_seen += 1.0
     pool.sw_switched += float(m.switched)
+    pool.sw_slow += float(m.switch_gap is not None)
     if pool.sw_seen > _MAX_SEEN:
         pool.sw_seen /= 2.0
         pool.sw_switched /= 2.0
+        pool.sw_slow /= 2.0
 
 
 def switching(part: Partition, cand: list[Member], s: FarmSettings) -> list[Member]:
@@ -264,27 +280,53 @@ def switching(part: Partition, cand: list[Member], s: FarmSettings) -> list[Memb
     (:func:`~pathsentry.detectors.farm.machines.in_rooms`: not households each with a
     pair of accounts on their own PC), when they are more than a household's
     (``home_accounts``) and their switches are a tail event against the class's learned
-    share among ``cand``'s logins on known machines; else none."""
-    devices = {x.device for x in cand if x.switched}
+    share among ``cand``'s logins on known machines -- or, the same with the slow switches
+    (within ``window_s``: a room's machine each taking a new account every twenty
+    minutes or so) judged against the learned share of those, when the accounts carry
+    the marks of a path that is no home's, a relay flag or a foreign-origin route, on
+    ``min_size_unnamed`` of them and half (families switching at that pace are common,
+    and log in from home); else none."""
+    ms = _switches(part, cand, s, [x for x in cand if x.switched], slow=False)
+    if ms:
+        return ms
+    ms = _switches(part, cand, s, [x for x in cand if x.switch_gap is not None], slow=True)
+    marked = sum(1 for x in ms if x.evidence)
+    return ms if marked >= s.min_size_unnamed and 2 * marked >= len(ms) else []
+
+
+def _switches(part: Partition, cand: list[Member], s: FarmSettings, switched: list[Member],
+              slow: bool) -> list[Member]:
+    """The accounts of ``cand`` on the machines of ``switched``, tied into rooms, more than
+    a household's, their switches a tail event against the class's (slow) switch share."""
+    devices = {x.device for x in switched}
     if not devices:
         return []
     ms = in_rooms([x for x in cand if x.device in devices])
     if len({x.account for x in ms}) <= s.home_accounts:
         return []
     known = sum(1 for x in cand if x.device)
-    switches = sum(1 for x in ms if x.switched)
-    if burst_p(switches, known * switch_share(part.pool, s)) > s.max_burst_p:
+    ids = {x.sid for x in switched}
+    switches = sum(1 for x in ms if x.sid in ids)
+    if burst_p(switches, known * switch_share(part.pool, s, slow)) > s.max_burst_p:
         return []
     return ms
 
 
-def switch_joins(m: Member, mates: list[Member]) -> bool:
-    """Whether ``m``, on a machine new to a home-line group within ``switch_s`` of its
-    latest member, joins it with its machine's ungrouped accounts ``mates``: ``m``
-    switched to a new account (:func:`record`) and the machine carried three accounts
-    or more -- a room's next machine, whose first two accounts looked like a
-    household's pair when the group formed."""
-    return m.switched and len({m.account, *(x.account for x in mates)}) >= 3
+def switch_joins(m: Member, mates: list[Member], fast: bool) -> bool:
+    """Whether ``m``, on a machine new to a home-line group, joins it with its machine's
+    ungrouped accounts ``mates``: the machine carried three accounts or more and ``m``
+    switched to a new one (:func:`record`) -- a room's next machine, whose first two
+    accounts looked like a household's pair when the group formed. ``fast``: within
+    ``switch_s`` of the group's latest member, a switch within ``switch_s``; else (within
+    ``window_s``) a slow switch, with one of those accounts marked by a relay flag or a
+    foreign-origin route (the group's own marks are what :func:`switching` asked of a
+    room of slow switches; the machine's tie it to that path: the relay detector and the
+    sampled traceroutes see some of a room's logins, not all)."""
+    if len({m.account, *(x.account for x in mates)}) < 3:
+        return False
+    if fast and m.switched:
+        return True
+    return m.switch_gap is not None and (m.evidence or any(x.evidence for x in mates))
 
 
 def crowd(part: Partition, cand: list[Member], s: FarmSettings) -> list[Member] | None:
@@ -303,6 +345,11 @@ def crowd(part: Partition, cand: list[Member], s: FarmSettings) -> list[Member] 
     if len({x.account for x in ms}) < s.min_size_unnamed or not on_few_machines(ms):
         return None
     return ms
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return round(xs[len(xs) // 2], 1) if xs else None
 
 
 def line_evidence(part: Partition, ms: Iterable[Member], s: FarmSettings) -> dict[str, Any]:
@@ -324,4 +371,8 @@ def line_evidence(part: Partition, ms: Iterable[Member], s: FarmSettings) -> dic
         "span_s": round(tss[-1] - tss[0], 1) if tss else 0.0,
         "account_switches": sum(1 for x in members if x.switched),
         "learned_switch_share": round(switch_share(part.pool, s), 4),
+        "account_slow_switches": sum(1 for x in members if x.switch_gap is not None),
+        "learned_slow_switch_share": round(switch_share(part.pool, s, slow=True), 4),
+        "median_switch_gap_s": _median([x.switch_gap for x in members
+                                        if x.switch_gap is not None]),
     }

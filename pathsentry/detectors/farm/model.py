@@ -194,6 +194,10 @@ class Member:
     #: on a home line, its machine's previous login on the /24's home lines was another
     #: account's, less than ``switch_s`` before (:func:`.lines.record`)
     switched: bool = False
+    #: on a home line, the seconds since its machine's previous login on the /24's home
+    #: lines under another account, when that was less than ``window_s`` before and its
+    #: account was new to the machine (a slow switch: :func:`.lines.record`)
+    switch_gap: float | None = None
     #: left the window and kept on its machine (:func:`.machines.keep`): it ties machines
     #: only
     kept: bool = False
@@ -338,6 +342,8 @@ class Pool:
     #: them those that switched account on their machine (:mod:`.lines`)
     sw_seen: float = 0.0
     sw_switched: float = 0.0
+    #: and of them those that switched within ``window_s`` (a slow switch)
+    sw_slow: float = 0.0
     #: the logins of its family partitions counted (those that joined a group taken
     #: out again), and of them those with a relay score above zero (:mod:`.suspicion`)
     rs_seen: float = 0.0

@@ -65,6 +65,7 @@ class _Member(Record):
     in_background: NotRequired[bool]
     arrived: NotRequired[bool]
     switched: NotRequired[bool]
+    switch_gap: NotRequired[Rate | None]
     kept: NotRequired[bool]
 
 
