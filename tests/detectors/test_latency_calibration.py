@@ -423,3 +423,36 @@ def test_a_loop_answering_a_loop_late_allows_its_slowest_answer_two_ticks() -> N
     flagged, ev = phased_login(w, "overrun", "58.120.40.77", 3.0, (10.0, 30.0, 165.0))
     assert ev["gap"]["overhead"]["loop_reach_ms"] > ev["gap"]["overhead"]["tick_ms"]
     assert not flagged, ev["physics"]
+
+
+def test_a_home_line_that_also_carries_a_proxy_keeps_its_own_logins_clean() -> None:
+    """Three accounts tunnel from southern China through one Seoul home line (a
+    household's address lent to a proxy service: their TCP RTT, 60 ms, breaks physics
+    past a home line's tolerance), which makes it a
+    relay exit; the household's own logins on that line, a few ms from the server, no
+    TCP RTT, leave no room for a leg behind the exit and stay unflagged, with the exit's
+    verdict and the figures beside it; a quiet relay through the same address is still
+    flagged by the exit's evidence."""
+    w = make_world(seed=23)
+    loop = GameLoop(cost=5.0, tick=0.0)
+    assert warm(w, loop, n=60) == 0
+    home = "58.120.77.30"
+    rtt = 60.5
+    for i in range(3):
+        _, out = w.login(f"tunnel{i}", home, loop.samples(w, rtt, 2), round(rtt + 0.2, 3))
+        assert out.flags and out.flags[0].evidence["physics"]["verdict"] == "detour"
+    near = leg_ms(SEOUL, SEOUL) + 1.0
+    for _ in range(3):
+        ev, out = w.login("household", home, loop.samples(w, near, 3), None)
+        assert not any(f.event_id == ev.event.event_id for f in out.flags)
+    sess = w.det.sessions.peek(ev.event.session_id or "")
+    assert sess is not None and w.det.prefix_relays(sess)[1] == 3
+    exit_ = w.det._assess(sess).evidence["exit_prefix"]
+    assert exit_["verdict"].startswith("a relay exit's other logins, not this one")
+    figures = exit_["login_at_claim"]
+    assert figures["network_rtt_at_most_ms"] <= figures["expected_at_claim_ms"]
+    assert figures["learned_cost_ms"] == pytest.approx(loop.cost, abs=1.5)
+    ev, out = l4_relay(w, loop, home, k=2, account="quiet", client_leg=15.0)
+    flag = next(f for f in out.flags if f.event_id == ev.event.event_id)
+    assert "prefix_relays" in flag.evidence["components"]
+    assert flag.evidence["exit_prefix"]["verdict"] == "relay exit"

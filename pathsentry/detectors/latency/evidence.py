@@ -154,8 +154,8 @@ class Evidence(Scoring):
     ) -> dict[str, Any]:
         """The exit prefix's own evidence: its recent logins' gaps against the learned
         game loops, and the accounts its logins proved relayed."""
-        _, n, z = self.prefix_evidence(sess, self.gap_verdict(sess))
-        _, proven, logins = self.prefix_relays(sess)
+        s_gap, n, z = self.prefix_evidence(sess, self.gap_verdict(sess))
+        s_relays, proven, logins = self.prefix_relays(sess)
         lo, hi = self.prefix_z
         exit_key = sess.exit
         out: dict[str, Any] = {
@@ -177,6 +177,10 @@ class Evidence(Scoring):
         out["verdict"] = ("relay exit" if "prefix_gap" in components or "prefix_relays" in components
                           else "consistent" if n >= self.prefix_min_logins else
                           f"too few logins ({n} < {self.prefix_min_logins}) with a gap verdict")
+        if (s_gap > 0 or s_relays > 0) and self.at_claim(sess):
+            out["verdict"] = ("a relay exit's other logins, not this one: its fastest answer "
+                              "less the learned cost leaves no room for a leg behind the exit")
+            out["login_at_claim"] = self.claim_figures(sess)
         return out
 
     def _explain_physics(self, sess: Session, reasons: list[str]) -> dict[str, Any]:

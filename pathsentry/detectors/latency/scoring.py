@@ -34,7 +34,9 @@ from ``prefix_min_logins`` 4, ramping between combined z-scores of 4.5 and 6.5
 (``prefix_z``); a prefix whose recent logins were proven relays by their own physics
 (``proven_min`` 0.5) from at least 2 accounts (``prefix_proven_accounts``) lends its
 other logins evidence ramping over the proven share between 0.2 and 0.5
-(``prefix_share``).
+(``prefix_share``). Neither exit component is lent to a login at its claimed place
+(:meth:`Scoring.at_claim`: its fastest answer less the learned cost within what an
+honest client there typically shows -- no room for a leg behind the exit).
 
 Every component's strength reads the same overhead figures (learned, or a cold
 server's bounds), and they are kept here beside the one verdict that sets them. The
@@ -501,6 +503,39 @@ class Scoring(ExitPrefixes, AccountHistory):
         excess, spread = self.baseline_terms(sess, b)[:2]
         return excess, excess / spread
 
+    def at_claim(self, sess: Session) -> bool:
+        """Whether the login's own fastest answer, the game's overhead still in it, is no
+        slower than an honest client at the claimed place typically shows (the access
+        kind's typical latency over the path's fibre): no room is left for a leg from
+        a client behind the exit, so what the exit's other logins show -- a relay
+        exit's gaps, the accounts proven relayed through it -- is not this login's (the
+        household whose home line also carries a proxy, its own logins direct)."""
+        claim = self._claim(sess)
+        return claim is not None and sess.app_min - claim[0] <= claim[1]
+
+    def _claim(self, sess: Session) -> tuple[float, float] | None:
+        """(the learned cost -- none on a cold server, whose cost is only a bound; never
+        below zero --, the RTT an honest client at the claimed place typically shows), or
+        ``None`` without a located claim or a known server. The login's fastest answer
+        less that cost bounds its network RTT from above: the loop's phase is never
+        negative."""
+        server, geo = sess.server, sess.geo
+        if server is None or geo.lat is None or geo.lon is None:
+            return None
+        figures = self.app_overhead(sess)
+        cost = 0.0 if figures is None or figures[2] else max(0.0, figures[0])
+        return cost, self.geometry.expectation(server, geo, geo.lat, geo.lon)[0]
+
+    def claim_figures(self, sess: Session) -> dict[str, float] | None:
+        """What :meth:`at_claim` compares, for the evidence."""
+        claim = self._claim(sess)
+        if claim is None:
+            return None
+        cost, expected = claim
+        return {"app_rtt_min_ms": round(sess.app_min, 2), "learned_cost_ms": round(cost, 2),
+                "network_rtt_at_most_ms": round(sess.app_min - cost, 2),
+                "expected_at_claim_ms": round(expected, 2)}
+
     def _score(self, sess: Session, ask_model: bool = True, verdict: GapVerdict | None = None) -> tuple[
         dict[str, float] | None, float | str | None, GapVerdict | None, float | None, str,
         tuple[float | None, float | None, float | None, float | None], tuple[float, ...] | None,
@@ -524,13 +559,14 @@ class Scoring(ExitPrefixes, AccountHistory):
             if gv.strength > 0:
                 comps = {"gap": _W_GAP * gv.strength}
         s = self.prefix_evidence(sess, gv)[0]
-        if s > 0:
+        at_claim = s > 0 and self.at_claim(sess)
+        if s > 0 and not at_claim:
             if comps is None:
                 comps = {"prefix_gap": _W_PREFIX * s}
             else:
                 comps["prefix_gap"] = _W_PREFIX * s
         s = self.prefix_relays(sess)[0]
-        if s > 0:
+        if s > 0 and not (at_claim or self.at_claim(sess)):
             if comps is None:
                 comps = {"prefix_relays": _W_RELAYS * s}
             else:
