@@ -9,7 +9,12 @@ import random
 from datetime import timedelta
 
 from pathsentry.detectors.base import Enriched
-from pathsentry.detectors.farm.exits import address_share, machine_centred, on_shared_addresses
+from pathsentry.detectors.farm.exits import (
+    address_share,
+    machine_centred,
+    on_shared_addresses,
+    stands_out,
+)
 from pathsentry.detectors.farm.machines import (
     drop,
     forget,
@@ -21,7 +26,7 @@ from pathsentry.detectors.farm.machines import (
     put,
     room_machine,
 )
-from pathsentry.detectors.farm.model import Member, Partition
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 from pathsentry.detectors.physics import mad
 from tests.detectors.test_farm import T0, detector, farm_alerts, random_names, run, summary, trace
 from tests.detectors.test_farm import login as plain_login
@@ -374,3 +379,25 @@ def test_a_machines_kept_accounts_tie_a_room_only_through_an_address_it_shared()
     put(p, on(12, "f", "d2", "10.0.0.1"))
     assert room_machine(p, live[0])
     assert one_room(live, p.machines, p.hosts)
+
+
+def test_one_machines_minima_straying_by_a_long_ticks_phase_still_stand_out() -> None:
+    """Eight accounts on one machine through a hosting range, on a server whose ~80 ms
+    tick puts each login's minimum anywhere within 40 ms (each login's own samples say
+    so: a noise of 15-30 ms), beside the range's nine other users at 28-80 ms: the
+    room's spread is its own noise, which no room can tighten, and it stands out; the
+    same spread from logins whose samples were tight (no such noise) does not."""
+    rtts = [84.9, 90.6, 92.5, 96.6, 127.9, 120.8, 104.9, 100.4]
+    others = [Member(f"o{i}", f"user{i}", float(i), None, None, f"45.64.1.{i}", "45.64.1.0/24",
+                     rtt=r, device=f"own{i}")
+              for i, r in enumerate([29.9, 78.6, 34.1, 30.9, 28.7, 79.5, 35.1, 80.2, 30.8])]
+
+    def room(noise: float | None) -> list[Member]:
+        return [Member(f"r{i}", f"acct{i}", float(i), None, None, "45.64.2.218",
+                       "45.64.2.0/24", rtt=r, device="one-pc", jitter=noise)
+                for i, r in enumerate(rtts)]
+
+    s = FarmSettings()
+    assert stands_out(room(22.0), others, [], s)
+    assert not stands_out(room(1.0), others, [], s)
+    assert not stands_out(room(None), others, [], s)

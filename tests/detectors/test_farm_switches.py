@@ -9,8 +9,8 @@ import random
 import pytest
 
 from pathsentry.detectors.base import Enriched
-from pathsentry.detectors.farm.lines import switch_share
-from pathsentry.detectors.farm.model import FarmSettings, Pool
+from pathsentry.detectors.farm.lines import switch_share, switching
+from pathsentry.detectors.farm.model import FarmSettings, Member, Partition, Pool
 from tests.detectors.test_farm import farm_alerts, random_names, run
 from tests.detectors.test_farm_families import KT, homes, login, samples
 from tests.detectors.test_farm_lines import NET24, family_evenings, neighbours
@@ -153,3 +153,26 @@ def test_the_slow_switch_share_is_learned_apart() -> None:
     assert switch_share(None, s, slow=True) == s.switch_prior_share
     pool = Pool(sw_seen=1000.0, sw_switched=5.0, sw_slow=150.0)
     assert switch_share(pool, s, slow=True) > 0.1 > switch_share(pool, s)
+
+
+
+def test_a_family_pc_on_the_rooms_24_does_not_ride_on_the_rooms_marks() -> None:
+    """One window of a /24's home lines: a room of four machines, each taking a new
+    account every 25 minutes, two logins in three relay-flagged, and a family PC on another
+    line whose three players took turns minutes apart (their earlier evening out of
+    view: each account new on the machine, a slow switch) with no relay flag or foreign
+    route. The room is the group; the family's machine, unmarked, is not in it."""
+    def member(account: str, ts: float, ip: str, device: str, gap: float | None,
+               relay: bool = False) -> Member:
+        return Member(f"s-{account}", account, ts, f"L-{account}", None, ip,
+                      f"{NET24}0/24", relay=relay, device=device, switch_gap=gap)
+
+    room = [member(f"r{m}{k}", 1500.0 * k + 60.0 * m, f"{NET24}{20 + m}", f"room-{m}",
+                   None if k == 0 else 1500.0, relay=(m + k) % 3 != 0)
+            for m in range(4) for k in range(3)]
+    family = [member(f"f{k}", 600.0 + 400.0 * k, f"{NET24}90", "family-pc", 400.0)
+              for k in range(3)]
+    part = Partition(key=f"net:{NET24}0/24", pool=Pool())
+    found = switching(part, room + family, FarmSettings())
+    assert {x.account for x in found} == {x.account for x in room}
+

@@ -266,13 +266,19 @@ def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Seq
     beside it on a small exit are not its users).
 
     Too few to judge (fewer than the candidate, and fewer than :data:`MIN_BACKGROUND`
-    in the background): ``True``.
+    in the background): ``True``. The allowance beside the ratio is the tolerance floor
+    and the candidate's own noise: the median :func:`jitter` of its logins' minima (on a
+    long-tick server one machine's minima stray by the tick's phase, which no room can
+    tighten).
     """
     theirs = [*background, *(x.rtt for x in others if x.rtt is not None)]
     ours = machine_centred(cand)
     if len(theirs) < max(2, min(len(ours), MIN_BACKGROUND)):
         return True
-    return mad(ours) <= s.rtt_background_ratio * mad(theirs) + s.rtt_tolerance_ms / MAD_SIGMA
+    jits = sorted(x.jitter for x in cand if x.jitter is not None)
+    noise = jits[len(jits) // 2] if jits else 0.0
+    return mad(ours) <= (s.rtt_background_ratio * mad(theirs)
+                         + (s.rtt_tolerance_ms + noise) / MAD_SIGMA)
 
 
 def on_shared_addresses(ms: Sequence[Member]) -> list[Member]:

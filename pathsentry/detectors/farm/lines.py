@@ -284,12 +284,17 @@ def switching(part: Partition, cand: list[Member], s: FarmSettings) -> list[Memb
     (within ``window_s``: a room's machine each taking a new account every twenty
     minutes or so) judged against the learned share of those, when the accounts carry
     the marks of a path that is no home's, a relay flag or a foreign-origin route, on
-    ``min_size_unnamed`` of them and half (families switching at that pace are common,
-    and log in from home); else none."""
+    ``min_size_unnamed`` of them and half, and each machine that switched slowly on one
+    of its own accounts (families switching at that pace are common, and log in from
+    home); else none."""
     ms = _switches(part, cand, s, [x for x in cand if x.switched], slow=False)
     if ms:
         return ms
-    ms = _switches(part, cand, s, [x for x in cand if x.switch_gap is not None], slow=True)
+    # a machine switching slowly counts with a mark among its own accounts (a household's
+    # PC on the room's /24 carries none, and is not to ride on the room's marks)
+    marked_machines = {x.device for x in cand if x.evidence and x.device}
+    ms = _switches(part, cand, s, [x for x in cand if x.switch_gap is not None
+                                   and x.device in marked_machines], slow=True)
     marked = sum(1 for x in ms if x.evidence)
     return ms if marked >= s.min_size_unnamed and 2 * marked >= len(ms) else []
 
