@@ -190,7 +190,8 @@ def _on_address(part: Partition, m: Member, w: float) -> set[str]:
 def record(part: Partition, m: Member, s: FarmSettings) -> None:
     """Count ``m``'s address reaching its k-th account in the class's histogram (once per
     account: a session of an account already on the address counts nothing), and mark
-    ``m`` ``switched`` when its machine switched to it, a new account (:func:`_switched`).
+    ``m`` ``switched`` when its machine switched to it, a new account, within ``switch_s``
+    (:func:`_switch_gap`), and its ``switch_gap`` when within ``window_s``.
     ``m`` is filed first (:func:`add`)."""
     add(part, m)
     gap = _switch_gap(part, m)

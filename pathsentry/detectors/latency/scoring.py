@@ -504,9 +504,9 @@ class Scoring(ExitPrefixes, AccountHistory):
         return excess, excess / spread
 
     def at_claim(self, sess: Session) -> bool:
-        """Whether the login's own fastest answer, the game's overhead still in it, is no
-        slower than an honest client at the claimed place typically shows (the access
-        kind's typical latency over the path's fibre): no room is left for a leg from
+        """Whether the login's own fastest answer less the learned cost (:meth:`_claim`)
+        is no slower than an honest client at the claimed place typically shows (the
+        access kind's typical latency over the path's fibre): no room is left for a leg from
         a client behind the exit, so what the exit's other logins show -- a relay
         exit's gaps, the accounts proven relayed through it -- is not this login's (the
         household whose home line also carries a proxy, its own logins direct)."""
@@ -559,14 +559,16 @@ class Scoring(ExitPrefixes, AccountHistory):
             if gv.strength > 0:
                 comps = {"gap": _W_GAP * gv.strength}
         s = self.prefix_evidence(sess, gv)[0]
-        at_claim = s > 0 and self.at_claim(sess)
+        s_relays = self.prefix_relays(sess)[0]
+        # (the exit's evidence is not lent to a login at its claimed place)
+        at_claim = (s > 0 or s_relays > 0) and self.at_claim(sess)
         if s > 0 and not at_claim:
             if comps is None:
                 comps = {"prefix_gap": _W_PREFIX * s}
             else:
                 comps["prefix_gap"] = _W_PREFIX * s
-        s = self.prefix_relays(sess)[0]
-        if s > 0 and not (at_claim or self.at_claim(sess)):
+        s = s_relays
+        if s > 0 and not at_claim:
             if comps is None:
                 comps = {"prefix_relays": _W_RELAYS * s}
             else:
