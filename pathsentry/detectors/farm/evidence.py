@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pathsentry.detectors.farm.background import burst_p, expected
-from pathsentry.detectors.farm.exits import address_share, band, on_shared_addresses
+from pathsentry.detectors.farm.exits import address_share, band, min_noise, on_shared_addresses
 from pathsentry.detectors.farm.families import family, serial_regularity
 from pathsentry.detectors.farm.hops import hop_evidence, judge
 from pathsentry.detectors.farm.lines import is_line, line_evidence
@@ -230,13 +230,13 @@ def origin(ms: list[Member], s: FarmSettings) -> dict[str, Any]:
     """Same place, same relay: min app RTT spread, servers, devices shared by accounts."""
     rtts = sorted(x.rtt for x in ms if x.rtt is not None)
     devices = Counter([x.device for x in ms if x.device])
-    jits = sorted(x.jitter for x in ms if x.jitter is not None)
+    noise = min_noise(ms)
     learned = band(ms, s)
     return {
         "median_app_rtt_ms": rtts[len(rtts) // 2] if rtts else None,
         "app_rtt_range_ms": [rtts[0], rtts[-1]] if rtts else None,
         "app_rtt_spread_ms": round(mad(rtts) * MAD_SIGMA, 2) if rtts else None,
-        "min_rtt_noise_ms": round(jits[len(jits) // 2], 2) if jits else None,
+        "min_rtt_noise_ms": round(noise, 2) if noise is not None else None,
         "band_tolerance_ms": round(learned.tolerance, 2),
         "servers": _top(Counter([x.server for x in ms if x.server]),
                         s.max_evidence_items),

@@ -39,7 +39,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,7 @@ __all__ = [
     "jitter",
     "kindred",
     "machine_centred",
+    "min_noise",
     "network_of",
     "on_shared_addresses",
     "patterns_of",
@@ -217,14 +218,20 @@ class Band:
         return abs(m.rtt - self.median) <= self.tolerance
 
 
+def min_noise(ms: Iterable[Member]) -> float | None:
+    """The (upper) median :func:`jitter` of the members' logins: how far a login's
+    minimum RTT typically strays among them (``None`` when no login had two samples)."""
+    jits = sorted(x.jitter for x in ms if x.jitter is not None)
+    return jits[len(jits) // 2] if jits else None
+
+
 def band(ms: Sequence[Member], s: FarmSettings) -> Band:
     """The :class:`Band` of ``ms`` (see the module docstring)."""
     rtts = sorted(x.rtt for x in ms if x.rtt is not None)
-    jits = sorted(x.jitter for x in ms if x.jitter is not None)
     servers = Counter([x.server for x in ms if x.server])
     med = rtts[len(rtts) // 2] if rtts else None
     tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * MAD_SIGMA * mad(rtts),
-              s.rtt_spread_k * (jits[len(jits) // 2] if jits else 0.0))
+              s.rtt_spread_k * (min_noise(ms) or 0.0))
     tcps = sorted(x.tcp for x in ms if x.tcp is not None)
     tcp_med = tcps[len(tcps) // 2] if 2 * len(tcps) >= len(ms) else None
     tcp_tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * MAD_SIGMA * mad(tcps), tol / 2)
@@ -269,16 +276,14 @@ def stands_out(cand: Sequence[Member], others: Sequence[Member], background: Seq
     in the background): ``True``. The allowance beside the ratio is the tolerance floor
     and the candidate's own noise: the median :func:`jitter` of its logins' minima (on a
     long-tick server one machine's minima stray by the tick's phase, which no room can
-    tighten).
+    tighten: :func:`min_noise`).
     """
     theirs = [*background, *(x.rtt for x in others if x.rtt is not None)]
     ours = machine_centred(cand)
     if len(theirs) < max(2, min(len(ours), MIN_BACKGROUND)):
         return True
-    jits = sorted(x.jitter for x in cand if x.jitter is not None)
-    noise = jits[len(jits) // 2] if jits else 0.0
     return mad(ours) <= (s.rtt_background_ratio * mad(theirs)
-                         + (s.rtt_tolerance_ms + noise) / MAD_SIGMA)
+                         + (s.rtt_tolerance_ms + (min_noise(cand) or 0.0)) / MAD_SIGMA)
 
 
 def on_shared_addresses(ms: Sequence[Member]) -> list[Member]:

@@ -57,7 +57,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from pathsentry.detectors.farm.background import burst_p, expected
-from pathsentry.detectors.farm.exits import Band, on_shared_addresses, stands_out
+from pathsentry.detectors.farm.exits import Band, min_noise, on_shared_addresses, stands_out
 from pathsentry.detectors.farm.machines import crowded, on_shared_machines
 from pathsentry.detectors.farm.model import FarmSettings, Member, Partition
 from pathsentry.detectors.farm.suspicion import tail
@@ -119,8 +119,7 @@ def within_tied(inside: Sequence[Member], ms: Sequence[Member], s: FarmSettings
     rtts = [x.rtt for x in tied if x.rtt is not None]
     if len({x.device for x in tied if x.device}) < 2 or not rtts:
         return list(inside)
-    jits = sorted(x.jitter for x in ms if x.jitter is not None)
-    tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * (jits[len(jits) // 2] if jits else 0.0))
+    tol = max(s.rtt_tolerance_ms, s.rtt_spread_k * (min_noise(ms) or 0.0))
     lo, hi = min(rtts) - tol, max(rtts) + tol
     ids = {x.sid for x in tied}
     return [x for x in inside if x.sid in ids or x.rtt is None or lo <= x.rtt <= hi]

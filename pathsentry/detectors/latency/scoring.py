@@ -569,8 +569,8 @@ class Scoring(ExitPrefixes, AccountHistory):
                 comps = {"prefix_gap": _W_PREFIX * s}
             else:
                 comps["prefix_gap"] = _W_PREFIX * s
-        s = s_relays
-        if s > 0 and not at_claim:
+        s = 0.0 if at_claim else s_relays
+        if s > 0:
             if comps is None:
                 comps = {"prefix_relays": _W_RELAYS * s}
             else:
