@@ -10,6 +10,11 @@ Every alert of either stage leaves through the engine's
 :class:`~pathsentry.detectors.crosscheck.CrossCheck` (``farm_group`` and ``vpn_relay``
 alerts gain the labels and interactions the game published); :meth:`Engine.feedback`
 takes those labels and interactions and returns the alerts a late label re-versions.
+Every ``farm_group`` alert of the group stage also passes through the engine's
+:class:`~pathsentry.detectors.farm.rooms.RoomMerger` (:meth:`Engine.rooms_of`), which
+raises one alert for the room that alerts of several partitions are parts of: a replay
+does so in :meth:`Engine.process`, the stream in one place downstream of every group
+partition.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import Any
 from pathsentry.config import Config
 from pathsentry.detectors import Detector, DetectorContext, Enriched, Findings, build_detectors
 from pathsentry.detectors.crosscheck import CrossCheck, CrossCheckSettings
+from pathsentry.detectors.farm import FarmDetector
+from pathsentry.detectors.farm.rooms import RoomMerger
 from pathsentry.detectors.saved import check_ts
 from pathsentry.enrich import GeoResolver, build_resolver
 from pathsentry.enrich.enricher import Enricher
-from pathsentry.schemas import AnyEvent, AnyFeedback
+from pathsentry.schemas import Alert, AnyEvent, AnyFeedback
 
 __all__ = ["Engine", "GroupStage", "tune_gc"]
 
@@ -152,6 +159,10 @@ class Engine:
         self.session_ts = 0.0
         #: the group stage of a replay (the stream keeps one per group partition)
         self.groups = GroupStage(self.group_detectors, self.crosscheck)
+        farm = next((d for d in self.group_detectors if isinstance(d, FarmDetector)), None)
+        #: one alert per room found by several group partitions (None: no farm detector)
+        self._farm = farm
+        self.rooms = self.new_rooms()
         # who consumes each event kind, in detector order (``wants`` is fixed per class)
         kinds = {k for d in self.detectors for k in d.consumes}
         self._session_for = {k: [d for d in self.session_detectors if d.wants(k)] for k in kinds}
@@ -160,6 +171,11 @@ class Engine:
     @property
     def last_ts(self) -> float:
         return max(self.session_ts, self.groups.ts)
+
+    def new_rooms(self) -> RoomMerger | None:
+        """An empty room merger for this engine's farm detector (None: none runs)."""
+        farm = self._farm
+        return RoomMerger(farm.settings, farm.name) if farm is not None else None
 
     def new_group_stage(self) -> GroupStage:
         """Fresh group-stage detectors of the same kinds and settings as this engine's."""
@@ -197,6 +213,24 @@ class Engine:
                 routes.append((name, k))
         return routes
 
+    def rooms_of(self, alerts: list[Alert]) -> list[Alert]:
+        """The room alerts (cross-checked) that the group stage's ``alerts`` raise or
+        re-version (:mod:`~pathsentry.detectors.farm.rooms`)."""
+        rooms = self.rooms
+        if rooms is None:
+            return []
+        out: list[Alert] = []
+        for a in alerts:
+            if a.kind == "farm_group":
+                out.extend(rooms.observe(a))
+        return self.crosscheck.enrich_all(out) if out else out
+
+    def _with_rooms(self, found: Findings, first: int = 0) -> Findings:
+        """``found`` with the room alerts its group-stage alerts from ``first`` on raise."""
+        if len(found.alerts) > first:
+            found.alerts.extend(self.rooms_of(found.alerts[first:]))
+        return found
+
     def feedback(self, event: AnyFeedback) -> Findings:
         """Take a label or an interaction; the alerts a label re-versions."""
         return Findings(alerts=self.crosscheck.observe(event))
@@ -209,9 +243,10 @@ class Engine:
         out = Findings()
         ev = self.session_into(event, out)
         groups = self.groups
+        first = len(out.alerts)
         for name, key in self.group_routes(ev):
             groups.process_into(ev, name, key, out)
-        return out
+        return self._with_rooms(out, first)
 
     def flush_sessions(self) -> Findings:
         """Let the session-stage detectors close what their event time has passed."""
@@ -220,7 +255,7 @@ class Engine:
     def flush(self) -> Findings:
         """Let every detector close what its own stage's event time has passed."""
         out = self.flush_sessions()
-        out.extend(self.groups.flush())
+        out.extend(self._with_rooms(self.groups.flush()))
         return out
 
     def finish(self) -> Findings:
@@ -238,7 +273,7 @@ class Engine:
         time). The stream never calls it: a live stream does not end, and its later
         events move the clock."""
         out = _checked(self.crosscheck, _fire(self.session_detectors, self.session_ts))
-        out.extend(self.groups.fire_pending())
+        out.extend(self._with_rooms(self.groups.fire_pending()))
         return out
 
     def state(self, *, groups: bool = True) -> dict[str, Any]:

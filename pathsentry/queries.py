@@ -47,9 +47,11 @@ QUERIES: dict[str, tuple[str, str]] = {
         "FROM {db}.relay_flags WHERE kind = 'vpn_relay'",
     ),
     "farm-groups": (
-        "farm groups with their members (view farm_groups)",
-        "SELECT group_id, template, score, members, arraySlice(accounts, 1, 8) AS first_members, "
-        "first_seen, last_seen, summary FROM {db}.farm_groups ORDER BY members DESC, group_id LIMIT 50",
+        "farm groups with their members, one row per room (view farm_groups: a room's parts "
+        "are left out, room_id names them)",
+        "SELECT group_id, template, score, members, is_room, arraySlice(accounts, 1, 8) AS first_members, "
+        "first_seen, last_seen, summary FROM {db}.farm_groups WHERE room_id = '' "
+        "ORDER BY members DESC, group_id LIMIT 50",
     ),
     "farm-members": (
         "one row per farm-group member (view farm_groups)",

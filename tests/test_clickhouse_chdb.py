@@ -90,3 +90,38 @@ def test_rows_keep_their_times_to_the_millisecond_whatever_their_shape(chdb_dir:
     assert rows == [("built", "2026-11-22 12:00:01.123", "latency"),
                     ("extra", "2026-11-22 12:00:01.000", "latency"),
                     ("reordered", "2026-11-22 12:00:02.999", "latency")]
+
+
+def test_farm_groups_names_each_parts_room_and_the_named_query_shows_one_row_per_room(
+        chdb_dir: Path) -> None:
+    from pathsentry.detectors.farm.model import FarmSettings
+    from pathsentry.detectors.farm.rooms import RoomMerger
+    from pathsentry.queries import render
+
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+    def part(aid: str, accounts: list[str]) -> Alert:
+        return Alert(alert_id=aid, ts=now, kind="farm_group", severity="high", score=0.8,
+                     subject={"group_id": aid, "key": f"net:{aid}", "pattern": f"line:{aid}",
+                              "template": None},
+                     accounts=accounts, event_ids=[], evidence={}, summary=aid, detector="farm",
+                     first_seen=now, last_seen=now)
+
+    rooms = RoomMerger(FarmSettings(), "farm")
+    parts = [part("p1", [f"m{i}" for i in range(8)]), part("p2", [f"m{i}" for i in range(4, 12)]),
+             part("alone", [f"z{i}" for i in range(6)])]
+    room = [r for p in parts for r in rooms.observe(p)]
+    assert len(room) == 1
+    ch = connect(f"chdb://{chdb_dir}")
+    ch.apply_ddl(30)
+    sink = ClickHouseSink(ch)
+    asyncio.run(sink.write([], [*parts, *room]))
+    _, rows = ch.query("SELECT group_id, is_room, room_id, members FROM pathsentry.farm_groups "
+                       "ORDER BY group_id")
+    got = {r[0]: (r[1], r[2], r[3]) for r in rows}
+    rid = room[0].alert_id
+    assert got == {"alone": (0, "", 6), "p1": (0, rid, 8), "p2": (0, rid, 8), rid: (1, "", 12)}
+    cols, rows = ch.query(render("farm-groups", "pathsentry"))
+    assert sorted(r[cols.index("group_id")] for r in rows) == sorted(["alone", rid])
+    sink.close()
+    ch.close()

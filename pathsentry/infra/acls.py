@@ -5,7 +5,7 @@ group names) and :func:`acl_commands` (the same as ``kafka-acls.sh`` command lin
 broker with an authorizer and authenticated principals). Principals:
 
 - the workers: read the input topics and the consumer groups, read and write the internal
-  topics (sessions, groups, state) and Faust's own (a PREFIXED grant on the app id), write
+  topics (sessions, groups, rooms, state) and Faust's own (a PREFIXED grant on the app id), write
   ``alerts`` and ``dead-letter``;
 - the event producers (the game backend, sensors): write the input topics only;
 - the alert consumers (the SOC): read ``alerts`` and ``dead-letter`` only, in consumer
@@ -53,7 +53,7 @@ def acl_plan(topics: Topics, *, worker: str = "User:pathsentry", producer: str =
     """Every grant the deployment needs (nothing else should be allowed)."""
     prefix = topics.kafka.topic_prefix
     inputs = [topics.logins, topics.telemetry, topics.labels, topics.interactions]
-    internal = [topics.sessions, topics.groups, topics.state]
+    internal = [topics.sessions, topics.groups, topics.rooms, topics.state]
     out = [Grant(worker, op, "topic", t) for t in inputs for op in ("Read", "Describe")]
     out += [Grant(worker, op, "topic", t) for t in internal for op in ("Read", "Write")]
     out += [Grant(worker, "Write", "topic", t) for t in (topics.alerts, topics.dead_letter)]

@@ -9,7 +9,11 @@
                                                      ├─► ClickHouse + alerts topic
                                                      └─► pathsentry-groups (partition: group key)
                                                            │ agent "groups": group-stage detectors
-                                                           └─► ClickHouse + alerts topic
+                                                           ├─► ClickHouse + alerts topic
+                                                           └─► pathsentry-rooms (one partition:
+                                                                 farm_group alerts)
+                                                                 │ agent "rooms": one alert per room
+                                                                 └─► ClickHouse + alerts topic
 
 The producers' topics carry one event per message, which is what makes Faust's
 per-message stream machinery the first wall (a few thousand messages/s). The
@@ -136,6 +140,7 @@ def create_app(
             pipe.on_rebalance()
             # before the consumer leaves the group: the partitions' next owners read this
             await _save_groups(_owned_stages(), "stop")
+            await _save("rooms", "stop", pipe.save_rooms)
             await _save_sessions(sorted(pipe.session_parts), "stop")
             await _save_learned("stop")
             await super().on_stop()
@@ -177,7 +182,8 @@ def create_app(
     pipe.accepting = lambda: not (app.rebalancing or app.stopping_)
     pipe.local = lambda topic, partition: partition in owned(topic)
     pipe.gc_pauses.install()
-    pipe.stage_partitions = lambda: [(t, p) for t in (topics.sessions, topics.groups) for p in owned(t)]
+    pipe.stage_partitions = lambda: [(t, p) for t in (topics.sessions, topics.groups, topics.rooms)
+                                     for p in owned(t)]
 
     async def _save(what: str, why: str, save: Callable[[], Awaitable[None]]) -> None:
         """Run one of the pipeline's saves to the state topic, bounded; a failure is logged
@@ -212,8 +218,12 @@ def create_app(
         sessions_gone = [tp.partition for tp in revoked if tp.topic == topics.sessions]
         await _save_sessions(sorted(pipe.session_parts.intersection(sessions_gone)), "revoke")
         pipe.sessions_revoked(sessions_gone)
+        if pipe.rooms_owned and any(tp.topic == topics.rooms for tp in revoked):
+            await _save("rooms", "revoke", pipe.save_rooms)
+            pipe.rooms_revoked()
     sessions = app.topic(topics.sessions, value_type=bytes, key_type=bytes)
     groups = app.topic(topics.groups, value_type=bytes, key_type=bytes)
+    rooms = app.topic(topics.rooms, value_type=bytes, key_type=bytes, partitions=1)
     stopping = asyncio.Event()
     ingest_done = asyncio.Event()
 
@@ -242,7 +252,7 @@ def create_app(
         except Exception:  # consumer not started yet
             return []
 
-    session_lock, group_lock = asyncio.Lock(), asyncio.Lock()
+    session_lock, group_lock, rooms_lock = asyncio.Lock(), asyncio.Lock(), asyncio.Lock()
 
     @app.agent(sessions, concurrency=1, name="sessions")
     async def session_agent(stream: Any) -> None:
@@ -257,6 +267,13 @@ def create_app(
             await _ready(pipe)
             async with group_lock, _fail_fast("group"):
                 await pipe.group_batch(_incoming(stream, batch), owned(topics.groups))
+
+    @app.agent(rooms, concurrency=1, name="rooms")
+    async def room_agent(stream: Any) -> None:
+        async for batch in stream.noack_take(take_max, within=take_within):
+            await _ready(pipe)
+            async with rooms_lock, _fail_fast("rooms"):
+                await pipe.rooms_batch(_incoming(stream, batch))
 
     @app.timer(interval=2.0)
     async def tick() -> None:
@@ -294,6 +311,7 @@ def create_app(
     async def save_group_state() -> None:
         if pipe.accepting():
             await _save_groups(_owned_stages(), "interval")
+            await _save("rooms", "interval", pipe.save_rooms)
 
     learned_policy = LearnedSavePolicy.from_config(config.worker)
 

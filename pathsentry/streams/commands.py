@@ -52,8 +52,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     topics = Topics(cfg.kafka)
     wanted = topics.all()
-    if args.partitions:
-        wanted = dict.fromkeys(wanted, args.partitions)
+    if args.partitions:  # the rooms topic keeps its one partition (one merger sees every alert)
+        wanted = {t: n if t == topics.rooms else args.partitions for t, n in wanted.items()}
     created = asyncio.run(create_topics(bootstrap_servers(cfg), wanted, cfg.kafka.replication_factor,
                                         client_kwargs(cfg), topics.configs()))
     for name, n in wanted.items():

@@ -139,6 +139,7 @@ _GAUGE_COUNTERS: dict[str, str] = {
     "session_state_refused": "saved session partition states refused (malformed or hostile; started empty)",
     "learned_state_refused": "saved learned states refused (malformed or hostile; started cold)",
     "snapshot_state_refused": "snapshot files refused (malformed or hostile; started cold)",
+    "rooms_state_refused": "saved room merger states refused (malformed or hostile; started empty)",
 }
 
 

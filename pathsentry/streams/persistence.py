@@ -4,8 +4,9 @@ and the saves of the state topic.
 Owns :class:`StatePersistence`, the part of the worker's pipeline that restores and
 saves state: the session stage's snapshot file (``<data_dir>/state/<worker>.json``),
 each owned group partition's stage (``g:<p>`` of the state topic), each owned session
-partition's sessions in progress (``s:<p>``) and what the session stage learned from
-all its traffic (``l:0``), and :func:`session_handover`, what a worker does with its
+partition's sessions in progress (``s:<p>``), what the session stage learned from
+all its traffic (``l:0``) and the room merger's parts and rooms (``r:0``, with the one
+partition of the rooms topic), and :func:`session_handover`, what a worker does with its
 session partitions once it knows its assignment. May not decide *when* to save (the
 app's revoke and stop handlers and its timers do, the learned state's with
 :mod:`pathsentry.streams.savepolicy`), run detectors on events,
@@ -55,6 +56,9 @@ from pathsentry.streams.state import MAX_STATE_BYTES, StateRefused, StateStore, 
 from pathsentry.streams.topics import Topics
 
 __all__ = ["LearnedSave", "StatePersistence", "session_handover"]
+
+#: the room merger's part of its save (``r:0``)
+ROOMS = "rooms"
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,11 @@ class StatePersistence:
         self.learned_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
                                         worker_id, kind="l", signer=self.signer)
         self._learned_checked = False
+        #: the room merger's parts and rooms (``r:0``), kept by the owner of the rooms topic
+        self.rooms_store = StateStore(self.topics.state, self._send_state, self._state_consumer,
+                                      worker_id, kind="r", signer=self.signer)
+        #: whether this worker's engine holds the room merger's state (it owns the rooms topic)
+        self.rooms_owned = False
         #: wall time of the snapshot file the session stage started from (0: none)
         self._snapshot_at = 0.0
         #: saved states refused when applied, per kind (the stores count what they refuse)
@@ -185,7 +194,8 @@ class StatePersistence:
         return {"group_state_refused": self.state_refused.get("group", 0) + self.state_store.refused,
                 "session_state_refused": self.state_refused.get("sessions", 0) + self.session_store.refused,
                 "learned_state_refused": self.state_refused.get("learned", 0) + self.learned_store.refused,
-                "snapshot_state_refused": self.state_refused.get("snapshot", 0)}
+                "snapshot_state_refused": self.state_refused.get("snapshot", 0),
+                "rooms_state_refused": self.state_refused.get("rooms", 0) + self.rooms_store.refused}
 
     def snapshot_bytes(self) -> bytes:
         """Serialise the session stage's state (call on the event-loop thread: state is not
@@ -323,6 +333,42 @@ class StatePersistence:
         the stages' state only changes between awaits)."""
         await _save_states(self.state_store, {p: self.group_stages[p].state() for p in partitions
                                               if p in self.group_stages}, "group partitions")
+
+    # -- the room merger's state ----------------------------------------------------------
+
+    async def own_rooms(self) -> None:
+        """Load the room merger's saved state once this worker owns the rooms topic (a
+        refused or unreadable save: it starts empty). Nothing changes while a rebalance is
+        under way."""
+        if self.rooms_owned or not self.accepting() or self.engine.rooms is None:
+            return
+        saved = await _load_saved(self.rooms_store, [0], "rooms", "they start empty")
+        self.engine.rooms = merger = self.engine.new_rooms()
+        if 0 in saved and merger is not None:
+            try:
+                parts = saved[0].get("detectors", {})
+                if set(parts) - {ROOMS}:
+                    raise StateRefused(f"unknown part(s) {sorted(set(parts) - {ROOMS})[:5]}")
+                merger.load_state(parts.get(ROOMS, {}))
+            except _FATAL:
+                raise
+            except BaseException as e:
+                self.engine.rooms = self.engine.new_rooms()
+                self.rooms_store.restored.discard(0)
+                self._refuse("rooms", f"r:0: {type(e).__name__}: {str(e)[:200]}", "they start empty")
+        self.rooms_owned = True
+
+    async def save_rooms(self) -> None:
+        """Save the room merger's state (``r:0``) when this worker holds it."""
+        if self.rooms_owned and self.engine.rooms is not None:
+            merger = self.engine.rooms
+            saved = {"ts": merger.now, "detectors": {ROOMS: merger.state()}}
+            await _save_states(self.rooms_store, {0: saved}, "rooms")
+
+    def rooms_revoked(self) -> None:
+        """The rooms topic moved on (saved first by the revoke handler): forget its state."""
+        self.rooms_owned = False
+        self.engine.rooms = self.engine.new_rooms()
 
     # -- session partitions' sessions in progress -------------------------------------
 

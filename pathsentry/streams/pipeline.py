@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from pathsentry.config import Config
 from pathsentry.detectors import Enriched, Findings
+from pathsentry.detectors.farm.rooms import ROOM
 from pathsentry.engine import Engine
 from pathsentry.infra.clickhouse import ClickHouse
 from pathsentry.schemas import (
@@ -58,7 +59,7 @@ from pathsentry.streams.sinks import ClickHouseSink
 from pathsentry.streams.topics import Topics
 from pathsentry.streams.watermarks import Gate, decode_claims, encode_claims
 
-__all__ = ["GroupItem", "Pipeline", "SessionItem"]
+__all__ = ["GroupItem", "Pipeline", "SessionItem", "is_room_part"]
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +185,22 @@ class Pipeline(StatePersistence):
         the outbox, which stores the rows once every delivery succeeded, then acknowledges."""
         if not (findings or on_durable or events):
             return  # nothing to store or acknowledge (claims only)
-        deliveries = [
-            await self.send(self.topics.alerts, _alert_value(a), key=a.alert_id.encode())
-            for a in findings.alerts
-        ]
+        deliveries = []
+        to_rooms: list[Delivery] = []
+        for a in findings.alerts:
+            value, key = _alert_value(a), a.alert_id.encode()
+            deliveries.append(await self.send(self.topics.alerts, value, key=key))
+            if is_room_part(a):  # the room merger's input, durable before the batch's ack
+                to_rooms.append(await self.send(self.topics.rooms, value, key=key, partition=0,
+                                                headers=self.signer.sign(b"room", key, value)))
         # triggers, when given: one per alert, in order: the event that raised or updated it
         for i, (a, d) in enumerate(zip(findings.alerts, deliveries, strict=True)):
             if isinstance(d.future, asyncio.Future):
                 d.future.add_done_callback(functools.partial(
                     self._published, a.kind, triggers[i][1] if triggers else None))
         await self.outbox.put(Pending(
-            flags=findings.flags, alerts=findings.alerts, deliveries=deliveries + (forwards or []),
+            flags=findings.flags, alerts=findings.alerts,
+            deliveries=deliveries + to_rooms + (forwards or []),
             on_durable=on_durable, produced_ms=produced_ms, stage=stage, events=events,
             triggers=triggers or [],
         ))
@@ -466,6 +472,33 @@ class Pipeline(StatePersistence):
         await self.emit(out, produced, on_durable=_ack_all(h for _, h in released), stage="group",
                         events=len(released), triggers=triggers)
 
+    async def rooms_batch(self, messages: Iterable[Incoming]) -> None:
+        """The room merger (this worker owns the rooms topic's one partition): the group
+        stage's ``farm_group`` alerts in, one alert per room out. A record that is not
+        one of the workers' signed alerts is dead-lettered and acknowledged."""
+        if not self.accepting():
+            return  # rebalancing or stopping: re-read from the committed offset
+        await self.own_rooms()
+        parts: list[Alert] = []
+        acks: list[Callable[[], Awaitable[Any]]] = []
+        for msg in messages:
+            acks.append(msg.ack)
+            if why := self.signer.verify(b"room", msg.key, msg.value, msg.headers):
+                await self.dead_letter(msg.value, EventError("bad_signature", why), msg)
+                continue
+            try:
+                parts.append(Alert.model_validate_json(msg.value or b""))
+            except ValidationError as e:
+                await self.dead_letter(msg.value, EventError("bad_envelope", str(e)[:200]), msg)
+        c0 = time.thread_time()
+        rooms = self.engine.rooms_of(parts)
+        self.stats.detect_cpu_s += time.thread_time() - c0
+
+        async def ack() -> None:
+            for a in acks:
+                await a()
+        await self.emit(Findings(alerts=rooms), {}, on_durable=ack if acks else None, stage="rooms")
+
     def _session_claims(self, owned: list[int], now: float) -> Any:
         """Headers for the group stage: everything of the owned session partitions up to
         the gate's ``released_to`` is forwarded; idle marks when the session stage's
@@ -559,6 +592,11 @@ def _ack_all(held: Iterable[_Held]) -> Callable[[], Awaitable[None]] | None:
 
 def _session_item(item: dict[str, Any]) -> SessionItem:
     return item["t"], item["e"], event_adapter.validate_python(item["e"])
+
+
+def is_room_part(a: Alert) -> bool:
+    """Whether the room merger takes ``a``: a group partition's ``farm_group`` alert."""
+    return a.kind == "farm_group" and a.subject.get("key") != ROOM
 
 
 def _alert_value(a: Alert) -> bytes:

@@ -1,7 +1,8 @@
 """Topic names. Producers write ``logins`` (keyed by account) and
 ``network-telemetry`` (keyed by session id), and the game's ``labels`` and
 ``interactions`` (contract v1.1, keyed by account); pathsentry writes ``alerts`` and
-``dead-letter`` and uses two internal repartition topics.
+``dead-letter`` and uses two internal repartition topics and one topic of the group
+stage's farm alerts for the room merger.
 
 >>> from pathsentry.config import KafkaConfig
 >>> Topics(KafkaConfig(topic_prefix="prod.")).logins
@@ -61,6 +62,12 @@ class Topics:
         return self._t("pathsentry-groups")
 
     @property
+    def rooms(self) -> str:
+        """Internal, one partition: the group stage's ``farm_group`` alerts, which the room
+        merger joins into one alert per room (one place sees every group partition's)."""
+        return self._t("pathsentry-rooms")
+
+    @property
     def state(self) -> str:
         """Internal, compacted: the group partitions' detector state and the session
         partitions' sessions in progress (one partition each)."""
@@ -72,6 +79,7 @@ class Topics:
         return {
             self.logins: n, self.telemetry: n, self.alerts: n, self.dead_letter: n,
             self.sessions: n, self.groups: n, self.state: n, self.labels: n, self.interactions: n,
+            self.rooms: 1,
         }
 
     def configs(self) -> dict[str, dict[str, str]]:

@@ -460,11 +460,11 @@ class WorkerProcess:
         return rows
 
     def lag(self) -> int:
-        """Messages not yet committed by the ingest loop and by both Faust agents."""
+        """Messages not yet committed by the ingest loop and by the Faust agents."""
         t = self.topics
         return (
             group_lag(self.bootstrap, f"{self.prefix}pathsentry-ingest", [t.logins, t.telemetry])
-            + group_lag(self.bootstrap, f"{self.prefix}pathsentry", [t.sessions, t.groups])
+            + group_lag(self.bootstrap, f"{self.prefix}pathsentry", [t.sessions, t.groups, t.rooms])
         )
 
     def wait_drained(self, timeout: float) -> None:

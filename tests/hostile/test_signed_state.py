@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from pathsentry.infra.broker import EmbeddedBroker, create_topics
+from pathsentry.schemas import Alert
 from pathsentry.streams.signing import HEADER, Signer
 from pathsentry.streams.state import StateStore, encode_state
 from tests.faults.support import (
@@ -134,6 +136,14 @@ def test_worker_with_a_key_accepts_its_own_and_refuses_the_unsigned(
         asyncio.run(_send(worker.bootstrap, topics.groups, [(0, b"forged", forged, None)]))
         wait_for(lambda: worker.stats()["dead_letter_reasons"].get("bad_signature") == 1, 60,
                  "the unsigned envelope dead-lettered", on_timeout=lambda: f"{worker.stats()}")
+        # so is an unsigned alert offered to the room merger
+        part = Alert(alert_id="forged", ts=datetime.now(UTC), kind="farm_group", severity="high",
+                     score=0.9, subject={"key": "net:x"}, accounts=["a", "b", "c"], evidence={},
+                     detector="farm", first_seen=datetime.now(UTC), last_seen=datetime.now(UTC))
+        asyncio.run(_send(worker.bootstrap, topics.rooms,
+                          [(0, b"forged", part.model_dump_json().encode(), None)]))
+        wait_for(lambda: worker.stats()["dead_letter_reasons"].get("bad_signature") == 2, 60,
+                 "the unsigned room part dead-lettered", on_timeout=lambda: f"{worker.stats()}")
 
         # its own signed envelopes go through: every event is detected, nothing else refused
         events = sim_events(spec, 3000)
@@ -141,7 +151,7 @@ def test_worker_with_a_key_accepts_its_own_and_refuses_the_unsigned(
         wait_for(lambda: worker.stats()["events_detected"] >= len(events), 120,
                  "the events to be processed", on_timeout=worker.log_tail)
         st = worker.stats()
-        assert st["dead_letter_reasons"].get("bad_signature") == 1, st["dead_letter_reasons"]
+        assert st["dead_letter_reasons"].get("bad_signature") == 2, st["dead_letter_reasons"]
         assert st["group_partitions"] and st["flagged"] > 0
         assert worker.stop(timeout=60) == 0, worker.log_tail()
 
@@ -154,6 +164,7 @@ def test_worker_with_a_key_accepts_its_own_and_refuses_the_unsigned(
                  "the signed l:0 and group state loaded", on_timeout=worker.log_tail)
         st = worker.stats()
         assert st["learned_state_refused"] == 0 and st["group_state_refused"] == 0, st
+        assert st["rooms_state_refused"] == 0, st
         assert st["group_state_restored"], st
         assert worker.stop(timeout=60) == 0
         assert KEY not in worker.log_path.read_text(errors="replace")

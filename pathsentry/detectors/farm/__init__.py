@@ -30,6 +30,8 @@ Modules, one concern each:
 - :mod:`~pathsentry.detectors.farm.groups` -- a farm group formed, found again, joined
   and its alert emitted;
 - :mod:`~pathsentry.detectors.farm.evidence` -- features, score, alert and flags;
+- :mod:`~pathsentry.detectors.farm.rooms` -- one alert for a room that several
+  partitions' groups are parts of (they share accounts), downstream of every partition;
 - :mod:`~pathsentry.detectors.farm.state` -- snapshot and restore;
 - :mod:`~pathsentry.detectors.farm.model` -- settings and the data the others share;
 - :mod:`~pathsentry.detectors.farm.detector` -- :class:`FarmDetector` itself.
@@ -104,7 +106,9 @@ joins it when two of its accounts return (a sampled route or a missed relay flag
 shows other accounts each burst) or when its machines carry half of the new
 candidate.
 
-One farm, one alert: the ``route:``/``net:`` partitions leave out accounts whose
+One farm, one alert: a room found by several partitions (each its share) is joined
+downstream into one room alert when their groups share accounts (:mod:`.rooms`); and the
+``route:``/``net:`` partitions leave out accounts whose
 family reaches ``min_size`` in the candidate (2 in ``route:``: traceroutes may be
 sampled) -- the family partition sees every login of those; ``route:`` leaves out
 relay-flagged accounts and those through a hosting network, which are ``net:``'s.
@@ -211,8 +215,9 @@ a crowd's, a launch-day crowd handed consecutive default names among it.
 
 Known limits: a name-less farm on residential proxies of several /24s is one group
 across them only through machines that hop (:mod:`.hops`); a room whose machines each
-keep to one proxy address is one group per /24 (partitions on different workers:
-groups are merged only within a partition), and one whose proxy addresses each carry
+keep to one proxy address is one group per /24 (partitions on different workers), joined
+into one room alert only through groups that share accounts with them -- its route's, its
+hopping machines' (:mod:`.rooms`) -- and one whose proxy addresses each carry
 no more accounts than a household is not found by its lines; a room found across its
 /24s keeps its /24s' home-line alerts beside that one; on a hosting exit, an account
 known only from its traceroute (the route note came after its login) carries no

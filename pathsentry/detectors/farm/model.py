@@ -83,6 +83,13 @@ class FarmSettings:
     alert_regrow_share: float = 0.1
     #: members per group
     max_group_members: int = 1000
+    #: two ``farm_group`` alerts are parts of one room when they share at least this
+    #: many accounts (:mod:`.rooms`)...
+    room_min_shared: int = 3
+    #: ...and those are at least this share of the smaller alert's accounts
+    room_min_share: float = 0.25
+    #: alerts the room merger keeps (least recently updated dropped first)
+    room_max_parts: int = 20_000
     #: items of each list in an alert's evidence (the counts say how many in all)
     max_evidence_items: int = 10
     #: the most accounts an honest household logs in on one home line within

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from pathsentry.detectors.saved import MAX_MS, Count, Ms, Name, Record, Saved, Score, Ts, check
 
-__all__ = ["check_farm_state"]
+__all__ = ["check_farm_state", "check_room_state"]
 
 #: a signed figure in ms (a gap or an excess may be below zero)
 SignedMs = Annotated[float, Field(ge=-MAX_MS, le=MAX_MS, allow_inf_nan=False)]
@@ -105,3 +105,40 @@ class _State(Saved):
 def check_farm_state(state: Any) -> None:
     """Refuse a farm state not as saved."""
     check(_State, state, "farm state")
+
+
+class _Part(Record):
+    alert_id: Name
+    partition: Name
+    pattern: Name
+    template: Name | None
+    accounts: Names
+    event_ids: Names
+    first_seen: Ts
+    last_seen: Ts
+    score: Score
+    version: Count
+    median_rtt_ms: Ms | None
+    rtt_range_ms: Annotated[list[Ms], Field(min_length=2, max_length=2)] | None
+    route: Name | None
+    room: Name | None
+
+
+class _Room(Record):
+    anchor: Name
+    parts: Names
+    version: Count
+    absorbed: Names
+    emitted: Names
+    emitted_parts: Count
+
+
+class _RoomState(Saved):
+    now: Ts = 0.0
+    parts: Annotated[list[_Part], Field(max_length=1_000_000)] = Field(default_factory=list)
+    rooms: Annotated[list[_Room], Field(max_length=1_000_000)] = Field(default_factory=list)
+
+
+def check_room_state(state: Any) -> None:
+    """Refuse a room merger's state not as saved (:mod:`.rooms`)."""
+    check(_RoomState, state, "farm room state")

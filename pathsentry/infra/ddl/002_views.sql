@@ -98,20 +98,34 @@ GROUP BY prefix;
 -- Farm groups with their members.
 CREATE OR REPLACE VIEW {db}.farm_groups AS
 SELECT
-    alert_id AS group_id,
-    JSONExtractString(subject, 'template') AS template,
-    JSONExtractString(subject, 'pattern') AS pattern,
-    length(accounts) AS members,
-    arraySort(accounts) AS accounts,
-    severity,
-    round(score, 3) AS score,
-    first_seen,
-    last_seen,
-    dateDiff('second', first_seen, last_seen) AS span_s,
-    version,
-    summary
-FROM {db}.alerts FINAL
-WHERE kind = 'farm_group';
+    g.alert_id AS group_id,
+    JSONExtractString(g.subject, 'template') AS template,
+    JSONExtractString(g.subject, 'pattern') AS pattern,
+    length(g.accounts) AS members,
+    arraySort(g.accounts) AS accounts,
+    g.severity AS severity,
+    round(g.score, 3) AS score,
+    g.first_seen AS first_seen,
+    g.last_seen AS last_seen,
+    dateDiff('second', g.first_seen, g.last_seen) AS span_s,
+    g.version AS version,
+    g.summary AS summary,
+    -- a room alert (groups of several partitions that share accounts) lists its parts;
+    -- each part names the room it is in ('' for a room, and for a group in no room)
+    JSONExtractString(g.subject, 'key') = 'room' AS is_room,
+    r.room_id AS room_id
+FROM (SELECT * FROM {db}.alerts FINAL WHERE kind = 'farm_group') AS g
+LEFT JOIN (
+    SELECT part, argMin(alert_id, first_seen) AS room_id
+    FROM (
+        SELECT alert_id, first_seen,
+               arrayJoin(arrayConcat(JSONExtract(subject, 'parts', 'Array(String)'),
+                                     JSONExtract(subject, 'rooms_absorbed', 'Array(String)'))) AS part
+        FROM {db}.alerts FINAL
+        WHERE kind = 'farm_group' AND JSONExtractString(subject, 'key') = 'room'
+    )
+    GROUP BY part
+) AS r ON g.alert_id = r.part;
 
 -- Injection cells, one row per alert, the subject unpacked.
 CREATE OR REPLACE VIEW {db}.injection_cells AS
