@@ -271,7 +271,8 @@ def _farm_timeline(src: Source, pid: str) -> str:
     rows = src.rows(
         "SELECT group_id, template, pattern, members, score, toUnixTimestamp64Milli(first_seen) AS first_ms, "
         "toUnixTimestamp64Milli(last_seen) AS last_ms FROM (SELECT * FROM {db}.farm_groups "
-        f"ORDER BY members DESC, last_seen DESC LIMIT {MAX_GROUPS}) ORDER BY first_ms, group_id"
+        f"WHERE room_id = '' ORDER BY members DESC, last_seen DESC LIMIT {MAX_GROUPS}) "
+        "ORDER BY first_ms, group_id"
     )
     if not rows:
         raise NoData("no farm groups")
@@ -350,7 +351,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("relay-exits", "Relay exits", "Exit prefixes of relayed connections and anomalous routes "
             "(view relay_exit_prefixes).", ("relay_exit_prefixes",), _relay_exits),
     Section("farm-timeline", "Farm groups", "Each farm group from its first to its last member login "
-            "(view farm_groups; the largest groups).", ("farm_groups",), _farm_timeline),
+            "(view farm_groups, one row per room: its parts left out; the largest groups).",
+            ("farm_groups",), _farm_timeline),
     Section("injection-heatmap", "On-path injection by ASN and hour",
             "Hours of day in which plaintext answers were forged, per ASN (view injection_cells_hourly).",
             ("injection_cells_hourly",), _injection_heatmap),
