@@ -147,6 +147,27 @@ def test_two_families_each_with_three_accounts_on_one_phone_are_no_group() -> No
     assert run(events) == ({}, {})
 
 
+def test_two_family_pcs_whose_three_players_switch_within_minutes_are_no_group() -> None:
+    """Two homes of one /24 in the same hour, each PC's three players logging in two to
+    four minutes apart on the evening's first turn (every account new on its machine: a
+    switch within ``switch_s``), no relay flag, a domestic route -- seed 5404 of
+    ``pathsentry evaluate --worlds 20 --seed 5401 --accounts 1500 --hours 6 --social``.
+    Six accounts are more than a household's, and three fast switches among six logins
+    are rare at the class's share, but they are two machines: a PC that switches once
+    switches again, so the machines, not the switches, are the independent events, and
+    two switching machines among six logins' chances are no tail event."""
+    rng = random.Random(101)
+    events = homes(rng, 40, 6) + neighbours(rng, 10, 6)
+    for h in range(2):
+        family = random_names(random.Random(500 + h), 3)
+        t = 1800.0 + 900 * h
+        for n in family:
+            events.append(login(n, t, f"{NET24}{85 + h}", KT, samples(rng, 6.0, 2.0),
+                                device=f"pc-{h}"))
+            t += rng.uniform(120, 240)
+    assert run(events) == ({}, {})
+
+
 def test_the_slow_switch_share_is_learned_apart() -> None:
     """The slow switches' share has its own count in the class and the same prior."""
     s = FarmSettings()

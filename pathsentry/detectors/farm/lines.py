@@ -29,7 +29,11 @@ machines that switched are a group (:func:`switching`) when
 
 - they are tied into rooms of three or more by the machines and addresses they share
   (:func:`~pathsentry.detectors.farm.machines.in_rooms`) and number more than a
-  household's ``home_accounts``, and
+  household's ``home_accounts`` -- in one room, or among at least :data:`HOMES_APART`
+  machines that switched (a room whose machines each keep to proxy addresses of their own;
+  two family PCs of two homes, each carrying its three players' accounts a few minutes
+  apart on the evening's first turn, are two homes: their switches cluster per machine,
+  so two machines' switches are not the independent events the tail below counts), and
 - their switches are a tail event (Poisson, below ``max_burst_p``) against the /24's
   logins on known machines in the window times the learned share of the class's
   home-line logins that are switches (:func:`switch_share`: the logins that left their
@@ -97,7 +101,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pathsentry.detectors.farm.background import burst_p
-from pathsentry.detectors.farm.machines import in_rooms, on_few_machines
+from pathsentry.detectors.farm.machines import in_rooms, on_few_machines, room_sizes
 from pathsentry.detectors.farm.model import _NET_, FarmSettings, LineLogins, Member, Partition, Pool
 
 __all__ = ["LINE_KINDS", "LINE_PRIOR_ADDRESSES", "LINE_PRIOR_SHARE", "add", "crowd", "leave",
@@ -120,6 +124,10 @@ _MAX_K = 64
 _MAX_SEEN = 1e6
 
 _LINE_ = "line:"
+#: switching machines that share neither a machine nor an address with each other (each
+#: no more accounts than a household's) that make a room: two are two homes' family PCs
+#: on the evening's first turn, whose players take it a few minutes apart
+HOMES_APART = 3
 
 
 def line_pattern(key: str) -> str | None:
@@ -310,6 +318,8 @@ def _switches(part: Partition, cand: list[Member], s: FarmSettings, switched: li
     ms = in_rooms([x for x in cand if x.device in devices])
     if len({x.account for x in ms}) <= s.home_accounts:
         return []
+    if len(devices) < HOMES_APART and max(room_sizes(ms).values()) <= s.home_accounts:
+        return []  # two homes' PCs, each switching among its own few accounts
     known = sum(1 for x in cand if x.device)
     ids = {x.sid for x in switched}
     switches = sum(1 for x in ms if x.sid in ids)

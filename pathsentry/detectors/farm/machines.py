@@ -269,6 +269,15 @@ def in_rooms(ms: Sequence[Member],
     its /24; with ``machines``, the accounts the machine carried in the partition that
     :func:`counted` counts, ``hosts`` being the partition's machines per address); the
     pairs that share nothing with each other left out."""
+    size = room_sizes(ms, machines, hosts)
+    return [x for x in ms if size[x.account] >= 3]
+
+
+def room_sizes(ms: Sequence[Member],
+               machines: Mapping[str, Sequence[Member]] | None = None,
+               hosts: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, int]:
+    """Account -> the accounts tied with it (itself included) by the machines and exit
+    addresses they share, as :func:`in_rooms` ties them."""
     parent: dict[str, str] = {}
 
     def root(k: str) -> str:
@@ -292,7 +301,7 @@ def in_rooms(ms: Sequence[Member],
     for acct in accounts:
         r = root("a:" + acct)
         sizes[r] = sizes.get(r, 0) + 1
-    return [x for x in ms if sizes[root("a:" + x.account)] >= 3]
+    return {acct: sizes[root("a:" + acct)] for acct in accounts}
 
 
 def carried(part: Partition, ms: Sequence[Member]) -> list[Member]:
