@@ -97,19 +97,12 @@ def test_farm_groups_names_each_parts_room_and_the_named_query_shows_one_row_per
     from pathsentry.detectors.farm.model import FarmSettings
     from pathsentry.detectors.farm.rooms import RoomMerger
     from pathsentry.queries import render
-
-    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-    def part(aid: str, accounts: list[str]) -> Alert:
-        return Alert(alert_id=aid, ts=now, kind="farm_group", severity="high", score=0.8,
-                     subject={"group_id": aid, "key": f"net:{aid}", "pattern": f"line:{aid}",
-                              "template": None},
-                     accounts=accounts, event_ids=[], evidence={}, summary=aid, detector="farm",
-                     first_seen=now, last_seen=now)
+    from tests.detectors.test_farm_rooms import part_alert
 
     rooms = RoomMerger(FarmSettings(), "farm")
-    parts = [part("p1", [f"m{i}" for i in range(8)]), part("p2", [f"m{i}" for i in range(4, 12)]),
-             part("alone", [f"z{i}" for i in range(6)])]
+    parts = [part_alert("p1", [f"m{i}" for i in range(8)]),
+             part_alert("p2", [f"m{i}" for i in range(4, 12)]),
+             part_alert("alone", [f"z{i}" for i in range(6)])]
     room = [r for p in parts for r in rooms.observe(p)]
     assert len(room) == 1
     ch = connect(f"chdb://{chdb_dir}")

@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pathsentry.infra.broker import EmbeddedBroker
-from pathsentry.schemas import Alert
+from tests.detectors.test_farm_rooms import part_alert
 from tests.integration.harness import _consume, running_worker
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
 def _part(aid: str, accounts: list[str]) -> bytes:
-    return Alert(alert_id=aid, ts=T0, kind="farm_group", severity="high", score=0.8,
-                 subject={"group_id": aid, "key": f"net:{aid}", "pattern": f"line:{aid}",
-                          "template": None},
-                 accounts=accounts, event_ids=[], evidence={}, summary=aid, detector="farm",
-                 first_seen=T0, last_seen=T0).model_dump_json().encode()
+    return part_alert(aid, accounts).model_dump_json().encode()
 
 
 async def _send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
