@@ -86,7 +86,8 @@ Crowds that are not homes, and why they form no group here:
   address, but each from its own machine.
 
 Known limits: a farm on proxies of several /24s is one group per /24 (the partition
-key; the /24s' groups are not joined across partitions), and a room whose machines each
+key; the /24s' groups are joined downstream only through a group of another partition
+that shares their accounts, :mod:`.rooms`), and a room whose machines each
 carry no more accounts than a household, on addresses under the limit, is not found
 here; a /24's switches are judged by the /24's own logins (a machine's previous login
 through another /24 is not seen); the histogram and the switch share are learned per
