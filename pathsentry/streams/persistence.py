@@ -119,6 +119,8 @@ class StatePersistence:
                                       worker_id, kind="r", signer=self.signer)
         #: whether this worker's engine holds the room merger's state (it owns the rooms topic)
         self.rooms_owned = False
+        #: the merger's count of parts taken at its last save (-1: none saved)
+        self._rooms_saved_at = -1
         #: wall time of the snapshot file the session stage started from (0: none)
         self._snapshot_at = 0.0
         #: saved states refused when applied, per kind (the stores count what they refuse)
@@ -344,6 +346,7 @@ class StatePersistence:
             return
         saved = await _load_saved(self.rooms_store, [0], "rooms", "they start empty")
         self.engine.rooms = merger = self.engine.new_rooms()
+        self._rooms_saved_at = 0  # what was just loaded (or nothing) is what r:0 holds
         if 0 in saved and merger is not None:
             try:
                 parts = saved[0].get("detectors", {})
@@ -359,16 +362,21 @@ class StatePersistence:
         self.rooms_owned = True
 
     async def save_rooms(self) -> None:
-        """Save the room merger's state (``r:0``) when this worker holds it."""
-        if self.rooms_owned and self.engine.rooms is not None:
-            merger = self.engine.rooms
-            saved = {"ts": merger.now, "detectors": {ROOMS: merger.state()}}
-            await _save_states(self.rooms_store, {0: saved}, "rooms")
+        """Save the room merger's state (``r:0``) when this worker holds it and it took a
+        part since its last save."""
+        merger = self.engine.rooms
+        if not self.rooms_owned or merger is None or merger.taken == self._rooms_saved_at:
+            return
+        taken = merger.taken
+        saved = {"ts": merger.now, "detectors": {ROOMS: merger.state()}}
+        await _save_states(self.rooms_store, {0: saved}, "rooms")
+        self._rooms_saved_at = taken
 
     def rooms_revoked(self) -> None:
         """The rooms topic moved on (saved first by the revoke handler): forget its state."""
         self.rooms_owned = False
         self.engine.rooms = self.engine.new_rooms()
+        self._rooms_saved_at = -1
 
     # -- session partitions' sessions in progress -------------------------------------
 

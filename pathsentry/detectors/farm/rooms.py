@@ -149,6 +149,8 @@ class RoomMerger:
         self.rooms: dict[str, Room] = {}
         #: newest event time seen (a part's last login)
         self.now = 0.0
+        #: parts taken so far (a save with none since the last one can be skipped)
+        self.taken = 0
 
     # -- parts -------------------------------------------------------------------
 
@@ -166,6 +168,7 @@ class RoomMerger:
             p.room = old.room
             self._unindex(old)
         self.parts[p.alert_id] = p
+        self.taken += 1
         for acct in p.accounts:
             self.index.setdefault(acct, set()).add(p.alert_id)
         self.now = max(self.now, p.last_seen)
