@@ -133,6 +133,13 @@ CEILING_SPREADS = 16
 RADIO_KINDS = frozenset({"mobile"})
 
 
+def _spread_of(key: str, vote: float) -> tuple[int, float, bool]:
+    """A tick vote's (samples, spread ms, wired) from its key ``#seq:k[:w]`` and its value
+    (the spread over its median at ``k`` samples; spread 0 below two samples)."""
+    k = tick_samples(key)
+    return k, (vote * spread_median(k) if k >= 2 else 0.0), key.endswith(":w")
+
+
 class Overhead:
     """The learned application overhead of one game server (or server and platform).
 
@@ -159,10 +166,12 @@ class Overhead:
         "_radio",
         "_reach",
         "_seq",
+        "_spreads",
         "_tick",
         "_tick_hi",
         "_u",
         "_wired",
+        "_wired_sorted",
         "key",
         "n",
     )
@@ -175,6 +184,12 @@ class Overhead:
         #: logins with a TCP RTT learned (the cost's evidence), over all time
         self.n = 0
         self._tick = _Votes(TICK_WINDOW * window)
+        #: each tick vote's (samples, spread ms, wired), in the votes' order: read from
+        #: its key once, not at every reading of the spreads (:meth:`_wired_spreads`,
+        #: :meth:`prior_bounds`)
+        self._spreads: dict[str, tuple[int, float, bool]] = {}
+        #: the wired multi-sample ones' spreads, ascending (:meth:`reach` reads a quantile)
+        self._wired_sorted: list[float] = []
         #: the tick's votes are one per login, not per exit prefix (see :meth:`update`)
         self._seq = 0
         #: the gaps (ms), one per exit prefix, and each one's phase share ``1 - 0.5 ** (1 /
@@ -257,15 +272,14 @@ class Overhead:
         spikes are left out."""
         r = self._reach
         if r is None:
-            spreads = sorted(s for _, s in self._wired_spreads())
+            spreads = self._wired_sorted
             r = self._reach = (interpolated(spreads, REACH_QUANTILE)
                                if len(spreads) >= self.MIN_TICK_LOGINS else 0.0)
         return r
 
     def _wired_spreads(self) -> list[tuple[int, float]]:
         """``(k, spread ms)`` of the wired multi-sample logins among the tick votes."""
-        return [(k, v * spread_median(k)) for key, v in self._tick.votes.items()
-                if key.endswith(":w") and (k := tick_samples(key)) >= 2]
+        return [(k, spread) for k, spread, wired in self._spreads.values() if wired and k >= 2]
 
     def ceiling(self, alpha: float, tick_max: float) -> float:
         """While fewer than ``CEILING_SPREADS`` wired logins' app sample spreads are among
@@ -351,13 +365,11 @@ class Overhead:
         memo = self._prior_tick
         if memo is None or memo[0] != alpha or memo[1] != tick_max:
             spreads: list[tuple[int, float]] = []
-            votes = self._tick.votes
-            skip = len(votes) - self._cost.cap
-            for key, v in votes.items():
+            skip = len(self._spreads) - self._cost.cap
+            for k, spread, _ in self._spreads.values():
                 skip -= 1
-                k = tick_samples(key)
                 if skip < 0 and k >= 2:
-                    spreads.append((k, v * spread_median(k)))
+                    spreads.append((k, spread))
             if not spreads:  # no login's spread yet: the app probes it answered
                 spreads = list(self._probed)
             memo = self._prior_tick = (alpha, tick_max, tick_upper(spreads, alpha, tick_max))
@@ -388,7 +400,16 @@ class Overhead:
             # keeps the sample count: the cold bound reads the spread back)
             self._seq += 1
             self._prior_tick = self._reach = None
-            self._tick.add(f"#{self._seq}:{k}{':w' if wired else ''}", spread / spread_median(k))
+            key = f"#{self._seq}:{k}{':w' if wired else ''}"
+            vote = spread / spread_median(k)
+            gone = self._tick.add(key, vote)
+            self._spreads[key] = got = _spread_of(key, vote)
+            if got[2] and got[0] >= 2:
+                insort(self._wired_sorted, got[1])
+            if gone is not None:
+                old = self._spreads.pop(gone, None)
+                if old is not None and old[2] and old[0] >= 2:
+                    del self._wired_sorted[bisect_left(self._wired_sorted, old[1])]
         if gap is not None:
             if wired:
                 self._wired.add(source, gap)
@@ -472,6 +493,8 @@ class Overhead:
         o = cls(key, window)
         o.n = int(snap["n"])
         o._tick = _Votes(TICK_WINDOW * window, snap["tick"])
+        o._spreads = {key: _spread_of(key, v) for key, v in o._tick.votes.items()}
+        o._wired_sorted = sorted(x for k, x, wired in o._spreads.values() if wired and k >= 2)
         seqs = (k[1:].partition(":")[0] for k in o._tick.votes if k.startswith("#"))
         o._seq = len(o._tick) + max((int(q) for q in seqs if q.isdigit()), default=0)
         o._cost = _Votes(window, snap["cost"])
