@@ -1,11 +1,14 @@
-"""One worker's pipeline: the producer, the outputs and the two stages around the engine.
+"""One worker's pipeline: the producer, the outputs and the stages around the engine.
 
 Owns :class:`Pipeline`: the Kafka producer and its sends, ``emit`` (alerts published at
-once, rows and the input's acknowledgement handed to the outbox), dead letters, the
-ingest's forwarding of validated events, and the session and group stages: their
-watermark gates, the in-process hand-off, the claims they forward, and running the
-engine on what the gates release. Restoring and saving state is inherited from
-:class:`~pathsentry.streams.persistence.StatePersistence`.
+once, a group partition's ``farm_group`` alerts also to the rooms topic, rows and the
+input's acknowledgement handed to the outbox), dead letters, the ingest's forwarding of
+validated events, the session and group stages (their watermark gates, the in-process
+hand-off, the claims they forward, and running the engine on what the gates release)
+and the rooms stage (the room merger on the group stage's alerts). Restoring and saving
+state is inherited from :class:`~pathsentry.streams.persistence.StatePersistence`.
+(About 600 lines: every stage's batch runs through the same emit and acknowledgement,
+which is why they stay in one class.)
 
 May not consume Kafka itself (the ingest loop in :mod:`pathsentry.streams.ingest` and
 the Faust agents in :mod:`pathsentry.streams.app` hand it its input), register web

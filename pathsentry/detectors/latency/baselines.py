@@ -87,7 +87,7 @@ prefix's vote at its next login: the median follows once half the window's
 prefixes have logged in again. The figures are exact quantiles of the votes and a
 JSON snapshot is the votes themselves.
 
-A cold server's bounds (:mod:`.prior`) read the overhead's own votes. (About 670 lines:
+A cold server's bounds (:mod:`.prior`) read the overhead's own votes. (About 700 lines:
 a server's overhead -- cost, tick, reach, ceiling, noise, the cold bounds -- is one estimator
 whose figures read each other's votes; the vote arithmetic is :mod:`.votes`'.)
 """
