@@ -102,7 +102,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pathsentry.detectors.farm.background import burst_p
-from pathsentry.detectors.farm.machines import in_rooms, on_few_machines, room_sizes
+from pathsentry.detectors.farm.machines import on_few_machines, room_sizes
 from pathsentry.detectors.farm.model import _NET_, FarmSettings, LineLogins, Member, Partition, Pool
 
 __all__ = ["LINE_KINDS", "LINE_PRIOR_ADDRESSES", "LINE_PRIOR_SHARE", "add", "crowd", "leave",
@@ -316,10 +316,12 @@ def _switches(part: Partition, cand: list[Member], s: FarmSettings, switched: li
     devices = {x.device for x in switched}
     if not devices:
         return []
-    ms = in_rooms([x for x in cand if x.device in devices])
+    on = [x for x in cand if x.device in devices]
+    size = room_sizes(on)  # (what :func:`in_rooms` keeps: ties of three accounts or more)
+    ms = [x for x in on if size[x.account] >= 3]
     if len({x.account for x in ms}) <= s.home_accounts:
         return []
-    if len(devices) < HOMES_APART and max(room_sizes(ms).values()) <= s.home_accounts:
+    if len(devices) < HOMES_APART and max(size[x.account] for x in ms) <= s.home_accounts:
         return []  # two homes' PCs, each switching among its own few accounts
     known = sum(1 for x in cand if x.device)
     ids = {x.sid for x in switched}

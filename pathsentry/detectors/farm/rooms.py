@@ -116,7 +116,8 @@ def _part(a: Alert) -> Part:
     cc = ev.get("crosscheck")
     score = a.score
     if isinstance(cc, dict) and isinstance(cc.get("score"), dict):
-        score = _num(cc["score"].get("detector")) or a.score
+        detector = _num(cc["score"].get("detector"))
+        score = a.score if detector is None else detector
     route = ev.get("route")
     return Part(
         alert_id=a.alert_id,
